@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+Every error a user can cause by bad input is an ``LmkitError``: its message is one line that
+names the bad value and the fix. The CLI prints it to stderr and exits with code 2, without a
+traceback. Internal invariants use ``assert``.
+"""
+
+
+class LmkitError(Exception):
+    """Base class of errors caused by user input; the message names the problem and the fix."""
+
+
+class InputError(LmkitError, ValueError):
+    """A bad argument, option or data value."""
+
+
+class MissingPathError(LmkitError, FileNotFoundError):
+    """A file or folder that should exist does not."""
+
+    def __str__(self):  # FileNotFoundError would prefix "[Errno ...]" when given two args
+        return self.args[0] if self.args else ""
+
+
+class ModelFormatError(LmkitError, ValueError):
+    """A saved model folder is missing pieces, corrupt, truncated or of another format version."""
+
+
+class MemoryLimitError(LmkitError, ValueError):
+    """A step would need more memory than the configured limit."""

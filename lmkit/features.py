@@ -1,0 +1,142 @@
+"""Context feature groups: which one-hot features a position's context switches on.
+
+Input: a padded token buffer and the positions of the targets in it. Output: for each group, one
+int64 *row key* per target position (``-1`` = the group has no feature at this position).
+
+A model is a list of groups; each group is one block of one-hot input features of the softmax
+layer, with its own weight matrix ``(n_rows, V)``:
+
+- ``Window(k)``: the token ``k`` positions back (``k >= 1``); the row key is the token id, so the
+  matrix has ``V`` rows. Before the start of a sequence the context is BOS (left padding).
+- ``Suffix(m)``: the exact previous ``m`` tokens as one feature (an n-gram history). The row key
+  packs the ``m`` ids in mixed radix ``sum_i tok[t-m+i] * V**i`` — exact, no hashing, so no
+  collisions; ``V**m`` must fit in int64. As in KenLM, a history may reach back to one BOS but not
+  past it: positions whose m-token history would need more than one BOS have no feature (-1).
+
+Padding layout (see ``pad_sequences``): each sequence becomes ``[BOS]*P + ids + [EOS]`` and the
+targets are ``ids + [EOS]``, so EOS is always a target and BOS never is.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Window:
+    """One-hot of the token ``k`` positions back."""
+
+    k: int
+
+    @property
+    def name(self) -> str:
+        return f"window{self.k}"
+
+    @property
+    def reach(self) -> int:
+        return self.k
+
+    def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
+        """Row key (the token id) per target position; never -1 thanks to BOS padding."""
+        return buf[pos - self.k].astype(np.int64)
+
+    def n_rows(self, vocab_size: int) -> int | None:
+        return vocab_size
+
+
+@dataclass(frozen=True)
+class Suffix:
+    """One-hot of the exact previous ``m`` tokens (an n-gram history of an order-(m+1) model)."""
+
+    m: int
+
+    @property
+    def name(self) -> str:
+        return f"suffix{self.m}"
+
+    @property
+    def reach(self) -> int:
+        return self.m
+
+    def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
+        """Mixed-radix key of ``buf[pos-m:pos]`` per position; -1 where it would need 2+ BOS."""
+        if vocab_size ** self.m >= 2 ** 63:
+            raise InputError(
+                f"suffix({self.m}) keys need vocab_size**{self.m} < 2**63 (vocab_size={vocab_size}); "
+                "use a lower --order or a smaller vocabulary")
+        keys = np.zeros(len(pos), dtype=np.int64)
+        radix = np.int64(1)
+        for i in range(self.m):  # token at pos - m + i gets weight V**i
+            keys += buf[pos - self.m + i].astype(np.int64) * radix
+            radix *= vocab_size
+        # allowed: history reaches back at most to the single BOS just before the sequence start
+        keys[pos - self.m < starts - 1] = -1
+        return keys
+
+    def n_rows(self, vocab_size: int) -> int | None:
+        return None  # rows are the observed histories, mapped to compact ids
+
+
+def decode_suffix_key(key: int, m: int, vocab_size: int) -> list[int]:
+    """Token ids of a suffix key, oldest first. Example: V=10, key 21 (m=2) -> [1, 2]."""
+    out = []
+    for _ in range(m):
+        out.append(int(key % vocab_size))
+        key //= vocab_size
+    return out
+
+
+def make_groups(context: int = 3, order: int | None = None) -> list:
+    """Groups for ``--context K`` (window 1..K) and ``--order N`` (suffix 1..N-1).
+
+    Example: ``make_groups(2, 3) -> [Suffix(1), Suffix(2), Window(1), Window(2)]``.
+    """
+    if context is None or context < 0:
+        raise InputError(f"--context must be >= 0, got {context}; pass e.g. --context 3")
+    if order is not None and order < 2:
+        raise InputError(f"--order must be >= 2, got {order}; pass e.g. --order 3")
+    groups = [Suffix(m) for m in range(1, order)] if order else []
+    groups += [Window(k) for k in range(1, context + 1)]
+    if not groups:
+        raise InputError("--context must be >= 1 (or give --order N); pass e.g. --context 3")
+    return groups
+
+
+def group_from_name(name: str):
+    """Inverse of ``group.name``: ``'window3' -> Window(3)``, ``'suffix2' -> Suffix(2)``."""
+    m = re.fullmatch(r"(window|suffix)(\d+)", name)
+    if not m:
+        raise ValueError(f"unknown feature group {name!r}")
+    return (Window if m.group(1) == "window" else Suffix)(int(m.group(2)))
+
+
+def pad_sequences(seqs, pad: int, bos_id: int, eos_id: int):
+    """Concatenate sequences as ``[BOS]*pad + ids + [EOS]``.
+
+    Returns ``(buf, pos, starts)``: int32 buffer, int64 positions of every target (the ids and
+    the EOS), and for each target the buffer index of its sequence's first token.
+    Example: seqs=[[5, 6]], pad=2, bos=1, eos=2 -> buf=[1,1,5,6,2], pos=[2,3,4], starts=[2,2,2].
+    """
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    n_targets = lengths + 1
+    seq_len = pad + n_targets
+    total = int(seq_len.sum())
+    buf = np.full(total, bos_id, dtype=np.int32)
+    seq_begin = np.concatenate([[0], np.cumsum(seq_len)[:-1]]).astype(np.int64)
+    first = seq_begin + pad
+    flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]) if total else \
+        np.zeros(0, np.int32)
+    # position of each real token: first[seq] + offset within seq
+    seq_of_tok = np.repeat(np.arange(len(seqs)), lengths)
+    tok_off = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    buf[first[seq_of_tok] + tok_off] = flat
+    buf[first + lengths] = eos_id
+    seq_of_target = np.repeat(np.arange(len(seqs)), n_targets)
+    tgt_off = np.arange(int(n_targets.sum())) - np.repeat(np.cumsum(n_targets) - n_targets, n_targets)
+    pos = first[seq_of_target] + tgt_off
+    starts = first[seq_of_target]
+    return buf, pos, starts

@@ -1,0 +1,147 @@
+"""Scoring: model parameters + contexts -> natural-log probabilities of targets.
+
+Two parameter forms share one interface:
+
+- ``SparseParams`` (``explicit.py``): ``logits = log q + sum_g lambda_g S_g[row_g]``, normalised
+  over the union of touched columns, cost proportional to the non-zeros touched;
+- ``DenseParams``: ``logits = b + sum_g W_g[row_g]`` with dense ``W_g`` (R_g, V) — the form the
+  gradient solver trains; scored densely with a float64 log-sum-exp.
+
+``context_rows`` turns token sequences into, per group, the weight-matrix row of every target
+position (-1 = no feature: an unseen n-gram history), plus the targets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .counts import lookup_rows
+from .explicit import SparseParams, lookup_values, take_rows
+from .features import pad_sequences
+
+
+@dataclass
+class DenseParams:
+    """Dense parameters: W per group (R_g, V) float32, b (V,) float32; keys as in SparseParams."""
+
+    groups: list
+    W: list
+    b: np.ndarray
+    keys: list
+    info: dict = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.b)
+
+
+def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int):
+    """Rows per group for every target of ``seqs`` (EOS included).
+
+    Returns ``(rows, targets, seq_index)``: list of int64 (N,) arrays, int64 (N,), int64 (N,).
+    """
+    pad = max(g.reach for g in groups)
+    buf, pos, starts = pad_sequences(seqs, pad, bos_id, eos_id)
+    rows = [lookup_rows(k, g.row_keys(buf, pos, starts, vocab_size)) for g, k in zip(groups, keys)]
+    n_targets = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
+    seq_index = np.repeat(np.arange(len(seqs)), n_targets)
+    return rows, buf[pos].astype(np.int64), seq_index
+
+
+def next_rows(groups, keys, prefix, vocab_size: int, bos_id: int) -> list:
+    """Rows per group for the position right after ``prefix`` (token ids of the sequence so far)."""
+    pad = max(g.reach for g in groups)
+    buf = np.concatenate([np.full(pad, bos_id, np.int32), np.asarray(prefix, np.int32)])
+    pos = np.array([len(buf)], dtype=np.int64)
+    buf = np.concatenate([buf, np.zeros(1, np.int32)])  # placeholder target slot
+    starts = np.array([pad], dtype=np.int64)
+    return [lookup_rows(k, g.row_keys(buf, pos, starts, vocab_size)) for g, k in zip(groups, keys)]
+
+
+def sparse_scores(params: SparseParams, rows: list, n: int) -> sp.csr_matrix:
+    """``s = sum_g lambda_g S_g[row_g]`` as a CSR (n, V): the union pattern of the touched rows."""
+    V = params.vocab_size
+    total = sp.csr_matrix((n, V))
+    for S, r, lam in zip(params.S, rows, params.lambdas):
+        if lam == 0.0:
+            continue
+        sub, present = take_rows(S, r)
+        lengths = np.zeros(n, dtype=np.int64)
+        lengths[present] = np.diff(sub.indptr)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        total = total + sp.csr_matrix((lam * sub.data, sub.indices, indptr), shape=(n, V))
+    return total.tocsr()
+
+
+def sparse_log_proba(params: SparseParams, rows: list, targets: np.ndarray,
+                     chunk: int = 2048) -> np.ndarray:
+    """log P(target | context) per position (natural log), float64 (N,)."""
+    q, logq = params.q, np.log(params.q)
+    out = np.empty(len(targets))
+    for a in range(0, len(targets), chunk):
+        r = [x[a:a + chunk] for x in rows]
+        t = targets[a:a + chunk]
+        s = sparse_scores(params, r, len(t))
+        entry_row = np.repeat(np.arange(len(t)), np.diff(s.indptr))
+        # Z = 1 + sum over the union pattern of q (exp(s) - 1); log1p keeps precision near Z = 1
+        log_z = np.log1p(np.bincount(entry_row, q[s.indices] * np.expm1(s.data), minlength=len(t)))
+        tgt = np.zeros(len(t))
+        for S, rg, lam in zip(params.S, r, params.lambdas):
+            present = rg >= 0
+            if lam != 0.0 and present.any():
+                tgt[present] += lam * lookup_values(S, rg[present], t[present])
+        out[a:a + chunk] = logq[t] + tgt - log_z
+    return out
+
+
+def sparse_next_logp(params: SparseParams, rows: list) -> np.ndarray:
+    """Full next-token log distribution (V,) for one position (O(V) vector, sparse work)."""
+    s = sparse_scores(params, [r[:1] for r in rows], 1)
+    logp = np.log(params.q).copy()
+    logp[s.indices] += s.data
+    z = 1.0 + float(np.sum(params.q[s.indices] * np.expm1(s.data)))
+    return logp - np.log(z)
+
+
+def dense_logits(params: DenseParams, rows: list) -> np.ndarray:
+    """``b + sum_g W_g[row_g]`` as float64 (N, V); rows of -1 contribute nothing."""
+    n = len(rows[0])
+    logits = np.broadcast_to(params.b.astype(np.float64), (n, params.vocab_size)).copy()
+    for W, r in zip(params.W, rows):
+        present = np.flatnonzero(r >= 0)
+        logits[present] += W[r[present]]
+    return logits
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64, stable (subtracts the row max)."""
+    m = logits.max(axis=1, keepdims=True)
+    z = logits - m
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def dense_log_proba(params: DenseParams, rows: list, targets: np.ndarray,
+                    chunk: int = 1024) -> np.ndarray:
+    """log P(target | context) per position for dense parameters, float64 (N,)."""
+    out = np.empty(len(targets))
+    for a in range(0, len(targets), chunk):
+        lp = log_softmax(dense_logits(params, [x[a:a + chunk] for x in rows]))
+        t = targets[a:a + chunk]
+        out[a:a + chunk] = lp[np.arange(len(t)), t]
+    return out
+
+
+def log_proba(params, rows: list, targets: np.ndarray) -> np.ndarray:
+    """Dispatch on the parameter form."""
+    if isinstance(params, SparseParams):
+        return sparse_log_proba(params, rows, targets)
+    return dense_log_proba(params, rows, targets)
+
+
+def next_logp(params, rows: list) -> np.ndarray:
+    """Next-token log distribution (V,) for one position, any parameter form."""
+    if isinstance(params, SparseParams):
+        return sparse_next_logp(params, rows)
+    return log_softmax(dense_logits(params, [r[:1] for r in rows]))[0]

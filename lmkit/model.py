@@ -102,12 +102,10 @@ class LanguageModel:
         i = ids[0]
         out = {}
         for g, group in enumerate(self.groups):
-            key = i if not isinstance(group, Suffix) else None
-            if isinstance(group, Suffix):
-                if group.m != 1:
-                    continue
-                key = i
-            row = int(np.asarray(scoring.lookup_rows(self.params.keys[g], np.array([key])))[0])
+            if isinstance(group, Suffix) and group.m != 1:
+                continue  # a longer history is not one token: nothing to look up
+            # window rows are token ids; suffix1 keys are token ids mapped to compact rows
+            row = int(scoring.lookup_rows(self.params.keys[g], np.array([i]))[0])
             if row < 0:
                 out[group.name] = []
                 continue

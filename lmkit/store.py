@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import MissingPathError, ModelFormatError
+from .errors import InputError, MissingPathError, ModelFormatError
 
 FORMAT = "lmkit-model"
 VERSION = 1
@@ -89,6 +89,9 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict):
 def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict) -> Path:
     """Write a model folder atomically: temp folder in the same parent, then rename."""
     path = Path(path)
+    if path.exists() and not (path / "manifest.json").is_file():  # never replace user data
+        raise InputError(f"{path}: exists and is not a model folder; pass a new path, or an "
+                         "existing model folder to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -108,8 +111,13 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
         if path.exists():  # replace an older model: move it aside first, then drop it
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
             os.replace(path, old / "m")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, path)
+            except BaseException:  # put the old model back: a failed save changes nothing
+                os.replace(old / "m", path)
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException:
@@ -143,12 +151,17 @@ def read_model_folder(path):
     for p in (tok_path, arr_path):
         if not p.exists():
             raise ModelFormatError(f"{path}: missing {p.name}; the folder is incomplete, re-train the model")
+    try:
+        tok_sha, arr_sha = manifest["tokenizer"]["sha256"], manifest["arrays"]["sha256"]
+    except (KeyError, TypeError) as e:
+        raise ModelFormatError(f"{mpath}: manifest lacks {e}; the folder is incomplete, "
+                               "re-train the model") from None
     proto = tok_path.read_bytes()
-    if sha256_bytes(proto) != manifest["tokenizer"]["sha256"]:
+    if sha256_bytes(proto) != tok_sha:
         raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 differs); "
                                "restore the tokenizer.model the model was trained with, or re-train")
     blob = arr_path.read_bytes()
-    if sha256_bytes(blob) != manifest["arrays"]["sha256"]:
+    if sha256_bytes(blob) != arr_sha:
         raise ModelFormatError(f"{arr_path}: corrupt or truncated ({len(blob)} bytes, expected "
                                f"{manifest['arrays'].get('bytes')}); re-train the model")
     try:

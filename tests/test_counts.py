@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from lmkit.counts import (count_chunk, count_cooccurrences, empty_counts, lookup_rows,
+                          sum_counts)
+from lmkit.features import Suffix, Window
+
+V, BOS, EOS = 6, 1, 2
+SEQS = [[3, 4, 3], [4]]  # padded: [1,1,3,4,3,2] [1,1,4,2]
+
+
+def dense(m):
+    return m.toarray().tolist()
+
+
+def test_window_counts_hand_checked():
+    c = count_chunk(SEQS, V, [Window(1), Window(2)], BOS, EOS)
+    F1 = np.zeros((V, V), int)
+    for i, j in [(1, 3), (3, 4), (4, 3), (3, 2), (1, 4), (4, 2)]:  # (token 1 back, target)
+        F1[i, j] += 1
+    F2 = np.zeros((V, V), int)
+    for i, j in [(1, 3), (1, 4), (3, 3), (4, 2), (1, 4), (1, 2)]:  # (token 2 back, target)
+        F2[i, j] += 1
+    assert dense(c.F[0]) == F1.tolist()
+    assert dense(c.F[1]) == F2.tolist()
+    assert c.F[1][1, 4] == 2
+    assert c.target.tolist() == [0, 0, 2, 2, 2, 0]
+    assert (c.n_sequences, c.n_tokens) == (2, 6)
+    assert c.keys == [None, None]
+    assert c.F[0].dtype == np.int64
+
+
+def test_suffix_counts_hand_checked():
+    c = count_chunk(SEQS, V, [Suffix(2)], BOS, EOS)
+    # histories (keys tok[t-2] + 6 tok[t-1]): 19=[1,3], 22=[4,3], 25=[1,4], 27=[3,4]
+    assert c.keys[0].tolist() == [19, 22, 25, 27]
+    expect = np.zeros((4, V), int)
+    expect[0, 4] = 1  # [BOS 3] -> 4
+    expect[1, 2] = 1  # [4 3] -> EOS
+    expect[2, 2] = 1  # [BOS 4] -> EOS
+    expect[3, 3] = 1  # [3 4] -> 3
+    assert dense(c.F[0]) == expect.tolist()
+    assert c.rows(0, np.array([25, 26, -1])).tolist() == [2, -1, -1]
+
+
+def test_lookup_rows():
+    keys = np.array([3, 7, 9])
+    assert lookup_rows(keys, [7, 3, 10, 0, -1, 9]).tolist() == [1, 0, -1, -1, -1, 2]
+    assert lookup_rows(None, [4, -1]).tolist() == [4, -1]
+    assert lookup_rows(np.zeros(0, np.int64), [1]).tolist() == [-1]
+
+
+def random_seqs(n, seed, vocab=V):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, size=rng.integers(0, 8)).tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize("groups", [[Window(1), Window(3)], [Suffix(1), Suffix(2), Window(1)]])
+def test_shard_additivity(groups):
+    seqs = random_seqs(60, seed=1, vocab=9)
+    whole = count_chunk(seqs, 9, groups, BOS, EOS)
+    halves = count_chunk(seqs[:25], 9, groups, BOS, EOS) + count_chunk(seqs[25:], 9, groups, BOS, EOS)
+    assert whole.equals(halves)
+    streamed = count_cooccurrences([seqs[i:i + 7] for i in range(0, 60, 7)], 9, groups, BOS, EOS)
+    assert whole.equals(streamed)
+    assert whole.equals(whole + empty_counts(9, groups))
+    assert not whole.equals(count_chunk(seqs[:59], 9, groups, BOS, EOS))
+
+
+def test_sum_counts_order_free():
+    groups = [Suffix(2), Window(2)]
+    parts = [count_chunk(random_seqs(10, seed=s), V, groups, BOS, EOS) for s in range(5)]
+    assert sum_counts(parts).equals(sum_counts(parts[::-1]))
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    assert sum_counts(parts).equals(total)
+    assert total.n_sequences == 50
+
+
+def test_empty_chunk():
+    c = count_chunk([], V, [Window(1)], BOS, EOS)
+    assert c.n_tokens == 0 and c.F[0].shape == (V, V) and c.F[0].nnz == 0

@@ -10,6 +10,7 @@ Data goes to stdout, progress and logs to stderr. A user error prints one line
     lmkit eval DIR          (corpus flags, default --corpus shakespeare --split test) [--json]
     lmkit generate DIR      [--prompt TEXT | --prompt-file F] [--max-tokens 100] [--temperature 1.0]
     lmkit inspect DIR       --token TEXT [--top 10]
+    lmkit export-arpa DIR OUT.arpa   (n-gram models: words are token ids, log10, KenLM-readable)
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a language model (count, then solve)")
     add_corpus_args(tr, "train")
     tr.add_argument("--output", required=True, metavar="DIR", help="model folder to write")
-    tr.add_argument("--context", type=int, default=3, help="window groups: tokens 1..K back (default 3)")
+    tr.add_argument("--context", type=int, default=None,
+                    help="window groups: tokens 1..K back (default 3, or 0 when --order is given)")
     tr.add_argument("--order", type=int, default=None, help="n-gram order N: suffix groups 1..N-1")
     tr.add_argument("--vocab-size", type=int, default=4096)
     tr.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
@@ -83,8 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--chunk-lines", type=int, default=10000, help="lines per counting chunk")
     tr.add_argument("--solver", choices=["explicit", "gradient", "warm"], default="explicit")
     # --- gradient solver flags (issue 3) ---
+    tr.add_argument("--init", choices=["zeros", "random", "explicit"], default=None,
+                    help="gradient init (default: zeros for --solver gradient, explicit for warm)")
+    tr.add_argument("--epochs", type=int, default=10, help="gradient: max passes over the data (default 10)")
+    tr.add_argument("--max-seconds", type=float, default=None, help="gradient: training time budget")
+    tr.add_argument("--lr", type=float, default=0.003, help="gradient: learning rate (default 0.003)")
+    tr.add_argument("--batch-size", type=int, default=1024, help="gradient: minibatch size (default 1024)")
+    tr.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                    help="gradient: lazy Adam or SGD with momentum 0.9 (default adam)")
+    tr.add_argument("--patience", type=int, default=2,
+                    help="gradient: stop after this many validations without improvement (default 2)")
+    tr.add_argument("--l2", type=float, default=0.0, help="gradient: L2 penalty on W (default 0)")
+    tr.add_argument("--lr-decay", type=float, default=1.0,
+                    help="gradient: learning rate multiplied by this each epoch (default 1 = constant)")
+    tr.add_argument("--eval-every", type=int, default=0,
+                    help="gradient: steps between validations (default 0 = once per epoch)")
+    tr.add_argument("--max-memory", default=None, metavar="SIZE",
+                    help="memory limit, e.g. 8G (default: 80%% of available RAM)")
     # --- n-gram flags (issue 6) ---
+    tr.add_argument("--prune", type=int, nargs="+", default=None, metavar="T",
+                    help="n-gram count thresholds per order, as KenLM: drop n-grams of order n "
+                         "with adjusted count <= T_n (e.g. --prune 0 0 1; default: no pruning)")
     # --- scale flags (issue 5) ---
+    tr.add_argument("--workers", type=int, default=None,
+                    help="processes that tokenize and count (default: every core); with "
+                         "--engine dask, the LocalCluster's workers")
+    tr.add_argument("--engine", choices=["local", "dask"], default="local",
+                    help="count on this machine or on a Dask cluster (pip install lmkit[distributed])")
+    tr.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: start a LocalCluster)")
+    tr.add_argument("--input-sentence-size", type=int, default=2_000_000,
+                    help="lines sampled (seeded) to train the tokenizer; 0 = all (default 2000000)")
 
     ev = sub.add_parser("eval", help="perplexity and bits per byte on held-out text")
     ev.add_argument("model", metavar="DIR")
@@ -103,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--seed", type=int, default=0)
     ge.add_argument("--num-samples", type=int, default=1)
     ge.add_argument("--json", action="store_true", help="print a JSON list of samples")
+
+    ea = sub.add_parser("export-arpa", help="write an n-gram model (--order N) as an ARPA file")
+    ea.add_argument("model", metavar="DIR")
+    ea.add_argument("output", metavar="OUT.arpa")
 
     ins = sub.add_parser("inspect", help="strongest next tokens of a token, per feature group")
     ins.add_argument("model", metavar="DIR")
@@ -152,6 +187,7 @@ def _write_output(path, text: str) -> None:
         sys.stdout.write(text)
         return
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
         f.write(text)
@@ -179,11 +215,11 @@ def cmd_tokenize(a) -> None:
 
 def cmd_train(a) -> None:
     from .train import train
-    kwargs = {k: v for k, v in vars(a).items() if k not in ("verb", "output", "func")}
+    kwargs = {k: v for k, v in vars(a).items() if k not in ("verb", "output", "func", "argv")}
     if kwargs.get("discount") is not None and len(kwargs["discount"]) == 1:
         kwargs["discount"] = kwargs["discount"][0]
     model = train(**kwargs)
-    path = model.save(a.output, command="lmkit " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
+    path = model.save(a.output, command="lmkit " + " ".join(shlex.quote(x) for x in a.argv))
     print(f"wrote {path}: {model.describe()}")
 
 
@@ -213,6 +249,14 @@ def cmd_generate(a) -> None:
     print(json.dumps(samples) if a.json else "\n".join(samples))
 
 
+def cmd_export_arpa(a) -> None:
+    from .model import LanguageModel
+    from .ngram import write_arpa
+    sizes = write_arpa(LanguageModel.load(a.model), a.output)
+    print(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
+          + "; words are token ids (<unk> <s> </s> for the specials)")
+
+
 def cmd_inspect(a) -> None:
     from .model import LanguageModel
     model = LanguageModel.load(a.model)
@@ -225,11 +269,14 @@ def cmd_inspect(a) -> None:
 
 
 VERBS = {"tokenizer": cmd_tokenizer, "tokenize": cmd_tokenize, "train": cmd_train,
-         "eval": cmd_eval, "generate": cmd_generate, "inspect": cmd_inspect}
+         "eval": cmd_eval, "generate": cmd_generate, "inspect": cmd_inspect,
+         "export-arpa": cmd_export_arpa}
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the manifest records the command as given, also for in-process calls
     try:
         VERBS[args.verb](args)
     except LmkitError as e:

@@ -27,3 +27,7 @@ class ModelFormatError(LmkitError, ValueError):
 
 class MemoryLimitError(LmkitError, ValueError):
     """A step would need more memory than the configured limit."""
+
+
+class MissingDependencyError(LmkitError, ImportError):
+    """An optional package a feature needs is not installed (the message names the pip extra)."""

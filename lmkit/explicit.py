@@ -198,15 +198,24 @@ def lookup_values(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.nd
 
 
 def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
-                   max_iter: int = 30, tol: float = 1e-7) -> tuple[np.ndarray, list]:
+                   max_iter: int = 30, tol: float = 1e-7, init=None,
+                   fixed=None) -> tuple[np.ndarray, list]:
     """Group weights lambda >= 0 that minimise held-out NLL, by projected Newton steps.
 
     ``rows``: per group, row index per held-out position (-1 = no feature); ``targets`` (N,).
     The held-out NLL ``mean_n [log Z_n(lambda) - lambda . t_n]`` is convex in lambda (a
     log-sum-exp of functions linear in lambda), so a few Newton steps on these G scalars find
-    its minimum; W itself is never touched by a gradient. Starts from lambda = (1, 0, ...) and
-    returns the lambdas and the trace ``[(lambdas, nll), ...]``.
+    its minimum; W itself is never touched by a gradient. Starts from ``init`` (default
+    lambda = (1, 0, ...)); groups where ``fixed[g]`` is true keep their initial weight (the n-gram
+    solver fixes its suffix groups at 1). Returns the lambdas and the trace ``[(lambdas, nll)]``.
     """
+    lam = np.zeros(len(params.S))
+    lam[0] = 1.0
+    if init is not None:
+        lam = np.asarray(init, dtype=np.float64).copy()
+    movable = np.ones(len(lam), bool) if fixed is None else ~np.asarray(fixed, dtype=bool)
+    if not movable.any():
+        return lam, []
     comp, pos, col, tgt = _aligned_components(params, rows, targets)
     N, G = len(targets), len(params.S)
     # union entries are grouped by position (CSR order): per-position sums are segment sums
@@ -234,13 +243,11 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
         hess -= dZ @ dZ.T / N
         return (dZ - tgt).mean(axis=1), hess
 
-    lam = np.zeros(G)
-    lam[0] = 1.0
     nll, w, Z = nll_of(lam)
     trace = [(lam.tolist(), nll)]
     for _ in range(max_iter):
         grad, hess = grad_hess(w, Z)
-        free = (lam > 0) | (grad < 0)  # active set: coordinates at 0 pushed below 0 stay at 0
+        free = ((lam > 0) | (grad < 0)) & movable  # active set: at 0 and pushed below 0 stay
         step = np.zeros(G)
         if free.any():
             h = hess[np.ix_(free, free)] + 1e-9 * np.eye(int(free.sum()))

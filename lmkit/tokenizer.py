@@ -227,10 +227,13 @@ class Tokenizer:
             return self._encode_with_space_symbol(text)
         return self._sp.encode(text)
 
-    def encode_batch(self, lines: list[str]) -> list[list[int]]:
-        """``[encode(line) for line in lines]``, encoded in parallel by SentencePiece."""
+    def encode_batch(self, lines: list[str], num_threads: int | None = None) -> list[list[int]]:
+        """``[encode(line) for line in lines]``, encoded in parallel by SentencePiece.
+
+        ``num_threads``: SentencePiece threads (default: every core; 1 inside worker processes).
+        """
         lines = list(lines)
-        out = self._sp.encode(lines, num_threads=os.cpu_count() or 1) if lines else []
+        out = self._sp.encode(lines, num_threads=num_threads or os.cpu_count() or 1) if lines else []
         for i, line in enumerate(lines):
             if _SPACE_SYMBOL in line:  # rare: see the module docstring
                 out[i] = self._encode_with_space_symbol(line)

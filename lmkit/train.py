@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import sys
 import time
-from itertools import islice
 
 import numpy as np
 
 from . import corpus as corpus_mod
-from .counts import count_chunk, sum_counts
 from .errors import InputError
 from .explicit import choose_lambdas, solve_explicit
 from .features import Suffix, make_groups
+from .memory import check_memory, format_bytes
 from .model import LanguageModel
+from .parallel import check_workers, count_corpus_parallel, counts_nbytes, model_nbytes
 from .scoring import context_rows
 from .tokenizer import Tokenizer
 
@@ -41,20 +41,24 @@ def _bar(total=None, desc="", unit="tok"):
 
 
 def count_corpus(lines_iter, tokenizer: Tokenizer, groups: list, *, chunk_lines: int = 10000,
-                 desc: str = "count"):
-    """Tokenize and count an iterable of lines chunk by chunk; returns ``Counts``."""
-    def parts():
-        it = iter(lines_iter)
-        with _bar(desc=desc) as bar:
-            while True:
-                chunk = list(islice(it, chunk_lines))
-                if not chunk:
-                    return
-                seqs = tokenizer.encode_batch(chunk)
-                c = count_chunk(seqs, tokenizer.vocab_size, groups, tokenizer.bos_id, tokenizer.eos_id)
-                bar.update(c.n_tokens)
-                yield c
-    return sum_counts(parts())
+                 desc: str = "count", workers: int | None = 1, max_memory=None,
+                 engine: str = "local", scheduler: str | None = None):
+    """Tokenize and count an iterable of lines chunk by chunk; returns ``Counts``.
+
+    ``engine="local"``: ``workers`` processes, partial sums spilled to disk above ``max_memory``
+    (``parallel.py``); ``engine="dask"``: chunks counted on a Dask cluster (``distributed.py``).
+    """
+    with _bar(desc=desc) as bar:
+        if engine == "dask":
+            from .distributed import count_corpus_dask
+            return count_corpus_dask(lines_iter, tokenizer, groups, chunk_lines=chunk_lines,
+                                     scheduler=scheduler, n_workers=workers, progress=bar.update,
+                                     log=log)
+        if engine != "local":
+            raise InputError(f"--engine {engine!r} is not one of local, dask; pick one of them")
+        return count_corpus_parallel(lines_iter, tokenizer, groups, chunk_lines=chunk_lines,
+                                     workers=workers, max_memory=max_memory, progress=bar.update,
+                                     log=log)
 
 
 def heldout_lines(valid, max_tokens: int, tokenizer: Tokenizer) -> list:
@@ -71,13 +75,21 @@ def heldout_lines(valid, max_tokens: int, tokenizer: Tokenizer) -> list:
 
 def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
           split: str = "train", text_field: str = "text", streaming: bool = False,
-          context: int = 3, order: int | None = None, vocab_size: int = 4096,
+          context: int | None = None, order: int | None = None, prune=None, vocab_size: int = 4096,
           model_type: str = "bpe", tokenizer: str | None = None, discount=None,
           lambdas=None, lambda_tokens: int = 10000, seed: int = 0, chunk_lines: int = 10000,
-          solver: str = "explicit", **solver_options) -> LanguageModel:
+          solver: str = "explicit", workers: int | None = None, engine: str = "local",
+          scheduler: str | None = None, input_sentence_size: int = 2_000_000,
+          **solver_options) -> LanguageModel:
     """Train a language model; keyword arguments map 1:1 onto ``lmkit train`` flags."""
     t0 = time.time()
+    if context is None:  # --order N alone is a pure n-gram model; neither flag: window 1..3
+        context = 3 if order is None else 0
+    if prune and order is None:
+        raise InputError(f"--prune {list(prune)} needs n-gram groups; add --order N")
     groups = make_groups(context, order)
+    from .gradient import check_options  # refuse bad gradient options before counting
+    check_options(solver, **solver_options)
     train_corpus = corpus_mod.load_corpus(corpus=corpus, input=input, dataset=dataset, split=split,
                                           text_field=text_field, streaming=streaming)
     train_corpus.check_nonempty()
@@ -87,31 +99,42 @@ def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
         log(f"[2/4] tokenizer {tokenizer} (V={tok.vocab_size})")
     else:
         log(f"[2/4] training {model_type} tokenizer, vocab {vocab_size}")
-        tok = Tokenizer.train(train_corpus, vocab_size=vocab_size, model_type=model_type, seed=seed)
+        tok = Tokenizer.train(train_corpus, vocab_size=vocab_size, model_type=model_type, seed=seed,
+                              input_sentence_size=input_sentence_size)
     log(f"[3/4] counting {', '.join(g.name for g in groups)}")
     has_valid = corpus is not None or (input is None and dataset is None)
+    max_memory = solver_options.get("max_memory")  # shared with the gradient solver's options
+    scale = {"workers": check_workers(workers), "max_memory": max_memory, "engine": engine,
+             "scheduler": scheduler}
     if has_valid:
-        counts = count_corpus(train_corpus, tok, groups, chunk_lines=chunk_lines)
+        counts = count_corpus(train_corpus, tok, groups, chunk_lines=chunk_lines, **scale)
         valid = corpus_mod.load_corpus(corpus=corpus or "shakespeare", split="valid")
         held_counts = None
     else:  # hold out every 20th line for choosing lambda; its counts are added back afterwards
         counts = count_corpus((x for i, x in enumerate(train_corpus) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1),
-                              tok, groups, chunk_lines=chunk_lines)
+                              tok, groups, chunk_lines=chunk_lines, **scale)
         valid = [x for i, x in enumerate(train_corpus) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
-        held_counts = count_corpus(valid, tok, groups, chunk_lines=chunk_lines, desc="count held-out")
+        held_counts = count_corpus(valid, tok, groups, chunk_lines=chunk_lines, desc="count held-out",
+                                   **scale)
     log(f"      {counts.n_sequences} sequences, {counts.n_tokens} tokens, "
         f"{sum(F.nnz for F in counts.F)} non-zero counts")
+    need = model_nbytes(counts)  # the counts stay alive while the model is built
+    log(f"      memory: counts {format_bytes(counts_nbytes(counts))}, model ~{format_bytes(need)}")
+    check_memory(counts_nbytes(counts) + 2 * need, max_memory, "solving the sparse model",
+                 "raise --max-memory, or use a smaller --vocab-size or --context")
     log(f"[4/4] solving ({solver})")
-    solve = _solve_fn(groups)
+    solve = _solve_fn(groups, prune)
     params = solve(counts, discount=discount)
-    held = heldout_lines(valid, lambda_tokens, tok) if len(groups) > 1 and lambdas is None else []
+    tune = not all(params.info.get("lambda_fixed", [False]))  # pure MKN keeps lambdas = 1
+    held = heldout_lines(valid, lambda_tokens, tok) if len(groups) > 1 and lambdas is None and tune else []
     if lambdas is not None:
         params.lambdas = _check_lambdas(lambdas, len(groups))
         params.info["lambda_rule"] = "given"
     elif held:
         rows, targets, _ = context_rows(groups, params.keys, tok.encode_batch(held), tok.vocab_size,
                                         tok.bos_id, tok.eos_id)
-        lam, trace = choose_lambdas(params, rows, targets)
+        lam, trace = choose_lambdas(params, rows, targets, init=params.info.get("lambda_init"),
+                                    fixed=params.info.get("lambda_fixed"))
         params.lambdas = lam
         params.info.update({"lambda_rule": f"coordinate search of held-out NLL on {len(targets)} "
                             "tokens over a grid", "lambda_trace": trace})
@@ -122,7 +145,7 @@ def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
         params = solve(counts + held_counts, discount=discount)
         params.lambdas = lam
         counts = counts + held_counts
-    config = {"context": context, "order": order, "vocab_size": tok.vocab_size,
+    config = {"context": context, "order": order, "prune": prune, "vocab_size": tok.vocab_size,
               "model_type": model_type, "discount": discount, "seed": seed, "solver": solver,
               "lambda_tokens": lambda_tokens, "discounts": params.info.get("discounts")}
     stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens}
@@ -137,10 +160,14 @@ def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
     return model
 
 
-def _solve_fn(groups):
+def _solve_fn(groups, prune=None):
     if any(isinstance(g, Suffix) for g in groups):
+        from functools import partial
+
         from .ngram import solve_ngram
-        return solve_ngram
+        return partial(solve_ngram, prune=prune)
+    if prune:
+        raise InputError(f"--prune {prune} needs n-gram groups; add --order N")
     return solve_explicit
 
 

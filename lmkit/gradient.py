@@ -1,0 +1,365 @@
+"""Gradient solver: token ids -> dense softmax weights by minibatch gradient descent (the baseline).
+
+Input: per window group g an int64 row array ``rows[g]`` (N,) (the token g+1 positions back, BOS
+padded; see ``scoring.context_rows``) and the targets (N,) (EOS included); the same for a
+validation slice. Output: ``scoring.DenseParams`` — ``W[g]`` (V, V) float32 and ``b`` (V,) — and
+a learning curve, a list of dicts ``{step, epoch, seconds, train_loss, valid_ppl}``.
+
+It is the *same* model as the explicit solver (``logits = b + sum_g W_g[c_g]``), trained the
+ordinary way so the two can be compared fairly:
+
+- the loss is the mean cross-entropy of a shuffled minibatch (seeded), computed in float32 with a
+  float64 loss sum; the gradient is ``X^T (P - Y) / B`` with the multi-hot X kept sparse (one CSR
+  ``(rows touched, B)`` product per group), never a dense X;
+- updates touch only the rows a batch uses. For SGD with momentum and for Adam this is *lazy*
+  (as TensorFlow's ``LazyAdam``): the moments of an untouched row are not decayed that step. The
+  gradient of an untouched row is exactly 0, so only the momentum carry-over differs from dense
+  Adam. With ``l2 > 0`` the penalty ``l2/2 ||W||^2`` is likewise applied to touched rows only;
+- init ``zeros``, ``random`` (seeded normal, ``random_scale``) or ``explicit``: ``W_g = lambda_g
+  S_g`` densified and ``b = log q`` — exactly the explicit model's logits up to a per-row
+  constant, so step 0 reproduces its perplexity;
+- stops after ``epochs``, after ``max_seconds`` of training time (periodic validation is not
+  counted), or when validation perplexity has not improved for ``patience`` evaluations; the
+  best-on-valid weights are returned. Warns (``ConvergenceWarning``) when a budget stops it while
+  validation perplexity is still improving.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+from .explicit import SparseParams
+from .features import Window
+from .memory import check_memory, format_bytes
+from .scoring import DenseParams, context_rows
+
+INITS = ("zeros", "random", "explicit")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class ConvergenceWarning(UserWarning):
+    """Training stopped on a budget while validation perplexity was still improving."""
+
+
+# ---- checks ---------------------------------------------------------------------------------
+def check_options(solver: str = "gradient", *, init=None, epochs=10, max_seconds=None, lr=0.003,
+                  batch_size=1024, optimizer="adam", patience=2, l2=0.0, lr_decay=1.0,
+                  eval_every=0, **_ignored) -> str:
+    """Validate the gradient options up front; returns the effective init.
+
+    ``--init`` defaults to ``zeros`` for ``--solver gradient`` and ``explicit`` for ``warm``.
+    """
+    if solver not in ("explicit", "gradient", "warm"):
+        raise InputError(f"--solver must be explicit, gradient or warm, got {solver!r}")
+    if solver == "explicit":
+        if init is not None:
+            raise InputError(f"--init {init} needs an iterative solver but --solver is explicit; "
+                             "pass --solver gradient (or --solver warm for --init explicit)")
+        return None
+    init = init or ("explicit" if solver == "warm" else "zeros")
+    if init not in INITS:
+        raise InputError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+    if solver == "warm" and init != "explicit":
+        raise InputError(f"--solver warm starts from the explicit solution, got --init {init}; "
+                         "use --solver gradient for zeros/random init")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise InputError(f"--lr must be > 0, got {lr}; pass e.g. --lr 0.003")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}; pass e.g. --batch-size 1024")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"--optimizer must be adam or sgd, got {optimizer!r}")
+    if epochs is not None and epochs < 1:
+        raise InputError(f"--epochs must be >= 1, got {epochs}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise InputError(f"--max-seconds must be > 0, got {max_seconds}; omit it for no time limit")
+    if patience is not None and patience < 1:
+        raise InputError(f"--patience must be >= 1, got {patience}")
+    if l2 < 0:
+        raise InputError(f"--l2 must be >= 0, got {l2}")
+    if not 0 < lr_decay <= 1:
+        raise InputError(f"--lr-decay must be in (0, 1] (1 = constant), got {lr_decay}")
+    if eval_every < 0:
+        raise InputError(f"--eval-every must be >= 0 (0 = once per epoch), got {eval_every}")
+    return init
+
+
+def dense_bytes(n_groups: int, vocab_size: int, batch_size: int, optimizer: str = "adam",
+                itemsize: int = 4) -> int:
+    """Bytes the dense solver holds: W and b, the best-on-valid copy, optimizer moments, batch.
+
+    Example: 1 group, V=4, batch 2, adam, float32 -> (16+4) * 4 arrays * 4 B + 4*2*4*4 B = 448.
+    """
+    weights = n_groups * vocab_size * vocab_size + vocab_size
+    copies = 2 + (2 if optimizer == "adam" else 1)  # W/b, best copy, moments (m, v) or velocity
+    batch = 4 * batch_size * vocab_size  # logits/P, gathered rows, sparse products, scratch
+    return (weights * copies + batch) * itemsize
+
+
+def check_dense_memory(n_groups, vocab_size, batch_size, optimizer="adam", max_memory=None,
+                       itemsize: int = 4) -> int:
+    """Refuse up front (``MemoryLimitError`` with the bytes needed) a model that would not fit."""
+    need = dense_bytes(n_groups, vocab_size, batch_size, optimizer, itemsize)
+    check_memory(need, max_memory, f"the dense gradient model ({n_groups} x {vocab_size}^2 weights, "
+                 f"{optimizer}, batch {batch_size})",
+                 "lower --vocab-size or --context, or raise --max-memory (the explicit solver "
+                 "needs only the sparse counts)")
+    return need
+
+
+# ---- pure math ------------------------------------------------------------------------------
+def init_params(init: str, groups: list, vocab_size: int, *, explicit: SparseParams | None = None,
+                seed: int = 0, random_scale: float = 0.01, dtype=np.float32) -> tuple[list, np.ndarray]:
+    """Initial ``(W, b)``: W list of (V, V), b (V,), all of ``dtype``."""
+    V = vocab_size
+    if init == "zeros":
+        return [np.zeros((V, V), dtype) for _ in groups], np.zeros(V, dtype)
+    if init == "random":
+        rng = np.random.default_rng(seed)
+        W = [(rng.standard_normal((V, V)) * random_scale).astype(dtype) for _ in groups]
+        return W, np.zeros(V, dtype)
+    if init == "explicit":
+        if explicit is None:
+            raise InputError("--init explicit needs the explicit solution; use --solver warm")
+        return explicit_dense(explicit, dtype)
+    raise InputError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def explicit_dense(params: SparseParams, dtype=np.float32) -> tuple[list, np.ndarray]:
+    """``W_g = lambda_g S_g`` densified and ``b = log q``: the explicit model in dense form."""
+    W = [(lam * S).toarray().astype(dtype) for S, lam in zip(params.S, params.lambdas)]
+    return W, np.log(params.q).astype(dtype)
+
+
+def logits_of(W: list, b: np.ndarray, rows: list, out: np.ndarray | None = None) -> np.ndarray:
+    """``b + sum_g W_g[rows_g]`` (B, V) in W's dtype; window rows are never -1 (BOS padding)."""
+    out = np.take(W[0], rows[0], axis=0, out=out)
+    for Wg, r in zip(W[1:], rows[1:]):
+        out += Wg[r]
+    out += b
+    return out
+
+
+def batch_gradient(W: list, b: np.ndarray, rows: list, targets: np.ndarray):
+    """Mean cross-entropy of a batch and its gradient.
+
+    Returns ``(loss_sum, grads_W, grad_b)``: loss_sum float64 (sum over the batch, nats), grads_W
+    per group ``(touched_rows int64 (U,), grad (U, V))`` of the *mean* loss, grad_b (V,).
+    The gradient is ``X^T (P - Y) / B``; each group's block of X is a (U, B) CSR of ones.
+    """
+    B = len(targets)
+    ar = np.arange(B)
+    z = logits_of(W, b, rows)
+    z -= z.max(axis=1, keepdims=True)
+    tgt = z[ar, targets].astype(np.float64)
+    np.exp(z, out=z)
+    s = z.sum(axis=1, dtype=np.float64)
+    loss_sum = float(np.sum(np.log(s) - tgt))
+    z *= (1.0 / (s * B)).astype(z.dtype)[:, None]  # P / B
+    z[ar, targets] -= z.dtype.type(1.0 / B)  # (P - Y) / B
+    grad_b = z.sum(axis=0)
+    grads = []
+    ones = np.ones(B, z.dtype)
+    for r in rows:
+        uniq, inv = np.unique(r, return_inverse=True)
+        X = sp.csr_matrix((ones, (inv.ravel(), ar)), shape=(len(uniq), B))
+        grads.append((uniq, np.asarray(X @ z)))
+    return loss_sum, grads, grad_b
+
+
+def adam_update(param, m, v, idx, grad, lr, t, beta1=0.9, beta2=0.999, eps=1e-8) -> None:
+    """Lazy Adam step on ``param[idx]`` (idx None = all) in place; t = global step (1-based)."""
+    if idx is None:
+        mi, vi = m, v
+    else:
+        mi, vi = m[idx], v[idx]
+    mi *= beta1
+    mi += (1 - beta1) * grad
+    vi *= beta2
+    vi += (1 - beta2) * (grad * grad)
+    step = (lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)) * mi / (np.sqrt(vi) + eps)
+    if idx is None:
+        param -= step
+    else:
+        m[idx], v[idx] = mi, vi
+        param[idx] -= step
+
+
+def sgd_update(param, vel, idx, grad, lr, momentum=0.9) -> None:
+    """Lazy SGD-with-momentum step on ``param[idx]`` (idx None = all) in place."""
+    if idx is None:
+        vel *= momentum
+        vel += grad
+        param -= lr * vel
+    else:
+        vi = vel[idx] * momentum + grad
+        vel[idx] = vi
+        param[idx] -= lr * vi
+
+
+def valid_perplexity(W, b, rows, targets, chunk: int = 1024) -> float:
+    """Per-token perplexity of (rows, targets) under (W, b); float64 log-sum-exp."""
+    nll = 0.0
+    for a in range(0, len(targets), chunk):
+        z = logits_of(W, b, [r[a:a + chunk] for r in rows]).astype(np.float64)
+        t = targets[a:a + chunk]
+        m = z.max(axis=1)
+        nll += float(np.sum(m + np.log(np.exp(z - m[:, None]).sum(axis=1)) - z[np.arange(len(t)), t]))
+    return math.exp(nll / max(len(targets), 1))
+
+
+def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_rows: list,
+              valid_targets: np.ndarray, *, epochs: int | None = 10, max_seconds: float | None = None,
+              lr: float = 0.003, batch_size: int = 1024, optimizer: str = "adam",
+              patience: int | None = 2, l2: float = 0.0, lr_decay: float = 1.0,
+              eval_every: int = 0, seed: int = 0, callback=None, progress: bool = True,
+              clock=time.perf_counter):
+    """Minibatch training of ``(W, b)`` in place; returns ``(best_W, best_b, curve, info)``.
+
+    rows: per group int64 (N,); targets int64 (N,); valid_*: the same for the validation slice.
+    ``eval_every``: steps between validations (0 = once per epoch); validation also runs at
+    step 0. ``callback(record, W, b)`` may add fields to each curve record (e.g. a distance).
+    ``clock``: the timer for ``seconds`` and ``max_seconds`` (wall by default; pass
+    ``time.process_time`` to measure CPU seconds on a machine shared with other jobs).
+    info: ``{"steps", "epochs", "seconds", "stopped", "best_valid_ppl", "best_step"}``.
+    """
+    rng = np.random.default_rng(seed)
+    N = len(targets)
+    rows = [np.asarray(r, np.int64) for r in rows]
+    steps_per_epoch = max(1, math.ceil(N / batch_size))
+    eval_every = eval_every or steps_per_epoch
+    if optimizer == "adam":
+        state = [(np.zeros_like(Wg), np.zeros_like(Wg)) for Wg in W] + [(np.zeros_like(b), np.zeros_like(b))]
+    else:
+        state = [(np.zeros_like(Wg),) for Wg in W] + [(np.zeros_like(b),)]
+    curve, loss_acc, loss_n = [], 0.0, 0
+    train_s, step, epoch = 0.0, 0, 0
+    best = (math.inf, None, None, 0)
+    bad, stopped = 0, "epochs"
+
+    def evaluate():
+        nonlocal best, bad, loss_acc, loss_n
+        ppl = valid_perplexity(W, b, valid_rows, valid_targets)
+        rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "seconds": round(train_s, 3),
+               "train_loss": loss_acc / loss_n if loss_n else None, "valid_ppl": ppl}
+        if callback is not None:
+            callback(rec, W, b)
+        curve.append(rec)
+        loss_acc, loss_n = 0.0, 0
+        if ppl < best[0] * (1 - 1e-9):
+            best = (ppl, [Wg.copy() for Wg in W], b.copy(), step)
+            bad = 0
+        else:
+            bad += 1
+        return ppl
+
+    from tqdm import tqdm
+    bar = tqdm(desc="gradient", unit="step", file=sys.stderr, disable=None if progress else True,
+               leave=False, total=epochs * steps_per_epoch if epochs else None)
+    evaluate()
+    done = False
+    while not done and (epochs is None or epoch < epochs):
+        order = rng.permutation(N)
+        lr_now = lr * lr_decay ** epoch
+        for a in range(0, N, batch_size):
+            t0 = clock()
+            idx = order[a:a + batch_size]
+            brows = [r[idx] for r in rows]
+            loss_sum, grads, gb = batch_gradient(W, b, brows, targets[idx])
+            step += 1
+            for g, (uniq, gr) in enumerate(grads):
+                if l2:
+                    gr += l2 * W[g][uniq]
+                if optimizer == "adam":
+                    adam_update(W[g], *state[g], uniq, gr, lr_now, step)
+                else:
+                    sgd_update(W[g], *state[g], uniq, gr, lr_now)
+            if optimizer == "adam":
+                adam_update(b, *state[-1], None, gb, lr_now, step)
+            else:
+                sgd_update(b, *state[-1], None, gb, lr_now)
+            train_s += clock() - t0
+            loss_acc += loss_sum / len(idx)
+            loss_n += 1
+            bar.update(1)
+            if not math.isfinite(loss_sum):
+                raise InputError(f"training diverged at step {step} (loss {loss_sum}); lower --lr "
+                                 f"(got {lr})")
+            if step % eval_every == 0 or a + batch_size >= N:
+                ppl = evaluate()
+                bar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}", ppl=f"{ppl:.2f}")
+                if patience is not None and bad >= patience:
+                    stopped, done = "patience", True
+                    break
+            if max_seconds is not None and train_s >= max_seconds:
+                if curve[-1]["step"] != step:
+                    evaluate()
+                stopped, done = "max_seconds", True
+                break
+        epoch += 1
+    bar.close()
+    if stopped != "patience" and bad == 0 and len(curve) > 1:
+        warnings.warn(f"gradient descent stopped on its {stopped.replace('_', '-')} budget after "
+                      f"{step} steps ({train_s:.0f}s) while valid perplexity was still improving "
+                      f"({curve[-1]['valid_ppl']:.3f}); raise --epochs or --max-seconds",
+                      ConvergenceWarning, stacklevel=2)
+    info = {"steps": step, "epochs": round(step / steps_per_epoch, 4), "seconds": train_s,
+            "stopped": stopped, "best_valid_ppl": best[0], "best_step": best[3]}
+    return best[1], best[2], curve, info
+
+
+# ---- thin wrapper used by train.train -------------------------------------------------------
+def rows_of(groups, seqs, vocab_size: int, bos_id: int, eos_id: int):
+    """Per-group rows and targets of id sequences (window groups: rows are token ids)."""
+    rows, targets, _ = context_rows(groups, [None] * len(groups), seqs, vocab_size, bos_id, eos_id)
+    return rows, targets
+
+
+def finetune(model, solver: str, train_corpus, valid, *, init=None, epochs: int | None = 10,
+             max_seconds=None, lr: float = 0.003, batch_size: int = 1024, optimizer: str = "adam",
+             patience: int | None = 2, l2: float = 0.0, lr_decay: float = 1.0, eval_every: int = 0,
+             valid_tokens: int = 20000, random_scale: float = 0.01, max_memory=None, seed: int = 0,
+             **_other):
+    """Train the dense model on ``train_corpus`` (lines); ``model`` carries the explicit solution.
+
+    Returns a new ``LanguageModel`` with ``DenseParams`` (the best-on-valid weights); the curve
+    and stopping info are in ``params.info``. ``valid``: lines; a deterministic spread of about
+    ``valid_tokens`` of them is the validation slice.
+    """
+    from .model import LanguageModel
+    from .train import heldout_lines, log
+    init = check_options(solver, init=init, epochs=epochs, max_seconds=max_seconds, lr=lr,
+                         batch_size=batch_size, optimizer=optimizer, patience=patience, l2=l2,
+                         lr_decay=lr_decay, eval_every=eval_every)
+    groups, tok = model.groups, model.tokenizer
+    if not all(isinstance(g, Window) for g in groups):
+        raise InputError("the gradient solver handles --context window groups only, not --order; "
+                         "drop --order or use --solver explicit")
+    V = tok.vocab_size
+    need = check_dense_memory(len(groups), V, batch_size, optimizer, max_memory)
+    log(f"      gradient ({optimizer}, init {init}, lr {lr}, batch {batch_size}): dense model "
+        f"{format_bytes(need)}")
+    rows, targets = rows_of(groups, tok.encode_batch(list(train_corpus)), V, tok.bos_id, tok.eos_id)
+    vlines = heldout_lines(valid, valid_tokens, tok)
+    vrows, vtargets = rows_of(groups, tok.encode_batch(vlines), V, tok.bos_id, tok.eos_id)
+    W, b = init_params(init, groups, V, explicit=model.params if init == "explicit" else None,
+                       seed=seed, random_scale=random_scale)
+    W, b, curve, info = fit_dense(W, b, rows, targets, vrows, vtargets, epochs=epochs,
+                                  max_seconds=max_seconds, lr=lr, batch_size=batch_size,
+                                  optimizer=optimizer, patience=patience, l2=l2, lr_decay=lr_decay,
+                                  eval_every=eval_every, seed=seed)
+    log(f"      {info['steps']} steps, {info['epochs']} epochs, {info['seconds']:.1f}s, stopped by "
+        f"{info['stopped']}; best valid ppl {info['best_valid_ppl']:.3f} (slice of {len(vtargets)} tokens)")
+    params = DenseParams(list(groups), W, b, [None] * len(groups),
+                         {"solver": solver, "init": init, "optimizer": optimizer, "lr": lr,
+                          "batch_size": batch_size, "l2": l2, "lr_decay": lr_decay,
+                          "learning_curve": curve, **info})
+    config = dict(model.config, init=init, epochs=epochs, max_seconds=max_seconds, lr=lr,
+                  batch_size=batch_size, optimizer=optimizer, patience=patience, l2=l2,
+                  lr_decay=lr_decay)
+    return LanguageModel(tok, params, config, model.corpus)

@@ -1,0 +1,404 @@
+r"""N-gram solver: suffix-context counts -> interpolated modified Kneser-Ney as one softmax layer.
+
+Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` (an order N = M + 1 model),
+optionally followed by ``Window`` groups. ``F[m]`` is CSR (R_m, V) int64: rows = observed
+m-token histories h (sorted packed keys, oldest token at weight V**0), columns = next token w.
+Output: ``SparseParams`` with ``q`` (V,) = the interpolated MKN unigram ``P_1``, per suffix group
+``S_m`` CSR (R_m, V) float64 on the pattern of ``F[m]``, window groups solved as in
+``explicit.py`` against the same ``q``; ``lambdas`` = 1 (suffix weights stay 1: that *is* MKN).
+
+Interpolated modified Kneser-Ney (Chen & Goodman 1998; as in KenLM's lmplz)
+---------------------------------------------------------------------------
+Adjusted counts ``a``: raw counts ``c(h w)`` at the highest order N and for n-grams starting
+with BOS; otherwise the continuation count ``N1+(. h w)`` = number of distinct tokens seen left
+of ``h w`` (BOS included). Each nonzero of ``F[m+1]`` is one distinct ``(v h, w)``, so
+``a(h w)`` = number of nonzeros of ``F[m+1]`` in rows whose key // V is key(h): the lower orders
+are derived from the higher-order count matrices, nothing else is counted. Per order n three
+discounts from the count-of-counts ``n_k`` of its adjusted counts::
+
+    Y = n1 / (n1 + 2 n2),  D1 = 1 - 2Y n2/n1,  D2 = 2 - 3Y n3/n2,  D3+ = 3 - 4Y n4/n3.
+
+With ``D(a)`` the discount of a count a and ``h'`` = h without its oldest token::
+
+    P_n(w | h) = (a(h w) - D(a(h w))) / a(h .) + gamma_n(h) P_{n-1}(w | h'),
+    gamma_n(h) = sum_w D(a(h w)) / a(h .)    (= (D1 N1(h.) + D2 N2(h.) + D3 N3+(h.)) / a(h .)),
+    P_1(w) = (a(w) - D(a(w))) / a(.) + gamma_0 / V          (interpolated with uniform),
+
+and ``P_n(w | h) = P_{n-1}(w | h')`` when h was never seen as a history.
+
+The sparse softmax form
+-----------------------
+Write ``r_n(h, w) = (a - D(a)) / a(h .)`` (zero off the observed pairs). Then
+``P_n(w|h) = gamma_n(h) P_{n-1}(w|h') (1 + r_n / (gamma_n(h) P_{n-1}(w|h')))``, and unrolling
+the recursion from order N down to the unigram::
+
+    log P_N(w | h) = log q[w] + sum_m S_m[h_m, w] + sum_m log gamma_{m+1}(h_m),
+    S_m[h, w]      = log(1 + r_{m+1}(h, w) / (gamma_{m+1}(h) P_m(w | h'))) >= 0,
+
+where ``h_m`` is the last m tokens of the history, ``q = P_1`` and an unseen history contributes
+nothing (gamma = 1, S = 0). The last sum depends on the context only, so it is the negative log
+normaliser: ``log Z = -sum_m log gamma(h_m)``. Hence MKN is exactly the single softmax layer
+``logits = log q + sum_m S_m[h_m]`` with one-hot suffix features and all lambdas 1, and the
+generic scorer (which normalises over the union of touched columns) returns MKN probabilities.
+Conversely gamma is recoverable from q and S alone, ``gamma(h) = 1 / (1 + sum_{w in row h}
+P_m(w|h') expm1(S[h, w]))``, which is how ``backoff_tables`` rebuilds the ARPA backoffs.
+
+ARPA export (``write_arpa``): words are decimal token ids, except ``<unk>``, ``<s>`` and
+``</s>`` for the tokenizer's unk/BOS/EOS ids (``arpa_words``); probabilities and backoffs are
+log10; ``<s>`` gets -99 as in KenLM.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+
+from .counts import Counts, lookup_rows
+from .errors import InputError
+from .explicit import SparseParams, estimate_discount, lookup_values, solve_group
+from .features import Suffix, Window, decode_suffix_key
+
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+
+
+# ---- discounts and adjusted counts ------------------------------------------------------------
+def mkn_discounts(values: np.ndarray) -> tuple[tuple[float, float, float], bool]:
+    """``(D1, D2, D3+)`` from the count-of-counts of ``values`` (the adjusted counts of an order).
+
+    Returns the discounts and whether they were estimated (False: the count-of-counts were too
+    sparse, e.g. a tiny corpus, and ``FALLBACK_DISCOUNTS`` are used). Example: n1..n4 = 10, 4,
+    2, 1 -> Y = 10/18, D1 = 1 - 2*(10/18)*0.4 = 0.5556, D2 = 2 - 3*(10/18)*0.5 = 1.1667,
+    D3+ = 3 - 4*(10/18)*0.5 = 1.8889.
+    """
+    n = [int(np.count_nonzero(values == k)) for k in (1, 2, 3, 4)]
+    if min(n) == 0:
+        return FALLBACK_DISCOUNTS, False
+    y = n[0] / (n[0] + 2 * n[1])
+    d = (1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1], 3 - 4 * y * n[3] / n[2])
+    if not all(0 < dk <= k for k, dk in zip((1, 2, 3), d)):
+        return FALLBACK_DISCOUNTS, False
+    return tuple(float(x) for x in d), True
+
+
+def _discount_of(values: np.ndarray, d) -> np.ndarray:
+    """D(a) per count: D1 for 1, D2 for 2, D3+ for 3 or more."""
+    return np.where(values == 1, d[0], np.where(values == 2, d[1], d[2]))
+
+
+def adjusted_counts(counts: Counts, m: int, top: int, bos_id: int) -> sp.csr_matrix:
+    """MKN adjusted counts of the order-(m+1) n-grams, CSR on the pattern of ``F[m]``.
+
+    ``m`` = history length (0 = unigrams: a (1, V) matrix); ``top`` = M, the longest history.
+    Raw counts for m = top and for histories starting with BOS; else the number of distinct
+    left extensions, read off ``F[m+1]``.
+    """
+    V = counts.vocab_size
+    if m == top:
+        A = counts.F[m - 1].tocsr().astype(np.int64)
+        A.sort_indices()
+        return A
+    up, up_keys = counts.F[m].tocsr(), counts.keys[m]  # Suffix(m+1) is group index m
+    entry_row = np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))
+    if m == 0:
+        return sp.csr_matrix(np.bincount(up.indices, minlength=V).astype(np.int64)[None, :])
+    parent = lookup_rows(counts.keys[m - 1], up_keys // V)  # drop the oldest token
+    assert (parent >= 0).all(), "suffix groups must be nested (Suffix(1..M) counted together)"
+    F = counts.F[m - 1].tocsr()
+    A = sp.csr_matrix((np.ones(up.nnz, np.int64), (parent[entry_row], up.indices)), shape=F.shape)
+    A.sum_duplicates()
+    bos_rows = (counts.keys[m - 1] % V) == bos_id
+    A = (A + sp.diags(bos_rows.astype(np.int64), dtype=np.int64) @ F).tocsr()
+    A.sort_indices()
+    assert A.nnz == F.nnz, "adjusted counts must have the pattern of the raw counts"
+    return A
+
+
+def infer_bos_id(counts: Counts) -> int:
+    """The BOS id: the one history token of ``Suffix(1)`` that is never a target."""
+    g = counts.groups.index(Suffix(1))
+    cand = counts.keys[g][counts.target[counts.keys[g]] == 0]
+    if len(cand) != 1:
+        raise InputError(f"cannot tell the BOS id from the counts ({len(cand)} candidates); "
+                         "pass bos_id= to solve_ngram")
+    return int(cand[0])
+
+
+def _suffix_order(groups) -> int:
+    """M such that the suffix groups are exactly Suffix(1..M), in order, first."""
+    ms = [g.m for g in groups if isinstance(g, Suffix)]
+    if ms != list(range(1, len(ms) + 1)) or any(isinstance(g, Suffix) for g in groups[len(ms):]):
+        raise InputError(f"suffix groups must be suffix1..suffixM first, got "
+                         f"{[g.name for g in groups]}; build them with make_groups(order=N)")
+    return len(ms)
+
+
+def _check_discount(discount):
+    if discount is None:
+        return None
+    d = (float(discount),) * 3 if np.isscalar(discount) else tuple(float(x) for x in discount)
+    if len(d) != 3 or not all(0 < dk <= k for k, dk in zip((1, 2, 3), d)):
+        raise InputError(f"--discount for --order needs 1 or 3 values D1 D2 D3+ with 0 < Dk <= k, "
+                         f"got {list(d)}; omit it to estimate the discounts from count-of-counts")
+    return d
+
+
+# ---- the solver -------------------------------------------------------------------------------
+def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None = None,
+                floor: float = 0.5) -> SparseParams:
+    """Interpolated modified Kneser-Ney for the suffix groups (+ closed form for window groups).
+
+    ``discount``: None (per order from count-of-counts), one float, or ``(D1, D2, D3+)`` for
+    every order. ``prune``: None or per-order count thresholds (see ``prune_thresholds``).
+    ``floor`` is accepted for signature compatibility with ``solve_explicit`` (unused: q is MKN).
+    """
+    groups = list(counts.groups)
+    M = _suffix_order(groups)
+    V = counts.vocab_size
+    bos = infer_bos_id(counts) if bos_id is None else int(bos_id)
+    given = _check_discount(discount)
+    thresholds = prune_thresholds(prune, M + 1)
+
+    A = [adjusted_counts(counts, m, M, bos) for m in range(M + 1)]
+    discounts, estimated = [], []
+    for a in A:
+        d, ok = (given, True) if given else mkn_discounts(a.data)
+        discounts.append([float(x) for x in d])
+        estimated.append(ok)
+    if given is None and not all(estimated):
+        print(f"      MKN discounts: count-of-counts too sparse for orders "
+              f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using {FALLBACK_DISCOUNTS}",
+              file=sys.stderr)
+    keep = _pruned_patterns(A, counts.keys, thresholds, V)
+
+    a1 = A[0].toarray().ravel().astype(np.float64)
+    d1 = np.where(a1 > 0, _discount_of(a1, discounts[0]), 0.0)
+    q = (a1 - d1) / a1.sum() + d1.sum() / a1.sum() / V
+
+    S, keys, logp_prev = [], [], None
+    for m in range(1, M + 1):
+        Sm, km, logp_prev = _solve_order(A[m], counts.keys[m - 1], discounts[m], keep[m], q,
+                                         logp_prev, keys[-1] if keys else None, V)
+        S.append(Sm)
+        keys.append(km)
+    for g in groups[M:]:
+        F = counts.F[groups.index(g)]
+        S.append(solve_group(F, q, estimate_discount(F)))
+        keys.append(counts.keys[groups.index(g)])
+    info = {"discounts": discounts, "discounts_estimated": estimated, "bos_id": bos,
+            "smoothing": "interpolated modified Kneser-Ney", "prune": thresholds,
+            "lambda_init": [1.0] * M + [0.0] * (len(groups) - M),
+            "lambda_fixed": [True] * M + [False] * (len(groups) - M)}
+    return SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
+
+
+def _solve_order(A, keys, d, keep, q, logp_prev, keys_prev, V):
+    """One suffix group: S (CSR on the kept pattern), its row keys, and log P on that pattern.
+
+    ``logp_prev``: CSR of log P_m(w | h') on the previous group's kept pattern (None for m = 1).
+    Pruned entries keep their whole adjusted count in gamma (their mass backs off).
+    """
+    R = A.shape[0]
+    entry_row = np.repeat(np.arange(R), np.diff(A.indptr))
+    vals = A.data.astype(np.float64)
+    disc = _discount_of(vals, d)
+    total = np.bincount(entry_row, vals, minlength=R)
+    r = (vals - disc) / total[entry_row]
+    backoff_mass = disc + np.where(keep, 0.0, vals - disc)
+    gamma = np.bincount(entry_row, backoff_mass, minlength=R) / total
+    rows_kept = np.flatnonzero(np.bincount(entry_row[keep], minlength=R) > 0)
+    new_row = np.full(R, -1)
+    new_row[rows_kept] = np.arange(len(rows_kept))
+    er, cols, r = new_row[entry_row[keep]], A.indices[keep].astype(np.int64), r[keep]
+    g = gamma[rows_kept][er]
+    lower = _lower_logp(keys[rows_kept][er], cols, q, logp_prev, keys_prev, V)
+    data = np.log1p(r / (g * np.exp(lower)))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(er, minlength=len(rows_kept)))])
+    shape = (len(rows_kept), V)
+    S = sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=shape)
+    logp = sp.csr_matrix((np.log(g) + lower + data, cols.astype(np.int32), indptr), shape=shape)
+    return S, keys[rows_kept].copy(), logp
+
+
+def _lower_logp(hist_keys, cols, q, logp_prev, keys_prev, V):
+    """log P_m(w | h') for each (h, w): h' = h minus its oldest token (unigram q when m = 1)."""
+    if logp_prev is None:
+        return np.log(q[cols])
+    rows = lookup_rows(keys_prev, hist_keys // V)
+    assert (rows >= 0).all(), "lower-order history missing: patterns must be nested"
+    return lookup_values(logp_prev, rows, cols)
+
+
+def prune_thresholds(prune, n_orders: int) -> list:
+    """Per-order count thresholds (KenLM ``--prune``): n-grams whose adjusted count is <= t_n
+    are dropped (their mass backs off). Unigrams are never pruned; a shorter list repeats its
+    last value for the higher orders. Example: order 4, prune=[0, 1] -> [0, 0, 1, 1]."""
+    if not prune:
+        return [0] * n_orders
+    t = [int(x) for x in prune]
+    if any(x < 0 for x in t) or t[0] != 0 or any(b < a for a, b in zip(t, t[1:])):
+        raise InputError(f"--prune thresholds must be >= 0, non-decreasing and start with 0 "
+                         f"(unigrams are never pruned), got {list(prune)}; e.g. --prune 0 0 1")
+    return (t + [t[-1]] * n_orders)[:n_orders]
+
+
+def _pruned_patterns(A, keys, thresholds, V) -> list:
+    """Boolean keep-mask per order over the nonzeros of ``A[m]`` (index 0 = unigrams, all kept).
+
+    Pruned top-down; an n-gram is kept when its count exceeds the threshold or when a kept
+    longer n-gram needs it: as its suffix (``h' w``) or as its context (``h w`` is a kept row).
+    """
+    M = len(A) - 1
+    keep = [np.ones(a.nnz, dtype=bool) for a in A]
+    if not any(thresholds):
+        return keep
+    for m in range(M, 0, -1):
+        a = A[m]
+        keep[m] = a.data > thresholds[m]
+        if m < M:
+            keep[m] |= needed[m]
+        if m > 1:  # mark what this order's kept n-grams need one order down
+            er = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))[keep[m]]
+            k = keys[m - 1][er]
+            cols = a.indices[keep[m]].astype(np.int64)
+            lower = A[m - 1]
+            mark = np.zeros(lower.nnz, dtype=bool)
+            suffix_rows = lookup_rows(keys[m - 2], k // V)
+            mark[_entry_index(lower, suffix_rows, cols)] = True
+            # context: the row h of a kept entry, as an (m)-gram (h[:-1], h[-1])
+            ctx_rows = lookup_rows(keys[m - 2], np.unique(k) % (V ** (m - 1)))
+            ctx_cols = np.unique(k) // (V ** (m - 1))
+            mark[_entry_index(lower, ctx_rows, ctx_cols)] = True
+            needed = {m - 1: mark}
+    return keep
+
+
+def _entry_index(M: sp.csr_matrix, rows, cols) -> np.ndarray:
+    """Index into ``M.data`` of each stored entry (rows[n], cols[n]); all must be stored."""
+    idx = sp.csr_matrix((np.arange(M.nnz, dtype=np.float64) + 1, M.indices, M.indptr),
+                        shape=M.shape)
+    ok = rows >= 0
+    pos = lookup_values(idx, rows[ok], np.asarray(cols)[ok]).astype(np.int64) - 1
+    assert (pos >= 0).all(), "pruning: a needed n-gram is missing"
+    return pos
+
+
+# ---- reading MKN back out of a model ----------------------------------------------------------
+def backoff_tables(params: SparseParams):
+    """Per suffix group m: (log P_{m+1}(w | h) on the pattern of S_m, log gamma per row).
+
+    Natural logs. Only for pure suffix models with all lambdas 1 (an exact MKN model).
+    Returns ``(logp, loggamma)``: lists of (nnz_m,) and (R_m,) float64 arrays.
+    """
+    M = _suffix_order(params.groups)
+    V = params.vocab_size
+    logps, loggammas, prev = [], [], None
+    for m in range(M):
+        S = params.S[m].tocsr()
+        S.sort_indices()
+        er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        lower = _lower_logp(params.keys[m][er], S.indices.astype(np.int64), params.q, prev,
+                            params.keys[m - 1] if m else None, V)
+        z = 1.0 + np.bincount(er, np.exp(lower) * np.expm1(S.data), minlength=S.shape[0])
+        lg = -np.log(z)
+        lp = lg[er] + lower + S.data
+        prev = sp.csr_matrix((lp, S.indices, S.indptr), shape=S.shape)
+        logps.append(lp)
+        loggammas.append(lg)
+    return logps, loggammas
+
+
+def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggammas) -> np.ndarray:
+    """Fast exact scorer for pure MKN models: ``log q[t] + sum_m (S_m[h_m, t] + log gamma_m)``.
+
+    Cost: M binary searches per token, independent of how many columns a row has.
+    """
+    out = np.log(params.q[targets])
+    for S, r, lg in zip(params.S, rows, loggammas):
+        present = r >= 0
+        out[present] += lookup_values(S, r[present], targets[present]) + lg[r[present]]
+    return out
+
+
+# ---- ARPA export ------------------------------------------------------------------------------
+def arpa_words(tokenizer) -> np.ndarray:
+    """ARPA word for each token id: the id in decimal, or ``<unk>``/``<s>``/``</s>``.
+
+    To score with KenLM: ``kenlm.Model(arpa).full_scores(" ".join(words[ids]))``.
+    """
+    words = np.array([str(i) for i in range(tokenizer.vocab_size)], dtype=object)
+    words[tokenizer.unk_id], words[tokenizer.bos_id], words[tokenizer.eos_id] = "<unk>", "<s>", "</s>"
+    return words
+
+
+def check_arpa_exportable(params) -> int:
+    """M (the longest history) if ``params`` is an exact MKN model, else an ``InputError``."""
+    if not isinstance(params, SparseParams) or not all(isinstance(g, Suffix) for g in params.groups):
+        names = [g.name for g in params.groups]
+        raise InputError(f"ARPA export needs a pure suffix (n-gram) model, this one has groups {names}; "
+                         "train with --order N and without --context")
+    if not np.allclose(params.lambdas, 1.0):
+        raise InputError(f"ARPA export needs all lambdas = 1 (exact MKN), got {list(params.lambdas)}; "
+                         "re-train without --lambdas")
+    return _suffix_order(params.groups)
+
+
+def write_arpa(model, path) -> dict:
+    """Write ``model`` (a pure suffix ``LanguageModel``) as an ARPA file; returns n-gram counts."""
+    params, tok = model.params, model.tokenizer
+    M = check_arpa_exportable(params)
+    V = params.vocab_size
+    words = arpa_words(tok)
+    logps, loggammas = backoff_tables(params)
+    ln10 = math.log(10)
+    sections = []
+    # unigrams: every token, <s> at -99 as in KenLM; backoff = gamma of the 1-token history
+    bo = np.zeros(V)
+    r1 = lookup_rows(params.keys[0], np.arange(V))
+    bo[r1 >= 0] = loggammas[0][r1[r1 >= 0]]
+    lp1 = np.log(params.q) / ln10
+    lp1[tok.bos_id] = -99.0
+    sections.append(_arpa_lines(lp1, words[np.arange(V)][:, None], bo / ln10, M >= 1))
+    for m in range(M):
+        S = params.S[m].tocsr()
+        S.sort_indices()
+        er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        hist = _decode_keys(params.keys[m], m + 1, V)[er]
+        ids = np.concatenate([hist, S.indices[:, None].astype(np.int64)], axis=1)
+        bo = np.zeros(S.nnz)
+        if m + 1 < M:  # this n-gram as a history of the next group: key(h) + w * V**(m+1)
+            rk = lookup_rows(params.keys[m + 1], params.keys[m][er] + S.indices.astype(np.int64) * V ** (m + 1))
+            bo[rk >= 0] = loggammas[m + 1][rk[rk >= 0]]
+        sections.append(_arpa_lines(logps[m] / ln10, words[ids], bo / ln10, m + 1 < M))
+    sizes = [len(s) for s in sections]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\\data\\\n" + "".join(f"ngram {n + 1}={c}\n" for n, c in enumerate(sizes)))
+        for n, lines in enumerate(sections):
+            f.write(f"\n\\{n + 1}-grams:\n")
+            f.write("\n".join(lines))
+            f.write("\n")
+        f.write("\n\\end\\\n")
+    return {f"{n + 1}-grams": c for n, c in enumerate(sizes)}
+
+
+def _decode_keys(keys: np.ndarray, m: int, V: int) -> np.ndarray:
+    """(R, m) token ids of packed history keys, oldest first (vectorised ``decode_suffix_key``)."""
+    out = np.empty((len(keys), m), dtype=np.int64)
+    k = keys.copy()
+    for i in range(m):
+        out[:, i] = k % V
+        k //= V
+    return out
+
+
+def _arpa_lines(log10p, word_rows, log10bo, with_backoff: bool) -> list:
+    texts = [" ".join(r) for r in word_rows]
+    if with_backoff:
+        return [f"{p:.6f}\t{t}\t{b:.6f}" if b != 0 else f"{p:.6f}\t{t}"
+                for p, t, b in zip(log10p.tolist(), texts, log10bo.tolist())]
+    return [f"{p:.6f}\t{t}" for p, t in zip(log10p.tolist(), texts)]
+
+
+__all__ = ["solve_ngram", "mkn_discounts", "adjusted_counts", "backoff_tables", "mkn_log_proba",
+           "write_arpa", "arpa_words", "prune_thresholds", "decode_suffix_key"]

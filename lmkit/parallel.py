@@ -1,0 +1,228 @@
+"""Streaming, multi-process, memory-bounded counting: text lines -> ``Counts``.
+
+Input: an iterable of ``str`` lines (read lazily, ``chunk_lines`` at a time), a ``Tokenizer`` and
+the feature groups. Output: ``Counts`` (see ``counts.py``): per group a CSR ``(R_g, V)`` int64
+matrix, the (V,) target counts and the sequence/token totals.
+
+How it scales:
+
+- *streaming*: at most ``2 * workers`` chunks of lines are alive at once; ids exist only inside
+  the chunk being counted, and no dense ``(V, V)`` array is ever built;
+- *workers*: ``workers > 1`` tokenizes and counts chunks in a ``multiprocessing`` pool (the
+  tokenizer's model bytes are shipped once per worker); results come back in chunk order and
+  are merged by the same streaming tree reduction as ``counts.sum_counts``, so the counts are
+  identical to one worker's, bit for bit (integer sums are exact);
+- *max_memory*: when the partial sums held in memory exceed a quarter of the budget, they are
+  collapsed into one partial ``Counts`` and spilled to a temporary folder as ``.npz``
+  (``allow_pickle=False``); spilled parts are summed at the end. Before that final merge the
+  total size is estimated and a ``MemoryLimitError`` names the fix if it cannot fit.
+
+``counts_nbytes`` / ``model_nbytes`` are the estimates the pipeline prints before heavy steps.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+from collections import deque
+from itertools import chain, islice
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .counts import Counts, count_chunk, empty_counts
+from .errors import InputError
+from .features import group_from_name
+from .memory import check_memory, format_bytes, parse_size
+
+# A CSR entry costs 8 bytes of int64 data + 4 or 8 bytes of index; the solved model stores a
+# float64 value + index per entry, and adding two CSRs briefly holds both inputs and the output.
+BYTES_PER_COUNT = 16
+BYTES_PER_PARAM = 16
+SPILL_FRACTION = 0.25  # partial sums may use this share of --max-memory before they spill
+
+
+def counts_nbytes(c: Counts) -> int:
+    """Bytes held by the arrays of ``c`` (exact, from the arrays themselves)."""
+    n = c.target.nbytes
+    for F, k in zip(c.F, c.keys):
+        n += F.data.nbytes + F.indices.nbytes + F.indptr.nbytes + (k.nbytes if k is not None else 0)
+    return n
+
+
+def model_nbytes(c: Counts) -> int:
+    """Estimated bytes of the solved sparse model: one float64 + index per count, + O(V) vectors."""
+    nnz = sum(F.nnz for F in c.F)
+    rows = sum(F.shape[0] + 1 for F in c.F)
+    return nnz * BYTES_PER_PARAM + rows * 8 + 3 * c.vocab_size * 8
+
+
+def check_workers(workers) -> int:
+    """``workers`` as an int >= 1; None means all cores (``os.cpu_count()``)."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers must be an integer >= 1, got {workers!r}; "
+                         "omit it to use every core")
+    return workers
+
+
+def line_chunks(lines, chunk_lines: int):
+    """Lists of ``chunk_lines`` lines from an iterable, lazily (the last one may be shorter)."""
+    if chunk_lines < 1:
+        raise InputError(f"--chunk-lines must be >= 1, got {chunk_lines}")
+    it = iter(lines)
+    while chunk := list(islice(it, chunk_lines)):
+        yield chunk
+
+
+# ---- worker side -------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(model_proto: bytes, group_names: list) -> None:
+    from .tokenizer import Tokenizer
+    _WORKER["tok"] = Tokenizer(model_proto)
+    _WORKER["groups"] = [group_from_name(n) for n in group_names]
+
+
+def count_lines(lines: list, tokenizer, groups: list, threads: int | None = None) -> Counts:
+    """Counts of one chunk of text lines (tokenize, then ``count_chunk``)."""
+    # inside a worker process threads=1: the pool supplies the parallelism
+    seqs = tokenizer.encode_batch(lines, num_threads=threads)
+    return count_chunk(seqs, tokenizer.vocab_size, groups, tokenizer.bos_id, tokenizer.eos_id)
+
+
+def _count_in_worker(lines: list) -> Counts:
+    return count_lines(lines, _WORKER["tok"], _WORKER["groups"], threads=1)
+
+
+def _ordered_pool_map(fn, chunks, workers: int, initializer, initargs):
+    """``map(fn, chunks)`` on a process pool, in order, with at most ``2 * workers`` in flight.
+
+    ``Pool.imap`` would read the whole input ahead of the workers; this keeps memory bounded.
+    """
+    # fork: workers start at once and need no importable __main__; spawn where fork is missing
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(fn, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ---- reduction with spilling -------------------------------------------------------------------
+def save_counts(c: Counts, path) -> None:
+    """Write ``c`` as one ``.npz`` of plain arrays (no pickles)."""
+    arrays = {"meta": np.array([c.vocab_size, c.n_sequences, c.n_tokens], dtype=np.int64),
+              "target": c.target}
+    for g, (F, k) in enumerate(zip(c.F, c.keys)):
+        arrays[f"F{g}_data"], arrays[f"F{g}_indices"] = F.data, F.indices
+        arrays[f"F{g}_indptr"] = F.indptr
+        arrays[f"F{g}_shape"] = np.asarray(F.shape, dtype=np.int64)
+        if k is not None:
+            arrays[f"keys{g}"] = k
+    np.savez(path, **arrays)
+
+
+def load_counts(path, groups: list) -> Counts:
+    """Inverse of ``save_counts``."""
+    with np.load(path, allow_pickle=False) as z:
+        V, n_seq, n_tok = (int(x) for x in z["meta"])
+        F, keys = [], []
+        for g in range(len(groups)):
+            F.append(sp.csr_matrix((z[f"F{g}_data"], z[f"F{g}_indices"], z[f"F{g}_indptr"]),
+                                   shape=tuple(z[f"F{g}_shape"])))
+            keys.append(z[f"keys{g}"] if f"keys{g}" in z.files else None)
+        return Counts(V, list(groups), F, keys, z["target"], n_seq, n_tok)
+
+
+class SpillingSum:
+    """Streaming tree sum of ``Counts`` that spills partial sums to disk above a byte budget.
+
+    ``add(c)`` merges like ``counts.sum_counts``; when the partial sums in memory exceed
+    ``budget`` bytes they are collapsed and written to ``spill_dir``. ``total()`` returns the sum.
+    """
+
+    def __init__(self, vocab_size: int, groups: list, budget: int | None = None,
+                 spill_dir=None, log=None):
+        self.vocab_size, self.groups, self.budget = vocab_size, list(groups), budget
+        self.spill_dir, self.log = spill_dir, log
+        self.stack: list = []  # (parts merged, partial sum, its bytes)
+        self.spilled: list = []  # (path, bytes)
+        self._tmp = None
+
+    def add(self, c: Counts) -> None:
+        size = 1
+        while self.stack and self.stack[-1][0] == size:
+            c = self.stack.pop()[1] + c
+            size *= 2
+        self.stack.append((size, c, counts_nbytes(c)))
+        if self.budget is not None and sum(s[2] for s in self.stack) > self.budget:
+            self._spill()
+
+    def _collapse(self) -> Counts | None:
+        total = None
+        while self.stack:
+            c = self.stack.pop()[1]
+            total = c if total is None else c + total
+        return total
+
+    def _spill(self) -> None:
+        c = self._collapse()
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="lmkit-spill-", dir=self.spill_dir))
+        path = self._tmp / f"part{len(self.spilled):05d}.npz"
+        save_counts(c, path)
+        self.spilled.append((path, counts_nbytes(c)))
+        if self.log:
+            self.log(f"      spilled partial counts #{len(self.spilled)} "
+                     f"({format_bytes(self.spilled[-1][1])}) to {path}")
+
+    def total(self, max_memory=None) -> Counts:
+        try:
+            total = self._collapse()
+            if self.spilled:
+                # the sum of the parts is an upper bound on the size of the merged counts
+                needed = sum(b for _, b in self.spilled) + (counts_nbytes(total) if total else 0)
+                check_memory(2 * needed, max_memory, "merging spilled counts",
+                             "raise --max-memory, or use a smaller --vocab-size or --context")
+                for path, _ in self.spilled:  # spill order = chunk order: deterministic
+                    part = load_counts(path, self.groups)
+                    total = part if total is None else part + total
+            return total if total is not None else empty_counts(self.vocab_size, self.groups)
+        finally:
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def count_corpus_parallel(lines, tokenizer, groups: list, *, chunk_lines: int = 10000,
+                          workers: int | None = 1, max_memory=None, spill_dir=None,
+                          progress=None, log=None) -> Counts:
+    """Tokenize and count ``lines`` with ``workers`` processes; returns the exact ``Counts``.
+
+    ``max_memory``: bytes or size text ("8G"); partial sums over a quarter of it are spilled to
+    ``spill_dir`` (default: the system temp folder). ``progress(n_tokens)`` is called per chunk.
+    """
+    workers = check_workers(workers)
+    budget = None if max_memory is None else int(SPILL_FRACTION * parse_size(max_memory))
+    acc = SpillingSum(tokenizer.vocab_size, groups, budget, spill_dir, log)
+    chunks = line_chunks(lines, chunk_lines)
+    first = list(islice(chunks, 2))
+    chunks = chain(first, chunks)
+    if workers == 1 or len(first) < 2:  # one chunk: a pool would only add its start-up time
+        parts = (count_lines(c, tokenizer, groups, threads=workers) for c in chunks)
+    else:
+        parts = _ordered_pool_map(_count_in_worker, chunks, workers, _init_worker,
+                                  (tokenizer.model_proto, [g.name for g in groups]))
+    for c in parts:
+        acc.add(c)
+        if progress:
+            progress(c.n_tokens)
+    return acc.total(max_memory)

@@ -1,0 +1,300 @@
+"""Tests for lmkit.ngram: interpolated modified Kneser-Ney as a sparse softmax layer, ARPA export.
+
+Hand-checked corpus (ids: 0 <unk>, 1 <s>, 2 </s>, 3 a, 4 b; V = 5), discounts fixed at
+D1, D2, D3+ = 0.5, 1.0, 1.5 for every order::
+
+    <s> a b </s>      <s> a a b </s>      <s> b </s>
+
+Unigram adjusted counts = distinct left neighbours: a {<s>, a} -> 2, b {a, <s>} -> 2,
+</s> {b} -> 1; total 5. gamma_0 = (1.0 + 1.0 + 0.5) / 5 = 0.5, uniform 1/5, so
+q = P_1 = [unk .1, <s> .1, </s> (1-.5)/5+.1 = .2, a (2-1)/5+.1 = .3, b .3].
+
+Order 2 (raw bigram counts): after a: b 2, a 1 (total 3), gamma(a) = (1.0 + 0.5)/3 = 0.5:
+P(b|a) = 1/3 + .5*.3 = 0.483333, P(a|a) = .5/3 + .15 = 0.316667, P(</s>|a) = .5*.2 = 0.1.
+After b: </s> 3, gamma(b) = 1.5/3: P(</s>|b) = 1.5/3 + .5*.2 = 0.6. After <s>: a 2, b 1, so
+P(a|<s>) = 0.483333 as for a.
+
+Order 3: trigram raw counts (<s> a): b 1, a 1; (a b): </s> 2; (a a): b 1; (<s> b): </s> 1.
+Bigram adjusted counts: (a b) left {<s>, a} -> 2, (a a) {<s>} -> 1, (b </s>) {a, <s>} -> 2,
+(<s> .) raw. So P2(b|a) = 0.483333, P2(a|a) = 0.316667, P2(</s>|b) = (2-1)/2 + .5*.2 = 0.6.
+P3(a|<s> a) = .5/2 + .5*P2(a|a) = 0.408333; P3(b|a a) = .5/1 + .5*P2(b|a) = 0.741667;
+P3(</s>|a b) = (2-1)/2 + .5*P2(</s>|b) = 0.8. The line "a a b" scores
+P(a|<s>) P(a|<s> a) P(b|a a) P(</s>|a b) = 0.483333 * 0.408333 * 0.741667 * 0.8.
+"""
+import math
+import types
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from lmkit.counts import count_chunk
+from lmkit.errors import InputError
+from lmkit.explicit import choose_lambdas
+from lmkit.features import Suffix, Window, decode_suffix_key, make_groups
+from lmkit.ngram import (arpa_words, backoff_tables, check_arpa_exportable, mkn_discounts,
+                         mkn_log_proba, prune_thresholds, solve_ngram, write_arpa)
+from lmkit.scoring import context_rows, next_rows, sparse_log_proba, sparse_next_logp
+
+BOS, EOS = 1, 2
+HAND = [[3, 4], [3, 3, 4], [4]]
+D = (0.5, 1.0, 1.5)
+
+
+def fit(seqs, V, order, context=0, discount=None, prune=None):
+    groups = make_groups(context, order)
+    counts = count_chunk(seqs, V, groups, BOS, EOS)
+    return solve_ngram(counts, discount=discount, prune=prune), groups
+
+
+def probs(params, groups, seqs, V):
+    rows, targets, _ = context_rows(groups, params.keys, seqs, V, BOS, EOS)
+    return np.exp(sparse_log_proba(params, rows, targets))
+
+
+def random_corpus(n=200, V=12, seed=0):
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, V - 2)  # Zipf-ish over the real tokens 3..V-1
+    p /= p.sum()
+    return [list(rng.choice(np.arange(3, V), size=rng.integers(1, 9), p=p)) for _ in range(n)]
+
+
+def test_mkn_discounts_from_count_of_counts():
+    values = np.array([1] * 10 + [2] * 4 + [3] * 2 + [4] + [7])
+    (d1, d2, d3), ok = mkn_discounts(values)
+    y = 10 / 18
+    assert ok
+    assert (d1, d2, d3) == pytest.approx((1 - 2 * y * 0.4, 2 - 3 * y * 0.5, 3 - 4 * y * 0.5))
+    assert mkn_discounts(np.array([1, 1, 2]))[1] is False  # no n3, n4: fallback
+
+
+def test_hand_checked_unigram_and_bigram():
+    params, groups = fit(HAND, 5, 2, discount=D)
+    assert params.q == pytest.approx([0.1, 0.1, 0.2, 0.3, 0.3])
+    got = probs(params, groups, [[3, 4], [3, 3, 4], [4]], 5)
+    # <s> a b </s> | <s> a a b </s> | <s> b </s>
+    want = [0.483333, 0.483333, 0.6, 0.483333, 0.316667, 0.483333, 0.6, 0.316667, 0.6]
+    assert got == pytest.approx(want, abs=1e-6)
+    _, loggamma = backoff_tables(params)
+    assert np.exp(loggamma[0]) == pytest.approx([0.5, 0.5, 0.5])  # rows <s>, a, b
+
+
+def test_hand_checked_trigram():
+    params, groups = fit(HAND, 5, 3, discount=D)
+    got = probs(params, groups, [[3, 3, 4]], 5)
+    assert got == pytest.approx([0.483333, 0.408333, 0.741667, 0.8], abs=1e-6)
+    # unseen trigram history (b a): backs off to P2(. | a)
+    assert probs(params, groups, [[4, 3, 4]], 5)[2] == pytest.approx(0.483333, abs=1e-6)
+
+
+def reference_mkn(seqs, V, N):
+    """Textbook interpolated MKN from n-gram dictionaries (independent of the sparse code)."""
+    c = defaultdict(int)
+    for s in seqs:
+        toks = [BOS] + list(s) + [EOS]
+        for i in range(1, len(toks)):
+            for n in range(1, N + 1):
+                if i - n + 1 >= 0:
+                    c[tuple(toks[i - n + 1:i + 1])] += 1
+    a = {}
+    for g in c:
+        if len(g) == N or g[0] == BOS:
+            a[g] = c[g]
+        else:
+            a[g] = len({x[0] for x in c if len(x) == len(g) + 1 and x[1:] == g})
+    disc = {}
+    for n in range(1, N + 1):
+        cc = np.array([v for g, v in a.items() if len(g) == n])
+        disc[n] = mkn_discounts(cc)[0]
+    dof = lambda n, v: disc[n][min(v, 3) - 1]  # noqa: E731
+    hist = defaultdict(dict)
+    for g, v in a.items():
+        hist[g[:-1]][g[-1]] = v
+
+    def p(h, w):
+        n = len(h) + 1
+        if n == 1:
+            row = hist[()]
+            tot = sum(row.values())
+            gamma = sum(dof(1, v) for v in row.values()) / tot
+            return (row[w] - dof(1, row[w])) / tot * (w in row) + gamma / V
+        if h not in hist:
+            return p(h[1:], w)
+        row = hist[h]
+        tot = sum(row.values())
+        gamma = sum(dof(n, v) for v in row.values()) / tot
+        r = (row[w] - dof(n, row[w])) / tot if w in row else 0.0
+        return r + gamma * p(h[1:], w)
+    return p
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_sparse_scoring_equals_textbook_reference(order):
+    V = 12
+    train, test = random_corpus(300, V, 0), random_corpus(40, V, 1)
+    params, groups = fit(train, V, order)
+    assert all(params.info["discounts_estimated"][1:])  # unigrams: too few types, fallback
+    ref = reference_mkn(train, V, order)
+    want = []
+    for s in test:
+        toks = [BOS] + list(s) + [EOS]
+        want += [ref(tuple(toks[max(0, i - order + 1):i]), toks[i]) for i in range(1, len(toks))]
+    rows, targets, _ = context_rows(groups, params.keys, test, V, BOS, EOS)
+    lp = sparse_log_proba(params, rows, targets)
+    assert np.exp(lp) == pytest.approx(want, rel=1e-9)
+    _, lg = backoff_tables(params)  # the fast exact normaliser agrees
+    assert mkn_log_proba(params, rows, targets, lg) == pytest.approx(lp, abs=1e-10)
+
+
+@pytest.mark.parametrize("order,context,prune", [(3, 0, None), (4, 0, None), (3, 2, None),
+                                                 (4, 0, [0, 1, 1])])
+def test_probabilities_sum_to_one_seen_and_unseen(order, context, prune):
+    V = 12
+    params, groups = fit(random_corpus(200, V), V, order, context=context, prune=prune)
+    if context:
+        params.lambdas = np.array([1.0] * (order - 1) + [0.3] * context)
+    for prefix in ([], [3], [3, 4], [3, 3, 3], [11, 10, 9, 8], [0, 0]):  # last ones unseen
+        rows = next_rows(groups, params.keys, prefix, V, BOS)
+        assert np.exp(sparse_next_logp(params, rows)).sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_suffix_ids_have_no_collisions():
+    V = 12
+    seqs = random_corpus(100, V)
+    groups = make_groups(0, 4)
+    counts = count_chunk(seqs, V, groups, BOS, EOS)
+    rows, _, _ = context_rows(groups, counts.keys, seqs, V, BOS, EOS)
+    for g, group in enumerate(groups):
+        keys = counts.keys[g]
+        assert len(np.unique(keys)) == len(keys)
+        expected = []  # the true m-token history of every position, at most one BOS
+        for s in seqs:
+            toks = [BOS] + list(s) + [EOS]
+            expected += [tuple(toks[i - group.m:i]) if i - group.m >= 0 else None
+                         for i in range(1, len(toks))]
+        for r, h in zip(rows[g], expected):
+            if h is None:
+                assert r == -1
+            else:
+                assert tuple(decode_suffix_key(int(keys[r]), group.m, V)) == h
+        assert len(keys) == len({h for h in expected if h is not None})
+
+
+def test_suffix_counts_are_shard_additive_and_so_is_the_solution():
+    V = 12
+    seqs = random_corpus(120, V)
+    groups = make_groups(1, 4)
+    whole = count_chunk(seqs, V, groups, BOS, EOS)
+    parts = count_chunk(seqs[:50], V, groups, BOS, EOS) + count_chunk(seqs[50:], V, groups, BOS, EOS)
+    assert whole.equals(parts)
+    a, b = solve_ngram(whole), solve_ngram(parts)
+    assert np.array_equal(a.q, b.q)
+    for Sa, Sb in zip(a.S, b.S):
+        assert (Sa != Sb).nnz == 0
+
+
+def test_pruning_drops_rare_ngrams_and_stays_normalised():
+    V = 12
+    seqs = random_corpus(200, V)
+    full, groups = fit(seqs, V, 4)
+    pruned, _ = fit(seqs, V, 4, prune=[0, 0, 1])  # unigrams, bigrams kept; 3-, 4-grams <= 1 go
+    assert pruned.S[0].nnz == full.S[0].nnz  # bigrams untouched (threshold 0)
+    assert pruned.S[2].nnz < full.S[2].nnz and pruned.S[1].nnz < full.S[1].nnz
+    assert prune_thresholds([0, 1], 4) == [0, 1, 1, 1]
+    with pytest.raises(InputError, match="non-decreasing"):
+        prune_thresholds([0, 2, 1], 4)
+    with pytest.raises(InputError, match="unigrams are never pruned"):
+        prune_thresholds([1], 3)
+
+
+def test_lambda_search_keeps_suffix_groups_fixed():
+    V = 12
+    train, held = random_corpus(200, V, 0), random_corpus(60, V, 2)
+    params, groups = fit(train, V, 3, context=2)
+    assert groups == [Suffix(1), Suffix(2), Window(1), Window(2)]
+    rows, targets, _ = context_rows(groups, params.keys, held, V, BOS, EOS)
+    lam, trace = choose_lambdas(params, rows, targets, init=params.info["lambda_init"],
+                                fixed=params.info["lambda_fixed"])
+    assert lam[:2].tolist() == [1.0, 1.0]
+    assert trace[-1][1] <= trace[0][1]  # never worse than pure MKN on the tuning text
+
+
+def test_bad_discount_and_bad_groups():
+    counts = count_chunk(HAND, 5, make_groups(0, 3), BOS, EOS)
+    with pytest.raises(InputError, match="D1 D2 D3"):
+        solve_ngram(counts, discount=(0.5, 2.5, 1.0))
+    counts = count_chunk(HAND, 5, [Suffix(2)], BOS, EOS)
+    with pytest.raises(InputError, match="suffix1..suffixM"):
+        solve_ngram(counts, bos_id=BOS)
+
+
+def test_arpa_export_refuses_non_ngram_models():
+    params, _ = fit(random_corpus(50, 12), 12, 3, context=1)
+    with pytest.raises(InputError, match="pure suffix"):
+        check_arpa_exportable(params)
+    params, _ = fit(random_corpus(50, 12), 12, 3)
+    params.lambdas = np.array([1.0, 0.5])
+    with pytest.raises(InputError, match="lambdas = 1"):
+        check_arpa_exportable(params)
+
+
+def _fake_tokenizer(V):
+    return types.SimpleNamespace(vocab_size=V, unk_id=0, bos_id=BOS, eos_id=EOS)
+
+
+def test_arpa_file_structure(tmp_path):
+    params, _ = fit(HAND, 5, 2, discount=D)
+    sizes = write_arpa(types.SimpleNamespace(params=params, tokenizer=_fake_tokenizer(5)),
+                       tmp_path / "m.arpa")
+    text = (tmp_path / "m.arpa").read_text()
+    assert sizes == {"1-grams": 5, "2-grams": 5}
+    assert "ngram 1=5\nngram 2=5\n" in text
+    assert "-99.000000\t<s>\t-0.301030\n" in text  # log10 gamma(<s>) = log10 0.5
+    assert f"{math.log10(0.6):.6f}\t4 </s>\n" in text  # words are token ids
+    assert text.rstrip().endswith("\\end\\")
+
+
+@pytest.mark.parametrize("order,prune", [(2, None), (3, None), (5, None), (4, [0, 1, 2])])
+def test_arpa_round_trip_through_kenlm(tmp_path, order, prune):
+    kenlm = pytest.importorskip("kenlm")
+    V = 12
+    params, groups = fit(random_corpus(300, V), V, order, prune=prune)
+    tok = _fake_tokenizer(V)
+    write_arpa(types.SimpleNamespace(params=params, tokenizer=tok), tmp_path / "m.arpa")
+    km = kenlm.Model(str(tmp_path / "m.arpa"))
+    test = random_corpus(30, V, 5) + [[0, 3, 0]]  # includes <unk>
+    words = arpa_words(tok)
+    got = np.concatenate([[s[0] for s in km.full_scores(" ".join(words[x]), bos=True, eos=True)]
+                          for x in test])
+    rows, targets, _ = context_rows(groups, params.keys, test, V, BOS, EOS)
+    want = sparse_log_proba(params, rows, targets) / math.log(10)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_cli_train_order_then_export_arpa(tmp_path, tiny_corpus_file, tiny_tok_file, tiny_lines, capsys):
+    from lmkit.cli import main
+    from lmkit.model import LanguageModel
+    out = tmp_path / "m3"
+    assert main(["train", "--input", str(tiny_corpus_file), "--tokenizer", str(tiny_tok_file),
+                 "--order", "3", "--output", str(out)]) == 0
+    model = LanguageModel.load(out)
+    assert [g.name for g in model.groups] == ["suffix1", "suffix2"]  # --order alone: no windows
+    assert model.params.lambdas.tolist() == [1.0, 1.0]
+    assert main(["export-arpa", str(out), str(tmp_path / "m3.arpa")]) == 0
+    assert "2-grams" in capsys.readouterr().out
+    assert main(["train", "--input", str(tiny_corpus_file), "--tokenizer", str(tiny_tok_file),
+                 "--prune", "0", "1", "--output", str(tmp_path / "x")]) == 2
+    assert "--prune [0, 1] needs n-gram groups" in capsys.readouterr().err
+    kenlm = pytest.importorskip("kenlm")
+    km = kenlm.Model(str(tmp_path / "m3.arpa"))
+    seqs = model.encode_lines(tiny_lines[:20])
+    words = arpa_words(model.tokenizer)
+    got = np.concatenate([[s[0] for s in km.full_scores(" ".join(words[x]), bos=True, eos=True)]
+                          for x in seqs])
+    assert np.abs(got - model.log_proba_ids(seqs)[0] / math.log(10)).max() < 1e-4
+
+
+def test_cli_export_arpa_refuses_window_model(tiny_model_dir, tmp_path, capsys):
+    from lmkit.cli import main
+    assert main(["export-arpa", str(tiny_model_dir), str(tmp_path / "w.arpa")]) == 2
+    assert "pure suffix (n-gram) model" in capsys.readouterr().err

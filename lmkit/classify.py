@@ -138,6 +138,15 @@ def check_features(X, name: str = "X"):
     return X
 
 
+def check_X_y(X, y):
+    """Validated features and labels: ``(X, classes (C,), int64 label indices (n,))``."""
+    X = check_features(X)
+    classes, y_idx = encode_labels(y)
+    if X.shape[0] != len(y_idx):
+        raise InputError(f"X has {X.shape[0]} rows but y has {len(y_idx)}; pass one label per row")
+    return X, classes, y_idx
+
+
 def encode_labels(y, classes=None):
     """Labels -> (classes (C,), int64 indices (n,)). Unknown labels in ``y`` raise InputError."""
     if y is None:
@@ -233,7 +242,25 @@ def split_indices(n: int, fraction: float, rng: np.random.Generator):
 
 
 # ---- estimators -------------------------------------------------------------------------------
-class _SoftmaxClassifierBase(_ClassifierMixin, _Base):
+class _ProbaMixin:
+    """``predict_proba``, ``predict`` and ``log_loss`` from ``predict_log_proba`` (n, C)."""
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (n, C); every row sums to 1."""
+        return np.exp(self.predict_log_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class per row; (n,) of ``classes_``' dtype."""
+        logp = self.predict_log_proba(X)  # first, so an unfitted model raises NotFittedError
+        return self.classes_[np.argmax(logp, axis=1)]
+
+    def log_loss(self, X, y) -> float:
+        """Mean NLL in nats of the true classes (lower is better)."""
+        _, idx = encode_labels(y, self.classes_)
+        return float(-self.predict_log_proba(X)[np.arange(len(idx)), idx].mean())
+
+
+class _SoftmaxClassifierBase(_ProbaMixin, _ClassifierMixin, _Base):
     """Prediction shared by both solvers: ``softmax(intercept_ + X coef_^T)``."""
 
     def _check_fitted(self):
@@ -257,20 +284,6 @@ class _SoftmaxClassifierBase(_ClassifierMixin, _Base):
     def predict_log_proba(self, X) -> np.ndarray:
         """Natural-log class probabilities (n, C); columns follow ``classes_``."""
         return log_softmax(self._logits(X))
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (n, C); every row sums to 1."""
-        return np.exp(self.predict_log_proba(X))
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class per row; (n,) of ``classes_``' dtype."""
-        scores = self._logits(X)
-        return self.classes_[np.argmax(scores, axis=1)]
-
-    def log_loss(self, X, y) -> float:
-        """Mean NLL in nats of the true classes (lower is better)."""
-        _, idx = encode_labels(y, self.classes_)
-        return float(-self.predict_log_proba(X)[np.arange(len(idx)), idx].mean())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -299,10 +312,7 @@ class ExplicitSoftmaxClassifier(_SoftmaxClassifierBase):
         self.random_state = random_state
 
     def fit(self, X, y):
-        X = check_features(X)
-        classes, y_idx = encode_labels(y)
-        if X.shape[0] != len(y_idx):
-            raise InputError(f"X has {X.shape[0]} rows but y has {len(y_idx)}; pass one label per row")
+        X, classes, y_idx = check_X_y(X, y)
         if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
             raise InputError(f"alpha must be a number >= 0, got {self.alpha!r}; try 1.0")
         C = len(classes)
@@ -429,10 +439,7 @@ class GradientSoftmaxClassifier(_SoftmaxClassifierBase):
 
     def fit(self, X, y, callback=None):
         """Train; ``callback(epoch, self)`` after each epoch (e.g. to track test accuracy)."""
-        X = check_features(X)
-        classes, y_idx = encode_labels(y)
-        if X.shape[0] != len(y_idx):
-            raise InputError(f"X has {X.shape[0]} rows but y has {len(y_idx)}; pass one label per row")
+        X, classes, y_idx = check_X_y(X, y)
         if self.init == "explicit":
             start = ExplicitSoftmaxClassifier(alpha=self.alpha, random_state=self.random_state).fit(X, y)
             W, b = start.coef_.T.copy(), start.intercept_.copy()

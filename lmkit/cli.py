@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     tr.add_argument("--tokenizer", metavar="PREFIX.model", help="use this tokenizer instead of training one")
     tr.add_argument("--discount", type=float, nargs="+", default=None,
-                    help="absolute discount(s) in (0, 1) (default: n1/(n1+2 n2) per group)")
+                    help="absolute discount(s) in (0, 1) (default: n1/(n1+2 n2) per group); "
+                         "with --order: 1 or 3 values D1 D2 D3+ (default: per order from count-of-counts)")
     tr.add_argument("--lambdas", type=float, nargs="+", default=None,
                     help="group weights (default: chosen on held-out text)")
     tr.add_argument("--lambda-tokens", type=int, default=10000,
@@ -214,10 +215,12 @@ def cmd_tokenize(a) -> None:
 
 
 def cmd_train(a) -> None:
+    from . import store
     from .train import train
     kwargs = {k: v for k, v in vars(a).items() if k not in ("verb", "output", "func", "argv")}
     if kwargs.get("discount") is not None and len(kwargs["discount"]) == 1:
         kwargs["discount"] = kwargs["discount"][0]
+    store.check_output_path(a.output)  # fail before training, not after
     model = train(**kwargs)
     path = model.save(a.output, command="lmkit " + " ".join(shlex.quote(x) for x in a.argv))
     print(f"wrote {path}: {model.describe()}")

@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .classify import (ExplicitSoftmaxClassifier, _Base, _ClassifierMixin, check_features,
+from .classify import (ExplicitSoftmaxClassifier, _Base, _ClassifierMixin, _ProbaMixin, check_features,
+                       check_X_y,
                        check_fitted, encode_labels, fit_minibatch, log_softmax)
 from .errors import InputError
 
@@ -104,7 +105,7 @@ def backward(X, Y, params):
     return loss, [np.asarray(X.T @ dz1), dz1.sum(axis=0), h.T @ dz2, dz2.sum(axis=0)]
 
 
-class LayerwiseSoftmaxNetwork(_ClassifierMixin, _Base):
+class LayerwiseSoftmaxNetwork(_ProbaMixin, _ClassifierMixin, _Base):
     """Two softmax layers, each solved in closed form; optional end-to-end gradient polish.
 
     hidden: "classes" | "clusters" | "class_clusters" (see the module docstring).
@@ -130,10 +131,7 @@ class LayerwiseSoftmaxNetwork(_ClassifierMixin, _Base):
 
     def fit(self, X, y, callback=None):
         """Solve layer 1, then layer 2, then fine-tune; ``callback(epoch, self)`` after each epoch."""
-        X = check_features(X)
-        classes, y_idx = encode_labels(y)
-        if X.shape[0] != len(y_idx):
-            raise InputError(f"X has {X.shape[0]} rows but y has {len(y_idx)}; pass one label per row")
+        X, classes, y_idx = check_X_y(X, y)
         rng = np.random.default_rng(self.random_state)
         t, H = hidden_targets(X, y_idx, len(classes), self.hidden, self.n_hidden, rng)
         seed = int(rng.integers(2**31))
@@ -196,17 +194,3 @@ class LayerwiseSoftmaxNetwork(_ClassifierMixin, _Base):
         """Natural-log class probabilities (n, C)."""
         X = self._check(X)
         return forward(X, self.coefs_[0], self.intercepts_[0], self.coefs_[1], self.intercepts_[1])[1]
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (n, C); rows sum to 1."""
-        return np.exp(self.predict_log_proba(X))
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class per row; (n,) of ``classes_``' dtype."""
-        logp = self.predict_log_proba(X)
-        return self.classes_[np.argmax(logp, axis=1)]
-
-    def log_loss(self, X, y) -> float:
-        """Mean NLL in nats of the true classes."""
-        _, idx = encode_labels(y, self.classes_)
-        return float(-self.predict_log_proba(X)[np.arange(len(idx)), idx].mean())

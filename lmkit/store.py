@@ -86,12 +86,18 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict):
     return DenseParams(groups, W, arrays["b"], keys, info)
 
 
+def check_output_path(path) -> None:
+    """Refuse to write a model over something that is not a model folder (never replace user data)."""
+    path = Path(path)
+    if path.exists() and not (path / "manifest.json").is_file():
+        raise InputError(f"{path}: exists and is not a model folder; pass a new path, or an "
+                         "existing model folder to replace it")
+
+
 def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict) -> Path:
     """Write a model folder atomically: temp folder in the same parent, then rename."""
     path = Path(path)
-    if path.exists() and not (path / "manifest.json").is_file():  # never replace user data
-        raise InputError(f"{path}: exists and is not a model folder; pass a new path, or an "
-                         "existing model folder to replace it")
+    check_output_path(path)
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .classify import (ExplicitSoftmaxClassifier, _Base, _ClassifierMixin, _ProbaMixin, check_features,
-                       check_X_y,
-                       check_fitted, encode_labels, fit_minibatch, log_softmax)
+from .classify import (ExplicitSoftmaxClassifier, _Base, _ClassifierMixin, _ProbaMixin,
+                       check_features, check_fitted, check_X_y, fit_minibatch,
+                       log_softmax)
 from .errors import InputError
 
 HIDDEN_KINDS = ("classes", "clusters", "class_clusters")

@@ -23,7 +23,8 @@ from .explicit import choose_lambdas, solve_explicit
 from .features import Suffix, make_groups
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
-from .parallel import check_workers, count_corpus_parallel, counts_nbytes, model_nbytes
+from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, fit_heldout,
+                       model_nbytes)
 from .scoring import context_rows
 from .tokenizer import Tokenizer
 
@@ -133,6 +134,7 @@ def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
     elif held:
         rows, targets, _ = context_rows(groups, params.keys, tok.encode_batch(held), tok.vocab_size,
                                         tok.bos_id, tok.eos_id)
+        rows, targets = fit_heldout(params, rows, targets, max_memory, log)
         lam, trace = choose_lambdas(params, rows, targets, init=params.info.get("lambda_init"),
                                     fixed=params.info.get("lambda_fixed"))
         params.lambdas = lam

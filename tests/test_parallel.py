@@ -119,3 +119,17 @@ def test_v32000_sparse_path_stays_small():
     assert nxt.shape == (V,) and abs(np.logaddexp.reduce(nxt)) < 1e-9
     assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     assert model_nbytes(counts) < 50 * 2**20 and counts_nbytes(counts) < 50 * 2**20
+
+
+def test_fit_heldout_subsamples_to_the_limit(tiny_model):
+    from lmkit.parallel import fit_heldout, heldout_nbytes
+    tok, p = tiny_model.tokenizer, tiny_model.params
+    seqs = tok.encode_batch(["Then come the king.", "Love the queen, and the king!"] * 20)
+    rows, targets, _ = context_rows(tiny_model.groups, p.keys, seqs, tok.vocab_size, tok.bos_id,
+                                    tok.eos_id)
+    need = heldout_nbytes(p, rows)
+    same_rows, same_targets = fit_heldout(p, rows, targets, max_memory=4 * need)
+    assert same_targets is targets
+    sub_rows, sub_targets = fit_heldout(p, rows, targets, max_memory=need // 2)  # half: every 4th
+    assert np.array_equal(sub_targets, targets[::4])
+    assert all(np.array_equal(a, b[::4]) for a, b in zip(sub_rows, rows))

@@ -58,7 +58,7 @@ import scipy.sparse as sp
 from .counts import Counts, lookup_rows
 from .errors import InputError
 from .explicit import SparseParams, estimate_discount, lookup_values, solve_group
-from .features import Suffix, Window, decode_suffix_key
+from .features import Suffix, decode_suffix_key
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 
@@ -188,8 +188,11 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
         keys.append(counts.keys[groups.index(g)])
     info = {"discounts": discounts, "discounts_estimated": estimated, "bos_id": bos,
             "smoothing": "interpolated modified Kneser-Ney", "prune": thresholds,
+            # pure MKN keeps lambdas 1 (exact, ARPA-exportable); with window groups every
+            # lambda is tuned, starting from MKN: measured 78.3 vs 80.5 test ppl with the suffix
+            # lambdas fixed at 1 (order 5 + window 1..3, scripts/ngram_vs_window.py)
             "lambda_init": [1.0] * M + [0.0] * (len(groups) - M),
-            "lambda_fixed": [True] * M + [False] * (len(groups) - M)}
+            "lambda_fixed": [len(groups) == M] * len(groups)}
     return SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
 
 
@@ -253,6 +256,7 @@ def _pruned_patterns(A, keys, thresholds, V) -> list:
     keep = [np.ones(a.nnz, dtype=bool) for a in A]
     if not any(thresholds):
         return keep
+    needed = {}  # order m -> mask of n-grams that kept (m+1)-grams need
     for m in range(M, 0, -1):
         a = A[m]
         keep[m] = a.data > thresholds[m]
@@ -270,7 +274,7 @@ def _pruned_patterns(A, keys, thresholds, V) -> list:
             ctx_rows = lookup_rows(keys[m - 2], np.unique(k) % (V ** (m - 1)))
             ctx_cols = np.unique(k) // (V ** (m - 1))
             mark[_entry_index(lower, ctx_rows, ctx_cols)] = True
-            needed = {m - 1: mark}
+            needed[m - 1] = mark
     return keep
 
 

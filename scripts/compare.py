@@ -222,7 +222,9 @@ def table(results) -> str:
         elif r["solver"] == "warm":
             sp = "—"
         else:
-            sp = f"{r['speedup']:.1f}x" if r["speedup"] is not None else "never reached within budget"
+            never = ("never reached (early-stopped)" if r.get("stopped") == "patience"
+                     else "never reached within budget")
+            sp = f"{r['speedup']:.1f}x" if r["speedup"] is not None else never
         lines.append(f"| {r['K']} | {r['solver']} | {r.get('init', '—')} | {r.get('lr', '—')} | "
                      f"{r['best_valid_slice_ppl']:.2f} | {r['valid_ppl']:.2f} | {r['test_ppl']:.2f} | "
                      f"{r['test_bpb']:.4f} | {total_seconds(results, r):.1f} | {r['epochs']:.2f} | {sp} |")

@@ -65,7 +65,8 @@ def build(name, groups, data, tok, *, tune_all=False, lambda_tokens=20000, prune
                                             tok.bos_id, tok.eos_id)
             init = params.info.get("lambda_init")
             lam, trace = choose_lambdas(params, rows, targets, init=init,
-                                        fixed=None if tune_all else fixed)
+                                        fixed=None if tune_all else
+                                        [g.name.startswith("suffix") for g in groups])
             params.lambdas = lam
             log(f"  {name}: lambdas {np.round(lam, 3).tolist()}, valid ppl "
                 f"{math.exp(trace[0][1]):.2f} -> {math.exp(trace[-1][1]):.2f}")
@@ -127,6 +128,12 @@ def main():
                     help="also report the highest order pruned with these thresholds")
     ap.add_argument("--finetune-epochs", type=int, default=3,
                     help="sparse fine-tune of the best combined model (0 = skip)")
+    ap.add_argument("--finetune-split", choices=["halves", "interleaved"], default="halves",
+                    help="fine-tune on the first half of valid and stop on the second (halves), "
+                         "or on even / odd lines (interleaved: nearly the same text)")
+    ap.add_argument("--finetune-lr", type=float, default=0.05, help="AdaGrad step size")
+    ap.add_argument("--only-finetune", action="store_true",
+                    help="only the best combined model and its fine-tune")
     ap.add_argument("--skip-lmkit", action="store_true", help="only run lmplz (needs --lmplz)")
     a = ap.parse_args()
 
@@ -162,6 +169,11 @@ def main():
         log(f"  {json.dumps(row)}")
         return params, cpu
 
+    if a.only_finetune:
+        a.skip_lmkit, a.lmplz, n = True, None, max(a.orders)
+        best, best_cpu = add(f"MKN {n} + window K={a.context} (all lambdas tuned)",
+                             make_groups(a.context, n), tune_all=True)
+        finetune_row(best, best_cpu, make_groups(a.context, n), valid, tok, data, rows, a)
     if not a.skip_lmkit:
         add(f"window K={a.context}", make_groups(a.context, None))
         for n in a.orders:
@@ -191,7 +203,7 @@ def main():
     if a.finetune_epochs and not a.skip_lmkit:  # last: the slowest row
         finetune_row(best, best_cpu, make_groups(a.context, max(a.orders)), valid, tok, data,
                      rows, a)
-    print(f"| model | test ppl | bits/byte | build s (CPU) | size MB | scoring tok/s | kenlm(ARPA) ppl |")
+    print("| model | test ppl | bits/byte | build s (CPU) | size MB | scoring tok/s | kenlm(ARPA) ppl |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         k = f"{r['kenlm_arpa_ppl']:.3f}" if "kenlm_arpa_ppl" in r else "–"
@@ -207,15 +219,19 @@ def main():
 def finetune_row(params, base_cpu, groups, valid, tok, data, rows, a):
     """Support-only AdaGrad on even valid lines, early stopping on odd valid lines; test report."""
     from lmkit.sparse_finetune import finetune_sparse
-    name = f"MKN {max(a.orders)} + window K={a.context} (all lambdas tuned) + sparse fine-tune"
+    name = (f"MKN {max(a.orders)} + window K={a.context} (all lambdas tuned) + sparse fine-tune "
+            f"({a.finetune_split} of valid, lr {a.finetune_lr:g})")
     log(f"== {name}")
     enc = data["valid"]
-    tune, stop = enc[0::2], enc[1::2]
+    if a.finetune_split == "halves":
+        tune, stop = enc[:len(enc) // 2], enc[len(enc) // 2:]
+    else:
+        tune, stop = enc[0::2], enc[1::2]
     with Clock() as c:
         r, t, _ = context_rows(groups, params.keys, tune, tok.vocab_size, tok.bos_id, tok.eos_id)
         sr, st, _ = context_rows(groups, params.keys, stop, tok.vocab_size, tok.bos_id, tok.eos_id)
         tuned, trace = finetune_sparse(params, r, t, sr, st, max_iter=a.finetune_epochs,
-                                       random_state=a.seed)
+                                       lr=a.finetune_lr, random_state=a.seed)
     log(f"  stopping-text ppl per epoch: {[round(math.exp(x[1]), 3) for x in trace]}")
     res, _ = evaluate(tuned, groups, data, tok)
     size = sum(x.nbytes for x in store.params_to_arrays(tuned).values())

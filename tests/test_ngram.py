@@ -207,16 +207,22 @@ def test_pruning_drops_rare_ngrams_and_stays_normalised():
         prune_thresholds([1], 3)
 
 
-def test_lambda_search_keeps_suffix_groups_fixed():
+def test_lambda_search_starts_from_mkn_and_can_fix_suffix_groups():
     V = 12
     train, held = random_corpus(200, V, 0), random_corpus(60, V, 2)
     params, groups = fit(train, V, 3, context=2)
     assert groups == [Suffix(1), Suffix(2), Window(1), Window(2)]
+    assert params.info["lambda_init"] == [1.0, 1.0, 0.0, 0.0]
+    assert params.info["lambda_fixed"] == [False] * 4  # mixed model: every lambda is tuned
     rows, targets, _ = context_rows(groups, params.keys, held, V, BOS, EOS)
     lam, trace = choose_lambdas(params, rows, targets, init=params.info["lambda_init"],
-                                fixed=params.info["lambda_fixed"])
+                                fixed=[True, True, False, False])
     assert lam[:2].tolist() == [1.0, 1.0]
     assert trace[-1][1] <= trace[0][1]  # never worse than pure MKN on the tuning text
+    free, ftrace = choose_lambdas(params, rows, targets, init=params.info["lambda_init"])
+    assert ftrace[-1][1] <= trace[-1][1] + 1e-9  # more freedom, no worse on its own text
+    pure, _ = fit(train, V, 3)
+    assert pure.info["lambda_fixed"] == [True, True]
 
 
 def test_bad_discount_and_bad_groups():

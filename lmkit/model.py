@@ -90,11 +90,16 @@ class LanguageModel:
     def inspect(self, token: str, top: int = 10) -> dict:
         """Strongest next tokens per group for a context token: ``{group: [(piece, weight)]}``.
 
+        ``token`` is a piece (``"▁king"``) or text that encodes to one piece (``" king"``).
+
         The weight is the group's logit contribution ``lambda * S[i, j]`` (sparse form) or
         ``W[i, j]`` minus the row median (dense form); higher = more strongly predicted.
         """
         tok = self.tokenizer
-        ids = tok.encode(token)
+        try:  # a piece as `tokenize encode --output-format piece` prints it ("▁king") ...
+            ids = [tok.piece_to_id(token)]
+        except InputError:  # ... or text that encodes to one piece (" king")
+            ids = tok.encode(token)
         if len(ids) != 1:
             pieces = [tok.id_to_piece(i) for i in ids]
             raise InputError(f"--token {token!r} is {len(ids)} pieces {pieces}, not one; "

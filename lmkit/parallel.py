@@ -6,14 +6,14 @@ matrix, the (V,) target counts and the sequence/token totals.
 
 How it scales:
 
-- *streaming*: at most ``2 * workers`` tasks of ``CHUNKS_PER_TASK`` chunks of lines are alive;
+- *streaming*: at most ``2 * workers`` chunks of lines are queued;
   ids exist only inside the chunk being counted; no dense ``(V, V)`` array is ever built;
 - *workers*: ``workers = 1`` counts in this process (one SentencePiece thread); ``workers > 1``
-  tokenizes and counts chunks in a ``multiprocessing`` pool (the tokenizer's model bytes are
-  shipped once per worker, one thread each). A worker sums the counts of one task's chunks;
-  results come back in chunk order and are merged by the same streaming tree reduction as
-  ``counts.sum_counts``, so the counts are identical to one worker's, bit for bit (integer
-  sums are exact, and the CSR result is canonical);
+  starts that many processes (the tokenizer's model bytes are shipped once per worker, one
+  thread each) fed chunks through a bounded queue. Each worker keeps its own spilling tree sum
+  and sends one total at the end, so the parent only reads lines and does ``workers - 1``
+  merges. The counts are identical to one worker's, bit for bit: integer sums are exact and
+  the CSR result is canonical, whatever the split;
 - *max_memory*: when the partial sums held in memory exceed a quarter of the budget, they are
   collapsed into one partial ``Counts`` and spilled to a temporary folder as ``.npz``
   (``allow_pickle=False``); spilled parts are summed at the end. Before that final merge the
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import tempfile
-from collections import deque
 from itertools import chain, islice
 from pathlib import Path
 
@@ -45,7 +45,6 @@ from .memory import check_memory, default_limit, format_bytes, parse_size
 BYTES_PER_COUNT = 16
 BYTES_PER_PARAM = 16
 SPILL_FRACTION = 0.25  # partial sums may use this share of --max-memory before they spill
-CHUNKS_PER_TASK = 4  # chunks a worker counts and sums per task (fewer merges in the parent)
 
 
 def counts_nbytes(c: Counts) -> int:
@@ -126,26 +125,78 @@ def count_lines(lines: list, tokenizer, groups: list, threads: int | None = None
     return count_chunk(seqs, tokenizer.vocab_size, groups, tokenizer.bos_id, tokenizer.eos_id)
 
 
-def _count_in_worker(chunks: list) -> Counts:
-    """Sum of the counts of a few chunks: merging in the worker keeps the parent's share small."""
-    return sum_counts(count_lines(c, _WORKER["tok"], _WORKER["groups"], threads=1) for c in chunks)
+def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks, results) -> None:
+    """A counting process: sums the counts of every chunk it takes, then sends its one total.
 
-
-def _ordered_pool_map(fn, chunks, workers: int, initializer, initargs):
-    """``map(fn, chunks)`` on a process pool, in order, with at most ``2 * workers`` in flight.
-
-    ``Pool.imap`` would read the whole input ahead of the workers; this keeps memory bounded.
+    Keeping the running total in the worker (a spilling tree sum, like the parent's) leaves the
+    parent only ``workers - 1`` merges, so the merge work runs in parallel too.
     """
+    try:
+        _init_worker(model_proto, group_names)
+        tok, groups = _WORKER["tok"], _WORKER["groups"]
+        acc = SpillingSum(tok.vocab_size, groups, budget, spill_dir)
+        while (chunk := tasks.get()) is not None:
+            c = count_lines(chunk, tok, groups, threads=1)
+            acc.add(c)
+            results.put(("progress", c.n_tokens))
+        results.put(("done", acc.total()))
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
+        results.put(("error", e))
+
+
+def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, spill_dir,
+                        progress=None) -> list:
+    """Per-worker totals of ``chunks`` counted by ``workers`` processes (``2 * workers`` in flight)."""
     # fork: workers start at once and need no importable __main__; spawn where fork is missing
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        pending: deque = deque()
+    tasks, results = ctx.Queue(maxsize=2 * workers), ctx.Queue()
+    share = None if budget is None else budget // workers
+    procs = [ctx.Process(target=_worker_main, daemon=True,
+                         args=(tokenizer.model_proto, [g.name for g in groups], share, spill_dir,
+                               tasks, results)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    totals: list = []
+
+    def handle(block: bool) -> None:
+        while True:
+            try:
+                kind, value = results.get(timeout=1.0) if block else results.get_nowait()
+            except queue.Empty:
+                if block and not any(p.is_alive() for p in procs) and results.empty():
+                    raise RuntimeError("a counting worker died without a result (out of memory?); "
+                                       "retry with --workers 1 or a lower --max-memory") from None
+                if block:
+                    continue
+                return
+            if kind == "error":
+                raise value
+            if kind == "progress" and progress:
+                progress(value)
+            if kind == "done":
+                totals.append(value)
+                return
+
+    try:
         for chunk in chunks:
-            pending.append(pool.apply_async(fn, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+            while True:
+                try:
+                    tasks.put(chunk, timeout=0.2)
+                    break
+                except queue.Full:
+                    handle(block=False)
+            handle(block=False)
+        for _ in procs:
+            tasks.put(None)
+        while len(totals) < workers:
+            handle(block=True)
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+    return totals
 
 
 # ---- reduction with spilling -------------------------------------------------------------------
@@ -247,14 +298,12 @@ def count_corpus_parallel(lines, tokenizer, groups: list, *, chunk_lines: int = 
     chunks = line_chunks(lines, chunk_lines)
     first = list(islice(chunks, 2))
     chunks = chain(first, chunks)
-    if workers == 1 or len(first) < 2:  # one chunk: a pool would only add its start-up time
-        parts = (count_lines(c, tokenizer, groups, threads=workers) for c in chunks)
-    else:
-        tasks = iter(lambda: list(islice(chunks, CHUNKS_PER_TASK)), [])
-        parts = _ordered_pool_map(_count_in_worker, tasks, workers, _init_worker,
-                                  (tokenizer.model_proto, [g.name for g in groups]))
-    for c in parts:
-        acc.add(c)
-        if progress:
-            progress(c.n_tokens)
+    if workers == 1 or len(first) < 2:  # one chunk: worker processes would only add start-up
+        for c in (count_lines(c, tokenizer, groups, threads=1) for c in chunks):
+            acc.add(c)
+            if progress:
+                progress(c.n_tokens)
+    else:  # integer sums are exact and CSR results canonical: any split gives the same counts
+        for c in _count_with_workers(chunks, tokenizer, groups, workers, budget, spill_dir, progress):
+            acc.add(c)
     return acc.total(max_memory)

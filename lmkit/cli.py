@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--chunk-lines", type=int, default=10000, help="lines per counting chunk")
     tr.add_argument("--solver", choices=["explicit", "gradient", "warm"], default="explicit")
-    # --- gradient solver flags (issue 3) ---
+    # gradient solver (--solver gradient|warm)
     tr.add_argument("--init", choices=["zeros", "random", "explicit"], default=None,
                     help="gradient init (default: zeros for --solver gradient, explicit for warm)")
     tr.add_argument("--epochs", type=int, default=10, help="gradient: max passes over the data (default 10)")
@@ -103,11 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gradient: steps between validations (default 0 = once per epoch)")
     tr.add_argument("--max-memory", default=None, metavar="SIZE",
                     help="memory limit, e.g. 8G (default: 80%% of available RAM)")
-    # --- n-gram flags (issue 6) ---
+    # n-gram groups (--order)
     tr.add_argument("--prune", type=int, nargs="+", default=None, metavar="T",
                     help="n-gram count thresholds per order, as KenLM: drop n-grams of order n "
                          "with adjusted count <= T_n (e.g. --prune 0 0 1; default: no pruning)")
-    # --- scale flags (issue 5) ---
+    # scale: workers, engines, tokenizer sample
     tr.add_argument("--workers", type=int, default=None,
                     help="processes that tokenize and count (default: every core); with "
                          "--engine dask, the LocalCluster's workers")

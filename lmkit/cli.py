@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--vocab-size", type=int, default=4096)
     tt.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--input-sentence-size", type=int, default=2_000_000,
+                    help="lines sampled (seeded) to train on; 0 = all (default 2000000)")
     tt.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.model and PREFIX.vocab")
 
     tz = sub.add_parser("tokenize", help="encode or decode text, one line in, one line out")
@@ -153,7 +155,8 @@ def cmd_tokenizer(a) -> None:
     from .corpus import load_corpus
     from .tokenizer import Tokenizer
     lines = load_corpus(**corpus_kwargs(a)).check_nonempty()
-    tok = Tokenizer.train(lines, vocab_size=a.vocab_size, model_type=a.model_type, seed=a.seed)
+    tok = Tokenizer.train(lines, vocab_size=a.vocab_size, model_type=a.model_type, seed=a.seed,
+                          input_sentence_size=a.input_sentence_size)
     path = tok.save(a.output)
     print(f"wrote {path} (vocab {tok.vocab_size}, {a.model_type}, sha256 {tok.sha256[:12]})")
 

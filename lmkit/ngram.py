@@ -50,7 +50,10 @@ log10; ``<s>`` gets -99 as in KenLM.
 from __future__ import annotations
 
 import math
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -376,13 +379,21 @@ def write_arpa(model, path) -> dict:
             bo[rk >= 0] = loggammas[m + 1][rk[rk >= 0]]
         sections.append(_arpa_lines(logps[m] / ln10, words[ids], bo / ln10, m + 1 < M))
     sizes = [len(s) for s in sections]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\\data\\\n" + "".join(f"ngram {n + 1}={c}\n" for n, c in enumerate(sizes)))
-        for n, lines in enumerate(sections):
-            f.write(f"\n\\{n + 1}-grams:\n")
-            f.write("\n".join(lines))
-            f.write("\n")
-        f.write("\n\\end\\\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:  # written under a temporary name and renamed: never a half-written ARPA file
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\\data\\\n" + "".join(f"ngram {n + 1}={c}\n" for n, c in enumerate(sizes)))
+            for n, lines in enumerate(sections):
+                f.write(f"\n\\{n + 1}-grams:\n")
+                f.write("\n".join(lines))
+                f.write("\n")
+            f.write("\n\\end\\\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return {f"{n + 1}-grams": c for n, c in enumerate(sizes)}
 
 

@@ -58,7 +58,22 @@ class LanguageModel:
         tok = self.tokenizer
         rows, targets, seq_index = scoring.context_rows(
             self.groups, self.params.keys, seqs, self.vocab_size, tok.bos_id, tok.eos_id)
+        loggammas = self._mkn_backoffs()
+        if loggammas is not None:  # exact MKN: log Z = -sum log gamma, no union of columns
+            from .ngram import mkn_log_proba
+            return mkn_log_proba(self.params, rows, targets, loggammas), seq_index
         return scoring.log_proba(self.params, rows, targets), seq_index
+
+    def _mkn_backoffs(self):
+        """log-gamma tables of a pure n-gram model with lambdas 1 (derived state, built once)."""
+        if not hasattr(self, "_loggammas"):
+            self._loggammas = None
+            p = self.params
+            if (isinstance(p, SparseParams) and all(isinstance(g, Suffix) for g in p.groups)
+                    and np.all(p.lambdas == 1.0)):
+                from .ngram import backoff_tables
+                self._loggammas = backoff_tables(p)[1]
+        return self._loggammas
 
     def log_proba(self, text: str) -> np.ndarray:
         """Natural-log probability of each token of ``text`` followed by EOS; float64 (n+1,)."""

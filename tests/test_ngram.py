@@ -304,3 +304,20 @@ def test_cli_export_arpa_refuses_window_model(tiny_model_dir, tmp_path, capsys):
     from lmkit.cli import main
     assert main(["export-arpa", str(tiny_model_dir), str(tmp_path / "w.arpa")]) == 2
     assert "pure suffix (n-gram) model" in capsys.readouterr().err
+
+
+def test_model_fast_mkn_scorer_equals_generic_sparse_scorer(tiny_lines, tiny_tok):
+    """LanguageModel scores pure MKN models with log Z = -sum log gamma; same numbers as the union path."""
+    from lmkit.model import LanguageModel
+    from lmkit.scoring import context_rows, sparse_log_proba
+    groups = make_groups(0, 4)
+    seqs = tiny_tok.encode_batch(tiny_lines)
+    counts = count_chunk(seqs, tiny_tok.vocab_size, groups, tiny_tok.bos_id, tiny_tok.eos_id)
+    params = solve_ngram(counts)
+    model = LanguageModel(tiny_tok, params)
+    held = tiny_tok.encode_batch(["a line never seen in training", tiny_lines[3]])
+    fast, _ = model.log_proba_ids(held)
+    assert model._mkn_backoffs() is not None
+    rows, targets, _ = context_rows(groups, params.keys, held, tiny_tok.vocab_size,
+                                    tiny_tok.bos_id, tiny_tok.eos_id)
+    np.testing.assert_allclose(fast, sparse_log_proba(params, rows, targets), rtol=0, atol=1e-9)

@@ -148,11 +148,8 @@ def _aligned_components(params: SparseParams, rows: list, targets: np.ndarray):
     N, V = len(targets), params.vocab_size
     A, tgt = [], np.zeros((len(params.S), N))
     for g, (S, r) in enumerate(zip(params.S, rows)):
-        sub, present = take_rows(S, r)
-        lengths = np.zeros(N, dtype=np.int64)
-        lengths[present] = np.diff(sub.indptr)
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        A.append(sp.csr_matrix((sub.data, sub.indices, indptr), shape=(N, V)))
+        A.append(take_rows(S, r))
+        present = r >= 0
         tgt[g, present] = lookup_values(S, r[present], targets[present])
     C = sp.csr_matrix((N, V))
     for a in A:
@@ -169,10 +166,14 @@ def _aligned_components(params: SparseParams, rows: list, targets: np.ndarray):
     return comp, pos, C.indices.astype(np.int64), tgt
 
 
-def take_rows(S: sp.csr_matrix, rows: np.ndarray):
-    """Rows ``rows[rows >= 0]`` of S as a CSR, and the positions that had a row."""
+def take_rows(S: sp.csr_matrix, rows: np.ndarray, scale: float = 1.0) -> sp.csr_matrix:
+    """``scale * S[rows[n]]`` for each position n as a CSR (N, V); an empty row where rows[n] < 0."""
     present = np.flatnonzero(rows >= 0)
-    return S[rows[present]], present
+    sub = S[rows[present]]
+    lengths = np.zeros(len(rows), dtype=np.int64)
+    lengths[present] = np.diff(sub.indptr)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    return sp.csr_matrix((scale * sub.data, sub.indices, indptr), shape=(len(rows), S.shape[1]))
 
 
 def lookup_values(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -20,6 +20,9 @@ from .features import Suffix, decode_suffix_key, group_from_name
 from .tokenizer import Tokenizer
 
 
+_UNSET = object()
+
+
 class LanguageModel:
     """A single-layer softmax LM over context feature groups.
 
@@ -36,6 +39,7 @@ class LanguageModel:
         self.params = params
         self.config = dict(config or {})
         self.corpus = dict(corpus or {})
+        self._loggammas = _UNSET  # back-off tables of a pure MKN model, derived on first use
 
     @property
     def groups(self) -> list:
@@ -66,7 +70,7 @@ class LanguageModel:
 
     def _mkn_backoffs(self):
         """log-gamma tables of a pure n-gram model with lambdas 1 (derived state, built once)."""
-        if not hasattr(self, "_loggammas"):
+        if self._loggammas is _UNSET:
             self._loggammas = None
             p = self.params
             if (isinstance(p, SparseParams) and all(isinstance(g, Suffix) for g in p.groups)

@@ -33,12 +33,12 @@ from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from .counts import Counts, count_chunk, empty_counts
 from .errors import InputError
 from .features import group_from_name
 from .memory import check_memory, default_limit, format_bytes, parse_size
+from .store import csr_from_arrays, csr_to_arrays
 
 # A CSR entry costs 8 bytes of int64 data + 4 or 8 bytes of index; the solved model stores a
 # float64 value + index per entry, and adding two CSRs briefly holds both inputs and the output.
@@ -205,9 +205,7 @@ def save_counts(c: Counts, path) -> None:
     arrays = {"meta": np.array([c.vocab_size, c.n_sequences, c.n_tokens], dtype=np.int64),
               "target": c.target}
     for g, (F, k) in enumerate(zip(c.F, c.keys)):
-        arrays[f"F{g}_data"], arrays[f"F{g}_indices"] = F.data, F.indices
-        arrays[f"F{g}_indptr"] = F.indptr
-        arrays[f"F{g}_shape"] = np.asarray(F.shape, dtype=np.int64)
+        arrays.update(csr_to_arrays(f"F{g}", F))
         if k is not None:
             arrays[f"keys{g}"] = k
     np.savez(path, **arrays)
@@ -219,8 +217,7 @@ def load_counts(path, groups: list) -> Counts:
         V, n_seq, n_tok = (int(x) for x in z["meta"])
         F, keys = [], []
         for g in range(len(groups)):
-            F.append(sp.csr_matrix((z[f"F{g}_data"], z[f"F{g}_indices"], z[f"F{g}_indptr"]),
-                                   shape=tuple(z[f"F{g}_shape"])))
+            F.append(csr_from_arrays(f"F{g}", z))
             keys.append(z[f"keys{g}"] if f"keys{g}" in z.files else None)
         return Counts(V, list(groups), F, keys, z["target"], n_seq, n_tok)
 

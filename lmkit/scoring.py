@@ -67,11 +67,7 @@ def sparse_scores(params: SparseParams, rows: list, n: int) -> sp.csr_matrix:
     for S, r, lam in zip(params.S, rows, params.lambdas):
         if lam == 0.0:
             continue
-        sub, present = take_rows(S, r)
-        lengths = np.zeros(n, dtype=np.int64)
-        lengths[present] = np.diff(sub.indptr)
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        total = total + sp.csr_matrix((lam * sub.data, sub.indices, indptr), shape=(n, V))
+        total = total + take_rows(S, r, lam)
     return total.tocsr()
 
 

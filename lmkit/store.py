@@ -49,6 +49,20 @@ def library_versions() -> dict:
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
 
 
+def csr_to_arrays(name: str, M: sp.csr_matrix) -> dict:
+    """``{name_data, name_indices, name_indptr, name_shape}``: a CSR as plain arrays."""
+    M = M.tocsr()
+    return {f"{name}_data": M.data, f"{name}_indices": M.indices, f"{name}_indptr": M.indptr,
+            f"{name}_shape": np.asarray(M.shape, dtype=np.int64)}
+
+
+def csr_from_arrays(name: str, arrays) -> sp.csr_matrix:
+    """Inverse of ``csr_to_arrays`` (``arrays``: a dict or an open ``.npz``)."""
+    shape = tuple(int(x) for x in arrays[f"{name}_shape"])
+    return sp.csr_matrix((arrays[f"{name}_data"], arrays[f"{name}_indices"],
+                          arrays[f"{name}_indptr"]), shape=shape)
+
+
 def params_to_arrays(params) -> dict:
     """Flatten Sparse/Dense params into a dict of numpy arrays (see module docstring)."""
     arrays = {}
@@ -56,11 +70,7 @@ def params_to_arrays(params) -> dict:
         arrays["q"] = params.q
         arrays["lambdas"] = np.asarray(params.lambdas, dtype=np.float64)
         for g, S in enumerate(params.S):
-            S = S.tocsr()
-            arrays[f"S{g}_data"] = S.data
-            arrays[f"S{g}_indices"] = S.indices
-            arrays[f"S{g}_indptr"] = S.indptr
-            arrays[f"S{g}_shape"] = np.asarray(S.shape, dtype=np.int64)
+            arrays.update(csr_to_arrays(f"S{g}", S))
     else:
         arrays["b"] = params.b
         for g, W in enumerate(params.W):
@@ -76,11 +86,7 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict):
     from .scoring import DenseParams
     keys = [arrays[f"keys{g}"] if f"keys{g}" in arrays else None for g in range(len(groups))]
     if kind == "sparse":
-        S = []
-        for g in range(len(groups)):
-            shape = tuple(int(x) for x in arrays[f"S{g}_shape"])
-            S.append(sp.csr_matrix((arrays[f"S{g}_data"], arrays[f"S{g}_indices"],
-                                    arrays[f"S{g}_indptr"]), shape=shape))
+        S = [csr_from_arrays(f"S{g}", arrays) for g in range(len(groups))]
         return SparseParams(groups, arrays["q"], S, keys, arrays["lambdas"], info)
     W = [arrays[f"W{g}"] for g in range(len(groups))]
     return DenseParams(groups, W, arrays["b"], keys, info)

@@ -13,6 +13,7 @@ Stages (progress banners and tqdm bars on stderr):
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 
@@ -63,6 +64,13 @@ def count_corpus(lines_iter, tokenizer: Tokenizer, groups: list, *, chunk_lines:
                                      log=log)
 
 
+def _hashing(lines, digest):
+    """Yield ``lines`` unchanged while feeding each (utf-8 + newline) to ``digest``."""
+    for line in lines:
+        digest.update(line.encode("utf-8") + b"\n")
+        yield line
+
+
 def heldout_lines(valid, max_tokens: int, tokenizer: Tokenizer) -> list:
     """Evenly spread lines of ``valid`` with about ``max_tokens`` tokens (deterministic)."""
     lines = list(valid)
@@ -108,12 +116,14 @@ def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
     max_memory = solver_options.get("max_memory")  # shared with the gradient solver's options
     scale = {"workers": check_workers(workers), "max_memory": max_memory, "engine": engine,
              "scheduler": scheduler}
+    digest = hashlib.sha256()  # the corpus hash, taken as counting reads every line once
+    lines = _hashing(train_corpus, digest)
     if has_valid:
-        counts = count_corpus(train_corpus, tok, groups, chunk_lines=chunk_lines, **scale)
+        counts = count_corpus(lines, tok, groups, chunk_lines=chunk_lines, **scale)
         valid = corpus_mod.load_corpus(corpus=corpus or "shakespeare", split="valid")
         held_counts = None
     else:  # hold out every 20th line for choosing lambda; its counts are added back afterwards
-        counts = count_corpus((x for i, x in enumerate(train_corpus) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1),
+        counts = count_corpus((x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1),
                               tok, groups, chunk_lines=chunk_lines, **scale)
         valid = [x for i, x in enumerate(train_corpus) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
         held_counts = count_corpus(valid, tok, groups, chunk_lines=chunk_lines, desc="count held-out",
@@ -147,17 +157,14 @@ def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
             + f" (held-out ppl {np.exp(trace[-1][1]):.2f} on {len(targets)} tokens)")
     if held_counts is not None:
         lam = params.lambdas
-        params = solve(counts + held_counts, discount=discount)
-        params.lambdas = lam
         counts = counts + held_counts
+        params = solve(counts, discount=discount)
+        params.lambdas = lam
     config = {"context": context, "order": order, "prune": prune, "vocab_size": tok.vocab_size,
               "model_type": model_type, "discount": discount, "seed": seed, "solver": solver,
               "lambda_tokens": lambda_tokens, "discounts": params.info.get("discounts")}
-    stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens}
-    try:
-        stats["sha256"] = train_corpus.sha256()
-    except Exception:  # streaming datasets may not be re-iterable cheaply; the hash is optional
-        pass
+    stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens,
+             "sha256": digest.hexdigest()}  # = TextCorpus.sha256() of the training text
     model = LanguageModel(tok, params, config, stats)
     if solver != "explicit":
         model = _finetune(model, solver, train_corpus, valid, seed=seed, **solver_options)

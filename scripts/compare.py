@@ -258,10 +258,7 @@ def plot(results, out: Path) -> None:
         ax.set_xlabel("train CPU seconds (log)")
         ax.set_ylabel("valid perplexity (slice)")
         ax.set_title(f"K={K}, V={results['vocab_size']}: explicit vs gradient descent")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"valid_ppl_vs_seconds_K{K}.png", dpi=110)
-        plt.close(fig)
+        _save(fig, ax, out / f"valid_ppl_vs_seconds_K{K}.png")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in runs:
             if r["solver"] == "gradient":
@@ -270,10 +267,17 @@ def plot(results, out: Path) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("relative distance to explicit W (centred)")
         ax.set_title(f"K={K}: gradient descent from scratch vs the explicit solution")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"distance_to_explicit_K{K}.png", dpi=110)
-        plt.close(fig)
+        _save(fig, ax, out / f"distance_to_explicit_K{K}.png")
+
+
+
+def _save(fig, ax, path) -> None:
+    """Legend, tight layout, PNG, close."""
+    import matplotlib.pyplot as plt
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .features import Suffix, Window, pad_sequences
+from .sparse import lookup_rows
 
 
 @dataclass
@@ -67,18 +68,6 @@ class Counts:
             if a.shape != b.shape or (a != b).nnz:
                 return False
         return (self.n_sequences, self.n_tokens) == (other.n_sequences, other.n_tokens)
-
-
-def lookup_rows(keys: np.ndarray | None, row_keys: np.ndarray) -> np.ndarray:
-    """Row index of each key in the sorted ``keys`` table (-1 if absent); identity if None."""
-    row_keys = np.asarray(row_keys, dtype=np.int64)
-    if keys is None:
-        return row_keys
-    if len(keys) == 0:
-        return np.full(len(row_keys), -1, dtype=np.int64)
-    idx = np.searchsorted(keys, row_keys)
-    idx = np.minimum(idx, len(keys) - 1)
-    return np.where((keys[idx] == row_keys) & (row_keys >= 0), idx, -1)
 
 
 def _remap_rows(m: sp.csr_matrix, old_keys: np.ndarray, union: np.ndarray) -> sp.csr_matrix:

@@ -46,34 +46,14 @@ scalars lambda, and ``choose_lambdas`` minimises it with a few projected Newton 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import scipy.sparse as sp
 
 from .counts import Counts
 from .errors import InputError
 from .features import Window
-
-@dataclass
-class SparseParams:
-    """Parameters of the sparse-form model ``logits = log q + sum_g lambda_g S_g[row_g]``.
-
-    q: (V,) float64, sums to 1. S: per group a CSR (R_g, V) float64. keys: per group None (rows
-    are token ids) or the sorted int64 history keys of the rows. lambdas: (G,) float64.
-    """
-
-    groups: list
-    q: np.ndarray
-    S: list
-    keys: list
-    lambdas: np.ndarray
-    info: dict = field(default_factory=dict)  # discounts, lambda rule, search trace
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.q)
-
+from .params import SparseParams
+from .sparse import lookup_values, take_rows
 
 def estimate_discount(F: sp.csr_matrix) -> float:
     """Absolute discount ``n1 / (n1 + 2 n2)`` from count-of-counts of ``F``.
@@ -164,38 +144,6 @@ def _aligned_components(params: SparseParams, rows: list, targets: np.ndarray):
         comp[g] = m.data - C.data
     pos = np.repeat(np.arange(N), np.diff(C.indptr))
     return comp, pos, C.indices.astype(np.int64), tgt
-
-
-def take_rows(S: sp.csr_matrix, rows: np.ndarray, scale: float = 1.0) -> sp.csr_matrix:
-    """``scale * S[rows[n]]`` for each position n as a CSR (N, V); an empty row where rows[n] < 0."""
-    present = np.flatnonzero(rows >= 0)
-    sub = S[rows[present]]
-    lengths = np.zeros(len(rows), dtype=np.int64)
-    lengths[present] = np.diff(sub.indptr)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    return sp.csr_matrix((scale * sub.data, sub.indices, indptr), shape=(len(rows), S.shape[1]))
-
-
-def lookup_values(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``S[rows[n], cols[n]]`` for each n (0 where not stored); O(N log nnz), S canonical CSR."""
-    out = np.zeros(len(rows))
-    if len(rows) == 0 or S.nnz == 0:
-        return out
-    starts, ends = S.indptr[rows], S.indptr[rows + 1]
-    # binary search of each col inside its row's slice of S.indices
-    lo, hi = starts.astype(np.int64), ends.astype(np.int64)
-    while True:
-        active = lo < hi
-        if not active.any():
-            break
-        mid = (lo + hi) // 2
-        midc = np.where(active, S.indices[np.minimum(mid, S.nnz - 1)], 0)
-        go_right = active & (midc < cols)
-        hi = np.where(active & ~go_right, mid, hi)
-        lo = np.where(go_right, mid + 1, lo)
-    found = (lo < ends) & (S.indices[np.minimum(lo, S.nnz - 1)] == cols)
-    out[found] = S.data[lo[found]]
-    return out
 
 
 def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,

@@ -34,10 +34,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import InputError
-from .explicit import SparseParams
+from .params import DenseParams, SparseParams
 from .features import Window
 from .memory import check_memory, format_bytes
-from .scoring import DenseParams, context_rows
+from .scoring import context_rows
 
 INITS = ("zeros", "random", "explicit")
 OPTIMIZERS = ("adam", "sgd")

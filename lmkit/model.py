@@ -15,8 +15,9 @@ import numpy as np
 
 from . import scoring, store
 from .errors import InputError, ModelFormatError
-from .explicit import SparseParams
 from .features import Suffix, decode_suffix_key, group_from_name
+from .params import SparseParams
+from .sparse import lookup_rows
 from .tokenizer import Tokenizer
 
 
@@ -39,6 +40,15 @@ class LanguageModel:
         self.params = params
         self.config = dict(config or {})
         self.corpus = dict(corpus or {})
+
+    @property
+    def params(self):
+        """The parameters (frozen: assign a new object, e.g. ``params.with_lambdas(...)``)."""
+        return self._params
+
+    @params.setter
+    def params(self, value) -> None:
+        self._params = value
         self._loggammas = _UNSET  # back-off tables of a pure MKN model, derived on first use
 
     @property
@@ -129,7 +139,7 @@ class LanguageModel:
             if isinstance(group, Suffix) and group.m != 1:
                 continue  # a longer history is not one token: nothing to look up
             # window rows are token ids; suffix1 keys are token ids mapped to compact rows
-            row = int(scoring.lookup_rows(self.params.keys[g], np.array([i]))[0])
+            row = int(lookup_rows(self.params.keys[g], np.array([i]))[0])
             if row < 0:
                 out[group.name] = []
                 continue

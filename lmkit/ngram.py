@@ -58,9 +58,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import Counts, lookup_rows
+from .counts import Counts
 from .errors import InputError
-from .explicit import SparseParams, estimate_discount, lookup_values, solve_group
+from .explicit import estimate_discount, solve_group
+from .params import SparseParams
+from .sparse import lookup_rows, lookup_values
 from .features import Suffix, decode_suffix_key
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)

@@ -38,7 +38,7 @@ from .counts import Counts, count_chunk, empty_counts
 from .errors import InputError
 from .features import group_from_name
 from .memory import check_memory, default_limit, format_bytes, parse_size
-from .store import csr_from_arrays, csr_to_arrays
+from .sparse import csr_from_arrays, csr_to_arrays
 
 # A CSR entry costs 8 bytes of int64 data + 4 or 8 bytes of index; the solved model stores a
 # float64 value + index per entry, and adding two CSRs briefly holds both inputs and the output.

@@ -12,29 +12,12 @@ position (-1 = no feature: an unseen n-gram history), plus the targets.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import lookup_rows
-from .explicit import SparseParams, lookup_values, take_rows
+from .params import DenseParams, SparseParams
+from .sparse import log_softmax, lookup_rows, lookup_values, take_rows, union_log_z
 from .features import pad_sequences
-
-
-@dataclass
-class DenseParams:
-    """Dense parameters: W per group (R_g, V) float32, b (V,) float32; keys as in SparseParams."""
-
-    groups: list
-    W: list
-    b: np.ndarray
-    keys: list
-    info: dict = field(default_factory=dict)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.b)
 
 
 def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int):
@@ -80,9 +63,7 @@ def sparse_log_proba(params: SparseParams, rows: list, targets: np.ndarray,
         r = [x[a:a + chunk] for x in rows]
         t = targets[a:a + chunk]
         s = sparse_scores(params, r, len(t))
-        entry_row = np.repeat(np.arange(len(t)), np.diff(s.indptr))
-        # Z = 1 + sum over the union pattern of q (exp(s) - 1); log1p keeps precision near Z = 1
-        log_z = np.log1p(np.bincount(entry_row, q[s.indices] * np.expm1(s.data), minlength=len(t)))
+        log_z = union_log_z(q, s)
         tgt = np.zeros(len(t))
         for S, rg, lam in zip(params.S, r, params.lambdas):
             present = rg >= 0
@@ -97,8 +78,7 @@ def sparse_next_logp(params: SparseParams, rows: list) -> np.ndarray:
     s = sparse_scores(params, [r[:1] for r in rows], 1)
     logp = np.log(params.q).copy()
     logp[s.indices] += s.data
-    z = 1.0 + float(np.sum(params.q[s.indices] * np.expm1(s.data)))
-    return logp - np.log(z)
+    return logp - union_log_z(params.q, s)[0]
 
 
 def dense_logits(params: DenseParams, rows: list) -> np.ndarray:
@@ -109,13 +89,6 @@ def dense_logits(params: DenseParams, rows: list) -> np.ndarray:
         present = np.flatnonzero(r >= 0)
         logits[present] += W[r[present]]
     return logits
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64, stable (subtracts the row max)."""
-    m = logits.max(axis=1, keepdims=True)
-    z = logits - m
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def dense_log_proba(params: DenseParams, rows: list, targets: np.ndarray,

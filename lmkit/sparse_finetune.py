@@ -14,12 +14,13 @@ text is kept (early stopping), so the result is never worse there than the warm 
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import numpy as np
 import scipy.sparse as sp
 
-from .explicit import SparseParams, lookup_values
+from .params import SparseParams
+from .sparse import lookup_values
 from .scoring import sparse_log_proba, sparse_scores
 
 
@@ -32,6 +33,12 @@ def _row_entries(S: sp.csr_matrix, rows: np.ndarray):
     offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     idx = np.repeat(starts, lengths) + offset
     return pos, S.indices[idx].astype(np.int64), idx
+
+
+def with_data(params: SparseParams, data: list) -> SparseParams:
+    """``params`` with each ``S_g.data`` replaced by ``data[g]`` (same pattern)."""
+    S = [sp.csr_matrix((d, M.indices, M.indptr), shape=M.shape) for M, d in zip(params.S, data)]
+    return dataclasses.replace(params, S=S)
 
 
 def nll_gradient(params: SparseParams, rows: list, targets: np.ndarray) -> list:
@@ -64,10 +71,8 @@ def finetune_sparse(params: SparseParams, rows: list, targets: np.ndarray, stop_
     """
     rng = np.random.default_rng(random_state)
     best = params
-    cur = copy.deepcopy(params)
-    cur.S = [S.tocsr().copy() for S in params.S]
-    for S in cur.S:
-        S.sort_indices()
+    data = [S.data.copy() for S in params.S]  # the working copy of the stored entries
+    cur = with_data(params, data)
     acc = [np.full(S.nnz, 1e-8) for S in cur.S]
     best_nll = -float(sparse_log_proba(params, stop_rows, stop_targets).mean())
     trace = [(0, best_nll)]
@@ -76,14 +81,15 @@ def finetune_sparse(params: SparseParams, rows: list, targets: np.ndarray, stop_
         for a in range(0, len(order), batch_size):
             b = order[a:a + batch_size]
             grads = nll_gradient(cur, [r[b] for r in rows], targets[b])
-            for S, g, h in zip(cur.S, grads, acc):
+            for d, g, h in zip(data, grads, acc):
                 h += g * g
-                S.data -= lr * g / np.sqrt(h)
+                d -= lr * g / np.sqrt(h)
+            cur = with_data(params, data)
         nll = -float(sparse_log_proba(cur, stop_rows, stop_targets).mean())
         trace.append((epoch, nll))
         if nll < best_nll:
-            best_nll, best = nll, copy.deepcopy(cur)
+            best_nll, best = nll, with_data(params, [d.copy() for d in data])
         else:
             break
-    best.info = dict(best.info, finetune_trace=trace)
+    best = dataclasses.replace(best, info=dict(best.info, finetune_trace=trace))
     return best, trace

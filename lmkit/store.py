@@ -31,6 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import InputError, MissingPathError, ModelFormatError
+from .params import DenseParams, SparseParams
+from .sparse import csr_from_arrays, csr_to_arrays
 
 FORMAT = "lmkit-model"
 VERSION = 1
@@ -47,20 +49,6 @@ def library_versions() -> dict:
     from . import __version__
     return {"lmkit": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
-
-
-def csr_to_arrays(name: str, M: sp.csr_matrix) -> dict:
-    """``{name_data, name_indices, name_indptr, name_shape}``: a CSR as plain arrays."""
-    M = M.tocsr()
-    return {f"{name}_data": M.data, f"{name}_indices": M.indices, f"{name}_indptr": M.indptr,
-            f"{name}_shape": np.asarray(M.shape, dtype=np.int64)}
-
-
-def csr_from_arrays(name: str, arrays) -> sp.csr_matrix:
-    """Inverse of ``csr_to_arrays`` (``arrays``: a dict or an open ``.npz``)."""
-    shape = tuple(int(x) for x in arrays[f"{name}_shape"])
-    return sp.csr_matrix((arrays[f"{name}_data"], arrays[f"{name}_indices"],
-                          arrays[f"{name}_indptr"]), shape=shape)
 
 
 def params_to_arrays(params) -> dict:
@@ -82,8 +70,6 @@ def params_to_arrays(params) -> dict:
 
 
 def arrays_to_params(kind: str, groups: list, arrays, info: dict):
-    from .explicit import SparseParams
-    from .scoring import DenseParams
     keys = [arrays[f"keys{g}"] if f"keys{g}" in arrays else None for g in range(len(groups))]
     if kind == "sparse":
         S = [csr_from_arrays(f"S{g}", arrays) for g in range(len(groups))]

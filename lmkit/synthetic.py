@@ -21,11 +21,11 @@ import numpy as np
 
 from .errors import InputError
 from .features import Window
+from .params import SparseParams
 from .scoring import sparse_scores
 
 
 def _check_model(model) -> None:
-    from .explicit import SparseParams
     if not isinstance(model.params, SparseParams) or not all(isinstance(g, Window) for g in model.groups):
         raise InputError("batch sampling needs a sparse model with window groups only; "
                          "train one with --solver explicit and without --order")

@@ -142,24 +142,22 @@ def train(*, corpus: str | None = None, input=None, dataset: str | None = None,
         tune = False  # gradient descent from scratch never reads the explicit weights
     held = heldout_lines(valid, lambda_tokens, tok) if len(groups) > 1 and lambdas is None and tune else []
     if lambdas is not None:
-        params.lambdas = _check_lambdas(lambdas, len(groups))
-        params.info["lambda_rule"] = "given"
+        params = params.with_lambdas(_check_lambdas(lambdas, len(groups)), lambda_rule="given")
     elif held:
         rows, targets, _ = context_rows(groups, params.keys, tok.encode_batch(held), tok.vocab_size,
                                         tok.bos_id, tok.eos_id)
         rows, targets = fit_heldout(params, rows, targets, max_memory, log)
         lam, trace = choose_lambdas(params, rows, targets, init=params.info.get("lambda_init"),
                                     fixed=params.info.get("lambda_fixed"))
-        params.lambdas = lam
-        params.info.update({"lambda_rule": f"projected Newton minimisation of held-out NLL on "
-                            f"{len(targets)} tokens", "lambda_trace": trace})
+        params = params.with_lambdas(lam, lambda_rule=f"projected Newton minimisation of held-out "
+                                     f"NLL on {len(targets)} tokens", lambda_trace=trace)
         log("      lambdas " + ", ".join(f"{g.name}={x:g}" for g, x in zip(groups, lam))
             + f" (held-out ppl {np.exp(trace[-1][1]):.2f} on {len(targets)} tokens)")
     if held_counts is not None:
         lam = params.lambdas
         counts = counts + held_counts
-        params = solve(counts, discount=discount)
-        params.lambdas = lam
+        params = solve(counts, discount=discount).with_lambdas(lam, **{
+            k: v for k, v in params.info.items() if k.startswith("lambda_")})
     config = {"context": context, "order": order, "prune": prune, "vocab_size": tok.vocab_size,
               "model_type": model_type, "discount": discount, "seed": seed, "solver": solver,
               "lambda_tokens": lambda_tokens, "discounts": params.info.get("discounts")}

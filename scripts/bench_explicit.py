@@ -26,7 +26,8 @@ from lmkit.corpus import load_corpus
 from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
-from lmkit.scoring import DenseParams, context_rows, dense_log_proba, sparse_log_proba
+from lmkit.params import DenseParams
+from lmkit.scoring import context_rows, dense_log_proba, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import count_corpus, heldout_lines
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                                       tok.bos_id, tok.eos_id)
     t = time.perf_counter()
     lam, trace = choose_lambdas(params, hrows, htargets)
-    params.lambdas = lam
+    params = params.with_lambdas(lam)
     rows_out.append(("choose lambdas", f"{time.perf_counter() - t:.3f} s",
                      f"{len(htargets):,} held-out tokens, {len(trace) - 1} Newton steps, "
                      "lambdas " + ",".join(f"{x:.3f}" for x in lam)))

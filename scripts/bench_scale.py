@@ -78,7 +78,7 @@ def child_solve(a):
     t = time.time()
     params = solve_explicit(c)
     t_solve = time.time() - t
-    params.lambdas = np.array(a.lambdas)
+    params = params.with_lambdas(np.array(a.lambdas))
     model_bytes = sum(x.nbytes for x in params_to_arrays(params).values())
     seqs = tok.encode_batch(heldout(a.corpus, a.score_lines))
     t = time.time()

@@ -47,7 +47,8 @@ from lmkit.evaluate import evaluate_lines
 from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
-from lmkit.scoring import DenseParams, context_rows, sparse_log_proba
+from lmkit.params import DenseParams
+from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines
 
@@ -73,7 +74,7 @@ def explicit_run(seqs, tok, groups, valid_lines, lambda_tokens=10000, chunk=1000
         held = heldout_lines(valid_lines, lambda_tokens, tok)
         rows, targets, _ = context_rows(groups, params.keys, tok.encode_batch(held), tok.vocab_size,
                                         tok.bos_id, tok.eos_id)
-        params.lambdas, _ = choose_lambdas(params, rows, targets)
+        params = params.with_lambdas(choose_lambdas(params, rows, targets)[0])
     return params, CLOCK() - t0, time.perf_counter() - w0
 
 

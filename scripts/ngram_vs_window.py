@@ -67,7 +67,7 @@ def build(name, groups, data, tok, *, tune_all=False, lambda_tokens=20000, prune
             lam, trace = choose_lambdas(params, rows, targets, init=init,
                                         fixed=None if tune_all else
                                         [g.name.startswith("suffix") for g in groups])
-            params.lambdas = lam
+            params = params.with_lambdas(lam)
             log(f"  {name}: lambdas {np.round(lam, 3).tolist()}, valid ppl "
                 f"{math.exp(trace[0][1]):.2f} -> {math.exp(trace[-1][1]):.2f}")
     return params, c.cpu, c.wall

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from lmkit.counts import (count_chunk, count_cooccurrences, empty_counts, lookup_rows,
+from lmkit.sparse import lookup_rows
+from lmkit.counts import (count_chunk, count_cooccurrences, empty_counts,
                           sum_counts)
 from lmkit.features import Suffix, Window
 

@@ -4,8 +4,9 @@ import scipy.sparse as sp
 
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError
-from lmkit.explicit import (choose_lambdas, continuation_unigram, estimate_discount,
-                            lookup_values, solve_explicit, solve_group)
+from lmkit.explicit import (choose_lambdas, continuation_unigram, estimate_discount, solve_explicit,
+                            solve_group)
+from lmkit.sparse import lookup_values
 from lmkit.features import Suffix, Window
 from lmkit.scoring import context_rows, sparse_log_proba, sparse_next_logp
 
@@ -85,10 +86,10 @@ def test_choose_lambdas_improves_heldout_nll():
     rows, targets, _ = context_rows(groups, params.keys, synthetic(100, 1), V, BOS, EOS)
     lam, trace = choose_lambdas(params, rows, targets)
     assert trace[0][0] == [1.0, 0.0, 0.0]
-    params.lambdas = np.array([1.0, 0.0, 0.0])
+    params = params.with_lambdas(np.array([1.0, 0.0, 0.0]))
     nll_unigram_only = -sparse_log_proba(params, rows, targets).mean()
     assert trace[0][1] == pytest.approx(nll_unigram_only, abs=1e-9)
-    params.lambdas = lam
+    params = params.with_lambdas(lam)
     nll_chosen = -sparse_log_proba(params, rows, targets).mean()
     assert trace[-1][1] == pytest.approx(nll_chosen, abs=1e-9)  # the trace reports the truth
     assert nll_chosen < nll_unigram_only - 0.1
@@ -98,5 +99,5 @@ def test_choose_lambdas_improves_heldout_nll():
         for step in (-0.05, 0.05):
             trial = lam.copy()
             trial[g] = max(trial[g] + step, 0.0)
-            params.lambdas = trial
+            params = params.with_lambdas(trial)
             assert -sparse_log_proba(params, rows, targets).mean() >= nll_chosen - 1e-7

@@ -9,7 +9,8 @@ from lmkit.counts import count_chunk
 from lmkit.errors import InputError, MemoryLimitError
 from lmkit.explicit import solve_explicit
 from lmkit.features import Window
-from lmkit.scoring import DenseParams, dense_log_proba, sparse_log_proba
+from lmkit.params import DenseParams
+from lmkit.scoring import dense_log_proba, sparse_log_proba
 
 V, BOS, EOS = 8, 1, 2
 # a tiny corpus over tokens 3..7: "3 4" and "4 5" are frequent bigrams
@@ -23,7 +24,7 @@ def data(groups, seqs=SEQS):
 def explicit(groups, discount=None, lambdas=None):
     p = solve_explicit(count_chunk(SEQS, V, groups, BOS, EOS), discount=discount)
     if lambdas is not None:
-        p.lambdas = np.asarray(lambdas, dtype=float)
+        p = p.with_lambdas(lambdas)
     return p
 
 

@@ -206,7 +206,7 @@ def test_inspect_suffix_groups(tiny_tok):
     """suffix1 rows are looked up by key; longer suffixes are skipped; unseen keys give []."""
     import scipy.sparse as sp
 
-    from lmkit.explicit import SparseParams
+    from lmkit.params import SparseParams
     from lmkit.features import Suffix, Window
     V = tiny_tok.vocab_size
     a, b, c = (tiny_tok.piece_to_id(x) for x in ("e", "o", "n"))
@@ -224,3 +224,25 @@ def test_inspect_suffix_groups(tiny_tok):
     assert res["suffix1"] == [("o", 1.0), ("n", 0.5)]
     assert res["window1"] == [("n", 6.0)]
     assert model.inspect("o") == {"suffix1": [], "window1": []}
+
+
+def test_new_lambdas_are_never_scored_with_stale_backoff_tables(tiny_corpus_file, tiny_tok_file):
+    """The pure-MKN shortcut is derived from the params; new lambdas must switch it off."""
+    import dataclasses
+
+    from lmkit import scoring
+    from lmkit.train import train
+    model = train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3)
+    seqs = model.encode_lines(["Theroqu ve kiee.", "Lo ha stmi."])
+    model.log_proba_ids(seqs)  # derive the back-off tables once
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.params.lambdas = np.array([1.0, 0.5])
+    with pytest.raises(ValueError):
+        model.params.lambdas[1] = 0.5  # arrays are read-only too
+    model.params = model.params.with_lambdas([1.0, 0.5])
+    lp, _ = model.log_proba_ids(seqs)
+    rows, targets, _ = scoring.context_rows(model.groups, model.params.keys, seqs, model.vocab_size,
+                                            model.tokenizer.bos_id, model.tokenizer.eos_id)
+    np.testing.assert_allclose(lp, scoring.log_proba(model.params, rows, targets), atol=1e-12)
+    nxt = model.next_logp(seqs[0][:3])
+    assert abs(nxt[seqs[0][3]] - lp[3]) < 1e-9

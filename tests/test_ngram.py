@@ -152,7 +152,7 @@ def test_probabilities_sum_to_one_seen_and_unseen(order, context, prune):
     V = 12
     params, groups = fit(random_corpus(200, V), V, order, context=context, prune=prune)
     if context:
-        params.lambdas = np.array([1.0] * (order - 1) + [0.3] * context)
+        params = params.with_lambdas(np.array([1.0] * (order - 1) + [0.3] * context))
     for prefix in ([], [3], [3, 4], [3, 3, 3], [11, 10, 9, 8], [0, 0]):  # last ones unseen
         rows = next_rows(groups, params.keys, prefix, V, BOS)
         assert np.exp(sparse_next_logp(params, rows)).sum() == pytest.approx(1.0, abs=1e-12)
@@ -239,7 +239,7 @@ def test_arpa_export_refuses_non_ngram_models():
     with pytest.raises(InputError, match="pure suffix"):
         check_arpa_exportable(params)
     params, _ = fit(random_corpus(50, 12), 12, 3)
-    params.lambdas = np.array([1.0, 0.5])
+    params = params.with_lambdas(np.array([1.0, 0.5]))
     with pytest.raises(InputError, match="lambdas = 1"):
         check_arpa_exportable(params)
 

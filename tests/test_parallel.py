@@ -108,7 +108,7 @@ def test_v32000_sparse_path_stays_small():
                             for i in range(0, len(seqs) - 10, 300))
         params = solve_explicit(counts)
         rows, targets, _ = context_rows(groups, params.keys, seqs[-10:], V, 1, 2)
-        params.lambdas, _ = choose_lambdas(params, rows, targets)
+        params = params.with_lambdas(choose_lambdas(params, rows, targets)[0])
         lp = sparse_log_proba(params, rows, targets)
         nxt = next_logp(params, next_rows(groups, params.keys, seqs[0][:5], V, 1))
         peak = tracemalloc.get_traced_memory()[1]

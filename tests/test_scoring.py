@@ -4,8 +4,9 @@ import pytest
 from lmkit.counts import count_chunk
 from lmkit.explicit import solve_explicit
 from lmkit.features import Window
-from lmkit.scoring import (DenseParams, context_rows, dense_log_proba, log_softmax, next_logp,
-                           next_rows, sparse_log_proba)
+from lmkit.params import DenseParams
+from lmkit.scoring import context_rows, dense_log_proba, next_logp, next_rows, sparse_log_proba
+from lmkit.sparse import log_softmax
 
 V, BOS, EOS = 14, 1, 2
 GROUPS = [Window(1), Window(2), Window(3)]
@@ -47,7 +48,7 @@ def dense_reference_logp(counts, params, seqs):
 def fitted():
     counts = count_chunk(seqs_of(200, 0), V, GROUPS, BOS, EOS)
     params = solve_explicit(counts)
-    params.lambdas = np.array([0.8, 0.35, 0.15])  # sum != 1, so the bias b matters
+    params = params.with_lambdas(np.array([0.8, 0.35, 0.15]))  # sum != 1, so the bias b matters
     return counts, params
 
 

@@ -40,7 +40,7 @@ def test_seeded_and_sized(k1_model, tmp_path):
 
 def test_refuses_dense_or_ngram_models(tiny_model):
     from lmkit.model import LanguageModel
-    from lmkit.scoring import DenseParams
+    from lmkit.params import DenseParams
     p = tiny_model.params
     dense = LanguageModel(tiny_model.tokenizer, DenseParams(p.groups, [], p.q, p.keys))
     with pytest.raises(InputError, match="window groups only"):

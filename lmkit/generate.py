@@ -10,22 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-
-
-def check_sampling_args(*, max_tokens: int, temperature: float, top_k: int, top_p: float,
-                        num_samples: int = 1) -> None:
-    """Refuse out-of-range sampling options with a one-line message naming the fix."""
-    if max_tokens < 0:
-        raise InputError(f"--max-tokens must be >= 0, got {max_tokens}")
-    if not temperature >= 0:
-        raise InputError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise InputError(f"--top-k must be >= 0 (0 = no limit), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1] (1 = no limit), got {top_p}")
-    if num_samples < 1:
-        raise InputError(f"--num-samples must be >= 1, got {num_samples}")
+from .config import SampleConfig
 
 
 def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -54,12 +39,11 @@ def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: floa
     return p / p.sum()
 
 
-def generate(model, prompt: str = "", *, max_tokens: int = 100, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> list:
-    """``num_samples`` texts, each the prompt followed by its sampled continuation."""
-    check_sampling_args(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, num_samples=num_samples)
-    rng = np.random.default_rng(seed)
+def generate(model, prompt: str, opts: SampleConfig) -> list:
+    """``opts.num_samples`` texts, each the prompt followed by its sampled continuation."""
+    max_tokens, temperature, top_k, top_p = opts.max_tokens, opts.temperature, opts.top_k, opts.top_p
+    num_samples = opts.num_samples
+    rng = np.random.default_rng(opts.seed)
     tok = model.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else []
     out = []

@@ -7,6 +7,7 @@ folder (see ``store.py``). All log-probabilities are natural logs (nats); ``bits
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Iterable
@@ -14,6 +15,10 @@ from typing import Iterable
 import numpy as np
 
 from . import scoring, store
+from .config import SampleConfig, make
+from .evaluate import evaluate_lines
+from .generate import generate
+from .ngram import backoff_tables, mkn_log_proba
 from .errors import InputError, ModelFormatError
 from .features import Suffix, decode_suffix_key, group_from_name
 from .params import SparseParams
@@ -74,7 +79,6 @@ class LanguageModel:
             self.groups, self.params.keys, seqs, self.vocab_size, tok.bos_id, tok.eos_id)
         loggammas = self._mkn_backoffs()
         if loggammas is not None:  # exact MKN: log Z = -sum log gamma, no union of columns
-            from .ngram import mkn_log_proba
             return mkn_log_proba(self.params, rows, targets, loggammas), seq_index
         return scoring.log_proba(self.params, rows, targets), seq_index
 
@@ -85,7 +89,6 @@ class LanguageModel:
             p = self.params
             if (isinstance(p, SparseParams) and all(isinstance(g, Suffix) for g in p.groups)
                     and np.all(p.lambdas == 1.0)):
-                from .ngram import backoff_tables
                 self._loggammas = backoff_tables(p)[1]
         return self._loggammas
 
@@ -95,7 +98,6 @@ class LanguageModel:
 
     def score(self, lines: Iterable[str], chunk_lines: int = 2000, progress=None) -> dict:
         """Evaluate on sequences: see ``evaluate.evaluate_lines``."""
-        from .evaluate import evaluate_lines
         return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
 
     def perplexity(self, lines: Iterable[str]) -> float:
@@ -109,12 +111,12 @@ class LanguageModel:
         return scoring.next_logp(self.params, rows)
 
     # ---- generation and inspection -----------------------------------------------------------
-    def sample(self, prompt: str = "", *, max_tokens: int = 100, temperature: float = 1.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> list:
-        """Sample continuations of ``prompt``; see ``generate.generate``."""
-        from .generate import generate
-        return generate(self, prompt, max_tokens=max_tokens, temperature=temperature,
-                        top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples)
+    def sample(self, prompt: str = "", **options) -> list:
+        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens=100,
+        temperature=1.0, top_k=0, top_p=1.0, seed=0, num_samples=1); see ``generate.generate``."""
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
+        return generate(self, prompt, make(SampleConfig, options))
 
     def inspect(self, token: str, top: int = 10) -> dict:
         """Strongest next tokens per group for a context token: ``{group: [(piece, weight)]}``.
@@ -192,7 +194,6 @@ class LanguageModel:
 
 
 def _jsonable(v) -> bool:
-    import json
     try:
         json.dumps(v)
         return True

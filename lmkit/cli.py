@@ -32,7 +32,15 @@ import tempfile
 from pathlib import Path
 
 from . import config as C
+from . import store
+from .corpus import load_corpus
 from .errors import InputError, LmkitError, MissingPathError, OptionError
+from .evaluate import evaluate
+from .model import LanguageModel
+from .ngram import write_arpa
+from .progress import reporting
+from .tokenizer import Tokenizer
+from .train import train
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -154,8 +162,6 @@ def _tokenize_args(t, action: str) -> None:
 
 # ---- verbs ----------------------------------------------------------------------------------
 def cmd_spm_train(a) -> None:
-    from .corpus import load_corpus
-    from .tokenizer import Tokenizer
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
     opts = C.make(C.TokenizerConfig, values(a, C.TokenizerConfig))
     lines = load_corpus(**dataclasses.asdict(src)).check_nonempty()
@@ -165,7 +171,6 @@ def cmd_spm_train(a) -> None:
 
 
 def _load_tokenizer(path: str):
-    from .tokenizer import Tokenizer
     p = Path(path)
     if p.is_dir():
         p = p / "tokenizer.model"
@@ -221,8 +226,6 @@ def cmd_tokenize(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from . import store
-    from .train import train
     skip = {"verb", "output", "argv", "action"}
     cfg = C.TrainConfig.from_kwargs(**{k: v for k, v in vars(a).items() if k not in skip})
     store.check_output_path(a.output)  # fail before training, not after
@@ -232,8 +235,6 @@ def cmd_train(a) -> None:
 
 
 def cmd_eval(a) -> None:
-    from .evaluate import evaluate
-    from .model import LanguageModel
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
     r = evaluate(LanguageModel.load(a.model), **dataclasses.asdict(src))
     if a.json:
@@ -245,7 +246,6 @@ def cmd_eval(a) -> None:
 
 
 def cmd_generate(a) -> None:
-    from .model import LanguageModel
     opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
     prompts = _read_lines(a.prompt_file) if a.prompt_file else [a.prompt]
     model = LanguageModel.load(a.model)
@@ -254,15 +254,12 @@ def cmd_generate(a) -> None:
 
 
 def cmd_export_arpa(a) -> None:
-    from .model import LanguageModel
-    from .ngram import write_arpa
     sizes = write_arpa(LanguageModel.load(a.model), a.output)
     print(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
           + "; words are token ids (<unk> <s> </s> for the specials)")
 
 
 def cmd_inspect(a) -> None:
-    from .model import LanguageModel
     model = LanguageModel.load(a.model)
     res = model.inspect(a.token, top=a.top)
     if a.json:
@@ -297,7 +294,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the manifest records the command as given, also for in-process calls
     try:
-        from .progress import reporting
         with reporting(getattr(args, "verbose", True)):
             VERBS[args.verb](args)
     except OptionError as e:

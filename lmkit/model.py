@@ -8,7 +8,6 @@ folder (see ``store.py``). All log-probabilities are natural logs (nats); ``bits
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Iterable
 
@@ -199,10 +198,6 @@ def _jsonable(v) -> bool:
         return True
     except (TypeError, ValueError):
         return False
-
-
-def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
-    return nll_nats / math.log(2) / max(n_bytes, 1)
 
 
 __all__ = ["LanguageModel", "decode_suffix_key"]

@@ -1,4 +1,4 @@
-"""Tests for lmkit.sparse_finetune: support-only gradient of the sparse softmax, and fine-tuning."""
+"""Tests for lmkit.experiments.sparse_finetune: support-only gradient of the sparse softmax, and fine-tuning."""
 import numpy as np
 import pytest
 
@@ -6,7 +6,7 @@ from lmkit.counts import count_chunk
 from lmkit.features import make_groups
 from lmkit.ngram import solve_ngram
 from lmkit.scoring import context_rows, sparse_log_proba
-from lmkit.sparse_finetune import finetune_sparse, nll_gradient, with_data
+from lmkit.experiments.sparse_finetune import finetune_sparse, nll_gradient, with_data
 
 BOS, EOS, V = 1, 2, 10
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from . import config as C
 from . import store
 from .corpus import load_corpus
-from .errors import InputError, LmkitError, MissingPathError, OptionError
+from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
 from .evaluate import evaluate
 from .model import LanguageModel
 from .ngram import write_arpa
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     try:
         with reporting(getattr(args, "verbose", True)):
             VERBS[args.verb](args)
-    except OptionError as e:
+    except (OptionError, MemoryLimitError) as e:
         print(f"lmkit: error: {to_flags(str(e))}", file=sys.stderr)
         return 2
     except LmkitError as e:

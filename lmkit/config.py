@@ -74,10 +74,12 @@ class ModelConfig:
                               "--order is given)", min=0, max=64)
     order: int | None = opt(None, "n-gram order N: modified Kneser-Ney over suffix groups 1..N-1",
                             min=2, max=64)
-    prune: tuple[int, ...] | None = opt(None, "n-gram count thresholds per order 1..N as KenLM's "
-                                        "--prune (starts with 0, non-decreasing; a shorter list "
-                                        "repeats its last value); n-grams with count <= T are "
-                                        "dropped (default: none)", min=0, metavar="T")
+    prune: tuple[int, ...] | None = opt(None, "n-gram count thresholds per order 1..N (start with "
+                                        "0, non-decreasing; a shorter list repeats its last "
+                                        "value): n-grams with count <= T are dropped. Below the "
+                                        "top order lmkit compares adjusted (continuation) counts, "
+                                        "lmplz --prune raw counts (docs/ngram.md)", min=0,
+                                        metavar="T")
     discount: tuple[float, ...] | None = opt(
         None, "absolute discount(s) in (0, 1) per window group (default n1/(n1+2 n2)); with "
         "--order: 1 or 3 values D1 D2 D3+ (default per order from count-of-counts)",

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .config import GradientConfig
-from .errors import InputError
+from .errors import InputError, OptionError
 from .params import DenseParams, SparseParams
 from .features import Window
 from .memory import check_memory, format_bytes
@@ -66,7 +66,7 @@ def check_dense_memory(n_groups, vocab_size, batch_size, optimizer="adam", max_m
     need = dense_bytes(n_groups, vocab_size, batch_size, optimizer, itemsize)
     check_memory(need, max_memory, f"the dense gradient model ({n_groups} x {vocab_size}^2 weights, "
                  f"{optimizer}, batch {batch_size})",
-                 "lower --vocab-size or --context, or raise --max-memory (the explicit solver "
+                 "lower vocab_size or context, or raise max_memory (the explicit solver "
                  "needs only the sparse counts)")
     return need
 
@@ -246,7 +246,7 @@ def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_row
             loss_n += 1
             pbar.update(1)
             if not math.isfinite(loss_sum):
-                raise InputError(f"training diverged at step {step} (loss {loss_sum}); lower --lr "
+                raise OptionError(f"training diverged at step {step} (loss {loss_sum}); lower lr "
                                  f"(got {lr})")
             if step % eval_every == 0 or a + batch_size >= N:
                 ppl = evaluate()

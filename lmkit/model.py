@@ -18,7 +18,7 @@ from .config import SampleConfig, make
 from .evaluate import evaluate_lines
 from .generate import generate
 from .ngram import backoff_tables, mkn_log_proba
-from .errors import InputError, ModelFormatError
+from .errors import InputError, ModelFormatError, OptionError
 from .features import Suffix, decode_suffix_key, group_from_name
 from .params import SparseParams
 from .sparse import lookup_rows
@@ -132,7 +132,7 @@ class LanguageModel:
             ids = tok.encode(token)
         if len(ids) != 1:
             pieces = [tok.id_to_piece(i) for i in ids]
-            raise InputError(f"--token {token!r} is {len(ids)} pieces {pieces}, not one; "
+            raise OptionError(f"token {token!r} is {len(ids)} pieces {pieces}, not one; "
                              "pass a single piece (see `lmkit tokenize encode --output-format piece`)")
         i = ids[0]
         out = {}

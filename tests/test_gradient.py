@@ -177,7 +177,7 @@ def test_model_too_big_for_memory_is_refused_with_bytes():
     need = G.dense_bytes(3, 4096, 1024, "adam")
     assert need == (3 * 4096 ** 2 + 4096) * 4 * 4 + 4 * 1024 * 4096 * 4
     with pytest.raises(MemoryLimitError, match=rf"needs .* \({need} bytes\) but the memory limit is "
-                                               r"1\.0 MiB; lower --vocab-size"):
+                                               r"1\.0 MiB; lower vocab_size"):
         G.check_dense_memory(3, 4096, 1024, "adam", max_memory="1M")
     assert G.dense_bytes(1, 4, 2, "adam") == 448  # the docstring example
 

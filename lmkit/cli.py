@@ -67,9 +67,12 @@ def add_options(p: argparse.ArgumentParser, klass, *, defaults=None, skip=()) ->
         default = defaults.get(f.name, f.default)
         meta = f.metadata
         shown = "" if default is None else f" (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
-        kw = {"dest": f.name, "default": default, "help": meta["help"] + shown}
+        # options not given stay absent (SUPPRESS), so the config supplies its own default and
+        # can tell "given" from "defaulted" (e.g. vocab_size next to a trained tokenizer)
+        kw = {"dest": f.name, "default": defaults.get(f.name, argparse.SUPPRESS),
+              "help": meta["help"] + shown}
         if scalar is bool:
-            kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
+            kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = _TYPES[scalar]
             if seq:

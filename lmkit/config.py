@@ -204,6 +204,10 @@ class TrainConfig:
         """Build from flat keyword arguments (``context=3, lr=1e-3, ...``); unknown keys fail."""
         kwargs = dict(kwargs)
         tok_path = kwargs.pop("tokenizer", None)
+        clash = [k for k in ("vocab_size", "model_type", "input_sentence_size") if k in kwargs]
+        if tok_path is not None and clash:
+            raise OptionError(f"{clash[0]} applies to training a SentencePiece model, but tokenizer {tok_path} is "
+                              f"given; drop {clash[0]} or drop tokenizer")
         if tok_path is not None and not isinstance(tok_path, (str, bytes)) and not hasattr(tok_path, "__fspath__"):
             raise OptionError(f"tokenizer must be a path to a .model file, got {type(tok_path).__name__}")
         parts = {}

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from lmkit import config as C
-from lmkit.cli import build_parser, main
+from lmkit.cli import build_parser, flag, main
 from lmkit.errors import InputError, OptionError
 
 
@@ -44,18 +44,37 @@ def test_train_refuses_typos_before_any_work(tmp_path):
 
 
 def test_defaults_are_defined_once_and_shared_by_the_cli():
-    """Every TrainConfig field is a `lmkit train` flag with the same default."""
+    """Every config field is a flag; flags not given are absent, so the config's default applies."""
     p = build_parser()
     a = p.parse_args(["train", "--output", "x"])
-    cfg = C.TrainConfig()
-    for klass, part in [(C.CorpusConfig, cfg.corpus), (C.TokenizerConfig, cfg.spm),
-                        (C.ModelConfig, cfg.model), (C.ScaleConfig, cfg.scale),
-                        (C.GradientConfig, cfg.gradient)]:
-        for f in C.options(klass):
-            assert getattr(a, f.name) == getattr(part, f.name), f.name
-    g = p.parse_args(["generate", "m"])
-    for f in dataclasses.fields(C.SampleConfig):
-        assert getattr(g, f.name) == f.default, f.name
+    assert set(vars(a)) == {"verb", "output", "tokenizer"}
+    assert C.TrainConfig.from_kwargs(**{k: v for k, v in vars(a).items() if k not in ("verb", "output")}) \
+        == C.TrainConfig()
+    names = set(vars(p.parse_args(["train", "--output", "x"] + [
+        arg for f in [f for k in (C.CorpusConfig, C.TokenizerConfig, C.ModelConfig, C.ScaleConfig,
+                                  C.GradientConfig) for f in C.options(k)]
+        for arg in _example(f)])))
+    assert set(C.train_option_names()) <= names
+    g = p.parse_args(["generate", "m", "--temperature", "0.5"])
+    assert g.temperature == 0.5 and not hasattr(g, "top_p")
+    assert p.parse_args(["eval", "m"]).split == "test"  # the one per-verb default
+
+
+def _example(f):
+    """Command-line words that set field ``f`` to some valid value."""
+    scalar, seq, _ = C.field_spec(f)
+    if scalar is bool:
+        return [flag(f.name)]
+    value = {int: "1", float: "0.5", str: "x"}[scalar]
+    if "choices" in f.metadata:
+        value = str(f.metadata["choices"][0])
+    return [flag(f.name), value]
+
+
+def test_a_trained_tokenizer_and_tokenizer_options_clash():
+    with pytest.raises(OptionError, match="vocab_size applies to training a SentencePiece model, but tokenizer t.model"):
+        C.TrainConfig.from_kwargs(tokenizer="t.model", vocab_size=512)
+    assert C.TrainConfig.from_kwargs(tokenizer="t.model").tokenizer == "t.model"
 
 
 def test_flat_config_round_trips():
@@ -72,6 +91,9 @@ def test_flat_config_round_trips():
     (["train", "--output", "x", "--order", "3", "--prune", "0", "0", "1", "1"], r"--prune has 4 values"),
     (["train", "--output", "x", "--scheduler", "tcp://h:1"], r"--scheduler needs --engine dask"),
     (["train", "--output", "x", "--lambda-tokens", "-5"], r"--lambda-tokens must be >= 1, got -5"),
+    (["train", "--output", "x", "--tokenizer", "t.model", "--vocab-size", "512"],
+     r"--vocab-size applies to training a SentencePiece model, but --tokenizer t.model is given"),
+    (["inspect", "m", "--token", "a", "--top", "-1"], r"m: no such model folder"),
 ])
 def test_cli_errors_are_one_line(capsys, argv, match):
     import re

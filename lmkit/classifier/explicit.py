@@ -5,7 +5,7 @@ negatives instead of refusing them), ``y`` (n,) labels. Output: ``ExplicitSoftma
 with ``coef_`` (C, d), ``intercept_`` (C,), ``classes_`` (C,), and the counted pieces
 ``feature_log_prob_`` (C, d) = log theta, ``class_log_prior_`` (C,) = log pi, ``scale_`` = lambda.
 The model is the language model's single softmax layer with a feature vector instead of a
-context, ``P(c | x) = softmax(b + lambda x W)[c]``, W (d, C). Natural logarithms throughout.
+context, ``P(c | x) = softmax(lambda (b + x W))[c]``, W (d, C). Natural logarithms throughout.
 
 Derivation
 ----------
@@ -43,17 +43,23 @@ feature *mass* of class c, ``n_c`` its number of rows, ``n = sum_c n_c``.
    ``MultinomialNB(alpha=alpha).predict_proba`` (tested to 1e-9).
 
 4. The scale lambda. Naive Bayes counts every unit of mass as independent evidence; with many
-   correlated features (784 pixels) its logits are far too large. ``logits = b + lambda x W``
-   keeps the counted W and b and fits one scalar: the held-out NLL ``mean_n [logsumexp(b +
-   lambda s_n) - b[y_n] - lambda s_n[y_n]]`` (``s_n = x_n W``) is convex in lambda, so a log-spaced
-   grid and a bounded Brent refinement on a held-out slice of the training rows find it; the
-   counts are then taken on all rows (they are additive). The prior is counted on all rows
-   in both steps, so a class missing from the fit slice keeps a finite ``b``.
+   correlated features (784 pixels) its logits are far too large, with few (iris) too small.
+   ``logits = lambda (b + x W)`` keeps the counted W and b and fits one scalar, an inverse
+   temperature: no lambda > 0 changes a prediction (so accuracy is naive Bayes'), only how
+   sure it is. The fit is explicit: counts are additive, so every training row is scored by
+   the counts of the other ``cv`` - 1 folds (``F - F_k``, no refitting), and the NLL of these
+   cross-fitted logits Z, ``mean_n [logsumexp(lambda Z_n) - lambda Z_n[y_n]]``, is convex in
+   lambda: a log-spaced grid and a bounded Brent step find it. The prior is counted on all rows.
+   Tried and dropped: scaling ``x W`` only (the language model's form, ``b + lambda x W``)
+   shifts the prior-evidence balance and changed predictions on unbalanced data — 5-fold CV
+   accuracy 1.1 points below MultinomialNB on wine, 0.5 on breast_cancer; and a single 20 %
+   held-out slice instead of folds, which on iris (24 held-out rows) chose lambda ~ 56 and
+   doubled the log loss of naive Bayes.
 
 Adding the same vector to every column of W (a per-feature, class-independent shift) changes no
 probability for any lambda; ``coef_`` stores ``lambda (W - mean_c W)``, so ``coef_[:, i] = 0``
-when ``theta[:, i]`` is the same for every class (feature i tells the classes nothing apart). Negative values would subtract mass (``theta`` could be
-negative), hence refused by default.
+when ``theta[:, i]`` is the same for every class (feature i tells the classes nothing apart).
+Negative values would subtract mass (``theta`` could be negative), hence refused by default.
 """
 from __future__ import annotations
 
@@ -103,58 +109,71 @@ def solve_explicit_classifier(F: np.ndarray, prior: np.ndarray, alpha: float):
     return log_theta, np.log(prior)
 
 
-def heldout_nll(scale: float, S: np.ndarray, b: np.ndarray, y_idx: np.ndarray) -> float:
-    """Mean NLL (nats) of ``softmax(b + scale S)`` at the true classes; S (n, C) = X W."""
-    lp = log_softmax(b + scale * S)
+def heldout_nll(scale: float, Z: np.ndarray, y_idx: np.ndarray) -> float:
+    """Mean NLL (nats) of ``softmax(scale Z)`` at the true classes; Z (n, C) held-out logits."""
+    lp = log_softmax(scale * Z)
     return float(-lp[np.arange(len(y_idx)), y_idx].mean())
 
 
-def choose_scale(S: np.ndarray, b: np.ndarray, y_idx: np.ndarray, grid=None):
-    """Scale lambda >= 0 minimising held-out NLL (convex in lambda): grid, then Brent.
+def choose_scale(Z: np.ndarray, y_idx: np.ndarray, grid=None):
+    """Scale lambda >= 0 minimising the NLL of ``softmax(lambda Z)`` (convex): grid, then Brent.
 
     Returns ``(lambda, trace)``, trace = [(lambda, nll), ...] of every point evaluated.
+    Example: Z = [[1, 0]] * 4, y = [0, 0, 0, 1] -> lambda = ln 3 (P(class 0) = 3/4).
     """
     grid = SCALE_GRID if grid is None else np.asarray(grid, dtype=np.float64)
-    S = S - S.mean(axis=1, keepdims=True)  # class-independent shift: same NLL, smaller numbers
-    trace = [(float(g), heldout_nll(g, S, b, y_idx)) for g in grid]
+    Z = Z - Z.mean(axis=1, keepdims=True)  # a per-row shift: same NLL, smaller numbers
+    trace = [(float(g), heldout_nll(g, Z, y_idx)) for g in grid]
     k = int(np.argmin([t[1] for t in trace]))
     lo = np.log(grid[max(k - 1, 0)])
     hi = np.log(grid[min(k + 1, len(grid) - 1)])
     if hi > lo:
-        res = minimize_scalar(lambda t: heldout_nll(np.exp(t), S, b, y_idx),
+        res = minimize_scalar(lambda t: heldout_nll(np.exp(t), Z, y_idx),
                               bounds=(lo, hi), method="bounded", options={"xatol": 1e-3})
         trace.append((float(np.exp(res.x)), float(res.fun)))
     best = min(trace, key=lambda t: t[1])
     return best[0], trace
 
 
-def split_indices(n: int, fraction: float, rng: np.random.Generator):
-    """Seeded split of range(n) into (fit, held_out) index arrays; held_out has round(n*f)."""
-    perm = rng.permutation(n)
-    n_out = int(round(n * fraction))
-    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+def cross_fitted_logits(X, y_idx: np.ndarray, n_classes: int, alpha: float, folds: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Naive Bayes logits (n, C) of every row from the counts of the *other* folds.
+
+    Counts are additive, so fold k's model is ``F - F_k``: one pass over the data per fold,
+    no refitting. The prior is the one of all rows (as in the final model).
+    """
+    F = cooccurrence(X, y_idx, n_classes)
+    prior = class_prior(y_idx, n_classes)
+    fold = rng.permutation(X.shape[0]) % folds
+    Z = np.empty((X.shape[0], n_classes))
+    for k in range(folds):
+        rows = np.flatnonzero(fold == k)
+        W, b = solve_explicit_classifier(F - cooccurrence(X[rows], y_idx[rows], n_classes),
+                                         prior, alpha)
+        Z[rows] = np.asarray(X[rows] @ W) + b
+    return Z
 
 
 class ExplicitSoftmaxClassifier(SoftmaxClassifierBase):
     """Single-layer softmax classifier solved in closed form: multinomial naive Bayes x lambda.
 
     alpha: Lidstone smoothing of ``theta`` (scikit-learn's ``MultinomialNB(alpha)``).
-    scale: lambda multiplying ``x W``; ``"auto"`` chooses it on a held-out slice of
-    ``validation_fraction`` of the training rows (then recounts on all rows); a float fixes it
-    (``1.0`` = ``MultinomialNB``). negative: ``"error"`` refuses negative values, ``"clip"`` sets
+    scale: lambda multiplying the logits ``b + x W``; ``"auto"`` fits it to the cross-fitted
+    logits of ``cv`` folds (each fold scored by the counts of the others); a float fixes it
+    (``1.0`` = ``MultinomialNB``). No lambda > 0 changes a prediction, only its confidence.
+    cv: folds of the lambda fit. negative: ``"error"`` refuses negative values, ``"clip"`` sets
     them to 0 (in fit and predict; for scaler pipelines in cross-validation).
-    random_state: seed of the held-out split.
+    random_state: seed of the fold assignment.
 
-    Fitted: ``coef_`` (C, d) = ``scale_ (W - mean_c W)^T``, ``intercept_`` (C,) = log prior,
+    Fitted: ``coef_`` (C, d) = ``scale_ (W - mean_c W)^T``, ``intercept_`` (C,) = ``scale_ b``,
     ``classes_``, ``scale_``, ``scale_trace_`` [(lambda, held-out nll), ...],
     ``feature_log_prob_`` (C, d) = log theta, ``class_log_prior_`` (C,), ``n_features_in_``.
     """
 
-    def __init__(self, *, alpha=1.0, scale="auto", validation_fraction=0.2, negative="error",
-                 random_state=0):
+    def __init__(self, *, alpha=1.0, scale="auto", cv=5, negative="error", random_state=0):
         self.alpha = alpha
         self.scale = scale
-        self.validation_fraction = validation_fraction
+        self.cv = cv
         self.negative = negative
         self.random_state = random_state
 
@@ -163,25 +182,23 @@ class ExplicitSoftmaxClassifier(SoftmaxClassifierBase):
         if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
             raise InputError(f"alpha must be a number >= 0, got {self.alpha!r}; try 1.0")
         C = len(classes)
-        prior = class_prior(y_idx, C)
         if self.scale == "auto":
-            if not 0 < self.validation_fraction < 1:
-                raise InputError(f"validation_fraction must be in (0, 1), got "
-                                 f"{self.validation_fraction!r}; try 0.2 or give scale=1.0")
-            rng = np.random.default_rng(self.random_state)
-            fit_i, out_i = split_indices(X.shape[0], self.validation_fraction, rng)
-            if len(out_i) == 0 or len(fit_i) == 0:
-                raise InputError(f"{X.shape[0]} rows are too few to hold out "
-                                 f"{self.validation_fraction:g} of them; give scale=1.0")
-            W, b = solve_explicit_classifier(cooccurrence(X[fit_i], y_idx[fit_i], C), prior,
-                                             float(self.alpha))
-            scale, trace = choose_scale(np.asarray(X[out_i] @ W), b, y_idx[out_i])
+            if not (isinstance(self.cv, (int, np.integer)) and self.cv >= 2):
+                raise InputError(f"cv must be an integer >= 2, got {self.cv!r}; try 5 or give "
+                                 "scale=1.0")
+            if X.shape[0] >= 2:
+                Z = cross_fitted_logits(X, y_idx, C, float(self.alpha), min(int(self.cv), X.shape[0]),
+                                        np.random.default_rng(self.random_state))
+                scale, trace = choose_scale(Z, y_idx)
+            else:  # one row: nothing to hold out, plain naive Bayes
+                scale, trace = 1.0, []
         else:
             scale = float(self.scale)
             if not scale >= 0:
                 raise InputError(f"scale must be 'auto' or a number >= 0, got {self.scale!r}")
             trace = []
-        W, b = solve_explicit_classifier(cooccurrence(X, y_idx, C), prior, float(self.alpha))
+        W, b = solve_explicit_classifier(cooccurrence(X, y_idx, C), class_prior(y_idx, C),
+                                         float(self.alpha))
         self.classes_ = classes
         self.n_features_in_ = X.shape[1]
         self.scale_ = scale
@@ -189,5 +206,5 @@ class ExplicitSoftmaxClassifier(SoftmaxClassifierBase):
         self.class_log_prior_ = b
         self.feature_log_prob_ = W.T.copy()
         self.coef_ = (scale * (W - W.mean(axis=1, keepdims=True))).T.copy()
-        self.intercept_ = b.copy()
+        self.intercept_ = scale * b
         return self

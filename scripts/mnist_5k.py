@@ -10,8 +10,9 @@ Methods: explicit one layer (and on raw pixels, and ``MultinomialNB`` for refere
 layer-wise explicit, hidden = k-means clusters within each class; the same + end-to-end
 fine-tune; gradient descent from zeros; warm start from the explicit solution (both Adam, same
 lr, chosen once on a validation slice of the training rows); ``LogisticRegression``;
-``MLPClassifier`` (one hidden ReLU layer, Adam, batch 200, stops early on its training loss). Also: epochs the warm start needs to reach the
-from-scratch run's final test log loss and best test accuracy.
+``MLPClassifier`` (one hidden ReLU layer, Adam, batch 200, at most ``--mlp-epochs`` epochs).
+Also: epochs the warm start needs to reach the from-scratch run's final test log loss and best
+test accuracy.
 
     nice -n 10 .venv/bin/python scripts/mnist_5k.py --out runs/mnist_5k
 

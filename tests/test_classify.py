@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lmkit.classify import (ExplicitSoftmaxClassifier, GradientSoftmaxClassifier, check_features,
-                            choose_scale, cooccurrence, solve_explicit_classifier)
+from lmkit.classifier import ExplicitSoftmaxClassifier, GradientSoftmaxClassifier
+from lmkit.classifier.base import check_features
+from lmkit.classifier.explicit import (choose_scale, class_prior, cooccurrence, cross_fitted_logits,
+                                       solve_explicit_classifier)
 from lmkit.errors import InputError
 
 # one-hot inputs: feature 0 seen with classes [0, 0, 1], feature 1 with [1, 1, 1, 0]
@@ -39,13 +41,18 @@ def test_closed_form_is_stationary_point_on_one_hot():
     assert np.abs(G).max() < 1e-12
 
 
-def test_smoothing_goes_to_prior_for_unseen_feature():
-    F = np.array([[2.0, 0.0], [0.0, 0.0]])
+def test_lidstone_smoothing_hand_checked():
+    # class 0 has feature mass (2, 1), class 1 has (0, 1); d = 2, alpha = 1
+    F = np.array([[2.0, 0.0], [1.0, 1.0]])
     prior = np.array([0.25, 0.75])
     W, b = solve_explicit_classifier(F, prior, alpha=1.0)
-    assert np.allclose(W[1], 0)  # never active: no evidence
-    # P(c | 0) = (2 + .25, 0 + .75) / 3
-    assert np.allclose(W[0] + b, np.log([2.25 / 3, 0.75 / 3]))
+    assert np.allclose(np.exp(W[:, 0]), [3 / 5, 2 / 5]) and np.allclose(np.exp(W[:, 1]), [1 / 3, 2 / 3])
+    assert np.allclose(b, np.log(prior))
+
+
+def test_alpha_zero_class_without_mass_is_uniform_not_nan():
+    W, _ = solve_explicit_classifier(np.array([[2.0, 0.0], [0.0, 0.0]]), np.array([0.5, 0.5]), 0.0)
+    assert np.isfinite(W).all() and np.allclose(np.exp(W[:, 1]), [0.5, 0.5])
 
 
 def test_predict_proba_rows_sum_to_one_and_predict_matches():
@@ -88,7 +95,7 @@ def test_choose_scale_finds_minimum_of_convex_nll():
     # held-out scores S favour the true class by 1 in 3 of 4 rows: the best scale is ln 3
     S = np.array([[1.0, 0.0]] * 4)
     y = np.array([0, 0, 0, 1])
-    lam, trace = choose_scale(S, np.zeros(2), y)
+    lam, trace = choose_scale(S, y)
     assert abs(lam - np.log(3)) < 1e-2
     assert all(lam_nll[1] >= min(t[1] for t in trace) for lam_nll in trace)
 
@@ -202,3 +209,112 @@ def test_tol_stops_early_and_budget_warns():
     assert stopped.n_iter_ == 4
     with pytest.warns(ConvergenceWarning, match="max_iter=2"):
         GradientSoftmaxClassifier(max_iter=2, tol=1e-9).fit(X, y)
+
+
+# ---- multinomial naive Bayes at lambda = 1 (issue 14 section 1) ------------------------------
+def count_data(seed=0, n=80, d=12, C=3):
+    """Poisson counts whose total mass differs between classes (class c has ~(c + 1) x more)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % C
+    rates = rng.uniform(0.2, 2.0, (C, d))
+    X = rng.poisson(rates[y] * (1 + y)[:, None]).astype(float)
+    return X, y
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0, 2.5])
+def test_scale_one_is_sklearn_multinomial_nb_exactly(alpha):
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_iris
+    from sklearn.naive_bayes import MultinomialNB
+
+    X, y = count_data()
+    Xi, yi = load_iris(return_X_y=True)
+    for A, b in ((X, y), (Xi, yi), (sp.csr_matrix(X), y)):
+        ours = ExplicitSoftmaxClassifier(alpha=alpha, scale=1.0).fit(A, b)
+        nb = MultinomialNB(alpha=alpha).fit(A, b)
+        assert np.abs(ours.predict_proba(A) - nb.predict_proba(A)).max() < 1e-9
+        assert np.abs(ours.feature_log_prob_ - nb.feature_log_prob_).max() < 1e-12
+        assert np.abs(ours.class_log_prior_ - nb.class_log_prior_).max() < 1e-12
+
+
+def test_one_hot_closed_form_is_the_nb_form():
+    # on one-hot rows feature mass = row count, so W = log P(i | c) gives the paper's solution
+    clf = ExplicitSoftmaxClassifier(alpha=0, scale=1.0).fit(X1, Y1)
+    assert np.allclose(np.exp(clf.feature_log_prob_), [[2 / 3, 1 / 3], [1 / 4, 3 / 4]])
+
+
+def test_iris_cross_validation_not_below_naive_bayes():
+    # iris: petal sizes make the feature mass differ ~2x between classes; the former
+    # "log P(c | i) - log pi" form scored chance (0.333) here
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.naive_bayes import MultinomialNB
+
+    X, y = load_iris(return_X_y=True)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    ours = cross_val_score(ExplicitSoftmaxClassifier(), X, y, cv=cv).mean()
+    nb = cross_val_score(MultinomialNB(), X, y, cv=cv).mean()
+    assert ours >= nb - 1e-12 and ours > 0.9
+    # naive Bayes is under-confident on 4 features: the fitted lambda (~50) fixes its log loss
+    ours = -cross_val_score(ExplicitSoftmaxClassifier(), X, y, cv=cv, scoring="neg_log_loss").mean()
+    nb = -cross_val_score(MultinomialNB(), X, y, cv=cv, scoring="neg_log_loss").mean()
+    assert ours < nb / 2
+
+
+def test_fitted_scale_never_changes_a_prediction():
+    # unbalanced classes (40 / 20 / 10 rows): scaling b + x W together keeps naive Bayes' argmax
+    X, y = count_data(3, n=70)
+    y = np.repeat([0, 1, 2], [40, 20, 10])
+    auto = ExplicitSoftmaxClassifier().fit(X, y)
+    nb = ExplicitSoftmaxClassifier(scale=1.0).fit(X, y)
+    assert auto.scale_ != 1.0
+    assert np.array_equal(auto.predict(X), nb.predict(X))
+    assert np.allclose(auto.intercept_, auto.scale_ * nb.intercept_)
+
+
+def test_cross_fitted_logits_equal_refitting_without_the_fold():
+    X, y = count_data(4, n=30)
+    Z = cross_fitted_logits(X, y, 3, 0.5, folds=3, rng=np.random.default_rng(7))
+    fold = np.random.default_rng(7).permutation(30) % 3
+    prior = class_prior(y, 3)
+    for k in range(3):
+        out = fold == k
+        W, b = solve_explicit_classifier(cooccurrence(X[~out], y[~out], 3), prior, 0.5)
+        assert np.allclose(Z[out], X[out] @ W + b)
+
+
+def test_bad_cv_is_refused():
+    X, y = two_blobs()
+    with pytest.raises(InputError, match="cv must be an integer >= 2, got 1"):
+        ExplicitSoftmaxClassifier(cv=1).fit(X, y)
+
+
+# ---- negative="clip" --------------------------------------------------------------------------
+def test_negative_clip_treats_negatives_as_zero():
+    X, y = two_blobs()
+    Xn = X - 0.5  # every zero count becomes -0.5
+    clf = ExplicitSoftmaxClassifier(negative="clip").fit(Xn, y)
+    ref = ExplicitSoftmaxClassifier().fit(np.maximum(Xn, 0), y)
+    assert np.allclose(clf.coef_, ref.coef_)
+    assert np.allclose(clf.predict_proba(sp.csr_matrix(Xn)), ref.predict_proba(np.maximum(Xn, 0)))
+    with pytest.raises(InputError, match="negative='clip'"):
+        ExplicitSoftmaxClassifier().fit(Xn, y)
+    with pytest.raises(InputError, match="negative must be 'error' or 'clip', got 'abs'"):
+        ExplicitSoftmaxClassifier(negative="abs").fit(X, y)
+
+
+def test_minmax_scaler_pipeline_cross_validates_with_clip():
+    pytest.importorskip("sklearn")
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    X, y = two_blobs(100, seed=2)
+    X = X + np.random.default_rng(0).normal(0, 0.3, X.shape)  # held-out folds leave [min, max]
+    with pytest.raises(InputError, match="Negative values"):  # the old behaviour: a fold fails
+        cross_val_score(make_pipeline(MinMaxScaler(), ExplicitSoftmaxClassifier()), X, y, cv=5,
+                        error_score="raise")
+    scores = cross_val_score(make_pipeline(MinMaxScaler(), ExplicitSoftmaxClassifier(negative="clip")),
+                             X, y, cv=5, error_score="raise")
+    assert scores.min() > 0.8

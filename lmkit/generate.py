@@ -3,7 +3,7 @@
 Each step computes the full next-token log distribution (a (V,) vector; the sparse model only
 touches the non-zeros of its context rows), applies temperature, top-k and top-p (nucleus)
 filtering, and draws from it with a seeded ``numpy.random.Generator``. A sample stops at EOS or
-after ``max_tokens`` new tokens. The prompt is the start of a sequence; prompts with characters
+after ``max_tokens`` new tokens. BOS and UNK are never drawn. The prompt is the start of a sequence; prompts with characters
 never seen in training still work thanks to the tokenizer's byte fallback.
 """
 from __future__ import annotations
@@ -13,19 +13,38 @@ import numpy as np
 from .errors import InputError
 
 
+MIN_TEMPERATURE = 1e-6  # below this, use 0 (greedy): the result is the same, without underflow
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 def check_sampling_args(*, max_tokens: int, temperature: float, top_k: int, top_p: float,
-                        num_samples: int = 1) -> None:
+                        num_samples: int = 1, seed: int = 0) -> None:
     """Refuse out-of-range sampling options with a one-line message naming the fix."""
-    if max_tokens < 0:
-        raise InputError(f"--max-tokens must be >= 0, got {max_tokens}")
-    if not temperature >= 0:
-        raise InputError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise InputError(f"--top-k must be >= 0 (0 = no limit), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1] (1 = no limit), got {top_p}")
-    if num_samples < 1:
-        raise InputError(f"--num-samples must be >= 1, got {num_samples}")
+    if not _is_int(max_tokens) or max_tokens < 0:
+        raise InputError(f"--max-tokens must be >= 0, got {max_tokens!r} "
+                         "(max_tokens must be an integer >= 0)")
+    if not isinstance(temperature, (int, float, np.floating)) or isinstance(temperature, bool) \
+            or not temperature >= 0:
+        raise InputError(f"--temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if temperature != 0 and not MIN_TEMPERATURE <= temperature < float("inf"):
+        raise InputError(f"--temperature must be 0 (greedy) or a finite number >= "
+                         f"{MIN_TEMPERATURE:g}, got {temperature!r}")
+    if not _is_int(top_k) or top_k < 0:
+        raise InputError(f"--top-k must be >= 0 (0 = no limit), got {top_k!r} "
+                         "(top_k must be an integer >= 0)")
+    if not isinstance(top_p, (int, float, np.floating)) or isinstance(top_p, bool) \
+            or not 0 < top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1] (1 = no limit), got {top_p!r} "
+                         "(top_p must be in (0, 1])")
+    if not _is_int(num_samples) or num_samples < 1:
+        raise InputError(f"--num-samples must be >= 1, got {num_samples!r} "
+                         "(num_samples must be an integer >= 1)")
+    if not _is_int(seed) or seed < 0:
+        raise InputError(f"--seed must be an integer >= 0, got {seed!r} "
+                         "(seed must be an integer >= 0)")
 
 
 def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -38,8 +57,8 @@ def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: floa
         p = np.zeros_like(logp)
         p[int(np.argmax(logp))] = 1.0
         return p
-    z = logp / temperature
-    p = np.exp(z - z.max())
+    z = (logp - logp.max()) / temperature  # shift first: a small temperature cannot overflow
+    p = np.exp(z)
     p /= p.sum()
     if top_k and top_k < len(p):
         cut = np.partition(p, -top_k)[-top_k]
@@ -58,7 +77,7 @@ def generate(model, prompt: str = "", *, max_tokens: int = 100, temperature: flo
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> list:
     """``num_samples`` texts, each the prompt followed by its sampled continuation."""
     check_sampling_args(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, num_samples=num_samples)
+                        top_p=top_p, num_samples=num_samples, seed=seed)
     rng = np.random.default_rng(seed)
     tok = model.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else []
@@ -68,6 +87,7 @@ def generate(model, prompt: str = "", *, max_tokens: int = 100, temperature: flo
         for _ in range(max_tokens):
             logp = model.next_logp(ids)
             logp[tok.bos_id] = -np.inf  # BOS is padding, never a target
+            logp[tok.unk_id] = -np.inf  # byte fallback spells everything: <unk> is never text
             p = filter_logp(logp, temperature=temperature, top_k=top_k, top_p=top_p)
             nxt = int(rng.choice(len(p), p=p))
             if nxt == tok.eos_id:

@@ -324,7 +324,8 @@ def main(argv=None) -> int:
             pass
         return 0
     except OSError as e:  # a file-system error no check caught: one line, not a traceback
-        where = f"{e.filename}: " if e.filename is not None else ""
+        name = e.filename2 if getattr(e, "filename2", None) is not None else e.filename
+        where = f"{name}: " if name is not None else ""
         print(f"lmkit: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except MemoryError:

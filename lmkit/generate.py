@@ -20,31 +20,31 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+def _check_int(flag: str, value, low: int, note: str = "") -> None:
+    if not _is_int(value):
+        raise InputError(f"{flag} must be an integer >= {low}{note}, got {value!r}")
+    if value < low:
+        raise InputError(f"{flag} must be >= {low}{note}, got {value}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
 def check_sampling_args(*, max_tokens: int, temperature: float, top_k: int, top_p: float,
                         num_samples: int = 1, seed: int = 0) -> None:
     """Refuse out-of-range sampling options with a one-line message naming the fix."""
-    if not _is_int(max_tokens) or max_tokens < 0:
-        raise InputError(f"--max-tokens must be >= 0, got {max_tokens!r} "
-                         "(max_tokens must be an integer >= 0)")
-    if not isinstance(temperature, (int, float, np.floating)) or isinstance(temperature, bool) \
-            or not temperature >= 0:
+    _check_int("--max-tokens", max_tokens, 0)
+    if not _is_number(temperature) or not temperature >= 0:
         raise InputError(f"--temperature must be >= 0 (0 = greedy), got {temperature!r}")
     if temperature != 0 and not MIN_TEMPERATURE <= temperature < float("inf"):
         raise InputError(f"--temperature must be 0 (greedy) or a finite number >= "
                          f"{MIN_TEMPERATURE:g}, got {temperature!r}")
-    if not _is_int(top_k) or top_k < 0:
-        raise InputError(f"--top-k must be >= 0 (0 = no limit), got {top_k!r} "
-                         "(top_k must be an integer >= 0)")
-    if not isinstance(top_p, (int, float, np.floating)) or isinstance(top_p, bool) \
-            or not 0 < top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1] (1 = no limit), got {top_p!r} "
-                         "(top_p must be in (0, 1])")
-    if not _is_int(num_samples) or num_samples < 1:
-        raise InputError(f"--num-samples must be >= 1, got {num_samples!r} "
-                         "(num_samples must be an integer >= 1)")
-    if not _is_int(seed) or seed < 0:
-        raise InputError(f"--seed must be an integer >= 0, got {seed!r} "
-                         "(seed must be an integer >= 0)")
+    _check_int("--top-k", top_k, 0, " (0 = no limit)")
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1] (1 = no limit), got {top_p!r}")
+    _check_int("--num-samples", num_samples, 1)
+    _check_int("--seed", seed, 0)
 
 
 def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: float) -> np.ndarray:

@@ -360,7 +360,7 @@ def _read_regular(path: Path, limit: int, what: str) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
-        raise ModelFormatError(f"{path}: the {what} is {kind}, not a regular file; {_FIX}")
+        raise ModelFormatError(f"{path}: is {kind}, not a regular file; {_FIX}")
     with os.fdopen(fd, "rb") as f:
         if st.st_size > limit:
             raise ModelFormatError(f"{path}: {st.st_size} bytes, more than the {limit} allowed "

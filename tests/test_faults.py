@@ -489,15 +489,15 @@ def test_api_scoring_inputs(tiny_model):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"seed": -1}, r"seed must be an integer >= 0"),
+    ({"seed": -1}, r"--seed must be >= 0, got -1"),
     ({"seed": 1.5}, r"seed must be an integer >= 0"),
     ({"temperature": float("inf")}, r"temperature must be 0 \(greedy\) or a finite"),
     ({"temperature": 1e-320}, r"temperature must be 0 \(greedy\) or a finite"),
     ({"temperature": float("nan")}, r"temperature must be >= 0"),
-    ({"top_k": 2.5}, r"top_k must be an integer >= 0"),
-    ({"top_p": float("nan")}, r"top_p must be in \(0, 1\]"),
-    ({"max_tokens": "3"}, r"max_tokens must be an integer >= 0"),
-    ({"num_samples": True}, r"num_samples must be an integer >= 1"),
+    ({"top_k": 2.5}, r"top-k must be an integer >= 0"),
+    ({"top_p": float("nan")}, r"top-p must be in \(0, 1\]"),
+    ({"max_tokens": "3"}, r"max-tokens must be an integer >= 0"),
+    ({"num_samples": True}, r"num-samples must be an integer >= 1"),
 ])
 def test_api_sampling_inputs(tiny_model, kw, match):
     with pytest.raises(InputError, match=match):

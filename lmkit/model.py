@@ -182,12 +182,13 @@ class LanguageModel:
             groups = [group_from_name(n) for n in manifest["groups"]]
         except ValueError as e:
             raise ModelFormatError(f"{path}: {e}; re-train the model") from None
-        params = store.arrays_to_params(manifest["kind"], groups, arrays, manifest.get("info") or {},
+        params = store.arrays_to_params(manifest["kind"], groups, arrays,
+                                        manifest.get("info") or {},
                                         where=Path(path) / "params.npz",
                                         lambdas=manifest.get("lambdas"))
         if params.vocab_size != manifest["vocab_size"]:
-            raise ModelFormatError(f"{path}: the arrays have {params.vocab_size} tokens, the manifest "
-                                   f"{manifest['vocab_size']}; re-train the model")
+            raise ModelFormatError(f"{path}: the arrays have {params.vocab_size} tokens, the "
+                                   f"manifest {manifest['vocab_size']}; re-train the model")
         try:
             tokenizer = Tokenizer(proto)
         except InputError as e:

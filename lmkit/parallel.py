@@ -19,6 +19,12 @@ How it scales:
   (``allow_pickle=False``); spilled parts are summed at the end. Before that final merge the
   total size is estimated and a ``MemoryLimitError`` names the fix if it cannot fit.
 
+- *shutdown*: any exception in the parent (a worker's error re-raised, Ctrl-C, the CLI's
+  SIGTERM exception) stops every worker within ~1 s (SIGTERM, then SIGKILL) and removes the
+  spill folder; queues never wait at exit for undelivered items (``cancel_join_thread``).
+  Workers ignore SIGINT (the parent decides) and die with the parent, even on SIGKILL
+  (Linux ``PR_SET_PDEATHSIG``; elsewhere a thread watching the parent pid).
+
 ``counts_nbytes`` / ``model_nbytes`` are the estimates the pipeline prints before heavy steps;
 ``fit_heldout`` thins the held-out positions of the lambda search so that it fits the limit.
 """

@@ -1,4 +1,4 @@
-"""Model folders and output files on disk: atomic, umask-respecting writes; validating, bounded reads.
+"""Model folders and output files on disk: atomic umask-respecting writes, validated bounded reads.
 
 Layout of a model folder::
 
@@ -138,7 +138,8 @@ def check_output_writable(path, *, folder: bool = False) -> Path:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise OutputError(f"{path}: dangling symbolic link; remove it or pass another path") from None
+            raise OutputError(f"{path}: dangling symbolic link; remove it or pass another "
+                              "path") from None
         except OSError as e:
             raise OutputError(f"{path}: cannot follow the symbolic link ({e.strerror}); "
                               "pass another path") from None
@@ -148,8 +149,8 @@ def check_output_writable(path, *, folder: bool = False) -> Path:
     if st is not None:
         if folder:
             if not stat.S_ISDIR(st.st_mode) or not is_model_folder(path):
-                raise InputError(f"{path}: exists and is not a model folder; pass a new path, or an "
-                                 "existing lmkit model folder to replace it")
+                raise InputError(f"{path}: exists and is not a model folder; pass a new path, "
+                                 "or an existing lmkit model folder to replace it")
         elif stat.S_ISDIR(st.st_mode):
             raise OutputError(f"{path}: is a folder; pass a file path")
         elif not stat.S_ISREG(st.st_mode):
@@ -299,7 +300,8 @@ def _replace_folder(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict, log=None) -> Path:
+def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict,
+                       log=None) -> Path:
     """Write a model folder atomically (see the module docstring); returns its path."""
     path = Path(path)
     recover_interrupted(path, log)
@@ -370,7 +372,8 @@ def _read_regular(path: Path, limit: int, what: str) -> bytes:
         except OSError as e:
             raise ModelFormatError(f"{path}: cannot read the {what} ({e.strerror})") from None
     if len(data) > limit:
-        raise ModelFormatError(f"{path}: more than the {limit} bytes allowed for the {what}; {_FIX}")
+        raise ModelFormatError(f"{path}: more than the {limit} bytes allowed for the {what}; "
+                               f"{_FIX}")
     return data
 
 
@@ -458,8 +461,9 @@ def read_model_folder(path):
     proto = _read_regular(tok_path, min(manifest["tokenizer"].get("bytes", MAX_TOKENIZER_BYTES),
                                         MAX_TOKENIZER_BYTES), "tokenizer")
     if sha256_bytes(proto) != manifest["tokenizer"]["sha256"]:
-        raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 differs); "
-                               "restore the tokenizer.model the model was trained with, or re-train")
+        raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 "
+                               "differs); restore the tokenizer.model the model was trained "
+                               "with, or re-train")
     expected = manifest["arrays"]["bytes"]
     blob = _read_regular(arr_path, expected, "arrays")
     if sha256_bytes(blob) != manifest["arrays"]["sha256"]:

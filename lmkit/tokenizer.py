@@ -39,7 +39,7 @@ import os
 import pathlib
 import random
 import re
-import tempfile
+import stat
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
@@ -48,6 +48,7 @@ from lmkit.errors import InputError, MissingPathError
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 MAX_SENTENCE_BYTES = 1 << 16
+MAX_MODEL_BYTES = 256 << 20  # a .model file larger than this is not a tokenizer lmkit wrote
 MODEL_TYPES = ("bpe", "unigram")
 NORMALIZATION = "identity"
 MIN_VOCAB_SIZE = 256 + 3 + 1  # byte pieces + unk/bos/eos + at least one character
@@ -184,7 +185,10 @@ class Tokenizer:
         """Train on ``lines`` (the train split); see the module docstring for the settings."""
         if model_type not in MODEL_TYPES:
             raise InputError(f"model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-        if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+            raise InputError(f"vocab_size must be an integer, got {vocab_size!r}; "
+                             f"pass e.g. --vocab-size 4096")
+        if vocab_size < MIN_VOCAB_SIZE:
             raise InputError(f"vocab_size {vocab_size} is too small: the minimum is "
                              f"{MIN_VOCAB_SIZE} (256 byte pieces + 3 special pieces + 1); "
                              f"pass --vocab-size {MIN_VOCAB_SIZE} or more")
@@ -202,11 +206,24 @@ class Tokenizer:
     def load(cls, path) -> "Tokenizer":
         """Load ``PREFIX.model`` as written by ``save`` (or by ``spm_train``)."""
         path = pathlib.Path(path)
-        if not path.is_file():
-            raise MissingPathError(f"{path}: no such tokenizer model file; "
-                                   f"train one with `lmkit tokenizer train`")
         try:
-            return cls(path.read_bytes())
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise MissingPathError(f"{path}: no such tokenizer model file; "
+                                   f"train one with `lmkit tokenizer train`") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MODEL_BYTES:
+            raise InputError(f"{path}: not a tokenizer model file (a folder, device, FIFO, or "
+                             f"over {MAX_MODEL_BYTES >> 20} MiB); pass the .model file written "
+                             "by `lmkit tokenizer train`")
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_MODEL_BYTES + 1)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e}); check its permissions") from None
+        try:
+            return cls(data)
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
 

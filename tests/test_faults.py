@@ -134,7 +134,7 @@ def assert_clean_end(proc, pids, spill, tmp_path, code, message, limit=2.0):
 @pytest.mark.parametrize("sig, code, message", [
     (signal.SIGINT, 130, "lmkit: interrupted"),  # Ctrl-C: the whole process group gets it
     (signal.SIGTERM, 143, "lmkit: terminated"),
-])
+], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_counting_stops_everything(tmp_path, tiny_corpus_file, tiny_tok_file,
                                                  sig, code, message):
     proc, pids, spill = start_training(tmp_path, tiny_corpus_file, tiny_tok_file)
@@ -395,10 +395,7 @@ def test_hostile_arrays_are_refused_before_scipy(tiny_model_dir, tmp_path, capsy
     d = tmp_path / "m"
     shutil.copytree(tiny_model_dir, d)
     change, match = HOSTILE[case]
-    if case == "object_q":  # np.savez pickles object arrays; lmkit must refuse them
-        write_arrays(d, change(load_arrays(d)))
-    else:
-        write_arrays(d, change(load_arrays(d)))
+    write_arrays(d, change(load_arrays(d)))  # object_q: np.savez pickles it; lmkit must refuse
     with pytest.raises(ModelFormatError, match=match):
         LanguageModel.load(d)
     code, out, err = run_cli(capsys, "generate", d, "--max-tokens", "3")
@@ -517,3 +514,18 @@ def test_unk_is_never_sampled(tiny_model, monkeypatch):
     monkeypatch.setattr(tiny_model, "next_logp", unk_only)
     (text,) = tiny_model.sample("", max_tokens=20, temperature=0)
     assert "\u2047" not in text and "<unk>" not in text and len(text) > 0
+
+
+def test_tokenizer_files_are_untrusted_too(tmp_path, tiny_tok):
+    from lmkit.tokenizer import Tokenizer
+    (tmp_path / "zero.model").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.model")
+    for name in ("zero.model", "fifo.model"):
+        with pytest.raises(InputError, match="not a tokenizer model file"):
+            Tokenizer.load(tmp_path / name)
+    with pytest.raises(InputError, match=r"vocab_size must be an integer, got '512'"):
+        Tokenizer.train(["a b c"], vocab_size="512")
+    (tmp_path / "p.model").mkdir()  # PREFIX.model is a folder: refused before anything is written
+    with pytest.raises(OutputError, match=r"p.model: is a folder"):
+        tiny_tok.save(tmp_path / "p")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.model", "p.model", "zero.model"]

@@ -304,6 +304,7 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
                        log=None) -> Path:
     """Write a model folder atomically (see the module docstring); returns its path."""
     path = Path(path)
+    _check_loadable(path, manifest, arrays)
     recover_interrupted(path, log)
     check_output_writable(path, folder=True)
     parent = path.parent if str(path.parent) else Path(".")
@@ -341,6 +342,21 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
                               "changed, free space or pick another --output") from None
         raise
     return path
+
+
+def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
+    """Refuse to write what ``read_model_folder`` + ``arrays_to_params`` would refuse to load
+    (e.g. NaN lambdas): the same checks, run on the model in memory."""
+    from .features import group_from_name
+    m = dict(manifest, format=FORMAT, version=VERSION, tokenizer={"sha256": ""},
+             arrays={"sha256": "", "bytes": 0})
+    try:
+        check_manifest(json.loads(json.dumps(m)), path)  # the types JSON will give back
+        groups = [group_from_name(n) for n in m["groups"]]
+        arrays_to_params(m["kind"], groups, {k: np.asarray(v) for k, v in arrays.items()}, {},
+                         where="the model", lambdas=m.get("lambdas"))
+    except (ModelFormatError, ValueError) as e:
+        raise InputError(f"{path}: not written, the model could not be loaded back: {e}") from None
 
 
 def check_output_path(path) -> Path:

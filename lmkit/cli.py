@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError, LmkitError, MissingPathError
+from .files import atomic_write
 
 
 def add_corpus_args(p: argparse.ArgumentParser, split: str) -> None:
@@ -201,7 +202,6 @@ def _write_output(path, text: str) -> None:
     if path is None:
         sys.stdout.write(text)
         return
-    from .store import atomic_write
     atomic_write(path, text)
 
 

@@ -59,8 +59,8 @@ import scipy.sparse as sp
 from .counts import Counts
 from .errors import InputError
 from .explicit import estimate_discount, solve_group
+from .files import atomic_write
 from .params import SparseParams
-from .store import atomic_write
 from .sparse import lookup_rows, lookup_values
 from .features import Suffix, decode_suffix_key
 

@@ -13,14 +13,14 @@ Layout of a model folder::
 (sparse form), or ``W{g}`` (R_g, V) float32 and ``b`` (V,) float32 (dense form), and
 ``keys{g}`` (R_g,) int64 for groups whose rows are n-gram histories.
 
-Writing (``write_model_folder``, ``atomic_write``): the output is checked first
-(``check_output_writable``: the CLI calls it before any work), then written under a hidden
-temporary name ``.NAME.tmp-PID-*`` in the same folder and renamed into place, so nothing is
-ever half-written. An existing folder is replaced only if its manifest names it an lmkit model
-(a note goes to stderr); anything else is refused. A replace swaps the two folders in one
-``renameat2(RENAME_EXCHANGE)`` where Linux offers it; elsewhere the old folder is first moved
-to ``.NAME.old-PID-*`` and, if the process dies between the two renames, the next load or
-write of NAME moves it back. Files and folders get the usual ``0o666``/``0o777`` less umask.
+Writing (``write_model_folder``): the model is first checked as ``read_model_folder`` would
+check it (nothing unloadable is written), the output with ``check_output_writable`` (the CLI
+calls it before any work), then the folder is written under a hidden temporary name
+``.NAME.tmp-PID-*`` next to it and renamed into place (``files.py``). An existing folder is
+replaced only if its manifest names it an lmkit model (a note goes to stderr); anything else
+is refused. A replace is one atomic swap where Linux offers ``RENAME_EXCHANGE``; elsewhere the
+old folder is moved to ``.NAME.old-PID-*`` first and, if the process dies between the two
+renames, the next load or write of NAME moves it back. Modes are 0o666/0o777 less the umask.
 
 Reading (``read_model_folder``): a model folder is untrusted input. Every file must be a
 regular file no larger than a bound (the manifest's declared size for ``params.npz``); the
@@ -31,16 +31,12 @@ and every shape against the manifest before SciPy sees an index.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import hashlib
 import io
 import json
 import math
 import os
 import platform
-import re
 import shutil
 import stat
 import sys
@@ -52,7 +48,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from . import files
 from .errors import InputError, MissingPathError, ModelFormatError, OutputError
+from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
 from .params import DenseParams, SparseParams
 from .sparse import csr_to_arrays
 
@@ -76,20 +74,6 @@ def library_versions() -> dict:
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def describe_os_error(e: OSError) -> str:
-    """``e`` as one line naming the file and the reason, e.g. ``out.txt: Permission denied``."""
-    where = e.filename if e.filename is not None else ""
-    why = e.strerror or str(e)
-    return f"{where}: {why}" if where else why
-
-
-# ---- output checks ---------------------------------------------------------------------------
 def is_model_folder(path) -> bool:
     """True if ``path`` is a folder whose manifest says it is an lmkit model (format name check)."""
     try:
@@ -100,204 +84,14 @@ def is_model_folder(path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """The nearest ancestor of ``path`` that exists; raises if one of them is not a folder."""
-    parent = path.parent if str(path.parent) else Path(".")
-    while True:
-        try:
-            st = os.stat(parent)
-        except (FileNotFoundError, NotADirectoryError):  # go up to what exists
-            parent = parent.parent
-            continue
-        except OSError as e:
-            raise OutputError(f"{path}: cannot use its folder {parent} ({e.strerror})") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"{path}: {parent} is a file, not a folder; pick another output path")
-        return parent
-
-
 def check_output_writable(path, *, folder: bool = False) -> Path:
-    """Refuse, before any work, an output that could not be written or would destroy data.
-
-    ``folder=True``: a model folder; it may exist only as an lmkit model folder. Otherwise a
-    file; it may exist only as a regular file (a symlink to one is followed). In both cases
-    the nearest existing parent must be a writable folder (checked by creating and removing a
-    temporary file there: permissions, read-only file systems and full inodes all show).
-    Returns the path to write (symlinks of file outputs resolved).
-    """
-    path = Path(path)
-    if str(path) in ("", "."):
-        raise OutputError(f"output path {str(path)!r} names no file or folder; pass a name")
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):  # a parent that is a file: reported below
-        st = None
-    except OSError as e:
-        raise OutputError(f"{path}: cannot use as output ({e.strerror})") from None
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise OutputError(f"{path}: dangling symbolic link; remove it or pass another "
-                              "path") from None
-        except OSError as e:
-            raise OutputError(f"{path}: cannot follow the symbolic link ({e.strerror}); "
-                              "pass another path") from None
-        if folder:
-            raise OutputError(f"{path}: is a symbolic link; pass the real folder path")
-        path = Path(os.path.realpath(path))
-    if st is not None:
-        if folder:
-            if not stat.S_ISDIR(st.st_mode) or not is_model_folder(path):
-                raise InputError(f"{path}: exists and is not a model folder; pass a new path, "
-                                 "or an existing lmkit model folder to replace it")
-        elif stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"{path}: is a folder; pass a file path")
-        elif not stat.S_ISREG(st.st_mode):
-            raise OutputError(f"{path}: is not a regular file (a device, FIFO or socket); "
-                              "pass a file path, or omit the output to write to stdout")
-    parent = _existing_ancestor(path)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-{os.getpid()}-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write in {parent} ({e.strerror}); "
-                          "pick a writable location") from None
-    return path
-
-
-# ---- atomic writes ---------------------------------------------------------------------------
-def _tmp_prefix(path: Path, what: str) -> str:
-    return f".{path.name}.{what}-{os.getpid()}-"
-
-
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)-[^/]*")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
+    """``files.check_output_writable``; an existing folder output must be an lmkit model."""
+    return files.check_output_writable(path, folder=folder, is_ours=is_model_folder)
 
 
 def recover_interrupted(path, log=None) -> None:
-    """Finish what a killed write of ``path`` left: restore ``.NAME.old-*`` if ``path`` is gone,
-    else remove leftovers of dead writers (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``).
-
-    Only entries named after ``path`` whose writer process no longer runs are touched.
-    """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return
-    for entry in sorted(entries, key=lambda e: e.name):
-        m = _LEFTOVER.fullmatch(entry.name)
-        if not m or m["name"] != path.name or _pid_alive(int(m["pid"])):
-            continue
-        leftover = Path(entry.path)
-        try:
-            if (m["what"] == "old" and not os.path.lexists(path)
-                    and is_model_folder(leftover / "m")):
-                os.replace(leftover / "m", path)
-                (log or _stderr)(f"lmkit: restored {path} from an interrupted replace")
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
-        except OSError:
-            pass  # best effort: a leftover we cannot remove is harmless
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def atomic_write(path, data, *, encoding: str = "utf-8") -> Path:
-    """Write ``data`` (bytes, str, or a callable taking a binary file) to ``path`` atomically.
-
-    Temp file ``.NAME.tmp-PID-*`` in the same folder, fsync, ``os.replace``; on any failure
-    (a signal included) the temp file is removed and ``path`` is untouched. File-system
-    errors become ``OutputError`` naming the path. Used for every file lmkit writes.
-    """
-    path = check_output_writable(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    recover_interrupted(path)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path, "tmp"), dir=parent)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; open() would honour the umask
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode(encoding) if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, OutputError):
-            raise OutputError(f"{path}: cannot write ({e.strerror or e}); nothing was written, "
-                              "free space or pick another location") from None
-        raise
-    return path
-
-
-def _exchange_fn():
-    """``renameat2`` from libc where it exists (Linux, glibc >= 2.28), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return fn
-
-
-_RENAMEAT2 = _exchange_fn()
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (``RENAME_EXCHANGE``); False if the system cannot."""
-    if _RENAMEAT2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if _RENAMEAT2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # file system without the flag
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _replace_folder(tmp: Path, path: Path) -> None:
-    """Put the complete folder ``tmp`` at ``path``, which holds an older model."""
-    if _exchange(tmp, path):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old model
-        return
-    old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path, "old"), dir=tmp.parent))
-    os.replace(path, old / "m")  # a kill from here on is undone by recover_interrupted
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old / "m", path)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """``files.recover_interrupted`` for a model folder (restores only lmkit models)."""
+    files.recover_interrupted(path, log, is_ours=is_model_folder)
 
 
 def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict,
@@ -321,8 +115,8 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
     tmp = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path, "tmp"), dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        tmp = Path(tempfile.mkdtemp(prefix=files.tmp_prefix(path, "tmp"), dir=parent))
+        os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes 0700
         for name, data in (("tokenizer.model", tokenizer_proto), ("params.npz", blob),
                            ("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())):
             with open(tmp / name, "wb") as f:
@@ -330,8 +124,8 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
                 f.flush()
                 os.fsync(f.fileno())
         if os.path.lexists(path):
-            (log or _stderr)(f"lmkit: replacing the lmkit model folder {path}")
-            _replace_folder(tmp, path)
+            (log or files.stderr)(f"lmkit: replacing the lmkit model folder {path}")
+            files.replace_folder(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException as e:

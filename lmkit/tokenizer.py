@@ -45,6 +45,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from lmkit.errors import InputError, MissingPathError
+from lmkit.files import atomic_write, check_output_writable
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 MAX_SENTENCE_BYTES = 1 << 16
@@ -239,7 +240,6 @@ class Tokenizer:
         vocab = "".join(f"{self._sp.id_to_piece(i)}\t{self._sp.get_score(i):g}\n"
                         for i in range(self.vocab_size))
         model_path = prefix.with_name(prefix.name + ".model")
-        from lmkit.store import check_output_writable
         for path in (model_path, prefix.with_name(prefix.name + ".vocab")):
             check_output_writable(path)  # both, before either is written
         _write_atomic(prefix.with_name(prefix.name + ".vocab"), vocab.encode("utf-8"))
@@ -365,6 +365,5 @@ def unescape_piece(piece: str) -> str:
 
 
 def _write_atomic(path: pathlib.Path, data: bytes):
-    """Write ``data`` to ``path`` atomically (``store.atomic_write``: temp file + rename)."""
-    from lmkit.store import atomic_write  # store imports numpy/scipy; keep this module light
+    """Write ``data`` to ``path`` atomically (``files.atomic_write``: temp file + rename)."""
     atomic_write(path, data)

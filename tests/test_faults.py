@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmkit import store
+from lmkit import files, store
 from lmkit.cli import main
 from lmkit.errors import InputError, LmkitError, ModelFormatError, OutputError
 from lmkit.model import LanguageModel
@@ -231,7 +231,7 @@ def test_replace_interrupted_between_renames_is_recovered(tiny_model, tmp_path, 
 
 
 def test_replace_is_one_atomic_exchange(tiny_model, tmp_path, monkeypatch):
-    if store._RENAMEAT2 is None:
+    if files._RENAMEAT2 is None:
         pytest.skip("no renameat2(RENAME_EXCHANGE) on this system")
     path = tiny_model.save(tmp_path / "m")
     monkeypatch.setattr(os, "replace", lambda *a: pytest.fail("replace must not use os.replace"))
@@ -244,7 +244,7 @@ def test_outputs_respect_the_umask(tiny_model, tiny_tok, tmp_path):
     old = os.umask(0o022)
     try:
         path = tiny_model.save(tmp_path / "m")
-        f = store.atomic_write(tmp_path / "f.txt", "x")
+        f = files.atomic_write(tmp_path / "f.txt", "x")
         tok = tiny_tok.save(tmp_path / "tok")
     finally:
         os.umask(old)
@@ -273,14 +273,14 @@ def test_unwritable_file_outputs_fail_before_work(tiny_tok_file, tmp_path, capsy
     if case == "readonly":  # root ignores permission bits: simulate the file system's answer
         def erofs(*a, **k):
             raise OSError(errno.EROFS, "Read-only file system")
-        monkeypatch.setattr(store.tempfile, "mkstemp", erofs)
+        monkeypatch.setattr(files.tempfile, "mkstemp", erofs)
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run_cli(capsys, "tokenize", "encode", "--model", tiny_tok_file,
                            "--input", tmp_path / "in.txt", "--output", out)
     one_error_line(code, err, match)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     with pytest.raises(OutputError, match=match):
-        store.check_output_writable(out)
+        files.check_output_writable(out)
 
 
 def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -291,7 +291,7 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OutputError, match=r"out.txt: cannot write \(No space left on device\)"):
-        store.atomic_write(tmp_path / "out.txt", full)
+        files.atomic_write(tmp_path / "out.txt", full)
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
     assert (tmp_path / "out.txt").read_text() == "old"
 

@@ -107,7 +107,7 @@ def tmp_prefix(path: Path, what: str) -> str:
     return f".{path.name}.{what}-{os.getpid()}-"
 
 
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)-[^/]*")
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<what>tmp|old|probe)-(?P<pid>\d+)-[^/]*")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,20 +1,28 @@
-"""The ``lmkit`` command line: one verb per pipeline stage, flags = Python keyword arguments.
+"""The ``lmkit`` command line: one verb per pipeline stage, flags generated from ``config.py``.
 
 Data goes to stdout, progress and logs to stderr. A user error prints one line
 ``lmkit: error: <problem>; <fix>`` on stderr and exits with code 2 (no traceback).
 
-    lmkit tokenizer train   (--corpus NAME | --input PATH... | --dataset NAME) --output PREFIX
-    lmkit tokenize encode   --model PREFIX.model [--output-format id|piece] [--input F] [--output F]
-    lmkit tokenize decode   --model PREFIX.model [--input-format id|piece] [--input F] [--output F]
-    lmkit train             (corpus flags) --output DIR [--context 3] [--order N] [--vocab-size 4096]
-    lmkit eval DIR          (corpus flags, default --corpus shakespeare --split test) [--json]
-    lmkit generate DIR      [--prompt TEXT | --prompt-file F] [--max-tokens 100] [--temperature 1.0]
-    lmkit inspect DIR       --token TEXT [--top 10]
+    lmkit spm-train    (--corpus NAME | --input PATH... | --dataset NAME) --output PREFIX
+    lmkit spm-encode   --model PREFIX.model [--output-format id|piece] [--input F] [--output F]
+    lmkit spm-decode   --model PREFIX.model [--input-format id|piece] [--input F] [--output F]
+    lmkit train        (corpus flags) --output DIR [--context 3] [--order N] [--vocab-size 4096]
+    lmkit eval DIR     (corpus flags, default --corpus shakespeare --split test) [--json]
+    lmkit generate DIR [--prompt TEXT | --prompt-file F] [--max-tokens 100] [--temperature 1.0]
+    lmkit inspect DIR  --token TEXT [--top 10]
     lmkit export-arpa DIR OUT.arpa   (n-gram models: words are token ids, log10, KenLM-readable)
+
+``tokenizer train`` and ``tokenize encode|decode`` are the old names of the ``spm-*`` verbs;
+they still work (with a note on stderr) for one release.
+
+Every flag of ``train``, the corpus flags, the tokenizer flags and the sampling flags are made
+from the fields of ``TrainConfig``, ``CorpusConfig``, ``TokenizerConfig`` and ``SampleConfig``:
+``--vocab-size`` is ``vocab_size``, with the same default, range and help.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -23,121 +31,110 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import InputError, LmkitError, MissingPathError
+from . import config as C
+from . import store
+from .corpus import load_corpus
+from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
+from .evaluate import evaluate
 from .files import atomic_write
+from .model import LanguageModel
+from .ngram import write_arpa
+from .progress import reporting
+from .tokenizer import Tokenizer
+from .train import train
+
+_TYPES = {int: int, float: float, str: str}
 
 
-def add_corpus_args(p: argparse.ArgumentParser, split: str) -> None:
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--corpus", help="named corpus (default: shakespeare)")
-    src.add_argument("--input", nargs="+", metavar="PATH", help="UTF-8 text files or folders of .txt")
-    src.add_argument("--dataset", metavar="NAME[:CONFIG]",
-                     help="HuggingFace dataset name, or a local .txt/.jsonl/.parquet/.csv file or folder")
-    p.add_argument("--split", default=split, help=f"split to read (default: {split})")
-    p.add_argument("--text-field", default="text", help="dataset column holding the text (default: text)")
-    p.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``lmkit: error: ...``, exit 2) instead of a usage block."""
+
+    def error(self, message):
+        self.exit(2, f"lmkit: error: {message}; see `{self.prog} --help`\n")
 
 
-def corpus_kwargs(a) -> dict:
-    return {"corpus": a.corpus, "input": a.input, "dataset": a.dataset, "split": a.split,
-            "text_field": a.text_field, "streaming": a.streaming}
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
+def add_options(p: argparse.ArgumentParser, klass, *, defaults=None, skip=()) -> None:
+    """One flag per user-facing field of the config ``klass`` (type, nargs, choices, help)."""
+    defaults = defaults or {}
+    group = p.add_argument_group(klass.__doc__.split("\n")[0].rstrip("."))
+    for f in C.options(klass):
+        if f.name in skip:
+            continue
+        scalar, seq, _ = C.field_spec(f)
+        default = defaults.get(f.name, f.default)
+        meta = f.metadata
+        shown = "" if default is None else f" (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
+        # options not given stay absent (SUPPRESS), so the config supplies its own default and
+        # can tell "given" from "defaulted" (e.g. vocab_size next to a trained tokenizer)
+        kw = {"dest": f.name, "default": defaults.get(f.name, argparse.SUPPRESS),
+              "help": meta["help"] + shown}
+        if scalar is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _TYPES[scalar]
+            if seq:
+                kw["nargs"] = "+"
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+            if "metavar" in meta:
+                kw["metavar"] = meta["metavar"]
+        group.add_argument(flag(f.name), **kw)
+
+
+def values(a, klass) -> dict:
+    """The fields of ``klass`` picked out of the parsed namespace ``a``."""
+    return {f.name: getattr(a, f.name) for f in C.options(klass) if hasattr(a, f.name)}
+
+
+def to_flags(message: str) -> str:
+    """Parameter names in an option error become the CLI's flags (the one place that maps them)."""
+    names = set(C.train_option_names()) | {f.name for f in dataclasses.fields(C.SampleConfig)}
+    return re.sub(r"(?<![\w-])([a-z][a-z_]*)(?![\w-])",
+                  lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), message)
+
+
+# ---- the parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lmkit", description="Train softmax language models without "
-                                 "backpropagation: count, then solve.")
-    sub = ap.add_subparsers(dest="verb", required=True)
+    ap = Parser(prog="lmkit", description="Train softmax language models without "
+                "backpropagation: count, then solve.")
+    sub = ap.add_subparsers(dest="verb", required=True, parser_class=Parser)
 
-    tk = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer")
-    tk_sub = tk.add_subparsers(dest="action", required=True)
-    tt = tk_sub.add_parser("train", help="train a tokenizer on the train split")
-    add_corpus_args(tt, "train")
-    tt.add_argument("--vocab-size", type=int, default=4096)
-    tt.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
-    tt.add_argument("--seed", type=int, default=0)
-    tt.add_argument("--input-sentence-size", type=int, default=2_000_000,
-                    help="lines sampled (seeded) to train on; 0 = all (default 2000000)")
-    tt.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.model and PREFIX.vocab")
-
-    tz = sub.add_parser("tokenize", help="encode or decode text, one line in, one line out")
-    tz_sub = tz.add_subparsers(dest="action", required=True)
+    st = sub.add_parser("spm-train", help="train a SentencePiece tokenizer on the train split")
+    _spm_train_args(st)
     for action in ("encode", "decode"):
-        t = tz_sub.add_parser(action)
-        t.add_argument("--model", required=True, metavar="PREFIX.model",
-                       help="a tokenizer .model file or a model folder")
-        fmt = "--output-format" if action == "encode" else "--input-format"
-        t.add_argument(fmt, choices=["id", "piece"], default="id")
-        t.add_argument("--input", help="input file (default: stdin)")
-        t.add_argument("--output", help="output file (default: stdout)")
+        _tokenize_args(sub.add_parser(f"spm-{action}", help=f"{action} text, one line in, one line out"),
+                       action)
+    # old names, kept for one release
+    tk = sub.add_parser("tokenizer", help="old name of spm-train")
+    _spm_train_args(tk.add_subparsers(dest="action", required=True, parser_class=Parser)
+                    .add_parser("train", help="= spm-train"))
+    tz = sub.add_parser("tokenize", help="old name of spm-encode / spm-decode")
+    tz_sub = tz.add_subparsers(dest="action", required=True, parser_class=Parser)
+    for action in ("encode", "decode"):
+        _tokenize_args(tz_sub.add_parser(action, help=f"= spm-{action}"), action)
 
     tr = sub.add_parser("train", help="train a language model (count, then solve)")
-    add_corpus_args(tr, "train")
     tr.add_argument("--output", required=True, metavar="DIR", help="model folder to write")
-    tr.add_argument("--context", type=int, default=None,
-                    help="window groups: tokens 1..K back (default 3, or 0 when --order is given)")
-    tr.add_argument("--order", type=int, default=None, help="n-gram order N: suffix groups 1..N-1")
-    tr.add_argument("--vocab-size", type=int, default=4096)
-    tr.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
-    tr.add_argument("--tokenizer", metavar="PREFIX.model", help="use this tokenizer instead of training one")
-    tr.add_argument("--discount", type=float, nargs="+", default=None,
-                    help="absolute discount(s) in (0, 1) (default: n1/(n1+2 n2) per group); "
-                         "with --order: 1 or 3 values D1 D2 D3+ (default: per order from count-of-counts)")
-    tr.add_argument("--lambdas", type=float, nargs="+", default=None,
-                    help="group weights (default: chosen on held-out text)")
-    tr.add_argument("--lambda-tokens", type=int, default=10000,
-                    help="held-out tokens used to choose the lambdas (default 10000)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--chunk-lines", type=int, default=10000, help="lines per counting chunk")
-    tr.add_argument("--solver", choices=["explicit", "gradient", "warm"], default="explicit")
-    # gradient solver (--solver gradient|warm)
-    tr.add_argument("--init", choices=["zeros", "random", "explicit"], default=None,
-                    help="gradient init (default: zeros for --solver gradient, explicit for warm)")
-    tr.add_argument("--epochs", type=int, default=10, help="gradient: max passes over the data (default 10)")
-    tr.add_argument("--max-seconds", type=float, default=None, help="gradient: training time budget")
-    tr.add_argument("--lr", type=float, default=0.003, help="gradient: learning rate (default 0.003)")
-    tr.add_argument("--batch-size", type=int, default=1024, help="gradient: minibatch size (default 1024)")
-    tr.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
-                    help="gradient: lazy Adam or SGD with momentum 0.9 (default adam)")
-    tr.add_argument("--patience", type=int, default=2,
-                    help="gradient: stop after this many validations without improvement (default 2)")
-    tr.add_argument("--l2", type=float, default=0.0, help="gradient: L2 penalty on W (default 0)")
-    tr.add_argument("--lr-decay", type=float, default=1.0,
-                    help="gradient: learning rate multiplied by this each epoch (default 1 = constant)")
-    tr.add_argument("--eval-every", type=int, default=0,
-                    help="gradient: steps between validations (default 0 = once per epoch)")
-    tr.add_argument("--max-memory", default=None, metavar="SIZE",
-                    help="memory limit, e.g. 8G (default: 80%% of available RAM)")
-    # n-gram groups (--order)
-    tr.add_argument("--prune", type=int, nargs="+", default=None, metavar="T",
-                    help="n-gram count thresholds per order, as KenLM: drop n-grams of order n "
-                         "with adjusted count <= T_n (e.g. --prune 0 0 1; default: no pruning)")
-    # scale: workers, engines, tokenizer sample
-    tr.add_argument("--workers", type=int, default=None,
-                    help="processes that tokenize and count (default: every core); with "
-                         "--engine dask, the LocalCluster's workers")
-    tr.add_argument("--engine", choices=["local", "dask"], default="local",
-                    help="count on this machine or on a Dask cluster (pip install lmkit[distributed])")
-    tr.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                    help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: start a LocalCluster)")
-    tr.add_argument("--input-sentence-size", type=int, default=2_000_000,
-                    help="lines sampled (seeded) to train the tokenizer; 0 = all (default 2000000)")
+    tr.add_argument("--tokenizer", metavar="PREFIX.model",
+                    help="use this tokenizer instead of training one")
+    for klass in (C.CorpusConfig, C.TokenizerConfig, C.ModelConfig, C.ScaleConfig, C.GradientConfig):
+        add_options(tr, klass)
 
     ev = sub.add_parser("eval", help="perplexity and bits per byte on held-out text")
     ev.add_argument("model", metavar="DIR")
-    add_corpus_args(ev, "test")
+    add_options(ev, C.CorpusConfig, defaults={"split": "test"})
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     ge = sub.add_parser("generate", help="sample text")
     ge.add_argument("model", metavar="DIR")
     pr = ge.add_mutually_exclusive_group()
-    pr.add_argument("--prompt", default="")
-    pr.add_argument("--prompt-file")
-    ge.add_argument("--max-tokens", type=int, default=100)
-    ge.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    ge.add_argument("--top-k", type=int, default=0, help="0 = no limit")
-    ge.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
-    ge.add_argument("--seed", type=int, default=0)
-    ge.add_argument("--num-samples", type=int, default=1)
+    pr.add_argument("--prompt", default="", help="start of the text (default: empty)")
+    pr.add_argument("--prompt-file", metavar="F", help="one prompt per line; --num-samples each")
+    add_options(ge, C.SampleConfig)
     ge.add_argument("--json", action="store_true", help="print a JSON list of samples")
 
     ea = sub.add_parser("export-arpa", help="write an n-gram model (--order N) as an ARPA file")
@@ -146,25 +143,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="strongest next tokens of a token, per feature group")
     ins.add_argument("model", metavar="DIR")
-    ins.add_argument("--token", required=True)
-    ins.add_argument("--top", type=int, default=10)
+    ins.add_argument("--token", required=True, help="a piece or text that is one piece")
+    ins.add_argument("--top", type=int, default=10, help="entries per group (default: 10)")
     ins.add_argument("--json", action="store_true")
     return ap
 
 
+def _spm_train_args(p) -> None:
+    add_options(p, C.CorpusConfig)
+    add_options(p, C.TokenizerConfig)
+    p.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.model and PREFIX.vocab")
+
+
+def _tokenize_args(t, action: str) -> None:
+    t.add_argument("--model", required=True, metavar="PREFIX.model",
+                   help="a tokenizer .model file or a model folder")
+    fmt = "--output-format" if action == "encode" else "--input-format"
+    t.add_argument(fmt, choices=["id", "piece"], default="id", help="(default: id)")
+    t.add_argument("--input", help="input file (default: stdin)")
+    t.add_argument("--output", help="output file (default: stdout)")
+
+
 # ---- verbs ----------------------------------------------------------------------------------
-def cmd_tokenizer(a) -> None:
-    from .corpus import load_corpus
-    from .tokenizer import Tokenizer
-    lines = load_corpus(**corpus_kwargs(a)).check_nonempty()
-    tok = Tokenizer.train(lines, vocab_size=a.vocab_size, model_type=a.model_type, seed=a.seed,
-                          input_sentence_size=a.input_sentence_size)
+def cmd_spm_train(a) -> None:
+    src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
+    opts = C.make(C.TokenizerConfig, values(a, C.TokenizerConfig))
+    lines = load_corpus(**dataclasses.asdict(src)).check_nonempty()
+    tok = Tokenizer.train(lines, **dataclasses.asdict(opts))
     path = tok.save(a.output)
-    print(f"wrote {path} (vocab {tok.vocab_size}, {a.model_type}, sha256 {tok.sha256[:12]})")
+    print(f"wrote {path} (vocab {tok.vocab_size}, {opts.model_type}, sha256 {tok.sha256[:12]})")
 
 
 def _load_tokenizer(path: str):
-    from .tokenizer import Tokenizer
     p = Path(path)
     if p.is_dir():
         p = p / "tokenizer.model"
@@ -229,20 +239,17 @@ def cmd_tokenize(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from . import store
-    from .train import train
-    kwargs = {k: v for k, v in vars(a).items() if k not in ("verb", "output", "func", "argv")}
-    if kwargs.get("discount") is not None and len(kwargs["discount"]) == 1:
-        kwargs["discount"] = kwargs["discount"][0]
+    skip = {"verb", "output", "argv", "action"}
+    cfg = C.TrainConfig.from_kwargs(**{k: v for k, v in vars(a).items() if k not in skip})
     store.check_output_path(a.output)  # fail before training, not after
-    model = train(**kwargs)
+    model = train(cfg)
     path = model.save(a.output, command="lmkit " + " ".join(shlex.quote(x) for x in a.argv))
     print(f"wrote {path}: {model.describe()}")
 
 
 def cmd_eval(a) -> None:
-    from .evaluate import evaluate
-    r = evaluate(a.model, **corpus_kwargs(a))
+    src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
+    r = evaluate(LanguageModel.load(a.model), **dataclasses.asdict(src))
     if a.json:
         print(json.dumps(r))
     else:
@@ -252,30 +259,20 @@ def cmd_eval(a) -> None:
 
 
 def cmd_generate(a) -> None:
-    from .generate import check_sampling_args
-    from .model import LanguageModel
-    check_sampling_args(max_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k,
-                        top_p=a.top_p, num_samples=a.num_samples)
-    prompt = a.prompt
-    if a.prompt_file:
-        lines = _read_lines(a.prompt_file)
-        prompt = lines[0] if lines else ""
+    opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
+    prompts = _read_lines(a.prompt_file) if a.prompt_file else [a.prompt]
     model = LanguageModel.load(a.model)
-    samples = model.sample(prompt, max_tokens=a.max_tokens, temperature=a.temperature,
-                           top_k=a.top_k, top_p=a.top_p, seed=a.seed, num_samples=a.num_samples)
+    samples = [s for p in prompts for s in model.sample(p, **dataclasses.asdict(opts))]
     print(json.dumps(samples) if a.json else "\n".join(samples))
 
 
 def cmd_export_arpa(a) -> None:
-    from .model import LanguageModel
-    from .ngram import write_arpa
     sizes = write_arpa(LanguageModel.load(a.model), a.output)
     print(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
           + "; words are token ids (<unk> <s> </s> for the specials)")
 
 
 def cmd_inspect(a) -> None:
-    from .model import LanguageModel
     model = LanguageModel.load(a.model)
     res = model.inspect(a.token, top=a.top)
     if a.json:
@@ -285,9 +282,24 @@ def cmd_inspect(a) -> None:
         print(f"{group}: " + "  ".join(f"{p!r} {w:.2f}" for p, w in items))
 
 
-VERBS = {"tokenizer": cmd_tokenizer, "tokenize": cmd_tokenize, "train": cmd_train,
-         "eval": cmd_eval, "generate": cmd_generate, "inspect": cmd_inspect,
-         "export-arpa": cmd_export_arpa}
+def cmd_old_tokenizer(a) -> None:
+    new = {"tokenizer": "spm-train", "tokenize": f"spm-{a.action}"}[a.verb]
+    print(f"lmkit: note: `{a.verb} {a.action}` is now `{new}`; the old name goes in the next "
+          "release", file=sys.stderr)
+    (cmd_spm_train if a.verb == "tokenizer" else cmd_tokenize)(a)
+
+
+def _spm_verb(action: str):
+    def run(a):
+        a.action = action
+        cmd_tokenize(a)
+    return run
+
+
+VERBS = {"spm-train": cmd_spm_train, "spm-encode": _spm_verb("encode"),
+         "spm-decode": _spm_verb("decode"), "tokenizer": cmd_old_tokenizer,
+         "tokenize": cmd_old_tokenizer, "train": cmd_train, "eval": cmd_eval,
+         "generate": cmd_generate, "inspect": cmd_inspect, "export-arpa": cmd_export_arpa}
 
 
 class Terminated(BaseException):
@@ -307,7 +319,11 @@ def main(argv=None) -> int:
     except ValueError:
         previous = None
     try:
-        VERBS[args.verb](args)
+        with reporting(getattr(args, "verbose", True)):
+            VERBS[args.verb](args)
+    except (OptionError, MemoryLimitError) as e:
+        print(f"lmkit: error: {to_flags(str(e))}", file=sys.stderr)
+        return 2
     except LmkitError as e:
         print(f"lmkit: error: {e}", file=sys.stderr)
         return 2
@@ -317,7 +333,7 @@ def main(argv=None) -> int:
     except Terminated:
         print("lmkit: terminated", file=sys.stderr)
         return 143
-    except BrokenPipeError:  # e.g. `lmkit tokenize encode | head`
+    except BrokenPipeError:  # e.g. `lmkit spm-encode | head`
         try:  # stdout is gone: stop the interpreter's final flush from failing again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):

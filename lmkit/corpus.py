@@ -27,7 +27,7 @@ import tarfile
 import tempfile
 from typing import Callable, Iterable, Iterator
 
-from lmkit.errors import InputError, MissingPathError
+from lmkit.errors import InputError, MissingDependencyError, MissingPathError
 
 Path = pathlib.Path
 
@@ -388,7 +388,11 @@ def _local_data_files(path: Path) -> tuple[str, list[str]]:
 
 
 def _load_dataset(dataset: str, split: str, text_field: str, streaming: bool) -> TextCorpus:
-    import datasets  # slow to import; only this source needs it
+    try:
+        import datasets  # optional and slow to import; only this source needs it
+    except ImportError:
+        raise MissingDependencyError("dataset needs the `datasets` package; install it with "
+                                     "`pip install 'lmkit[hf]'`") from None
 
     name = f"dataset:{dataset}:{split}"
     local = Path(dataset)

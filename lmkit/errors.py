@@ -14,6 +14,10 @@ class InputError(LmkitError, ValueError):
     """A bad argument, option or data value."""
 
 
+class OptionError(InputError, TypeError):
+    """An unknown option, or an option value of the wrong type or out of its range."""
+
+
 class MissingPathError(LmkitError, FileNotFoundError):
     """A file or folder that should exist does not."""
 

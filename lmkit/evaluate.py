@@ -8,11 +8,15 @@ comparable across tokenizers.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from itertools import islice
 from typing import Iterable
 
+from .config import CorpusConfig, make
+from .corpus import load_corpus
 from .errors import InputError
+from .progress import bar
 
 
 def _sequences(lines: Iterable[str]):
@@ -60,22 +64,14 @@ def evaluate_lines(model, lines: Iterable[str], *, chunk_lines: int = 2000, prog
             "perplexity": ppl, "bits_per_byte": nll / math.log(2) / n_bytes}
 
 
-def evaluate(model, *, corpus: str | None = None, input=None, dataset: str | None = None,
-             split: str = "test", text_field: str = "text", streaming: bool = False) -> dict:
-    """Evaluate ``model`` (a ``LanguageModel`` or a model folder) on a corpus; ``lmkit eval``.
-
-    Same corpus arguments as ``train``; the default is the ``test`` split of shakespeare.
-    """
-    import sys
-
-    from tqdm import tqdm
-
-    from .corpus import load_corpus
-    from .model import LanguageModel
-    if not isinstance(model, LanguageModel):
-        model = LanguageModel.load(model)
-    lines = load_corpus(corpus=corpus, input=input, dataset=dataset, split=split,
-                        text_field=text_field, streaming=streaming)
-    with tqdm(desc="eval", unit="tok", unit_scale=True, file=sys.stderr, disable=None,
-              leave=False) as bar:
-        return evaluate_lines(model, lines, progress=bar)
+def evaluate(model, *, split: str = "test", **source) -> dict:
+    """Evaluate ``model`` (anything with ``encode_lines`` and ``log_proba_ids``, e.g. a
+    ``LanguageModel``) on a corpus; ``lmkit eval``. Corpus options: ``config.CorpusConfig``
+    (default: the ``test`` split of shakespeare)."""
+    if not hasattr(model, "log_proba_ids"):
+        raise InputError(f"evaluate needs a loaded model, got {type(model).__name__}; "
+                         "use lmkit.LanguageModel.load(path) first")
+    src = make(CorpusConfig, {**source, "split": split})
+    lines = load_corpus(**dataclasses.asdict(src))
+    with bar(desc="eval") as b:
+        return evaluate_lines(model, lines, progress=b)

@@ -26,17 +26,18 @@ ordinary way so the two can be compared fairly:
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
+from .config import GradientConfig
+from .errors import InputError, OptionError
 from .params import DenseParams, SparseParams
 from .features import Window
 from .memory import check_memory, format_bytes
+from .progress import bar, log
 from .scoring import context_rows
 
 INITS = ("zeros", "random", "explicit")
@@ -45,48 +46,6 @@ OPTIMIZERS = ("adam", "sgd")
 
 class ConvergenceWarning(UserWarning):
     """Training stopped on a budget while validation perplexity was still improving."""
-
-
-# ---- checks ---------------------------------------------------------------------------------
-def check_options(solver: str = "gradient", *, init=None, epochs=10, max_seconds=None, lr=0.003,
-                  batch_size=1024, optimizer="adam", patience=2, l2=0.0, lr_decay=1.0,
-                  eval_every=0, **_ignored) -> str:
-    """Validate the gradient options up front; returns the effective init.
-
-    ``--init`` defaults to ``zeros`` for ``--solver gradient`` and ``explicit`` for ``warm``.
-    """
-    if solver not in ("explicit", "gradient", "warm"):
-        raise InputError(f"--solver must be explicit, gradient or warm, got {solver!r}")
-    if solver == "explicit":
-        if init is not None:
-            raise InputError(f"--init {init} needs an iterative solver but --solver is explicit; "
-                             "pass --solver gradient (or --solver warm for --init explicit)")
-        return None
-    init = init or ("explicit" if solver == "warm" else "zeros")
-    if init not in INITS:
-        raise InputError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
-    if solver == "warm" and init != "explicit":
-        raise InputError(f"--solver warm starts from the explicit solution, got --init {init}; "
-                         "use --solver gradient for zeros/random init")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise InputError(f"--lr must be > 0, got {lr}; pass e.g. --lr 0.003")
-    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}; pass e.g. --batch-size 1024")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"--optimizer must be adam or sgd, got {optimizer!r}")
-    if epochs is not None and epochs < 1:
-        raise InputError(f"--epochs must be >= 1, got {epochs}")
-    if max_seconds is not None and max_seconds <= 0:
-        raise InputError(f"--max-seconds must be > 0, got {max_seconds}; omit it for no time limit")
-    if patience is not None and patience < 1:
-        raise InputError(f"--patience must be >= 1, got {patience}")
-    if l2 < 0:
-        raise InputError(f"--l2 must be >= 0, got {l2}")
-    if not 0 < lr_decay <= 1:
-        raise InputError(f"--lr-decay must be in (0, 1] (1 = constant), got {lr_decay}")
-    if eval_every < 0:
-        raise InputError(f"--eval-every must be >= 0 (0 = once per epoch), got {eval_every}")
-    return init
 
 
 def dense_bytes(n_groups: int, vocab_size: int, batch_size: int, optimizer: str = "adam",
@@ -107,7 +66,7 @@ def check_dense_memory(n_groups, vocab_size, batch_size, optimizer="adam", max_m
     need = dense_bytes(n_groups, vocab_size, batch_size, optimizer, itemsize)
     check_memory(need, max_memory, f"the dense gradient model ({n_groups} x {vocab_size}^2 weights, "
                  f"{optimizer}, batch {batch_size})",
-                 "lower --vocab-size or --context, or raise --max-memory (the explicit solver "
+                 "lower vocab_size or context, or raise max_memory (the explicit solver "
                  "needs only the sparse counts)")
     return need
 
@@ -125,9 +84,9 @@ def init_params(init: str, groups: list, vocab_size: int, *, explicit: SparsePar
         return W, np.zeros(V, dtype)
     if init == "explicit":
         if explicit is None:
-            raise InputError("--init explicit needs the explicit solution; use --solver warm")
+            raise InputError("init explicit needs the explicit solution; use solver warm")
         return explicit_dense(explicit, dtype)
-    raise InputError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+    raise InputError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
 def explicit_dense(params: SparseParams, dtype=np.float32) -> tuple[list, np.ndarray]:
@@ -258,9 +217,8 @@ def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_row
             bad += 1
         return ppl
 
-    from tqdm import tqdm
-    bar = tqdm(desc="gradient", unit="step", file=sys.stderr, disable=None if progress else True,
-               leave=False, total=epochs * steps_per_epoch if epochs else None)
+    pbar = bar(total=epochs * steps_per_epoch if epochs else None, desc="gradient", unit="step",
+               show=progress)
     evaluate()
     done = False
     while not done and (epochs is None or epoch < epochs):
@@ -286,13 +244,13 @@ def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_row
             train_s += clock() - t0
             loss_acc += loss_sum / len(idx)
             loss_n += 1
-            bar.update(1)
+            pbar.update(1)
             if not math.isfinite(loss_sum):
-                raise InputError(f"training diverged at step {step} (loss {loss_sum}); lower --lr "
+                raise OptionError(f"training diverged at step {step} (loss {loss_sum}); lower lr "
                                  f"(got {lr})")
             if step % eval_every == 0 or a + batch_size >= N:
                 ppl = evaluate()
-                bar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}", ppl=f"{ppl:.2f}")
+                pbar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}", ppl=f"{ppl:.2f}")
                 if patience is not None and bad >= patience:
                     stopped, done = "patience", True
                     break
@@ -302,7 +260,7 @@ def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_row
                 stopped, done = "max_seconds", True
                 break
         epoch += 1
-    bar.close()
+    pbar.close()
     if stopped != "patience" and bad == 0 and len(curve) > 1:
         warnings.warn(f"gradient descent stopped on its {stopped.replace('_', '-')} budget after "
                       f"{step} steps ({train_s:.0f}s) while valid perplexity was still improving "
@@ -320,46 +278,34 @@ def rows_of(groups, seqs, vocab_size: int, bos_id: int, eos_id: int):
     return rows, targets
 
 
-def finetune(model, solver: str, train_corpus, valid, *, init=None, epochs: int | None = 10,
-             max_seconds=None, lr: float = 0.003, batch_size: int = 1024, optimizer: str = "adam",
-             patience: int | None = 2, l2: float = 0.0, lr_decay: float = 1.0, eval_every: int = 0,
-             valid_tokens: int = 20000, random_scale: float = 0.01, max_memory=None, seed: int = 0,
-             **_other):
-    """Train the dense model on ``train_corpus`` (lines); ``model`` carries the explicit solution.
+def finetune(explicit: SparseParams, tokenizer, train_lines, valid_lines, cfg: GradientConfig, *,
+             seed: int = 0, max_memory=None) -> DenseParams:
+    """Train the dense model on ``train_lines`` by gradient descent; returns ``DenseParams``.
 
-    Returns a new ``LanguageModel`` with ``DenseParams`` (the best-on-valid weights); the curve
-    and stopping info are in ``params.info``. ``valid``: lines; a deterministic spread of about
-    ``valid_tokens`` of them is the validation slice.
+    ``explicit``: the explicit solution (read only for ``init="explicit"``; its groups are the
+    model's). ``valid_lines``: the validation slice for early stopping. The learning curve and
+    the stopping info are in the returned ``info``.
     """
-    from .model import LanguageModel
-    from .train import heldout_lines, log
-    init = check_options(solver, init=init, epochs=epochs, max_seconds=max_seconds, lr=lr,
-                         batch_size=batch_size, optimizer=optimizer, patience=patience, l2=l2,
-                         lr_decay=lr_decay, eval_every=eval_every)
-    groups, tok = model.groups, model.tokenizer
+    init, lr = cfg.effective_init, cfg.effective_lr
+    groups, tok = explicit.groups, tokenizer
     if not all(isinstance(g, Window) for g in groups):
-        raise InputError("the gradient solver handles --context window groups only, not --order; "
-                         "drop --order or use --solver explicit")
+        raise InputError("the gradient solver handles context (window) groups only, not order; "
+                         "drop order or use solver explicit")
     V = tok.vocab_size
-    need = check_dense_memory(len(groups), V, batch_size, optimizer, max_memory)
-    log(f"      gradient ({optimizer}, init {init}, lr {lr}, batch {batch_size}): dense model "
-        f"{format_bytes(need)}")
-    rows, targets = rows_of(groups, tok.encode_batch(list(train_corpus)), V, tok.bos_id, tok.eos_id)
-    vlines = heldout_lines(valid, valid_tokens, tok)
-    vrows, vtargets = rows_of(groups, tok.encode_batch(vlines), V, tok.bos_id, tok.eos_id)
-    W, b = init_params(init, groups, V, explicit=model.params if init == "explicit" else None,
-                       seed=seed, random_scale=random_scale)
-    W, b, curve, info = fit_dense(W, b, rows, targets, vrows, vtargets, epochs=epochs,
-                                  max_seconds=max_seconds, lr=lr, batch_size=batch_size,
-                                  optimizer=optimizer, patience=patience, l2=l2, lr_decay=lr_decay,
-                                  eval_every=eval_every, seed=seed)
+    need = check_dense_memory(len(groups), V, cfg.batch_size, cfg.optimizer, max_memory)
+    log(f"      gradient ({cfg.optimizer}, init {init}, lr {lr}, batch {cfg.batch_size}): dense "
+        f"model {format_bytes(need)}")
+    rows, targets = rows_of(groups, tok.encode_batch(list(train_lines)), V, tok.bos_id, tok.eos_id)
+    vrows, vtargets = rows_of(groups, tok.encode_batch(list(valid_lines)), V, tok.bos_id, tok.eos_id)
+    W, b = init_params(init, groups, V, explicit=explicit if init == "explicit" else None,
+                       seed=seed, random_scale=cfg.random_scale)
+    W, b, curve, info = fit_dense(W, b, rows, targets, vrows, vtargets, epochs=cfg.epochs,
+                                  max_seconds=cfg.max_seconds, lr=lr, batch_size=cfg.batch_size,
+                                  optimizer=cfg.optimizer, patience=cfg.patience, l2=cfg.l2,
+                                  lr_decay=cfg.lr_decay, eval_every=cfg.eval_every, seed=seed)
     log(f"      {info['steps']} steps, {info['epochs']} epochs, {info['seconds']:.1f}s, stopped by "
         f"{info['stopped']}; best valid ppl {info['best_valid_ppl']:.3f} (slice of {len(vtargets)} tokens)")
-    params = DenseParams(list(groups), W, b, [None] * len(groups),
-                         {"solver": solver, "init": init, "optimizer": optimizer, "lr": lr,
-                          "batch_size": batch_size, "l2": l2, "lr_decay": lr_decay,
-                          "learning_curve": curve, **info})
-    config = dict(model.config, init=init, epochs=epochs, max_seconds=max_seconds, lr=lr,
-                  batch_size=batch_size, optimizer=optimizer, patience=patience, l2=l2,
-                  lr_decay=lr_decay)
-    return LanguageModel(tok, params, config, model.corpus)
+    return DenseParams(list(groups), W, b, [None] * len(groups),
+                       {"solver": cfg.solver, "init": init, "optimizer": cfg.optimizer, "lr": lr,
+                        "batch_size": cfg.batch_size, "l2": cfg.l2, "lr_decay": cfg.lr_decay,
+                        "learning_curve": curve, **info})

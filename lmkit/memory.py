@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import InputError, MemoryLimitError
+from .errors import InputError, MemoryLimitError, OptionError
 
 _UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
@@ -23,7 +23,7 @@ def parse_size(text) -> int:
         return int(text)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
     if not m:
-        raise InputError(f"--max-memory {text!r} is not a size; write e.g. 512M, 8G or 1.5G")
+        raise OptionError(f"max_memory {text!r} is not a size; write e.g. 512M, 8G or 1.5G")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 

@@ -7,14 +7,18 @@ folder (see ``store.py``). All log-probabilities are natural logs (nats); ``bits
 """
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from . import scoring, store
-from .errors import InputError, ModelFormatError
+from .config import SampleConfig, make
+from .evaluate import evaluate_lines
+from .generate import generate
+from .ngram import backoff_tables, mkn_log_proba
+from .errors import InputError, ModelFormatError, OptionError
 from .features import Suffix, decode_suffix_key, group_from_name
 from .params import SparseParams
 from .sparse import lookup_rows
@@ -74,7 +78,6 @@ class LanguageModel:
             self.groups, self.params.keys, seqs, self.vocab_size, tok.bos_id, tok.eos_id)
         loggammas = self._mkn_backoffs()
         if loggammas is not None:  # exact MKN: log Z = -sum log gamma, no union of columns
-            from .ngram import mkn_log_proba
             return mkn_log_proba(self.params, rows, targets, loggammas), seq_index
         return scoring.log_proba(self.params, rows, targets), seq_index
 
@@ -85,7 +88,6 @@ class LanguageModel:
             p = self.params
             if (isinstance(p, SparseParams) and all(isinstance(g, Suffix) for g in p.groups)
                     and np.all(p.lambdas == 1.0)):
-                from .ngram import backoff_tables
                 self._loggammas = backoff_tables(p)[1]
         return self._loggammas
 
@@ -98,7 +100,6 @@ class LanguageModel:
     def score(self, lines: Iterable[str], chunk_lines: int = 2000, progress=None) -> dict:
         """Evaluate on sequences (one str each; "" lines are skipped, as in corpora): see
         ``evaluate.evaluate_lines``."""
-        from .evaluate import evaluate_lines
         if isinstance(lines, (str, bytes)):
             raise InputError("lines must be an iterable of str, not a str; wrap one text as [text]")
         return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
@@ -115,12 +116,12 @@ class LanguageModel:
         return scoring.next_logp(self.params, rows)
 
     # ---- generation and inspection -----------------------------------------------------------
-    def sample(self, prompt: str = "", *, max_tokens: int = 100, temperature: float = 1.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> list:
-        """Sample continuations of ``prompt``; see ``generate.generate``."""
-        from .generate import generate
-        return generate(self, prompt, max_tokens=max_tokens, temperature=temperature,
-                        top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples)
+    def sample(self, prompt: str = "", **options) -> list:
+        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens=100,
+        temperature=1.0, top_k=0, top_p=1.0, seed=0, num_samples=1); see ``generate.generate``."""
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
+        return generate(self, prompt, make(SampleConfig, options))
 
     def inspect(self, token: str, top: int = 10) -> dict:
         """Strongest next tokens per group for a context token: ``{group: [(piece, weight)]}``.
@@ -130,6 +131,8 @@ class LanguageModel:
         The weight is the group's logit contribution ``lambda * S[i, j]`` (sparse form) or
         ``W[i, j]`` minus the row median (dense form); higher = more strongly predicted.
         """
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise OptionError(f"top must be an integer >= 1, got {top!r}")
         tok = self.tokenizer
         try:  # a piece as `tokenize encode --output-format piece` prints it ("▁king") ...
             ids = [tok.piece_to_id(token)]
@@ -137,7 +140,7 @@ class LanguageModel:
             ids = tok.encode(token)
         if len(ids) != 1:
             pieces = [tok.id_to_piece(i) for i in ids]
-            raise InputError(f"--token {token!r} is {len(ids)} pieces {pieces}, not one; "
+            raise OptionError(f"token {token!r} is {len(ids)} pieces {pieces}, not one; "
                              "pass a single piece (see `lmkit tokenize encode --output-format piece`)")
         i = ids[0]
         out = {}
@@ -224,16 +227,11 @@ def _check_ids(ids, vocab_size: int, name: str) -> np.ndarray:
 
 
 def _jsonable(v) -> bool:
-    import json
     try:
         json.dumps(v)
         return True
     except (TypeError, ValueError):
         return False
-
-
-def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
-    return nll_nats / math.log(2) / max(n_bytes, 1)
 
 
 __all__ = ["LanguageModel", "decode_suffix_key"]

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from lmkit.corpus import load_corpus
-from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
 from lmkit.params import DenseParams
 from lmkit.scoring import context_rows, dense_log_proba, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
+from lmkit.solve import fit, solve
 from lmkit.train import count_corpus, heldout_lines
 
 
@@ -65,22 +65,20 @@ def main(argv=None) -> int:
     rows_out.append(("tokenize + count (train)", f"{counts.n_tokens / dt:,.0f} tok/s",
                      f"{counts.n_tokens:,} tokens in {dt:.2f} s"))
 
-    log("[3/6] closed-form solve")
+    log("[3/6] closed-form solve (lambdas 1)")
     t = time.perf_counter()
-    params = solve_explicit(counts)
+    params = solve(counts)
     rows_out.append(("solve (closed form)", f"{time.perf_counter() - t:.3f} s",
                      f"{sum(S.nnz for S in params.S):,} non-zeros"))
 
-    log("[4/6] choose lambdas on the valid split")
-    held = heldout_lines(load_corpus(split="valid"), a.lambda_tokens, tok)
-    hrows, htargets, _ = context_rows(groups, params.keys, tok.encode_batch(held), tok.vocab_size,
-                                      tok.bos_id, tok.eos_id)
+    log("[4/6] fit: solve + lambdas on the valid split")
+    held = tok.encode_batch(heldout_lines(load_corpus(split="valid"), a.lambda_tokens, tok))
     t = time.perf_counter()
-    lam, trace = choose_lambdas(params, hrows, htargets)
-    params = params.with_lambdas(lam)
-    rows_out.append(("choose lambdas", f"{time.perf_counter() - t:.3f} s",
-                     f"{len(htargets):,} held-out tokens, {len(trace) - 1} Newton steps, "
-                     "lambdas " + ",".join(f"{x:.3f}" for x in lam)))
+    params = fit(counts, held)
+    trace, lam = params.info.get("lambda_trace", []), params.lambdas
+    rows_out.append(("fit (solve + lambdas)", f"{time.perf_counter() - t:.3f} s",
+                     f"{sum(len(s) + 1 for s in held):,} held-out tokens, {max(len(trace) - 1, 0)} "
+                     "Newton steps, lambdas " + ",".join(f"{x:.3f}" for x in lam)))
 
     log("[5/6] score the test split: sparse vs dense reference")
     test_seqs = tok.encode_batch(list(load_corpus(split="test")))

@@ -63,28 +63,25 @@ def child_rss(a):
 
 
 def child_solve(a):
-    from lmkit.explicit import solve_explicit
+    import lmkit
     from lmkit.features import make_groups
-    from lmkit.parallel import count_corpus_parallel, counts_nbytes
-    from lmkit.scoring import context_rows, sparse_log_proba
+    from lmkit.parallel import counts_nbytes
     from lmkit.store import params_to_arrays
-    from lmkit.tokenizer import Tokenizer
-    tok = Tokenizer.load(a.tokenizers[0])
+    tok = lmkit.Tokenizer.load(a.tokenizers[0])
     groups = make_groups(3)
     t = time.time()
-    c = count_corpus_parallel(islice(corpus_lines(a.corpus, True), a.child_lines), tok, groups,
-                              workers=None)
+    c = lmkit.count_corpus(islice(corpus_lines(a.corpus, True), a.child_lines), tok, groups)
     t_count = time.time() - t
     t = time.time()
-    params = solve_explicit(c)
+    params = lmkit.fit(c, lambdas=a.lambdas)
     t_solve = time.time() - t
-    params = params.with_lambdas(np.array(a.lambdas))
     model_bytes = sum(x.nbytes for x in params_to_arrays(params).values())
+    model = lmkit.LanguageModel(tok, params)
     seqs = tok.encode_batch(heldout(a.corpus, a.score_lines))
     t = time.time()
-    rows, targets, _ = context_rows(groups, params.keys, seqs, tok.vocab_size, tok.bos_id, tok.eos_id)
-    lp = sparse_log_proba(params, rows, targets)
+    lp, _ = model.log_proba_ids(seqs)
     t_score = time.time() - t
+    targets = lp
     print(json.dumps({"V": tok.vocab_size, "tokens": c.n_tokens, "count_seconds": t_count,
                       "nnz": sum(F.nnz for F in c.F), "counts_bytes": counts_nbytes(c),
                       "solve_seconds": t_solve, "model_bytes": model_bytes,

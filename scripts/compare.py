@@ -44,11 +44,11 @@ from lmkit import gradient as G
 from lmkit.corpus import load_corpus
 from lmkit.counts import count_chunk, sum_counts
 from lmkit.evaluate import evaluate_lines
-from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
 from lmkit.params import DenseParams
 from lmkit.scoring import context_rows, sparse_log_proba
+from lmkit.solve import fit
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines
 
@@ -69,12 +69,7 @@ def explicit_run(seqs, tok, groups, valid_lines, lambda_tokens=10000, chunk=1000
     t0, w0 = CLOCK(), time.perf_counter()
     counts = sum_counts(count_chunk(seqs[a:a + chunk], tok.vocab_size, groups, tok.bos_id, tok.eos_id)
                         for a in range(0, len(seqs), chunk))
-    params = solve_explicit(counts)
-    if len(groups) > 1:
-        held = heldout_lines(valid_lines, lambda_tokens, tok)
-        rows, targets, _ = context_rows(groups, params.keys, tok.encode_batch(held), tok.vocab_size,
-                                        tok.bos_id, tok.eos_id)
-        params = params.with_lambdas(choose_lambdas(params, rows, targets)[0])
+    params = fit(counts, tok.encode_batch(heldout_lines(valid_lines, lambda_tokens, tok)))
     return params, CLOCK() - t0, time.perf_counter() - w0
 
 

@@ -218,7 +218,7 @@ def main():
 
 def finetune_row(params, base_cpu, groups, valid, tok, data, rows, a):
     """Support-only AdaGrad on even valid lines, early stopping on odd valid lines; test report."""
-    from lmkit.sparse_finetune import finetune_sparse
+    from lmkit.experiments.sparse_finetune import finetune_sparse
     name = (f"MKN {max(a.orders)} + window K={a.context} (all lambdas tuned) + sparse fine-tune "
             f"({a.finetune_split} of valid, lr {a.finetune_lr:g})")
     log(f"== {name}")

@@ -318,3 +318,15 @@ def test_dataset_load_failure_is_one_line(tmp_path, offline):
     write(tmp_path / "mixed" / "b.csv", b"text\nb\n")
     with pytest.raises(InputError, match="folder of files of one kind"):
         load_corpus(dataset=str(tmp_path / "mixed"))
+
+
+def test_dataset_without_the_datasets_package_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from lmkit.corpus import load_corpus
+    from lmkit.errors import MissingDependencyError
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    f = tmp_path / "x.txt"
+    f.write_text("a line\n")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'lmkit\[hf\]'"):
+        list(load_corpus(dataset=str(f)))

@@ -5,6 +5,7 @@ import pytest
 
 from lmkit.errors import InputError
 from lmkit.evaluate import evaluate, evaluate_lines
+from lmkit.model import LanguageModel
 
 KEYS = {"sequences", "tokens", "bytes", "nll_nats", "perplexity", "bits_per_byte"}
 
@@ -28,7 +29,7 @@ def test_evaluate_empty(tiny_model):
 
 
 def test_evaluate_model_folder_on_files(tiny_model, tiny_model_dir, tiny_corpus_file, tiny_lines):
-    r = evaluate(tiny_model_dir, input=[str(tiny_corpus_file)])
+    r = evaluate(LanguageModel.load(tiny_model_dir), input=[str(tiny_corpus_file)])
     assert r["sequences"] == len(tiny_lines)  # the blank line is skipped
     assert r == pytest.approx(evaluate_lines(tiny_model, tiny_lines))
     # training text is fitted: lower perplexity than on shuffled words

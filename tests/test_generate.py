@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lmkit.errors import InputError
-from lmkit.generate import check_sampling_args, filter_logp
+from lmkit.generate import filter_logp
 
 LOGP = np.log(np.array([0.5, 0.3, 0.2]))
 
@@ -32,18 +32,22 @@ def test_filter_temperature():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(max_tokens=-1), r"--max-tokens must be >= 0, got -1"),
-    (dict(temperature=-0.5), r"--temperature must be >= 0 \(0 = greedy\), got -0.5"),
-    (dict(temperature=float("nan")), r"--temperature must be >= 0"),
-    (dict(top_k=-1), r"--top-k must be >= 0 \(0 = no limit\), got -1"),
-    (dict(top_p=0.0), r"--top-p must be in \(0, 1\] \(1 = no limit\), got 0.0"),
-    (dict(top_p=1.5), r"--top-p must be in \(0, 1\] \(1 = no limit\), got 1.5"),
-    (dict(num_samples=0), r"--num-samples must be >= 1, got 0"),
+    (dict(max_tokens=-1), r"max_tokens must be >= 0, got -1"),
+    (dict(temperature=-0.5), r"temperature must be >= 0.0, got -0.5"),
+    (dict(temperature=float("nan")), r"temperature must be a finite number, got nan"),
+    (dict(temperature=float("inf")), r"temperature must be a finite number, got inf"),
+    (dict(temperature=1e-320), r"temperature 1e-320 is too small"),
+    (dict(top_k=-1), r"top_k must be >= 0, got -1"),
+    (dict(top_k=2.5), r"top_k must be an integer, got float 2.5"),
+    (dict(top_p=0.0), r"top_p must be > 0.0, got 0.0"),
+    (dict(top_p=1.5), r"top_p must be <= 1.0, got 1.5"),
+    (dict(num_samples=0), r"num_samples must be >= 1, got 0"),
+    (dict(seed=-1), r"seed must be >= 0, got -1"),
+    (dict(temprature=0.5), r"unknown option 'temprature'; did you mean 'temperature'\?"),
 ])
-def test_check_sampling_args(kw, match):
-    args = dict(max_tokens=10, temperature=1.0, top_k=0, top_p=1.0, num_samples=1) | kw
+def test_bad_sampling_options_name_the_parameter(tiny_model, kw, match):
     with pytest.raises(InputError, match=match):
-        check_sampling_args(**args)
+        tiny_model.sample("The", **kw)
 
 
 def test_same_seed_same_samples(tiny_model):

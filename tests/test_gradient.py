@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lmkit import gradient as G
+from lmkit.config import GradientConfig, make
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError, MemoryLimitError
 from lmkit.explicit import solve_explicit
@@ -145,32 +146,38 @@ def test_warns_when_budget_stops_it_while_improving():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"lr": 0}, r"--lr must be > 0, got 0"),
-    ({"lr": -0.1}, r"--lr must be > 0, got -0.1"),
-    ({"batch_size": 0}, r"--batch-size must be >= 1, got 0"),
-    ({"optimizer": "rmsprop"}, r"--optimizer must be adam or sgd"),
-    ({"init": "zeros", "solver": "warm"}, r"--solver warm starts from the explicit solution"),
-    ({"init": "explicit", "solver": "explicit"}, r"--init explicit needs an iterative solver"),
-    ({"init": "random", "solver": "explicit"}, r"--init random needs an iterative solver"),
-    ({"patience": 0}, r"--patience must be >= 1"),
+    ({"lr": 0}, r"lr must be > 0.0, got 0"),
+    ({"lr": -0.1}, r"lr must be > 0.0, got -0.1"),
+    ({"lr": float("nan")}, r"lr must be a finite number, got nan"),
+    ({"batch_size": 0}, r"batch_size must be >= 1, got 0"),
+    ({"optimizer": "rmsprop"}, r"optimizer must be one of adam, sgd"),
+    ({"init": "zeros", "solver": "warm"}, r"solver warm starts from the explicit solution"),
+    ({"init": "explicit", "solver": "explicit"}, r"init explicit needs an iterative solver"),
+    ({"init": "random", "solver": "explicit"}, r"init random needs an iterative solver"),
+    ({"patience": 0}, r"patience must be >= 1"),
+    ({"pateince": 3}, r"unknown option 'pateince'; did you mean 'patience'\?"),
 ])
 def test_bad_options_are_refused(kw, match):
-    solver = kw.pop("solver", "gradient")
+    kw.setdefault("solver", "gradient")
     with pytest.raises(InputError, match=match):
-        G.check_options(solver, **kw)
+        make(GradientConfig, kw)
 
 
-def test_default_init_per_solver():
-    assert G.check_options("gradient") == "zeros"
-    assert G.check_options("warm") == "explicit"
-    assert G.check_options("explicit") is None
+def test_defaults_per_solver():
+    """Each solver gets the init and learning rate that work for it (warm: a small step)."""
+    assert make(GradientConfig, {"solver": "gradient"}).effective_init == "zeros"
+    assert make(GradientConfig, {"solver": "warm"}).effective_init == "explicit"
+    assert make(GradientConfig, {"solver": "explicit"}).effective_init is None
+    assert make(GradientConfig, {"solver": "warm"}).effective_lr == 3e-4
+    assert make(GradientConfig, {"solver": "gradient"}).effective_lr == 3e-3
+    assert make(GradientConfig, {"solver": "warm", "lr": 1e-2}).effective_lr == 1e-2
 
 
 def test_model_too_big_for_memory_is_refused_with_bytes():
     need = G.dense_bytes(3, 4096, 1024, "adam")
     assert need == (3 * 4096 ** 2 + 4096) * 4 * 4 + 4 * 1024 * 4096 * 4
     with pytest.raises(MemoryLimitError, match=rf"needs .* \({need} bytes\) but the memory limit is "
-                                               r"1\.0 MiB; lower --vocab-size"):
+                                               r"1\.0 MiB; lower vocab_size"):
         G.check_dense_memory(3, 4096, 1024, "adam", max_memory="1M")
     assert G.dense_bytes(1, 4, 2, "adam") == 448  # the docstring example
 
@@ -181,7 +188,7 @@ def test_cli_refuses_bad_lr_before_counting(tmp_path, capsys):
     p.write_text("a b c\n")
     assert main(["train", "--input", str(p), "--output", str(tmp_path / "m"), "--solver",
                  "gradient", "--lr", "0"]) == 2
-    assert "--lr must be > 0, got 0.0" in capsys.readouterr().err
+    assert "--lr must be > 0.0, got 0.0" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore::lmkit.gradient.ConvergenceWarning")

@@ -19,9 +19,9 @@ import dataclasses
 import numpy as np
 import scipy.sparse as sp
 
-from .params import SparseParams
-from .sparse import lookup_values
-from .scoring import sparse_log_proba, sparse_scores
+from ..params import SparseParams
+from ..sparse import lookup_values
+from ..scoring import sparse_log_proba, sparse_scores
 
 
 def _row_entries(S: sp.csr_matrix, rows: np.ndarray):

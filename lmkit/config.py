@@ -1,0 +1,353 @@
+"""Options: one frozen dataclass per stage holds every option's name, type, default, range and help.
+
+The Python API takes these fields as keyword arguments (``lmkit.train(context=3, ...)``) and the
+CLI flags are generated from them (``--context 3``): one definition, the same names and defaults.
+Unknown keys fail fast with the closest match::
+
+    >>> TrainConfig.from_kwargs(contxt=1)
+    Traceback (most recent call last):
+    lmkit.errors.InputError: unknown option 'contxt'; did you mean 'context'?
+
+Each field's ``metadata`` carries ``help`` and, where it applies, ``min``/``max`` (inclusive
+unless ``min_open``/``max_open``), ``choices`` and ``cli`` (False: API only). Values are checked
+when a config is made, so a bad value never reaches the work: every number finite and in range,
+the type the field declares (``"3"`` is not an int), the choice one of the listed ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import numbers
+import typing
+from dataclasses import dataclass, field
+
+from .errors import InputError, OptionError
+
+
+def opt(default, help: str, **meta):
+    """A config field: ``default`` and ``help`` plus checks (min, max, min_open, choices, ...)."""
+    if isinstance(default, list):
+        raise AssertionError("mutable defaults: use a tuple")
+    return field(default=default, metadata={"help": help, **meta})
+
+
+# ---- the stages' options --------------------------------------------------------------------
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where the text comes from (exactly one of corpus / input / dataset; none = default corpus)."""
+
+    corpus: str | None = opt(None, "named corpus (default: shakespeare)", metavar="NAME")
+    input: tuple[str, ...] | None = opt(None, "UTF-8 text files or folders of .txt", metavar="PATH")
+    dataset: str | None = opt(None, "HuggingFace dataset name[:config], or a local "
+                              ".txt/.jsonl/.parquet/.csv file or folder", metavar="NAME")
+    split: str = opt("train", "split to read")
+    text_field: str = opt("text", "dataset column holding the text")
+    streaming: bool = opt(False, "stream the dataset instead of downloading it")
+
+    def __post_init__(self):
+        check_fields(self)
+        given = [k for k in ("corpus", "input", "dataset") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise OptionError(f"{' and '.join(given)} are exclusive; pass one source of text")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """SentencePiece training options (``lmkit spm-train``; also part of ``lmkit train``)."""
+
+    vocab_size: int = opt(4096, "pieces in the tokenizer (>= 260: 256 bytes + specials)", min=260)
+    model_type: str = opt("bpe", "SentencePiece model type", choices=("bpe", "unigram"))
+    input_sentence_size: int = opt(2_000_000, "lines sampled (seeded) to train the tokenizer; "
+                                   "0 = all", min=0)
+    seed: int = opt(0, "random seed (tokenizer sample, gradient solver)", min=0)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which feature groups, and how the closed form is smoothed and weighted."""
+
+    context: int | None = opt(None, "window groups: tokens 1..K back (default 3, or 0 when "
+                              "--order is given)", min=0, max=64)
+    order: int | None = opt(None, "n-gram order N: modified Kneser-Ney over suffix groups 1..N-1",
+                            min=2, max=64)
+    prune: tuple[int, ...] | None = opt(None, "n-gram count thresholds per order 1..N (start with "
+                                        "0, non-decreasing; a shorter list repeats its last "
+                                        "value): n-grams with count <= T are dropped. Below the "
+                                        "top order lmkit compares adjusted (continuation) counts, "
+                                        "lmplz --prune raw counts (docs/ngram.md)", min=0,
+                                        metavar="T")
+    discount: tuple[float, ...] | None = opt(
+        None, "absolute discount(s) in (0, 1) per window group (default n1/(n1+2 n2)); with "
+        "--order: 1 or 3 values D1 D2 D3+ (default per order from count-of-counts)",
+        min=0.0, min_open=True)
+    lambdas: tuple[float, ...] | None = opt(None, "group weights (default: fitted on held-out "
+                                            "text)", min=0.0)
+    lambda_tokens: int = opt(10000, "held-out tokens used to fit the lambdas", min=1)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.prune is not None and self.order is None:
+            raise OptionError(f"prune {list(self.prune)} needs n-gram groups; add order")
+        if self.prune is not None and len(self.prune) > self.order:
+            raise OptionError(f"prune has {len(self.prune)} values but an order-{self.order} "
+                              f"model has {self.order} orders; pass at most {self.order}")
+        n = self.n_groups
+        if self.lambdas is not None and len(self.lambdas) != n:
+            raise OptionError(f"lambdas needs {n} values (one per feature group), got "
+                              f"{len(self.lambdas)}")
+        if n == 0:
+            raise OptionError("context 0 without order leaves no features; pass context >= 1 "
+                              "or order >= 2")
+
+    @property
+    def effective_context(self) -> int:
+        return (3 if self.order is None else 0) if self.context is None else self.context
+
+    @property
+    def n_groups(self) -> int:
+        return self.effective_context + (self.order - 1 if self.order else 0)
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """How counting runs: processes, engine, memory."""
+
+    workers: int | None = opt(None, "processes that tokenize and count (default: every core); "
+                              "with engine dask, the LocalCluster's workers", min=1)
+    engine: str = opt("local", "count on this machine or on a Dask cluster", choices=("local", "dask"))
+    scheduler: str | None = opt(None, "Dask scheduler address, e.g. tcp://10.0.0.5:8786 "
+                                "(default: start a LocalCluster)", metavar="ADDRESS")
+    chunk_lines: int = opt(10000, "lines per counting chunk", min=1)
+    max_memory: str | None = opt(None, "memory limit, e.g. 8G (default: 80%% of available RAM)",
+                                 metavar="SIZE")
+    spill_dir: str | None = opt(None, "folder for spilled partial counts (default: system temp)",
+                                metavar="DIR")
+    verbose: bool = opt(True, "progress banners and bars on stderr")
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.scheduler is not None and self.engine != "dask":
+            raise OptionError("scheduler needs engine dask; add engine dask or drop scheduler")
+        if self.max_memory is not None:
+            from .memory import parse_size
+            parse_size(self.max_memory)
+
+
+SOLVERS = ("explicit", "gradient", "warm")
+#: learning rates that work per solver: a warm start must stay near the explicit optimum
+DEFAULT_LR = {"gradient": 3e-3, "warm": 3e-4}
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """The iterative baseline (``solver gradient``) and the warm start (``solver warm``)."""
+
+    solver: str = opt("explicit", "explicit: count and solve; gradient: gradient descent from "
+                      "init; warm: gradient fine-tune from the explicit solution", choices=SOLVERS)
+    init: str | None = opt(None, "gradient init (default: zeros for gradient, explicit for warm)",
+                           choices=("zeros", "random", "explicit"))
+    epochs: int = opt(10, "gradient: max passes over the data", min=1)
+    max_seconds: float | None = opt(None, "gradient: training time budget in seconds",
+                                    min=0.0, min_open=True)
+    lr: float | None = opt(None, "gradient: learning rate (default 0.003 for gradient, 0.0003 "
+                           "for warm)", min=0.0, min_open=True)
+    batch_size: int = opt(1024, "gradient: minibatch size", min=1)
+    optimizer: str = opt("adam", "gradient: lazy Adam or SGD with momentum 0.9",
+                         choices=("adam", "sgd"))
+    patience: int = opt(2, "gradient: stop after this many validations without improvement", min=1)
+    l2: float = opt(0.0, "gradient: L2 penalty on W", min=0.0)
+    lr_decay: float = opt(1.0, "gradient: learning rate multiplied by this each epoch "
+                          "(1 = constant)", min=0.0, min_open=True, max=1.0)
+    eval_every: int = opt(0, "gradient: steps between validations (0 = once per epoch)", min=0)
+    valid_tokens: int = opt(20000, "gradient: validation tokens for early stopping", min=1)
+    random_scale: float = opt(0.01, "gradient: std of the random init", min=0.0)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.solver == "explicit" and self.init is not None:
+            raise OptionError(f"init {self.init} needs an iterative solver but solver is "
+                              "explicit; pass solver gradient (or warm for init explicit)")
+        if self.solver == "warm" and self.init not in (None, "explicit"):
+            raise OptionError(f"solver warm starts from the explicit solution, got init "
+                              f"{self.init}; use solver gradient for zeros/random init")
+
+    @property
+    def effective_init(self) -> str | None:
+        if self.solver == "explicit":
+            return None
+        return self.init or ("explicit" if self.solver == "warm" else "zeros")
+
+    @property
+    def effective_lr(self) -> float | None:
+        return None if self.solver == "explicit" else (self.lr or DEFAULT_LR[self.solver])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``lmkit train`` takes: the stage configs, flattened (field names are unique)."""
+
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    spm: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer: str | None = None  # a trained tokenizer (PREFIX.model) to use instead of training one
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+
+    PARTS = ("corpus", "spm", "model", "scale", "gradient")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "TrainConfig":
+        """Build from flat keyword arguments (``context=3, lr=1e-3, ...``); unknown keys fail."""
+        kwargs = dict(kwargs)
+        tok_path = kwargs.pop("tokenizer", None)
+        clash = [k for k in ("vocab_size", "model_type", "input_sentence_size") if k in kwargs]
+        if tok_path is not None and clash:
+            raise OptionError(f"{clash[0]} applies to training a SentencePiece model, but tokenizer {tok_path} is "
+                              f"given; drop {clash[0]} or drop tokenizer")
+        if tok_path is not None and not isinstance(tok_path, (str, bytes)) and not hasattr(tok_path, "__fspath__"):
+            raise OptionError(f"tokenizer must be a path to a .model file, got {type(tok_path).__name__}")
+        parts = {}
+        for name, klass in zip(cls.PARTS, (CorpusConfig, TokenizerConfig, ModelConfig, ScaleConfig,
+                                           GradientConfig)):
+            names = field_names(klass)
+            parts[name] = make(klass, {k: kwargs.pop(k) for k in list(kwargs) if k in names})
+        reject_unknown(kwargs, train_option_names())
+        return cls(tokenizer=None if tok_path is None else str(tok_path), **parts)
+
+    def flat(self) -> dict:
+        """All options as one flat dict (JSON-able: tuples become lists)."""
+        out = {}
+        for name in self.PARTS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        out["tokenizer"] = self.tokenizer
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def train_option_names() -> list[str]:
+    return [n for k in (CorpusConfig, TokenizerConfig, ModelConfig, ScaleConfig, GradientConfig)
+            for n in field_names(k)] + ["tokenizer"]
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """``lmkit generate`` / ``LanguageModel.sample``."""
+
+    max_tokens: int = opt(100, "tokens to sample per sample (at most)", min=0, max=1_000_000)
+    temperature: float = opt(1.0, "softmax temperature; 0 = greedy", min=0.0, max=1e6)
+    top_k: int = opt(0, "keep the k most likely tokens; 0 = no limit", min=0)
+    top_p: float = opt(1.0, "nucleus: smallest set with this probability mass, in (0, 1]",
+                       min=0.0, min_open=True, max=1.0)
+    seed: int = opt(0, "random seed", min=0, max=2**63 - 1)
+    num_samples: int = opt(1, "number of samples", min=1, max=100_000)
+
+    def __post_init__(self):
+        check_fields(self)
+        if 0 < self.temperature < 1e-6:
+            raise OptionError(f"temperature {self.temperature!r} is too small to be numerically "
+                              "meaningful; pass 0 for greedy or a value >= 1e-6")
+
+
+# ---- generic machinery ----------------------------------------------------------------------
+def field_names(klass) -> list[str]:
+    return [f.name for f in dataclasses.fields(klass)]
+
+
+def reject_unknown(kwargs: dict, known) -> None:
+    """Raise ``OptionError`` naming the first unknown key and its closest known one."""
+    for key in kwargs:
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(sorted(known))}"
+        raise OptionError(f"unknown option {key!r}{hint}")
+
+
+def make(klass, kwargs: dict):
+    """``klass(**kwargs)`` with unknown keys refused by name (not a bare TypeError)."""
+    reject_unknown({k: v for k, v in kwargs.items() if k not in field_names(klass)}, field_names(klass))
+    return klass(**kwargs)
+
+
+def _parse_annotation(ann: str):
+    """'int | None' -> (int, False, True); 'tuple[float, ...] | None' -> (float, True, True)."""
+    optional = ann.endswith("| None")
+    core = ann.replace("| None", "").strip()
+    seq = core.startswith("tuple[")
+    if seq:
+        core = core[len("tuple["):].split(",")[0].strip()
+    return {"int": int, "float": float, "str": str, "bool": bool}[core], seq, optional
+
+
+def field_spec(f: dataclasses.Field):
+    return _parse_annotation(f.type if isinstance(f.type, str) else f.type.__name__)
+
+
+def check_value(name: str, value, f: dataclasses.Field):
+    """Validate one value against its field (type, finiteness, range, choices); returns it
+    normalised (lists become tuples, ints given for float fields become floats)."""
+    scalar, seq, optional = field_spec(f)
+    meta = f.metadata
+    if value is None:
+        if optional:
+            return None
+        raise OptionError(f"{name} must not be None")
+    if seq:
+        if isinstance(value, (str, bytes)) or not isinstance(value, typing.Iterable):
+            value = [value]  # a single value for a list option
+        items = tuple(_check_scalar(f"{name}", v, scalar, meta) for v in value)
+        if not items:
+            raise OptionError(f"{name} needs at least one value")
+        return items
+    return _check_scalar(name, value, scalar, meta)
+
+
+def _check_scalar(name, v, scalar, meta):
+    if scalar is bool:
+        if not isinstance(v, bool):
+            raise OptionError(f"{name} must be true or false, got {v!r}")
+        return v
+    if scalar is str:
+        if hasattr(v, "__fspath__"):
+            v = str(v)
+        if not isinstance(v, str):
+            raise OptionError(f"{name} must be a string, got {type(v).__name__} {v!r}")
+    elif scalar is int:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise OptionError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+        v = int(v)
+    elif scalar is float:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise OptionError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise OptionError(f"{name} must be a finite number, got {v!r}")
+    choices = meta.get("choices")
+    if choices is not None and v not in choices:
+        raise OptionError(f"{name} must be one of {', '.join(map(str, choices))}, got {v!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (v < lo or (meta.get("min_open") and v == lo)):
+        op = ">" if meta.get("min_open") else ">="
+        raise OptionError(f"{name} must be {op} {lo}, got {v!r}")
+    if hi is not None and (v > hi or (meta.get("max_open") and v == hi)):
+        op = "<" if meta.get("max_open") else "<="
+        raise OptionError(f"{name} must be {op} {hi}, got {v!r}")
+    return v
+
+
+def check_fields(cfg) -> None:
+    """Validate and normalise every field of a frozen config in place (from ``__post_init__``)."""
+    for f in dataclasses.fields(cfg):
+        if "help" not in f.metadata:
+            continue
+        object.__setattr__(cfg, f.name, check_value(f.name, getattr(cfg, f.name), f))
+
+
+def options(klass) -> list[dataclasses.Field]:
+    """The user-facing fields of a config class (those with help text)."""
+    return [f for f in dataclasses.fields(klass) if "help" in f.metadata and f.metadata.get("cli", True)]
+
+
+__all__ = ["CorpusConfig", "TokenizerConfig", "ModelConfig", "ScaleConfig", "GradientConfig",
+           "TrainConfig", "SampleConfig", "reject_unknown", "make", "InputError"]

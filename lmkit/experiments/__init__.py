@@ -1,0 +1,4 @@
+"""Experiments built on the lmkit core but not part of the language-model pipeline.
+
+- ``sparse_finetune``: AdaGrad on the stored entries of a sparse model (support-only fine-tune).
+"""

@@ -1,0 +1,48 @@
+"""Progress reporting: stage banners through ``logging`` (logger ``"lmkit"``), bars through tqdm.
+
+The library never prints. Messages go to the ``lmkit`` logger at INFO; with ``verbose=True``
+(the default of ``lmkit.train`` and of the CLI) ``reporting`` attaches a plain stderr handler for
+the duration of the call unless the application configured the logger itself. Bars are tqdm on
+stderr, shown only on a terminal and only when verbose.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+logger = logging.getLogger("lmkit")
+logger.addHandler(logging.NullHandler())
+_state = {"verbose": False}
+
+
+def log(message: str) -> None:
+    """One progress line (INFO on the ``lmkit`` logger)."""
+    logger.info(message)
+
+
+@contextlib.contextmanager
+def reporting(verbose: bool = True):
+    """Show the ``lmkit`` logger's INFO lines on stderr while the block runs (if verbose)."""
+    own = verbose and not any(not isinstance(h, logging.NullHandler) for h in logger.handlers)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level, old_verbose = logger.level, _state["verbose"]
+    if own:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    _state["verbose"] = verbose
+    try:
+        yield
+    finally:
+        _state["verbose"] = old_verbose
+        if own:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+
+
+def bar(total=None, desc: str = "", unit: str = "tok", show: bool = True):
+    """A tqdm bar on stderr (hidden when not ``show``, not verbose or not a terminal)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
+                disable=None if show and _state["verbose"] else True, leave=False)

@@ -1,0 +1,82 @@
+"""Fit: counts + held-out token ids -> ``SparseParams`` (closed form, then the group weights).
+
+``fit(counts, heldout)`` is the one function every caller (``lmkit train``, the scripts, user
+code) uses to turn counts into a model:
+
+1. the closed form per group — window groups: ``explicit.solve_explicit``; suffix groups:
+   interpolated modified Kneser-Ney, ``ngram.solve_ngram`` (window groups next to them are solved
+   against the MKN unigram);
+2. the weights lambda (G,): given, or fitted on the held-out sequences by a few projected Newton
+   steps on the convex held-out NLL (``explicit.choose_lambdas``; W untouched). The rule, by
+   groups: a pure n-gram model keeps every lambda at 1 (that *is* MKN, ARPA-exportable); window
+   groups start at 0 (the first at 1 when there are no suffix groups) and every lambda is free;
+3. optionally ``refit``: counts of more text (typically the held-out text itself, when it was
+   carved out of the training text) are added and the closed form re-solved with the same lambdas,
+   so no training text is lost.
+
+Pure: no I/O, no globals; ``log`` (a callable taking one line) reports progress if given.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .counts import Counts
+from .explicit import choose_lambdas, solve_explicit
+from .features import Suffix
+from .ngram import solve_ngram
+from .parallel import fit_heldout
+from .params import SparseParams
+from .scoring import context_rows
+from .tokenizer import BOS_ID, EOS_ID
+
+
+def lambda_start(groups: list) -> tuple[np.ndarray, np.ndarray]:
+    """Initial lambdas (G,) and which of them stay fixed (G,) bool, from the kinds of groups."""
+    suffix = np.array([isinstance(g, Suffix) for g in groups])
+    init = suffix.astype(np.float64)
+    if not suffix.any():
+        init[0] = 1.0
+    fixed = np.full(len(groups), bool(suffix.all()))
+    return init, fixed
+
+
+def solve(counts: Counts, *, discount=None, prune=None) -> SparseParams:
+    """The closed form for every group of ``counts``, lambdas all 1."""
+    if any(isinstance(g, Suffix) for g in counts.groups):
+        return solve_ngram(counts, discount=discount, prune=prune)
+    if prune:
+        raise ValueError(f"prune {list(prune)} needs n-gram (suffix) groups")
+    return solve_explicit(counts, discount=discount)
+
+
+def fit(counts: Counts, heldout=(), *, discount=None, prune=None, lambdas=None, refit=None,
+        max_memory=None, bos_id: int = BOS_ID, eos_id: int = EOS_ID, log=None) -> SparseParams:
+    """Closed-form parameters with fitted (or given) group weights.
+
+    counts: ``Counts`` of the training text. heldout: list of token-id sequences (no BOS/EOS) to
+    fit the lambdas on; empty = keep the start values. lambdas: (G,) given weights (no search).
+    refit: ``Counts`` added after the lambdas are chosen (see the module docstring).
+    """
+    groups = counts.groups
+    params = solve(counts, discount=discount, prune=prune)
+    init, fixed = lambda_start(groups)
+    if lambdas is not None:
+        lam = np.asarray(lambdas, dtype=np.float64)
+        if lam.shape != (len(groups),) or not np.all(np.isfinite(lam)) or (lam < 0).any():
+            raise ValueError(f"lambdas needs {len(groups)} finite values >= 0, got {list(lambdas)}")
+        params = params.with_lambdas(lam, lambda_rule="given")
+    elif len(heldout) and len(groups) > 1 and not fixed.all():
+        rows, targets, _ = context_rows(groups, params.keys, list(heldout), counts.vocab_size,
+                                        bos_id, eos_id)
+        rows, targets = fit_heldout(params, rows, targets, max_memory, log)
+        lam, trace = choose_lambdas(params, rows, targets, init=init, fixed=fixed)
+        params = params.with_lambdas(lam, lambda_rule=f"projected Newton minimisation of "
+                                     f"held-out NLL on {len(targets)} tokens", lambda_trace=trace)
+        if log:
+            log("      lambdas " + ", ".join(f"{g.name}={x:g}" for g, x in zip(groups, lam))
+                + f" (held-out ppl {np.exp(trace[-1][1]):.2f} on {len(targets)} tokens)")
+    if refit is not None:
+        rule = {k: v for k, v in params.info.items() if k.startswith("lambda_")}
+        params = solve(counts + refit, discount=discount, prune=prune).with_lambdas(
+            params.lambdas, **rule)
+    return params

@@ -1,0 +1,115 @@
+"""Options have one home: config dataclasses validate values, refuse unknown keys, make the CLI."""
+import dataclasses
+
+import pytest
+
+from lmkit import config as C
+from lmkit.cli import build_parser, flag, main
+from lmkit.errors import InputError, OptionError
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(contxt=1), r"unknown option 'contxt'; did you mean 'context'\?"),
+    (dict(lamdas=[1.0]), r"unknown option 'lamdas'; did you mean 'lambdas'\?"),
+    (dict(context="3"), r"context must be an integer, got str '3'"),
+    (dict(vocab_size="512"), r"vocab_size must be an integer, got str '512'"),
+    (dict(vocab_size=12.5), r"vocab_size must be an integer, got float 12.5"),
+    (dict(lambdas=[1, float("nan"), 1]), r"lambdas must be a finite number, got nan"),
+    (dict(lambdas=[1, 1]), r"lambdas needs 3 values \(one per feature group\), got 2"),
+    (dict(lambda_tokens=-5), r"lambda_tokens must be >= 1, got -5"),
+    (dict(order=3, prune=[0, 0, 1, 1]), r"prune has 4 values but an order-3 model has 3 orders"),
+    (dict(prune=[0, 1]), r"prune \[0, 1\] needs n-gram groups; add order"),
+    (dict(scheduler="tcp://x:1"), r"scheduler needs engine dask"),
+    (dict(max_memory="lots"), r"lots"),
+    (dict(corpus="shakespeare", input=["a.txt"]), r"corpus and input are exclusive"),
+    (dict(solver="warm", init="zeros"), r"solver warm starts from the explicit solution"),
+    (dict(discount=[0.0]), r"discount must be > 0.0, got 0.0"),
+])
+def test_train_options_fail_fast_naming_the_parameter(kw, match):
+    with pytest.raises(InputError, match=match):
+        C.TrainConfig.from_kwargs(**kw)
+
+
+def test_option_errors_are_value_and_type_errors():
+    with pytest.raises(ValueError):
+        C.TrainConfig.from_kwargs(context=-1)
+    with pytest.raises(TypeError):
+        C.TrainConfig.from_kwargs(context="3")
+
+
+def test_train_refuses_typos_before_any_work(tmp_path):
+    import lmkit
+    with pytest.raises(OptionError, match="did you mean 'context'"):
+        lmkit.train(input=[str(tmp_path / "missing.txt")], contxt=1)
+
+
+def test_defaults_are_defined_once_and_shared_by_the_cli():
+    """Every config field is a flag; flags not given are absent, so the config's default applies."""
+    p = build_parser()
+    a = p.parse_args(["train", "--output", "x"])
+    assert set(vars(a)) == {"verb", "output", "tokenizer"}
+    assert C.TrainConfig.from_kwargs(**{k: v for k, v in vars(a).items() if k not in ("verb", "output")}) \
+        == C.TrainConfig()
+    names = set(vars(p.parse_args(["train", "--output", "x"] + [
+        arg for f in [f for k in (C.CorpusConfig, C.TokenizerConfig, C.ModelConfig, C.ScaleConfig,
+                                  C.GradientConfig) for f in C.options(k)]
+        for arg in _example(f)])))
+    assert set(C.train_option_names()) <= names
+    g = p.parse_args(["generate", "m", "--temperature", "0.5"])
+    assert g.temperature == 0.5 and not hasattr(g, "top_p")
+    assert p.parse_args(["eval", "m"]).split == "test"  # the one per-verb default
+
+
+def _example(f):
+    """Command-line words that set field ``f`` to some valid value."""
+    scalar, seq, _ = C.field_spec(f)
+    if scalar is bool:
+        return [flag(f.name)]
+    value = {int: "1", float: "0.5", str: "x"}[scalar]
+    if "choices" in f.metadata:
+        value = str(f.metadata["choices"][0])
+    return [flag(f.name), value]
+
+
+def test_a_trained_tokenizer_and_tokenizer_options_clash():
+    with pytest.raises(OptionError, match="vocab_size applies to training a SentencePiece model, but tokenizer t.model"):
+        C.TrainConfig.from_kwargs(tokenizer="t.model", vocab_size=512)
+    assert C.TrainConfig.from_kwargs(tokenizer="t.model").tokenizer == "t.model"
+
+
+def test_flat_config_round_trips():
+    cfg = C.TrainConfig.from_kwargs(context=2, order=4, prune=[0, 1], lr=1e-3, input="a.txt")
+    flat = cfg.flat()
+    assert flat["input"] == ["a.txt"] and flat["prune"] == [0, 1]
+    assert C.TrainConfig.from_kwargs(**flat) == cfg
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "--output", "x", "--vocab-size", "12.5"], r"argument --vocab-size: invalid int value: '12.5'"),
+    (["train", "--output", "x", "--contxt", "1"], r"unrecognized arguments: --contxt 1"),
+    (["train", "--output", "x", "--lambdas", "1", "nan", "0.5"], r"--lambdas must be a finite number, got nan"),
+    (["train", "--output", "x", "--order", "3", "--prune", "0", "0", "1", "1"], r"--prune has 4 values"),
+    (["train", "--output", "x", "--scheduler", "tcp://h:1"], r"--scheduler needs --engine dask"),
+    (["train", "--output", "x", "--lambda-tokens", "-5"], r"--lambda-tokens must be >= 1, got -5"),
+    (["train", "--output", "x", "--tokenizer", "t.model", "--vocab-size", "512"],
+     r"--vocab-size applies to training a SentencePiece model, but --tokenizer t.model is given"),
+    (["inspect", "m", "--token", "a", "--top", "-1"], r"m: no such model folder"),
+])
+def test_cli_errors_are_one_line(capsys, argv, match):
+    import re
+    with pytest.raises(SystemExit) as e:
+        code = main(argv)
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lmkit: error: ") and re.search(match, err[0]), err
+
+
+def test_old_tokenizer_verbs_still_work_with_a_note(tmp_path, tiny_tok_file, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("The king\n", encoding="utf-8")
+    assert main(["spm-encode", "--model", tiny_tok_file, "--input", src]) == 0
+    new = capsys.readouterr()
+    assert main(["tokenize", "encode", "--model", tiny_tok_file, "--input", src]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and "is now `spm-encode`" in old.err

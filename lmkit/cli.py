@@ -27,8 +27,8 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from . import config as C
@@ -36,6 +36,7 @@ from . import store
 from .corpus import load_corpus
 from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
 from .evaluate import evaluate
+from .files import atomic_write
 from .model import LanguageModel
 from .ngram import write_arpa
 from .progress import reporting
@@ -182,9 +183,19 @@ def _load_tokenizer(path: str):
 
 def _read_lines(path):
     """Lines of a file or stdin without their trailing newline (other whitespace is kept)."""
-    if path is not None and not Path(path).exists():
-        raise MissingPathError(f"{path}: no such file; check the path")
-    data = Path(path).read_bytes() if path else sys.stdin.buffer.read()
+    try:
+        if path is None:
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:  # a FIFO or /dev/fd/N (process substitution) reads fine
+                data = f.read()
+    except FileNotFoundError:
+        raise MissingPathError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder; pass a file") from None
+    except OSError as e:
+        raise InputError(f"{path or 'stdin'}: cannot read ({e.strerror or e}); check the path "
+                         "and its permissions") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -197,16 +208,14 @@ def _read_lines(path):
 
 
 def _write_output(path, text: str) -> None:
-    """Write to stdout, or to ``path`` via a temp file + rename (never half-written)."""
+    """Write to stdout, or to ``path`` via ``store.atomic_write`` (never half-written)."""
     if path is None:
         sys.stdout.write(text)
         return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, out)
+    atomic_write(path, text)
+
+
+_ASCII_ID = re.compile(r"[0-9]+")
 
 
 def cmd_tokenize(a) -> None:
@@ -219,11 +228,12 @@ def cmd_tokenize(a) -> None:
         elif a.input_format == "piece":
             out.append(tok.decode_pieces(line.split()))
         else:
-            try:
-                ids = [int(x) for x in line.split()]
-            except ValueError:
-                raise InputError(f"not a list of integer ids: {line[:60]!r}; pass "
-                                 "--input-format piece for pieces") from None
+            items = line.split()
+            if not all(_ASCII_ID.fullmatch(x) for x in items):  # not "1_000", "٣٤٥" or "５００"
+                raise InputError(f"not a list of integer ids: {line[:60]!r}; ids are ASCII "
+                                 "digits 0-9 separated by spaces, pass --input-format piece "
+                                 "for pieces")
+            ids = [int(x) for x in items]
             out.append(tok.decode(ids))
     _write_output(a.output, "".join(x + "\n" for x in out))
 
@@ -292,10 +302,22 @@ VERBS = {"spm-train": cmd_spm_train, "spm-encode": _spm_verb("encode"),
          "generate": cmd_generate, "inspect": cmd_inspect, "export-arpa": cmd_export_arpa}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` clean-up runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
     args = build_parser().parse_args(argv)
     args.argv = argv  # the manifest records the command as given, also for in-process calls
+    try:  # only the main thread may set handlers (in-process callers may be elsewhere)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        previous = None
     try:
         with reporting(getattr(args, "verbose", True)):
             VERBS[args.verb](args)
@@ -308,8 +330,27 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("lmkit: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("lmkit: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # e.g. `lmkit spm-encode | head`
+        try:  # stdout is gone: stop the interpreter's final flush from failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 0
+    except OSError as e:  # a file-system error no check caught: one line, not a traceback
+        name = e.filename2 if getattr(e, "filename2", None) is not None else e.filename
+        where = f"{name}: " if name is not None else ""
+        print(f"lmkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("lmkit: error: out of memory; lower --max-memory, --vocab-size or --context",
+              file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

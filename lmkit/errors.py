@@ -35,3 +35,10 @@ class MemoryLimitError(LmkitError, ValueError):
 
 class MissingDependencyError(LmkitError, ImportError):
     """An optional package a feature needs is not installed (the message names the pip extra)."""
+
+
+class OutputError(LmkitError, OSError):
+    """An output cannot be written: not writable, read-only or full file system, not a folder..."""
+
+    def __str__(self):  # OSError would prefix "[Errno ...]" when given two args
+        return self.args[0] if self.args else ""

@@ -19,12 +19,23 @@ from .errors import InputError
 from .progress import bar
 
 
+def _sequences(lines: Iterable[str]):
+    """The non-empty lines: "" is no sequence (corpora skip empty lines), so [""] scores like [].
+    A non-str line raises InputError naming its index."""
+    try:
+        it = iter(lines)
+    except TypeError:
+        raise InputError(f"lines must be an iterable of str, got {type(lines).__name__}") from None
+    for i, line in enumerate(it):
+        if not isinstance(line, str):
+            raise InputError(f"lines[{i}] must be str, not {type(line).__name__}")
+        if line:
+            yield line
+
+
 def _chunks(lines: Iterable[str], n: int):
-    it = iter(lines)
-    while True:
-        chunk = list(islice(it, n))
-        if not chunk:
-            return
+    it = _sequences(lines)
+    while chunk := list(islice(it, n)):
         yield chunk
 
 

@@ -3,7 +3,7 @@
 Each step computes the full next-token log distribution (a (V,) vector; the sparse model only
 touches the non-zeros of its context rows), applies temperature, top-k and top-p (nucleus)
 filtering, and draws from it with a seeded ``numpy.random.Generator``. A sample stops at EOS or
-after ``max_tokens`` new tokens. The prompt is the start of a sequence; prompts with characters
+after ``max_tokens`` new tokens; BOS and UNK are never drawn. The prompt is the start of a sequence; prompts with characters
 never seen in training still work thanks to the tokenizer's byte fallback.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: floa
         p = np.zeros_like(logp)
         p[int(np.argmax(logp))] = 1.0
         return p
-    z = logp / temperature
-    p = np.exp(z - z.max())
+    z = (logp - logp.max()) / temperature  # shift first: a small temperature cannot overflow
+    p = np.exp(z)
     p /= p.sum()
     if top_k and top_k < len(p):
         cut = np.partition(p, -top_k)[-top_k]
@@ -52,6 +52,7 @@ def generate(model, prompt: str, opts: SampleConfig) -> list:
         for _ in range(max_tokens):
             logp = model.next_logp(ids)
             logp[tok.bos_id] = -np.inf  # BOS is padding, never a target
+            logp[tok.unk_id] = -np.inf  # byte fallback spells everything: <unk> is never text
             p = filter_logp(logp, temperature=temperature, top_k=top_k, top_p=top_p)
             nxt = int(rng.choice(len(p), p=p))
             if nxt == tok.eos_id:

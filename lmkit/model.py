@@ -93,10 +93,15 @@ class LanguageModel:
 
     def log_proba(self, text: str) -> np.ndarray:
         """Natural-log probability of each token of ``text`` followed by EOS; float64 (n+1,)."""
+        if not isinstance(text, str):
+            raise InputError(f"text must be str, got {type(text).__name__}")
         return self.log_proba_ids([self.tokenizer.encode(text)])[0]
 
     def score(self, lines: Iterable[str], chunk_lines: int = 2000, progress=None) -> dict:
-        """Evaluate on sequences: see ``evaluate.evaluate_lines``."""
+        """Evaluate on sequences (one str each; "" lines are skipped, as in corpora): see
+        ``evaluate.evaluate_lines``."""
+        if isinstance(lines, (str, bytes)):
+            raise InputError("lines must be an iterable of str, not a str; wrap one text as [text]")
         return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
 
     def perplexity(self, lines: Iterable[str]) -> float:
@@ -106,6 +111,7 @@ class LanguageModel:
     def next_logp(self, prefix_ids) -> np.ndarray:
         """log P(next token | sequence so far) for every token id; (V,) float64."""
         tok = self.tokenizer
+        prefix_ids = _check_ids(prefix_ids, self.vocab_size, "prefix_ids")
         rows = scoring.next_rows(self.groups, self.params.keys, prefix_ids, self.vocab_size, tok.bos_id)
         return scoring.next_logp(self.params, rows)
 
@@ -177,10 +183,19 @@ class LanguageModel:
         manifest, proto, arrays = store.read_model_folder(path)
         try:
             groups = [group_from_name(n) for n in manifest["groups"]]
-            params = store.arrays_to_params(manifest["kind"], groups, arrays, manifest.get("info", {}))
-        except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise ModelFormatError(f"{path}: inconsistent model folder ({e!r}); re-train the model") from None
-        tokenizer = Tokenizer(proto)
+        except ValueError as e:
+            raise ModelFormatError(f"{path}: {e}; re-train the model") from None
+        params = store.arrays_to_params(manifest["kind"], groups, arrays,
+                                        manifest.get("info") or {},
+                                        where=Path(path) / "params.npz",
+                                        lambdas=manifest.get("lambdas"))
+        if params.vocab_size != manifest["vocab_size"]:
+            raise ModelFormatError(f"{path}: the arrays have {params.vocab_size} tokens, the "
+                                   f"manifest {manifest['vocab_size']}; re-train the model")
+        try:
+            tokenizer = Tokenizer(proto)
+        except InputError as e:
+            raise ModelFormatError(f"{path}/tokenizer.model: {e}") from None
         if tokenizer.vocab_size != params.vocab_size:
             raise ModelFormatError(f"{path}: tokenizer has {tokenizer.vocab_size} pieces, model "
                                    f"{params.vocab_size}; the tokenizer does not match the model, re-train")
@@ -192,6 +207,23 @@ class LanguageModel:
         if lam is not None:
             parts.append("lambdas=" + ",".join(f"{x:g}" for x in lam))
         return "; ".join(parts)
+
+
+def _check_ids(ids, vocab_size: int, name: str) -> np.ndarray:
+    """``ids`` as an int64 (n,) array of token ids in [0, vocab_size), else an InputError."""
+    fix = f"must be token ids in [0, {vocab_size})"
+    try:
+        a = np.asarray(ids)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: not a list of ints; {fix}") from None
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise InputError(f"{name}: got {a.dtype} values of shape {a.shape}; {fix}")
+    bad = a[(a < 0) | (a >= vocab_size)]
+    if len(bad):
+        raise InputError(f"{name}: id {int(bad[0])} is out of range; {fix}")
+    return a.astype(np.int64)
 
 
 def _jsonable(v) -> bool:

@@ -49,11 +49,9 @@ log10; ``<s>`` gets -99 as in KenLM.
 """
 from __future__ import annotations
 
+import io
 import math
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -61,6 +59,7 @@ import scipy.sparse as sp
 from .counts import Counts
 from .errors import InputError
 from .explicit import estimate_discount, solve_group
+from .files import atomic_write
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
 from .features import Suffix, decode_suffix_key
@@ -381,21 +380,18 @@ def write_arpa(model, path) -> dict:
             bo[rk >= 0] = loggammas[m + 1][rk[rk >= 0]]
         sections.append(_arpa_lines(logps[m] / ln10, words[ids], bo / ln10, m + 1 < M))
     sizes = [len(s) for s in sections]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:  # written under a temporary name and renamed: never a half-written ARPA file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\\data\\\n" + "".join(f"ngram {n + 1}={c}\n" for n, c in enumerate(sizes)))
-            for n, lines in enumerate(sections):
-                f.write(f"\n\\{n + 1}-grams:\n")
-                f.write("\n".join(lines))
-                f.write("\n")
-            f.write("\n\\end\\\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f):
+        f = io.TextIOWrapper(f, encoding="utf-8", newline="\n")
+        f.write("\\data\\\n" + "".join(f"ngram {n + 1}={c}\n" for n, c in enumerate(sizes)))
+        for n, lines in enumerate(sections):
+            f.write(f"\n\\{n + 1}-grams:\n")
+            f.write("\n".join(lines))
+            f.write("\n")
+        f.write("\n\\end\\\n")
+        f.detach()  # flushes; atomic_write fsyncs and closes the file
+
+    atomic_write(path, write)  # temp file + rename: never a half-written ARPA file
     return {f"{n + 1}-grams": c for n, c in enumerate(sizes)}
 
 

@@ -19,23 +19,35 @@ How it scales:
   (``allow_pickle=False``); spilled parts are summed at the end. Before that final merge the
   total size is estimated and a ``MemoryLimitError`` names the fix if it cannot fit.
 
+- *shutdown*: any exception in the parent (a worker's error re-raised, Ctrl-C, the CLI's
+  SIGTERM exception) stops every worker within ~1 s (SIGTERM, then SIGKILL) and removes the
+  spill folder; queues never wait at exit for undelivered items (``cancel_join_thread``).
+  Workers ignore SIGINT (the parent decides) and die with the parent, even on SIGKILL
+  (Linux ``PR_SET_PDEATHSIG``; elsewhere a thread watching the parent pid).
+
 ``counts_nbytes`` / ``model_nbytes`` are the estimates the pipeline prints before heavy steps;
 ``fit_heldout`` thins the held-out positions of the lambda search so that it fits the limit.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
 from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 
 from .counts import Counts, count_chunk, empty_counts
-from .errors import InputError
+from .errors import InputError, LmkitError, OutputError
 from .features import group_from_name
 from .memory import check_memory, default_limit, format_bytes, parse_size
 from .sparse import csr_from_arrays, csr_to_arrays
@@ -125,12 +137,51 @@ def count_lines(lines: list, tokenizer, groups: list, threads: int | None = None
     return count_chunk(seqs, tokenizer.vocab_size, groups, tokenizer.bos_id, tokenizer.eos_id)
 
 
-def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks, results) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the parent does, even on SIGKILL; leave signals to the parent.
+
+    Ctrl-C reaches the whole process group, so workers ignore SIGINT and let the parent stop
+    them; fork copies the parent's SIGTERM handler, so the default is restored. On Linux the
+    kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); elsewhere a thread polls.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _picklable(e: BaseException) -> BaseException:
+    """``e`` itself if it can cross the result queue, else a RuntimeError carrying its text."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001 - any unpicklable exception
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks, results,
+                 parent_pid: int) -> None:
     """A counting process: sums the counts of every chunk it takes, then sends its one total.
 
     Keeping the running total in the worker (a spilling tree sum, like the parent's) leaves the
-    parent only ``workers - 1`` merges, so the merge work runs in parallel too.
+    parent only ``workers - 1`` merges, so the merge work runs in parallel too. Spills go to
+    ``spill_dir``, a folder the parent owns and removes on every exit path.
     """
+    _die_with_parent(parent_pid)
     try:
         _init_worker(model_proto, group_names)
         tok, groups = _WORKER["tok"], _WORKER["groups"]
@@ -141,31 +192,55 @@ def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks
             results.put(("progress", c.n_tokens))
         results.put(("done", acc.total()))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
-        results.put(("error", e))
+        results.put(("error", _picklable(e)))
+
+
+def _stop(procs, grace: float = 1.0) -> None:
+    """End every worker: SIGTERM, up to ``grace`` seconds, then SIGKILL; reap them all."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
 
 
 def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, spill_dir,
                         progress=None) -> list:
-    """Per-worker totals of ``chunks`` counted by ``workers`` processes (``2 * workers`` in flight)."""
+    """Per-worker totals of ``chunks`` counted by ``workers`` processes (``2 * workers`` in flight).
+
+    Any exception here (a worker's error re-raised, KeyboardInterrupt, the CLI's SIGTERM
+    exception) stops every worker within about a second and removes their spill files.
+    """
     # fork: workers start at once and need no importable __main__; spawn where fork is missing
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     tasks, results = ctx.Queue(maxsize=2 * workers), ctx.Queue()
+    # never wait at exit for queued items to reach workers that are gone (the Ctrl-C hang)
+    tasks.cancel_join_thread()
+    results.cancel_join_thread()
     share = None if budget is None else budget // workers
+    spill_root = tempfile.mkdtemp(prefix="lmkit-spill-", dir=spill_dir)
     procs = [ctx.Process(target=_worker_main, daemon=True,
-                         args=(tokenizer.model_proto, [g.name for g in groups], share, spill_dir,
-                               tasks, results)) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
+                         args=(tokenizer.model_proto, [g.name for g in groups], share, spill_root,
+                               tasks, results, os.getpid())) for _ in range(workers)]
     totals: list = []
+
+    def check_dead() -> None:
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead and results.empty():
+            raise LmkitError(f"a counting worker died (exit code {dead[0].exitcode}; out of "
+                             "memory?); retry with --workers 1 or a lower --max-memory")
 
     def handle(block: bool) -> None:
         while True:
             try:
-                kind, value = results.get(timeout=1.0) if block else results.get_nowait()
+                kind, value = results.get(timeout=0.2) if block else results.get_nowait()
             except queue.Empty:
-                if block and not any(p.is_alive() for p in procs) and results.empty():
-                    raise RuntimeError("a counting worker died without a result (out of memory?); "
-                                       "retry with --workers 1 or a lower --max-memory") from None
+                check_dead()
                 if block:
                     continue
                 return
@@ -177,25 +252,31 @@ def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, s
                 totals.append(value)
                 return
 
+    def put(item) -> None:
+        while True:
+            try:
+                tasks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                handle(block=False)
+
     try:
+        for proc in procs:
+            proc.start()
         for chunk in chunks:
-            while True:
-                try:
-                    tasks.put(chunk, timeout=0.2)
-                    break
-                except queue.Full:
-                    handle(block=False)
+            put(chunk)
             handle(block=False)
         for _ in procs:
-            tasks.put(None)
+            put(None)
         while len(totals) < workers:
             handle(block=True)
         for proc in procs:
             proc.join()
     finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
+        _stop(procs)
+        tasks.close()
+        results.close()
+        shutil.rmtree(spill_root, ignore_errors=True)
     return totals
 
 
@@ -258,7 +339,13 @@ class SpillingSum:
         if self._tmp is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="lmkit-spill-", dir=self.spill_dir))
         path = self._tmp / f"part{len(self.spilled):05d}.npz"
-        save_counts(c, path)
+        try:
+            save_counts(c, path)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            raise OutputError(f"{path}: cannot spill partial counts ({e.strerror or e}); free "
+                              "space there, pass another spill folder (TMPDIR), or raise "
+                              "--max-memory") from None
         self.spilled.append((path, counts_nbytes(c)))
         if self.log:
             self.log(f"      spilled partial counts #{len(self.spilled)} "
@@ -277,8 +364,13 @@ class SpillingSum:
                     total = part if total is None else part + total
             return total if total is not None else empty_counts(self.vocab_size, self.groups)
         finally:
-            if self._tmp is not None:
-                shutil.rmtree(self._tmp, ignore_errors=True)
+            self.close()
+
+    def close(self) -> None:
+        """Remove the spill folder (also called by ``total``); safe to call twice."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
 
 def count_corpus_parallel(lines, tokenizer, groups: list, *, chunk_lines: int = 10000,
@@ -295,12 +387,16 @@ def count_corpus_parallel(lines, tokenizer, groups: list, *, chunk_lines: int = 
     chunks = line_chunks(lines, chunk_lines)
     first = list(islice(chunks, 2))
     chunks = chain(first, chunks)
-    if workers == 1 or len(first) < 2:  # one chunk: worker processes would only add start-up
-        for c in (count_lines(c, tokenizer, groups, threads=1) for c in chunks):
-            acc.add(c)
-            if progress:
-                progress(c.n_tokens)
-    else:  # integer sums are exact and CSR results canonical: any split gives the same counts
-        for c in _count_with_workers(chunks, tokenizer, groups, workers, budget, spill_dir, progress):
-            acc.add(c)
-    return acc.total(max_memory)
+    try:
+        if workers == 1 or len(first) < 2:  # one chunk: worker processes would only add start-up
+            for c in (count_lines(c, tokenizer, groups, threads=1) for c in chunks):
+                acc.add(c)
+                if progress:
+                    progress(c.n_tokens)
+        else:  # integer sums are exact and CSR results canonical: any split gives the same counts
+            for c in _count_with_workers(chunks, tokenizer, groups, workers, budget, spill_dir,
+                                         progress):
+                acc.add(c)
+        return acc.total(max_memory)
+    finally:
+        acc.close()  # an interrupted run leaves no spill files either

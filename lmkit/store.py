@@ -1,4 +1,4 @@
-"""Model folders on disk: parameters + tokenizer + manifest <-> files, atomically, data only.
+"""Model folders and output files on disk: atomic umask-respecting writes, validated bounded reads.
 
 Layout of a model folder::
 
@@ -6,21 +6,39 @@ Layout of a model folder::
                       "lambdas", "vocab_size", "config", "corpus", "tokenizer", "arrays",
                       "versions", "command", "created"}
     tokenizer.model  the SentencePiece model (its sha256 is in the manifest)
-    params.npz       arrays, loaded with allow_pickle=False (sha256 in the manifest)
+    params.npz       uncompressed .npz of plain arrays (sha256 and size in the manifest)
 
-``params.npz`` holds ``q`` and per group g ``S{g}_data``, ``S{g}_indices``, ``S{g}_indptr``
-(sparse form), or ``W{g}`` and ``b`` (dense form), and ``keys{g}`` for groups whose rows are
-n-gram histories. A folder is written under a temporary name and renamed into place, so an
-interrupted save leaves nothing half-written.
+``params.npz`` holds ``q`` (V,) float64 and ``lambdas`` (G,) float64 and per group g
+``S{g}_data`` float64, ``S{g}_indices``/``S{g}_indptr`` int32|int64, ``S{g}_shape`` int64 (2,)
+(sparse form), or ``W{g}`` (R_g, V) float32 and ``b`` (V,) float32 (dense form), and
+``keys{g}`` (R_g,) int64 for groups whose rows are n-gram histories.
+
+Writing (``write_model_folder``): the model is first checked as ``read_model_folder`` would
+check it (nothing unloadable is written), the output with ``check_output_writable`` (the CLI
+calls it before any work), then the folder is written under a hidden temporary name
+``.NAME.tmp-PID-*`` next to it and renamed into place (``files.py``). An existing folder is
+replaced only if its manifest names it an lmkit model (a note goes to stderr); anything else
+is refused. A replace is one atomic swap where Linux offers ``RENAME_EXCHANGE``; elsewhere the
+old folder is moved to ``.NAME.old-PID-*`` first and, if the process dies between the two
+renames, the next load or write of NAME moves it back. Modes are 0o666/0o777 less the umask.
+
+Reading (``read_model_folder``): a model folder is untrusted input. Every file must be a
+regular file no larger than a bound (the manifest's declared size for ``params.npz``); the
+manifest's types are checked; each ``.npy`` header is parsed here (no pickles, exact dtypes,
+sizes consistent with the bytes present) and ``arrays_to_params`` checks every CSR (indices
+in range, ``indptr`` monotone), every value (finite, ``q > 0`` summing to 1, ``lambdas >= 0``)
+and every shape against the manifest before SciPy sees an index.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -30,12 +48,17 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError, MissingPathError, ModelFormatError
+from . import files
+from .errors import InputError, MissingPathError, ModelFormatError, OutputError
+from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
 from .params import DenseParams, SparseParams
-from .sparse import csr_from_arrays, csr_to_arrays
+from .sparse import csr_to_arrays
 
 FORMAT = "lmkit-model"
 VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_TOKENIZER_BYTES = 256 << 20
+_FIX = "re-train the model"
 
 
 def sha256_bytes(b: bytes) -> str:
@@ -51,6 +74,271 @@ def library_versions() -> dict:
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
 
 
+def is_model_folder(path) -> bool:
+    """True if ``path`` is a folder whose manifest says it is an lmkit model (format name check)."""
+    try:
+        manifest = json.loads(_read_regular(Path(path) / "manifest.json", MAX_MANIFEST_BYTES,
+                                            "manifest"))
+    except (ModelFormatError, ValueError, OSError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def check_output_writable(path, *, folder: bool = False) -> Path:
+    """``files.check_output_writable``; an existing folder output must be an lmkit model."""
+    return files.check_output_writable(path, folder=folder, is_ours=is_model_folder)
+
+
+def recover_interrupted(path, log=None) -> None:
+    """``files.recover_interrupted`` for a model folder (restores only lmkit models)."""
+    files.recover_interrupted(path, log, is_ours=is_model_folder)
+
+
+def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict,
+                       log=None) -> Path:
+    """Write a model folder atomically (see the module docstring); returns its path."""
+    path = Path(path)
+    _check_loadable(path, manifest, arrays)
+    recover_interrupted(path, log)
+    check_output_writable(path, folder=True)
+    parent = path.parent if str(path.parent) else Path(".")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blob = buf.getvalue()
+    manifest = dict(manifest)
+    manifest.update({"format": FORMAT, "version": VERSION, "created": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": library_versions(),
+        "tokenizer": {"file": "tokenizer.model", "sha256": sha256_bytes(tokenizer_proto),
+                      "bytes": len(tokenizer_proto)},
+        "arrays": {"file": "params.npz", "sha256": sha256_bytes(blob), "bytes": len(blob)}})
+    manifest.setdefault("command", " ".join(sys.argv))
+    tmp = None
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=files.tmp_prefix(path, "tmp"), dir=parent))
+        os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes 0700
+        for name, data in (("tokenizer.model", tokenizer_proto), ("params.npz", blob),
+                           ("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())):
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if os.path.lexists(path):
+            (log or files.stderr)(f"lmkit: replacing the lmkit model folder {path}")
+            files.replace_folder(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"{path}: cannot write the model ({e.strerror or e}); nothing was "
+                              "changed, free space or pick another --output") from None
+        raise
+    return path
+
+
+def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
+    """Refuse to write what ``read_model_folder`` + ``arrays_to_params`` would refuse to load
+    (e.g. NaN lambdas): the same checks, run on the model in memory."""
+    from .features import group_from_name
+    m = dict(manifest, format=FORMAT, version=VERSION, tokenizer={"sha256": ""},
+             arrays={"sha256": "", "bytes": 0})
+    try:
+        check_manifest(json.loads(json.dumps(m)), path)  # the types JSON will give back
+        groups = [group_from_name(n) for n in m["groups"]]
+        arrays_to_params(m["kind"], groups, {k: np.asarray(v) for k, v in arrays.items()}, {},
+                         where="the model", lambdas=m.get("lambdas"))
+    except (ModelFormatError, ValueError) as e:
+        raise InputError(f"{path}: not written, the model could not be loaded back: {e}") from None
+
+
+def check_output_path(path) -> Path:
+    """``check_output_writable(path, folder=True)``: the check for a model folder output."""
+    return check_output_writable(path, folder=True)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def _read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file (symlinks followed) of at most ``limit``."""
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path.parent}: missing {path.name}; the folder is incomplete, "
+                               f"{_FIX}") from None
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
+        raise ModelFormatError(f"{path}: is {kind}, not a regular file; {_FIX}")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > limit:
+            raise ModelFormatError(f"{path}: {st.st_size} bytes, more than the {limit} allowed "
+                                   f"for the {what}; {_FIX}")
+        try:
+            data = f.read(min(limit, st.st_size) + 1)  # read() allocates what it is asked for
+        except OSError as e:
+            raise ModelFormatError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    if len(data) > limit:
+        raise ModelFormatError(f"{path}: more than the {limit} bytes allowed for the {what}; "
+                               f"{_FIX}")
+    return data
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_manifest(manifest, path: Path) -> dict:
+    """Types and values of a parsed manifest; returns it, or raises ``ModelFormatError``."""
+    def bad(what):
+        return ModelFormatError(f"{path / 'manifest.json'}: {what}; {_FIX}")
+
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ModelFormatError(f"{path}: not an lmkit model (format {got!r}); "
+                               "pass the folder written by `lmkit train`")
+    if manifest.get("version") != VERSION:
+        raise ModelFormatError(f"{path}: model format version {manifest.get('version')!r}, this "
+                               f"lmkit reads version {VERSION}; re-train the model with this lmkit")
+    for key in ("tokenizer", "arrays"):
+        if key not in manifest:
+            raise bad(f"manifest lacks '{key}'")
+        entry = manifest[key]
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise bad(f"'{key}' must be an object with a 'sha256' string")
+        if "bytes" in entry and (not _is_int(entry["bytes"]) or entry["bytes"] < 0):
+            raise bad(f"'{key}.bytes' must be an integer >= 0, got {entry['bytes']!r}")
+    if not _is_int(manifest["arrays"].get("bytes")):
+        raise bad("'arrays.bytes' is missing")
+    if manifest.get("kind") not in ("sparse", "dense"):
+        raise bad(f"'kind' must be 'sparse' or 'dense', got {manifest.get('kind')!r}")
+    groups = manifest.get("groups")
+    if (not isinstance(groups, list) or not groups or not all(isinstance(g, str) for g in groups)
+            or len(set(groups)) != len(groups)):
+        raise bad(f"'groups' must be a non-empty list of distinct names, got {groups!r}")
+    V = manifest.get("vocab_size")
+    if not _is_int(V) or V < 1:
+        raise bad(f"'vocab_size' must be an integer >= 1, got {V!r}")
+    if manifest["kind"] == "sparse":
+        lam = manifest.get("lambdas")
+        if (not isinstance(lam, list) or len(lam) != len(groups)
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                           and math.isfinite(x) and x >= 0 for x in lam)):
+            raise bad(f"'lambdas' must be {len(groups)} finite numbers >= 0 (one per group), "
+                      f"got {lam!r}")
+    for key in ("config", "corpus", "info"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise bad(f"'{key}' must be an object, got {type(manifest[key]).__name__}")
+    return manifest
+
+
+def read_model_folder(path):
+    """Read and verify a model folder. Returns ``(manifest, tokenizer_proto, arrays)``.
+
+    ``arrays``: name -> read-only numpy array, each header checked (see ``read_npz``); the
+    values are checked by ``arrays_to_params``.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        recover_interrupted(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MissingPathError(f"{path}: no such model folder; train one with "
+                               f"`lmkit train --output {path}`") from None
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot open the model folder ({e.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ModelFormatError(f"{path}: not a model folder (it is a file); pass the folder "
+                               "written by `lmkit train`")
+    mpath = path / "manifest.json"
+    if not os.path.lexists(mpath):
+        raise ModelFormatError(f"{path}: no manifest.json, so this is not an lmkit model folder; "
+                               "pass the folder written by `lmkit train`")
+    raw = _read_regular(mpath, MAX_MANIFEST_BYTES, "manifest")
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"{mpath}: corrupt manifest ({e}); {_FIX}") from None
+    check_manifest(manifest, path)
+    tok_path, arr_path = path / "tokenizer.model", path / "params.npz"
+    for p in (tok_path, arr_path):
+        if not os.path.lexists(p):
+            raise ModelFormatError(f"{path}: missing {p.name}; the folder is incomplete, {_FIX}")
+    proto = _read_regular(tok_path, min(manifest["tokenizer"].get("bytes", MAX_TOKENIZER_BYTES),
+                                        MAX_TOKENIZER_BYTES), "tokenizer")
+    if sha256_bytes(proto) != manifest["tokenizer"]["sha256"]:
+        raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 "
+                               "differs); restore the tokenizer.model the model was trained "
+                               "with, or re-train")
+    expected = manifest["arrays"]["bytes"]
+    blob = _read_regular(arr_path, expected, "arrays")
+    if sha256_bytes(blob) != manifest["arrays"]["sha256"]:
+        raise ModelFormatError(f"{arr_path}: corrupt or truncated ({len(blob)} bytes, expected "
+                               f"{expected}); {_FIX}")
+    return manifest, proto, read_npz(blob, arr_path)
+
+
+_DTYPES = {"<f8", "<f4", "<i8", "<i4"}
+
+
+def read_npz(blob: bytes, where) -> dict:
+    """Arrays of an uncompressed ``.npz`` without ``np.load``: each ``.npy`` header is parsed
+    and checked (plain little-endian float/int dtypes only, never objects or pickles, data
+    size = shape x itemsize) before any memory is allocated. Returns read-only arrays."""
+    def bad(what):
+        return ModelFormatError(f"{where}: {what}; {_FIX}")
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(blob))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise bad(f"unreadable arrays ({e})") from None
+    if sum(i.file_size for i in infos) > len(blob):
+        raise bad("arrays larger than the file (compressed members are not accepted)")
+    arrays = {}
+    view = memoryview(blob)
+    for info in infos:
+        name = info.filename.removesuffix(".npy")
+        if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+            raise bad(f"member {info.filename!r} is not a stored .npy array")
+        # a stored member is its bytes in place: read the header there, view the data (no copy;
+        # the sha256 of the whole file was checked, so the member CRCs add nothing)
+        start = info.header_offset
+        local = view[start:start + 30]
+        if len(local) < 30 or bytes(local[:4]) != b"PK\x03\x04":
+            raise bad(f"array {name!r}: bad zip entry")
+        begin = (start + 30 + int.from_bytes(local[26:28], "little")  # + name length
+                 + int.from_bytes(local[28:30], "little"))  # + extra field length
+        data = view[begin:begin + info.file_size]
+        if len(data) != info.file_size:
+            raise bad(f"array {name!r}: the zip entry runs past the end of the file")
+        try:
+            f = io.BytesIO(data[:1 << 16])  # .npy headers are short
+            major, _ = np.lib.format.read_magic(f)
+            reader = (np.lib.format.read_array_header_1_0 if major == 1
+                      else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = reader(f)
+        except (ValueError, OSError, SyntaxError, KeyError) as e:
+            raise bad(f"array {name!r} has an unreadable header ({e})") from None
+        if dtype.hasobject:
+            raise bad(f"array {name!r} holds Python objects (a pickle); lmkit never loads pickles")
+        if dtype.str not in _DTYPES:
+            raise bad(f"array {name!r} has dtype {dtype.str}, not one of {sorted(_DTYPES)}")
+        count = math.prod(shape)
+        if len(data) - f.tell() != count * dtype.itemsize:
+            raise bad(f"array {name!r}: {len(data) - f.tell()} data bytes for shape {shape}")
+        a = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
+        a = a.reshape(shape, order="F" if fortran else "C")
+        a.flags.writeable = False
+        arrays[name] = a
+    return arrays
+
+
+# ---- arrays <-> params -----------------------------------------------------------------------
 def params_to_arrays(params) -> dict:
     """Flatten Sparse/Dense params into a dict of numpy arrays (see module docstring)."""
     arrays = {}
@@ -69,102 +357,105 @@ def params_to_arrays(params) -> dict:
     return arrays
 
 
-def arrays_to_params(kind: str, groups: list, arrays, info: dict):
-    keys = [arrays[f"keys{g}"] if f"keys{g}" in arrays else None for g in range(len(groups))]
+def _array(arrays, name, dtypes, ndim, where):
+    if name not in arrays:
+        raise ModelFormatError(f"{where}: missing array {name!r}; {_FIX}")
+    a = arrays[name]
+    if a.dtype.str not in dtypes or a.ndim != ndim:
+        raise ModelFormatError(f"{where}: array {name!r} is {a.dtype.str} with {a.ndim} dims, "
+                               f"expected {'|'.join(dtypes)} with {ndim}; {_FIX}")
+    return a
+
+
+def _finite(a, name, where):
+    if not np.isfinite(a).all():
+        raise ModelFormatError(f"{where}: array {name!r} holds NaN or infinite values; {_FIX}")
+
+
+def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
+    """The CSR of group g, after checking everything SciPy's C code would trust."""
+    data = _array(arrays, f"S{g}_data", ("<f8",), 1, where)
+    indices = _array(arrays, f"S{g}_indices", ("<i4", "<i8"), 1, where)
+    indptr = _array(arrays, f"S{g}_indptr", (indices.dtype.str,), 1, where)
+    shape = _array(arrays, f"S{g}_shape", ("<i8",), 1, where)
+
+    def bad(what):
+        return ModelFormatError(f"{where}: group {g}: {what}; {_FIX}")
+
+    if shape.tolist() != [n_rows, V]:
+        raise bad(f"shape {shape.tolist()} but the manifest implies {[n_rows, V]}")
+    if len(indptr) != n_rows + 1 or len(indices) != len(data):
+        raise bad(f"indptr has {len(indptr)} entries for {n_rows} rows, or indices "
+                  f"({len(indices)}) and data ({len(data)}) differ in length")
+    steps = np.diff(indptr)
+    if indptr[0] != 0 or indptr[-1] != len(data) or (steps < 0).any():
+        raise bad("indptr is not monotone from 0 to the number of stored values")
+    if len(indices) and (indices.min() < 0 or indices.max() >= V):
+        raise bad(f"column indices outside [0, {V})")
+    row_start = np.zeros(len(indices), dtype=bool)
+    row_start[indptr[:-1][steps > 0]] = True
+    if len(indices) > 1 and not ((np.diff(indices) > 0) | row_start[1:]).all():
+        raise bad("column indices not sorted and unique within rows")
+    _finite(data, f"S{g}_data", where)
+    S = sp.csr_matrix((data, indices, indptr), shape=(n_rows, V))
+    S.has_sorted_indices = True
+    S.has_canonical_format = True
+    return S
+
+
+def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.npz",
+                     lambdas=None):
+    """Parameters from checked arrays; raises ``ModelFormatError`` naming the first problem.
+
+    ``groups``: ``Window``/``Suffix`` objects; ``lambdas`` (optional): the manifest's copy.
+    """
+    from .features import Suffix
+    G, V = len(groups), None
+    expected = {"q", "lambdas"} if kind == "sparse" else {"b"}
+    keys = []
+    for g, group in enumerate(groups):
+        expected |= ({f"S{g}_data", f"S{g}_indices", f"S{g}_indptr", f"S{g}_shape"}
+                     if kind == "sparse" else {f"W{g}"})
+        if f"keys{g}" in arrays or isinstance(group, Suffix):
+            expected.add(f"keys{g}")
+    extra = sorted(set(arrays) - expected)
+    if extra:
+        raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "
+                               f"{G} groups; {_FIX}")
     if kind == "sparse":
-        S = [csr_from_arrays(f"S{g}", arrays) for g in range(len(groups))]
-        return SparseParams(groups, arrays["q"], S, keys, arrays["lambdas"], info)
-    W = [arrays[f"W{g}"] for g in range(len(groups))]
-    return DenseParams(groups, W, arrays["b"], keys, info)
-
-
-def check_output_path(path) -> None:
-    """Refuse to write a model over something that is not a model folder (never replace user data)."""
-    path = Path(path)
-    if path.exists() and not (path / "manifest.json").is_file():
-        raise InputError(f"{path}: exists and is not a model folder; pass a new path, or an "
-                         "existing model folder to replace it")
-
-
-def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict) -> Path:
-    """Write a model folder atomically: temp folder in the same parent, then rename."""
-    path = Path(path)
-    check_output_path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    blob = buf.getvalue()
-    manifest = dict(manifest)
-    manifest.update({"format": FORMAT, "version": VERSION, "created": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": library_versions(),
-        "tokenizer": {"file": "tokenizer.model", "sha256": sha256_bytes(tokenizer_proto)},
-        "arrays": {"file": "params.npz", "sha256": sha256_bytes(blob), "bytes": len(blob)}})
-    manifest.setdefault("command", " ".join(sys.argv))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
-    try:
-        (tmp / "tokenizer.model").write_bytes(tokenizer_proto)
-        (tmp / "params.npz").write_bytes(blob)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if path.exists():  # replace an older model: move it aside first, then drop it
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
-            os.replace(path, old / "m")
-            try:
-                os.replace(tmp, path)
-            except BaseException:  # put the old model back: a failed save changes nothing
-                os.replace(old / "m", path)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def read_model_folder(path):
-    """Read and verify a model folder. Returns ``(manifest, tokenizer_proto, arrays)``."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingPathError(f"{path}: no such model folder; train one with `lmkit train --output {path}`")
-    if not path.is_dir():
-        raise ModelFormatError(f"{path}: not a model folder (it is a file); pass the folder written by `lmkit train`")
-    mpath = path / "manifest.json"
-    if not mpath.exists():
-        raise ModelFormatError(f"{path}: no manifest.json, so this is not an lmkit model folder; "
-                               "pass the folder written by `lmkit train`")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{mpath}: corrupt manifest ({e}); re-train the model") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: not an lmkit model (format {manifest.get('format') if isinstance(manifest, dict) else None!r}); "
-                               "pass the folder written by `lmkit train`")
-    if manifest.get("version") != VERSION:
-        raise ModelFormatError(f"{path}: model format version {manifest.get('version')!r}, this lmkit reads "
-                               f"version {VERSION}; re-train the model with this lmkit")
-    tok_path, arr_path = path / "tokenizer.model", path / "params.npz"
-    for p in (tok_path, arr_path):
-        if not p.exists():
-            raise ModelFormatError(f"{path}: missing {p.name}; the folder is incomplete, re-train the model")
-    try:
-        tok_sha, arr_sha = manifest["tokenizer"]["sha256"], manifest["arrays"]["sha256"]
-    except (KeyError, TypeError) as e:
-        raise ModelFormatError(f"{mpath}: manifest lacks {e}; the folder is incomplete, "
-                               "re-train the model") from None
-    proto = tok_path.read_bytes()
-    if sha256_bytes(proto) != tok_sha:
-        raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 differs); "
-                               "restore the tokenizer.model the model was trained with, or re-train")
-    blob = arr_path.read_bytes()
-    if sha256_bytes(blob) != arr_sha:
-        raise ModelFormatError(f"{arr_path}: corrupt or truncated ({len(blob)} bytes, expected "
-                               f"{manifest['arrays'].get('bytes')}); re-train the model")
-    try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ModelFormatError(f"{arr_path}: unreadable arrays ({e}); re-train the model") from None
-    return manifest, proto, arrays
+        q = _array(arrays, "q", ("<f8",), 1, where)
+        V = len(q)
+        if not (np.isfinite(q).all() and (q > 0).all() and abs(q.sum() - 1.0) < 1e-6):
+            raise ModelFormatError(f"{where}: 'q' must be finite, > 0 and sum to 1; {_FIX}")
+        lam = _array(arrays, "lambdas", ("<f8",), 1, where)
+        if len(lam) != G or not (np.isfinite(lam).all() and (lam >= 0).all()):
+            raise ModelFormatError(f"{where}: 'lambdas' must be {G} finite values >= 0 (one per "
+                                   f"group), got {lam.tolist()}; {_FIX}")
+        if lambdas is not None and list(lambdas) != lam.tolist():
+            raise ModelFormatError(f"{where}: lambdas differ from the manifest's; {_FIX}")
+    else:
+        b = _array(arrays, "b", ("<f4", "<f8"), 1, where)
+        V = len(b)
+        _finite(b, "b", where)
+    for g, group in enumerate(groups):
+        k = None
+        if f"keys{g}" in expected:
+            k = _array(arrays, f"keys{g}", ("<i8",), 1, where)
+            limit = V ** group.m if isinstance(group, Suffix) else V
+            if len(k) and (k[0] < 0 or k[-1] >= limit or (np.diff(k) <= 0).any()):
+                raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
+                                       f"[0, {limit}); {_FIX}")
+        keys.append(k)
+    rows = [V if k is None else len(k) for k in keys]
+    if kind == "sparse":
+        S = [_check_csr(arrays, g, rows[g], V, where) for g in range(G)]
+        return SparseParams(groups, q, S, keys, lam, info)
+    W = []
+    for g in range(G):
+        w = _array(arrays, f"W{g}", ("<f4", "<f8"), 2, where)
+        if w.shape != (rows[g], V):
+            raise ModelFormatError(f"{where}: 'W{g}' has shape {w.shape}, expected "
+                                   f"{(rows[g], V)}; {_FIX}")
+        _finite(w, f"W{g}", where)
+        W.append(w)
+    return DenseParams(groups, W, b, keys, info)

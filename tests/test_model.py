@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lmkit import store
+from lmkit import files, store
 from lmkit.errors import InputError, MissingPathError, ModelFormatError
 from lmkit.model import LanguageModel
 from lmkit.tokenizer import Tokenizer
@@ -172,6 +172,7 @@ def test_interrupted_save_leaves_nothing(tiny_model, tmp_path, monkeypatch, targ
 
 def test_interrupted_overwrite_keeps_old_model(tiny_model, tmp_path, monkeypatch):
     path = tiny_model.save(tmp_path / "model")
+    monkeypatch.setattr(files, "_RENAMEAT2", None)  # the two-rename fallback (no RENAME_EXCHANGE)
     before = (path / "params.npz").read_bytes()
     real = os.replace
     calls = []

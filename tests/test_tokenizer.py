@@ -5,7 +5,7 @@ import unicodedata
 import pytest
 
 from lmkit.errors import InputError, MissingPathError
-from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer import Tokenizer, escape_piece, unescape_piece
 
 SYLLABLES = ["th", "e", "an", "d", "o", "f", "lo", "ve", "ki", "ng", "qu", "ee", "n", "ha", "st",
              "ro", "mi", "se", "pa", "ri", "s", "to", "we", "al", "ur"]
@@ -209,3 +209,25 @@ def test_round_trip_default_corpus(shakespeare_texts):
     tok = Tokenizer.train(lines, vocab_size=4096)
     bad = [line for line, ids in zip(lines, tok.encode_batch(lines)) if tok.decode(ids) != line]
     assert bad == []
+
+
+def test_piece_format_round_trips_whitespace_pieces():
+    """Pieces holding tab, NBSP, U+3000 or a backslash survive " ".join + str.split()."""
+    weird = ["a\tb\u00a0c\u3000d \\ e\\t", "x\u2028y\x0bz\u00a0\u00a0w", "\\u00a0 \t\t"] * 30
+    tok = Tokenizer.train(weird + ["plain text line"] * 10, vocab_size=300)
+    pieces = {tok.id_to_piece(i) for i in range(tok.vocab_size)}
+    assert {"\t", "\u00a0", "\u3000", "\\"} <= {c for p in pieces for c in p}  # really in pieces
+    for text in weird[:3] + ["\u00a0\\\\n end"]:
+        line = " ".join(tok.encode_pieces(text))
+        assert "\t" not in line and "\u00a0" not in line and "\u3000" not in line
+        assert tok.decode_pieces(line.split()) == text
+    assert escape_piece("a\u00a0b\\") == "a\\u00a0b\\\\" and unescape_piece("a\\u00a0b\\\\") == "a\u00a0b\\"
+    with pytest.raises(InputError, match=r"a backslash must start"):
+        tok.decode_pieces(["a\\q"])
+
+
+def test_lone_surrogate_is_an_input_error(tok):
+    with pytest.raises(InputError, match=r"text: character 1 is a lone surrogate"):
+        tok.encode("a\ud800")
+    with pytest.raises(InputError, match=r"lines\[1\]: character 0 is a lone surrogate"):
+        tok.encode_batch(["ok", "\udfff"])

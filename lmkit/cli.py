@@ -36,7 +36,7 @@ from . import store
 from .corpus import load_corpus
 from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
 from .evaluate import evaluate
-from .files import atomic_write
+from .files import atomic_write, check_output_writable
 from .model import LanguageModel
 from .ngram import write_arpa
 from .progress import reporting
@@ -168,6 +168,8 @@ def _tokenize_args(t, action: str) -> None:
 def cmd_spm_train(a) -> None:
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
     opts = C.make(C.TokenizerConfig, values(a, C.TokenizerConfig))
+    for suffix in (".model", ".vocab"):  # fail before training, not after
+        check_output_writable(a.output + suffix)
     lines = load_corpus(**dataclasses.asdict(src)).check_nonempty()
     tok = Tokenizer.train(lines, **dataclasses.asdict(opts))
     path = tok.save(a.output)
@@ -219,6 +221,8 @@ _ASCII_ID = re.compile(r"[0-9]+")
 
 
 def cmd_tokenize(a) -> None:
+    if a.output is not None:
+        check_output_writable(a.output)
     tok = _load_tokenizer(a.model)
     out = []
     for line in _read_lines(a.input):
@@ -267,6 +271,7 @@ def cmd_generate(a) -> None:
 
 
 def cmd_export_arpa(a) -> None:
+    check_output_writable(a.output)
     sizes = write_arpa(LanguageModel.load(a.model), a.output)
     print(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
           + "; words are token ids (<unk> <s> </s> for the specials)")

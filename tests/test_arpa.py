@@ -160,3 +160,37 @@ def test_lmplz_arpa_matches_kenlm(tmp_path, ngram_model, tiny_lines):
     seqs = tok.encode_batch(tiny_lines[:50])
     got = kenlm_log10(kenlm.Model(str(arpa)), piece_words(tok), seqs)
     assert np.abs(lmkit_log10(model, seqs) - got).max() < 1e-5
+
+
+# ---- next-token API (on models of every kind) -------------------------------------------------
+@pytest.mark.parametrize("context", ["", "Th", "Love and the king", "zz qq"])
+def test_next_distribution_equals_kenlm_and_top_next_is_its_top(tmp_path, ngram_model, context):
+    kenlm = pytest.importorskip("kenlm")
+    tok = ngram_model.tokenizer
+    write_arpa(ngram_model, tmp_path / "m.arpa", words="pieces")
+    km = kenlm.Model(str(tmp_path / "m.arpa"))
+    state, out = kenlm.State(), kenlm.State()
+    km.BeginSentenceWrite(state)
+    for piece in tok.encode_pieces(context) if context else []:
+        km.BaseScore(state, piece, out)
+        state, out = out, state
+    words = piece_words(tok)
+    want = np.array([km.BaseScore(state, w, out) for w in words])
+    p = ngram_model.next_distribution(context)
+    assert p.sum() == pytest.approx(1.0, abs=1e-9)
+    keep = np.arange(tok.vocab_size) != tok.bos_id
+    assert np.abs(np.log10(p[keep]) - want[keep]).max() < 1e-4
+    top = ngram_model.top_next(context, 7)
+    order = np.argsort(-np.where(keep, p, -1), kind="stable")[:7]
+    assert [x for x, _ in top] == [tok.id_to_piece(int(i)) for i in order]
+    assert [y for _, y in top] == pytest.approx(p[order].tolist(), rel=1e-9)
+
+
+def test_top_next_on_window_model_and_vocab(tiny_model):
+    p = tiny_model.next_distribution([5, 6])
+    top = tiny_model.top_next([5, 6], 5)
+    assert [y for _, y in top] == pytest.approx(np.sort(p)[::-1][:5].tolist(), rel=1e-9)
+    assert tiny_model.vocab[tiny_model.tokenizer.eos_id] == "</s>"
+    assert len(tiny_model.vocab) == tiny_model.vocab_size
+    with pytest.raises(InputError, match="--top must be >= 1"):
+        tiny_model.top_next("a", 0)

@@ -38,7 +38,7 @@ import numpy as np
 
 from .errors import InputError, MissingPathError
 
-CHUNK_UNITS = 256
+CHUNK_UNITS = 2048
 CHUNK_CHARS = 1_000_000
 
 
@@ -150,15 +150,16 @@ def score_units(model, chunk: list, num_threads: int | None = None) -> list:
     logp, seq_index = model.log_proba_ids(seqs)
     line_nll = -np.bincount(seq_index, logp, minlength=len(lines))
     line_tok = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
-    out, a = [], 0
-    for meta, ls in chunk:
-        b = a + len(ls)
-        nll, tok = float(line_nll[a:b].sum()), int(line_tok[a:b].sum())
-        n_bytes = sum(len(x.encode("utf-8")) + 1 for x in ls)
-        out.append({**meta, "tokens": tok, "nll_nats": nll, "perplexity": math.exp(nll / tok),
-                    "bits_per_byte": nll / math.log(2) / n_bytes})
-        a = b
-    return out
+    line_bytes = np.fromiter((len(x.encode("utf-8")) + 1 for x in lines), dtype=np.int64,
+                             count=len(lines))
+    starts = np.cumsum([0] + [len(ls) for _, ls in chunk[:-1]])  # every unit has >= 1 line
+    nll = np.add.reduceat(line_nll, starts).tolist()
+    tok = np.add.reduceat(line_tok, starts).tolist()
+    n_bytes = np.add.reduceat(line_bytes, starts).tolist()
+    ln2 = math.log(2)
+    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": math.exp(x / t),
+             "bits_per_byte": x / ln2 / b}
+            for (meta, _), x, t, b in zip(chunk, nll, tok, n_bytes)]
 
 
 def load_model(path):
@@ -181,6 +182,7 @@ _MODEL = None
 def _worker_init(model_path) -> None:
     global _MODEL
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked with the parent's handler: undo it
     try:  # Linux: die with the parent even if it is killed outright
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -189,8 +191,16 @@ def _worker_init(model_path) -> None:
     _MODEL = load_model(model_path)
 
 
+def _scored_text(model, chunk, num_threads=None) -> tuple[str, int, int, float]:
+    """(JSONL text, units, tokens, nll) of a chunk: encoded where it is scored, so a worker
+    hands the parent one string instead of thousands of dicts."""
+    res = score_units(model, chunk, num_threads)
+    return ("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res), len(res),
+            sum(r["tokens"] for r in res), sum(r["nll_nats"] for r in res))
+
+
 def _worker_score(chunk):
-    return score_units(_MODEL, chunk, num_threads=1)
+    return _scored_text(_MODEL, chunk, num_threads=1)
 
 
 def _results(model_path, chunks, workers: int):
@@ -198,7 +208,7 @@ def _results(model_path, chunks, workers: int):
     if workers == 1:
         model = load_model(model_path)
         for chunk in chunks:
-            yield score_units(model, chunk)
+            yield _scored_text(model, chunk)
         return
     import multiprocessing as mp
     pool = mp.get_context("fork").Pool(workers, _worker_init, (str(model_path),))
@@ -248,12 +258,10 @@ def score_file(model_path, output, *, input=None, dataset=None, split: str = "tr
         with os.fdopen(fd, "w", encoding="utf-8") as f, tqdm(
                 desc="score", unit="doc", file=sys.stderr, disable=None if progress else True,
                 leave=False) as bar:
-            for res in results:
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res))
-                n_units += len(res)
-                n_tok += sum(r["tokens"] for r in res)
-                nll += sum(r["nll_nats"] for r in res)
-                bar.update(len(res))
+            for text, n, t, x in results:
+                f.write(text)
+                n_units, n_tok, nll = n_units + n, n_tok + t, nll + x
+                bar.update(n)
                 bar.set_postfix_str(f"{n_tok / max(time.time() - t0, 1e-9):,.0f} tok/s",
                                     refresh=False)
         if n_units == 0:

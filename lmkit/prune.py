@@ -30,27 +30,67 @@ from .ngram import backoff_tables, check_arpa_exportable, mkn_log_proba
 from .sparse import lookup_rows
 
 
-def _log_marginals(params, loggammas, keys, L: int, bos: int, eos: int) -> np.ndarray:
-    """log P(h) of length-L histories (packed keys) under the model, by the chain rule."""
+def stationary_unigram(params, loggammas, bos: int, eos: int, iters: int = 100,
+                       tol: float = 1e-12) -> np.ndarray:
+    """The token marginal pi (V,) of the model's bigram chain run over concatenated sentences
+    (after </s> comes the <s> context): pi = pi P by power iteration, sparse work per step.
+
+    Not q: a Kneser-Ney q is a continuation distribution, a poor estimate of how often a
+    token occurs (Chelba et al. 2010 show it is what makes entropy pruning of KN models fail).
+    """
+    V, q = params.vocab_size, params.q
+    rows = lookup_rows(params.keys[0], np.arange(V))
+    rows[eos] = lookup_rows(params.keys[0], np.array([bos]))[0]
+    has = rows >= 0
+    gam = np.ones(V)
+    gam[has] = np.exp(loggammas[0][rows[has]])
+    E = params.S[0].tocsr().copy()
+    E.data = np.expm1(E.data)
+    pi = q.copy()
+    for _ in range(iters):
+        w = pi * gam
+        wr = np.zeros(E.shape[0])
+        np.add.at(wr, rows[has], w[has])
+        new = q * (w.sum() + E.T @ wr)
+        new /= new.sum()
+        done = np.abs(new - pi).sum() < tol
+        pi = new
+        if done:
+            break
+    return np.maximum(pi, 1e-300)
+
+
+def _log_marginals(params, loggammas, keys, L: int, bos: int, eos: int, log_pi=None) -> np.ndarray:
+    """log P(h) of length-L histories (packed keys) under the model, by the chain rule from
+    the token marginal ``log_pi`` (default log q)."""
     V, q = params.vocab_size, params.q
     if L == 1:
-        out = np.log(q[keys])
-        out[keys == bos] = np.log(q[eos])  # P(<s>) = the chance a position starts a sentence
+        out = (np.log(q) if log_pi is None else log_pi)[keys].copy()
+        # P(<s>) = the chance a position starts a sentence = P(</s>)
+        out[keys == bos] = np.log(q[eos]) if log_pi is None else log_pi[eos]
         return out
     r = V ** (L - 1)
     prefix, target = keys % r, keys // r
     up, inv = np.unique(prefix, return_inverse=True)
-    lp = _log_marginals(params, loggammas, up, L - 1, bos, eos)[inv]
+    lp = _log_marginals(params, loggammas, up, L - 1, bos, eos, log_pi)[inv]
     rows = [lookup_rows(k, prefix // V ** (L - 2 - j)) if j + 1 <= L - 1
             else np.full(len(keys), -1, np.int64) for j, k in enumerate(params.keys)]
     return lp + mkn_log_proba(params, rows, target, loggammas)
 
 
-def entropy_criteria(model) -> list:
-    """Per suffix group m: ``(hist, cols, logp, lower, D)`` per listed n-gram (natural logs)."""
+def entropy_criteria(model, history: str = "stationary") -> list:
+    """Per suffix group m: ``(hist, cols, logp, lower, D)`` per listed n-gram (natural logs).
+
+    ``history``: how P(h) starts its chain rule: "stationary" (``stationary_unigram``) or
+    "q" (the model's unigram q, as SRILM does with a KN model).
+    """
+    if history not in ("stationary", "q"):
+        raise InputError(f"history must be stationary or q, got {history!r}")
     params, tok = model.params, model.tokenizer
     check_arpa_exportable(params)
     logps, loggammas = backoff_tables(params)
+    log_pi = (np.log(stationary_unigram(params, loggammas, tok.bos_id, tok.eos_id))
+              if history == "stationary" else None)
     out = []
     for m, (S, logp, lg) in enumerate(zip(params.S, logps, loggammas)):
         S = S.tocsr()
@@ -63,7 +103,7 @@ def entropy_criteria(model) -> list:
         beta_l = np.maximum(1 - np.bincount(er, pl, minlength=R), 1e-300)
         log_alpha2 = np.log(beta[er] + p) - np.log(beta_l[er] + pl)
         ph = np.exp(_log_marginals(params, loggammas, params.keys[m], m + 1, tok.bos_id,
-                                   tok.eos_id))
+                                   tok.eos_id, log_pi))
         D = -ph[er] * (p * (lower + log_alpha2 - logp) + beta[er] * (log_alpha2 - lg[er]))
         out.append((params.keys[m][er], S.indices.astype(np.int64), logp, lower, D))
     return out

@@ -41,7 +41,7 @@ def test_pruning_keeps_listed_probabilities_and_normalises(model4):
 
 def test_criterion_is_the_relative_entropy_of_dropping_one_ngram(model4):
     """D(h w) / P(h) = KL(p(.|h) || p'(.|h)) with p' the model without h w, summed over all V."""
-    crit = entropy_criteria(model4)
+    crit = entropy_criteria(model4, history="q")
     hist, cols, logp, lower, D = crit[-1]
     params, V = model4.params, model4.vocab_size
     bos = model4.tokenizer.bos_id
@@ -70,6 +70,24 @@ def test_criterion_is_the_relative_entropy_of_dropping_one_ngram(model4):
         assert D[e] == pytest.approx(ph * kl, rel=1e-6)
         checked += 1
     assert checked >= 2
+
+
+def test_stationary_unigram_is_the_bigram_chains_marginal(model4):
+    from lmkit.prune import stationary_unigram
+    params, tok = model4.params, model4.tokenizer
+    lg = backoff_tables(params)[1]
+    pi = stationary_unigram(params, lg, tok.bos_id, tok.eos_id, iters=500)
+    assert pi.sum() == pytest.approx(1.0)
+    # pi[w] = sum_v pi[v] p(w | v) with bigram contexts only; </s> is followed by <s>
+    from lmkit.ngram import mkn_log_proba
+    V = model4.vocab_size
+    P = np.empty((V, V))
+    for v in range(V):
+        ctx = tok.bos_id if v == tok.eos_id else v
+        row = int(np.searchsorted(params.keys[0], ctx)) if ctx in params.keys[0] else -1
+        rows = [np.full(V, row)] + [np.full(V, -1)] * (len(params.S) - 1)
+        P[v] = np.exp(mkn_log_proba(params, rows, np.arange(V), lg))
+    assert np.abs(pi @ P - pi).max() < 1e-9
 
 
 def test_pruned_model_exports_to_an_exact_kenlm_arpa(model4, tiny_lines, tmp_path):

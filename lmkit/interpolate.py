@@ -10,9 +10,12 @@
   model folders ``components/0``, ``components/1``, ...
 - Log-linear (``loglinear_merge``): ``log p = log q + sum over the union of every model's
   feature groups of lambda_g S_g[row_g] - log Z`` — one sparse softmax layer, a ``LanguageModel``
-  again. q is the normalised geometric mean of the components' q; the lambdas start at the
-  components' own divided by K and are refitted on held-out text by ``explicit.choose_lambdas``.
-  Needs sparse components with S >= 0 (every lmkit solver; an imported ARPA may have S < 0).
+  again. q is the q of the component with the best held-out likelihood, and the lambdas start
+  at that component's own (the others' at 0), so the start *is* that model; they are then
+  refitted on held-out text by ``explicit.choose_lambdas``, whose line search only accepts
+  steps that lower the held-out NLL: the merge never fits the held-out text worse than the best
+  component. Needs sparse components with S >= 0 (every lmkit solver; an imported ARPA may
+  have S < 0).
 """
 from __future__ import annotations
 
@@ -231,18 +234,17 @@ def loglinear_merge(models, heldout_lines, *, max_memory=None):
         if not isinstance(p, SparseParams) or any((S.data < 0).any() for S in p.S):
             raise InputError(f"log-linear merge needs sparse models with S >= 0 ({m.describe()}); "
                              "use --method linear")
-    K = len(models)
-    logq = np.mean([np.log(m.params.q) for m in models], axis=0)
-    q = np.exp(logq - np.logaddexp.reduce(logq))
-    groups = [g for m in models for g in m.params.groups]
-    S = [x for m in models for x in m.params.S]
-    keys = [k for m in models for k in m.params.keys]
-    init = np.concatenate([m.params.lambdas for m in models]) / K
-    params = SparseParams(groups, q, S, keys, init, {"merged_from": [m.describe() for m in models]})
     tok = models[0].tokenizer
     seqs = tok.encode_batch(list(heldout_lines))
     if not seqs:
         raise InputError("no held-out text to fit the lambdas; pass some")
+    best = int(np.argmax([m.log_proba_ids(seqs)[0].sum() for m in models]))
+    groups = [g for m in models for g in m.params.groups]
+    S = [x for m in models for x in m.params.S]
+    keys = [k for m in models for k in m.params.keys]
+    init = np.concatenate([m.params.lambdas * (k == best) for k, m in enumerate(models)])
+    params = SparseParams(groups, models[best].params.q, S, keys, init,
+                          {"merged_from": [m.describe() for m in models], "q_from": best})
     rows, targets, _ = context_rows(groups, keys, seqs, tok.vocab_size, tok.bos_id, tok.eos_id)
     rows, targets = fit_heldout(params, rows, targets, max_memory)
     lam, trace = choose_lambdas(params, rows, targets, init=init)

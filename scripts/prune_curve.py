@@ -21,7 +21,7 @@ from lmkit.model import LanguageModel  # noqa: E402
 from lmkit.prune import entropy_criteria, n_ngrams, prune_entropy  # noqa: E402
 from lmkit.train import train  # noqa: E402
 
-COUNT_PRUNES = [[0, 0, 0, 1], [0, 0, 1], [0, 1], [0, 1, 2], [0, 2, 3]]
+COUNT_PRUNES = [[0, 0, 0, 1], [0, 0, 1], [0, 1], [0, 1, 2], [0, 2, 3], [0, 3, 5], [0, 5, 10]]
 
 
 def entropy_pruned_to(model, crit, size: int):
@@ -52,8 +52,10 @@ def main() -> None:
     base = LanguageModel.load(base_dir)
     tok = str(base_dir / "tokenizer.model")
     test = list(load_corpus(split="test"))
-    crit = entropy_criteria(base)
-    rows = [("none", "-", n_ngrams(base), base.perplexity(test), "-", base.perplexity(test))]
+    crit = entropy_criteria(base)  # P(h) from the stationary token marginal (the default)
+    crit_q = entropy_criteria(base, history="q")  # P(h) from the KN unigram q (SRILM-like)
+    full = base.perplexity(test)
+    rows = [("none", "-", n_ngrams(base), full, n_ngrams(base), full, full)]
     print(f"unpruned order {a.order}: {n_ngrams(base)} n-grams, test ppl {rows[0][3]:.3f}", flush=True)
     for prune in COUNT_PRUNES:
         d = out / ("count-" + "-".join(map(str, prune)))
@@ -62,13 +64,15 @@ def main() -> None:
         counted = LanguageModel.load(d)
         size = n_ngrams(counted)
         theta, ent = entropy_pruned_to(base, crit, size)
+        _, ent_q = entropy_pruned_to(base, crit_q, size)
         rows.append((" ".join(map(str, prune)), f"{theta:.3g}", size, counted.perplexity(test),
-                     n_ngrams(ent), ent.perplexity(test)))
+                     n_ngrams(ent), ent.perplexity(test), ent_q.perplexity(test)))
         print(rows[-1], flush=True)
-    print(f"\n| count --prune | n-grams | test ppl | entropy θ | n-grams | test ppl |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for p, th, s1, p1, s2, p2 in rows:
-        print(f"| {p} | {s1:,} | {p1:.2f} | {th} | {s2 if isinstance(s2, str) else f'{s2:,}'} | {p2:.2f} |")
+    print("\n| count `--prune` | n-grams | test ppl | entropy θ | n-grams | test ppl | "
+          "test ppl, P(h) from q |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for p, th, s1, p1, s2, p2, p3 in rows:
+        print(f"| {p} | {s1:,} | {p1:.2f} | {th} | {s2:,} | {p2:.2f} | {p3:.2f} |")
     if a.plot:
         try:
             import matplotlib
@@ -80,6 +84,7 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r[2] for r in rows[1:]], [r[3] for r in rows[1:]], "o-", label="count pruning (--prune)")
         ax.plot([r[4] for r in rows[1:]], [r[5] for r in rows[1:]], "s-", label="entropy pruning (lmkit prune)")
+        ax.plot([r[4] for r in rows[1:]], [r[6] for r in rows[1:]], "^:", label="entropy, P(h) from KN q")
         ax.plot([rows[0][2]], [rows[0][3]], "k*", markersize=10, label="unpruned")
         ax.set_xscale("log")
         ax.set_xlabel("n-grams (unigrams included)")

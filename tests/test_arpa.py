@@ -146,20 +146,28 @@ def test_unknown_words_and_bad_files(tmp_path, ngram_model):
         write_arpa(ngram_model, tmp_path / "x.arpa", words="letters")
 
 
-def test_lmplz_arpa_matches_kenlm(tmp_path, ngram_model, tiny_lines):
+@pytest.mark.parametrize("prune", [[], ["--prune", "0", "1", "1"]])
+def test_lmplz_arpa_matches_kenlm(tmp_path, ngram_model, tiny_lines, prune):
     kenlm = pytest.importorskip("kenlm")
     if not os.access(LMPLZ, os.X_OK):
         pytest.skip(f"{LMPLZ} not built: lmplz-built ARPA import untested here")
     tok = ngram_model.tokenizer
     text = "\n".join(" ".join(tok.encode_pieces(x)) for x in tiny_lines) + "\n"
     arpa = tmp_path / "lmplz.arpa"
-    subprocess.run([LMPLZ, "-o", "4", "--discount_fallback", "--arpa", str(arpa)],
-                   input=text.encode(), check=True, capture_output=True)
+    subprocess.run([LMPLZ, "-o", "4", "--discount_fallback", "-S", "64M", "-T", str(tmp_path),
+                    "--arpa", str(arpa)] + prune, input=text.encode(), check=True,
+                   capture_output=True)
     model, report = import_arpa(arpa, tok)
     assert report["max_backoff_error_log10"] < 1e-5
-    seqs = tok.encode_batch(tiny_lines[:50])
+    seqs = tok.encode_batch(tiny_lines[:50] + ["Zebra quux 123 !!"])
     got = kenlm_log10(kenlm.Model(str(arpa)), piece_words(tok), seqs)
-    assert np.abs(lmkit_log10(model, seqs) - got).max() < 1e-5
+    listed = {w[0] for w in read_arpa(arpa)[0][0]}
+    unlisted = np.array([piece_words(tok)[t] not in listed
+                         for t in np.concatenate([np.r_[s, tok.eos_id] for s in seqs])])
+    assert unlisted.any() and report["missing_pieces"] == tok.vocab_size - len(listed)
+    # listed pieces: KenLM's numbers; unlisted ones share p(<unk>) with <unk> (module docstring)
+    shift = np.where(unlisted, math.log10(1 + report["missing_pieces"]), 0.0)
+    assert np.abs(lmkit_log10(model, seqs) - got + shift).max() < 1e-5
 
 
 # ---- next-token API (on models of every kind) -------------------------------------------------

@@ -58,9 +58,8 @@ def test_loglinear_merge_is_a_normalised_sparse_model(two_models, tiny_lines):
     merged = interpolate([a, b], held, method="loglinear")
     assert [g.name for g in merged.groups] == ["suffix1", "suffix2", "window1"]
     assert np.exp(merged.next_logp([5, 6])).sum() == pytest.approx(1.0)
-    # the lambdas minimise held-out NLL starting from (a's, b's)/2, so they beat that start
-    from lmkit.interpolate import loglinear_merge  # noqa: F401
-    assert merged.perplexity(held) < 1.02 * min(a.perplexity(held), b.perplexity(held))
+    # the fit starts at the best component and only takes steps that lower the held-out NLL
+    assert merged.perplexity(held) <= min(a.perplexity(held), b.perplexity(held)) * (1 + 1e-9)
 
 
 def test_mixture_refuses_bad_weights_and_tokenizers(two_models, tiny_model):

@@ -195,8 +195,14 @@ def _scored_text(model, chunk, num_threads=None) -> tuple[str, int, int, float]:
     """(JSONL text, units, tokens, nll) of a chunk: encoded where it is scored, so a worker
     hands the parent one string instead of thousands of dicts."""
     res = score_units(model, chunk, num_threads)
-    return ("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res), len(res),
-            sum(r["tokens"] for r in res), sum(r["nll_nats"] for r in res))
+    parts = []
+    for r, (meta, _) in zip(res, chunk):
+        head = json.dumps(meta, ensure_ascii=False)[:-1]  # the input's own fields, escaped
+        # repr of a finite float is a valid JSON number (and round-trips exactly)
+        parts.append(f'{head}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
+                     f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n')
+    return ("".join(parts), len(res), sum(r["tokens"] for r in res),
+            sum(r["nll_nats"] for r in res))
 
 
 def _worker_score(chunk):

@@ -35,6 +35,7 @@ Details
 """
 from __future__ import annotations
 
+import gc
 import math
 import sys
 from pathlib import Path
@@ -77,47 +78,60 @@ def id_words(tokenizer) -> np.ndarray:
 # ---- reading ----------------------------------------------------------------------------------
 def read_arpa(path) -> list:
     """Parse an ARPA file: per order n (index n-1) a tuple ``(words, log10p, log10bo)`` with
-    ``words`` a list of n-tuples of str, log10p/log10bo float64 arrays (bo 0 when absent)."""
+    ``words`` a list of n-lists of str, log10p/log10bo float64 arrays (bo 0 when absent)."""
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"{path}: no such ARPA file; check the path")
-    declared, tables, n, buf = {}, [], 0, None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            s = line.strip()
-            if not s:
-                continue
-            if s.startswith("\\"):
-                if s == "\\data\\" or s == "\\end\\":
-                    n = 0
-                    continue
-                if s.endswith("-grams:"):
-                    n = int(s[1:-len("-grams:")])
-                    if n != len(tables) + 1:
-                        raise InputError(f"{path}:{lineno}: section {s} out of order; "
-                                         "is this an ARPA file?")
-                    buf = ([], [], [])
-                    tables.append(buf)
-                    continue
-            if n == 0:
-                if s.startswith("ngram "):
-                    k, _, v = s[6:].partition("=")
-                    declared[int(k)] = int(v)
-                continue
-            parts = s.split()
-            if len(parts) not in (n + 1, n + 2):
-                raise InputError(f"{path}:{lineno}: expected log10p, {n} words and an optional "
-                                 f"back-off, got {s[:80]!r}; is this an ARPA file?")
-            buf[0].append(tuple(parts[1:n + 1]))
-            buf[1].append(float(parts[0]))
-            buf[2].append(float(parts[n + 1]) if len(parts) == n + 2 else 0.0)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 at byte {e.start}; is this an ARPA file?") from None
+    # sections are parsed a whole block at a time (list comprehensions, not a per-line loop);
+    # the cyclic GC is paused meanwhile: millions of small lists would trigger it over and over
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_sections(path, lines)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _parse_sections(path, lines) -> list:
+    heads = [k for k, line in enumerate(lines) if line.startswith("\\")] + [len(lines)]
+    declared, tables = {}, []
+    for k, nxt in zip(heads, heads[1:]):
+        head = lines[k].strip()
+        if head == "\\data\\":
+            for line in lines[k + 1:nxt]:
+                if line.startswith("ngram "):
+                    n, _, v = line[6:].partition("=")
+                    declared[int(n)] = int(v)
+            continue
+        if not head.endswith("-grams:"):
+            continue  # \end\
+        n = int(head[1:-len("-grams:")]) if head[1:-len("-grams:")].isdigit() else -1
+        if n != len(tables) + 1:
+            raise InputError(f"{path}:{k + 1}: section {head} out of order; is this an ARPA file?")
+        rows = [r for r in (line.split() for line in lines[k + 1:nxt]) if r]
+        bad = next((r for r in rows if len(r) not in (n + 1, n + 2)), None)
+        if bad is not None:
+            raise InputError(f"{path}: in {head} expected log10p, {n} words and an optional "
+                             f"back-off, got {' '.join(bad)[:80]!r}; is this an ARPA file?")
+        try:
+            lp = np.fromiter(map(float, [r[0] for r in rows]), np.float64, len(rows))
+            bo = np.fromiter(map(float, [r[n + 1] if len(r) == n + 2 else "0" for r in rows]),
+                             np.float64, len(rows))
+        except ValueError as e:
+            raise InputError(f"{path}: in {head}: {e}; is this an ARPA file?") from None
+        tables.append(([r[1:n + 1] for r in rows], lp, bo))
     if not tables:
         raise InputError(f"{path}: no \\1-grams: section; is this an ARPA file?")
     for k, (w, _, _) in enumerate(tables, 1):
         if declared.get(k, len(w)) != len(w):
             raise InputError(f"{path}: header says ngram {k}={declared[k]} but the file lists "
                              f"{len(w)}; the file is truncated or corrupt")
-    return [(w, np.array(p), np.array(b)) for w, p, b in tables]
+    return tables
 
 
 def word_ids(tables, tokenizer, words: str = "auto") -> dict:
@@ -138,7 +152,7 @@ def word_ids(tables, tokenizer, words: str = "auto") -> dict:
 def _to_ids(grams, vocab: dict, n: int, path) -> np.ndarray:
     flat = [w for g in grams for w in g]
     try:
-        ids = np.fromiter((vocab[w] for w in flat), dtype=np.int64, count=len(flat))
+        ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
     except KeyError as e:
         raise InputError(f"{path}: ARPA word {e.args[0]!r} is not a piece or id of this "
                          "tokenizer; pass the tokenizer the training text was encoded with "

@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections import deque
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 

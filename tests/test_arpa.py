@@ -1,7 +1,6 @@
 """ARPA import/export: lmkit's model of an ARPA file scores exactly as kenlm.Model does."""
 import math
 import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -116,7 +115,7 @@ def test_hand_arpa_without_suffix_closure_matches_kenlm(tmp_path, capsys):
 
 def _arpa_query(tables, history, word):
     """log10 p(word | history) by the ARPA back-off rule (unknown words read as <unk>)."""
-    d = {w: (p, b) for words, lp, bo in tables for w, p, b in zip(words, lp, bo)}
+    d = {tuple(w): (p, b) for words, lp, bo in tables for w, p, b in zip(words, lp, bo)}
     known = lambda x: x if (x,) in d else "<unk>"
     hist, word = tuple(known(x) for x in history)[-(len(tables) - 1):], known(word)
     for k in range(len(hist), -1, -1):

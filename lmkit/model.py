@@ -54,6 +54,7 @@ class LanguageModel:
     def params(self, value) -> None:
         self._params = value
         self._loggammas = _UNSET  # back-off tables of a pure MKN model, derived on first use
+        self._q_order = None  # token ids by decreasing q, for top_next (derived on first use)
 
     @property
     def groups(self) -> list:
@@ -114,6 +115,54 @@ class LanguageModel:
         prefix_ids = _check_ids(prefix_ids, self.vocab_size, "prefix_ids")
         rows = scoring.next_rows(self.groups, self.params.keys, prefix_ids, self.vocab_size, tok.bos_id)
         return scoring.next_logp(self.params, rows)
+
+    @property
+    def vocab(self) -> list:
+        """The pieces, indexed by token id (``vocab[i]`` is the piece of id i)."""
+        return [self.tokenizer.id_to_piece(i) for i in range(self.vocab_size)]
+
+    def _context_ids(self, context) -> list:
+        """Token ids of a context: text (the start of a sequence) or a list of ids."""
+        if isinstance(context, str):
+            return self.tokenizer.encode(context) if context else []
+        ids = [int(i) for i in context]
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise InputError(f"context ids must be in [0, {self.vocab_size}), got {ids[:10]}")
+        return ids
+
+    def next_distribution(self, context="") -> np.ndarray:
+        """P(next token | context) for every token id: float64 (V,) summing to 1.
+
+        ``context``: text (the start of a sequence, as a generate prompt) or a list of token ids.
+        """
+        return np.exp(self.next_logp(self._context_ids(context)))
+
+    def top_next(self, context="", k: int = 10) -> list:
+        """The ``k`` most probable next tokens as ``[(piece, prob)]``, best first, exactly.
+
+        Sparse models never build the (V,) vector: untouched columns keep the order of q, so
+        the answer is among the touched columns and the first k + touched ids by q (the q order
+        is sorted once); cost ~ touched non-zeros + k. BOS (never a target) is left out.
+        """
+        if k < 1:
+            raise InputError(f"--top must be >= 1, got {k}")
+        ids, tok = self._context_ids(context), self.tokenizer
+        if isinstance(self.params, SparseParams):
+            rows = scoring.next_rows(self.groups, self.params.keys, ids, self.vocab_size, tok.bos_id)
+            s = scoring.sparse_scores(self.params, [r[:1] for r in rows], 1)
+            s.sort_indices()
+            if self._q_order is None:
+                self._q_order = np.argsort(-self.params.q, kind="stable")
+            cand = np.union1d(s.indices, self._q_order[:k + s.nnz + 1])
+            logp = np.log(self.params.q[cand]) - scoring.union_log_z(self.params.q, s)[0]
+            logp[np.searchsorted(cand, s.indices)] += s.data
+        else:
+            logp = self.next_logp(ids)
+            cand = np.arange(self.vocab_size)
+        keep = cand != tok.bos_id
+        cand, logp = cand[keep], logp[keep]
+        best = np.argsort(-logp, kind="stable")[:k]
+        return [(tok.id_to_piece(int(cand[i])), float(np.exp(logp[i]))) for i in best]
 
     # ---- generation and inspection -----------------------------------------------------------
     def sample(self, prompt: str = "", **options) -> list:

@@ -352,12 +352,18 @@ def check_arpa_exportable(params) -> int:
     return _suffix_order(params.groups)
 
 
-def write_arpa(model, path) -> dict:
-    """Write ``model`` (a pure suffix ``LanguageModel``) as an ARPA file; returns n-gram counts."""
+def write_arpa(model, path, words: str = "ids") -> dict:
+    """Write ``model`` (a pure suffix ``LanguageModel``) as an ARPA file; returns n-gram counts.
+
+    ``words``: "ids" (decimal token ids) or "pieces" (SentencePiece pieces, ``arpa.piece_words``).
+    """
     params, tok = model.params, model.tokenizer
     M = check_arpa_exportable(params)
     V = params.vocab_size
-    words = arpa_words(tok)
+    if words not in ("ids", "pieces"):
+        raise InputError(f"--words must be ids or pieces, got {words!r}")
+    from .arpa import piece_words  # arpa.py builds on this module: import at call time
+    words = arpa_words(tok) if words == "ids" else piece_words(tok)
     logps, loggammas = backoff_tables(params)
     ln10 = math.log(10)
     sections = []

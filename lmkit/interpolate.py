@@ -1,0 +1,269 @@
+"""Interpolation: several models with one tokenizer -> one model, mixed linearly or log-linearly.
+
+- Linear (what SRILM ``ngram -mix-lm`` and KenLM's ``interpolate`` do): ``p(w|h) = sum_k
+  w_k p_k(w|h)`` with weights fitted by EM on held-out text (``fit_weights``: the E-step is the
+  posterior of each component per token, the M-step its mean; the held-out likelihood never
+  decreases). ``MixtureModel`` scores exactly (log-sum-exp of the components' log-probs) and
+  has ``LanguageModel``'s duck type (``log_proba_ids``, ``next_logp``, ``sample``, ``score``...),
+  so ``evaluate``/``generate``/``docscore`` take it. Saved as a folder: ``manifest.json``
+  (format lmkit-model, kind "mixture", weights), ``tokenizer.model`` and the components as
+  model folders ``components/0``, ``components/1``, ...
+- Log-linear (``loglinear_merge``): ``log p = log q + sum over the union of every model's
+  feature groups of lambda_g S_g[row_g] - log Z`` — one sparse softmax layer, a ``LanguageModel``
+  again. q is the q of the component with the best held-out likelihood, and the lambdas start
+  at that component's own (the others' at 0), so the start *is* that model; they are then
+  refitted on held-out text by ``explicit.choose_lambdas``, whose line search only accepts
+  steps that lower the held-out NLL: the merge never fits the held-out text worse than the best
+  component. Needs sparse components with S >= 0 (every lmkit solver; an imported ARPA may
+  have S < 0).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, MissingPathError, ModelFormatError
+from .params import SparseParams
+
+FORMAT, VERSION = "lmkit-model", 1
+
+
+def check_same_tokenizer(models) -> None:
+    if len(models) < 2:
+        raise InputError(f"interpolation needs at least 2 models, got {len(models)}")
+    shas = {m.tokenizer.sha256 for m in models}
+    if len(shas) != 1:
+        raise InputError("the models use different tokenizers; train them with the same "
+                         "--tokenizer (interpolation mixes distributions over the same pieces)")
+
+
+def fit_weights(logps: np.ndarray, *, max_iter: int = 200, tol: float = 1e-7,
+                init=None) -> tuple[np.ndarray, list]:
+    """EM for mixture weights. ``logps`` (K, N): log p_k of each held-out token.
+
+    Returns ``(weights (K,), trace [(weights, mean nll)])``. Example: two components that
+    each predict half of the tokens perfectly and the rest with p = 0.1 get weights (.5, .5).
+    """
+    K = logps.shape[0]
+    w = np.full(K, 1.0 / K) if init is None else np.asarray(init, np.float64) / np.sum(init)
+    trace = []
+    prev = np.inf
+    for _ in range(max_iter):
+        joint = np.log(np.maximum(w, 1e-300))[:, None] + logps
+        mix = np.logaddexp.reduce(joint, axis=0)
+        nll = float(-mix.mean())
+        trace.append((w.tolist(), nll))
+        if prev - nll < tol:
+            break
+        prev = nll
+        w = np.exp(joint - mix).mean(axis=1)
+    return w, trace
+
+
+class MixtureModel:
+    """``p(w|h) = sum_k weights[k] p_k(w|h)`` over models that share a tokenizer."""
+
+    def __init__(self, models: list, weights, info: dict | None = None):
+        check_same_tokenizer(models)
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(models),) or (w < 0).any() or not np.isclose(w.sum(), 1.0):
+            raise InputError(f"--weights needs {len(models)} non-negative values summing to 1, "
+                             f"got {list(weights)}")
+        self.models = list(models)
+        self.weights = w
+        self.info = dict(info or {})
+        self.tokenizer = models[0].tokenizer
+
+    kind = "mixture"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.models[0].vocab_size
+
+    @property
+    def vocab(self) -> list:
+        return self.models[0].vocab
+
+    def encode_lines(self, lines) -> list:
+        return self.tokenizer.encode_batch(list(lines))
+
+    def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
+        """Per-target natural-log probabilities (EOS included) and the sequence index."""
+        logw = np.log(np.maximum(self.weights, 1e-300))
+        parts = [m.log_proba_ids(seqs) for m in self.models]
+        lp = np.logaddexp.reduce(np.stack([lw + p for lw, (p, _) in zip(logw, parts)]), axis=0)
+        return lp, parts[0][1]
+
+    def log_proba(self, text: str) -> np.ndarray:
+        return self.log_proba_ids([self.tokenizer.encode(text)])[0]
+
+    def next_logp(self, prefix_ids) -> np.ndarray:
+        logw = np.log(np.maximum(self.weights, 1e-300))
+        return np.logaddexp.reduce(np.stack([lw + m.next_logp(prefix_ids)
+                                             for lw, m in zip(logw, self.models)]), axis=0)
+
+    def next_distribution(self, context="") -> np.ndarray:
+        ids = self.tokenizer.encode(context) if isinstance(context, str) else list(context)
+        return np.exp(self.next_logp(ids))
+
+    def top_next(self, context="", k: int = 10) -> list:
+        if k < 1:
+            raise InputError(f"--top must be >= 1, got {k}")
+        p = self.next_distribution(context)
+        p[self.tokenizer.bos_id] = -1.0  # BOS is never a target
+        best = np.argsort(-p, kind="stable")[:k]
+        return [(self.tokenizer.id_to_piece(int(i)), float(p[i])) for i in best]
+
+    def score(self, lines, chunk_lines: int = 2000, progress=None) -> dict:
+        from .evaluate import evaluate_lines
+        return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
+
+    def perplexity(self, lines) -> float:
+        return self.score(lines)["perplexity"]
+
+    def sample(self, prompt: str = "", **kwargs) -> list:
+        from .generate import generate
+        return generate(self, prompt, **kwargs)
+
+    def describe(self) -> str:
+        return (f"linear mixture of {len(self.models)} models, weights="
+                + ",".join(f"{x:.4g}" for x in self.weights) + "; "
+                + " | ".join(m.describe() for m in self.models))
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, path, command: str | None = None) -> Path:
+        """Write the mixture folder atomically (temp folder in the same parent, then rename)."""
+        from .store import check_output_path, library_versions, sha256_bytes
+        path = Path(path)
+        check_output_path(path)
+        parent = path.parent if str(path.parent) else Path(".")
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        try:
+            for k, m in enumerate(self.models):
+                m.save(tmp / "components" / str(k))
+            proto = self.tokenizer.model_proto
+            (tmp / "tokenizer.model").write_bytes(proto)
+            manifest = {"format": FORMAT, "version": VERSION, "kind": "mixture",
+                        "weights": self.weights.tolist(), "components": [
+                            f"components/{k}" for k in range(len(self.models))],
+                        "vocab_size": self.vocab_size, "info": self.info,
+                        "tokenizer": {"file": "tokenizer.model", "sha256": sha256_bytes(proto)},
+                        "versions": library_versions(), "command": command,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+                os.replace(path, old / "m")
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old / "m", path)
+                    raise
+                finally:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path) -> "MixtureModel":
+        from .model import LanguageModel
+        path = Path(path)
+        mpath = path / "manifest.json"
+        if not mpath.is_file():
+            raise MissingPathError(f"{path}: no mixture folder (no manifest.json); write one with "
+                                   "`lmkit interpolate`")
+        try:
+            manifest = json.loads(mpath.read_text())
+            ok = (manifest.get("format") == FORMAT and manifest.get("kind") == "mixture")
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise ModelFormatError(f"{path}: not an lmkit mixture folder; pass a folder written "
+                                   "by `lmkit interpolate`")
+        if manifest.get("version") != VERSION:
+            raise ModelFormatError(f"{path}: mixture format version {manifest.get('version')!r}, "
+                                   f"this lmkit reads {VERSION}; re-run `lmkit interpolate`")
+        comps = manifest.get("components", [])
+        if not comps or any(not isinstance(c, str) or ".." in Path(c).parts or Path(c).is_absolute()
+                            for c in comps):
+            raise ModelFormatError(f"{path}: bad component list {comps!r}; re-run `lmkit interpolate`")
+        models = [LanguageModel.load(path / c) for c in comps]
+        return cls(models, manifest.get("weights"), manifest.get("info"))
+
+
+# ---- fitting ----------------------------------------------------------------------------------
+def interpolate_linear(models, heldout_lines, weights="auto") -> MixtureModel:
+    """A ``MixtureModel``; ``weights="auto"`` fits them by EM on ``heldout_lines``."""
+    check_same_tokenizer(models)
+    if isinstance(weights, str) and weights == "auto":
+        seqs = models[0].tokenizer.encode_batch(list(heldout_lines))
+        if not seqs:
+            raise InputError("no held-out text to fit the weights; pass some or give --weights")
+        logps = np.stack([m.log_proba_ids(seqs)[0] for m in models])
+        w, trace = fit_weights(logps)
+        info = {"weights_rule": f"EM on {logps.shape[1]} held-out tokens",
+                "heldout_perplexity": math.exp(trace[-1][1]), "em_iterations": len(trace)}
+        return MixtureModel(models, w, info)
+    w = np.asarray([float(x) for x in weights])
+    if len(w) != len(models) or (w < 0).any() or w.sum() <= 0:
+        raise InputError(f"--weights needs {len(models)} non-negative values (or auto), got {list(weights)}")
+    return MixtureModel(models, w / w.sum(), {"weights_rule": "given"})
+
+
+def loglinear_merge(models, heldout_lines, *, max_memory=None):
+    """One sparse ``LanguageModel`` over the union of the models' feature groups (docstring)."""
+    from .explicit import choose_lambdas
+    from .model import LanguageModel
+    from .parallel import fit_heldout
+    from .scoring import context_rows
+    check_same_tokenizer(models)
+    for m in models:
+        p = m.params
+        if not isinstance(p, SparseParams) or any((S.data < 0).any() for S in p.S):
+            raise InputError(f"log-linear merge needs sparse models with S >= 0 ({m.describe()}); "
+                             "use --method linear")
+    tok = models[0].tokenizer
+    seqs = tok.encode_batch(list(heldout_lines))
+    if not seqs:
+        raise InputError("no held-out text to fit the lambdas; pass some")
+    best = int(np.argmax([m.log_proba_ids(seqs)[0].sum() for m in models]))
+    groups = [g for m in models for g in m.params.groups]
+    S = [x for m in models for x in m.params.S]
+    keys = [k for m in models for k in m.params.keys]
+    init = np.concatenate([m.params.lambdas * (k == best) for k, m in enumerate(models)])
+    params = SparseParams(groups, models[best].params.q, S, keys, init,
+                          {"merged_from": [m.describe() for m in models], "q_from": best})
+    rows, targets, _ = context_rows(groups, keys, seqs, tok.vocab_size, tok.bos_id, tok.eos_id)
+    rows, targets = fit_heldout(params, rows, targets, max_memory)
+    lam, trace = choose_lambdas(params, rows, targets, init=init)
+    params = params.with_lambdas(lam, lambda_rule=f"log-linear merge, projected Newton on "
+                                 f"{len(targets)} held-out tokens", lambda_trace=trace)
+    config = {"merged": "loglinear", "components": [m.config for m in models]}
+    return LanguageModel(tok, params, config, {"name": "merged"})
+
+
+def interpolate(models, heldout_lines, *, method: str = "linear", weights="auto"):
+    """``lmkit interpolate``: a ``MixtureModel`` (linear) or a ``LanguageModel`` (loglinear)."""
+    if method == "linear":
+        return interpolate_linear(models, heldout_lines, weights)
+    if method == "loglinear":
+        if not (isinstance(weights, str) and weights == "auto"):
+            raise InputError("--weights is for --method linear; the log-linear merge refits its "
+                             "lambdas on held-out text")
+        return loglinear_merge(models, heldout_lines)
+    raise InputError(f"--method must be linear or loglinear, got {method!r}")
+
+
+__all__ = ["MixtureModel", "fit_weights", "interpolate", "interpolate_linear", "loglinear_merge"]

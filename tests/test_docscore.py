@@ -1,0 +1,93 @@
+"""lmkit score: per-unit scores equal the model's, in input order, for any number of workers;
+output is atomic and workers die with the parent."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmkit.cli import main
+from lmkit.docscore import iter_units
+
+
+def read_jsonl(p):
+    return [json.loads(x) for x in Path(p).read_text().splitlines()]
+
+
+def test_line_scores_equal_model_scores_with_one_and_two_workers(tmp_path, tiny_model_dir,
+                                                                 tiny_model, tiny_lines):
+    lines = tiny_lines[:100] + ["", "Zebra!"] + tiny_lines[100:700]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    for w in (1, 2):
+        assert main(["score", tiny_model_dir, "--input", tmp_path / "in.txt", "--workers", w,
+                     "--output", tmp_path / f"o{w}.jsonl"]) == 0
+    one, two = read_jsonl(tmp_path / "o1.jsonl"), read_jsonl(tmp_path / "o2.jsonl")
+    assert one == two and [r["index"] for r in one] == list(range(len(lines)))
+    for r in one[95:105]:
+        lp = tiny_model.log_proba(lines[r["index"]])
+        assert r["tokens"] == len(lp) and r["nll_nats"] == pytest.approx(-lp.sum(), rel=1e-12)
+        assert r["perplexity"] == pytest.approx(math.exp(-lp.mean()))
+        n_bytes = len(lines[r["index"]].encode()) + 1
+        assert r["bits_per_byte"] == pytest.approx(-lp.sum() / math.log(2) / n_bytes)
+    assert one[100]["tokens"] == 1  # an empty line is scored as EOS alone
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_documents_from_text_and_jsonl(tmp_path, tiny_model_dir, tiny_model, tiny_lines):
+    (tmp_path / "d.txt").write_text("a b\nc d\n\n\ne f\n")
+    units = list(iter_units(input=[str(tmp_path / "d.txt")], unit="document"))
+    assert units == [({"index": 0}, ["a b", "c d"]), ({"index": 1}, ["e f"])]
+    recs = [{"id": f"doc{i}", "text": "\n".join(tiny_lines[i:i + 3])} for i in range(0, 30, 3)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["score", tiny_model_dir, "--input", tmp_path / "d.jsonl", "--format", "jsonl",
+                 "--id-field", "id", "--unit", "document", "--output", tmp_path / "o.jsonl"]) == 0
+    out = read_jsonl(tmp_path / "o.jsonl")
+    assert [r["id"] for r in out] == [r["id"] for r in recs]
+    lp = np.concatenate([tiny_model.log_proba(x) for x in tiny_lines[3:6]])
+    assert out[1]["tokens"] == len(lp) and out[1]["nll_nats"] == pytest.approx(-lp.sum())
+
+
+def test_bad_inputs_leave_no_output(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "d.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n')
+    out = tmp_path / "o.jsonl"
+    assert main(["score", tiny_model_dir, "--input", tmp_path / "d.jsonl", "--format", "jsonl",
+                 "--output", out]) == 2
+    assert "record 1: no text field 'text'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "d.jsonl"]
+    assert main(["score", tiny_model_dir, "--input", tmp_path / "nope.txt", "--output", out]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["score", tiny_model_dir, "--input", tmp_path / "d.jsonl", "--workers", "0",
+                 "--output", out]) == 2
+
+
+def _children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, tiny_lines, sig):
+    (tmp_path / "big.txt").write_text("\n".join(tiny_lines * 400) + "\n")  # ~120k lines
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "lmkit.cli", "score", str(tiny_model_dir),
+                             "--input", str(tmp_path / "big.txt"), "--workers", "2",
+                             "--output", str(tmp_path / "o.jsonl")], env=env,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 20
+    while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, "the workers did not start"
+    time.sleep(0.3)
+    os.kill(proc.pid, sig)
+    rc = proc.wait(timeout=20)
+    assert rc == 130 and b"interrupted" in proc.stderr.read()
+    time.sleep(0.2)
+    assert [w for w in workers if Path(f"/proc/{w}").exists()] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]

@@ -45,6 +45,8 @@ import scipy.sparse as sp
 
 from .errors import InputError, MissingPathError
 from .features import Suffix
+from .model import LanguageModel
+from .ngram import backoff_tables
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
 
@@ -230,6 +232,15 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
         if unk in uni:
             q[unk] = share
     q = np.maximum(q, 1e-300)  # <s> at -99 stays ~0 but finite
+    # The softmax form needs sum(q) = 1 (its normaliser counts untouched columns at q). ARPA
+    # unigrams other than <s> sum to less (estimators give <s> some mass; log10 values are
+    # rounded): the deficit goes to <s>, which is never a target, so every score is unchanged.
+    q[tokenizer.bos_id] = 0.0  # its listed value is a placeholder (-99, or 0 in some lmplz runs)
+    deficit = 1.0 - q.sum()
+    if deficit > 0:
+        q[tokenizer.bos_id] += deficit
+    else:
+        q /= q.sum()
     bo_uni = np.zeros(V)
     bo_uni[uni] = bo1
     # per order n >= 2: history keys, targets, log10 p (NaN = added by closure), log10 bo
@@ -281,7 +292,6 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
 
 def backoff_error(params: SparseParams, hist_bo) -> float:
     """max |log10 gamma(h) - log10 bo(h)| over the model's histories (0 for a normalised ARPA)."""
-    from .ngram import backoff_tables
     loggammas = backoff_tables(params)[1]
     worst = 0.0
     for m, (lg, (h, hbo)) in enumerate(zip(loggammas, hist_bo)):
@@ -293,7 +303,6 @@ def backoff_error(params: SparseParams, hist_bo) -> float:
 
 def import_arpa(path, tokenizer, *, words: str = "auto"):
     """An ARPA file -> ``LanguageModel`` (see the module docstring); ``lmkit import-arpa``."""
-    from .model import LanguageModel
     tables = read_arpa(path)
     params, report = arpa_params(tables, tokenizer, words, path)
     if report["max_backoff_error_log10"] > 1e-4:

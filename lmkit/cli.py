@@ -35,13 +35,18 @@ from . import config as C
 from . import store
 from .corpus import load_corpus
 from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
+from .arpa import import_arpa
+from .docscore import score_file
 from .evaluate import evaluate
 from .files import atomic_write, check_output_writable
+from .interpolate import interpolate
+from .load import load as load_model
 from .model import LanguageModel
 from .ngram import write_arpa
 from .progress import reporting
+from .prune import n_ngrams, prune_entropy
 from .tokenizer import Tokenizer
-from .train import train
+from .train import heldout_lines, train
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -92,7 +97,8 @@ def values(a, klass) -> dict:
 
 def to_flags(message: str) -> str:
     """Parameter names in an option error become the CLI's flags (the one place that maps them)."""
-    names = set(C.train_option_names()) | {f.name for f in dataclasses.fields(C.SampleConfig)}
+    names = set(C.train_option_names()) | {
+        f.name for k in (C.SampleConfig, C.ScoreConfig, C.InterpolateConfig) for f in dataclasses.fields(k)}
     return re.sub(r"(?<![\w-])([a-z][a-z_]*)(?![\w-])",
                   lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), message)
 
@@ -146,7 +152,46 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--token", required=True, help="a piece or text that is one piece")
     ins.add_argument("--top", type=int, default=10, help="entries per group (default: 10)")
     ins.add_argument("--json", action="store_true")
-    add_companion_parsers(sub)
+
+    # ---- the KenLM companion: scoring at scale, ARPA in and out, mixing, pruning, next token
+    ea.add_argument("--words", choices=["ids", "pieces"], default="ids",
+                    help="ARPA words: token ids (default) or SentencePiece pieces (readable; for "
+                         "`spm_encode --output_format=piece | query` and ARPA-reading decoders)")
+    sc = sub.add_parser("score", help="per-line or per-document scores as JSON Lines")
+    sc.add_argument("model", metavar="DIR")
+    sc.add_argument("--output", required=True, metavar="F.jsonl", help="results, one JSON object per unit")
+    add_options(sc, C.ScoreConfig)
+
+    ia = sub.add_parser("import-arpa", help="an ARPA back-off model (lmplz, SRILM) as an lmkit model")
+    ia.add_argument("arpa", metavar="FILE.arpa")
+    ia.add_argument("--tokenizer", required=True, metavar="TOK.model",
+                    help="the tokenizer whose pieces or ids are the ARPA's words (or a model folder)")
+    ia.add_argument("--words", choices=["auto", "ids", "pieces"], default="auto",
+                    help="ARPA words are token ids or pieces (default: auto-detect)")
+    ia.add_argument("--output", required=True, metavar="DIR")
+
+    ip = sub.add_parser("interpolate", help="mix models that share a tokenizer")
+    ip.add_argument("models", nargs="+", metavar="DIR")
+    ip.add_argument("--output", required=True, metavar="DIR")
+    add_options(ip, C.InterpolateConfig)
+    add_options(ip, C.CorpusConfig, defaults={"split": "valid"})
+
+    pr = sub.add_parser("prune", help="entropy-prune an n-gram model (Stolcke 1998)")
+    pr.add_argument("model", metavar="DIR")
+    pr.add_argument("--threshold", type=float, required=True,
+                    help="prune n-grams whose removal raises perplexity by less than this, "
+                         "relatively (e.g. 1e-7)")
+    pr.add_argument("--output", required=True, metavar="DIR")
+
+    nx = sub.add_parser("next", help="the most probable next tokens after a context")
+    nx.add_argument("model", metavar="DIR")
+    nx.add_argument("--context", default="", help="text: the start of a sequence (default: empty)")
+    nx.add_argument("--top", type=int, default=10, help="how many (default: 10)")
+    nx.add_argument("--json", action="store_true")
+
+    vo = sub.add_parser("vocab", help="the model's pieces: id, piece (one per line)")
+    vo.add_argument("model", metavar="DIR")
+    vo.add_argument("--json", action="store_true", help="one JSON list of pieces")
     return ap
 
 
@@ -254,7 +299,7 @@ def cmd_train(a) -> None:
 
 def cmd_eval(a) -> None:
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
-    r = evaluate(LanguageModel.load(a.model), **dataclasses.asdict(src))
+    r = evaluate(load_model(a.model), **dataclasses.asdict(src))
     if a.json:
         print(json.dumps(r))
     else:
@@ -266,16 +311,78 @@ def cmd_eval(a) -> None:
 def cmd_generate(a) -> None:
     opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
     prompts = _read_lines(a.prompt_file) if a.prompt_file else [a.prompt]
-    model = LanguageModel.load(a.model)
+    model = load_model(a.model)
     samples = [s for p in prompts for s in model.sample(p, **dataclasses.asdict(opts))]
     print(json.dumps(samples) if a.json else "\n".join(samples))
 
 
 def cmd_export_arpa(a) -> None:
     check_output_writable(a.output)
-    sizes = write_arpa(LanguageModel.load(a.model), a.output)
+    sizes = write_arpa(LanguageModel.load(a.model), a.output, words=a.words)
     print(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
-          + "; words are token ids (<unk> <s> </s> for the specials)")
+          + ("; words are token ids (<unk> <s> </s> for the specials)" if a.words == "ids"
+             else "; words are SentencePiece pieces"))
+
+
+def _command(a) -> str:
+    return "lmkit " + " ".join(shlex.quote(x) for x in a.argv)
+
+
+def cmd_score(a) -> None:
+    check_output_writable(a.output)
+    opts = values(a, C.ScoreConfig)
+    r = score_file(a.model, a.output, **opts)
+    unit = opts.get("unit", "line")
+    print(f"wrote {a.output}: {r['units']} {unit}s, {r['tokens']} tokens in {r['seconds']:.1f}s "
+          f"({r['units_per_s']:.0f} {unit}s/s, {r['tokens_per_s']:.0f} tokens/s); "
+          f"perplexity {r['perplexity']:.3f}")
+
+
+def cmd_import_arpa(a) -> None:
+    store.check_output_path(a.output)
+    model, report = import_arpa(a.arpa, _load_tokenizer(a.tokenizer), words=a.words)
+    path = model.save(a.output, command=_command(a))
+    print(f"wrote {path}: {model.describe()}; n-grams {report['ngrams']}, "
+          f"max |log10 gamma - log10 bo| {report['max_backoff_error_log10']:.2g}"
+          + (f", {report['missing_pieces']} pieces not in the ARPA share p(<unk>)"
+             if report["missing_pieces"] else ""))
+
+
+def cmd_interpolate(a) -> None:
+    store.check_output_path(a.output)
+    opts = C.make(C.InterpolateConfig, values(a, C.InterpolateConfig))
+    src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
+    models = [load_model(m) for m in a.models]
+    held = []
+    if opts.weights is None or opts.method == "loglinear":
+        held = heldout_lines(load_corpus(**dataclasses.asdict(src)), opts.heldout_tokens,
+                             models[0].tokenizer)
+    model = interpolate(models, held, method=opts.method,
+                        weights="auto" if opts.weights is None else list(opts.weights))
+    path = model.save(a.output, command=_command(a))
+    print(f"wrote {path}: {model.describe()}")
+
+
+def cmd_prune(a) -> None:
+    store.check_output_path(a.output)
+    model = LanguageModel.load(a.model)
+    pruned = prune_entropy(model, a.threshold)
+    path = pruned.save(a.output, command=_command(a))
+    print(f"wrote {path}: {n_ngrams(model)} -> {n_ngrams(pruned)} n-grams "
+          f"(per order {[model.vocab_size] + pruned.params.info['ngrams_after']})")
+
+
+def cmd_next(a) -> None:
+    top = load_model(a.model).top_next(a.context, a.top)
+    if a.json:
+        print(json.dumps(top))
+    else:
+        print("\n".join(f"{p:.6f}\t{piece}" for piece, p in top))
+
+
+def cmd_vocab(a) -> None:
+    vocab = load_model(a.model).vocab
+    print(json.dumps(vocab) if a.json else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
 
 
 def cmd_inspect(a) -> None:
@@ -305,7 +412,9 @@ def _spm_verb(action: str):
 VERBS = {"spm-train": cmd_spm_train, "spm-encode": _spm_verb("encode"),
          "spm-decode": _spm_verb("decode"), "tokenizer": cmd_old_tokenizer,
          "tokenize": cmd_old_tokenizer, "train": cmd_train, "eval": cmd_eval,
-         "generate": cmd_generate, "inspect": cmd_inspect, "export-arpa": cmd_export_arpa}
+         "generate": cmd_generate, "inspect": cmd_inspect, "export-arpa": cmd_export_arpa,
+         "score": cmd_score, "import-arpa": cmd_import_arpa, "interpolate": cmd_interpolate,
+         "prune": cmd_prune, "next": cmd_next, "vocab": cmd_vocab}
 
 
 class Terminated(BaseException):
@@ -358,155 +467,6 @@ def main(argv=None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-# ---- KenLM companion verbs (issue 13): score, import-arpa, interpolate, prune, next, vocab ----
-def add_companion_parsers(sub) -> None:
-    sub.choices["export-arpa"].add_argument(
-        "--words", choices=["ids", "pieces"], default="ids",
-        help="ARPA words: token ids (default) or SentencePiece pieces (readable; for "
-             "`spm_encode --output_format=piece | query` and ARPA-reading decoders)")
-
-    sc = sub.add_parser("score", help="per-line or per-document scores as JSON Lines")
-    sc.add_argument("model", metavar="DIR")
-    src = sc.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", nargs="+", metavar="PATH", help="text or .jsonl files (or folders of .txt)")
-    src.add_argument("--dataset", metavar="NAME[:CONFIG]",
-                     help="HuggingFace dataset, or a local .jsonl/.parquet/.csv file (streamed)")
-    sc.add_argument("--split", default="train", help="dataset split (default: train)")
-    sc.add_argument("--format", choices=["text", "jsonl"], default="text",
-                    help="--input format (default: text)")
-    sc.add_argument("--text-field", default="text", help="jsonl/dataset text field (default: text)")
-    sc.add_argument("--id-field", default=None, help="jsonl/dataset field copied to each result as id")
-    sc.add_argument("--unit", choices=["line", "document"], default="line",
-                    help="score each line, or each document (text: blank-line separated; "
-                         "jsonl: each record) (default: line)")
-    sc.add_argument("--output", required=True, metavar="F.jsonl", help="results, one JSON object per unit")
-    sc.add_argument("--workers", type=int, default=1, help="scoring processes (default 1)")
-
-    ia = sub.add_parser("import-arpa", help="an ARPA back-off model (lmplz, SRILM) as an lmkit model")
-    ia.add_argument("arpa", metavar="FILE.arpa")
-    ia.add_argument("--tokenizer", required=True, metavar="TOK.model",
-                    help="the tokenizer whose pieces or ids are the ARPA's words (or a model folder)")
-    ia.add_argument("--words", choices=["auto", "ids", "pieces"], default="auto",
-                    help="ARPA words are token ids or pieces (default: auto-detect)")
-    ia.add_argument("--output", required=True, metavar="DIR")
-
-    ip = sub.add_parser("interpolate", help="mix models that share a tokenizer")
-    ip.add_argument("models", nargs="+", metavar="DIR")
-    ip.add_argument("--output", required=True, metavar="DIR")
-    ip.add_argument("--method", choices=["linear", "loglinear"], default="linear",
-                    help="linear mixture (EM weights) or log-linear merge (lambdas refitted)")
-    ip.add_argument("--weights", nargs="+", default=["auto"], metavar="W",
-                    help="linear: auto (EM on held-out text, default) or one weight per model")
-    add_corpus_args(ip, "valid")
-    ip.add_argument("--heldout-tokens", type=int, default=20000,
-                    help="held-out tokens used to fit weights or lambdas (default 20000)")
-
-    pr = sub.add_parser("prune", help="entropy-prune an n-gram model (Stolcke 1998)")
-    pr.add_argument("model", metavar="DIR")
-    pr.add_argument("--threshold", type=float, required=True,
-                    help="prune n-grams whose removal raises perplexity by less than this, "
-                         "relatively (e.g. 1e-7)")
-    pr.add_argument("--output", required=True, metavar="DIR")
-
-    nx = sub.add_parser("next", help="the most probable next tokens after a context")
-    nx.add_argument("model", metavar="DIR")
-    nx.add_argument("--context", default="", help="text: the start of a sequence (default: empty)")
-    nx.add_argument("--top", type=int, default=10)
-    nx.add_argument("--json", action="store_true")
-
-    vo = sub.add_parser("vocab", help="the model's pieces: id, piece (one per line)")
-    vo.add_argument("model", metavar="DIR")
-    vo.add_argument("--json", action="store_true", help="one JSON list of pieces")
-
-
-def _command(a) -> str:
-    return "lmkit " + " ".join(shlex.quote(x) for x in a.argv)
-
-
-def cmd_score(a) -> None:
-    from .docscore import score_file
-    r = score_file(a.model, a.output, input=a.input, dataset=a.dataset, split=a.split,
-                   fmt=a.format, text_field=a.text_field, id_field=a.id_field, unit=a.unit,
-                   workers=a.workers)
-    print(f"wrote {a.output}: {r['units']} {a.unit}s, {r['tokens']} tokens in {r['seconds']:.1f}s "
-          f"({r['units_per_s']:.0f} {a.unit}s/s, {r['tokens_per_s']:.0f} tokens/s); "
-          f"perplexity {r['perplexity']:.3f}")
-
-
-def cmd_import_arpa(a) -> None:
-    from . import store
-    from .arpa import import_arpa
-    store.check_output_path(a.output)
-    model, report = import_arpa(a.arpa, _load_tokenizer(a.tokenizer), words=a.words)
-    path = model.save(a.output, command=_command(a))
-    print(f"wrote {path}: {model.describe()}; n-grams {report['ngrams']}, "
-          f"max |log10 gamma - log10 bo| {report['max_backoff_error_log10']:.2g}"
-          + (f", {report['missing_pieces']} pieces not in the ARPA share p(<unk>)"
-             if report["missing_pieces"] else ""))
-
-
-def cmd_interpolate(a) -> None:
-    from . import store
-    from .corpus import load_corpus
-    from .docscore import load_model
-    from .interpolate import interpolate
-    from .train import heldout_lines
-    store.check_output_path(a.output)
-    models = [load_model(m) for m in a.models]
-    weights = "auto" if a.weights == ["auto"] else a.weights
-    try:
-        weights = weights if weights == "auto" else [float(x) for x in weights]
-    except ValueError:
-        raise InputError(f"--weights takes auto or numbers, got {a.weights}") from None
-    held = []
-    if weights == "auto" or a.method == "loglinear":
-        held = heldout_lines(load_corpus(**corpus_kwargs(a)), a.heldout_tokens, models[0].tokenizer)
-    model = interpolate(models, held, method=a.method, weights=weights)
-    path = model.save(a.output, command=_command(a))
-    print(f"wrote {path}: {model.describe()}")
-
-
-def cmd_prune(a) -> None:
-    from . import store
-    from .model import LanguageModel
-    from .prune import n_ngrams, prune_entropy
-    store.check_output_path(a.output)
-    model = LanguageModel.load(a.model)
-    pruned = prune_entropy(model, a.threshold)
-    path = pruned.save(a.output, command=_command(a))
-    print(f"wrote {path}: {n_ngrams(model)} -> {n_ngrams(pruned)} n-grams "
-          f"(per order {[model.vocab_size] + pruned.params.info['ngrams_after']})")
-
-
-def cmd_next(a) -> None:
-    from .docscore import load_model
-    top = load_model(a.model).top_next(a.context, a.top)
-    if a.json:
-        print(json.dumps(top))
-    else:
-        print("\n".join(f"{p:.6f}\t{piece}" for piece, p in top))
-
-
-def cmd_vocab(a) -> None:
-    from .docscore import load_model
-    vocab = load_model(a.model).vocab
-    print(json.dumps(vocab) if a.json else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
-
-
-def cmd_export_arpa_words(a) -> None:
-    from .model import LanguageModel
-    from .ngram import write_arpa
-    sizes = write_arpa(LanguageModel.load(a.model), a.output, words=a.words)
-    print(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
-          + ("; words are token ids (<unk> <s> </s> for the specials)" if a.words == "ids"
-             else "; words are SentencePiece pieces"))
-
-
-VERBS.update({"score": cmd_score, "import-arpa": cmd_import_arpa, "interpolate": cmd_interpolate,
-              "prune": cmd_prune, "next": cmd_next, "vocab": cmd_vocab,
-              "export-arpa": cmd_export_arpa_words})
 
 
 if __name__ == "__main__":

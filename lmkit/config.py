@@ -251,6 +251,45 @@ class SampleConfig:
                               "meaningful; pass 0 for greedy or a value >= 1e-6")
 
 
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``lmkit score`` / ``docscore.score_file``: what to score and how."""
+
+    input: tuple[str, ...] | None = opt(None, "text or .jsonl files (or folders of .txt)",
+                                        metavar="PATH")
+    dataset: str | None = opt(None, "HuggingFace dataset, or a local .jsonl/.parquet/.csv file "
+                              "(streamed)", metavar="NAME")
+    split: str = opt("train", "dataset split")
+    format: str = opt("text", "input format", choices=("text", "jsonl"))
+    text_field: str = opt("text", "jsonl/dataset field holding the text")
+    id_field: str | None = opt(None, "jsonl/dataset field copied to each result as id", metavar="F")
+    unit: str = opt("line", "score each line, or each document (text: blank-line separated; "
+                    "jsonl: each record)", choices=("line", "document"))
+    workers: int = opt(1, "scoring processes", min=1, max=1024)
+
+    def __post_init__(self):
+        check_fields(self)
+        if (self.input is None) == (self.dataset is None):
+            raise OptionError("pass exactly one of input or dataset")
+
+
+@dataclass(frozen=True)
+class InterpolateConfig:
+    """``lmkit interpolate``: how models that share a tokenizer are combined."""
+
+    method: str = opt("linear", "linear mixture (EM weights) or log-linear merge (lambdas "
+                      "refitted)", choices=("linear", "loglinear"))
+    weights: tuple[float, ...] | None = opt(None, "linear: one weight per model (default: fitted "
+                                            "by EM on held-out text)", min=0.0, metavar="W")
+    heldout_tokens: int = opt(20000, "held-out tokens used to fit weights or lambdas", min=1)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.weights is not None and self.method != "linear":
+            raise OptionError("weights is for method linear; the log-linear merge refits its "
+                              "lambdas on held-out text")
+
+
 # ---- generic machinery ----------------------------------------------------------------------
 def field_names(klass) -> list[str]:
     return [f.name for f in dataclasses.fields(klass)]

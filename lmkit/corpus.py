@@ -244,7 +244,7 @@ def _split_of(index: int) -> str:
     return {3: "valid", 7: "test"}.get(index % 10, "train")
 
 
-def _file_lines(path: Path) -> Iterator[str]:
+def file_lines(path: Path) -> Iterator[str]:
     """Decoded lines of a UTF-8 file, streamed; a leading BOM is dropped."""
     offset = 0
     try:
@@ -281,7 +281,7 @@ def _txt_files(folder: Path) -> list[Path]:
     return found
 
 
-def _expand_paths(paths: Iterable[str]) -> list[Path]:
+def expand_paths(paths: Iterable[str]) -> list[Path]:
     files = []
     for given in paths:
         p = Path(given)
@@ -373,10 +373,10 @@ class TextCorpus:
 
 
 def _files_corpus(name: str, files: list[Path]) -> TextCorpus:
-    return TextCorpus(name, files, lambda: (line for f in files for line in _file_lines(f)))
+    return TextCorpus(name, files, lambda: (line for f in files for line in file_lines(f)))
 
 
-def _local_data_files(path: Path) -> tuple[str, list[str]]:
+def local_data_files(path: Path) -> tuple[str, list[str]]:
     """(datasets builder name, files) for a local data file or a folder of them."""
     files = ([path] if path.is_file() else
              sorted(q for q in path.rglob("*") if q.is_file() and q.suffix in _DATASET_BUILDERS))
@@ -398,7 +398,7 @@ def _load_dataset(dataset: str, split: str, text_field: str, streaming: bool) ->
     local = Path(dataset)
     try:
         if local.exists():
-            builder, data_files = _local_data_files(local)
+            builder, data_files = local_data_files(local)
             ds = datasets.load_dataset(builder, data_files={split: data_files}, split=split,
                                        streaming=streaming)
         else:
@@ -444,7 +444,7 @@ def load_corpus(*, corpus: str | None = None, input: list[str] | None = None,
         paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
         if not paths:
             raise InputError("input: no files given; pass at least one file or folder")
-        return _files_corpus("input:" + ",".join(map(str, paths)), _expand_paths(paths))
+        return _files_corpus("input:" + ",".join(map(str, paths)), expand_paths(paths))
     if dataset is not None:
         return _load_dataset(dataset, split, text_field, streaming)
     corpus = corpus or "shakespeare"

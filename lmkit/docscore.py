@@ -22,12 +22,15 @@ the workers are terminated and the temporary file removed.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import multiprocessing as mp
 import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -35,7 +38,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import InputError, MissingPathError
+from .config import ScoreConfig, make
+from .corpus import expand_paths, file_lines, local_data_files
+from .errors import InputError, MissingDependencyError, MissingPathError
+from .load import load as load_model
 
 CHUNK_UNITS = 2048
 CHUNK_CHARS = 1_000_000
@@ -43,16 +49,14 @@ CHUNK_CHARS = 1_000_000
 
 # ---- reading units ----------------------------------------------------------------------------
 def _text_lines(paths) -> Iterator[str]:
-    from .corpus import _expand_paths, _file_lines
-    for f in _expand_paths(paths):
-        for raw in _file_lines(f):
+    for f in expand_paths(paths):
+        for raw in file_lines(f):
             yield raw.rstrip("\r\n")
 
 
 def _jsonl_records(paths) -> Iterator[dict]:
-    from .corpus import _expand_paths, _file_lines
-    for f in _expand_paths(paths):
-        for lineno, raw in enumerate(_file_lines(f), 1):
+    for f in expand_paths(paths):
+        for lineno, raw in enumerate(file_lines(f), 1):
             if not raw.strip():
                 continue
             try:
@@ -68,15 +72,13 @@ def _jsonl_records(paths) -> Iterator[dict]:
 
 def _dataset_records(dataset: str, split: str) -> Iterator[dict]:
     try:
-        import datasets
+        import datasets  # optional dependency
     except ImportError:
-        from .errors import MissingDependencyError
-        raise MissingDependencyError("--dataset needs the datasets package; pip install "
-                                     "'lmkit[datasets]' or pass --input files") from None
-    from .corpus import _local_data_files
+        raise MissingDependencyError("dataset needs the `datasets` package; install it with "
+                                     "`pip install 'lmkit[hf]'`, or pass input files") from None
     local = Path(dataset)
     if local.exists():
-        builder, files = _local_data_files(local)
+        builder, files = local_data_files(local)
         ds = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
     else:
         path, _, config = dataset.partition(":")
@@ -161,20 +163,6 @@ def score_units(model, chunk: list, num_threads: int | None = None) -> list:
             for (meta, _), x, t, b in zip(chunk, nll, tok, n_bytes)]
 
 
-def load_model(path):
-    """A ``LanguageModel`` or ``MixtureModel`` from its folder (by the manifest's kind)."""
-    p = Path(path)
-    try:
-        kind = json.loads((p / "manifest.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None
-    if kind == "mixture":
-        from .interpolate import MixtureModel
-        return MixtureModel.load(p)
-    from .model import LanguageModel
-    return LanguageModel.load(p)
-
-
 _MODEL = None
 
 
@@ -183,7 +171,6 @@ def _worker_init(model_path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked with the parent's handler: undo it
     try:  # Linux: die with the parent even if it is killed outright
-        import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -215,7 +202,6 @@ def _results(model_path, chunks, workers: int):
         for chunk in chunks:
             yield _scored_text(model, chunk)
         return
-    import multiprocessing as mp
     pool = mp.get_context("fork").Pool(workers, _worker_init, (str(model_path),))
     try:
         pending = deque()
@@ -235,16 +221,16 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def score_file(model_path, output, *, input=None, dataset=None, split: str = "train",
-               fmt: str = "text", text_field: str = "text", id_field: str | None = None,
-               unit: str = "line", workers: int = 1, progress: bool = True) -> dict:
+def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     """Score every unit and write ``output`` (JSONL) atomically; ``lmkit score``.
 
-    Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds", "units_per_s",
-    "tokens_per_s"}`` for the whole input.
+    Options: ``config.ScoreConfig`` (input or dataset, split, format, text_field, id_field,
+    unit, workers). Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds",
+    "units_per_s", "tokens_per_s"}`` for the whole input.
     """
-    if not isinstance(workers, int) or workers < 1:
-        raise InputError(f"--workers must be an integer >= 1, got {workers!r}")
+    o = make(ScoreConfig, options)
+    input, dataset, split, fmt = o.input, o.dataset, o.split, o.format
+    text_field, id_field, unit, workers = o.text_field, o.id_field, o.unit, o.workers
     if not Path(model_path).exists():
         raise MissingPathError(f"{model_path}: no such model folder; train one with `lmkit train`")
     out = Path(output)
@@ -286,7 +272,6 @@ def score_file(model_path, output, *, input=None, dataset=None, split: str = "tr
 
 
 def _main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 

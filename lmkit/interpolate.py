@@ -29,7 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import InputError, MissingPathError, ModelFormatError
+from .explicit import choose_lambdas
+from .model import BaseModel, LanguageModel
+from .parallel import fit_heldout
+from .scoring import context_rows
+from .store import check_output_path, library_versions, recover_interrupted, sha256_bytes
 from .params import SparseParams
 
 FORMAT, VERSION = "lmkit-model", 1
@@ -67,7 +73,7 @@ def fit_weights(logps: np.ndarray, *, max_iter: int = 200, tol: float = 1e-7,
     return w, trace
 
 
-class MixtureModel:
+class MixtureModel(BaseModel):
     """``p(w|h) = sum_k weights[k] p_k(w|h)`` over models that share a tokenizer."""
 
     def __init__(self, models: list, weights, info: dict | None = None):
@@ -87,13 +93,6 @@ class MixtureModel:
     def vocab_size(self) -> int:
         return self.models[0].vocab_size
 
-    @property
-    def vocab(self) -> list:
-        return self.models[0].vocab
-
-    def encode_lines(self, lines) -> list:
-        return self.tokenizer.encode_batch(list(lines))
-
     def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
         """Per-target natural-log probabilities (EOS included) and the sequence index."""
         logw = np.log(np.maximum(self.weights, 1e-300))
@@ -101,36 +100,10 @@ class MixtureModel:
         lp = np.logaddexp.reduce(np.stack([lw + p for lw, (p, _) in zip(logw, parts)]), axis=0)
         return lp, parts[0][1]
 
-    def log_proba(self, text: str) -> np.ndarray:
-        return self.log_proba_ids([self.tokenizer.encode(text)])[0]
-
     def next_logp(self, prefix_ids) -> np.ndarray:
         logw = np.log(np.maximum(self.weights, 1e-300))
         return np.logaddexp.reduce(np.stack([lw + m.next_logp(prefix_ids)
                                              for lw, m in zip(logw, self.models)]), axis=0)
-
-    def next_distribution(self, context="") -> np.ndarray:
-        ids = self.tokenizer.encode(context) if isinstance(context, str) else list(context)
-        return np.exp(self.next_logp(ids))
-
-    def top_next(self, context="", k: int = 10) -> list:
-        if k < 1:
-            raise InputError(f"--top must be >= 1, got {k}")
-        p = self.next_distribution(context)
-        p[self.tokenizer.bos_id] = -1.0  # BOS is never a target
-        best = np.argsort(-p, kind="stable")[:k]
-        return [(self.tokenizer.id_to_piece(int(i)), float(p[i])) for i in best]
-
-    def score(self, lines, chunk_lines: int = 2000, progress=None) -> dict:
-        from .evaluate import evaluate_lines
-        return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
-
-    def perplexity(self, lines) -> float:
-        return self.score(lines)["perplexity"]
-
-    def sample(self, prompt: str = "", **kwargs) -> list:
-        from .generate import generate
-        return generate(self, prompt, **kwargs)
 
     def describe(self) -> str:
         return (f"linear mixture of {len(self.models)} models, weights="
@@ -140,12 +113,13 @@ class MixtureModel:
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path, command: str | None = None) -> Path:
         """Write the mixture folder atomically (temp folder in the same parent, then rename)."""
-        from .store import check_output_path, library_versions, sha256_bytes
         path = Path(path)
+        recover_interrupted(path)
         check_output_path(path)
         parent = path.parent if str(path.parent) else Path(".")
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=files.tmp_prefix(path, "tmp"), dir=parent))
+        os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes 0700
         try:
             for k, m in enumerate(self.models):
                 m.save(tmp / "components" / str(k))
@@ -159,16 +133,9 @@ class MixtureModel:
                         "versions": library_versions(), "command": command,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
-                os.replace(path, old / "m")
-                try:
-                    os.replace(tmp, path)
-                except BaseException:
-                    os.replace(old / "m", path)
-                    raise
-                finally:
-                    shutil.rmtree(old, ignore_errors=True)
+            if os.path.lexists(path):  # an lmkit model folder (check_output_path said so)
+                files.stderr(f"lmkit: replacing the lmkit model folder {path}")
+                files.replace_folder(tmp, path)
             else:
                 os.replace(tmp, path)
         except BaseException:
@@ -178,7 +145,6 @@ class MixtureModel:
 
     @classmethod
     def load(cls, path) -> "MixtureModel":
-        from .model import LanguageModel
         path = Path(path)
         mpath = path / "manifest.json"
         if not mpath.is_file():
@@ -224,10 +190,6 @@ def interpolate_linear(models, heldout_lines, weights="auto") -> MixtureModel:
 
 def loglinear_merge(models, heldout_lines, *, max_memory=None):
     """One sparse ``LanguageModel`` over the union of the models' feature groups (docstring)."""
-    from .explicit import choose_lambdas
-    from .model import LanguageModel
-    from .parallel import fit_heldout
-    from .scoring import context_rows
     check_same_tokenizer(models)
     for m in models:
         p = m.params

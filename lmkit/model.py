@@ -28,7 +28,77 @@ from .tokenizer import Tokenizer
 _UNSET = object()
 
 
-class LanguageModel:
+class BaseModel:
+    """What every lmkit model offers, built on two methods a subclass provides:
+    ``log_proba_ids(seqs) -> (logp (N,), seq_index (N,))`` and ``next_logp(prefix_ids) -> (V,)``,
+    plus the attributes ``tokenizer`` and ``vocab_size``. Natural logs throughout."""
+
+    def encode_lines(self, lines: Iterable[str]) -> list:
+        return self.tokenizer.encode_batch(list(lines))
+
+    def log_proba(self, text: str) -> np.ndarray:
+        """Natural-log probability of each token of ``text`` followed by EOS; float64 (n+1,)."""
+        if not isinstance(text, str):
+            raise InputError(f"text must be str, got {type(text).__name__}")
+        return self.log_proba_ids([self.tokenizer.encode(text)])[0]
+
+    def score(self, lines: Iterable[str], chunk_lines: int = 2000, progress=None) -> dict:
+        """Evaluate on sequences (one str each; "" lines are skipped, as in corpora): see
+        ``evaluate.evaluate_lines``."""
+        if isinstance(lines, (str, bytes)):
+            raise InputError("lines must be an iterable of str, not a str; wrap one text as [text]")
+        return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
+
+    def perplexity(self, lines: Iterable[str]) -> float:
+        """Per-token perplexity (EOS counted) of ``lines``."""
+        return self.score(lines)["perplexity"]
+
+    @property
+    def vocab(self) -> list:
+        """The pieces, indexed by token id (``vocab[i]`` is the piece of id i)."""
+        return [self.tokenizer.id_to_piece(i) for i in range(self.vocab_size)]
+
+    def _context_ids(self, context) -> list:
+        """Token ids of a context: text (the start of a sequence) or a list of ids."""
+        if isinstance(context, str):
+            return self.tokenizer.encode(context) if context else []
+        return [int(i) for i in _check_ids(context, self.vocab_size, "context")]
+
+    def next_distribution(self, context="") -> np.ndarray:
+        """P(next token | context) for every token id: float64 (V,) summing to 1.
+
+        ``context``: text (the start of a sequence, as a generate prompt) or a list of token ids.
+        """
+        return np.exp(self.next_logp(self._context_ids(context)))
+
+    def top_next(self, context="", k: int = 10) -> list:
+        """The ``k`` most probable next tokens as ``[(piece, prob)]``, best first (BOS left out)."""
+        _check_top(k)
+        logp = self.next_logp(self._context_ids(context))
+        return _best(self.tokenizer, np.arange(self.vocab_size), logp, k)
+
+    def sample(self, prompt: str = "", **options) -> list:
+        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens=100,
+        temperature=1.0, top_k=0, top_p=1.0, seed=0, num_samples=1); see ``generate.generate``."""
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
+        return generate(self, prompt, make(SampleConfig, options))
+
+
+def _check_top(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise OptionError(f"top must be an integer >= 1, got {k!r}")
+
+
+def _best(tok, cand: np.ndarray, logp: np.ndarray, k: int) -> list:
+    """The k best ``(piece, prob)`` among candidate ids ``cand`` with log-probs ``logp``."""
+    keep = cand != tok.bos_id  # BOS is never a target
+    cand, logp = cand[keep], logp[keep]
+    best = np.argsort(-logp, kind="stable")[:k]
+    return [(tok.id_to_piece(int(cand[i])), float(np.exp(logp[i]))) for i in best]
+
+
+class LanguageModel(BaseModel):
     """A single-layer softmax LM over context feature groups.
 
     tokenizer: ``Tokenizer``; params: ``SparseParams`` or ``scoring.DenseParams``; config: the
@@ -69,9 +139,6 @@ class LanguageModel:
         return "sparse" if isinstance(self.params, SparseParams) else "dense"
 
     # ---- scoring -----------------------------------------------------------------------------
-    def encode_lines(self, lines: Iterable[str]) -> list:
-        return self.tokenizer.encode_batch(list(lines))
-
     def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
         """Per-target natural-log probabilities of id sequences (EOS included), and seq index."""
         tok = self.tokenizer
@@ -92,50 +159,12 @@ class LanguageModel:
                 self._loggammas = backoff_tables(p)[1]
         return self._loggammas
 
-    def log_proba(self, text: str) -> np.ndarray:
-        """Natural-log probability of each token of ``text`` followed by EOS; float64 (n+1,)."""
-        if not isinstance(text, str):
-            raise InputError(f"text must be str, got {type(text).__name__}")
-        return self.log_proba_ids([self.tokenizer.encode(text)])[0]
-
-    def score(self, lines: Iterable[str], chunk_lines: int = 2000, progress=None) -> dict:
-        """Evaluate on sequences (one str each; "" lines are skipped, as in corpora): see
-        ``evaluate.evaluate_lines``."""
-        if isinstance(lines, (str, bytes)):
-            raise InputError("lines must be an iterable of str, not a str; wrap one text as [text]")
-        return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
-
-    def perplexity(self, lines: Iterable[str]) -> float:
-        """Per-token perplexity (EOS counted) of ``lines``."""
-        return self.score(lines)["perplexity"]
-
     def next_logp(self, prefix_ids) -> np.ndarray:
         """log P(next token | sequence so far) for every token id; (V,) float64."""
         tok = self.tokenizer
         prefix_ids = _check_ids(prefix_ids, self.vocab_size, "prefix_ids")
         rows = scoring.next_rows(self.groups, self.params.keys, prefix_ids, self.vocab_size, tok.bos_id)
         return scoring.next_logp(self.params, rows)
-
-    @property
-    def vocab(self) -> list:
-        """The pieces, indexed by token id (``vocab[i]`` is the piece of id i)."""
-        return [self.tokenizer.id_to_piece(i) for i in range(self.vocab_size)]
-
-    def _context_ids(self, context) -> list:
-        """Token ids of a context: text (the start of a sequence) or a list of ids."""
-        if isinstance(context, str):
-            return self.tokenizer.encode(context) if context else []
-        ids = [int(i) for i in context]
-        if any(not 0 <= i < self.vocab_size for i in ids):
-            raise InputError(f"context ids must be in [0, {self.vocab_size}), got {ids[:10]}")
-        return ids
-
-    def next_distribution(self, context="") -> np.ndarray:
-        """P(next token | context) for every token id: float64 (V,) summing to 1.
-
-        ``context``: text (the start of a sequence, as a generate prompt) or a list of token ids.
-        """
-        return np.exp(self.next_logp(self._context_ids(context)))
 
     def top_next(self, context="", k: int = 10) -> list:
         """The ``k`` most probable next tokens as ``[(piece, prob)]``, best first, exactly.
@@ -144,8 +173,7 @@ class LanguageModel:
         the answer is among the touched columns and the first k + touched ids by q (the q order
         is sorted once); cost ~ touched non-zeros + k. BOS (never a target) is left out.
         """
-        if k < 1:
-            raise InputError(f"--top must be >= 1, got {k}")
+        _check_top(k)
         ids, tok = self._context_ids(context), self.tokenizer
         if isinstance(self.params, SparseParams):
             rows = scoring.next_rows(self.groups, self.params.keys, ids, self.vocab_size, tok.bos_id)
@@ -159,19 +187,9 @@ class LanguageModel:
         else:
             logp = self.next_logp(ids)
             cand = np.arange(self.vocab_size)
-        keep = cand != tok.bos_id
-        cand, logp = cand[keep], logp[keep]
-        best = np.argsort(-logp, kind="stable")[:k]
-        return [(tok.id_to_piece(int(cand[i])), float(np.exp(logp[i]))) for i in best]
+        return _best(tok, cand, logp, k)
 
-    # ---- generation and inspection -----------------------------------------------------------
-    def sample(self, prompt: str = "", **options) -> list:
-        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens=100,
-        temperature=1.0, top_k=0, top_p=1.0, seed=0, num_samples=1); see ``generate.generate``."""
-        if not isinstance(prompt, str):
-            raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
-        return generate(self, prompt, make(SampleConfig, options))
-
+    # ---- inspection ----------------------------------------------------------------------------
     def inspect(self, token: str, top: int = 10) -> dict:
         """Strongest next tokens per group for a context token: ``{group: [(piece, weight)]}``.
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from .arpa import pair_index, find_pairs, suffix_params
 from .errors import InputError
+from .model import LanguageModel
 from .ngram import backoff_tables, check_arpa_exportable, mkn_log_proba
 from .sparse import lookup_rows
 
@@ -115,7 +116,6 @@ def prune_entropy(model, threshold: float, *, criteria=None):
     ``criteria``: the output of ``entropy_criteria(model)``, to prune one model at several
     thresholds without recomputing it.
     """
-    from .model import LanguageModel
     if not threshold >= 0:
         raise InputError(f"--threshold must be >= 0 (relative perplexity increase, e.g. 1e-7), "
                          f"got {threshold}")

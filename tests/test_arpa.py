@@ -199,5 +199,5 @@ def test_top_next_on_window_model_and_vocab(tiny_model):
     assert [y for _, y in top] == pytest.approx(np.sort(p)[::-1][:5].tolist(), rel=1e-9)
     assert tiny_model.vocab[tiny_model.tokenizer.eos_id] == "</s>"
     assert len(tiny_model.vocab) == tiny_model.vocab_size
-    with pytest.raises(InputError, match="--top must be >= 1"):
+    with pytest.raises(InputError, match="top must be an integer >= 1"):
         tiny_model.top_next("a", 0)

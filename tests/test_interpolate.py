@@ -85,8 +85,12 @@ def test_cli_interpolate_next_vocab(two_models, tiny_corpus_file, tmp_path, caps
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "2\t</s>" and len(lines) == 300
     assert main(["score", out, "--input", tiny_corpus_file, "--output", tmp_path / "s.jsonl"]) == 0
-    assert main(["interpolate", da, db, "--weights", "x", "y", "--output", out]) == 2
-    assert "--weights takes auto or numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["interpolate", da, db, "--weights", "x", "y", "--output", out])
+    assert e.value.code == 2
+    assert "argument --weights: invalid float value: 'x'" in capsys.readouterr().err
+    assert main(["interpolate", da, db, "--weights", "0.5", "--output", out]) == 2
+    assert "needs 2 non-negative values" in capsys.readouterr().err
 
 
 def test_cli_import_prune_export_pieces(two_models, tmp_path, capsys):

@@ -241,6 +241,7 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
         q[tokenizer.bos_id] += deficit
     else:
         q /= q.sum()
+        q[tokenizer.bos_id] = 1e-300  # ~0 but finite: log q stays finite
     bo_uni = np.zeros(V)
     bo_uni[uni] = bo1
     # per order n >= 2: history keys, targets, log10 p (NaN = added by closure), log10 bo

@@ -5,13 +5,17 @@ added here, see ``features.pad_sequences``). Output: ``Counts`` with, for each f
 
 - ``F[g]``: ``scipy.sparse.csr_matrix`` of shape ``(R_g, V)``, int64, rows = context feature
   (for ``Window(k)``: the token k back, ``R_g = V``; for ``Suffix(m)``: the observed m-token
-  histories, ``keys[g][r]`` is the packed history of row r, sorted ascending), columns = target.
+  histories, ``keys[g][r]`` is the chained key ``parent_row * V + oldest_token`` of row r (see
+  ``features.py``), sorted ascending), columns = target.
   ``F[window k][i, j] = #{t : tok[t-k] = i, tok[t] = j}``;
 - ``target[j]``: how often token j is a target (int64, shape (V,)); EOS counts once per sequence.
 
 Counts are sums over positions, so the counts of two shards add up to the counts of their
 concatenation (``Counts.__add__``): chunked, multi-process and distributed counting all reduce
-to summing partial ``Counts``. Memory is bounded by one chunk plus the sparse totals.
+to summing partial ``Counts``. Memory is bounded by one chunk plus the sparse totals. Chained
+suffix keys name rows of the shard's own shorter tables, so a sum re-keys the suffix groups
+level by level (``Suffix(1)`` first); the result is the same canonical numbering as counting the
+concatenation in one go.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from .features import Suffix, Window, pad_sequences
+from .features import Suffix, Window, check_suffix_chain, pad_sequences
 from .sparse import lookup_rows
 
 
@@ -40,15 +44,21 @@ class Counts:
 
     def __add__(self, other: "Counts") -> "Counts":
         assert self.vocab_size == other.vocab_size and self.groups == other.groups
+        V = self.vocab_size
         F, keys = [], []
+        map_a = map_b = np.zeros(1, dtype=np.int64)  # old -> new rows of the previous suffix level
         for a, ka, b, kb in zip(self.F, self.keys, other.F, other.keys):
             if ka is None:
                 F.append((a + b).tocsr())
                 keys.append(None)
-            else:
-                union = np.union1d(ka, kb)
-                F.append((_remap_rows(a, ka, union) + _remap_rows(b, kb, union)).tocsr())
-                keys.append(union)
+                continue
+            # re-key both sides into the merged numbering of the parent level (monotone maps,
+            # so the re-keyed tables stay sorted), then take the union
+            ka, kb = map_a[ka // V] * V + ka % V, map_b[kb // V] * V + kb % V
+            union = np.union1d(ka, kb)
+            map_a, map_b = np.searchsorted(union, ka), np.searchsorted(union, kb)
+            F.append((_remap_rows(a, map_a, len(union)) + _remap_rows(b, map_b, len(union))).tocsr())
+            keys.append(union)
         return Counts(self.vocab_size, self.groups, F, keys, self.target + other.target,
                       self.n_sequences + other.n_sequences, self.n_tokens + other.n_tokens)
 
@@ -70,10 +80,12 @@ class Counts:
         return (self.n_sequences, self.n_tokens) == (other.n_sequences, other.n_tokens)
 
 
-def _remap_rows(m: sp.csr_matrix, old_keys: np.ndarray, union: np.ndarray) -> sp.csr_matrix:
-    coo = m.tocoo()
-    new_rows = np.searchsorted(union, old_keys)[coo.row]
-    return sp.csr_matrix((coo.data, (new_rows, coo.col)), shape=(len(union), m.shape[1]))
+def _remap_rows(m: sp.csr_matrix, new_rows: np.ndarray, n_rows: int) -> sp.csr_matrix:
+    """``m`` with row i moved to ``new_rows[i]`` (increasing), as a CSR with ``n_rows`` rows."""
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    lengths[new_rows] = np.diff(m.indptr)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    return sp.csr_matrix((m.data, m.indices, indptr), shape=(n_rows, m.shape[1]))
 
 
 def empty_counts(vocab_size: int, groups: list) -> Counts:
@@ -88,28 +100,56 @@ def empty_counts(vocab_size: int, groups: list) -> Counts:
 
 def count_chunk(seqs: list, vocab_size: int, groups: list, bos_id: int, eos_id: int) -> Counts:
     """Counts of one chunk of sequences (lists or arrays of token ids in ``[0, V)``)."""
-    if not seqs:
+    check_suffix_chain(groups)
+    if not len(seqs):
         return empty_counts(vocab_size, groups)
     pad = max(g.reach for g in groups)
     buf, pos, starts = pad_sequences(seqs, pad, bos_id, eos_id)
     targets = buf[pos].astype(np.int64)
     F, keys = [], []
+    suffix_rows = None
     for g in groups:
-        rk = g.row_keys(buf, pos, starts, vocab_size)
         if isinstance(g, Suffix):
-            ok = rk >= 0
-            uniq, rows = np.unique(rk[ok], return_inverse=True)
-            cols, n_rows = targets[ok], len(uniq)
-            keys.append(uniq.astype(np.int64))
+            rk = g.row_keys(buf, pos, starts, vocab_size, suffix_rows)
+            m, k, suffix_rows = suffix_counts(rk, targets, vocab_size)
+            keys.append(k)
         else:
-            rows, cols, n_rows = rk, targets, vocab_size
+            rk = g.row_keys(buf, pos, starts, vocab_size)
+            m = sp.coo_matrix((np.ones(len(rk), dtype=np.int64), (rk, targets)),
+                              shape=(vocab_size, vocab_size)).tocsr()
+            m.sum_duplicates()
             keys.append(None)
-        data = np.ones(len(rows), dtype=np.int64)
-        m = sp.coo_matrix((data, (rows, cols)), shape=(n_rows, vocab_size)).tocsr()
-        m.sum_duplicates()
         F.append(m)
     target = np.bincount(targets, minlength=vocab_size).astype(np.int64)
     return Counts(vocab_size, list(groups), F, keys, target, len(seqs), len(targets))
+
+
+def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
+    """One sort: (history key, target) per position -> counts CSR, sorted keys, row per position.
+
+    ``row_keys``: int64 (N,) chained keys (-1 = no feature). Returns ``(F, keys, rows)``: F CSR
+    (R, V) int64 canonical, keys int64 (R,) sorted, rows int64 (N,) (-1 where the key is -1).
+    The pair ``key * V + target`` fits in int64 while ``R_{m-1} * V**2 < 2**63`` (R < 8e9 at
+    V = 32000). Example: keys [5, 5, 3], targets [1, 1, 2], V = 4 -> keys [3, 5], F = [[0, 0, 1, 0],
+    [0, 2, 0, 0]], rows [1, 1, 0].
+    """
+    V = vocab_size
+    ok = row_keys >= 0
+    pair = row_keys[ok] * V + targets[ok] if not ok.all() else row_keys * V + targets
+    uniq, inv, cnt = np.unique(pair, return_inverse=True, return_counts=True)
+    hist = uniq // V
+    new_row = np.empty(len(uniq), dtype=bool)  # first pair of each history
+    if len(uniq):
+        new_row[0] = True
+        np.not_equal(hist[1:], hist[:-1], out=new_row[1:])
+    row_of_pair = np.cumsum(new_row) - 1
+    keys = hist[new_row]
+    indptr = np.append(np.flatnonzero(new_row), len(uniq)).astype(np.int64)
+    F = sp.csr_matrix((cnt.astype(np.int64), (uniq % V).astype(np.int32), indptr),
+                      shape=(len(keys), V))
+    rows = np.full(len(row_keys), -1, dtype=np.int64)
+    rows[ok] = row_of_pair[inv.ravel()]
+    return F, keys, rows
 
 
 def sum_counts(parts: Iterable[Counts]) -> Counts:

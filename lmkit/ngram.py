@@ -2,7 +2,8 @@ r"""N-gram solver: suffix-context counts -> interpolated modified Kneser-Ney as 
 
 Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` (an order N = M + 1 model),
 optionally followed by ``Window`` groups. ``F[m]`` is CSR (R_m, V) int64: rows = observed
-m-token histories h (sorted packed keys, oldest token at weight V**0), columns = next token w.
+m-token histories h (sorted chained keys ``row(h') * V + oldest token``, see ``features.py``),
+columns = next token w.
 Output: ``SparseParams`` with ``q`` (V,) = the interpolated MKN unigram ``P_1``, per suffix group
 ``S_m`` CSR (R_m, V) float64 on the pattern of ``F[m]``, window groups solved as in
 ``explicit.py`` against the same ``q``; ``lambdas`` = 1 (suffix weights stay 1: that *is* MKN).
@@ -12,7 +13,7 @@ Interpolated modified Kneser-Ney (Chen & Goodman 1998; as in KenLM's lmplz)
 Adjusted counts ``a``: raw counts ``c(h w)`` at the highest order N and for n-grams starting
 with BOS; otherwise the continuation count ``N1+(. h w)`` = number of distinct tokens seen left
 of ``h w`` (BOS included). Each nonzero of ``F[m+1]`` is one distinct ``(v h, w)``, so
-``a(h w)`` = number of nonzeros of ``F[m+1]`` in rows whose key // V is key(h): the lower orders
+``a(h w)`` = number of nonzeros of ``F[m+1]`` in rows whose key // V is row(h): the lower orders
 are derived from the higher-order count matrices, nothing else is counted. Per order n three
 discounts from the count-of-counts ``n_k`` of its adjusted counts::
 
@@ -63,7 +64,8 @@ from .errors import InputError
 from .explicit import estimate_discount, solve_group
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
-from .features import Suffix, decode_suffix_key
+from .features import (Suffix, check_suffix_chain, decode_histories, decode_suffix_key,
+                       encode_histories)
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 
@@ -105,19 +107,41 @@ def adjusted_counts(counts: Counts, m: int, top: int, bos_id: int) -> sp.csr_mat
         A.sort_indices()
         return A
     up, up_keys = counts.F[m].tocsr(), counts.keys[m]  # Suffix(m+1) is group index m
-    entry_row = np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))
     if m == 0:
         return sp.csr_matrix(np.bincount(up.indices, minlength=V).astype(np.int64)[None, :])
-    parent = lookup_rows(counts.keys[m - 1], up_keys // V)  # drop the oldest token
-    assert (parent >= 0).all(), "suffix groups must be nested (Suffix(1..M) counted together)"
     F = counts.F[m - 1].tocsr()
-    A = sp.csr_matrix((np.ones(up.nnz, np.int64), (parent[entry_row], up.indices)), shape=F.shape)
-    A.sum_duplicates()
-    bos_rows = (counts.keys[m - 1] % V) == bos_id
-    A = (A + sp.diags(bos_rows.astype(np.int64), dtype=np.int64) @ F).tocsr()
-    A.sort_indices()
-    assert A.nnz == F.nnz, "adjusted counts must have the pattern of the raw counts"
-    return A
+    F.sort_indices()
+    entry_row = np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))
+    parent = up_keys[entry_row] // V  # chained keys: the row of h w's history minus its oldest
+    idx = entry_index(F, parent, up.indices)
+    a = np.bincount(idx, minlength=F.nnz).astype(np.int64)
+    bos_rows = (counts.keys[m - 1] % V) == bos_id  # oldest token BOS: nothing extends it
+    bos_entries = np.repeat(bos_rows, np.diff(F.indptr))
+    a[bos_entries] = F.data[bos_entries]
+    assert (a > 0).all(), "adjusted counts must have the pattern of the raw counts"
+    return sp.csr_matrix((a, F.indices, F.indptr), shape=F.shape)
+
+
+def linear_keys(M: sp.csr_matrix) -> np.ndarray:
+    """``row * V + col`` of every stored entry of a canonical CSR: sorted int64 (nnz,)."""
+    V = M.shape[1]
+    return np.repeat(np.arange(M.shape[0], dtype=np.int64) * V, np.diff(M.indptr)) + M.indices
+
+
+def entry_index(M: sp.csr_matrix, rows, cols, lin=None, missing_ok: bool = False) -> np.ndarray:
+    """Index into ``M.data`` of each entry (rows[n], cols[n]) of a canonical CSR (-1 if absent).
+
+    One ``searchsorted`` on the linear keys (``lin``: ``linear_keys(M)``, if already known).
+    Without ``missing_ok`` every entry must be stored.
+    """
+    lin = linear_keys(M) if lin is None else lin
+    q = np.asarray(rows, dtype=np.int64) * M.shape[1] + np.asarray(cols, dtype=np.int64)
+    idx = np.minimum(np.searchsorted(lin, q), max(len(lin) - 1, 0))
+    found = (lin[idx] == q) & (np.asarray(rows) >= 0) if len(lin) else np.zeros(len(q), bool)
+    if not missing_ok:
+        assert found.all(), "a needed n-gram is missing: patterns must be nested"
+        return idx
+    return np.where(found, idx, -1)
 
 
 def infer_bos_id(counts: Counts) -> int:
@@ -132,11 +156,11 @@ def infer_bos_id(counts: Counts) -> int:
 
 def _suffix_order(groups) -> int:
     """M such that the suffix groups are exactly Suffix(1..M), in order, first."""
-    ms = [g.m for g in groups if isinstance(g, Suffix)]
-    if ms != list(range(1, len(ms) + 1)) or any(isinstance(g, Suffix) for g in groups[len(ms):]):
+    M = check_suffix_chain(groups)
+    if any(isinstance(g, Suffix) for g in groups[M:]):
         raise InputError(f"suffix groups must be suffix1..suffixM first, got "
                          f"{[g.name for g in groups]}; build them with make_groups(order=N)")
-    return len(ms)
+    return M
 
 
 def _check_discount(discount):
@@ -181,10 +205,10 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     d1 = np.where(a1 > 0, _discount_of(a1, discounts[0]), 0.0)
     q = (a1 - d1) / a1.sum() + d1.sum() / a1.sum() / V
 
-    S, keys, logp_prev = [], [], None
+    S, keys, logp_prev, parent_map = [], [], None, np.zeros(1, dtype=np.int64)
     for m in range(1, M + 1):
-        Sm, km, logp_prev = _solve_order(A[m], counts.keys[m - 1], discounts[m], keep[m], q,
-                                         logp_prev, keys[-1] if keys else None, V)
+        Sm, km, logp_prev, parent_map = _solve_order(A[m], counts.keys[m - 1], discounts[m], keep[m],
+                                                     q, logp_prev, parent_map, V)
         S.append(Sm)
         keys.append(km)
     for g in groups[M:]:
@@ -201,11 +225,13 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     return SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
 
 
-def _solve_order(A, keys, d, keep, q, logp_prev, keys_prev, V):
-    """One suffix group: S (CSR on the kept pattern), its row keys, and log P on that pattern.
+def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V):
+    """One suffix group: S (CSR on the kept pattern), its row keys, log P on that pattern, and
+    the map old row -> kept row (-1: pruned) that re-keys the next group's chained keys.
 
-    ``logp_prev``: CSR of log P_m(w | h') on the previous group's kept pattern (None for m = 1).
-    Pruned entries keep their whole adjusted count in gamma (their mass backs off).
+    ``logp_prev``: CSR of log P_m(w | h') on the previous group's kept pattern (None for m = 1);
+    ``parent_map``: the previous group's old -> kept row map. Pruned entries keep their whole
+    adjusted count in gamma (their mass backs off).
     """
     R = A.shape[0]
     entry_row = np.repeat(np.arange(R), np.diff(A.indptr))
@@ -213,29 +239,37 @@ def _solve_order(A, keys, d, keep, q, logp_prev, keys_prev, V):
     disc = _discount_of(vals, d)
     total = np.bincount(entry_row, vals, minlength=R)
     r = (vals - disc) / total[entry_row]
-    backoff_mass = disc + np.where(keep, 0.0, vals - disc)
+    backoff_mass = disc if keep is None else disc + np.where(keep, 0.0, vals - disc)
     gamma = np.bincount(entry_row, backoff_mass, minlength=R) / total
-    rows_kept = np.flatnonzero(np.bincount(entry_row[keep], minlength=R) > 0)
-    new_row = np.full(R, -1)
-    new_row[rows_kept] = np.arange(len(rows_kept))
-    er, cols, r = new_row[entry_row[keep]], A.indices[keep].astype(np.int64), r[keep]
+    if keep is None:  # nothing pruned: every row and entry stays, keys keep their numbering
+        new_row = np.arange(R)
+        rows_kept, er, cols = new_row, entry_row, A.indices
+    else:
+        rows_kept = np.flatnonzero(np.bincount(entry_row[keep], minlength=R) > 0)
+        new_row = np.full(R, -1)
+        new_row[rows_kept] = np.arange(len(rows_kept))
+        er, cols, r = new_row[entry_row[keep]], A.indices[keep], r[keep]
+    # chained keys name the parent's row: re-key them into the kept numbering of the parent
+    k = keys[rows_kept]
+    parent = parent_map[k // V]
+    assert (parent >= 0).all(), "a kept history lost its suffix: pruning must keep it"
+    new_keys = parent * V + k % V
     g = gamma[rows_kept][er]
-    lower = _lower_logp(keys[rows_kept][er], cols, q, logp_prev, keys_prev, V)
+    lower = _lower_logp(parent[er], cols, q, logp_prev)
     data = np.log1p(r / (g * np.exp(lower)))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(er, minlength=len(rows_kept)))])
     shape = (len(rows_kept), V)
-    S = sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=shape)
-    logp = sp.csr_matrix((np.log(g) + lower + data, cols.astype(np.int32), indptr), shape=shape)
-    return S, keys[rows_kept].copy(), logp
+    cols = cols.astype(np.int32)
+    S = sp.csr_matrix((data, cols, indptr), shape=shape)
+    logp = sp.csr_matrix((np.log(g) + lower + data, cols, indptr), shape=shape)
+    return S, new_keys, logp, new_row
 
 
-def _lower_logp(hist_keys, cols, q, logp_prev, keys_prev, V):
-    """log P_m(w | h') for each (h, w): h' = h minus its oldest token (unigram q when m = 1)."""
+def _lower_logp(parent_rows, cols, q, logp_prev, lin=None):
+    """log P_m(w | h') for each (h, w), given the row of h' (unigram q when m = 1)."""
     if logp_prev is None:
         return np.log(q[cols])
-    rows = lookup_rows(keys_prev, hist_keys // V)
-    assert (rows >= 0).all(), "lower-order history missing: patterns must be nested"
-    return lookup_values(logp_prev, rows, cols)
+    return logp_prev.data[entry_index(logp_prev, parent_rows, cols, lin)]
 
 
 def prune_thresholds(prune, n_orders: int) -> list:
@@ -252,15 +286,16 @@ def prune_thresholds(prune, n_orders: int) -> list:
 
 
 def _pruned_patterns(A, keys, thresholds, V) -> list:
-    """Boolean keep-mask per order over the nonzeros of ``A[m]`` (index 0 = unigrams, all kept).
+    """Boolean keep-mask per order over the nonzeros of ``A[m]`` (index 0 = unigrams), or None
+    per order when nothing is pruned.
 
     Pruned top-down; an n-gram is kept when its count exceeds the threshold or when a kept
     longer n-gram needs it: as its suffix (``h' w``) or as its context (``h w`` is a kept row).
     """
     M = len(A) - 1
-    keep = [np.ones(a.nnz, dtype=bool) for a in A]
     if not any(thresholds):
-        return keep
+        return [None] * (M + 1)
+    keep = [np.ones(a.nnz, dtype=bool) for a in A]
     needed = {}  # order m -> mask of n-grams that kept (m+1)-grams need
     for m in range(M, 0, -1):
         a = A[m]
@@ -269,28 +304,16 @@ def _pruned_patterns(A, keys, thresholds, V) -> list:
             keep[m] |= needed[m]
         if m > 1:  # mark what this order's kept n-grams need one order down
             er = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))[keep[m]]
-            k = keys[m - 1][er]
             cols = a.indices[keep[m]].astype(np.int64)
             lower = A[m - 1]
             mark = np.zeros(lower.nnz, dtype=bool)
-            suffix_rows = lookup_rows(keys[m - 2], k // V)
-            mark[_entry_index(lower, suffix_rows, cols)] = True
-            # context: the row h of a kept entry, as an (m)-gram (h[:-1], h[-1])
-            ctx_rows = lookup_rows(keys[m - 2], np.unique(k) % (V ** (m - 1)))
-            ctx_cols = np.unique(k) // (V ** (m - 1))
-            mark[_entry_index(lower, ctx_rows, ctx_cols)] = True
+            mark[entry_index(lower, keys[m - 1][er] // V, cols)] = True  # suffix h' w
+            # context: the row h of a kept entry, as an m-gram (h[:-1], h[-1])
+            hist = decode_histories(keys, m, V)[np.unique(er)]
+            ctx_rows = encode_histories(keys, hist[:, :-1], V)
+            mark[entry_index(lower, ctx_rows, hist[:, -1])] = True
             needed[m - 1] = mark
     return keep
-
-
-def _entry_index(M: sp.csr_matrix, rows, cols) -> np.ndarray:
-    """Index into ``M.data`` of each stored entry (rows[n], cols[n]); all must be stored."""
-    idx = sp.csr_matrix((np.arange(M.nnz, dtype=np.float64) + 1, M.indices, M.indptr),
-                        shape=M.shape)
-    ok = rows >= 0
-    pos = lookup_values(idx, rows[ok], np.asarray(cols)[ok]).astype(np.int64) - 1
-    assert (pos >= 0).all(), "pruning: a needed n-gram is missing"
-    return pos
 
 
 # ---- reading MKN back out of a model ----------------------------------------------------------
@@ -302,17 +325,17 @@ def backoff_tables(params: SparseParams):
     """
     M = _suffix_order(params.groups)
     V = params.vocab_size
-    logps, loggammas, prev = [], [], None
+    logps, loggammas, prev, lin = [], [], None, None
     for m in range(M):
         S = params.S[m].tocsr()
         S.sort_indices()
         er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-        lower = _lower_logp(params.keys[m][er], S.indices.astype(np.int64), params.q, prev,
-                            params.keys[m - 1] if m else None, V)
+        lower = _lower_logp((params.keys[m] // V)[er], S.indices, params.q, prev, lin)
         z = 1.0 + np.bincount(er, np.exp(lower) * np.expm1(S.data), minlength=S.shape[0])
         lg = -np.log(z)
         lp = lg[er] + lower + S.data
         prev = sp.csr_matrix((lp, S.indices, S.indptr), shape=S.shape)
+        lin = er * V + S.indices  # = linear_keys(prev), reused by the next order's lookups
         logps.append(lp)
         loggammas.append(lg)
     return logps, loggammas
@@ -373,11 +396,11 @@ def write_arpa(model, path) -> dict:
         S = params.S[m].tocsr()
         S.sort_indices()
         er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-        hist = _decode_keys(params.keys[m], m + 1, V)[er]
+        hist = decode_histories(params.keys, m + 1, V)[er]
         ids = np.concatenate([hist, S.indices[:, None].astype(np.int64)], axis=1)
         bo = np.zeros(S.nnz)
-        if m + 1 < M:  # this n-gram as a history of the next group: key(h) + w * V**(m+1)
-            rk = lookup_rows(params.keys[m + 1], params.keys[m][er] + S.indices.astype(np.int64) * V ** (m + 1))
+        if m + 1 < M:  # this n-gram as a history of the next group (unseen there: backoff 0)
+            rk = encode_histories(params.keys, ids, V)
             bo[rk >= 0] = loggammas[m + 1][rk[rk >= 0]]
         sections.append(_arpa_lines(logps[m] / ln10, words[ids], bo / ln10, m + 1 < M))
     sizes = [len(s) for s in sections]
@@ -397,16 +420,6 @@ def write_arpa(model, path) -> dict:
         Path(tmp).unlink(missing_ok=True)
         raise
     return {f"{n + 1}-grams": c for n, c in enumerate(sizes)}
-
-
-def _decode_keys(keys: np.ndarray, m: int, V: int) -> np.ndarray:
-    """(R, m) token ids of packed history keys, oldest first (vectorised ``decode_suffix_key``)."""
-    out = np.empty((len(keys), m), dtype=np.int64)
-    k = keys.copy()
-    for i in range(m):
-        out[:, i] = k % V
-        k //= V
-    return out
 
 
 def _arpa_lines(log10p, word_rows, log10bo, with_backoff: bool) -> list:

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from lmkit.sparse import lookup_rows
-from lmkit.counts import (count_chunk, count_cooccurrences, empty_counts,
+from lmkit.counts import (count_chunk, count_cooccurrences, empty_counts, suffix_counts,
                           sum_counts)
+from lmkit.errors import InputError
 from lmkit.features import Suffix, Window
 
 V, BOS, EOS = 6, 1, 2
@@ -32,16 +33,29 @@ def test_window_counts_hand_checked():
 
 
 def test_suffix_counts_hand_checked():
-    c = count_chunk(SEQS, V, [Suffix(2)], BOS, EOS)
-    # histories (keys tok[t-2] + 6 tok[t-1]): 19=[1,3], 22=[4,3], 25=[1,4], 27=[3,4]
-    assert c.keys[0].tolist() == [19, 22, 25, 27]
+    c = count_chunk(SEQS, V, [Suffix(1), Suffix(2)], BOS, EOS)
+    assert c.keys[0].tolist() == [1, 3, 4]  # suffix1: the tokens seen as a history, rows 0, 1, 2
+    # chained keys (row of tok[t-1] in suffix1) * 6 + tok[t-2]:
+    # [BOS 3] = 1*6+1 = 7, [4 3] = 1*6+4 = 10, [BOS 4] = 2*6+1 = 13, [3 4] = 2*6+3 = 15
+    assert c.keys[1].tolist() == [7, 10, 13, 15]
     expect = np.zeros((4, V), int)
     expect[0, 4] = 1  # [BOS 3] -> 4
     expect[1, 2] = 1  # [4 3] -> EOS
     expect[2, 2] = 1  # [BOS 4] -> EOS
     expect[3, 3] = 1  # [3 4] -> 3
-    assert dense(c.F[0]) == expect.tolist()
-    assert c.rows(0, np.array([25, 26, -1])).tolist() == [2, -1, -1]
+    assert dense(c.F[1]) == expect.tolist()
+    assert c.rows(1, np.array([13, 14, -1])).tolist() == [2, -1, -1]
+
+
+def test_suffix_groups_must_be_nested():
+    with pytest.raises(InputError, match="suffix1..suffixM in order"):
+        count_chunk(SEQS, V, [Suffix(2)], BOS, EOS)
+
+
+def test_suffix_counts_one_sort_docstring_example():
+    F, keys, rows = suffix_counts(np.array([5, 5, 3, -1]), np.array([1, 1, 2, 0]), 4)
+    assert keys.tolist() == [3, 5] and rows.tolist() == [1, 1, 0, -1]
+    assert dense(F) == [[0, 0, 1, 0], [0, 2, 0, 0]]
 
 
 def test_lookup_rows():
@@ -69,7 +83,7 @@ def test_shard_additivity(groups):
 
 
 def test_sum_counts_order_free():
-    groups = [Suffix(2), Window(2)]
+    groups = [Suffix(1), Suffix(2), Suffix(3), Window(2)]
     parts = [count_chunk(random_seqs(10, seed=s), V, groups, BOS, EOS) for s in range(5)]
     assert sum_counts(parts).equals(sum_counts(parts[::-1]))
     total = parts[0]

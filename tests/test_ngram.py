@@ -176,7 +176,7 @@ def test_suffix_ids_have_no_collisions():
             if h is None:
                 assert r == -1
             else:
-                assert tuple(decode_suffix_key(int(keys[r]), group.m, V)) == h
+                assert tuple(decode_suffix_key(int(keys[r]), group.m, V, counts.keys)) == h
         assert len(keys) == len({h for h in expected if h is not None})
 
 
@@ -229,8 +229,10 @@ def test_bad_discount_and_bad_groups():
     counts = count_chunk(HAND, 5, make_groups(0, 3), BOS, EOS)
     with pytest.raises(InputError, match="D1 D2 D3"):
         solve_ngram(counts, discount=(0.5, 2.5, 1.0))
-    counts = count_chunk(HAND, 5, [Suffix(2)], BOS, EOS)
     with pytest.raises(InputError, match="suffix1..suffixM"):
+        count_chunk(HAND, 5, [Suffix(2)], BOS, EOS)  # chained ids need suffix1 first
+    counts = count_chunk(HAND, 5, [Window(1), Suffix(1)], BOS, EOS)
+    with pytest.raises(InputError, match="suffix1..suffixM first"):
         solve_ngram(counts, bos_id=BOS)
 
 

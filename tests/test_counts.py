@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from lmkit.sparse import lookup_rows
-from lmkit.counts import (count_chunk, count_cooccurrences, empty_counts, suffix_counts,
-                          sum_counts)
+from lmkit.counts import (count_chunk, count_cooccurrences, count_ngrams, empty_counts,
+                          flat_buffer, suffix_counts, sum_counts)
 from lmkit.errors import InputError
-from lmkit.features import Suffix, Window
+from lmkit.features import Suffix, Window, pad_sequences
 
 V, BOS, EOS = 6, 1, 2
 SEQS = [[3, 4, 3], [4]]  # padded: [1,1,3,4,3,2] [1,1,4,2]
@@ -96,3 +96,24 @@ def test_sum_counts_order_free():
 def test_empty_chunk():
     c = count_chunk([], V, [Window(1)], BOS, EOS)
     assert c.n_tokens == 0 and c.F[0].shape == (V, V) and c.F[0].nnz == 0
+
+
+def test_flat_buffer_docstring_example():
+    buf, pos, starts, n = flat_buffer([[[5, 6]], [[7]]], BOS, EOS, 1)
+    assert buf.tolist() == [1, 5, 6, 2, 1, 7, 2] and n == 2
+    assert pos.tolist() == [1, 2, 3, 5, 6] and starts.tolist() == [1, 1, 1, 5, 5]
+    seqs = [[5, 6], [], [7, 3, 4]]
+    for pad in (1, 3):  # the layout of pad_sequences, streamed
+        got = flat_buffer([seqs[:2], [], seqs[2:]], BOS, EOS, pad)
+        want = pad_sequences(seqs, pad, BOS, EOS)
+        assert all(a.tolist() == b.tolist() for a, b in zip(got, want)) and got[3] == 3
+
+
+@pytest.mark.parametrize("groups", [[Suffix(1), Suffix(2), Suffix(3)],
+                                    [Suffix(1), Suffix(2), Window(1), Window(3)]])
+def test_count_ngrams_one_pass_equals_chunked_sums(groups):
+    seqs = random_seqs(80, seed=3, vocab=9) + [[]]
+    chunks = [seqs[i:i + 9] for i in range(0, len(seqs), 9)] + [[]]
+    assert count_ngrams(iter(chunks), 9, groups, BOS, EOS).equals(
+        count_cooccurrences(chunks, 9, groups, BOS, EOS))
+    assert count_ngrams([], 9, groups, BOS, EOS).equals(empty_counts(9, groups))

@@ -96,12 +96,11 @@ def reference_mkn(seqs, V, N):
             for n in range(1, N + 1):
                 if i - n + 1 >= 0:
                     c[tuple(toks[i - n + 1:i + 1])] += 1
-    a = {}
+    left = defaultdict(set)  # n-gram -> the distinct tokens seen right before it
     for g in c:
-        if len(g) == N or g[0] == BOS:
-            a[g] = c[g]
-        else:
-            a[g] = len({x[0] for x in c if len(x) == len(g) + 1 and x[1:] == g})
+        if len(g) > 1:
+            left[g[1:]].add(g[0])
+    a = {g: c[g] if len(g) == N or g[0] == BOS else len(left[g]) for g in c}
     disc = {}
     for n in range(1, N + 1):
         cc = np.array([v for g, v in a.items() if len(g) == n])
@@ -126,6 +125,42 @@ def reference_mkn(seqs, V, N):
         r = (row[w] - dof(n, row[w])) / tot if w in row else 0.0
         return r + gamma * p(h[1:], w)
     return p
+
+
+def reference_log_proba(ref, seqs, order):
+    out = []
+    for s in seqs:
+        toks = [BOS] + list(s) + [EOS]
+        out += [math.log(ref(tuple(toks[max(0, i - order + 1):i]), toks[i]))
+                for i in range(1, len(toks))]
+    return np.array(out)
+
+
+def repetitive_corpus(n=120, V=9, seed=0, ids=None):
+    """Random lines with recurring long phrases, so that every order up to 12 has repeats."""
+    ids = np.arange(3, V) if ids is None else np.asarray(ids)
+    phrases = [list(np.random.default_rng(100 + k).choice(ids, size=14)) for k in range(4)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        p = phrases[rng.integers(len(phrases))]
+        a = int(rng.integers(0, 6))
+        line = list(rng.choice(ids, size=rng.integers(0, 3))) + p[a:a + int(rng.integers(3, 14))]
+        out.append([int(x) for x in line])
+    return out
+
+
+@pytest.mark.parametrize("order", range(2, 13))
+def test_every_order_equals_textbook_reference(order):
+    V = 9
+    train, test = repetitive_corpus(150, V, 0), repetitive_corpus(30, V, 1) + [[8, 7, 6, 5, 4, 3]]
+    params, groups = fit(train, V, order)
+    want = reference_log_proba(reference_mkn(train, V, order), test, order)
+    rows, targets, _ = context_rows(groups, params.keys, test, V, BOS, EOS)
+    assert (rows[-1] >= 0).sum() >= 5  # the longest histories are really used
+    np.testing.assert_allclose(sparse_log_proba(params, rows, targets), want, rtol=0, atol=1e-10)
+    _, lg = backoff_tables(params)
+    np.testing.assert_allclose(mkn_log_proba(params, rows, targets, lg), want, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("order", [2, 3, 4])
@@ -323,3 +358,49 @@ def test_model_fast_mkn_scorer_equals_generic_sparse_scorer(tiny_lines, tiny_tok
     rows, targets, _ = context_rows(groups, params.keys, held, tiny_tok.vocab_size,
                                     tiny_tok.bos_id, tiny_tok.eos_id)
     np.testing.assert_allclose(fast, sparse_log_proba(params, rows, targets), rtol=0, atol=1e-9)
+
+
+def read_arpa(path):
+    """{n-gram tuple of words: (log10 p, log10 backoff)} of an ARPA file (test helper)."""
+    table, n = {}, 0
+    for line in open(path, encoding="utf-8"):
+        line = line.rstrip("\n")
+        if line.endswith("-grams:"):
+            n = int(line[1:line.index("-")])
+        elif n and line and not line.startswith("\\"):
+            f = line.split("\t")
+            table[tuple(f[1].split(" "))] = (float(f[0]), float(f[2]) if len(f) > 2 else 0.0)
+    return table
+
+
+def arpa_log10p(table, words):
+    """Back-off ARPA scoring: log10 P(w | h) for words = h + (w,)."""
+    if words in table:
+        return table[words][0]
+    return table.get(words[:-1], (0, 0.0))[1] + arpa_log10p(table, words[1:])
+
+
+@pytest.mark.parametrize("order", [2, 5, 8, 12])
+def test_large_vocabulary_any_order_scores_and_exports(tmp_path, order):
+    """V = 32,000 (packed keys would need V**11 for order 12): train, score, export, re-score."""
+    V = 32000
+    ids = np.random.default_rng(7).choice(np.arange(3, V), size=12, replace=False)
+    train, test = repetitive_corpus(80, V, 0, ids), repetitive_corpus(10, V, 1, ids)
+    params, groups = fit(train, V, order)
+    want = reference_log_proba(reference_mkn(train, V, order), test, order)
+    rows, targets, _ = context_rows(groups, params.keys, test, V, BOS, EOS)
+    assert (rows[-1] >= 0).any()
+    _, lg = backoff_tables(params)
+    got = mkn_log_proba(params, rows, targets, lg)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    for prefix in (test[0][:order], [int(ids[0])] * 3):
+        rows1 = next_rows(groups, params.keys, prefix, V, BOS)
+        assert np.exp(sparse_next_logp(params, rows1)).sum() == pytest.approx(1.0, abs=1e-12)
+    tok = _fake_tokenizer(V)
+    write_arpa(types.SimpleNamespace(params=params, tokenizer=tok), tmp_path / "m.arpa")
+    table, words = read_arpa(tmp_path / "m.arpa"), arpa_words(tok)
+    arpa = []
+    for s in test:
+        w = ["<s>"] + list(words[s]) + ["</s>"]
+        arpa += [arpa_log10p(table, tuple(w[max(0, i - order + 1):i + 1])) for i in range(1, len(w))]
+    assert np.abs(np.array(arpa) - got / math.log(10)).max() < 1e-5  # ARPA keeps 6 decimals

@@ -59,18 +59,6 @@ def count_corpus(lines_iter, tokenizer: Tokenizer, groups: list, *, chunk_lines:
                                      log=log)
         if engine != "local":
             raise InputError(f"--engine {engine!r} is not one of local, dask; pick one of them")
-        if all(isinstance(g, Suffix) for g in groups) and max_memory is None:
-            # pure n-gram model: one flat buffer, one sort per order (no partial sums to merge)
-            from .counts import count_ngrams
-            from .parallel import line_chunks
-
-            def encoded():
-                for chunk in line_chunks(lines_iter, chunk_lines):
-                    seqs = tokenizer.encode_batch(chunk)
-                    bar.update(sum(map(len, seqs)) + len(seqs))
-                    yield seqs
-            return count_ngrams(encoded(), tokenizer.vocab_size, groups, tokenizer.bos_id,
-                                tokenizer.eos_id)
         return count_corpus_parallel(lines_iter, tokenizer, groups, chunk_lines=chunk_lines,
                                      workers=workers, max_memory=max_memory, progress=bar.update,
                                      log=log)

@@ -65,7 +65,7 @@ from .explicit import estimate_discount, solve_group
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
 from .features import (Suffix, check_suffix_chain, decode_histories, decode_suffix_key,
-                       encode_histories)
+                       encode_histories, find_sorted)
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 
@@ -136,7 +136,7 @@ def entry_index(M: sp.csr_matrix, rows, cols, lin=None, missing_ok: bool = False
     """
     lin = linear_keys(M) if lin is None else lin
     q = np.asarray(rows, dtype=np.int64) * M.shape[1] + np.asarray(cols, dtype=np.int64)
-    idx = np.minimum(np.searchsorted(lin, q), max(len(lin) - 1, 0))
+    idx = np.minimum(find_sorted(lin, q), max(len(lin) - 1, 0))
     found = (lin[idx] == q) & (np.asarray(rows) >= 0) if len(lin) else np.zeros(len(q), bool)
     if not missing_ok:
         assert found.all(), "a needed n-gram is missing: patterns must be nested"

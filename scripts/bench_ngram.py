@@ -159,9 +159,11 @@ def sample_rate(model_dir: Path, n_tokens: int) -> dict:
     """Tokens/s of the exact batched n-gram sampler (CPU s of this process, model load excluded)."""
     from lmkit.model import LanguageModel
     from lmkit.ngram_sample import NgramSampler
-    sampler = NgramSampler(LanguageModel.load(model_dir).params, bos_id=None)
+    model = LanguageModel.load(model_dir)
+    tok = model.tokenizer
+    sampler = NgramSampler(model.params, bos_id=tok.bos_id, eos_id=tok.eos_id)
     t0 = time.process_time()
-    n = sum(len(s) + 1 for s in sampler.sample_sequences(n_tokens, seed=0))
+    n = sum(len(s) + 1 for chunk in sampler.sample_sequences(n_tokens, seed=0) for s in chunk)
     cpu = time.process_time() - t0
     return {"tokens": n, "cpu": cpu, "tokens_per_cpu_s": n / cpu}
 

@@ -113,14 +113,19 @@ def find_sorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray) -> np.ndarray:
-    """``sparse.lookup_rows`` (row of each key in a sorted table, -1 if absent) via ``find_sorted``."""
+    """``sparse.lookup_rows`` (row of each key in a sorted table, -1 if absent or if the key is
+    -1) via ``find_sorted``, searching only the keys that are not -1."""
     row_keys = np.asarray(row_keys, dtype=np.int64)
     if keys is None:
         return row_keys
-    if len(keys) == 0:
-        return np.full(len(row_keys), -1, dtype=np.int64)
-    idx = np.minimum(find_sorted(keys, row_keys), len(keys) - 1)
-    return np.where((keys[idx] == row_keys) & (row_keys >= 0), idx, -1)
+    out = np.full(len(row_keys), -1, dtype=np.int64)
+    ok = np.flatnonzero(row_keys >= 0)
+    if len(keys) == 0 or len(ok) == 0:
+        return out
+    k = row_keys[ok]
+    idx = np.minimum(find_sorted(keys, k), len(keys) - 1)
+    out[ok] = np.where(keys[idx] == k, idx, -1)
+    return out
 
 
 def group_rows(groups, keys, buf, pos, starts, vocab_size: int) -> list:

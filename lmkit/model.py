@@ -85,8 +85,8 @@ class LanguageModel:
             p = self.params
             if (isinstance(p, SparseParams) and all(isinstance(g, Suffix) for g in p.groups)
                     and np.all(p.lambdas == 1.0)):
-                from .ngram import backoff_tables
-                self._loggammas = backoff_tables(p)[1]
+                from .ngram import loggamma_tables
+                self._loggammas = loggamma_tables(p)
         return self._loggammas
 
     def log_proba(self, text: str) -> np.ndarray:

@@ -60,7 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .counts import Counts
-from .errors import InputError
+from .errors import InputError, ModelFormatError
 from .explicit import estimate_discount, solve_group
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
@@ -205,12 +205,13 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     d1 = np.where(a1 > 0, _discount_of(a1, discounts[0]), 0.0)
     q = (a1 - d1) / a1.sum() + d1.sum() / a1.sum() / V
 
-    S, keys, logp_prev, parent_map = [], [], None, np.zeros(1, dtype=np.int64)
+    S, keys, loggamma, logp_prev, parent_map = [], [], [], None, np.zeros(1, dtype=np.int64)
     for m in range(1, M + 1):
-        Sm, km, logp_prev, parent_map = _solve_order(A[m], counts.keys[m - 1], discounts[m], keep[m],
-                                                     q, logp_prev, parent_map, V)
+        Sm, km, logp_prev, parent_map, lg = _solve_order(A[m], counts.keys[m - 1], discounts[m],
+                                                         keep[m], q, logp_prev, parent_map, V)
         S.append(Sm)
         keys.append(km)
+        loggamma.append(lg)
     for g in groups[M:]:
         F = counts.F[groups.index(g)]
         S.append(solve_group(F, q, estimate_discount(F)))
@@ -222,12 +223,15 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
             # lambdas fixed at 1 (order 5 + window 1..3, scripts/ngram_vs_window.py)
             "lambda_init": [1.0] * M + [0.0] * (len(groups) - M),
             "lambda_fixed": [len(groups) == M] * len(groups)}
+    if len(groups) == M:  # pure MKN: saved with the model so that loading derives nothing
+        info["loggamma"] = loggamma
     return SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
 
 
 def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V):
-    """One suffix group: S (CSR on the kept pattern), its row keys, log P on that pattern, and
-    the map old row -> kept row (-1: pruned) that re-keys the next group's chained keys.
+    """One suffix group: S (CSR on the kept pattern), its row keys, log P on that pattern, the
+    map old row -> kept row (-1: pruned) that re-keys the next group's chained keys, and log
+    gamma per kept row.
 
     ``logp_prev``: CSR of log P_m(w | h') on the previous group's kept pattern (None for m = 1);
     ``parent_map``: the previous group's old -> kept row map. Pruned entries keep their whole
@@ -262,7 +266,7 @@ def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V):
     cols = cols.astype(np.int32)
     S = sp.csr_matrix((data, cols, indptr), shape=shape)
     logp = sp.csr_matrix((np.log(g) + lower + data, cols, indptr), shape=shape)
-    return S, new_keys, logp, new_row
+    return S, new_keys, logp, new_row, np.log(gamma[rows_kept])
 
 
 def _lower_logp(parent_rows, cols, q, logp_prev, lin=None):
@@ -341,15 +345,62 @@ def backoff_tables(params: SparseParams):
     return logps, loggammas
 
 
+def loggamma_tables(params: SparseParams) -> list:
+    """log gamma per row of every suffix group: the stored ones (``info["loggamma"]``, written by
+    ``solve_ngram`` and saved with the model) when present and well-formed, else derived from q
+    and S (``backoff_tables``). Stored tables come from a file: a wrong shape or a value outside
+    (-inf, 0] is refused rather than trusted."""
+    stored = params.info.get("loggamma")
+    if stored is None:
+        return backoff_tables(params)[1]
+    out = [np.asarray(x, dtype=np.float64) for x in stored]
+    if len(out) != len(params.S) or any(
+            x.shape != (S.shape[0],) or not np.all(np.isfinite(x)) or np.any(x > 1e-12)
+            for x, S in zip(out, params.S)):
+        raise ModelFormatError("stored n-gram back-off weights (G arrays) do not match the model's "
+                               "rows or are not log-probabilities; re-train the model")
+    return out
+
+
 def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggammas) -> np.ndarray:
     """Fast exact scorer for pure MKN models: ``log q[t] + sum_m (S_m[h_m, t] + log gamma_m)``.
 
-    Cost: M binary searches per token, independent of how many columns a row has.
+    ``S_m[h_m, t]`` is looked up only where ``S_{m-1}[h_{m-1}, t]`` was stored: the patterns are
+    nested (a stored ``(h, t)`` implies a stored ``(h', t)``), so the searches thin out with the
+    order. Cost: at most M binary searches per token, independent of how many columns a row has.
     """
     out = np.log(params.q[targets])
+    cand = np.arange(len(targets))  # positions whose target may still be stored at this order
     for S, r, lg in zip(params.S, rows, loggammas):
         present = r >= 0
-        out[present] += lookup_values(S, r[present], targets[present]) + lg[r[present]]
+        out[present] += lg[r[present]]
+        cand = cand[r[cand] >= 0]
+        idx = _row_find(S, r[cand], targets[cand])
+        hit = idx >= 0
+        cand = cand[hit]
+        out[cand] += S.data[idx[hit]]
+    return out
+
+
+def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored: a binary search inside
+    each row, on the still-unresolved queries only (canonical CSR). Small matrices with long
+    rows (the low orders) are searched by linear key instead: building the keys costs nnz."""
+    if S.nnz <= 2 * len(rows):
+        return entry_index(S, rows, cols, missing_ok=True)
+    lo, hi = S.indptr[rows].astype(np.int64), S.indptr[rows + 1].astype(np.int64)
+    out = np.full(len(rows), -1, dtype=np.int64)
+    act = np.flatnonzero(lo < hi)
+    while len(act):
+        a, b, c = lo[act], hi[act], cols[act]
+        mid = (a + b) >> 1
+        v = S.indices[mid]
+        hit = v == c
+        out[act[hit]] = mid[hit]
+        right = v < c
+        a, b = np.where(right, mid + 1, a), np.where(right, b, mid)
+        lo[act], hi[act] = a, b
+        act = act[~hit & (a < b)]
     return out
 
 

@@ -10,8 +10,9 @@ Layout of a model folder::
 
 ``params.npz`` holds ``q`` and per group g ``S{g}_data``, ``S{g}_indices``, ``S{g}_indptr``
 (sparse form), or ``W{g}`` and ``b`` (dense form), and ``keys{g}`` for groups whose rows are
-n-gram histories. A folder is written under a temporary name and renamed into place, so an
-interrupted save leaves nothing half-written.
+n-gram histories (pure n-gram models: ``G{g}`` too, the log back-off weight of each row). A
+folder is written under a temporary name and renamed into place, so an interrupted save leaves
+nothing half-written.
 """
 from __future__ import annotations
 
@@ -66,12 +67,16 @@ def params_to_arrays(params) -> dict:
     for g, k in enumerate(params.keys):
         if k is not None:
             arrays[f"keys{g}"] = k
+    for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
+        arrays[f"G{g}"] = lg
     return arrays
 
 
 def arrays_to_params(kind: str, groups: list, arrays, info: dict):
     keys = [arrays[f"keys{g}"] if f"keys{g}" in arrays else None for g in range(len(groups))]
     if kind == "sparse":
+        if "G0" in arrays:  # checked against the rows where used: ngram.loggamma_tables
+            info = {**info, "loggamma": [arrays[f"G{g}"] for g in range(len(groups)) if f"G{g}" in arrays]}
         S = [csr_from_arrays(f"S{g}", arrays) for g in range(len(groups))]
         return SparseParams(groups, arrays["q"], S, keys, arrays["lambdas"], info)
     W = [arrays[f"W{g}"] for g in range(len(groups))]

@@ -404,3 +404,32 @@ def test_large_vocabulary_any_order_scores_and_exports(tmp_path, order):
         w = ["<s>"] + list(words[s]) + ["</s>"]
         arpa += [arpa_log10p(table, tuple(w[max(0, i - order + 1):i + 1])) for i in range(1, len(w))]
     assert np.abs(np.array(arpa) - got / math.log(10)).max() < 1e-5  # ARPA keeps 6 decimals
+
+
+def test_stored_backoff_weights_equal_derived_and_survive_save_load(tmp_path, tiny_lines, tiny_tok):
+    """solve_ngram keeps log gamma per row; saved as G arrays, loading derives nothing."""
+    import dataclasses
+
+    from lmkit.errors import ModelFormatError
+    from lmkit.model import LanguageModel
+    from lmkit.ngram import loggamma_tables
+    groups = make_groups(0, 4)
+    seqs = tiny_tok.encode_batch(tiny_lines)
+    params = solve_ngram(count_chunk(seqs, tiny_tok.vocab_size, groups, tiny_tok.bos_id,
+                                     tiny_tok.eos_id), prune=[0, 0, 1])
+    derived = backoff_tables(params)[1]
+    for a, b in zip(params.info["loggamma"], derived):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    LanguageModel(tiny_tok, params).save(tmp_path / "m")
+    loaded = LanguageModel.load(tmp_path / "m")
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.params.info["loggamma"],
+                                                    params.info["loggamma"]))
+    held = tiny_tok.encode_batch(["an unseen line", tiny_lines[5]])
+    np.testing.assert_allclose(loaded.log_proba_ids(held)[0],
+                               LanguageModel(tiny_tok, params).log_proba_ids(held)[0], atol=1e-12)
+    bad = dataclasses.replace(params, info={**params.info,
+                                            "loggamma": [x[:-1] for x in params.info["loggamma"]]})
+    with pytest.raises(ModelFormatError, match="do not match the model's rows"):
+        loggamma_tables(bad)
+    mixed, _ = fit(random_corpus(50, 12), 12, 3, context=1)
+    assert "loggamma" not in mixed.info  # only exact MKN models keep them

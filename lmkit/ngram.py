@@ -386,7 +386,7 @@ def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored: a binary search inside
     each row, on the still-unresolved queries only (canonical CSR). Small matrices with long
     rows (the low orders) are searched by linear key instead: building the keys costs nnz."""
-    if S.nnz <= 2 * len(rows):
+    if S.nnz <= 4 * len(rows):
         return entry_index(S, rows, cols, missing_ok=True)
     lo, hi = S.indptr[rows].astype(np.int64), S.indptr[rows + 1].astype(np.int64)
     out = np.full(len(rows), -1, dtype=np.int64)

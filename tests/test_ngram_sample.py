@@ -89,3 +89,29 @@ def test_synthetic_sample_batch_uses_the_ngram_sampler(tiny_lines, tiny_tok):
     got = [x for chunk in sample_batch(m, 2000, batch=32, max_len=30, seed=0) for x in chunk]
     assert got and all(tiny_tok.bos_id not in x and tiny_tok.eos_id not in x for x in got)
     assert sum(len(x) for x in got) > 200
+
+
+def test_sampler_any_order_at_large_vocabulary():
+    """Order 8 at V = 32,000: the walk from the longest seen history matches log_proba."""
+    big_v = 32000
+    rng = np.random.default_rng(1)
+    ids = rng.choice(np.arange(3, big_v), size=10, replace=False)
+    phrase = list(rng.choice(ids, size=12))
+    seqs = [list(rng.choice(ids, size=rng.integers(0, 3))) + phrase[a:a + 9]
+            for a in rng.integers(0, 4, size=150)]
+    groups = make_groups(0, 8)
+    params = solve_ngram(count_chunk(seqs, big_v, groups, BOS, EOS))
+    s = NgramSampler(params, bos_id=BOS, eos_id=EOS)
+    prefix = [int(x) for x in phrase[:7]]
+    hist = np.array([prefix] * 50_000)
+    rows = s.rows(hist, np.full(len(hist), 7))
+    assert rows[-1][0] >= 0  # the 7-token history was seen: the walk starts at order 8
+    draws = s.draw(rows, np.random.default_rng(0))
+    p = np.exp(sparse_next_logp(params, next_rows(groups, params.keys, prefix, big_v, BOS)))
+    p[BOS] = 0.0
+    p /= p.sum()
+    cells = np.flatnonzero(p * len(draws) >= 5)  # the rest (uniform share) pooled into one cell
+    counts = np.bincount(draws, minlength=big_v)
+    obs = np.append(counts[cells], len(draws) - counts[cells].sum())
+    exp = np.append(p[cells], 1.0 - p[cells].sum())
+    assert chi_square_p(obs, exp) > 1e-3

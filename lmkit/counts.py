@@ -190,31 +190,56 @@ def count_ngrams(chunks: Iterable[list], vocab_size: int, groups: list, bos_id: 
 
 
 def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
-    """One sort: (history key, target) per position -> counts CSR, sorted keys, row per position.
+    """Two sorts: (history key, target) per position -> counts CSR, sorted keys, row per position.
 
     ``row_keys``: int64 (N,) chained keys (-1 = no feature). Returns ``(F, keys, rows)``: F CSR
     (R, V) int64 canonical, keys int64 (R,) sorted, rows int64 (N,) (-1 where the key is -1).
-    The pair ``key * V + target`` fits in int64 while ``R_{m-1} * V**2 < 2**63`` (R < 8e9 at
-    V = 32000). Example: keys [5, 5, 3], targets [1, 1, 2], V = 4 -> keys [3, 5], F = [[0, 0, 1, 0],
+    The history keys are ranked first (their row per position feeds the next order's keys),
+    then the pairs ``row * V + target`` are sorted and counted. Both are value sorts: positions
+    ride in the low bits of the sorted key when they fit (2x faster than ``argsort``).
+    Example: keys [5, 5, 3], targets [1, 1, 2], V = 4 -> keys [3, 5], F = [[0, 0, 1, 0],
     [0, 2, 0, 0]], rows [1, 1, 0].
     """
     V = vocab_size
     ok = row_keys >= 0
-    pair = row_keys[ok] * V + targets[ok] if not ok.all() else row_keys * V + targets
-    uniq, inv, cnt = np.unique(pair, return_inverse=True, return_counts=True)
-    hist = uniq // V
-    new_row = np.empty(len(uniq), dtype=bool)  # first pair of each history
-    if len(uniq):
-        new_row[0] = True
-        np.not_equal(hist[1:], hist[:-1], out=new_row[1:])
-    row_of_pair = np.cumsum(new_row) - 1
-    keys = hist[new_row]
-    indptr = np.append(np.flatnonzero(new_row), len(uniq)).astype(np.int64)
+    every = bool(ok.all())
+    k = row_keys if every else row_keys[ok]
+    n = len(k)
+    perm, sk = _sort_with_positions(k)
+    first = np.ones(n, dtype=bool)
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    keys = sk[first]
+    r = np.empty(n, dtype=np.int64)
+    r[perm] = np.cumsum(first) - 1
+    pair = r * V + (targets if every else targets[ok])
+    pair.sort()
+    new = np.ones(n, dtype=bool)
+    np.not_equal(pair[1:], pair[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    uniq = pair[starts]
+    cnt = np.diff(np.append(starts, n))
+    indptr = np.zeros(len(keys) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(uniq // V, minlength=len(keys)), out=indptr[1:])
     F = sp.csr_matrix((cnt.astype(np.int64), (uniq % V).astype(np.int32), indptr),
                       shape=(len(keys), V))
+    if every:
+        return F, keys, r
     rows = np.full(len(row_keys), -1, dtype=np.int64)
-    rows[ok] = row_of_pair[inv.ravel()]
+    rows[ok] = r
     return F, keys, rows
+
+
+def _sort_with_positions(k: np.ndarray):
+    """``(order, k[order])`` for a stable sort of non-negative int64 ``k``: one value sort of
+    ``k << b | position`` when that fits in 63 bits, else ``argsort``."""
+    n = len(k)
+    b = max(int(n - 1).bit_length(), 1)
+    if n == 0 or int(k.max()).bit_length() + b <= 63:
+        packed = (k << b) | np.arange(n, dtype=np.int64)
+        packed.sort()
+        return packed & ((1 << b) - 1), packed >> b
+    order = np.argsort(k, kind="stable")
+    return order, k[order]
 
 
 def sum_counts(parts: Iterable[Counts]) -> Counts:

@@ -101,14 +101,21 @@ def adjusted_counts(counts: Counts, m: int, top: int, bos_id: int) -> sp.csr_mat
     Raw counts for m = top and for histories starting with BOS; else the number of distinct
     left extensions, read off ``F[m+1]``.
     """
+    return _adjusted_counts(counts, m, top, bos_id)[0]
+
+
+def _adjusted_counts(counts: Counts, m: int, top: int, bos_id: int):
+    """``adjusted_counts`` and, for 0 < m < top, the link of every order-(m+2) n-gram (h w) to
+    its order-(m+1) suffix (h' w) as an index into the returned pattern (None otherwise): the
+    solve needs the very same join for the lower-order probability."""
     V = counts.vocab_size
     if m == top:
         A = counts.F[m - 1].tocsr().astype(np.int64)
         A.sort_indices()
-        return A
+        return A, None
     up, up_keys = counts.F[m].tocsr(), counts.keys[m]  # Suffix(m+1) is group index m
     if m == 0:
-        return sp.csr_matrix(np.bincount(up.indices, minlength=V).astype(np.int64)[None, :])
+        return sp.csr_matrix(np.bincount(up.indices, minlength=V).astype(np.int64)[None, :]), None
     F = counts.F[m - 1].tocsr()
     F.sort_indices()
     entry_row = np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))
@@ -119,7 +126,7 @@ def adjusted_counts(counts: Counts, m: int, top: int, bos_id: int) -> sp.csr_mat
     bos_entries = np.repeat(bos_rows, np.diff(F.indptr))
     a[bos_entries] = F.data[bos_entries]
     assert (a > 0).all(), "adjusted counts must have the pattern of the raw counts"
-    return sp.csr_matrix((a, F.indices, F.indptr), shape=F.shape)
+    return sp.csr_matrix((a, F.indices, F.indptr), shape=F.shape), idx
 
 
 def linear_keys(M: sp.csr_matrix) -> np.ndarray:
@@ -189,7 +196,7 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     given = _check_discount(discount)
     thresholds = prune_thresholds(prune, M + 1)
 
-    A = [adjusted_counts(counts, m, M, bos) for m in range(M + 1)]
+    A, links = (list(x) for x in zip(*[_adjusted_counts(counts, m, M, bos) for m in range(M + 1)]))
     discounts, estimated = [], []
     for a in A:
         d, ok = (given, True) if given else mkn_discounts(a.data)
@@ -207,8 +214,11 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
 
     S, keys, loggamma, logp_prev, parent_map = [], [], [], None, np.zeros(1, dtype=np.int64)
     for m in range(1, M + 1):
+        # unpruned, order m's entries link to order m-1's (the patterns of logp_prev) as counted
+        link = links[m - 1] if keep[m] is None and keep[m - 1] is None else None
+        links[m - 1] = None  # used once: free it
         Sm, km, logp_prev, parent_map, lg = _solve_order(A[m], counts.keys[m - 1], discounts[m],
-                                                         keep[m], q, logp_prev, parent_map, V)
+                                                         keep[m], q, logp_prev, parent_map, V, link)
         S.append(Sm)
         keys.append(km)
         loggamma.append(lg)
@@ -228,13 +238,14 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     return SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
 
 
-def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V):
+def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V, link=None):
     """One suffix group: S (CSR on the kept pattern), its row keys, log P on that pattern, the
     map old row -> kept row (-1: pruned) that re-keys the next group's chained keys, and log
     gamma per kept row.
 
     ``logp_prev``: CSR of log P_m(w | h') on the previous group's kept pattern (None for m = 1);
-    ``parent_map``: the previous group's old -> kept row map. Pruned entries keep their whole
+    ``parent_map``: the previous group's old -> kept row map; ``link``: index of each (h' w) in
+    ``logp_prev`` when already known (no pruning). Pruned entries keep their whole
     adjusted count in gamma (their mass backs off).
     """
     R = A.shape[0]
@@ -259,7 +270,7 @@ def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V):
     assert (parent >= 0).all(), "a kept history lost its suffix: pruning must keep it"
     new_keys = parent * V + k % V
     g = gamma[rows_kept][er]
-    lower = _lower_logp(parent[er], cols, q, logp_prev)
+    lower = logp_prev.data[link] if link is not None else _lower_logp(parent[er], cols, q, logp_prev)
     data = np.log1p(r / (g * np.exp(lower)))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(er, minlength=len(rows_kept)))])
     shape = (len(rows_kept), V)

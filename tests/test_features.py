@@ -4,7 +4,8 @@ from lmkit.errors import InputError
 import numpy as np
 
 from lmkit.features import (Suffix, Window, decode_histories, decode_suffix_key, encode_histories,
-                            group_from_name, group_rows, make_groups, pad_sequences)
+                            find_sorted, group_from_name, group_rows, lookup_keys, make_groups,
+                            pad_sequences)
 
 V, BOS, EOS = 6, 1, 2
 
@@ -92,3 +93,13 @@ def test_group_names_round_trip():
         assert group_from_name(g.name) == g
     with pytest.raises(ValueError, match="unknown feature group"):
         group_from_name("bigram")
+
+
+def test_find_sorted_and_lookup_keys_match_searchsorted():
+    rng = np.random.default_rng(0)
+    table = np.unique(rng.integers(0, 10**9, 70_000))  # big enough for the sorted-query path
+    q = np.concatenate([rng.choice(table, 3000), rng.integers(-1, 10**9, 3000)])
+    assert np.array_equal(find_sorted(table, q), np.searchsorted(table, q))
+    want = np.where(np.isin(q, table) & (q >= 0), np.searchsorted(table, q), -1)
+    assert np.array_equal(lookup_keys(table, q), want)
+    assert lookup_keys(None, q[:3]).tolist() == q[:3].tolist()

@@ -42,7 +42,9 @@ normaliser: ``log Z = -sum_m log gamma(h_m)``. Hence MKN is exactly the single s
 ``logits = log q + sum_m S_m[h_m]`` with one-hot suffix features and all lambdas 1, and the
 generic scorer (which normalises over the union of touched columns) returns MKN probabilities.
 Conversely gamma is recoverable from q and S alone, ``gamma(h) = 1 / (1 + sum_{w in row h}
-P_m(w|h') expm1(S[h, w]))``, which is how ``backoff_tables`` rebuilds the ARPA backoffs.
+P_m(w|h') expm1(S[h, w]))``, which is how ``backoff_tables`` rebuilds the ARPA backoffs. The
+solver also keeps log gamma per row (``info["loggamma"]``, saved as ``G{g}`` arrays), so loading
+a model derives nothing (``loggamma_tables``); ``ngram_sample.py`` samples this model exactly.
 
 ARPA export (``write_arpa``): words are decimal token ids, except ``<unk>``, ``<s>`` and
 ``</s>`` for the tokenizer's unk/BOS/EOS ids (``arpa_words``); probabilities and backoffs are
@@ -63,7 +65,7 @@ from .counts import Counts
 from .errors import InputError, ModelFormatError
 from .explicit import estimate_discount, solve_group
 from .params import SparseParams
-from .sparse import lookup_rows, lookup_values
+from .sparse import lookup_rows
 from .features import (Suffix, check_suffix_chain, decode_histories, decode_suffix_key,
                        encode_histories, find_sorted)
 

@@ -47,7 +47,7 @@ class NgramSampler:
                              "--context, lambdas 1); sample others with lmkit generate")
         from .ngram import backoff_tables
         self.params = params
-        self.V = V = params.vocab_size
+        self.V = params.vocab_size
         self.M = len(params.groups)
         logps, loggammas = backoff_tables(params)
         q = np.asarray(params.q)

@@ -76,7 +76,8 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict):
     keys = [arrays[f"keys{g}"] if f"keys{g}" in arrays else None for g in range(len(groups))]
     if kind == "sparse":
         if "G0" in arrays:  # checked against the rows where used: ngram.loggamma_tables
-            info = {**info, "loggamma": [arrays[f"G{g}"] for g in range(len(groups)) if f"G{g}" in arrays]}
+            info = {**info, "loggamma": [arrays[f"G{g}"] for g in range(len(groups))
+                                         if f"G{g}" in arrays]}
         S = [csr_from_arrays(f"S{g}", arrays) for g in range(len(groups))]
         return SparseParams(groups, arrays["q"], S, keys, arrays["lambdas"], info)
     W = [arrays[f"W{g}"] for g in range(len(groups))]

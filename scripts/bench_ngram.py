@@ -175,7 +175,8 @@ def table(r: dict) -> str:
     head = "| step | lmkit CPU s | lmkit peak RSS MB |"
     head += " KenLM CPU s (parts) | KenLM peak RSS MB | CPU ratio lmkit/KenLM |" if has_k else ""
     rows += [head, "|" + "---|" * (head.count("|") - 1)]
-    for step, lk, kk in (("build", "lmkit_build", "kenlm_build"), ("eval (text -> ppl)", "lmkit_eval", "kenlm_eval")):
+    for step, lk, kk in (("build", "lmkit_build", "kenlm_build"),
+                         ("eval (text -> ppl)", "lmkit_eval", "kenlm_eval")):
         line = f"| {step} | {r[lk]['cpu']:.2f} | {r[lk]['rss_mb']:.0f} |"
         if has_k:
             k = r[kk]

@@ -81,7 +81,12 @@ def mkn_discounts(values: np.ndarray) -> tuple[tuple[float, float, float], bool]
     2, 1 -> Y = 10/18, D1 = 1 - 2*(10/18)*0.4 = 0.5556, D2 = 2 - 3*(10/18)*0.5 = 1.1667,
     D3+ = 3 - 4*(10/18)*0.5 = 1.8889.
     """
-    n = [int(np.count_nonzero(values == k)) for k in (1, 2, 3, 4)]
+    return discounts_from_count_of_counts([int(np.count_nonzero(values == k)) for k in (1, 2, 3, 4)])
+
+
+def discounts_from_count_of_counts(n) -> tuple[tuple[float, float, float], bool]:
+    """``mkn_discounts`` from the count-of-counts ``n = (n1, n2, n3, n4)`` themselves."""
+    n = [int(x) for x in n]
     if min(n) == 0:
         return FALLBACK_DISCOUNTS, False
     y = n[0] / (n[0] + 2 * n[1])

@@ -433,3 +433,36 @@ def test_stored_backoff_weights_equal_derived_and_survive_save_load(tmp_path, ti
         loggamma_tables(bad)
     mixed, _ = fit(random_corpus(50, 12), 12, 3, context=1)
     assert "loggamma" not in mixed.info  # only exact MKN models keep them
+
+
+@pytest.mark.parametrize("order,buckets", [(2, 3), (4, 1), (5, 4), (8, 5)])
+def test_bucketed_build_equals_one_pass_solve(tmp_path, order, buckets):
+    """build_ngram solves token-range buckets of histories separately: same model."""
+    from lmkit.counts import count_ngrams, flat_buffer
+    from lmkit.ngram_build import build_ngram
+    V = 12
+    seqs = random_corpus(300, V) + repetitive_corpus(100, V, 3) + [[]]
+    want = solve_ngram(count_ngrams([seqs], V, make_groups(0, order), BOS, EOS))
+    buf, _, _, _ = flat_buffer([seqs[:150], seqs[150:]], BOS, EOS, 1)
+    got = build_ngram(buf, order, V, BOS, n_buckets=buckets, spill_dir=tmp_path)
+    assert got.info["buckets"] == buckets and list(tmp_path.iterdir()) == []  # spills removed
+    assert got.info["discounts"] == want.info["discounts"]
+    np.testing.assert_allclose(got.q, want.q, rtol=0, atol=1e-15)
+    for a, b, ka, kb, ga, gb in zip(got.S, want.S, got.keys, want.keys, got.info["loggamma"],
+                                    want.info["loggamma"]):
+        assert np.array_equal(ka, kb) and np.array_equal(a.indptr, b.indptr)
+        assert np.array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.data, b.data, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)
+
+
+def test_bucket_sizes_follow_the_memory_budget():
+    from lmkit.ngram_build import bucket_edges, build_ngram_from_chunks, n_buckets_for
+    assert bucket_edges(np.array([0, 1, 1, 2, 3]), 0, 4, 2).tolist() == [0, 1, 4]
+    assert n_buckets_for(10**6, None) == 1
+    assert n_buckets_for(10**6, 10**8) == 4  # 200 bytes per position, half the budget each
+    seqs = random_corpus(200, 12)
+    p1, n_seq, n_tok = build_ngram_from_chunks([seqs], 3, 12, BOS, EOS)
+    p2, _, _ = build_ngram_from_chunks([seqs], 3, 12, BOS, EOS, max_memory=n_tok * 100)
+    assert (n_seq, n_tok) == (200, sum(len(s) + 1 for s in seqs)) and p2.info["buckets"] > 1
+    assert all(np.allclose(a.data, b.data, atol=1e-12) for a, b in zip(p1.S, p2.S))

@@ -8,7 +8,8 @@ included), peak RSS = its maximum resident set.
 - build: ``lmkit train --order N`` vs ``lmkit tokenize encode`` + ``lmplz -o N`` +
   ``build_binary`` (KenLM's probing binary);
 - eval, end to end from text: ``lmkit eval`` vs ``lmkit tokenize encode`` + KenLM ``query``;
-- sampling: ``lmkit.ngram_sample.sample_ngram`` tokens/s (exact, temperature 1), in-process.
+- sampling: ``lmkit.ngram_sample.NgramSampler.sample_sequences`` tokens/s (exact, temperature
+  1, 4096 sequences at once), in-process, model load excluded.
 
     python scripts/bench_ngram.py [--corpus NAME | --input PATH] [--order 5] [--kenlm-bin DIR]
 

@@ -1,4 +1,5 @@
-"""Tests for lmkit.ngram: interpolated modified Kneser-Ney as a sparse softmax layer, ARPA export.
+"""Tests for lmkit.ngram (+ arpa, ngram_build): interpolated modified Kneser-Ney as a sparse
+softmax layer, its ARPA export and its bucketed build.
 
 Hand-checked corpus (ids: 0 <unk>, 1 <s>, 2 </s>, 3 a, 4 b; V = 5), discounts fixed at
 D1, D2, D3+ = 0.5, 1.0, 1.5 for every order::
@@ -32,8 +33,8 @@ from lmkit.counts import count_chunk
 from lmkit.errors import InputError
 from lmkit.explicit import choose_lambdas
 from lmkit.features import Suffix, Window, decode_suffix_key, make_groups
-from lmkit.ngram import (arpa_words, backoff_tables, check_arpa_exportable, mkn_discounts,
-                         mkn_log_proba, prune_thresholds, solve_ngram, write_arpa)
+from lmkit.arpa import arpa_words, check_arpa_exportable, write_arpa
+from lmkit.ngram import backoff_tables, mkn_discounts, mkn_log_proba, prune_thresholds, solve_ngram
 from lmkit.scoring import context_rows, next_rows, sparse_log_proba, sparse_next_logp
 
 BOS, EOS = 1, 2
@@ -466,3 +467,11 @@ def test_bucket_sizes_follow_the_memory_budget():
     p2, _, _ = build_ngram_from_chunks([seqs], 3, 12, BOS, EOS, max_memory=n_tok * 100)
     assert (n_seq, n_tok) == (200, sum(len(s) + 1 for s in seqs)) and p2.info["buckets"] > 1
     assert all(np.allclose(a.data, b.data, atol=1e-12) for a, b in zip(p1.S, p2.S))
+
+
+def test_arpa_names_stay_importable_from_ngram():
+    import lmkit.arpa
+    from lmkit.ngram import write_arpa as w
+    assert w is lmkit.arpa.write_arpa
+    with pytest.raises(ImportError):
+        from lmkit.ngram import no_such_name  # noqa: F401

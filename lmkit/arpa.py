@@ -1,5 +1,12 @@
 r"""ARPA back-off models <-> lmkit sparse n-gram models, exactly.
 
+Export (``write_arpa``): a pure n-gram ``LanguageModel`` (groups ``Suffix(1..M)``, all
+lambdas 1, an exact MKN model, see ``ngram.py``) -> ``\\data\\`` counts, then one section per
+order with ``log10 P``, the n-gram and its ``log10`` back-off weight (omitted when 0 or at the
+top order). Words are decimal token ids (``arpa_words``: ``<unk>``, ``<s>``, ``</s>`` for the
+specials) or the SentencePiece pieces (``piece_words``); ``<s>`` gets -99 as in KenLM. Written
+under a temporary name, then renamed.
+
 Input of ``import_arpa``: an ARPA file (lmplz, SRILM, ``lmkit export-arpa``) whose words are the
 tokenizer's pieces or decimal token ids, plus ``<s>``, ``</s>``, ``<unk>``; and the ``Tokenizer``.
 Output: a ``LanguageModel`` with groups ``Suffix(1..N-1)``, all lambdas 1, whose per-token
@@ -36,6 +43,7 @@ Details
 from __future__ import annotations
 
 import gc
+import io
 import math
 import sys
 from pathlib import Path
@@ -44,9 +52,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import InputError, MissingPathError
-from .features import Suffix
+from .features import Suffix, decode_histories, encode_histories
+from .files import atomic_write
 from .model import LanguageModel
-from .ngram import backoff_tables
+from .ngram import _suffix_order, backoff_tables
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
 
@@ -67,13 +76,6 @@ def piece_words(tokenizer) -> np.ndarray:
                 tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id)):
             raise InputError(f"piece {i} {w!r} cannot be an ARPA word (whitespace or a special "
                              "name); export with --words ids")
-    return words
-
-
-def id_words(tokenizer) -> np.ndarray:
-    """ARPA word per token id: the decimal id, or ``<unk>``/``<s>``/``</s>`` (``ngram.arpa_words``)."""
-    words = np.array([str(i) for i in range(tokenizer.vocab_size)], dtype=object)
-    words[tokenizer.unk_id], words[tokenizer.bos_id], words[tokenizer.eos_id] = SPECIALS
     return words
 
 
@@ -144,7 +146,7 @@ def word_ids(tables, tokenizer, words: str = "auto") -> dict:
         uni = [w[0] for w in tables[0][0] if w[0] not in SPECIALS]
         V = tokenizer.vocab_size
         words = "ids" if uni and all(w.isdigit() and int(w) < V for w in uni) else "pieces"
-    table = id_words(tokenizer) if words == "ids" else np.array(
+    table = arpa_words(tokenizer) if words == "ids" else np.array(
         [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)], dtype=object)
     out = {w: i for i, w in enumerate(table)}
     out.update(zip(SPECIALS, (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id)))
@@ -191,20 +193,72 @@ def find_pairs(index, hist, cols) -> np.ndarray:
     return out
 
 
-def suffix_params(q, levels, V: int, info: dict) -> SparseParams:
-    """``SparseParams`` of a back-off model: ``levels[m-1] = (hist, cols, S)`` for history
-    length m (hist int64 keys, cols token ids, S natural-log values; pairs unique)."""
-    S_list, keys = [], []
-    for hist, cols, S in levels:
-        row_keys, row = np.unique(hist, return_inverse=True)
+def packed_rows(packed_by_row: np.ndarray, packed: np.ndarray) -> np.ndarray:
+    """Row of each packed history key (-1 if absent), given the packed key of every row."""
+    order = np.argsort(packed_by_row, kind="stable")
+    r = lookup_rows(packed_by_row[order], packed)
+    return np.where(r >= 0, order[np.maximum(r, 0)], -1)
+
+
+def suffix_params(q, levels, V: int, info: dict):
+    """``(SparseParams, packed_by_row)`` of a back-off model given per history length m
+    ``levels[m-1] = (hist, cols, S)`` (hist: packed int64 keys, oldest token at weight V**0;
+    cols token ids; S natural-log values; pairs unique).
+
+    The model's rows use lmkit's chained history ids (``features.py``: the key of a length-m
+    history is ``row of its newest m-1 tokens * V + oldest token``), so every history's suffix
+    must be a row one level down: missing ones are added as empty rows. ``packed_by_row[m-1]``
+    is the packed key of each row of ``Suffix(m)``, for lookups by packed key (``packed_rows``).
+    """
+    M = len(levels)
+    hists = [np.unique(h) for h, _, _ in levels]
+    for m in range(M - 1, 0, -1):  # suffix closure of the histories themselves
+        hists[m - 1] = np.union1d(hists[m - 1], hists[m] // V)
+    keys, packed_by_row = [], []
+    for m, H in enumerate(hists):
+        if m == 0:
+            chained = H
+        else:
+            parent = packed_rows(packed_by_row[m - 1], H // V)
+            assert (parent >= 0).all(), "suffix closure failed"
+            chained = parent * V + H % V
+        order = np.argsort(chained, kind="stable")
+        keys.append(chained[order].astype(np.int64))
+        packed_by_row.append(H[order])
+    S_list = []
+    for (hist, cols, S), pk in zip(levels, packed_by_row):
+        row = packed_rows(pk, hist)
         order = np.lexsort((cols, row))
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=len(row_keys)))])
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=len(pk)))])
         # built from sorted arrays, not COO: explicit zeros (closure entries) must stay stored
         S_list.append(sp.csr_matrix((np.asarray(S, np.float64)[order],
-                                     cols[order].astype(np.int32), indptr), shape=(len(row_keys), V)))
-        keys.append(row_keys.astype(np.int64))
-    M = len(levels)
-    return SparseParams([Suffix(m) for m in range(1, M + 1)], q, S_list, keys, np.ones(M), info)
+                                     cols[order].astype(np.int32), indptr), shape=(len(pk), V)))
+    params = SparseParams([Suffix(m) for m in range(1, M + 1)], q, S_list, keys, np.ones(M), info)
+    return params, packed_by_row
+
+
+def packed_view(params: SparseParams):
+    """``(packed params, logps, loggammas)``: the same pure n-gram model with rows keyed and
+    sorted by packed keys (oldest token at weight V**0), its per-entry log-probabilities and
+    per-row log back-offs (``ngram.backoff_tables``) in that row order. For algorithms written
+    on packed keys (entropy pruning); needs ``V**M < 2**63``."""
+    V, M = params.vocab_size, len(params.S)
+    if M and V ** M >= 2 ** 63:
+        raise InputError(f"order {M + 1} at V={V}: packed history keys overflow int64; this "
+                         "step supports V**(order-1) < 2**63 (use a lower order)")
+    logps, loggammas = backoff_tables(params)
+    keys, S_list, lps, lgs = [], [], [], []
+    for m in range(M):
+        pk = pack(decode_histories(params.keys, m + 1, V), V)
+        order = np.argsort(pk)
+        S = params.S[m].tocsr()
+        L = sp.csr_matrix((logps[m], S.indices, S.indptr), shape=S.shape)[order]
+        keys.append(pk[order])
+        S_list.append(S[order])
+        lps.append(L.data)
+        lgs.append(loggammas[m][order])
+    info = {k: v for k, v in params.info.items() if k != "loggamma"}
+    return SparseParams(params.groups, params.q, S_list, keys, params.lambdas, info), lps, lgs
 
 
 def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
@@ -281,22 +335,22 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
         lower_lp, lower_index = lp[n], index
     info = {"smoothing": "imported ARPA back-off model", "arpa_orders": [len(g) for g in grams],
             "arpa_missing_pieces": int(len(missing))}
-    params = suffix_params(q, levels, V, info)
-    err = backoff_error(params, hist_bo)
+    params, packed_by_row = suffix_params(q, levels, V, info)
+    err = backoff_error(params, packed_by_row, hist_bo)
     for n in range(N - 1):  # listed with a back-off but no successors: lmkit's gamma is 1
-        absent = lookup_rows(params.keys[n], pack(grams[n], V)) < 0
+        absent = packed_rows(packed_by_row[n], pack(grams[n], V)) < 0
         err = max([err] + np.abs(tables[n][2][absent]).tolist())
     params = params.with_lambdas(params.lambdas, arpa_max_backoff_error_log10=err)
     return params, {"orders": N, "ngrams": info["arpa_orders"], "missing_pieces": int(len(missing)),
                     "max_backoff_error_log10": err}
 
 
-def backoff_error(params: SparseParams, hist_bo) -> float:
+def backoff_error(params: SparseParams, packed_by_row, hist_bo) -> float:
     """max |log10 gamma(h) - log10 bo(h)| over the model's histories (0 for a normalised ARPA)."""
     loggammas = backoff_tables(params)[1]
     worst = 0.0
     for m, (lg, (h, hbo)) in enumerate(zip(loggammas, hist_bo)):
-        rows = lookup_rows(params.keys[m], h)
+        rows = packed_rows(packed_by_row[m], h)
         if len(rows):
             worst = max(worst, float(np.abs(lg[rows] / LN10 - hbo).max()))
     return worst
@@ -314,5 +368,85 @@ def import_arpa(path, tokenizer, *, words: str = "auto"):
     return LanguageModel(tokenizer, params, config, {"name": f"arpa:{Path(path).name}"}), report
 
 
-__all__ = ["import_arpa", "read_arpa", "arpa_params", "piece_words", "id_words", "word_ids",
-           "suffix_params", "pack", "pair_index", "find_pairs"]
+# ---- export ----------------------------------------------------------------------------------
+def arpa_words(tokenizer) -> np.ndarray:
+    """ARPA word for each token id: the id in decimal, or ``<unk>``/``<s>``/``</s>``.
+
+    To score with KenLM: ``kenlm.Model(arpa).full_scores(" ".join(words[ids]))``.
+    """
+    words = np.array([str(i) for i in range(tokenizer.vocab_size)], dtype=object)
+    words[tokenizer.unk_id], words[tokenizer.bos_id], words[tokenizer.eos_id] = "<unk>", "<s>", "</s>"
+    return words
+
+
+def check_arpa_exportable(params) -> int:
+    """M (the longest history) if ``params`` is an exact MKN model, else an ``InputError``."""
+    if not isinstance(params, SparseParams) or not all(isinstance(g, Suffix) for g in params.groups):
+        names = [g.name for g in params.groups]
+        raise InputError(f"ARPA export needs a pure suffix (n-gram) model, this one has groups {names}; "
+                         "train with --order N and without --context")
+    if not np.allclose(params.lambdas, 1.0):
+        raise InputError(f"ARPA export needs all lambdas = 1 (exact MKN), got {list(params.lambdas)}; "
+                         "re-train without --lambdas")
+    return _suffix_order(params.groups)
+
+
+def write_arpa(model, path, words: str = "ids") -> dict:
+    """Write ``model`` (a pure suffix ``LanguageModel``) as an ARPA file; returns n-gram counts.
+
+    ``words``: "ids" (decimal token ids, ``arpa_words``) or "pieces" (``piece_words``).
+    """
+    params, tok = model.params, model.tokenizer
+    M = check_arpa_exportable(params)
+    V = params.vocab_size
+    if words not in ("ids", "pieces"):
+        raise InputError(f"words must be ids or pieces, got {words!r}")
+    words = arpa_words(tok) if words == "ids" else piece_words(tok)
+    logps, loggammas = backoff_tables(params)
+    ln10 = math.log(10)
+    sections = []
+    # unigrams: every token, <s> at -99 as in KenLM; backoff = gamma of the 1-token history
+    bo = np.zeros(V)
+    r1 = lookup_rows(params.keys[0], np.arange(V))
+    bo[r1 >= 0] = loggammas[0][r1[r1 >= 0]]
+    lp1 = np.log(params.q) / ln10
+    lp1[tok.bos_id] = -99.0
+    sections.append(_arpa_lines(lp1, words[np.arange(V)][:, None], bo / ln10, M >= 1))
+    for m in range(M):
+        S = params.S[m].tocsr()
+        S.sort_indices()
+        er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        hist = decode_histories(params.keys, m + 1, V)[er]
+        ids = np.concatenate([hist, S.indices[:, None].astype(np.int64)], axis=1)
+        bo = np.zeros(S.nnz)
+        if m + 1 < M:  # this n-gram as a history of the next group (unseen there: backoff 0)
+            rk = encode_histories(params.keys, ids, V)
+            bo[rk >= 0] = loggammas[m + 1][rk[rk >= 0]]
+        sections.append(_arpa_lines(logps[m] / ln10, words[ids], bo / ln10, m + 1 < M))
+    sizes = [len(s) for s in sections]
+
+    def write(f):
+        f = io.TextIOWrapper(f, encoding="utf-8", newline="\n")
+        f.write("\\data\\\n" + "".join(f"ngram {n + 1}={c}\n" for n, c in enumerate(sizes)))
+        for n, lines in enumerate(sections):
+            f.write(f"\n\\{n + 1}-grams:\n")
+            f.write("\n".join(lines))
+            f.write("\n")
+        f.write("\n\\end\\\n")
+        f.detach()  # flushes; atomic_write fsyncs and closes the file
+
+    atomic_write(path, write)  # temp file + rename: never a half-written ARPA file
+    return {f"{n + 1}-grams": c for n, c in enumerate(sizes)}
+
+
+def _arpa_lines(log10p, word_rows, log10bo, with_backoff: bool) -> list:
+    texts = [" ".join(r) for r in word_rows]
+    if with_backoff:
+        return [f"{p:.6f}\t{t}\t{b:.6f}" if b != 0 else f"{p:.6f}\t{t}"
+                for p, t, b in zip(log10p.tolist(), texts, log10bo.tolist())]
+    return [f"{p:.6f}\t{t}" for p, t in zip(log10p.tolist(), texts)]
+
+
+__all__ = ["import_arpa", "read_arpa", "arpa_params", "write_arpa", "arpa_words", "piece_words",
+           "word_ids", "check_arpa_exportable", "suffix_params", "packed_view", "pack",
+           "pair_index", "find_pairs"]

@@ -42,7 +42,7 @@ from .files import atomic_write, check_output_writable
 from .interpolate import interpolate
 from .load import load as load_model
 from .model import LanguageModel
-from .ngram import write_arpa
+from .arpa import write_arpa
 from .progress import reporting
 from .prune import n_ngrams, prune_entropy
 from .tokenizer import Tokenizer

@@ -8,10 +8,16 @@ layer, with its own weight matrix ``(n_rows, V)``:
 
 - ``Window(k)``: the token ``k`` positions back (``k >= 1``); the row key is the token id, so the
   matrix has ``V`` rows. Before the start of a sequence the context is BOS (left padding).
-- ``Suffix(m)``: the exact previous ``m`` tokens as one feature (an n-gram history). The row key
-  packs the ``m`` ids in mixed radix ``sum_i tok[t-m+i] * V**i`` — exact, no hashing, so no
-  collisions; ``V**m`` must fit in int64. As in KenLM, a history may reach back to one BOS but not
-  past it: positions whose m-token history would need more than one BOS have no feature (-1).
+- ``Suffix(m)``: the exact previous ``m`` tokens as one feature (an n-gram history). Histories
+  are *chained ids*: the history ``h = (h_1 .. h_m)`` (oldest first) is the pair (row of its
+  suffix ``h' = (h_2 .. h_m)`` in the ``Suffix(m-1)`` table, oldest token ``h_1``), packed as the
+  row key ``parent_row * V + h_1`` (``Suffix(1)``: parent row 0, so the key is the token id).
+  Exact (no hashing, no collisions) and bounded by ``R_{m-1} * V`` whatever m is, so any order
+  works at any vocabulary size. Suffix groups therefore come nested, ``Suffix(1..M)`` in order:
+  the rows of ``Suffix(m-1)`` are part of the key of ``Suffix(m)`` (``group_rows``). Since a key
+  holds its parent row, ``key // V`` *is* the row of ``h'`` — no lookup needed to back off.
+  As in KenLM, a history may reach back to one BOS but not past it: positions whose m-token
+  history would need more than one BOS have no feature (-1).
 
 Padding layout (see ``pad_sequences``): each sequence becomes ``[BOS]*P + ids + [EOS]`` and the
 targets are ``ids + [EOS]``, so EOS is always a target and BOS never is.
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .sparse import lookup_rows
 
 
 @dataclass(frozen=True)
@@ -62,32 +69,121 @@ class Suffix:
     def reach(self) -> int:
         return self.m
 
-    def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
-        """Mixed-radix key of ``buf[pos-m:pos]`` per position; -1 where it would need 2+ BOS."""
-        if vocab_size ** self.m >= 2 ** 63:
-            raise InputError(
-                f"suffix({self.m}) keys need vocab_size**{self.m} < 2**63 (vocab_size={vocab_size}); "
-                "use a lower --order or a smaller vocabulary")
-        keys = np.zeros(len(pos), dtype=np.int64)
-        radix = np.int64(1)
-        for i in range(self.m):  # token at pos - m + i gets weight V**i
-            keys += buf[pos - self.m + i].astype(np.int64) * radix
-            radix *= vocab_size
+    def row_keys(self, buf, pos, starts, vocab_size: int, parent_rows=None) -> np.ndarray:
+        """Chained key ``parent_rows * V + buf[pos-m]`` per position (-1: no feature).
+
+        ``parent_rows``: the ``Suffix(m-1)`` row of each position (-1 = unseen history; not
+        needed for m = 1). -1 where the parent is unseen or the history would need 2+ BOS.
+        """
+        oldest = buf[pos - self.m].astype(np.int64)
+        if self.m == 1:
+            return oldest
+        if parent_rows is None:
+            raise InputError(f"suffix{self.m} keys need the suffix{self.m - 1} rows: suffix groups "
+                             "must be suffix1..suffixM in order; build them with make_groups(order=N)")
+        keys = np.asarray(parent_rows, dtype=np.int64) * vocab_size + oldest
         # allowed: history reaches back at most to the single BOS just before the sequence start
-        keys[pos - self.m < starts - 1] = -1
+        keys[(parent_rows < 0) | (pos - self.m < starts - 1)] = -1
         return keys
 
     def n_rows(self, vocab_size: int) -> int | None:
         return None  # rows are the observed histories, mapped to compact ids
 
 
-def decode_suffix_key(key: int, m: int, vocab_size: int) -> list[int]:
-    """Token ids of a suffix key, oldest first. Example: V=10, key 21 (m=2) -> [1, 2]."""
-    out = []
-    for _ in range(m):
-        out.append(int(key % vocab_size))
-        key //= vocab_size
+def check_suffix_chain(groups) -> int:
+    """M such that the suffix groups of ``groups`` are ``Suffix(1..M)`` in this order (0: none)."""
+    ms = [g.m for g in groups if isinstance(g, Suffix)]
+    if ms != list(range(1, len(ms) + 1)):
+        raise InputError(f"suffix groups must be suffix1..suffixM in order (chained history ids), "
+                         f"got {[g.name for g in groups]}; build them with make_groups(order=N)")
+    return len(ms)
+
+
+def find_sorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(table, queries)``, faster for big tables: queries are searched in sorted
+    order (each search starts where the previous one ended, and memory is read in order), then
+    put back. Measured on a 6M-row table, 500k random queries: 0.19 s -> 0.04 s."""
+    queries = np.asarray(queries)
+    if len(table) < 1 << 16 or len(queries) < 1 << 12:
+        return np.searchsorted(table, queries)
+    order = np.argsort(queries, kind="stable")
+    out = np.empty(len(queries), dtype=np.int64)
+    out[order] = np.searchsorted(table, queries[order])
     return out
+
+
+def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray) -> np.ndarray:
+    """``sparse.lookup_rows`` (row of each key in a sorted table, -1 if absent or if the key is
+    -1) via ``find_sorted``, searching only the keys that are not -1."""
+    row_keys = np.asarray(row_keys, dtype=np.int64)
+    if keys is None:
+        return row_keys
+    out = np.full(len(row_keys), -1, dtype=np.int64)
+    ok = np.flatnonzero(row_keys >= 0)
+    if len(keys) == 0 or len(ok) == 0:
+        return out
+    k = row_keys[ok]
+    idx = np.minimum(find_sorted(keys, k), len(keys) - 1)
+    out[ok] = np.where(keys[idx] == k, idx, -1)
+    return out
+
+
+def group_rows(groups, keys, buf, pos, starts, vocab_size: int) -> list:
+    """Row of every target position per group (-1: no feature), int64 (N,) each.
+
+    ``keys``: per group the row table (None = rows are token ids). A suffix group's keys are
+    built from the rows of the suffix group one shorter, so the groups are walked in order.
+    """
+    check_suffix_chain(groups)
+    rows, suffix_rows = [], None
+    for g, k in zip(groups, keys):
+        rk = g.row_keys(buf, pos, starts, vocab_size, suffix_rows) if isinstance(g, Suffix) \
+            else g.row_keys(buf, pos, starts, vocab_size)
+        r = lookup_keys(k, rk)
+        if isinstance(g, Suffix):
+            suffix_rows = r
+        rows.append(r)
+    return rows
+
+
+def decode_histories(keys: list, m: int, vocab_size: int) -> np.ndarray:
+    """(R_m, m) token ids of every row of ``Suffix(m)``, oldest first.
+
+    ``keys``: the chained key tables of ``Suffix(1..M)`` (M >= m). Example: V = 10,
+    keys = [[3, 4], [1 * 10 + 7]] -> m = 2 gives [[7, 4]] (row 1 of suffix1 is token 4).
+    """
+    out = np.asarray(keys[0], dtype=np.int64)[:, None]
+    for level in range(1, m):
+        k = np.asarray(keys[level], dtype=np.int64)
+        out = np.concatenate([(k % vocab_size)[:, None], out[k // vocab_size]], axis=1)
+    return out
+
+
+def decode_suffix_key(key: int, m: int, vocab_size: int, keys: list) -> list[int]:
+    """Token ids of one chained ``Suffix(m)`` key, oldest first (``keys``: tables of Suffix(1..)).
+
+    Example: V = 10, keys = [[3, 4]], key 17 (m = 2: parent row 1 = token 4, oldest 7) -> [7, 4].
+    """
+    out = []
+    for level in range(m - 1, 0, -1):
+        out.append(int(key % vocab_size))
+        key = int(keys[level - 1][key // vocab_size])
+    return out + [int(key)]
+
+
+def encode_histories(keys: list, tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Row of each history in the ``Suffix(m)`` table, -1 if unseen; ``tokens`` (n, m) oldest first.
+
+    Inverse of ``decode_histories``: the newest token first, then one chained lookup per older
+    token. Example: V = 10, keys = [[3, 4], [17]]: [[7, 4]] -> [0], [[7, 3]] -> [-1].
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    m = tokens.shape[1]
+    r = lookup_rows(keys[0], tokens[:, m - 1])
+    for level in range(1, m):
+        k = np.where(r >= 0, r * vocab_size + tokens[:, m - 1 - level], -1)
+        r = lookup_rows(keys[level], k)
+    return r
 
 
 def make_groups(context: int = 3, order: int | None = None) -> list:

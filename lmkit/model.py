@@ -17,7 +17,7 @@ from . import scoring, store
 from .config import SampleConfig, make
 from .evaluate import evaluate_lines
 from .generate import generate
-from .ngram import backoff_tables, mkn_log_proba
+from .ngram import loggamma_tables, mkn_log_proba
 from .errors import InputError, ModelFormatError, OptionError
 from .features import Suffix, decode_suffix_key, group_from_name
 from .params import SparseParams
@@ -156,7 +156,7 @@ class LanguageModel(BaseModel):
             p = self.params
             if (isinstance(p, SparseParams) and all(isinstance(g, Suffix) for g in p.groups)
                     and np.all(p.lambdas == 1.0)):
-                self._loggammas = backoff_tables(p)[1]
+                self._loggammas = loggamma_tables(p)
         return self._loggammas
 
     def next_logp(self, prefix_ids) -> np.ndarray:

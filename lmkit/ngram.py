@@ -2,7 +2,8 @@ r"""N-gram solver: suffix-context counts -> interpolated modified Kneser-Ney as 
 
 Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` (an order N = M + 1 model),
 optionally followed by ``Window`` groups. ``F[m]`` is CSR (R_m, V) int64: rows = observed
-m-token histories h (sorted packed keys, oldest token at weight V**0), columns = next token w.
+m-token histories h (sorted chained keys ``row(h') * V + oldest token``, see ``features.py``),
+columns = next token w.
 Output: ``SparseParams`` with ``q`` (V,) = the interpolated MKN unigram ``P_1``, per suffix group
 ``S_m`` CSR (R_m, V) float64 on the pattern of ``F[m]``, window groups solved as in
 ``explicit.py`` against the same ``q``; ``lambdas`` = 1 (suffix weights stay 1: that *is* MKN).
@@ -12,7 +13,7 @@ Interpolated modified Kneser-Ney (Chen & Goodman 1998; as in KenLM's lmplz)
 Adjusted counts ``a``: raw counts ``c(h w)`` at the highest order N and for n-grams starting
 with BOS; otherwise the continuation count ``N1+(. h w)`` = number of distinct tokens seen left
 of ``h w`` (BOS included). Each nonzero of ``F[m+1]`` is one distinct ``(v h, w)``, so
-``a(h w)`` = number of nonzeros of ``F[m+1]`` in rows whose key // V is key(h): the lower orders
+``a(h w)`` = number of nonzeros of ``F[m+1]`` in rows whose key // V is row(h): the lower orders
 are derived from the higher-order count matrices, nothing else is counted. Per order n three
 discounts from the count-of-counts ``n_k`` of its adjusted counts::
 
@@ -41,28 +42,25 @@ normaliser: ``log Z = -sum_m log gamma(h_m)``. Hence MKN is exactly the single s
 ``logits = log q + sum_m S_m[h_m]`` with one-hot suffix features and all lambdas 1, and the
 generic scorer (which normalises over the union of touched columns) returns MKN probabilities.
 Conversely gamma is recoverable from q and S alone, ``gamma(h) = 1 / (1 + sum_{w in row h}
-P_m(w|h') expm1(S[h, w]))``, which is how ``backoff_tables`` rebuilds the ARPA backoffs.
+P_m(w|h') expm1(S[h, w]))``, which is how ``backoff_tables`` rebuilds the ARPA backoffs. The
+solver also keeps log gamma per row (``info["loggamma"]``, saved as ``G{g}`` arrays), so loading
+a model derives nothing (``loggamma_tables``); ``ngram_sample.py`` samples this model exactly.
 
-ARPA export (``write_arpa``): words are decimal token ids, except ``<unk>``, ``<s>`` and
-``</s>`` for the tokenizer's unk/BOS/EOS ids (``arpa_words``); probabilities and backoffs are
-log10; ``<s>`` gets -99 as in KenLM.
+ARPA export: ``arpa.py``.
 """
 from __future__ import annotations
 
-import io
-import math
 import sys
 
 import numpy as np
 import scipy.sparse as sp
 
 from .counts import Counts
-from .errors import InputError
+from .errors import InputError, ModelFormatError
 from .explicit import estimate_discount, solve_group
-from .files import atomic_write
 from .params import SparseParams
-from .sparse import lookup_rows, lookup_values
-from .features import Suffix, decode_suffix_key
+from .features import (Suffix, check_suffix_chain, decode_histories, decode_suffix_key,
+                       encode_histories, find_sorted)
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 
@@ -76,7 +74,12 @@ def mkn_discounts(values: np.ndarray) -> tuple[tuple[float, float, float], bool]
     2, 1 -> Y = 10/18, D1 = 1 - 2*(10/18)*0.4 = 0.5556, D2 = 2 - 3*(10/18)*0.5 = 1.1667,
     D3+ = 3 - 4*(10/18)*0.5 = 1.8889.
     """
-    n = [int(np.count_nonzero(values == k)) for k in (1, 2, 3, 4)]
+    return discounts_from_count_of_counts([int(np.count_nonzero(values == k)) for k in (1, 2, 3, 4)])
+
+
+def discounts_from_count_of_counts(n) -> tuple[tuple[float, float, float], bool]:
+    """``mkn_discounts`` from the count-of-counts ``n = (n1, n2, n3, n4)`` themselves."""
+    n = [int(x) for x in n]
     if min(n) == 0:
         return FALLBACK_DISCOUNTS, False
     y = n[0] / (n[0] + 2 * n[1])
@@ -98,25 +101,54 @@ def adjusted_counts(counts: Counts, m: int, top: int, bos_id: int) -> sp.csr_mat
     Raw counts for m = top and for histories starting with BOS; else the number of distinct
     left extensions, read off ``F[m+1]``.
     """
+    return _adjusted_counts(counts, m, top, bos_id)[0]
+
+
+def _adjusted_counts(counts: Counts, m: int, top: int, bos_id: int):
+    """``adjusted_counts`` and, for 0 < m < top, the link of every order-(m+2) n-gram (h w) to
+    its order-(m+1) suffix (h' w) as an index into the returned pattern (None otherwise): the
+    solve needs the very same join for the lower-order probability."""
     V = counts.vocab_size
     if m == top:
         A = counts.F[m - 1].tocsr().astype(np.int64)
         A.sort_indices()
-        return A
+        return A, None
     up, up_keys = counts.F[m].tocsr(), counts.keys[m]  # Suffix(m+1) is group index m
-    entry_row = np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))
     if m == 0:
-        return sp.csr_matrix(np.bincount(up.indices, minlength=V).astype(np.int64)[None, :])
-    parent = lookup_rows(counts.keys[m - 1], up_keys // V)  # drop the oldest token
-    assert (parent >= 0).all(), "suffix groups must be nested (Suffix(1..M) counted together)"
+        return sp.csr_matrix(np.bincount(up.indices, minlength=V).astype(np.int64)[None, :]), None
     F = counts.F[m - 1].tocsr()
-    A = sp.csr_matrix((np.ones(up.nnz, np.int64), (parent[entry_row], up.indices)), shape=F.shape)
-    A.sum_duplicates()
-    bos_rows = (counts.keys[m - 1] % V) == bos_id
-    A = (A + sp.diags(bos_rows.astype(np.int64), dtype=np.int64) @ F).tocsr()
-    A.sort_indices()
-    assert A.nnz == F.nnz, "adjusted counts must have the pattern of the raw counts"
-    return A
+    F.sort_indices()
+    entry_row = np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))
+    parent = up_keys[entry_row] // V  # chained keys: the row of h w's history minus its oldest
+    idx = entry_index(F, parent, up.indices)
+    a = np.bincount(idx, minlength=F.nnz).astype(np.int64)
+    bos_rows = (counts.keys[m - 1] % V) == bos_id  # oldest token BOS: nothing extends it
+    bos_entries = np.repeat(bos_rows, np.diff(F.indptr))
+    a[bos_entries] = F.data[bos_entries]
+    assert (a > 0).all(), "adjusted counts must have the pattern of the raw counts"
+    return sp.csr_matrix((a, F.indices, F.indptr), shape=F.shape), idx
+
+
+def linear_keys(M: sp.csr_matrix) -> np.ndarray:
+    """``row * V + col`` of every stored entry of a canonical CSR: sorted int64 (nnz,)."""
+    V = M.shape[1]
+    return np.repeat(np.arange(M.shape[0], dtype=np.int64) * V, np.diff(M.indptr)) + M.indices
+
+
+def entry_index(M: sp.csr_matrix, rows, cols, lin=None, missing_ok: bool = False) -> np.ndarray:
+    """Index into ``M.data`` of each entry (rows[n], cols[n]) of a canonical CSR (-1 if absent).
+
+    One ``searchsorted`` on the linear keys (``lin``: ``linear_keys(M)``, if already known).
+    Without ``missing_ok`` every entry must be stored.
+    """
+    lin = linear_keys(M) if lin is None else lin
+    q = np.asarray(rows, dtype=np.int64) * M.shape[1] + np.asarray(cols, dtype=np.int64)
+    idx = np.minimum(find_sorted(lin, q), max(len(lin) - 1, 0))
+    found = (lin[idx] == q) & (np.asarray(rows) >= 0) if len(lin) else np.zeros(len(q), bool)
+    if not missing_ok:
+        assert found.all(), "a needed n-gram is missing: patterns must be nested"
+        return idx
+    return np.where(found, idx, -1)
 
 
 def infer_bos_id(counts: Counts) -> int:
@@ -131,11 +163,11 @@ def infer_bos_id(counts: Counts) -> int:
 
 def _suffix_order(groups) -> int:
     """M such that the suffix groups are exactly Suffix(1..M), in order, first."""
-    ms = [g.m for g in groups if isinstance(g, Suffix)]
-    if ms != list(range(1, len(ms) + 1)) or any(isinstance(g, Suffix) for g in groups[len(ms):]):
+    M = check_suffix_chain(groups)
+    if any(isinstance(g, Suffix) for g in groups[M:]):
         raise InputError(f"suffix groups must be suffix1..suffixM first, got "
                          f"{[g.name for g in groups]}; build them with make_groups(order=N)")
-    return len(ms)
+    return M
 
 
 def _check_discount(discount):
@@ -164,7 +196,7 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     given = _check_discount(discount)
     thresholds = prune_thresholds(prune, M + 1)
 
-    A = [adjusted_counts(counts, m, M, bos) for m in range(M + 1)]
+    A, links = (list(x) for x in zip(*[_adjusted_counts(counts, m, M, bos) for m in range(M + 1)]))
     discounts, estimated = [], []
     for a in A:
         d, ok = (given, True) if given else mkn_discounts(a.data)
@@ -180,12 +212,16 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     d1 = np.where(a1 > 0, _discount_of(a1, discounts[0]), 0.0)
     q = (a1 - d1) / a1.sum() + d1.sum() / a1.sum() / V
 
-    S, keys, logp_prev = [], [], None
+    S, keys, loggamma, logp_prev, parent_map = [], [], [], None, np.zeros(1, dtype=np.int64)
     for m in range(1, M + 1):
-        Sm, km, logp_prev = _solve_order(A[m], counts.keys[m - 1], discounts[m], keep[m], q,
-                                         logp_prev, keys[-1] if keys else None, V)
+        # unpruned, order m's entries link to order m-1's (the patterns of logp_prev) as counted
+        link = links[m - 1] if keep[m] is None and keep[m - 1] is None else None
+        links[m - 1] = None  # used once: free it
+        Sm, km, logp_prev, parent_map, lg = _solve_order(A[m], counts.keys[m - 1], discounts[m],
+                                                         keep[m], q, logp_prev, parent_map, V, link)
         S.append(Sm)
         keys.append(km)
+        loggamma.append(lg)
     for g in groups[M:]:
         F = counts.F[groups.index(g)]
         S.append(solve_group(F, q, estimate_discount(F)))
@@ -197,14 +233,20 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
             # lambdas fixed at 1 (order 5 + window 1..3, scripts/ngram_vs_window.py)
             "lambda_init": [1.0] * M + [0.0] * (len(groups) - M),
             "lambda_fixed": [len(groups) == M] * len(groups)}
+    if len(groups) == M:  # pure MKN: saved with the model so that loading derives nothing
+        info["loggamma"] = loggamma
     return SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
 
 
-def _solve_order(A, keys, d, keep, q, logp_prev, keys_prev, V):
-    """One suffix group: S (CSR on the kept pattern), its row keys, and log P on that pattern.
+def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V, link=None):
+    """One suffix group: S (CSR on the kept pattern), its row keys, log P on that pattern, the
+    map old row -> kept row (-1: pruned) that re-keys the next group's chained keys, and log
+    gamma per kept row.
 
-    ``logp_prev``: CSR of log P_m(w | h') on the previous group's kept pattern (None for m = 1).
-    Pruned entries keep their whole adjusted count in gamma (their mass backs off).
+    ``logp_prev``: CSR of log P_m(w | h') on the previous group's kept pattern (None for m = 1);
+    ``parent_map``: the previous group's old -> kept row map; ``link``: index of each (h' w) in
+    ``logp_prev`` when already known (no pruning). Pruned entries keep their whole
+    adjusted count in gamma (their mass backs off).
     """
     R = A.shape[0]
     entry_row = np.repeat(np.arange(R), np.diff(A.indptr))
@@ -212,29 +254,37 @@ def _solve_order(A, keys, d, keep, q, logp_prev, keys_prev, V):
     disc = _discount_of(vals, d)
     total = np.bincount(entry_row, vals, minlength=R)
     r = (vals - disc) / total[entry_row]
-    backoff_mass = disc + np.where(keep, 0.0, vals - disc)
+    backoff_mass = disc if keep is None else disc + np.where(keep, 0.0, vals - disc)
     gamma = np.bincount(entry_row, backoff_mass, minlength=R) / total
-    rows_kept = np.flatnonzero(np.bincount(entry_row[keep], minlength=R) > 0)
-    new_row = np.full(R, -1)
-    new_row[rows_kept] = np.arange(len(rows_kept))
-    er, cols, r = new_row[entry_row[keep]], A.indices[keep].astype(np.int64), r[keep]
+    if keep is None:  # nothing pruned: every row and entry stays, keys keep their numbering
+        new_row = np.arange(R)
+        rows_kept, er, cols = new_row, entry_row, A.indices
+    else:
+        rows_kept = np.flatnonzero(np.bincount(entry_row[keep], minlength=R) > 0)
+        new_row = np.full(R, -1)
+        new_row[rows_kept] = np.arange(len(rows_kept))
+        er, cols, r = new_row[entry_row[keep]], A.indices[keep], r[keep]
+    # chained keys name the parent's row: re-key them into the kept numbering of the parent
+    k = keys[rows_kept]
+    parent = parent_map[k // V]
+    assert (parent >= 0).all(), "a kept history lost its suffix: pruning must keep it"
+    new_keys = parent * V + k % V
     g = gamma[rows_kept][er]
-    lower = _lower_logp(keys[rows_kept][er], cols, q, logp_prev, keys_prev, V)
+    lower = logp_prev.data[link] if link is not None else _lower_logp(parent[er], cols, q, logp_prev)
     data = np.log1p(r / (g * np.exp(lower)))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(er, minlength=len(rows_kept)))])
     shape = (len(rows_kept), V)
-    S = sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=shape)
-    logp = sp.csr_matrix((np.log(g) + lower + data, cols.astype(np.int32), indptr), shape=shape)
-    return S, keys[rows_kept].copy(), logp
+    cols = cols.astype(np.int32)
+    S = sp.csr_matrix((data, cols, indptr), shape=shape)
+    logp = sp.csr_matrix((np.log(g) + lower + data, cols, indptr), shape=shape)
+    return S, new_keys, logp, new_row, np.log(gamma[rows_kept])
 
 
-def _lower_logp(hist_keys, cols, q, logp_prev, keys_prev, V):
-    """log P_m(w | h') for each (h, w): h' = h minus its oldest token (unigram q when m = 1)."""
+def _lower_logp(parent_rows, cols, q, logp_prev, lin=None):
+    """log P_m(w | h') for each (h, w), given the row of h' (unigram q when m = 1)."""
     if logp_prev is None:
         return np.log(q[cols])
-    rows = lookup_rows(keys_prev, hist_keys // V)
-    assert (rows >= 0).all(), "lower-order history missing: patterns must be nested"
-    return lookup_values(logp_prev, rows, cols)
+    return logp_prev.data[entry_index(logp_prev, parent_rows, cols, lin)]
 
 
 def prune_thresholds(prune, n_orders: int) -> list:
@@ -251,15 +301,16 @@ def prune_thresholds(prune, n_orders: int) -> list:
 
 
 def _pruned_patterns(A, keys, thresholds, V) -> list:
-    """Boolean keep-mask per order over the nonzeros of ``A[m]`` (index 0 = unigrams, all kept).
+    """Boolean keep-mask per order over the nonzeros of ``A[m]`` (index 0 = unigrams), or None
+    per order when nothing is pruned.
 
     Pruned top-down; an n-gram is kept when its count exceeds the threshold or when a kept
     longer n-gram needs it: as its suffix (``h' w``) or as its context (``h w`` is a kept row).
     """
     M = len(A) - 1
-    keep = [np.ones(a.nnz, dtype=bool) for a in A]
     if not any(thresholds):
-        return keep
+        return [None] * (M + 1)
+    keep = [np.ones(a.nnz, dtype=bool) for a in A]
     needed = {}  # order m -> mask of n-grams that kept (m+1)-grams need
     for m in range(M, 0, -1):
         a = A[m]
@@ -268,28 +319,16 @@ def _pruned_patterns(A, keys, thresholds, V) -> list:
             keep[m] |= needed[m]
         if m > 1:  # mark what this order's kept n-grams need one order down
             er = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))[keep[m]]
-            k = keys[m - 1][er]
             cols = a.indices[keep[m]].astype(np.int64)
             lower = A[m - 1]
             mark = np.zeros(lower.nnz, dtype=bool)
-            suffix_rows = lookup_rows(keys[m - 2], k // V)
-            mark[_entry_index(lower, suffix_rows, cols)] = True
-            # context: the row h of a kept entry, as an (m)-gram (h[:-1], h[-1])
-            ctx_rows = lookup_rows(keys[m - 2], np.unique(k) % (V ** (m - 1)))
-            ctx_cols = np.unique(k) // (V ** (m - 1))
-            mark[_entry_index(lower, ctx_rows, ctx_cols)] = True
+            mark[entry_index(lower, keys[m - 1][er] // V, cols)] = True  # suffix h' w
+            # context: the row h of a kept entry, as an m-gram (h[:-1], h[-1])
+            hist = decode_histories(keys, m, V)[np.unique(er)]
+            ctx_rows = encode_histories(keys, hist[:, :-1], V)
+            mark[entry_index(lower, ctx_rows, hist[:, -1])] = True
             needed[m - 1] = mark
     return keep
-
-
-def _entry_index(M: sp.csr_matrix, rows, cols) -> np.ndarray:
-    """Index into ``M.data`` of each stored entry (rows[n], cols[n]); all must be stored."""
-    idx = sp.csr_matrix((np.arange(M.nnz, dtype=np.float64) + 1, M.indices, M.indptr),
-                        shape=M.shape)
-    ok = rows >= 0
-    pos = lookup_values(idx, rows[ok], np.asarray(cols)[ok]).astype(np.int64) - 1
-    assert (pos >= 0).all(), "pruning: a needed n-gram is missing"
-    return pos
 
 
 # ---- reading MKN back out of a model ----------------------------------------------------------
@@ -301,123 +340,80 @@ def backoff_tables(params: SparseParams):
     """
     M = _suffix_order(params.groups)
     V = params.vocab_size
-    logps, loggammas, prev = [], [], None
+    logps, loggammas, prev, lin = [], [], None, None
     for m in range(M):
         S = params.S[m].tocsr()
         S.sort_indices()
         er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-        lower = _lower_logp(params.keys[m][er], S.indices.astype(np.int64), params.q, prev,
-                            params.keys[m - 1] if m else None, V)
+        lower = _lower_logp((params.keys[m] // V)[er], S.indices, params.q, prev, lin)
         z = 1.0 + np.bincount(er, np.exp(lower) * np.expm1(S.data), minlength=S.shape[0])
         lg = -np.log(z)
         lp = lg[er] + lower + S.data
         prev = sp.csr_matrix((lp, S.indices, S.indptr), shape=S.shape)
+        lin = er * V + S.indices  # = linear_keys(prev), reused by the next order's lookups
         logps.append(lp)
         loggammas.append(lg)
     return logps, loggammas
 
 
+def loggamma_tables(params: SparseParams) -> list:
+    """log gamma per row of every suffix group: the stored ones (``info["loggamma"]``, written by
+    ``solve_ngram`` and saved with the model) when present and well-formed, else derived from q
+    and S (``backoff_tables``). Stored tables come from a file: a wrong shape or a value outside
+    (-inf, 0] is refused rather than trusted."""
+    stored = params.info.get("loggamma")
+    if stored is None:
+        return backoff_tables(params)[1]
+    out = [np.asarray(x, dtype=np.float64) for x in stored]
+    if len(out) != len(params.S) or any(
+            x.shape != (S.shape[0],) or not np.all(np.isfinite(x)) or np.any(x > 1e-12)
+            for x, S in zip(out, params.S)):
+        raise ModelFormatError("stored n-gram back-off weights (G arrays) do not match the model's "
+                               "rows or are not log-probabilities; re-train the model")
+    return out
+
+
 def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggammas) -> np.ndarray:
     """Fast exact scorer for pure MKN models: ``log q[t] + sum_m (S_m[h_m, t] + log gamma_m)``.
 
-    Cost: M binary searches per token, independent of how many columns a row has.
+    ``S_m[h_m, t]`` is looked up only where ``S_{m-1}[h_{m-1}, t]`` was stored: the patterns are
+    nested (a stored ``(h, t)`` implies a stored ``(h', t)``), so the searches thin out with the
+    order. Cost: at most M binary searches per token, independent of how many columns a row has.
     """
     out = np.log(params.q[targets])
+    cand = np.arange(len(targets))  # positions whose target may still be stored at this order
     for S, r, lg in zip(params.S, rows, loggammas):
         present = r >= 0
-        out[present] += lookup_values(S, r[present], targets[present]) + lg[r[present]]
+        out[present] += lg[r[present]]
+        cand = cand[r[cand] >= 0]
+        idx = _row_find(S, r[cand], targets[cand])
+        hit = idx >= 0
+        cand = cand[hit]
+        out[cand] += S.data[idx[hit]]
     return out
 
 
-# ---- ARPA export ------------------------------------------------------------------------------
-def arpa_words(tokenizer) -> np.ndarray:
-    """ARPA word for each token id: the id in decimal, or ``<unk>``/``<s>``/``</s>``.
-
-    To score with KenLM: ``kenlm.Model(arpa).full_scores(" ".join(words[ids]))``.
-    """
-    words = np.array([str(i) for i in range(tokenizer.vocab_size)], dtype=object)
-    words[tokenizer.unk_id], words[tokenizer.bos_id], words[tokenizer.eos_id] = "<unk>", "<s>", "</s>"
-    return words
-
-
-def check_arpa_exportable(params) -> int:
-    """M (the longest history) if ``params`` is an exact MKN model, else an ``InputError``."""
-    if not isinstance(params, SparseParams) or not all(isinstance(g, Suffix) for g in params.groups):
-        names = [g.name for g in params.groups]
-        raise InputError(f"ARPA export needs a pure suffix (n-gram) model, this one has groups {names}; "
-                         "train with --order N and without --context")
-    if not np.allclose(params.lambdas, 1.0):
-        raise InputError(f"ARPA export needs all lambdas = 1 (exact MKN), got {list(params.lambdas)}; "
-                         "re-train without --lambdas")
-    return _suffix_order(params.groups)
-
-
-def write_arpa(model, path, words: str = "ids") -> dict:
-    """Write ``model`` (a pure suffix ``LanguageModel``) as an ARPA file; returns n-gram counts.
-
-    ``words``: "ids" (decimal token ids) or "pieces" (SentencePiece pieces, ``arpa.piece_words``).
-    """
-    params, tok = model.params, model.tokenizer
-    M = check_arpa_exportable(params)
-    V = params.vocab_size
-    if words not in ("ids", "pieces"):
-        raise InputError(f"--words must be ids or pieces, got {words!r}")
-    from .arpa import piece_words  # arpa.py builds on this module: import at call time
-    words = arpa_words(tok) if words == "ids" else piece_words(tok)
-    logps, loggammas = backoff_tables(params)
-    ln10 = math.log(10)
-    sections = []
-    # unigrams: every token, <s> at -99 as in KenLM; backoff = gamma of the 1-token history
-    bo = np.zeros(V)
-    r1 = lookup_rows(params.keys[0], np.arange(V))
-    bo[r1 >= 0] = loggammas[0][r1[r1 >= 0]]
-    lp1 = np.log(params.q) / ln10
-    lp1[tok.bos_id] = -99.0
-    sections.append(_arpa_lines(lp1, words[np.arange(V)][:, None], bo / ln10, M >= 1))
-    for m in range(M):
-        S = params.S[m].tocsr()
-        S.sort_indices()
-        er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-        hist = _decode_keys(params.keys[m], m + 1, V)[er]
-        ids = np.concatenate([hist, S.indices[:, None].astype(np.int64)], axis=1)
-        bo = np.zeros(S.nnz)
-        if m + 1 < M:  # this n-gram as a history of the next group: key(h) + w * V**(m+1)
-            rk = lookup_rows(params.keys[m + 1], params.keys[m][er] + S.indices.astype(np.int64) * V ** (m + 1))
-            bo[rk >= 0] = loggammas[m + 1][rk[rk >= 0]]
-        sections.append(_arpa_lines(logps[m] / ln10, words[ids], bo / ln10, m + 1 < M))
-    sizes = [len(s) for s in sections]
-
-    def write(f):
-        f = io.TextIOWrapper(f, encoding="utf-8", newline="\n")
-        f.write("\\data\\\n" + "".join(f"ngram {n + 1}={c}\n" for n, c in enumerate(sizes)))
-        for n, lines in enumerate(sections):
-            f.write(f"\n\\{n + 1}-grams:\n")
-            f.write("\n".join(lines))
-            f.write("\n")
-        f.write("\n\\end\\\n")
-        f.detach()  # flushes; atomic_write fsyncs and closes the file
-
-    atomic_write(path, write)  # temp file + rename: never a half-written ARPA file
-    return {f"{n + 1}-grams": c for n, c in enumerate(sizes)}
-
-
-def _decode_keys(keys: np.ndarray, m: int, V: int) -> np.ndarray:
-    """(R, m) token ids of packed history keys, oldest first (vectorised ``decode_suffix_key``)."""
-    out = np.empty((len(keys), m), dtype=np.int64)
-    k = keys.copy()
-    for i in range(m):
-        out[:, i] = k % V
-        k //= V
+def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored: a binary search inside
+    each row, on the still-unresolved queries only (canonical CSR). Small matrices with long
+    rows (the low orders) are searched by linear key instead: building the keys costs nnz."""
+    if S.nnz <= 4 * len(rows):
+        return entry_index(S, rows, cols, missing_ok=True)
+    lo, hi = S.indptr[rows].astype(np.int64), S.indptr[rows + 1].astype(np.int64)
+    out = np.full(len(rows), -1, dtype=np.int64)
+    act = np.flatnonzero(lo < hi)
+    while len(act):
+        a, b, c = lo[act], hi[act], cols[act]
+        mid = (a + b) >> 1
+        v = S.indices[mid]
+        hit = v == c
+        out[act[hit]] = mid[hit]
+        right = v < c
+        a, b = np.where(right, mid + 1, a), np.where(right, b, mid)
+        lo[act], hi[act] = a, b
+        act = act[~hit & (a < b)]
     return out
-
-
-def _arpa_lines(log10p, word_rows, log10bo, with_backoff: bool) -> list:
-    texts = [" ".join(r) for r in word_rows]
-    if with_backoff:
-        return [f"{p:.6f}\t{t}\t{b:.6f}" if b != 0 else f"{p:.6f}\t{t}"
-                for p, t, b in zip(log10p.tolist(), texts, log10bo.tolist())]
-    return [f"{p:.6f}\t{t}" for p, t in zip(log10p.tolist(), texts)]
 
 
 __all__ = ["solve_ngram", "mkn_discounts", "adjusted_counts", "backoff_tables", "mkn_log_proba",
-           "write_arpa", "arpa_words", "prune_thresholds", "decode_suffix_key"]
+           "loggamma_tables", "prune_thresholds", "decode_suffix_key"]

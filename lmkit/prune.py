@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arpa import pair_index, find_pairs, suffix_params
+from .arpa import check_arpa_exportable, find_pairs, packed_view, pair_index, suffix_params
 from .errors import InputError
 from .model import LanguageModel
-from .ngram import backoff_tables, check_arpa_exportable, mkn_log_proba
+from .ngram import mkn_log_proba
 from .sparse import lookup_rows
 
 
@@ -89,7 +89,7 @@ def entropy_criteria(model, history: str = "stationary") -> list:
         raise InputError(f"history must be stationary or q, got {history!r}")
     params, tok = model.params, model.tokenizer
     check_arpa_exportable(params)
-    logps, loggammas = backoff_tables(params)
+    params, logps, loggammas = packed_view(params)  # this module works on packed history keys
     log_pi = (np.log(stationary_unigram(params, loggammas, tok.bos_id, tok.eos_id))
               if history == "stationary" else None)
     out = []
@@ -139,10 +139,12 @@ def prune_entropy(model, threshold: float, *, criteria=None):
         log_gamma = (np.log(np.maximum(1 - np.bincount(inv, np.exp(logp)), 1e-300))
                      - np.log(np.maximum(1 - np.bincount(inv, np.exp(lower)), 1e-300)))
         levels.append((hist, cols, logp - log_gamma[inv] - lower))
-    info = {**{k: v for k, v in params.info.items() if not k.startswith("lambda_trace")},
+    # the stored back-off weights (loggamma) belong to the unpruned rows: derived again on load
+    info = {**{k: v for k, v in params.info.items()
+               if not k.startswith("lambda_trace") and k != "loggamma"},
             "prune_entropy": float(threshold), "ngrams_before": [len(c[0]) for c in crit],
             "ngrams_after": [int(k.sum()) for k in keep]}
-    pruned = suffix_params(params.q, levels, V, info)
+    pruned, _ = suffix_params(params.q, levels, V, info)
     config = {**model.config, "prune_entropy": float(threshold)}
     return LanguageModel(model.tokenizer, pruned, config, model.corpus)
 

@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .params import DenseParams, SparseParams
-from .sparse import log_softmax, lookup_rows, lookup_values, take_rows, union_log_z
-from .features import pad_sequences
+from .sparse import log_softmax, lookup_values, take_rows, union_log_z
+from .features import group_rows, pad_sequences
 
 
 def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int):
@@ -27,7 +27,7 @@ def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int):
     """
     pad = max(g.reach for g in groups)
     buf, pos, starts = pad_sequences(seqs, pad, bos_id, eos_id)
-    rows = [lookup_rows(k, g.row_keys(buf, pos, starts, vocab_size)) for g, k in zip(groups, keys)]
+    rows = group_rows(groups, keys, buf, pos, starts, vocab_size)
     n_targets = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
     seq_index = np.repeat(np.arange(len(seqs)), n_targets)
     return rows, buf[pos].astype(np.int64), seq_index
@@ -40,7 +40,7 @@ def next_rows(groups, keys, prefix, vocab_size: int, bos_id: int) -> list:
     pos = np.array([len(buf)], dtype=np.int64)
     buf = np.concatenate([buf, np.zeros(1, np.int32)])  # placeholder target slot
     starts = np.array([pad], dtype=np.int64)
-    return [lookup_rows(k, g.row_keys(buf, pos, starts, vocab_size)) for g, k in zip(groups, keys)]
+    return group_rows(groups, keys, buf, pos, starts, vocab_size)
 
 
 def sparse_scores(params: SparseParams, rows: list, n: int) -> sp.csr_matrix:

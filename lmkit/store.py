@@ -11,7 +11,9 @@ Layout of a model folder::
 ``params.npz`` holds ``q`` (V,) float64 and ``lambdas`` (G,) float64 and per group g
 ``S{g}_data`` float64, ``S{g}_indices``/``S{g}_indptr`` int32|int64, ``S{g}_shape`` int64 (2,)
 (sparse form), or ``W{g}`` (R_g, V) float32 and ``b`` (V,) float32 (dense form), and
-``keys{g}`` (R_g,) int64 for groups whose rows are n-gram histories.
+``keys{g}`` (R_g,) int64 for groups whose rows are n-gram histories (chained ids: the key of
+a ``Suffix(m)`` row is ``parent_row * V + oldest token``, see ``features.py``), and for pure
+n-gram models ``G{g}`` (R_g,) float64, the log back-off weight of each history row.
 
 Writing (``write_model_folder``): the model is first checked as ``read_model_folder`` would
 check it (nothing unloadable is written), the output with ``check_output_writable`` (the CLI
@@ -51,6 +53,7 @@ import scipy.sparse as sp
 from . import files
 from .errors import InputError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
+from .features import Suffix, check_suffix_chain
 from .params import DenseParams, SparseParams
 from .sparse import csr_to_arrays
 
@@ -354,6 +357,8 @@ def params_to_arrays(params) -> dict:
     for g, k in enumerate(params.keys):
         if k is not None:
             arrays[f"keys{g}"] = k
+    for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
+        arrays[f"G{g}"] = lg
     return arrays
 
 
@@ -409,8 +414,11 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
 
     ``groups``: ``Window``/``Suffix`` objects; ``lambdas`` (optional): the manifest's copy.
     """
-    from .features import Suffix
     G, V = len(groups), None
+    try:
+        check_suffix_chain(groups)
+    except InputError as e:
+        raise ModelFormatError(f"{where}: {e}") from None
     expected = {"q", "lambdas"} if kind == "sparse" else {"b"}
     keys = []
     for g, group in enumerate(groups):
@@ -418,6 +426,8 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
                      if kind == "sparse" else {f"W{g}"})
         if f"keys{g}" in arrays or isinstance(group, Suffix):
             expected.add(f"keys{g}")
+        if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
+            expected.add(f"G{g}")
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "
@@ -441,7 +451,10 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
         k = None
         if f"keys{g}" in expected:
             k = _array(arrays, f"keys{g}", ("<i8",), 1, where)
-            limit = V ** group.m if isinstance(group, Suffix) else V
+            # chained ids: Suffix(m) keys are parent_row * V + token, parent = a Suffix(m-1) row
+            parent = [keys[h] for h, x in enumerate(groups[:g])
+                      if isinstance(x, Suffix) and isinstance(group, Suffix) and x.m == group.m - 1]
+            limit = V * len(parent[0]) if parent else V
             if len(k) and (k[0] < 0 or k[-1] >= limit or (np.diff(k) <= 0).any()):
                 raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
                                        f"[0, {limit}); {_FIX}")
@@ -449,6 +462,16 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
     rows = [V if k is None else len(k) for k in keys]
     if kind == "sparse":
         S = [_check_csr(arrays, g, rows[g], V, where) for g in range(G)]
+        loggamma = []
+        for g in range(G):
+            if f"G{g}" in expected:
+                lg = _array(arrays, f"G{g}", ("<f8",), 1, where)
+                if len(lg) != rows[g] or not (np.isfinite(lg).all() and (lg <= 1e-9).all()):
+                    raise ModelFormatError(f"{where}: 'G{g}' must be {rows[g]} finite log "
+                                           f"back-off weights <= 0; {_FIX}")
+                loggamma.append(lg)
+        if loggamma:
+            info = {**info, "loggamma": loggamma}
         return SparseParams(groups, q, S, keys, lam, info)
     W = []
     for g in range(G):

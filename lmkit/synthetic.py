@@ -1,7 +1,8 @@
-"""Synthetic corpora: a sparse window model -> many sampled sequences at once, exactly.
+"""Synthetic corpora: a sparse window or n-gram model -> many sampled sequences at once, exactly.
 
-Input: a ``LanguageModel`` with ``SparseParams`` and window groups only. Output: token-id
-sequences (``sample_batch``) or text lines written to shard files (``write_shards``).
+Input: a ``LanguageModel`` with ``SparseParams`` and window groups only, or a pure n-gram model
+(``--order N``: sampled by ``ngram_sample.NgramSampler``, back-off walk, no V-vector). Output:
+token-id sequences (``sample_batch``) or text lines written to shard files (``write_shards``).
 
 Sampling one sequence a token at a time costs a Python step per token; ``sample_batch`` instead
 advances ``batch`` sequences together, one vectorised step for all of them. The model's next-token
@@ -21,14 +22,15 @@ import numpy as np
 
 from .errors import InputError
 from .features import Window
+from .ngram_sample import NgramSampler, is_pure_ngram
 from .params import SparseParams
 from .scoring import sparse_scores
 
 
 def _check_model(model) -> None:
     if not isinstance(model.params, SparseParams) or not all(isinstance(g, Window) for g in model.groups):
-        raise InputError("batch sampling needs a sparse model with window groups only; "
-                         "train one with --solver explicit and without --order")
+        raise InputError("batch sampling needs a sparse model with window groups only, or a pure "
+                         "n-gram model; train one with --solver explicit, or with --order N alone")
 
 
 def sample_batch(model, n_tokens: int, *, batch: int = 4096, max_len: int = 256, seed: int = 0):
@@ -37,6 +39,11 @@ def sample_batch(model, n_tokens: int, *, batch: int = 4096, max_len: int = 256,
     Tokens are counted as targets, EOS included (the count ``Counts.n_tokens`` reports); a
     sequence reaching ``max_len`` tokens is cut there. Deterministic for a given ``seed``.
     """
+    if is_pure_ngram(model.params):
+        tok = model.tokenizer
+        sampler = NgramSampler(model.params, bos_id=tok.bos_id, eos_id=tok.eos_id)
+        yield from sampler.sample_sequences(n_tokens, batch=batch, max_len=max_len, seed=seed)
+        return
     _check_model(model)
     params, tok = model.params, model.tokenizer
     V, bos, eos = params.vocab_size, tok.bos_id, tok.eos_id

@@ -30,7 +30,8 @@ from lmkit.corpus import load_corpus
 from lmkit.counts import count_chunk, sum_counts
 from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import make_groups
-from lmkit.ngram import arpa_words, solve_ngram, write_arpa
+from lmkit.arpa import arpa_words, write_arpa
+from lmkit.ngram import solve_ngram
 from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines

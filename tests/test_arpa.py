@@ -8,7 +8,7 @@ import pytest
 
 from lmkit.arpa import import_arpa, piece_words, read_arpa
 from lmkit.errors import InputError
-from lmkit.ngram import arpa_words, write_arpa
+from lmkit.arpa import arpa_words, write_arpa
 
 LMPLZ = "/work/kenlm-bin/lmplz"
 
@@ -141,7 +141,7 @@ def test_unknown_words_and_bad_files(tmp_path, ngram_model):
     (tmp_path / "trunc.arpa").write_text(HAND.replace("ngram 2=2", "ngram 2=9"))
     with pytest.raises(InputError, match="header says ngram 2=9"):
         read_arpa(tmp_path / "trunc.arpa")
-    with pytest.raises(InputError, match="--words must be"):
+    with pytest.raises(InputError, match="words must be ids or pieces"):
         write_arpa(ngram_model, tmp_path / "x.arpa", words="letters")
 
 

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from lmkit.sparse import lookup_rows
-from lmkit.counts import (count_chunk, count_cooccurrences, empty_counts,
-                          sum_counts)
-from lmkit.features import Suffix, Window
+from lmkit.counts import (count_chunk, count_cooccurrences, count_ngrams, empty_counts,
+                          flat_buffer, suffix_counts, sum_counts)
+from lmkit.errors import InputError
+from lmkit.features import Suffix, Window, pad_sequences
 
 V, BOS, EOS = 6, 1, 2
 SEQS = [[3, 4, 3], [4]]  # padded: [1,1,3,4,3,2] [1,1,4,2]
@@ -32,16 +33,29 @@ def test_window_counts_hand_checked():
 
 
 def test_suffix_counts_hand_checked():
-    c = count_chunk(SEQS, V, [Suffix(2)], BOS, EOS)
-    # histories (keys tok[t-2] + 6 tok[t-1]): 19=[1,3], 22=[4,3], 25=[1,4], 27=[3,4]
-    assert c.keys[0].tolist() == [19, 22, 25, 27]
+    c = count_chunk(SEQS, V, [Suffix(1), Suffix(2)], BOS, EOS)
+    assert c.keys[0].tolist() == [1, 3, 4]  # suffix1: the tokens seen as a history, rows 0, 1, 2
+    # chained keys (row of tok[t-1] in suffix1) * 6 + tok[t-2]:
+    # [BOS 3] = 1*6+1 = 7, [4 3] = 1*6+4 = 10, [BOS 4] = 2*6+1 = 13, [3 4] = 2*6+3 = 15
+    assert c.keys[1].tolist() == [7, 10, 13, 15]
     expect = np.zeros((4, V), int)
     expect[0, 4] = 1  # [BOS 3] -> 4
     expect[1, 2] = 1  # [4 3] -> EOS
     expect[2, 2] = 1  # [BOS 4] -> EOS
     expect[3, 3] = 1  # [3 4] -> 3
-    assert dense(c.F[0]) == expect.tolist()
-    assert c.rows(0, np.array([25, 26, -1])).tolist() == [2, -1, -1]
+    assert dense(c.F[1]) == expect.tolist()
+    assert c.rows(1, np.array([13, 14, -1])).tolist() == [2, -1, -1]
+
+
+def test_suffix_groups_must_be_nested():
+    with pytest.raises(InputError, match="suffix1..suffixM in order"):
+        count_chunk(SEQS, V, [Suffix(2)], BOS, EOS)
+
+
+def test_suffix_counts_one_sort_docstring_example():
+    F, keys, rows = suffix_counts(np.array([5, 5, 3, -1]), np.array([1, 1, 2, 0]), 4)
+    assert keys.tolist() == [3, 5] and rows.tolist() == [1, 1, 0, -1]
+    assert dense(F) == [[0, 0, 1, 0], [0, 2, 0, 0]]
 
 
 def test_lookup_rows():
@@ -69,7 +83,7 @@ def test_shard_additivity(groups):
 
 
 def test_sum_counts_order_free():
-    groups = [Suffix(2), Window(2)]
+    groups = [Suffix(1), Suffix(2), Suffix(3), Window(2)]
     parts = [count_chunk(random_seqs(10, seed=s), V, groups, BOS, EOS) for s in range(5)]
     assert sum_counts(parts).equals(sum_counts(parts[::-1]))
     total = parts[0]
@@ -82,3 +96,24 @@ def test_sum_counts_order_free():
 def test_empty_chunk():
     c = count_chunk([], V, [Window(1)], BOS, EOS)
     assert c.n_tokens == 0 and c.F[0].shape == (V, V) and c.F[0].nnz == 0
+
+
+def test_flat_buffer_docstring_example():
+    buf, pos, starts, n = flat_buffer([[[5, 6]], [[7]]], BOS, EOS, 1)
+    assert buf.tolist() == [1, 5, 6, 2, 1, 7, 2] and n == 2
+    assert pos.tolist() == [1, 2, 3, 5, 6] and starts.tolist() == [1, 1, 1, 5, 5]
+    seqs = [[5, 6], [], [7, 3, 4]]
+    for pad in (1, 3):  # the layout of pad_sequences, streamed
+        got = flat_buffer([seqs[:2], [], seqs[2:]], BOS, EOS, pad)
+        want = pad_sequences(seqs, pad, BOS, EOS)
+        assert all(a.tolist() == b.tolist() for a, b in zip(got, want)) and got[3] == 3
+
+
+@pytest.mark.parametrize("groups", [[Suffix(1), Suffix(2), Suffix(3)],
+                                    [Suffix(1), Suffix(2), Window(1), Window(3)]])
+def test_count_ngrams_one_pass_equals_chunked_sums(groups):
+    seqs = random_seqs(80, seed=3, vocab=9) + [[]]
+    chunks = [seqs[i:i + 9] for i in range(0, len(seqs), 9)] + [[]]
+    assert count_ngrams(iter(chunks), 9, groups, BOS, EOS).equals(
+        count_cooccurrences(chunks, 9, groups, BOS, EOS))
+    assert count_ngrams([], 9, groups, BOS, EOS).equals(empty_counts(9, groups))

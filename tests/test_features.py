@@ -1,7 +1,10 @@
 import pytest
 
 from lmkit.errors import InputError
-from lmkit.features import (Suffix, Window, decode_suffix_key, group_from_name, make_groups,
+import numpy as np
+
+from lmkit.features import (Suffix, Window, decode_histories, decode_suffix_key, encode_histories,
+                            find_sorted, group_from_name, group_rows, lookup_keys, make_groups,
                             pad_sequences)
 
 V, BOS, EOS = 6, 1, 2
@@ -28,20 +31,44 @@ def test_window_and_suffix_keys_hand_checked():
     assert Window(1).row_keys(buf, pos, starts, V).tolist() == [1, 3, 4, 3, 1, 4]
     assert Window(2).row_keys(buf, pos, starts, V).tolist() == [1, 1, 3, 4, 1, 1]
     assert Suffix(1).row_keys(buf, pos, starts, V).tolist() == [1, 3, 4, 3, 1, 4]
-    # key = tok[t-2] + tok[t-1] * V; a history may hold one BOS but not two
-    assert Suffix(2).row_keys(buf, pos, starts, V).tolist() == [-1, 1 + 3 * 6, 3 + 4 * 6,
-                                                                4 + 3 * 6, -1, 1 + 4 * 6]
+    # chained: key = row of tok[t-1] in suffix1 * V + tok[t-2]; here suffix1 rows = [1, 3, 4]
+    parent = np.array([0, 1, 2, 1, 0, 2])
+    # a history may hold one BOS but not two
+    assert Suffix(2).row_keys(buf, pos, starts, V, parent).tolist() == [-1, 1 * 6 + 1, 2 * 6 + 3,
+                                                                        1 * 6 + 4, -1, 2 * 6 + 1]
+    parent[3] = -1  # an unseen parent history has no longer history either
+    assert Suffix(2).row_keys(buf, pos, starts, V, parent)[3] == -1
+    with pytest.raises(InputError, match="suffix1..suffixM in order"):
+        Suffix(2).row_keys(buf, pos, starts, V)
 
 
-def test_decode_suffix_key():
-    assert decode_suffix_key(21, 2, 10) == [1, 2]
-    assert decode_suffix_key(3 + 4 * 6, 2, 6) == [3, 4]
+def test_decode_and_encode_histories_docstring_examples():
+    keys = [np.array([3, 4]), np.array([17])]
+    assert decode_suffix_key(17, 2, 10, keys) == [7, 4]
+    assert decode_histories(keys, 2, 10).tolist() == [[7, 4]]
+    assert encode_histories(keys, np.array([[7, 4], [7, 3], [8, 4]]), 10).tolist() == [0, -1, -1]
 
 
-def test_suffix_key_overflow_is_refused():
-    buf, pos, starts = pad_sequences([[3]], 5, BOS, EOS)
-    with pytest.raises(InputError, match=r"suffix\(5\) keys need vocab_size\*\*5 < 2\*\*63"):
-        Suffix(5).row_keys(buf, pos, starts, 2 ** 13)
+def test_any_order_at_large_vocabulary_keys_stay_small():
+    """Order 12 at V = 32000: packed keys would need V**11 ~ 2**164; chained ones stay < R * V."""
+    V = 32000
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(3, V, size=30).tolist() for _ in range(5)] + [[5, 6, 7] * 10]
+    groups = make_groups(0, 12)
+    buf, pos, starts = pad_sequences(seqs, 11, BOS, EOS)
+    keys = [np.unique(g.row_keys(buf, pos, starts, V, None)) for g in groups[:1]]
+    rows = group_rows(groups[:1], keys, buf, pos, starts, V)
+    for g in groups[1:]:
+        k = g.row_keys(buf, pos, starts, V, rows[-1])
+        keys.append(np.unique(k[k >= 0]))
+        rows = group_rows(groups[:len(keys)], keys, buf, pos, starts, V)
+    for m in range(1, 12):
+        assert 0 <= keys[m - 1].max() < len(keys[m - 2] if m > 1 else [0]) * V
+        hist = decode_histories(keys, m, V)
+        assert (encode_histories(keys, hist, V) == np.arange(len(hist))).all()
+    # position 20 of sequence 0 has its full 11-token history
+    h = decode_histories(keys, 11, V)[rows[10][20]]
+    assert h.tolist() == seqs[0][9:20]
 
 
 def test_make_groups():
@@ -66,3 +93,13 @@ def test_group_names_round_trip():
         assert group_from_name(g.name) == g
     with pytest.raises(ValueError, match="unknown feature group"):
         group_from_name("bigram")
+
+
+def test_find_sorted_and_lookup_keys_match_searchsorted():
+    rng = np.random.default_rng(0)
+    table = np.unique(rng.integers(0, 10**9, 70_000))  # big enough for the sorted-query path
+    q = np.concatenate([rng.choice(table, 3000), rng.integers(-1, 10**9, 3000)])
+    assert np.array_equal(find_sorted(table, q), np.searchsorted(table, q))
+    want = np.where(np.isin(q, table) & (q >= 0), np.searchsorted(table, q), -1)
+    assert np.array_equal(lookup_keys(table, q), want)
+    assert lookup_keys(None, q[:3]).tolist() == q[:3].tolist()

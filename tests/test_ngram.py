@@ -1,4 +1,5 @@
-"""Tests for lmkit.ngram: interpolated modified Kneser-Ney as a sparse softmax layer, ARPA export.
+"""Tests for lmkit.ngram (+ arpa, ngram_build): interpolated modified Kneser-Ney as a sparse
+softmax layer, its ARPA export and its bucketed build.
 
 Hand-checked corpus (ids: 0 <unk>, 1 <s>, 2 </s>, 3 a, 4 b; V = 5), discounts fixed at
 D1, D2, D3+ = 0.5, 1.0, 1.5 for every order::
@@ -32,8 +33,8 @@ from lmkit.counts import count_chunk
 from lmkit.errors import InputError
 from lmkit.explicit import choose_lambdas
 from lmkit.features import Suffix, Window, decode_suffix_key, make_groups
-from lmkit.ngram import (arpa_words, backoff_tables, check_arpa_exportable, mkn_discounts,
-                         mkn_log_proba, prune_thresholds, solve_ngram, write_arpa)
+from lmkit.arpa import arpa_words, check_arpa_exportable, write_arpa
+from lmkit.ngram import backoff_tables, mkn_discounts, mkn_log_proba, prune_thresholds, solve_ngram
 from lmkit.scoring import context_rows, next_rows, sparse_log_proba, sparse_next_logp
 
 BOS, EOS = 1, 2
@@ -96,12 +97,11 @@ def reference_mkn(seqs, V, N):
             for n in range(1, N + 1):
                 if i - n + 1 >= 0:
                     c[tuple(toks[i - n + 1:i + 1])] += 1
-    a = {}
+    left = defaultdict(set)  # n-gram -> the distinct tokens seen right before it
     for g in c:
-        if len(g) == N or g[0] == BOS:
-            a[g] = c[g]
-        else:
-            a[g] = len({x[0] for x in c if len(x) == len(g) + 1 and x[1:] == g})
+        if len(g) > 1:
+            left[g[1:]].add(g[0])
+    a = {g: c[g] if len(g) == N or g[0] == BOS else len(left[g]) for g in c}
     disc = {}
     for n in range(1, N + 1):
         cc = np.array([v for g, v in a.items() if len(g) == n])
@@ -126,6 +126,42 @@ def reference_mkn(seqs, V, N):
         r = (row[w] - dof(n, row[w])) / tot if w in row else 0.0
         return r + gamma * p(h[1:], w)
     return p
+
+
+def reference_log_proba(ref, seqs, order):
+    out = []
+    for s in seqs:
+        toks = [BOS] + list(s) + [EOS]
+        out += [math.log(ref(tuple(toks[max(0, i - order + 1):i]), toks[i]))
+                for i in range(1, len(toks))]
+    return np.array(out)
+
+
+def repetitive_corpus(n=120, V=9, seed=0, ids=None):
+    """Random lines with recurring long phrases, so that every order up to 12 has repeats."""
+    ids = np.arange(3, V) if ids is None else np.asarray(ids)
+    phrases = [list(np.random.default_rng(100 + k).choice(ids, size=14)) for k in range(4)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        p = phrases[rng.integers(len(phrases))]
+        a = int(rng.integers(0, 6))
+        line = list(rng.choice(ids, size=rng.integers(0, 3))) + p[a:a + int(rng.integers(3, 14))]
+        out.append([int(x) for x in line])
+    return out
+
+
+@pytest.mark.parametrize("order", range(2, 13))
+def test_every_order_equals_textbook_reference(order):
+    V = 9
+    train, test = repetitive_corpus(150, V, 0), repetitive_corpus(30, V, 1) + [[8, 7, 6, 5, 4, 3]]
+    params, groups = fit(train, V, order)
+    want = reference_log_proba(reference_mkn(train, V, order), test, order)
+    rows, targets, _ = context_rows(groups, params.keys, test, V, BOS, EOS)
+    assert (rows[-1] >= 0).sum() >= 5  # the longest histories are really used
+    np.testing.assert_allclose(sparse_log_proba(params, rows, targets), want, rtol=0, atol=1e-10)
+    _, lg = backoff_tables(params)
+    np.testing.assert_allclose(mkn_log_proba(params, rows, targets, lg), want, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("order", [2, 3, 4])
@@ -176,7 +212,7 @@ def test_suffix_ids_have_no_collisions():
             if h is None:
                 assert r == -1
             else:
-                assert tuple(decode_suffix_key(int(keys[r]), group.m, V)) == h
+                assert tuple(decode_suffix_key(int(keys[r]), group.m, V, counts.keys)) == h
         assert len(keys) == len({h for h in expected if h is not None})
 
 
@@ -229,8 +265,10 @@ def test_bad_discount_and_bad_groups():
     counts = count_chunk(HAND, 5, make_groups(0, 3), BOS, EOS)
     with pytest.raises(InputError, match="D1 D2 D3"):
         solve_ngram(counts, discount=(0.5, 2.5, 1.0))
-    counts = count_chunk(HAND, 5, [Suffix(2)], BOS, EOS)
     with pytest.raises(InputError, match="suffix1..suffixM"):
+        count_chunk(HAND, 5, [Suffix(2)], BOS, EOS)  # chained ids need suffix1 first
+    counts = count_chunk(HAND, 5, [Window(1), Suffix(1)], BOS, EOS)
+    with pytest.raises(InputError, match="suffix1..suffixM first"):
         solve_ngram(counts, bos_id=BOS)
 
 
@@ -321,3 +359,119 @@ def test_model_fast_mkn_scorer_equals_generic_sparse_scorer(tiny_lines, tiny_tok
     rows, targets, _ = context_rows(groups, params.keys, held, tiny_tok.vocab_size,
                                     tiny_tok.bos_id, tiny_tok.eos_id)
     np.testing.assert_allclose(fast, sparse_log_proba(params, rows, targets), rtol=0, atol=1e-9)
+
+
+def read_arpa(path):
+    """{n-gram tuple of words: (log10 p, log10 backoff)} of an ARPA file (test helper)."""
+    table, n = {}, 0
+    for line in open(path, encoding="utf-8"):
+        line = line.rstrip("\n")
+        if line.endswith("-grams:"):
+            n = int(line[1:line.index("-")])
+        elif n and line and not line.startswith("\\"):
+            f = line.split("\t")
+            table[tuple(f[1].split(" "))] = (float(f[0]), float(f[2]) if len(f) > 2 else 0.0)
+    return table
+
+
+def arpa_log10p(table, words):
+    """Back-off ARPA scoring: log10 P(w | h) for words = h + (w,)."""
+    if words in table:
+        return table[words][0]
+    return table.get(words[:-1], (0, 0.0))[1] + arpa_log10p(table, words[1:])
+
+
+@pytest.mark.parametrize("order", [2, 5, 8, 12])
+def test_large_vocabulary_any_order_scores_and_exports(tmp_path, order):
+    """V = 32,000 (packed keys would need V**11 for order 12): train, score, export, re-score."""
+    V = 32000
+    ids = np.random.default_rng(7).choice(np.arange(3, V), size=12, replace=False)
+    train, test = repetitive_corpus(80, V, 0, ids), repetitive_corpus(10, V, 1, ids)
+    params, groups = fit(train, V, order)
+    want = reference_log_proba(reference_mkn(train, V, order), test, order)
+    rows, targets, _ = context_rows(groups, params.keys, test, V, BOS, EOS)
+    assert (rows[-1] >= 0).any()
+    _, lg = backoff_tables(params)
+    got = mkn_log_proba(params, rows, targets, lg)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    for prefix in (test[0][:order], [int(ids[0])] * 3):
+        rows1 = next_rows(groups, params.keys, prefix, V, BOS)
+        assert np.exp(sparse_next_logp(params, rows1)).sum() == pytest.approx(1.0, abs=1e-12)
+    tok = _fake_tokenizer(V)
+    write_arpa(types.SimpleNamespace(params=params, tokenizer=tok), tmp_path / "m.arpa")
+    table, words = read_arpa(tmp_path / "m.arpa"), arpa_words(tok)
+    arpa = []
+    for s in test:
+        w = ["<s>"] + list(words[s]) + ["</s>"]
+        arpa += [arpa_log10p(table, tuple(w[max(0, i - order + 1):i + 1])) for i in range(1, len(w))]
+    assert np.abs(np.array(arpa) - got / math.log(10)).max() < 1e-5  # ARPA keeps 6 decimals
+
+
+def test_stored_backoff_weights_equal_derived_and_survive_save_load(tmp_path, tiny_lines, tiny_tok):
+    """solve_ngram keeps log gamma per row; saved as G arrays, loading derives nothing."""
+    import dataclasses
+
+    from lmkit.errors import ModelFormatError
+    from lmkit.model import LanguageModel
+    from lmkit.ngram import loggamma_tables
+    groups = make_groups(0, 4)
+    seqs = tiny_tok.encode_batch(tiny_lines)
+    params = solve_ngram(count_chunk(seqs, tiny_tok.vocab_size, groups, tiny_tok.bos_id,
+                                     tiny_tok.eos_id), prune=[0, 0, 1])
+    derived = backoff_tables(params)[1]
+    for a, b in zip(params.info["loggamma"], derived):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    LanguageModel(tiny_tok, params).save(tmp_path / "m")
+    loaded = LanguageModel.load(tmp_path / "m")
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.params.info["loggamma"],
+                                                    params.info["loggamma"]))
+    held = tiny_tok.encode_batch(["an unseen line", tiny_lines[5]])
+    np.testing.assert_allclose(loaded.log_proba_ids(held)[0],
+                               LanguageModel(tiny_tok, params).log_proba_ids(held)[0], atol=1e-12)
+    bad = dataclasses.replace(params, info={**params.info,
+                                            "loggamma": [x[:-1] for x in params.info["loggamma"]]})
+    with pytest.raises(ModelFormatError, match="do not match the model's rows"):
+        loggamma_tables(bad)
+    mixed, _ = fit(random_corpus(50, 12), 12, 3, context=1)
+    assert "loggamma" not in mixed.info  # only exact MKN models keep them
+
+
+@pytest.mark.parametrize("order,buckets", [(2, 3), (4, 1), (5, 4), (8, 5)])
+def test_bucketed_build_equals_one_pass_solve(tmp_path, order, buckets):
+    """build_ngram solves token-range buckets of histories separately: same model."""
+    from lmkit.counts import count_ngrams, flat_buffer
+    from lmkit.ngram_build import build_ngram
+    V = 12
+    seqs = random_corpus(300, V) + repetitive_corpus(100, V, 3) + [[]]
+    want = solve_ngram(count_ngrams([seqs], V, make_groups(0, order), BOS, EOS))
+    buf, _, _, _ = flat_buffer([seqs[:150], seqs[150:]], BOS, EOS, 1)
+    got = build_ngram(buf, order, V, BOS, n_buckets=buckets, spill_dir=tmp_path)
+    assert got.info["buckets"] == buckets and list(tmp_path.iterdir()) == []  # spills removed
+    assert got.info["discounts"] == want.info["discounts"]
+    np.testing.assert_allclose(got.q, want.q, rtol=0, atol=1e-15)
+    for a, b, ka, kb, ga, gb in zip(got.S, want.S, got.keys, want.keys, got.info["loggamma"],
+                                    want.info["loggamma"]):
+        assert np.array_equal(ka, kb) and np.array_equal(a.indptr, b.indptr)
+        assert np.array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.data, b.data, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)
+
+
+def test_bucket_sizes_follow_the_memory_budget():
+    from lmkit.ngram_build import bucket_edges, build_ngram_from_chunks, n_buckets_for
+    assert bucket_edges(np.array([0, 1, 1, 2, 3]), 0, 4, 2).tolist() == [0, 1, 4]
+    assert n_buckets_for(10**6, None) == 1
+    assert n_buckets_for(10**6, 10**8) == 4  # 200 bytes per position, half the budget each
+    seqs = random_corpus(200, 12)
+    p1, n_seq, n_tok = build_ngram_from_chunks([seqs], 3, 12, BOS, EOS)
+    p2, _, _ = build_ngram_from_chunks([seqs], 3, 12, BOS, EOS, max_memory=n_tok * 100)
+    assert (n_seq, n_tok) == (200, sum(len(s) + 1 for s in seqs)) and p2.info["buckets"] > 1
+    assert all(np.allclose(a.data, b.data, atol=1e-12) for a, b in zip(p1.S, p2.S))
+
+
+def test_arpa_names_stay_importable_from_ngram():
+    import lmkit.arpa
+    from lmkit.arpa import write_arpa as w
+    assert w is lmkit.arpa.write_arpa
+    with pytest.raises(ImportError):
+        from lmkit.ngram import no_such_name  # noqa: F401

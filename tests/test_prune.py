@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from lmkit.errors import InputError
-from lmkit.ngram import arpa_words, backoff_tables, write_arpa
+from lmkit.arpa import arpa_words, write_arpa
+from lmkit.arpa import packed_view
+from lmkit.features import decode_histories
+from lmkit.ngram import backoff_tables
 from lmkit.prune import entropy_criteria, n_ngrams, prune_entropy
 
 
@@ -32,21 +35,25 @@ def test_pruning_keeps_listed_probabilities_and_normalises(model4):
         assert np.exp(pruned.next_logp(ctx)).sum() == pytest.approx(1.0, abs=1e-9)
     # every n-gram still listed has the probability it had before pruning
     before, after = backoff_tables(model4.params)[0], backoff_tables(pruned.params)[0]
+    V = model4.vocab_size
     for m, (So, Sp) in enumerate(zip(model4.params.S, pruned.params.S)):
-        so = {(k, c): v for k, c, v in zip(np.repeat(model4.params.keys[m], np.diff(So.indptr)),
-                                            So.indices, before[m])}
-        for k, c, v in zip(np.repeat(pruned.params.keys[m], np.diff(Sp.indptr)), Sp.indices, after[m]):
-            assert v == pytest.approx(so[(k, c)], abs=1e-9)
+        ho = decode_histories(model4.params.keys, m + 1, V)  # chained ids differ: compare tokens
+        hp = decode_histories(pruned.params.keys, m + 1, V)
+        so = {(tuple(h), c): v for h, c, v in zip(np.repeat(ho, np.diff(So.indptr), axis=0),
+                                                   So.indices, before[m])}
+        for h, c, v in zip(np.repeat(hp, np.diff(Sp.indptr), axis=0), Sp.indices, after[m]):
+            assert v == pytest.approx(so[(tuple(h), c)], abs=1e-9)
 
 
 def test_criterion_is_the_relative_entropy_of_dropping_one_ngram(model4):
     """D(h w) / P(h) = KL(p(.|h) || p'(.|h)) with p' the model without h w, summed over all V."""
     crit = entropy_criteria(model4, history="q")
     hist, cols, logp, lower, D = crit[-1]
-    params, V = model4.params, model4.vocab_size
+    params, _, loggammas = packed_view(model4.params)  # the criteria use packed history keys
+    V = model4.vocab_size
     bos = model4.tokenizer.bos_id
     S = params.S[-1]
-    lg = backoff_tables(params)[1][-1]
+    lg = loggammas[-1]
     from lmkit.prune import _log_marginals
     checked = 0
     for e in np.argsort(-D)[:5]:
@@ -65,7 +72,7 @@ def test_criterion_is_the_relative_entropy_of_dropping_one_ngram(model4):
         alpha2 = (1 - p[listed].sum()) / (1 - p_low[listed].sum())
         p2 = np.where(listed, p, alpha2 * p_low)
         kl = float(np.sum(p * (np.log(p) - np.log(p2))))
-        ph = math.exp(_log_marginals(params, backoff_tables(params)[1], np.array([hist[e]]), 3,
+        ph = math.exp(_log_marginals(params, loggammas, np.array([hist[e]]), 3,
                                      bos, model4.tokenizer.eos_id)[0])
         assert D[e] == pytest.approx(ph * kl, rel=1e-6)
         checked += 1

@@ -3,14 +3,17 @@
 Each step computes the full next-token log distribution (a (V,) vector; the sparse model only
 touches the non-zeros of its context rows), applies temperature, top-k and top-p (nucleus)
 filtering, and draws from it with a seeded ``numpy.random.Generator``. A sample stops at EOS or
-after ``max_tokens`` new tokens; BOS and UNK are never drawn. The prompt is the start of a sequence; prompts with characters
-never seen in training still work thanks to the tokenizer's byte fallback.
+after ``max_tokens`` new tokens; BOS and UNK are never drawn. The prompt is the start of a
+sequence; prompts with characters never seen in training still work thanks to the tokenizer's
+byte fallback. An MKN model sampled at temperature 1 with no top-k/top-p takes the exact batched
+back-off walk of ``ngram_sample.NgramSampler`` instead (same distribution, no (V,) vector).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .config import SampleConfig
+from .ngram_sample import NgramSampler, is_pure_ngram
 
 
 def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -39,6 +42,15 @@ def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: floa
     return p / p.sum()
 
 
+def _exact_ngram(model, opts: SampleConfig) -> bool:
+    """Whether the exact n-gram sampler applies: an MKN model trained by lmkit (its q holds
+    the uniform share the sampler relies on), sampled at temperature 1 with no filtering."""
+    params = getattr(model, "params", None)
+    return (opts.temperature == 1.0 and opts.top_k == 0 and opts.top_p == 1.0
+            and params is not None and is_pure_ngram(params)
+            and params.info.get("smoothing") == "interpolated modified Kneser-Ney")
+
+
 def generate(model, prompt: str, opts: SampleConfig) -> list:
     """``opts.num_samples`` texts, each the prompt followed by its sampled continuation."""
     max_tokens, temperature, top_k, top_p = opts.max_tokens, opts.temperature, opts.top_k, opts.top_p
@@ -46,6 +58,11 @@ def generate(model, prompt: str, opts: SampleConfig) -> list:
     rng = np.random.default_rng(opts.seed)
     tok = model.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else []
+    if _exact_ngram(model, opts):  # batched back-off walk: no (V,) vector per step
+        sampler = NgramSampler(model.params, bos_id=tok.bos_id, eos_id=tok.eos_id)
+        ids = sampler.continue_ids(prompt_ids, max_tokens=max_tokens, num_samples=num_samples,
+                                   seed=opts.seed, exclude=(tok.bos_id, tok.unk_id))
+        return [tok.decode(x) for x in ids]
     out = []
     for _ in range(num_samples):
         ids = list(prompt_ids)

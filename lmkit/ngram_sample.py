@@ -151,10 +151,13 @@ class NgramSampler:
             hist[finished] = self.bos
 
     def continue_ids(self, prompt_ids, *, max_tokens: int, num_samples: int = 1,
-                     seed: int = 0) -> list:
+                     seed: int = 0, exclude=()) -> list:
         """``num_samples`` continuations (prompt ids + new ids, EOS dropped) of one prompt, all
         sampled together; each stops at EOS or after ``max_tokens`` new tokens. The exact path
-        for ``generate`` at temperature 1, top_k 0, top_p 1."""
+        for ``generate`` at temperature 1, top_k 0, top_p 1. ``exclude``: token ids never drawn
+        (BOS, UNK): a draw of one is redrawn, which samples exactly the distribution
+        renormalised without them (rejection sampling), as ``generate``'s masking does."""
+        exclude = np.asarray(list(exclude), dtype=np.int64)
         eos = self._eos()
         rng = np.random.default_rng(seed)
         prompt = [int(x) for x in prompt_ids]
@@ -167,6 +170,11 @@ class NgramSampler:
             if not len(alive):
                 break
             nxt = self.draw(self.rows(hist[alive], lens[alive]), rng)
+            bad = np.flatnonzero(np.isin(nxt, exclude))
+            while len(bad):  # rejection: their mass is tiny, a redraw or two suffices
+                sub = alive[bad]
+                nxt[bad] = self.draw(self.rows(hist[sub], lens[sub]), rng)
+                bad = bad[np.isin(nxt[bad], exclude)]
             for i, t in zip(alive.tolist(), nxt.tolist()):
                 if t != eos:
                     outs[i].append(t)

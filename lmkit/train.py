@@ -20,12 +20,13 @@ import time
 
 from . import corpus as corpus_mod
 from .config import CorpusConfig, ScaleConfig, TrainConfig
-from .counts import Counts
-from .features import make_groups
+from .counts import Counts, count_ngrams
+from .features import Suffix, make_groups
 from .gradient import finetune
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
-from .parallel import check_workers, count_corpus_parallel, counts_nbytes, model_nbytes
+from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, line_chunks,
+                       model_nbytes)
 from .progress import bar, log, reporting
 from .solve import fit
 from .tokenizer import Tokenizer
@@ -67,6 +68,16 @@ def count_corpus(lines, tokenizer: Tokenizer, groups: list, scale: ScaleConfig =
     (``parallel.py``); ``engine="dask"``: chunks counted on a Dask cluster (``distributed.py``).
     """
     with bar(desc=desc) as b:
+        if all(isinstance(g, Suffix) for g in groups) and scale.max_memory is None \
+                and scale.engine == "local":
+            # pure n-gram model: one flat buffer, one sort per order (no partial sums to merge)
+            def encoded():
+                for chunk in line_chunks(lines, scale.chunk_lines):
+                    seqs = tokenizer.encode_batch(chunk)
+                    b.update(sum(map(len, seqs)) + len(seqs))
+                    yield seqs
+            return count_ngrams(encoded(), tokenizer.vocab_size, groups, tokenizer.bos_id,
+                                tokenizer.eos_id)
         if scale.engine == "dask":
             from .distributed import count_corpus_dask  # optional dependency
             return count_corpus_dask(lines, tokenizer, groups, chunk_lines=scale.chunk_lines,
@@ -112,6 +123,8 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     m = cfg.model
     groups = make_groups(m.effective_context, m.order)
     train_corpus, valid, carved = load_text(cfg.corpus)
+    if all(isinstance(g, Suffix) for g in groups) and m.lambdas is None:
+        carved = False  # a pure n-gram model keeps its lambdas at 1: no held-out text needed
     log(f"[1/4] corpus {train_corpus.name}")
     tok = make_tokenizer(cfg, train_corpus)
     log(f"[3/4] counting {', '.join(g.name for g in groups)}")

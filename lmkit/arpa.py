@@ -45,7 +45,7 @@ from __future__ import annotations
 import gc
 import io
 import math
-import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -361,9 +361,9 @@ def import_arpa(path, tokenizer, *, words: str = "auto"):
     tables = read_arpa(path)
     params, report = arpa_params(tables, tokenizer, words, path)
     if report["max_backoff_error_log10"] > 1e-4:
-        print(f"lmkit: warning: {path}: back-offs differ from the normaliser by up to "
-              f"{report['max_backoff_error_log10']:.2g} (log10): the ARPA is not normalised; "
-              "lmkit scores its renormalised version", file=sys.stderr)
+        warnings.warn(f"{path}: back-offs differ from the normaliser by up to "
+                      f"{report['max_backoff_error_log10']:.2g} (log10): the ARPA is not "
+                      "normalised; lmkit scores its renormalised version", stacklevel=2)
     config = {"order": len(tables), "context": 0, "imported_from": str(path), "words": words}
     return LanguageModel(tokenizer, params, config, {"name": f"arpa:{Path(path).name}"}), report
 

@@ -29,6 +29,7 @@ import re
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from . import config as C
@@ -425,7 +426,12 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lmkit: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    warnings.showwarning = _one_line_warning  # library warnings: one line, no source excerpt
     argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
     args = build_parser().parse_args(argv)
     args.argv = argv  # the manifest records the command as given, also for in-process calls

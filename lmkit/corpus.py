@@ -27,7 +27,8 @@ import tarfile
 import tempfile
 from typing import Callable, Iterable, Iterator
 
-from lmkit.errors import InputError, MissingDependencyError, MissingPathError
+from .errors import InputError, MissingDependencyError, MissingPathError
+from .progress import log
 
 Path = pathlib.Path
 
@@ -61,7 +62,7 @@ _DATASET_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json",
 
 
 def _log(message: str) -> None:
-    print(f"corpus: {message}", file=sys.stderr, flush=True)
+    log(f"corpus: {message}")
 
 
 def cache_dir() -> Path:

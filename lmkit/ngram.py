@@ -50,7 +50,6 @@ ARPA export: ``arpa.py``.
 """
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,6 +58,7 @@ from .counts import Counts
 from .errors import InputError, ModelFormatError
 from .explicit import estimate_discount, solve_group
 from .params import SparseParams
+from .progress import log
 from .features import (Suffix, check_suffix_chain, decode_histories, decode_suffix_key,
                        encode_histories, find_sorted)
 
@@ -203,9 +203,8 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
         discounts.append([float(x) for x in d])
         estimated.append(ok)
     if given is None and not all(estimated):
-        print(f"      MKN discounts: count-of-counts too sparse for orders "
-              f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using {FALLBACK_DISCOUNTS}",
-              file=sys.stderr)
+        log(f"      MKN discounts: count-of-counts too sparse for orders "
+            f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using {FALLBACK_DISCOUNTS}")
     keep = _pruned_patterns(A, counts.keys, thresholds, V)
 
     a1 = A[0].toarray().ravel().astype(np.float64)

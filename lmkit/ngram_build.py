@@ -26,19 +26,20 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import count_buffer
+from .counts import count_buffer, flat_buffer
 from .errors import InputError
+from .memory import parse_size
 from .features import make_groups
 from .ngram import (FALLBACK_DISCOUNTS, _adjusted_counts, _check_discount, _discount_of,
                     _solve_order, discounts_from_count_of_counts)
 from .params import SparseParams
+from .progress import log as progress_log
 from .sparse import csr_from_arrays, csr_to_arrays
 
 BYTES_PER_POSITION = 200  # measured peak of count + solve per position in a bucket (order 5)
@@ -108,9 +109,9 @@ def build_ngram(buf: np.ndarray, order: int, vocab_size: int, bos_id: int, *,
             discounts.append([float(x) for x in d])
             estimated.append(ok)
         if given is None and not all(estimated):
-            print(f"      MKN discounts: count-of-counts too sparse for orders "
-                  f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using "
-                  f"{FALLBACK_DISCOUNTS}", file=sys.stderr)
+            progress_log(f"      MKN discounts: count-of-counts too sparse for orders "
+                         f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using "
+                         f"{FALLBACK_DISCOUNTS}")
         a = a1.astype(np.float64)
         d1 = np.where(a > 0, _discount_of(a, discounts[0]), 0.0)
         q = (a - d1) / a.sum() + d1.sum() / a.sum() / V
@@ -147,8 +148,6 @@ def build_ngram_from_chunks(chunks, order: int, vocab_size: int, bos_id: int, eo
                             max_memory=None, discount=None, spill_dir=None, log=None):
     """Chunks of id sequences -> ``(params, n_sequences, n_tokens)``; ``max_memory`` (bytes or
     size text, e.g. "4G") picks the number of buckets (``n_buckets_for``)."""
-    from .counts import flat_buffer
-    from .memory import parse_size
     buf, pos, _, n_seq = flat_buffer(chunks, bos_id, eos_id, 1)
     n_tok = len(pos)
     del pos, _

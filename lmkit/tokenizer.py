@@ -44,8 +44,8 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-from lmkit.errors import InputError, MissingPathError
-from lmkit.files import atomic_write, check_output_writable
+from .errors import InputError, MissingPathError
+from .files import atomic_write, check_output_writable
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 MAX_SENTENCE_BYTES = 1 << 16

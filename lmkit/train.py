@@ -25,6 +25,7 @@ from .features import Suffix, make_groups
 from .gradient import finetune
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
+from .ngram_build import build_ngram_from_chunks
 from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, line_chunks,
                        model_nbytes)
 from .progress import bar, log, reporting
@@ -118,6 +119,31 @@ def train(config: TrainConfig | None = None, **options) -> LanguageModel:
         return _train(cfg)
 
 
+def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0) -> LanguageModel:
+    """A pure n-gram model within ``max_memory``: histories split into buckets by their newest
+    token, counted, spilled and solved one bucket at a time (``ngram_build.py``)."""
+    m = cfg.model
+
+    def encoded():
+        with bar(desc="count") as b:
+            for chunk in line_chunks(lines, cfg.scale.chunk_lines):
+                seqs = tok.encode_batch(chunk)
+                b.update(sum(map(len, seqs)) + len(seqs))
+                yield seqs
+    log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} in buckets "
+        f"(max_memory {cfg.scale.max_memory})")
+    discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
+    params, n_seq, n_tok = build_ngram_from_chunks(
+        encoded(), m.order, tok.vocab_size, tok.bos_id, tok.eos_id, max_memory=cfg.scale.max_memory,
+        discount=discount, spill_dir=cfg.scale.spill_dir, log=log)
+    config = {**cfg.flat(), "context": 0, "vocab_size": tok.vocab_size,
+              "discounts": params.info.get("discounts")}
+    stats = {"name": name, "sequences": n_seq, "tokens": n_tok, "sha256": digest.hexdigest()}
+    model = LanguageModel(tok, params, config, stats)
+    log(f"      done in {time.time() - t0:.1f}s: {model.describe()}")
+    return model
+
+
 def _train(cfg: TrainConfig) -> LanguageModel:
     t0 = time.time()
     m = cfg.model
@@ -130,6 +156,9 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     log(f"[3/4] counting {', '.join(g.name for g in groups)}")
     digest = hashlib.sha256()  # the corpus hash, taken as counting reads every line once
     lines = _hashing(train_corpus, digest)
+    if (not carved and all(isinstance(g, Suffix) for g in groups) and m.lambdas is None
+            and m.prune is None and cfg.scale.max_memory is not None and cfg.scale.engine == "local"):
+        return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0)
     if carved:
         lines = (x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
     counts = count_corpus(lines, tok, groups, cfg.scale)

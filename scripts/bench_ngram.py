@@ -5,9 +5,9 @@ timing, or given with --tokenizer). Every command runs as its own process under
 ``/usr/bin/time``; CPU seconds = user + sys of that process (SentencePiece and lmplz threads
 included), peak RSS = its maximum resident set.
 
-- build: ``lmkit train --order N`` vs ``lmkit tokenize encode`` + ``lmplz -o N`` +
+- build: ``lmkit train --order N`` vs ``lmkit spm-encode`` + ``lmplz -o N`` +
   ``build_binary`` (KenLM's probing binary);
-- eval, end to end from text: ``lmkit eval`` vs ``lmkit tokenize encode`` + KenLM ``query``;
+- eval, end to end from text: ``lmkit eval`` vs ``lmkit spm-encode`` + KenLM ``query``;
 - sampling: ``lmkit.ngram_sample.NgramSampler.sample_sequences`` tokens/s (exact, temperature
   1, 4096 sequences at once), in-process, model load excluded.
 
@@ -129,13 +129,13 @@ def main(argv=None) -> int:
         if a.kenlm_bin:
             log(f"[4/4] KenLM: encode + lmplz -o {a.order} + build_binary; encode + query")
             kb = Path(a.kenlm_bin)
-            enc = timed(py + ["tokenize", "encode", "--model", tok, "--input", work / "train.txt",
+            enc = timed(py + ["spm-encode", "--model", tok, "--input", work / "train.txt",
                               "--output", work / "train.ids"], env=env)
             lmplz = timed([kb / "lmplz", "-o", a.order, "-S", a.lmplz_memory, "-T", work,
                            "--discount_fallback"], stdin=work / "train.ids", stdout=work / "k.arpa")
             binary = timed([kb / "build_binary", work / "k.arpa", work / "k.bin"])
             res["kenlm_build"] = combine(enc, lmplz, binary)
-            enc_t = timed(py + ["tokenize", "encode", "--model", tok, "--input", work / "test.txt",
+            enc_t = timed(py + ["spm-encode", "--model", tok, "--input", work / "test.txt",
                                 "--output", work / "test.ids"], env=env)
             query = timed([kb / "query", "-v", "summary", work / "k.bin"], stdin=work / "test.ids")
             res["kenlm_eval"] = combine(enc_t, query)

@@ -14,8 +14,7 @@ Stages, callable alone: ``load_corpus`` -> ``Tokenizer`` -> ``count_corpus`` -> 
 ``LanguageModel``.
 """
 
-__version__ = "0.2.0"
-
+from .version import __version__  # noqa: E402,F401
 from .config import (CorpusConfig, GradientConfig, ModelConfig, SampleConfig,  # noqa: E402
                      ScaleConfig, TokenizerConfig, TrainConfig)
 from .corpus import load_corpus  # noqa: E402

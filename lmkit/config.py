@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .errors import InputError, OptionError
+from .memory import parse_size
 
 
 def opt(default, help: str, **meta):
@@ -133,7 +134,6 @@ class ScaleConfig:
         if self.scheduler is not None and self.engine != "dask":
             raise OptionError("scheduler needs engine dask; add engine dask or drop scheduler")
         if self.max_memory is not None:
-            from .memory import parse_size
             parse_size(self.max_memory)
 
 

@@ -23,12 +23,15 @@ Requires the optional extra: ``pip install 'lmkit[distributed]'``.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import threading
 
 from .counts import Counts, empty_counts
 from .errors import InputError
+from .features import group_from_name
+from .tokenizer import Tokenizer
 from .parallel import check_workers, count_lines, line_chunks
 
 
@@ -64,7 +67,6 @@ def _client(scheduler, n_workers, processes):
 
 
 def _count_shard(lines: list, model_proto: bytes, group_names: list) -> Counts:
-    from .features import group_from_name
     tok = _tokenizer(model_proto)
     return count_lines(lines, tok, [group_from_name(n) for n in group_names], threads=1)
 
@@ -74,9 +76,7 @@ _TOKENIZERS: dict = {}
 
 def _tokenizer(model_proto: bytes):
     """One ``Tokenizer`` per worker process and model (loading one costs a few ms)."""
-    import hashlib
 
-    from .tokenizer import Tokenizer
     key = hashlib.sha256(model_proto).hexdigest()
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = Tokenizer(model_proto)

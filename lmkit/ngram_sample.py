@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import InputError
 from .features import Suffix
+from .ngram import backoff_tables
 from .params import SparseParams
 from .sparse import lookup_rows
 
@@ -45,7 +46,6 @@ class NgramSampler:
         if not is_pure_ngram(params):
             raise InputError("exact n-gram sampling needs a pure n-gram model (--order N, no "
                              "--context, lambdas 1); sample others with lmkit generate")
-        from .ngram import backoff_tables
         self.params = params
         self.V = params.vocab_size
         self.M = len(params.groups)

@@ -51,6 +51,7 @@ from .errors import InputError, LmkitError, OutputError
 from .features import group_from_name
 from .memory import check_memory, default_limit, format_bytes, parse_size
 from .sparse import csr_from_arrays, csr_to_arrays
+from .tokenizer import Tokenizer
 
 # A CSR entry costs 8 bytes of int64 data + 4 or 8 bytes of index; the solved model stores a
 # float64 value + index per entry, and adding two CSRs briefly holds both inputs and the output.
@@ -125,7 +126,6 @@ _WORKER: dict = {}
 
 
 def _init_worker(model_proto: bytes, group_names: list) -> None:
-    from .tokenizer import Tokenizer
     _WORKER["tok"] = Tokenizer(model_proto)
     _WORKER["groups"] = [group_from_name(n) for n in group_names]
 

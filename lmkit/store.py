@@ -48,12 +48,15 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import scipy
 import scipy.sparse as sp
+import sentencepiece
 
 from . import files
 from .errors import InputError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
-from .features import Suffix, check_suffix_chain
+from .features import Suffix, check_suffix_chain, group_from_name
+from .version import __version__
 from .params import DenseParams, SparseParams
 from .sparse import csr_to_arrays
 
@@ -69,10 +72,7 @@ def sha256_bytes(b: bytes) -> str:
 
 
 def library_versions() -> dict:
-    import scipy
-    import sentencepiece
 
-    from . import __version__
     return {"lmkit": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
 
@@ -144,7 +144,6 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
 def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
     """Refuse to write what ``read_model_folder`` + ``arrays_to_params`` would refuse to load
     (e.g. NaN lambdas): the same checks, run on the model in memory."""
-    from .features import group_from_name
     m = dict(manifest, format=FORMAT, version=VERSION, tokenizer={"sha256": ""},
              arrays={"sha256": "", "bytes": 0})
     try:

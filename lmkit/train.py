@@ -21,6 +21,7 @@ import time
 from . import corpus as corpus_mod
 from .config import CorpusConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
+from .distributed import count_corpus_dask
 from .features import Suffix, make_groups
 from .gradient import finetune
 from .memory import check_memory, format_bytes
@@ -80,7 +81,6 @@ def count_corpus(lines, tokenizer: Tokenizer, groups: list, scale: ScaleConfig =
             return count_ngrams(encoded(), tokenizer.vocab_size, groups, tokenizer.bos_id,
                                 tokenizer.eos_id)
         if scale.engine == "dask":
-            from .distributed import count_corpus_dask  # optional dependency
             return count_corpus_dask(lines, tokenizer, groups, chunk_lines=scale.chunk_lines,
                                      scheduler=scale.scheduler, n_workers=scale.workers,
                                      progress=b.update, log=log)

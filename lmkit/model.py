@@ -98,6 +98,22 @@ class LanguageModel:
         rows = scoring.next_rows(self.groups, self.params.keys, prefix_ids, self.vocab_size, tok.bos_id)
         return scoring.next_logp(self.params, rows)
 
+    def next_log_proba_batch(self, contexts: list) -> np.ndarray:
+        """log P(next token | context) for a batch: float64 (n, V), row i for ``contexts[i]``.
+
+        ``contexts``: list of token-id lists, each the sequence so far (BOS implied), as
+        ``next_logp`` takes one. Cost: the touched non-zeros + n V (no Python loop over rows).
+        """
+        tok = self.tokenizer
+        reach = max(g.reach for g in self.groups)
+        # no group looks further back than `reach` tokens (and one BOS): longer prefixes are cut
+        # to that, keeping the BOS only when the cut prefix is the whole sequence
+        tails = [list(c)[-reach:] for c in contexts]
+        rows, _, _ = scoring.context_rows(self.groups, self.params.keys, tails, self.vocab_size,
+                                          tok.bos_id, tok.eos_id)
+        last = np.cumsum([len(t) + 1 for t in tails]) - 1  # the EOS slot sees the whole tail
+        return scoring.next_logp_batch(self.params, [r[last] for r in rows])
+
     # ---- generation and inspection -----------------------------------------------------------
     def sample(self, prompt: str = "", *, max_tokens: int = 100, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> list:

@@ -224,3 +224,21 @@ def test_inspect_suffix_groups(tiny_tok):
     assert res["suffix1"] == [("o", 1.0), ("n", 0.5)]
     assert res["window1"] == [("n", 6.0)]
     assert model.inspect("o") == {"suffix1": [], "window1": []}
+
+
+@pytest.mark.parametrize("which", ["window", "mkn", "mkn+window"])
+def test_next_log_proba_batch_matches_next_logp(which, tiny_model, tiny_corpus_file, tiny_tok_file,
+                                                tiny_lines):
+    model = tiny_model if which == "window" else train(
+        input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3,
+        context=2 if which == "mkn+window" else None, lambda_tokens=2000)
+    seq = model.encode_lines(tiny_lines[:1])[0]
+    contexts = [seq[:t] for t in range(len(seq) + 1)] + [seq * 3, [model.tokenizer.eos_id]]
+    batch = model.next_log_proba_batch(contexts)
+    assert batch.shape == (len(contexts), model.vocab_size)
+    for c, row in zip(contexts, batch):
+        assert np.allclose(row, model.next_logp(c), atol=1e-12)
+    # and the same numbers as the scorer at every target of the sequence
+    logp, _ = model.log_proba_ids([seq])
+    assert np.allclose(batch[np.arange(len(seq) + 1), seq + [model.tokenizer.eos_id]], logp,
+                       atol=1e-10)

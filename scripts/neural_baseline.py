@@ -1,0 +1,185 @@
+"""Explicit models vs a small transformer vs the explicit + neural hybrid, by CPU seconds.
+
+On the default corpus (shakespeare: train / valid / test splits), with the same SentencePiece ids
+and convention everywhere (one line = one sequence, BOS context, EOS target counted):
+
+1. builds the explicit bases with ``lmkit.train.train`` (``--bases``; each timed in CPU s of
+   this process and its children, and wall s) and scores them on ``test``: points;
+2. trains (a) the transformer from scratch and (b) one hybrid per base (``lmkit.neural``),
+   same seed, same batch order, ``torch.set_num_threads(--threads)``; the runs take turns:
+   every run is advanced to the first budget, then every run to the next, ... so an
+   interrupted benchmark still has every run at the same budgets. At each budget the
+   best-on-valid weights so far are scored on ``test`` (perplexity, bits/byte);
+3. samples a few lines from every final model at the same seed;
+4. writes ``--json`` after every measurement (atomically) and a plot (``--plot``, needs the
+   ``plot`` extra): test perplexity against training CPU seconds (log axis), explicit models
+   as points at their build CPU seconds.
+
+    PYTHONPATH=. .venv/bin/python scripts/neural_baseline.py --budgets 60 300 1200 \\
+        --json docs/neural_baseline.json --plot docs/neural_ppl_vs_cpu_seconds.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lmkit.corpus import load_corpus
+from lmkit.evaluate import evaluate_lines
+
+BASES = {"K3": {}, "o5c3": {"order": 5, "context": 3}, "o5": {"order": 5}}
+LABELS = {"K3": "lmkit train (window K=3)", "o5c3": "lmkit train --order 5 --context 3",
+          "o5": "lmkit train --order 5 (MKN)"}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process and its finished children (the counting workers)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def test_scores(model, test_lines) -> dict:
+    r = evaluate_lines(model, test_lines)
+    return {"test_ppl": r["perplexity"], "test_bits_per_byte": r["bits_per_byte"],
+            "test_tokens": r["tokens"]}
+
+
+def build_bases(names, seed, test_lines, work: Path) -> dict:
+    from lmkit.train import train
+    out = {}
+    for name in names:
+        c0, w0 = cpu_now(), time.time()
+        model = train(seed=seed, **BASES[name])
+        cpu, wall = cpu_now() - c0, time.time() - w0
+        model.save(work / f"base_{name}")
+        out[name] = {"model": model, "row": {"name": name, "label": LABELS[name],
+                                             "build_cpu_seconds": round(cpu, 1),
+                                             "build_wall_seconds": round(wall, 1),
+                                             **test_scores(model, test_lines)}}
+        log(f"== base {name}: {out[name]['row']}")
+    shas = {b["model"].tokenizer.sha256 for b in out.values()}
+    assert len(shas) == 1, "every base must use the same tokenizer (same seed, same corpus)"
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed (pip install 'lmkit[plot]'): no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"scratch": "black", "K3": "tab:blue", "o5c3": "tab:red", "o5": "tab:green"}
+    for run, rows in results["curves"].items():
+        xs = [r["cpu_seconds"] for r in rows]
+        ys = [r["test_ppl"] for r in rows]
+        label = "transformer from scratch" if run == "scratch" else f"hybrid on {run}"
+        ax.plot(xs, ys, "o-" if run == "scratch" else "s--", color=colors.get(run), label=label)
+    for row in results["explicit"]:
+        ax.plot([row["build_cpu_seconds"]], [row["test_ppl"]], "*", ms=14,
+                color=colors.get(row["name"]), label=f"explicit {row['name']} (build)")
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU seconds (training; explicit: build)")
+    ax.set_ylabel("test perplexity (EOS counted)")
+    ax.set_title("shakespeare test perplexity vs CPU seconds")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300, 1200])
+    ap.add_argument("--bases", nargs="+", default=["o5c3", "K3", "o5"], choices=list(BASES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=float, default=60.0)
+    ap.add_argument("--valid-tokens", type=int, default=10000)
+    ap.add_argument("--num-samples", type=int, default=3)
+    ap.add_argument("--work", default="/tmp/lmkit_neural_baseline", help="saved models go here")
+    ap.add_argument("--json", default="docs/neural_baseline.json")
+    ap.add_argument("--plot", default="docs/neural_ppl_vs_cpu_seconds.png")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from lmkit import neural
+    from lmkit.neural.fit import Trainer
+    torch.set_num_threads(args.threads)
+    work, out = Path(args.work), Path(args.json)
+    work.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train_lines = list(load_corpus(split="train"))
+    valid_lines = list(load_corpus(split="valid"))
+    test_lines = list(load_corpus(split="test"))
+    results = {"command": " ".join(sys.argv), "args": vars(args), "torch": torch.__version__,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "explicit": [], "curves": {}, "samples": {}}
+
+    bases = build_bases(args.bases, args.seed, test_lines, work)
+    results["explicit"] = [b["row"] for b in bases.values()]
+    write_json(out, results)
+
+    tok = next(iter(bases.values()))["model"].tokenizer
+    opts = {"seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+            "eval_every": args.eval_every, "valid_tokens": args.valid_tokens}
+    runs = {"scratch": neural.NeuralLM.create(tok, seed=args.seed)}
+    for name, b in bases.items():
+        runs[name] = neural.NeuralLM.create(tok, explicit=b["model"], seed=args.seed)
+    trainers = {}
+    for name, lm in runs.items():
+        log(f"== preparing {name}: {lm.describe()}")
+        trainers[name] = Trainer(lm, train_lines, valid_lines, **opts)
+        results["curves"][name] = []
+    for budget in sorted(args.budgets):
+        for name, tr in trainers.items():
+            w0 = time.time()
+            tr.advance(budget)
+            row = {"budget": budget, "cpu_seconds": round(tr.spent, 1), "steps": tr.step,
+                   "epochs": round(tr.epochs, 3), "best_valid_ppl": tr.best["ppl"],
+                   "best_at_cpu_seconds": round(tr.best["seconds"], 1),
+                   "scale": float(tr.best["state"]["scale"]),
+                   "train_wall_seconds_this_leg": round(time.time() - w0, 1),
+                   **tr.with_best(lambda lm: test_scores(lm, test_lines))}
+            results["curves"][name].append(row)
+            log(f"== {name} @ {budget:g} CPU s: {row}")
+            write_json(out, results)
+    for name, tr in trainers.items():
+        lm = tr.finish(max_seconds=max(args.budgets))
+        lm.save(work / f"neural_{name}")
+        results["samples"][name] = lm.sample(max_tokens=40, seed=args.seed,
+                                             num_samples=args.num_samples)
+    for name, b in bases.items():
+        results["samples"][f"explicit_{name}"] = b["model"].sample(
+            max_tokens=40, seed=args.seed, num_samples=args.num_samples)
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(out, results)
+    plot(results, Path(args.plot))
+    print(json.dumps({k: results[k] for k in ("explicit", "curves")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,9 @@ and convention everywhere (one line = one sequence, BOS context, EOS target coun
 
     PYTHONPATH=. .venv/bin/python scripts/neural_baseline.py --budgets 60 300 1200 \\
         --json docs/neural_baseline.json --plot docs/neural_ppl_vs_cpu_seconds.png
+
+``--deadline HH:MM`` (UTC) ends training on time on a busy machine: the runs then share the wall
+time left equally and each records the CPU seconds it reached (``stopped_early``).
 """
 from __future__ import annotations
 
@@ -78,6 +81,15 @@ def build_bases(names, seed, test_lines, work: Path) -> dict:
     return out
 
 
+def parse_deadline(hhmm: str | None) -> float | None:
+    """``"07:58"`` -> that UTC time today as a ``time.time()`` value (None: no deadline)."""
+    if hhmm is None:
+        return None
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    return time.time() + ((h * 60 + m) - (now.tm_hour * 60 + now.tm_min)) * 60 - now.tm_sec
+
+
 def plot(results: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -107,8 +119,28 @@ def plot(results: dict, path: Path) -> None:
     log(f"wrote {path}")
 
 
+def markdown(results: dict) -> str:
+    """The results as markdown tables: explicit points, then the curves, then the crossings."""
+    out = ["| explicit model | build CPU s | build wall s | test ppl | test bits/byte |",
+           "|---|---:|---:|---:|---:|"]
+    for r in results["explicit"]:
+        out.append(f"| {r['label']} | {r['build_cpu_seconds']} | {r['build_wall_seconds']} | "
+                   f"{r['test_ppl']:.2f} | {r['test_bits_per_byte']:.4f} |")
+    out += ["", "| run | budget CPU s | reached CPU s | steps | epochs | best valid ppl (sample) "
+            "| test ppl | test bits/byte | scale a |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run, rows in results["curves"].items():
+        label = "transformer (scratch)" if run == "scratch" else f"hybrid on {run}"
+        for r in rows:
+            out.append(f"| {label} | {r['budget']:g} | {r['cpu_seconds']:g} | {r['steps']} | "
+                       f"{r['epochs']:.3f} | {r['best_valid_ppl']:.2f} | {r['test_ppl']:.2f} | "
+                       f"{r['test_bits_per_byte']:.4f} | {r['scale']:.3f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", metavar="JSON", help="print the markdown tables of a results "
+                    "file written by this script, and exit")
     ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300, 1200])
     ap.add_argument("--bases", nargs="+", default=["o5c3", "K3", "o5"], choices=list(BASES))
     ap.add_argument("--seed", type=int, default=0)
@@ -118,10 +150,17 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=float, default=60.0)
     ap.add_argument("--valid-tokens", type=int, default=10000)
     ap.add_argument("--num-samples", type=int, default=3)
+    ap.add_argument("--deadline", default=None, metavar="HH:MM",
+                    help="UTC wall-clock time by which training and its test scoring end: the runs "
+                         "share the time left equally, leg by leg; what they reached is recorded "
+                         "(stopped_early); samples, models and the plot are written after it")
     ap.add_argument("--work", default="/tmp/lmkit_neural_baseline", help="saved models go here")
     ap.add_argument("--json", default="docs/neural_baseline.json")
     ap.add_argument("--plot", default="docs/neural_ppl_vs_cpu_seconds.png")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return 0
 
     import torch
 
@@ -153,16 +192,28 @@ def main(argv=None) -> int:
         log(f"== preparing {name}: {lm.describe()}")
         trainers[name] = Trainer(lm, train_lines, valid_lines, **opts)
         results["curves"][name] = []
+    deadline = parse_deadline(args.deadline)
+    eval_wall = 0.0  # the longest test evaluation so far (wall s), kept free before the deadline
     for budget in sorted(args.budgets):
-        for name, tr in trainers.items():
+        if deadline is not None and time.time() >= deadline:
+            break
+        for i, (name, tr) in enumerate(trainers.items()):
             w0 = time.time()
-            tr.advance(budget)
-            row = {"budget": budget, "cpu_seconds": round(tr.spent, 1), "steps": tr.step,
+            left = len(trainers) - i  # legs left in this round, each followed by a test eval
+            share = None if deadline is None else w0 + (deadline - w0) / left - eval_wall
+            before = tr.spent
+            tr.advance(budget, wall_deadline=share)
+            if tr.spent == before:
+                continue  # no time left for this leg: nothing new to score
+            w1 = time.time()
+            row = {"budget": budget, "stopped_early": tr.spent < budget,
+                   "cpu_seconds": round(tr.spent, 1), "steps": tr.step,
                    "epochs": round(tr.epochs, 3), "best_valid_ppl": tr.best["ppl"],
                    "best_at_cpu_seconds": round(tr.best["seconds"], 1),
                    "scale": float(tr.best["state"]["scale"]),
-                   "train_wall_seconds_this_leg": round(time.time() - w0, 1),
+                   "train_wall_seconds_this_leg": round(w1 - w0, 1),
                    **tr.with_best(lambda lm: test_scores(lm, test_lines))}
+            eval_wall = max(eval_wall, time.time() - w1)
             results["curves"][name].append(row)
             log(f"== {name} @ {budget:g} CPU s: {row}")
             write_json(out, results)
@@ -177,7 +228,7 @@ def main(argv=None) -> int:
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(out, results)
     plot(results, Path(args.plot))
-    print(json.dumps({k: results[k] for k in ("explicit", "curves")}, indent=1))
+    print(markdown(results))
     return 0
 
 

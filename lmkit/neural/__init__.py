@@ -7,44 +7,52 @@
   (``log_softmax(a log P_explicit + f_theta)``), with score / sample / save / load;
 - ``fit``: backpropagation under a CPU-time budget, best-on-valid weights.
 
-Entry points for the CLI: ``train_transformer``, ``train_residual``, ``load``,
-``is_neural_folder``. Importing this package without torch raises ``MissingDependencyError``.
+Entry points for the CLI: ``train_transformer``, ``train_residual``, ``load`` (these raise
+``MissingDependencyError`` without torch) and ``is_neural_folder`` (works without torch).
 """
 from __future__ import annotations
 
 from ..errors import MissingDependencyError
+from .folder import is_neural_folder
 
 try:
     import torch  # noqa: F401
 except ImportError:  # pragma: no cover - depends on the environment
-    raise MissingDependencyError("the neural models need PyTorch, which is not installed; "
-                                 "pip install 'lmkit[neural]' (CPU wheel: see docs/neural.md)") from None
+    torch = None
+else:
+    from .fit import fit
+    from .lm import NeuralLM
+    from .transformer import GPT, GPTConfig
 
-from .fit import fit
-from .lm import NeuralLM, is_neural_folder
-from .transformer import GPT, GPTConfig
+
+def require_torch() -> None:
+    if torch is None:
+        raise MissingDependencyError("the neural models need PyTorch, which is not installed; "
+                                     "pip install 'lmkit[neural]' (CPU wheel: see docs/neural.md)")
 
 
 def train_transformer(tokenizer, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,
-                      config: GPTConfig | None = None, **fit_options) -> NeuralLM:
+                      config=None, **fit_options):
     """A transformer trained from scratch on lmkit's token ids (``tokenizer``: lmkit Tokenizer)."""
+    require_torch()
     lm = NeuralLM.create(tokenizer, config=config, seed=seed)
     return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
 
 
 def train_residual(base_model, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,
-                   config: GPTConfig | None = None, learn_scale: bool = True,
-                   **fit_options) -> NeuralLM:
+                   config=None, learn_scale: bool = True, **fit_options):
     """A transformer trained as a residual on the frozen ``base_model`` (an lmkit LanguageModel)."""
+    require_torch()
     lm = NeuralLM.create(base_model.tokenizer, explicit=base_model, config=config,
                          learn_scale=learn_scale, seed=seed)
     return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
 
 
-def load(path) -> NeuralLM:
+def load(path):
     """Load a folder written by ``NeuralLM.save``."""
+    require_torch()
     return NeuralLM.load(path)
 
 
-__all__ = ["GPT", "GPTConfig", "NeuralLM", "fit", "is_neural_folder", "load", "train_residual",
-           "train_transformer"]
+__all__ = ["GPT", "GPTConfig", "NeuralLM", "fit", "is_neural_folder", "load", "require_torch",
+           "train_residual", "train_transformer"]

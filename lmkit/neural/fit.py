@@ -135,11 +135,14 @@ class Trainer:
                  f"valid ppl {ppl:.2f} (best {self.best['ppl']:.2f})")
         self.next_eval = self.spent + self.options["eval_every"]
 
-    def advance(self, to_seconds: float, max_steps: int | None = None) -> None:
-        """Train until ``to_seconds`` CPU s (or ``max_steps`` steps); validates on the way out."""
+    def advance(self, to_seconds: float, max_steps: int | None = None,
+                wall_deadline: float | None = None) -> None:
+        """Train until ``to_seconds`` CPU s (or ``max_steps`` steps, or the ``time.time()``
+        ``wall_deadline``, for a benchmark that must end on time); validates on the way out."""
         self.lm.net.train()
         loss_sum, loss_n = 0.0, 0
-        while self.spent < to_seconds and (max_steps is None or self.step < max_steps):
+        while (self.spent < to_seconds and (max_steps is None or self.step < max_steps)
+               and (wall_deadline is None or time.time() < wall_deadline)):
             c0 = time.process_time()
             loss = self._train_step()
             self.spent += time.process_time() - c0

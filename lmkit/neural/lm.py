@@ -39,10 +39,8 @@ from ..errors import InputError, MissingPathError, ModelFormatError
 from ..model import LanguageModel
 from ..tokenizer import Tokenizer
 from .data import ExplicitRows, SequenceData
+from .folder import FORMAT, VERSION
 from .transformer import GPT, GPTConfig
-
-FORMAT = "lmkit-neural"
-VERSION = 1
 
 
 class Network(nn.Module):
@@ -259,15 +257,6 @@ def read_manifest(path: Path) -> dict:
         raise ModelFormatError(f"{path}: neural format version {manifest.get('version')!r}, this "
                                f"lmkit reads {VERSION}; re-train the model")
     return manifest
-
-
-def is_neural_folder(path) -> bool:
-    """True when ``path`` holds a model written by ``NeuralLM.save`` (for CLI dispatch)."""
-    try:
-        m = json.loads((Path(path) / "manifest.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(m, dict) and m.get("format") == FORMAT
 
 
 def _sha256(p: Path) -> str:

@@ -103,8 +103,10 @@ def plot(results: dict, path: Path) -> None:
     for run, rows in results["curves"].items():
         xs = [r["cpu_seconds"] for r in rows]
         ys = [r["test_ppl"] for r in rows]
+        base, _, cf = run.partition("+")
         label = "transformer from scratch" if run == "scratch" else f"hybrid on {run}"
-        ax.plot(xs, ys, "o-" if run == "scratch" else "s--", color=colors.get(run), label=label)
+        style = "o-" if run == "scratch" else ("s-" if cf else "s:")
+        ax.plot(xs, ys, style, color=colors.get(base), label=label)
     for row in results["explicit"]:
         ax.plot([row["build_cpu_seconds"]], [row["test_ppl"]], "*", ms=14,
                 color=colors.get(row["name"]), label=f"explicit {row['name']} (build)")
@@ -117,6 +119,17 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     log(f"wrote {path}")
+
+
+def merge(results: list) -> dict:
+    """Several results files as one: explicit points by name, curves by run name."""
+    out = {"explicit": [], "curves": {}, "samples": {}}
+    for r in results:
+        names = {e["name"] for e in out["explicit"]}
+        out["explicit"] += [e for e in r["explicit"] if e["name"] not in names]
+        out["curves"].update(r["curves"])
+        out["samples"].update(r.get("samples", {}))
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -139,10 +152,15 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", metavar="JSON", help="print the markdown tables of a results "
-                    "file written by this script, and exit")
+    ap.add_argument("--table", metavar="JSON", nargs="+", help="print the markdown tables of "
+                    "results files written by this script (merged), and exit")
+    ap.add_argument("--plot-only", action="store_true", help="with --table: also draw --plot")
     ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300, 1200])
     ap.add_argument("--bases", nargs="+", default=["o5c3", "K3", "o5"], choices=list(BASES))
+    ap.add_argument("--crossfit", type=int, default=0, metavar="K",
+                    help="hybrids: explicit term of the training lines from K fold models "
+                         "that did not count them (0 = the full explicit model)")
+    ap.add_argument("--no-scratch", action="store_true", help="skip the transformer from scratch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -159,7 +177,10 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default="docs/neural_ppl_vs_cpu_seconds.png")
     args = ap.parse_args(argv)
     if args.table:
-        print(markdown(json.loads(Path(args.table).read_text())))
+        merged = merge([json.loads(Path(p).read_text()) for p in args.table])
+        print(markdown(merged))
+        if args.plot_only:
+            plot(merged, Path(args.plot))
         return 0
 
     import torch
@@ -184,13 +205,17 @@ def main(argv=None) -> int:
     tok = next(iter(bases.values()))["model"].tokenizer
     opts = {"seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
             "eval_every": args.eval_every, "valid_tokens": args.valid_tokens}
-    runs = {"scratch": neural.NeuralLM.create(tok, seed=args.seed)}
+    runs = {} if args.no_scratch else {"scratch": neural.NeuralLM.create(tok, seed=args.seed)}
+    suffix = f"+cf{args.crossfit}" if args.crossfit else ""
     for name, b in bases.items():
-        runs[name] = neural.NeuralLM.create(tok, explicit=b["model"], seed=args.seed)
+        runs[name + suffix] = neural.NeuralLM.create(tok, explicit=b["model"], seed=args.seed)
     trainers = {}
     for name, lm in runs.items():
         log(f"== preparing {name}: {lm.describe()}")
-        trainers[name] = Trainer(lm, train_lines, valid_lines, **opts)
+        c0 = time.process_time()
+        trainers[name] = Trainer(lm, train_lines, valid_lines, **opts,
+                                 crossfit=0 if name == "scratch" else args.crossfit)
+        results.setdefault("prep_cpu_seconds", {})[name] = round(time.process_time() - c0, 1)
         results["curves"][name] = []
     deadline = parse_deadline(args.deadline)
     eval_wall = 0.0  # the longest test evaluation so far (wall s), kept free before the deadline

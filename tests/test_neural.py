@@ -113,3 +113,24 @@ def test_bad_budget_is_refused(tiny_tok, tiny_lines):
     with pytest.raises(InputError, match="max-seconds"):
         train_transformer(tiny_tok, tiny_lines[:20], tiny_lines[20:30], config=TINY,
                           **{**FAST, "max_seconds": 0})
+
+
+def test_crossfit_rows_come_from_the_model_without_the_line(tiny_model, tiny_lines):
+    from lmkit.neural.crossfit import CrossFitRows, fold_models
+    lines = tiny_lines[:120]
+    models = fold_models(tiny_model, lines, 2)
+    assert [len(m.params.lambdas) for m in models] == [2, 2]
+    assert np.array_equal(models[0].params.lambdas, tiny_model.params.lambdas)
+    seqs = tiny_model.encode_lines(lines)
+    rows = CrossFitRows(models, seqs)
+    flat = np.arange(len(seqs[0]) + len(seqs[1]) + 2)  # every target of lines 0 (fold 0), 1
+    got = rows.log_proba(flat).double().numpy()
+    n0 = len(seqs[0]) + 1
+    want0 = models[0].next_log_proba_batch([seqs[0][:t] for t in range(n0)])
+    want1 = models[1].next_log_proba_batch([seqs[1][:t] for t in range(len(seqs[1]) + 1)])
+    assert np.allclose(got[:n0], want0, atol=1e-5) and np.allclose(got[n0:], want1, atol=1e-5)
+    full = tiny_model.next_log_proba_batch([seqs[0][:t] for t in range(n0)])
+    assert not np.allclose(got[:n0], full, atol=1e-3)  # the full model has seen line 0
+    lm = train_residual(tiny_model, lines, tiny_lines[200:], config=TINY, seed=0, crossfit=2,
+                        **FAST)
+    assert lm.training["crossfit"] == 2 and lm.training["steps"] == 4

@@ -5,7 +5,8 @@
   and the frozen explicit model's rows for every target;
 - ``lm``: ``NeuralLM`` — scratch (``log_softmax(f_theta)``) or residual
   (``log_softmax(a log P_explicit + f_theta)``), with score / sample / save / load;
-- ``fit``: backpropagation under a CPU-time budget, best-on-valid weights.
+- ``fit``: backpropagation under a CPU-time budget, best-on-valid weights;
+- ``crossfit``: the training lines' explicit term from models that did not count them.
 
 Entry points for the CLI: ``train_transformer``, ``train_residual``, ``load`` (these raise
 ``MissingDependencyError`` without torch) and ``is_neural_folder`` (works without torch).

@@ -14,6 +14,8 @@ residual). Output: the same model, its network set to the best weights on a vali
   after epoch (``epoch_batches``).
 - Best-on-valid: every ``eval_every`` CPU s, perplexity on an evenly spread sample of about
   ``valid_tokens`` valid tokens; the best weights are kept and restored at the end.
+- ``crossfit=k`` (hybrids): the explicit term of the training lines comes from ``k`` models
+  that did not count them (``crossfit.py``); 0 uses the full explicit model everywhere.
 - Seeded: ``numpy.random.default_rng(seed)`` draws the batches; the weights were drawn with
   ``torch.manual_seed(seed)`` by ``NeuralLM.create``. Same seed + same steps = same weights.
 """
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .crossfit import CrossFitRows, fold_models
 from .lm import NeuralLM
 
 
@@ -70,17 +73,24 @@ class Trainer:
     def __init__(self, lm: NeuralLM, train_lines, valid_lines, *, seed: int = 0,
                  batch_size: int = 64, lr: float = 1e-3, warmup: int = 100,
                  weight_decay: float = 0.1, eval_every: float = 30.0, valid_tokens: int = 20000,
-                 log=_log):
+                 crossfit: int = 0, log=_log):
         train_lines, valid_lines = list(train_lines), list(valid_lines)
         if not train_lines or not valid_lines:
             raise InputError("training a neural model needs non-empty train and valid lines")
         self.lm, self.log = lm, log
         self.options = {"seed": seed, "batch_size": batch_size, "lr": lr, "warmup": warmup,
-                        "weight_decay": weight_decay, "eval_every": eval_every}
+                        "weight_decay": weight_decay, "eval_every": eval_every,
+                        "crossfit": crossfit}
+        if crossfit == 1 or crossfit < 0:
+            raise InputError(f"crossfit must be 0 (off) or >= 2 folds, got {crossfit}")
         self.rng = np.random.default_rng(seed)
         t0 = time.process_time()
         train_seqs = lm.encode_lines(train_lines)
-        self.d, self.rows = lm.data(train_seqs)
+        fold = crossfit >= 2 and lm.explicit is not None
+        self.d, self.rows = lm.data(train_seqs, explicit=not fold)
+        if fold:  # the training lines' explicit term from models that did not count them
+            models = fold_models(lm.explicit, train_lines, crossfit, seed=seed, log=log)
+            self.rows = CrossFitRows(models, train_seqs)
         vseqs = lm.encode_lines(valid_lines)
         vseqs = [vseqs[i] for i in spread_sample(valid_lines, valid_tokens, vseqs)]
         self.vd, self.vrows = lm.data(vseqs)

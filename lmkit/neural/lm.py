@@ -112,11 +112,12 @@ class NeuralLM:
     def encode_lines(self, lines: Iterable[str]) -> list:
         return self.tokenizer.encode_batch(list(lines))
 
-    def data(self, seqs: list) -> tuple[SequenceData, ExplicitRows | None]:
+    def data(self, seqs: list, explicit: bool = True) -> tuple[SequenceData, ExplicitRows | None]:
         """Windows of ``seqs`` and, for a hybrid, the explicit model's rows of every target."""
         tok = self.tokenizer
         d = SequenceData(seqs, tok.bos_id, tok.eos_id, self.config.block_size)
-        return d, (ExplicitRows(self.explicit, seqs) if self.explicit is not None else None)
+        use = explicit and self.explicit is not None
+        return d, (ExplicitRows(self.explicit, seqs) if use else None)
 
     @torch.no_grad()
     def target_log_proba(self, d: SequenceData, rows: ExplicitRows | None,

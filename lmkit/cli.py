@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", required=True, metavar="DIR", help="model folder to write")
     tr.add_argument("--tokenizer", metavar="PREFIX.model",
                     help="use this tokenizer instead of training one")
-    for klass in (C.CorpusConfig, C.TokenizerConfig, C.ModelConfig, C.ScaleConfig, C.GradientConfig):
+    for klass in C.TRAIN_PARTS:
         add_options(tr, klass)
 
     ev = sub.add_parser("eval", help="perplexity and bits per byte on held-out text")

@@ -137,7 +137,8 @@ class ScaleConfig:
             parse_size(self.max_memory)
 
 
-SOLVERS = ("explicit", "gradient", "warm")
+SOLVERS = ("explicit", "gradient", "warm", "residual", "transformer")
+NEURAL_SOLVERS = ("residual", "transformer")
 #: learning rates that work per solver: a warm start must stay near the explicit optimum
 DEFAULT_LR = {"gradient": 3e-3, "warm": 3e-4}
 
@@ -147,7 +148,10 @@ class GradientConfig:
     """The iterative baseline (``solver gradient``) and the warm start (``solver warm``)."""
 
     solver: str = opt("explicit", "explicit: count and solve; gradient: gradient descent from "
-                      "init; warm: gradient fine-tune from the explicit solution", choices=SOLVERS)
+                      "init; warm: gradient fine-tune from the explicit solution; residual: a "
+                      "small transformer trained on top of the frozen explicit model; "
+                      "transformer: the same network from scratch (residual/transformer need "
+                      "the neural extra and max_seconds)", choices=SOLVERS)
     init: str | None = opt(None, "gradient init (default: zeros for gradient, explicit for warm)",
                            choices=("zeros", "random", "explicit"))
     epochs: int = opt(10, "gradient: max passes over the data", min=1)
@@ -171,19 +175,43 @@ class GradientConfig:
         if self.solver == "explicit" and self.init is not None:
             raise OptionError(f"init {self.init} needs an iterative solver but solver is "
                               "explicit; pass solver gradient (or warm for init explicit)")
+        if self.solver in NEURAL_SOLVERS and self.max_seconds is None:
+            raise OptionError(f"solver {self.solver} trains by a CPU-time budget; add max_seconds "
+                              "(e.g. 300)")
+        if self.solver in NEURAL_SOLVERS and self.init is not None:
+            raise OptionError(f"init is for the gradient solvers, not solver {self.solver}")
         if self.solver == "warm" and self.init not in (None, "explicit"):
             raise OptionError(f"solver warm starts from the explicit solution, got init "
                               f"{self.init}; use solver gradient for zeros/random init")
 
     @property
     def effective_init(self) -> str | None:
-        if self.solver == "explicit":
+        if self.solver == "explicit" or self.solver in NEURAL_SOLVERS:
             return None
         return self.init or ("explicit" if self.solver == "warm" else "zeros")
 
     @property
     def effective_lr(self) -> float | None:
-        return None if self.solver == "explicit" else (self.lr or DEFAULT_LR[self.solver])
+        if self.solver == "explicit" or self.solver in NEURAL_SOLVERS:
+            return None
+        return self.lr or DEFAULT_LR[self.solver]
+
+
+@dataclass(frozen=True)
+class NeuralConfig:
+    """``solver residual``: which explicit model the transformer is trained on top of."""
+
+    base: str | None = opt(None, "residual: the explicit model folder to build on (default: "
+                           "train one with the model options first)", metavar="DIR")
+    crossfit: int = opt(2, "residual: the training lines' explicit term comes from k models "
+                        "that did not count them (0 = the base model itself, which has seen "
+                        "them and overfits)", min=0, max=16)
+    learn_scale: bool = opt(True, "residual: learn a scalar on the explicit term")
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.crossfit == 1:
+            raise OptionError("crossfit 1 leaves no line out; pass 0 (off) or k >= 2")
 
 
 @dataclass(frozen=True)
@@ -196,8 +224,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
+    neural: NeuralConfig = field(default_factory=NeuralConfig)
 
-    PARTS = ("corpus", "spm", "model", "scale", "gradient")
+    PARTS = ("corpus", "spm", "model", "scale", "gradient", "neural")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "TrainConfig":
@@ -211,8 +240,7 @@ class TrainConfig:
         if tok_path is not None and not isinstance(tok_path, (str, bytes)) and not hasattr(tok_path, "__fspath__"):
             raise OptionError(f"tokenizer must be a path to a .model file, got {type(tok_path).__name__}")
         parts = {}
-        for name, klass in zip(cls.PARTS, (CorpusConfig, TokenizerConfig, ModelConfig, ScaleConfig,
-                                           GradientConfig)):
+        for name, klass in zip(cls.PARTS, TRAIN_PARTS):
             names = field_names(klass)
             parts[name] = make(klass, {k: kwargs.pop(k) for k in list(kwargs) if k in names})
         reject_unknown(kwargs, train_option_names())
@@ -227,9 +255,11 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
+TRAIN_PARTS = (CorpusConfig, TokenizerConfig, ModelConfig, ScaleConfig, GradientConfig, NeuralConfig)
+
+
 def train_option_names() -> list[str]:
-    return [n for k in (CorpusConfig, TokenizerConfig, ModelConfig, ScaleConfig, GradientConfig)
-            for n in field_names(k)] + ["tokenizer"]
+    return [n for k in TRAIN_PARTS for n in field_names(k)] + ["tokenizer"]
 
 
 @dataclass(frozen=True)
@@ -389,4 +419,5 @@ def options(klass) -> list[dataclasses.Field]:
 
 
 __all__ = ["CorpusConfig", "TokenizerConfig", "ModelConfig", "ScaleConfig", "GradientConfig",
+           "NeuralConfig",
            "TrainConfig", "SampleConfig", "reject_unknown", "make", "InputError"]

@@ -1,8 +1,9 @@
 """Loading any saved model: a model folder -> the object that scores and samples it.
 
 The manifest's ``kind`` says what the folder holds: ``sparse``/``dense`` -> ``LanguageModel``,
-``mixture`` -> ``interpolate.MixtureModel`` (a linear mixture of model folders), ``residual`` ->
-``neural.HybridModel`` (an explicit model plus a small transformer; needs the ``neural`` extra).
+``mixture`` -> ``interpolate.MixtureModel`` (a linear mixture of model folders); a folder whose
+format is ``lmkit-neural`` -> ``neural.NeuralLM`` (a small transformer, alone or on top of an
+explicit model; needs the ``neural`` extra).
 Every one of them has ``tokenizer``, ``vocab_size``, ``encode_lines``, ``log_proba_ids``,
 ``next_logp``, ``sample``, ``score``/``perplexity`` and ``describe``, so ``lmkit eval``,
 ``generate``, ``score``, ``next`` and ``vocab`` work on all of them.
@@ -12,9 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import MissingDependencyError
+from . import neural  # imports without torch; its loaders need it
 from .interpolate import MixtureModel
 from .model import LanguageModel
+from .neural.folder import is_neural_folder
 
 
 def model_kind(path) -> str | None:
@@ -28,14 +30,8 @@ def model_kind(path) -> str | None:
 
 def load(path):
     """The model saved in folder ``path``, whatever its kind (see the module docstring)."""
-    kind = model_kind(path)
-    if kind == "mixture":
+    if is_neural_folder(path):
+        return neural.load(path)  # raises MissingDependencyError naming the extra without torch
+    if model_kind(path) == "mixture":
         return MixtureModel.load(path)
-    if kind == "residual":
-        try:
-            from .neural import HybridModel  # optional dependency: torch
-        except ImportError as e:
-            raise MissingDependencyError(f"{path} holds a neural hybrid model, which needs "
-                                         f"PyTorch ({e}); pip install 'lmkit[neural]'") from None
-        return HybridModel.load(path)
     return LanguageModel.load(path)

@@ -81,6 +81,16 @@ def sparse_next_logp(params: SparseParams, rows: list) -> np.ndarray:
     return logp - union_log_z(params.q, s)[0]
 
 
+def sparse_next_logp_batch(params: SparseParams, rows: list) -> np.ndarray:
+    """Full next-token log distributions (n, V) float64 for n positions: O(touched nnz + n V)."""
+    n = len(rows[0])
+    s = sparse_scores(params, rows, n)
+    entry_row = np.repeat(np.arange(n), np.diff(s.indptr))
+    logp = np.broadcast_to(np.log(params.q), (n, params.vocab_size)).copy()
+    logp[entry_row, s.indices] += s.data
+    return logp - union_log_z(params.q, s)[:, None]
+
+
 def dense_logits(params: DenseParams, rows: list) -> np.ndarray:
     """``b + sum_g W_g[row_g]`` as float64 (N, V); rows of -1 contribute nothing."""
     n = len(rows[0])
@@ -114,3 +124,10 @@ def next_logp(params, rows: list) -> np.ndarray:
     if isinstance(params, SparseParams):
         return sparse_next_logp(params, rows)
     return log_softmax(dense_logits(params, [r[:1] for r in rows]))[0]
+
+
+def next_logp_batch(params, rows: list) -> np.ndarray:
+    """Next-token log distributions (n, V) float64 for n positions, any parameter form."""
+    if isinstance(params, SparseParams):
+        return sparse_next_logp_batch(params, rows)
+    return log_softmax(dense_logits(params, rows))

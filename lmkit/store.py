@@ -84,7 +84,8 @@ def is_model_folder(path) -> bool:
                                             "manifest"))
     except (ModelFormatError, ValueError, OSError):
         return False
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    # lmkit's own folders: explicit/mixture models and neural models (lmkit.neural.folder)
+    return isinstance(manifest, dict) and manifest.get("format") in (FORMAT, "lmkit-neural")
 
 
 def check_output_writable(path, *, folder: bool = False) -> Path:

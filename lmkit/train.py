@@ -15,11 +15,12 @@ Options: ``config.TrainConfig`` (one definition shared with the CLI flags).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 
 from . import corpus as corpus_mod
-from .config import CorpusConfig, ScaleConfig, TrainConfig
+from .config import NEURAL_SOLVERS, CorpusConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
 from .distributed import count_corpus_dask
 from .features import Suffix, make_groups
@@ -144,7 +145,37 @@ def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0) -> LanguageModel:
     return model
 
 
+def _train_neural(cfg: TrainConfig):
+    """``solver residual``: a small transformer on top of the frozen explicit model (the one at
+    ``neural.base``, or one trained first with the model options); ``solver transformer``: the
+    same network from scratch. Both train for ``max_seconds`` CPU seconds (``lmkit.neural``)."""
+    from . import neural  # optional dependency: PyTorch (the neural extra)
+    neural.require_torch()
+    g, n = cfg.gradient, cfg.neural
+    train_corpus, valid, carved = load_text(cfg.corpus)
+    lines = [x for i, x in enumerate(train_corpus)
+             if not carved or i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+    options = {"max_seconds": g.max_seconds, "seed": cfg.spm.seed, "log": log}
+    if g.solver == "transformer":
+        tok = make_tokenizer(cfg, train_corpus)
+        log(f"[3/3] training a transformer from scratch for {g.max_seconds:g} CPU s")
+        return neural.train_transformer(tok, lines, list(valid), **options)
+    if n.base is not None:
+        base = LanguageModel.load(n.base)
+        log(f"[1/2] explicit base {n.base}: {base.describe()}")
+    else:
+        log("[1/2] explicit base model")
+        base = _train(dataclasses.replace(cfg, gradient=dataclasses.replace(
+            g, solver="explicit", max_seconds=None)))
+    log(f"[2/2] training the residual transformer for {g.max_seconds:g} CPU s "
+        f"(crossfit {n.crossfit})")
+    return neural.train_residual(base, lines, list(valid), learn_scale=n.learn_scale,
+                                 crossfit=n.crossfit, **options)
+
+
 def _train(cfg: TrainConfig) -> LanguageModel:
+    if cfg.gradient.solver in NEURAL_SOLVERS:
+        return _train_neural(cfg)
     t0 = time.time()
     m = cfg.model
     groups = make_groups(m.effective_context, m.order)

@@ -51,8 +51,7 @@ def test_defaults_are_defined_once_and_shared_by_the_cli():
     assert C.TrainConfig.from_kwargs(**{k: v for k, v in vars(a).items() if k not in ("verb", "output")}) \
         == C.TrainConfig()
     names = set(vars(p.parse_args(["train", "--output", "x"] + [
-        arg for f in [f for k in (C.CorpusConfig, C.TokenizerConfig, C.ModelConfig, C.ScaleConfig,
-                                  C.GradientConfig) for f in C.options(k)]
+        arg for f in [f for k in C.TRAIN_PARTS for f in C.options(k)]
         for arg in _example(f)])))
     assert set(C.train_option_names()) <= names
     g = p.parse_args(["generate", "m", "--temperature", "0.5"])

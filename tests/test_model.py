@@ -247,3 +247,21 @@ def test_new_lambdas_are_never_scored_with_stale_backoff_tables(tiny_corpus_file
     np.testing.assert_allclose(lp, scoring.log_proba(model.params, rows, targets), atol=1e-12)
     nxt = model.next_logp(seqs[0][:3])
     assert abs(nxt[seqs[0][3]] - lp[3]) < 1e-9
+
+
+@pytest.mark.parametrize("which", ["window", "mkn", "mkn+window"])
+def test_next_log_proba_batch_matches_next_logp(which, tiny_model, tiny_corpus_file, tiny_tok_file,
+                                                tiny_lines):
+    model = tiny_model if which == "window" else train(
+        input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3,
+        context=2 if which == "mkn+window" else None, lambda_tokens=2000)
+    seq = model.encode_lines(tiny_lines[:1])[0]
+    contexts = [seq[:t] for t in range(len(seq) + 1)] + [seq * 3, [model.tokenizer.eos_id]]
+    batch = model.next_log_proba_batch(contexts)
+    assert batch.shape == (len(contexts), model.vocab_size)
+    for c, row in zip(contexts, batch):
+        assert np.allclose(row, model.next_logp(c), atol=1e-12)
+    # and the same numbers as the scorer at every target of the sequence
+    logp, _ = model.log_proba_ids([seq])
+    assert np.allclose(batch[np.arange(len(seq) + 1), seq + [model.tokenizer.eos_id]], logp,
+                       atol=1e-10)

@@ -1,0 +1,59 @@
+"""Neural language models on lmkit's token ids (optional extra ``neural``: PyTorch).
+
+- ``transformer``: a small causal transformer (nanoGPT-like) ``f_theta``;
+- ``data``: lines -> windows and padded batches in lmkit's convention (BOS context, EOS target),
+  and the frozen explicit model's rows for every target;
+- ``lm``: ``NeuralLM`` — scratch (``log_softmax(f_theta)``) or residual
+  (``log_softmax(a log P_explicit + f_theta)``), with score / sample / save / load;
+- ``fit``: backpropagation under a CPU-time budget, best-on-valid weights;
+- ``crossfit``: the training lines' explicit term from models that did not count them.
+
+Entry points for the CLI: ``train_transformer``, ``train_residual``, ``load`` (these raise
+``MissingDependencyError`` without torch) and ``is_neural_folder`` (works without torch).
+"""
+from __future__ import annotations
+
+from ..errors import MissingDependencyError
+from .folder import is_neural_folder
+
+try:
+    import torch  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+else:
+    from .fit import fit
+    from .lm import NeuralLM
+    from .transformer import GPT, GPTConfig
+
+
+def require_torch() -> None:
+    if torch is None:
+        raise MissingDependencyError("the neural models need PyTorch, which is not installed; "
+                                     "pip install 'lmkit[neural]' (CPU wheel: see docs/neural.md)")
+
+
+def train_transformer(tokenizer, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,
+                      config=None, **fit_options):
+    """A transformer trained from scratch on lmkit's token ids (``tokenizer``: lmkit Tokenizer)."""
+    require_torch()
+    lm = NeuralLM.create(tokenizer, config=config, seed=seed)
+    return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
+
+
+def train_residual(base_model, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,
+                   config=None, learn_scale: bool = True, **fit_options):
+    """A transformer trained as a residual on the frozen ``base_model`` (an lmkit LanguageModel)."""
+    require_torch()
+    lm = NeuralLM.create(base_model.tokenizer, explicit=base_model, config=config,
+                         learn_scale=learn_scale, seed=seed)
+    return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
+
+
+def load(path):
+    """Load a folder written by ``NeuralLM.save``."""
+    require_torch()
+    return NeuralLM.load(path)
+
+
+__all__ = ["GPT", "GPTConfig", "NeuralLM", "fit", "is_neural_folder", "load", "require_torch",
+           "train_residual", "train_transformer"]

@@ -1,0 +1,76 @@
+"""Cross-fitted explicit log-probabilities for the training positions of a hybrid.
+
+Why: an explicit model counted on the training text has seen every training line, so on those
+lines it is far better than on new text (the n-gram counts include the line itself). A residual
+network trained on top of it learns to trust it too much and to correct mistakes it does not
+make on new text. Cross-fitting removes that: the training lines are split into ``k`` folds
+(line ``i`` in fold ``i % k``) and a line's explicit term comes from a model built, with the
+same options, tokenizer and group weights, on the other folds only. Validation, test and
+generation use the full explicit model.
+
+Input: the full explicit ``LanguageModel`` (sparse form, built by ``lmkit.train``), the training
+lines and their ids. Output: ``CrossFitRows``, with the same ``log_proba(flat) -> (n, V)``
+interface as ``data.ExplicitRows``.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..train import train
+from .data import ExplicitRows
+
+
+def fold_models(model, train_lines: list, k: int, seed: int = 0, log=None) -> list:
+    """``k`` explicit models, model ``f`` counted on every line not in fold ``f``."""
+    lam = getattr(model.params, "lambdas", None)
+    if lam is None:
+        raise InputError("cross-fitting needs an explicit (sparse) base model; pass crossfit=0 "
+                         "for a model trained by gradient descent")
+    cfg = model.config
+    models = []
+    with tempfile.TemporaryDirectory(prefix="lmkit-crossfit-") as tmp:
+        tok_path = model.tokenizer.save(Path(tmp) / "tok")
+        for f in range(k):
+            path = Path(tmp) / f"fold{f}.txt"
+            path.write_text("".join(x + "\n" for i, x in enumerate(train_lines) if i % k != f),
+                            encoding="utf-8")
+            if log:
+                log(f"crossfit: explicit model {f + 1}/{k} without fold {f}")
+            models.append(train(input=[str(path)], tokenizer=str(tok_path),
+                                context=cfg.get("context"), order=cfg.get("order"),
+                                prune=cfg.get("prune"), discount=cfg.get("discount"),
+                                lambdas=[float(x) for x in lam], seed=seed, workers=1,
+                                verbose=False))
+    return models
+
+
+class CrossFitRows:
+    """Explicit rows of every flat target, each from the model that did not see its line."""
+
+    def __init__(self, models: list, seqs: list):
+        k = len(models)
+        n_targets = np.array([len(s) + 1 for s in seqs], dtype=np.int64)
+        fold_of_seq = np.arange(len(seqs)) % k
+        self.fold = np.repeat(fold_of_seq, n_targets)  # fold of every flat target
+        self.local = np.empty(len(self.fold), dtype=np.int64)  # its index inside its fold
+        for f in range(k):
+            at = np.flatnonzero(self.fold == f)
+            self.local[at] = np.arange(len(at))
+        self.parts = [ExplicitRows(m, [s for i, s in enumerate(seqs) if i % k == f])
+                      for f, m in enumerate(models)]
+
+    def log_proba(self, flat: np.ndarray) -> torch.Tensor:
+        out = None
+        for f, part in enumerate(self.parts):
+            mine = np.flatnonzero(self.fold[flat] == f)
+            if len(mine):
+                lp = part.log_proba(self.local[flat[mine]])
+                if out is None:
+                    out = torch.empty((len(flat), lp.shape[1]), dtype=lp.dtype)
+                out[mine] = lp
+        return out

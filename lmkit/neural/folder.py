@@ -1,0 +1,21 @@
+"""Recognising a neural model folder without importing torch (for the CLI's dispatch).
+
+A folder written by ``NeuralLM.save`` has a ``manifest.json`` whose ``format`` is ``FORMAT``;
+an explicit model folder says ``"lmkit-model"`` instead (``lmkit.store``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FORMAT = "lmkit-neural"
+VERSION = 1
+
+
+def is_neural_folder(path) -> bool:
+    """True when ``path`` holds a model written by ``NeuralLM.save``."""
+    try:
+        m = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT

@@ -1,0 +1,153 @@
+"""lmkit.neural: the small transformer and the explicit + neural hybrid (needs the neural extra)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install 'lmkit[neural]')")
+
+from lmkit.errors import InputError, ModelFormatError  # noqa: E402
+from lmkit.neural import (GPTConfig, NeuralLM, is_neural_folder, train_residual,  # noqa: E402
+                          train_transformer)
+from lmkit.neural.data import make_windows  # noqa: E402
+
+TINY = GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=2, n_embd=16)
+FAST = {"max_seconds": 60.0, "max_steps": 4, "batch_size": 16, "eval_every": 1e9,
+        "valid_tokens": 200, "log": lambda msg: None}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise-reproducible matmuls for the determinism checks
+    yield
+    torch.set_num_threads(old)
+
+
+def test_windows_cover_every_target_once():
+    w = make_windows(np.array([2, 5, 20]), 8)
+    assert w[:2].tolist() == [[0, 0, 3, 0], [1, 0, 6, 0]]
+    for s, n in ((0, 3), (1, 6), (2, 21)):
+        scored = [t for (q, a, b, f) in w if q == s for t in range(f, b)]
+        assert scored == list(range(n))
+    assert ((w[:, 2] - w[:, 1]) <= 8).all()
+
+
+def test_tiny_transformer_trains_and_scores(tiny_tok, tiny_lines):
+    lm = train_transformer(tiny_tok, tiny_lines[:200], tiny_lines[200:], config=TINY, seed=0,
+                           **{**FAST, "max_steps": 12, "lr": 3e-3, "warmup": 1})
+    hist = lm.training["history"]
+    assert lm.training["steps"] == 12 and hist[-1]["valid_ppl"] < hist[0]["valid_ppl"]
+    assert lm.training["best_valid_ppl"] == min(h["valid_ppl"] for h in hist)
+    seqs = lm.encode_lines(tiny_lines[200:210] + ["a line longer than the block: " * 3])
+    logp, idx = lm.log_proba_ids(seqs)
+    assert len(logp) == sum(len(s) + 1 for s in seqs) and np.all(np.isfinite(logp))
+    assert np.array_equal(idx, np.repeat(np.arange(len(seqs)), [len(s) + 1 for s in seqs]))
+    # within one block, scoring token by token with next_logp gives the same numbers
+    s = seqs[0] + [tiny_tok.eos_id]
+    by_step = [lm.next_logp(s[:t])[s[t]] for t in range(TINY.block_size)]
+    assert np.allclose(by_step, logp[:TINY.block_size], atol=1e-5)
+    p = np.exp(lm.next_logp(s[:3]))
+    assert abs(p.sum() - 1) < 1e-5
+    r = lm.score(tiny_lines[200:])
+    assert r["perplexity"] > 1 and np.isfinite(r["bits_per_byte"])
+
+
+def test_hybrid_with_zero_network_is_the_explicit_model(tiny_model, tiny_lines):
+    lm = NeuralLM.create(tiny_model.tokenizer, explicit=tiny_model, config=TINY, seed=0)
+    # a fresh hybrid's f_theta is exactly 0 (zero final LayerNorm gain) and its scale is 1
+    assert float(lm.net.scale.detach()) == 1.0 and not lm.net.gpt.ln_f.weight.any()
+    seqs = tiny_model.encode_lines(tiny_lines[:20])
+    a, ia = lm.log_proba_ids(seqs)
+    b, ib = tiny_model.log_proba_ids(seqs)
+    assert np.allclose(a, b, atol=1e-4) and np.array_equal(ia, ib)
+    assert np.allclose(lm.next_logp(seqs[0][:2]), tiny_model.next_logp(seqs[0][:2]), atol=1e-4)
+
+
+def test_residual_training_changes_the_model(tiny_model, tiny_lines):
+    lm = train_residual(tiny_model, tiny_lines[:200], tiny_lines[200:], config=TINY, seed=0,
+                        **{**FAST, "max_steps": 8, "lr": 3e-3, "warmup": 1})
+    assert lm.training["best_step"] == 8  # better on valid than the explicit model it started as
+    seqs = tiny_model.encode_lines(tiny_lines[:20])
+    a, _ = lm.log_proba_ids(seqs)
+    b, _ = tiny_model.log_proba_ids(seqs)
+    assert not np.allclose(a, b, atol=1e-4)
+    assert lm.net.gpt.ln_f.weight.any() and float(lm.net.scale.detach()) != 1.0
+
+
+def test_save_load_round_trip(tiny_model, tiny_lines, tmp_path):
+    lm = train_residual(tiny_model, tiny_lines[:200], tiny_lines[200:], config=TINY, seed=0,
+                        **FAST)
+    path = lm.save(tmp_path / "hybrid")
+    assert is_neural_folder(path) and not is_neural_folder(tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == ["explicit", "manifest.json",
+                                                      "tokenizer.model", "weights.pt"]
+    back = NeuralLM.load(path)
+    seqs = lm.encode_lines(tiny_lines[200:230])
+    assert np.array_equal(lm.log_proba_ids(seqs)[0], back.log_proba_ids(seqs)[0])
+    assert back.sample(max_tokens=8, seed=3) == lm.sample(max_tokens=8, seed=3)
+    assert back.training["steps"] == 4 and back.config == TINY
+    lm.save(path)  # replacing our own folder is allowed
+    (path / "weights.pt").write_bytes(b"not a state dict")
+    with pytest.raises(ModelFormatError, match="sha256 differs"):
+        NeuralLM.load(path)
+    m = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**m, "version": 99}))
+    with pytest.raises(ModelFormatError, match="version 99"):
+        NeuralLM.load(path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.txt").write_text("user data")
+    with pytest.raises(InputError, match="not a model folder"):
+        lm.save(tmp_path / "data")
+
+
+def test_same_seed_same_model(tiny_tok, tiny_lines):
+    runs = [train_transformer(tiny_tok, tiny_lines[:200], tiny_lines[200:], config=TINY,
+                              seed=s, **FAST) for s in (1, 1, 2)]
+    seqs = tiny_tok.encode_batch(tiny_lines[200:220])
+    a, b, c = (r.log_proba_ids(seqs)[0] for r in runs)
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+def test_bad_budget_is_refused(tiny_tok, tiny_lines):
+    with pytest.raises(InputError, match="max-seconds"):
+        train_transformer(tiny_tok, tiny_lines[:20], tiny_lines[20:30], config=TINY,
+                          **{**FAST, "max_seconds": 0})
+
+
+def test_crossfit_rows_come_from_the_model_without_the_line(tiny_model, tiny_lines):
+    from lmkit.neural.crossfit import CrossFitRows, fold_models
+    lines = tiny_lines[:120]
+    models = fold_models(tiny_model, lines, 2)
+    assert [len(m.params.lambdas) for m in models] == [2, 2]
+    assert np.array_equal(models[0].params.lambdas, tiny_model.params.lambdas)
+    seqs = tiny_model.encode_lines(lines)
+    rows = CrossFitRows(models, seqs)
+    flat = np.arange(len(seqs[0]) + len(seqs[1]) + 2)  # every target of lines 0 (fold 0), 1
+    got = rows.log_proba(flat).double().numpy()
+    n0 = len(seqs[0]) + 1
+    want0 = models[0].next_log_proba_batch([seqs[0][:t] for t in range(n0)])
+    want1 = models[1].next_log_proba_batch([seqs[1][:t] for t in range(len(seqs[1]) + 1)])
+    assert np.allclose(got[:n0], want0, atol=1e-5) and np.allclose(got[n0:], want1, atol=1e-5)
+    full = tiny_model.next_log_proba_batch([seqs[0][:t] for t in range(n0)])
+    assert not np.allclose(got[:n0], full, atol=1e-3)  # the full model has seen line 0
+    lm = train_residual(tiny_model, lines, tiny_lines[200:], config=TINY, seed=0, crossfit=2,
+                        **FAST)
+    assert lm.training["crossfit"] == 2 and lm.training["steps"] == 4
+
+
+def test_cli_residual_trains_evaluates_and_generates(tmp_path, tiny_corpus_file, tiny_tok_file, capsys):
+    """`lmkit train --solver residual` is the same code path users run; eval/generate load it."""
+    from lmkit.cli import main
+    src = ["--input", str(tiny_corpus_file)]
+    out = tmp_path / "hyb"
+    assert main(["train", *src, "--tokenizer", str(tiny_tok_file), "--context", "2",
+                 "--solver", "residual", "--max-seconds", "2", "--crossfit", "0",
+                 "--output", str(out)]) == 0
+    assert main(["eval", str(out), *src, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["tokens"] > 0 and math.isfinite(r["perplexity"])
+    assert main(["generate", str(out), "--max-tokens", "5", "--seed", "1"]) == 0
+    assert main(["train", *src, "--solver", "residual", "--output", str(tmp_path / "x")]) == 2
+    assert "--solver residual trains by a CPU-time budget; add --max-seconds" in capsys.readouterr().err

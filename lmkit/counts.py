@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from .features import Suffix, Window, pad_sequences
+from .features import pad_sequences
 from .sparse import lookup_rows
 
 
@@ -80,9 +80,9 @@ def empty_counts(vocab_size: int, groups: list) -> Counts:
     """Counts of an empty shard (the identity of ``+``)."""
     F, keys = [], []
     for g in groups:
-        rows = vocab_size if isinstance(g, Window) else 0
-        F.append(sp.csr_matrix((rows, vocab_size), dtype=np.int64))
-        keys.append(None if isinstance(g, Window) else np.zeros(0, dtype=np.int64))
+        keyed = g.n_rows(vocab_size) is None  # rows = observed keys (suffix, skip-gram groups)
+        F.append(sp.csr_matrix((0 if keyed else vocab_size, vocab_size), dtype=np.int64))
+        keys.append(np.zeros(0, dtype=np.int64) if keyed else None)
     return Counts(vocab_size, list(groups), F, keys, np.zeros(vocab_size, dtype=np.int64))
 
 
@@ -96,7 +96,7 @@ def count_chunk(seqs: list, vocab_size: int, groups: list, bos_id: int, eos_id: 
     F, keys = [], []
     for g in groups:
         rk = g.row_keys(buf, pos, starts, vocab_size)
-        if isinstance(g, Suffix):
+        if g.n_rows(vocab_size) is None:  # keyed rows: the observed histories
             ok = rk >= 0
             uniq, rows = np.unique(rk[ok], return_inverse=True)
             cols, n_rows = targets[ok], len(uniq)

@@ -43,6 +43,15 @@ model is exactly
 non-zero columns of the rows used, so scoring costs the non-zeros touched, not V.
 The lambdas are chosen without any gradient through W: the held-out NLL is convex in the G
 scalars lambda, and ``choose_lambdas`` minimises it with a few projected Newton steps.
+
+Weights that depend on evidence
+-------------------------------
+A row seen once and a row seen a thousand times deserve different trust. With one weight per
+group x bucket of the row's training count (``history_counts``, ``count_buckets``), the logits
+are ``log q + sum_g lambda_{g, b_g(row)} S_g[row]``: still linear in the weights inside the
+log-sum-exp, so the held-out NLL stays convex and the same Newton steps fit them
+(``choose_lambdas(..., buckets=)``). ``fold_lambdas`` then scales each row of ``S_g`` by its
+bucket's weight, so the stored model has lambdas 1 and scores exactly as before.
 """
 from __future__ import annotations
 

@@ -17,6 +17,9 @@ def test_cluster_history_keys_hand_checked():
     assert g.row_keys(buf, np.array([4]), np.array([1]), 10).tolist() == [6 + 10 * 8]
     assert g.row_keys(buf, np.array([4]), np.array([3]), 10).tolist() == [-1]  # past one BOS
     assert g.name == "cluster3_1_3" and g.reach == 3
+    assert ClusterHistory.from_name(g.name, np.array(table)) == g
+    with pytest.raises(ValueError, match="not a cluster-history group of a 4-cluster table"):
+        ClusterHistory.from_name(g.name, table[:-1] + (3,))
     with pytest.raises(InputError, match="cluster3_1_3 keys need"):
         g.row_keys(buf, np.array([4]), np.array([1]), 2 ** 62)
 

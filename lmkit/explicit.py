@@ -128,38 +128,40 @@ def _discounts(discount, counts: Counts) -> list:
 
 
 def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray):
-    """Per-group values of the scored rows on the union of their columns, for one chunk.
+    """The touched entries of one chunk of positions, indexed into the union of their columns.
 
-    Returns ``(comp, seg, qc, tgt)``: comp (G, U) float64, the value of each group at each
-    (position, column) of the union U (positions in order, columns sorted within a position);
-    seg (n + 1,) the start of each position's run in U; qc (U,) ``q`` of the column; tgt (G, n)
-    each group's value at the target. The union is built with one sort of the touched entries
-    (no per-group sparse additions): ``key = position * V + column``.
+    Returns ``(ent, upos, seg, qc, tgt)``: ``ent`` per group ``(u, p, v)``: for each stored value
+    of the rows it uses, its union index u (int32), position p (int32) and value v (float64);
+    the union U holds each (position, column) touched by any group once, positions in order;
+    ``upos`` (U,) int32 its position, ``seg`` (n + 1,) the start of each position's run,
+    ``qc`` (U,) ``q`` of its column; ``tgt`` (G, n) each group's value at the target. Built with
+    one sort of the touched entries (``key = position * V + column``): memory and time are
+    proportional to the touched entries, not to G x the union.
     """
     n, V, G = len(targets), params.vocab_size, len(params.S)
-    keys, vals, grp = [], [], []
+    keys, parts = [], []
     tgt = np.zeros((G, n))
     for g, (S, r) in enumerate(zip(params.S, rows)):
         a = take_rows(S, r)
-        keys.append(np.repeat(np.arange(n, dtype=np.int64) * V, np.diff(a.indptr)) + a.indices)
-        vals.append(a.data)
-        grp.append(np.full(a.nnz, g, dtype=np.int64))
+        p = np.repeat(np.arange(n, dtype=np.int64), np.diff(a.indptr))
+        keys.append(p * V + a.indices)
+        parts.append((p.astype(np.int32), a.data))
         present = r >= 0
         tgt[g, present] = lookup_values(S, r[present], targets[present])
-    keys = np.concatenate(keys)
-    union, inv = np.unique(keys, return_inverse=True)
-    comp = np.zeros((G, len(union)))
-    comp[np.concatenate(grp), inv.ravel()] = np.concatenate(vals)
+    union, inv = np.unique(np.concatenate(keys), return_inverse=True)
+    bounds = np.cumsum([0] + [len(k) for k in keys])
+    inv = inv.ravel().astype(np.int32)
+    ent = [(inv[bounds[g]:bounds[g + 1]], p, v) for g, (p, v) in enumerate(parts)]
     seg = np.searchsorted(union, np.arange(n + 1, dtype=np.int64) * V)
-    return comp, seg, params.q[union % V], tgt
+    return ent, (union // V).astype(np.int32), seg, params.q[union % V], tgt
 
 
 def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """Sums of ``x[..., seg[i]:seg[i+1]]`` for each i (empty runs give 0): (..., U) -> (..., n)."""
-    out = np.zeros(x.shape[:-1] + (len(seg) - 1,))
+    """Sums of ``x[seg[i]:seg[i+1]]`` for each i (empty runs give 0): (U,) -> (n,)."""
+    out = np.zeros(len(seg) - 1)
     nonempty = np.flatnonzero(seg[1:] > seg[:-1])
     if len(nonempty):
-        out[..., nonempty] = np.add.reduceat(x, seg[nonempty], axis=-1)
+        out[nonempty] = np.add.reduceat(x, seg[nonempty])
     return out
 
 
@@ -169,25 +171,32 @@ def _chunk_terms(chunk, lam_pos: np.ndarray, derivatives: bool, hessian: bool = 
     ``lam_pos`` (G, n): the weight of each group at each position (its bucket's lambda).
     Returns ``nll_sum`` or ``(nll_sum, e (G, n), H (G, G, n))`` with e the per-position gradient
     and H the per-position Hessian of ``log Z_n - lam_pos[:, n] . tgt[:, n]`` in ``lam_pos``
-    (H is None unless ``hessian``).
+    (H is None unless ``hessian``). Each group's values are scattered by their union index
+    (unique within a group), so every pass costs that group's touched entries.
     """
-    comp, seg, qc, tgt = chunk
-    pos = np.repeat(np.arange(len(seg) - 1), np.diff(seg))
-    s = np.einsum("gu,gu->u", comp, lam_pos[:, pos])
+    ent, upos, seg, qc, tgt = chunk
+    n, G = tgt.shape[1], len(ent)
+    s = np.zeros(len(qc))
+    for g, (u, p, v) in enumerate(ent):
+        s[u] += v * lam_pos[g, p]
     w = qc * np.exp(s)
     Z = 1.0 + _seg_sum(w - qc, seg)
     nll = float(np.sum(np.log(Z) - np.einsum("gn,gn->n", lam_pos, tgt)))
     if not derivatives:
         return nll
-    wz = w / Z[pos]
-    dZ = _seg_sum(comp * wz, seg)  # (G, n): d log Z_n / d lam_pos
+    wz = w / Z[upos]
+    dZ = np.stack([np.bincount(p, v * wz[u], minlength=n) for u, p, v in ent]) if G else \
+        np.zeros((0, n))  # (G, n): d log Z_n / d lam_pos
     if not hessian:
         return nll, dZ - tgt, None
-    G = len(comp)
-    H = np.empty((G, G, len(Z)))
-    for g in range(G):
-        H[g, g:] = _seg_sum(comp[g:] * (comp[g] * wz), seg)
-        H[g:, g] = H[g, g:]
+    H = np.empty((G, G, n))
+    dense = np.zeros(len(qc))
+    for g, (u, p, v) in enumerate(ent):
+        dense[:] = 0.0
+        dense[u] = v * wz[u]
+        for h in range(g, G):
+            uh, ph, vh = ent[h]
+            H[g, h] = H[h, g] = np.bincount(ph, vh * dense[uh], minlength=n)
     H -= dZ[:, None, :] * dZ[None, :, :]
     return nll, dZ - tgt, H
 
@@ -248,7 +257,7 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
         nll, grad, hess = 0.0, np.zeros(G * B), np.zeros((G * B, G * B))
         h_tokens = 0
         for i, (a, ch) in enumerate(chunks):
-            n = ch[3].shape[1]
+            n = ch[4].shape[1]
             lam_pos = flat[vidx[:, a:a + n]]
             with_h = derivatives and i % hessian_every == 0
             out = _chunk_terms(ch, lam_pos, derivatives, with_h)

@@ -50,10 +50,10 @@ def ppl(params, seqs, tok):
     return math.exp(-float(sparse_log_proba(params, rows, targets).mean()))
 
 
-def build(data, tok, a, *, context, skips, clusters, buckets):
+def build(data, tok, a, *, context, skips, clusters, buckets, order=None):
     """One row: count (+ clusters, second pass) and fit. Returns (params, build CPU s)."""
     t = time.process_time()
-    groups = base_groups(a.order, context, skips)
+    groups = base_groups(order or a.order, context, skips)
     counts = count(data["train"], groups, tok)
     if clusters:
         table = make_clusters(counts, a.clusters, seed=a.seed)
@@ -78,6 +78,14 @@ def main():
     ap.add_argument("--lambda-tokens", type=int, default=20000)
     ap.add_argument("--buckets", type=int, nargs="*", default=None,
                     help="also a row with per history-count bucket weights (edges, e.g. 2 4 16)")
+    ap.add_argument("--mkn-orders", type=int, nargs="*", default=[],
+                    help="extra rows: exact MKN at these orders (lmkit's MKN = KenLM lmplz's)")
+    ap.add_argument("--only-mkn", action="store_true", help="only the --mkn-orders rows")
+    ap.add_argument("--only-last", action="store_true", help="only the full (last ladder) row")
+    ap.add_argument("--skips", nargs="*", default=None, help="skip-grams as r,s,a (default: "
+                    f"{' '.join(','.join(map(str, x)) for x in DEFAULT_SKIPS)})")
+    ap.add_argument("--cluster-shapes", nargs="*", default=None, help="cluster histories as m,w "
+                    f"(default: {' '.join(','.join(map(str, x)) for x in DEFAULT_CLUSTER_SHAPES)})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -97,17 +105,27 @@ def main():
     n_tok = {s: sum(len(x) + 1 for x in data[s]) for s in ("train", "valid", "test")}
     log(f"tokens {n_tok}, held-out for the weights {sum(len(x) + 1 for x in data['held'])}")
 
+    skips = DEFAULT_SKIPS if a.skips is None else tuple(
+        tuple(int(v) for v in x.split(",")) for x in a.skips)
+    shapes = DEFAULT_CLUSTER_SHAPES if a.cluster_shapes is None else tuple(
+        tuple(int(v) for v in x.split(",")) for x in a.cluster_shapes)
     ladder = [(f"MKN order {a.order} (exact)", dict(context=0, skips=(), clusters=(), buckets=None)),
               (f"+ windows 1..{a.context}", dict(context=a.context, skips=(), clusters=(), buckets=None)),
-              (f"+ skip-grams {list(DEFAULT_SKIPS)}", dict(context=a.context, skips=DEFAULT_SKIPS,
-                                                            clusters=(), buckets=None)),
-              (f"+ cluster histories {list(DEFAULT_CLUSTER_SHAPES)}, C={a.clusters} (default)",
-               dict(context=a.context, skips=DEFAULT_SKIPS, clusters=DEFAULT_CLUSTER_SHAPES,
-                    buckets=None))]
-    if a.buckets:
+              (f"+ skip-grams {list(skips)}", dict(context=a.context, skips=skips,
+                                                    clusters=(), buckets=None)),
+              (f"+ cluster histories {list(shapes)}, C={a.clusters}",
+               dict(context=a.context, skips=skips, clusters=shapes, buckets=None))]
+    if a.only_last:
+        ladder = ladder[-1:]
+    if a.only_mkn:
+        ladder = []
+    for n in a.mkn_orders:
+        ladder.append((f"MKN order {n} (exact)", dict(order=n, context=0, skips=(), clusters=(),
+                                                     buckets=None)))
+    if a.buckets and not a.only_mkn:
         ladder.append((f"+ bucket weights, edges {a.buckets}",
-                       dict(context=a.context, skips=DEFAULT_SKIPS,
-                            clusters=DEFAULT_CLUSTER_SHAPES, buckets=tuple(a.buckets))))
+                       dict(context=a.context, skips=skips, clusters=shapes,
+                            buckets=tuple(a.buckets))))
     rows = []
     for label, kw in ladder:
         log(f"== {label}")

@@ -179,9 +179,10 @@ def _chunk_terms(chunk, lam_pos: np.ndarray, derivatives: bool, hessian: bool = 
     s = np.zeros(len(qc))
     for g, (u, p, v) in enumerate(ent):
         s[u] += v * lam_pos[g, p]
-    w = qc * np.exp(s)
-    Z = 1.0 + _seg_sum(w - qc, seg)
-    nll = float(np.sum(np.log(Z) - np.einsum("gn,gn->n", lam_pos, tgt)))
+    with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off
+        w = qc * np.exp(s)
+        Z = 1.0 + _seg_sum(w - qc, seg)
+        nll = float(np.sum(np.log(Z) - np.einsum("gn,gn->n", lam_pos, tgt)))
     if not derivatives:
         return nll
     wz = w / Z[upos]

@@ -38,6 +38,9 @@ DEFAULT_CONTEXT = 3
 DEFAULT_SKIPS = ((1, 1, 1), (1, 2, 1), (1, 1, 2), (1, 3, 1))
 DEFAULT_CLUSTER_SHAPES = ((2, 0), (3, 0), (3, 1), (4, 1), (4, 2), (5, 2))
 DEFAULT_N_CLUSTERS = 256
+# held-out tokens for the weights: the search costs ~ tokens x touched row length; 8k tokens
+# gave valid 91.19 vs 91.14 with 20k, at 36.5 vs 56.1 CPU s of build (docs/quality.md)
+DEFAULT_LAMBDA_TOKENS = 8000
 
 
 def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,

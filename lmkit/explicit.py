@@ -253,14 +253,14 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     base = float(-np.log(params.q[targets]).mean())
     vidx = np.arange(G)[:, None] * B + bk  # (G, N): virtual parameter of group g at position n
 
-    def objective(lam, derivatives=False):
+    def objective(lam, derivatives=False, every=hessian_every):
         flat = lam.ravel()
         nll, grad, hess = 0.0, np.zeros(G * B), np.zeros((G * B, G * B))
         h_tokens = 0
         for i, (a, ch) in enumerate(chunks):
             n = ch[4].shape[1]
             lam_pos = flat[vidx[:, a:a + n]]
-            with_h = derivatives and i % hessian_every == 0
+            with_h = derivatives and i % every == 0
             out = _chunk_terms(ch, lam_pos, derivatives, with_h)
             if not derivatives:
                 nll += out
@@ -281,6 +281,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     for it in range(max_iter):
         x = lam.ravel()
         free = ((x > 0) | (grad < 0)) & movable  # active set: at 0 and pushed below 0 stay
+        if hessian_every > 1 and (np.diag(hess)[free] <= 0).any():
+            # a weight whose positions all fall outside the sampled chunks: take the exact Hessian
+            nll, grad, hess = objective(lam, True, every=1)
         step = np.zeros(G * B)
         if free.any():
             h = hess[np.ix_(free, free)] + 1e-9 * np.eye(int(free.sum()))

@@ -158,3 +158,16 @@ def test_count_buckets_and_history_counts():
     params = solve_explicit(c)
     # token 3 precedes 4 twice, 4 precedes 3 and 5, 5 precedes EOS, BOS precedes 3
     assert history_counts(c, params)[0].tolist() == [0, 1, 0, 2, 2, 1]
+
+
+def test_subsampled_hessian_falls_back_when_a_bucket_is_unsampled():
+    V, groups = 10, [Window(1), Window(2), Window(3)]
+    params = solve_explicit(count_chunk(synthetic(300, 0), V, groups, BOS, EOS))
+    rows, targets, _ = context_rows(groups, params.keys, synthetic(100, 1), V, BOS, EOS)
+    # bucket 1 only on the last positions: with chunk=64 and hessian_every=100 only the first
+    # chunk is sampled, so bucket 1 has no Hessian there
+    bk = [np.where(np.arange(len(targets)) >= len(targets) - 50, 1, 0)] * 3
+    exact, _ = choose_lambdas(params, rows, targets, buckets=bk, n_buckets=2)
+    quasi, _ = choose_lambdas(params, rows, targets, buckets=bk, n_buckets=2, chunk=64,
+                              hessian_every=100)
+    assert np.allclose(exact, quasi, atol=1e-3)

@@ -341,3 +341,50 @@ def fold_lambdas(params: SparseParams, lam: np.ndarray, row_buckets: list, **inf
         S.append(Sn)
     return SparseParams(params.groups, params.q, S, params.keys, np.ones(len(S)),
                         {**params.info, "bucket_lambdas": np.asarray(lam).tolist(), **info})
+
+
+def entry_counts(counts: Counts, params: SparseParams) -> list:
+    """Per group, the training count ``F[i, j]`` of each stored value of ``params.S[g]`` (aligned
+    with ``S.data``), int64; rows are matched through the keys, so pruned models work too."""
+    out = []
+    for F, ck, S, pk in zip(counts.F, counts.keys, params.S, params.keys):
+        F = F.tocsr()
+        F.sort_indices()
+        frow = np.arange(S.shape[0]) if pk is None else lookup_rows(ck, pk)
+        row = np.repeat(frow, np.diff(S.indptr))
+        out.append(lookup_values(F, row, S.indices).astype(np.int64))
+    return out
+
+
+def split_entries(params: SparseParams, entry_buckets: list, n_buckets: int) -> SparseParams:
+    """One group per (group, bucket): ``S_g`` restricted to the stored values in that bucket.
+
+    Group ``g * B + b`` of the result holds the entries of ``S_g`` whose bucket is b (same rows
+    and keys), so ``sum_b S_{g,b} = S_g`` and ``choose_lambdas`` on the result fits one weight per
+    group x entry bucket (an SNM-style metafeature: the count of the (context, target) pair).
+    """
+    S, keys, groups = [], [], []
+    for Sg, kg, group, b in zip(params.S, params.keys, params.groups, entry_buckets):
+        row = np.repeat(np.arange(Sg.shape[0]), np.diff(Sg.indptr))
+        for k in range(n_buckets):
+            m = b == k
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(row[m], minlength=Sg.shape[0]))])
+            S.append(sp.csr_matrix((Sg.data[m], Sg.indices[m], indptr), shape=Sg.shape))
+            keys.append(kg)
+            groups.append(group)
+    return SparseParams(groups, params.q, S, keys, np.ones(len(S)), {})
+
+
+def fold_entry_lambdas(params: SparseParams, lam: np.ndarray, entry_buckets: list,
+                       **info) -> SparseParams:
+    """Bake per-(group, entry bucket) weights into S: ``S'_g[i, j] = lam[g, b(i, j)] S_g[i, j]``.
+
+    Lambdas become 1 (storage and scoring unchanged); the weights go to ``info['entry_lambdas']``.
+    """
+    S = []
+    for g, (Sg, b) in enumerate(zip(params.S, entry_buckets)):
+        Sn = sp.csr_matrix((Sg.data * lam[g][b], Sg.indices.copy(), Sg.indptr.copy()), shape=Sg.shape)
+        Sn.has_sorted_indices = True
+        S.append(Sn)
+    return SparseParams(params.groups, params.q, S, params.keys, np.ones(len(S)),
+                        {**params.info, "entry_lambdas": np.asarray(lam).tolist(), **info})

@@ -25,7 +25,8 @@ import numpy as np
 
 from .clusters import ClusterHistory, cluster_tokens
 from .counts import Counts
-from .explicit import choose_lambdas, count_buckets, estimate_discount, fold_lambdas, history_counts
+from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
+                       fold_entry_lambdas, fold_lambdas, history_counts, split_entries)
 from .features import Skip, Suffix, Window
 from .ngram import solve_ngram
 from .params import SparseParams
@@ -41,6 +42,9 @@ DEFAULT_N_CLUSTERS = 256
 # held-out tokens for the weights: the search costs ~ tokens x touched row length; 8k tokens
 # gave valid 91.19 vs 91.14 with 20k, at 36.5 vs 56.1 CPU s of build (docs/quality.md)
 DEFAULT_LAMBDA_TOKENS = 8000
+# one weight per group x count of the (context, target) entry: 1, 2, 3+ (as MKN's D1, D2, D3+);
+# valid 90.75 vs 91.19 with one weight per group (docs/quality.md)
+DEFAULT_ENTRY_EDGES = (2, 3)
 
 
 def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
@@ -83,18 +87,31 @@ def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
 
 
 def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
-             bucket_edges=None, hessian_every: int = 4, log=None) -> SparseParams:
+             entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None, hessian_every: int = 4,
+             log=None) -> SparseParams:
     """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
 
-    ``bucket_edges``: None (one lambda per group) or the lower bounds of history-count buckets
-    (e.g. ``(2, 4, 16)``): one lambda per group x bucket, folded into the rows of S
-    (``explicit.fold_lambdas``; the bucket weights are kept in ``info``).
+    ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3+): one lambda per
+    group x bucket of the count ``F[i, j]`` of each stored (context, target) pair, folded into
+    the values of S (``explicit.fold_entry_lambdas``); None: one lambda per group.
+    ``bucket_edges`` (only without ``entry_edges``): lower bounds of history-count buckets
+    (e.g. ``(2, 4, 16)``): one lambda per group x bucket of the row's count, folded into the
+    rows of S (``explicit.fold_lambdas``). The weights are kept in ``info``.
     """
     params = solve_rich(counts, discount=discount)
     rows, targets, _ = context_rows(params.groups, params.keys, heldout, counts.vocab_size,
                                     bos_id, eos_id)
     init = params.info["lambda_init"]
-    if bucket_edges is None:
+    if entry_edges is not None:
+        B = len(entry_edges) + 1
+        eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
+        split = split_entries(params, eb, B)
+        lam, trace = choose_lambdas(split, [r for r in rows for _ in range(B)], targets,
+                                    init=np.repeat(init, B), hessian_every=hessian_every)
+        lam = lam.reshape(-1, B)
+        out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
+                                 lambda_trace=trace)
+    elif bucket_edges is None:
         lam, trace = choose_lambdas(params, rows, targets, init=init, hessian_every=hessian_every)
         out = params.with_lambdas(lam, lambda_trace=trace)
     else:

@@ -28,8 +28,8 @@ from lmkit.corpus import load_corpus
 from lmkit.counts import count_chunk, sum_counts
 from lmkit.features import Suffix
 from lmkit.ngram import solve_ngram
-from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_SKIPS, base_groups, cluster_groups,
-                        fit_rich, make_clusters, merge_groups)
+from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_SKIPS, base_groups,
+                        cluster_groups, fit_rich, make_clusters, merge_groups)
 from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines
@@ -61,7 +61,8 @@ def build(data, tok, a, *, context, skips, clusters, buckets, order=None):
     if context == 0 and not skips and not clusters:
         params = solve_ngram(counts)  # exact MKN, lambdas 1
     else:
-        params = fit_rich(counts, data["held"], tok.bos_id, tok.eos_id,
+        entry = tuple(a.entry_edges) if a.entry_edges and not buckets else None
+        params = fit_rich(counts, data["held"], tok.bos_id, tok.eos_id, entry_edges=entry,
                           bucket_edges=buckets, log=log)
     return params, time.process_time() - t
 
@@ -86,6 +87,9 @@ def main():
                     f"{' '.join(','.join(map(str, x)) for x in DEFAULT_SKIPS)})")
     ap.add_argument("--cluster-shapes", nargs="*", default=None, help="cluster histories as m,w "
                     f"(default: {' '.join(','.join(map(str, x)) for x in DEFAULT_CLUSTER_SHAPES)})")
+    ap.add_argument("--entry-edges", type=int, nargs="*", default=list(DEFAULT_ENTRY_EDGES),
+                    help="one weight per group x entry-count bucket (lower bounds); none given: "
+                         "one weight per group")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -135,7 +139,8 @@ def main():
                      "test_ppl": ppl(params, data["test"], tok), "build_cpu_s": cpu,
                      "size_mb": size / 1e6, "groups": [g.name for g in params.groups]})
         log(f"  {json.dumps(rows[-1])}")
-    print(f"corpus {name}, V={tok.vocab_size}, tokens {n_tok}")
+    print(f"corpus {name}, V={tok.vocab_size}, tokens {n_tok}, entry-count weight edges "
+          f"{a.entry_edges or 'none (one weight per group)'}")
     print("| model | valid ppl | test ppl | build CPU s | size MB |")
     print("|---|---|---|---|---|")
     for r in rows:

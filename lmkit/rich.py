@@ -5,15 +5,16 @@ Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` first, then 
 token sequences for the weights. Output: ``SparseParams`` (``params.py``), scored by the generic
 sparse scorer like every other model.
 
-Each family is solved in closed form against its natural back-off, then one weight per group
-(optionally per group x history-count bucket) is fitted on held-out text:
+Each family is solved in closed form against its natural back-off, then one weight per group x
+bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3+; or per group x history-count
+bucket, or per group) is fitted on held-out text and folded into S:
 
 - ``Suffix(1..M)``: interpolated modified Kneser-Ney (``ngram.solve_ngram``), ``q`` = its unigram;
 - ``Window(k)``: absolute discounting toward ``q`` (``explicit.solve_group``);
 - ``Skip(r, s, a)`` and ``ClusterHistory(m, w)``: the log-ratio to their own adjacent-token
   part (``skipgram.solve_skip`` with ``a`` resp. ``w`` exact tokens);
-- weights: ``explicit.choose_lambdas`` (projected Newton on the convex held-out NLL), all groups
-  free, starting from MKN (suffix 1, others 0).
+- weights: ``explicit.choose_lambdas`` (projected Newton on the convex held-out NLL), all
+  weights free, starting from MKN (suffix 1, others 0).
 
 Building it takes two counting passes when clusters are used: the clusters come from the
 ``Window(1)`` counts of the first pass (``cluster_tokens``), and the ``ClusterHistory`` groups

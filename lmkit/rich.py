@@ -6,7 +6,7 @@ token sequences for the weights. Output: ``SparseParams`` (``params.py``), score
 sparse scorer like every other model.
 
 Each family is solved in closed form against its natural back-off, then one weight per group x
-bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3+; or per group x history-count
+bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3-4 / 5-9 / 10+; or per group x history-count
 bucket, or per group) is fitted on held-out text and folded into S:
 
 - ``Suffix(1..M)``: interpolated modified Kneser-Ney (``ngram.solve_ngram``), ``q`` = its unigram;
@@ -43,9 +43,10 @@ DEFAULT_N_CLUSTERS = 256
 # held-out tokens for the weights: the search costs ~ tokens x touched row length; 8k tokens
 # gave valid 91.19 vs 91.14 with 20k, at 36.5 vs 56.1 CPU s of build (docs/quality.md)
 DEFAULT_LAMBDA_TOKENS = 8000
-# one weight per group x count of the (context, target) entry: 1, 2, 3+ (as MKN's D1, D2, D3+);
-# valid 90.75 vs 91.19 with one weight per group (docs/quality.md)
-DEFAULT_ENTRY_EDGES = (2, 3)
+# one weight per group x count of the (context, target) entry: 1, 2, 3-4, 5-9, 10+. Valid ppl
+# on the default corpus (docs/quality.md): one weight per group 91.19 (36.5 CPU s), edges (2, 3)
+# 90.75 (60 s), (2, 3, 5, 10) 90.13 (78 s), (2, 3, 4, 6, 10, 20, 50) 89.88 (115 s)
+DEFAULT_ENTRY_EDGES = (2, 3, 5, 10)
 
 
 def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,

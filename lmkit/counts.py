@@ -102,9 +102,9 @@ def empty_counts(vocab_size: int, groups: list) -> Counts:
     """Counts of an empty shard (the identity of ``+``)."""
     F, keys = [], []
     for g in groups:
-        rows = vocab_size if isinstance(g, Window) else 0
-        F.append(sp.csr_matrix((rows, vocab_size), dtype=np.int64))
-        keys.append(None if isinstance(g, Window) else np.zeros(0, dtype=np.int64))
+        keyed = g.n_rows(vocab_size) is None  # rows = observed keys (suffix, skip-gram groups)
+        F.append(sp.csr_matrix((0 if keyed else vocab_size, vocab_size), dtype=np.int64))
+        keys.append(np.zeros(0, dtype=np.int64) if keyed else None)
     return Counts(vocab_size, list(groups), F, keys, np.zeros(vocab_size, dtype=np.int64))
 
 
@@ -128,6 +128,9 @@ def count_buffer(buf, pos, starts, vocab_size: int, groups: list, n_sequences: i
         if isinstance(g, Suffix):
             rk = g.row_keys(buf, pos, starts, vocab_size, suffix_rows)
             m, k, suffix_rows = suffix_counts(rk, targets, vocab_size)
+            keys.append(k)
+        elif not isinstance(g, Window):  # other keyed families (skip-grams, cluster histories)
+            m, k, _ = suffix_counts(g.row_keys(buf, pos, starts, vocab_size), targets, vocab_size)
             keys.append(k)
         else:
             rk = g.row_keys(buf, pos, starts, vocab_size)

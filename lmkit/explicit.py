@@ -43,6 +43,15 @@ model is exactly
 non-zero columns of the rows used, so scoring costs the non-zeros touched, not V.
 The lambdas are chosen without any gradient through W: the held-out NLL is convex in the G
 scalars lambda, and ``choose_lambdas`` minimises it with a few projected Newton steps.
+
+Weights that depend on evidence
+-------------------------------
+A row seen once and a row seen a thousand times deserve different trust. With one weight per
+group x bucket of the row's training count (``history_counts``, ``count_buckets``), the logits
+are ``log q + sum_g lambda_{g, b_g(row)} S_g[row]``: still linear in the weights inside the
+log-sum-exp, so the held-out NLL stays convex and the same Newton steps fit them
+(``choose_lambdas(..., buckets=)``). ``fold_lambdas`` then scales each row of ``S_g`` by its
+bucket's weight, so the stored model has lambdas 1 and scores exactly as before.
 """
 from __future__ import annotations
 
@@ -53,7 +62,7 @@ from .counts import Counts
 from .errors import InputError
 from .features import Window
 from .params import SparseParams
-from .sparse import lookup_values, take_rows
+from .sparse import lookup_rows, lookup_values, take_rows
 
 def estimate_discount(F: sp.csr_matrix) -> float:
     """Absolute discount ``n1 / (n1 + 2 n2)`` from count-of-counts of ``F``.
@@ -118,101 +127,264 @@ def _discounts(discount, counts: Counts) -> list:
     return ds
 
 
-def _aligned_components(params: SparseParams, rows: list, targets: np.ndarray):
-    """Per-group values of the scored rows, aligned on the union pattern of all groups.
+def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray):
+    """The touched entries of one chunk of positions, indexed into the union of their columns.
 
-    Returns ``(comp, pos, col, tgt)``: comp (G, U) values, pos/col (U,) position and column of
-    each union entry, tgt (G, N) the group's value at each position's target. Relies on
-    ``S >= 0`` (true for the closed form): ``A_g + C`` never cancels, so it keeps C's pattern.
+    Returns ``(ent, upos, seg, qc, tgt)``: ``ent`` per group ``(u, p, v)``: for each stored value
+    of the rows it uses, its union index u (int32), position p (int32) and value v (float64);
+    the union U holds each (position, column) touched by any group once, positions in order;
+    ``upos`` (U,) int32 its position, ``seg`` (n + 1,) the start of each position's run,
+    ``qc`` (U,) ``q`` of its column; ``tgt`` (G, n) each group's value at the target. Built with
+    one sort of the touched entries (``key = position * V + column``): memory and time are
+    proportional to the touched entries, not to G x the union.
     """
-    N, V = len(targets), params.vocab_size
-    A, tgt = [], np.zeros((len(params.S), N))
+    n, V, G = len(targets), params.vocab_size, len(params.S)
+    keys, parts = [], []
+    tgt = np.zeros((G, n))
     for g, (S, r) in enumerate(zip(params.S, rows)):
-        A.append(take_rows(S, r))
+        a = take_rows(S, r)
+        p = np.repeat(np.arange(n, dtype=np.int64), np.diff(a.indptr))
+        keys.append(p * V + a.indices)
+        parts.append((p.astype(np.int32), a.data))
         present = r >= 0
         tgt[g, present] = lookup_values(S, r[present], targets[present])
-    C = sp.csr_matrix((N, V))
-    for a in A:
-        C = C + sp.csr_matrix((np.ones(a.nnz), a.indices, a.indptr), shape=(N, V))
-    C = C.tocsr()
-    C.sort_indices()
-    comp = np.empty((len(A), C.nnz))
-    for g, a in enumerate(A):
-        m = (a + C).tocsr()
-        m.sort_indices()
-        assert m.nnz == C.nnz
-        comp[g] = m.data - C.data
-    pos = np.repeat(np.arange(N), np.diff(C.indptr))
-    return comp, pos, C.indices.astype(np.int64), tgt
+    union, inv = np.unique(np.concatenate(keys), return_inverse=True)
+    bounds = np.cumsum([0] + [len(k) for k in keys])
+    inv = inv.ravel().astype(np.int32)
+    ent = [(inv[bounds[g]:bounds[g + 1]], p, v) for g, (p, v) in enumerate(parts)]
+    seg = np.searchsorted(union, np.arange(n + 1, dtype=np.int64) * V)
+    return ent, (union // V).astype(np.int32), seg, params.q[union % V], tgt
+
+
+def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """Sums of ``x[seg[i]:seg[i+1]]`` for each i (empty runs give 0): (U,) -> (n,)."""
+    out = np.zeros(len(seg) - 1)
+    nonempty = np.flatnonzero(seg[1:] > seg[:-1])
+    if len(nonempty):
+        out[nonempty] = np.add.reduceat(x, seg[nonempty])
+    return out
+
+
+def _chunk_terms(chunk, lam_pos: np.ndarray, derivatives: bool, hessian: bool = True):
+    """NLL sum (and per-position gradient / Hessian) of one chunk at per-position weights.
+
+    ``lam_pos`` (G, n): the weight of each group at each position (its bucket's lambda).
+    Returns ``nll_sum`` or ``(nll_sum, e (G, n), H (G, G, n))`` with e the per-position gradient
+    and H the per-position Hessian of ``log Z_n - lam_pos[:, n] . tgt[:, n]`` in ``lam_pos``
+    (H is None unless ``hessian``). Each group's values are scattered by their union index
+    (unique within a group), so every pass costs that group's touched entries.
+    """
+    ent, upos, seg, qc, tgt = chunk
+    n, G = tgt.shape[1], len(ent)
+    s = np.zeros(len(qc))
+    for g, (u, p, v) in enumerate(ent):
+        s[u] += v * lam_pos[g, p]
+    with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off
+        w = qc * np.exp(s)
+        Z = 1.0 + _seg_sum(w - qc, seg)
+        nll = float(np.sum(np.log(Z) - np.einsum("gn,gn->n", lam_pos, tgt)))
+    if not derivatives:
+        return nll
+    wz = w / Z[upos]
+    dZ = np.stack([np.bincount(p, v * wz[u], minlength=n) for u, p, v in ent]) if G else \
+        np.zeros((0, n))  # (G, n): d log Z_n / d lam_pos
+    if not hessian:
+        return nll, dZ - tgt, None
+    H = np.empty((G, G, n))
+    dense = np.zeros(len(qc))
+    for g, (u, p, v) in enumerate(ent):
+        dense[:] = 0.0
+        dense[u] = v * wz[u]
+        for h in range(g, G):
+            uh, ph, vh = ent[h]
+            H[g, h] = H[h, g] = np.bincount(ph, vh * dense[uh], minlength=n)
+    H -= dZ[:, None, :] * dZ[None, :, :]
+    return nll, dZ - tgt, H
 
 
 def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
-                   max_iter: int = 30, tol: float = 1e-7, init=None,
-                   fixed=None) -> tuple[np.ndarray, list]:
+                   max_iter: int = 30, tol: float = 1e-7, init=None, fixed=None,
+                   buckets=None, n_buckets: int = 1, chunk: int = 2048,
+                   hessian_every: int = 1) -> tuple[np.ndarray, list]:
     """Group weights lambda >= 0 that minimise held-out NLL, by projected Newton steps.
 
     ``rows``: per group, row index per held-out position (-1 = no feature); ``targets`` (N,).
     The held-out NLL ``mean_n [log Z_n(lambda) - lambda . t_n]`` is convex in lambda (a
-    log-sum-exp of functions linear in lambda), so a few Newton steps on these G scalars find
-    its minimum; W itself is never touched by a gradient. Starts from ``init`` (default
-    lambda = (1, 0, ...)); groups where ``fixed[g]`` is true keep their initial weight (the n-gram
-    solver fixes its suffix groups at 1). Returns the lambdas and the trace ``[(lambdas, nll)]``.
+    log-sum-exp of functions linear in lambda), so a few Newton steps on these scalars find
+    its minimum; W itself is never touched by a gradient.
+
+    Evidence-dependent weights: with ``buckets`` (per group an int (N,) array in
+    ``[0, n_buckets)``: the bucket of the row used at each position, e.g. of its history count)
+    there is one lambda per (group, bucket) and the position's group weight is its bucket's.
+    The NLL stays convex (still linear in the weights inside the log-sum-exp). Returns lambdas
+    of shape (G,) without buckets, (G, n_buckets) with them.
+
+    Starts from ``init`` ((G,) or (G, B); default lambda = (1, 0, ...)); groups where
+    ``fixed[g]`` is true keep their initial weight (pure n-gram models fix their suffix groups
+    at 1). Returns the lambdas and the trace ``[(lambdas, nll)]``.
+
+    Cost: the held-out positions are processed in chunks of ``chunk``; for each, the values of
+    the touched rows are laid out once on the union of their columns (one sort), kept, and every
+    Newton step is a few passes over them: time and memory are proportional to the touched
+    entries (held-out tokens x mean row length), G^2 per position for the Hessian. With
+    ``hessian_every = k`` the Hessian (the G^2 part) is estimated on every k-th chunk only; the
+    gradient and the NLL stay exact, so the line search still only accepts true descent and the
+    minimiser is the same (a quasi-Newton step).
     """
-    lam = np.zeros(len(params.S))
+    G = len(params.S)
+    B = int(n_buckets) if buckets is not None else 1
+    N = len(targets)
+    lam = np.zeros((G, B))
     lam[0] = 1.0
     if init is not None:
-        lam = np.asarray(init, dtype=np.float64).copy()
-    movable = np.ones(len(lam), bool) if fixed is None else ~np.asarray(fixed, dtype=bool)
-    if not movable.any():
-        return lam, []
-    comp, pos, col, tgt = _aligned_components(params, rows, targets)
-    N, G = len(targets), len(params.S)
-    # union entries are grouped by position (CSR order): per-position sums are segment sums
-    seg_pos, seg_start = np.unique(pos, return_index=True)
-    qc = params.q[col]
+        lam = np.broadcast_to(np.asarray(init, dtype=np.float64).reshape(G, -1), (G, B)).copy()
+    movable = np.ones(G, bool) if fixed is None else ~np.asarray(fixed, dtype=bool)
+    movable = np.repeat(movable[:, None], B, axis=1).ravel()
+    squeeze = (lambda x: x[:, 0].copy()) if buckets is None else (lambda x: x.copy())
+    if not movable.any() or N == 0:
+        return squeeze(lam), []
+    bk = np.zeros((G, N), dtype=np.int64) if buckets is None else \
+        np.stack([np.where(r >= 0, np.asarray(b, dtype=np.int64), 0) for b, r in zip(buckets, rows)])
+    if bk.min() < 0 or bk.max() >= B:
+        raise InputError(f"lambda buckets must lie in [0, {B}), got [{bk.min()}, {bk.max()}]")
+    chunks = []
+    for a in range(0, N, chunk):
+        chunks.append((a, _union_chunk(params, [r[a:a + chunk] for r in rows], targets[a:a + chunk])))
     base = float(-np.log(params.q[targets]).mean())
+    vidx = np.arange(G)[:, None] * B + bk  # (G, N): virtual parameter of group g at position n
 
-    def seg_sum(x):  # (..., U) -> (..., N)
-        out = np.zeros(x.shape[:-1] + (N,))
-        if x.shape[-1]:
-            out[..., seg_pos] = np.add.reduceat(x, seg_start, axis=-1)
-        return out
+    def objective(lam, derivatives=False, every=hessian_every):
+        flat = lam.ravel()
+        nll, grad, hess = 0.0, np.zeros(G * B), np.zeros((G * B, G * B))
+        h_tokens = 0
+        for i, (a, ch) in enumerate(chunks):
+            n = ch[4].shape[1]
+            lam_pos = flat[vidx[:, a:a + n]]
+            with_h = derivatives and i % every == 0
+            out = _chunk_terms(ch, lam_pos, derivatives, with_h)
+            if not derivatives:
+                nll += out
+                continue
+            nll += out[0]
+            v = vidx[:, a:a + n]
+            grad += np.bincount(v.ravel(), out[1].ravel(), minlength=G * B)
+            if not with_h:
+                continue
+            h_tokens += n
+            pair = (v[:, None, :] * (G * B) + v[None, :, :]).ravel()
+            hess += np.bincount(pair, out[2].ravel(), minlength=(G * B) ** 2).reshape(G * B, G * B)
+        nll = base + nll / N
+        return (nll, grad / N, hess / max(h_tokens, 1)) if derivatives else nll
 
-    def nll_of(lam):
-        w = qc * np.exp(lam @ comp)
-        Z = 1.0 + seg_sum(w - qc)
-        return base + float(np.mean(np.log(Z) - lam @ tgt)), w, Z
-
-    def grad_hess(w, Z):
-        dZ = seg_sum(comp * w) / Z  # (G, N)
-        hess = np.empty((G, G))
-        for g in range(G):
-            for h in range(g, G):
-                hess[g, h] = hess[h, g] = np.mean(seg_sum(comp[g] * comp[h] * w) / Z)
-        hess -= dZ @ dZ.T / N
-        return (dZ - tgt).mean(axis=1), hess
-
-    nll, w, Z = nll_of(lam)
-    trace = [(lam.tolist(), nll)]
-    for _ in range(max_iter):
-        grad, hess = grad_hess(w, Z)
-        free = ((lam > 0) | (grad < 0)) & movable  # active set: at 0 and pushed below 0 stay
-        step = np.zeros(G)
+    nll, grad, hess = objective(lam, True)
+    trace = [(squeeze(lam).tolist(), nll)]
+    for it in range(max_iter):
+        x = lam.ravel()
+        free = ((x > 0) | (grad < 0)) & movable  # active set: at 0 and pushed below 0 stay
+        if hessian_every > 1 and (np.diag(hess)[free] <= 0).any():
+            # a weight whose positions all fall outside the sampled chunks: take the exact Hessian
+            nll, grad, hess = objective(lam, True, every=1)
+        step = np.zeros(G * B)
         if free.any():
             h = hess[np.ix_(free, free)] + 1e-9 * np.eye(int(free.sum()))
             step[free] = -np.linalg.solve(h, grad[free])
         t = 1.0
         while t > 1e-4:  # backtracking line search on the projected step
-            trial = np.maximum(lam + t * step, 0.0)
-            tnll, tw, tZ = nll_of(trial)
+            trial = np.maximum(x + t * step, 0.0).reshape(G, B)
+            tnll = objective(trial)
             if tnll <= nll - 1e-12:
                 break
             t /= 2
         else:
             break
         converged = nll - tnll < tol
-        lam, nll, w, Z = trial, tnll, tw, tZ
-        trace.append((lam.tolist(), nll))
+        lam = trial
         if converged:
+            nll = tnll
+            trace.append((squeeze(lam).tolist(), nll))
             break
-    return lam, trace
+        nll, grad, hess = objective(lam, True)
+        trace.append((squeeze(lam).tolist(), nll))
+    return squeeze(lam), trace
+
+
+def history_counts(counts: Counts, params: SparseParams) -> list:
+    """Per group, the training count of each row of ``params.S[g]`` (how often its context was
+    seen), int64 (R_g,); rows are matched through the keys, so pruned models work too."""
+    out = []
+    for F, ck, pk in zip(counts.F, counts.keys, params.keys):
+        total = np.asarray(F.sum(axis=1)).ravel().astype(np.int64)
+        out.append(total if pk is None else total[lookup_rows(ck, pk)])
+    return out
+
+
+def count_buckets(row_counts: np.ndarray, edges=(2, 4, 16)) -> np.ndarray:
+    """Bucket of each row count: ``edges`` are the lower bounds of buckets 1..B-1.
+
+    Example: edges (2, 4, 16): counts 1 -> 0, 2..3 -> 1, 4..15 -> 2, 16+ -> 3.
+    """
+    return np.searchsorted(np.asarray(edges), np.asarray(row_counts), side="right")
+
+
+def fold_lambdas(params: SparseParams, lam: np.ndarray, row_buckets: list, **info) -> SparseParams:
+    """Bake per-(group, bucket) weights into the rows of S: ``S'_g[i] = lam[g, b_g(i)] S_g[i]``.
+
+    The result has ``lambdas`` = 1, so storage and scoring are unchanged; the bucket weights
+    are kept in ``info['bucket_lambdas']``.
+    """
+    S = []
+    for g, (Sg, b) in enumerate(zip(params.S, row_buckets)):
+        scale = lam[g][b]
+        rows = np.repeat(np.arange(Sg.shape[0]), np.diff(Sg.indptr))
+        Sn = sp.csr_matrix((Sg.data * scale[rows], Sg.indices.copy(), Sg.indptr.copy()), shape=Sg.shape)
+        Sn.has_sorted_indices = True
+        S.append(Sn)
+    return SparseParams(params.groups, params.q, S, params.keys, np.ones(len(S)),
+                        {**params.info, "bucket_lambdas": np.asarray(lam).tolist(), **info})
+
+
+def entry_counts(counts: Counts, params: SparseParams) -> list:
+    """Per group, the training count ``F[i, j]`` of each stored value of ``params.S[g]`` (aligned
+    with ``S.data``), int64; rows are matched through the keys, so pruned models work too."""
+    out = []
+    for F, ck, S, pk in zip(counts.F, counts.keys, params.S, params.keys):
+        F = F.tocsr()
+        F.sort_indices()
+        frow = np.arange(S.shape[0]) if pk is None else lookup_rows(ck, pk)
+        row = np.repeat(frow, np.diff(S.indptr))
+        out.append(lookup_values(F, row, S.indices).astype(np.int64))
+    return out
+
+
+def split_entries(params: SparseParams, entry_buckets: list, n_buckets: int) -> SparseParams:
+    """One group per (group, bucket): ``S_g`` restricted to the stored values in that bucket.
+
+    Group ``g * B + b`` of the result holds the entries of ``S_g`` whose bucket is b (same rows
+    and keys), so ``sum_b S_{g,b} = S_g`` and ``choose_lambdas`` on the result fits one weight per
+    group x entry bucket (an SNM-style metafeature: the count of the (context, target) pair).
+    """
+    S, keys, groups = [], [], []
+    for Sg, kg, group, b in zip(params.S, params.keys, params.groups, entry_buckets):
+        row = np.repeat(np.arange(Sg.shape[0]), np.diff(Sg.indptr))
+        for k in range(n_buckets):
+            m = b == k
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(row[m], minlength=Sg.shape[0]))])
+            S.append(sp.csr_matrix((Sg.data[m], Sg.indices[m], indptr), shape=Sg.shape))
+            keys.append(kg)
+            groups.append(group)
+    return SparseParams(groups, params.q, S, keys, np.ones(len(S)), {})
+
+
+def fold_entry_lambdas(params: SparseParams, lam: np.ndarray, entry_buckets: list,
+                       **info) -> SparseParams:
+    """Bake per-(group, entry bucket) weights into S: ``S'_g[i, j] = lam[g, b(i, j)] S_g[i, j]``.
+
+    Lambdas become 1 (storage and scoring unchanged); the weights go to ``info['entry_lambdas']``.
+    """
+    S = []
+    for g, (Sg, b) in enumerate(zip(params.S, entry_buckets)):
+        Sn = sp.csr_matrix((Sg.data * lam[g][b], Sg.indices.copy(), Sg.indptr.copy()), shape=Sg.shape)
+        Sn.has_sorted_indices = True
+        S.append(Sn)
+    return SparseParams(params.groups, params.q, S, params.keys, np.ones(len(S)),
+                        {**params.info, "entry_lambdas": np.asarray(lam).tolist(), **info})

@@ -204,6 +204,9 @@ def make_groups(context: int = 3, order: int | None = None) -> list:
 
 def group_from_name(name: str):
     """Inverse of ``group.name``: ``'window3' -> Window(3)``, ``'suffix2' -> Suffix(2)``."""
+    m = re.fullmatch(r"skip(\d+)_(\d+)_(\d+)", name)
+    if m:
+        return Skip(*(int(x) for x in m.groups()))
     m = re.fullmatch(r"(window|suffix)(\d+)", name)
     if not m:
         raise ValueError(f"unknown feature group {name!r}")
@@ -236,3 +239,67 @@ def pad_sequences(seqs, pad: int, bos_id: int, eos_id: int):
     pos = first[seq_of_target] + tgt_off
     starts = first[seq_of_target]
     return buf, pos, starts
+
+
+@dataclass(frozen=True)
+class Skip:
+    """SNM skip-gram: ``r`` remote tokens, then ``s`` skipped tokens, then the ``a`` adjacent ones.
+
+    The feature is the joint one-hot of the tokens at offsets ``1..a`` (adjacent to the target)
+    and ``a+s+1..a+s+r`` (remote); the ``s`` tokens in between are ignored (Shazeer, Pelemans,
+    Chelba 2016, "Sparse Non-negative Matrix Language Modeling", skip-grams ``r [s] a``). So
+    ``Skip(1, 1, 0)`` is the token 2 back alone (= ``Window(2)`` with keyed rows), ``Skip(1, 1, 1)``
+    pairs the previous token with the one 3 back, and ``Skip(r, 0, a)`` is ``Suffix(r + a)``.
+    Why it helps: a history seen too rarely as an exact n-gram still has its remote and adjacent
+    parts seen together often enough to count, e.g. "the X of" across every X.
+
+    Row key (exact, no hashing): the ``a + r`` tokens packed in mixed radix, adjacent first,
+    ``sum_i tok[t - off_i] * V**i`` over the offsets ``off = (1..a, a+s+1..a+s+r)``; refused
+    unless ``V**(a + r) < 2**63``. As for ``Suffix``, the context may reach back to one BOS but
+    not past it (-1 = no feature there). Rows are the observed keys (``n_rows`` None).
+    Example: V=10, Skip(1, 1, 1), buf=[1, 7, 8, 9] at pos 3 -> offsets (1, 3) -> 8 + 1*10 = 18.
+    """
+
+    r: int
+    s: int
+    a: int
+
+    def __post_init__(self):
+        if self.r < 1 or self.s < 0 or self.a < 0:
+            raise InputError(f"skip-gram needs r >= 1, s >= 0, a >= 0, got r={self.r} s={self.s} "
+                             f"a={self.a}; e.g. Skip(1, 1, 1)")
+
+    @property
+    def name(self) -> str:
+        return f"skip{self.r}_{self.s}_{self.a}"
+
+    @property
+    def offsets(self) -> tuple:
+        return tuple(range(1, self.a + 1)) + tuple(
+            range(self.a + self.s + 1, self.a + self.s + self.r + 1))
+
+    @property
+    def reach(self) -> int:
+        return self.a + self.s + self.r
+
+    def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
+        """Mixed-radix key of the adjacent + remote tokens per position; -1 where past one BOS."""
+        return pack_offsets(buf, pos, starts, vocab_size, self.offsets, self.name)
+
+    def n_rows(self, vocab_size: int) -> int | None:
+        return None
+
+
+def pack_offsets(buf, pos, starts, vocab_size: int, offsets, name: str) -> np.ndarray:
+    """``sum_i buf[pos - offsets[i]] * V**i`` (int64), -1 where the context needs 2+ BOS."""
+    if vocab_size ** len(offsets) >= 2 ** 63:
+        raise InputError(f"{name} keys need vocab_size**{len(offsets)} < 2**63 "
+                         f"(vocab_size={vocab_size}); use fewer context tokens or a smaller "
+                         "vocabulary")
+    keys = np.zeros(len(pos), dtype=np.int64)
+    radix = np.int64(1)
+    for off in offsets:
+        keys += buf[pos - off].astype(np.int64) * radix
+        radix *= vocab_size
+    keys[pos - max(offsets) < starts - 1] = -1
+    return keys

@@ -1,0 +1,117 @@
+r"""Token clusters from bigram counts, and the cluster-history feature group.
+
+``cluster_tokens(F1, n_clusters, seed)``: ``F1`` CSR (V, V) int64 bigram counts (rows = previous
+token, columns = next token; the ``Window(1)`` counts) -> int64 (V,) cluster id per token in
+``[0, n_clusters)``. Each token is described by its right-neighbour distribution (its row) and
+its left-neighbour distribution (its column), square-rooted (Hellinger geometry, so frequent
+and rare tokens compare by shape) and reduced to ``dim`` dimensions by a truncated SVD; k-means
+(seeded) groups the reduced vectors. Tokens with the same neighbours share a cluster, the
+classic premise of class-based n-grams (Brown et al. 1992), computed from the counts the model
+already has instead of by greedy exchange.
+
+``ClusterHistory(m, w, table)``: the context is the exact tokens at offsets ``1..w`` and the
+*clusters* of the tokens at offsets ``w+1..m``; the target stays a token. Row key (exact):
+``sum_{i<w} tok_i V**i + V**w * sum_j cluster_j C**j``; refused unless ``V**w C**(m-w) < 2**63``.
+Rows are the observed keys. The name (``cluster{m}_{w}_{C}``) does not carry the table: a saved
+model must store it (e.g. as an int array) and rebuild the group with ``from_name``. It is solved like a skip-gram (``skipgram.solve_skip`` with
+``a = w``): relative to the exact-token part, so it adds what the clusters of the older tokens
+say beyond the last ``w`` tokens. Why it helps: a 4-gram history seen once as words is seen
+many times as "the same word, then tokens of these kinds".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+
+
+def cluster_tokens(F1: sp.csr_matrix, n_clusters: int, seed: int = 0, dim: int = 32,
+                   n_iter: int = 20) -> np.ndarray:
+    """Cluster id (V,) int64 per token from bigram counts (see the module docstring)."""
+    from scipy.sparse.linalg import svds
+    F1 = sp.csr_matrix(F1, dtype=np.float64)
+    V = F1.shape[0]
+    if not 1 <= n_clusters <= V:
+        raise InputError(f"n_clusters must be in [1, {V}], got {n_clusters}")
+    right = sp.diags(1.0 / np.maximum(np.asarray(F1.sum(axis=1)).ravel(), 1.0)) @ F1
+    Ft = F1.T.tocsr()
+    left = sp.diags(1.0 / np.maximum(np.asarray(Ft.sum(axis=1)).ravel(), 1.0)) @ Ft
+    X = sp.hstack([right, left]).tocsr()
+    X.data = np.sqrt(X.data)
+    k = max(1, min(dim, min(X.shape) - 1))
+    rng = np.random.default_rng(seed)
+    u, s, _ = svds(X, k=k, v0=rng.standard_normal(min(X.shape)))
+    Y = u * s
+    # k-means with k-means++ seeding, all randomness from ``seed``
+    centers = np.empty((n_clusters, Y.shape[1]))
+    centers[0] = Y[rng.integers(V)]
+    d2 = ((Y - centers[0]) ** 2).sum(1)
+    for c in range(1, n_clusters):
+        total = d2.sum()
+        centers[c] = Y[rng.choice(V, p=d2 / total)] if total > 0 else Y[rng.integers(V)]
+        d2 = np.minimum(d2, ((Y - centers[c]) ** 2).sum(1))
+    for _ in range(n_iter):
+        dist = (Y ** 2).sum(1)[:, None] - 2 * Y @ centers.T + (centers ** 2).sum(1)[None]
+        label = dist.argmin(1)
+        size = np.bincount(label, minlength=n_clusters)
+        sums = np.zeros_like(centers)
+        np.add.at(sums, label, Y)
+        nonempty = size > 0  # an empty cluster keeps its centre
+        centers[nonempty] = sums[nonempty] / size[nonempty, None]
+    return label.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClusterHistory:
+    """Exact tokens at offsets 1..w, clusters at offsets w+1..m (see the module docstring)."""
+
+    m: int
+    w: int
+    table: tuple  # cluster id per token id, length V
+
+    @classmethod
+    def from_name(cls, name: str, table) -> "ClusterHistory":
+        """Inverse of ``name`` given the saved cluster table: ``'cluster3_1_256'`` -> (3, 1)."""
+        import re
+        m = re.fullmatch(r"cluster(\d+)_(\d+)_(\d+)", name)
+        table = tuple(int(x) for x in table)
+        if not m or int(m.group(3)) != max(table) + 1:
+            raise ValueError(f"{name!r} is not a cluster-history group of a {max(table) + 1}-cluster table")
+        return cls(int(m.group(1)), int(m.group(2)), table)
+
+    @property
+    def n_clusters(self) -> int:
+        return max(self.table) + 1
+
+    @property
+    def name(self) -> str:
+        return f"cluster{self.m}_{self.w}_{self.n_clusters}"
+
+    @property
+    def reach(self) -> int:
+        return self.m
+
+    def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
+        C = self.n_clusters
+        if vocab_size ** self.w * C ** (self.m - self.w) >= 2 ** 63:
+            raise InputError(f"{self.name} keys need V**{self.w} * C**{self.m - self.w} < 2**63 "
+                             f"(V={vocab_size}, C={C}); use fewer tokens or clusters")
+        table = np.asarray(self.table, dtype=np.int64)
+        keys = np.zeros(len(pos), dtype=np.int64)
+        radix = np.int64(1)
+        for off in range(1, self.m + 1):
+            tok = buf[pos - off].astype(np.int64)
+            if off <= self.w:
+                keys += tok * radix
+                radix *= vocab_size
+            else:
+                keys += table[tok] * radix
+                radix *= C
+        keys[pos - self.m < starts - 1] = -1
+        return keys
+
+    def n_rows(self, vocab_size: int) -> int | None:
+        return None

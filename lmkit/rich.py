@@ -1,0 +1,129 @@
+"""The feature-rich explicit model: MKN n-grams + windows + skip-grams + cluster histories.
+
+Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` first, then any of
+``Window``, ``Skip`` (``features.py``) and ``ClusterHistory`` (``clusters.py``) groups; held-out
+token sequences for the weights. Output: ``SparseParams`` (``params.py``), scored by the generic
+sparse scorer like every other model.
+
+Each family is solved in closed form against its natural back-off, then one weight per group x
+bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3-4 / 5-9 / 10+; or per group x history-count
+bucket, or per group) is fitted on held-out text and folded into S:
+
+- ``Suffix(1..M)``: interpolated modified Kneser-Ney (``ngram.solve_ngram``), ``q`` = its unigram;
+- ``Window(k)``: absolute discounting toward ``q`` (``explicit.solve_group``);
+- ``Skip(r, s, a)`` and ``ClusterHistory(m, w)``: the log-ratio to their own adjacent-token
+  part (``skipgram.solve_skip`` with ``a`` resp. ``w`` exact tokens);
+- weights: ``explicit.choose_lambdas`` (projected Newton on the convex held-out NLL), all
+  weights free, starting from MKN (suffix 1, others 0).
+
+Building it takes two counting passes when clusters are used: the clusters come from the
+``Window(1)`` counts of the first pass (``cluster_tokens``), and the ``ClusterHistory`` groups
+are counted with them in a second pass (``merge_groups`` joins the two ``Counts``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .clusters import ClusterHistory, cluster_tokens
+from .counts import Counts
+from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
+                       fold_entry_lambdas, fold_lambdas, history_counts, split_entries)
+from .features import Skip, Suffix, Window
+from .ngram import solve_ngram
+from .params import SparseParams
+from .scoring import context_rows
+from .skipgram import solve_skip
+
+# chosen on the valid split of the default corpus (scripts/quality.py; docs/quality.md)
+DEFAULT_ORDER = 5
+DEFAULT_CONTEXT = 3
+DEFAULT_SKIPS = ((1, 1, 1), (1, 2, 1), (1, 1, 2), (1, 3, 1))
+DEFAULT_CLUSTER_SHAPES = ((2, 0), (3, 0), (3, 1), (4, 1), (4, 2), (5, 2))
+DEFAULT_N_CLUSTERS = 256
+# held-out tokens for the weights: the search costs ~ tokens x touched row length; 8k tokens
+# gave valid 91.19 vs 91.14 with 20k, at 36.5 vs 56.1 CPU s of build (docs/quality.md)
+DEFAULT_LAMBDA_TOKENS = 8000
+# one weight per group x count of the (context, target) entry: 1, 2, 3-4, 5-9, 10+. Valid ppl
+# on the default corpus (docs/quality.md): one weight per group 91.19 (36.5 CPU s), edges (2, 3)
+# 90.75 (60 s), (2, 3, 5, 10) 90.13 (78 s), (2, 3, 4, 6, 10, 20, 50) 89.88 (115 s)
+DEFAULT_ENTRY_EDGES = (2, 3, 5, 10)
+
+
+def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
+                skips=DEFAULT_SKIPS) -> list:
+    """First counting pass: ``Suffix(1..order-1) + Window(1..context) + Skip(r, s, a)...``."""
+    groups = [Suffix(m) for m in range(1, order)] + [Window(k) for k in range(1, context + 1)]
+    return groups + [Skip(*x) for x in skips]
+
+
+def cluster_groups(table, shapes=DEFAULT_CLUSTER_SHAPES) -> list:
+    """Second counting pass: one ``ClusterHistory(m, w, table)`` per ``(m, w)`` shape."""
+    table = tuple(int(x) for x in table)
+    return [ClusterHistory(m, w, table) for m, w in shapes]
+
+
+def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = 0) -> np.ndarray:
+    """Token clusters (V,) from the ``Window(1)`` counts of ``counts``."""
+    return cluster_tokens(counts.F[counts.groups.index(Window(1))], n_clusters, seed=seed)
+
+
+def merge_groups(a: Counts, b: Counts) -> Counts:
+    """Counts of the groups of ``a`` then those of ``b`` (same corpus, counted separately)."""
+    assert a.vocab_size == b.vocab_size and a.n_tokens == b.n_tokens, "counts of different text"
+    return Counts(a.vocab_size, a.groups + b.groups, a.F + b.F, a.keys + b.keys, a.target,
+                  a.n_sequences, a.n_tokens)
+
+
+def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
+    """Closed form of every group (see the module docstring); lambdas = 1, ``lambda_init`` set."""
+    params = solve_ngram(counts, discount=discount)
+    S = list(params.S)
+    for g, group in enumerate(counts.groups):
+        a = group.a if isinstance(group, Skip) else group.w if isinstance(group, ClusterHistory) \
+            else None
+        if a is not None:
+            F = counts.F[g]
+            S[g] = solve_skip(F, counts.keys[g], a, params.q, estimate_discount(F))
+    info = {**params.info, "lambda_fixed": [False] * len(S)}
+    return SparseParams(params.groups, params.q, S, params.keys, params.lambdas, info)
+
+
+def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
+             entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None, hessian_every: int = 4,
+             log=None) -> SparseParams:
+    """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
+
+    ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3+): one lambda per
+    group x bucket of the count ``F[i, j]`` of each stored (context, target) pair, folded into
+    the values of S (``explicit.fold_entry_lambdas``); None: one lambda per group.
+    ``bucket_edges`` (only without ``entry_edges``): lower bounds of history-count buckets
+    (e.g. ``(2, 4, 16)``): one lambda per group x bucket of the row's count, folded into the
+    rows of S (``explicit.fold_lambdas``). The weights are kept in ``info``.
+    """
+    params = solve_rich(counts, discount=discount)
+    rows, targets, _ = context_rows(params.groups, params.keys, heldout, counts.vocab_size,
+                                    bos_id, eos_id)
+    init = params.info["lambda_init"]
+    if entry_edges is not None:
+        B = len(entry_edges) + 1
+        eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
+        split = split_entries(params, eb, B)
+        lam, trace = choose_lambdas(split, [r for r in rows for _ in range(B)], targets,
+                                    init=np.repeat(init, B), hessian_every=hessian_every)
+        lam = lam.reshape(-1, B)
+        out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
+                                 lambda_trace=trace)
+    elif bucket_edges is None:
+        lam, trace = choose_lambdas(params, rows, targets, init=init, hessian_every=hessian_every)
+        out = params.with_lambdas(lam, lambda_trace=trace)
+    else:
+        rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
+        bk = [np.where(r >= 0, b[np.maximum(r, 0)], 0) for b, r in zip(rb, rows)]
+        lam, trace = choose_lambdas(params, rows, targets, init=init, buckets=bk,
+                                    n_buckets=len(bucket_edges) + 1, hessian_every=hessian_every)
+        out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
+    if log:
+        log(f"      lambdas {np.round(lam, 3).tolist()} (held-out ppl "
+            f"{np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f} on {len(targets)} tokens)")
+    return out.with_lambdas(out.lambdas, lambda_rule="projected Newton minimisation of held-out "
+                            f"NLL on {len(targets)} tokens")

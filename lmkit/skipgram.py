@@ -1,0 +1,70 @@
+r"""Skip-gram solver: counts of ``Skip(r, s, a)`` groups -> sparse log-ratio weights.
+
+Input: ``F`` CSR (R, V) int64 counts of one ``features.Skip`` group (rows = observed packed
+context keys ``adjacent + V**a * remote``, sorted), its ``keys`` (R,) int64, ``a``, ``q`` (V,)
+and a discount ``d`` in (0, 1). Output: ``S`` CSR (R, V) float64 on the pattern of ``F``.
+
+Derivation
+----------
+A skip-gram context ``(remote, adjacent)`` refines the adjacent-only context: the feature
+should say how much *more* it knows than the adjacent tokens alone, which the n-gram groups of
+the same model already cover. Both are smoothed by interpolated absolute discounting:
+
+    P_adj(w | h_a)   = max(M[h_a, w] - d, 0) / m(h_a) + gamma_a(h_a) q[w],
+    P_skip(w | c)    = max(F[c, w] - d, 0) / f(c)     + gamma(c) P_adj(w | h_a(c)),
+    gamma(c)         = d N1+(c) / f(c),
+
+where ``M`` is ``F`` summed over the remote tokens (rows grouped by ``key % V**a``: the counts
+of the adjacent context alone, from the same positions) and ``f``, ``m`` are row sums. As in
+``explicit.py``, ``log P_skip = log gamma(c) + log P_adj + log(1 + r / (gamma P_adj))`` with
+``r = max(F - d, 0) / f``; the first term is a per-context constant (cancels in the softmax), so
+the group contributes
+
+    S[c, w] = log(1 + max(F[c, w] - d, 0) / (d N1+(c) P_adj(w | h_a(c)))) >= 0,
+
+non-zero only where ``F`` is. For ``a = 0`` there is no adjacent part, ``P_adj = q`` and this
+is exactly ``explicit.solve_group``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .sparse import lookup_values
+
+
+def adjacent_marginal(F: sp.csr_matrix, keys: np.ndarray, a: int, V: int):
+    """``F`` summed over the remote tokens: (CSR (A, V) counts, (R,) row of each context in it)."""
+    adj = keys % (V ** a)
+    uniq, parent = np.unique(adj, return_inverse=True)
+    P = sp.csr_matrix((np.ones(len(keys)), (parent, np.arange(len(keys)))), shape=(len(uniq), len(keys)))
+    M = (P @ F).tocsr()
+    M.sort_indices()
+    return M, parent
+
+
+def absolute_discount(M: sp.csr_matrix, q: np.ndarray, d: float) -> sp.csr_matrix:
+    """``P(w | row)`` on the pattern of ``M``: ``max(M - d, 0) / m + d N1+ / m * q[w]``."""
+    n1 = np.diff(M.indptr)
+    m = np.asarray(M.sum(axis=1)).ravel()
+    row = np.repeat(np.arange(M.shape[0]), n1)
+    data = (np.maximum(M.data - d, 0.0) + d * n1[row] * q[M.indices]) / m[row]
+    return sp.csr_matrix((data, M.indices, M.indptr), shape=M.shape)
+
+
+def solve_skip(F: sp.csr_matrix, keys: np.ndarray, a: int, q: np.ndarray, d: float) -> sp.csr_matrix:
+    """``S = log(1 + max(F - d, 0) / (d N1+(c) P_adj(w | h_a(c))))`` on the pattern of ``F``."""
+    F = F.tocsr()
+    F.sort_indices()
+    V = F.shape[1]
+    n1 = np.diff(F.indptr)
+    row = np.repeat(np.arange(F.shape[0]), n1)
+    if a == 0:
+        base = q[F.indices]
+    else:
+        M, parent = adjacent_marginal(F, np.asarray(keys, dtype=np.int64), a, V)
+        base = lookup_values(absolute_discount(M, q, d), parent[row], F.indices)
+    data = np.log1p(np.maximum(F.data - d, 0.0) / (d * n1[row] * base))
+    S = sp.csr_matrix((data, F.indices.copy(), F.indptr.copy()), shape=F.shape)
+    S.has_sorted_indices = True
+    return S

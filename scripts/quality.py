@@ -1,0 +1,155 @@
+"""Quality ladder of the explicit model: each feature family's gain on valid and test.
+
+Rows are cumulative: exact MKN order N; + windows 1..K (``--order N --context K`` today);
++ skip-grams; + cluster histories (the proposed default); optionally + history-count buckets.
+Each row is built from scratch on ``train`` (tokenizer shared, its time excluded): counting its
+groups, the closed forms, and the weights fitted on ``--lambda-tokens`` tokens of ``valid``
+(``rich.fit_rich``). Reports valid and test perplexity (EOS counted), build CPU seconds of
+this process, and model size (bytes of the saved arrays). Nothing is chosen on ``test``.
+
+Corpora: the default ``shakespeare`` (its own train/valid/test split), or ``--input FILES``:
+lines ``i % 20 == 18`` are valid, ``i % 20 == 19`` test, the rest train.
+
+    PYTHONPATH=. .venv/bin/python scripts/quality.py
+    PYTHONPATH=. .venv/bin/python scripts/quality.py --input /usr/share/vim/vim90/doc/*.txt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+from lmkit import store
+from lmkit.corpus import load_corpus
+from lmkit.counts import count_chunk, sum_counts
+from lmkit.features import Suffix
+from lmkit.ngram import solve_ngram
+from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_SKIPS, base_groups,
+                        cluster_groups, fit_rich, make_clusters, merge_groups)
+from lmkit.scoring import context_rows, sparse_log_proba
+from lmkit.tokenizer import Tokenizer
+from lmkit.train import heldout_lines
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def count(seqs, groups, tok):
+    return sum_counts(count_chunk(seqs[i:i + 10000], tok.vocab_size, groups, tok.bos_id, tok.eos_id)
+                      for i in range(0, len(seqs), 10000))
+
+
+def ppl(params, seqs, tok):
+    rows, targets, _ = context_rows(params.groups, params.keys, seqs, tok.vocab_size, tok.bos_id,
+                                    tok.eos_id)
+    return math.exp(-float(sparse_log_proba(params, rows, targets).mean()))
+
+
+def build(data, tok, a, *, context, skips, clusters, buckets, order=None):
+    """One row: count (+ clusters, second pass) and fit. Returns (params, build CPU s)."""
+    t = time.process_time()
+    groups = base_groups(order or a.order, context, skips)
+    counts = count(data["train"], groups, tok)
+    if clusters:
+        table = make_clusters(counts, a.clusters, seed=a.seed)
+        counts = merge_groups(counts, count(data["train"], cluster_groups(table, clusters), tok))
+    if context == 0 and not skips and not clusters:
+        params = solve_ngram(counts)  # exact MKN, lambdas 1
+    else:
+        entry = tuple(a.entry_edges) if a.entry_edges and not buckets else None
+        params = fit_rich(counts, data["held"], tok.bos_id, tok.eos_id, entry_edges=entry,
+                          bucket_edges=buckets, log=log)
+    return params, time.process_time() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", default="shakespeare")
+    ap.add_argument("--input", nargs="+", default=None, help="own text files instead of --corpus")
+    ap.add_argument("--max-lines", type=int, default=None, help="use only the first N input lines")
+    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--order", type=int, default=5)
+    ap.add_argument("--context", type=int, default=3)
+    ap.add_argument("--clusters", type=int, default=256)
+    ap.add_argument("--lambda-tokens", type=int, default=20000)
+    ap.add_argument("--buckets", type=int, nargs="*", default=None,
+                    help="also a row with per history-count bucket weights (edges, e.g. 2 4 16)")
+    ap.add_argument("--mkn-orders", type=int, nargs="*", default=[],
+                    help="extra rows: exact MKN at these orders (lmkit's MKN = KenLM lmplz's)")
+    ap.add_argument("--only-mkn", action="store_true", help="only the --mkn-orders rows")
+    ap.add_argument("--only-last", action="store_true", help="only the full (last ladder) row")
+    ap.add_argument("--skips", nargs="*", default=None, help="skip-grams as r,s,a (default: "
+                    f"{' '.join(','.join(map(str, x)) for x in DEFAULT_SKIPS)})")
+    ap.add_argument("--cluster-shapes", nargs="*", default=None, help="cluster histories as m,w "
+                    f"(default: {' '.join(','.join(map(str, x)) for x in DEFAULT_CLUSTER_SHAPES)})")
+    ap.add_argument("--entry-edges", type=int, nargs="*", default=list(DEFAULT_ENTRY_EDGES),
+                    help="one weight per group x entry-count bucket (lower bounds); none given: "
+                         "one weight per group")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+
+    if a.input:
+        lines = [x for x in load_corpus(input=a.input)][: a.max_lines]
+        split = {"train": [x for i, x in enumerate(lines) if i % 20 < 18],
+                 "valid": lines[18::20], "test": lines[19::20]}
+        name = f"--input ({len(a.input)} files, {len(lines)} lines)"
+    else:
+        split = {s: list(load_corpus(corpus=a.corpus, split=s)) for s in ("train", "valid", "test")}
+        name = a.corpus
+    log(f"corpus {name}: " + " / ".join(f"{len(v)}" for v in split.values()) + " lines")
+    tok = Tokenizer.train(split["train"], vocab_size=a.vocab_size, seed=a.seed)
+    data = {s: tok.encode_batch(v) for s, v in split.items()}
+    data["held"] = tok.encode_batch(heldout_lines(split["valid"], a.lambda_tokens, tok))
+    n_tok = {s: sum(len(x) + 1 for x in data[s]) for s in ("train", "valid", "test")}
+    log(f"tokens {n_tok}, held-out for the weights {sum(len(x) + 1 for x in data['held'])}")
+
+    skips = DEFAULT_SKIPS if a.skips is None else tuple(
+        tuple(int(v) for v in x.split(",")) for x in a.skips)
+    shapes = DEFAULT_CLUSTER_SHAPES if a.cluster_shapes is None else tuple(
+        tuple(int(v) for v in x.split(",")) for x in a.cluster_shapes)
+    ladder = [(f"MKN order {a.order} (exact)", dict(context=0, skips=(), clusters=(), buckets=None)),
+              (f"+ windows 1..{a.context}", dict(context=a.context, skips=(), clusters=(), buckets=None)),
+              (f"+ skip-grams {list(skips)}", dict(context=a.context, skips=skips,
+                                                    clusters=(), buckets=None)),
+              (f"+ cluster histories {list(shapes)}, C={a.clusters}",
+               dict(context=a.context, skips=skips, clusters=shapes, buckets=None))]
+    if a.only_last:
+        ladder = ladder[-1:]
+    if a.only_mkn:
+        ladder = []
+    for n in a.mkn_orders:
+        ladder.append((f"MKN order {n} (exact)", dict(order=n, context=0, skips=(), clusters=(),
+                                                     buckets=None)))
+    if a.buckets and not a.only_mkn:
+        ladder.append((f"+ bucket weights, edges {a.buckets}",
+                       dict(context=a.context, skips=skips, clusters=shapes,
+                            buckets=tuple(a.buckets))))
+    rows = []
+    for label, kw in ladder:
+        log(f"== {label}")
+        params, cpu = build(data, tok, a, **kw)
+        size = sum(x.nbytes for x in store.params_to_arrays(params).values())
+        rows.append({"model": label, "valid_ppl": ppl(params, data["valid"], tok),
+                     "test_ppl": ppl(params, data["test"], tok), "build_cpu_s": cpu,
+                     "size_mb": size / 1e6, "groups": [g.name for g in params.groups]})
+        log(f"  {json.dumps(rows[-1])}")
+    print(f"corpus {name}, V={tok.vocab_size}, tokens {n_tok}, entry-count weight edges "
+          f"{a.entry_edges or 'none (one weight per group)'}")
+    print("| model | valid ppl | test ppl | build CPU s | size MB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['valid_ppl']:.2f} | {r['test_ppl']:.2f} | "
+              f"{r['build_cpu_s']:.1f} | {r['size_mb']:.1f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lmkit.clusters import ClusterHistory, cluster_tokens
+from lmkit.counts import count_chunk
+from lmkit.errors import InputError
+
+BOS, EOS = 1, 2
+
+
+def test_cluster_history_keys_hand_checked():
+    table = (0, 1, 1, 0, 2, 2, 1, 0, 0, 1)  # V = 10, C = 3
+    g = ClusterHistory(3, 1, table)
+    buf = np.array([1, 4, 5, 6, 9], dtype=np.int32)
+    # pos 4: token 6 exact (offset 1), clusters of 5 -> 2 and 4 -> 2: 6 + 10 * (2 + 3 * 2)
+    assert g.row_keys(buf, np.array([4]), np.array([1]), 10).tolist() == [6 + 10 * 8]
+    assert g.row_keys(buf, np.array([4]), np.array([3]), 10).tolist() == [-1]  # past one BOS
+    assert g.name == "cluster3_1_3" and g.reach == 3
+    assert ClusterHistory.from_name(g.name, np.array(table)) == g
+    with pytest.raises(ValueError, match="not a cluster-history group of a 4-cluster table"):
+        ClusterHistory.from_name(g.name, table[:-1] + (3,))
+    with pytest.raises(InputError, match="cluster3_1_3 keys need"):
+        g.row_keys(buf, np.array([4]), np.array([1]), 2 ** 62)
+
+
+def test_cluster_history_counts_match_hand_count():
+    table = tuple([0, 0, 0] + [1, 1, 2, 2])  # tokens 3, 4 -> cluster 1; 5, 6 -> cluster 2
+    g = ClusterHistory(2, 0, table)
+    c = count_chunk([[3, 5, 4, 6]], 7, [g], BOS, EOS)
+    # contexts (t-1, t-2) as clusters: (BOS,BOS) not allowed; targets 5,4,6,EOS
+    # 5: (c3=1, BOS=0) -> 1 + 3*0; 4: (c5=2, c3=1) -> 2+3; 6: (c4=1, c5=2) -> 1+6; EOS: (2, 1) -> 5
+    assert c.keys[0].tolist() == [1, 5, 7]
+    assert c.F[0].toarray()[:, [2, 4, 5, 6]].tolist() == [[0, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]]
+
+
+def test_cluster_tokens_separates_two_blocks_deterministically():
+    rng = np.random.default_rng(0)
+    V = 12  # tokens 0..5 are followed by 6..11 and vice versa
+    F = np.zeros((V, V))
+    F[:6, 6:] = rng.integers(5, 10, (6, 6))
+    F[6:, :6] = rng.integers(5, 10, (6, 6))
+    a = cluster_tokens(sp.csr_matrix(F), 2, seed=3)
+    assert len(set(a[:6])) == 1 and len(set(a[6:])) == 1 and a[0] != a[6]
+    assert np.array_equal(a, cluster_tokens(sp.csr_matrix(F), 2, seed=3))
+    with pytest.raises(InputError, match="n_clusters must be in"):
+        cluster_tokens(sp.csr_matrix(F), 0)

@@ -1,0 +1,80 @@
+import numpy as np
+
+from lmkit.counts import count_chunk
+from lmkit.features import Skip, Suffix, Window
+from lmkit.ngram import solve_ngram
+from lmkit.rich import base_groups, cluster_groups, fit_rich, merge_groups, solve_rich
+from lmkit.scoring import context_rows, sparse_log_proba, sparse_next_logp, next_rows
+
+BOS, EOS = 1, 2
+
+
+def corpus(n, seed, V=14):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = rng.integers(3, V, size=3).tolist()
+        for _ in range(rng.integers(2, 12)):
+            # depends on the token 3 back (a skip-gram) and on the previous token
+            s.append(3 + (s[-3] + s[-1]) % (V - 3) if rng.random() < 0.7 else int(rng.integers(3, V)))
+        out.append(s)
+    return out
+
+
+def test_fit_rich_beats_mkn_and_normalises():
+    V = 14
+    train, held, test = corpus(400, 0, V), corpus(80, 1, V), corpus(80, 2, V)
+    groups = base_groups(order=3, context=2, skips=((1, 1, 1),))
+    assert groups == [Suffix(1), Suffix(2), Window(1), Window(2), Skip(1, 1, 1)]
+    counts = count_chunk(train, V, groups, BOS, EOS)
+    table = np.arange(V) % 4
+    counts = merge_groups(counts, count_chunk(train, V, cluster_groups(table, ((3, 1),)), BOS, EOS))
+    params = fit_rich(counts, held, BOS, EOS)
+    assert np.allclose(params.lambdas, 1.0)  # the weights are folded into S
+    rows, targets, _ = context_rows(params.groups, params.keys, test, V, BOS, EOS)
+    rich_nll = -sparse_log_proba(params, rows, targets).mean()
+    mkn = solve_ngram(count_chunk(train, V, [Suffix(1), Suffix(2)], BOS, EOS))
+    r2, t2, _ = context_rows(mkn.groups, mkn.keys, test, V, BOS, EOS)
+    assert rich_nll < -sparse_log_proba(mkn, r2, t2).mean() - 0.05
+    p = np.exp(sparse_next_logp(params, next_rows(params.groups, params.keys, [3, 4, 5], V, BOS)))
+    assert abs(p.sum() - 1) < 1e-9
+    assert np.array(params.info["entry_lambdas"]).shape == (6, 5)  # default: 5 entry buckets
+    plain = fit_rich(counts, held, BOS, EOS, entry_edges=None)
+    assert len(plain.lambdas) == 6 and "entry_lambdas" not in plain.info
+    bucketed = fit_rich(counts, held, BOS, EOS, entry_edges=None, bucket_edges=(2, 8))
+    assert np.array(bucketed.info["bucket_lambdas"]).shape == (6, 3)
+    assert np.allclose(bucketed.lambdas, 1.0)
+
+
+def test_solve_rich_without_extra_groups_is_mkn():
+    V, train = 14, corpus(100, 0)
+    counts = count_chunk(train, V, [Suffix(1), Suffix(2)], BOS, EOS)
+    a, b = solve_rich(counts), solve_ngram(counts)
+    assert all((x != y).nnz == 0 for x, y in zip(a.S, b.S)) and np.array_equal(a.q, b.q)
+
+
+def test_entry_buckets_split_and_fold_match_dense_reference():
+    from lmkit.explicit import entry_counts, fold_entry_lambdas, split_entries
+    V, train = 14, corpus(100, 0)
+    counts = count_chunk(train, V, [Suffix(1), Window(2)], BOS, EOS)
+    params = solve_rich(counts)
+    ec = entry_counts(counts, params)
+    # the count of every stored value, read off the dense counts (Suffix(1) rows via the keys)
+    W = counts.F[1].toarray()
+    row = np.repeat(np.arange(params.S[1].shape[0]), np.diff(params.S[1].indptr))
+    assert ec[1].tolist() == W[row, params.S[1].indices].tolist()
+    D = counts.F[0].toarray()
+    row = np.repeat(np.arange(params.S[0].shape[0]), np.diff(params.S[0].indptr))
+    crow = np.searchsorted(counts.keys[0], params.keys[0])[row]
+    assert ec[0].tolist() == D[crow, params.S[0].indices].tolist()
+    eb = [np.minimum(c, 3) - 1 for c in ec]  # buckets 1, 2, 3+
+    split = split_entries(params, eb, 3)
+    for g in range(2):  # the three parts add up to S_g, with disjoint patterns
+        total = sum(split.S[3 * g + b].toarray() for b in range(3))
+        assert np.allclose(total, params.S[g].toarray())
+        assert sum(split.S[3 * g + b].nnz for b in range(3)) == params.S[g].nnz
+    lam = np.array([[0.2, 0.5, 1.0], [0.1, 0.0, 0.7]])
+    folded = fold_entry_lambdas(params, lam, eb)
+    for g in range(2):
+        expect = sum(lam[g, b] * split.S[3 * g + b].toarray() for b in range(3))
+        assert np.allclose(folded.S[g].toarray(), expect)

@@ -71,9 +71,10 @@ class TokenizerConfig:
 class ModelConfig:
     """Which feature groups, and how the closed form is smoothed and weighted."""
 
-    context: int | None = opt(None, "window groups: tokens 1..K back (default 3, or 0 when "
-                              "--order is given)", min=0, max=64)
-    order: int | None = opt(None, "n-gram order N: modified Kneser-Ney over suffix groups 1..N-1",
+    context: int | None = opt(None, "window groups: tokens 1..K back (default: 3 with no model "
+                              "option; 0 when only order is given)", min=0, max=64)
+    order: int | None = opt(None, "n-gram order N: modified Kneser-Ney over suffix groups 1..N-1 "
+                            "(default: 5 with no model option; none when only context is given)",
                             min=2, max=64)
     prune: tuple[int, ...] | None = opt(None, "n-gram count thresholds per order 1..N (start with "
                                         "0, non-decreasing; a shorter list repeats its last "
@@ -91,11 +92,12 @@ class ModelConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if self.prune is not None and self.order is None:
+        if self.prune is not None and self.effective_order is None:
             raise OptionError(f"prune {list(self.prune)} needs n-gram groups; add order")
-        if self.prune is not None and len(self.prune) > self.order:
-            raise OptionError(f"prune has {len(self.prune)} values but an order-{self.order} "
-                              f"model has {self.order} orders; pass at most {self.order}")
+        if self.prune is not None and len(self.prune) > self.effective_order:
+            raise OptionError(f"prune has {len(self.prune)} values but an order-"
+                              f"{self.effective_order} model has {self.effective_order} orders; "
+                              f"pass at most {self.effective_order}")
         n = self.n_groups
         if self.lambdas is not None and len(self.lambdas) != n:
             raise OptionError(f"lambdas needs {n} values (one per feature group), got "
@@ -104,13 +106,26 @@ class ModelConfig:
             raise OptionError("context 0 without order leaves no features; pass context >= 1 "
                               "or order >= 2")
 
+    # No model option: the best model measured that trains in seconds, MKN order 5 plus windows
+    # 1..3 with every lambda fitted (docs/quality.md). order alone = exact MKN (ARPA-exportable);
+    # context alone = the paper's window-only model.
+    DEFAULT_ORDER, DEFAULT_CONTEXT = 5, 3
+
     @property
     def effective_context(self) -> int:
-        return (3 if self.order is None else 0) if self.context is None else self.context
+        if self.context is not None:
+            return self.context
+        return self.DEFAULT_CONTEXT if self.order is None else 0
+
+    @property
+    def effective_order(self) -> int | None:
+        if self.order is not None or self.context is not None:
+            return self.order
+        return self.DEFAULT_ORDER
 
     @property
     def n_groups(self) -> int:
-        return self.effective_context + (self.order - 1 if self.order else 0)
+        return self.effective_context + (self.effective_order - 1 if self.effective_order else 0)
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,8 @@ def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0) -> LanguageModel:
         f"(max_memory {cfg.scale.max_memory})")
     discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
     params, n_seq, n_tok = build_ngram_from_chunks(
-        encoded(), m.order, tok.vocab_size, tok.bos_id, tok.eos_id, max_memory=cfg.scale.max_memory,
-        discount=discount, spill_dir=cfg.scale.spill_dir, log=log)
+        encoded(), m.effective_order, tok.vocab_size, tok.bos_id, tok.eos_id,
+        max_memory=cfg.scale.max_memory, discount=discount, spill_dir=cfg.scale.spill_dir, log=log)
     config = {**cfg.flat(), "context": 0, "vocab_size": tok.vocab_size,
               "discounts": params.info.get("discounts")}
     stats = {"name": name, "sequences": n_seq, "tokens": n_tok, "sha256": digest.hexdigest()}
@@ -178,7 +178,10 @@ def _train(cfg: TrainConfig) -> LanguageModel:
         return _train_neural(cfg)
     t0 = time.time()
     m = cfg.model
-    groups = make_groups(m.effective_context, m.order)
+    order = m.effective_order
+    if cfg.gradient.solver in ("gradient", "warm") and m.order is None:
+        order = None  # the dense gradient baseline is the paper's window-only model
+    groups = make_groups(m.effective_context, order)
     train_corpus, valid, carved = load_text(cfg.corpus)
     if all(isinstance(g, Suffix) for g in groups) and m.lambdas is None:
         carved = False  # a pure n-gram model keeps its lambdas at 1: no held-out text needed
@@ -209,7 +212,8 @@ def _train(cfg: TrainConfig) -> LanguageModel:
                  lambdas=m.lambdas, refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
     if held_counts is not None:
         counts = counts + held_counts
-    config = {**cfg.flat(), "context": m.effective_context, "vocab_size": tok.vocab_size,
+    config = {**cfg.flat(), "context": m.effective_context, "order": order,
+              "vocab_size": tok.vocab_size,
               "discounts": params.info.get("discounts")}
     stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens,
              "sha256": digest.hexdigest()}  # = TextCorpus.sha256() of the training text

@@ -327,7 +327,7 @@ def test_cli_train_order_then_export_arpa(tmp_path, tiny_corpus_file, tiny_tok_f
     assert main(["export-arpa", str(out), str(tmp_path / "m3.arpa")]) == 0
     assert "2-grams" in capsys.readouterr().out
     assert main(["train", "--input", str(tiny_corpus_file), "--tokenizer", str(tiny_tok_file),
-                 "--prune", "0", "1", "--output", str(tmp_path / "x")]) == 2
+                 "--context", "2", "--prune", "0", "1", "--output", str(tmp_path / "x")]) == 2
     assert "--prune [0, 1] needs n-gram groups" in capsys.readouterr().err
     kenlm = pytest.importorskip("kenlm")
     km = kenlm.Model(str(tmp_path / "m3.arpa"))

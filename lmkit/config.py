@@ -82,6 +82,10 @@ class ModelConfig:
                                         "top order lmkit compares adjusted (continuation) counts, "
                                         "lmplz --prune raw counts (docs/ngram.md)", min=0,
                                         metavar="T")
+    prune_entropy: float | None = opt(None, "entropy-prune the trained n-gram model (Stolcke "
+                                      "1998): drop n-grams whose removal raises perplexity by "
+                                      "less than this relative amount, e.g. 1e-7 (= lmkit prune)",
+                                      min=0.0, metavar="THETA")
     discount: tuple[float, ...] | None = opt(
         None, "absolute discount(s) in (0, 1) per window group (default n1/(n1+2 n2)); with "
         "--order: 1 or 3 values D1 D2 D3+ (default per order from count-of-counts)",
@@ -92,6 +96,10 @@ class ModelConfig:
 
     def __post_init__(self):
         check_fields(self)
+        if self.prune_entropy is not None and (self.effective_order is None or self.n_groups
+                                               != self.effective_order - 1):
+            raise OptionError("prune_entropy needs a pure n-gram model; pass order N without "
+                              "context")
         if self.prune is not None and self.effective_order is None:
             raise OptionError(f"prune {list(self.prune)} needs n-gram groups; add order")
         if self.prune is not None and len(self.prune) > self.effective_order:

@@ -31,6 +31,7 @@ from .ngram_build import build_ngram_from_chunks
 from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, line_chunks,
                        model_nbytes)
 from .progress import bar, log, reporting
+from .prune import n_ngrams, prune_entropy
 from .solve import fit
 from .tokenizer import Tokenizer
 
@@ -218,6 +219,10 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens,
              "sha256": digest.hexdigest()}  # = TextCorpus.sha256() of the training text
     model = LanguageModel(tok, params, config, stats)
+    if m.prune_entropy is not None:
+        before = n_ngrams(model)
+        model = prune_entropy(model, m.prune_entropy)
+        log(f"      entropy pruning at {m.prune_entropy:g}: {before} -> {n_ngrams(model)} n-grams")
     if g.solver != "explicit":
         vlines = heldout_lines(valid, g.valid_tokens, tok)
         model = LanguageModel(tok, finetune(params, tok, train_corpus, vlines, g, seed=cfg.spm.seed,

@@ -114,3 +114,16 @@ def test_bad_threshold_and_window_model(model4, tiny_model):
         prune_entropy(model4, -1)
     with pytest.raises(InputError, match="pure suffix"):
         prune_entropy(tiny_model, 1e-5)
+
+
+def test_prune_entropy_at_train_time_equals_pruning_afterwards(model4, tiny_corpus_file,
+                                                               tiny_tok_file, tiny_lines):
+    from lmkit.train import train
+    at_train = train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=4,
+                     prune_entropy=1e-4, verbose=False)
+    after = prune_entropy(model4, 1e-4)
+    assert n_ngrams(at_train) == n_ngrams(after) < n_ngrams(model4)
+    seqs = model4.encode_lines(tiny_lines[:20])
+    assert np.abs(at_train.log_proba_ids(seqs)[0] - after.log_proba_ids(seqs)[0]).max() < 1e-12
+    with pytest.raises(InputError, match="prune_entropy needs a pure n-gram model"):
+        train(input=[str(tiny_corpus_file)], order=3, context=2, prune_entropy=1e-4)

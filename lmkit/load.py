@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import neural  # imports without torch; its loaders need it
 from .interpolate import MixtureModel
 from .model import LanguageModel
 from .neural.folder import is_neural_folder
@@ -31,6 +30,7 @@ def model_kind(path) -> str | None:
 def load(path):
     """The model saved in folder ``path``, whatever its kind (see the module docstring)."""
     if is_neural_folder(path):
+        from . import neural  # optional dependency (torch), imported only when needed
         return neural.load(path)  # raises MissingDependencyError naming the extra without torch
     if model_kind(path) == "mixture":
         return MixtureModel.load(path)

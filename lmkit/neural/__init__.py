@@ -13,29 +13,37 @@ Entry points for the CLI: ``train_transformer``, ``train_residual``, ``load`` (t
 """
 from __future__ import annotations
 
+import importlib
+
 from ..errors import MissingDependencyError
 from .folder import is_neural_folder
 
-try:
-    import torch  # noqa: F401
-except ImportError:  # pragma: no cover - depends on the environment
-    torch = None
-else:
-    from .fit import fit
-    from .lm import NeuralLM
-    from .transformer import GPT, GPTConfig
+# torch is imported only when a neural model is built or loaded, so `import lmkit` (and every
+# CLI verb) stays fast and works without the extra
+_LAZY = {"fit": "fit", "NeuralLM": "lm", "GPT": "transformer", "GPTConfig": "transformer"}
 
 
 def require_torch() -> None:
-    if torch is None:
+    try:
+        import torch  # noqa: F401  (optional dependency)
+    except ImportError:
         raise MissingDependencyError("the neural models need PyTorch, which is not installed; "
-                                     "pip install 'lmkit[neural]' (CPU wheel: see docs/neural.md)")
+                                     "pip install 'lmkit[neural]' (CPU wheel: see docs/neural.md)") from None
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        require_torch()
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def train_transformer(tokenizer, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,
                       config=None, **fit_options):
     """A transformer trained from scratch on lmkit's token ids (``tokenizer``: lmkit Tokenizer)."""
     require_torch()
+    from .fit import fit
+    from .lm import NeuralLM
     lm = NeuralLM.create(tokenizer, config=config, seed=seed)
     return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
 
@@ -44,6 +52,8 @@ def train_residual(base_model, train_lines, valid_lines, *, max_seconds: float, 
                    config=None, learn_scale: bool = True, **fit_options):
     """A transformer trained as a residual on the frozen ``base_model`` (an lmkit LanguageModel)."""
     require_torch()
+    from .fit import fit
+    from .lm import NeuralLM
     lm = NeuralLM.create(base_model.tokenizer, explicit=base_model, config=config,
                          learn_scale=learn_scale, seed=seed)
     return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
@@ -52,6 +62,7 @@ def train_residual(base_model, train_lines, valid_lines, *, max_seconds: float, 
 def load(path):
     """Load a folder written by ``NeuralLM.save``."""
     require_torch()
+    from .lm import NeuralLM
     return NeuralLM.load(path)
 
 

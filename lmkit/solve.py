@@ -69,7 +69,11 @@ def fit(counts: Counts, heldout=(), *, discount=None, prune=None, lambdas=None, 
         rows, targets, _ = context_rows(groups, params.keys, list(heldout), counts.vocab_size,
                                         bos_id, eos_id)
         rows, targets = fit_heldout(params, rows, targets, max_memory, log)
-        lam, trace = choose_lambdas(params, rows, targets, init=init, fixed=fixed)
+        # the G^2 Hessian on every 4th chunk of positions (gradient and NLL stay exact, so the
+        # minimiser is the same): measured 10.3 vs 21.7 CPU s for the default model, held-out
+        # NLL equal to 4e-11
+        lam, trace = choose_lambdas(params, rows, targets, init=init, fixed=fixed,
+                                    hessian_every=4)
         params = params.with_lambdas(lam, lambda_rule=f"projected Newton minimisation of "
                                      f"held-out NLL on {len(targets)} tokens", lambda_trace=trace)
         if log:

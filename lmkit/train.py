@@ -72,9 +72,10 @@ def count_corpus(lines, tokenizer: Tokenizer, groups: list, scale: ScaleConfig =
     (``parallel.py``); ``engine="dask"``: chunks counted on a Dask cluster (``distributed.py``).
     """
     with bar(desc=desc) as b:
-        if all(isinstance(g, Suffix) for g in groups) and scale.max_memory is None \
+        if any(isinstance(g, Suffix) for g in groups) and scale.max_memory is None \
                 and scale.engine == "local":
-            # pure n-gram model: one flat buffer, one sort per order (no partial sums to merge)
+            # n-gram models (with or without windows): one flat buffer, one sort per order, no
+            # partial sums to merge; within a memory limit the spilling workers take over
             def encoded():
                 for chunk in line_chunks(lines, scale.chunk_lines):
                     seqs = tokenizer.encode_batch(chunk)

@@ -103,6 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lmplz-memory", default="1G", help="lmplz -S (default 1G)")
     ap.add_argument("--sample-tokens", type=int, default=1_000_000)
     ap.add_argument("--workdir", help="keep the files here (default: a temp folder, removed)")
+    ap.add_argument("--default-model", action="store_true",
+                    help="also time `lmkit train` with no model option (the default model) and "
+                         "give its build CPU against the same KenLM build")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     py = [sys.executable, "-m", "lmkit.cli"]
@@ -124,6 +127,12 @@ def main(argv=None) -> int:
         ev = timed(py + ["eval", work / "lm", *test_flags, "--json"], env=env)
         res["lmkit_eval"] = ev
         res["lmkit_ppl"] = json.loads(ev["stdout"])["perplexity"]
+        if a.default_model:
+            log("[2b] lmkit train (default model) + eval")
+            res["default_build"] = timed(py + ["train", *train_flags, "--tokenizer", tok,
+                                               "--output", work / "default"], env=env)
+            dv = timed(py + ["eval", work / "default", *test_flags, "--json"], env=env)
+            res["default_ppl"] = json.loads(dv["stdout"])["perplexity"]
         log("[3/4] sampling")
         res["lmkit_sample"] = sample_rate(work / "lm", a.sample_tokens)
         if a.kenlm_bin:
@@ -190,6 +199,14 @@ def table(r: dict) -> str:
         f", KenLM {toks / r['kenlm_eval']['cpu']:,.0f} (end to end)" if has_k else ""))
     rows.append(f"perplexity: lmkit {r['lmkit_ppl']:.3f}" + (
         f", KenLM {r['kenlm_ppl']:.3f}, ratio {r['lmkit_ppl'] / r['kenlm_ppl']:.4f}" if has_k else ""))
+    if "default_build" in r:
+        d = r["default_build"]
+        rows.append(f"default model (`lmkit train`, no model option): build {d['cpu']:.2f} CPU s, "
+                    f"{d['rss_mb']:.0f} MB" + (
+                        f", {d['cpu'] / r['kenlm_build']['cpu']:.2f}x encode+lmplz+build_binary, "
+                        f"{d['cpu'] / sum(r['kenlm_build']['parts'][:2]):.2f}x encode+lmplz"
+                        if has_k else "") + f"; perplexity {r['default_ppl']:.3f}" + (
+                        f" = {r['default_ppl'] / r['kenlm_ppl']:.4f} x KenLM" if has_k else ""))
     s = r["lmkit_sample"]
     rows.append(f"exact n-gram sampling: {s['tokens']:,} tokens in {s['cpu']:.2f} CPU s = "
                 f"{s['tokens_per_cpu_s']:,.0f} tokens/s")

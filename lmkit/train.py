@@ -9,7 +9,9 @@ Each stage is a function of its own, callable alone; ``train`` only wires them:
 3. ``count_corpus``: chunked sparse co-occurrence counts per feature group (``counts.py``), in
    worker processes or on Dask;
 4. ``solve.fit``: the closed form, then the group weights on held-out text;
-5. for ``solver`` gradient/warm: ``gradient.finetune`` trains the dense form by gradient descent.
+5. for ``solver`` gradient/warm: ``gradient.finetune`` trains the dense form by gradient descent;
+   for ``solver`` residual/transformer: ``lmkit.neural`` trains a small transformer (on top of
+   the explicit model, or from scratch) for a CPU-time budget.
 
 Options: ``config.TrainConfig`` (one definition shared with the CLI flags).
 """
@@ -226,7 +228,10 @@ def _train(cfg: TrainConfig) -> LanguageModel:
         log(f"      entropy pruning at {m.prune_entropy:g}: {before} -> {n_ngrams(model)} n-grams")
     if g.solver != "explicit":
         vlines = heldout_lines(valid, g.valid_tokens, tok)
-        model = LanguageModel(tok, finetune(params, tok, train_corpus, vlines, g, seed=cfg.spm.seed,
+        # carved held-out lines validate the descent, so they are not trained on
+        tlines = [x for i, x in enumerate(train_corpus)
+                  if not carved or i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+        model = LanguageModel(tok, finetune(params, tok, tlines, vlines, g, seed=cfg.spm.seed,
                                             max_memory=cfg.scale.max_memory),
                               {**config, "init": g.effective_init, "lr": g.effective_lr}, stats)
     log(f"      done in {time.time() - t0:.1f}s: {model.describe()}")

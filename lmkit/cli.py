@@ -34,16 +34,15 @@ from pathlib import Path
 
 from . import config as C
 from . import store
+from .arpa import import_arpa, write_arpa
 from .corpus import load_corpus
-from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
-from .arpa import import_arpa
 from .docscore import score_file
+from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
 from .evaluate import evaluate
 from .files import atomic_write, check_output_writable
 from .interpolate import interpolate
 from .load import load as load_model
 from .model import LanguageModel
-from .arpa import write_arpa
 from .progress import reporting
 from .prune import n_ngrams, prune_entropy
 from .tokenizer import Tokenizer
@@ -73,7 +72,8 @@ def add_options(p: argparse.ArgumentParser, klass, *, defaults=None, skip=()) ->
         scalar, seq, _ = C.field_spec(f)
         default = defaults.get(f.name, f.default)
         meta = f.metadata
-        shown = "" if default is None else f" (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
+        text = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = "" if default is None else f" (default: {text})"
         # options not given stay absent (SUPPRESS), so the config supplies its own default and
         # can tell "given" from "defaulted" (e.g. vocab_size next to a trained tokenizer)
         kw = {"dest": f.name, "default": defaults.get(f.name, argparse.SUPPRESS),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import InputError, MemoryLimitError, OptionError
+from .errors import MemoryLimitError, OptionError
 
 _UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 

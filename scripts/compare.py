@@ -47,7 +47,7 @@ from lmkit.evaluate import evaluate_lines
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
 from lmkit.params import DenseParams
-from lmkit.scoring import context_rows, sparse_log_proba
+from lmkit.scoring import sparse_log_proba
 from lmkit.solve import fit
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines

@@ -21,12 +21,10 @@ import math
 import sys
 import time
 
-import numpy as np
 
 from lmkit import store
 from lmkit.corpus import load_corpus
 from lmkit.counts import count_chunk, sum_counts
-from lmkit.features import Suffix
 from lmkit.ngram import solve_ngram
 from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_SKIPS, base_groups,
                         cluster_groups, fit_rich, make_clusters, merge_groups)

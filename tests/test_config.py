@@ -1,6 +1,4 @@
 """Options have one home: config dataclasses validate values, refuse unknown keys, make the CLI."""
-import dataclasses
-
 import pytest
 
 from lmkit import config as C

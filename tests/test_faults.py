@@ -21,7 +21,7 @@ import pytest
 
 from lmkit import files, store
 from lmkit.cli import main
-from lmkit.errors import InputError, LmkitError, ModelFormatError, OutputError
+from lmkit.errors import InputError, ModelFormatError, OutputError
 from lmkit.model import LanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -468,10 +468,3 @@ def test_bucket_sizes_follow_the_memory_budget():
     assert (n_seq, n_tok) == (200, sum(len(s) + 1 for s in seqs)) and p2.info["buckets"] > 1
     assert all(np.allclose(a.data, b.data, atol=1e-12) for a, b in zip(p1.S, p2.S))
 
-
-def test_arpa_names_stay_importable_from_ngram():
-    import lmkit.arpa
-    from lmkit.arpa import write_arpa as w
-    assert w is lmkit.arpa.write_arpa
-    with pytest.raises(ImportError):
-        from lmkit.ngram import no_such_name  # noqa: F401

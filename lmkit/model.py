@@ -1,9 +1,10 @@
 """The language model: tokenizer + feature groups + parameters (sparse or dense form).
 
-``LanguageModel`` is the one class every solver produces. It scores (``log_proba``, ``score``,
-``perplexity``), samples (``sample``), explains itself (``inspect``) and saves/loads a model
-folder (see ``store.py``). All log-probabilities are natural logs (nats); ``bits_per_byte`` is
-``nll_nats / ln 2 / bytes``.
+``BaseModel`` implements what every lmkit model offers (``log_proba``, ``score``,
+``perplexity``, ``sample``, ``next_distribution``, ``top_next``, ``vocab``) once, on top of
+``log_proba_ids`` and ``next_logp``. ``LanguageModel`` is the one class every solver produces:
+it adds the batched next-token distribution, ``inspect`` and the model folder (``store.py``).
+All log-probabilities are natural logs (nats); bits per byte = ``nll_nats / ln 2 / bytes``.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import numpy as np
 
 from . import scoring, store
 from .config import SampleConfig, make
+from .errors import InputError, ModelFormatError, OptionError
 from .evaluate import evaluate_lines
+from .features import Suffix, decode_suffix_key, group_from_name
 from .generate import generate
 from .ngram import loggamma_tables, mkn_log_proba
-from .errors import InputError, ModelFormatError, OptionError
-from .features import Suffix, decode_suffix_key, group_from_name
 from .params import SparseParams
 from .sparse import lookup_rows
 from .tokenizer import Tokenizer

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import SampleConfig
-from .ngram_sample import NgramSampler, is_pure_ngram
+from .ngram_sample import is_pure_ngram
 
 
 def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -47,7 +47,7 @@ def _exact_ngram(model, opts: SampleConfig) -> bool:
     the uniform share the sampler relies on), sampled at temperature 1 with no filtering."""
     params = getattr(model, "params", None)
     return (opts.temperature == 1.0 and opts.top_k == 0 and opts.top_p == 1.0
-            and params is not None and is_pure_ngram(params)
+            and params is not None and is_pure_ngram(params) and hasattr(model, "ngram_sampler")
             and params.info.get("smoothing") == "interpolated modified Kneser-Ney")
 
 
@@ -59,8 +59,7 @@ def generate(model, prompt: str, opts: SampleConfig) -> list:
     tok = model.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else []
     if _exact_ngram(model, opts):  # batched back-off walk: no (V,) vector per step
-        sampler = NgramSampler(model.params, bos_id=tok.bos_id, eos_id=tok.eos_id)
-        ids = sampler.continue_ids(prompt_ids, max_tokens=max_tokens, num_samples=num_samples,
+        ids = model.ngram_sampler().continue_ids(prompt_ids, max_tokens=max_tokens, num_samples=num_samples,
                                    seed=opts.seed, exclude=(tok.bos_id, tok.unk_id))
         return [tok.decode(x) for x in ids]
     out = []

@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import files
 from .errors import InputError, MissingPathError, ModelFormatError
 from .explicit import choose_lambdas
 from .model import BaseModel, LanguageModel
 from .parallel import fit_heldout
 from .scoring import context_rows
-from .store import check_output_path, library_versions, recover_interrupted, sha256_bytes
+from .store import library_versions, peek_manifest, sha256_bytes, write_folder
 from .params import SparseParams
 
 FORMAT, VERSION = "lmkit-model", 1
@@ -112,15 +108,8 @@ class MixtureModel(BaseModel):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path, command: str | None = None) -> Path:
-        """Write the mixture folder atomically (temp folder in the same parent, then rename)."""
-        path = Path(path)
-        recover_interrupted(path)
-        check_output_path(path)
-        parent = path.parent if str(path.parent) else Path(".")
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=files.tmp_prefix(path, "tmp"), dir=parent))
-        os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes 0700
-        try:
+        """Write the mixture folder atomically (``store.write_folder``)."""
+        def fill(tmp: Path) -> None:
             for k, m in enumerate(self.models):
                 m.save(tmp / "components" / str(k))
             proto = self.tokenizer.model_proto
@@ -133,29 +122,17 @@ class MixtureModel(BaseModel):
                         "versions": library_versions(), "command": command,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            if os.path.lexists(path):  # an lmkit model folder (check_output_path said so)
-                files.stderr(f"lmkit: replacing the lmkit model folder {path}")
-                files.replace_folder(tmp, path)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+
+        return write_folder(path, fill)
 
     @classmethod
     def load(cls, path) -> "MixtureModel":
         path = Path(path)
-        mpath = path / "manifest.json"
-        if not mpath.is_file():
+        if not (path / "manifest.json").is_file():
             raise MissingPathError(f"{path}: no mixture folder (no manifest.json); write one with "
                                    "`lmkit interpolate`")
-        try:
-            manifest = json.loads(mpath.read_text())
-            ok = (manifest.get("format") == FORMAT and manifest.get("kind") == "mixture")
-        except (ValueError, AttributeError):
-            ok = False
-        if not ok:
+        manifest = peek_manifest(path) or {}  # bounded read of untrusted input
+        if manifest.get("format") != FORMAT or manifest.get("kind") != "mixture":
             raise ModelFormatError(f"{path}: not an lmkit mixture folder; pass a folder written "
                                    "by `lmkit interpolate`")
         if manifest.get("version") != VERSION:

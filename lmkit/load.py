@@ -10,20 +10,15 @@ Every one of them has ``tokenizer``, ``vocab_size``, ``encode_lines``, ``log_pro
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .interpolate import MixtureModel
 from .model import LanguageModel
+from .store import peek_manifest
 from .neural.folder import is_neural_folder
 
 
 def model_kind(path) -> str | None:
     """The manifest's ``kind`` (None if unreadable: ``LanguageModel.load`` then says why)."""
-    try:
-        kind = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
+    kind = (peek_manifest(path) or {}).get("kind")  # a bounded, untrusted read
     return kind if isinstance(kind, str) else None
 
 

@@ -21,6 +21,7 @@ from .evaluate import evaluate_lines
 from .features import Suffix, decode_suffix_key, group_from_name
 from .generate import generate
 from .ngram import loggamma_tables, mkn_log_proba
+from .ngram_sample import NgramSampler
 from .params import SparseParams
 from .sparse import lookup_rows
 from .tokenizer import Tokenizer
@@ -126,6 +127,7 @@ class LanguageModel(BaseModel):
         self._params = value
         self._loggammas = _UNSET  # back-off tables of a pure MKN model, derived on first use
         self._q_order = None  # token ids by decreasing q, for top_next (derived on first use)
+        self._sampler = None  # exact n-gram sampler (its tables are derived once, on first use)
 
     @property
     def groups(self) -> list:
@@ -206,6 +208,13 @@ class LanguageModel(BaseModel):
             cand = np.arange(self.vocab_size)
         return _best(tok, cand, logp, k)
 
+    def ngram_sampler(self) -> NgramSampler:
+        """The exact batched sampler of a pure n-gram model (built once per parameters)."""
+        if self._sampler is None:
+            tok = self.tokenizer
+            self._sampler = NgramSampler(self.params, bos_id=tok.bos_id, eos_id=tok.eos_id)
+        return self._sampler
+
     # ---- inspection ----------------------------------------------------------------------------
     def inspect(self, token: str, top: int = 10) -> dict:
         """Strongest next tokens per group for a context token: ``{group: [(piece, weight)]}``.
@@ -218,14 +227,14 @@ class LanguageModel(BaseModel):
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise OptionError(f"top must be an integer >= 1, got {top!r}")
         tok = self.tokenizer
-        try:  # a piece as `tokenize encode --output-format piece` prints it ("▁king") ...
+        try:  # a piece as `spm-encode --output-format piece` prints it ("▁king") ...
             ids = [tok.piece_to_id(token)]
         except InputError:  # ... or text that encodes to one piece (" king")
             ids = tok.encode(token)
         if len(ids) != 1:
             pieces = [tok.id_to_piece(i) for i in ids]
             raise OptionError(f"token {token!r} is {len(ids)} pieces {pieces}, not one; "
-                             "pass a single piece (see `lmkit tokenize encode --output-format piece`)")
+                             "pass a single piece (see `lmkit spm-encode --output-format piece`)")
         i = ids[0]
         out = {}
         for g, group in enumerate(self.groups):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .clusters import ClusterHistory, cluster_tokens
+from .config import ModelConfig
 from .counts import Counts
 from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
                        fold_entry_lambdas, fold_lambdas, history_counts, split_entries)
@@ -35,8 +36,8 @@ from .scoring import context_rows
 from .skipgram import solve_skip
 
 # chosen on the valid split of the default corpus (scripts/quality.py; docs/quality.md)
-DEFAULT_ORDER = 5
-DEFAULT_CONTEXT = 3
+DEFAULT_ORDER = ModelConfig.DEFAULT_ORDER  # the n-gram and window part of lmkit's default model
+DEFAULT_CONTEXT = ModelConfig.DEFAULT_CONTEXT
 DEFAULT_SKIPS = ((1, 1, 1), (1, 2, 1), (1, 1, 2), (1, 3, 1))
 DEFAULT_CLUSTER_SHAPES = ((2, 0), (3, 0), (3, 1), (4, 1), (4, 2), (5, 2))
 DEFAULT_N_CLUSTERS = 256

@@ -77,15 +77,50 @@ def library_versions() -> dict:
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
 
 
-def is_model_folder(path) -> bool:
-    """True if ``path`` is a folder whose manifest says it is an lmkit model (format name check)."""
+def peek_manifest(path) -> dict | None:
+    """The manifest of folder ``path`` as a dict, or None when it has no readable one: read as
+    untrusted input (a regular file, at most ``MAX_MANIFEST_BYTES``), for dispatch decisions."""
     try:
-        manifest = json.loads(_read_regular(Path(path) / "manifest.json", MAX_MANIFEST_BYTES,
+        manifest = json.loads(read_regular(Path(path) / "manifest.json", MAX_MANIFEST_BYTES,
                                             "manifest"))
     except (ModelFormatError, ValueError, OSError):
-        return False
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def is_model_folder(path) -> bool:
+    """True if ``path`` is a folder whose manifest says it is an lmkit model (format name check)."""
     # lmkit's own folders: explicit/mixture models and neural models (lmkit.neural.folder)
-    return isinstance(manifest, dict) and manifest.get("format") in (FORMAT, "lmkit-neural")
+    return (peek_manifest(path) or {}).get("format") in (FORMAT, "lmkit-neural")
+
+
+def write_folder(path, fill, log=None) -> Path:
+    """Write folder ``path`` atomically: ``fill(tmp)`` writes the files into a hidden temp folder
+    next to it, which then takes the place of ``path`` (an existing lmkit model is replaced,
+    anything else refused; see the module docstring). Returns ``path``."""
+    path = Path(path)
+    recover_interrupted(path, log)
+    check_output_writable(path, folder=True)
+    parent = path.parent if str(path.parent) else Path(".")
+    tmp = None
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=files.tmp_prefix(path, "tmp"), dir=parent))
+        os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes 0700
+        fill(tmp)
+        if os.path.lexists(path):
+            (log or files.stderr)(f"lmkit: replacing the lmkit model folder {path}")
+            files.replace_folder(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"{path}: cannot write the model ({e.strerror or e}); nothing was "
+                              "changed, free space or pick another --output") from None
+        raise
+    return path
 
 
 def check_output_writable(path, *, folder: bool = False) -> Path:
@@ -103,9 +138,6 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
     """Write a model folder atomically (see the module docstring); returns its path."""
     path = Path(path)
     _check_loadable(path, manifest, arrays)
-    recover_interrupted(path, log)
-    check_output_writable(path, folder=True)
-    parent = path.parent if str(path.parent) else Path(".")
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     blob = buf.getvalue()
@@ -116,30 +148,16 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
                       "bytes": len(tokenizer_proto)},
         "arrays": {"file": "params.npz", "sha256": sha256_bytes(blob), "bytes": len(blob)}})
     manifest.setdefault("command", " ".join(sys.argv))
-    tmp = None
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=files.tmp_prefix(path, "tmp"), dir=parent))
-        os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes 0700
+
+    def fill(tmp: Path) -> None:
         for name, data in (("tokenizer.model", tokenizer_proto), ("params.npz", blob),
                            ("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())):
             with open(tmp / name, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        if os.path.lexists(path):
-            (log or files.stderr)(f"lmkit: replacing the lmkit model folder {path}")
-            files.replace_folder(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and not isinstance(e, OutputError):
-            raise OutputError(f"{path}: cannot write the model ({e.strerror or e}); nothing was "
-                              "changed, free space or pick another --output") from None
-        raise
-    return path
+
+    return write_folder(path, fill, log)
 
 
 def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
@@ -162,7 +180,7 @@ def check_output_path(path) -> Path:
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def _read_regular(path: Path, limit: int, what: str) -> bytes:
+def read_regular(path: Path, limit: int, what: str) -> bytes:
     """The bytes of ``path`` if it is a regular file (symlinks followed) of at most ``limit``."""
     try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -261,7 +279,7 @@ def read_model_folder(path):
     if not os.path.lexists(mpath):
         raise ModelFormatError(f"{path}: no manifest.json, so this is not an lmkit model folder; "
                                "pass the folder written by `lmkit train`")
-    raw = _read_regular(mpath, MAX_MANIFEST_BYTES, "manifest")
+    raw = read_regular(mpath, MAX_MANIFEST_BYTES, "manifest")
     try:
         manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -271,14 +289,14 @@ def read_model_folder(path):
     for p in (tok_path, arr_path):
         if not os.path.lexists(p):
             raise ModelFormatError(f"{path}: missing {p.name}; the folder is incomplete, {_FIX}")
-    proto = _read_regular(tok_path, min(manifest["tokenizer"].get("bytes", MAX_TOKENIZER_BYTES),
+    proto = read_regular(tok_path, min(manifest["tokenizer"].get("bytes", MAX_TOKENIZER_BYTES),
                                         MAX_TOKENIZER_BYTES), "tokenizer")
     if sha256_bytes(proto) != manifest["tokenizer"]["sha256"]:
         raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 "
                                "differs); restore the tokenizer.model the model was trained "
                                "with, or re-train")
     expected = manifest["arrays"]["bytes"]
-    blob = _read_regular(arr_path, expected, "arrays")
+    blob = read_regular(arr_path, expected, "arrays")
     if sha256_bytes(blob) != manifest["arrays"]["sha256"]:
         raise ModelFormatError(f"{arr_path}: corrupt or truncated ({len(blob)} bytes, expected "
                                f"{expected}); {_FIX}")

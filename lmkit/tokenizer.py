@@ -169,10 +169,10 @@ class Tokenizer:
             reason = str(e).strip().removeprefix("INTERNAL: ").rstrip(".")
             reason = "protobuf parse failed" if "ParseFromArray" in reason else reason
             raise InputError(f"not a SentencePiece model ({reason}); pass the .model file "
-                             f"written by `lmkit tokenizer train`") from None
+                             f"written by `lmkit spm-train`") from None
         if self._sp.bos_id() < 0 or self._sp.eos_id() < 0:
             raise InputError("SentencePiece model has no BOS/EOS pieces; pass the .model file "
-                             "written by `lmkit tokenizer train`")
+                             "written by `lmkit spm-train`")
         self.sha256 = hashlib.sha256(self.model_proto).hexdigest()
         self.vocab_size = self._sp.get_piece_size()
         self.unk_id, self.bos_id, self.eos_id = (self._sp.unk_id(), self._sp.bos_id(),
@@ -211,13 +211,13 @@ class Tokenizer:
             st = os.stat(path)
         except FileNotFoundError:
             raise MissingPathError(f"{path}: no such tokenizer model file; "
-                                   f"train one with `lmkit tokenizer train`") from None
+                                   f"train one with `lmkit spm-train`") from None
         except OSError as e:
             raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from None
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MODEL_BYTES:
             raise InputError(f"{path}: not a tokenizer model file (a folder, device, FIFO, or "
                              f"over {MAX_MODEL_BYTES >> 20} MiB); pass the .model file written "
-                             "by `lmkit tokenizer train`")
+                             "by `lmkit spm-train`")
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_MODEL_BYTES + 1)
@@ -332,7 +332,7 @@ def _check_text(text, name: str) -> None:
                          "(e.g. errors='replace')") from None
 
 
-# Piece format of `lmkit tokenize encode --output-format piece`: pieces are joined by spaces and
+# Piece format of `lmkit spm-encode --output-format piece`: pieces are joined by spaces and
 # read back with str.split(), so no piece may hold a character str.split() splits on.
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _UNESCAPE = re.compile(r"\\(?:(\\)|([tnr])|u([0-9a-fA-F]{4}))|(\\)")

@@ -40,13 +40,16 @@ from .tokenizer import Tokenizer
 HOLDOUT_EVERY = 20
 
 
-def load_text(cfg: CorpusConfig):
+def load_text(cfg: CorpusConfig, heldout: bool = True):
     """``(train_corpus, valid, carved)``: the training text, held-out lines, and whether the
-    held-out lines were carved out of the training text (every ``HOLDOUT_EVERY``-th line)."""
+    held-out lines were carved out of the training text (every ``HOLDOUT_EVERY``-th line).
+    ``heldout=False``: no held-out lines are needed (``valid`` is empty, nothing is read)."""
     train_corpus = corpus_mod.load_corpus(corpus=cfg.corpus, input=cfg.input, dataset=cfg.dataset,
                                           split=cfg.split, text_field=cfg.text_field,
                                           streaming=cfg.streaming)
     train_corpus.check_nonempty()
+    if not heldout:
+        return train_corpus, [], False
     if cfg.input is None and cfg.dataset is None:  # a named corpus has its own valid split
         return train_corpus, corpus_mod.load_corpus(corpus=cfg.corpus or "shakespeare",
                                                     split="valid"), False
@@ -186,9 +189,9 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     if cfg.gradient.solver in ("gradient", "warm") and m.order is None:
         order = None  # the dense gradient baseline is the paper's window-only model
     groups = make_groups(m.effective_context, order)
-    train_corpus, valid, carved = load_text(cfg.corpus)
-    if all(isinstance(g, Suffix) for g in groups) and m.lambdas is None:
-        carved = False  # a pure n-gram model keeps its lambdas at 1: no held-out text needed
+    # a pure n-gram model keeps its lambdas at 1: it needs no held-out text
+    pure_ngram = all(isinstance(g, Suffix) for g in groups) and m.lambdas is None
+    train_corpus, valid, carved = load_text(cfg.corpus, heldout=not pure_ngram)
     log(f"[1/4] corpus {train_corpus.name}")
     tok = make_tokenizer(cfg, train_corpus)
     log(f"[3/4] counting {', '.join(g.name for g in groups)}")

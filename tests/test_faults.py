@@ -545,3 +545,26 @@ def test_a_model_that_could_not_be_loaded_is_never_written(tiny_model, tmp_path)
                                          r"'lambdas' must be 2 finite"):
         bad.save(tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("special", ["zero", "fifo"])
+def test_model_dispatch_reads_the_manifest_as_untrusted_input(tiny_model_dir, tmp_path, capsys,
+                                                              special):
+    """`lmkit eval/generate/score` pick the model kind from the manifest before loading: that
+    peek must be bounded too (a /dev/zero or FIFO manifest ends in one line, not a hang)."""
+    from lmkit.cli import main
+    from lmkit.load import load
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "manifest.json").unlink()
+    if special == "zero":
+        (d / "manifest.json").symlink_to("/dev/zero")
+    else:
+        os.mkfifo(d / "manifest.json")
+    t0 = time.monotonic()
+    with pytest.raises(ModelFormatError, match="not a regular file"):
+        load(d)
+    assert main(["eval", str(d)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a regular file" in err[0]
+    assert time.monotonic() - t0 < 5

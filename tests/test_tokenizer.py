@@ -181,7 +181,7 @@ def test_load_not_a_model(tmp_path):
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"this is not a protobuf \xff\xfe")
     with pytest.raises(InputError, match=r"bad.model: not a SentencePiece model \(.*\); pass the "
-                                         r"\.model file written by `lmkit tokenizer train`"):
+                                         r"\.model file written by `lmkit spm-train`"):
         Tokenizer.load(bad)
     bad.write_bytes(b"")
     with pytest.raises(InputError, match=r"not a SentencePiece model \(unk is not defined\)"):

@@ -5,8 +5,7 @@ an explicit model folder says ``"lmkit-model"`` instead (``lmkit.store``).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from ..store import peek_manifest
 
 FORMAT = "lmkit-neural"
 VERSION = 1
@@ -14,8 +13,4 @@ VERSION = 1
 
 def is_neural_folder(path) -> bool:
     """True when ``path`` holds a model written by ``NeuralLM.save``."""
-    try:
-        m = json.loads((Path(path) / "manifest.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(m, dict) and m.get("format") == FORMAT
+    return (peek_manifest(path) or {}).get("format") == FORMAT  # a bounded, untrusted read

@@ -22,11 +22,7 @@ The class offers what ``lmkit.evaluate`` and ``lmkit.generate`` use — ``tokeni
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,10 +30,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import files
 from ..errors import InputError, MissingPathError, ModelFormatError
 from ..model import BaseModel, LanguageModel
-from ..store import check_output_path, recover_interrupted
+from ..store import peek_manifest, read_regular, sha256_bytes, write_folder
 from ..tokenizer import Tokenizer
 from .data import ExplicitRows, SequenceData
 from .folder import FORMAT, VERSION
@@ -155,15 +150,8 @@ class NeuralLM(BaseModel):
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path, command: str | None = None) -> Path:
         """Write the model folder atomically (see the module docstring); an existing folder is
-        replaced only if it is an lmkit model (``store.check_output_path``)."""
-        path = Path(path)
-        recover_interrupted(path)
-        check_output_path(path)
-        parent = path.parent if str(path.parent) else Path(".")
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=files.tmp_prefix(path, "tmp"), dir=parent))
-        os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes 0700
-        try:
+        replaced only if it is an lmkit model (``store.write_folder``)."""
+        def fill(tmp: Path) -> None:
             torch.save(self.net.state_dict(), tmp / "weights.pt")
             proto = self.tokenizer.model_proto
             (tmp / "tokenizer.model").write_bytes(proto)
@@ -174,20 +162,13 @@ class NeuralLM(BaseModel):
                         "learn_scale": isinstance(self.net.scale, nn.Parameter),
                         "weights": {"file": "weights.pt", "sha256": _sha256(tmp / "weights.pt")},
                         "tokenizer": {"file": "tokenizer.model",
-                                      "sha256": hashlib.sha256(proto).hexdigest()},
+                                      "sha256": sha256_bytes(proto)},
                         "training": self.training, "command": command,
                         "versions": {"torch": torch.__version__},
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            if os.path.lexists(path):  # an lmkit model folder (check_output_path said so)
-                files.stderr(f"lmkit: replacing the lmkit model folder {path}")
-                files.replace_folder(tmp, path)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+
+        return write_folder(path, fill)
 
     @classmethod
     def load(cls, path) -> "NeuralLM":
@@ -222,11 +203,8 @@ def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise MissingPathError(f"{path}: no such model folder; train one with "
                                "`lmkit train --solver residual --output DIR`")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{path}: unreadable manifest.json ({e}); pass a neural model folder") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = peek_manifest(path)  # bounded read of untrusted input; None if unreadable
+    if manifest is None or manifest.get("format") != FORMAT:
         raise ModelFormatError(f"{path}: not an lmkit neural model; pass the folder written by "
                                "`lmkit train --solver residual`")
     if manifest.get("version") != VERSION:
@@ -236,4 +214,8 @@ def read_manifest(path: Path) -> dict:
 
 
 def _sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+    """sha256 of a regular file of at most ``MAX_WEIGHTS_BYTES`` (never a device or FIFO)."""
+    return sha256_bytes(read_regular(p, MAX_WEIGHTS_BYTES, "weights"))
+
+
+MAX_WEIGHTS_BYTES = 8 << 30

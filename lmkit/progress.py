@@ -31,6 +31,8 @@ def reporting(verbose: bool = True):
     if own:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    elif not verbose:  # a quiet call inside a verbose one (e.g. cross-fitting's fold models)
+        logger.setLevel(logging.WARNING)
     _state["verbose"] = verbose
     try:
         yield
@@ -38,7 +40,7 @@ def reporting(verbose: bool = True):
         _state["verbose"] = old_verbose
         if own:
             logger.removeHandler(handler)
-            logger.setLevel(old_level)
+        logger.setLevel(old_level)
 
 
 def bar(total=None, desc: str = "", unit: str = "tok", show: bool = True):

@@ -127,33 +127,42 @@ def _discounts(discount, counts: Counts) -> list:
     return ds
 
 
-def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray):
-    """The touched entries of one chunk of positions, indexed into the union of their columns.
+def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, vidx: np.ndarray,
+                 n_params: int):
+    """The touched entries of one chunk of positions, as a sparse design matrix.
 
-    Returns ``(ent, upos, seg, qc, tgt)``: ``ent`` per group ``(u, p, v)``: for each stored value
-    of the rows it uses, its union index u (int32), position p (int32) and value v (float64);
-    the union U holds each (position, column) touched by any group once, positions in order;
-    ``upos`` (U,) int32 its position, ``seg`` (n + 1,) the start of each position's run,
-    ``qc`` (U,) ``q`` of its column; ``tgt`` (G, n) each group's value at the target. Built with
-    one sort of the touched entries (``key = position * V + column``): memory and time are
-    proportional to the touched entries, not to G x the union.
+    Returns ``(X, XT, pos, upos, seg, qc, tsum)``. The union U holds each (position, column)
+    touched by any group once, positions in order; ``X`` CSR (U, P): for each union entry the
+    values of the groups there, in the column of the parameter each group's weight is at that
+    position (``vidx`` (G, n) in ``[0, P)``), so the scores are ``X @ lambda``; ``XT`` its
+    transpose (CSR), ``pos`` CSR (n, U) the position indicator; ``upos`` (U,) the position and
+    ``seg`` (n + 1,) the start of each position's run, ``qc`` (U,) ``q`` of the column; ``tsum``
+    (P,) the summed values at the targets. The union comes from a bitmap of the chunk's
+    (position, column) cells (no sort): memory and time are proportional to the touched entries.
     """
-    n, V, G = len(targets), params.vocab_size, len(params.S)
-    keys, parts = [], []
-    tgt = np.zeros((G, n))
+    n, V = len(targets), params.vocab_size
+    keys, cols, vals = [], [], []
+    tsum = np.zeros(n_params)
     for g, (S, r) in enumerate(zip(params.S, rows)):
         a = take_rows(S, r)
         p = np.repeat(np.arange(n, dtype=np.int64), np.diff(a.indptr))
         keys.append(p * V + a.indices)
-        parts.append((p.astype(np.int32), a.data))
-        present = r >= 0
-        tgt[g, present] = lookup_values(S, r[present], targets[present])
-    union, inv = np.unique(np.concatenate(keys), return_inverse=True)
-    bounds = np.cumsum([0] + [len(k) for k in keys])
-    inv = inv.ravel().astype(np.int32)
-    ent = [(inv[bounds[g]:bounds[g + 1]], p, v) for g, (p, v) in enumerate(parts)]
-    seg = np.searchsorted(union, np.arange(n + 1, dtype=np.int64) * V)
-    return ent, (union // V).astype(np.int32), seg, params.q[union % V], tgt
+        cols.append(vidx[g][p])
+        vals.append(a.data)
+        present = np.flatnonzero(r >= 0)
+        tsum += np.bincount(vidx[g][present], lookup_values(S, r[present], targets[present]),
+                            minlength=n_params)
+    keys = np.concatenate(keys)
+    mark = np.zeros(n * V, dtype=bool)
+    mark[keys] = True
+    union = np.flatnonzero(mark)
+    inv = np.cumsum(mark, dtype=np.int64)[keys] - 1
+    U = len(union)
+    X = sp.csr_matrix((np.concatenate(vals), (inv, np.concatenate(cols))), shape=(U, n_params))
+    upos = union // V
+    pos = sp.csr_matrix((np.ones(U), np.arange(U), np.searchsorted(upos, np.arange(n + 1))),
+                        shape=(n, U))
+    return X, X.T.tocsr(), pos, upos, pos.indptr, params.q[union % V], tsum
 
 
 def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -165,41 +174,29 @@ def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chunk_terms(chunk, lam_pos: np.ndarray, derivatives: bool, hessian: bool = True):
-    """NLL sum (and per-position gradient / Hessian) of one chunk at per-position weights.
+def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True):
+    """NLL sum (and gradient (P,) / Hessian (P, P) in the parameters) of one chunk at ``lam`` (P,).
 
-    ``lam_pos`` (G, n): the weight of each group at each position (its bucket's lambda).
-    Returns ``nll_sum`` or ``(nll_sum, e (G, n), H (G, G, n))`` with e the per-position gradient
-    and H the per-position Hessian of ``log Z_n - lam_pos[:, n] . tgt[:, n]`` in ``lam_pos``
-    (H is None unless ``hessian``). Each group's values are scattered by their union index
-    (unique within a group), so every pass costs that group's touched entries.
+    With ``x_nj`` the row of X at position n, column j and ``p_nj`` the model's probability
+    there, ``grad = sum_nj p_nj x_nj - tsum`` and ``H = sum_nj p_nj x_nj x_nj^T - sum_n m_n m_n^T``
+    (``m_n = sum_j p_nj x_nj``): sparse products whose cost is the touched entries times the
+    number of groups sharing a cell, not G^2 per position.
     """
-    ent, upos, seg, qc, tgt = chunk
-    n, G = tgt.shape[1], len(ent)
-    s = np.zeros(len(qc))
-    for g, (u, p, v) in enumerate(ent):
-        s[u] += v * lam_pos[g, p]
+    X, XT, pos, upos, seg, qc, tsum = chunk
     with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off
-        w = qc * np.exp(s)
+        w = qc * np.exp(X @ lam)
         Z = 1.0 + _seg_sum(w - qc, seg)
-        nll = float(np.sum(np.log(Z) - np.einsum("gn,gn->n", lam_pos, tgt)))
+        nll = float(np.sum(np.log(Z)) - lam @ tsum)
     if not derivatives:
         return nll
     wz = w / Z[upos]
-    dZ = np.stack([np.bincount(p, v * wz[u], minlength=n) for u, p, v in ent]) if G else \
-        np.zeros((0, n))  # (G, n): d log Z_n / d lam_pos
+    grad = XT @ wz - tsum
     if not hessian:
-        return nll, dZ - tgt, None
-    H = np.empty((G, G, n))
-    dense = np.zeros(len(qc))
-    for g, (u, p, v) in enumerate(ent):
-        dense[:] = 0.0
-        dense[u] = v * wz[u]
-        for h in range(g, G):
-            uh, ph, vh = ent[h]
-            H[g, h] = H[h, g] = np.bincount(ph, vh * dense[uh], minlength=n)
-    H -= dZ[:, None, :] * dZ[None, :, :]
-    return nll, dZ - tgt, H
+        return nll, grad, None
+    Xw = X.multiply(wz[:, None]).tocsr()
+    M = pos @ Xw  # (n, P): m_n, the gradient of log Z_n
+    H = (XT @ Xw).toarray() - (M.T @ M).toarray()
+    return nll, grad, H
 
 
 def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
@@ -247,32 +244,27 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
         np.stack([np.where(r >= 0, np.asarray(b, dtype=np.int64), 0) for b, r in zip(buckets, rows)])
     if bk.min() < 0 or bk.max() >= B:
         raise InputError(f"lambda buckets must lie in [0, {B}), got [{bk.min()}, {bk.max()}]")
-    chunks = []
-    for a in range(0, N, chunk):
-        chunks.append((a, _union_chunk(params, [r[a:a + chunk] for r in rows], targets[a:a + chunk])))
     base = float(-np.log(params.q[targets]).mean())
     vidx = np.arange(G)[:, None] * B + bk  # (G, N): virtual parameter of group g at position n
+    P = G * B
+    chunks = [_union_chunk(params, [r[a:a + chunk] for r in rows], targets[a:a + chunk],
+                           vidx[:, a:a + chunk], P) for a in range(0, N, chunk)]
 
     def objective(lam, derivatives=False, every=hessian_every):
         flat = lam.ravel()
-        nll, grad, hess = 0.0, np.zeros(G * B), np.zeros((G * B, G * B))
+        nll, grad, hess = 0.0, np.zeros(P), np.zeros((P, P))
         h_tokens = 0
-        for i, (a, ch) in enumerate(chunks):
-            n = ch[4].shape[1]
-            lam_pos = flat[vidx[:, a:a + n]]
+        for i, ch in enumerate(chunks):
             with_h = derivatives and i % every == 0
-            out = _chunk_terms(ch, lam_pos, derivatives, with_h)
+            out = _chunk_terms(ch, flat, derivatives, with_h)
             if not derivatives:
                 nll += out
                 continue
             nll += out[0]
-            v = vidx[:, a:a + n]
-            grad += np.bincount(v.ravel(), out[1].ravel(), minlength=G * B)
-            if not with_h:
-                continue
-            h_tokens += n
-            pair = (v[:, None, :] * (G * B) + v[None, :, :]).ravel()
-            hess += np.bincount(pair, out[2].ravel(), minlength=(G * B) ** 2).reshape(G * B, G * B)
+            grad += out[1]
+            if with_h:
+                h_tokens += ch[2].shape[0]
+                hess += out[2]
         nll = base + nll / N
         return (nll, grad / N, hess / max(h_tokens, 1)) if derivatives else nll
 

@@ -48,10 +48,16 @@ class Counts:
         V = self.vocab_size
         F, keys = [], []
         map_a = map_b = np.zeros(1, dtype=np.int64)  # old -> new rows of the previous suffix level
-        for a, ka, b, kb in zip(self.F, self.keys, other.F, other.keys):
+        for group, a, ka, b, kb in zip(self.groups, self.F, self.keys, other.F, other.keys):
             if ka is None:
                 F.append((a + b).tocsr())
                 keys.append(None)
+                continue
+            if not isinstance(group, Suffix):  # skip-gram / cluster keys are plain values
+                union = _union_sorted(ka, kb)
+                F.append((_remap_rows(a, np.searchsorted(union, ka), len(union))
+                          + _remap_rows(b, np.searchsorted(union, kb), len(union))).tocsr())
+                keys.append(union)
                 continue
             # re-key both sides into the merged numbering of the parent level (monotone maps,
             # so the re-keyed tables stay sorted), then take the union

@@ -127,42 +127,54 @@ def _discounts(discount, counts: Counts) -> list:
     return ds
 
 
-def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, vidx: np.ndarray,
-                 n_params: int):
+def _row_entries(S: sp.csr_matrix, r: np.ndarray):
+    """Position (int64) and entry index into ``S.data`` of every stored value of the rows
+    ``r[n]`` (skipping ``r[n] < 0``), positions in order. Example: indptr [0, 2, 3], r [1, -1, 0]
+    -> positions [0, 2, 2], entries [2, 0, 1]."""
+    present = np.flatnonzero(r >= 0)
+    starts = S.indptr[r[present]].astype(np.int64)
+    lengths = S.indptr[r[present] + 1] - starts
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    return np.repeat(present, lengths), np.repeat(starts - ends + lengths, lengths) + np.arange(total)
+
+
+def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of, n_params: int):
     """The touched entries of one chunk of positions, as a sparse design matrix.
 
-    Returns ``(X, XT, pos, upos, seg, qc, tsum)``. The union U holds each (position, column)
-    touched by any group once, positions in order; ``X`` CSR (U, P): for each union entry the
-    values of the groups there, in the column of the parameter each group's weight is at that
-    position (``vidx`` (G, n) in ``[0, P)``), so the scores are ``X @ lambda``; ``XT`` its
-    transpose (CSR), ``pos`` CSR (n, U) the position indicator; ``upos`` (U,) the position and
-    ``seg`` (n + 1,) the start of each position's run, ``qc`` (U,) ``q`` of the column; ``tsum``
-    (P,) the summed values at the targets. The union comes from a bitmap of the chunk's
-    (position, column) cells (no sort): memory and time are proportional to the touched entries.
+    ``param_of(g, positions, entries)``: the parameter (in ``[0, n_params)``) that weighs each
+    stored value of group g used at these positions. Returns ``(X, XT, row, pos, upos, qc,
+    tsum)``. The union U holds each (position, column) touched by any group once, positions in
+    order; ``X`` CSR (U, P): for each union cell the values of the groups there, in the column
+    of their parameter, so the scores are ``X @ lambda``; ``XT`` its transpose (CSR); ``row``
+    (nnz,) the union cell of each stored value of X; ``pos`` CSR (n, U) the position indicator
+    (``pos.indptr`` = the start of each position's run); ``upos`` (U,) the position and ``qc``
+    (U,) ``q`` of the column; ``tsum`` (P,) the summed values at the targets. The union comes
+    from a bitmap of the chunk's (position, column) cells (no sort): memory and time are
+    proportional to the touched entries.
     """
     n, V = len(targets), params.vocab_size
-    keys, cols, vals = [], [], []
-    tsum = np.zeros(n_params)
+    keys, cols, vals, hits = [], [], [], []
     for g, (S, r) in enumerate(zip(params.S, rows)):
-        a = take_rows(S, r)
-        p = np.repeat(np.arange(n, dtype=np.int64), np.diff(a.indptr))
-        keys.append(p * V + a.indices)
-        cols.append(vidx[g][p])
-        vals.append(a.data)
-        present = np.flatnonzero(r >= 0)
-        tsum += np.bincount(vidx[g][present], lookup_values(S, r[present], targets[present]),
-                            minlength=n_params)
-    keys = np.concatenate(keys)
+        p, e = _row_entries(S, r)
+        c = S.indices[e]
+        keys.append(p * V + c)
+        cols.append(param_of(g, p, e))
+        vals.append(S.data[e])
+        hits.append(c == targets[p])
+    keys, cols, vals, hits = (np.concatenate(x) for x in (keys, cols, vals, hits))
+    tsum = np.bincount(cols[hits], vals[hits], minlength=n_params)
     mark = np.zeros(n * V, dtype=bool)
     mark[keys] = True
     union = np.flatnonzero(mark)
     inv = np.cumsum(mark, dtype=np.int64)[keys] - 1
     U = len(union)
-    X = sp.csr_matrix((np.concatenate(vals), (inv, np.concatenate(cols))), shape=(U, n_params))
+    X = sp.csr_matrix((vals, (inv, cols)), shape=(U, n_params))
     upos = union // V
     pos = sp.csr_matrix((np.ones(U), np.arange(U), np.searchsorted(upos, np.arange(n + 1))),
                         shape=(n, U))
-    return X, X.T.tocsr(), pos, upos, pos.indptr, params.q[union % V], tsum
+    row = np.repeat(np.arange(U), np.diff(X.indptr))
+    return X, X.T.tocsr(), row, pos, upos, params.q[union % V], tsum
 
 
 def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -182,10 +194,10 @@ def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True
     (``m_n = sum_j p_nj x_nj``): sparse products whose cost is the touched entries times the
     number of groups sharing a cell, not G^2 per position.
     """
-    X, XT, pos, upos, seg, qc, tsum = chunk
+    X, XT, row, pos, upos, qc, tsum = chunk
     with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off
         w = qc * np.exp(X @ lam)
-        Z = 1.0 + _seg_sum(w - qc, seg)
+        Z = 1.0 + _seg_sum(w - qc, pos.indptr)
         nll = float(np.sum(np.log(Z)) - lam @ tsum)
     if not derivatives:
         return nll
@@ -193,7 +205,7 @@ def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True
     grad = XT @ wz - tsum
     if not hessian:
         return nll, grad, None
-    Xw = X.multiply(wz[:, None]).tocsr()
+    Xw = sp.csr_matrix((X.data * wz[row], X.indices, X.indptr), shape=X.shape)
     M = pos @ Xw  # (n, P): m_n, the gradient of log Z_n
     H = (XT @ Xw).toarray() - (M.T @ M).toarray()
     return nll, grad, H
@@ -202,7 +214,7 @@ def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True
 def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
                    max_iter: int = 30, tol: float = 1e-7, init=None, fixed=None,
                    buckets=None, n_buckets: int = 1, chunk: int = 2048,
-                   hessian_every: int = 1) -> tuple[np.ndarray, list]:
+                   hessian_every: int = 1, entry_buckets=None) -> tuple[np.ndarray, list]:
     """Group weights lambda >= 0 that minimise held-out NLL, by projected Newton steps.
 
     ``rows``: per group, row index per held-out position (-1 = no feature); ``targets`` (N,).
@@ -229,7 +241,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     minimiser is the same (a quasi-Newton step).
     """
     G = len(params.S)
-    B = int(n_buckets) if buckets is not None else 1
+    if buckets is not None and entry_buckets is not None:
+        raise InputError("choose_lambdas takes row buckets or entry buckets, not both")
+    B = int(n_buckets) if buckets is not None or entry_buckets is not None else 1
     N = len(targets)
     lam = np.zeros((G, B))
     lam[0] = 1.0
@@ -237,18 +251,26 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
         lam = np.broadcast_to(np.asarray(init, dtype=np.float64).reshape(G, -1), (G, B)).copy()
     movable = np.ones(G, bool) if fixed is None else ~np.asarray(fixed, dtype=bool)
     movable = np.repeat(movable[:, None], B, axis=1).ravel()
-    squeeze = (lambda x: x[:, 0].copy()) if buckets is None else (lambda x: x.copy())
+    squeeze = (lambda x: x[:, 0].copy()) if B == 1 and buckets is None else (lambda x: x.copy())
     if not movable.any() or N == 0:
         return squeeze(lam), []
     bk = np.zeros((G, N), dtype=np.int64) if buckets is None else \
         np.stack([np.where(r >= 0, np.asarray(b, dtype=np.int64), 0) for b, r in zip(buckets, rows)])
-    if bk.min() < 0 or bk.max() >= B:
-        raise InputError(f"lambda buckets must lie in [0, {B}), got [{bk.min()}, {bk.max()}]")
+    for b in [bk] if entry_buckets is None else [np.concatenate([[0], *entry_buckets])]:
+        if b.min() < 0 or b.max() >= B:
+            raise InputError(f"lambda buckets must lie in [0, {B}), got [{b.min()}, {b.max()}]")
     base = float(-np.log(params.q[targets]).mean())
-    vidx = np.arange(G)[:, None] * B + bk  # (G, N): virtual parameter of group g at position n
     P = G * B
-    chunks = [_union_chunk(params, [r[a:a + chunk] for r in rows], targets[a:a + chunk],
-                           vidx[:, a:a + chunk], P) for a in range(0, N, chunk)]
+    vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
+    eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
+    chunks = []
+    for a in range(0, N, chunk):
+        v = vidx[:, a:a + chunk]
+
+        def param_of(g, p, e, v=v):  # the weight of a stored value: by entry or by position
+            return g * B + eb[g][e] if eb is not None else v[g][p]
+        chunks.append(_union_chunk(params, [r[a:a + chunk] for r in rows], targets[a:a + chunk],
+                                   param_of, P))
 
     def objective(lam, derivatives=False, every=hessian_every):
         flat = lam.ravel()
@@ -263,7 +285,7 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
             nll += out[0]
             grad += out[1]
             if with_h:
-                h_tokens += ch[2].shape[0]
+                h_tokens += ch[3].shape[0]
                 hess += out[2]
         nll = base + nll / N
         return (nll, grad / N, hess / max(h_tokens, 1)) if derivatives else nll
@@ -342,6 +364,10 @@ def entry_counts(counts: Counts, params: SparseParams) -> list:
     for F, ck, S, pk in zip(counts.F, counts.keys, params.S, params.keys):
         F = F.tocsr()
         F.sort_indices()
+        same_rows = pk is ck or (pk is not None and ck is not None and np.array_equal(pk, ck))
+        if same_rows and np.array_equal(F.indptr, S.indptr) and np.array_equal(F.indices, S.indices):
+            out.append(F.data.astype(np.int64))  # S on the pattern of F (unpruned): no search
+            continue
         frow = np.arange(S.shape[0]) if pk is None else lookup_rows(ck, pk)
         row = np.repeat(frow, np.diff(S.indptr))
         out.append(lookup_values(F, row, S.indices).astype(np.int64))

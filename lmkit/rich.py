@@ -28,7 +28,7 @@ from .clusters import ClusterHistory, cluster_tokens
 from .config import ModelConfig
 from .counts import Counts
 from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
-                       fold_entry_lambdas, fold_lambdas, history_counts, split_entries)
+                       fold_entry_lambdas, fold_lambdas, history_counts)
 from .features import Skip, Suffix, Window
 from .ngram import solve_ngram
 from .params import SparseParams
@@ -48,6 +48,8 @@ DEFAULT_LAMBDA_TOKENS = 8000
 # on the default corpus (docs/quality.md): one weight per group 91.19 (36.5 CPU s), edges (2, 3)
 # 90.75 (60 s), (2, 3, 5, 10) 90.13 (78 s), (2, 3, 4, 6, 10, 20, 50) 89.88 (115 s)
 DEFAULT_ENTRY_EDGES = (2, 3, 5, 10)
+# stop the weight search when a Newton step gains less than this (nats per token)
+DEFAULT_TOL = 1e-5
 
 
 def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
@@ -91,7 +93,7 @@ def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
 
 def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
              entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None, hessian_every: int = 4,
-             log=None) -> SparseParams:
+             tol: float = DEFAULT_TOL, log=None) -> SparseParams:
     """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
 
     ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3+): one lambda per
@@ -108,20 +110,22 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
     if entry_edges is not None:
         B = len(entry_edges) + 1
         eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
-        split = split_entries(params, eb, B)
-        lam, trace = choose_lambdas(split, [r for r in rows for _ in range(B)], targets,
-                                    init=np.repeat(init, B), hessian_every=hessian_every)
+        lam, trace = choose_lambdas(params, rows, targets, init=np.repeat(init, B),
+                                    entry_buckets=eb, n_buckets=B, hessian_every=hessian_every,
+                                    tol=tol)
         lam = lam.reshape(-1, B)
         out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
                                  lambda_trace=trace)
     elif bucket_edges is None:
-        lam, trace = choose_lambdas(params, rows, targets, init=init, hessian_every=hessian_every)
+        lam, trace = choose_lambdas(params, rows, targets, init=init, hessian_every=hessian_every,
+                                    tol=tol)
         out = params.with_lambdas(lam, lambda_trace=trace)
     else:
         rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
         bk = [np.where(r >= 0, b[np.maximum(r, 0)], 0) for b, r in zip(rb, rows)]
         lam, trace = choose_lambdas(params, rows, targets, init=init, buckets=bk,
-                                    n_buckets=len(bucket_edges) + 1, hessian_every=hessian_every)
+                                    n_buckets=len(bucket_edges) + 1, hessian_every=hessian_every,
+                                    tol=tol)
         out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
     if log:
         log(f"      lambdas {np.round(lam, 3).tolist()} (held-out ppl "

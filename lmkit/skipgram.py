@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .sparse import lookup_values
+from .features import find_sorted
 
 
 def adjacent_marginal(F: sp.csr_matrix, keys: np.ndarray, a: int, V: int):
@@ -63,7 +63,10 @@ def solve_skip(F: sp.csr_matrix, keys: np.ndarray, a: int, q: np.ndarray, d: flo
         base = q[F.indices]
     else:
         M, parent = adjacent_marginal(F, np.asarray(keys, dtype=np.int64), a, V)
-        base = lookup_values(absolute_discount(M, q, d), parent[row], F.indices)
+        PM = absolute_discount(M, q, d)
+        # every (context, w) of F has its (adjacent part, w) in M: one search of linear keys
+        lin = np.repeat(np.arange(M.shape[0], dtype=np.int64) * V, np.diff(M.indptr)) + M.indices
+        base = PM.data[find_sorted(lin, parent[row] * V + F.indices)]
     data = np.log1p(np.maximum(F.data - d, 0.0) / (d * n1[row] * base))
     S = sp.csr_matrix((data, F.indices.copy(), F.indptr.copy()), shape=F.shape)
     S.has_sorted_indices = True

@@ -78,3 +78,13 @@ def test_entry_buckets_split_and_fold_match_dense_reference():
     for g in range(2):
         expect = sum(lam[g, b] * split.S[3 * g + b].toarray() for b in range(3))
         assert np.allclose(folded.S[g].toarray(), expect)
+
+
+def test_shard_sums_of_skip_and_cluster_groups_equal_the_whole():
+    from lmkit.counts import sum_counts
+    V, train = 14, corpus(120, 3)
+    groups = base_groups(order=3, context=1, skips=((1, 1, 1), (1, 2, 1))) + \
+        cluster_groups(np.arange(V) % 4, ((3, 1),))
+    whole = count_chunk(train, V, groups, BOS, EOS)
+    parts = sum_counts(count_chunk(train[i:i + 25], V, groups, BOS, EOS) for i in range(0, 120, 25))
+    assert parts.equals(whole)

@@ -80,7 +80,10 @@ class ClusterHistory:
         table = tuple(int(x) for x in table)
         if not m or int(m.group(3)) != max(table) + 1:
             raise ValueError(f"{name!r} is not a cluster-history group of a {max(table) + 1}-cluster table")
-        return cls(int(m.group(1)), int(m.group(2)), table)
+        g = cls(int(m.group(1)), int(m.group(2)), table)
+        if not 0 <= g.w < g.m <= 64 or g.key_limit(len(table)) >= 2 ** 63:
+            raise ValueError(f"{name!r}: needs 0 <= w < m <= 64 and V**w * C**(m-w) < 2**63")
+        return g
 
     @property
     def n_clusters(self) -> int:
@@ -93,6 +96,10 @@ class ClusterHistory:
     @property
     def reach(self) -> int:
         return self.m
+
+    def key_limit(self, vocab_size: int) -> int:
+        """Keys lie in ``[0, V**w * C**(m - w))``."""
+        return vocab_size ** self.w * self.n_clusters ** (self.m - self.w)
 
     def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
         C = self.n_clusters

@@ -282,6 +282,10 @@ class Skip:
     def reach(self) -> int:
         return self.a + self.s + self.r
 
+    def key_limit(self, vocab_size: int) -> int:
+        """Keys lie in ``[0, V**(a + r))``."""
+        return vocab_size ** len(self.offsets)
+
     def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
         """Mixed-radix key of the adjacent + remote tokens per position; -1 where past one BOS."""
         return pack_offsets(buf, pos, starts, vocab_size, self.offsets, self.name)

@@ -18,7 +18,7 @@ from . import scoring, store
 from .config import SampleConfig, make
 from .errors import InputError, ModelFormatError, OptionError
 from .evaluate import evaluate_lines
-from .features import Suffix, decode_suffix_key, group_from_name
+from .features import Suffix, decode_suffix_key
 from .generate import generate
 from .ngram import loggamma_tables, mkn_log_proba
 from .ngram_sample import NgramSampler
@@ -274,10 +274,7 @@ class LanguageModel(BaseModel):
     def load(cls, path) -> "LanguageModel":
         """Read a model folder written by ``save``; refuses other formats with a clear message."""
         manifest, proto, arrays = store.read_model_folder(path)
-        try:
-            groups = [group_from_name(n) for n in manifest["groups"]]
-        except ValueError as e:
-            raise ModelFormatError(f"{path}: {e}; re-train the model") from None
+        groups = store.groups_from_names(manifest["groups"], arrays, where=Path(path) / "params.npz")
         params = store.arrays_to_params(manifest["kind"], groups, arrays,
                                         manifest.get("info") or {},
                                         where=Path(path) / "params.npz",

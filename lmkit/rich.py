@@ -26,7 +26,7 @@ import numpy as np
 
 from .clusters import ClusterHistory, cluster_tokens
 from .config import ModelConfig
-from .counts import Counts
+from .counts import Counts, count_buffer, empty_counts, flat_buffer
 from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
                        fold_entry_lambdas, fold_lambdas, history_counts)
 from .features import Skip, Suffix, Window
@@ -66,8 +66,37 @@ def cluster_groups(table, shapes=DEFAULT_CLUSTER_SHAPES) -> list:
 
 
 def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = 0) -> np.ndarray:
-    """Token clusters (V,) from the ``Window(1)`` counts of ``counts``."""
-    return cluster_tokens(counts.F[counts.groups.index(Window(1))], n_clusters, seed=seed)
+    """Token clusters (V,) from the bigram counts of ``counts`` (``Window(1)``, else ``Suffix(1)``)."""
+    g = counts.groups.index(Window(1) if Window(1) in counts.groups else Suffix(1))
+    return cluster_tokens(counts.F[g], min(n_clusters, counts.vocab_size), seed=seed)
+
+
+def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int = DEFAULT_ORDER,
+               context: int = DEFAULT_CONTEXT, skips=DEFAULT_SKIPS,
+               shapes=DEFAULT_CLUSTER_SHAPES, n_clusters: int = DEFAULT_N_CLUSTERS,
+               seed: int = 0, table=None) -> tuple[Counts, np.ndarray | None]:
+    """Counts of every group of the rich model from one flat buffer of the text.
+
+    ``chunks``: iterable of lists of token-id sequences, read once. The base groups are counted
+    first; the cluster table comes from their bigram counts (or is ``table``, e.g. the one
+    chosen on the training text when counting held-out text), then the cluster groups are
+    counted on the same buffer. Returns ``(counts, table)`` (table None without shapes).
+    """
+    groups = base_groups(order, context, skips)
+    pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])
+    buf, pos, starts, n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
+    if n_seq == 0:
+        counts = empty_counts(vocab_size, groups)
+    else:
+        counts = count_buffer(buf, pos, starts, vocab_size, groups, n_seq)
+    if not shapes:
+        return counts, None
+    if table is None:
+        table = make_clusters(counts, n_clusters, seed)
+    cgroups = cluster_groups(table, shapes)
+    more = count_buffer(buf, pos, starts, vocab_size, cgroups, n_seq) if n_seq else \
+        empty_counts(vocab_size, cgroups)
+    return merge_groups(counts, more), np.asarray(table, dtype=np.int64)
 
 
 def merge_groups(a: Counts, b: Counts) -> Counts:
@@ -93,42 +122,50 @@ def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
 
 def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
              entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None, hessian_every: int = 4,
-             tol: float = DEFAULT_TOL, log=None) -> SparseParams:
+             tol: float = DEFAULT_TOL, refit: Counts | None = None, log=None) -> SparseParams:
     """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
 
-    ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3+): one lambda per
-    group x bucket of the count ``F[i, j]`` of each stored (context, target) pair, folded into
-    the values of S (``explicit.fold_entry_lambdas``); None: one lambda per group.
+    ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3-4, 5-9, 10+): one
+    lambda per group x bucket of the count ``F[i, j]`` of each stored (context, target) pair,
+    folded into the values of S (``explicit.fold_entry_lambdas``); None: one lambda per group.
     ``bucket_edges`` (only without ``entry_edges``): lower bounds of history-count buckets
     (e.g. ``(2, 4, 16)``): one lambda per group x bucket of the row's count, folded into the
-    rows of S (``explicit.fold_lambdas``). The weights are kept in ``info``.
+    rows of S (``explicit.fold_lambdas``). The weights are kept in ``info``. ``refit``: counts
+    of more text (the held-out lines, when they were carved out of the training text): once the
+    weights are chosen, every group is solved again on ``counts + refit`` and the same weights
+    are folded in (buckets from the summed counts), so no text is lost.
     """
     params = solve_rich(counts, discount=discount)
     rows, targets, _ = context_rows(params.groups, params.keys, heldout, counts.vocab_size,
                                     bos_id, eos_id)
     init = params.info["lambda_init"]
+    kw = dict(hessian_every=hessian_every, tol=tol)
     if entry_edges is not None:
         B = len(entry_edges) + 1
         eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
         lam, trace = choose_lambdas(params, rows, targets, init=np.repeat(init, B),
-                                    entry_buckets=eb, n_buckets=B, hessian_every=hessian_every,
-                                    tol=tol)
-        lam = lam.reshape(-1, B)
-        out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
-                                 lambda_trace=trace)
+                                    entry_buckets=eb, n_buckets=B, **kw)
     elif bucket_edges is None:
-        lam, trace = choose_lambdas(params, rows, targets, init=init, hessian_every=hessian_every,
-                                    tol=tol)
-        out = params.with_lambdas(lam, lambda_trace=trace)
+        lam, trace = choose_lambdas(params, rows, targets, init=init, **kw)
     else:
         rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
         bk = [np.where(r >= 0, b[np.maximum(r, 0)], 0) for b, r in zip(rb, rows)]
         lam, trace = choose_lambdas(params, rows, targets, init=init, buckets=bk,
-                                    n_buckets=len(bucket_edges) + 1, hessian_every=hessian_every,
-                                    tol=tol)
-        out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
+                                    n_buckets=len(bucket_edges) + 1, **kw)
     if log:
-        log(f"      lambdas {np.round(lam, 3).tolist()} (held-out ppl "
-            f"{np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f} on {len(targets)} tokens)")
+        log(f"      weights fitted on {len(targets)} held-out tokens: ppl "
+            f"{np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f} in {len(trace) - 1} steps")
+    if refit is not None:
+        counts = counts + refit
+        params = solve_rich(counts, discount=discount)
+    if entry_edges is not None:
+        eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
+        out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
+                                 lambda_trace=trace)
+    elif bucket_edges is None:
+        out = params.with_lambdas(lam, lambda_trace=trace)
+    else:
+        rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
+        out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
     return out.with_lambdas(out.lambdas, lambda_rule="projected Newton minimisation of held-out "
                             f"NLL on {len(targets)} tokens")

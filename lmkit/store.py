@@ -55,6 +55,7 @@ import sentencepiece
 from . import files
 from .errors import InputError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
+from .clusters import ClusterHistory
 from .features import Suffix, check_suffix_chain, group_from_name
 from .version import __version__
 from .params import DenseParams, SparseParams
@@ -167,9 +168,9 @@ def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
              arrays={"sha256": "", "bytes": 0})
     try:
         check_manifest(json.loads(json.dumps(m)), path)  # the types JSON will give back
-        groups = [group_from_name(n) for n in m["groups"]]
-        arrays_to_params(m["kind"], groups, {k: np.asarray(v) for k, v in arrays.items()}, {},
-                         where="the model", lambdas=m.get("lambdas"))
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        groups = groups_from_names(m["groups"], arrays, where="the model")
+        arrays_to_params(m["kind"], groups, arrays, {}, where="the model", lambdas=m.get("lambdas"))
     except (ModelFormatError, ValueError) as e:
         raise InputError(f"{path}: not written, the model could not be loaded back: {e}") from None
 
@@ -377,7 +378,39 @@ def params_to_arrays(params) -> dict:
             arrays[f"keys{g}"] = k
     for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
         arrays[f"G{g}"] = lg
+    tables = {g.table for g in params.groups if isinstance(g, ClusterHistory)}
+    if tables:  # the cluster groups' token -> cluster table (rich.py): one for the model
+        if len(tables) > 1:
+            raise InputError("cluster-history groups of one model must share one cluster table")
+        arrays["clusters"] = np.asarray(tables.pop(), dtype=np.int64)
     return arrays
+
+
+def groups_from_names(names: list, arrays, where="params.npz") -> list:
+    """Feature groups from their manifest names; cluster-history groups (``cluster{m}_{w}_{C}``)
+    take their token -> cluster table from the ``clusters`` array: int64 (V,), one id per
+    token in ``[0, C)``. Raises ``ModelFormatError`` naming the first bad name or table."""
+    groups, table = [], None
+    for name in names:
+        try:
+            if name.startswith("cluster"):
+                if table is None:
+                    table = _cluster_table(arrays, where)
+                groups.append(ClusterHistory.from_name(name, table))
+            else:
+                groups.append(group_from_name(name))
+        except (ValueError, InputError) as e:
+            raise ModelFormatError(f"{where}: {e}; {_FIX}") from None
+    return groups
+
+
+def _cluster_table(arrays, where) -> np.ndarray:
+    t = _array(arrays, "clusters", ("<i8",), 1, where)
+    V = len(arrays["q"]) if "q" in arrays else len(arrays["b"]) if "b" in arrays else len(t)
+    if len(t) != V or len(t) == 0 or t.min() < 0:
+        raise ModelFormatError(f"{where}: 'clusters' must hold {V} cluster ids >= 0 (one per "
+                               f"token), got {len(t)} ids from {t.min() if len(t) else None}; {_FIX}")
+    return t
 
 
 def _array(arrays, name, dtypes, ndim, where):
@@ -446,6 +479,8 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
             expected.add(f"keys{g}")
         if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
             expected.add(f"G{g}")
+    if any(isinstance(group, ClusterHistory) for group in groups):
+        expected.add("clusters")
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "
@@ -472,7 +507,9 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
             # chained ids: Suffix(m) keys are parent_row * V + token, parent = a Suffix(m-1) row
             parent = [keys[h] for h, x in enumerate(groups[:g])
                       if isinstance(x, Suffix) and isinstance(group, Suffix) and x.m == group.m - 1]
-            limit = V * len(parent[0]) if parent else V
+            # skip-gram and cluster keys pack several tokens / clusters (features.py, clusters.py)
+            limit = V * len(parent[0]) if parent else \
+                min(group.key_limit(V), 2 ** 63 - 1) if hasattr(group, "key_limit") else V
             if len(k) and (k[0] < 0 or k[-1] >= limit or (np.diff(k) <= 0).any()):
                 raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
                                        f"[0, {limit}); {_FIX}")

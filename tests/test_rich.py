@@ -88,3 +88,62 @@ def test_shard_sums_of_skip_and_cluster_groups_equal_the_whole():
     whole = count_chunk(train, V, groups, BOS, EOS)
     parts = sum_counts(count_chunk(train[i:i + 25], V, groups, BOS, EOS) for i in range(0, 120, 25))
     assert parts.equals(whole)
+
+
+def _tiny_rich_model(tok, lines):
+    from lmkit.model import LanguageModel
+    from lmkit.rich import count_rich
+    seqs = tok.encode_batch(lines)
+    counts, table = count_rich([seqs[:250]], tok.vocab_size, tok.bos_id, tok.eos_id, order=3,
+                               context=1, skips=((1, 1, 1),), shapes=((2, 0), (3, 1)),
+                               n_clusters=8)
+    params = fit_rich(counts, seqs[250:], tok.bos_id, tok.eos_id)
+    return LanguageModel(tok, params, {"order": 3}, {"name": "tiny"}), table
+
+
+def test_rich_model_save_load_round_trip(tiny_tok, tiny_lines, tmp_path):
+    import json
+
+    from lmkit.clusters import ClusterHistory
+    from lmkit.model import LanguageModel
+    model, table = _tiny_rich_model(tiny_tok, tiny_lines)
+    assert sorted(set(table.tolist())) == list(range(8))
+    path = model.save(tmp_path / "m")
+    names = json.loads((path / "manifest.json").read_text())["groups"]
+    assert names[-2:] == ["cluster2_0_8", "cluster3_1_8"] and "skip1_1_1" in names
+    loaded = LanguageModel.load(path)
+    assert loaded.groups == model.groups
+    assert isinstance(loaded.groups[-1], ClusterHistory) and loaded.groups[-1].table == tuple(table)
+    seqs = tiny_tok.encode_batch(tiny_lines[:40])
+    a, _ = model.log_proba_ids(seqs)
+    b, _ = loaded.log_proba_ids(seqs)
+    assert np.array_equal(a, b)
+    p = np.exp(loaded.next_logp(tiny_tok.encode("The")))
+    assert abs(p.sum() - 1) < 1e-9
+
+
+def test_rich_model_refuses_bad_cluster_tables(tiny_tok, tiny_lines, tmp_path):
+    import pytest
+
+    from lmkit import store
+    from lmkit.errors import ModelFormatError
+    model, table = _tiny_rich_model(tiny_tok, tiny_lines)
+    arrays = store.params_to_arrays(model.params)
+    names = [g.name for g in model.groups]
+    ok = store.groups_from_names(names, arrays)
+    assert ok == model.groups
+    V = tiny_tok.vocab_size
+    for bad, msg in ((np.zeros(V - 1, np.int64), "must hold 300 cluster ids"),
+                     (np.full(V, -1, np.int64), "must hold 300 cluster ids >= 0"),
+                     (np.where(table == 7, 9, table), "not a cluster-history group of a 10-cluster"),
+                     (table.astype(np.float64), "'clusters' is <f8")):
+        with pytest.raises(ModelFormatError, match=msg):
+            store.groups_from_names(names, {**arrays, "clusters": bad})
+    with pytest.raises(ModelFormatError, match="missing array 'clusters'"):
+        store.groups_from_names(names, {k: v for k, v in arrays.items() if k != "clusters"})
+    with pytest.raises(ModelFormatError, match="needs 0 <= w < m"):
+        store.groups_from_names(names[:-1] + ["cluster3_3_8"], arrays)
+    # a table that does not belong to any cluster group is refused as a stray array
+    plain = [g for g in model.groups if not g.name.startswith("cluster")]
+    with pytest.raises(ModelFormatError, match="do not belong"):
+        store.arrays_to_params("sparse", plain, arrays, {})

@@ -93,6 +93,9 @@ class ModelConfig:
     lambdas: tuple[float, ...] | None = opt(None, "group weights (default: fitted on held-out "
                                             "text)", min=0.0)
     lambda_tokens: int = opt(10000, "held-out tokens used to fit the lambdas", min=1)
+    rich: bool | None = opt(None, "the feature-rich model: MKN (order, default 5) + windows "
+                            "(context, default 3) + skip-grams + cluster histories, one weight "
+                            "per group x entry count (default: on with no other model option)")
 
     def __post_init__(self):
         check_fields(self)
@@ -106,6 +109,11 @@ class ModelConfig:
             raise OptionError(f"prune has {len(self.prune)} values but an order-"
                               f"{self.effective_order} model has {self.effective_order} orders; "
                               f"pass at most {self.effective_order}")
+        if self.rich:
+            given = [k for k in ("lambdas", "prune", "prune_entropy") if getattr(self, k) is not None]
+            if given:
+                raise OptionError(f"rich takes no {' or '.join(given)}: pass order N (and "
+                                  "context K) for a plain model")
         n = self.n_groups
         if self.lambdas is not None and len(self.lambdas) != n:
             raise OptionError(f"lambdas needs {n} values (one per feature group), got "
@@ -114,10 +122,17 @@ class ModelConfig:
             raise OptionError("context 0 without order leaves no features; pass context >= 1 "
                               "or order >= 2")
 
-    # No model option: the best model measured that trains in seconds, MKN order 5 plus windows
-    # 1..3 with every lambda fitted (docs/quality.md). order alone = exact MKN (ARPA-exportable);
-    # context alone = the paper's window-only model.
+    # No model option: the feature-rich model (rich.py; docs/quality.md): MKN order 5 + windows
+    # 1..3 + skip-grams + cluster histories. order alone = exact MKN (ARPA-exportable); context
+    # alone = the paper's window-only model; order and context = MKN + windows.
     DEFAULT_ORDER, DEFAULT_CONTEXT = 5, 3
+
+    @property
+    def effective_rich(self) -> bool:
+        if self.rich is not None:
+            return self.rich
+        return all(getattr(self, k) is None for k in ("order", "context", "lambdas", "prune",
+                                                     "prune_entropy"))
 
     @property
     def effective_context(self) -> int:

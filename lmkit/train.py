@@ -22,9 +22,11 @@ import hashlib
 import time
 
 from . import corpus as corpus_mod
+from . import rich
 from .config import NEURAL_SOLVERS, CorpusConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
 from .distributed import count_corpus_dask
+from .errors import OptionError
 from .features import Suffix, make_groups
 from .gradient import finetune
 from .memory import check_memory, format_bytes
@@ -180,11 +182,65 @@ def _train_neural(cfg: TrainConfig):
                                  crossfit=n.crossfit, **options)
 
 
+def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
+    """The feature-rich model (``rich.py``): one flat buffer of the encoded text, counted for
+    every group (clusters from its bigram counts), solved, weights fitted on held-out text."""
+    m = cfg.model
+    order = m.order or m.DEFAULT_ORDER
+    context = m.DEFAULT_CONTEXT if m.context is None else m.context
+    train_corpus, valid, carved = load_text(cfg.corpus)
+    log(f"[1/4] corpus {train_corpus.name}")
+    tok = make_tokenizer(cfg, train_corpus)
+    log(f"[3/4] counting the feature-rich model: n-grams 1..{order}, windows 1..{context}, "
+        f"skip-grams, cluster histories (in this process)")
+    digest = hashlib.sha256()
+    lines = _hashing(train_corpus, digest)
+    if carved:
+        lines = (x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
+
+    def encoded(lines):
+        with bar(desc="count") as b:
+            for chunk in line_chunks(lines, cfg.scale.chunk_lines):
+                seqs = tok.encode_batch(chunk)
+                b.update(sum(map(len, seqs)) + len(seqs))
+                yield seqs
+    kw = dict(order=order, context=context, seed=cfg.spm.seed)
+    counts, table = rich.count_rich(encoded(lines), tok.vocab_size, tok.bos_id, tok.eos_id, **kw)
+    held_counts = rich.count_rich(encoded(valid), tok.vocab_size, tok.bos_id, tok.eos_id,
+                                  table=table, **kw)[0] if carved else None
+    log(f"      {counts.n_sequences} sequences, {counts.n_tokens} tokens, "
+        f"{sum(F.nnz for F in counts.F)} non-zero counts, {len(set(table.tolist()))} clusters")
+    need = model_nbytes(counts)
+    check_memory(counts_nbytes(counts) + 2 * need, cfg.scale.max_memory, "solving the sparse model",
+                 "raise max_memory, or use a smaller vocab_size, or pass order N for a plain model")
+    log("[4/4] solving (explicit, feature-rich)")
+    held = tok.encode_batch(heldout_lines(valid, m.lambda_tokens, tok))
+    discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
+    params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=discount,
+                           refit=held_counts, log=log)
+    if held_counts is not None:
+        counts = counts + held_counts
+    config = {**cfg.flat(), "context": context, "order": order, "rich": True,
+              "vocab_size": tok.vocab_size, "discounts": params.info.get("discounts")}
+    stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens,
+             "sha256": digest.hexdigest()}
+    model = LanguageModel(tok, params, config, stats)
+    log(f"      done in {time.time() - t0:.1f}s: {model.describe()}")
+    return model
+
+
 def _train(cfg: TrainConfig) -> LanguageModel:
     if cfg.gradient.solver in NEURAL_SOLVERS:
         return _train_neural(cfg)
     t0 = time.time()
     m = cfg.model
+    if m.effective_rich:
+        if cfg.gradient.solver != "explicit":
+            if m.rich:
+                raise OptionError(f"rich is solved in closed form; drop solver "
+                                  f"{cfg.gradient.solver} or rich")
+        else:
+            return _train_rich(cfg, t0)
     order = m.effective_order
     if cfg.gradient.solver in ("gradient", "warm") and m.order is None:
         order = None  # the dense gradient baseline is the paper's window-only model

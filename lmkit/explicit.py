@@ -164,10 +164,11 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
         hits.append(c == targets[p])
     keys, cols, vals, hits = (np.concatenate(x) for x in (keys, cols, vals, hits))
     tsum = np.bincount(cols[hits], vals[hits], minlength=n_params)
-    mark = np.zeros(n * V, dtype=bool)
-    mark[keys] = True
-    union = np.flatnonzero(mark)
-    inv = np.cumsum(mark, dtype=np.int64)[keys] - 1
+    index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**23 cells (choose_lambdas' chunks)
+    index[keys] = 1
+    union = np.flatnonzero(index)
+    np.cumsum(index, out=index)
+    inv = index[keys] - 1
     U = len(union)
     X = sp.csr_matrix((vals, (inv, cols)), shape=(U, n_params))
     upos = union // V
@@ -264,6 +265,7 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
     eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
     chunks = []
+    chunk = max(16, min(chunk, (1 << 23) // params.vocab_size))  # bounds the union's bitmap
     for a in range(0, N, chunk):
         v = vidx[:, a:a + chunk]
 

@@ -139,14 +139,16 @@ def _row_entries(S: sp.csr_matrix, r: np.ndarray):
     return np.repeat(present, lengths), np.repeat(starts - ends + lengths, lengths) + np.arange(total)
 
 
-def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of, n_params: int):
+def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of, n_params: int,
+                 transpose: bool = True):
     """The touched entries of one chunk of positions, as a sparse design matrix.
 
     ``param_of(g, positions, entries)``: the parameter (in ``[0, n_params)``) that weighs each
     stored value of group g used at these positions. Returns ``(X, XT, row, pos, upos, qc,
     tsum)``. The union U holds each (position, column) touched by any group once, positions in
     order; ``X`` CSR (U, P): for each union cell the values of the groups there, in the column
-    of their parameter, so the scores are ``X @ lambda``; ``XT`` its transpose (CSR); ``row``
+    of their parameter, so the scores are ``X @ lambda``; ``XT`` its transpose (CSR; only with
+    ``transpose``, for the Hessian, else ``X.T``); ``row``
     (nnz,) the union cell of each stored value of X; ``pos`` CSR (n, U) the position indicator
     (``pos.indptr`` = the start of each position's run); ``upos`` (U,) the position and ``qc``
     (U,) ``q`` of the column; ``tsum`` (P,) the summed values at the targets. The union comes
@@ -174,8 +176,8 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
     upos = union // V
     pos = sp.csr_matrix((np.ones(U), np.arange(U), np.searchsorted(upos, np.arange(n + 1))),
                         shape=(n, U))
-    row = np.repeat(np.arange(U), np.diff(X.indptr))
-    return X, X.T.tocsr(), row, pos, upos, params.q[union % V], tsum
+    row = np.repeat(np.arange(U, dtype=np.int32), np.diff(X.indptr))
+    return X, X.T.tocsr() if transpose else X.T, row, pos, upos, params.q[union % V], tsum
 
 
 def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -266,13 +268,17 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
     chunks = []
     chunk = max(16, min(chunk, (1 << 23) // params.vocab_size))  # bounds the union's bitmap
-    for a in range(0, N, chunk):
-        v = vidx[:, a:a + chunk]
+    n_chunks = -(-N // chunk)
+    for i in range(n_chunks):
+        # chunk i holds positions i, i + n_chunks, ...: every chunk samples the whole held-out
+        # text, so the Hessian of every ``hessian_every``-th chunk sees every kind of position
+        idx = np.arange(i, N, n_chunks)
+        v = vidx[:, idx]
 
         def param_of(g, p, e, v=v):  # the weight of a stored value: by entry or by position
             return g * B + eb[g][e] if eb is not None else v[g][p]
-        chunks.append(_union_chunk(params, [r[a:a + chunk] for r in rows], targets[a:a + chunk],
-                                   param_of, P))
+        chunks.append(_union_chunk(params, [r[idx] for r in rows], targets[idx], param_of, P,
+                                   transpose=i % hessian_every == 0))
 
     def objective(lam, derivatives=False, every=hessian_every):
         flat = lam.ravel()
@@ -304,10 +310,14 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
         if free.any():
             h = hess[np.ix_(free, free)] + 1e-9 * np.eye(int(free.sum()))
             step[free] = -np.linalg.solve(h, grad[free])
-        t = 1.0
+        t, fresh = 1.0, None
         while t > 1e-4:  # backtracking line search on the projected step
             trial = np.maximum(x + t * step, 0.0).reshape(G, B)
-            tnll = objective(trial)
+            if t == 1.0:  # the full step is usually taken: its derivatives serve the next step
+                fresh = objective(trial, True)
+                tnll = fresh[0]
+            else:
+                fresh, tnll = None, objective(trial)
             if tnll <= nll - 1e-12:
                 break
             t /= 2
@@ -319,7 +329,7 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
             nll = tnll
             trace.append((squeeze(lam).tolist(), nll))
             break
-        nll, grad, hess = objective(lam, True)
+        nll, grad, hess = fresh if fresh is not None else objective(lam, True)
         trace.append((squeeze(lam).tolist(), nll))
     return squeeze(lam), trace
 

@@ -164,9 +164,11 @@ def test_subsampled_hessian_falls_back_when_a_bucket_is_unsampled():
     V, groups = 10, [Window(1), Window(2), Window(3)]
     params = solve_explicit(count_chunk(synthetic(300, 0), V, groups, BOS, EOS))
     rows, targets, _ = context_rows(groups, params.keys, synthetic(100, 1), V, BOS, EOS)
-    # bucket 1 only on the last positions: with chunk=64 and hessian_every=100 only the first
-    # chunk is sampled, so bucket 1 has no Hessian there
-    bk = [np.where(np.arange(len(targets)) >= len(targets) - 50, 1, 0)] * 3
+    # bucket 1 only on positions outside the first chunk (chunks interleave positions: chunk 0
+    # holds 0, n_chunks, ...): with hessian_every=100 only that chunk is sampled, so bucket 1
+    # has no Hessian there
+    n = np.arange(len(targets))
+    bk = [np.where((n >= len(targets) - 50) & (n % -(-len(targets) // 64) != 0), 1, 0)] * 3
     exact, _ = choose_lambdas(params, rows, targets, buckets=bk, n_buckets=2)
     quasi, _ = choose_lambdas(params, rows, targets, buckets=bk, n_buckets=2, chunk=64,
                               hessian_every=100)

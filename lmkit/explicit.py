@@ -204,7 +204,8 @@ def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True
         nll = float(np.sum(np.log(Z)) - lam @ tsum)
     if not derivatives:
         return nll
-    wz = w / Z[upos]
+    with np.errstate(invalid="ignore"):  # inf / inf at a too-long trial step (rejected)
+        wz = w / Z[upos]
     grad = XT @ wz - tsum
     if not hessian:
         return nll, grad, None

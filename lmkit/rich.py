@@ -120,6 +120,18 @@ def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
     return SparseParams(params.groups, params.q, S, params.keys, params.lambdas, info)
 
 
+def _entry_buckets(counts: Counts, params: SparseParams, entry_edges, row_edges=None):
+    """Bucket of every stored value (aligned with ``S.data``) and the number of buckets: its
+    entry-count bucket, times the history-count bucket of its row when ``row_edges`` is given."""
+    eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
+    if row_edges is None:
+        return eb, len(entry_edges) + 1
+    R = len(row_edges) + 1
+    rb = [count_buckets(h, row_edges) for h in history_counts(counts, params)]
+    eb = [e * R + np.repeat(r, np.diff(S.indptr)) for e, r, S in zip(eb, rb, params.S)]
+    return eb, (len(entry_edges) + 1) * R
+
+
 def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
              entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None, hessian_every: int = 4,
              tol: float = DEFAULT_TOL, refit: Counts | None = None, log=None) -> SparseParams:
@@ -141,8 +153,7 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
     init = params.info["lambda_init"]
     kw = dict(hessian_every=hessian_every, tol=tol)
     if entry_edges is not None:
-        B = len(entry_edges) + 1
-        eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
+        eb, B = _entry_buckets(counts, params, entry_edges, bucket_edges)
         lam, trace = choose_lambdas(params, rows, targets, init=np.repeat(init, B),
                                     entry_buckets=eb, n_buckets=B, **kw)
     elif bucket_edges is None:
@@ -159,9 +170,10 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
         counts = counts + refit
         params = solve_rich(counts, discount=discount)
     if entry_edges is not None:
-        eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
+        eb, _ = _entry_buckets(counts, params, entry_edges, bucket_edges)
         out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
-                                 lambda_trace=trace)
+                                 lambda_trace=trace, **({} if bucket_edges is None else
+                                                        {"bucket_edges": list(bucket_edges)}))
     elif bucket_edges is None:
         out = params.with_lambdas(lam, lambda_trace=trace)
     else:

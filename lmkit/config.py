@@ -92,7 +92,9 @@ class ModelConfig:
         min=0.0, min_open=True)
     lambdas: tuple[float, ...] | None = opt(None, "group weights (default: fitted on held-out "
                                             "text)", min=0.0)
-    lambda_tokens: int = opt(10000, "held-out tokens used to fit the lambdas", min=1)
+    lambda_tokens: int | None = opt(None, "held-out tokens used to fit the lambdas (default: "
+                                    "10000; 5000 for the rich model, whose search costs more "
+                                    "per token)", min=1)
     rich: bool | None = opt(None, "the feature-rich model: MKN (order, default 5) + windows "
                             "(context, default 3) + skip-grams + cluster histories, one weight "
                             "per group x entry count (default: on with no other model option)")
@@ -126,6 +128,13 @@ class ModelConfig:
     # 1..3 + skip-grams + cluster histories. order alone = exact MKN (ARPA-exportable); context
     # alone = the paper's window-only model; order and context = MKN + windows.
     DEFAULT_ORDER, DEFAULT_CONTEXT = 5, 3
+    DEFAULT_LAMBDA_TOKENS, DEFAULT_RICH_LAMBDA_TOKENS = 10000, 5000
+
+    @property
+    def effective_lambda_tokens(self) -> int:
+        if self.lambda_tokens is not None:
+            return self.lambda_tokens
+        return self.DEFAULT_RICH_LAMBDA_TOKENS if self.effective_rich else self.DEFAULT_LAMBDA_TOKENS
 
     @property
     def effective_rich(self) -> bool:

@@ -140,18 +140,20 @@ def _row_entries(S: sp.csr_matrix, r: np.ndarray):
 
 
 def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of, n_params: int,
-                 transpose: bool = True):
+                 hessian_positions: int = 0):
     """The touched entries of one chunk of positions, as a sparse design matrix.
 
     ``param_of(g, positions, entries)``: the parameter (in ``[0, n_params)``) that weighs each
-    stored value of group g used at these positions. Returns ``(X, XT, row, pos, upos, qc,
-    tsum)``. The union U holds each (position, column) touched by any group once, positions in
-    order; ``X`` CSR (U, P): for each union cell the values of the groups there, in the column
-    of their parameter, so the scores are ``X @ lambda``; ``XT`` its transpose (CSR; only with
-    ``transpose``, for the Hessian, else ``X.T``); ``row``
-    (nnz,) the union cell of each stored value of X; ``pos`` CSR (n, U) the position indicator
-    (``pos.indptr`` = the start of each position's run); ``upos`` (U,) the position and ``qc``
-    (U,) ``q`` of the column; ``tsum`` (P,) the summed values at the targets. The union comes
+    stored value of group g used at these positions. Returns ``(X, row, pos, upos, qc, tsum,
+    hess)``
+    The union U holds each (position, column) touched by any group once, positions in order;
+    ``X`` CSR (U, P): for each union cell the values of the groups there, in the column of
+    their parameter, so the scores are ``X @ lambda``; ``row`` (nnz,) the union cell of each
+    stored value of X; ``pos`` CSR (n, U) the position indicator (``pos.indptr`` = the start of
+    each position's run); ``upos`` (U,) the position and ``qc`` (U,) ``q`` of the column;
+    ``tsum`` (P,) the summed values at the targets; ``hess``: None, or for the Hessian on the
+    first ``hessian_positions`` positions ``(h, cut, XT_h, pos_h)``: their number, their cells
+    ``[0, cut)``, the transpose of those rows of X and their position indicator. The union comes
     from a bitmap of the chunk's (position, column) cells (no sort): memory and time are
     proportional to the touched entries.
     """
@@ -166,7 +168,7 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
         hits.append(c == targets[p])
     keys, cols, vals, hits = (np.concatenate(x) for x in (keys, cols, vals, hits))
     tsum = np.bincount(cols[hits], vals[hits], minlength=n_params)
-    index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**23 cells (choose_lambdas' chunks)
+    index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**22 cells (choose_lambdas' chunks)
     index[keys] = 1
     union = np.flatnonzero(index)
     np.cumsum(index, out=index)
@@ -177,7 +179,17 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
     pos = sp.csr_matrix((np.ones(U), np.arange(U), np.searchsorted(upos, np.arange(n + 1))),
                         shape=(n, U))
     row = np.repeat(np.arange(U, dtype=np.int32), np.diff(X.indptr))
-    return X, X.T.tocsr() if transpose else X.T, row, pos, upos, params.q[union % V], tsum
+    hess = _hessian_part(X, pos, hessian_positions) if hessian_positions else None
+    return X, row, pos, upos, params.q[union % V], tsum, hess
+
+
+def _hessian_part(X: sp.csr_matrix, pos: sp.csr_matrix, h: int):
+    """``(h, cut, XT_h, pos_h)`` for a Hessian on the first h positions of a chunk (see
+    ``_union_chunk``): their cells are the rows ``[0, cut)`` of X."""
+    if h >= pos.shape[0]:  # every position: no copies of X
+        return pos.shape[0], X.shape[0], X.T.tocsr(), pos
+    cut = int(pos.indptr[h])
+    return h, cut, X[:cut].T.tocsr(), pos[:h, :cut]
 
 
 def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -197,7 +209,7 @@ def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True
     (``m_n = sum_j p_nj x_nj``): sparse products whose cost is the touched entries times the
     number of groups sharing a cell, not G^2 per position.
     """
-    X, XT, row, pos, upos, qc, tsum = chunk
+    X, row, pos, upos, qc, tsum, hess = chunk
     with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off
         w = qc * np.exp(X @ lam)
         Z = 1.0 + _seg_sum(w - qc, pos.indptr)
@@ -206,19 +218,22 @@ def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True
         return nll
     with np.errstate(invalid="ignore"):  # inf / inf at a too-long trial step (rejected)
         wz = w / Z[upos]
-    grad = XT @ wz - tsum
+    grad = X.T @ wz - tsum
     if not hessian:
         return nll, grad, None
-    Xw = sp.csr_matrix((X.data * wz[row], X.indices, X.indptr), shape=X.shape)
-    M = pos @ Xw  # (n, P): m_n, the gradient of log Z_n
-    H = (XT @ Xw).toarray() - (M.T @ M).toarray()
-    return nll, grad, H
+    h, cut, XT_h, pos_h = hess
+    nnz = int(X.indptr[cut])
+    Xw = sp.csr_matrix((X.data[:nnz] * wz[row[:nnz]], X.indices[:nnz], X.indptr[:cut + 1]),
+                       shape=(cut, X.shape[1]))
+    M = pos_h @ Xw  # (h, P): m_n, the gradient of log Z_n
+    return nll, grad, (XT_h @ Xw).toarray() - (M.T @ M).toarray()
 
 
 def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
                    max_iter: int = 30, tol: float = 1e-7, init=None, fixed=None,
                    buckets=None, n_buckets: int = 1, chunk: int = 2048,
-                   hessian_every: int = 1, entry_buckets=None) -> tuple[np.ndarray, list]:
+                   hessian_every: int = 1, hessian_tokens: int | None = None,
+                   entry_buckets=None) -> tuple[np.ndarray, list]:
     """Group weights lambda >= 0 that minimise held-out NLL, by projected Newton steps.
 
     ``rows``: per group, row index per held-out position (-1 = no feature); ``targets`` (N,).
@@ -236,13 +251,16 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     ``fixed[g]`` is true keep their initial weight (pure n-gram models fix their suffix groups
     at 1). Returns the lambdas and the trace ``[(lambdas, nll)]``.
 
-    Cost: the held-out positions are processed in chunks of ``chunk``; for each, the values of
-    the touched rows are laid out once on the union of their columns (one sort), kept, and every
-    Newton step is a few passes over them: time and memory are proportional to the touched
-    entries (held-out tokens x mean row length), G^2 per position for the Hessian. With
-    ``hessian_every = k`` the Hessian (the G^2 part) is estimated on every k-th chunk only; the
-    gradient and the NLL stay exact, so the line search still only accepts true descent and the
-    minimiser is the same (a quasi-Newton step).
+    Cost: the held-out positions are processed in chunks of ``chunk`` (interleaved: chunk i
+    holds positions i, i + n_chunks, ...); for each, the touched entries are laid out once as a
+    sparse design matrix on the union of their (position, column) cells, kept, and every Newton
+    step is a few sparse products with it: time and memory are proportional to the touched
+    entries (held-out tokens x mean row length). The Hessian is a sparse Gram product, costing
+    the touched entries times the groups sharing a cell. With ``hessian_every = k`` it is
+    estimated on every k-th chunk only, and with ``hessian_tokens = h`` on the first h positions
+    of those chunks; the gradient and the NLL stay exact, so the line search still only accepts
+    true descent and the minimiser is the same (a quasi-Newton step). A weight with no curvature
+    in the sample gets the exact Hessian for that step.
     """
     G = len(params.S)
     if buckets is not None and entry_buckets is not None:
@@ -268,7 +286,7 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
     eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
     chunks = []
-    chunk = max(16, min(chunk, (1 << 23) // params.vocab_size))  # bounds the union's bitmap
+    chunk = max(16, min(chunk, (1 << 22) // params.vocab_size))  # bounds the union's bitmap
     n_chunks = -(-N // chunk)
     for i in range(n_chunks):
         # chunk i holds positions i, i + n_chunks, ...: every chunk samples the whole held-out
@@ -279,14 +297,22 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
         def param_of(g, p, e, v=v):  # the weight of a stored value: by entry or by position
             return g * B + eb[g][e] if eb is not None else v[g][p]
         chunks.append(_union_chunk(params, [r[idx] for r in rows], targets[idx], param_of, P,
-                                   transpose=i % hessian_every == 0))
+                                   hessian_positions=(hessian_tokens or len(idx))
+                                   if i % hessian_every == 0 else 0))
 
-    def objective(lam, derivatives=False, every=hessian_every):
+    full = {}
+
+    def objective(lam, derivatives=False, exact=False):
         flat = lam.ravel()
         nll, grad, hess = 0.0, np.zeros(P), np.zeros((P, P))
         h_tokens = 0
         for i, ch in enumerate(chunks):
-            with_h = derivatives and i % every == 0
+            with_h = derivatives and (exact or ch[6] is not None)
+            if exact:  # the exact Hessian: every position of every chunk (built once, if needed)
+                if i not in full:
+                    full[i] = ch[6] if ch[6] is not None and ch[6][0] == ch[2].shape[0] else \
+                        _hessian_part(ch[0], ch[2], ch[2].shape[0])
+                ch = ch[:6] + (full[i],)
             out = _chunk_terms(ch, flat, derivatives, with_h)
             if not derivatives:
                 nll += out
@@ -294,7 +320,7 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
             nll += out[0]
             grad += out[1]
             if with_h:
-                h_tokens += ch[3].shape[0]
+                h_tokens += ch[6][0]
                 hess += out[2]
         nll = base + nll / N
         return (nll, grad / N, hess / max(h_tokens, 1)) if derivatives else nll
@@ -304,9 +330,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     for it in range(max_iter):
         x = lam.ravel()
         free = ((x > 0) | (grad < 0)) & movable  # active set: at 0 and pushed below 0 stay
-        if hessian_every > 1 and (np.diag(hess)[free] <= 0).any():
+        if (hessian_every > 1 or hessian_tokens) and (np.diag(hess)[free] <= 0).any():
             # a weight whose positions all fall outside the sampled chunks: take the exact Hessian
-            nll, grad, hess = objective(lam, True, every=1)
+            nll, grad, hess = objective(lam, True, exact=True)
         step = np.zeros(G * B)
         if free.any():
             h = hess[np.ix_(free, free)] + 1e-9 * np.eye(int(free.sum()))

@@ -41,15 +41,18 @@ DEFAULT_CONTEXT = ModelConfig.DEFAULT_CONTEXT
 DEFAULT_SKIPS = ((1, 1, 1), (1, 2, 1), (1, 1, 2), (1, 3, 1))
 DEFAULT_CLUSTER_SHAPES = ((2, 0), (3, 0), (3, 1), (4, 1), (4, 2), (5, 2))
 DEFAULT_N_CLUSTERS = 256
-# held-out tokens for the weights: the search costs ~ tokens x touched row length; 8k tokens
-# gave valid 91.19 vs 91.14 with 20k, at 36.5 vs 56.1 CPU s of build (docs/quality.md)
-DEFAULT_LAMBDA_TOKENS = 8000
+# held-out tokens for the weights: the search costs ~ tokens x touched row length. Valid ppl on
+# the default corpus (docs/quality.md): 5000 tokens 90.42, 6500 90.26, 10000 90.19, at 8.8 /
+# 11.0 / 13.6 CPU s of weight search; 5000 keeps `lmkit train` within 5x of encode + lmplz
+DEFAULT_LAMBDA_TOKENS = ModelConfig.DEFAULT_RICH_LAMBDA_TOKENS
 # one weight per group x count of the (context, target) entry: 1, 2, 3-4, 5-9, 10+. Valid ppl
 # on the default corpus (docs/quality.md): one weight per group 91.19 (36.5 CPU s), edges (2, 3)
 # 90.75 (60 s), (2, 3, 5, 10) 90.13 (78 s), (2, 3, 4, 6, 10, 20, 50) 89.88 (115 s)
 DEFAULT_ENTRY_EDGES = (2, 3, 5, 10)
 # stop the weight search when a Newton step gains less than this (nats per token)
 DEFAULT_TOL = 1e-5
+# the Hessian of the weight search on a sample of the held-out positions (gradient exact)
+DEFAULT_HESSIAN_EVERY, DEFAULT_HESSIAN_TOKENS = 8, None
 
 
 def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
@@ -133,8 +136,10 @@ def _entry_buckets(counts: Counts, params: SparseParams, entry_edges, row_edges=
 
 
 def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
-             entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None, hessian_every: int = 4,
-             tol: float = DEFAULT_TOL, refit: Counts | None = None, log=None) -> SparseParams:
+             entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None,
+             hessian_every: int = DEFAULT_HESSIAN_EVERY,
+             hessian_tokens: int | None = DEFAULT_HESSIAN_TOKENS, tol: float = DEFAULT_TOL,
+             refit: Counts | None = None, log=None) -> SparseParams:
     """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
 
     ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3-4, 5-9, 10+): one
@@ -151,7 +156,7 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
     rows, targets, _ = context_rows(params.groups, params.keys, heldout, counts.vocab_size,
                                     bos_id, eos_id)
     init = params.info["lambda_init"]
-    kw = dict(hessian_every=hessian_every, tol=tol)
+    kw = dict(hessian_every=hessian_every, hessian_tokens=hessian_tokens, tol=tol)
     if entry_edges is not None:
         eb, B = _entry_buckets(counts, params, entry_edges, bucket_edges)
         lam, trace = choose_lambdas(params, rows, targets, init=np.repeat(init, B),

@@ -214,7 +214,7 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
     check_memory(counts_nbytes(counts) + 2 * need, cfg.scale.max_memory, "solving the sparse model",
                  "raise max_memory, or use a smaller vocab_size, or pass order N for a plain model")
     log("[4/4] solving (explicit, feature-rich)")
-    held = tok.encode_batch(heldout_lines(valid, m.lambda_tokens, tok))
+    held = tok.encode_batch(heldout_lines(valid, m.effective_lambda_tokens, tok))
     discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
     params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=discount,
                            refit=held_counts, log=log)
@@ -269,7 +269,7 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     g = cfg.gradient
     log(f"[4/4] solving ({g.solver})")
     from_scratch = g.effective_init in ("zeros", "random")  # never reads the explicit weights
-    held = [] if from_scratch or m.lambdas is not None else heldout_lines(valid, m.lambda_tokens, tok)
+    held = [] if from_scratch or m.lambdas is not None else heldout_lines(valid, m.effective_lambda_tokens, tok)
     discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
     params = fit(counts, tok.encode_batch(held), discount=discount, prune=m.prune,
                  lambdas=m.lambdas, refit=held_counts, max_memory=cfg.scale.max_memory, log=log)

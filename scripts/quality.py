@@ -12,6 +12,14 @@ lines ``i % 20 == 18`` are valid, ``i % 20 == 19`` test, the rest train.
 
     PYTHONPATH=. .venv/bin/python scripts/quality.py
     PYTHONPATH=. .venv/bin/python scripts/quality.py --input /usr/share/vim/vim90/doc/*.txt
+
+``--kenlm-bin DIR --cli-only``: instead of the in-process ladder, the side-by-side run: KenLM
+``lmplz -o N`` (``--kenlm-orders``, default 3 4 5 6) + ``query`` on the same SentencePiece ids,
+and ``lmkit train`` as a user runs it (no model option = the default model; ``--order 5``;
+``--order 5 --context 3``), each as its own process under ``/usr/bin/time`` (CPU = user + sys),
+evaluated with ``lmkit eval`` on valid and test. Build ratios are against ``lmkit spm-encode``
+of the training text + ``lmplz -o 5``, measured in the same run. With ``--input`` the CLI
+trains on the train lines (``--input train.txt``) and carves its own held-out lines from them.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import time
 
 from lmkit import store
 from lmkit.corpus import load_corpus
-from lmkit.counts import count_chunk, sum_counts
+from lmkit.counts import count_ngrams
 from lmkit.ngram import solve_ngram
 from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_SKIPS, base_groups,
                         cluster_groups, fit_rich, make_clusters, merge_groups)
@@ -38,8 +46,7 @@ def log(msg):
 
 
 def count(seqs, groups, tok):
-    return sum_counts(count_chunk(seqs[i:i + 10000], tok.vocab_size, groups, tok.bos_id, tok.eos_id)
-                      for i in range(0, len(seqs), 10000))
+    return count_ngrams([seqs], tok.vocab_size, groups, tok.bos_id, tok.eos_id)
 
 
 def ppl(params, seqs, tok):
@@ -63,6 +70,75 @@ def build(data, tok, a, *, context, skips, clusters, buckets, order=None):
         params = fit_rich(counts, data["held"], tok.bos_id, tok.eos_id, entry_edges=entry,
                           bucket_edges=buckets, log=log)
     return params, time.process_time() - t
+
+
+def cli_vs_kenlm(split: dict, tok, a, name: str) -> None:
+    """The side-by-side rows (see the module docstring); table on stdout."""
+    import os
+    import re
+    import shutil
+    import tempfile
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ngram import timed
+    repo = Path(__file__).resolve().parents[1]
+    py = [sys.executable, "-m", "lmkit.cli"]
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    kb = Path(a.kenlm_bin)
+    work = Path(tempfile.mkdtemp(prefix="quality-"))
+    try:
+        for s_ in ("train", "valid", "test"):
+            (work / f"{s_}.txt").write_text("".join(x + "\n" for x in split[s_]), encoding="utf-8")
+        tok_path = tok.save(work / "tok")
+        ids = {}
+        for s_ in ("train", "valid", "test"):
+            ids[s_] = timed(py + ["spm-encode", "--model", tok_path, "--input", work / f"{s_}.txt",
+                                  "--output", work / f"{s_}.ids"], env=env)
+        enc = ids["train"]["cpu"]
+        rows, lmplz5 = [], None
+        for n in a.kenlm_orders:
+            log(f"== KenLM lmplz -o {n}")
+            lm = timed([kb / "lmplz", "-o", n, "-S", "1G", "-T", work, "--discount_fallback"],
+                       stdin=work / "train.ids", stdout=work / f"k{n}.arpa")
+            ppl_ = {}
+            for s_ in ("valid", "test"):
+                q = timed([kb / "query", "-v", "summary", work / f"k{n}.arpa"],
+                          stdin=work / f"{s_}.ids")
+                ppl_[s_] = float(re.search(r"Perplexity including OOVs:\s*([0-9.]+)",
+                                           q["stdout"]).group(1))
+            if n == 5:
+                lmplz5 = lm["cpu"]
+            rows.append((f"KenLM lmplz -o {n}", ppl_["valid"], ppl_["test"], enc + lm["cpu"]))
+            (work / f"k{n}.arpa").unlink()
+        src = ["--input", work / "train.txt"] if a.input else ["--corpus", a.corpus]
+        for label, flags in (("lmkit train (default: no model option)", []),
+                             ("lmkit train --order 5", ["--order", "5"]),
+                             ("lmkit train --order 5 --context 3", ["--order", "5", "--context", "3"])):
+            log(f"== {label}")
+            out = work / "lm"
+            b = timed(py + ["train", *src, "--tokenizer", tok_path, "--output", out, *flags], env=env)
+            ppl_ = {}
+            for s_ in ("valid", "test"):
+                ev = (["--input", work / f"{s_}.txt"] if a.input
+                      else ["--corpus", a.corpus, "--split", s_])
+                r = timed(py + ["eval", out, *ev, "--json"], env=env)
+                ppl_[s_] = json.loads(r["stdout"])["perplexity"]
+            size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+            rows.append((label, ppl_["valid"], ppl_["test"], b["cpu"], size))
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = min(r[2] for r in rows if r[0].startswith("KenLM"))
+    base = enc + lmplz5 if lmplz5 else None
+    print(f"corpus {name}, V={tok.vocab_size}; encode (lmkit spm-encode, train) {enc:.2f} CPU s"
+          + (f", lmplz -o 5 {lmplz5:.2f} CPU s" if lmplz5 else ""))
+    print("| model | valid ppl | test ppl | test / best KenLM | build CPU s | x (encode + lmplz -o 5) "
+          "| model folder MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[2] / best:.3f} | {r[3]:.2f} | "
+              + (f"{r[3] / base:.2f}" if base else "-") + " | "
+              + (f"{r[4]:.1f}" if len(r) > 4 else "-") + " |")
 
 
 def main():
@@ -90,6 +166,10 @@ def main():
                          "one weight per group")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--kenlm-bin", default=None, help="folder with lmplz and query")
+    ap.add_argument("--kenlm-orders", type=int, nargs="*", default=[3, 4, 5, 6])
+    ap.add_argument("--cli-only", action="store_true",
+                    help="only the side-by-side CLI and KenLM rows (needs --kenlm-bin)")
     a = ap.parse_args()
 
     if a.input:
@@ -102,6 +182,10 @@ def main():
         name = a.corpus
     log(f"corpus {name}: " + " / ".join(f"{len(v)}" for v in split.values()) + " lines")
     tok = Tokenizer.train(split["train"], vocab_size=a.vocab_size, seed=a.seed)
+    if a.cli_only:
+        if not a.kenlm_bin:
+            raise SystemExit("--cli-only needs --kenlm-bin DIR")
+        return cli_vs_kenlm(split, tok, a, name)
     data = {s: tok.encode_batch(v) for s, v in split.items()}
     data["held"] = tok.encode_batch(heldout_lines(split["valid"], a.lambda_tokens, tok))
     n_tok = {s: sum(len(x) + 1 for x in data[s]) for s in ("train", "valid", "test")}

@@ -147,3 +147,27 @@ def test_rich_model_refuses_bad_cluster_tables(tiny_tok, tiny_lines, tmp_path):
     plain = [g for g in model.groups if not g.name.startswith("cluster")]
     with pytest.raises(ModelFormatError, match="do not belong"):
         store.arrays_to_params("sparse", plain, arrays, {})
+
+
+def test_train_defaults_to_the_rich_model_and_keeps_order_and_context_alone(
+        tiny_corpus_file, tiny_tok_file, tmp_path):
+    import pytest
+
+    from lmkit.errors import OptionError
+    from lmkit.model import LanguageModel
+    from lmkit.train import train
+    src = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
+    model = train(**src)  # no model option: the feature-rich model
+    names = [g.name for g in model.groups]
+    assert names[:7] == ["suffix1", "suffix2", "suffix3", "suffix4", "window1", "window2",
+                         "window3"]
+    assert "skip1_1_1" in names and any(n.startswith("cluster") for n in names)
+    assert model.config["rich"] is True and "entry_lambdas" in model.params.info
+    loaded = LanguageModel.load(model.save(tmp_path / "m"))
+    seqs = model.encode_lines(["The king and the queen."])
+    assert np.array_equal(model.log_proba_ids(seqs)[0], loaded.log_proba_ids(seqs)[0])
+    assert [g.name for g in train(order=3, **src).groups] == ["suffix1", "suffix2"]
+    assert [g.name for g in train(context=2, **src).groups] == ["window1", "window2"]
+    assert [g.name for g in train(rich=False, **src).groups] == names[:7]
+    with pytest.raises(OptionError, match="rich takes no lambdas"):
+        train(rich=True, lambdas=[1.0] * 7, **src)

@@ -11,6 +11,7 @@ Data goes to stdout, progress and logs to stderr. A user error prints one line
     lmkit generate DIR [--prompt TEXT | --prompt-file F] [--max-tokens 100] [--temperature 1.0]
     lmkit inspect DIR  --token TEXT [--top 10]
     lmkit export-arpa DIR OUT.arpa   (n-gram models: words are token ids, log10, KenLM-readable)
+    lmkit verify DIR   (every array validated, and every file against its sha256)
 
 ``tokenizer train`` and ``tokenize encode|decode`` are the old names of the ``spm-*`` verbs;
 they still work (with a note on stderr) for one release.

@@ -6,7 +6,9 @@ Layout of a model folder::
                       "lambdas", "vocab_size", "config", "corpus", "tokenizer", "arrays",
                       "versions", "command", "created"}
     tokenizer.model  the SentencePiece model (its sha256 is in the manifest)
-    params.npz       uncompressed .npz of plain arrays (sha256 and size in the manifest)
+    params.npz       uncompressed .npz of plain arrays (sha256 and size in the manifest),
+                     each array's data 64-byte aligned in the file (a zip extra field pads
+                     the member's local header), so it can be memory-mapped as is
 
 ``params.npz`` holds ``q`` (V,) float64 and ``lambdas`` (G,) float64 and per group g
 ``S{g}_data`` float64, ``S{g}_indices``/``S{g}_indptr`` int32|int64, ``S{g}_shape`` int64 (2,)
@@ -25,11 +27,17 @@ old folder is moved to ``.NAME.old-PID-*`` first and, if the process dies betwee
 renames, the next load or write of NAME moves it back. Modes are 0o666/0o777 less the umask.
 
 Reading (``read_model_folder``): a model folder is untrusted input. Every file must be a
-regular file no larger than a bound (the manifest's declared size for ``params.npz``); the
+regular file no larger than a bound (``params.npz`` exactly the manifest's declared size); the
 manifest's types are checked; each ``.npy`` header is parsed here (no pickles, exact dtypes,
 sizes consistent with the bytes present) and ``arrays_to_params`` checks every CSR (indices
-in range, ``indptr`` monotone), every value (finite, ``q > 0`` summing to 1, ``lambdas >= 0``)
-and every shape against the manifest before SciPy sees an index.
+in range, sorted and unique per row, ``indptr`` monotone), every value (finite, ``q > 0``
+summing to 1, ``lambdas >= 0``) and every shape against the manifest before SciPy sees an index.
+``params.npz`` is memory-mapped read-only (the arrays are views of the mapping; a member that is
+not aligned, from another writer, is copied), so a load costs the validation pass and no copy.
+Its sha256 is not recomputed on load (it would read every byte once more and proves nothing
+the validation does not: it lives in the same folder); ``verify_folder`` (``lmkit verify``)
+checks it. A mapped file must not be truncated in place while in use: lmkit never does that
+(a re-train writes a new folder and renames it over the old one, whose inode stays intact).
 """
 from __future__ import annotations
 

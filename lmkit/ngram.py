@@ -393,25 +393,24 @@ def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggamm
 
 
 def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored: a binary search inside
-    each row, on the still-unresolved queries only (canonical CSR). Small matrices with long
-    rows (the low orders) are searched by linear key instead: building the keys costs nnz."""
-    if S.nnz <= 4 * len(rows):
-        return entry_index(S, rows, cols, missing_ok=True)
-    lo, hi = S.indptr[rows].astype(np.int64), S.indptr[rows + 1].astype(np.int64)
-    out = np.full(len(rows), -1, dtype=np.int64)
-    act = np.flatnonzero(lo < hi)
-    while len(act):
-        a, b, c = lo[act], hi[act], cols[act]
-        mid = (a + b) >> 1
-        v = S.indices[mid]
-        hit = v == c
-        out[act[hit]] = mid[hit]
-        right = v < c
-        a, b = np.where(right, mid + 1, a), np.where(right, b, mid)
-        lo[act], hi[act] = a, b
-        act = act[~hit & (a < b)]
-    return out
+    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored (canonical CSR; every row
+    >= 0). A branch-free binary search inside each row, all queries in step: each step halves
+    every query's range with one gather and one ``where`` (log2 of the longest row steps)."""
+    ind = S.indices
+    base = S.indptr[rows].astype(np.int64)
+    n = S.indptr[rows + 1].astype(np.int64) - base
+    c = np.asarray(cols).astype(ind.dtype, copy=False)
+    empty = n == 0
+    base[empty], n[empty] = 0, 1  # probe entry 0 harmlessly; masked out below
+    while True:
+        half = n >> 1
+        if not half.any():
+            break
+        probe = base + half
+        base = np.where(ind[probe] <= c, probe, base)  # the answer, if stored, is >= base
+        n -= half
+    hit = ~empty & (ind[base] == c) if len(ind) else np.zeros(len(base), bool)
+    return np.where(hit, base, -1)
 
 
 __all__ = ["solve_ngram", "mkn_discounts", "adjusted_counts", "backoff_tables", "mkn_log_proba",

@@ -1,0 +1,103 @@
+"""The n-gram build on Dask equals the local build: the partition pieces without Dask, then the
+whole build on a 2-worker LocalCluster (threads), orders 2-5."""
+import numpy as np
+import pytest
+
+from lmkit.counts import count_ngrams
+from lmkit.errors import WorkerError
+from lmkit.features import make_groups
+from lmkit.model import LanguageModel
+from lmkit.ngram import (_adjusted_counts, count_of_counts, order_discounts, solve_ngram,
+                         solve_partition, stitch_partitions, unigram_level)
+from lmkit.ngram_dask import split_by_newest_token, token_ranges
+
+
+def local_counts(lines, tok, order):
+    return count_ngrams([tok.encode_batch(lines)], tok.vocab_size, make_groups(0, order),
+                        tok.bos_id, tok.eos_id)
+
+
+def assert_same_model(a, b):
+    """Same patterns and keys exactly, every value to 1e-12."""
+    np.testing.assert_allclose(a.q, b.q, rtol=0, atol=1e-15)
+    for Sa, Sb, ka, kb, ga, gb in zip(a.S, b.S, a.keys, b.keys, a.info["loggamma"],
+                                      b.info["loggamma"]):
+        np.testing.assert_array_equal(ka, kb)
+        np.testing.assert_array_equal(Sa.indptr, Sb.indptr)
+        np.testing.assert_array_equal(Sa.indices, Sb.indices)
+        np.testing.assert_allclose(Sa.data, Sb.data, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)
+    assert a.info["discounts"] == b.info["discounts"]
+
+
+def test_token_ranges_balance_and_cover():
+    assert token_ranges(np.array([0, 5, 5, 0, 10]), 2).tolist() == [0, 4, 5]
+    assert token_ranges(np.array([0, 0, 5, 5, 0, 10]), 3).tolist() == [0, 3, 5, 6]
+    assert token_ranges(np.array([7]), 4).tolist() == [0, 1]
+
+
+def test_stitch_example():
+    import scipy.sparse as sp
+    V = 10
+    part = lambda rows1, k2: ([sp.csr_matrix((rows1, V)), sp.csr_matrix((len(k2), V))],  # noqa: E731
+                              [np.arange(rows1), np.array(k2)], [np.zeros(rows1), np.zeros(len(k2))])
+    _, K, _ = stitch_partitions([part(2, [3, 14]), part(1, [2])], V)
+    assert K[1].tolist() == [3, 14, 22]
+
+
+@pytest.mark.parametrize("order", [2, 3, 5])
+def test_partitions_solved_apart_equal_solve_ngram(tiny_lines, tiny_tok, order):
+    """split -> per-partition adjusted counts and solve -> stitch == one solve, without Dask."""
+    c = local_counts(tiny_lines, tiny_tok, order)
+    V, M, bos = tiny_tok.vocab_size, order - 1, tiny_tok.bos_id
+    edges = np.array([0, 40, 41, 200, V])  # includes a one-token range
+    pieces = split_by_newest_token(c, edges)
+    assert sum(p.n_tokens for p in pieces) == c.n_tokens
+    assert np.array_equal(sum(p.target for p in pieces), c.target)
+    adj = [[_adjusted_counts(p, m, M, bos) for m in range(M + 1)] for p in pieces]
+    nk = np.zeros((M + 1, 4), dtype=np.int64)
+    a1 = sum(x[0][0].toarray().ravel() for x in adj)
+    nk[0] = count_of_counts(a1[a1 > 0])
+    for x in adj:
+        nk[1:] += [count_of_counts(x[m][0].data) for m in range(1, M + 1)]
+    discounts, _ = order_discounts(nk)
+    q = unigram_level(a1, discounts[0])
+    parts = [solve_partition([a for a, _ in x], p.keys, [lk for _, lk in x], discounts, q, V)
+             for x, p in zip(adj, pieces)]
+    S, K, G = stitch_partitions(parts, V)
+    ref = solve_ngram(c, bos_id=bos)
+    assert ref.info["discounts"] == discounts
+    np.testing.assert_array_equal(ref.q, q)
+    for m in range(M):
+        np.testing.assert_array_equal(K[m], ref.keys[m])
+        np.testing.assert_allclose(S[m].toarray(), ref.S[m].toarray(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(G[m], ref.info["loggamma"][m], rtol=0, atol=1e-12)
+
+
+# ---- on a LocalCluster ----------------------------------------------------------------------------
+@pytest.mark.parametrize("order", [2, 3, 4, 5])
+def test_dask_build_equals_local_build(tiny_lines, tiny_tok, order):
+    pytest.importorskip("dask.distributed")
+    from lmkit.ngram_dask import build_ngram_dask
+    ref = solve_ngram(local_counts(tiny_lines, tiny_tok, order), bos_id=tiny_tok.bos_id)
+    got, n_seq, n_tok = build_ngram_dask(iter(tiny_lines), tiny_tok, order, chunk_lines=70,
+                                         partitions=3, n_workers=2, processes=False)
+    assert n_seq == len(tiny_lines) and got.info["partitions"] == 3
+    assert_same_model(got, ref)
+    seqs = tiny_tok.encode_batch(tiny_lines[:40])
+    lp_ref, _ = LanguageModel(tiny_tok, ref).log_proba_ids(seqs)
+    lp, _ = LanguageModel(tiny_tok, got).log_proba_ids(seqs)
+    assert np.max(np.abs(lp - lp_ref)) <= 1e-12
+
+
+def test_dask_build_worker_error_is_one_line(tiny_lines, tiny_tok, monkeypatch):
+    pytest.importorskip("dask.distributed")
+    import lmkit.ngram_dask as nd
+
+    def broken(*a):
+        raise RuntimeError("disk gone\nsecond line")
+    monkeypatch.setattr(nd, "_adjust", broken)  # threads: the workers see the patched function
+    with pytest.raises(WorkerError, match=r"^dask: adjusting counts failed on a worker "
+                                          r"\(RuntimeError: disk gone\); check"):
+        nd.build_ngram_dask(iter(tiny_lines), tiny_tok, 3, chunk_lines=100, n_workers=2,
+                            processes=False)

@@ -101,3 +101,22 @@ def test_dask_build_worker_error_is_one_line(tiny_lines, tiny_tok, monkeypatch):
                                           r"\(RuntimeError: disk gone\); check"):
         nd.build_ngram_dask(iter(tiny_lines), tiny_tok, 3, chunk_lines=100, n_workers=2,
                             processes=False)
+
+
+def test_train_engine_dask_builds_on_the_workers(tiny_corpus_file, tiny_tok_file, tiny_lines,
+                                                 monkeypatch):
+    """``lmkit train --order 4 --engine dask`` takes the Dask build and gives the local model."""
+    pytest.importorskip("dask.distributed")
+    import functools
+    import importlib
+
+    import lmkit
+    from lmkit.ngram_dask import build_ngram_dask
+    train_mod = importlib.import_module("lmkit.train")  # the module, not lmkit.train()
+    monkeypatch.setattr(train_mod, "build_ngram_dask",  # threads instead of processes: fast
+                        functools.partial(build_ngram_dask, processes=False))
+    opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=4, verbose=False)
+    local = lmkit.train(**opts)
+    dask = lmkit.train(**opts, engine="dask", workers=2, chunk_lines=60)
+    assert dask.params.info["partitions"] >= 2 and dask.corpus == local.corpus
+    assert_same_model(dask.params, local.params)

@@ -13,14 +13,15 @@ n-gram ``(..., t, w)`` (its adjusted count, read one order down from n-grams of 
 its lower-order probability; gamma of its history) stays inside t's partition. Only the
 unigram adjusted counts (V integers) and each order's count-of-counts n1..n4 are global.
 
-Task graph (all heavy work on the workers; arrows are futures, never data on the client):
+Task graph (all heavy work on the workers; the client holds futures, never the data):
 
-1. shard s: encode + ``count_ngrams`` -> ``Counts``; ``split_by_newest_token`` -> P pieces,
-   each re-keyed to partition-local chained ids. The P token ranges are fixed from the first
-   shard's histogram of newest tokens (they only balance the load; any ranges give the same
-   model).
-2. partition p: its pieces are summed as they arrive (streaming tree reduction, as in
-   ``counts.sum_counts``), then ``_adjust``: adjusted counts of every order (kept on the
+1. shard s: encode into a ``flat_buffer`` (``BOS ids EOS`` per line); for each of the P token
+   ranges, the windows ``(n, N)`` int32 (the N - 1 history tokens and the target) of the
+   positions whose newest history token lies in the range, and where each window's sequence
+   starts (``partition_windows``). The ranges are fixed from the first shard's histogram of
+   newest tokens: they only balance the load, any ranges give the same model.
+2. partition p: its windows from every shard, counted in one go (``count_windows``: one sort
+   per order, as the local build), then the adjusted counts of every order (kept on the
    worker); n1..n4 per order and the unigram adjusted counts go to the client.
 3. client: discounts (``ngram.order_discounts``) and ``q`` (``ngram.unigram_level``) from the
    sums; ``q`` is broadcast.
@@ -37,7 +38,7 @@ import operator
 
 import numpy as np
 
-from .counts import Counts, count_ngrams
+from .counts import Counts, count_buffer, flat_buffer
 from .distributed import _tokenizer, dask_client, result
 from .errors import InputError
 from .features import make_groups
@@ -62,62 +63,71 @@ def token_ranges(newest: np.ndarray, n_parts: int) -> np.ndarray:
     return np.concatenate([starts, [V]]).astype(np.int64)
 
 
-def split_by_newest_token(c: Counts, edges: np.ndarray) -> list:
-    """``Counts`` of a pure suffix model -> one ``Counts`` per token range ``[edges[p],
-    edges[p+1])`` of the newest history token: row slices of every order, keys re-keyed to
-    the slice (``key - first parent row * V``), targets and tokens of the slice's positions.
-    ``n_sequences`` stays with piece 0. ``stitch_partitions`` undoes the re-keying."""
-    V = c.vocab_size
-    bounds = [np.searchsorted(c.keys[0], edges)]  # row edges per suffix group
-    for k in c.keys[1:]:
-        bounds.append(np.searchsorted(k // V, bounds[-1]))  # keys sorted by parent row
-    pieces = []
+def partition_windows(buf: np.ndarray, bos_id: int, edges: np.ndarray, order: int) -> list:
+    """A ``flat_buffer(pad=1)`` int32 buffer -> per token range ``[edges[p], edges[p+1])`` of
+    the newest history token: ``(windows, first)``, windows int32 (n_p, order) = the order - 1
+    tokens before each target and the target (``buf[t-order+1 .. t]``, BOS before the buffer),
+    first int16 (n_p,) = index in the window of its sequence's first target (0 if earlier).
+    Example: BOS = 1, buf [1, 5, 6, 2], order 2, edges [0, 6, V] -> range 0: windows
+    [[1, 5], [5, 6]], first [1, 0]; range 1: [[6, 2]], [0]."""
+    W = order
+    bos_at = np.flatnonzero(buf == bos_id)
+    pos = np.flatnonzero(buf[1:] != bos_id) + 1  # targets: every id but BOS
+    first = bos_at[np.searchsorted(bos_at, pos, side="right") - 1] + 1 - (pos - W + 1)
+    padded = np.concatenate([np.full(W - 1, bos_id, dtype=np.int32), buf.astype(np.int32)])
+    part = np.searchsorted(edges, buf[pos - 1], side="right") - 1
+    order_ = np.argsort(part, kind="stable")
+    cut = np.searchsorted(part[order_], np.arange(len(edges)))
+    out = []
     for p in range(len(edges) - 1):
-        F, keys = [], []
-        for m, (Fm, km, b) in enumerate(zip(c.F, c.keys, bounds)):
-            F.append(Fm[b[p]:b[p + 1]])
-            keys.append(km[b[p]:b[p + 1]] - (bounds[m - 1][p] * V if m else 0))
-        target = np.bincount(F[0].indices, F[0].data, minlength=V).astype(np.int64)
-        pieces.append(Counts(V, list(c.groups), F, keys, target,
-                             c.n_sequences if p == 0 else 0, int(target.sum())))
-    return pieces
+        at = pos[order_[cut[p]:cut[p + 1]]]
+        out.append((padded[at[:, None] + np.arange(W)],
+                    np.maximum(first[order_[cut[p]:cut[p + 1]]], 0).astype(np.int16)))
+    return out
+
+
+def count_windows(blocks: list, vocab_size: int, order: int) -> Counts:
+    """``Counts`` (groups ``Suffix(1..order-1)``) of the windows of ``partition_windows`` blocks
+    ``[(windows, first), ...]``: the counts of exactly those positions, as ``count_buffer``
+    gives them for the whole buffer restricted to them (row keys local to the partition)."""
+    win = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, order), np.int32)
+    first = np.concatenate([b[1] for b in blocks]).astype(np.int64) if blocks else np.zeros(0)
+    base = np.arange(len(win), dtype=np.int64) * order
+    return count_buffer(win.ravel(), base + order - 1, base + first, vocab_size,
+                        make_groups(0, order), 0)
 
 
 # ---- worker tasks -------------------------------------------------------------------------------
-def _count_shard(lines: list, model_proto: bytes, order: int) -> Counts:
+def _encode(lines: list, model_proto: bytes) -> np.ndarray:
     tok = _tokenizer(model_proto)
     seqs = tok.encode_batch(lines, num_threads=1)
-    return count_ngrams([seqs], tok.vocab_size, make_groups(0, order), tok.bos_id, tok.eos_id)
+    return flat_buffer([seqs], tok.bos_id, tok.eos_id, 1)[0]
 
 
-def _newest_tokens(c: Counts) -> np.ndarray:
-    """Histogram (V,) of the newest history token over the shard's positions (int64)."""
-    F = c.F[0]
-    return np.bincount(np.repeat(c.keys[0], np.diff(F.indptr)), F.data,
-                       minlength=c.vocab_size).astype(np.int64)
+def _newest_tokens(buf: np.ndarray, bos_id: int, vocab_size: int) -> np.ndarray:
+    """Histogram (V,) of the newest history token over the shard's targets (int64)."""
+    return np.bincount(buf[:-1][buf[1:] != bos_id], minlength=vocab_size).astype(np.int64)
 
 
-def _sizes(c: Counts) -> tuple:
-    return c.n_sequences, c.n_tokens
+def _sizes(buf: np.ndarray, bos_id: int) -> tuple:
+    n_seq = int(np.count_nonzero(buf == bos_id))
+    return n_seq, len(buf) - n_seq
 
 
-def _add(a: Counts, b: Counts) -> Counts:
-    return a + b
-
-
-def _adjust(c: Counts, bos_id: int) -> dict:
-    """A partition's adjusted counts (all orders) and its share of the global statistics."""
-    M = len(c.groups)
+def _count_partition(bos_id: int, vocab_size: int, order: int, *blocks) -> dict:
+    """One partition: count its windows, then its adjusted counts (all orders) and its share of
+    the global statistics."""
+    c = count_windows(list(blocks), vocab_size, order)
+    M = order - 1
     A, links = (list(x) for x in zip(*[_adjusted_counts(c, m, M, bos_id) for m in range(M + 1)]))
     nk = np.zeros((M + 1, 4), dtype=np.int64)  # row 0 (unigrams) is filled on the client
     for m in range(1, M + 1):
         nk[m] = count_of_counts(A[m].data)
-    return {"A": A, "links": links, "keys": c.keys, "nk": nk,
-            "a1": A[0].toarray().ravel(), "tokens": c.n_tokens, "sequences": c.n_sequences}
+    return {"A": A, "links": links, "keys": c.keys, "nk": nk, "a1": A[0].toarray().ravel()}
 
 
 def _global_part(state: dict) -> tuple:
-    return state["nk"], state["a1"], state["sequences"], state["tokens"]
+    return state["nk"], state["a1"]
 
 
 def _solve(state: dict, discounts: list, q: np.ndarray, V: int) -> tuple:
@@ -141,41 +151,33 @@ def build_ngram_dask(lines, tokenizer, order: int, *, discount=None, chunk_lines
         n = max(1, len(client.scheduler_info().get("workers", {})))
         P = partitions or 2 * n
         proto = client.scatter(tokenizer.model_proto, broadcast=True)
-        edges, stacks, in_flight = None, [], set()
+        bos = tokenizer.bos_id
+        edges, blocks, in_flight, n_seq, n_tok = None, [], set(), 0, 0
         for chunk in line_chunks(lines, chunk_lines):
-            shard = client.submit(_count_shard, chunk, proto, order, pure=False)
-            in_flight.add(client.submit(_sizes, shard, pure=False))
+            buf = client.submit(_encode, chunk, proto, pure=False)
+            in_flight.add(client.submit(_sizes, buf, bos, pure=False))
             if edges is None:  # ranges from the first shard: they balance, they do not decide
-                edges = token_ranges(result(client.submit(_newest_tokens, shard, pure=False),
-                                            "counting the first shard"), P)
-                stacks = [[] for _ in range(len(edges) - 1)]
-            pieces = client.submit(split_by_newest_token, shard, edges, pure=False)
-            for p, stack in enumerate(stacks):
-                fut, size = client.submit(operator.getitem, pieces, p, pure=False), 1
-                while stack and stack[-1][0] == size:  # same pairing as counts.sum_counts
-                    fut = client.submit(_add, stack.pop()[1], fut, pure=False)
-                    size *= 2
-                stack.append((size, fut))
-            del shard, pieces
+                edges = token_ranges(result(client.submit(_newest_tokens, buf, bos, V, pure=False),
+                                            "encoding the first shard"), P)
+                blocks = [[] for _ in range(len(edges) - 1)]
+            windows = client.submit(partition_windows, buf, bos, edges, order, pure=False)
+            for p, parts in enumerate(blocks):
+                parts.append(client.submit(operator.getitem, windows, p, pure=False))
+            del buf, windows  # the futures above keep what they need alive on the workers
             if len(in_flight) >= 4 * n:
                 done, in_flight = wait(in_flight, return_when="FIRST_COMPLETED")
-                _report(done, progress)
-        _report(in_flight, progress)
+                n_seq, n_tok = _report(done, progress, n_seq, n_tok)
+        n_seq, n_tok = _report(in_flight, progress, n_seq, n_tok)
         if edges is None:
             raise InputError("no text to count: the corpus has no lines; give files with some text")
-        states = []
-        for stack in stacks:
-            total = stack.pop()[1]
-            while stack:
-                total = client.submit(_add, stack.pop()[1], total, pure=False)
-            states.append(client.submit(_adjust, total, tokenizer.bos_id, pure=False))
-        del stacks, total
-        parts = [result(client.submit(_global_part, s, pure=False), "adjusting counts")
+        states = [client.submit(_count_partition, bos, V, order, *parts, pure=False)
+                  for parts in blocks]
+        del blocks
+        parts = [result(client.submit(_global_part, s, pure=False), "counting a partition")
                  for s in states]
         nk = np.sum([x[0] for x in parts], axis=0)
         a1 = np.sum([x[1] for x in parts], axis=0)
         nk[0] = count_of_counts(a1[a1 > 0])
-        n_seq, n_tok = sum(x[2] for x in parts), sum(x[3] for x in parts)
         discounts, estimated = order_discounts(nk, given)
         q = unigram_level(a1, discounts[0])
         if log:
@@ -193,8 +195,12 @@ def build_ngram_dask(lines, tokenizer, order: int, *, discount=None, chunk_lines
     return SparseParams(make_groups(0, order), q, S, keys, np.ones(M), info), n_seq, n_tok
 
 
-def _report(futures, progress) -> None:
-    for f in futures:  # every shard's sizes are read, so a failed shard surfaces here
-        n_tok = result(f, "counting a shard")[1]
+def _report(futures, progress, n_seq: int, n_tok: int) -> tuple:
+    """Totals plus the shards in ``futures``; every shard's sizes are read, so a failed shard
+    surfaces here."""
+    for f in futures:
+        seqs, toks = result(f, "encoding a shard")
+        n_seq, n_tok = n_seq + seqs, n_tok + toks
         if progress:
-            progress(n_tok)
+            progress(toks)
+    return n_seq, n_tok

@@ -11,6 +11,13 @@ Measured in one run on a corpus of text shards (e.g. from scripts/make_big_corpu
 
     python scripts/bench_scale.py --corpus runs/big100m --tokenizers A.model B.model C.model
 
+``--ngram-dask`` instead times the pure n-gram build on the default corpus (train split) side by
+side: local (``count_ngrams`` + ``solve_ngram``, what ``lmkit train --order N`` runs) vs the
+whole build on a Dask LocalCluster (``ngram_dask.build_ngram_dask``), with wall and CPU seconds
+of every process, and checks that both models agree to 1e-12:
+
+    python scripts/bench_scale.py --ngram-dask --order 5 --workers 2
+
 Progress goes to stderr; the report (plain lines) to stdout.
 """
 from __future__ import annotations
@@ -90,6 +97,65 @@ def child_solve(a):
                       "rss": peak_rss()}))
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def bench_ngram_dask(a) -> int:
+    """Local vs Dask n-gram build on the default corpus (see the module docstring)."""
+    from dask.distributed import Client, LocalCluster
+
+    from lmkit.corpus import load_corpus
+    from lmkit.counts import count_ngrams
+    from lmkit.features import make_groups
+    from lmkit.ngram import solve_ngram
+    from lmkit.ngram_dask import build_ngram_dask
+    from lmkit.parallel import line_chunks
+    from lmkit.tokenizer import Tokenizer
+    lines = list(load_corpus(split="train"))
+    tok = Tokenizer.train(lines, vocab_size=a.vocab_size, seed=0)
+    print(f"# bench_scale --ngram-dask: shakespeare train ({len(lines):,} lines), V={tok.vocab_size}"
+          f", order {a.order}, {os.cpu_count()} cores, 1-min load {os.getloadavg()[0]:.1f}",
+          flush=True)
+    t, c = time.time(), cpu_seconds()
+    counts = count_ngrams((tok.encode_batch(x) for x in line_chunks(lines, 10000)),
+                          tok.vocab_size, make_groups(0, a.order), tok.bos_id, tok.eos_id)
+    local = solve_ngram(counts, bos_id=tok.bos_id)
+    t_local, c_local = time.time() - t, cpu_seconds() - c
+    print(f"local   : build {t_local:6.2f} s wall, {c_local:6.2f} s CPU "
+          f"({counts.n_tokens:,} tokens, {sum(S.nnz for S in local.S):,} n-grams)", flush=True)
+    del counts
+
+    t = time.time()
+    cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = Client(cluster)
+    t_start = time.time() - t
+    try:
+        w0 = sum(client.run(cpu_seconds).values())
+        t, c = time.time(), cpu_seconds()
+        got, _, _ = build_ngram_dask(lines, tok, a.order, scheduler=cluster.scheduler_address,
+                                     n_workers=a.workers)
+        t_dask, c_dask = time.time() - t, cpu_seconds() - c
+        c_workers = sum(client.run(cpu_seconds).values()) - w0
+    finally:
+        client.close()
+        cluster.close()
+    print(f"dask {a.workers}w: build {t_dask:6.2f} s wall, {c_dask:6.2f} s CPU client + "
+          f"{c_workers:6.2f} s CPU workers ({got.info['partitions']} partitions; LocalCluster "
+          f"start {t_start:.1f} s, not included)")
+    diff = max([float(np.abs(got.q - local.q).max())]
+               + [float(np.abs(x.data - y.data).max()) for x, y in zip(got.S, local.S)]
+               + [float(np.abs(x - y).max()) for x, y in zip(got.info["loggamma"],
+                                                            local.info["loggamma"])])
+    same = all(np.array_equal(x, y) for x, y in zip(got.keys, local.keys))
+    print(f"dask / local: wall {t_dask / t_local:.2f}x, CPU (all processes) "
+          f"{(c_dask + c_workers) / c_local:.2f}x; same keys: {same}; max |diff| {diff:.1e}; "
+          f"1-min load after {os.getloadavg()[0]:.1f}")
+    return 0 if same and diff <= 1e-12 else 1
+
+
 def run_child(a, mode, tokenizer, lines):
     cmd = [sys.executable, __file__, "--corpus", a.corpus, "--tokenizers", tokenizer,
            "--child", mode, "--child-lines", str(lines), "--score-lines", str(a.score_lines),
@@ -104,9 +170,14 @@ def mib(n):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", required=True, help="folder of shard-*.txt (make_big_corpus.py)")
-    ap.add_argument("--tokenizers", nargs="+", required=True,
+    ap.add_argument("--corpus", help="folder of shard-*.txt (make_big_corpus.py)")
+    ap.add_argument("--tokenizers", nargs="+",
                     help="tokenizer .model files; the first is used for sections 1 and 2")
+    ap.add_argument("--ngram-dask", action="store_true",
+                    help="only: n-gram build local vs Dask LocalCluster on the default corpus")
+    ap.add_argument("--order", type=int, default=5, help="--ngram-dask: n-gram order")
+    ap.add_argument("--workers", type=int, default=2, help="--ngram-dask: Dask workers")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="--ngram-dask: tokenizer V")
     ap.add_argument("--speed-lines", type=int, default=500_000)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing runs per setting")
     ap.add_argument("--rss-tokens", type=float, nargs="+", default=[1e7, 1e8])
@@ -117,6 +188,10 @@ def main(argv=None) -> int:
     ap.add_argument("--child", choices=["rss", "solve"], help=argparse.SUPPRESS)
     ap.add_argument("--child-lines", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.ngram_dask:
+        return bench_ngram_dask(a)
+    if not a.corpus or not a.tokenizers:
+        ap.error("--corpus and --tokenizers are required (or pass --ngram-dask)")
     if a.child == "rss":
         return child_rss(a) or 0
     if a.child == "solve":

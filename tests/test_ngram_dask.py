@@ -3,13 +3,13 @@ whole build on a 2-worker LocalCluster (threads), orders 2-5."""
 import numpy as np
 import pytest
 
-from lmkit.counts import count_ngrams
+from lmkit.counts import count_ngrams, flat_buffer
 from lmkit.errors import WorkerError
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
 from lmkit.ngram import (_adjusted_counts, count_of_counts, order_discounts, solve_ngram,
                          solve_partition, stitch_partitions, unigram_level)
-from lmkit.ngram_dask import split_by_newest_token, token_ranges
+from lmkit.ngram_dask import count_windows, partition_windows, token_ranges
 
 
 def local_counts(lines, tok, order):
@@ -45,13 +45,23 @@ def test_stitch_example():
     assert K[1].tolist() == [3, 14, 22]
 
 
+def test_partition_windows_example():
+    got = partition_windows(np.array([1, 5, 6, 2], dtype=np.int32), 1, np.array([0, 6, 9]), 2)
+    assert [w.tolist() for w, _ in got] == [[[1, 5], [5, 6]], [[6, 2]]]
+    assert [f.tolist() for _, f in got] == [[1, 0], [0]]
+
+
 @pytest.mark.parametrize("order", [2, 3, 5])
 def test_partitions_solved_apart_equal_solve_ngram(tiny_lines, tiny_tok, order):
-    """split -> per-partition adjusted counts and solve -> stitch == one solve, without Dask."""
-    c = local_counts(tiny_lines, tiny_tok, order)
+    """windows per token range -> counted, adjusted and solved apart -> stitched == one solve,
+    without Dask (the buffer is cut in two shards, as the client does)."""
     V, M, bos = tiny_tok.vocab_size, order - 1, tiny_tok.bos_id
     edges = np.array([0, 40, 41, 200, V])  # includes a one-token range
-    pieces = split_by_newest_token(c, edges)
+    shards = [flat_buffer([tiny_tok.encode_batch(x)], bos, tiny_tok.eos_id, 1)[0]
+              for x in (tiny_lines[:100], tiny_lines[100:])]
+    windows = [partition_windows(b, bos, edges, order) for b in shards]
+    pieces = [count_windows([w[p] for w in windows], V, order) for p in range(len(edges) - 1)]
+    c = local_counts(tiny_lines, tiny_tok, order)
     assert sum(p.n_tokens for p in pieces) == c.n_tokens
     assert np.array_equal(sum(p.target for p in pieces), c.target)
     adj = [[_adjusted_counts(p, m, M, bos) for m in range(M + 1)] for p in pieces]
@@ -96,8 +106,8 @@ def test_dask_build_worker_error_is_one_line(tiny_lines, tiny_tok, monkeypatch):
 
     def broken(*a):
         raise RuntimeError("disk gone\nsecond line")
-    monkeypatch.setattr(nd, "_adjust", broken)  # threads: the workers see the patched function
-    with pytest.raises(WorkerError, match=r"^dask: adjusting counts failed on a worker "
+    monkeypatch.setattr(nd, "_count_partition", broken)  # threads: workers see the patch
+    with pytest.raises(WorkerError, match=r"^dask: counting a partition failed on a worker "
                                           r"\(RuntimeError: disk gone\); check"):
         nd.build_ngram_dask(iter(tiny_lines), tiny_tok, 3, chunk_lines=100, n_workers=2,
                             processes=False)

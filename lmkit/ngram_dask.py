@@ -1,7 +1,9 @@
 """The whole n-gram (MKN) build on Dask: text shards -> counted, partitioned and solved on workers.
 
-Input: an iterable of ``str`` lines (cut into shards of ``chunk_lines`` lines on the client and
-sent to the workers, as ``distributed.py`` does), a ``Tokenizer`` and the order N >= 2.
+Input: either an iterable of ``str`` lines (cut into shards of ``chunk_lines`` lines on the
+client and sent to the workers, as ``distributed.py`` does) or UTF-8 text files that the workers
+read themselves, each in byte ranges of ``split_bytes`` (``file_splits``; the workers must see
+the same paths), plus a ``Tokenizer`` and the order N >= 2.
 Output: ``(SparseParams, n_sequences, n_tokens)``; the params equal
 ``solve_ngram(count_ngrams(...))`` of the same text (tested on a LocalCluster: keys and
 patterns identical, every value to 1e-12).
@@ -15,7 +17,8 @@ unigram adjusted counts (V integers) and each order's count-of-counts n1..n4 are
 
 Task graph (all heavy work on the workers; the client holds futures, never the data):
 
-1. shard s: encode into a ``flat_buffer`` (``BOS ids EOS`` per line); for each of the P token
+1. shard s (a chunk of lines, or a byte range of a file read on the worker): encode into a
+   ``flat_buffer`` (``BOS ids EOS`` per line); for each of the P token
    ranges, the windows ``(n, N)`` int32 (the N - 1 history tokens and the target) of the
    positions whose newest history token lies in the range, and where each window's sequence
    starts (``partition_windows``). The ranges are fixed from the first shard's histogram of
@@ -35,9 +38,11 @@ At most ``4 * workers`` shards are in flight. A failure on a worker surfaces as 
 from __future__ import annotations
 
 import operator
+import os
 
 import numpy as np
 
+from .corpus import file_lines
 from .counts import Counts, count_buffer, flat_buffer
 from .distributed import _tokenizer, dask_client, result
 from .errors import InputError
@@ -46,6 +51,9 @@ from .ngram import (_adjusted_counts, _check_discount, count_of_counts, order_di
                     solve_partition, stitch_partitions, unigram_level)
 from .params import SparseParams
 from .parallel import check_workers, line_chunks
+
+
+SPLIT_BYTES = 8 << 20  # text per task when the workers read the files: ~2M tokens, ~50 MB of windows
 
 
 # ---- pure pieces --------------------------------------------------------------------------------
@@ -97,9 +105,29 @@ def count_windows(blocks: list, vocab_size: int, order: int) -> Counts:
                         make_groups(0, order), 0)
 
 
+def file_splits(files, split_bytes: int = SPLIT_BYTES) -> list:
+    """``(path, start, end)`` byte ranges of at most ``split_bytes`` tiling every file.
+    Example: one 10-byte file, split_bytes 4 -> [(f, 0, 4), (f, 4, 8), (f, 8, 10)]."""
+    out = []
+    for f in files:
+        size = os.stat(f).st_size
+        out += [(str(f), a, min(a + split_bytes, size)) for a in range(0, size, split_bytes)]
+    return out
+
+
+def split_lines(path: str, start: int, end: int) -> list:
+    """The corpus lines (rstripped, non-empty: as ``TextCorpus`` yields them) of the lines of
+    ``path`` that begin in the byte range ``[start, end)``."""
+    return [x for x in (raw.rstrip() for raw in file_lines(path, start, end)) if x]
+
+
 # ---- worker tasks -------------------------------------------------------------------------------
-def _encode(lines: list, model_proto: bytes) -> np.ndarray:
+def _encode(lines, model_proto: bytes) -> np.ndarray:
+    """A shard -> its ``flat_buffer``; ``lines``: a list of lines, or a ``(path, start, end)``
+    byte range read here."""
     tok = _tokenizer(model_proto)
+    if isinstance(lines, tuple):
+        lines = split_lines(*lines)
     seqs = tok.encode_batch(lines, num_threads=1)
     return flat_buffer([seqs], tok.bos_id, tok.eos_id, 1)[0]
 
@@ -135,13 +163,15 @@ def _solve(state: dict, discounts: list, q: np.ndarray, V: int) -> tuple:
 
 
 # ---- the client -----------------------------------------------------------------------------
-def build_ngram_dask(lines, tokenizer, order: int, *, discount=None, chunk_lines: int = 10000,
+def build_ngram_dask(lines, tokenizer, order: int, *, files=None, discount=None,
+                     chunk_lines: int = 10000, split_bytes: int = SPLIT_BYTES,
                      partitions: int | None = None, scheduler: str | None = None,
                      n_workers: int | None = None, processes: bool = True, progress=None,
                      log=None) -> tuple[SparseParams, int, int]:
     """MKN of order ``order`` built on a Dask cluster (module docstring); returns
-    ``(params, n_sequences, n_tokens)``. ``partitions``: token ranges (default 2 per worker);
-    ``progress(n_tokens)`` is called per counted shard."""
+    ``(params, n_sequences, n_tokens)``. ``files``: text files the workers read themselves
+    (then ``lines`` is ignored); ``partitions``: token ranges (default 2 per worker);
+    ``progress(n_tokens)`` is called per encoded shard."""
     V, M = tokenizer.vocab_size, order - 1
     make_groups(0, order)  # checks the order
     given = _check_discount(discount)
@@ -153,12 +183,18 @@ def build_ngram_dask(lines, tokenizer, order: int, *, discount=None, chunk_lines
         proto = client.scatter(tokenizer.model_proto, broadcast=True)
         bos = tokenizer.bos_id
         edges, blocks, in_flight, n_seq, n_tok = None, [], set(), 0, 0
-        for chunk in line_chunks(lines, chunk_lines):
-            buf = client.submit(_encode, chunk, proto, pure=False)
+        shards = line_chunks(lines, chunk_lines) if files is None else file_splits(files, split_bytes)
+        if log and files is not None:
+            log(f"      the workers read {len(files)} files in {len(shards)} byte ranges")
+        for shard in shards:
+            buf = client.submit(_encode, shard, proto, pure=False)
             in_flight.add(client.submit(_sizes, buf, bos, pure=False))
             if edges is None:  # ranges from the first shard: they balance, they do not decide
-                edges = token_ranges(result(client.submit(_newest_tokens, buf, bos, V, pure=False),
-                                            "encoding the first shard"), P)
+                newest = result(client.submit(_newest_tokens, buf, bos, V, pure=False),
+                                "encoding the first shard")
+                if not newest.any():  # a byte range with no line: nothing to partition yet
+                    continue
+                edges = token_ranges(newest, P)
                 blocks = [[] for _ in range(len(edges) - 1)]
             windows = client.submit(partition_windows, buf, bos, edges, order, pure=False)
             for p, parts in enumerate(blocks):

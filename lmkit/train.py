@@ -128,7 +128,7 @@ def train(config: TrainConfig | None = None, **options) -> LanguageModel:
         return _train(cfg)
 
 
-def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0) -> LanguageModel:
+def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0, files=None) -> LanguageModel:
     """A pure n-gram model within ``max_memory``: histories split into buckets by their newest
     token, counted, spilled and solved one bucket at a time (``ngram_build.py``); with engine
     dask the same partitions are counted and solved on the Dask workers (``ngram_dask.py``)."""
@@ -143,10 +143,16 @@ def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0) -> LanguageModel:
     discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
     if cfg.scale.engine == "dask":
         log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} on Dask")
+        read = cfg.scale.workers_read
+        files = files if (cfg.scale.scheduler is None if read is None else read) else None
         with bar(desc="count") as b:
             params, n_seq, n_tok = build_ngram_dask(
-                lines, tok, m.effective_order, discount=discount, chunk_lines=cfg.scale.chunk_lines,
-                scheduler=cfg.scale.scheduler, n_workers=cfg.scale.workers, progress=b.update, log=log)
+                lines, tok, m.effective_order, files=files, discount=discount,
+                chunk_lines=cfg.scale.chunk_lines, scheduler=cfg.scale.scheduler,
+                n_workers=cfg.scale.workers, progress=b.update, log=log)
+        if files:  # the workers read the text: this process reads it once more, for its hash
+            for _ in lines:
+                pass
     else:
         log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} in buckets "
             f"(max_memory {cfg.scale.max_memory})")
@@ -212,7 +218,8 @@ def _train(cfg: TrainConfig) -> LanguageModel:
         return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0)
     if (pure_ngram and m.prune is None and m.prune_entropy is None and cfg.scale.engine == "dask"
             and cfg.gradient.solver == "explicit"):  # the whole build on the workers (ngram_dask.py)
-        return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0)
+        files = train_corpus.files if cfg.corpus.dataset is None else None  # plain text files
+        return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0, files)
     if carved:
         lines = (x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
     counts = count_corpus(lines, tok, groups, cfg.scale)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmkit.counts import count_ngrams, flat_buffer
-from lmkit.errors import WorkerError
+from lmkit.errors import InputError, WorkerError
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
 from lmkit.ngram import (_adjusted_counts, count_of_counts, order_discounts, solve_ngram,
@@ -45,10 +45,25 @@ def test_stitch_example():
     assert K[1].tolist() == [3, 14, 22]
 
 
+def test_file_splits_tile_every_line_once(tmp_path):
+    from lmkit.corpus import load_corpus
+    from lmkit.ngram_dask import file_splits, split_lines
+    p = tmp_path / "a.txt"
+    p.write_bytes("\ufeffeins zwei\n\n  \ndrei é ü\r\nvier\nfünf fünf fünf fünf\nsechs".encode())
+    want = list(load_corpus(input=[str(p)]))
+    for size in (1, 2, 3, 5, 8, 13, 100):
+        got = [x for f, a, b in file_splits([p], size) for x in split_lines(f, a, b)]
+        assert got == want, size
+    assert p.stat().st_size == 63
+    assert [r[1:] for r in file_splits([p], 30)] == [(0, 30), (30, 60), (60, 63)]
+
+
 def test_partition_windows_example():
     got = partition_windows(np.array([1, 5, 6, 2], dtype=np.int32), 1, np.array([0, 6, 9]), 2)
     assert [w.tolist() for w, _ in got] == [[[1, 5], [5, 6]], [[6, 2]]]
     assert [f.tolist() for _, f in got] == [[1, 0], [0]]
+    empty = partition_windows(np.zeros(0, dtype=np.int32), 1, np.array([0, 6, 9]), 3)
+    assert [w.shape for w, _ in empty] == [(0, 3), (0, 3)]
 
 
 @pytest.mark.parametrize("order", [2, 3, 5])
@@ -98,6 +113,23 @@ def test_dask_build_equals_local_build(tiny_lines, tiny_tok, order):
     lp_ref, _ = LanguageModel(tiny_tok, ref).log_proba_ids(seqs)
     lp, _ = LanguageModel(tiny_tok, got).log_proba_ids(seqs)
     assert np.max(np.abs(lp - lp_ref)) <= 1e-12
+
+
+def test_dask_build_workers_read_the_files(tiny_lines, tiny_tok, tmp_path):
+    """Workers read byte ranges of the files themselves: the same model as the local build."""
+    pytest.importorskip("dask.distributed")
+    from lmkit.ngram_dask import build_ngram_dask
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    files[0].write_text("\n".join(tiny_lines[:120]) + "\n\n", encoding="utf-8")
+    files[1].write_text("\n".join(tiny_lines[120:]), encoding="utf-8")
+    ref = solve_ngram(local_counts(tiny_lines, tiny_tok, 4), bos_id=tiny_tok.bos_id)
+    got, n_seq, n_tok = build_ngram_dask(None, tiny_tok, 4, files=files, split_bytes=2000,
+                                         n_workers=2, processes=False)
+    assert n_seq == len(tiny_lines)
+    assert_same_model(got, ref)
+    files[1].write_bytes("caf\xe9\n".encode("latin-1"))  # a worker's own InputError passes through
+    with pytest.raises(InputError, match=r"b.txt: bytes at offset 3 are not valid UTF-8"):
+        build_ngram_dask(None, tiny_tok, 4, files=files, n_workers=2, processes=False)
 
 
 def test_dask_build_worker_error_is_one_line(tiny_lines, tiny_tok, monkeypatch):

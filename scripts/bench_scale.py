@@ -13,8 +13,9 @@ Measured in one run on a corpus of text shards (e.g. from scripts/make_big_corpu
 
 ``--ngram-dask`` instead times the pure n-gram build on the default corpus (train split) side by
 side: local (``count_ngrams`` + ``solve_ngram``, what ``lmkit train --order N`` runs) vs the
-whole build on a Dask LocalCluster (``ngram_dask.build_ngram_dask``), with wall and CPU seconds
-of every process, and checks that both models agree to 1e-12:
+whole build on a Dask LocalCluster (``ngram_dask.build_ngram_dask``; once with this process
+sending the text, once with the workers reading the corpus files), with wall and CPU seconds of
+every process, and checks that the models agree to 1e-12:
 
     python scripts/bench_scale.py --ngram-dask --order 5 --workers 2
 
@@ -113,7 +114,8 @@ def bench_ngram_dask(a) -> int:
     from lmkit.ngram_dask import build_ngram_dask
     from lmkit.parallel import line_chunks
     from lmkit.tokenizer import Tokenizer
-    lines = list(load_corpus(split="train"))
+    corpus = load_corpus(split="train")
+    lines = list(corpus)
     tok = Tokenizer.train(lines, vocab_size=a.vocab_size, seed=0)
     print(f"# bench_scale --ngram-dask: shakespeare train ({len(lines):,} lines), V={tok.vocab_size}"
           f", order {a.order}, {os.cpu_count()} cores, 1-min load {os.getloadavg()[0]:.1f}",
@@ -132,28 +134,38 @@ def bench_ngram_dask(a) -> int:
                            dashboard_address=None)
     client = Client(cluster)
     t_start = time.time() - t
-    try:
-        w0 = sum(client.run(cpu_seconds).values())
-        t, c = time.time(), cpu_seconds()
-        got, _, _ = build_ngram_dask(lines, tok, a.order, scheduler=cluster.scheduler_address,
-                                     n_workers=a.workers)
-        t_dask, c_dask = time.time() - t, cpu_seconds() - c
-        c_workers = sum(client.run(cpu_seconds).values()) - w0
+    results = {}
+    try:  # two inputs: this process sends the text, or the workers read the corpus files
+        for mode, kw in (("client sends text", {}), ("workers read files", {"files": corpus.files})):
+            w0 = sum(client.run(cpu_seconds).values())
+            t, c = time.time(), cpu_seconds()
+            got, _, _ = build_ngram_dask(lines, tok, a.order, scheduler=cluster.scheduler_address,
+                                         n_workers=a.workers, **kw)
+            t_dask, c_dask = time.time() - t, cpu_seconds() - c
+            c_workers = sum(client.run(cpu_seconds).values()) - w0
+            results[mode] = got
+            print(f"dask {a.workers}w: build {t_dask:6.2f} s wall, {c_dask:6.2f} s CPU client + "
+                  f"{c_workers:6.2f} s CPU workers; {got.info['partitions']} partitions, "
+                  f"{mode}; dask / local: wall {t_dask / t_local:.2f}x, CPU (all processes) "
+                  f"{(c_dask + c_workers) / c_local:.2f}x", flush=True)
+        rss = sorted(client.run(peak_rss).values())
     finally:
         client.close()
         cluster.close()
-    print(f"dask {a.workers}w: build {t_dask:6.2f} s wall, {c_dask:6.2f} s CPU client + "
-          f"{c_workers:6.2f} s CPU workers ({got.info['partitions']} partitions; LocalCluster "
-          f"start {t_start:.1f} s, not included)")
-    diff = max([float(np.abs(got.q - local.q).max())]
-               + [float(np.abs(x.data - y.data).max()) for x, y in zip(got.S, local.S)]
-               + [float(np.abs(x - y).max()) for x, y in zip(got.info["loggamma"],
-                                                            local.info["loggamma"])])
-    same = all(np.array_equal(x, y) for x, y in zip(got.keys, local.keys))
-    print(f"dask / local: wall {t_dask / t_local:.2f}x, CPU (all processes) "
-          f"{(c_dask + c_workers) / c_local:.2f}x; same keys: {same}; max |diff| {diff:.1e}; "
-          f"1-min load after {os.getloadavg()[0]:.1f}")
-    return 0 if same and diff <= 1e-12 else 1
+    print(f"peak RSS: workers {', '.join(mib(x) for x in rss)} (over both runs), this process "
+          f"{mib(peak_rss())} (includes the local build); LocalCluster start {t_start:.1f} s, "
+          "not included; the scheduler runs in this process, so its CPU is in the client's")
+    ok = True
+    for mode, got in results.items():
+        diff = max([float(np.abs(got.q - local.q).max())]
+                   + [float(np.abs(x.data - y.data).max()) for x, y in zip(got.S, local.S)]
+                   + [float(np.abs(x - y).max()) for x, y in zip(got.info["loggamma"],
+                                                                local.info["loggamma"])])
+        same = all(np.array_equal(x, y) for x, y in zip(got.keys, local.keys))
+        print(f"{mode}: same keys as local: {same}; max |diff| in q, S, log gamma: {diff:.1e}")
+        ok = ok and same and diff <= 1e-12
+    print(f"1-min load after {os.getloadavg()[0]:.1f}")
+    return 0 if ok else 1
 
 
 def run_child(a, mode, tokenizer, lines):

@@ -125,8 +125,9 @@ def bench_ngram_dask(a) -> int:
                           tok.vocab_size, make_groups(0, a.order), tok.bos_id, tok.eos_id)
     local = solve_ngram(counts, bos_id=tok.bos_id)
     t_local, c_local = time.time() - t, cpu_seconds() - c
+    tokens = counts.n_tokens
     print(f"local   : build {t_local:6.2f} s wall, {c_local:6.2f} s CPU "
-          f"({counts.n_tokens:,} tokens, {sum(S.nnz for S in local.S):,} n-grams)", flush=True)
+          f"({tokens:,} tokens, {sum(S.nnz for S in local.S):,} n-grams)", flush=True)
     del counts
 
     t = time.time()
@@ -155,6 +156,11 @@ def bench_ngram_dask(a) -> int:
     print(f"peak RSS: workers {', '.join(mib(x) for x in rss)} (over both runs), this process "
           f"{mib(peak_rss())} (includes the local build); LocalCluster start {t_start:.1f} s, "
           "not included; the scheduler runs in this process, so its CPU is in the client's")
+    arrays = sum(x.nbytes for S in local.S for x in (S.data, S.indices, S.indptr))
+    arrays += sum(k.nbytes + g.nbytes for k, g in zip(local.keys, local.info["loggamma"]))
+    print(f"sizes: windows {tokens * (4 * a.order + 2) / 2**20:.0f} MiB ({4 * a.order + 2} B per "
+          f"token; those whose partition is on another worker move), model arrays "
+          f"{arrays / 2**20:.0f} MiB (sent to this process)")
     ok = True
     for mode, got in results.items():
         diff = max([float(np.abs(got.q - local.q).max())]

@@ -145,20 +145,26 @@ def test_dask_build_worker_error_is_one_line(tiny_lines, tiny_tok, monkeypatch):
                             processes=False)
 
 
+@pytest.mark.parametrize("workers_read", [None, False])
 def test_train_engine_dask_builds_on_the_workers(tiny_corpus_file, tiny_tok_file, tiny_lines,
-                                                 monkeypatch):
-    """``lmkit train --order 4 --engine dask`` takes the Dask build and gives the local model."""
+                                                 monkeypatch, workers_read):
+    """``lmkit train --order 4 --engine dask`` takes the Dask build and gives the local model,
+    with the workers reading the file (default on a LocalCluster) or receiving the text."""
     pytest.importorskip("dask.distributed")
-    import functools
     import importlib
 
     import lmkit
     from lmkit.ngram_dask import build_ngram_dask
     train_mod = importlib.import_module("lmkit.train")  # the module, not lmkit.train()
-    monkeypatch.setattr(train_mod, "build_ngram_dask",  # threads instead of processes: fast
-                        functools.partial(build_ngram_dask, processes=False))
+    seen = []
+
+    def threads(*args, **kw):  # threads instead of processes: fast; records the input mode
+        seen.append(kw["files"])
+        return build_ngram_dask(*args, **kw, processes=False)
+    monkeypatch.setattr(train_mod, "build_ngram_dask", threads)
     opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=4, verbose=False)
     local = lmkit.train(**opts)
-    dask = lmkit.train(**opts, engine="dask", workers=2, chunk_lines=60)
+    dask = lmkit.train(**opts, engine="dask", workers=2, chunk_lines=60, workers_read=workers_read)
+    assert seen == ([[tiny_corpus_file]] if workers_read is None else [None])
     assert dask.params.info["partitions"] >= 2 and dask.corpus == local.corpus
     assert_same_model(dask.params, local.params)

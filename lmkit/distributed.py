@@ -19,6 +19,9 @@ Shutdown: Ctrl-C or SIGTERM during counting closes the client and the LocalClust
 LocalCluster's worker processes ignore SIGINT (this process stops them), and they exit by
 themselves when this process dies. A Ctrl-C during the cluster's ~2 s start-up is ignored.
 
+``dask_client`` (start, bounded close) and ``result`` (a worker's failure -> one
+``WorkerError`` line) are shared with the n-gram build on Dask (``ngram_dask.py``).
+
 Requires the optional extra: ``pip install 'lmkit[distributed]'``.
 """
 from __future__ import annotations

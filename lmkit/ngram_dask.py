@@ -53,7 +53,7 @@ from .params import SparseParams
 from .parallel import check_workers, line_chunks
 
 
-SPLIT_BYTES = 8 << 20  # text per task when the workers read the files: ~2M tokens, ~50 MB of windows
+SPLIT_BYTES = 8 << 20  # text per task when workers read files: ~2M tokens, ~50 MB of windows
 
 
 # ---- pure pieces --------------------------------------------------------------------------------
@@ -183,7 +183,8 @@ def build_ngram_dask(lines, tokenizer, order: int, *, files=None, discount=None,
         proto = client.scatter(tokenizer.model_proto, broadcast=True)
         bos = tokenizer.bos_id
         edges, blocks, in_flight, n_seq, n_tok = None, [], set(), 0, 0
-        shards = line_chunks(lines, chunk_lines) if files is None else file_splits(files, split_bytes)
+        shards = (line_chunks(lines, chunk_lines) if files is None
+                  else file_splits(files, split_bytes))
         if log and files is not None:
             log(f"      the workers read {len(files)} files in {len(shards)} byte ranges")
         for shard in shards:

@@ -103,11 +103,17 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def sys_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def bench_ngram_dask(a) -> int:
     """Local vs Dask n-gram build on the default corpus (see the module docstring)."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     from lmkit.corpus import load_corpus
+    from lmkit.distributed import WORKER_ENV
     from lmkit.counts import count_ngrams
     from lmkit.features import make_groups
     from lmkit.ngram import solve_ngram
@@ -118,7 +124,8 @@ def bench_ngram_dask(a) -> int:
     lines = list(corpus)
     tok = Tokenizer.train(lines, vocab_size=a.vocab_size, seed=0)
     print(f"# bench_scale --ngram-dask: shakespeare train ({len(lines):,} lines), V={tok.vocab_size}"
-          f", order {a.order}, {os.cpu_count()} cores, 1-min load {os.getloadavg()[0]:.1f}",
+          f", order {a.order}, {os.cpu_count()} cores, 1-min load {os.getloadavg()[0]:.1f}; "
+          f"workers' malloc: {'Dask defaults' if a.dask_malloc_defaults else 'WORKER_ENV'}",
           flush=True)
     t, c = time.time(), cpu_seconds()
     counts = count_ngrams((tok.encode_batch(x) for x in line_chunks(lines, 10000)),
@@ -131,22 +138,26 @@ def bench_ngram_dask(a) -> int:
     del counts
 
     t = time.time()
-    cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    with dask.config.set({} if a.dask_malloc_defaults else WORKER_ENV):  # as lmkit starts one
+        cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
     client = Client(cluster)
     t_start = time.time() - t
     results = {}
     try:  # two inputs: this process sends the text, or the workers read the corpus files
         for mode, kw in (("client sends text", {}), ("workers read files", {"files": corpus.files})):
             w0 = sum(client.run(cpu_seconds).values())
+            s0 = sum(client.run(sys_seconds).values())
             t, c = time.time(), cpu_seconds()
             got, _, _ = build_ngram_dask(lines, tok, a.order, scheduler=cluster.scheduler_address,
                                          n_workers=a.workers, **kw)
             t_dask, c_dask = time.time() - t, cpu_seconds() - c
             c_workers = sum(client.run(cpu_seconds).values()) - w0
+            s_workers = sum(client.run(sys_seconds).values()) - s0
             results[mode] = got
             print(f"dask {a.workers}w: build {t_dask:6.2f} s wall, {c_dask:6.2f} s CPU client + "
-                  f"{c_workers:6.2f} s CPU workers; {got.info['partitions']} partitions, "
+                  f"{c_workers:6.2f} s CPU workers ({s_workers:.2f} s system); "
+                  f"{got.info['partitions']} partitions, "
                   f"{mode}; dask / local: wall {t_dask / t_local:.2f}x, CPU (all processes) "
                   f"{(c_dask + c_workers) / c_local:.2f}x", flush=True)
         rss = sorted(client.run(peak_rss).values())
@@ -196,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--order", type=int, default=5, help="--ngram-dask: n-gram order")
     ap.add_argument("--workers", type=int, default=2, help="--ngram-dask: Dask workers")
     ap.add_argument("--vocab-size", type=int, default=4096, help="--ngram-dask: tokenizer V")
+    ap.add_argument("--dask-malloc-defaults", action="store_true",
+                    help="--ngram-dask: workers without lmkit's WORKER_ENV (Dask's defaults)")
     ap.add_argument("--speed-lines", type=int, default=500_000)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing runs per setting")
     ap.add_argument("--rss-tokens", type=float, nargs="+", default=[1e7, 1e8])

@@ -473,4 +473,6 @@ def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 
 
 __all__ = ["solve_ngram", "mkn_discounts", "adjusted_counts", "backoff_tables", "mkn_log_proba",
+           "count_of_counts", "order_discounts", "unigram_level", "solve_partition",
+           "stitch_partitions",
            "loggamma_tables", "prune_thresholds", "decode_suffix_key"]

@@ -14,8 +14,11 @@ Layout of a model folder::
 ``S{g}_data`` float64, ``S{g}_indices``/``S{g}_indptr`` int32|int64, ``S{g}_shape`` int64 (2,)
 (sparse form), or ``W{g}`` (R_g, V) float32 and ``b`` (V,) float32 (dense form), and
 ``keys{g}`` (R_g,) int64 for groups whose rows are n-gram histories (chained ids: the key of
-a ``Suffix(m)`` row is ``parent_row * V + oldest token``, see ``features.py``), and for pure
-n-gram models ``G{g}`` (R_g,) float64, the log back-off weight of each history row.
+a ``Suffix(m)`` row is ``parent_row * V + oldest token``, see ``features.py``) or packed
+skip-gram / cluster-history contexts (``features.Skip``, ``clusters.ClusterHistory``), for pure
+n-gram models ``G{g}`` (R_g,) float64, the log back-off weight of each history row, and for
+models with cluster-history groups ``clusters`` (V,) int64, the token -> cluster table those
+groups are rebuilt with (``groups_from_names``: names + table).
 
 Writing (``write_model_folder``): the model is first checked as ``read_model_folder`` would
 check it (nothing unloadable is written), the output with ``check_output_writable`` (the CLI

@@ -28,23 +28,34 @@ import scipy.sparse as sp
 from .errors import InputError
 
 
-def cluster_tokens(F1: sp.csr_matrix, n_clusters: int, seed: int = 0, dim: int = 32,
-                   n_iter: int = 20) -> np.ndarray:
-    """Cluster id (V,) int64 per token from bigram counts (see the module docstring)."""
+def bigram_embedding(F1: sp.csr_matrix, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """(V, dim) float64: each token's square-rooted right- and left-neighbour distributions,
+    reduced by a truncated SVD (start vector from ``seed``); see the module docstring."""
     from scipy.sparse.linalg import svds
     F1 = sp.csr_matrix(F1, dtype=np.float64)
-    V = F1.shape[0]
-    if not 1 <= n_clusters <= V:
-        raise InputError(f"n_clusters must be in [1, {V}], got {n_clusters}")
     right = sp.diags(1.0 / np.maximum(np.asarray(F1.sum(axis=1)).ravel(), 1.0)) @ F1
     Ft = F1.T.tocsr()
     left = sp.diags(1.0 / np.maximum(np.asarray(Ft.sum(axis=1)).ravel(), 1.0)) @ Ft
     X = sp.hstack([right, left]).tocsr()
     X.data = np.sqrt(X.data)
     k = max(1, min(dim, min(X.shape) - 1))
+    u, s, _ = svds(X, k=k, v0=np.random.default_rng(seed).standard_normal(min(X.shape)))
+    return u * s
+
+
+def cluster_tokens(F1: sp.csr_matrix, n_clusters: int, seed: int = 0, dim: int = 32,
+                   n_iter: int = 20, embedding: np.ndarray | None = None) -> np.ndarray:
+    """Cluster id (V,) int64 per token from bigram counts (see the module docstring).
+
+    ``embedding``: ``bigram_embedding(F1, dim)`` if already computed (several tables from one
+    SVD; an SVD from another start vector differs only in signs, which k-means ignores).
+    """
+    V = F1.shape[0]
+    if not 1 <= n_clusters <= V:
+        raise InputError(f"n_clusters must be in [1, {V}], got {n_clusters}")
     rng = np.random.default_rng(seed)
-    u, s, _ = svds(X, k=k, v0=rng.standard_normal(min(X.shape)))
-    Y = u * s
+    rng.standard_normal(min(V, 2 * F1.shape[1]))  # the SVD's start vector: same stream either way
+    Y = bigram_embedding(F1, dim, seed) if embedding is None else embedding
     # k-means with k-means++ seeding, all randomness from ``seed``
     centers = np.empty((n_clusters, Y.shape[1]))
     centers[0] = Y[rng.integers(V)]

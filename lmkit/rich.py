@@ -23,8 +23,9 @@ are counted with them in a second pass (``merge_groups`` joins the two ``Counts`
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
-from .clusters import ClusterHistory, cluster_tokens
+from .clusters import ClusterHistory, bigram_embedding, cluster_tokens
 from .config import ModelConfig
 from .counts import Counts, count_buffer, empty_counts, flat_buffer
 from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
@@ -39,8 +40,14 @@ from .skipgram import solve_skip
 DEFAULT_ORDER = ModelConfig.DEFAULT_ORDER  # the n-gram and window part of lmkit's default model
 DEFAULT_CONTEXT = ModelConfig.DEFAULT_CONTEXT
 DEFAULT_SKIPS = ((1, 1, 1), (1, 2, 1), (1, 1, 2), (1, 3, 1))
+# windows 2..K: Window(1) has the rows of Suffix(1) (the previous token); without it valid ppl
+# rises 0.1-0.2 % and the weight search touches 12 % fewer entries (docs/quality.md)
+DEFAULT_FIRST_WINDOW = 2
 DEFAULT_CLUSTER_SHAPES = ((2, 0), (3, 0), (3, 1), (4, 1), (4, 2), (5, 2))
 DEFAULT_N_CLUSTERS = 256
+# (clusters, shapes) per cluster table: a fine table for the long histories, a coarse one for a
+# class bigram context (valid ppl of the default corpus 90.42 -> 88.83 with window 1 dropped)
+DEFAULT_CLUSTERINGS = ((DEFAULT_N_CLUSTERS, DEFAULT_CLUSTER_SHAPES), (32, ((2, 0),)))
 # held-out tokens for the weights: the search costs ~ tokens x touched row length. Valid ppl on
 # the default corpus (docs/quality.md): 5000 tokens 90.42, 6500 90.26, 10000 90.19, at 8.8 /
 # 11.0 / 13.6 CPU s of weight search; 5000 keeps `lmkit train` within 5x of encode + lmplz
@@ -56,9 +63,10 @@ DEFAULT_HESSIAN_EVERY, DEFAULT_HESSIAN_TOKENS = 8, None
 
 
 def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
-                skips=DEFAULT_SKIPS) -> list:
-    """First counting pass: ``Suffix(1..order-1) + Window(1..context) + Skip(r, s, a)...``."""
-    groups = [Suffix(m) for m in range(1, order)] + [Window(k) for k in range(1, context + 1)]
+                skips=DEFAULT_SKIPS, first_window: int = 1) -> list:
+    """First counting pass: ``Suffix(1..order-1) + Window(first_window..context) + Skip...``."""
+    groups = [Suffix(m) for m in range(1, order)]
+    groups += [Window(k) for k in range(first_window, context + 1)]
     return groups + [Skip(*x) for x in skips]
 
 
@@ -68,38 +76,55 @@ def cluster_groups(table, shapes=DEFAULT_CLUSTER_SHAPES) -> list:
     return [ClusterHistory(m, w, table) for m, w in shapes]
 
 
-def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = 0) -> np.ndarray:
-    """Token clusters (V,) from the bigram counts of ``counts`` (``Window(1)``, else ``Suffix(1)``)."""
-    g = counts.groups.index(Window(1) if Window(1) in counts.groups else Suffix(1))
-    return cluster_tokens(counts.F[g], min(n_clusters, counts.vocab_size), seed=seed)
+def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = 0,
+                  embedding=None) -> np.ndarray:
+    """Token clusters (V,) from the bigram counts of ``counts`` (``Window(1)``, else ``Suffix(1)``;
+    ``embedding``: their ``clusters.bigram_embedding``, if already computed)."""
+    V = counts.vocab_size
+    return cluster_tokens(bigram_counts(counts), min(n_clusters, V), seed=seed,
+                          embedding=embedding)
+
+
+def bigram_counts(counts: Counts) -> sp.csr_matrix:
+    """CSR (V, V) counts of (previous token, token) from ``Window(1)``, else ``Suffix(1)``."""
+    if Window(1) in counts.groups:
+        return counts.F[counts.groups.index(Window(1))]
+    g = counts.groups.index(Suffix(1))  # rows are the observed previous tokens (keys)
+    keys = counts.keys[g]
+    return sp.csr_matrix((np.ones(len(keys)), (keys, np.arange(len(keys)))),
+                         shape=(counts.vocab_size, len(keys))) @ counts.F[g]
 
 
 def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int = DEFAULT_ORDER,
-               context: int = DEFAULT_CONTEXT, skips=DEFAULT_SKIPS,
-               shapes=DEFAULT_CLUSTER_SHAPES, n_clusters: int = DEFAULT_N_CLUSTERS,
-               seed: int = 0, table=None) -> tuple[Counts, np.ndarray | None]:
+               context: int = DEFAULT_CONTEXT, first_window: int = DEFAULT_FIRST_WINDOW,
+               skips=DEFAULT_SKIPS, clusterings=DEFAULT_CLUSTERINGS, seed: int = 0,
+               tables=None) -> tuple[Counts, list]:
     """Counts of every group of the rich model from one flat buffer of the text.
 
-    ``chunks``: iterable of lists of token-id sequences, read once. The base groups are counted
-    first; the cluster table comes from their bigram counts (or is ``table``, e.g. the one
-    chosen on the training text when counting held-out text), then the cluster groups are
-    counted on the same buffer. Returns ``(counts, table)`` (table None without shapes).
+    ``chunks``: iterable of lists of token-id sequences, read once. The base groups
+    (``base_groups``) are counted first; then per ``(n_clusters, shapes)`` of ``clusterings``
+    a cluster table from their bigram counts (seed ``seed + i``; or ``tables[i]``, e.g. the
+    ones chosen on the training text when counting held-out text) and its cluster groups,
+    counted on the same buffer. Returns ``(counts, tables)``: one int64 (V,) table per
+    clustering.
     """
-    groups = base_groups(order, context, skips)
+    groups = base_groups(order, context, skips, first_window)
     pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])
     buf, pos, starts, n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
-    if n_seq == 0:
-        counts = empty_counts(vocab_size, groups)
-    else:
-        counts = count_buffer(buf, pos, starts, vocab_size, groups, n_seq)
-    if not shapes:
-        return counts, None
-    if table is None:
-        table = make_clusters(counts, n_clusters, seed)
-    cgroups = cluster_groups(table, shapes)
-    more = count_buffer(buf, pos, starts, vocab_size, cgroups, n_seq) if n_seq else \
-        empty_counts(vocab_size, cgroups)
-    return merge_groups(counts, more), np.asarray(table, dtype=np.int64)
+
+    def count(groups):
+        return count_buffer(buf, pos, starts, vocab_size, groups, n_seq) if n_seq else \
+            empty_counts(vocab_size, groups)
+    counts, out = count(groups), []
+    base = counts
+    # one SVD for every table (its start vector from ``seed``, as table 0 would draw it)
+    emb = bigram_embedding(bigram_counts(base), seed=seed) if clusterings and tables is None \
+        else None
+    for i, (n_clusters, shapes) in enumerate(clusterings):
+        table = make_clusters(base, n_clusters, seed + i, emb) if tables is None else tables[i]
+        out.append(np.asarray(table, dtype=np.int64))
+        counts = merge_groups(counts, count(cluster_groups(table, shapes)))
+    return counts, out
 
 
 def merge_groups(a: Counts, b: Counts) -> Counts:

@@ -17,8 +17,8 @@ Layout of a model folder::
 a ``Suffix(m)`` row is ``parent_row * V + oldest token``, see ``features.py``) or packed
 skip-gram / cluster-history contexts (``features.Skip``, ``clusters.ClusterHistory``), for pure
 n-gram models ``G{g}`` (R_g,) float64, the log back-off weight of each history row, and for
-models with cluster-history groups ``clusters`` (V,) int64, the token -> cluster table those
-groups are rebuilt with (``groups_from_names``: names + table).
+models with cluster-history groups ``clusters{C}`` (V,) int64, the token -> cluster table of
+the groups with C clusters, which they are rebuilt with (``groups_from_names``: names + table).
 
 Writing (``write_model_folder``): the model is first checked as ``read_model_folder`` would
 check it (nothing unloadable is written), the output with ``check_output_writable`` (the CLI
@@ -509,37 +509,39 @@ def params_to_arrays(params) -> dict:
             arrays[f"keys{g}"] = k
     for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
         arrays[f"G{g}"] = lg
-    tables = {g.table for g in params.groups if isinstance(g, ClusterHistory)}
-    if tables:  # the cluster groups' token -> cluster table (rich.py): one for the model
-        if len(tables) > 1:
-            raise InputError("cluster-history groups of one model must share one cluster table")
-        arrays["clusters"] = np.asarray(tables.pop(), dtype=np.int64)
+    for table in {g.table for g in params.groups if isinstance(g, ClusterHistory)}:
+        name = f"clusters{max(table) + 1}"  # the cluster groups' token -> cluster table (rich.py)
+        if name in arrays:
+            raise InputError(f"two cluster tables of {max(table) + 1} clusters in one model; "
+                             "use tables of different sizes")
+        arrays[name] = np.asarray(table, dtype=np.int64)
     return arrays
 
 
 def groups_from_names(names: list, arrays, where="params.npz") -> list:
     """Feature groups from their manifest names; cluster-history groups (``cluster{m}_{w}_{C}``)
-    take their token -> cluster table from the ``clusters`` array: int64 (V,), one id per
+    take their token -> cluster table from the ``clusters{C}`` array: int64 (V,), one id per
     token in ``[0, C)``. Raises ``ModelFormatError`` naming the first bad name or table."""
-    groups, table = [], None
+    groups = []
     for name in names:
         try:
             if name.startswith("cluster"):
-                if table is None:
-                    table = _cluster_table(arrays, where)
+                table = _cluster_table(arrays, "clusters" + name.rsplit("_", 1)[-1], where)
                 groups.append(ClusterHistory.from_name(name, table))
             else:
                 groups.append(group_from_name(name))
+        except ModelFormatError:
+            raise
         except (ValueError, InputError) as e:
             raise ModelFormatError(f"{where}: {e}; {_FIX}") from None
     return groups
 
 
-def _cluster_table(arrays, where) -> np.ndarray:
-    t = _array(arrays, "clusters", ("<i8",), 1, where)
+def _cluster_table(arrays, name: str, where) -> np.ndarray:
+    t = _array(arrays, name, ("<i8",), 1, where)
     V = len(arrays["q"]) if "q" in arrays else len(arrays["b"]) if "b" in arrays else len(t)
     if len(t) != V or len(t) == 0 or t.min() < 0:
-        raise ModelFormatError(f"{where}: 'clusters' must hold {V} cluster ids >= 0 (one per "
+        raise ModelFormatError(f"{where}: {name!r} must hold {V} cluster ids >= 0 (one per "
                                f"token), got {len(t)} ids from {t.min() if len(t) else None}; {_FIX}")
     return t
 
@@ -623,8 +625,7 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
             expected.add(f"keys{g}")
         if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
             expected.add(f"G{g}")
-    if any(isinstance(group, ClusterHistory) for group in groups):
-        expected.add("clusters")
+    expected |= {f"clusters{g.n_clusters}" for g in groups if isinstance(g, ClusterHistory)}
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "

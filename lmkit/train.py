@@ -207,7 +207,8 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
     train_corpus, valid, carved = load_text(cfg.corpus)
     log(f"[1/4] corpus {train_corpus.name}")
     tok = make_tokenizer(cfg, train_corpus)
-    log(f"[3/4] counting the feature-rich model: n-grams 1..{order}, windows 1..{context}, "
+    log(f"[3/4] counting the feature-rich model: n-grams 1..{order}, windows "
+        f"{rich.DEFAULT_FIRST_WINDOW}..{context}, "
         f"skip-grams, cluster histories (in this process)")
     digest = hashlib.sha256()
     lines = _hashing(train_corpus, digest)
@@ -221,11 +222,12 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
                 b.update(sum(map(len, seqs)) + len(seqs))
                 yield seqs
     kw = dict(order=order, context=context, seed=cfg.spm.seed)
-    counts, table = rich.count_rich(encoded(lines), tok.vocab_size, tok.bos_id, tok.eos_id, **kw)
+    counts, tables = rich.count_rich(encoded(lines), tok.vocab_size, tok.bos_id, tok.eos_id, **kw)
     held_counts = rich.count_rich(encoded(valid), tok.vocab_size, tok.bos_id, tok.eos_id,
-                                  table=table, **kw)[0] if carved else None
+                                  tables=tables, **kw)[0] if carved else None
     log(f"      {counts.n_sequences} sequences, {counts.n_tokens} tokens, "
-        f"{sum(F.nnz for F in counts.F)} non-zero counts, {len(set(table.tolist()))} clusters")
+        f"{sum(F.nnz for F in counts.F)} non-zero counts, cluster tables of "
+        + " and ".join(str(int(t.max()) + 1) for t in tables) + " clusters")
     need = model_nbytes(counts)
     check_memory(counts_nbytes(counts) + 2 * need, cfg.scale.max_memory, "solving the sparse model",
                  "raise max_memory, or use a smaller vocab_size, or pass order N for a plain model")

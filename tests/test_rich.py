@@ -94,11 +94,12 @@ def _tiny_rich_model(tok, lines):
     from lmkit.model import LanguageModel
     from lmkit.rich import count_rich
     seqs = tok.encode_batch(lines)
-    counts, table = count_rich([seqs[:250]], tok.vocab_size, tok.bos_id, tok.eos_id, order=3,
-                               context=1, skips=((1, 1, 1),), shapes=((2, 0), (3, 1)),
-                               n_clusters=8)
+    counts, tables = count_rich([seqs[:250]], tok.vocab_size, tok.bos_id, tok.eos_id, order=3,
+                                context=2, skips=((1, 1, 1),),
+                                clusterings=((8, ((2, 0), (3, 1))), (3, ((2, 0),))))
+    assert [g.name for g in counts.groups][2] == "window2"  # windows from 2 by default
     params = fit_rich(counts, seqs[250:], tok.bos_id, tok.eos_id)
-    return LanguageModel(tok, params, {"order": 3}, {"name": "tiny"}), table
+    return LanguageModel(tok, params, {"order": 3}, {"name": "tiny"}), tables[0]
 
 
 def test_rich_model_save_load_round_trip(tiny_tok, tiny_lines, tmp_path):
@@ -110,10 +111,11 @@ def test_rich_model_save_load_round_trip(tiny_tok, tiny_lines, tmp_path):
     assert sorted(set(table.tolist())) == list(range(8))
     path = model.save(tmp_path / "m")
     names = json.loads((path / "manifest.json").read_text())["groups"]
-    assert names[-2:] == ["cluster2_0_8", "cluster3_1_8"] and "skip1_1_1" in names
+    assert names[-3:] == ["cluster2_0_8", "cluster3_1_8", "cluster2_0_3"] and "skip1_1_1" in names
     loaded = LanguageModel.load(path)
     assert loaded.groups == model.groups
-    assert isinstance(loaded.groups[-1], ClusterHistory) and loaded.groups[-1].table == tuple(table)
+    assert isinstance(loaded.groups[-2], ClusterHistory) and loaded.groups[-2].table == tuple(table)
+    assert loaded.groups[-1].n_clusters == 3
     seqs = tiny_tok.encode_batch(tiny_lines[:40])
     a, _ = model.log_proba_ids(seqs)
     b, _ = loaded.log_proba_ids(seqs)
@@ -133,14 +135,15 @@ def test_rich_model_refuses_bad_cluster_tables(tiny_tok, tiny_lines, tmp_path):
     ok = store.groups_from_names(names, arrays)
     assert ok == model.groups
     V = tiny_tok.vocab_size
-    for bad, msg in ((np.zeros(V - 1, np.int64), "must hold 300 cluster ids"),
+    assert sorted(k for k in arrays if k.startswith("clusters")) == ["clusters3", "clusters8"]
+    for bad, msg in ((np.zeros(V - 1, np.int64), "'clusters8' must hold 300 cluster ids"),
                      (np.full(V, -1, np.int64), "must hold 300 cluster ids >= 0"),
                      (np.where(table == 7, 9, table), "not a cluster-history group of a 10-cluster"),
-                     (table.astype(np.float64), "'clusters' is <f8")):
+                     (table.astype(np.float64), "'clusters8' is <f8")):
         with pytest.raises(ModelFormatError, match=msg):
-            store.groups_from_names(names, {**arrays, "clusters": bad})
-    with pytest.raises(ModelFormatError, match="missing array 'clusters'"):
-        store.groups_from_names(names, {k: v for k, v in arrays.items() if k != "clusters"})
+            store.groups_from_names(names, {**arrays, "clusters8": bad})
+    with pytest.raises(ModelFormatError, match="missing array 'clusters3'"):
+        store.groups_from_names(names, {k: v for k, v in arrays.items() if k != "clusters3"})
     with pytest.raises(ModelFormatError, match="needs 0 <= w < m"):
         store.groups_from_names(names[:-1] + ["cluster3_3_8"], arrays)
     # a table that does not belong to any cluster group is refused as a stray array
@@ -159,8 +162,7 @@ def test_train_defaults_to_the_rich_model_and_keeps_order_and_context_alone(
     src = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
     model = train(**src)  # no model option: the feature-rich model
     names = [g.name for g in model.groups]
-    assert names[:7] == ["suffix1", "suffix2", "suffix3", "suffix4", "window1", "window2",
-                         "window3"]
+    assert names[:6] == ["suffix1", "suffix2", "suffix3", "suffix4", "window2", "window3"]
     assert "skip1_1_1" in names and any(n.startswith("cluster") for n in names)
     assert model.config["rich"] is True and "entry_lambdas" in model.params.info
     loaded = LanguageModel.load(model.save(tmp_path / "m"))
@@ -168,6 +170,16 @@ def test_train_defaults_to_the_rich_model_and_keeps_order_and_context_alone(
     assert np.array_equal(model.log_proba_ids(seqs)[0], loaded.log_proba_ids(seqs)[0])
     assert [g.name for g in train(order=3, **src).groups] == ["suffix1", "suffix2"]
     assert [g.name for g in train(context=2, **src).groups] == ["window1", "window2"]
-    assert [g.name for g in train(rich=False, **src).groups] == names[:7]
+    assert [g.name for g in train(rich=False, **src).groups] == names[:4] + [
+        "window1", "window2", "window3"]
     with pytest.raises(OptionError, match="rich takes no lambdas"):
         train(rich=True, lambdas=[1.0] * 7, **src)
+
+
+def test_clusters_from_suffix1_equal_clusters_from_window1():
+    from lmkit.rich import make_clusters
+    V, train = 14, corpus(150, 4)
+    with_w1 = count_chunk(train, V, [Suffix(1), Window(1)], BOS, EOS)
+    without = count_chunk(train, V, [Suffix(1)], BOS, EOS)
+    # Suffix(1) and Window(1) both read the previous token (BOS at a sequence start)
+    assert np.array_equal(make_clusters(with_w1, 4, seed=2), make_clusters(without, 4, seed=2))

@@ -168,7 +168,7 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
         hits.append(c == targets[p])
     keys, cols, vals, hits = (np.concatenate(x) for x in (keys, cols, vals, hits))
     tsum = np.bincount(cols[hits], vals[hits], minlength=n_params)
-    index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**22 cells (choose_lambdas' chunks)
+    index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**21 cells (choose_lambdas' chunks)
     index[keys] = 1
     union = np.flatnonzero(index)
     np.cumsum(index, out=index)
@@ -286,7 +286,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
     eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
     chunks = []
-    chunk = max(16, min(chunk, (1 << 22) // params.vocab_size))  # bounds the union's bitmap
+    # 2**21 cells bound the union's bitmap and keep a chunk's arrays under glibc's 32 MiB mmap
+    # threshold (memory reused, not page-faulted again)
+    chunk = max(16, min(chunk, (1 << 21) // params.vocab_size))
     n_chunks = -(-N // chunk)
     for i in range(n_chunks):
         # chunk i holds positions i, i + n_chunks, ...: every chunk samples the whole held-out

@@ -1,10 +1,11 @@
 """Quality ladder of the explicit model: each feature family's gain on valid and test.
 
-Rows are cumulative: exact MKN order N; + windows 1..K (``--order N --context K`` today);
-+ skip-grams; + cluster histories (the proposed default); optionally + history-count buckets.
-Each row is built from scratch on ``train`` (tokenizer shared, its time excluded): counting its
-groups, the closed forms, and the weights fitted on ``--lambda-tokens`` tokens of ``valid``
-(``rich.fit_rich``). Reports valid and test perplexity (EOS counted), build CPU seconds of
+Rows are cumulative: exact MKN order N; + windows 1..K; + skip-grams; + cluster histories;
+window 1 dropped; + a class-bigram context on a coarse cluster table (= ``lmkit train``'s
+default model); optionally history-count x entry-count buckets. Each row is built from scratch
+on ``train`` (tokenizer shared, its time excluded): counting its groups (``rich.count_rich``),
+the closed forms, and the weights (one per group x entry-count bucket) fitted on
+``--lambda-tokens`` tokens of ``valid`` (``rich.fit_rich``). Reports valid and test perplexity (EOS counted), build CPU seconds of
 this process, and model size (bytes of the saved arrays). Nothing is chosen on ``test``.
 
 Corpora: the default ``shakespeare`` (its own train/valid/test split), or ``--input FILES``:
@@ -32,10 +33,9 @@ import time
 
 from lmkit import store
 from lmkit.corpus import load_corpus
-from lmkit.counts import count_ngrams
 from lmkit.ngram import solve_ngram
-from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_SKIPS, base_groups,
-                        cluster_groups, fit_rich, make_clusters, merge_groups)
+from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
+                        DEFAULT_LAMBDA_TOKENS, DEFAULT_SKIPS, count_rich, fit_rich)
 from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines
@@ -45,25 +45,20 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def count(seqs, groups, tok):
-    return count_ngrams([seqs], tok.vocab_size, groups, tok.bos_id, tok.eos_id)
-
-
 def ppl(params, seqs, tok):
     rows, targets, _ = context_rows(params.groups, params.keys, seqs, tok.vocab_size, tok.bos_id,
                                     tok.eos_id)
     return math.exp(-float(sparse_log_proba(params, rows, targets).mean()))
 
 
-def build(data, tok, a, *, context, skips, clusters, buckets, order=None):
-    """One row: count (+ clusters, second pass) and fit. Returns (params, build CPU s)."""
+def build(data, tok, a, *, context, skips, clusterings, buckets, order=None, first_window=1):
+    """One row: count (one buffer, clusters from its bigram counts) and fit.
+    Returns (params, build CPU s)."""
     t = time.process_time()
-    groups = base_groups(order or a.order, context, skips)
-    counts = count(data["train"], groups, tok)
-    if clusters:
-        table = make_clusters(counts, a.clusters, seed=a.seed)
-        counts = merge_groups(counts, count(data["train"], cluster_groups(table, clusters), tok))
-    if context == 0 and not skips and not clusters:
+    counts, _ = count_rich([data["train"]], tok.vocab_size, tok.bos_id, tok.eos_id,
+                           order=order or a.order, context=context, first_window=first_window,
+                           skips=skips, clusterings=clusterings, seed=a.seed)
+    if context == 0 and not skips and not clusterings:
         params = solve_ngram(counts)  # exact MKN, lambdas 1
     else:
         entry = tuple(a.entry_edges) if a.entry_edges and not buckets else None
@@ -150,7 +145,9 @@ def main():
     ap.add_argument("--order", type=int, default=5)
     ap.add_argument("--context", type=int, default=3)
     ap.add_argument("--clusters", type=int, default=256)
-    ap.add_argument("--lambda-tokens", type=int, default=20000)
+    ap.add_argument("--coarse-clusters", type=int, nargs="*", default=[32],
+                    help="second cluster table(s) for the class-bigram context (2, 0)")
+    ap.add_argument("--lambda-tokens", type=int, default=DEFAULT_LAMBDA_TOKENS)
     ap.add_argument("--buckets", type=int, nargs="*", default=None,
                     help="also a row with per history-count bucket weights (edges, e.g. 2 4 16)")
     ap.add_argument("--mkn-orders", type=int, nargs="*", default=[],
@@ -195,23 +192,29 @@ def main():
         tuple(int(v) for v in x.split(",")) for x in a.skips)
     shapes = DEFAULT_CLUSTER_SHAPES if a.cluster_shapes is None else tuple(
         tuple(int(v) for v in x.split(",")) for x in a.cluster_shapes)
-    ladder = [(f"MKN order {a.order} (exact)", dict(context=0, skips=(), clusters=(), buckets=None)),
-              (f"+ windows 1..{a.context}", dict(context=a.context, skips=(), clusters=(), buckets=None)),
-              (f"+ skip-grams {list(skips)}", dict(context=a.context, skips=skips,
-                                                    clusters=(), buckets=None)),
+    fine = ((a.clusters, shapes),)
+    both = fine + tuple((c, ((2, 0),)) for c in a.coarse_clusters)
+    no = dict(skips=(), clusterings=(), buckets=None)
+    fw = DEFAULT_FIRST_WINDOW
+    ladder = [(f"MKN order {a.order} (exact)", dict(no, context=0)),
+              (f"+ windows 1..{a.context}", dict(no, context=a.context)),
+              (f"+ skip-grams {list(skips)}", dict(no, context=a.context, skips=skips)),
               (f"+ cluster histories {list(shapes)}, C={a.clusters}",
-               dict(context=a.context, skips=skips, clusters=shapes, buckets=None))]
+               dict(no, context=a.context, skips=skips, clusterings=fine)),
+              (f"windows {fw}..{a.context} (window 1 dropped)",
+               dict(no, context=a.context, skips=skips, clusterings=fine, first_window=fw)),
+              (f"+ class bigram (2, 0) on C={a.coarse_clusters} (= the default)",
+               dict(no, context=a.context, skips=skips, clusterings=both, first_window=fw))]
     if a.only_last:
         ladder = ladder[-1:]
     if a.only_mkn:
         ladder = []
     for n in a.mkn_orders:
-        ladder.append((f"MKN order {n} (exact)", dict(order=n, context=0, skips=(), clusters=(),
-                                                     buckets=None)))
+        ladder.append((f"MKN order {n} (exact)", dict(no, order=n, context=0)))
     if a.buckets and not a.only_mkn:
-        ladder.append((f"+ bucket weights, edges {a.buckets}",
-                       dict(context=a.context, skips=skips, clusters=shapes,
-                            buckets=tuple(a.buckets))))
+        ladder.append((f"+ history-count x entry-count buckets, history edges {a.buckets}",
+                       dict(no, context=a.context, skips=skips, clusterings=both,
+                            first_window=fw, buckets=tuple(a.buckets))))
     rows = []
     for label, kw in ladder:
         log(f"== {label}")

@@ -12,8 +12,9 @@ already has instead of by greedy exchange.
 ``ClusterHistory(m, w, table)``: the context is the exact tokens at offsets ``1..w`` and the
 *clusters* of the tokens at offsets ``w+1..m``; the target stays a token. Row key (exact):
 ``sum_{i<w} tok_i V**i + V**w * sum_j cluster_j C**j``; refused unless ``V**w C**(m-w) < 2**63``.
-Rows are the observed keys. The name (``cluster{m}_{w}_{C}``) does not carry the table: a saved
-model must store it (e.g. as an int array) and rebuild the group with ``from_name``. It is solved like a skip-gram (``skipgram.solve_skip`` with
+Rows are the observed keys. The name (``cluster{m}_{w}_{C}``) does not carry the table: model
+folders store it as the array ``clusters{C}`` and rebuild the group with ``from_name``
+(``store.groups_from_names``). It is solved like a skip-gram (``skipgram.solve_skip`` with
 ``a = w``): relative to the exact-token part, so it adds what the clusters of the older tokens
 say beyond the last ``w`` tokens. Why it helps: a 4-gram history seen once as words is seen
 many times as "the same word, then tokens of these kinds".

@@ -72,7 +72,8 @@ class ModelConfig:
     """Which feature groups, and how the closed form is smoothed and weighted."""
 
     context: int | None = opt(None, "window groups: tokens 1..K back (default: 3 with no model "
-                              "option; 0 when only order is given)", min=0, max=64)
+                              "option, where the rich model uses tokens 2..K; 0 when only order "
+                              "is given)", min=0, max=64)
     order: int | None = opt(None, "n-gram order N: modified Kneser-Ney over suffix groups 1..N-1 "
                             "(default: 5 with no model option; none when only context is given)",
                             min=2, max=64)

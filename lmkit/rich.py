@@ -16,9 +16,11 @@ bucket, or per group) is fitted on held-out text and folded into S:
 - weights: ``explicit.choose_lambdas`` (projected Newton on the convex held-out NLL), all
   weights free, starting from MKN (suffix 1, others 0).
 
-Building it takes two counting passes when clusters are used: the clusters come from the
-``Window(1)`` counts of the first pass (``cluster_tokens``), and the ``ClusterHistory`` groups
-are counted with them in a second pass (``merge_groups`` joins the two ``Counts``).
+``count_rich`` counts everything from one flat buffer of the text: the base groups first, then
+per cluster table (``cluster_tokens`` on their bigram counts, one SVD for all tables) its
+``ClusterHistory`` groups on the same buffer. ``lmkit train`` with no model option builds the
+defaults below (``train._train_rich``); model folders keep each table as ``clusters{C}``
+(``store.groups_from_names``).
 """
 from __future__ import annotations
 
@@ -46,15 +48,16 @@ DEFAULT_FIRST_WINDOW = 2
 DEFAULT_CLUSTER_SHAPES = ((2, 0), (3, 0), (3, 1), (4, 1), (4, 2), (5, 2))
 DEFAULT_N_CLUSTERS = 256
 # (clusters, shapes) per cluster table: a fine table for the long histories, a coarse one for a
-# class bigram context (valid ppl of the default corpus 90.42 -> 88.83 with window 1 dropped)
+# class bigram context (valid ppl of the default corpus, window 1 dropped: 90.54 -> 88.81)
 DEFAULT_CLUSTERINGS = ((DEFAULT_N_CLUSTERS, DEFAULT_CLUSTER_SHAPES), (32, ((2, 0),)))
 # held-out tokens for the weights: the search costs ~ tokens x touched row length. Valid ppl on
 # the default corpus (docs/quality.md): 5000 tokens 90.42, 6500 90.26, 10000 90.19, at 8.8 /
 # 11.0 / 13.6 CPU s of weight search; 5000 keeps `lmkit train` within 5x of encode + lmplz
 DEFAULT_LAMBDA_TOKENS = ModelConfig.DEFAULT_RICH_LAMBDA_TOKENS
 # one weight per group x count of the (context, target) entry: 1, 2, 3-4, 5-9, 10+. Valid ppl
-# on the default corpus (docs/quality.md): one weight per group 91.19 (36.5 CPU s), edges (2, 3)
-# 90.75 (60 s), (2, 3, 5, 10) 90.13 (78 s), (2, 3, 4, 6, 10, 20, 50) 89.88 (115 s)
+# on the default corpus (docs/quality.md; CPU s of the earlier search code): one weight per
+# group 91.19 (36.5 s), edges (2, 3) 90.75 (60 s), (2, 3, 5, 10) 90.13 (78 s), (2, 3, 4, 6, 10,
+# 20, 50) 89.88 (115 s)
 DEFAULT_ENTRY_EDGES = (2, 3, 5, 10)
 # stop the weight search when a Newton step gains less than this (nats per token)
 DEFAULT_TOL = 1e-5

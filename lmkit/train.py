@@ -8,7 +8,8 @@ Each stage is a function of its own, callable alone; ``train`` only wires them:
 2. ``make_tokenizer``: SentencePiece trained on the train split (or loaded from ``tokenizer=``);
 3. ``count_corpus``: chunked sparse co-occurrence counts per feature group (``counts.py``), in
    worker processes or on Dask;
-4. ``solve.fit``: the closed form, then the group weights on held-out text;
+4. ``solve.fit``: the closed form, then the group weights on held-out text (with no model
+   option: the feature-rich model, ``_train_rich``: ``rich.count_rich`` + ``rich.fit_rich``);
 5. for ``solver`` gradient/warm: ``gradient.finetune`` trains the dense form by gradient descent;
    for ``solver`` residual/transformer: ``lmkit.neural`` trains a small transformer (on top of
    the explicit model, or from scratch) for a CPU-time budget.

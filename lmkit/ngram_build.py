@@ -47,8 +47,8 @@ from .features import make_groups
 from .memory import parse_size
 from .ngram import (FALLBACK_DISCOUNTS, _adjusted_counts, _check_discount, _discount_of,
                     _solve_order, discounts_from_count_of_counts)
-from .ngram_disk import (NpyAppender, encode_to_disk, file_reader, load_windows, open_npy,
-                         partition_windows)
+from .ngram_disk import encode_to_disk, file_reader, load_windows, partition_windows
+from .npyfile import NpyAppender, open_npy
 from .params import SparseParams
 from .progress import log as progress_log
 from .sparse import csr_from_arrays, csr_to_arrays

@@ -1,4 +1,4 @@
-"""Disk-backed stages of the bounded n-gram build: id stream, bucket partition, .npy appenders.
+"""Disk-backed stages of the bounded n-gram build: the id stream and its bucket partition.
 
 Used by ``ngram_build.py`` so that nothing of the size of the corpus or of the model is ever
 held in memory at once; each function streams fixed-size chunks.
@@ -12,23 +12,18 @@ held in memory at once; each function streams fixed-size chunks.
   tokens lie inside its sequence (capped at M). Rows are ``(M + 2,)`` uint16 when V fits,
   else int32. ``load_windows`` turns a bucket file back into the buffer/pos/starts triple that
   ``counts.count_buffer`` reads, so a bucket is counted exactly as the whole buffer would be.
-- ``NpyAppender``: a 1-d ``.npy`` file written piecewise (header rewritten with the final
-  length on ``close``); ``open_npy`` maps one back read-only.
-- ``release_pages(a)``: drop the resident pages of a memory-mapped array from this process
-  (they stay in the page cache), so reading a large mapped array once does not leave its whole
-  size in the resident set.
+
+The model's own arrays are written with ``npyfile.NpyAppender``.
 """
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 
 import numpy as np
 
 from .counts import flat_buffer
 
-CHUNK_TOKENS = 1 << 23  # ids per read in the partition pass (32 MiB of int32)
-_HEADER = 128  # bytes reserved for a .npy header: magic, length, dict padded with spaces
+CHUNK_TOKENS = 1 << 22  # ids per read in the partition pass (16 MiB of int32; ~0.5 GB peak)
 
 
 def encode_to_disk(chunks, bos_id: int, eos_id: int, path, vocab_size: int):
@@ -37,7 +32,7 @@ def encode_to_disk(chunks, bos_id: int, eos_id: int, path, vocab_size: int):
     Returns ``(n_ids, n_sequences, n_targets, prev_hist)``: ids written, sequences, targets
     (tokens + one EOS per sequence) and the (V,) int64 count of each target's previous token.
     Example: [[[5, 6]], [[7]]], bos 1, eos 2 -> file [1, 5, 6, 2, 1, 7, 2], 7, 2, 5, and
-    prev_hist counts 1 twice and 5, 6 once.
+    prev_hist counts 1 twice and 5, 6, 7 once.
     """
     hist = np.zeros(vocab_size, dtype=np.int64)
     n_ids = n_seq = n_tok = 0
@@ -113,56 +108,3 @@ def load_windows(path, order: int, vocab_size: int):
     pos = np.arange(len(rows), dtype=np.int64) * (M + 1) + M
     starts = pos - rows[:, M + 1].astype(np.int64) + 1
     return buf, pos, starts
-
-
-class NpyAppender:
-    """A 1-d ``.npy`` file of ``dtype`` built by ``append``; ``close`` writes the final header.
-
-    Only the appended piece is ever in memory. Example::
-
-        w = NpyAppender(path, np.float64); w.append(np.ones(3)); w.append(np.zeros(2))
-        w.close()  # np.load(path) -> [1, 1, 1, 0, 0]
-    """
-
-    def __init__(self, path, dtype):
-        self.path, self.dtype, self.n = Path(path), np.dtype(dtype), 0
-        self.f = open(self.path, "wb")
-        self.f.write(b"\0" * _HEADER)
-
-    def append(self, a) -> None:
-        a = np.ascontiguousarray(a, dtype=self.dtype).ravel()
-        a.tofile(self.f)
-        self.n += len(a)
-
-    def close(self) -> Path:
-        header = repr({"descr": self.dtype.str, "fortran_order": False, "shape": (self.n,)})
-        body = header.encode("latin1")
-        pad = _HEADER - 10 - len(body) - 1
-        assert pad >= 0, "npy header longer than reserved"
-        self.f.seek(0)
-        self.f.write(b"\x93NUMPY\x01\x00" + (_HEADER - 10).to_bytes(2, "little") + body
-                     + b" " * pad + b"\n")
-        self.f.close()
-        return self.path
-
-
-def open_npy(path) -> np.ndarray:
-    """A read-only memory map of the ``.npy`` file ``path`` (an empty array for length 0)."""
-    a = np.load(path, mmap_mode="r", allow_pickle=False)
-    return a
-
-
-def mapped_base(a):
-    """The ``np.memmap`` an array views (None if it owns its memory)."""
-    while a is not None and not isinstance(a, np.memmap):
-        a = getattr(a, "base", None)
-    return a
-
-
-def release_pages(a) -> None:
-    """Drop this process's resident pages of the memory map under ``a`` (no-op otherwise);
-    the data stays in the page cache and is read back on the next touch."""
-    m = mapped_base(a)
-    mm = getattr(m, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)

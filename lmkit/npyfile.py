@@ -82,10 +82,15 @@ def npy_file_of(a) -> Path | None:
     name = getattr(m, "filename", None)
     if name is None or a.flags.writeable or not a.flags.c_contiguous or a.ndim != 1:
         return None
-    if (a.__array_interface__["data"][0] != m.__array_interface__["data"][0]
-            or a.nbytes != m.nbytes or os.path.getsize(name) != m.offset + m.nbytes):
+    if a.__array_interface__["data"][0] != m.__array_interface__["data"][0] or a.nbytes != m.nbytes:
         return None
-    with open(name, "rb") as f:
+    try:  # the file may be gone (its folder removed while the map lives on)
+        f = open(name, "rb")
+    except OSError:
+        return None
+    with f:
+        if os.fstat(f.fileno()).st_size != m.offset + m.nbytes:
+            return None
         try:
             major, _ = np.lib.format.read_magic(f)
             shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if major == 1 else

@@ -47,7 +47,8 @@ from .features import make_groups
 from .memory import parse_size
 from .ngram import (FALLBACK_DISCOUNTS, _adjusted_counts, _check_discount, _discount_of,
                     _solve_order, discounts_from_count_of_counts)
-from .ngram_disk import encode_to_disk, file_reader, load_windows, partition_windows
+from .ngram_disk import (chunk_for, encode_to_disk, file_reader, load_windows,
+                         partition_windows)
 from .npyfile import NpyAppender, open_npy
 from .params import SparseParams
 from .progress import log as progress_log
@@ -90,13 +91,13 @@ def build_ngram(buf: np.ndarray, order: int, vocab_size: int, bos_id: int, *,
                   edges, discount, spill_dir, out_dir, log)
 
 
-def _build(read, n_ids, order, V, bos_id, edges, discount, spill_dir, out_dir, log):
+def _build(read, n_ids, order, V, bos_id, edges, discount, spill_dir, out_dir, log, chunk=None):
     """Stages 2-5 (see the module docstring) on the id stream ``read(lo, hi)``."""
     M = order - 1
     given = _check_discount(discount)
     tmp = Path(tempfile.mkdtemp(prefix="lmkit-ngram-", dir=spill_dir))
     try:
-        paths = partition_windows(read, n_ids, order, bos_id, edges, tmp, V)
+        paths = partition_windows(read, n_ids, order, bos_id, edges, tmp, V, chunk)
         if log:
             log(f"      partitioned into {len(paths)} bucket(s)")
         a1, nk, n_pos = _count_buckets(paths, order, V, bos_id, tmp, log)
@@ -225,7 +226,8 @@ def build_ngram_from_chunks(chunks, order: int, vocab_size: int, bos_id: int, eo
         if log:
             log(f"      {n_seq} sequences, {n_tok} tokens; solving in {B} bucket(s)")
         params = _build(file_reader(ids), n_ids, order, V, bos_id,
-                        edges_from_histogram(hist, B), discount, spill_dir, out, log)
+                        edges_from_histogram(hist, B), discount, spill_dir, out, log,
+                        chunk_for(budget))
     except BaseException:
         if out is not None:
             shutil.rmtree(out, ignore_errors=True)

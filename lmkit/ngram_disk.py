@@ -23,7 +23,15 @@ import numpy as np
 
 from .counts import flat_buffer
 
-CHUNK_TOKENS = 1 << 22  # ids per read in the partition pass (16 MiB of int32; ~0.5 GB peak)
+CHUNK_TOKENS = 1 << 22  # most ids per read in the partition pass (16 MiB of int32)
+BYTES_PER_ID = 120  # measured peak of the partition pass per id read (~0.5 GB at 4M ids)
+
+
+def chunk_for(max_memory: int | None) -> int:
+    """Ids per partition read so that a read takes at most a quarter of ``max_memory``."""
+    if not max_memory:
+        return CHUNK_TOKENS
+    return int(min(CHUNK_TOKENS, max(1 << 16, max_memory // 4 // BYTES_PER_ID)))
 
 
 def encode_to_disk(chunks, bos_id: int, eos_id: int, path, vocab_size: int):
@@ -61,21 +69,22 @@ def window_dtype(vocab_size: int, order: int):
 
 
 def partition_windows(read, n_ids: int, order: int, bos_id: int, edges: np.ndarray, folder,
-                      vocab_size: int) -> list:
+                      vocab_size: int, chunk: int | None = None) -> list:
     """Write each target's window to the file of its bucket; returns the bucket paths.
 
     ``read(lo, hi)``: ids ``[lo, hi)`` of the stream (``file_reader`` or an array's slice);
     ``edges`` (B+1,): bucket b holds targets whose previous token is in ``[edges[b],
-    edges[b+1])``. Row of a target at p: ``ids[p-M .. p]`` and ``d = min(p - bos_at, M)``,
+    edges[b+1])``; ``chunk``: ids per read (default ``CHUNK_TOKENS``). Row of a target at p: ``ids[p-M .. p]`` and ``d = min(p - bos_at, M)``,
     bos_at = the BOS starting its sequence (history tokens before it are masked by ``d``).
     """
     M = order - 1
+    chunk = chunk or CHUNK_TOKENS
     dt = window_dtype(vocab_size, order)
     paths = [Path(folder) / f"windows{b:05d}.bin" for b in range(len(edges) - 1)]
     outs = [open(p, "wb") for p in paths]
     try:
-        for c0 in range(0, n_ids, CHUNK_TOKENS):
-            c1 = min(c0 + CHUNK_TOKENS, n_ids)
+        for c0 in range(0, n_ids, chunk):
+            c1 = min(c0 + chunk, n_ids)
             lo = max(c0 - M, 0)
             x = read(lo, c1)
             if lo > c0 - M:  # the stream's start: pad with BOS (masked by d anyway)

@@ -4,7 +4,7 @@ import numpy as np
 from lmkit import ngram_disk
 from lmkit.counts import count_buffer, flat_buffer
 from lmkit.features import make_groups
-from lmkit.ngram_disk import encode_to_disk, file_reader, load_windows, partition_windows
+from lmkit.ngram_disk import chunk_for, encode_to_disk, file_reader, load_windows, partition_windows
 
 BOS, EOS = 1, 2
 
@@ -34,3 +34,9 @@ def test_bucket_windows_count_exactly_like_the_whole_buffer(tmp_path, monkeypatc
     assert total.equals(want)
     first = load_windows(paths[0], order, V)[0].reshape(-1, order)
     assert first[0, :3].tolist() == [BOS] * 3  # the stream's first target: padded with BOS
+
+
+def test_partition_reads_shrink_with_the_memory_budget():
+    assert chunk_for(None) == chunk_for(10**12) == ngram_disk.CHUNK_TOKENS
+    assert chunk_for(480 * 10**6) == 10**6  # a quarter of the budget at 120 bytes per id
+    assert chunk_for(1000) == 1 << 16  # never below 64K ids

@@ -11,6 +11,7 @@ Data goes to stdout, progress and logs to stderr. A user error prints one line
     lmkit generate DIR [--prompt TEXT | --prompt-file F] [--max-tokens 100] [--temperature 1.0]
     lmkit inspect DIR  --token TEXT [--top 10]
     lmkit export-arpa DIR OUT.arpa   (n-gram models: words are token ids, log10, KenLM-readable)
+    lmkit verify DIR   (every array validated, and every file against its sha256)
 
 ``tokenizer train`` and ``tokenize encode|decode`` are the old names of the ``spm-*`` verbs;
 they still work (with a note on stderr) for one release.
@@ -189,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     nx.add_argument("--context", default="", help="text: the start of a sequence (default: empty)")
     nx.add_argument("--top", type=int, default=10, help="how many (default: 10)")
     nx.add_argument("--json", action="store_true")
+
+    ve = sub.add_parser("verify", help="check a model folder's files against the sha256s in "
+                        "its manifest (loading validates every array but skips this hash)")
+    ve.add_argument("model", metavar="DIR")
 
     vo = sub.add_parser("vocab", help="the model's pieces: id, piece (one per line)")
     vo.add_argument("model", metavar="DIR")
@@ -386,6 +391,11 @@ def cmd_vocab(a) -> None:
     print(json.dumps(vocab) if a.json else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
 
 
+def cmd_verify(a) -> None:
+    sums = LanguageModel.verify(a.model)
+    print(f"{a.model}: ok (" + ", ".join(f"{k} sha256 {v[:12]}" for k, v in sums.items()) + ")")
+
+
 def cmd_inspect(a) -> None:
     model = LanguageModel.load(a.model)
     res = model.inspect(a.token, top=a.top)
@@ -415,7 +425,7 @@ VERBS = {"spm-train": cmd_spm_train, "spm-encode": _spm_verb("encode"),
          "tokenize": cmd_old_tokenizer, "train": cmd_train, "eval": cmd_eval,
          "generate": cmd_generate, "inspect": cmd_inspect, "export-arpa": cmd_export_arpa,
          "score": cmd_score, "import-arpa": cmd_import_arpa, "interpolate": cmd_interpolate,
-         "prune": cmd_prune, "next": cmd_next, "vocab": cmd_vocab}
+         "prune": cmd_prune, "next": cmd_next, "vocab": cmd_vocab, "verify": cmd_verify}
 
 
 class Terminated(BaseException):

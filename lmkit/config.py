@@ -146,6 +146,10 @@ class ScaleConfig:
     scheduler: str | None = opt(None, "Dask scheduler address, e.g. tcp://10.0.0.5:8786 "
                                 "(default: start a LocalCluster)", metavar="ADDRESS")
     chunk_lines: int = opt(10000, "lines per counting chunk", min=1)
+    workers_read: bool | None = opt(None, "engine dask, pure n-gram model from text files: the "
+                                    "workers read the files themselves (every worker must see "
+                                    "the same paths); default: yes on a LocalCluster, no with a "
+                                    "scheduler (this process sends the text)")
     max_memory: str | None = opt(None, "memory limit, e.g. 8G (default: 80%% of available RAM)",
                                  metavar="SIZE")
     spill_dir: str | None = opt(None, "folder for spilled partial counts (default: system temp)",

@@ -245,20 +245,27 @@ def _split_of(index: int) -> str:
     return {3: "valid", 7: "test"}.get(index % 10, "train")
 
 
-def file_lines(path: Path) -> Iterator[str]:
-    """Decoded lines of a UTF-8 file, streamed; a leading BOM is dropped."""
-    offset = 0
+def file_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[str]:
+    """Decoded lines of a UTF-8 file, streamed; a leading BOM is dropped. With a byte range
+    ``[start, end)``: only the lines whose first byte lies in it (ranges that tile the file
+    yield every line exactly once: how Dask workers share one file)."""
+    offset = start
     try:
         f = open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or e}); check its permissions") from None
     with f:
+        if start > 0:  # the line that began before start belongs to an earlier range
+            f.seek(start - 1)
+            offset = start - 1 + len(f.readline())
         for raw in f:  # buffered reads: one line in memory at a time
-            start = 3 if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else 0
+            if end is not None and offset >= end:
+                break
+            bom = 3 if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else 0
             try:
-                yield raw[start:].decode("utf-8")
+                yield raw[bom:].decode("utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(f"{path}: bytes at offset {offset + start + e.start} are not "
+                raise InputError(f"{path}: bytes at offset {offset + bom + e.start} are not "
                                  "valid UTF-8; re-encode the file as UTF-8 "
                                  "(e.g. iconv -f latin1 -t utf-8)") from None
             offset += len(raw)

@@ -33,6 +33,10 @@ class MemoryLimitError(LmkitError, ValueError):
     """A step would need more memory than the configured limit."""
 
 
+class WorkerError(LmkitError, RuntimeError):
+    """A task failed on a Dask worker (the message names the task and the worker's error)."""
+
+
 class MissingDependencyError(LmkitError, ImportError):
     """An optional package a feature needs is not installed (the message names the pip extra)."""
 

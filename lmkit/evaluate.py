@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from itertools import islice
 from typing import Iterable
 
 from .config import CorpusConfig, make
@@ -33,15 +32,28 @@ def _sequences(lines: Iterable[str]):
             yield line
 
 
-def _chunks(lines: Iterable[str], n: int):
-    it = _sequences(lines)
-    while chunk := list(islice(it, n)):
+CHUNK_CHARS = 1 << 20  # text per scoring batch: big batches amortise the per-batch searches
+
+
+def _chunks(lines: Iterable[str], n: int, chars: int = CHUNK_CHARS):
+    """Lists of at most ``n`` lines and (unless one line is longer) ``chars`` characters."""
+    chunk, size = [], 0
+    for line in _sequences(lines):
+        if chunk and (len(chunk) == n or size + len(line) > chars):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
         yield chunk
 
 
-def evaluate_lines(model, lines: Iterable[str], *, chunk_lines: int = 2000, progress=None) -> dict:
+def evaluate_lines(model, lines: Iterable[str], *, chunk_lines: int = 100_000,
+                   progress=None) -> dict:
     """Score every sequence of ``lines`` under ``model``; see the module docstring for keys.
 
+    Lines are scored in batches of at most ``chunk_lines`` lines and ``CHUNK_CHARS``
+    characters (memory stays bounded; the sums do not depend on the batching).
     ``progress``: optional tqdm-like object updated with the number of tokens scored.
     """
     n_seq = n_tok = n_bytes = 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -112,20 +113,43 @@ def find_sorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return out
 
 
-def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray) -> np.ndarray:
+def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None) -> np.ndarray:
     """``sparse.lookup_rows`` (row of each key in a sorted table, -1 if absent or if the key is
-    -1) via ``find_sorted``, searching only the keys that are not -1."""
+    -1) via ``find_sorted``, searching only the keys that are not -1. ``order``: a permutation
+    of the positions under which the keys that are not -1 are already sorted (``history_order``),
+    so no sort is needed."""
     row_keys = np.asarray(row_keys, dtype=np.int64)
     if keys is None:
         return row_keys
     out = np.full(len(row_keys), -1, dtype=np.int64)
-    ok = np.flatnonzero(row_keys >= 0)
+    if order is None:
+        ok = np.flatnonzero(row_keys >= 0)
+        search = find_sorted
+    else:
+        ok = order[row_keys[order] >= 0]
+        search = np.searchsorted
     if len(keys) == 0 or len(ok) == 0:
         return out
     k = row_keys[ok]
-    idx = np.minimum(find_sorted(keys, k), len(keys) - 1)
+    idx = np.minimum(search(keys, k), len(keys) - 1)
     out[ok] = np.where(keys[idx] == k, idx, -1)
     return out
+
+
+def history_order(buf, pos, reach: int, vocab_size: int):
+    """A permutation of the positions sorting their histories ``(buf[pos-1], ..., buf[pos-reach])``
+    lexicographically, newest token first; None when that key would not fit in int64.
+
+    Chained ``Suffix(m)`` rows are numbered in exactly this order (row of a history = rank of
+    ``(newest, ..., oldest)``: key = parent row * V + oldest token, by induction on m), so under
+    this one permutation every order's keys come out sorted and ``lookup_keys`` needs no sort.
+    """
+    if reach < 1 or len(pos) < 1 << 12 or vocab_size ** reach >= 2 ** 63:
+        return None
+    key = np.zeros(len(pos), dtype=np.int64)
+    for j in range(1, reach + 1):
+        key = key * vocab_size + buf[pos - j]
+    return np.argsort(key)
 
 
 def group_rows(groups, keys, buf, pos, starts, vocab_size: int) -> list:
@@ -134,14 +158,15 @@ def group_rows(groups, keys, buf, pos, starts, vocab_size: int) -> list:
     ``keys``: per group the row table (None = rows are token ids). A suffix group's keys are
     built from the rows of the suffix group one shorter, so the groups are walked in order.
     """
-    check_suffix_chain(groups)
+    M = check_suffix_chain(groups)
+    order = history_order(buf, pos, M, vocab_size) if M > 1 else None
     rows, suffix_rows = [], None
     for g, k in zip(groups, keys):
-        rk = g.row_keys(buf, pos, starts, vocab_size, suffix_rows) if isinstance(g, Suffix) \
-            else g.row_keys(buf, pos, starts, vocab_size)
-        r = lookup_keys(k, rk)
         if isinstance(g, Suffix):
+            r = lookup_keys(k, g.row_keys(buf, pos, starts, vocab_size, suffix_rows), order)
             suffix_rows = r
+        else:
+            r = lookup_keys(k, g.row_keys(buf, pos, starts, vocab_size))
         rows.append(r)
     return rows
 
@@ -227,8 +252,7 @@ def pad_sequences(seqs, pad: int, bos_id: int, eos_id: int):
     buf = np.full(total, bos_id, dtype=np.int32)
     seq_begin = np.concatenate([[0], np.cumsum(seq_len)[:-1]]).astype(np.int64)
     first = seq_begin + pad
-    flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]) if total else \
-        np.zeros(0, np.int32)
+    flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int32, count=int(lengths.sum()))
     # position of each real token: first[seq] + offset within seq
     seq_of_tok = np.repeat(np.arange(len(seqs)), lengths)
     tok_off = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)

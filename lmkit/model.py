@@ -44,7 +44,7 @@ class BaseModel:
             raise InputError(f"text must be str, got {type(text).__name__}")
         return self.log_proba_ids([self.tokenizer.encode(text)])[0]
 
-    def score(self, lines: Iterable[str], chunk_lines: int = 2000, progress=None) -> dict:
+    def score(self, lines: Iterable[str], chunk_lines: int = 100_000, progress=None) -> dict:
         """Evaluate on sequences (one str each; "" lines are skipped, as in corpora): see
         ``evaluate.evaluate_lines``."""
         if isinstance(lines, (str, bytes)):
@@ -293,6 +293,13 @@ class LanguageModel(BaseModel):
             raise ModelFormatError(f"{path}: tokenizer has {tokenizer.vocab_size} pieces, model "
                                    f"{params.vocab_size}; the tokenizer does not match the model, re-train")
         return cls(tokenizer, params, manifest.get("config"), manifest.get("corpus"))
+
+    @classmethod
+    def verify(cls, path) -> dict:
+        """``lmkit verify``: load ``path`` (every array validated) and check each file's sha256
+        against the manifest (``store.verify_folder``). Returns ``{"file": sha256}``."""
+        cls.load(path)
+        return store.verify_folder(path)
 
     def describe(self) -> str:
         lam = getattr(self.params, "lambdas", None)

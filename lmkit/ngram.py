@@ -197,19 +197,9 @@ def solve_ngram(counts: Counts, *, discount=None, prune=None, bos_id: int | None
     thresholds = prune_thresholds(prune, M + 1)
 
     A, links = (list(x) for x in zip(*[_adjusted_counts(counts, m, M, bos) for m in range(M + 1)]))
-    discounts, estimated = [], []
-    for a in A:
-        d, ok = (given, True) if given else mkn_discounts(a.data)
-        discounts.append([float(x) for x in d])
-        estimated.append(ok)
-    if given is None and not all(estimated):
-        log(f"      MKN discounts: count-of-counts too sparse for orders "
-            f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using {FALLBACK_DISCOUNTS}")
+    discounts, estimated = order_discounts([count_of_counts(a.data) for a in A], given)
     keep = _pruned_patterns(A, counts.keys, thresholds, V)
-
-    a1 = A[0].toarray().ravel().astype(np.float64)
-    d1 = np.where(a1 > 0, _discount_of(a1, discounts[0]), 0.0)
-    q = (a1 - d1) / a1.sum() + d1.sum() / a1.sum() / V
+    q = unigram_level(A[0].toarray().ravel(), discounts[0])
 
     S, keys, loggamma, logp_prev, parent_map = [], [], [], None, np.zeros(1, dtype=np.int64)
     for m in range(1, M + 1):
@@ -330,6 +320,74 @@ def _pruned_patterns(A, keys, thresholds, V) -> list:
     return keep
 
 
+# ---- pieces of a partitioned build (ngram_dask.py; the same steps as solve_ngram) -------------
+def count_of_counts(values) -> np.ndarray:
+    """n1..n4 of positive integer counts: int64 (4,). Sums over partitions are exact, and
+    ``discounts_from_count_of_counts`` of the sum equals ``mkn_discounts`` of the union.
+    Example: [1, 1, 2, 7] -> [2, 1, 0, 1]."""
+    return np.bincount(np.minimum(np.asarray(values, dtype=np.int64), 5), minlength=6)[1:5]
+
+
+def order_discounts(nk, given=None) -> tuple[list, list]:
+    """Per order (index 0 = unigrams): ``[D1, D2, D3+]`` and whether it was estimated, from the
+    count-of-counts rows ``nk`` (n_orders, 4), or ``given`` (checked) for every order. Logs the
+    orders that fell back to ``FALLBACK_DISCOUNTS``."""
+    discounts, estimated = [], []
+    for n in nk:
+        d, ok = (given, True) if given else discounts_from_count_of_counts(n)
+        discounts.append([float(x) for x in d])
+        estimated.append(ok)
+    if given is None and not all(estimated):
+        log(f"      MKN discounts: count-of-counts too sparse for orders "
+            f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using {FALLBACK_DISCOUNTS}")
+    return discounts, estimated
+
+
+def unigram_level(a1, d) -> np.ndarray:
+    """``q = P_1`` (V,) float64 from the unigram adjusted counts ``a1`` (V,) and their discounts
+    ``d``, interpolated with the uniform distribution (module docstring)."""
+    a1 = np.asarray(a1, dtype=np.float64)
+    d1 = np.where(a1 > 0, _discount_of(a1, d), 0.0)
+    return (a1 - d1) / a1.sum() + d1.sum() / a1.sum() / len(a1)
+
+
+def solve_partition(A, keys, links, discounts, q, V) -> tuple[list, list, list]:
+    """Unpruned MKN of the orders 2..N of one partition of histories (all ending in the same
+    token range): ``A``, ``links`` as ``_adjusted_counts`` gives them for m = 0..M (index 0
+    unused), ``keys`` the partition's chained row keys per suffix group, global ``discounts``
+    and ``q``. Returns per suffix group S (CSR), row keys (partition-local chained ids) and log
+    gamma, exactly ``solve_ngram``'s rows of that partition."""
+    S, K, G, logp, parent_map = [], [], [], None, np.zeros(1, dtype=np.int64)
+    for m in range(1, len(A)):
+        Sm, km, logp, parent_map, lg = _solve_order(A[m], keys[m - 1], discounts[m], None, q,
+                                                    logp, parent_map, V, links[m - 1])
+        S.append(Sm)
+        K.append(km)
+        G.append(lg)
+    return S, K, G
+
+
+def stitch_partitions(parts, V) -> tuple[list, list, list]:
+    """Partitions ``[(S, keys, loggamma), ...]`` in token-range order -> the global tables.
+
+    Rows of partition p follow those of partition p-1 at every order, so a chained key
+    ``parent * V + oldest`` only moves by the parent level's rows before p (a monotone shift:
+    the stitched keys stay sorted). Example: V = 10, order-3 keys [3, 14] then [2] (parent rows
+    0, 1 then 0; partition 0 has 2 order-2 rows) -> [3, 14, 22]."""
+    S, K, G = [], [], []
+    for m in range(len(parts[0][0])):
+        if m:  # parents are rows of group m-1: shift by that group's rows in earlier partitions
+            rows = np.array([p[0][m - 1].shape[0] for p in parts], dtype=np.int64)
+            shift = (np.cumsum(rows) - rows) * V
+        else:  # Suffix(1) keys are token ids
+            shift = np.zeros(len(parts), dtype=np.int64)
+        K.append(np.concatenate([p[1][m] + s for p, s in zip(parts, shift)]))
+        S.append(sp.vstack([p[0][m] for p in parts], format="csr") if len(parts) > 1
+                 else parts[0][0][m])
+        G.append(np.concatenate([p[2][m] for p in parts]))
+    return S, K, G
+
+
 # ---- reading MKN back out of a model ----------------------------------------------------------
 def backoff_tables(params: SparseParams):
     """Per suffix group m: (log P_{m+1}(w | h) on the pattern of S_m, log gamma per row).
@@ -393,26 +451,27 @@ def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggamm
 
 
 def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored: a binary search inside
-    each row, on the still-unresolved queries only (canonical CSR). Small matrices with long
-    rows (the low orders) are searched by linear key instead: building the keys costs nnz."""
-    if S.nnz <= 4 * len(rows):
-        return entry_index(S, rows, cols, missing_ok=True)
-    lo, hi = S.indptr[rows].astype(np.int64), S.indptr[rows + 1].astype(np.int64)
-    out = np.full(len(rows), -1, dtype=np.int64)
-    act = np.flatnonzero(lo < hi)
-    while len(act):
-        a, b, c = lo[act], hi[act], cols[act]
-        mid = (a + b) >> 1
-        v = S.indices[mid]
-        hit = v == c
-        out[act[hit]] = mid[hit]
-        right = v < c
-        a, b = np.where(right, mid + 1, a), np.where(right, b, mid)
-        lo[act], hi[act] = a, b
-        act = act[~hit & (a < b)]
-    return out
+    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored (canonical CSR; every row
+    >= 0). A branch-free binary search inside each row, all queries in step: each step halves
+    every query's range with one gather and one ``where`` (log2 of the longest row steps)."""
+    ind = S.indices
+    base = S.indptr[rows].astype(np.int64)
+    n = S.indptr[rows + 1].astype(np.int64) - base
+    c = np.asarray(cols).astype(ind.dtype, copy=False)
+    empty = n == 0
+    base[empty], n[empty] = 0, 1  # probe entry 0 harmlessly; masked out below
+    while True:
+        half = n >> 1
+        if not half.any():
+            break
+        probe = base + half
+        base = np.where(ind[probe] <= c, probe, base)  # the answer, if stored, is >= base
+        n -= half
+    hit = ~empty & (ind[base] == c) if len(ind) else np.zeros(len(base), bool)
+    return np.where(hit, base, -1)
 
 
 __all__ = ["solve_ngram", "mkn_discounts", "adjusted_counts", "backoff_tables", "mkn_log_proba",
+           "count_of_counts", "order_discounts", "unigram_level", "solve_partition",
+           "stitch_partitions",
            "loggamma_tables", "prune_thresholds", "decode_suffix_key"]

@@ -6,7 +6,9 @@ Layout of a model folder::
                       "lambdas", "vocab_size", "config", "corpus", "tokenizer", "arrays",
                       "versions", "command", "created"}
     tokenizer.model  the SentencePiece model (its sha256 is in the manifest)
-    params.npz       uncompressed .npz of plain arrays (sha256 and size in the manifest)
+    params.npz       uncompressed .npz of plain arrays (sha256 and size in the manifest),
+                     each array's data 64-byte aligned in the file (a zip extra field pads
+                     the member's local header), so it can be memory-mapped as is
 
 ``params.npz`` holds ``q`` (V,) float64 and ``lambdas`` (G,) float64 and per group g
 ``S{g}_data`` float64, ``S{g}_indices``/``S{g}_indptr`` int32|int64, ``S{g}_shape`` int64 (2,)
@@ -25,11 +27,17 @@ old folder is moved to ``.NAME.old-PID-*`` first and, if the process dies betwee
 renames, the next load or write of NAME moves it back. Modes are 0o666/0o777 less the umask.
 
 Reading (``read_model_folder``): a model folder is untrusted input. Every file must be a
-regular file no larger than a bound (the manifest's declared size for ``params.npz``); the
+regular file no larger than a bound (``params.npz`` exactly the manifest's declared size); the
 manifest's types are checked; each ``.npy`` header is parsed here (no pickles, exact dtypes,
 sizes consistent with the bytes present) and ``arrays_to_params`` checks every CSR (indices
-in range, ``indptr`` monotone), every value (finite, ``q > 0`` summing to 1, ``lambdas >= 0``)
-and every shape against the manifest before SciPy sees an index.
+in range, sorted and unique per row, ``indptr`` monotone), every value (finite, ``q > 0``
+summing to 1, ``lambdas >= 0``) and every shape against the manifest before SciPy sees an index.
+``params.npz`` is memory-mapped read-only (the arrays are views of the mapping; a member that is
+not aligned, from another writer, is copied), so a load costs the validation pass and no copy.
+Its sha256 is not recomputed on load (it would read every byte once more and proves nothing
+the validation does not: it lives in the same folder); ``verify_folder`` (``lmkit verify``)
+checks it. A mapped file must not be truncated in place while in use: lmkit never does that
+(a re-train writes a new folder and renames it over the old one, whose inode stays intact).
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import os
 import platform
 import shutil
@@ -135,29 +144,83 @@ def recover_interrupted(path, log=None) -> None:
 
 def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict,
                        log=None) -> Path:
-    """Write a model folder atomically (see the module docstring); returns its path."""
+    """Write a model folder atomically (see the module docstring); returns its path.
+
+    ``arrays`` (name -> numpy array, ``np.memmap`` included) are streamed into ``params.npz``
+    in chunks: no in-memory copy of the archive is made.
+    """
     path = Path(path)
     _check_loadable(path, manifest, arrays)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    blob = buf.getvalue()
     manifest = dict(manifest)
     manifest.update({"format": FORMAT, "version": VERSION, "created": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": library_versions(),
         "tokenizer": {"file": "tokenizer.model", "sha256": sha256_bytes(tokenizer_proto),
-                      "bytes": len(tokenizer_proto)},
-        "arrays": {"file": "params.npz", "sha256": sha256_bytes(blob), "bytes": len(blob)}})
+                      "bytes": len(tokenizer_proto)}})
     manifest.setdefault("command", " ".join(sys.argv))
 
     def fill(tmp: Path) -> None:
-        for name, data in (("tokenizer.model", tokenizer_proto), ("params.npz", blob),
-                           ("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())):
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        with open(tmp / "tokenizer.model", "wb") as f:
+            f.write(tokenizer_proto)
+            f.flush()
+            os.fsync(f.fileno())
+        size, digest = write_npz(tmp / "params.npz", arrays)
+        manifest["arrays"] = {"file": "params.npz", "sha256": digest, "bytes": size}
+        with open(tmp / "manifest.json", "wb") as f:
+            f.write((json.dumps(manifest, indent=2) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
 
     return write_folder(path, fill, log)
+
+
+ALIGN = 64  # every array's data starts at a multiple of this in params.npz (memory-mappable)
+_PAD_ID = 0xD935  # zip extra-field id used for alignment padding (as Android's zipalign)
+_CHUNK = 16 << 20
+
+
+def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
+    """Write ``arrays`` as an uncompressed ``.npz`` whose array data are ``ALIGN``-aligned in
+    the file (a zip extra field pads each local header), so ``read_model_folder`` can map them
+    without copying; ``np.load`` reads it as any ``.npz``. Returns ``(bytes, sha256)``."""
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
+                                                allowZip64=True) as zf:
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            if not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a)
+            hdr = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                hdr, np.lib.format.header_data_from_array_1_0(a))
+            npy_header = hdr.getvalue()
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            info.file_size = len(npy_header) + a.nbytes
+            zip64 = info.file_size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule
+            local = 30 + len(info.filename.encode()) + (20 if zip64 else 0)
+            pad = -(f.tell() + local + len(npy_header)) % ALIGN
+            if pad:
+                pad += ALIGN if pad < 4 else 0  # an extra-field record is at least 4 bytes
+                info.extra = (_PAD_ID.to_bytes(2, "little") + (pad - 4).to_bytes(2, "little")
+                              + bytes(pad - 4))
+            with zf.open(info, "w", force_zip64=zip64) as member:
+                member.write(npy_header)
+                flat = a.reshape(-1).view(np.uint8) if a.size else a.view(np.uint8)
+                for i in range(0, len(flat), _CHUNK):
+                    member.write(flat[i:i + _CHUNK].data)
+        zf.close()
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.tell()
+    return size, sha256_file(path)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
@@ -295,28 +358,64 @@ def read_model_folder(path):
         raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 "
                                "differs); restore the tokenizer.model the model was trained "
                                "with, or re-train")
-    expected = manifest["arrays"]["bytes"]
-    blob = read_regular(arr_path, expected, "arrays")
-    if sha256_bytes(blob) != manifest["arrays"]["sha256"]:
-        raise ModelFormatError(f"{arr_path}: corrupt or truncated ({len(blob)} bytes, expected "
-                               f"{expected}); {_FIX}")
-    return manifest, proto, read_npz(blob, arr_path)
+    return manifest, proto, map_npz(arr_path, manifest["arrays"]["bytes"])
+
+
+def map_npz(path: Path, expected: int) -> dict:
+    """The arrays of ``params.npz`` (``expected`` bytes, from the manifest), memory-mapped
+    read-only: a regular file of exactly that size, each member checked by ``read_npz``."""
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read the arrays ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
+            raise ModelFormatError(f"{path}: is {kind}, not a regular file; {_FIX}")
+        if st.st_size != expected or expected == 0:
+            raise ModelFormatError(f"{path}: corrupt or truncated ({st.st_size} bytes, expected "
+                                   f"{expected}); {_FIX}")
+        try:
+            view = mmap.mmap(fd, expected, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise ModelFormatError(f"{path}: cannot map the arrays ({e}); {_FIX}") from None
+    finally:
+        os.close(fd)
+    return read_npz(view, path)
+
+
+def verify_folder(path) -> dict:
+    """``lmkit verify``: the sha256 of every file of a model folder against its manifest, on top
+    of the checks every load makes. Loading skips the hash of ``params.npz`` (it would read all
+    of it; the arrays are memory-mapped and validated instead), so this is the way to detect a
+    flipped bit in a value that is still valid. Returns ``{"file": sha256}``; raises
+    ``ModelFormatError`` naming the file that differs."""
+    path = Path(path)
+    manifest, _, _ = read_model_folder(path)
+    got = sha256_file(path / "params.npz")
+    if got != manifest["arrays"]["sha256"]:
+        raise ModelFormatError(f"{path / 'params.npz'}: sha256 {got[:12]}... differs from the "
+                               f"manifest's {manifest['arrays']['sha256'][:12]}...; the arrays "
+                               f"changed after training, {_FIX}")
+    return {"tokenizer.model": manifest["tokenizer"]["sha256"], "params.npz": got}
 
 
 _DTYPES = {"<f8", "<f4", "<i8", "<i4"}
 
 
-def read_npz(blob: bytes, where) -> dict:
-    """Arrays of an uncompressed ``.npz`` without ``np.load``: each ``.npy`` header is parsed
-    and checked (plain little-endian float/int dtypes only, never objects or pickles, data
-    size = shape x itemsize) before any memory is allocated. Returns read-only arrays."""
+def read_npz(blob, where) -> dict:
+    """Arrays of an uncompressed ``.npz`` (bytes or a read-only ``mmap``) without ``np.load``:
+    each ``.npy`` header is parsed and checked (plain little-endian float/int dtypes only, never
+    objects or pickles, data size = shape x itemsize) before any memory is allocated. Returns
+    read-only arrays viewing ``blob`` (copied only where a member's data is not aligned)."""
     def bad(what):
         return ModelFormatError(f"{where}: {what}; {_FIX}")
 
     try:
-        zf = zipfile.ZipFile(io.BytesIO(blob))
+        zf = zipfile.ZipFile(io.BytesIO(blob) if isinstance(blob, bytes) else _Reader(blob))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise bad(f"unreadable arrays ({e})") from None
     if sum(i.file_size for i in infos) > len(blob):
         raise bad("arrays larger than the file (compressed members are not accepted)")
@@ -327,7 +426,7 @@ def read_npz(blob: bytes, where) -> dict:
         if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
             raise bad(f"member {info.filename!r} is not a stored .npy array")
         # a stored member is its bytes in place: read the header there, view the data (no copy;
-        # the sha256 of the whole file was checked, so the member CRCs add nothing)
+        # every value is checked by arrays_to_params, so the member CRCs add nothing)
         start = info.header_offset
         local = view[start:start + 30]
         if len(local) < 30 or bytes(local[:4]) != b"PK\x03\x04":
@@ -353,10 +452,39 @@ def read_npz(blob: bytes, where) -> dict:
         if len(data) - f.tell() != count * dtype.itemsize:
             raise bad(f"array {name!r}: {len(data) - f.tell()} data bytes for shape {shape}")
         a = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
+        if not a.flags.aligned:  # written by another tool: copy rather than slow every access
+            a = a.copy()
         a = a.reshape(shape, order="F" if fortran else "C")
         a.flags.writeable = False
         arrays[name] = a
     return arrays
+
+
+class _Reader(io.RawIOBase):
+    """A seekable read-only file over a buffer, without copying it (``zipfile`` reads the
+    central directory through it; ``io.BytesIO(mmap)`` would copy the whole file)."""
+
+    def __init__(self, buf):
+        self._view, self._pos = memoryview(buf), 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, pos, whence=0):
+        self._pos = max(0, pos + (0, self._pos, len(self._view))[whence])
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def readinto(self, b):
+        n = len(self._view[self._pos:self._pos + len(b)])
+        b[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
 
 
 # ---- arrays <-> params -----------------------------------------------------------------------
@@ -395,6 +523,21 @@ def _finite(a, name, where):
         raise ModelFormatError(f"{where}: array {name!r} holds NaN or infinite values; {_FIX}")
 
 
+def _sorted_in_rows(indices: np.ndarray, indptr: np.ndarray, block: int = 1 << 16) -> bool:
+    """Every place where ``indices`` does not increase is a row start (``indptr`` monotone).
+    Checked in blocks that stay in cache: no nnz-sized temporaries on a memory-mapped model."""
+    n = len(indices)
+    for a in range(0, n - 1, block):
+        b = min(a + block, n - 1)  # compares entries a+1..b with their predecessors
+        lo, hi = np.searchsorted(indptr, np.array([a + 1, b + 1], dtype=indptr.dtype))
+        row_start = np.zeros(b - a, dtype=bool)
+        row_start[indptr[lo:hi] - (a + 1)] = True
+        x = indices[a:b + 1]
+        if not ((x[1:] > x[:-1]) | row_start).all():
+            return False
+    return True
+
+
 def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
     """The CSR of group g, after checking everything SciPy's C code would trust."""
     data = _array(arrays, f"S{g}_data", ("<f8",), 1, where)
@@ -415,9 +558,7 @@ def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
         raise bad("indptr is not monotone from 0 to the number of stored values")
     if len(indices) and (indices.min() < 0 or indices.max() >= V):
         raise bad(f"column indices outside [0, {V})")
-    row_start = np.zeros(len(indices), dtype=bool)
-    row_start[indptr[:-1][steps > 0]] = True
-    if len(indices) > 1 and not ((np.diff(indices) > 0) | row_start[1:]).all():
+    if not _sorted_in_rows(indices, indptr):
         raise bad("column indices not sorted and unique within rows")
     _finite(data, f"S{g}_data", where)
     S = sp.csr_matrix((data, indices, indptr), shape=(n_rows, V))

@@ -30,6 +30,7 @@ from .gradient import finetune
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
 from .ngram_build import build_ngram_from_chunks
+from .ngram_dask import build_ngram_dask
 from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, line_chunks,
                        model_nbytes)
 from .progress import bar, log, reporting
@@ -127,9 +128,10 @@ def train(config: TrainConfig | None = None, **options) -> LanguageModel:
         return _train(cfg)
 
 
-def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0) -> LanguageModel:
+def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0, files=None) -> LanguageModel:
     """A pure n-gram model within ``max_memory``: histories split into buckets by their newest
-    token, counted, spilled and solved one bucket at a time (``ngram_build.py``)."""
+    token, counted, spilled and solved one bucket at a time (``ngram_build.py``); with engine
+    dask the same partitions are counted and solved on the Dask workers (``ngram_dask.py``)."""
     m = cfg.model
 
     def encoded():
@@ -138,12 +140,26 @@ def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0) -> LanguageModel:
                 seqs = tok.encode_batch(chunk)
                 b.update(sum(map(len, seqs)) + len(seqs))
                 yield seqs
-    log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} in buckets "
-        f"(max_memory {cfg.scale.max_memory})")
     discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
-    params, n_seq, n_tok = build_ngram_from_chunks(
-        encoded(), m.effective_order, tok.vocab_size, tok.bos_id, tok.eos_id,
-        max_memory=cfg.scale.max_memory, discount=discount, spill_dir=cfg.scale.spill_dir, log=log)
+    if cfg.scale.engine == "dask":
+        log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} on Dask")
+        read = cfg.scale.workers_read
+        files = files if (cfg.scale.scheduler is None if read is None else read) else None
+        with bar(desc="count") as b:
+            params, n_seq, n_tok = build_ngram_dask(
+                lines, tok, m.effective_order, files=files, discount=discount,
+                chunk_lines=cfg.scale.chunk_lines, scheduler=cfg.scale.scheduler,
+                n_workers=cfg.scale.workers, progress=b.update, log=log)
+        if files:  # the workers read the text: this process reads it once more, for its hash
+            for _ in lines:
+                pass
+    else:
+        log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} in buckets "
+            f"(max_memory {cfg.scale.max_memory})")
+        params, n_seq, n_tok = build_ngram_from_chunks(
+            encoded(), m.effective_order, tok.vocab_size, tok.bos_id, tok.eos_id,
+            max_memory=cfg.scale.max_memory, discount=discount, spill_dir=cfg.scale.spill_dir,
+            log=log)
     config = {**cfg.flat(), "context": 0, "vocab_size": tok.vocab_size,
               "discounts": params.info.get("discounts")}
     stats = {"name": name, "sequences": n_seq, "tokens": n_tok, "sha256": digest.hexdigest()}
@@ -200,6 +216,10 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     if (not carved and all(isinstance(g, Suffix) for g in groups) and m.lambdas is None
             and m.prune is None and cfg.scale.max_memory is not None and cfg.scale.engine == "local"):
         return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0)
+    if (pure_ngram and m.prune is None and m.prune_entropy is None and cfg.scale.engine == "dask"
+            and cfg.gradient.solver == "explicit"):  # the whole build on the workers (ngram_dask.py)
+        files = train_corpus.files if cfg.corpus.dataset is None else None  # plain text files
+        return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0, files)
     if carved:
         lines = (x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
     counts = count_corpus(lines, tok, groups, cfg.scale)

@@ -11,6 +11,14 @@ Measured in one run on a corpus of text shards (e.g. from scripts/make_big_corpu
 
     python scripts/bench_scale.py --corpus runs/big100m --tokenizers A.model B.model C.model
 
+``--ngram-dask`` instead times the pure n-gram build on the default corpus (train split) side by
+side: local (``count_ngrams`` + ``solve_ngram``, what ``lmkit train --order N`` runs) vs the
+whole build on a Dask LocalCluster (``ngram_dask.build_ngram_dask``; once with this process
+sending the text, once with the workers reading the corpus files), with wall and CPU seconds of
+every process, and checks that the models agree to 1e-12:
+
+    python scripts/bench_scale.py --ngram-dask --order 5 --workers 2
+
 Progress goes to stderr; the report (plain lines) to stdout.
 """
 from __future__ import annotations
@@ -90,6 +98,93 @@ def child_solve(a):
                       "rss": peak_rss()}))
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def sys_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def bench_ngram_dask(a) -> int:
+    """Local vs Dask n-gram build on the default corpus (see the module docstring)."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    from lmkit.corpus import load_corpus
+    from lmkit.distributed import WORKER_ENV
+    from lmkit.counts import count_ngrams
+    from lmkit.features import make_groups
+    from lmkit.ngram import solve_ngram
+    from lmkit.ngram_dask import build_ngram_dask
+    from lmkit.parallel import line_chunks
+    from lmkit.tokenizer import Tokenizer
+    corpus = load_corpus(split="train")
+    lines = list(corpus)
+    tok = Tokenizer.train(lines, vocab_size=a.vocab_size, seed=0)
+    print(f"# bench_scale --ngram-dask: shakespeare train ({len(lines):,} lines), V={tok.vocab_size}"
+          f", order {a.order}, {os.cpu_count()} cores, 1-min load {os.getloadavg()[0]:.1f}; "
+          f"workers' malloc: {'Dask defaults' if a.dask_malloc_defaults else 'WORKER_ENV'}",
+          flush=True)
+    t, c = time.time(), cpu_seconds()
+    counts = count_ngrams((tok.encode_batch(x) for x in line_chunks(lines, 10000)),
+                          tok.vocab_size, make_groups(0, a.order), tok.bos_id, tok.eos_id)
+    local = solve_ngram(counts, bos_id=tok.bos_id)
+    t_local, c_local = time.time() - t, cpu_seconds() - c
+    tokens = counts.n_tokens
+    print(f"local   : build {t_local:6.2f} s wall, {c_local:6.2f} s CPU "
+          f"({tokens:,} tokens, {sum(S.nnz for S in local.S):,} n-grams)", flush=True)
+    del counts
+
+    t = time.time()
+    with dask.config.set({} if a.dask_malloc_defaults else WORKER_ENV):  # as lmkit starts one
+        cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    client = Client(cluster)
+    t_start = time.time() - t
+    results = {}
+    try:  # two inputs: this process sends the text, or the workers read the corpus files
+        for mode, kw in (("client sends text", {}), ("workers read files", {"files": corpus.files})):
+            w0 = sum(client.run(cpu_seconds).values())
+            s0 = sum(client.run(sys_seconds).values())
+            t, c = time.time(), cpu_seconds()
+            got, _, _ = build_ngram_dask(lines, tok, a.order, scheduler=cluster.scheduler_address,
+                                         n_workers=a.workers, **kw)
+            t_dask, c_dask = time.time() - t, cpu_seconds() - c
+            c_workers = sum(client.run(cpu_seconds).values()) - w0
+            s_workers = sum(client.run(sys_seconds).values()) - s0
+            results[mode] = got
+            print(f"dask {a.workers}w: build {t_dask:6.2f} s wall, {c_dask:6.2f} s CPU client + "
+                  f"{c_workers:6.2f} s CPU workers ({s_workers:.2f} s system); "
+                  f"{got.info['partitions']} partitions, "
+                  f"{mode}; dask / local: wall {t_dask / t_local:.2f}x, CPU (all processes) "
+                  f"{(c_dask + c_workers) / c_local:.2f}x", flush=True)
+        rss = sorted(client.run(peak_rss).values())
+    finally:
+        client.close()
+        cluster.close()
+    print(f"peak RSS: workers {', '.join(mib(x) for x in rss)} (over both runs), this process "
+          f"{mib(peak_rss())} (includes the local build); LocalCluster start {t_start:.1f} s, "
+          "not included; the scheduler runs in this process, so its CPU is in the client's")
+    arrays = sum(x.nbytes for S in local.S for x in (S.data, S.indices, S.indptr))
+    arrays += sum(k.nbytes + g.nbytes for k, g in zip(local.keys, local.info["loggamma"]))
+    print(f"sizes: windows {tokens * (4 * a.order + 2) / 2**20:.0f} MiB ({4 * a.order + 2} B per "
+          f"token; those whose partition is on another worker move), model arrays "
+          f"{arrays / 2**20:.0f} MiB (sent to this process)")
+    ok = True
+    for mode, got in results.items():
+        diff = max([float(np.abs(got.q - local.q).max())]
+                   + [float(np.abs(x.data - y.data).max()) for x, y in zip(got.S, local.S)]
+                   + [float(np.abs(x - y).max()) for x, y in zip(got.info["loggamma"],
+                                                                local.info["loggamma"])])
+        same = all(np.array_equal(x, y) for x, y in zip(got.keys, local.keys))
+        print(f"{mode}: same keys as local: {same}; max |diff| in q, S, log gamma: {diff:.1e}")
+        ok = ok and same and diff <= 1e-12
+    print(f"1-min load after {os.getloadavg()[0]:.1f}")
+    return 0 if ok else 1
+
+
 def run_child(a, mode, tokenizer, lines):
     cmd = [sys.executable, __file__, "--corpus", a.corpus, "--tokenizers", tokenizer,
            "--child", mode, "--child-lines", str(lines), "--score-lines", str(a.score_lines),
@@ -104,9 +199,16 @@ def mib(n):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", required=True, help="folder of shard-*.txt (make_big_corpus.py)")
-    ap.add_argument("--tokenizers", nargs="+", required=True,
+    ap.add_argument("--corpus", help="folder of shard-*.txt (make_big_corpus.py)")
+    ap.add_argument("--tokenizers", nargs="+",
                     help="tokenizer .model files; the first is used for sections 1 and 2")
+    ap.add_argument("--ngram-dask", action="store_true",
+                    help="only: n-gram build local vs Dask LocalCluster on the default corpus")
+    ap.add_argument("--order", type=int, default=5, help="--ngram-dask: n-gram order")
+    ap.add_argument("--workers", type=int, default=2, help="--ngram-dask: Dask workers")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="--ngram-dask: tokenizer V")
+    ap.add_argument("--dask-malloc-defaults", action="store_true",
+                    help="--ngram-dask: workers without lmkit's WORKER_ENV (Dask's defaults)")
     ap.add_argument("--speed-lines", type=int, default=500_000)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing runs per setting")
     ap.add_argument("--rss-tokens", type=float, nargs="+", default=[1e7, 1e8])
@@ -117,6 +219,10 @@ def main(argv=None) -> int:
     ap.add_argument("--child", choices=["rss", "solve"], help=argparse.SUPPRESS)
     ap.add_argument("--child-lines", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.ngram_dask:
+        return bench_ngram_dask(a)
+    if not a.corpus or not a.tokenizers:
+        ap.error("--corpus and --tokenizers are required (or pass --ngram-dask)")
     if a.child == "rss":
         return child_rss(a) or 0
     if a.child == "solve":

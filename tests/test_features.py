@@ -103,3 +103,26 @@ def test_find_sorted_and_lookup_keys_match_searchsorted():
     want = np.where(np.isin(q, table) & (q >= 0), np.searchsorted(table, q), -1)
     assert np.array_equal(lookup_keys(table, q), want)
     assert lookup_keys(None, q[:3]).tolist() == q[:3].tolist()
+
+
+@pytest.mark.parametrize("M", [1, 2, 4])
+def test_rows_found_under_the_history_order_equal_a_plain_search(monkeypatch, M):
+    """group_rows searches every order's keys under one sort of the positions (history_order):
+    the rows must be those of an independent sort per order."""
+    import lmkit.features as F
+    from lmkit.counts import count_ngrams
+    from lmkit.ngram import solve_ngram
+    rng = np.random.default_rng(M)
+    Vb = 12
+    train = [list(rng.integers(3, Vb, rng.integers(1, 30))) for _ in range(400)]
+    test = [list(rng.integers(3, Vb, rng.integers(0, 30))) for _ in range(600)]
+    groups = make_groups(context=0, order=M + 1)
+    params = solve_ngram(count_ngrams([train], Vb, groups, BOS, EOS), bos_id=BOS)
+    buf, pos, starts = pad_sequences(test, M, BOS, EOS)
+    assert len(pos) >= 1 << 12  # long enough for history_order to be used
+    fast = group_rows(groups, params.keys, buf, pos, starts, Vb)
+    monkeypatch.setattr(F, "history_order", lambda *a: None)
+    slow = group_rows(groups, params.keys, buf, pos, starts, Vb)
+    for f, s in zip(fast, slow):
+        assert np.array_equal(f, s)
+    assert all((r >= 0).any() for r in fast)

@@ -28,6 +28,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError
@@ -502,3 +503,17 @@ def test_bucket_sizes_follow_the_memory_budget():
     assert (n_seq, n_tok) == (200, sum(len(s) + 1 for s in seqs)) and p2.info["buckets"] > 1
     assert all(np.allclose(a.data, b.data, atol=1e-12) for a, b in zip(p1.S, p2.S))
 
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_row_find_matches_a_dictionary(seed):
+    from lmkit.ngram import _row_find
+    rng = np.random.default_rng(seed)
+    M = sp.random(50, 40, density=[0.0, 0.05, 0.5, 1.0, 0.2][seed], random_state=seed,
+                  format="csr")
+    M.sort_indices()
+    where = {(r, c): i for r in range(50) for i, c in
+             zip(range(M.indptr[r], M.indptr[r + 1]), M.indices[M.indptr[r]:M.indptr[r + 1]])}
+    rows, cols = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
+    want = [where.get((r, c), -1) for r, c in zip(rows, cols)]
+    assert _row_find(M, rows, cols).tolist() == want

@@ -1,0 +1,120 @@
+"""params.npz layout: aligned members, memory-mapped reads, the blockwise CSR order check."""
+import mmap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lmkit import store
+from lmkit.errors import ModelFormatError
+from lmkit.model import LanguageModel
+
+
+def test_members_are_aligned_and_mapped_not_copied(tiny_model_dir):
+    manifest, _, arrays = store.read_model_folder(tiny_model_dir)
+    assert arrays, "no arrays read"
+    for name, a in arrays.items():
+        assert a.flags.aligned and not a.flags.writeable, name
+        base = a
+        while not isinstance(base, memoryview):
+            base = base.base
+        assert isinstance(base.obj, mmap.mmap), name
+    # the archive stays a plain .npz: numpy reads the same arrays
+    with np.load(tiny_model_dir / "params.npz") as z:
+        assert sorted(z.files) == sorted(arrays)
+        for k in z.files:
+            np.testing.assert_array_equal(z[k], arrays[k])
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 63, 64, 65, 1000])
+def test_write_npz_aligns_every_member(tmp_path, n):
+    arrays = {"a": np.arange(n, dtype=np.int32), "b": np.linspace(0, 1, n + 3),
+              "c" * 40: np.ones((n, 2), dtype=np.float32), "d": np.zeros(0, np.int64)}
+    size, digest = store.write_npz(tmp_path / "x.npz", arrays)
+    assert size == (tmp_path / "x.npz").stat().st_size
+    assert digest == store.sha256_file(tmp_path / "x.npz")
+    got = store.map_npz(tmp_path / "x.npz", size)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(got[k], v)
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        assert got[k].ctypes.data % store.ALIGN == 0 or got[k].size == 0
+
+
+def test_memmap_inputs_are_streamed(tmp_path):
+    big = np.lib.format.open_memmap(tmp_path / "src.npy", mode="w+", dtype=np.float64,
+                                    shape=(3 * store._CHUNK // 8 + 5,))
+    big[:] = np.arange(len(big))
+    size, _ = store.write_npz(tmp_path / "x.npz", {"big": big})
+    np.testing.assert_array_equal(store.map_npz(tmp_path / "x.npz", size)["big"], big)
+
+
+def _reference_sorted(M: sp.csr_matrix) -> bool:
+    return all((np.diff(M.indices[M.indptr[r]:M.indptr[r + 1]]) > 0).all()
+               for r in range(M.shape[0]))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_sorted_in_rows_matches_a_row_by_row_check(seed):
+    rng = np.random.default_rng(seed)
+    M = sp.random(40, 12, density=rng.uniform(0.05, 0.9), random_state=seed, format="csr")
+    M.sort_indices()
+    ind = M.indices.copy()
+    if len(ind) > 1 and seed % 3:  # break the order somewhere: a swap or a duplicate
+        i = int(rng.integers(0, len(ind) - 1))
+        if seed % 3 == 1:
+            ind[i], ind[i + 1] = ind[i + 1], ind[i]
+        else:
+            ind[i + 1] = ind[i]
+    broken = sp.csr_matrix((M.data, ind, M.indptr), shape=M.shape)
+    for block in (1, 2, 3, 5, 64):  # blocks that split rows anywhere
+        assert store._sorted_in_rows(ind, M.indptr, block) == _reference_sorted(broken)
+
+
+def test_a_row_order_fault_in_the_file_is_refused(tiny_model, tmp_path):
+    path = tiny_model.save(tmp_path / "m")
+    manifest, _, arrays = store.read_model_folder(path)
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    ptr, ind = arrays["S0_indptr"], arrays["S0_indices"]
+    r = int(np.flatnonzero(np.diff(ptr) >= 2)[0])  # a row with two entries: make them equal
+    ind[ptr[r] + 1] = ind[ptr[r]]
+    size, digest = store.write_npz(path / "params.npz", arrays)
+    manifest["arrays"].update(bytes=size, sha256=digest)
+    (path / "manifest.json").write_text(__import__("json").dumps(manifest))
+    with pytest.raises(ModelFormatError, match="not sorted and unique within rows"):
+        LanguageModel.load(path)
+
+
+def _file_offset(a: np.ndarray) -> int:
+    """Offset in its file of a memory-mapped array's first byte."""
+    base = a
+    while not isinstance(base, memoryview):
+        base = base.base
+    return a.ctypes.data - np.frombuffer(base.obj, np.uint8).ctypes.data
+
+
+def test_verify_finds_a_changed_value_that_loading_accepts(tiny_model, tmp_path, capsys):
+    from lmkit.cli import main
+    path = tiny_model.save(tmp_path / "m")
+    assert main(["verify", str(path)]) == 0
+    assert "ok (" in capsys.readouterr().out
+    _, _, arrays = store.read_model_folder(path)
+    value, off = float(arrays["S0_data"][0]), _file_offset(arrays["S0_data"])
+    del arrays
+    blob = bytearray((path / "params.npz").read_bytes())
+    blob[off:off + 8] = np.float64(value + 0.5).tobytes()  # still finite: a load accepts it
+    (path / "params.npz").write_bytes(bytes(blob))
+    assert LanguageModel.load(path).params.S[0].data[0] == value + 0.5
+    with pytest.raises(ModelFormatError, match=r"params.npz: sha256 .* differs"):
+        LanguageModel.verify(path)
+    assert main(["verify", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs from the manifest" in err[0]
+
+
+def test_a_mapped_model_can_be_saved_over_its_own_folder(tiny_model, tmp_path):
+    path = tiny_model.save(tmp_path / "m")
+    m = LanguageModel.load(path)  # arrays map path/params.npz
+    before = m.log_proba("a b")
+    m.save(path)  # a new folder is renamed over the old one; the mapped inode stays intact
+    np.testing.assert_array_equal(m.log_proba("a b"), before)
+    np.testing.assert_array_equal(LanguageModel.load(path).log_proba("a b"), before)

@@ -1,21 +1,16 @@
-"""Disk-backed 1-d ``.npy`` arrays: written piecewise, mapped read-only, copied as files.
+"""Disk-backed 1-d ``.npy`` arrays: written piecewise, mapped read-only, pages released.
 
 - ``NpyAppender``: a 1-d ``.npy`` file built by ``append`` (the header is rewritten with the
   final length on ``close``), so an array larger than memory is written a piece at a time;
 - ``open_npy(path)``: a read-only memory map of such a file;
-- ``mapped_base(a)`` / ``npy_file_of(a)``: the memory map under an array, and the ``.npy`` file
-  it is the whole of (None otherwise);
-- ``write_npy(a, path)``: ``np.save``, except that an array that is a whole mapped ``.npy``
-  file is hard-linked (or copied by the kernel) instead of read through memory;
-- ``release_pages(a)``: drop this process's resident pages of the map under ``a`` (they stay
-  in the page cache), so reading a large mapped array once does not keep its whole size in
-  the resident set.
+- ``mapped_base(a)`` / ``file_mapping(a)``: the ``np.memmap`` / ``mmap.mmap`` under an array;
+- ``release_pages(*arrays)``: drop this process's resident pages of the file mappings under
+  the arrays (they stay in the page cache), so reading a large mapped array once does not keep
+  its whole size in the resident set.
 """
 from __future__ import annotations
 
 import mmap
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,50 +62,32 @@ def mapped_base(a):
     return a
 
 
-def release_pages(a) -> None:
-    """Drop this process's resident pages of the memory map under ``a`` (no-op otherwise);
-    the data stays in the page cache and is read back on the next touch."""
-    m = mapped_base(a)
-    mm = getattr(m, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)
+def file_mapping(a):
+    """The ``mmap.mmap`` an array views, through ``np.memmap``s, array bases and memoryviews
+    (e.g. ``np.frombuffer`` of a mapped file); None for an array that owns its memory."""
+    while a is not None:
+        if isinstance(a, mmap.mmap):
+            return a
+        if isinstance(a, np.memmap) and isinstance(getattr(a, "_mmap", None), mmap.mmap):
+            return a._mmap
+        a = a.obj if isinstance(a, memoryview) else getattr(a, "base", None)
+    return None
 
 
-def npy_file_of(a) -> Path | None:
-    """The ``.npy`` file whose whole data ``a`` is (a read-only map of it), else None."""
-    m = mapped_base(a)
-    name = getattr(m, "filename", None)
-    if name is None or a.flags.writeable or not a.flags.c_contiguous or a.ndim != 1:
-        return None
-    if a.__array_interface__["data"][0] != m.__array_interface__["data"][0] or a.nbytes != m.nbytes:
-        return None
-    try:  # the file may be gone (its folder removed while the map lives on)
-        f = open(name, "rb")
-    except OSError:
-        return None
-    with f:
-        if os.fstat(f.fileno()).st_size != m.offset + m.nbytes:
-            return None
+def release_pages(*arrays) -> None:
+    """Drop this process's resident pages of the read-only file mappings under ``arrays``
+    (no-op for arrays in memory). The data stay in the page cache and are read back on the
+    next touch, so a pass over a mapped model does not leave its whole size resident."""
+    seen = set()
+    for a in arrays:
+        m = file_mapping(a)
+        if m is None or id(m) in seen or not hasattr(m, "madvise"):
+            continue
+        seen.add(id(m))
         try:
-            major, _ = np.lib.format.read_magic(f)
-            shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if major == 1 else
-                                     np.lib.format.read_array_header_2_0)(f)
-        except (ValueError, SyntaxError):
-            return None
-        if f.tell() != m.offset or shape != a.shape or dtype != a.dtype or fortran:
-            return None
-    return Path(name)
-
-
-def write_npy(a, path) -> None:
-    """Write array ``a`` as the ``.npy`` file ``path``: a whole mapped ``.npy`` file is linked
-    (same file system) or copied by the kernel, never read into this process; anything else
-    goes through ``np.save``."""
-    src = npy_file_of(a)
-    if src is None:
-        np.save(path, np.asarray(a), allow_pickle=False)
-        return
-    try:
-        os.link(src, path)
-    except OSError:
-        shutil.copyfile(src, path)
+            with memoryview(m) as v:
+                if not v.readonly:  # a private writable map would lose its changes
+                    continue
+            m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed or zero-length map: nothing resident
+            pass

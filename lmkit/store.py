@@ -66,6 +66,7 @@ from .errors import InputError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
 from .features import Suffix, check_suffix_chain, group_from_name
 from .version import __version__
+from .npyfile import release_pages
 from .params import DenseParams, SparseParams
 from .sparse import csr_to_arrays
 
@@ -207,6 +208,7 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
                 flat = a.reshape(-1).view(np.uint8) if a.size else a.view(np.uint8)
                 for i in range(0, len(flat), _CHUNK):
                     member.write(flat[i:i + _CHUNK].data)
+            release_pages(a)  # a memory-mapped array was read once: keep it out of the RSS
         zf.close()
         f.flush()
         os.fsync(f.fileno())
@@ -561,6 +563,7 @@ def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
     if not _sorted_in_rows(indices, indptr):
         raise bad("column indices not sorted and unique within rows")
     _finite(data, f"S{g}_data", where)
+    release_pages(data, indices, indptr)  # checked: a mapped group leaves the RSS
     S = sp.csr_matrix((data, indices, indptr), shape=(n_rows, V))
     S.has_sorted_indices = True
     S.has_canonical_format = True
@@ -573,6 +576,13 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
 
     ``groups``: ``Window``/``Suffix`` objects; ``lambdas`` (optional): the manifest's copy.
     """
+    try:
+        return _arrays_to_params(kind, groups, arrays, info, where, lambdas)
+    finally:  # validation read every mapped array once: drop those pages from the RSS
+        release_pages(*arrays.values())
+
+
+def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
     G, V = len(groups), None
     try:
         check_suffix_chain(groups)

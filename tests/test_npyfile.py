@@ -1,9 +1,10 @@
-"""Disk-backed .npy arrays: piecewise writes, read-only maps, whole files linked on save."""
+"""Disk-backed .npy arrays: piecewise writes, read-only maps, released pages."""
 import os
 
 import numpy as np
+import pytest
 
-from lmkit.npyfile import NpyAppender, npy_file_of, open_npy, release_pages, write_npy
+from lmkit.npyfile import NpyAppender, open_npy, release_pages
 
 
 def test_npy_appender_writes_a_loadable_array(tmp_path):
@@ -21,14 +22,22 @@ def test_npy_appender_writes_a_loadable_array(tmp_path):
     assert np.load(tmp_path / "e.npy").shape == (0,)
 
 
-def test_write_npy_links_whole_mapped_files_and_saves_the_rest(tmp_path):
-    np.save(tmp_path / "a.npy", np.arange(6, dtype=np.int64))
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"),
+                    reason="needs Linux /proc/self/smaps_rollup to read the resident set")
+def test_release_pages_drops_resident_pages_of_read_only_maps_only(tmp_path):
+    import mmap
+    np.save(tmp_path / "a.npy", np.arange(1 << 20, dtype=np.int64))  # 8 MiB
     m = open_npy(tmp_path / "a.npy")
-    assert npy_file_of(m) == tmp_path / "a.npy" and npy_file_of(m[1:]) is None
-    assert npy_file_of(np.arange(3)) is None
-    write_npy(m, tmp_path / "b.npy")
-    assert os.path.samefile(tmp_path / "a.npy", tmp_path / "b.npy")  # linked, not read
-    write_npy(m[2:], tmp_path / "c.npy")  # a part of a map is saved as an array of its own
-    assert np.load(tmp_path / "c.npy").tolist() == [2, 3, 4, 5]
-    write_npy(np.array([1.5]), tmp_path / "d.npy")
-    assert np.load(tmp_path / "d.npy").tolist() == [1.5]
+
+    def resident_kb():
+        with open("/proc/self/smaps_rollup") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("Rss:"))
+    assert int(m.sum()) == (1 << 20) * ((1 << 20) - 1) // 2
+    before = resident_kb()
+    release_pages(m[10:], m)  # one map, released once
+    assert resident_kb() < before - 6000 and int(m[-1]) == (1 << 20) - 1  # values read back
+    with open(tmp_path / "a.npy", "r+b") as f:  # a writable copy-on-write map is left alone
+        w = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), dtype=np.uint8)
+    w[200] = 7
+    release_pages(w)
+    assert w[200] == 7

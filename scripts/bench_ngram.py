@@ -159,8 +159,8 @@ def main(argv=None) -> int:
             enc = timed(py + ["spm-encode", "--model", tok, "--input", work / "train.txt",
                               "--output", work / "train.ids"], env=env)
             lmplz = timed([kb / "lmplz", "-o", a.order, "-S", a.max_memory or a.lmplz_memory,
-                           "-T", work,
-                           "--discount_fallback"], stdin=work / "train.ids", stdout=work / "k.arpa")
+                           "-T", work, "--discount_fallback"],
+                          stdin=work / "train.ids", stdout=work / "k.arpa")
             binary = timed([kb / "build_binary", work / "k.arpa", work / "k.bin"])
             res["kenlm_build"] = combine(enc, lmplz, binary)
 

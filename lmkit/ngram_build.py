@@ -83,9 +83,12 @@ def bucket_edges(buf: np.ndarray, bos_id: int, vocab_size: int, n_buckets: int) 
 def build_ngram(buf: np.ndarray, order: int, vocab_size: int, bos_id: int, *,
                 n_buckets: int = 1, discount=None, spill_dir=None, out_dir=None,
                 log=None) -> SparseParams:
-    """MKN ``SparseParams`` of the order-``order`` model of the flat buffer ``buf``."""
+    """MKN ``SparseParams`` of the order-``order`` model of the flat buffer ``buf``, solved in
+    ``n_buckets`` history-token ranges. ``out_dir``: write the arrays there as ``.npy`` files
+    and return them memory-mapped (None: read back into memory; the spills always go)."""
     if len(buf) == 0 or buf[0] != bos_id:
-        raise InputError("build_ngram needs the flat_buffer(pad=1) layout: BOS ids EOS per sequence")
+        raise InputError("build_ngram needs the flat_buffer(pad=1) layout: BOS ids EOS per "
+                         "sequence")
     edges = bucket_edges(buf, bos_id, vocab_size, n_buckets)
     return _build(lambda lo, hi: np.asarray(buf[lo:hi]), len(buf), order, vocab_size, bos_id,
                   edges, discount, spill_dir, out_dir, log)

@@ -74,8 +74,9 @@ def partition_windows(read, n_ids: int, order: int, bos_id: int, edges: np.ndarr
 
     ``read(lo, hi)``: ids ``[lo, hi)`` of the stream (``file_reader`` or an array's slice);
     ``edges`` (B+1,): bucket b holds targets whose previous token is in ``[edges[b],
-    edges[b+1])``; ``chunk``: ids per read (default ``CHUNK_TOKENS``). Row of a target at p: ``ids[p-M .. p]`` and ``d = min(p - bos_at, M)``,
-    bos_at = the BOS starting its sequence (history tokens before it are masked by ``d``).
+    edges[b+1])``; ``chunk``: ids per read (default ``CHUNK_TOKENS``). Row of a target at p:
+    ``ids[p-M .. p]`` and ``d = min(p - bos_at, M)``, bos_at = the BOS starting its sequence
+    (history tokens before it are masked by ``d``).
     """
     M = order - 1
     chunk = chunk or CHUNK_TOKENS

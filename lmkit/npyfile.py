@@ -75,19 +75,20 @@ def file_mapping(a):
 
 
 def release_pages(*arrays) -> None:
-    """Drop this process's resident pages of the read-only file mappings under ``arrays``
-    (no-op for arrays in memory). The data stay in the page cache and are read back on the
-    next touch, so a pass over a mapped model does not leave its whole size resident."""
-    seen = set()
+    """Drop this process's resident pages under each array (its byte range of a read-only file
+    mapping; no-op for arrays in memory). The data stay in the page cache and are read back on
+    the next touch, so a pass over a mapped model does not leave its whole size resident."""
     for a in arrays:
         m = file_mapping(a)
-        if m is None or id(m) in seen or not hasattr(m, "madvise"):
+        if m is None or not hasattr(m, "madvise") or not getattr(a, "nbytes", 0):
             continue
-        seen.add(id(m))
         try:
             with memoryview(m) as v:
                 if not v.readonly:  # a private writable map would lose its changes
                     continue
-            m.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # a closed or zero-length map: nothing resident
+                base = np.frombuffer(v, dtype=np.uint8).ctypes.data
+            start = a.__array_interface__["data"][0] - base
+            first = start - start % mmap.PAGESIZE
+            m.madvise(mmap.MADV_DONTNEED, first, start + a.nbytes - first)
+        except (OSError, ValueError, BufferError):  # a closed map: nothing resident
             pass

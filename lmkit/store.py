@@ -520,8 +520,18 @@ def _array(arrays, name, dtypes, ndim, where):
     return a
 
 
+def _blocks(a: np.ndarray, pairs: bool = False, block: int = 1 << 20):
+    """The 1-d array ``a`` in blocks (overlapping by one element with ``pairs``, for checks on
+    neighbours), each released from the RSS once the caller has checked it: validating a
+    memory-mapped model makes no array-sized temporaries and leaves nothing resident."""
+    for i in range(0, max(len(a) - pairs, 1 if len(a) else 0), block):
+        x = a[i:i + block + pairs]
+        yield x
+        release_pages(x)
+
+
 def _finite(a, name, where):
-    if not np.isfinite(a).all():
+    if not all(np.isfinite(x).all() for x in _blocks(a.reshape(-1))):
         raise ModelFormatError(f"{where}: array {name!r} holds NaN or infinite values; {_FIX}")
 
 
@@ -537,6 +547,7 @@ def _sorted_in_rows(indices: np.ndarray, indptr: np.ndarray, block: int = 1 << 1
         x = indices[a:b + 1]
         if not ((x[1:] > x[:-1]) | row_start).all():
             return False
+        release_pages(x)
     return True
 
 
@@ -555,10 +566,10 @@ def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
     if len(indptr) != n_rows + 1 or len(indices) != len(data):
         raise bad(f"indptr has {len(indptr)} entries for {n_rows} rows, or indices "
                   f"({len(indices)}) and data ({len(data)}) differ in length")
-    steps = np.diff(indptr)
-    if indptr[0] != 0 or indptr[-1] != len(data) or (steps < 0).any():
+    if (indptr[0] != 0 or indptr[-1] != len(data)
+            or not all((np.diff(x) >= 0).all() for x in _blocks(indptr, pairs=True))):
         raise bad("indptr is not monotone from 0 to the number of stored values")
-    if len(indices) and (indices.min() < 0 or indices.max() >= V):
+    if not all(x.min() >= 0 and x.max() < V for x in _blocks(indices)):
         raise bad(f"column indices outside [0, {V})")
     if not _sorted_in_rows(indices, indptr):
         raise bad("column indices not sorted and unique within rows")
@@ -624,7 +635,8 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
             parent = [keys[h] for h, x in enumerate(groups[:g])
                       if isinstance(x, Suffix) and isinstance(group, Suffix) and x.m == group.m - 1]
             limit = V * len(parent[0]) if parent else V
-            if len(k) and (k[0] < 0 or k[-1] >= limit or (np.diff(k) <= 0).any()):
+            if len(k) and (k[0] < 0 or k[-1] >= limit
+                           or not all((np.diff(x) > 0).all() for x in _blocks(k, pairs=True))):
                 raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
                                        f"[0, {limit}); {_FIX}")
         keys.append(k)
@@ -635,7 +647,8 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
         for g in range(G):
             if f"G{g}" in expected:
                 lg = _array(arrays, f"G{g}", ("<f8",), 1, where)
-                if len(lg) != rows[g] or not (np.isfinite(lg).all() and (lg <= 1e-9).all()):
+                if len(lg) != rows[g] or not all((np.isfinite(x) & (x <= 1e-9)).all()
+                                                 for x in _blocks(lg)):
                     raise ModelFormatError(f"{where}: 'G{g}' must be {rows[g]} finite log "
                                            f"back-off weights <= 0; {_FIX}")
                 loggamma.append(lg)

@@ -208,7 +208,7 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
                 flat = a.reshape(-1).view(np.uint8) if a.size else a.view(np.uint8)
                 for i in range(0, len(flat), _CHUNK):
                     member.write(flat[i:i + _CHUNK].data)
-            release_pages(a)  # a memory-mapped array was read once: keep it out of the RSS
+                    release_pages(flat[i:i + _CHUNK])  # a mapped array leaves the RSS as written
         zf.close()
         f.flush()
         os.fsync(f.fileno())

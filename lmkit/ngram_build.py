@@ -1,9 +1,10 @@
-"""Bounded-memory n-gram build: one flat id buffer -> MKN ``SparseParams``, a bucket at a time.
+"""Bounded-memory n-gram build: id sequences -> MKN ``SparseParams`` with disk-backed arrays.
 
-Input: the int32 buffer of ``counts.flat_buffer(chunks, bos, eos, pad=1)`` (every sequence as
-``BOS ids EOS``; BOS never inside a sequence), the order N and V. Output: the same
-``SparseParams`` as ``solve_ngram(count_ngrams(...))`` (tested equal), built with memory for
-one bucket of histories at a time instead of all counts at once.
+Input: chunks of id sequences (``build_ngram_from_chunks``) or one flat int32 buffer in the
+``counts.flat_buffer(chunks, bos, eos, pad=1)`` layout (``build_ngram``), the order N and V.
+Output: the same ``SparseParams`` as ``solve_ngram(count_ngrams(...))`` (tested equal), built
+with memory for one bucket of histories at a time; with ``out_dir`` every model array is a
+read-only memory map of its own ``.npy`` file there, so the model is never in memory either.
 
 Why buckets work (chained ids, see ``features.py``): every n-gram ``(..., t, w)`` of every
 order, its continuation counts (read one order down, from n-grams ending in the same
@@ -11,13 +12,20 @@ order, its continuation counts (read one order down, from n-grams ending in the 
 positions are split by the most recent history token into B token ranges of about equal
 size; each range is counted and solved on its own. Only two things are global: the unigram
 level (the sum of every bucket's distinct ``(t, w)`` pairs per w) and each order's
-count-of-counts n1..n4 (sums), which fix the discounts. Hence two passes:
+count-of-counts n1..n4 (sums), which fix the discounts. The stages (``ngram_disk.py`` holds
+the disk-backed pieces), each streaming and each bounded by one chunk or one bucket:
 
-1. per bucket: count, adjusted counts, count-of-counts; the adjusted counts go to a spill
-   folder (``.npz`` per bucket) and are dropped from memory;
-2. discounts and the unigram q from the sums; per bucket: reload, solve, keep S, keys, log
-   gamma; finally concatenate: rows of bucket b follow those of bucket b-1 at every order,
-   so chained keys only shift by the parent row offset (``key + offset * V``).
+1. encode: the id sequences go to an int32 file in a spill folder; the histogram of the
+   history tokens is kept (V,) and fixes the bucket edges;
+2. partition: one pass over that file writes each target's window (N tokens, and how many of
+   its history tokens lie in its sequence) to the file of its bucket (external runs by key
+   range: a bucket's file holds every position any of its n-grams needs);
+3. count, per bucket: the windows are counted exactly as the whole buffer would be (one sort
+   per order), adjusted counts and count-of-counts are taken, the adjusted counts spilled;
+4. discounts and the unigram q from the sums;
+5. solve, per bucket and order: the spilled counts are reloaded, solved, and the rows appended
+   to the model's ``.npy`` files (rows of bucket b follow those of bucket b-1 at every order,
+   so chained keys only shift by the parent row offset: ``key + offset * V``).
 
 Pruning (``--prune``) is not bucket-local (a kept n-gram keeps its context, whose history ends
 in another token) and is refused here; use ``solve_ngram``.
@@ -27,17 +35,21 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import count_buffer, flat_buffer
+from .counts import count_buffer
 from .errors import InputError
-from .memory import parse_size
 from .features import make_groups
+from .memory import parse_size
 from .ngram import (FALLBACK_DISCOUNTS, _adjusted_counts, _check_discount, _discount_of,
                     _solve_order, discounts_from_count_of_counts)
+from .ngram_disk import (chunk_for, encode_to_disk, file_reader, load_windows,
+                         partition_windows)
+from .npyfile import NpyAppender, open_npy
 from .params import SparseParams
 from .progress import log as progress_log
 from .sparse import csr_from_arrays, csr_to_arrays
@@ -52,57 +64,46 @@ def n_buckets_for(n_positions: int, max_memory: int | None) -> int:
     return max(1, math.ceil(n_positions * BYTES_PER_POSITION / (max_memory / 2)))
 
 
+def edges_from_histogram(hist: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Token-range edges (B+1,) splitting positions with previous-token histogram ``hist`` (V,)
+    into ``n_buckets`` ranges of about equal size (fewer if one token outweighs a share)."""
+    cum = np.cumsum(hist)
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_buckets) / n_buckets, side="right")
+    return np.unique(np.concatenate([[0], cuts, [len(hist)]])).astype(np.int64)
+
+
 def bucket_edges(buf: np.ndarray, bos_id: int, vocab_size: int, n_buckets: int) -> np.ndarray:
-    """Token-range edges (B+1,) splitting the target positions by their most recent history
-    token into ``n_buckets`` ranges of about equal size (fewer if one token outweighs a share).
+    """``edges_from_histogram`` of a flat buffer's targets (every id not followed by BOS).
     Example: V = 4, BOS 0, buf [0, 1, 1, 2, 3] (previous tokens of the targets: 0, 1, 1, 2),
     2 buckets -> [0, 1, 4]."""
     last = buf[:-1][buf[1:] != bos_id]
-    cum = np.cumsum(np.bincount(last, minlength=vocab_size))
-    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_buckets) / n_buckets, side="right")
-    return np.unique(np.concatenate([[0], cuts, [vocab_size]])).astype(np.int64)
-
-
-def _positions(buf, bos_id, bos_at, lo, hi):
-    """Target positions whose previous token is in [lo, hi), and their sequences' starts."""
-    prev = buf[:-1]
-    pos = np.flatnonzero((prev >= lo) & (prev < hi) & (buf[1:] != bos_id)) + 1
-    starts = bos_at[np.searchsorted(bos_at, pos, side="right") - 1] + 1
-    return pos, starts
+    return edges_from_histogram(np.bincount(last, minlength=vocab_size), n_buckets)
 
 
 def build_ngram(buf: np.ndarray, order: int, vocab_size: int, bos_id: int, *,
-                n_buckets: int = 1, discount=None, spill_dir=None, log=None) -> SparseParams:
-    """MKN ``SparseParams`` of the order-``order`` model of ``buf``, ``n_buckets`` at a time."""
-    V, M = vocab_size, order - 1
-    groups = make_groups(0, order)
+                n_buckets: int = 1, discount=None, spill_dir=None, out_dir=None,
+                log=None) -> SparseParams:
+    """MKN ``SparseParams`` of the order-``order`` model of the flat buffer ``buf``, solved in
+    ``n_buckets`` history-token ranges. ``out_dir``: write the arrays there as ``.npy`` files
+    and return them memory-mapped (None: read back into memory; the spills always go)."""
+    if len(buf) == 0 or buf[0] != bos_id:
+        raise InputError("build_ngram needs the flat_buffer(pad=1) layout: BOS ids EOS per "
+                         "sequence")
+    edges = bucket_edges(buf, bos_id, vocab_size, n_buckets)
+    return _build(lambda lo, hi: np.asarray(buf[lo:hi]), len(buf), order, vocab_size, bos_id,
+                  edges, discount, spill_dir, out_dir, log)
+
+
+def _build(read, n_ids, order, V, bos_id, edges, discount, spill_dir, out_dir, log, chunk=None):
+    """Stages 2-5 (see the module docstring) on the id stream ``read(lo, hi)``."""
+    M = order - 1
     given = _check_discount(discount)
-    bos_at = np.flatnonzero(buf == bos_id)
-    if len(bos_at) == 0 or bos_at[0] != 0:
-        raise InputError("build_ngram needs the flat_buffer(pad=1) layout: BOS ids EOS per sequence")
-    edges = bucket_edges(buf, bos_id, V, n_buckets)
     tmp = Path(tempfile.mkdtemp(prefix="lmkit-ngram-", dir=spill_dir))
     try:
-        a1 = np.zeros(V, dtype=np.int64)
-        nk = np.zeros((M + 1, 4), dtype=np.int64)  # count-of-counts n1..n4 per order
-        for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-            pos, starts = _positions(buf, bos_id, bos_at, lo, hi)
-            c = count_buffer(buf, pos, starts, V, groups, 0)
-            del pos, starts
-            A, links = zip(*[_adjusted_counts(c, m, M, bos_id) for m in range(M + 1)])
-            a1 += A[0].toarray().ravel()
-            arrays = {}
-            for m in range(1, M + 1):
-                nk[m] += np.bincount(np.minimum(A[m].data, 5), minlength=6)[1:5]
-                arrays.update(csr_to_arrays(f"A{m}", A[m]))
-                arrays[f"keys{m}"] = c.keys[m - 1]
-                if links[m] is not None:
-                    arrays[f"link{m}"] = links[m]
-            np.savez(tmp / f"bucket{b:05d}.npz", **arrays)
-            del c, A, links, arrays
-            if log:
-                log(f"      bucket {b + 1}/{len(edges) - 1} counted")
-        nk[0] = np.bincount(np.minimum(a1[a1 > 0], 5), minlength=6)[1:5]
+        paths = partition_windows(read, n_ids, order, bos_id, edges, tmp, V, chunk)
+        if log:
+            log(f"      partitioned into {len(paths)} bucket(s)")
+        a1, nk, n_pos = _count_buckets(paths, order, V, bos_id, tmp, log)
         discounts, estimated = [], []
         for n in nk:
             d, ok = (given, True) if given else discounts_from_count_of_counts(n)
@@ -115,46 +116,127 @@ def build_ngram(buf: np.ndarray, order: int, vocab_size: int, bos_id: int, *,
         a = a1.astype(np.float64)
         d1 = np.where(a > 0, _discount_of(a, discounts[0]), 0.0)
         q = (a - d1) / a.sum() + d1.sum() / a.sum() / V
-        S, keys, lgs = [[] for _ in range(M)], [[] for _ in range(M)], [[] for _ in range(M)]
-        offset = np.zeros(M + 1, dtype=np.int64)  # rows of the earlier buckets, per order
-        for b in range(len(edges) - 1):
-            with np.load(tmp / f"bucket{b:05d}.npz", allow_pickle=False) as z:
-                logp, parent_map = None, np.zeros(1, dtype=np.int64)
-                for m in range(1, M + 1):
-                    link = z[f"link{m - 1}"] if f"link{m - 1}" in z.files else None
-                    Sm, km, logp, parent_map, lg = _solve_order(
-                        csr_from_arrays(f"A{m}", z), z[f"keys{m}"], discounts[m], None, q, logp,
-                        parent_map, V, link)
-                    # local chained keys -> global: parents shift by the earlier buckets' rows
-                    S[m - 1].append(Sm)
-                    keys[m - 1].append(km + offset[m - 1] * V if m > 1 else km)
-                    lgs[m - 1].append(lg)
-                for m in range(1, M + 1):
-                    offset[m] += S[m - 1][-1].shape[0]
-            (tmp / f"bucket{b:05d}.npz").unlink()
-        S = [sp.vstack(x, format="csr") if len(x) > 1 else x[0] for x in S]
-        keys = [np.concatenate(x) for x in keys]
-        lgs = [np.concatenate(x) for x in lgs]
+        folder = Path(out_dir) if out_dir is not None else tmp
+        idx_dtype = np.int32 if max(n_pos, V) < np.iinfo(np.int32).max else np.int64
+        S, keys, lgs = _solve_buckets(len(paths), M, V, q, discounts, tmp, folder, idx_dtype, log)
+        if out_dir is None:  # arrays in memory (small builds, tests): read them before tmp goes
+            S = [sp.csr_matrix((np.array(x.data), np.array(x.indices), np.array(x.indptr)),
+                               shape=x.shape) for x in S]
+            keys, lgs = [np.array(k) for k in keys], [np.array(g) for g in lgs]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = {"discounts": discounts, "discounts_estimated": estimated, "bos_id": bos_id,
             "smoothing": "interpolated modified Kneser-Ney", "prune": [0] * (M + 1),
             "lambda_init": [1.0] * M, "lambda_fixed": [True] * M, "loggamma": lgs,
             "buckets": len(edges) - 1}
-    return SparseParams(groups, q, S, keys, np.ones(M), info)
+    return SparseParams(make_groups(0, order), q, S, keys, np.ones(M), info)
+
+
+def _count_buckets(paths, order, V, bos_id, tmp, log):
+    """Stage 3: per bucket file, counts -> adjusted counts spilled to ``tmp/bucketB.npz``.
+    Returns the unigram adjusted counts (V,), the count-of-counts (N, 4) and the positions."""
+    M = order - 1
+    groups = make_groups(0, order)
+    a1 = np.zeros(V, dtype=np.int64)
+    nk = np.zeros((M + 1, 4), dtype=np.int64)  # count-of-counts n1..n4 per order
+    n_pos = 0
+    for b, path in enumerate(paths):
+        buf, pos, starts = load_windows(path, order, V)
+        path.unlink()
+        n_pos += len(pos)
+        c = count_buffer(buf, pos, starts, V, groups, 0)
+        del buf, pos, starts
+        A, links = zip(*[_adjusted_counts(c, m, M, bos_id) for m in range(M + 1)])
+        a1 += A[0].toarray().ravel()
+        arrays = {}
+        for m in range(1, M + 1):
+            nk[m] += np.bincount(np.minimum(A[m].data, 5), minlength=6)[1:5]
+            arrays.update(csr_to_arrays(f"A{m}", A[m]))
+            arrays[f"keys{m}"] = c.keys[m - 1]
+            if links[m] is not None:
+                arrays[f"link{m}"] = links[m]
+        np.savez(tmp / f"bucket{b:05d}.npz", **arrays)
+        del c, A, links, arrays
+        if log:
+            log(f"      bucket {b + 1}/{len(paths)} counted")
+    nk[0] = np.bincount(np.minimum(a1[a1 > 0], 5), minlength=6)[1:5]
+    return a1, nk, n_pos
+
+
+def _solve_buckets(n_buckets, M, V, q, discounts, tmp, folder, idx_dtype, log):
+    """Stage 5: solve each spilled bucket, appending its rows to the ``.npy`` files of every
+    order in ``folder`` (``S{g}_data``, ``S{g}_indices``, ``S{g}_indptr``, ``keys{g}``,
+    ``G{g}``). Returns S (CSR), keys and log gamma per order, memory-mapped from those files."""
+    names = ("data", "indices", "indptr", "keys", "G")
+    dtypes = (np.float64, idx_dtype, idx_dtype, np.int64, np.float64)
+    files = [{n: NpyAppender(folder / f"{'S%d_' % g if n in names[:3] else ''}{n}"
+                             f"{g if n in names[3:] else ''}.npy", dt)
+              for n, dt in zip(names, dtypes)} for g in range(M)]
+    rows = np.zeros(M + 1, dtype=np.int64)  # rows of the earlier buckets, per order
+    nnz = np.zeros(M, dtype=np.int64)
+    for f in files:
+        f["indptr"].append(np.zeros(1))
+    try:
+        for b in range(n_buckets):
+            with np.load(tmp / f"bucket{b:05d}.npz", allow_pickle=False) as z:
+                logp, parent_map = None, np.zeros(1, dtype=np.int64)
+                added = np.zeros(M + 1, dtype=np.int64)
+                for m in range(1, M + 1):
+                    link = z[f"link{m - 1}"] if f"link{m - 1}" in z.files else None
+                    Sm, km, logp, parent_map, lg = _solve_order(
+                        csr_from_arrays(f"A{m}", z), z[f"keys{m}"], discounts[m], None, q, logp,
+                        parent_map, V, link)
+                    f = files[m - 1]
+                    f["data"].append(Sm.data)
+                    f["indices"].append(Sm.indices)
+                    f["indptr"].append(Sm.indptr[1:] + nnz[m - 1])
+                    # local chained keys -> global: parents shift by the earlier buckets' rows
+                    f["keys"].append(km + rows[m - 1] * V if m > 1 else km)
+                    f["G"].append(lg)
+                    nnz[m - 1] += Sm.nnz
+                    added[m] = Sm.shape[0]
+                    del Sm, km, lg
+                rows += added  # after the bucket: its keys shifted by the earlier buckets only
+            (tmp / f"bucket{b:05d}.npz").unlink()
+            if log:
+                log(f"      bucket {b + 1}/{n_buckets} solved")
+    finally:
+        paths = [{n: w.close() for n, w in f.items()} for f in files]
+    S = [sp.csr_matrix((open_npy(p["data"]), open_npy(p["indices"]), open_npy(p["indptr"])),
+                       shape=(int(r), V)) for p, r in zip(paths, rows[1:])]
+    return S, [open_npy(p["keys"]) for p in paths], [open_npy(p["G"]) for p in paths]
 
 
 def build_ngram_from_chunks(chunks, order: int, vocab_size: int, bos_id: int, eos_id: int, *,
-                            max_memory=None, discount=None, spill_dir=None, log=None):
+                            max_memory=None, discount=None, spill_dir=None, log=None,
+                            on_disk: bool = True):
     """Chunks of id sequences -> ``(params, n_sequences, n_tokens)``; ``max_memory`` (bytes or
-    size text, e.g. "4G") picks the number of buckets (``n_buckets_for``)."""
-    buf, pos, _, n_seq = flat_buffer(chunks, bos_id, eos_id, 1)
-    n_tok = len(pos)
-    del pos, _
-    budget = parse_size(max_memory) if max_memory is not None else None
-    B = n_buckets_for(n_tok, budget)
-    if log:
-        log(f"      {n_seq} sequences, {n_tok} tokens; solving in {B} bucket(s)")
-    params = build_ngram(buf, order, vocab_size, bos_id, n_buckets=B, discount=discount,
-                         spill_dir=spill_dir, log=log)
+    size text, e.g. "4G") picks the number of buckets (``n_buckets_for``).
+
+    ``on_disk``: the model's arrays are memory maps of ``.npy`` files in a folder under
+    ``spill_dir`` that lives as long as the returned params (removed when they are collected
+    or at exit; ``store`` copies or links the files when the model is saved)."""
+    V = vocab_size
+    tmp = Path(tempfile.mkdtemp(prefix="lmkit-ids-", dir=spill_dir))
+    out = Path(tempfile.mkdtemp(prefix="lmkit-model-", dir=spill_dir)) if on_disk else None
+    try:
+        ids = tmp / "ids.int32"
+        n_ids, n_seq, n_tok, hist = encode_to_disk(chunks, bos_id, eos_id, ids, V)
+        if n_seq == 0:
+            raise InputError("no sequences to train on: the corpus is empty")
+        budget = parse_size(max_memory) if max_memory is not None else None
+        B = n_buckets_for(n_tok, budget)
+        if log:
+            log(f"      {n_seq} sequences, {n_tok} tokens; solving in {B} bucket(s)")
+        params = _build(file_reader(ids), n_ids, order, V, bos_id,
+                        edges_from_histogram(hist, B), discount, spill_dir, out, log,
+                        chunk_for(budget))
+    except BaseException:
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if out is not None:  # the files live while the arrays may be read (mapped pages survive)
+        weakref.finalize(params, shutil.rmtree, out, True)
     return params, n_seq, n_tok

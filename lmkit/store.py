@@ -70,6 +70,7 @@ from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit w
 from .clusters import ClusterHistory
 from .features import Suffix, check_suffix_chain, group_from_name
 from .version import __version__
+from .npyfile import release_pages
 from .params import DenseParams, SparseParams
 from .sparse import csr_to_arrays
 
@@ -211,6 +212,7 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
                 flat = a.reshape(-1).view(np.uint8) if a.size else a.view(np.uint8)
                 for i in range(0, len(flat), _CHUNK):
                     member.write(flat[i:i + _CHUNK].data)
+                    release_pages(flat[i:i + _CHUNK])  # a mapped array leaves the RSS as written
         zf.close()
         f.flush()
         os.fsync(f.fileno())
@@ -556,8 +558,18 @@ def _array(arrays, name, dtypes, ndim, where):
     return a
 
 
+def _blocks(a: np.ndarray, pairs: bool = False, block: int = 1 << 20):
+    """The 1-d array ``a`` in blocks (overlapping by one element with ``pairs``, for checks on
+    neighbours), each released from the RSS once the caller has checked it: validating a
+    memory-mapped model makes no array-sized temporaries and leaves nothing resident."""
+    for i in range(0, max(len(a) - pairs, 1 if len(a) else 0), block):
+        x = a[i:i + block + pairs]
+        yield x
+        release_pages(x)
+
+
 def _finite(a, name, where):
-    if not np.isfinite(a).all():
+    if not all(np.isfinite(x).all() for x in _blocks(a.reshape(-1))):
         raise ModelFormatError(f"{where}: array {name!r} holds NaN or infinite values; {_FIX}")
 
 
@@ -573,6 +585,7 @@ def _sorted_in_rows(indices: np.ndarray, indptr: np.ndarray, block: int = 1 << 1
         x = indices[a:b + 1]
         if not ((x[1:] > x[:-1]) | row_start).all():
             return False
+        release_pages(x)
     return True
 
 
@@ -591,14 +604,15 @@ def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
     if len(indptr) != n_rows + 1 or len(indices) != len(data):
         raise bad(f"indptr has {len(indptr)} entries for {n_rows} rows, or indices "
                   f"({len(indices)}) and data ({len(data)}) differ in length")
-    steps = np.diff(indptr)
-    if indptr[0] != 0 or indptr[-1] != len(data) or (steps < 0).any():
+    if (indptr[0] != 0 or indptr[-1] != len(data)
+            or not all((np.diff(x) >= 0).all() for x in _blocks(indptr, pairs=True))):
         raise bad("indptr is not monotone from 0 to the number of stored values")
-    if len(indices) and (indices.min() < 0 or indices.max() >= V):
+    if not all(x.min() >= 0 and x.max() < V for x in _blocks(indices)):
         raise bad(f"column indices outside [0, {V})")
     if not _sorted_in_rows(indices, indptr):
         raise bad("column indices not sorted and unique within rows")
     _finite(data, f"S{g}_data", where)
+    release_pages(data, indices, indptr)  # checked: a mapped group leaves the RSS
     S = sp.csr_matrix((data, indices, indptr), shape=(n_rows, V))
     S.has_sorted_indices = True
     S.has_canonical_format = True
@@ -611,6 +625,13 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
 
     ``groups``: ``Window``/``Suffix`` objects; ``lambdas`` (optional): the manifest's copy.
     """
+    try:
+        return _arrays_to_params(kind, groups, arrays, info, where, lambdas)
+    finally:  # validation read every mapped array once: drop those pages from the RSS
+        release_pages(*arrays.values())
+
+
+def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
     G, V = len(groups), None
     try:
         check_suffix_chain(groups)
@@ -655,7 +676,8 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
             # skip-gram and cluster keys pack several tokens / clusters (features.py, clusters.py)
             limit = V * len(parent[0]) if parent else \
                 min(group.key_limit(V), 2 ** 63 - 1) if hasattr(group, "key_limit") else V
-            if len(k) and (k[0] < 0 or k[-1] >= limit or (np.diff(k) <= 0).any()):
+            if len(k) and (k[0] < 0 or k[-1] >= limit
+                           or not all((np.diff(x) > 0).all() for x in _blocks(k, pairs=True))):
                 raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
                                        f"[0, {limit}); {_FIX}")
         keys.append(k)
@@ -666,7 +688,8 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
         for g in range(G):
             if f"G{g}" in expected:
                 lg = _array(arrays, f"G{g}", ("<f8",), 1, where)
-                if len(lg) != rows[g] or not (np.isfinite(lg).all() and (lg <= 1e-9).all()):
+                if len(lg) != rows[g] or not all((np.isfinite(x) & (x <= 1e-9)).all()
+                                                 for x in _blocks(lg)):
                     raise ModelFormatError(f"{where}: 'G{g}' must be {rows[g]} finite log "
                                            f"back-off weights <= 0; {_FIX}")
                 loggamma.append(lg)

@@ -13,9 +13,13 @@ included), peak RSS = its maximum resident set.
   1, 4096 sequences at once), in-process, model load excluded.
 
     python scripts/bench_ngram.py [--corpus NAME | --input PATH] [--order 5] [--kenlm-bin DIR]
+                                  [--max-memory 4G]
 
 With ``--input PATH`` every 20th line is held out as the test text. Without ``--kenlm-bin``
-only lmkit's rows are printed. Progress on stderr, the table (or ``--json``) on stdout.
+only lmkit's rows are printed. ``--max-memory SIZE`` bounds both builds: ``lmkit train
+--max-memory SIZE`` (the bucketed, disk-backed build of ``ngram_build.py``) and ``lmplz -S
+SIZE``; the table then gives each build's peak RSS against it. Progress on stderr, the table
+(or ``--json``) on stdout.
 """
 from __future__ import annotations
 
@@ -76,15 +80,14 @@ def median_of(n: int, run) -> dict:
 def write_splits(a, work: Path):
     """Train/test text files and the lmkit corpus flags that read the same lines."""
     from lmkit.corpus import load_corpus
-    if a.input:
-        lines = list(load_corpus(input=[a.input]))
-        train = [x for i, x in enumerate(lines) if i % 20 != 19]
-        test = [x for i, x in enumerate(lines) if i % 20 == 19]
-    else:
-        train = list(load_corpus(corpus=a.corpus, split="train"))
-        test = list(load_corpus(corpus=a.corpus, split="test"))
-    (work / "train.txt").write_text("".join(x + "\n" for x in train), encoding="utf-8")
-    (work / "test.txt").write_text("".join(x + "\n" for x in test), encoding="utf-8")
+    with open(work / "train.txt", "w", encoding="utf-8") as tr, \
+            open(work / "test.txt", "w", encoding="utf-8") as te:  # streamed: any corpus size
+        if a.input:
+            for i, x in enumerate(load_corpus(input=[a.input])):
+                (te if i % 20 == 19 else tr).write(x + "\n")
+        else:
+            tr.writelines(x + "\n" for x in load_corpus(corpus=a.corpus, split="train"))
+            te.writelines(x + "\n" for x in load_corpus(corpus=a.corpus, split="test"))
     if a.input:  # lmkit reads the very files the KenLM side encodes
         return ["--input", work / "train.txt"], ["--input", work / "test.txt"]
     return ["--corpus", a.corpus], ["--corpus", a.corpus, "--split", "test"]
@@ -109,7 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", help="a tokenizer .model (default: train one, untimed)")
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--lmplz-memory", default="1G", help="lmplz -S (default 1G)")
-    ap.add_argument("--sample-tokens", type=int, default=1_000_000)
+    ap.add_argument("--max-memory", help="bound both builds: lmkit train --max-memory and "
+                                         "lmplz -S (overrides --lmplz-memory)")
+    ap.add_argument("--sample-tokens", type=int, default=1_000_000, help="0: skip sampling")
     ap.add_argument("--workdir", help="keep the files here (default: a temp folder, removed)")
     ap.add_argument("--default-model", action="store_true",
                     help="also time `lmkit train` with no model option (the default model) and "
@@ -129,10 +134,11 @@ def main(argv=None) -> int:
             log(f"tokenizer: training on the train text (V={a.vocab_size}, untimed)")
             timed(py + ["tokenizer", "train", "--input", work / "train.txt", "--vocab-size",
                         a.vocab_size, "--output", work / "tok"], env=env)
-        res = {"order": a.order, "corpus": a.input or a.corpus}
-        log(f"[1/4] lmkit train --order {a.order}")
+        res = {"order": a.order, "corpus": a.input or a.corpus, "max_memory": a.max_memory}
+        bound = ["--max-memory", a.max_memory, "--spill-dir", work] if a.max_memory else []
+        log(f"[1/4] lmkit train --order {a.order} {' '.join(map(str, bound))}")
         res["lmkit_build"] = timed(py + ["train", *train_flags, "--order", a.order, "--tokenizer",
-                                         tok, "--output", work / "lm"], env=env)
+                                         tok, *bound, "--output", work / "lm"], env=env)
         log("[2/4] lmkit eval")
         ev = median_of(a.eval_repeats,
                        lambda: timed(py + ["eval", work / "lm", *test_flags, "--json"], env=env))
@@ -144,15 +150,17 @@ def main(argv=None) -> int:
                                                "--output", work / "default"], env=env)
             dv = timed(py + ["eval", work / "default", *test_flags, "--json"], env=env)
             res["default_ppl"] = json.loads(dv["stdout"])["perplexity"]
-        log("[3/4] sampling")
-        res["lmkit_sample"] = sample_rate(work / "lm", a.sample_tokens)
+        if a.sample_tokens:
+            log("[3/4] sampling")
+            res["lmkit_sample"] = sample_rate(work / "lm", a.sample_tokens)
         if a.kenlm_bin:
             log(f"[4/4] KenLM: encode + lmplz -o {a.order} + build_binary; encode + query")
             kb = Path(a.kenlm_bin)
             enc = timed(py + ["spm-encode", "--model", tok, "--input", work / "train.txt",
                               "--output", work / "train.ids"], env=env)
-            lmplz = timed([kb / "lmplz", "-o", a.order, "-S", a.lmplz_memory, "-T", work,
-                           "--discount_fallback"], stdin=work / "train.ids", stdout=work / "k.arpa")
+            lmplz = timed([kb / "lmplz", "-o", a.order, "-S", a.max_memory or a.lmplz_memory,
+                           "-T", work, "--discount_fallback"],
+                          stdin=work / "train.ids", stdout=work / "k.arpa")
             binary = timed([kb / "build_binary", work / "k.arpa", work / "k.bin"])
             res["kenlm_build"] = combine(enc, lmplz, binary)
 
@@ -196,7 +204,9 @@ def sample_rate(model_dir: Path, n_tokens: int) -> dict:
 def table(r: dict) -> str:
     has_k = "kenlm_build" in r
     rows = [f"order {r['order']}, corpus {r['corpus']}" + (
-        f", {r['train_tokens']:,} train tokens, {r['test_tokens']:,} test tokens" if has_k else "")]
+        f", {r['train_tokens']:,} train tokens, {r['test_tokens']:,} test tokens" if has_k else "")
+        + (f"; builds bounded: lmkit --max-memory {r['max_memory']}, lmplz -S {r['max_memory']}"
+           if r.get("max_memory") else "")]
     head = "| step | lmkit CPU s | lmkit peak RSS MB |"
     head += " KenLM CPU s (parts) | KenLM peak RSS MB | CPU ratio lmkit/KenLM |" if has_k else ""
     rows += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -222,9 +232,14 @@ def table(r: dict) -> str:
                         f"{d['cpu'] / sum(r['kenlm_build']['parts'][:2]):.2f}x encode+lmplz"
                         if has_k else "") + f"; perplexity {r['default_ppl']:.3f}" + (
                         f" = {r['default_ppl'] / r['kenlm_ppl']:.4f} x KenLM" if has_k else ""))
-    s = r["lmkit_sample"]
-    rows.append(f"exact n-gram sampling: {s['tokens']:,} tokens in {s['cpu']:.2f} CPU s = "
-                f"{s['tokens_per_cpu_s']:,.0f} tokens/s")
+    if has_k:
+        rows.append(f"peak RSS ratio lmkit/KenLM: build "
+                    f"{r['lmkit_build']['rss_mb'] / r['kenlm_build']['rss_mb']:.2f}, eval "
+                    f"{r['lmkit_eval']['rss_mb'] / r['kenlm_eval']['rss_mb']:.2f}")
+    s = r.get("lmkit_sample")
+    if s:
+        rows.append(f"exact n-gram sampling: {s['tokens']:,} tokens in {s['cpu']:.2f} CPU s = "
+                    f"{s['tokens_per_cpu_s']:,.0f} tokens/s")
     return "\n".join(rows)
 
 

@@ -458,6 +458,40 @@ def test_bucketed_build_equals_one_pass_solve(tmp_path, order, buckets):
         np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)
 
 
+def test_bounded_build_on_disk_equals_in_memory_solve(tmp_path, monkeypatch):
+    """build_ngram_from_chunks with a tiny budget and tiny reads: every model array is a
+    read-only map of its own .npy file, the model equals the one-pass solve to 1e-12, and the
+    files go when the params do."""
+    import gc
+    from lmkit import ngram_disk, npyfile
+    from lmkit.counts import count_ngrams
+    from lmkit.ngram_build import build_ngram_from_chunks
+    monkeypatch.setattr(ngram_disk, "CHUNK_TOKENS", 7)
+    V, order = 12, 5
+    seqs = random_corpus(300, V) + repetitive_corpus(100, V, 3)
+    want = solve_ngram(count_ngrams([seqs], V, make_groups(0, order), BOS, EOS))
+    got, n_seq, n_tok = build_ngram_from_chunks([seqs[:200], seqs[200:]], order, V, BOS, EOS,
+                                                max_memory=400 * 200, spill_dir=tmp_path)
+    assert got.info["buckets"] > 2 and (n_seq, n_tok) == (400, sum(len(s) + 1 for s in seqs))
+    folder, = tmp_path.iterdir()  # only the model's arrays remain: ids and windows are gone
+    assert {p.name for p in folder.iterdir()} == {
+        f"{x}{g}{y}.npy" for g in range(order - 1)
+        for x, y in (("S", "_data"), ("S", "_indices"), ("S", "_indptr"), ("keys", ""), ("G", ""))}
+    mapped = (got.S[3].data, got.keys[3], got.info["loggamma"][3])
+    assert all(npyfile.mapped_base(x) is not None for x in mapped)
+    assert not got.S[3].data.flags.writeable
+    np.testing.assert_allclose(got.q, want.q, rtol=0, atol=1e-15)
+    for a, b, ka, kb, ga, gb in zip(got.S, want.S, got.keys, want.keys, got.info["loggamma"],
+                                    want.info["loggamma"]):
+        assert np.array_equal(ka, kb) and np.array_equal(a.indptr, b.indptr)
+        assert np.array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.data, b.data, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)
+    del got, a, ka, ga
+    gc.collect()
+    assert not folder.exists()
+
+
 def test_bucket_sizes_follow_the_memory_budget():
     from lmkit.ngram_build import bucket_edges, build_ngram_from_chunks, n_buckets_for
     assert bucket_edges(np.array([0, 1, 1, 2, 3]), 0, 4, 2).tolist() == [0, 1, 4]

@@ -118,3 +118,18 @@ def test_a_mapped_model_can_be_saved_over_its_own_folder(tiny_model, tmp_path):
     m.save(path)  # a new folder is renamed over the old one; the mapped inode stays intact
     np.testing.assert_array_equal(m.log_proba("a b"), before)
     np.testing.assert_array_equal(LanguageModel.load(path).log_proba("a b"), before)
+
+
+def test_blockwise_checks_see_every_neighbour_pair():
+    """Validation runs in blocks (no array-sized temporaries on a mapped model); with pairs,
+    consecutive blocks overlap by one element so a disorder at a block edge is still seen."""
+    from lmkit.store import _blocks
+    a = np.arange(10)
+    assert [x.tolist() for x in _blocks(a, pairs=True, block=4)] == [
+        [0, 1, 2, 3, 4], [4, 5, 6, 7, 8], [8, 9]]
+    assert [len(x) for x in _blocks(a, block=4)] == [4, 4, 2]
+    assert [x.tolist() for x in _blocks(a[:1], pairs=True)] == [[0]]
+    assert list(_blocks(a[:0], pairs=True)) == []
+    bad = np.array([0, 1, 2, 2, 4, 5])  # the repeat sits across the edge of blocks of 3
+    assert all((np.diff(x) > 0).all() for x in _blocks(bad, block=3))  # unseen without pairs
+    assert not all((np.diff(x) > 0).all() for x in _blocks(bad, pairs=True, block=3))

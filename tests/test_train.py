@@ -33,7 +33,7 @@ def test_fit_is_pure_and_deterministic(tiny_tok, tiny_lines):
 
 
 def test_pure_ngram_counts_all_lines_and_bounded_build_is_the_same(tiny_corpus_file, tiny_tok_file,
-                                                                    tiny_lines):
+                                                                    tiny_lines, tmp_path):
     one = lmkit.train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3,
                       verbose=False)
     assert one.corpus["sequences"] == len(tiny_lines)  # no held-out lines set aside
@@ -42,6 +42,9 @@ def test_pure_ngram_counts_all_lines_and_bounded_build_is_the_same(tiny_corpus_f
     assert bounded.corpus == one.corpus
     lines = tiny_lines[:40]
     assert bounded.perplexity(lines) == pytest.approx(one.perplexity(lines), rel=1e-12)
+    # its arrays are disk-backed (memory maps): saved and loaded back, still the same model
+    again = lmkit.LanguageModel.load(bounded.save(tmp_path / "m"))
+    assert again.perplexity(lines) == pytest.approx(one.perplexity(lines), rel=1e-12)
 
 
 def test_window_model_with_own_files_holds_out_every_20th_line(tiny_corpus_file, tiny_tok_file,

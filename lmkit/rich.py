@@ -109,7 +109,8 @@ def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int 
     a cluster table from their bigram counts (seed ``seed + i``; or ``tables[i]``, e.g. the
     ones chosen on the training text when counting held-out text) and its cluster groups,
     counted on the same buffer. Returns ``(counts, tables)``: one int64 (V,) table per
-    clustering.
+    clustering (None for a table with as many clusters as an earlier one: its groups would
+    repeat, and model folders name tables by their size).
     """
     groups = base_groups(order, context, skips, first_window)
     pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])
@@ -125,8 +126,11 @@ def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int 
         else None
     for i, (n_clusters, shapes) in enumerate(clusterings):
         table = make_clusters(base, n_clusters, seed + i, emb) if tables is None else tables[i]
-        out.append(np.asarray(table, dtype=np.int64))
-        counts = merge_groups(counts, count(cluster_groups(table, shapes)))
+        if table is not None and any(t is not None and t.max() == table.max() for t in out):
+            table = None  # as many clusters as an earlier table (a tiny text): nothing new
+        out.append(None if table is None else np.asarray(table, dtype=np.int64))
+        if table is not None:
+            counts = merge_groups(counts, count(cluster_groups(table, shapes)))
     return counts, out
 
 
@@ -196,9 +200,11 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
         bk = [np.where(r >= 0, b[np.maximum(r, 0)], 0) for b, r in zip(rb, rows)]
         lam, trace = choose_lambdas(params, rows, targets, init=init, buckets=bk,
                                     n_buckets=len(bucket_edges) + 1, **kw)
-    if log:
+    if log and trace:
         log(f"      weights fitted on {len(targets)} held-out tokens: ppl "
             f"{np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f} in {len(trace) - 1} steps")
+    elif log:
+        log("      no held-out text: the weights keep their start values (MKN alone)")
     if refit is not None:
         counts = counts + refit
         params = solve_rich(counts, discount=discount)

@@ -228,7 +228,7 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
                                   tables=tables, **kw)[0] if carved else None
     log(f"      {counts.n_sequences} sequences, {counts.n_tokens} tokens, "
         f"{sum(F.nnz for F in counts.F)} non-zero counts, cluster tables of "
-        + " and ".join(str(int(t.max()) + 1) for t in tables) + " clusters")
+        + " and ".join(str(int(t.max()) + 1) for t in tables if t is not None) + " clusters")
     need = model_nbytes(counts)
     check_memory(counts_nbytes(counts) + 2 * need, cfg.scale.max_memory, "solving the sparse model",
                  "raise max_memory, or use a smaller vocab_size, or pass order N for a plain model")

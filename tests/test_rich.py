@@ -183,3 +183,28 @@ def test_clusters_from_suffix1_equal_clusters_from_window1():
     without = count_chunk(train, V, [Suffix(1)], BOS, EOS)
     # Suffix(1) and Window(1) both read the previous token (BOS at a sequence start)
     assert np.array_equal(make_clusters(with_w1, 4, seed=2), make_clusters(without, 4, seed=2))
+
+
+def test_fit_rich_without_heldout_text_is_mkn():
+    V, train, test = 14, corpus(200, 5), corpus(30, 6)
+    groups = base_groups(order=3, context=2, skips=((1, 1, 1),))
+    counts = count_chunk(train, V, groups, BOS, EOS)
+    msgs = []
+    params = fit_rich(counts, [], BOS, EOS, log=msgs.append)
+    assert "no held-out text" in msgs[0]
+    mkn = solve_ngram(count_chunk(train, V, [Suffix(1), Suffix(2)], BOS, EOS))
+    r1, t1, _ = context_rows(params.groups, params.keys, test, V, BOS, EOS)
+    r2, t2, _ = context_rows(mkn.groups, mkn.keys, test, V, BOS, EOS)
+    assert np.allclose(sparse_log_proba(params, r1, t1), sparse_log_proba(mkn, r2, t2), atol=1e-9)
+
+
+def test_count_rich_skips_a_table_as_large_as_an_earlier_one():
+    from lmkit.rich import count_rich
+    V, train = 14, corpus(60, 7)
+    counts, tables = count_rich([train], V, BOS, EOS, order=2, context=1, skips=(),
+                                clusterings=((4, ((2, 0),)), (4, ((3, 0),))))
+    assert tables[1] is None and tables[0].max() == 3
+    assert [g.name for g in counts.groups] == ["suffix1", "cluster2_0_4"]
+    held, again = count_rich([train[:5]], V, BOS, EOS, order=2, context=1, skips=(), tables=tables,
+                             clusterings=((4, ((2, 0),)), (4, ((3, 0),))))
+    assert held.groups == counts.groups and again[1] is None

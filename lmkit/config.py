@@ -97,8 +97,9 @@ class ModelConfig:
                                     "10000; 5000 for the rich model, whose search costs more "
                                     "per token)", min=1)
     rich: bool | None = opt(None, "the feature-rich model: MKN (order, default 5) + windows "
-                            "(context, default 3) + skip-grams + cluster histories, one weight "
-                            "per group x entry count (default: on with no other model option)")
+                            "2..K (context K, default 3) + skip-grams + cluster histories, one "
+                            "weight per group x entry count (default: on with no other model "
+                            "option)")
 
     def __post_init__(self):
         check_fields(self)

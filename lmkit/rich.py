@@ -34,6 +34,7 @@ from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_dis
                        fold_entry_lambdas, fold_lambdas, history_counts)
 from .features import Skip, Suffix, Window
 from .ngram import solve_ngram
+from .parallel import fit_heldout
 from .params import SparseParams
 from .scoring import context_rows
 from .skipgram import solve_skip
@@ -171,7 +172,7 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
              entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None,
              hessian_every: int = DEFAULT_HESSIAN_EVERY,
              hessian_tokens: int | None = DEFAULT_HESSIAN_TOKENS, tol: float = DEFAULT_TOL,
-             refit: Counts | None = None, log=None) -> SparseParams:
+             refit: Counts | None = None, max_memory=None, log=None) -> SparseParams:
     """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
 
     ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3-4, 5-9, 10+): one
@@ -182,11 +183,13 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
     rows of S (``explicit.fold_lambdas``). The weights are kept in ``info``. ``refit``: counts
     of more text (the held-out lines, when they were carved out of the training text): once the
     weights are chosen, every group is solved again on ``counts + refit`` and the same weights
-    are folded in (buckets from the summed counts), so no text is lost.
+    are folded in (buckets from the summed counts), so no text is lost. ``max_memory``: the
+    weight search uses every s-th held-out position if it would need more than half of it.
     """
     params = solve_rich(counts, discount=discount)
     rows, targets, _ = context_rows(params.groups, params.keys, heldout, counts.vocab_size,
                                     bos_id, eos_id)
+    rows, targets = fit_heldout(params, rows, targets, max_memory, log)  # within max_memory
     init = params.info["lambda_init"]
     kw = dict(hessian_every=hessian_every, hessian_tokens=hessian_tokens, tol=tol)
     if entry_edges is not None:

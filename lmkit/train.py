@@ -236,7 +236,7 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
     held = tok.encode_batch(heldout_lines(valid, m.effective_lambda_tokens, tok))
     discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
     params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=discount,
-                           refit=held_counts, log=log)
+                           refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
     if held_counts is not None:
         counts = counts + held_counts
     config = {**cfg.flat(), "context": context, "order": order, "rich": True,

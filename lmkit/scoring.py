@@ -46,12 +46,12 @@ def next_rows(groups, keys, prefix, vocab_size: int, bos_id: int) -> list:
 def sparse_scores(params: SparseParams, rows: list, n: int) -> sp.csr_matrix:
     """``s = sum_g lambda_g S_g[row_g]`` as a CSR (n, V): the union pattern of the touched rows."""
     V = params.vocab_size
-    total = sp.csr_matrix((n, V))
-    for S, r, lam in zip(params.S, rows, params.lambdas):
-        if lam == 0.0:
-            continue
-        total = total + take_rows(S, r, lam)
-    return total.tocsr()
+    parts = [take_rows(S, r, lam) for S, r, lam in zip(params.S, rows, params.lambdas)
+             if lam != 0.0]
+    while len(parts) > 1:  # pairwise: each level merges every entry once (not once per group)
+        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0].tocsr() if parts else sp.csr_matrix((n, V))
 
 
 def sparse_log_proba(params: SparseParams, rows: list, targets: np.ndarray,

@@ -151,3 +151,14 @@ def test_cli_residual_trains_evaluates_and_generates(tmp_path, tiny_corpus_file,
     assert main(["generate", str(out), "--max-tokens", "5", "--seed", "1"]) == 0
     assert main(["train", *src, "--solver", "residual", "--output", str(tmp_path / "x")]) == 2
     assert "--solver residual trains by a CPU-time budget; add --max-seconds" in capsys.readouterr().err
+
+
+def test_crossfit_of_a_rich_base_trains_rich_folds(tiny_corpus_file, tiny_tok_file, tiny_lines):
+    from lmkit.neural.crossfit import fold_models
+    from lmkit.train import train
+    base = train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
+    assert base.config["rich"] is True  # the default model
+    models = fold_models(base, tiny_lines[:120], 2)
+    assert [m.config["rich"] for m in models] == [True, True]
+    assert [g.name.split("_")[0] for g in models[0].groups] == \
+        [g.name.split("_")[0] for g in base.groups]  # same families (cluster sizes may differ)

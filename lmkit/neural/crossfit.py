@@ -5,7 +5,8 @@ lines it is far better than on new text (the n-gram counts include the line itse
 network trained on top of it learns to trust it too much and to correct mistakes it does not
 make on new text. Cross-fitting removes that: the training lines are split into ``k`` folds
 (line ``i`` in fold ``i % k``) and a line's explicit term comes from a model built, with the
-same options, tokenizer and group weights, on the other folds only. Validation, test and
+same options, tokenizer and group weights, on the other folds only (a feature-rich base's
+folds fit their own weights: those are per evidence bucket and folded into its arrays). Validation, test and
 generation use the full explicit model.
 
 Input: the full explicit ``LanguageModel`` (sparse form, built by ``lmkit.train``), the training
@@ -41,11 +42,16 @@ def fold_models(model, train_lines: list, k: int, seed: int = 0, log=None) -> li
                             encoding="utf-8")
             if log:
                 log(f"crossfit: explicit model {f + 1}/{k} without fold {f}")
-            models.append(train(input=[str(path)], tokenizer=str(tok_path),
-                                context=cfg.get("context"), order=cfg.get("order"),
-                                prune=cfg.get("prune"), discount=cfg.get("discount"),
-                                lambdas=[float(x) for x in lam], seed=seed, workers=1,
-                                verbose=False))
+            if cfg.get("rich"):  # its weights are per evidence bucket, folded into S: the
+                # fold model fits its own on its own held-out lines, as the base did
+                opts = dict(rich=True, context=cfg.get("context"), order=cfg.get("order"),
+                            lambda_tokens=cfg.get("lambda_tokens"))
+            else:
+                opts = dict(context=cfg.get("context"), order=cfg.get("order"),
+                            prune=cfg.get("prune"), discount=cfg.get("discount"),
+                            lambdas=[float(x) for x in lam], workers=1)
+            models.append(train(input=[str(path)], tokenizer=str(tok_path), seed=seed,
+                                verbose=False, **opts))
     return models
 
 

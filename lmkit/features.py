@@ -152,14 +152,16 @@ def history_order(buf, pos, reach: int, vocab_size: int):
     return np.argsort(key)
 
 
-def group_rows(groups, keys, buf, pos, starts, vocab_size: int) -> list:
+def group_rows(groups, keys, buf, pos, starts, vocab_size: int, order=None) -> list:
     """Row of every target position per group (-1: no feature), int64 (N,) each.
 
     ``keys``: per group the row table (None = rows are token ids). A suffix group's keys are
     built from the rows of the suffix group one shorter, so the groups are walked in order.
+    ``order``: ``history_order`` of the positions if already computed (else computed here).
     """
     M = check_suffix_chain(groups)
-    order = history_order(buf, pos, M, vocab_size) if M > 1 else None
+    if order is None and M > 1:
+        order = history_order(buf, pos, M, vocab_size)
     rows, suffix_rows = [], None
     for g, k in zip(groups, keys):
         if isinstance(g, Suffix):

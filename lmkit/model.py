@@ -147,14 +147,15 @@ class LanguageModel(BaseModel):
     def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
         """Per-target natural-log probabilities of id sequences (EOS included), and seq index."""
         tok = self.tokenizer
-        rows, targets, seq_index = scoring.context_rows(
-            self.groups, self.params.keys, seqs, self.vocab_size, tok.bos_id, tok.eos_id)
+        rows, targets, seq_index, order = scoring.context_rows(
+            self.groups, self.params.keys, seqs, self.vocab_size, tok.bos_id, tok.eos_id,
+            with_order=True)
         loggammas = self._mkn_backoffs()
         if loggammas is not None:  # exact MKN: log Z = -sum log gamma, no union of columns
             if self._dense_index is None and len(targets) >= DENSE_INDEX_MIN_TARGETS:
                 self._dense_index = [dense_entry_index(S) for S in self.params.S]
-            return mkn_log_proba(self.params, rows, targets, loggammas,
-                                 self._dense_index), seq_index
+            return mkn_log_proba(self.params, rows, targets, loggammas, self._dense_index,
+                                 order), seq_index
         return scoring.log_proba(self.params, rows, targets), seq_index
 
     def _mkn_backoffs(self):

@@ -431,17 +431,20 @@ def loggamma_tables(params: SparseParams) -> list:
 
 
 def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggammas,
-                  dense=None) -> np.ndarray:
+                  dense=None, order=None) -> np.ndarray:
     """Fast exact scorer for pure MKN models: ``log q[t] + sum_m (S_m[h_m, t] + log gamma_m)``.
 
     ``S_m[h_m, t]`` is looked up only where ``S_{m-1}[h_{m-1}, t]`` was stored: the patterns are
     nested (a stored ``(h, t)`` implies a stored ``(h', t)``), so the searches thin out with the
     order. Cost: at most M binary searches per token, independent of how many columns a row has.
     ``dense``: optional per-group ``dense_entry_index`` tables (None where absent): one gather
-    replaces the search in that group.
+    replaces the search in that group. ``order``: optional permutation of the positions under
+    which every group's rows ascend (``features.history_order``): the searches then walk the
+    arrays in memory order.
     """
     out = np.log(params.q[targets])
-    cand = np.arange(len(targets))  # positions whose target may still be stored at this order
+    # positions whose target may still be stored at this order
+    cand = np.arange(len(targets)) if order is None else order
     V = params.vocab_size
     for g, (S, r, lg) in enumerate(zip(params.S, rows, loggammas)):
         present = r >= 0
@@ -477,20 +480,35 @@ def dense_entry_index(S: sp.csr_matrix, cells: int = DENSE_INDEX_CELLS):
 def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored (canonical CSR; every row
     >= 0). A branch-free binary search inside each row, all queries in step: each step halves
-    every query's range with one gather and one ``where`` (log2 of the longest row steps)."""
+    every query's range with one gather and one ``where``; once most ranges are down to one
+    entry, the search goes on with the rest only (rows are mostly short, a few very long)."""
     ind = S.indices
     base = S.indptr[rows].astype(np.int64)
     n = S.indptr[rows + 1].astype(np.int64) - base
     c = np.asarray(cols).astype(ind.dtype, copy=False)
     empty = n == 0
     base[empty], n[empty] = 0, 1  # probe entry 0 harmlessly; masked out below
+    ids, b, m, cc = None, base, n, c  # the queries still searching (None: all of them)
     while True:
-        half = n >> 1
-        if not half.any():
+        half = m >> 1
+        live = half > 0
+        k = np.count_nonzero(live)
+        if not k:
             break
-        probe = base + half
-        base = np.where(ind[probe] <= c, probe, base)  # the answer, if stored, is >= base
-        n -= half
+        if k < len(m) // 2:
+            if ids is None:
+                ids = np.flatnonzero(live)
+            else:
+                base[ids[~live]] = b[~live]
+                ids = ids[live]
+            b, m, cc, half = b[live], m[live], cc[live], half[live]
+        probe = b + half
+        b = np.where(ind[probe] <= c if ids is None else ind[probe] <= cc, probe, b)
+        m = m - half
+        if ids is None:
+            base = b
+    if ids is not None:
+        base[ids] = b
     hit = ~empty & (ind[base] == c) if len(ind) else np.zeros(len(base), bool)
     return np.where(hit, base, -1)
 

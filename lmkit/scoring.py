@@ -17,19 +17,26 @@ import scipy.sparse as sp
 
 from .params import DenseParams, SparseParams
 from .sparse import log_softmax, lookup_values, take_rows, union_log_z
-from .features import group_rows, pad_sequences
+from .features import check_suffix_chain, group_rows, history_order, pad_sequences
 
 
-def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int):
+def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int,
+                 with_order: bool = False):
     """Rows per group for every target of ``seqs`` (EOS included).
 
-    Returns ``(rows, targets, seq_index)``: list of int64 (N,) arrays, int64 (N,), int64 (N,).
+    Returns ``(rows, targets, seq_index)``: list of int64 (N,) arrays, int64 (N,), int64 (N,);
+    with ``with_order`` also the positions sorted by history (``features.history_order``, or
+    None when it was not computed), under which every suffix group's rows are ascending.
     """
     pad = max(g.reach for g in groups)
     buf, pos, starts = pad_sequences(seqs, pad, bos_id, eos_id)
-    rows = group_rows(groups, keys, buf, pos, starts, vocab_size)
+    M = check_suffix_chain(groups)
+    order = history_order(buf, pos, M, vocab_size) if M > 1 else None
+    rows = group_rows(groups, keys, buf, pos, starts, vocab_size, order)
     n_targets = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
     seq_index = np.repeat(np.arange(len(seqs)), n_targets)
+    if with_order:
+        return rows, buf[pos].astype(np.int64), seq_index, order
     return rows, buf[pos].astype(np.int64), seq_index
 
 

@@ -543,3 +543,34 @@ def test_model_scores_the_same_with_the_dense_bigram_index(monkeypatch, tiny_tok
     m = lm.LanguageModel(tiny_tok, params)
     assert np.array_equal(m.log_proba_ids(seqs[200:])[0], searched)
     assert m._dense_index[0] is not None  # the bigram level was indexed
+
+
+def test_row_find_with_a_few_long_rows_among_many_short_ones():
+    from lmkit.ngram import _row_find
+    rng = np.random.default_rng(7)
+    lengths = np.where(rng.random(400) < 0.02, 300, rng.integers(0, 3, 400))
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.concatenate([np.sort(rng.choice(1000, k, replace=False)) for k in lengths])
+    M = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(400, 1000))
+    rows = rng.integers(0, 400, 5000)
+    cols = np.where(rng.random(5000) < 0.5, rng.integers(0, 1000, 5000),
+                    indices[np.minimum(indptr[rows], len(indices) - 1)])
+    where = {(r, c): i for r in range(400) for i in range(indptr[r], indptr[r + 1])
+             for c in [indices[i]]}
+    assert _row_find(M, rows, cols).tolist() == [where.get((r, c), -1) for r, c in zip(rows, cols)]
+
+
+def test_mkn_scores_do_not_depend_on_the_position_order(tiny_tok, tiny_lines):
+    from lmkit.counts import count_ngrams
+    from lmkit.ngram import loggamma_tables, mkn_log_proba
+    from lmkit.scoring import context_rows
+    groups = make_groups(context=0, order=4)
+    seqs = [tiny_tok.encode(x) for x in tiny_lines]
+    params = solve_ngram(count_ngrams([seqs[:200]], tiny_tok.vocab_size, groups, tiny_tok.bos_id,
+                                      tiny_tok.eos_id), bos_id=tiny_tok.bos_id)
+    rows, targets, _ = context_rows(groups, params.keys, seqs[200:], tiny_tok.vocab_size,
+                                    tiny_tok.bos_id, tiny_tok.eos_id)
+    lg = loggamma_tables(params)
+    perm = np.random.default_rng(0).permutation(len(targets))
+    assert np.array_equal(mkn_log_proba(params, rows, targets, lg, order=perm),
+                          mkn_log_proba(params, rows, targets, lg))

@@ -20,7 +20,7 @@ from .errors import InputError, ModelFormatError, OptionError
 from .evaluate import evaluate_lines
 from .features import Suffix, decode_suffix_key
 from .generate import generate
-from .ngram import dense_entry_index, loggamma_tables, mkn_log_proba
+from .ngram import loggamma_tables, mkn_log_proba
 from .ngram_sample import NgramSampler
 from .params import SparseParams
 from .sparse import lookup_rows
@@ -28,7 +28,6 @@ from .tokenizer import Tokenizer
 
 
 _UNSET = object()
-DENSE_INDEX_MIN_TARGETS = 1 << 16  # a batch this big pays for ngram.dense_entry_index
 
 
 class BaseModel:
@@ -129,7 +128,6 @@ class LanguageModel(BaseModel):
         self._loggammas = _UNSET  # back-off tables of a pure MKN model, derived on first use
         self._q_order = None  # token ids by decreasing q, for top_next (derived on first use)
         self._sampler = None  # exact n-gram sampler (its tables are derived once, on first use)
-        self._dense_index = None  # MKN entry tables of the short groups, for big batches
 
     @property
     def groups(self) -> list:
@@ -152,10 +150,7 @@ class LanguageModel(BaseModel):
             with_order=True)
         loggammas = self._mkn_backoffs()
         if loggammas is not None:  # exact MKN: log Z = -sum log gamma, no union of columns
-            if self._dense_index is None and len(targets) >= DENSE_INDEX_MIN_TARGETS:
-                self._dense_index = [dense_entry_index(S) for S in self.params.S]
-            return mkn_log_proba(self.params, rows, targets, loggammas, self._dense_index,
-                                 order), seq_index
+            return mkn_log_proba(self.params, rows, targets, loggammas, order), seq_index
         return scoring.log_proba(self.params, rows, targets), seq_index
 
     def _mkn_backoffs(self):

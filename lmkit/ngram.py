@@ -431,50 +431,27 @@ def loggamma_tables(params: SparseParams) -> list:
 
 
 def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggammas,
-                  dense=None, order=None) -> np.ndarray:
+                  order=None) -> np.ndarray:
     """Fast exact scorer for pure MKN models: ``log q[t] + sum_m (S_m[h_m, t] + log gamma_m)``.
 
     ``S_m[h_m, t]`` is looked up only where ``S_{m-1}[h_{m-1}, t]`` was stored: the patterns are
     nested (a stored ``(h, t)`` implies a stored ``(h', t)``), so the searches thin out with the
     order. Cost: at most M binary searches per token, independent of how many columns a row has.
-    ``dense``: optional per-group ``dense_entry_index`` tables (None where absent): one gather
-    replaces the search in that group. ``order``: optional permutation of the positions under
-    which every group's rows ascend (``features.history_order``): the searches then walk the
-    arrays in memory order.
+    ``order``: optional permutation of the positions under which every group's rows ascend
+    (``features.history_order``): the searches then walk the arrays in memory order.
     """
     out = np.log(params.q[targets])
     # positions whose target may still be stored at this order
     cand = np.arange(len(targets)) if order is None else order
-    V = params.vocab_size
-    for g, (S, r, lg) in enumerate(zip(params.S, rows, loggammas)):
+    for S, r, lg in zip(params.S, rows, loggammas):
         present = r >= 0
         out[present] += lg[r[present]]
         cand = cand[r[cand] >= 0]
-        if dense is not None and dense[g] is not None:
-            idx = dense[g][r[cand] * V + targets[cand]]
-        else:
-            idx = _row_find(S, r[cand], targets[cand])
+        idx = _row_find(S, r[cand], targets[cand])
         hit = idx >= 0
         cand = cand[hit]
         out[cand] += S.data[idx[hit]]
     return out
-
-
-DENSE_INDEX_CELLS = 1 << 24  # 64 MB of int32: the bigram level at V <= 4096
-
-
-def dense_entry_index(S: sp.csr_matrix, cells: int = DENSE_INDEX_CELLS):
-    """``idx[row * V + col]`` = position of ``S[row, col]`` in ``S.data``, -1 where not stored:
-    an int32 (R * V,) table, or None when R * V > ``cells`` (or nnz does not fit int32). For the
-    short, wide groups (the bigram level: R <= V rows of up to V entries), where the in-row
-    binary search takes log2(V) steps per token; built once per model, O(R V + nnz)."""
-    R, V = S.shape
-    if R * V > cells or S.nnz >= 2 ** 31:
-        return None
-    idx = np.full(R * V, -1, dtype=np.int32)
-    idx[np.repeat(np.arange(R, dtype=np.int64) * V, np.diff(S.indptr)) + S.indices] = \
-        np.arange(S.nnz, dtype=np.int32)
-    return idx
 
 
 def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -519,32 +519,6 @@ def test_row_find_matches_a_dictionary(seed):
     assert _row_find(M, rows, cols).tolist() == want
 
 
-def test_dense_entry_index_gives_the_searched_entries():
-    from lmkit.ngram import _row_find, dense_entry_index
-    M = sp.random(30, 25, density=0.3, random_state=3, format="csr")
-    M.sort_indices()
-    idx = dense_entry_index(M)
-    rows, cols = np.repeat(np.arange(30), 25), np.tile(np.arange(25), 30)
-    assert idx.dtype == np.int32 and np.array_equal(idx, _row_find(M, rows, cols))
-    assert dense_entry_index(M, cells=30 * 25 - 1) is None  # over budget: search instead
-
-
-def test_model_scores_the_same_with_the_dense_bigram_index(monkeypatch, tiny_tok, tiny_lines):
-    import lmkit.model as lm
-    from lmkit.counts import count_ngrams
-    from lmkit.ngram import solve_ngram
-    groups = make_groups(context=0, order=4)
-    seqs = [tiny_tok.encode(x) for x in tiny_lines]
-    params = solve_ngram(count_ngrams([seqs[:200]], tiny_tok.vocab_size, groups, tiny_tok.bos_id,
-                                      tiny_tok.eos_id), bos_id=tiny_tok.bos_id)
-    monkeypatch.setattr(lm, "DENSE_INDEX_MIN_TARGETS", 1 << 62)
-    searched = lm.LanguageModel(tiny_tok, params).log_proba_ids(seqs[200:])[0]
-    monkeypatch.setattr(lm, "DENSE_INDEX_MIN_TARGETS", 1)
-    m = lm.LanguageModel(tiny_tok, params)
-    assert np.array_equal(m.log_proba_ids(seqs[200:])[0], searched)
-    assert m._dense_index[0] is not None  # the bigram level was indexed
-
-
 def test_row_find_with_a_few_long_rows_among_many_short_ones():
     from lmkit.ngram import _row_find
     rng = np.random.default_rng(7)

@@ -62,7 +62,8 @@ from .counts import Counts
 from .errors import InputError
 from .features import Window
 from .params import SparseParams
-from .sparse import lookup_rows, lookup_values, take_rows
+from .sparse import lookup_rows, lookup_values
+
 
 def estimate_discount(F: sp.csr_matrix) -> float:
     """Absolute discount ``n1 / (n1 + 2 n2)`` from count-of-counts of ``F``.

@@ -45,13 +45,12 @@ from .counts import count_buffer
 from .errors import InputError
 from .features import make_groups
 from .memory import parse_size
-from .ngram import (FALLBACK_DISCOUNTS, _adjusted_counts, _check_discount, _discount_of,
-                    _solve_order, discounts_from_count_of_counts)
+from .ngram import (_adjusted_counts, _check_discount, _solve_order, order_discounts,
+                    unigram_level)
 from .ngram_disk import (chunk_for, encode_to_disk, file_reader, load_windows,
                          partition_windows)
 from .npyfile import NpyAppender, open_npy
 from .params import SparseParams
-from .progress import log as progress_log
 from .sparse import csr_from_arrays, csr_to_arrays
 
 BYTES_PER_POSITION = 200  # measured peak of count + solve per position in a bucket (order 5)
@@ -104,18 +103,8 @@ def _build(read, n_ids, order, V, bos_id, edges, discount, spill_dir, out_dir, l
         if log:
             log(f"      partitioned into {len(paths)} bucket(s)")
         a1, nk, n_pos = _count_buckets(paths, order, V, bos_id, tmp, log)
-        discounts, estimated = [], []
-        for n in nk:
-            d, ok = (given, True) if given else discounts_from_count_of_counts(n)
-            discounts.append([float(x) for x in d])
-            estimated.append(ok)
-        if given is None and not all(estimated):
-            progress_log(f"      MKN discounts: count-of-counts too sparse for orders "
-                         f"{[n + 1 for n, ok in enumerate(estimated) if not ok]}, using "
-                         f"{FALLBACK_DISCOUNTS}")
-        a = a1.astype(np.float64)
-        d1 = np.where(a > 0, _discount_of(a, discounts[0]), 0.0)
-        q = (a - d1) / a.sum() + d1.sum() / a.sum() / V
+        discounts, estimated = order_discounts(nk, given)
+        q = unigram_level(a1, discounts[0])
         folder = Path(out_dir) if out_dir is not None else tmp
         idx_dtype = np.int32 if max(n_pos, V) < np.iinfo(np.int32).max else np.int64
         S, keys, lgs = _solve_buckets(len(paths), M, V, q, discounts, tmp, folder, idx_dtype, log)

@@ -449,13 +449,7 @@ def test_bucketed_build_equals_one_pass_solve(tmp_path, order, buckets):
     got = build_ngram(buf, order, V, BOS, n_buckets=buckets, spill_dir=tmp_path)
     assert got.info["buckets"] == buckets and list(tmp_path.iterdir()) == []  # spills removed
     assert got.info["discounts"] == want.info["discounts"]
-    np.testing.assert_allclose(got.q, want.q, rtol=0, atol=1e-15)
-    for a, b, ka, kb, ga, gb in zip(got.S, want.S, got.keys, want.keys, got.info["loggamma"],
-                                    want.info["loggamma"]):
-        assert np.array_equal(ka, kb) and np.array_equal(a.indptr, b.indptr)
-        assert np.array_equal(a.indices, b.indices)
-        np.testing.assert_allclose(a.data, b.data, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)
+    assert_same_ngram_model(got, want)
 
 
 def test_bounded_build_on_disk_equals_in_memory_solve(tmp_path, monkeypatch):
@@ -480,14 +474,8 @@ def test_bounded_build_on_disk_equals_in_memory_solve(tmp_path, monkeypatch):
     mapped = (got.S[3].data, got.keys[3], got.info["loggamma"][3])
     assert all(npyfile.mapped_base(x) is not None for x in mapped)
     assert not got.S[3].data.flags.writeable
-    np.testing.assert_allclose(got.q, want.q, rtol=0, atol=1e-15)
-    for a, b, ka, kb, ga, gb in zip(got.S, want.S, got.keys, want.keys, got.info["loggamma"],
-                                    want.info["loggamma"]):
-        assert np.array_equal(ka, kb) and np.array_equal(a.indptr, b.indptr)
-        assert np.array_equal(a.indices, b.indices)
-        np.testing.assert_allclose(a.data, b.data, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)
-    del got, a, ka, ga
+    assert_same_ngram_model(got, want)
+    del got, mapped
     gc.collect()
     assert not folder.exists()
 
@@ -548,3 +536,14 @@ def test_mkn_scores_do_not_depend_on_the_position_order(tiny_tok, tiny_lines):
     perm = np.random.default_rng(0).permutation(len(targets))
     assert np.array_equal(mkn_log_proba(params, rows, targets, lg, order=perm),
                           mkn_log_proba(params, rows, targets, lg))
+
+
+def assert_same_ngram_model(got, want):
+    """Same q, rows, patterns and log gammas; values to 1e-12."""
+    np.testing.assert_allclose(got.q, want.q, rtol=0, atol=1e-15)
+    for a, b, ka, kb, ga, gb in zip(got.S, want.S, got.keys, want.keys, got.info["loggamma"],
+                                    want.info["loggamma"]):
+        assert np.array_equal(ka, kb) and np.array_equal(a.indptr, b.indptr)
+        assert np.array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.data, b.data, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-12)

@@ -173,6 +173,11 @@ def loglinear_merge(models, heldout_lines, *, max_memory=None):
         if not isinstance(p, SparseParams) or any((S.data < 0).any() for S in p.S):
             raise InputError(f"log-linear merge needs sparse models with S >= 0 ({m.describe()}); "
                              "use --method linear")
+    names = [g.name for m in models for g in m.params.groups]
+    shared = sorted({n for n in names if names.count(n) > 1})
+    if shared:  # one group per name: a model folder names each group once
+        raise InputError(f"log-linear merge needs models with different feature groups, but "
+                         f"{', '.join(shared)} occur in more than one; use --method linear")
     tok = models[0].tokenizer
     seqs = tok.encode_batch(list(heldout_lines))
     if not seqs:

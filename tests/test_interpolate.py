@@ -62,6 +62,12 @@ def test_loglinear_merge_is_a_normalised_sparse_model(two_models, tiny_lines):
     assert merged.perplexity(held) <= min(a.perplexity(held), b.perplexity(held)) * (1 + 1e-9)
 
 
+def test_loglinear_merge_refuses_shared_groups(two_models, tiny_lines):
+    a, _, _, _ = two_models
+    with pytest.raises(InputError, match="different feature groups, but suffix1, suffix2 occur"):
+        interpolate([a, a], tiny_lines[::5], method="loglinear")
+
+
 def test_mixture_refuses_bad_weights_and_tokenizers(two_models, tiny_model):
     a, b, _, _ = two_models
     with pytest.raises(InputError, match="--weights needs 2 non-negative values"):

@@ -157,11 +157,10 @@ def group_rows(groups, keys, buf, pos, starts, vocab_size: int, order=None) -> l
 
     ``keys``: per group the row table (None = rows are token ids). A suffix group's keys are
     built from the rows of the suffix group one shorter, so the groups are walked in order.
-    ``order``: ``history_order`` of the positions if already computed (else computed here).
+    ``order``: ``history_order`` of the positions, or None (each key search then sorts its own
+    queries; ``scoring.context_rows`` passes it).
     """
-    M = check_suffix_chain(groups)
-    if order is None and M > 1:
-        order = history_order(buf, pos, M, vocab_size)
+    check_suffix_chain(groups)
     rows, suffix_rows = [], None
     for g, k in zip(groups, keys):
         if isinstance(g, Suffix):

@@ -415,18 +415,17 @@ def backoff_tables(params: SparseParams):
 
 def loggamma_tables(params: SparseParams) -> list:
     """log gamma per row of every suffix group: the stored ones (``info["loggamma"]``, written by
-    ``solve_ngram`` and saved with the model) when present and well-formed, else derived from q
-    and S (``backoff_tables``). Stored tables come from a file: a wrong shape or a value outside
-    (-inf, 0] is refused rather than trusted."""
+    ``solve_ngram`` and saved with the model) when present, else derived from q and S
+    (``backoff_tables``). Stored tables read from a file were value-checked where they entered
+    (``store.arrays_to_params``: finite, <= 0); here only their shapes are matched to the rows,
+    so scoring does not scan every table a second time."""
     stored = params.info.get("loggamma")
     if stored is None:
         return backoff_tables(params)[1]
     out = [np.asarray(x, dtype=np.float64) for x in stored]
-    if len(out) != len(params.S) or any(
-            x.shape != (S.shape[0],) or not np.all(np.isfinite(x)) or np.any(x > 1e-12)
-            for x, S in zip(out, params.S)):
+    if len(out) != len(params.S) or any(x.shape != (S.shape[0],) for x, S in zip(out, params.S)):
         raise ModelFormatError("stored n-gram back-off weights (G arrays) do not match the model's "
-                               "rows or are not log-probabilities; re-train the model")
+                               "rows; re-train the model")
     return out
 
 

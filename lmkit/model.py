@@ -179,8 +179,12 @@ class LanguageModel(BaseModel):
         tok = self.tokenizer
         reach = max(g.reach for g in self.groups)
         # no group looks further back than `reach` tokens (and one BOS): longer prefixes are cut
-        # to that, keeping the BOS only when the cut prefix is the whole sequence
-        tails = [list(c)[-reach:] for c in contexts]
+        # to that, keeping the BOS only when the cut prefix is the whole sequence; a group that
+        # sees the whole line (linepos.LinePosition) keeps every prefix whole
+        if any(getattr(g, "whole_line", False) for g in self.groups):
+            tails = [list(c) for c in contexts]
+        else:
+            tails = [list(c)[-reach:] for c in contexts]
         rows, _, _ = scoring.context_rows(self.groups, self.params.keys, tails, self.vocab_size,
                                           tok.bos_id, tok.eos_id)
         last = np.cumsum([len(t) + 1 for t in tails]) - 1  # the EOS slot sees the whole tail

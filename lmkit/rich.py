@@ -1,7 +1,9 @@
-"""The feature-rich explicit model: MKN n-grams + windows + skip-grams + cluster histories.
+"""The feature-rich explicit model: MKN n-grams + windows + skip-grams + cluster histories +
+line positions.
 
 Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` first, then any of
-``Window``, ``Skip`` (``features.py``) and ``ClusterHistory`` (``clusters.py``) groups; held-out
+``Window``, ``Skip`` (``features.py``), ``ClusterHistory`` (``clusters.py``) and ``LinePosition``
+(``linepos.py``) groups; held-out
 token sequences for the weights. Output: ``SparseParams`` (``params.py``), scored by the generic
 sparse scorer like every other model.
 
@@ -11,16 +13,18 @@ bucket, or per group) is fitted on held-out text and folded into S:
 
 - ``Suffix(1..M)``: interpolated modified Kneser-Ney (``ngram.solve_ngram``), ``q`` = its unigram;
 - ``Window(k)``: absolute discounting toward ``q`` (``explicit.solve_group``);
-- ``Skip(r, s, a)`` and ``ClusterHistory(m, w)``: the log-ratio to their own adjacent-token
-  part (``skipgram.solve_skip`` with ``a`` resp. ``w`` exact tokens);
+- ``Skip(r, s, a)``, ``ClusterHistory(m, w)`` and ``LinePosition(a, step, cap)``: the
+  log-ratio to their own adjacent-token part (``skipgram.solve_skip`` with ``a``, ``w`` resp.
+  ``a`` exact tokens);
 - weights: ``explicit.choose_lambdas`` (projected Newton on the convex held-out NLL), all
   weights free, starting from MKN (suffix 1, others 0).
 
 ``count_rich`` counts everything from one flat buffer of the text: the base groups first, then
 per cluster table (``cluster_tokens`` on their bigram counts, one SVD for all tables) its
-``ClusterHistory`` groups on the same buffer. ``lmkit train`` with no model option builds the
-defaults below (``train._train_rich``); model folders keep each table as ``clusters{C}``
-(``store.groups_from_names``).
+``ClusterHistory`` groups on the same buffer; given the tokenizer's ``piece_bytes``, its
+``LinePosition`` groups last. ``lmkit train`` with no model option builds the defaults below
+(``train._train_rich``); model folders keep each cluster table as ``clusters{C}`` and the bytes
+table as ``piece_bytes`` (``store.groups_from_names``).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from .counts import Counts, count_buffer, empty_counts, flat_buffer
 from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
                        fold_entry_lambdas, fold_lambdas, history_counts)
 from .features import Skip, Suffix, Window
+from .linepos import LinePosition
 from .ngram import solve_ngram
 from .parallel import fit_heldout
 from .params import SparseParams
@@ -51,6 +56,10 @@ DEFAULT_N_CLUSTERS = 256
 # (clusters, shapes) per cluster table: a fine table for the long histories, a coarse one for a
 # class bigram context (valid ppl of the default corpus, window 1 dropped: 90.54 -> 88.81)
 DEFAULT_CLUSTERINGS = ((DEFAULT_N_CLUSTERS, DEFAULT_CLUSTER_SHAPES), (32, ((2, 0),)))
+# line positions (a, step, cap): the byte offset in the line in buckets of `step` bytes up to
+# `cap` (80 bytes), with the previous token (a = 1) and alone (a = 0). Valid ppl (docs/quality.md):
+# shakespeare 88.81 -> 87.02, Vim docs 26.70 -> 26.35; steps 2 / 4 / 6 / 8 within 0.4 %
+DEFAULT_LINE_POSITIONS = ((1, 8, 10), (0, 4, 20))
 # held-out tokens for the weights: the search costs ~ tokens x touched row length. Valid ppl on
 # the default corpus (docs/quality.md): 5000 tokens 90.42, 6500 90.26, 10000 90.19, at 8.8 /
 # 11.0 / 13.6 CPU s of weight search; 5000 keeps `lmkit train` within 5x of encode + lmplz
@@ -72,6 +81,12 @@ def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
     groups = [Suffix(m) for m in range(1, order)]
     groups += [Window(k) for k in range(first_window, context + 1)]
     return groups + [Skip(*x) for x in skips]
+
+
+def line_groups(piece_bytes, shapes=DEFAULT_LINE_POSITIONS) -> list:
+    """Last counting pass: one ``LinePosition(a, step, cap, piece_bytes)`` per shape."""
+    table = tuple(int(x) for x in piece_bytes)
+    return [LinePosition(a, step, cap, table) for a, step, cap in shapes]
 
 
 def cluster_groups(table, shapes=DEFAULT_CLUSTER_SHAPES) -> list:
@@ -102,14 +117,16 @@ def bigram_counts(counts: Counts) -> sp.csr_matrix:
 def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int = DEFAULT_ORDER,
                context: int = DEFAULT_CONTEXT, first_window: int = DEFAULT_FIRST_WINDOW,
                skips=DEFAULT_SKIPS, clusterings=DEFAULT_CLUSTERINGS, seed: int = 0,
-               tables=None) -> tuple[Counts, list]:
+               tables=None, piece_bytes=None,
+               line_positions=DEFAULT_LINE_POSITIONS) -> tuple[Counts, list]:
     """Counts of every group of the rich model from one flat buffer of the text.
 
     ``chunks``: iterable of lists of token-id sequences, read once. The base groups
     (``base_groups``) are counted first; then per ``(n_clusters, shapes)`` of ``clusterings``
     a cluster table from their bigram counts (seed ``seed + i``; or ``tables[i]``, e.g. the
     ones chosen on the training text when counting held-out text) and its cluster groups,
-    counted on the same buffer. Returns ``(counts, tables)``: one int64 (V,) table per
+    counted on the same buffer; with ``piece_bytes`` (``Tokenizer.piece_bytes``, (V,)) the
+    ``LinePosition`` groups of ``line_positions`` last. Returns ``(counts, tables)``: one int64 (V,) table per
     clustering (None for a table with as many clusters as an earlier one: its groups would
     repeat, and model folders name tables by their size).
     """
@@ -132,6 +149,8 @@ def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int 
         out.append(None if table is None else np.asarray(table, dtype=np.int64))
         if table is not None:
             counts = merge_groups(counts, count(cluster_groups(table, shapes)))
+    if piece_bytes is not None and line_positions:
+        counts = merge_groups(counts, count(line_groups(piece_bytes, line_positions)))
     return counts, out
 
 
@@ -147,8 +166,8 @@ def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
     params = solve_ngram(counts, discount=discount)
     S = list(params.S)
     for g, group in enumerate(counts.groups):
-        a = group.a if isinstance(group, Skip) else group.w if isinstance(group, ClusterHistory) \
-            else None
+        a = group.a if isinstance(group, (Skip, LinePosition)) else group.w \
+            if isinstance(group, ClusterHistory) else None
         if a is not None:
             F = counts.F[g]
             S[g] = solve_skip(F, counts.keys[g], a, params.q, estimate_discount(F))

@@ -18,7 +18,9 @@ a ``Suffix(m)`` row is ``parent_row * V + oldest token``, see ``features.py``) o
 skip-gram / cluster-history contexts (``features.Skip``, ``clusters.ClusterHistory``), for pure
 n-gram models ``G{g}`` (R_g,) float64, the log back-off weight of each history row, and for
 models with cluster-history groups ``clusters{C}`` (V,) int64, the token -> cluster table of
-the groups with C clusters, which they are rebuilt with (``groups_from_names``: names + table).
+the groups with C clusters, which they are rebuilt with (``groups_from_names``: names + table),
+and for models with line-position groups ``piece_bytes`` (V,) int64, the bytes each token adds
+to its line (``linepos.LinePosition``; values in ``[0, linepos.MAX_PIECE_BYTES]``).
 
 Writing (``write_model_folder``): the model is first checked as ``read_model_folder`` would
 check it (nothing unloadable is written), the output with ``check_output_writable`` (the CLI
@@ -69,6 +71,7 @@ from .errors import InputError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
 from .clusters import ClusterHistory
 from .features import Suffix, check_suffix_chain, group_from_name
+from .linepos import LinePosition, check_bytes_table
 from .version import __version__
 from .npyfile import release_pages
 from .params import DenseParams, SparseParams
@@ -517,19 +520,28 @@ def params_to_arrays(params) -> dict:
             raise InputError(f"two cluster tables of {max(table) + 1} clusters in one model; "
                              "use tables of different sizes")
         arrays[name] = np.asarray(table, dtype=np.int64)
+    tables = {g.table for g in params.groups if isinstance(g, LinePosition)}
+    if len(tables) > 1:
+        raise InputError("line-position groups with different piece_bytes tables in one model; "
+                         "use one tokenizer's table")
+    for table in tables:
+        arrays["piece_bytes"] = np.asarray(table, dtype=np.int64)
     return arrays
 
 
 def groups_from_names(names: list, arrays, where="params.npz") -> list:
     """Feature groups from their manifest names; cluster-history groups (``cluster{m}_{w}_{C}``)
     take their token -> cluster table from the ``clusters{C}`` array: int64 (V,), one id per
-    token in ``[0, C)``. Raises ``ModelFormatError`` naming the first bad name or table."""
+    token in ``[0, C)``; line-position groups (``linepos{a}_{step}_{cap}``) their bytes table
+    from ``piece_bytes``. Raises ``ModelFormatError`` naming the first bad name or table."""
     groups = []
     for name in names:
         try:
             if name.startswith("cluster"):
                 table = _cluster_table(arrays, "clusters" + name.rsplit("_", 1)[-1], where)
                 groups.append(ClusterHistory.from_name(name, table))
+            elif name.startswith("linepos"):
+                groups.append(LinePosition.from_name(name, _bytes_table(arrays, where)))
             else:
                 groups.append(group_from_name(name))
         except ModelFormatError:
@@ -546,6 +558,15 @@ def _cluster_table(arrays, name: str, where) -> np.ndarray:
         raise ModelFormatError(f"{where}: {name!r} must hold {V} cluster ids >= 0 (one per "
                                f"token), got {len(t)} ids from {t.min() if len(t) else None}; {_FIX}")
     return t
+
+
+def _bytes_table(arrays, where) -> np.ndarray:
+    t = _array(arrays, "piece_bytes", ("<i8",), 1, where)
+    V = len(arrays["q"]) if "q" in arrays else len(arrays["b"]) if "b" in arrays else len(t)
+    try:
+        return check_bytes_table(t, V)
+    except ValueError as e:
+        raise ModelFormatError(f"{where}: {e}; {_FIX}") from None
 
 
 def _array(arrays, name, dtypes, ndim, where):
@@ -647,6 +668,7 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
         if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
             expected.add(f"G{g}")
     expected |= {f"clusters{g.n_clusters}" for g in groups if isinstance(g, ClusterHistory)}
+    expected |= {"piece_bytes" for g in groups if isinstance(g, LinePosition)}
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "

@@ -42,6 +42,7 @@ import re
 import stat
 from typing import Iterable, Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from .errors import InputError, MissingPathError
@@ -309,6 +310,15 @@ class Tokenizer:
         if not 0 <= int(i) < self.vocab_size:
             raise InputError(f"token id {i} is outside [0, {self.vocab_size}) for this tokenizer")
         return self._sp.id_to_piece(int(i))
+
+    def piece_bytes(self) -> np.ndarray:
+        """Bytes each token id adds to decoded text: int64 (V,). The UTF-8 bytes of the piece
+        with the word-start mark counted as the space it stands for; byte pieces 1; BOS, EOS,
+        other control pieces and unknown 0 (the line-position feature, ``linepos.py``)."""
+        sp_ = self._sp
+        return np.array([0 if sp_.is_control(i) or sp_.is_unknown(i) else 1 if sp_.is_byte(i)
+                         else len(sp_.id_to_piece(i).replace(_SPACE_SYMBOL, " ").encode("utf-8"))
+                         for i in range(self.vocab_size)], dtype=np.int64)
 
     def piece_to_id(self, piece: str) -> int:
         i = self._sp.piece_to_id(piece)

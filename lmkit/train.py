@@ -210,7 +210,7 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
     tok = make_tokenizer(cfg, train_corpus)
     log(f"[3/4] counting the feature-rich model: n-grams 1..{order}, windows "
         f"{rich.DEFAULT_FIRST_WINDOW}..{context}, "
-        f"skip-grams, cluster histories (in this process)")
+        f"skip-grams, cluster histories, line positions (in this process)")
     digest = hashlib.sha256()
     lines = _hashing(train_corpus, digest)
     if carved:
@@ -222,7 +222,7 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
                 seqs = tok.encode_batch(chunk)
                 b.update(sum(map(len, seqs)) + len(seqs))
                 yield seqs
-    kw = dict(order=order, context=context, seed=cfg.spm.seed)
+    kw = dict(order=order, context=context, seed=cfg.spm.seed, piece_bytes=tok.piece_bytes())
     counts, tables = rich.count_rich(encoded(lines), tok.vocab_size, tok.bos_id, tok.eos_id, **kw)
     held_counts = rich.count_rich(encoded(valid), tok.vocab_size, tok.bos_id, tok.eos_id,
                                   tables=tables, **kw)[0] if carved else None

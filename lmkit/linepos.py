@@ -1,16 +1,19 @@
 r"""The line-position feature group: where in its line a token falls, in bytes.
 
-``LinePosition(a, step, cap, table)``: the context is the byte offset of the target within its
-sequence (one line), bucketed as ``min(offset // step, cap)``, jointly with the ``a`` previous
-tokens (``a`` = 0 or 1 in the defaults). ``table`` (V,) is the number of bytes each token adds
+``LinePosition(a, step, cap, table, clusters)``: the context is the byte offset of the target
+within its sequence (one line), bucketed as ``min(offset // step, cap)``, jointly with the ``a``
+previous tokens and, given a token -> cluster table ``clusters`` (``clusters.py``), the cluster
+of the token before those. ``table`` (V,) is the number of bytes each token adds
 to the line (``Tokenizer.piece_bytes``: UTF-8 bytes of the piece, SentencePiece's word-start
 mark counted as the space it stands for, byte pieces 1, BOS/EOS/control 0), so the offset of
 the target at position t is ``sum(table[tok] for tok in the line before t)``.
 
-Row key (exact): ``sum_{i<a} tok_{t-1-i} V**i + V**a * bucket``; refused unless
-``V**a (cap + 1) < 2**63``. Rows are the observed keys. Like ``ClusterHistory``, the name
-(``linepos{a}_{step}_{cap}``) does not carry the table: model folders store it once as the
-array ``piece_bytes`` and rebuild the group with ``from_name`` (``store.groups_from_names``).
+Row key (exact): ``sum_{i<a} tok_{t-1-i} V**i + V**a * (bucket * C + cluster(tok_{t-1-a}))``
+(without clusters: ``C = 1`` and no cluster term); refused unless ``V**a C (cap + 1) < 2**63``.
+Rows are the observed keys. Like ``ClusterHistory``, the name (``linepos{a}_{step}_{cap}``, or
+``linepos{a}_{step}_{cap}_{C}`` with clusters) does not carry the tables: model folders store
+them once as the arrays ``piece_bytes`` and ``clusters{C}`` and rebuild the group with
+``from_name`` (``store.groups_from_names``).
 
 Closed form: as a skip-gram with ``a`` adjacent tokens (``skipgram.solve_skip``): the counts
 ``F[(tokens, bucket), w]`` are discounted toward the distribution of the same ``a`` tokens
@@ -38,12 +41,14 @@ MAX_PIECE_BYTES = 1024  # bound on a table value read from a model folder (Sente
 
 @dataclass(frozen=True)
 class LinePosition:
-    """Byte offset of the target in its line (bucketed) x the ``a`` previous tokens."""
+    """Byte offset of the target in its line (bucketed) x the ``a`` previous tokens (x the
+    cluster of the token before them, with ``clusters``)."""
 
     a: int
     step: int
     cap: int
     table: tuple  # bytes per token id, length V
+    clusters: tuple | None = None  # cluster id per token id, length V
     whole_line = True  # the feature depends on the whole line so far, not on `reach` tokens
 
     def __post_init__(self):
@@ -51,31 +56,46 @@ class LinePosition:
             raise InputError(f"line position needs a >= 0, step >= 1, cap >= 0, got a={self.a} "
                              f"step={self.step} cap={self.cap}; e.g. LinePosition(1, 8, 10, table)")
 
-    @classmethod
-    def from_name(cls, name: str, table) -> "LinePosition":
-        """Inverse of ``name`` given the saved bytes table: ``'linepos1_8_10'`` -> (1, 8, 10)."""
-        m = re.fullmatch(r"linepos(\d+)_(\d+)_(\d+)", name)
+    @staticmethod
+    def parse_name(name: str):
+        """``'linepos1_8_10'`` -> (1, 8, 10, None); ``'linepos0_12_7_32'`` -> (0, 12, 7, 32)."""
+        m = re.fullmatch(r"linepos(\d+)_(\d+)_(\d+)(?:_(\d+))?", name)
         if not m:
-            raise ValueError(f"{name!r} is not a line-position group name (linepos{{a}}_{{step}}_{{cap}})")
-        a, step, cap = (int(x) for x in m.groups())
+            raise ValueError(f"{name!r} is not a line-position group name "
+                             "(linepos{a}_{step}_{cap} or linepos{a}_{step}_{cap}_{C})")
+        a, step, cap = (int(x) for x in m.groups()[:3])
+        return a, step, cap, None if m.group(4) is None else int(m.group(4))
+
+    @classmethod
+    def from_name(cls, name: str, table, clusters=None) -> "LinePosition":
+        """Inverse of ``name`` given the saved tables (``clusters`` for names with a C)."""
+        a, step, cap, C = cls.parse_name(name)
         if not (a <= 8 and 1 <= step <= 2 ** 20 and cap <= 2 ** 20):
             raise ValueError(f"{name!r}: needs a <= 8, 1 <= step <= 2**20, cap <= 2**20")
-        g = cls(a, step, cap, tuple(int(x) for x in table))
+        if (C is None) != (clusters is None) or (C is not None and C != max(clusters) + 1):
+            raise ValueError(f"{name!r} does not match its cluster table")
+        g = cls(a, step, cap, tuple(int(x) for x in table),
+                None if clusters is None else tuple(int(x) for x in clusters))
         if g.key_limit(len(table)) >= 2 ** 63:
-            raise ValueError(f"{name!r}: needs V**a * (cap + 1) < 2**63")
+            raise ValueError(f"{name!r}: needs V**a * C * (cap + 1) < 2**63")
         return g
 
     @property
+    def n_clusters(self) -> int:
+        return 1 if self.clusters is None else max(self.clusters) + 1
+
+    @property
     def name(self) -> str:
-        return f"linepos{self.a}_{self.step}_{self.cap}"
+        c = "" if self.clusters is None else f"_{self.n_clusters}"
+        return f"linepos{self.a}_{self.step}_{self.cap}{c}"
 
     @property
     def reach(self) -> int:
-        return max(self.a, 1)
+        return max(self.a + (self.clusters is not None), 1)
 
     def key_limit(self, vocab_size: int) -> int:
-        """Keys lie in ``[0, V**a * (cap + 1))``."""
-        return vocab_size ** self.a * (self.cap + 1)
+        """Keys lie in ``[0, V**a * C * (cap + 1))``."""
+        return vocab_size ** self.a * self.n_clusters * (self.cap + 1)
 
     def row_keys(self, buf, pos, starts, vocab_size: int) -> np.ndarray:
         """Key per target position; -1 where the ``a`` tokens would reach past one BOS.
@@ -85,18 +105,21 @@ class LinePosition:
         keys 1 + 5*0, 3 + 0, 4 + 5*2, 3 + 5*2 = [1, 3, 14, 13].
         """
         if self.key_limit(vocab_size) >= 2 ** 63:
-            raise InputError(f"{self.name} keys need V**{self.a} * {self.cap + 1} < 2**63 "
+            raise InputError(f"{self.name} keys need V**{self.a} * C * {self.cap + 1} < 2**63 "
                              f"(V={vocab_size}); use a = 0 or 1")
         table = np.asarray(self.table, dtype=np.int64)
         before = np.zeros(len(buf) + 1, dtype=np.int64)
         np.cumsum(table[buf], out=before[1:])  # bytes of buf[:i]
         bucket = np.minimum((before[pos] - before[starts]) // self.step, self.cap)
+        if self.clusters is not None:
+            clusters = np.asarray(self.clusters, dtype=np.int64)
+            bucket = bucket * self.n_clusters + clusters[buf[pos - self.a - 1]]
         keys = bucket * vocab_size ** self.a
         radix = np.int64(1)
         for off in range(1, self.a + 1):
             keys += buf[pos - off].astype(np.int64) * radix
             radix *= vocab_size
-        keys[pos - self.a < starts - 1] = -1
+        keys[pos - self.reach < starts - 1] = -1
         return keys
 
     def n_rows(self, vocab_size: int) -> int | None:

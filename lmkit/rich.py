@@ -56,10 +56,11 @@ DEFAULT_N_CLUSTERS = 256
 # (clusters, shapes) per cluster table: a fine table for the long histories, a coarse one for a
 # class bigram context (valid ppl of the default corpus, window 1 dropped: 90.54 -> 88.81)
 DEFAULT_CLUSTERINGS = ((DEFAULT_N_CLUSTERS, DEFAULT_CLUSTER_SHAPES), (32, ((2, 0),)))
-# line positions (a, step, cap): the byte offset in the line in buckets of `step` bytes up to
-# `cap` (80 bytes), with the previous token (a = 1) and alone (a = 0). Valid ppl (docs/quality.md):
-# shakespeare 88.81 -> 87.02, Vim docs 26.70 -> 26.35; steps 2 / 4 / 6 / 8 within 0.4 %
-DEFAULT_LINE_POSITIONS = ((1, 8, 10), (0, 4, 20))
+# line positions (a, step, cap, C): the byte offset in the line in buckets of `step` bytes up
+# to `cap` (80-84 bytes), with the previous token (a = 1), or with its cluster in the C-cluster
+# table (a = 0, C = 32). Valid ppl (docs/quality.md): shakespeare 88.81 -> 85.31, Vim docs
+# 26.70 -> 26.20
+DEFAULT_LINE_POSITIONS = ((1, 8, 10, None), (0, 12, 7, 32))
 # held-out tokens for the weights: the search costs ~ tokens x touched row length. Valid ppl on
 # the default corpus (docs/quality.md): 5000 tokens 90.42, 6500 90.26, 10000 90.19, at 8.8 /
 # 11.0 / 13.6 CPU s of weight search; 5000 keeps `lmkit train` within 5x of encode + lmplz
@@ -83,10 +84,14 @@ def base_groups(order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
     return groups + [Skip(*x) for x in skips]
 
 
-def line_groups(piece_bytes, shapes=DEFAULT_LINE_POSITIONS) -> list:
-    """Last counting pass: one ``LinePosition(a, step, cap, piece_bytes)`` per shape."""
+def line_groups(piece_bytes, shapes=DEFAULT_LINE_POSITIONS, tables=()) -> list:
+    """Last counting pass: one ``LinePosition(a, step, cap, piece_bytes, clusters)`` per
+    ``(a, step, cap, C)`` shape, ``clusters`` the table of ``tables`` with C clusters (C None:
+    none); a shape whose table is missing (a text too small for it) is left out."""
     table = tuple(int(x) for x in piece_bytes)
-    return [LinePosition(a, step, cap, table) for a, step, cap in shapes]
+    by_size = {int(t.max()) + 1: tuple(int(x) for x in t) for t in tables if t is not None}
+    return [LinePosition(a, step, cap, table, None if C is None else by_size[C])
+            for a, step, cap, C in shapes if C is None or C in by_size]
 
 
 def cluster_groups(table, shapes=DEFAULT_CLUSTER_SHAPES) -> list:
@@ -149,8 +154,9 @@ def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int 
         out.append(None if table is None else np.asarray(table, dtype=np.int64))
         if table is not None:
             counts = merge_groups(counts, count(cluster_groups(table, shapes)))
-    if piece_bytes is not None and line_positions:
-        counts = merge_groups(counts, count(line_groups(piece_bytes, line_positions)))
+    lines = line_groups(piece_bytes, line_positions, out) if piece_bytes is not None else []
+    if lines:
+        counts = merge_groups(counts, count(lines))
     return counts, out
 
 

@@ -514,7 +514,8 @@ def params_to_arrays(params) -> dict:
             arrays[f"keys{g}"] = k
     for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
         arrays[f"G{g}"] = lg
-    for table in {g.table for g in params.groups if isinstance(g, ClusterHistory)}:
+    for table in {g.table for g in params.groups if isinstance(g, ClusterHistory)} | {
+            g.clusters for g in params.groups if isinstance(g, LinePosition) and g.clusters}:
         name = f"clusters{max(table) + 1}"  # the cluster groups' token -> cluster table (rich.py)
         if name in arrays:
             raise InputError(f"two cluster tables of {max(table) + 1} clusters in one model; "
@@ -541,7 +542,10 @@ def groups_from_names(names: list, arrays, where="params.npz") -> list:
                 table = _cluster_table(arrays, "clusters" + name.rsplit("_", 1)[-1], where)
                 groups.append(ClusterHistory.from_name(name, table))
             elif name.startswith("linepos"):
-                groups.append(LinePosition.from_name(name, _bytes_table(arrays, where)))
+                C = LinePosition.parse_name(name)[3]
+                groups.append(LinePosition.from_name(
+                    name, _bytes_table(arrays, where),
+                    None if C is None else _cluster_table(arrays, f"clusters{C}", where)))
             else:
                 groups.append(group_from_name(name))
         except ModelFormatError:
@@ -669,6 +673,8 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
             expected.add(f"G{g}")
     expected |= {f"clusters{g.n_clusters}" for g in groups if isinstance(g, ClusterHistory)}
     expected |= {"piece_bytes" for g in groups if isinstance(g, LinePosition)}
+    expected |= {f"clusters{g.n_clusters}" for g in groups
+                 if isinstance(g, LinePosition) and g.clusters is not None}
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "

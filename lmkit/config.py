@@ -97,8 +97,8 @@ class ModelConfig:
                                     "10000; 5000 for the rich model, whose search costs more "
                                     "per token)", min=1)
     rich: bool | None = opt(None, "the feature-rich model: MKN (order, default 5) + windows "
-                            "2..K (context K, default 3) + skip-grams + cluster histories, one "
-                            "weight per group x entry count (default: on with no other model "
+                            "2..K (context K, default 3) + skip-grams + cluster histories + line "
+                            "positions, one weight per group x entry count (default: on with no other model "
                             "option)")
 
     def __post_init__(self):
@@ -127,7 +127,7 @@ class ModelConfig:
                               "or order >= 2")
 
     # No model option: the feature-rich model (rich.py; docs/quality.md): MKN order 5 + windows
-    # 1..3 + skip-grams + cluster histories. order alone = exact MKN (ARPA-exportable); context
+    # 2..3 + skip-grams + cluster histories + line positions. order alone = exact MKN (ARPA-exportable); context
     # alone = the paper's window-only model; order and context = MKN + windows.
     DEFAULT_ORDER, DEFAULT_CONTEXT = 5, 3
     DEFAULT_LAMBDA_TOKENS, DEFAULT_RICH_LAMBDA_TOKENS = 10000, 5000

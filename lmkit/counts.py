@@ -135,7 +135,7 @@ def count_buffer(buf, pos, starts, vocab_size: int, groups: list, n_sequences: i
             rk = g.row_keys(buf, pos, starts, vocab_size, suffix_rows)
             m, k, suffix_rows = suffix_counts(rk, targets, vocab_size)
             keys.append(k)
-        elif not isinstance(g, Window):  # other keyed families (skip-grams, cluster histories)
+        elif not isinstance(g, Window):  # other keyed families (skip-grams, cluster histories, line positions)
             m, k, _ = suffix_counts(g.row_keys(buf, pos, starts, vocab_size), targets, vocab_size)
             keys.append(k)
         else:

@@ -164,6 +164,7 @@ def test_train_defaults_to_the_rich_model_and_keeps_order_and_context_alone(
     names = [g.name for g in model.groups]
     assert names[:6] == ["suffix1", "suffix2", "suffix3", "suffix4", "window2", "window3"]
     assert "skip1_1_1" in names and any(n.startswith("cluster") for n in names)
+    assert names[-2:] == ["linepos1_8_10", "linepos0_12_7_32"]  # line positions last
     assert model.config["rich"] is True and "entry_lambdas" in model.params.info
     loaded = LanguageModel.load(model.save(tmp_path / "m"))
     seqs = model.encode_lines(["The king and the queen."])

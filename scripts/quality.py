@@ -1,8 +1,8 @@
 """Quality ladder of the explicit model: each feature family's gain on valid and test.
 
 Rows are cumulative: exact MKN order N; + windows 1..K; + skip-grams; + cluster histories;
-window 1 dropped; + a class-bigram context on a coarse cluster table (= ``lmkit train``'s
-default model); optionally history-count x entry-count buckets. Each row is built from scratch
+window 1 dropped; + a class-bigram context on a coarse cluster table; + line positions (= ``lmkit
+train``'s default model); optionally history-count x entry-count buckets. Each row is built from scratch
 on ``train`` (tokenizer shared, its time excluded): counting its groups (``rich.count_rich``),
 the closed forms, and the weights (one per group x entry-count bucket) fitted on
 ``--lambda-tokens`` tokens of ``valid`` (``rich.fit_rich``). Reports valid and test perplexity (EOS counted), build CPU seconds of
@@ -35,7 +35,8 @@ from lmkit import store
 from lmkit.corpus import load_corpus
 from lmkit.ngram import solve_ngram
 from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
-                        DEFAULT_LAMBDA_TOKENS, DEFAULT_SKIPS, count_rich, fit_rich)
+                        DEFAULT_LAMBDA_TOKENS, DEFAULT_LINE_POSITIONS, DEFAULT_SKIPS, count_rich,
+                        fit_rich)
 from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines
@@ -51,13 +52,15 @@ def ppl(params, seqs, tok):
     return math.exp(-float(sparse_log_proba(params, rows, targets).mean()))
 
 
-def build(data, tok, a, *, context, skips, clusterings, buckets, order=None, first_window=1):
-    """One row: count (one buffer, clusters from its bigram counts) and fit.
-    Returns (params, build CPU s)."""
+def build(data, tok, a, *, context, skips, clusterings, buckets, order=None, first_window=1,
+          lines=()):
+    """One row: count (one buffer, clusters from its bigram counts, line positions ``lines``)
+    and fit. Returns (params, build CPU s)."""
     t = time.process_time()
     counts, _ = count_rich([data["train"]], tok.vocab_size, tok.bos_id, tok.eos_id,
                            order=order or a.order, context=context, first_window=first_window,
-                           skips=skips, clusterings=clusterings, seed=a.seed)
+                           skips=skips, clusterings=clusterings, seed=a.seed,
+                           piece_bytes=tok.piece_bytes() if lines else None, line_positions=lines)
     if context == 0 and not skips and not clusterings:
         params = solve_ngram(counts)  # exact MKN, lambdas 1
     else:
@@ -203,8 +206,11 @@ def main():
                dict(no, context=a.context, skips=skips, clusterings=fine)),
               (f"windows {fw}..{a.context} (window 1 dropped)",
                dict(no, context=a.context, skips=skips, clusterings=fine, first_window=fw)),
-              (f"+ class bigram (2, 0) on C={a.coarse_clusters} (= the default)",
-               dict(no, context=a.context, skips=skips, clusterings=both, first_window=fw))]
+              (f"+ class bigram (2, 0) on C={a.coarse_clusters}",
+               dict(no, context=a.context, skips=skips, clusterings=both, first_window=fw)),
+              (f"+ line positions {list(DEFAULT_LINE_POSITIONS)} (= the default)",
+               dict(no, context=a.context, skips=skips, clusterings=both, first_window=fw,
+                    lines=DEFAULT_LINE_POSITIONS))]
     if a.only_last:
         ladder = ladder[-1:]
     if a.only_mkn:
@@ -214,7 +220,8 @@ def main():
     if a.buckets and not a.only_mkn:
         ladder.append((f"+ history-count x entry-count buckets, history edges {a.buckets}",
                        dict(no, context=a.context, skips=skips, clusterings=both,
-                            first_window=fw, buckets=tuple(a.buckets))))
+                            first_window=fw, buckets=tuple(a.buckets),
+                            lines=DEFAULT_LINE_POSITIONS)))
     rows = []
     for label, kw in ladder:
         log(f"== {label}")

@@ -1,3 +1,3 @@
 """The lmkit version (one definition: the package, the manifest and pyproject read it)."""
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"

@@ -2,10 +2,9 @@
 line positions.
 
 Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` first, then any of
-``Window``, ``Skip`` (``features.py``), ``ClusterHistory`` (``clusters.py``) and ``LinePosition``
-(``linepos.py``) groups; held-out
-token sequences for the weights. Output: ``SparseParams`` (``params.py``), scored by the generic
-sparse scorer like every other model.
+``Window``, ``Skip`` (``features.py``), ``ClusterHistory`` (``clusters.py``) and
+``LinePosition`` (``linepos.py``) groups; held-out token sequences for the weights. Output:
+``SparseParams`` (``params.py``), scored by the generic sparse scorer like every other model.
 
 Each family is solved in closed form against its natural back-off, then one weight per group x
 bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3-4 / 5-9 / 10+; or per group x history-count
@@ -131,9 +130,9 @@ def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int 
     a cluster table from their bigram counts (seed ``seed + i``; or ``tables[i]``, e.g. the
     ones chosen on the training text when counting held-out text) and its cluster groups,
     counted on the same buffer; with ``piece_bytes`` (``Tokenizer.piece_bytes``, (V,)) the
-    ``LinePosition`` groups of ``line_positions`` last. Returns ``(counts, tables)``: one int64 (V,) table per
-    clustering (None for a table with as many clusters as an earlier one: its groups would
-    repeat, and model folders name tables by their size).
+    ``LinePosition`` groups of ``line_positions`` last (``line_groups``). Returns ``(counts,
+    tables)``: one int64 (V,) table per clustering (None for a table with as many clusters as
+    an earlier one: its groups would repeat, and model folders name tables by their size).
     """
     groups = base_groups(order, context, skips, first_window)
     pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])

@@ -515,7 +515,8 @@ def params_to_arrays(params) -> dict:
     for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
         arrays[f"G{g}"] = lg
     for table in {g.table for g in params.groups if isinstance(g, ClusterHistory)} | {
-            g.clusters for g in params.groups if isinstance(g, LinePosition) and g.clusters}:
+            g.clusters for g in params.groups
+            if isinstance(g, LinePosition) and g.clusters is not None}:
         name = f"clusters{max(table) + 1}"  # the cluster groups' token -> cluster table (rich.py)
         if name in arrays:
             raise InputError(f"two cluster tables of {max(table) + 1} clusters in one model; "

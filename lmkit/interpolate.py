@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from .explicit import choose_lambdas
 from .model import BaseModel, LanguageModel
 from .parallel import fit_heldout
 from .scoring import context_rows
-from .store import library_versions, peek_manifest, sha256_bytes, write_folder
+from .store import manifest_stamp, peek_manifest, write_folder
 from .params import SparseParams
 
 FORMAT, VERSION = "lmkit-model", 1
@@ -118,9 +117,7 @@ class MixtureModel(BaseModel):
                         "weights": self.weights.tolist(), "components": [
                             f"components/{k}" for k in range(len(self.models))],
                         "vocab_size": self.vocab_size, "info": self.info,
-                        "tokenizer": {"file": "tokenizer.model", "sha256": sha256_bytes(proto)},
-                        "versions": library_versions(), "command": command,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                        **manifest_stamp(proto, command)}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
         return write_folder(path, fill)

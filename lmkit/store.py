@@ -94,6 +94,17 @@ def library_versions() -> dict:
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
 
 
+def manifest_stamp(tokenizer_proto: bytes, command: str | None = None, **versions) -> dict:
+    """The fields every lmkit folder's manifest carries: ``created`` (UTC), ``versions`` (the
+    libraries', plus ``versions``), ``tokenizer`` (file, sha256, bytes) and ``command`` (default:
+    this process's argv)."""
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": {**library_versions(), **versions},
+            "tokenizer": {"file": "tokenizer.model", "sha256": sha256_bytes(tokenizer_proto),
+                          "bytes": len(tokenizer_proto)},
+            "command": " ".join(sys.argv) if command is None else command}
+
+
 def peek_manifest(path) -> dict | None:
     """The manifest of folder ``path`` as a dict, or None when it has no readable one: read as
     untrusted input (a regular file, at most ``MAX_MANIFEST_BYTES``), for dispatch decisions."""
@@ -160,11 +171,8 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
     path = Path(path)
     _check_loadable(path, manifest, arrays)
     manifest = dict(manifest)
-    manifest.update({"format": FORMAT, "version": VERSION, "created": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": library_versions(),
-        "tokenizer": {"file": "tokenizer.model", "sha256": sha256_bytes(tokenizer_proto),
-                      "bytes": len(tokenizer_proto)}})
-    manifest.setdefault("command", " ".join(sys.argv))
+    manifest.update({"format": FORMAT, "version": VERSION,
+                     **manifest_stamp(tokenizer_proto, manifest.get("command"))})
 
     def fill(tmp: Path) -> None:
         with open(tmp / "tokenizer.model", "wb") as f:

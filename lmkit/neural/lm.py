@@ -23,7 +23,6 @@ The class offers what ``lmkit.evaluate`` and ``lmkit.generate`` use — ``tokeni
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch.nn as nn
 
 from ..errors import InputError, MissingPathError, ModelFormatError
 from ..model import BaseModel, LanguageModel
-from ..store import peek_manifest, read_regular, sha256_bytes, write_folder
+from ..store import manifest_stamp, peek_manifest, read_regular, sha256_bytes, write_folder
 from ..tokenizer import Tokenizer
 from .data import ExplicitRows, SequenceData
 from .folder import FORMAT, VERSION
@@ -161,11 +160,8 @@ class NeuralLM(BaseModel):
                         "residual": self.explicit is not None,
                         "learn_scale": isinstance(self.net.scale, nn.Parameter),
                         "weights": {"file": "weights.pt", "sha256": _sha256(tmp / "weights.pt")},
-                        "tokenizer": {"file": "tokenizer.model",
-                                      "sha256": sha256_bytes(proto)},
-                        "training": self.training, "command": command,
-                        "versions": {"torch": torch.__version__},
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                        "training": self.training,
+                        **manifest_stamp(proto, command, torch=torch.__version__)}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
         return write_folder(path, fill)

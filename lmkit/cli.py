@@ -446,22 +446,25 @@ def _no_hugepage_advice() -> None:
     arrays in quick succession; where the kernel compacts memory on faults of advised pages
     (THP ``defrag = madvise``, a common default) that doubled its system CPU time (2.6 -> 1.3 s
     of 15 on the Vim docs, docs/quality.md) with no gain in user time. Scoring is the other
-    way round (huge pages halve its system time), so other verbs keep numpy's default."""
+    way round (huge pages halve its system time), so other verbs keep numpy's default.
+    Returns the call that restores the previous setting (``main`` runs it when the verb ends,
+    so in-process callers keep theirs)."""
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
-        return
+        return lambda: None
     import numpy as np
     core = getattr(np, "_core", None) or getattr(np, "core", None)
     setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
-    if setter is not None:
-        setter(False)
+    if setter is None:
+        return lambda: None
+    before = setter(False)
+    return lambda: setter(before)
 
 
 def main(argv=None) -> int:
     warnings.showwarning = _one_line_warning  # library warnings: one line, no source excerpt
     argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
     args = build_parser().parse_args(argv)
-    if args.verb == "train":
-        _no_hugepage_advice()
+    restore_pages = _no_hugepage_advice() if args.verb == "train" else (lambda: None)
     args.argv = argv  # the manifest records the command as given, also for in-process calls
     try:  # only the main thread may set handlers (in-process callers may be elsewhere)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -498,6 +501,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     finally:
+        restore_pages()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0

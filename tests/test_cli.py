@@ -204,3 +204,28 @@ def test_tokenize_files_into_missing_folder(tiny_tok_file, tmp_path, capsys):
     assert_user_error(code, out, err, r"not a list of integer ids: 'Ki ro'")
     code, out, err = run(capsys, "tokenize", "encode", "--model", tmp_path / "nope.model")
     assert_user_error(code, out, err, r"nope.model: no such tokenizer model file")
+
+
+def test_train_turns_off_hugepage_advice_only_while_it_runs(tiny_corpus_file, tiny_tok_file,
+                                                            tmp_path, monkeypatch):
+    import numpy as np
+
+    import lmkit.cli as cli
+    core = getattr(np, "_core", None) or np.core
+    setter = core.multiarray._set_madvise_hugepage
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    seen = []
+    real = cli.VERBS["train"]
+    monkeypatch.setitem(cli.VERBS, "train", lambda a: (seen.append(setter(False)), real(a)))
+    before = setter(True)
+    try:
+        assert main(["train", "--input", str(tiny_corpus_file), "--tokenizer", str(tiny_tok_file),
+                     "--order", "2", "--output", str(tmp_path / "m"), "--no-verbose"]) == 0
+        assert seen == [False]  # off during the verb
+        assert setter(True) is True  # and back on after it
+        seen.clear()
+        monkeypatch.setitem(cli.VERBS, "vocab", lambda a: seen.append(setter(True)))
+        main(["vocab", str(tmp_path / "m")])
+        assert seen == [True]  # other verbs keep numpy's default
+    finally:
+        setter(before)

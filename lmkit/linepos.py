@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .features import pack_offsets
 
 MAX_PIECE_BYTES = 1024  # bound on a table value read from a model folder (SentencePiece: <= 64)
 
@@ -115,10 +116,9 @@ class LinePosition:
             clusters = np.asarray(self.clusters, dtype=np.int64)
             bucket = bucket * self.n_clusters + clusters[buf[pos - self.a - 1]]
         keys = bucket * vocab_size ** self.a
-        radix = np.int64(1)
-        for off in range(1, self.a + 1):
-            keys += buf[pos - off].astype(np.int64) * radix
-            radix *= vocab_size
+        if self.a:  # the exact tokens in the low digits, as a skip-gram packs them
+            keys += pack_offsets(buf, pos, starts, vocab_size, tuple(range(1, self.a + 1)),
+                                 self.name)
         keys[pos - self.reach < starts - 1] = -1
         return keys
 

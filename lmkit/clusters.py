@@ -57,6 +57,14 @@ def cluster_tokens(F1: sp.csr_matrix, n_clusters: int, seed: int = 0, dim: int =
     rng = np.random.default_rng(seed)
     rng.standard_normal(min(V, 2 * F1.shape[1]))  # the SVD's start vector: same stream either way
     Y = bigram_embedding(F1, dim, seed) if embedding is None else embedding
+    # a token never seen on either side has no neighbours to compare: its embedding is exactly
+    # zero (not the SVD's rounding noise), so it joins the cluster whose centre is nearest the
+    # origin, the first such on ties, whatever the platform's BLAS
+    F1c = sp.csr_matrix(F1)
+    unseen = (np.diff(F1c.indptr) == 0) & (np.bincount(F1c.indices, minlength=V) == 0)
+    if unseen.any():
+        Y = np.array(Y, dtype=np.float64)
+        Y[unseen] = 0.0
     # k-means with k-means++ seeding, all randomness from ``seed``
     centers = np.empty((n_clusters, Y.shape[1]))
     centers[0] = Y[rng.integers(V)]

@@ -113,9 +113,17 @@ def bigram_counts(counts: Counts) -> sp.csr_matrix:
     if Window(1) in counts.groups:
         return counts.F[counts.groups.index(Window(1))]
     g = counts.groups.index(Suffix(1))  # rows are the observed previous tokens (keys)
-    keys = counts.keys[g]
-    return sp.csr_matrix((np.ones(len(keys)), (keys, np.arange(len(keys)))),
-                         shape=(counts.vocab_size, len(keys))) @ counts.F[g]
+    keys = np.asarray(counts.keys[g], dtype=np.int64)
+    F = sp.csr_matrix(counts.F[g], dtype=np.int64)
+    # scatter the observed rows into (V, V) with integer arithmetic, in canonical form (sorted
+    # indices, no stored zeros): the clusters must not depend on which group supplied the counts
+    out = sp.csr_matrix((np.ones(len(keys), dtype=np.int64), (keys, np.arange(len(keys)))),
+                        shape=(counts.vocab_size, len(keys))) @ F
+    out = sp.csr_matrix(out, dtype=np.int64)
+    out.sum_duplicates()
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
 
 
 def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int = DEFAULT_ORDER,

@@ -272,7 +272,7 @@ def check_scale(cfg: TrainConfig) -> str:
         value = getattr(cfg.scale, name)
         if name in ok or value == getattr(default, name) or (name == "workers" and value == 1):
             continue
-        shown = f"{name} {'on' if value else 'off'}" if isinstance(value, bool) else \
+        shown = (name if value else f"{name} false") if isinstance(value, bool) else \
             f"{name} {value}"
         instead = _INSTEAD.get((r, name)) or _INSTEAD.get(name) or _INSTEAD.get(r, "drop it")
         raise OptionError(f"{shown} is not supported on the {ROUTE_TEXT[r]} route "

@@ -285,9 +285,10 @@ def check_manifest(manifest, path: Path, accept=ALL_KINDS, check=None, takes: st
     adds the caller's checks (e.g. the neural config's ranges). Returns the manifest or raises
     ``ModelFormatError`` naming ``path/manifest.json``, the field and the fix."""
     path = Path(path)
+    fix = [_FIX]
 
     def bad(what):
-        return ModelFormatError(f"{path / 'manifest.json'}: {what}; {_FIX}")
+        return ModelFormatError(f"{path / 'manifest.json'}: {what}; {fix[0]}")
 
     got = manifest.get("format") if isinstance(manifest, dict) else None
     if got not in FORMATS:
@@ -305,6 +306,8 @@ def check_manifest(manifest, path: Path, accept=ALL_KINDS, check=None, takes: st
     if kind not in accept:
         raise ModelFormatError(f"{path}: is {_KIND_NAMES[kind]}; "
                                + (takes or f"this step takes {' or '.join(accept)} folders"))
+    if kind == "mixture":
+        fix[0] = "re-run `lmkit interpolate` on its models"
     entry = manifest.get("tokenizer")
     if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
         raise bad("'tokenizer' must be an object with a 'sha256' string")

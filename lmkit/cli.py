@@ -47,7 +47,7 @@ from .model import LanguageModel
 from .progress import reporting
 from .prune import n_ngrams, prune_entropy
 from .tokenizer import Tokenizer
-from .train import heldout_lines, train
+from .train import describe_build, heldout_lines, train
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -300,7 +300,7 @@ def cmd_train(a) -> None:
     store.check_output_path(a.output)  # fail before training, not after
     model = train(cfg)
     path = model.save(a.output, command="lmkit " + " ".join(shlex.quote(x) for x in a.argv))
-    print(f"wrote {path}: {model.describe()}")
+    print(f"wrote {path}: {describe_build(model)}")
 
 
 def cmd_eval(a) -> None:

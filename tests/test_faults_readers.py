@@ -637,3 +637,20 @@ def test_tokenizer_load_uses_the_bounded_reader(tmp_path, tiny_tok_file, monkeyp
     monkeypatch.setattr(tokenizer, "MAX_MODEL_BYTES", size - 1)
     with pytest.raises(InputError, match=rf"{size} bytes, more than the {size - 1} allowed"):
         tokenizer.Tokenizer.load(tiny_tok_file)
+
+
+def test_weights_that_overflow_give_one_error_not_nan(neural_dir, tmp_path, capsys):
+    """Finite weights so large that float32 overflows inside the network: one line, never a
+    NaN probability (the load-time check sees only finite values)."""
+    pytest.importorskip("torch")
+
+    def huge(p):
+        arrays = {k: v.copy() for k, v in _state(neural_dir).items()}
+        arrays["gpt.wte.weight"][:] = 3e38
+        store.write_npz(p, arrays)
+    d = _craft(neural_dir, tmp_path, weights=huge)
+    for verb in (["next", d, "--context", "a"], ["generate", d, "--max-tokens", "3"],
+                 ["eval", d, "--input", d / "manifest.json"]):
+        code, out, err = run_cli(capsys, *verb)
+        one_error_line(code, err, "overflow float32")
+        assert "nan" not in out

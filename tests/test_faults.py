@@ -528,7 +528,7 @@ def test_tokenizer_files_are_untrusted_too(tmp_path, tiny_tok):
     (tmp_path / "zero.model").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "fifo.model")
     for name in ("zero.model", "fifo.model"):
-        with pytest.raises(InputError, match="not a tokenizer model file"):
+        with pytest.raises(InputError, match="(device|FIFO).*not a regular file"):
             Tokenizer.load(tmp_path / name)
     with pytest.raises(InputError, match=r"vocab_size must be an integer, got '512'"):
         Tokenizer.train(["a b c"], vocab_size="512")

@@ -16,23 +16,18 @@ empty line or record is one sequence with only EOS, so every unit has a finite p
 
 Scale: units are read lazily and scored in chunks; with ``workers > 1`` chunks go to worker
 processes (each loads the model once) and at most ``2 * workers`` chunks are in flight, so
-memory stays constant however long the input is, and results are written in input order. The
-output is written to a temporary file and renamed at the end; on an error, Ctrl-C or SIGTERM
-the workers are terminated and the temporary file removed.
+memory stays constant however long the input is, and results are written in input order
+(``parallel.ordered_map``). The output is written by ``files.atomic_write`` (a temporary file
+renamed at the end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped
+and the temporary file removed.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import multiprocessing as mp
-import os
-import signal
 import sys
-import tempfile
-import threading
 import time
-from collections import deque
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -41,7 +36,9 @@ import numpy as np
 from .config import ScoreConfig, make
 from .corpus import expand_paths, file_lines, local_data_files
 from .errors import InputError, MissingDependencyError, MissingPathError
+from .files import atomic_write, check_output_writable
 from .load import load as load_model
+from .parallel import ordered_map, pool_context
 
 CHUNK_UNITS = 2048
 CHUNK_CHARS = 1_000_000
@@ -115,13 +112,23 @@ def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "te
         return
     records = _jsonl_records(input) if input is not None else _dataset_records(dataset, split)
     for i, rec in enumerate(records):
-        if text_field not in rec or not isinstance(rec[text_field], (str, type(None))):
+        if text_field not in rec:
             raise InputError(f"record {i}: no text field {text_field!r} (fields: "
                              f"{', '.join(map(str, rec))[:200]}); pick one with --text-field")
+        if not isinstance(rec[text_field], (str, type(None))):
+            raise InputError(f"record {i}: the text field {text_field!r} holds "
+                             f"{_json_kind(rec[text_field])}, not a string; pick the field "
+                             "holding the text with --text-field")
         meta = {"index": i}
         if id_field:
             if id_field not in rec:
                 raise InputError(f"record {i}: no id field {id_field!r}; pick one with --id-field")
+            try:  # json.loads accepts NaN, Infinity and 1e400; the output must be strict JSON
+                json.dumps(rec[id_field], allow_nan=False)
+            except ValueError:
+                raise InputError(f"record {i}: the id field {id_field!r} holds "
+                                 f"{str(rec[id_field])[:40]}, which JSON has no number for; "
+                                 "give ids as strings or finite numbers") from None
             meta["id"] = rec[id_field]
         text = rec[text_field] or ""
         if unit == "document":
@@ -129,6 +136,13 @@ def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "te
         else:
             for j, line in enumerate(text.split("\n")):
                 yield {**meta, "line": j}, [line]
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, in words, with a short excerpt: ``a number (5)``."""
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+    return f"{kind} ({json.dumps(value)[:40]})"
 
 
 def _chunks(units: Iterable, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHARS):
@@ -163,20 +177,6 @@ def score_units(model, chunk: list, num_threads: int | None = None) -> list:
             for (meta, _), x, t, b in zip(chunk, nll, tok, n_bytes)]
 
 
-_MODEL = None
-
-
-def _worker_init(model_path) -> None:
-    global _MODEL
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked with the parent's handler: undo it
-    try:  # Linux: die with the parent even if it is killed outright
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    _MODEL = load_model(model_path)
-
-
 def _scored_text(model, chunk, num_threads=None) -> tuple[str, int, int, float]:
     """(JSONL text, units, tokens, nll) of a chunk: encoded where it is scored, so a worker
     hands the parent one string instead of thousands of dicts."""
@@ -191,34 +191,31 @@ def _scored_text(model, chunk, num_threads=None) -> tuple[str, int, int, float]:
             sum(r["nll_nats"] for r in res))
 
 
+_MODEL = None  # a spawned worker's own copy of the model (fork workers inherit the parent's)
+
+
+def _worker_init(model_path) -> None:
+    global _MODEL
+    _MODEL = load_model(model_path)
+
+
 def _worker_score(chunk):
     return _scored_text(_MODEL, chunk, num_threads=1)
 
 
-def _results(model_path, chunks, workers: int):
-    """Scored chunks in input order; at most ``2 * workers`` chunks in flight."""
+def _results(model, model_path, chunks, workers: int):
+    """Scored chunks in input order (``parallel.ordered_map``: a worker that fails or dies
+    ends the run at once; at most ``workers`` chunks in flight)."""
     if workers == 1:
-        model = load_model(model_path)
         for chunk in chunks:
             yield _scored_text(model, chunk)
         return
-    pool = mp.get_context("fork").Pool(workers, _worker_init, (str(model_path),))
-    try:
-        pending = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_worker_score, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-        pool.close()
-    finally:
-        pool.terminate()  # no-op after a clean close; kills the workers on any error or signal
-        pool.join()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    if pool_context().get_start_method() == "fork":  # the workers share the parent's model
+        fn, init, args = partial(_scored_text, model, num_threads=1), None, ()
+    else:
+        fn, init, args = _worker_score, _worker_init, (str(model_path),)
+    yield from ordered_map(fn, chunks, workers, init=init, init_args=args,
+                           what="a scoring worker")
 
 
 def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
@@ -227,52 +224,50 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     Options: ``config.ScoreConfig`` (input or dataset, split, format, text_field, id_field,
     unit, workers). Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds",
     "units_per_s", "tokens_per_s"}`` for the whole input.
+
+    The output is checked first (``files.check_output_writable``: not an input file, not in
+    the model folder) and written by ``files.atomic_write`` (temp file + rename, through
+    symlinks; FIFOs and devices written in place). The model is loaded here, before any
+    worker starts, so a folder that is not a model fails at once with one error.
     """
     o = make(ScoreConfig, options)
     input, dataset, split, fmt = o.input, o.dataset, o.split, o.format
     text_field, id_field, unit, workers = o.text_field, o.id_field, o.unit, o.workers
     if not Path(model_path).exists():
         raise MissingPathError(f"{model_path}: no such model folder; train one with `lmkit train`")
-    out = Path(output)
-    if out.is_dir():
-        raise InputError(f"--output {out} is a folder; give a file name like scores.jsonl")
+    inputs = list(input) if input is not None else [dataset]
+    check_output_writable(output, inputs=inputs, models=[model_path])
     units = iter_units(input=input, dataset=dataset, split=split, fmt=fmt, text_field=text_field,
                        id_field=id_field, unit=unit)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
-    n_units = n_tok = 0
-    nll, t0 = 0.0, time.time()
-    results = _results(model_path, _chunks(units), workers)
-    try:
+    model = load_model(model_path)
+    totals = {"units": 0, "tokens": 0, "nll": 0.0}
+    t0 = time.time()
+
+    def write(f):
         from tqdm import tqdm
-        with os.fdopen(fd, "w", encoding="utf-8") as f, tqdm(
-                desc="score", unit="doc", file=sys.stderr, disable=None if progress else True,
-                leave=False) as bar:
-            for text, n, t, x in results:
-                f.write(text)
-                n_units, n_tok, nll = n_units + n, n_tok + t, nll + x
-                bar.update(n)
-                bar.set_postfix_str(f"{n_tok / max(time.time() - t0, 1e-9):,.0f} tok/s",
-                                    refresh=False)
-        if n_units == 0:
+        results = _results(model, model_path, _chunks(units), workers)
+        try:
+            with tqdm(desc="score", unit="doc", file=sys.stderr,
+                      disable=None if progress else True, leave=False) as bar:
+                for text, n, t, x in results:
+                    f.write(text.encode("utf-8"))
+                    totals["units"] += n
+                    totals["tokens"] += t
+                    totals["nll"] += x
+                    bar.update(n)
+                    bar.set_postfix_str(f"{totals['tokens'] / max(time.time() - t0, 1e-9):,.0f}"
+                                        " tok/s", refresh=False)
+        finally:
+            results.close()  # stops the workers now if we stopped early
+        if totals["units"] == 0:
             raise InputError("nothing to score: the input has no lines or records")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        results.close()  # terminates the workers now if we stopped early
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+
+    atomic_write(output, write)
+    n_units, n_tok, nll = totals["units"], totals["tokens"], totals["nll"]
     sec = max(time.time() - t0, 1e-9)
     return {"units": n_units, "tokens": n_tok, "nll_nats": nll,
             "perplexity": math.exp(nll / n_tok), "seconds": sec,
             "units_per_s": n_units / sec, "tokens_per_s": n_tok / sec}
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 __all__ = ["score_file", "score_units", "iter_units", "load_model"]

@@ -71,23 +71,47 @@ def _children(pid):
     return [int(x) for x in out.stdout.split()]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, tiny_lines, sig):
+def kill_tree(proc, pids=()) -> None:
+    """SIGKILL a subprocess started with ``start_new_session`` and every process it started
+    (its process group, and ``pids`` in case one left the group): a failed assertion must not
+    leave an orphaned ``lmkit score`` behind."""
+    for pid in list(pids) + _children(proc.pid):
+        try:  # only ours: a pid that was reused since belongs to another process group
+            if os.getpgid(pid) == proc.pid:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+@pytest.mark.parametrize("sig, rc, word", [(signal.SIGTERM, 143, b"terminated"),
+                                           (signal.SIGINT, 130, b"interrupted")])
+def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, tiny_lines, sig,
+                                                      rc, word):
     (tmp_path / "big.txt").write_text("\n".join(tiny_lines * 400) + "\n")  # ~120k lines
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "lmkit.cli", "score", str(tiny_model_dir),
                              "--input", str(tmp_path / "big.txt"), "--workers", "2",
                              "--output", str(tmp_path / "o.jsonl")], env=env,
                             stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 20
-    while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    workers = _children(proc.pid)
-    assert len(workers) == 2, "the workers did not start"
-    time.sleep(0.3)
-    os.kill(proc.pid, sig)
-    rc = proc.wait(timeout=20)
-    assert rc == 130 and b"interrupted" in proc.stderr.read()
-    time.sleep(0.2)
-    assert [w for w in workers if Path(f"/proc/{w}").exists()] == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]
+    workers = []
+    try:
+        deadline = time.time() + 20
+        while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, "the workers did not start"
+        time.sleep(0.3)
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=20) == rc and word in proc.stderr.read()
+        deadline = time.time() + 5  # reaped by the parent before it exits; allow the kernel a moment
+        while [w for w in workers if Path(f"/proc/{w}").exists()] and time.time() < deadline:
+            time.sleep(0.05)
+        assert [w for w in workers if Path(f"/proc/{w}").exists()] == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]
+    finally:
+        kill_tree(proc, workers)

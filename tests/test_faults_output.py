@@ -337,8 +337,12 @@ def test_ordered_map_order_errors_and_deaths():
     assert issubclass(WorkerDiedError, LmkitError)
 
 
+def _twice(x):
+    return 2 * x
+
+
 def test_ordered_map_closed_early_stops_its_workers():
-    gen = ordered_map(_square, range(1000), 2)
+    gen = ordered_map(_twice, range(1000), 2)
     assert next(gen) == 0
     import multiprocessing as mp
     kids = mp.active_children()

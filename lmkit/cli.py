@@ -503,10 +503,11 @@ _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile on
 
 def _os_error_line(e: OSError, args) -> str:
     """One line for a file-system error that no check turned into an ``LmkitError``. A full
-    disk met by a temporary file (the spill and bucket files of training: numpy reports only
+    disk met by a temporary file of ``train`` (its spill and bucket files: numpy reports only
     "N requested and M written", with no path) names the temporary folder and the fix."""
     name = e.filename2 if getattr(e, "filename2", None) is not None else e.filename
-    if name is None and (e.errno in (errno.ENOSPC, errno.EDQUOT) or _SHORT_WRITE.search(str(e))):
+    if name is None and getattr(args, "verb", None) == "train" and (
+            e.errno in (errno.ENOSPC, errno.EDQUOT) or _SHORT_WRITE.search(str(e))):
         tmp = getattr(args, "spill_dir", None) or tempfile.gettempdir()
         return (f"{tmp}: a temporary file could not be written ({e.strerror or e}: the file "
                 "system is full); free space there, or pass --spill-dir (or set TMPDIR to) a "

@@ -192,10 +192,13 @@ def test_full_tmpdir_names_the_folder_and_the_fix():
     from lmkit.cli import _os_error_line
 
     class A:
-        spill_dir = "/scratch/x"
+        verb, spill_dir = "train", "/scratch/x"
     line = _os_error_line(OSError("321173 requested and 76800 written"), A())
     assert line.startswith("/scratch/x: a temporary file could not be written (321173 ")
     assert "free space there, or pass --spill-dir" in line
+    A.verb = "vocab"  # e.g. stdout on a full disk: not a temporary file
+    assert _os_error_line(OSError(errno.ENOSPC, "No space left on device"), A()) == \
+        "No space left on device"
 
 
 # ---- jsonl fields -------------------------------------------------------------------------------

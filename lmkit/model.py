@@ -276,9 +276,13 @@ class LanguageModel(BaseModel):
                                         store.params_to_arrays(self.params))
 
     @classmethod
-    def load(cls, path) -> "LanguageModel":
-        """Read a model folder written by ``save``; refuses other formats with a clear message."""
-        manifest, proto, arrays = store.read_model_folder(path)
+    def load(cls, path, mmap: bool = False) -> "LanguageModel":
+        """Read a model folder written by ``save``; refuses other formats with a clear message.
+
+        The arrays are a private in-memory copy of ``params.npz``; ``mmap=True`` maps the file
+        instead (no copy, shared page cache; the file must then not change in place while the
+        model is in use: see ``store.read_model_folder`` and docs/guarantees.md)."""
+        manifest, proto, arrays = store.read_model_folder(path, mmap=mmap)
         groups = store.groups_from_names(manifest["groups"], arrays, where=Path(path) / "params.npz")
         params = store.arrays_to_params(manifest["kind"], groups, arrays,
                                         manifest.get("info") or {},

@@ -48,7 +48,7 @@ import numpy as np
 
 from .counts import Counts, count_chunk, empty_counts
 from .errors import InputError, LmkitError, OutputError, WorkerDiedError
-from .features import group_from_name
+from .kinds import group_spec, groups_from_spec
 from .memory import check_memory, default_limit, format_bytes, parse_size
 from .sparse import csr_from_arrays, csr_to_arrays
 from .tokenizer import Tokenizer
@@ -125,9 +125,10 @@ def line_chunks(lines, chunk_lines: int):
 _WORKER: dict = {}
 
 
-def _init_worker(model_proto: bytes, group_names: list) -> None:
+def _init_worker(model_proto: bytes, spec) -> None:
+    """``spec``: ``kinds.group_spec(groups)``, names and the tables some kinds need."""
     _WORKER["tok"] = Tokenizer(model_proto)
-    _WORKER["groups"] = [group_from_name(n) for n in group_names]
+    _WORKER["groups"] = groups_from_spec(spec)
 
 
 def count_lines(lines: list, tokenizer, groups: list, threads: int | None = None) -> Counts:
@@ -173,7 +174,7 @@ def _picklable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
-def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks, results,
+def _worker_main(model_proto: bytes, spec, budget, spill_dir, tasks, results,
                  parent_pid: int) -> None:
     """A counting process: sums the counts of every chunk it takes, then sends its one total.
 
@@ -183,7 +184,7 @@ def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks
     """
     _die_with_parent(parent_pid)
     try:
-        _init_worker(model_proto, group_names)
+        _init_worker(model_proto, spec)
         tok, groups = _WORKER["tok"], _WORKER["groups"]
         acc = SpillingSum(tok.vocab_size, groups, budget, spill_dir)
         while (chunk := tasks.get()) is not None:
@@ -372,7 +373,7 @@ def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, s
     share = None if budget is None else budget // workers
     spill_root = tempfile.mkdtemp(prefix="lmkit-spill-", dir=spill_dir)
     procs = [ctx.Process(target=_worker_main, daemon=True,
-                         args=(tokenizer.model_proto, [g.name for g in groups], share, spill_root,
+                         args=(tokenizer.model_proto, group_spec(groups), share, spill_root,
                                tasks, results, os.getpid())) for _ in range(workers)]
     totals: list = []
 

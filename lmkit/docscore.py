@@ -8,11 +8,17 @@ Output: a JSONL file, one object per unit in input order::
     {"index": 0, "id": "doc-17", "tokens": 57, "nll_nats": 201.3, "perplexity": 34.2,
      "bits_per_byte": 1.91}
 
-``index`` counts units (records for jsonl; ``line`` is added for ``unit="line"`` on jsonl). A
-document is scored as CCNet does with KenLM: each of its lines is a sequence (BOS ... EOS), the
-log-probabilities are summed, ``tokens`` counts every line's EOS, ``perplexity`` =
-exp(nll_nats / tokens) and ``bits_per_byte`` = nll_nats / ln 2 / (UTF-8 bytes + 1 per line). An
-empty line or record is one sequence with only EOS, so every unit has a finite perplexity.
+Lines are read by the rule every verb shares (``corpus.numbered_sequences``, docs/lines.md):
+only "\\n" ends a line, trailing whitespace is dropped, and an empty or whitespace-only line is
+no sequence: it gets no row and costs nothing, so the rows sum to what ``lmkit eval`` counts.
+``index`` says where a unit came from: the 0-based line number for text lines (blank lines
+leave gaps), the document number for documents, the record number for jsonl (``line``, the
+line's number within its record, is added for ``unit="line"``). A document is scored as CCNet
+does with KenLM: each of its lines is a sequence (BOS ... EOS), the log-probabilities are
+summed, ``tokens`` counts every line's EOS, ``perplexity`` = exp(nll_nats / tokens) and
+``bits_per_byte`` = nll_nats / ln 2 / (UTF-8 bytes + 1 per line). A jsonl record with no
+sequence is still one document row, scored as the empty sequence (EOS only), so every record
+has a row with a finite perplexity.
 
 Scale: units are read lazily and scored in chunks; with ``workers > 1`` chunks go to worker
 processes (each loads the model once) and at most ``2 * workers`` chunks are in flight, so
@@ -39,7 +45,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .config import ScoreConfig, make
-from .corpus import expand_paths, file_lines, local_data_files
+from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError
 from .load import load as load_model
 
@@ -48,10 +54,12 @@ CHUNK_CHARS = 1_000_000
 
 
 # ---- reading units ----------------------------------------------------------------------------
-def _text_lines(paths) -> Iterator[str]:
-    for f in expand_paths(paths):
-        for raw in file_lines(f):
-            yield raw.rstrip("\r\n")
+def _text_lines(paths) -> Iterator[tuple[int, str]]:
+    """``(line number, sequence)`` by the one line rule (``corpus.numbered_sequences``):
+    numbers count every line of the files in order, blank ones included."""
+    files = expand_paths(paths)
+    return numbered_sequences((line for f in files for line in file_lines(f)),
+                              "input:" + ",".join(map(str, paths)))
 
 
 def _jsonl_records(paths) -> Iterator[dict]:
@@ -79,6 +87,10 @@ def _dataset_records(dataset: str, split: str) -> Iterator[dict]:
     local = Path(dataset)
     if local.exists():
         builder, files = local_data_files(local)
+        if builder == "text":  # as corpus._load_dataset: our reader, not datasets' (lone "\r")
+            for f in files:
+                yield from ({"text": x.removesuffix("\n")} for x in file_lines(Path(f)))
+            return
         ds = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
     else:
         path, _, config = dataset.partition(":")
@@ -99,17 +111,17 @@ def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "te
     if input is not None and fmt == "text":
         if id_field:
             raise InputError("--id-field needs --format jsonl (plain text has no fields)")
-        if unit == "line":
-            for i, line in enumerate(_text_lines(input)):
-                yield {"index": i}, [line]
+        if unit == "line":  # index: the line's number (blank lines get no row)
+            for n, line in _text_lines(input):
+                yield {"index": n}, [line]
             return
-        doc, i = [], 0
-        for line in _text_lines(input):
-            if line.strip():
-                doc.append(line)
-            elif doc:
+        doc, i, prev = [], 0, None
+        for n, line in _text_lines(input):
+            if doc and n != prev + 1:  # blank lines between: a new document
                 yield {"index": i}, doc
                 doc, i = [], i + 1
+            doc.append(line)
+            prev = n
         if doc:
             yield {"index": i}, doc
         return
@@ -124,10 +136,10 @@ def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "te
                 raise InputError(f"record {i}: no id field {id_field!r}; pick one with --id-field")
             meta["id"] = rec[id_field]
         text = rec[text_field] or ""
-        if unit == "document":
-            yield meta, [x for x in text.split("\n") if x.strip()] or [""]
+        if unit == "document":  # a record with no sequence still gets its row (EOS only)
+            yield meta, list(sequences([text], None)) or [""]
         else:
-            for j, line in enumerate(text.split("\n")):
+            for j, line in numbered_sequences([text], None):
                 yield {**meta, "line": j}, [line]
 
 

@@ -261,11 +261,11 @@ def test_bom_is_stripped(tmp_path):
 def test_empty_corpus(tmp_path):
     f = write(tmp_path / "blank.txt", b"\n   \n\t\r\n")
     c = load_corpus(input=[str(f)])  # building it reads nothing
-    with pytest.raises(InputError, match="blank.txt: corpus has no non-empty lines"):
+    with pytest.raises(InputError, match="blank.txt: no non-empty lines"):
         c.check_nonempty()
-    with pytest.raises(InputError, match="corpus has no non-empty lines"):
+    with pytest.raises(InputError, match="no non-empty lines"):
         list(c)
-    with pytest.raises(InputError, match="corpus has no non-empty lines"):
+    with pytest.raises(InputError, match="no non-empty lines"):
         c.stats()
     ok = write(tmp_path / "ok.txt", b"\nx\n")
     assert load_corpus(input=[str(ok)]).check_nonempty().name.startswith("input:")

@@ -480,12 +480,6 @@ def local_data_files(path: Path) -> tuple[str, list[str]]:
 
 
 def _load_dataset(dataset: str, split: str, text_field: str, streaming: bool) -> TextCorpus:
-    try:
-        import datasets  # optional and slow to import; only this source needs it
-    except ImportError:
-        raise MissingDependencyError("dataset needs the `datasets` package; install it with "
-                                     "`pip install 'lmkit[hf]'`") from None
-
     name = f"dataset:{dataset}:{split}"
     local = Path(dataset)
     if local.exists() and local_data_files(local)[0] == "text":
@@ -493,6 +487,11 @@ def _load_dataset(dataset: str, split: str, text_field: str, streaming: bool) ->
         # files ourselves, so --dataset F.txt and --input F.txt are the same lines
         files = [Path(f) for f in local_data_files(local)[1]]
         return TextCorpus(name, [], lambda: (line for f in files for line in file_lines(f)))
+    try:
+        import datasets  # optional and slow to import; only this source needs it
+    except ImportError:
+        raise MissingDependencyError("dataset needs the `datasets` package; install it with "
+                                     "`pip install 'lmkit[hf]'`") from None
     try:
         if local.exists():
             builder, data_files = local_data_files(local)

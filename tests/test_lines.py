@@ -86,8 +86,8 @@ def test_every_source_yields_the_same_sequences(tricky, tmp_path, monkeypatch):
     text = DATA.decode("utf-8-sig")  # as open(F, encoding="utf-8-sig", newline="").read()
     assert list(sequences(text.split("\n"))) == EXPECTED
     assert list(sequences([text])) == EXPECTED  # the whole text as one str
-    pytest.importorskip("datasets")
-    assert list(load_corpus(dataset=str(tricky))) == EXPECTED  # a local .txt dataset
+    assert list(load_corpus(dataset=str(tricky))) == EXPECTED  # a local .txt: no `datasets`
+    pytest.importorskip("datasets", reason="jsonl datasets need `pip install 'lmkit[hf]'`")
     rec = tmp_path / "rec.jsonl"
     rec.write_text(json.dumps({"text": text}) + "\n" + json.dumps({"text": " \n\t"}) + "\n")
     assert list(load_corpus(dataset=str(rec))) == EXPECTED  # records split on "\n"

@@ -482,9 +482,9 @@ def test_api_scoring_inputs(tiny_model):
     V = tiny_model.vocab_size
     with pytest.raises(InputError, match="lines must be an iterable of str, not a str"):
         tiny_model.perplexity("abc")
-    with pytest.raises(InputError, match="nothing to evaluate"):
+    with pytest.raises(InputError, match="no non-empty lines"):
         tiny_model.perplexity([])
-    with pytest.raises(InputError, match="nothing to evaluate"):
+    with pytest.raises(InputError, match="no non-empty lines"):
         tiny_model.perplexity([""])
     with pytest.raises(InputError, match=r"lines\[1\] must be str, not int"):
         tiny_model.perplexity(["a", 3])

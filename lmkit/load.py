@@ -22,11 +22,14 @@ def model_kind(path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def load(path):
-    """The model saved in folder ``path``, whatever its kind (see the module docstring)."""
+def load(path, mmap: bool = False):
+    """The model saved in folder ``path``, whatever its kind (see the module docstring).
+
+    ``mmap``: explicit models' arrays map ``params.npz`` instead of copying it (see
+    ``LanguageModel.load``); neural weights are always copied."""
     if is_neural_folder(path):
         from . import neural  # optional dependency (torch), imported only when needed
         return neural.load(path)  # raises MissingDependencyError naming the extra without torch
     if model_kind(path) == "mixture":
-        return MixtureModel.load(path)
-    return LanguageModel.load(path)
+        return MixtureModel.load(path, mmap=mmap)
+    return LanguageModel.load(path, mmap=mmap)

@@ -253,10 +253,15 @@ def _bad_model(tmp_path, model_copy, how) -> Path:
         m = json.loads((model_copy / "manifest.json").read_text())
         m["lambdas"] = ["abc"] * len(m.get("lambdas") or [0])
         (model_copy / "manifest.json").write_text(json.dumps(m))
+    if how == "crafted_mixture":  # a mixture of itself, with weights that are not numbers
+        shutil.copytree(model_copy, model_copy / "components" / "0")
+        m = json.loads((model_copy / "manifest.json").read_text())
+        m.update(kind="mixture", weights="abc", components=["components/0"])
+        (model_copy / "manifest.json").write_text(json.dumps(m))
     return model_copy
 
 
-@pytest.mark.parametrize("how", ["not_a_model", "truncated", "crafted"])
+@pytest.mark.parametrize("how", ["not_a_model", "truncated", "crafted", "crafted_mixture"])
 def test_score_workers_fail_fast_on_a_bad_model(tmp_path, model_copy, text, how):
     model = _bad_model(tmp_path, model_copy, how)
     proc = _cli("score", model, "--input", text, "--output", tmp_path / "o.jsonl",

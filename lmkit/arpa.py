@@ -151,7 +151,7 @@ def _parse_sections(path, lines) -> list:
     for k, nxt in zip(heads[1:], heads[2:]):
         head = lines[k].strip()
         if ended:
-            raise InputError(f"{path}:{k + 1}: {_short(head)} after \\end\\; the file is corrupt")
+            raise InputError(f"{path}:{k + 1}: '{head[:60]}' after \\end\\; the file is corrupt")
         if head == "\\end\\":
             ended = True
             extra = next((i for i in range(k + 1, nxt) if lines[i].strip()), None)
@@ -161,7 +161,7 @@ def _parse_sections(path, lines) -> list:
         n = len(tables) + 1
         if head != f"\\{n}-grams:":
             want = f"\\{n}-grams:" if n <= len(declared) else "\\end\\"
-            raise InputError(f"{path}:{k + 1}: expected {want}, got {_short(head)}; the file "
+            raise InputError(f"{path}:{k + 1}: expected {want}, got '{head[:60]}'; the file "
                              "is corrupt or not an ARPA file")
         if n > len(declared):
             raise InputError(f"{path}:{k + 1}: section {head} but \\data\\ declares "

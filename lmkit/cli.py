@@ -38,9 +38,9 @@ from pathlib import Path
 from . import config as C
 from . import store
 from .arpa import import_arpa, write_arpa
-from .corpus import load_corpus
+from .corpus import load_corpus, read_lines, sequences
 from .docscore import score_file
-from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
+from .errors import InputError, LmkitError, MemoryLimitError, OptionError
 from .evaluate import evaluate
 from . import files
 from .files import atomic_write
@@ -50,7 +50,7 @@ from .model import LanguageModel
 from .progress import reporting
 from .prune import n_ngrams, prune_entropy
 from .tokenizer import Tokenizer
-from .train import heldout_lines, train
+from .train import describe_build, heldout_lines, train
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -272,32 +272,6 @@ def _load_tokenizer(path: str):
     return Tokenizer.load(p)
 
 
-def _read_lines(path):
-    """Lines of a file or stdin without their trailing newline (other whitespace is kept)."""
-    try:
-        if path is None:
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:  # a FIFO or /dev/fd/N (process substitution) reads fine
-                data = f.read()
-    except FileNotFoundError:
-        raise MissingPathError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder; pass a file") from None
-    except OSError as e:
-        raise InputError(f"{path or 'stdin'}: cannot read ({e.strerror or e}); check the path "
-                         "and its permissions") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path or 'stdin'}: bytes at offset {e.start} are not valid UTF-8; "
-                         "re-encode the input as UTF-8") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
 def _write_output(a, text: str) -> None:
     """Write to stdout, or to ``a.output`` via ``files.atomic_write`` (never half-written)."""
     if a.output is None:
@@ -315,7 +289,11 @@ def cmd_tokenize(a) -> None:
         check_output(a)
     tok = _load_tokenizer(a.model)
     out = []
-    for line in _read_lines(a.input):
+    name = a.input or "stdin"
+    # encode reads text by the one line rule (a line per sequence); decode reads ids/pieces,
+    # one output text per input line, an empty line decoding to the empty text
+    for line in (sequences(read_lines(a.input), name) if a.action == "encode"
+                 else (x.removesuffix("\n") for x in read_lines(a.input))):
         if a.action == "encode":
             items = tok.encode_pieces(line) if a.output_format == "piece" else map(str, tok.encode(line))
             out.append(" ".join(items))
@@ -338,7 +316,7 @@ def cmd_train(a) -> None:
     check_output(a, folder=True)  # fail before training, not after
     model = train(cfg)
     path = model.save(a.output, command="lmkit " + " ".join(shlex.quote(x) for x in a.argv))
-    print(f"wrote {path}: {model.describe()}")
+    print(f"wrote {path}: {describe_build(model)}")
 
 
 def cmd_eval(a) -> None:
@@ -354,7 +332,8 @@ def cmd_eval(a) -> None:
 
 def cmd_generate(a) -> None:
     opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
-    prompts = _read_lines(a.prompt_file) if a.prompt_file else [a.prompt]
+    prompts = (list(sequences(read_lines(a.prompt_file), a.prompt_file)) if a.prompt_file
+               else [a.prompt])
     model = load_model(a.model)
     samples = [s for p in prompts for s in model.sample(p, **dataclasses.asdict(opts))]
     print(json.dumps(samples) if a.json else "\n".join(samples))

@@ -8,11 +8,17 @@ Output: a JSONL file, one object per unit in input order::
     {"index": 0, "id": "doc-17", "tokens": 57, "nll_nats": 201.3, "perplexity": 34.2,
      "bits_per_byte": 1.91}
 
-``index`` counts units (records for jsonl; ``line`` is added for ``unit="line"`` on jsonl). A
-document is scored as CCNet does with KenLM: each of its lines is a sequence (BOS ... EOS), the
-log-probabilities are summed, ``tokens`` counts every line's EOS, ``perplexity`` =
-exp(nll_nats / tokens) and ``bits_per_byte`` = nll_nats / ln 2 / (UTF-8 bytes + 1 per line). An
-empty line or record is one sequence with only EOS, so every unit has a finite perplexity.
+Lines are read by the rule every verb shares (``corpus.numbered_sequences``, docs/lines.md):
+only "\\n" ends a line, trailing whitespace is dropped, and an empty or whitespace-only line is
+no sequence: it gets no row and costs nothing, so the rows sum to what ``lmkit eval`` counts.
+``index`` says where a unit came from: the 0-based line number for text lines (blank lines
+leave gaps), the document number for documents, the record number for jsonl (``line``, the
+line's number within its record, is added for ``unit="line"``). A document is scored as CCNet
+does with KenLM: each of its lines is a sequence (BOS ... EOS), the log-probabilities are
+summed, ``tokens`` counts every line's EOS, ``perplexity`` = exp(nll_nats / tokens) and
+``bits_per_byte`` = nll_nats / ln 2 / (UTF-8 bytes + 1 per line). A jsonl record with no
+sequence is still one document row, scored as the empty sequence (EOS only), so every record
+has a row with a finite perplexity.
 
 Scale: units are read lazily and scored in chunks (plain text line by line without a record
 per line); the arithmetic is vectorised per chunk and each unit costs one f-string of output.
@@ -39,7 +45,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from .config import ScoreConfig, make
-from .corpus import expand_paths, file_lines, local_data_files
+from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError
 from .files import atomic_write, check_output_writable
 from .load import load as load_model
@@ -51,10 +57,12 @@ LN2 = math.log(2)
 
 
 # ---- reading units ----------------------------------------------------------------------------
-def _text_lines(paths) -> Iterator[str]:
-    for f in expand_paths(paths):
-        for raw in file_lines(f):
-            yield raw.rstrip("\r\n")
+def _text_lines(paths) -> Iterator[tuple[int, str]]:
+    """``(line number, sequence)`` by the one line rule (``corpus.numbered_sequences``):
+    numbers count every line of the files in order, blank ones included."""
+    files = expand_paths(paths)
+    return numbered_sequences((line for f in files for line in file_lines(f)),
+                              "input:" + ",".join(map(str, paths)))
 
 
 def _jsonl_records(paths) -> Iterator[dict]:
@@ -82,6 +90,10 @@ def _dataset_records(dataset: str, split: str) -> Iterator[dict]:
     local = Path(dataset)
     if local.exists():
         builder, files = local_data_files(local)
+        if builder == "text":  # as corpus._load_dataset: our reader, not datasets' (lone "\r")
+            for f in files:
+                yield from ({"text": x.removesuffix("\n")} for x in file_lines(Path(f)))
+            return
         ds = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
     else:
         path, _, config = dataset.partition(":")
@@ -107,17 +119,17 @@ def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "te
 
 def _units(input, dataset, split, fmt, text_field, id_field, unit) -> Iterator[tuple[dict, list]]:
     if input is not None and fmt == "text":
-        if unit == "line":
-            for i, line in enumerate(_text_lines(input)):
-                yield {"index": i}, [line]
+        if unit == "line":  # index: the line's number (blank lines get no row)
+            for n, line in _text_lines(input):
+                yield {"index": n}, [line]
             return
-        doc, i = [], 0
-        for line in _text_lines(input):
-            if line.strip():
-                doc.append(line)
-            elif doc:
+        doc, i, prev = [], 0, None
+        for n, line in _text_lines(input):
+            if doc and n != prev + 1:  # blank lines between: a new document
                 yield {"index": i}, doc
                 doc, i = [], i + 1
+            doc.append(line)
+            prev = n
         if doc:
             yield {"index": i}, doc
         return
@@ -142,10 +154,10 @@ def _units(input, dataset, split, fmt, text_field, id_field, unit) -> Iterator[t
                                  "give ids as strings or finite numbers") from None
             meta["id"] = rec[id_field]
         text = rec[text_field] or ""
-        if unit == "document":
-            yield meta, [x for x in text.split("\n") if x.strip()] or [""]
+        if unit == "document":  # a record with no sequence still gets its row (EOS only)
+            yield meta, list(sequences([text], None)) or [""]
         else:
-            for j, line in enumerate(text.split("\n")):
+            for j, line in numbered_sequences([text], None):
                 yield {**meta, "line": j}, [line]
 
 
@@ -157,11 +169,11 @@ def _json_kind(value) -> str:
 
 
 class Chunk(NamedTuple):
-    """A batch of units: ``lines`` of every unit in order, and either ``first`` (plain text,
-    one line per unit: unit k is line k, index ``first + k``) or ``metas`` (each unit's
-    identifying fields) with ``sizes`` (its number of lines, >= 1)."""
+    """A batch of units: ``lines`` of every unit in order, and either ``numbers`` (plain text,
+    one line per unit: unit k is the file's line ``numbers[k]``, its index) or ``metas`` (each
+    unit's identifying fields) with ``sizes`` (its number of lines, >= 1)."""
     lines: list
-    first: int | None = None
+    numbers: list | None = None
     metas: list | None = None
     sizes: list | None = None
 
@@ -188,18 +200,18 @@ def _chunks(units: Iterable, max_units: int = CHUNK_UNITS, max_chars: int = CHUN
 
 def _line_chunks(paths, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHARS):
     """``Chunk``s of a plain text input scored line by line: no per-line dict or tuple."""
-    it, first = _text_lines(paths), 0
+    it = _text_lines(paths)
     while True:
-        lines, chars = [], 0
-        for line in it:  # islice without a per-line size check would let one chunk grow huge
+        lines, numbers, chars = [], [], 0
+        for n, line in it:  # islice without a per-line size check would let one chunk grow huge
             lines.append(line)
+            numbers.append(n)
             chars += len(line)
             if len(lines) >= max_units or chars >= max_chars:
                 break
         if not lines:
             return
-        yield Chunk(lines, first=first)
-        first += len(lines)
+        yield Chunk(lines, numbers=numbers)
 
 
 def input_chunks(*, input=None, dataset=None, split: str = "train", fmt: str = "text",
@@ -268,7 +280,7 @@ def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[str,
         raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
                          "token); score shorter units or check the model")
     if chunk.metas is None:
-        heads = (f'{{"index": {i}' for i in range(chunk.first, chunk.first + len(nll)))
+        heads = (f'{{"index": {i}' for i in chunk.numbers)
     else:
         heads = map(_head, chunk.metas)
     text = "".join([f'{h}, "tokens": {t}, "nll_nats": {x!r}, "perplexity": {p!r}, '

@@ -246,4 +246,4 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
         rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
         out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
     return out.with_lambdas(out.lambdas, lambda_rule="projected Newton minimisation of held-out "
-                            f"NLL on {len(targets)} tokens")
+                            f"NLL on {len(targets)} tokens", heldout_tokens=len(targets))

@@ -103,7 +103,8 @@ def fit(counts: Counts, heldout=(), *, discount=None, prune=None, lambdas=None, 
         lam, trace = choose_lambdas(params, rows, targets, init=init, fixed=fixed,
                                     hessian_every=4)
         params = params.with_lambdas(lam, lambda_rule=f"projected Newton minimisation of "
-                                     f"held-out NLL on {len(targets)} tokens", lambda_trace=trace)
+                                     f"held-out NLL on {len(targets)} tokens", lambda_trace=trace,
+                                     heldout_tokens=len(targets))
         if log:
             log("      lambdas " + ", ".join(f"{g.name}={x:g}" for g, x in zip(groups, lam))
                 + f" (held-out ppl {np.exp(trace[-1][1]):.2f} on {len(targets)} tokens)")

@@ -31,18 +31,22 @@ is refused. A replace is one atomic swap where Linux offers ``RENAME_EXCHANGE``;
 old folder is moved to ``.NAME.old-PID-*`` first and, if the process dies between the two
 renames, the next load or write of NAME moves it back. Modes are 0o666/0o777 less the umask.
 
-Reading (``read_model_folder``): a model folder is untrusted input. Every file must be a
-regular file no larger than a bound (``params.npz`` exactly the manifest's declared size); the
-manifest's types are checked; each ``.npy`` header is parsed here (no pickles, exact dtypes,
-sizes consistent with the bytes present) and ``arrays_to_params`` checks every CSR (indices
-in range, sorted and unique per row, ``indptr`` monotone), every value (finite, ``q > 0``
-summing to 1, ``lambdas >= 0``) and every shape against the manifest before SciPy sees an index.
-``params.npz`` is memory-mapped read-only (the arrays are views of the mapping; a member that is
-not aligned, from another writer, is copied), so a load costs the validation pass and no copy.
-Its sha256 is not recomputed on load (it would read every byte once more and proves nothing
-the validation does not: it lives in the same folder); ``verify_folder`` (``lmkit verify``)
-checks it. A mapped file must not be truncated in place while in use: lmkit never does that
-(a re-train writes a new folder and renames it over the old one, whose inode stays intact).
+Reading (``read_model_folder``): a model folder is untrusted input. Its manifest goes through
+``check_manifest``, the one check of every folder kind (explicit model, mixture, neural: format
+and version constants live here only); every file is read by ``readfile.read_regular``, the one
+bounded reader (a regular file no larger than a bound, ``params.npz`` exactly the manifest's
+declared size); each ``.npy`` header is parsed here (no pickles, exact dtypes, sizes consistent
+with the bytes present) and ``arrays_to_params`` checks every CSR (indices in range, sorted and
+unique per row, ``indptr`` monotone), every value (finite, ``q > 0`` summing to 1,
+``lambdas >= 0``) and every shape against the manifest before SciPy sees an index.
+``params.npz`` is read once into private memory and the arrays view that copy, so a file
+changed, truncated or rewritten in place after the load cannot reach a validated model (it
+would otherwise be SIGBUS, or unchecked indices under SciPy). ``mmap=True`` maps the file
+read-only instead (no copy, pages shared through the page cache, but only safe while nobody
+changes the file in place: lmkit itself never does, a re-train renames a new folder over the
+old one). Costs, measured by ``scripts/bench_load.py``: docs/guarantees.md. The sha256 of
+``params.npz`` is not recomputed on load (every value is validated instead, and the hash lives
+in the same folder); ``verify_folder`` (``lmkit verify``) checks it.
 """
 from __future__ import annotations
 

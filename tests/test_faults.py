@@ -482,9 +482,9 @@ def test_api_scoring_inputs(tiny_model):
     V = tiny_model.vocab_size
     with pytest.raises(InputError, match="lines must be an iterable of str, not a str"):
         tiny_model.perplexity("abc")
-    with pytest.raises(InputError, match="nothing to evaluate"):
+    with pytest.raises(InputError, match="no non-empty lines"):
         tiny_model.perplexity([])
-    with pytest.raises(InputError, match="nothing to evaluate"):
+    with pytest.raises(InputError, match="no non-empty lines"):
         tiny_model.perplexity([""])
     with pytest.raises(InputError, match=r"lines\[1\] must be str, not int"):
         tiny_model.perplexity(["a", 3])
@@ -533,7 +533,7 @@ def test_tokenizer_files_are_untrusted_too(tmp_path, tiny_tok):
     (tmp_path / "zero.model").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "fifo.model")
     for name in ("zero.model", "fifo.model"):
-        with pytest.raises(InputError, match="not a tokenizer model file"):
+        with pytest.raises(InputError, match="(device|FIFO).*not a regular file"):
             Tokenizer.load(tmp_path / name)
     with pytest.raises(InputError, match=r"vocab_size must be an integer, got '512'"):
         Tokenizer.train(["a b c"], vocab_size="512")

@@ -146,3 +146,30 @@ def test_manifest_records_only_the_options_that_took_effect(tiny_corpus_file, ti
     assert {k: spilled.config[k] for k in ("workers", "max_memory", "spill_dir")} == \
         {"workers": 2, "max_memory": "1G", "spill_dir": str(tmp_path)}
     assert "engine" not in spilled.config and "workers_read" not in spilled.config
+
+
+def test_the_build_summary_says_what_was_built(tiny_corpus_file, tiny_tok_file):
+    import re
+
+    from lmkit.train import describe_build
+    opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
+    model = lmkit.train(**opts)  # the default, feature-rich model
+    text = describe_build(model)
+    m = re.fullmatch(r"sparse model, V=300, (\d+) groups: 4 suffix \(MKN order 5\), 2 window, "
+                     r"4 skip, (\d+) cluster \((.*) clusters\), 2 linepos; (\d+) weights \(group x "
+                     r"entry-count bucket\) in \[(\S+), (\S+)\], fitted on (\d+) held-out tokens: "
+                     r"ppl (\S+) -> (\S+)", text)
+    assert m, text
+    info, G = model.params.info, len(model.groups)
+    lam = np.asarray(info["entry_lambdas"])
+    assert int(m[1]) == G and int(m[4]) == lam.size == G * 5 and "lambdas=" not in text
+    assert (m[5], m[6]) == (f"{lam.min():.3g}", f"{lam.max():.3g}")
+    assert int(m[7]) == info["heldout_tokens"] > 0
+    trace = info["lambda_trace"]
+    assert (m[8], m[9]) == (f"{np.exp(trace[0][1]):.2f}", f"{np.exp(trace[-1][1]):.2f}")
+    assert float(m[9]) < float(m[8])  # the fit lowered the held-out perplexity
+    pure = describe_build(lmkit.train(order=3, **opts))
+    assert pure == "sparse model, V=300, 2 groups: 2 suffix (MKN order 3); lambdas 1 (exact " \
+                   "interpolated Kneser-Ney)"
+    given = describe_build(lmkit.train(context=2, lambdas=[1, 0.5], **opts))
+    assert given.endswith("2 groups: 2 window; lambdas given: 1,0.5")

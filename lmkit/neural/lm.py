@@ -128,7 +128,7 @@ class NeuralLM(BaseModel):
             lp = self.net.log_proba(b.x, b.sel, e)
             out[b.flat] = lp.gather(1, b.y[:, None])[:, 0].double().numpy()
         self.net.train(was_training)
-        return out
+        return _finite(out)
 
     def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
         """Per-target natural-log probabilities (EOS included) and sequence index, flat order."""
@@ -148,7 +148,7 @@ class NeuralLM(BaseModel):
             e = torch.from_numpy(self.explicit.next_logp(prefix).astype(np.float32))[None]
         lp = self.net.log_proba(torch.tensor([inp]), torch.tensor([len(inp) - 1]), e)
         self.net.train(was_training)
-        return lp[0].double().numpy()
+        return _finite(lp[0].double().numpy())
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path, command: str | None = None) -> Path:
@@ -214,6 +214,15 @@ class NeuralLM(BaseModel):
             raise ModelFormatError(f"{path / 'explicit'}: V={explicit.vocab_size}, the network "
                                    f"{tokenizer.vocab_size}; re-train the model")
         return cls(tokenizer, net, explicit, manifest.get("training"))
+
+
+def _finite(logp: np.ndarray) -> np.ndarray:
+    """``logp`` if it holds no NaN (finite weights can still overflow float32 in the network:
+    then one error, never a NaN probability); -inf is a probability of 0 and stays."""
+    if np.isnan(logp).any():
+        raise ModelFormatError("the network's log-probabilities overflow float32 (NaN): its "
+                               "weights are too large; re-train the model")
+    return logp
 
 
 _TAKES = "pass a folder written by `lmkit train --solver transformer|residual`"

@@ -24,7 +24,6 @@ targets are ``ids + [EOS]``, so EOS is always a target and BOS never is.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from itertools import chain
 
@@ -226,17 +225,6 @@ def make_groups(context: int = 3, order: int | None = None) -> list:
     if not groups:
         raise InputError("--context must be >= 1 (or give --order N); pass e.g. --context 3")
     return groups
-
-
-def group_from_name(name: str):
-    """Inverse of ``group.name``: ``'window3' -> Window(3)``, ``'suffix2' -> Suffix(2)``."""
-    m = re.fullmatch(r"skip(\d+)_(\d+)_(\d+)", name)
-    if m:
-        return Skip(*(int(x) for x in m.groups()))
-    m = re.fullmatch(r"(window|suffix)(\d+)", name)
-    if not m:
-        raise ValueError(f"unknown feature group {name!r}")
-    return (Window if m.group(1) == "window" else Suffix)(int(m.group(2)))
 
 
 def pad_sequences(seqs, pad: int, bos_id: int, eos_id: int):

@@ -45,14 +45,16 @@ class BaseModel:
         return self.log_proba_ids([self.tokenizer.encode(text)])[0]
 
     def score(self, lines: Iterable[str], chunk_lines: int = 100_000, progress=None) -> dict:
-        """Evaluate on sequences (one str each; "" lines are skipped, as in corpora): see
-        ``evaluate.evaluate_lines``."""
+        """Evaluate on ``lines`` (str each), read by the one rule every verb uses
+        (``corpus.sequences``, docs/lines.md: "\\n" splits, trailing whitespace is dropped,
+        blank lines are skipped), so ``score(corpus.read_lines(F))`` equals ``lmkit eval
+        --input F``; see ``evaluate.evaluate_lines`` for the keys."""
         if isinstance(lines, (str, bytes)):
             raise InputError("lines must be an iterable of str, not a str; wrap one text as [text]")
         return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
 
     def perplexity(self, lines: Iterable[str]) -> float:
-        """Per-token perplexity (EOS counted) of ``lines``."""
+        """Per-token perplexity (EOS counted) of ``lines``, read as ``score`` reads them."""
         return self.score(lines)["perplexity"]
 
     @property

@@ -57,6 +57,7 @@ import math
 import mmap
 import os
 import platform
+import re
 import shutil
 import stat
 import sys
@@ -73,9 +74,9 @@ import sentencepiece
 from . import files
 from .errors import InputError, LmkitError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
-from .clusters import ClusterHistory
-from .features import Suffix, check_suffix_chain, group_from_name
-from .linepos import LinePosition, check_bytes_table
+from . import kinds
+from .features import Suffix, check_suffix_chain
+from .linepos import check_bytes_table
 from .version import __version__
 from .npyfile import release_pages
 from .readfile import open_regular, read_regular, sha256_file
@@ -584,46 +585,36 @@ def params_to_arrays(params) -> dict:
             arrays[f"keys{g}"] = k
     for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
         arrays[f"G{g}"] = lg
-    for table in {g.table for g in params.groups if isinstance(g, ClusterHistory)} | {
-            g.clusters for g in params.groups
-            if isinstance(g, LinePosition) and g.clusters is not None}:
-        name = f"clusters{max(table) + 1}"  # the cluster groups' token -> cluster table (rich.py)
-        if name in arrays:
-            raise InputError(f"two cluster tables of {max(table) + 1} clusters in one model; "
-                             "use tables of different sizes")
-        arrays[name] = np.asarray(table, dtype=np.int64)
-    tables = {g.table for g in params.groups if isinstance(g, LinePosition)}
-    if len(tables) > 1:
-        raise InputError("line-position groups with different piece_bytes tables in one model; "
-                         "use one tokenizer's table")
-    for table in tables:
-        arrays["piece_bytes"] = np.asarray(table, dtype=np.int64)
+    # the tables some kinds are rebuilt with (clusters{C}, piece_bytes; kinds.py)
+    arrays.update(kinds.group_tables(params.groups))
     return arrays
 
 
 def groups_from_names(names: list, arrays, where="params.npz") -> list:
-    """Feature groups from their manifest names; cluster-history groups (``cluster{m}_{w}_{C}``)
-    take their token -> cluster table from the ``clusters{C}`` array: int64 (V,), one id per
-    token in ``[0, C)``; line-position groups (``linepos{a}_{step}_{cap}``) their bytes table
-    from ``piece_bytes``. Raises ``ModelFormatError`` naming the first bad name or table."""
+    """Feature groups from their manifest names, by the kinds registry (``kinds.from_name``);
+    kinds rebuilt with stored tables take them from ``arrays``, each checked here first:
+    ``clusters{C}`` int64 (V,), one cluster id per token in ``[0, C)``; ``piece_bytes`` int64
+    (V,) (``linepos.check_bytes_table``). Raises ``ModelFormatError`` naming the first bad name
+    or table."""
     groups = []
     for name in names:
         try:
-            if name.startswith("cluster"):
-                table = _cluster_table(arrays, "clusters" + name.rsplit("_", 1)[-1], where)
-                groups.append(ClusterHistory.from_name(name, table))
-            elif name.startswith("linepos"):
-                C = LinePosition.parse_name(name)[3]
-                groups.append(LinePosition.from_name(
-                    name, _bytes_table(arrays, where),
-                    None if C is None else _cluster_table(arrays, f"clusters{C}", where)))
-            else:
-                groups.append(group_from_name(name))
+            tables = {t: _table(arrays, t, where) for t in kinds.tables_needed(name)}
+            groups.append(kinds.from_name(name, tables))
         except ModelFormatError:
             raise
         except (ValueError, InputError) as e:
             raise ModelFormatError(f"{where}: {e}; {_FIX}") from None
     return groups
+
+
+def _table(arrays, name: str, where) -> np.ndarray:
+    """A stored table named by ``kinds.tables_needed``, checked as its kind of table."""
+    if name == "piece_bytes":
+        return _bytes_table(arrays, where)
+    if re.fullmatch(r"clusters[0-9]+", name):
+        return _cluster_table(arrays, name, where)
+    raise ModelFormatError(f"{where}: no check for the table {name!r}; {_FIX}")
 
 
 def _cluster_table(arrays, name: str, where) -> np.ndarray:
@@ -742,10 +733,7 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
             expected.add(f"keys{g}")
         if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
             expected.add(f"G{g}")
-    expected |= {f"clusters{g.n_clusters}" for g in groups if isinstance(g, ClusterHistory)}
-    expected |= {"piece_bytes" for g in groups if isinstance(g, LinePosition)}
-    expected |= {f"clusters{g.n_clusters}" for g in groups
-                 if isinstance(g, LinePosition) and g.clusters is not None}
+    expected |= set(kinds.group_tables(groups))  # clusters{C}, piece_bytes (kinds.py)
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "

@@ -35,10 +35,12 @@ def test_end_to_end(tmp_path, tiny_corpus_file, tiny_lines, capsys, monkeypatch)
     text = "\n".join(tiny_lines[:5] + ["  odd   spacing\tand 日本 🎉", ""]) + "\n"
     code, ids, _ = run(capsys, "tokenize", "encode", "--model", tmp_path / "tok.model",
                        stdin=text, monkeypatch=monkeypatch)
-    assert code == 0 and len(ids.splitlines()) == 7
+    # one output line per sequence: the blank line is no sequence (docs/lines.md)
+    assert code == 0 and len(ids.splitlines()) == 6
     assert all(x.isdigit() for x in ids.split())
     code, back, _ = run(capsys, "tokenize", "decode", "--model", tmp_path / "tok.model",
                         stdin=ids, monkeypatch=monkeypatch)
+    text = text.removesuffix("\n")  # the sequences, one per line
     assert code == 0 and back == text
     code, pieces, _ = run(capsys, "tokenize", "encode", "--model", tmp_path / "tok.model",
                           "--output-format", "piece", stdin=text, monkeypatch=monkeypatch)
@@ -101,8 +103,8 @@ def bad_inputs(tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["--input", "{d}/missing.txt"], r"missing.txt: no such file or folder; check the path"),
     (["--input", "{d}/notext"], r"notext: folder has no .txt files; add some"),
-    (["--input", "{d}/empty.txt"], r"corpus has no non-empty lines"),
-    (["--input", "{d}/blank.txt"], r"corpus has no non-empty lines"),
+    (["--input", "{d}/empty.txt"], r"empty.txt: no non-empty lines"),
+    (["--input", "{d}/blank.txt"], r"blank.txt: no non-empty lines"),
     (["--input", "{d}/latin1.txt"], r"latin1.txt: bytes at offset 8 are not valid UTF-8; re-encode"),
     (["--input", "{corpus}", "--vocab-size", "5000"],
      r"vocab_size 5000 is too large for this corpus: it supports at most \d+; pass --vocab-size"),

@@ -9,6 +9,13 @@ Two parameter forms share one interface:
 
 ``context_rows`` turns token sequences into, per group, the weight-matrix row of every target
 position (-1 = no feature: an unseen n-gram history), plus the targets.
+
+Every sparse path (``log_proba``, ``next_logp``, ``next_logp_batch``: ``eval``, ``score``,
+``next``, generation, the neural hybrid's explicit term) goes through one ``SparseScorer`` per
+parameters (``sparse_scorer``, derived state built once): target scores of many positions by
+the compiled union-product loop (``fastscore.py``, with numba) or, without numba, by the
+reference ``sparse_log_proba``; full next-token distributions by a dense scatter of the touched
+entries (their output is (n, V) anyway). All of them equal ``sparse_log_proba`` to ~1e-13.
 """
 from __future__ import annotations
 
@@ -82,20 +89,161 @@ def sparse_log_proba(params: SparseParams, rows: list, targets: np.ndarray,
 
 def sparse_next_logp(params: SparseParams, rows: list) -> np.ndarray:
     """Full next-token log distribution (V,) for one position (O(V) vector, sparse work)."""
-    s = sparse_scores(params, [r[:1] for r in rows], 1)
-    logp = np.log(params.q).copy()
-    logp[s.indices] += s.data
-    return logp - union_log_z(params.q, s)[0]
+    return sparse_scorer(params).next_logp_batch([r[:1] for r in rows])[0]
 
 
 def sparse_next_logp_batch(params: SparseParams, rows: list) -> np.ndarray:
     """Full next-token log distributions (n, V) float64 for n positions: O(touched nnz + n V)."""
-    n = len(rows[0])
-    s = sparse_scores(params, rows, n)
-    entry_row = np.repeat(np.arange(n), np.diff(s.indptr))
-    logp = np.broadcast_to(np.log(params.q), (n, params.vocab_size)).copy()
-    logp[entry_row, s.indices] += s.data
-    return logp - union_log_z(params.q, s)[:, None]
+    return sparse_scorer(params).next_logp_batch(rows)
+
+
+# ---- the one fast exact scorer of sparse parameters ------------------------------------------
+def _compiled():
+    """The ``fastscore`` module when numba is installed (and ``USE_COMPILED``), else None."""
+    global _FAST
+    if not USE_COMPILED:
+        return None
+    if _FAST is _UNSET:
+        try:
+            from . import fastscore
+        except ImportError:  # numba is optional (pip install lmkit[fast]): numpy fallback
+            fastscore = None
+        _FAST = fastscore
+    return _FAST
+
+
+_UNSET = object()
+_FAST = _UNSET
+USE_COMPILED = True  # False: always the numpy path (tests compare the two)
+# fewer positions than this use numpy: the tables (one exp per stored entry, ~0.1-0.3 s on the
+# default model) are built on the first call that reaches it and kept with the parameters
+COMPILED_MIN_POSITIONS = 4096
+COMPILED_MIN_DISTRIBUTIONS = 64
+
+
+def score_tables(params: SparseParams):
+    """Multiplicative tables of the active groups (lambda != 0), concatenated: ``(E, ind,
+    ptr, row_offset, active)`` with E (nnz,) float64 ``exp(lambda_g S_g.data)``, ind (nnz,)
+    int32 columns, ptr (R + 1,) int64 row pointers, row_offset per active group (its first
+    global row) and ``active`` the group indices. None when some factor overflows."""
+    active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
+    S = [params.S[g] for g in active]
+    with np.errstate(over="ignore"):
+        E = np.concatenate([np.exp(params.lambdas[g] * s.data) for g, s in zip(active, S)]
+                           or [np.zeros(0)])
+    if not np.isfinite(E).all():
+        return None
+    ind = np.concatenate([s.indices.astype(np.int32, copy=False) for s in S]
+                         or [np.zeros(0, np.int32)])
+    nnz = np.cumsum([0] + [s.nnz for s in S])
+    ptr = np.concatenate([s.indptr[:-1].astype(np.int64) + o for s, o in zip(S, nnz)]
+                         + [np.array([nnz[-1]], dtype=np.int64)])
+    row_offset = np.cumsum([0] + [s.shape[0] for s in S])[:-1]
+    return E, ind, ptr, row_offset, active
+
+
+class SparseScorer:
+    """Fast exact scoring of one ``SparseParams`` (derived state: get it with
+    ``sparse_scorer(params)``, which builds it once per parameters object).
+
+    ``log_proba(rows, targets, order)`` -> float64 (N,); ``next_logp_batch(rows)`` -> float64
+    (n, V). Natural logs; each equals the reference ``sparse_log_proba`` to ~1e-13.
+    """
+
+    def __init__(self, params: SparseParams):
+        self.params = params
+        self.logq = np.log(params.q)
+        self.active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
+        self._tables = _UNSET
+
+    def tables(self):
+        """``score_tables`` (built on first use: one exp per stored entry, ~0.1 s per 10M)."""
+        if self._tables is _UNSET:
+            self._tables = score_tables(self.params)
+        return self._tables
+
+    def dense_scores(self, rows: list) -> np.ndarray:
+        """``s = sum_g lambda_g S_g[row_g]`` as a dense float64 (n, V): one scatter of every
+        touched entry, summed in group order."""
+        n, V = len(rows[0]) if rows else 0, self.params.vocab_size
+        pos, vals = [], []
+        if n <= 16:  # a few positions (next, generation): slices, no fancy indexing
+            for i in range(n):
+                for g in self.active:
+                    r, S = int(rows[g][i]), self.params.S[g]
+                    if r >= 0:
+                        lo, hi = S.indptr[r], S.indptr[r + 1]
+                        pos.append(S.indices[lo:hi] + i * V)
+                        vals.append(self.params.lambdas[g] * S.data[lo:hi])
+        for g in self.active if n > 16 else ():
+            sub = take_rows(self.params.S[g], np.asarray(rows[g]), self.params.lambdas[g])
+            pos.append(np.repeat(np.arange(n, dtype=np.int64) * V, np.diff(sub.indptr))
+                       + sub.indices)
+            vals.append(sub.data)
+        if not pos:
+            return np.zeros((n, V))
+        return np.bincount(np.concatenate(pos), np.concatenate(vals),
+                           minlength=n * V).reshape(n, V)
+
+    def next_logp_batch(self, rows: list) -> np.ndarray:
+        """Full next-token log distributions (n, V) float64: O(touched entries + n V)."""
+        n = len(rows[0]) if rows else 0
+        fast = _compiled()
+        if fast is None or n < COMPILED_MIN_DISTRIBUTIONS or self.tables() is None:
+            return log_softmax(self.logq + self.dense_scores(rows))
+        out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
+        fast.product_rows(self.params.q, *self.tables()[:3], self._global_rows(rows), out, z)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            out = np.log(out, out=out)
+            out -= np.log(z)[:, None]
+        bad = ~np.isfinite(out).all(axis=1)  # a product under- or overflowed: log space
+        if bad.any():
+            out[bad] = log_softmax(self.logq + self.dense_scores([np.asarray(r)[bad]
+                                                                   for r in rows]))
+        return out
+
+    def _global_rows(self, rows: list, perm=None) -> np.ndarray:
+        """(N, G_active) int64: each active group's rows shifted to the concatenated tables."""
+        n = len(rows[0]) if rows else 0
+        active, row_offset = self.tables()[4], self.tables()[3]
+        R = np.empty((n, len(active)), dtype=np.int64)
+        for i, (g, off) in enumerate(zip(active, row_offset)):
+            r = np.asarray(rows[g]) if perm is None else np.asarray(rows[g])[perm]
+            R[:, i] = np.where(r >= 0, r + off, -1)
+        return R
+
+    def log_proba(self, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
+        """log P(target | context) per position, float64 (N,). ``order``: optional permutation
+        of the positions that puts neighbours with shared rows next to each other (the
+        ``history_order`` of ``context_rows``): only speed depends on it."""
+        targets = np.asarray(targets, dtype=np.int64)
+        fast = _compiled()
+        if fast is None or len(targets) < COMPILED_MIN_POSITIONS or self.tables() is None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = sparse_log_proba(self.params, rows, targets)
+        else:
+            perm = np.arange(len(targets)) if order is None else np.asarray(order)
+            term, z = np.empty(len(targets)), np.empty(len(targets))
+            fast.union_products(self.params.q, *self.tables()[:3],
+                                self._global_rows(rows, perm), targets[perm], term, z)
+            out = np.empty(len(targets))
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                out[perm] = np.log(term) - np.log(z)
+        bad = np.flatnonzero(~np.isfinite(out))
+        for a in range(0, len(bad), 256):  # a sum overflowed: the max-shifted dense log-softmax
+            b = bad[a:a + 256]
+            lp = log_softmax(self.logq + self.dense_scores([np.asarray(r)[b] for r in rows]))
+            out[b] = lp[np.arange(len(b)), targets[b]]
+        return out
+
+
+def sparse_scorer(params: SparseParams) -> SparseScorer:
+    """The ``SparseScorer`` of ``params``, built once and kept on the (frozen) object."""
+    scorer = params.__dict__.get("_scorer")
+    if scorer is None:
+        scorer = SparseScorer(params)
+        object.__setattr__(params, "_scorer", scorer)
+    return scorer
 
 
 def dense_logits(params: DenseParams, rows: list) -> np.ndarray:
@@ -119,10 +267,10 @@ def dense_log_proba(params: DenseParams, rows: list, targets: np.ndarray,
     return out
 
 
-def log_proba(params, rows: list, targets: np.ndarray) -> np.ndarray:
-    """Dispatch on the parameter form."""
+def log_proba(params, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
+    """Dispatch on the parameter form (``order``: see ``SparseScorer.log_proba``)."""
     if isinstance(params, SparseParams):
-        return sparse_log_proba(params, rows, targets)
+        return sparse_scorer(params).log_proba(rows, targets, order)
     return dense_log_proba(params, rows, targets)
 
 

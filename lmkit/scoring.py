@@ -115,31 +115,58 @@ def _compiled():
 _UNSET = object()
 _FAST = _UNSET
 USE_COMPILED = True  # False: always the numpy path (tests compare the two)
-# fewer positions than this use numpy: the tables (one exp per stored entry, ~0.1-0.3 s on the
-# default model) are built on the first call that reaches it and kept with the parameters
+# fewer positions than this use numpy (compiled calls have a fixed cost; the tables are kept
+# with the parameters and each row is exponentiated once, when first touched)
 COMPILED_MIN_POSITIONS = 4096
 COMPILED_MIN_DISTRIBUTIONS = 64
 
 
-def score_tables(params: SparseParams):
-    """Multiplicative tables of the active groups (lambda != 0), concatenated: ``(E, ind,
-    ptr, row_offset, active)`` with E (nnz,) float64 ``exp(lambda_g S_g.data)``, ind (nnz,)
-    int32 columns, ptr (R + 1,) int64 row pointers, row_offset per active group (its first
-    global row) and ``active`` the group indices. None when some factor overflows."""
+def _readonly(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` as ``dtype`` (no copy when it already is), viewed read-only: one array type for
+    every group, so numba compiles the loops once."""
+    view = np.asarray(a).astype(dtype, copy=False).view()
+    view.flags.writeable = False
+    return view
+
+
+def score_tables(params: SparseParams) -> tuple:
+    """The tables ``fastscore`` multiplies with, per active group (lambda != 0), as tuples:
+    ``(E, ind)`` — E (nnz,) float64 ``exp(lambda_g S_g.data)`` (overflows become inf, which
+    the scorer's log-space fallback handles) and ``ind`` = S_g.indices, read-only int32 (not
+    copied when it already is)."""
     active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
-    S = [params.S[g] for g in active]
     with np.errstate(over="ignore"):
-        E = np.concatenate([np.exp(params.lambdas[g] * s.data) for g, s in zip(active, S)]
-                           or [np.zeros(0)])
-    if not np.isfinite(E).all():
-        return None
-    ind = np.concatenate([s.indices.astype(np.int32, copy=False) for s in S]
-                         or [np.zeros(0, np.int32)])
-    nnz = np.cumsum([0] + [s.nnz for s in S])
-    ptr = np.concatenate([s.indptr[:-1].astype(np.int64) + o for s, o in zip(S, nnz)]
-                         + [np.array([nnz[-1]], dtype=np.int64)])
-    row_offset = np.cumsum([0] + [s.shape[0] for s in S])[:-1]
-    return E, ind, ptr, row_offset, active
+        E = tuple(np.exp(params.lambdas[g] * params.S[g].data) for g in active)
+    return E, tuple(_readonly(params.S[g].indices, np.int32) for g in active)
+
+
+def shared_groups(starts: np.ndarray, ends: np.ndarray, vocab_size: int,
+                  sample: int = 4096) -> np.ndarray:
+    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) bool.
+
+    Greedy on a sample of neighbour pairs: add the group that most lowers the estimated cost
+    (touched entries; rebuilding the kept product costs ~V/4 entries' worth plus its own
+    entries whenever one of its rows changes) until none does.
+    """
+    N, G = starts.shape
+    shared = np.zeros(G, dtype=bool)
+    if N < 2 or G == 0:
+        return shared
+    idx = np.arange(1, N, max(1, (N - 1) // sample))
+    changed = (starts[idx] != starts[idx - 1]) | (ends[idx] != ends[idx - 1])
+    length = (ends[idx] - starts[idx]).astype(np.float64)
+    cur, best = np.zeros(len(idx), dtype=bool), 0.0
+    while True:
+        pick = None
+        for g in np.flatnonzero(~shared):
+            ch = cur | changed[:, g]
+            kept = length[:, shared].sum(axis=1) + length[:, g]
+            saving = float((kept * ~ch).mean() - ch.mean() * vocab_size / 4)
+            if saving > best:
+                best, pick, pick_ch = saving, g, ch
+        if pick is None:
+            return shared
+        shared[pick], cur = True, pick_ch
 
 
 class SparseScorer:
@@ -157,7 +184,7 @@ class SparseScorer:
         self._tables = _UNSET
 
     def tables(self):
-        """``score_tables`` (built on first use: one exp per stored entry, ~0.1 s per 10M)."""
+        """``score_tables`` (built on first use: one exp per stored entry)."""
         if self._tables is _UNSET:
             self._tables = score_tables(self.params)
         return self._tables
@@ -189,10 +216,10 @@ class SparseScorer:
         """Full next-token log distributions (n, V) float64: O(touched entries + n V)."""
         n = len(rows[0]) if rows else 0
         fast = _compiled()
-        if fast is None or n < COMPILED_MIN_DISTRIBUTIONS or self.tables() is None:
+        if fast is None or n < COMPILED_MIN_DISTRIBUTIONS or not self.active:
             return log_softmax(self.logq + self.dense_scores(rows))
         out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
-        fast.product_rows(self.params.q, *self.tables()[:3], self._global_rows(rows), out, z)
+        fast.product_rows(self.params.q, *self.tables(), *self._ranges(rows), out, z)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             out = np.log(out, out=out)
             out -= np.log(z)[:, None]
@@ -202,15 +229,19 @@ class SparseScorer:
                                                                    for r in rows]))
         return out
 
-    def _global_rows(self, rows: list, perm=None) -> np.ndarray:
-        """(N, G_active) int64: each active group's rows shifted to the concatenated tables."""
+    def _ranges(self, rows: list, perm=None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, G_active) int64 starts and ends of each position's row in each active group's
+        arrays (an empty range: no feature); positions permuted by ``perm`` if given."""
         n = len(rows[0]) if rows else 0
-        active, row_offset = self.tables()[4], self.tables()[3]
-        R = np.empty((n, len(active)), dtype=np.int64)
-        for i, (g, off) in enumerate(zip(active, row_offset)):
+        starts = np.zeros((n, len(self.active)), dtype=np.int64)
+        ends = np.zeros((n, len(self.active)), dtype=np.int64)
+        for i, g in enumerate(self.active):
             r = np.asarray(rows[g]) if perm is None else np.asarray(rows[g])[perm]
-            R[:, i] = np.where(r >= 0, r + off, -1)
-        return R
+            present = np.flatnonzero(r >= 0)
+            indptr = self.params.S[g].indptr
+            starts[present, i] = indptr[r[present]]
+            ends[present, i] = indptr[r[present] + 1]
+        return starts, ends
 
     def log_proba(self, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
         """log P(target | context) per position, float64 (N,). ``order``: optional permutation
@@ -218,14 +249,21 @@ class SparseScorer:
         ``history_order`` of ``context_rows``): only speed depends on it."""
         targets = np.asarray(targets, dtype=np.int64)
         fast = _compiled()
-        if fast is None or len(targets) < COMPILED_MIN_POSITIONS or self.tables() is None:
+        if not self.active:
+            return self.logq[targets]
+        if fast is None or len(targets) < COMPILED_MIN_POSITIONS:
             with np.errstate(over="ignore", invalid="ignore"):
                 out = sparse_log_proba(self.params, rows, targets)
         else:
-            perm = np.arange(len(targets)) if order is None else np.asarray(order)
+            # without a history order, sort by the first group's rows (window models: the
+            # previous token) so that neighbours share rows
+            perm = np.asarray(order) if order is not None else \
+                np.argsort(np.asarray(rows[self.active[0]]), kind="stable")
+            starts, ends = self._ranges(rows, perm)
+            shared = shared_groups(starts, ends, self.params.vocab_size)
             term, z = np.empty(len(targets)), np.empty(len(targets))
-            fast.union_products(self.params.q, *self.tables()[:3],
-                                self._global_rows(rows, perm), targets[perm], term, z)
+            fast.union_products(self.params.q, *self.tables(), starts, ends, shared,
+                                targets[perm], term, z)
             out = np.empty(len(targets))
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
                 out[perm] = np.log(term) - np.log(z)

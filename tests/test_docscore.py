@@ -49,6 +49,10 @@ def test_documents_from_text_and_jsonl(tmp_path, tiny_model_dir, tiny_model, tin
                  "--id-field", "id", "--unit", "document", "--output", tmp_path / "o.jsonl"]) == 0
     out = read_jsonl(tmp_path / "o.jsonl")
     assert [r["id"] for r in out] == [r["id"] for r in recs]
+    assert main(["score", tiny_model_dir, "--input", tmp_path / "d.jsonl", "--format", "jsonl",
+                 "--id-field", "id", "--unit", "document", "--workers", "2",
+                 "--output", tmp_path / "o2.jsonl"]) == 0
+    assert read_jsonl(tmp_path / "o2.jsonl") == out  # records cross the worker pipes intact
     lp = np.concatenate([tiny_model.log_proba(x) for x in tiny_lines[3:6]])
     assert out[1]["tokens"] == len(lp) and out[1]["nll_nats"] == pytest.approx(-lp.sum())
 

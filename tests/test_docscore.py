@@ -49,6 +49,10 @@ def test_documents_from_text_and_jsonl(tmp_path, tiny_model_dir, tiny_model, tin
                  "--id-field", "id", "--unit", "document", "--output", tmp_path / "o.jsonl"]) == 0
     out = read_jsonl(tmp_path / "o.jsonl")
     assert [r["id"] for r in out] == [r["id"] for r in recs]
+    assert main(["score", tiny_model_dir, "--input", tmp_path / "d.jsonl", "--format", "jsonl",
+                 "--id-field", "id", "--unit", "document", "--workers", "2",
+                 "--output", tmp_path / "o2.jsonl"]) == 0
+    assert read_jsonl(tmp_path / "o2.jsonl") == out  # records cross the worker pipes intact
     lp = np.concatenate([tiny_model.log_proba(x) for x in tiny_lines[3:6]])
     assert out[1]["tokens"] == len(lp) and out[1]["nll_nats"] == pytest.approx(-lp.sum())
 
@@ -120,8 +124,7 @@ def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, 
 def test_plain_text_fast_path_equals_the_record_path(tmp_path, tiny_model_dir, tiny_model):
     """Plain text scored line by line skips the per-unit records; its results (bytes of
     non-ASCII lines included) must equal those of the same lines given as jsonl records."""
-    # (no blank or trailing-space lines: the one line rule skips or strips them, docs/lines.md)
-    lines = ["héllo wörld", "naïve café ✓", "  spaces", "x" * 50, "日本語のテキスト"] * 700
+    lines = ["héllo wörld", "", "naïve café ✓", "  spaces  ", "x" * 50, "日本語のテキスト"] * 700
     (tmp_path / "t.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": x}) + "\n" for x in lines))
     assert main(["score", tiny_model_dir, "--input", tmp_path / "t.txt",
@@ -129,11 +132,15 @@ def test_plain_text_fast_path_equals_the_record_path(tmp_path, tiny_model_dir, t
     assert main(["score", tiny_model_dir, "--input", tmp_path / "t.jsonl", "--format", "jsonl",
                  "--unit", "document", "--output", tmp_path / "b.jsonl"]) == 0
     a, b = read_jsonl(tmp_path / "a.jsonl"), read_jsonl(tmp_path / "b.jsonl")
-    assert len(a) == len(lines) and [r["index"] for r in a] == list(range(len(lines)))
-    for r, s in zip(a, b):
+    # a blank line is no sequence (docs/lines.md): no row, its number skipped
+    assert [r["index"] for r in a] == [i for i, x in enumerate(lines) if x]
+    assert len(b) == len(lines)
+    for r in a:
+        s = b[r["index"]]
         assert r["tokens"] == s["tokens"] and r["nll_nats"] == pytest.approx(s["nll_nats"],
                                                                              rel=1e-12)
-    for k in (0, 1, 4):
+    a = {r["index"]: r for r in a}
+    for k in (0, 2, 5):
         n_bytes = len(lines[k].encode()) + 1
         assert a[k]["bits_per_byte"] == pytest.approx(a[k]["nll_nats"] / math.log(2) / n_bytes)
         assert a[k]["nll_nats"] == pytest.approx(-tiny_model.log_proba(lines[k]).sum(), rel=1e-12)

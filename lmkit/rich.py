@@ -35,11 +35,10 @@ from .config import ModelConfig
 from .counts import Counts, count_buffer, empty_counts, flat_buffer
 from .explicit import (choose_lambdas, count_buckets, entry_counts,
                        fold_entry_lambdas, fold_lambdas, history_counts)
-from .features import Skip, Suffix, Window
+from .features import Skip, Suffix, Window, context_rows
 from .linepos import LinePosition
 from .parallel import fit_heldout
 from .params import SparseParams
-from .scoring import context_rows
 from .solve import solve
 
 # chosen on the valid split of the default corpus (scripts/quality.py; docs/quality.md)

@@ -23,12 +23,11 @@ import numpy as np
 from .counts import Counts
 from .errors import InputError
 from .explicit import choose_lambdas, estimate_discount, solve_explicit
-from .features import Suffix, check_suffix_chain
+from .features import Suffix, check_suffix_chain, context_rows
 from .kinds import closed_form
 from .ngram import solve_ngram
 from .parallel import fit_heldout
 from .params import SparseParams
-from .scoring import context_rows
 from .tokenizer import BOS_ID, EOS_ID
 
 

@@ -1,4 +1,6 @@
 """Training stages: the pure fit(), the held-out rule, the n-gram paths (one pass, bounded)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -149,8 +151,6 @@ def test_manifest_records_only_the_options_that_took_effect(tiny_corpus_file, ti
 
 
 def test_the_build_summary_says_what_was_built(tiny_corpus_file, tiny_tok_file):
-    import re
-
     from lmkit.train import describe_build
     opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
     model = lmkit.train(**opts)  # the default, feature-rich model
@@ -173,3 +173,16 @@ def test_the_build_summary_says_what_was_built(tiny_corpus_file, tiny_tok_file):
                    "interpolated Kneser-Ney)"
     given = describe_build(lmkit.train(context=2, lambdas=[1, 0.5], **opts))
     assert given.endswith("2 groups: 2 window; lambdas given: 1,0.5")
+
+
+def test_docs_table_of_routes_is_the_code_s():
+    from pathlib import Path
+
+    from lmkit.train import HONOURS, SCALE_OPTIONS
+    text = (Path(__file__).resolve().parents[1] / "docs" / "routes.md").read_text()
+    rows = {m[0]: m[1] for m in
+            (re.findall(r"^\| `([a-z-]+)` \| (.*) \|$", text, flags=re.M))}
+    assert set(rows) == set(HONOURS)
+    for r, cells in rows.items():
+        said = {o for o, c in zip(SCALE_OPTIONS, cells.split(" | ")) if c == "yes"}
+        assert said == HONOURS[r], r

@@ -344,10 +344,22 @@ def cmd_eval(a) -> None:
                  f"{r['adapt']['context_lines']})" if "adapt" in r else ""))
 
 
+def _text_arg(value, flag: str):
+    """A text option as given on the command line: argv bytes that are not UTF-8 reach Python
+    as lone surrogates (PEP 383); say so in the flag's terms instead of passing them on."""
+    if value is None:
+        return value
+    for i, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            raise InputError(f"{flag}: byte 0x{ord(ch) - 0xDC00:02x} at character {i} is not "
+                             "UTF-8 text; pass the text in UTF-8")
+    return value
+
+
 def cmd_generate(a) -> None:
     opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
     prompts = (list(sequences(read_lines(a.prompt_file), a.prompt_file)) if a.prompt_file
-               else [a.prompt])
+               else [_text_arg(a.prompt, "--prompt")])
     model = load_model(a.model, **_load_options(a))
     samples = [s for p in prompts for s in model.sample(p, **dataclasses.asdict(opts))]
     print(json.dumps(samples) if a.json else "\n".join(samples))
@@ -410,7 +422,8 @@ def cmd_prune(a) -> None:
 
 
 def cmd_next(a) -> None:
-    top = load_model(a.model, **_load_options(a)).top_next(a.context, a.top)
+    context = _text_arg(a.context, "--context")
+    top = load_model(a.model, **_load_options(a)).top_next(context, a.top)
     if a.json:
         print(json.dumps(top))
     else:
@@ -428,8 +441,8 @@ def cmd_verify(a) -> None:
 
 
 def cmd_inspect(a) -> None:
-    model = LanguageModel.load(a.model)
-    res = model.inspect(a.token, top=a.top)
+    token = _text_arg(a.token, "--token")
+    res = LanguageModel.load(a.model).inspect(token, top=a.top)
     if a.json:
         print(json.dumps(res))
         return

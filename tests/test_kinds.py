@@ -141,3 +141,15 @@ def test_a_new_kind_works_on_every_route_by_registering_once(monkeypatch, tiny_t
     again = LanguageModel.load(model.save(tmp_path / "m"))
     assert again.groups == groups
     assert np.array_equal(model.log_proba_ids(held)[0], again.log_proba_ids(held)[0])
+
+
+def test_workers_count_the_default_model_s_groups_as_its_one_buffer_does(tiny_tok, tiny_lines):
+    """The rich model's own groups (its cluster tables, the tokenizer's piece bytes), counted by
+    two worker processes, equal ``rich.count_rich``'s one-buffer counts exactly."""
+    seqs = tiny_tok.encode_batch(tiny_lines)
+    counts, _ = rich.count_rich([seqs], tiny_tok.vocab_size, tiny_tok.bos_id, tiny_tok.eos_id,
+                                piece_bytes=tiny_tok.piece_bytes())
+    assert {kinds.kind_of(g).family for g in counts.groups} == {k.family for k in kinds.kinds()}
+    workers = count_corpus_parallel(tiny_lines, tiny_tok, counts.groups, chunk_lines=50,
+                                    workers=2)
+    assert workers.equals(counts)

@@ -103,7 +103,8 @@ def values(a, klass) -> dict:
 def to_flags(message: str) -> str:
     """Parameter names in an option error become the CLI's flags (the one place that maps them)."""
     names = set(C.train_option_names()) | {
-        f.name for k in (C.SampleConfig, C.ScoreConfig, C.InterpolateConfig) for f in dataclasses.fields(k)}
+        f.name for k in (C.SampleConfig, C.ScoreConfig, C.InterpolateConfig, C.AdaptConfig)
+        for f in dataclasses.fields(k)}
     return re.sub(r"(?<![\w-])([a-z][a-z_]*)(?![\w-])",
                   lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), message)
 
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="perplexity and bits per byte on held-out text")
     ev.add_argument("model", metavar="DIR")
     add_options(ev, C.CorpusConfig, defaults={"split": "test"})
+    add_options(ev, C.AdaptConfig)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     ge = sub.add_parser("generate", help="sample text")
@@ -321,13 +323,17 @@ def cmd_train(a) -> None:
 
 def cmd_eval(a) -> None:
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
-    r = evaluate(load_model(a.model), **dataclasses.asdict(src))
+    ad = C.make(C.AdaptConfig, values(a, C.AdaptConfig))  # refuse bad options before loading
+    adapt = {k: getattr(ad, k) for k in values(a, C.AdaptConfig)}
+    r = evaluate(load_model(a.model), **dataclasses.asdict(src), **adapt)
     if a.json:
         print(json.dumps(r))
     else:
         print(f"sequences {r['sequences']}  tokens {r['tokens']}  bytes {r['bytes']}  "
               f"nll_nats {r['nll_nats']:.1f}  perplexity {r['perplexity']:.3f}  "
-              f"bits_per_byte {r['bits_per_byte']:.4f}")
+              f"bits_per_byte {r['bits_per_byte']:.4f}"
+              + (f"  (adaptive: cache order {r['adapt']['cache_order']}, context lines "
+                 f"{r['adapt']['context_lines']})" if "adapt" in r else ""))
 
 
 def cmd_generate(a) -> None:

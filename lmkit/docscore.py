@@ -20,12 +20,15 @@ summed, ``tokens`` counts every line's EOS, ``perplexity`` = exp(nll_nats / toke
 sequence is still one document row, scored as the empty sequence (EOS only), so every record
 has a row with a finite perplexity.
 
-Scale: units are read lazily and scored in chunks; with ``workers > 1`` chunks go to worker
-processes (each loads the model once) and at most ``2 * workers`` chunks are in flight, so
-memory stays constant however long the input is, and results are written in input order
-(``parallel.ordered_map``). The output is written by ``files.atomic_write`` (a temporary file
-renamed at the end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped
-and the temporary file removed.
+Scale: units are read lazily and scored in chunks (plain text line by line without a record
+per line); the arithmetic is vectorised per chunk and each unit costs one f-string of output.
+With ``workers = 1`` one thread reads and encodes the next chunk while this one is scored
+(SentencePiece releases the GIL). With ``workers > 1`` chunks go to worker processes
+(``parallel.ordered_map``: forked, they share the model the parent loaded; one chunk in
+flight each), so memory stays constant however long the input is, and results are written in
+input order. The output is written by ``files.atomic_write`` (a temporary file renamed at the
+end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped and the
+temporary file removed.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import dataclasses
 import math
 from typing import Iterable
 
-from .config import CorpusConfig, make
+from .adapt import evaluate_adaptive
+from .config import AdaptConfig, CorpusConfig, field_names, make
 from .corpus import load_corpus, sequences
 from .errors import InputError
 from .progress import bar
@@ -66,11 +67,33 @@ def evaluate_lines(model, lines: Iterable[str], *, chunk_lines: int = 100_000,
 def evaluate(model, *, split: str = "test", **source) -> dict:
     """Evaluate ``model`` (anything with ``encode_lines`` and ``log_proba_ids``, e.g. a
     ``LanguageModel``) on a corpus; ``lmkit eval``. Corpus options: ``config.CorpusConfig``
-    (default: the ``test`` split of shakespeare)."""
+    (default: the ``test`` split of shakespeare); adaptive scoring: ``config.AdaptConfig``
+    (``adapt=True``; see ``adapt.py``)."""
     if not hasattr(model, "log_proba_ids"):
         raise InputError(f"evaluate needs a loaded model, got {type(model).__name__}; "
                          "use lmkit.LanguageModel.load(path) first")
-    src = make(CorpusConfig, {**source, "split": split})
+    adapt_keys = set(field_names(AdaptConfig))
+    ad = make(AdaptConfig, {k: v for k, v in source.items() if k in adapt_keys})
+    src = make(CorpusConfig, {**{k: v for k, v in source.items() if k not in adapt_keys},
+                              "split": split})
     lines = load_corpus(**dataclasses.asdict(src))
+    if ad.adapt:
+        return _evaluate_adaptive(model, lines, src, ad)
     with bar(desc="eval") as b:
         return evaluate_lines(model, lines, progress=b)
+
+
+def _evaluate_adaptive(model, lines, src: CorpusConfig, ad: AdaptConfig) -> dict:
+    """``evaluate`` with ``adapt``: the cache weights fitted on the valid split first when
+    ``cache_fit`` (the corpus must have one), then every line scored in reading order."""
+    heldout = None
+    if ad.cache_fit:
+        if src.input is not None:
+            raise InputError("cache_fit needs a valid split, and input files have none; pass a "
+                             "corpus or dataset, or drop cache_fit")
+        if src.split == "valid":
+            raise InputError("cache_fit fits on the valid split, which is the split being "
+                             "scored; evaluate another split")
+        valid = load_corpus(**{**dataclasses.asdict(src), "split": "valid"})
+        heldout = list(sequences(valid, "the valid split"))
+    return evaluate_adaptive(model, list(sequences(lines, "the scored text")), ad, heldout)

@@ -306,13 +306,14 @@ def stderr(msg: str) -> None:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
-def output_error(path, e: OSError) -> OutputError:
+def output_error(path, e: OSError, in_place: bool = False) -> OutputError:
     """The one-line error of a failed write of ``path`` (full disk, quota, I/O error)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free space on that file system or pick another output path"
     else:
         fix = "pick another output path"
-    return OutputError(f"{path}: cannot write ({e.strerror or e}); nothing was written, {fix}")
+    done = "what was written is incomplete" if in_place else "nothing was written"
+    return OutputError(f"{path}: cannot write ({e.strerror or e}); {done}, {fix}")
 
 
 def _write_in_place(path: Path, data, encoding: str) -> None:
@@ -335,7 +336,7 @@ def _write_in_place(path: Path, data, encoding: str) -> None:
     except OSError as e:
         if isinstance(e, LmkitError) or e.errno not in _WRITE_ERRNOS:
             raise
-        raise output_error(path, e) from None
+        raise output_error(path, e, in_place=True) from None
 
 
 def atomic_write(path, data, *, encoding: str = "utf-8", inputs=(), models=()) -> Path:

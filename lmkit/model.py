@@ -128,7 +128,6 @@ class LanguageModel(BaseModel):
     def params(self, value) -> None:
         self._params = value
         self._loggammas = _UNSET  # back-off tables of a pure MKN model, derived on first use
-        self._q_order = None  # token ids by decreasing q, for top_next (derived on first use)
         self._sampler = None  # exact n-gram sampler (its tables are derived once, on first use)
 
     @property
@@ -153,7 +152,7 @@ class LanguageModel(BaseModel):
         loggammas = self._mkn_backoffs()
         if loggammas is not None:  # exact MKN: log Z = -sum log gamma, no union of columns
             return mkn_log_proba(self.params, rows, targets, loggammas, order), seq_index
-        return scoring.log_proba(self.params, rows, targets), seq_index
+        return scoring.log_proba(self.params, rows, targets, order), seq_index
 
     def _mkn_backoffs(self):
         """log-gamma tables of a pure n-gram model with lambdas 1 (derived state, built once)."""
@@ -195,24 +194,13 @@ class LanguageModel(BaseModel):
     def top_next(self, context="", k: int = 10) -> list:
         """The ``k`` most probable next tokens as ``[(piece, prob)]``, best first, exactly.
 
-        Sparse models never build the (V,) vector: untouched columns keep the order of q, so
-        the answer is among the touched columns and the first k + touched ids by q (the q order
-        is sorted once); cost ~ touched non-zeros + k. BOS (never a target) is left out.
+        One full next-token distribution (``next_logp``: the touched entries scattered into a
+        (V,) vector, then one log-softmax), then the k best. BOS (never a target) is left out.
         """
         _check_top(k)
         ids, tok = self._context_ids(context), self.tokenizer
-        if isinstance(self.params, SparseParams):
-            rows = scoring.next_rows(self.groups, self.params.keys, ids, self.vocab_size, tok.bos_id)
-            s = scoring.sparse_scores(self.params, [r[:1] for r in rows], 1)
-            s.sort_indices()
-            if self._q_order is None:
-                self._q_order = np.argsort(-self.params.q, kind="stable")
-            cand = np.union1d(s.indices, self._q_order[:k + s.nnz + 1])
-            logp = np.log(self.params.q[cand]) - scoring.union_log_z(self.params.q, s)[0]
-            logp[np.searchsorted(cand, s.indices)] += s.data
-        else:
-            logp = self.next_logp(ids)
-            cand = np.arange(self.vocab_size)
+        logp = self.next_logp(ids)
+        cand = np.arange(self.vocab_size)
         return _best(tok, cand, logp, k)
 
     def ngram_sampler(self) -> NgramSampler:

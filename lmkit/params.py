@@ -56,6 +56,11 @@ class SparseParams:
     def vocab_size(self) -> int:
         return len(self.q)
 
+    def __getstate__(self):
+        """Pickles carry the parameters, not the scorer tables derived from them
+        (``scoring.sparse_scorer`` keeps those on the object; a copy rebuilds its own)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_scorer"}
+
     def with_lambdas(self, lambdas, **info) -> "SparseParams":
         """A copy with new group weights (arrays shared) and ``info`` updated."""
         return dataclasses.replace(self, lambdas=np.asarray(lambdas, dtype=np.float64).copy(),

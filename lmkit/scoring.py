@@ -9,6 +9,13 @@ Two parameter forms share one interface:
 
 ``features.context_rows`` turns token sequences into, per group, the weight-matrix row of every
 target position (-1 = no feature: an unseen n-gram history), plus the targets (re-exported here).
+
+Every sparse path (``log_proba``, ``next_logp``, ``next_logp_batch``: ``eval``, ``score``,
+``next``, generation, the neural hybrid's explicit term) goes through one ``SparseScorer`` per
+parameters (``sparse_scorer``, derived state built once): target scores of many positions by
+the compiled union-product loop (``fastscore.py``, with numba) or, without numba, by the
+reference ``sparse_log_proba``; full next-token distributions by a dense scatter of the touched
+entries (their output is (n, V) anyway). All of them equal ``sparse_log_proba`` to ~1e-13.
 """
 from __future__ import annotations
 
@@ -53,20 +60,199 @@ def sparse_log_proba(params: SparseParams, rows: list, targets: np.ndarray,
 
 def sparse_next_logp(params: SparseParams, rows: list) -> np.ndarray:
     """Full next-token log distribution (V,) for one position (O(V) vector, sparse work)."""
-    s = sparse_scores(params, [r[:1] for r in rows], 1)
-    logp = np.log(params.q).copy()
-    logp[s.indices] += s.data
-    return logp - union_log_z(params.q, s)[0]
+    return sparse_scorer(params).next_logp_batch([r[:1] for r in rows])[0]
 
 
 def sparse_next_logp_batch(params: SparseParams, rows: list) -> np.ndarray:
     """Full next-token log distributions (n, V) float64 for n positions: O(touched nnz + n V)."""
-    n = len(rows[0])
-    s = sparse_scores(params, rows, n)
-    entry_row = np.repeat(np.arange(n), np.diff(s.indptr))
-    logp = np.broadcast_to(np.log(params.q), (n, params.vocab_size)).copy()
-    logp[entry_row, s.indices] += s.data
-    return logp - union_log_z(params.q, s)[:, None]
+    return sparse_scorer(params).next_logp_batch(rows)
+
+
+# ---- the one fast exact scorer of sparse parameters ------------------------------------------
+def _compiled():
+    """The ``fastscore`` module when numba is installed (and ``USE_COMPILED``), else None."""
+    global _FAST
+    if not USE_COMPILED:
+        return None
+    if _FAST is _UNSET:
+        try:
+            from . import fastscore
+        except ImportError:  # numba is optional (pip install lmkit[fast]): numpy fallback
+            fastscore = None
+        _FAST = fastscore
+    return _FAST
+
+
+_UNSET = object()
+_FAST = _UNSET
+USE_COMPILED = True  # False: always the numpy path (tests compare the two)
+# fewer positions than this use numpy (compiled calls have a fixed cost; the tables are kept
+# with the parameters and each row is exponentiated once, when first touched)
+COMPILED_MIN_POSITIONS = 4096
+COMPILED_MIN_DISTRIBUTIONS = 64
+
+
+def _readonly(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` as ``dtype`` (no copy when it already is), viewed read-only: one array type for
+    every group, so numba compiles the loops once."""
+    view = np.asarray(a).astype(dtype, copy=False).view()
+    view.flags.writeable = False
+    return view
+
+
+def score_tables(params: SparseParams) -> tuple:
+    """The tables ``fastscore`` multiplies with, per active group (lambda != 0), as tuples:
+    ``(E, ind)`` — E (nnz,) float64 ``exp(lambda_g S_g.data)`` (overflows become inf, which
+    the scorer's log-space fallback handles) and ``ind`` = S_g.indices, read-only int32 (not
+    copied when it already is)."""
+    active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
+    with np.errstate(over="ignore"):
+        E = tuple(np.exp(params.lambdas[g] * params.S[g].data) for g in active)
+    return E, tuple(_readonly(params.S[g].indices, np.int32) for g in active)
+
+
+def shared_groups(starts: np.ndarray, ends: np.ndarray, vocab_size: int,
+                  sample: int = 4096) -> np.ndarray:
+    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) bool.
+
+    Greedy on a sample of neighbour pairs: add the group that most lowers the estimated cost
+    (touched entries; rebuilding the kept product costs ~V/4 entries' worth plus its own
+    entries whenever one of its rows changes) until none does.
+    """
+    N, G = starts.shape
+    shared = np.zeros(G, dtype=bool)
+    if N < 2 or G == 0:
+        return shared
+    idx = np.arange(1, N, max(1, (N - 1) // sample))
+    changed = (starts[idx] != starts[idx - 1]) | (ends[idx] != ends[idx - 1])
+    length = (ends[idx] - starts[idx]).astype(np.float64)
+    cur, best = np.zeros(len(idx), dtype=bool), 0.0
+    while True:
+        pick = None
+        for g in np.flatnonzero(~shared):
+            ch = cur | changed[:, g]
+            kept = length[:, shared].sum(axis=1) + length[:, g]
+            saving = float((kept * ~ch).mean() - ch.mean() * vocab_size / 4)
+            if saving > best:
+                best, pick, pick_ch = saving, g, ch
+        if pick is None:
+            return shared
+        shared[pick], cur = True, pick_ch
+
+
+class SparseScorer:
+    """Fast exact scoring of one ``SparseParams`` (derived state: get it with
+    ``sparse_scorer(params)``, which builds it once per parameters object).
+
+    ``log_proba(rows, targets, order)`` -> float64 (N,); ``next_logp_batch(rows)`` -> float64
+    (n, V). Natural logs; each equals the reference ``sparse_log_proba`` to ~1e-13.
+    """
+
+    def __init__(self, params: SparseParams):
+        self.params = params
+        self.logq = np.log(params.q)
+        self.active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
+        self._tables = _UNSET
+
+    def tables(self):
+        """``score_tables`` (built on first use: one exp per stored entry)."""
+        if self._tables is _UNSET:
+            self._tables = score_tables(self.params)
+        return self._tables
+
+    def dense_scores(self, rows: list) -> np.ndarray:
+        """``s = sum_g lambda_g S_g[row_g]`` as a dense float64 (n, V): one scatter of every
+        touched entry, summed in group order."""
+        n, V = len(rows[0]) if rows else 0, self.params.vocab_size
+        pos, vals = [], []
+        if n <= 16:  # a few positions (next, generation): slices, no fancy indexing
+            for i in range(n):
+                for g in self.active:
+                    r, S = int(rows[g][i]), self.params.S[g]
+                    if r >= 0:
+                        lo, hi = S.indptr[r], S.indptr[r + 1]
+                        pos.append(S.indices[lo:hi] + i * V)
+                        vals.append(self.params.lambdas[g] * S.data[lo:hi])
+        for g in self.active if n > 16 else ():
+            sub = take_rows(self.params.S[g], np.asarray(rows[g]), self.params.lambdas[g])
+            pos.append(np.repeat(np.arange(n, dtype=np.int64) * V, np.diff(sub.indptr))
+                       + sub.indices)
+            vals.append(sub.data)
+        if not pos:
+            return np.zeros((n, V))
+        return np.bincount(np.concatenate(pos), np.concatenate(vals),
+                           minlength=n * V).reshape(n, V)
+
+    def next_logp_batch(self, rows: list) -> np.ndarray:
+        """Full next-token log distributions (n, V) float64: O(touched entries + n V)."""
+        n = len(rows[0]) if rows else 0
+        fast = _compiled()
+        if fast is None or n < COMPILED_MIN_DISTRIBUTIONS or not self.active:
+            return log_softmax(self.logq + self.dense_scores(rows))
+        out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
+        fast.product_rows(self.params.q, *self.tables(), *self._ranges(rows), out, z)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            out = np.log(out, out=out)
+            out -= np.log(z)[:, None]
+        bad = ~np.isfinite(out).all(axis=1)  # a product under- or overflowed: log space
+        if bad.any():
+            out[bad] = log_softmax(self.logq + self.dense_scores([np.asarray(r)[bad]
+                                                                   for r in rows]))
+        return out
+
+    def _ranges(self, rows: list, perm=None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, G_active) int64 starts and ends of each position's row in each active group's
+        arrays (an empty range: no feature); positions permuted by ``perm`` if given."""
+        n = len(rows[0]) if rows else 0
+        starts = np.zeros((n, len(self.active)), dtype=np.int64)
+        ends = np.zeros((n, len(self.active)), dtype=np.int64)
+        for i, g in enumerate(self.active):
+            r = np.asarray(rows[g]) if perm is None else np.asarray(rows[g])[perm]
+            present = np.flatnonzero(r >= 0)
+            indptr = self.params.S[g].indptr
+            starts[present, i] = indptr[r[present]]
+            ends[present, i] = indptr[r[present] + 1]
+        return starts, ends
+
+    def log_proba(self, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
+        """log P(target | context) per position, float64 (N,). ``order``: optional permutation
+        of the positions that puts neighbours with shared rows next to each other (the
+        ``history_order`` of ``context_rows``): only speed depends on it."""
+        targets = np.asarray(targets, dtype=np.int64)
+        fast = _compiled()
+        if not self.active:
+            return self.logq[targets]
+        if fast is None or len(targets) < COMPILED_MIN_POSITIONS:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = sparse_log_proba(self.params, rows, targets)
+        else:
+            # without a history order, sort by the first group's rows (window models: the
+            # previous token) so that neighbours share rows
+            perm = np.asarray(order) if order is not None else \
+                np.argsort(np.asarray(rows[self.active[0]]), kind="stable")
+            starts, ends = self._ranges(rows, perm)
+            shared = shared_groups(starts, ends, self.params.vocab_size)
+            term, z = np.empty(len(targets)), np.empty(len(targets))
+            fast.union_products(self.params.q, *self.tables(), starts, ends, shared,
+                                targets[perm], term, z)
+            out = np.empty(len(targets))
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                out[perm] = np.log(term) - np.log(z)
+        bad = np.flatnonzero(~np.isfinite(out))
+        for a in range(0, len(bad), 256):  # a sum overflowed: the max-shifted dense log-softmax
+            b = bad[a:a + 256]
+            lp = log_softmax(self.logq + self.dense_scores([np.asarray(r)[b] for r in rows]))
+            out[b] = lp[np.arange(len(b)), targets[b]]
+        return out
+
+
+def sparse_scorer(params: SparseParams) -> SparseScorer:
+    """The ``SparseScorer`` of ``params``, built once and kept on the (frozen) object."""
+    scorer = params.__dict__.get("_scorer")
+    if scorer is None:
+        scorer = SparseScorer(params)
+        object.__setattr__(params, "_scorer", scorer)
+    return scorer
 
 
 def dense_logits(params: DenseParams, rows: list) -> np.ndarray:
@@ -90,10 +276,10 @@ def dense_log_proba(params: DenseParams, rows: list, targets: np.ndarray,
     return out
 
 
-def log_proba(params, rows: list, targets: np.ndarray) -> np.ndarray:
-    """Dispatch on the parameter form."""
+def log_proba(params, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
+    """Dispatch on the parameter form (``order``: see ``SparseScorer.log_proba``)."""
     if isinstance(params, SparseParams):
-        return sparse_log_proba(params, rows, targets)
+        return sparse_scorer(params).log_proba(rows, targets, order)
     return dense_log_proba(params, rows, targets)
 
 

@@ -299,18 +299,18 @@ def check_manifest(manifest, path: Path, accept=ALL_KINDS, check=None, takes: st
     if got not in FORMATS:
         raise ModelFormatError(f"{path}: not an lmkit model (format {str(got)[:40]!r}); "
                                "pass a folder written by `lmkit train` or `lmkit interpolate`")
+    kind = folder_kind(manifest)
+    if kind is not None and kind not in accept:  # what it is first, whatever its version
+        raise ModelFormatError(f"{path}: is {_KIND_NAMES[kind]}; "
+                               + (takes or f"this step takes {' or '.join(accept)} folders"))
     if manifest.get("version") != FORMATS[got]:
         raise ModelFormatError(f"{path}: {'neural ' if got == NEURAL_FORMAT else ''}model format "
                                f"version {str(manifest.get('version'))[:20]}, "
                                f"this lmkit reads version {FORMATS[got]}; re-train the model "
                                "with this lmkit")
-    kind = folder_kind(manifest)
     if kind is None:
         raise bad(f"'kind' must be 'sparse' or 'dense' (a model) or 'mixture', got "
                   f"{str(manifest.get('kind'))[:40]!r}")
-    if kind not in accept:
-        raise ModelFormatError(f"{path}: is {_KIND_NAMES[kind]}; "
-                               + (takes or f"this step takes {' or '.join(accept)} folders"))
     if kind == "mixture":
         fix[0] = "re-run `lmkit interpolate` on its models"
     entry = manifest.get("tokenizer")

@@ -232,6 +232,14 @@ def _children(pid):
     return [int(x) for x in out.stdout.split()]
 
 
+def _running(pid) -> bool:
+    """pid exists and is not a zombie (an orphan's reaping is up to whoever is PID 1)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _kill_group(proc):
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -253,10 +261,15 @@ def _bad_model(tmp_path, model_copy, how) -> Path:
         m = json.loads((model_copy / "manifest.json").read_text())
         m["lambdas"] = ["abc"] * len(m.get("lambdas") or [0])
         (model_copy / "manifest.json").write_text(json.dumps(m))
+    if how == "crafted_mixture":  # a mixture of itself, with weights that are not numbers
+        shutil.copytree(model_copy, model_copy / "components" / "0")
+        m = json.loads((model_copy / "manifest.json").read_text())
+        m.update(kind="mixture", weights="abc", components=["components/0"])
+        (model_copy / "manifest.json").write_text(json.dumps(m))
     return model_copy
 
 
-@pytest.mark.parametrize("how", ["not_a_model", "truncated", "crafted"])
+@pytest.mark.parametrize("how", ["not_a_model", "truncated", "crafted", "crafted_mixture"])
 def test_score_workers_fail_fast_on_a_bad_model(tmp_path, model_copy, text, how):
     model = _bad_model(tmp_path, model_copy, how)
     proc = _cli("score", model, "--input", text, "--output", tmp_path / "o.jsonl",
@@ -351,3 +364,32 @@ def test_ordered_map_closed_early_stops_its_workers():
     kids = mp.active_children()
     gen.close()
     assert all(not p.is_alive() for p in kids)
+
+
+def test_score_killed_outright_takes_its_workers_and_leaves_a_temp_the_next_run_removes(
+        tmp_path, capsys, tiny_model_dir, tiny_lines, text):
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(tiny_lines * 400) + "\n")
+    proc = _cli("score", tiny_model_dir, "--input", big, "--output", tmp_path / "o.jsonl",
+                "--workers", "2")
+    workers = []
+    try:
+        deadline = time.time() + 20
+        while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, "the workers did not start"
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.time() + 5  # PR_SET_PDEATHSIG: the kernel kills them with the parent
+        while [w for w in workers if _running(w)] and time.time() < deadline:
+            time.sleep(0.05)
+        assert [w for w in workers if _running(w)] == []
+    finally:
+        _kill_group(proc)
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.jsonl.tmp-")]
+    assert left == [] or left[0].startswith(f".o.jsonl.tmp-{proc.pid}-")
+    assert run_cli(capsys, "score", tiny_model_dir, "--input", text, "--output",
+                   tmp_path / "o.jsonl")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "o.jsonl", "text.txt"]

@@ -417,8 +417,8 @@ def _neural_stub(tmp_path, tiny_tok_file):
     d = tmp_path / "neu"
     d.mkdir()
     shutil.copy(tiny_tok_file, d / "tokenizer.model")
-    (d / "manifest.json").write_text(json.dumps({"format": "lmkit-neural", "version": 2}))
-    return d
+    (d / "manifest.json").write_text(json.dumps({"format": "lmkit-neural", "version": 1}))
+    return d  # an old version: a verb that takes no neural folder says what it is all the same
 
 
 @pytest.mark.parametrize("verb", [["verify"], ["inspect", "--token", "a"],

@@ -101,3 +101,129 @@ def test_dense_params_hand_checked():
 def test_log_softmax_is_stable():
     lp = log_softmax(np.array([[1000.0, 1000.0, -1000.0]]))
     assert np.isfinite(lp[0, :2]).all() and lp[0, 0] == pytest.approx(np.log(0.5))
+
+
+# ---- the one fast scorer (scoring.SparseScorer) against the reference sparse_log_proba --------
+def _reference_next_logp(params, rows):
+    """Full distributions from the reference: the union pattern + ``union_log_z``."""
+    from lmkit.scoring import sparse_scores
+    from lmkit.sparse import union_log_z
+    n = len(rows[0])
+    s = sparse_scores(params, rows, n)
+    logp = np.broadcast_to(np.log(params.q), (n, params.vocab_size)).copy()
+    logp[np.repeat(np.arange(n), np.diff(s.indptr)), s.indices] += s.data
+    return logp - union_log_z(params.q, s)[:, None]
+
+
+def _models():
+    """Window, pure MKN, MKN + windows (tuned lambdas) and rich parameters on one tiny corpus."""
+    from lmkit.ngram import solve_ngram
+    from lmkit.rich import base_groups, cluster_groups, fit_rich, merge_groups
+    from lmkit.features import Suffix
+    train, held = seqs_of(300, 3), seqs_of(60, 4)
+    win = solve_explicit(count_chunk(train, V, GROUPS, BOS, EOS))
+    win = win.with_lambdas(np.array([0.8, 0.35, 0.15]))
+    mkn = solve_ngram(count_chunk(train, V, [Suffix(1), Suffix(2), Suffix(3)], BOS, EOS))
+    mixed = solve_ngram(count_chunk(train, V, [Suffix(1), Suffix(2), Window(1)], BOS, EOS))
+    mixed = mixed.with_lambdas(np.array([0.9, 1.1, 0.4]))
+    counts = count_chunk(train, V, base_groups(order=3, context=2, skips=((1, 1, 1),)), BOS, EOS)
+    counts = merge_groups(counts, count_chunk(train, V, cluster_groups(np.arange(V) % 4, ((3, 1),)),
+                                              BOS, EOS))
+    rich = fit_rich(counts, held, BOS, EOS)
+    return {"window": win, "mkn": mkn, "mixed": mixed, "rich": rich}
+
+
+MODELS = _models()
+
+
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
+def every_path(request, monkeypatch):
+    """Run a test on the compiled path (numba, forced for any size) and on the numpy path."""
+    from lmkit import scoring
+    if request.param and scoring._compiled() is None:
+        pytest.skip("numba is not installed: only the numpy path exists")
+    monkeypatch.setattr(scoring, "USE_COMPILED", request.param)
+    monkeypatch.setattr(scoring, "COMPILED_MIN_POSITIONS", 1)
+    monkeypatch.setattr(scoring, "COMPILED_MIN_DISTRIBUTIONS", 1)
+    return request.param
+
+
+def _window_scaled(top):
+    """The window model with each group's weight set so that its largest lambda * S is ``top``."""
+    p = MODELS["window"]
+    return p.with_lambdas(np.array([top / S.data.max() for S in p.S]))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_scorer_path_equals_the_reference(name, every_path):
+    from lmkit.params import SparseParams
+    from lmkit.scoring import log_proba, next_logp_batch
+    params = MODELS[name]
+    params = SparseParams(params.groups, params.q, params.S, params.keys, params.lambdas,
+                          params.info)  # a fresh object: no tables cached by another path
+    test = seqs_of(800, 5, hi=V)  # unseen tokens too; > 4096 positions: a history order
+    rows, targets, _, order = context_rows(params.groups, params.keys, test, V, BOS, EOS,
+                                           with_order=True)
+    assert len(targets) > 4096 and (name == "window" or order is not None)
+    want = sparse_log_proba(params, rows, targets)
+    for o in (None, order):
+        assert np.abs(log_proba(params, rows, targets, o) - want).max() <= 1e-9
+    k = [r[:300] for r in rows]
+    got = next_logp_batch(params, k)
+    assert np.abs(got - _reference_next_logp(params, k)).max() <= 1e-9
+    assert np.abs(got[np.arange(300), targets[:300]] - want[:300]).max() <= 1e-9
+    one = next_logp(params, [r[7:8] for r in rows])
+    assert np.abs(one - got[7]).max() <= 1e-9
+
+
+@pytest.mark.parametrize("top", [300.0, 800.0], ids=["product", "factor"])
+def test_scorer_falls_back_to_log_space_when_products_overflow(every_path, top):
+    """Weights so large that a product of factors (300: each exp(lambda S) is finite) or a
+    factor itself (800) overflows: every path still returns the finite
+    log-probabilities of a dense max-shifted log-softmax."""
+    from lmkit.scoring import log_proba, next_logp_batch
+    params = _window_scaled(top)
+    test = seqs_of(200, 6)
+    rows, targets, _ = context_rows(params.groups, params.keys, test, V, BOS, EOS)
+    logits = np.log(params.q) + sum(lam * S.toarray()[r] for S, r, lam in
+                                    zip(params.S, rows, params.lambdas))
+    dense = log_softmax(logits)
+    want = dense[np.arange(len(targets)), targets]
+    assert np.abs(log_proba(params, rows, targets) - want).max() <= 1e-9
+    assert np.abs(next_logp_batch(params, rows) - dense).max() <= 1e-9
+
+
+def test_model_verbs_use_the_scorer(tiny_tok, tiny_lines, every_path):
+    """LanguageModel.log_proba_ids / next_logp / next_log_proba_batch / top_next of a rich model
+    and a mixture of two models equal the reference scorer's numbers."""
+    from lmkit.interpolate import MixtureModel
+    from lmkit.model import LanguageModel
+    from lmkit.rich import count_rich, fit_rich
+    tok = tiny_tok
+    seqs = tok.encode_batch(tiny_lines)
+    counts, _ = count_rich([seqs[:250]], tok.vocab_size, tok.bos_id, tok.eos_id, order=3,
+                           context=2, skips=((1, 1, 1),), clusterings=((8, ((2, 0), (3, 1))),))
+    model = LanguageModel(tok, fit_rich(counts, seqs[250:], tok.bos_id, tok.eos_id))
+    p = model.params
+    test = seqs[:200]
+    rows, targets, _ = context_rows(p.groups, p.keys, test, tok.vocab_size, tok.bos_id, tok.eos_id)
+    want = sparse_log_proba(p, rows, targets)
+    got, _ = model.log_proba_ids(test)
+    assert np.abs(got - want).max() <= 1e-9
+    ctx = [list(s[:3]) for s in test[:20]]
+    per_ctx = [next_rows(p.groups, p.keys, c, tok.vocab_size, tok.bos_id) for c in ctx]
+    ref = _reference_next_logp(p, [np.concatenate([r[g] for r in per_ctx])
+                                   for g in range(len(p.groups))])
+    assert np.abs(model.next_log_proba_batch(ctx) - ref).max() <= 1e-9
+    assert np.abs(model.next_logp(ctx[3]) - ref[3]).max() <= 1e-9
+    best = np.argsort(-np.where(np.arange(tok.vocab_size) == tok.bos_id, -np.inf, ref[3]),
+                      kind="stable")[:5]
+    assert [t[0] for t in model.top_next(ctx[3], 5)] == [tok.id_to_piece(int(i)) for i in best]
+    other = LanguageModel(tok, solve_explicit(count_chunk(seqs[:250], tok.vocab_size,
+                                                          GROUPS, tok.bos_id, tok.eos_id)))
+    mix = MixtureModel([model, other], [0.7, 0.3])
+    o_rows, o_t, _ = context_rows(GROUPS, other.params.keys, test, tok.vocab_size, tok.bos_id,
+                                  tok.eos_id)
+    o_want = sparse_log_proba(other.params, o_rows, o_t)
+    mix_want = np.logaddexp(np.log(0.7) + want, np.log(0.3) + o_want)
+    assert np.abs(mix.log_proba_ids(test)[0] - mix_want).max() <= 1e-9

@@ -36,19 +36,19 @@ import warnings
 from pathlib import Path
 
 from . import config as C
-from . import store
-from .arpa import import_arpa, write_arpa
+from .io import store
+from .ngram.arpa import import_arpa, write_arpa
 from .corpus import load_corpus, read_lines, sequences
 from .docscore import score_file
 from .errors import InputError, LmkitError, MemoryLimitError, OptionError
 from .evaluate import evaluate
-from . import files
-from .files import atomic_write
+from .io import files
+from .io.files import atomic_write
 from .interpolate import interpolate
 from .load import load as load_model
 from .model import LanguageModel
 from .progress import reporting
-from .prune import n_ngrams, prune_entropy
+from .ngram.prune import n_ngrams, prune_entropy
 from .tokenizer import Tokenizer
 from .train import describe_build, heldout_lines, train
 
@@ -227,7 +227,7 @@ def _tokenize_args(t, action: str) -> None:
 # ---- outputs: checked before the work, never one of the inputs --------------------------------
 def _inputs(a) -> tuple[list, list]:
     """``(files or text folders, model folders)`` the verb of ``a`` reads: every output is
-    checked against them (``files.check_not_input``). stdin counts when no input is given."""
+    checked against them (``io.files.check_not_input``). stdin counts when no input is given."""
     paths, models = [], list(getattr(a, "models", None) or [])
     given = getattr(a, "input", None)
     paths += [given] if isinstance(given, str) else list(given or [])
@@ -244,7 +244,7 @@ def _inputs(a) -> tuple[list, list]:
 
 
 def check_output(a, path=None, *, folder: bool = False) -> Path:
-    """``files.check_output_writable`` of ``path`` (default ``a.output``) against every input
+    """``io.files.check_output_writable`` of ``path`` (default ``a.output``) against every input
     of the verb: one check, before any work, for every verb that writes."""
     paths, models = _inputs(a)
     return files.check_output_writable(a.output if path is None else path, folder=folder,
@@ -278,7 +278,7 @@ def _load_tokenizer(path: str):
 
 
 def _write_output(a, text: str) -> None:
-    """Write to stdout, or to ``a.output`` via ``files.atomic_write`` (never half-written)."""
+    """Write to stdout, or to ``a.output`` via ``io.files.atomic_write`` (never half-written)."""
     if a.output is None:
         sys.stdout.write(text)
         return

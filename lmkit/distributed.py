@@ -20,7 +20,7 @@ LocalCluster's worker processes ignore SIGINT (this process stops them), and the
 themselves when this process dies. A Ctrl-C during the cluster's ~2 s start-up is ignored.
 
 ``dask_client`` (start, bounded close) and ``result`` (a worker's failure -> one
-``WorkerError`` line) are shared with the n-gram build on Dask (``ngram_dask.py``).
+``WorkerError`` line) are shared with the n-gram build on Dask (``ngram/dask.py``).
 
 Requires the optional extra: ``pip install 'lmkit[distributed]'``.
 """

@@ -26,7 +26,7 @@ With ``workers = 1`` one thread reads and encodes the next chunk while this one 
 (SentencePiece releases the GIL). With ``workers > 1`` chunks go to worker processes
 (``parallel.ordered_map``: forked, they share the model the parent loaded; one chunk in
 flight each), so memory stays constant however long the input is, and results are written in
-input order. The output is written by ``files.atomic_write`` (a temporary file renamed at the
+input order. The output is written by ``io.files.atomic_write`` (a temporary file renamed at the
 end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped and the
 temporary file removed.
 """
@@ -47,7 +47,7 @@ import numpy as np
 from .config import ScoreConfig, make
 from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError
-from .files import atomic_write, check_output_writable
+from .io.files import atomic_write, check_output_writable
 from .load import load as load_model
 from .parallel import ordered_map, pool_context
 
@@ -371,8 +371,8 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     unit, workers). Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds",
     "units_per_s", "tokens_per_s"}`` for the whole input.
 
-    The output is checked first (``files.check_output_writable``: not an input file, not in
-    the model folder) and written by ``files.atomic_write`` (temp file + rename, through
+    The output is checked first (``io.files.check_output_writable``: not an input file, not in
+    the model folder) and written by ``io.files.atomic_write`` (temp file + rename, through
     symlinks; FIFOs and devices written in place). The model is loaded here, before any
     worker starts, so a folder that is not a model fails at once with one error.
     """

@@ -110,7 +110,7 @@ def solve_explicit(counts: Counts, *, discount=None, floor: float = 0.5) -> Spar
     for g in groups:
         if not isinstance(g, Window):
             raise InputError(f"solve_explicit handles window groups; got {g.name} "
-                             "(use lmkit.ngram for suffix groups)")
+                             "(use lmkit.ngram.mkn for suffix groups)")
     first = groups.index(Window(1)) if Window(1) in groups else 0
     q = continuation_unigram(counts.F[first], floor)
     ds = _discounts(discount, counts)

@@ -6,14 +6,14 @@ filtering, and draws from it with a seeded ``numpy.random.Generator``. A sample 
 after ``max_tokens`` new tokens; BOS and UNK are never drawn. The prompt is the start of a
 sequence; prompts with characters never seen in training still work thanks to the tokenizer's
 byte fallback. An MKN model sampled at temperature 1 with no top-k/top-p takes the exact batched
-back-off walk of ``ngram_sample.NgramSampler`` instead (same distribution, no (V,) vector).
+back-off walk of ``ngram.sample.NgramSampler`` instead (same distribution, no (V,) vector).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .config import SampleConfig
-from .ngram_sample import is_pure_ngram
+from .ngram.sample import is_pure_ngram
 
 
 def filter_logp(logp: np.ndarray, *, temperature: float, top_k: int, top_p: float) -> np.ndarray:

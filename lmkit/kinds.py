@@ -13,11 +13,14 @@ Every kind of feature group (``features.Suffix``, ``features.Window``, ``feature
 - the key function is the class's ``row_keys(buf, pos, starts, vocab_size)``: one int64 row
   key per target position, -1 where the group has no feature (``Suffix`` also takes the
   parent rows: its keys are chained, see ``features.py``);
-- ``closed_form(group, F, keys, q, d)``: the group's weights ``S`` CSR (R, V) float64 on the
-  pattern of its counts ``F`` CSR (R, V) int64, rows keyed by ``keys`` (R,) int64 (None: rows
-  are token ids), against the model's unigram ``q`` (V,) with the absolute discount ``d`` in
-  (0, 1). ``Suffix`` has none (``chained``): the suffix groups are solved together, as one
-  interpolated modified Kneser-Ney model (``ngram.solve_ngram``).
+- ``closed_form``: the dotted name (``"module:function"``) of the group's closed form
+  ``(group, F, keys, q, d) -> S``: its weights ``S`` CSR (R, V) float64 on the pattern of its
+  counts ``F`` CSR (R, V) int64, rows keyed by ``keys`` (R,) int64 (None: rows are token ids),
+  against the model's unigram ``q`` (V,) with the absolute discount ``d`` in (0, 1); imported
+  when a group is first solved, so loading and scoring a model (``io/store.py`` reads groups
+  through this registry) never imports solver code (``closed_forms.py`` holds the built-in
+  ones). ``Suffix`` has none (``chained``): the suffix groups are solved together, as one
+  interpolated modified Kneser-Ney model (``ngram.mkn.solve_ngram``).
 
 API (every caller goes through these; an unknown name or class fails with one line)::
 
@@ -27,16 +30,18 @@ API (every caller goes through these; an unknown name or class fails with one li
     group_spec(groups) -> (names, tables)          # what a worker process or task needs
     groups_from_spec(spec) -> groups               # rebuilt there, equal to ``groups``
     closed_form(group, F, keys, q, d) -> S         # the kind's closed form (ValueError: Suffix)
+    closed_form_of(kind) -> function               # its dotted name resolved (imports the solver)
     kind_of(group) -> Kind;  register(Kind(...))   # a new kind: one entry, every route uses it
 
 A new kind is a class with ``name``, ``reach``, ``row_keys``, ``n_rows`` (None: rows are the
 observed keys) and, for keyed rows, ``key_limit(V)``; plus one ``register(Kind(...))`` naming
-its pattern, tables, builder and closed form. Storage (``store.groups_from_names``, the
+its pattern, tables, builder and closed form. Storage (``io.store.groups_from_names``, the
 writer's tables), counting workers (``parallel``), Dask tasks (``distributed``) and the
 solvers (``solve.solve``) all look kinds up here, so it works on every route or fails loudly.
 """
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -45,10 +50,8 @@ import numpy as np
 
 from .clusters import ClusterHistory
 from .errors import InputError
-from .explicit import solve_group
 from .features import Skip, Suffix, Window
 from .linepos import LinePosition, check_bytes_table
-from .skipgram import solve_skip
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,9 @@ class Kind:
     build: Callable  # (fields: tuple of int|None, tables: {name: tuple}) -> group
     tables: Callable = lambda fields: ()  # fields -> names of the stored tables it needs
     carries: Callable = lambda group: {}  # group -> {table name: tuple}
-    closed_form: Callable | None = None  # (group, F, keys, q, d) -> S; None: chained (MKN)
+    # "module:function" of (group, F, keys, q, d) -> S (a callable is taken as it is);
+    # None: chained (MKN)
+    closed_form: str | Callable | None = None
 
     @property
     def chained(self) -> bool:
@@ -154,12 +159,28 @@ def groups_from_spec(spec) -> list:
 
 def closed_form(group, F, keys, q, d):
     """The kind's closed form of one group (see the module docstring); ``ValueError`` for a
-    chained kind (``Suffix``: solve the chain with ``ngram.solve_ngram``)."""
+    chained kind (``Suffix``: solve the chain with ``ngram.mkn.solve_ngram``)."""
     kind = kind_of(group)
     if kind.chained:
-        raise ValueError(f"{group.name} is solved with its whole chain (ngram.solve_ngram), "
+        raise ValueError(f"{group.name} is solved with its whole chain (ngram.mkn.solve_ngram), "
                          "not alone")
-    return kind.closed_form(group, F, keys, q, d)
+    return closed_form_of(kind)(group, F, keys, q, d)
+
+
+def closed_form_of(kind: Kind) -> Callable:
+    """The kind's closed form as a function: its dotted name imported (``"lmkit.closed_forms:
+    window"`` -> ``lmkit.closed_forms.window``); ``ValueError`` if it names nothing callable."""
+    target = kind.closed_form
+    if callable(target) or target is None:
+        return target
+    module, _, name = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        fn = None
+    if not callable(fn):
+        raise ValueError(f"feature kind {kind.family!r}: closed form {target!r} names no function")
+    return fn
 
 
 def _known() -> str:
@@ -235,17 +256,16 @@ SUFFIX = register(Kind(
 WINDOW = register(Kind(
     "window", Window, r"window(\d+)", "window{k}",
     build=lambda f, t: Window(_positive(f"window{f[0]}", f[0])),
-    closed_form=lambda g, F, keys, q, d: solve_group(F, q, d)))
+    closed_form="lmkit.closed_forms:window"))
 SKIP = register(Kind(
     "skip", Skip, r"skip(\d+)_(\d+)_(\d+)", "skip{r}_{s}_{a}", build=_build_skip,
-    closed_form=lambda g, F, keys, q, d: solve_skip(F, keys, g.a, q, d)))
+    closed_form="lmkit.closed_forms:skip"))
 CLUSTER = register(Kind(
     "cluster", ClusterHistory, r"cluster(\d+)_(\d+)_(\d+)", "cluster{m}_{w}_{C}",
     build=_build_cluster, tables=lambda f: (f"clusters{f[2]}",),
     carries=lambda g: {f"clusters{g.n_clusters}": g.table},
-    closed_form=lambda g, F, keys, q, d: solve_skip(F, keys, g.w, q, d)))
+    closed_form="lmkit.closed_forms:cluster"))
 LINEPOS = register(Kind(
     "linepos", LinePosition, r"linepos(\d+)_(\d+)_(\d+)(?:_(\d+))?",
     "linepos{a}_{step}_{cap}[_{C}]", build=_build_linepos, tables=_linepos_tables,
-    carries=_linepos_carries,
-    closed_form=lambda g, F, keys, q, d: solve_skip(F, keys, g.a, q, d)))
+    carries=_linepos_carries, closed_form="lmkit.closed_forms:skip"))

@@ -1,7 +1,7 @@
 """Loading any saved model: a model folder -> the object that scores and samples it.
 
 The manifest's ``kind`` says what the folder holds: ``sparse``/``dense`` -> ``LanguageModel``,
-``mixture`` -> ``interpolate.MixtureModel`` (a linear mixture of model folders); a folder whose
+``mixture`` -> ``mixture.MixtureModel`` (a linear mixture of model folders); a folder whose
 format is ``lmkit-neural`` -> ``neural.NeuralLM`` (a small transformer, alone or on top of an
 explicit model; needs the ``neural`` extra).
 Every one of them has ``tokenizer``, ``vocab_size``, ``encode_lines``, ``log_proba_ids``,
@@ -11,9 +11,9 @@ Every one of them has ``tokenizer``, ``vocab_size``, ``encode_lines``, ``log_pro
 from __future__ import annotations
 
 from .errors import OptionError
-from .interpolate import MixtureModel
+from .mixture import MixtureModel
 from .model import LanguageModel
-from .store import peek_manifest
+from .io.store import peek_manifest
 from .neural.folder import is_neural_folder
 
 

@@ -3,7 +3,7 @@
 ``BaseModel`` implements what every lmkit model offers (``log_proba``, ``score``,
 ``perplexity``, ``sample``, ``next_distribution``, ``top_next``, ``vocab``) once, on top of
 ``log_proba_ids`` and ``next_logp``. ``LanguageModel`` is the one class every solver produces:
-it adds the batched next-token distribution, ``inspect`` and the model folder (``store.py``).
+it adds the batched next-token distribution, ``inspect`` and the model folder (``io/store.py``).
 All log-probabilities are natural logs (nats); bits per byte = ``nll_nats / ln 2 / bytes``.
 """
 from __future__ import annotations
@@ -14,14 +14,15 @@ from typing import Iterable
 
 import numpy as np
 
-from . import scoring, store
+from . import scoring
+from .io import store
 from .config import SampleConfig, make
 from .errors import InputError, ModelFormatError, OptionError
 from .evaluate import evaluate_lines
 from .features import Suffix, decode_suffix_key
 from .generate import generate
-from .ngram import loggamma_tables, mkn_log_proba
-from .ngram_sample import NgramSampler
+from .ngram.tables import loggamma_tables, mkn_log_proba
+from .ngram.sample import NgramSampler
 from .params import SparseParams
 from .sparse import lookup_rows
 from .tokenizer import Tokenizer
@@ -252,7 +253,7 @@ class LanguageModel(BaseModel):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path, command: str | None = None) -> Path:
-        """Write the model folder atomically (see ``store.py``)."""
+        """Write the model folder atomically (see ``io/store.py``)."""
         info = {k: v for k, v in self.params.info.items() if _jsonable(v)}
         manifest = {"kind": self.kind, "groups": [g.name for g in self.groups],
                     "vocab_size": self.vocab_size, "config": self.config, "corpus": self.corpus,
@@ -270,7 +271,7 @@ class LanguageModel(BaseModel):
 
         The arrays are a private in-memory copy of ``params.npz``; ``mmap=True`` maps the file
         instead (no copy, shared page cache; the file must then not change in place while the
-        model is in use: see ``store.read_model_folder`` and docs/guarantees.md)."""
+        model is in use: see ``io.store.read_model_folder`` and docs/guarantees.md)."""
         manifest, proto, arrays = store.read_model_folder(path, mmap=mmap)
         groups = store.groups_from_names(manifest["groups"], arrays, where=Path(path) / "params.npz")
         params = store.arrays_to_params(manifest["kind"], groups, arrays,
@@ -292,7 +293,7 @@ class LanguageModel(BaseModel):
     @classmethod
     def verify(cls, path) -> dict:
         """``lmkit verify``: load ``path`` (every array validated) and check each file's sha256
-        against the manifest (``store.verify_folder``). Returns ``{"file": sha256}``."""
+        against the manifest (``io.store.verify_folder``). Returns ``{"file": sha256}``."""
         cls.load(path)
         return store.verify_folder(path)
 

@@ -25,8 +25,8 @@ How it scales:
   Workers ignore SIGINT (the parent decides) and die with the parent, even on SIGKILL
   (Linux ``PR_SET_PDEATHSIG``; elsewhere a thread watching the parent pid).
 
-``counts_nbytes`` / ``model_nbytes`` are the estimates the pipeline prints before heavy steps;
-``fit_heldout`` thins the held-out positions of the lambda search so that it fits the limit.
+``counts_nbytes`` is the size of counts the pipeline prints before heavy steps (the solved
+model's estimate and the held-out thinning of the lambda search live with the solver, ``solve.py``).
 """
 from __future__ import annotations
 
@@ -49,14 +49,13 @@ import numpy as np
 from .counts import Counts, count_chunk, empty_counts
 from .errors import InputError, LmkitError, OutputError, WorkerDiedError
 from .kinds import group_spec, groups_from_spec
-from .memory import check_memory, default_limit, format_bytes, parse_size
+from .memory import check_memory, format_bytes, parse_size
 from .sparse import csr_from_arrays, csr_to_arrays
 from .tokenizer import Tokenizer
 
-# A CSR entry costs 8 bytes of int64 data + 4 or 8 bytes of index; the solved model stores a
-# float64 value + index per entry, and adding two CSRs briefly holds both inputs and the output.
+# A CSR entry costs 8 bytes of int64 data + 4 or 8 bytes of index, and adding two CSRs briefly
+# holds both inputs and the output (the solved model's estimate: ``solve.model_nbytes``).
 BYTES_PER_COUNT = 16
-BYTES_PER_PARAM = 16
 SPILL_FRACTION = 0.25  # partial sums may use this share of --max-memory before they spill
 
 
@@ -66,40 +65,6 @@ def counts_nbytes(c: Counts) -> int:
     for F, k in zip(c.F, c.keys):
         n += F.data.nbytes + F.indices.nbytes + F.indptr.nbytes + (k.nbytes if k is not None else 0)
     return n
-
-
-def model_nbytes(c: Counts) -> int:
-    """Estimated bytes of the solved sparse model: one float64 + index per count, + O(V) vectors."""
-    nnz = sum(F.nnz for F in c.F)
-    rows = sum(F.shape[0] + 1 for F in c.F)
-    return nnz * BYTES_PER_PARAM + rows * 8 + 3 * c.vocab_size * 8
-
-
-def heldout_nbytes(params, rows: list) -> int:
-    """Estimated peak bytes of ``explicit.choose_lambdas`` on these held-out rows.
-
-    Its work arrays hold one entry per stored value of every row touched; 51 bytes per entry
-    were measured (tracemalloc, V=4096, K=3, 24.7M entries -> 1.25 GB), rounded up to 64.
-    """
-    touched = sum(int(np.diff(S.indptr)[r[r >= 0]].sum()) for S, r in zip(params.S, rows))
-    return 64 * touched
-
-
-def fit_heldout(params, rows: list, targets: np.ndarray, max_memory=None, log=None):
-    """Every s-th held-out position, s chosen so the lambda search fits half the memory limit.
-
-    Dense rows (large corpora fill them) make the search cost N x row-length; positions are
-    independent terms of the held-out NLL, so an even subsample keeps it unbiased.
-    """
-    limit = default_limit() if max_memory is None else parse_size(max_memory)
-    need = heldout_nbytes(params, rows)
-    step = int(np.ceil(need / (limit / 2))) if need > limit / 2 else 1
-    if step > 1:
-        rows, targets = [r[::step] for r in rows], targets[::step]
-        if log:
-            log(f"      lambda search would need ~{format_bytes(need)}; using every {step}th "
-                f"held-out token ({len(targets)}) to fit the memory limit {format_bytes(limit)}")
-    return rows, targets
 
 
 def check_workers(workers) -> int:

@@ -1,7 +1,7 @@
 """Parameter types shared by every solver, scorer and the model folder.
 
 - ``SparseParams``: ``logits = log q + sum_g lambda_g S_g[row_g]`` — the closed-form solution
-  (window groups: ``explicit.py``; suffix groups: ``ngram.py``). q (V,) float64 summing to 1;
+  (window groups: ``explicit.py``; suffix groups: ``ngram/mkn.py``). q (V,) float64 summing to 1;
   S per group a canonical CSR (R_g, V) float64; keys per group None (rows are token ids) or the
   sorted int64 history keys of the rows; lambdas (G,) float64 >= 0.
 - ``DenseParams``: ``logits = b + sum_g W_g[row_g]`` — the form the gradient solver trains.

@@ -10,7 +10,7 @@ Each family is solved in closed form against its natural back-off, then one weig
 bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3-4 / 5-9 / 10+; or per group x history-count
 bucket, or per group) is fitted on held-out text and folded into S:
 
-- ``Suffix(1..M)``: interpolated modified Kneser-Ney (``ngram.solve_ngram``), ``q`` = its unigram;
+- ``Suffix(1..M)``: interpolated modified Kneser-Ney (``ngram.mkn.solve_ngram``), ``q`` its unigram;
 - ``Window(k)``: absolute discounting toward ``q`` (``explicit.solve_group``);
 - ``Skip(r, s, a)``, ``ClusterHistory(m, w)`` and ``LinePosition(a, step, cap)``: the
   log-ratio to their own adjacent-token part (``skipgram.solve_skip`` with ``a``, ``w`` resp.
@@ -37,9 +37,8 @@ from .explicit import (choose_lambdas, count_buckets, entry_counts,
                        fold_entry_lambdas, fold_lambdas, history_counts)
 from .features import Skip, Suffix, Window, context_rows
 from .linepos import LinePosition
-from .parallel import fit_heldout
 from .params import SparseParams
-from .solve import solve
+from .solve import fit_heldout, solve
 
 # chosen on the valid split of the default corpus (scripts/quality.py; docs/quality.md)
 DEFAULT_ORDER = ModelConfig.DEFAULT_ORDER  # the n-gram and window part of lmkit's default model

@@ -4,7 +4,7 @@
 code) uses to turn counts into a model:
 
 1. the closed form per group (``solve``) — suffix groups: interpolated modified Kneser-Ney,
-   ``ngram.solve_ngram``; every other group by its kind's closed form (``kinds.py``) against the
+   ``ngram.mkn.solve_ngram``; every other group by its kind's closed form (``kinds.py``) against the
    MKN unigram; window groups alone: ``explicit.solve_explicit``;
 2. the weights lambda (G,): given, or fitted on the held-out sequences by a few projected Newton
    steps on the convex held-out NLL (``explicit.choose_lambdas``; W untouched). The rule, by
@@ -15,6 +15,10 @@ code) uses to turn counts into a model:
    so no training text is lost.
 
 Pure: no I/O, no globals; ``log`` (a callable taking one line) reports progress if given.
+
+Sizes, for the memory checks before heavy steps: ``model_nbytes(counts)`` estimates the solved
+model, ``heldout_nbytes`` the lambda search; ``fit_heldout`` thins the held-out positions of that
+search so it fits the memory limit (also used by ``rich`` and ``interpolate``).
 """
 from __future__ import annotations
 
@@ -25,10 +29,47 @@ from .errors import InputError
 from .explicit import choose_lambdas, estimate_discount, solve_explicit
 from .features import Suffix, check_suffix_chain, context_rows
 from .kinds import closed_form
-from .ngram import solve_ngram
-from .parallel import fit_heldout
+from .memory import default_limit, format_bytes, parse_size
+from .ngram.mkn import solve_ngram
 from .params import SparseParams
 from .tokenizer import BOS_ID, EOS_ID
+
+# the solved model stores a float64 value + an index per count
+BYTES_PER_PARAM = 16
+
+
+def model_nbytes(c: Counts) -> int:
+    """Estimated bytes of the solved sparse model: one float64 + index per count, + O(V) vectors."""
+    nnz = sum(F.nnz for F in c.F)
+    rows = sum(F.shape[0] + 1 for F in c.F)
+    return nnz * BYTES_PER_PARAM + rows * 8 + 3 * c.vocab_size * 8
+
+
+def heldout_nbytes(params, rows: list) -> int:
+    """Estimated peak bytes of ``explicit.choose_lambdas`` on these held-out rows.
+
+    Its work arrays hold one entry per stored value of every row touched; 51 bytes per entry
+    were measured (tracemalloc, V=4096, K=3, 24.7M entries -> 1.25 GB), rounded up to 64.
+    """
+    touched = sum(int(np.diff(S.indptr)[r[r >= 0]].sum()) for S, r in zip(params.S, rows))
+    return 64 * touched
+
+
+def fit_heldout(params, rows: list, targets: np.ndarray, max_memory=None, log=None):
+    """Every s-th held-out position, s chosen so the lambda search fits half the memory limit.
+
+    Dense rows (large corpora fill them) make the search cost N x row-length; positions are
+    independent terms of the held-out NLL, so an even subsample keeps it unbiased.
+    """
+    limit = default_limit() if max_memory is None else parse_size(max_memory)
+    need = heldout_nbytes(params, rows)
+    step = int(np.ceil(need / (limit / 2))) if need > limit / 2 else 1
+    if step > 1:
+        rows, targets = [r[::step] for r in rows], targets[::step]
+        if log:
+            log(f"      lambda search would need ~{format_bytes(need)}; using every {step}th "
+                f"held-out token ({len(targets)}) to fit the memory limit {format_bytes(limit)}")
+    return rows, targets
 
 
 def lambda_start(groups: list) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +86,7 @@ def solve(counts: Counts, *, discount=None, prune=None) -> SparseParams:
     """The closed form for every group of ``counts``, lambdas all 1.
 
     With suffix groups: the suffix chain by interpolated modified Kneser-Ney
-    (``ngram.solve_ngram``; ``discount`` and ``prune`` are its options), every other group by
+    (``ngram.mkn.solve_ngram``; ``discount`` and ``prune`` are its options), every other group by
     its kind's closed form (``kinds.closed_form``) against the MKN unigram, with the discount
     estimated from its own counts. Windows alone: ``explicit.solve_explicit`` (continuation
     unigram, ``discount`` per window).

@@ -45,8 +45,8 @@ import numpy as np
 import sentencepiece as spm
 
 from .errors import InputError
-from .files import atomic_write, check_output_writable
-from .readfile import read_regular
+from .io.files import atomic_write, check_output_writable
+from .io.readfile import read_regular
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 MAX_SENTENCE_BYTES = 1 << 16
@@ -360,5 +360,5 @@ def unescape_piece(piece: str) -> str:
 
 
 def _write_atomic(path: pathlib.Path, data: bytes):
-    """Write ``data`` to ``path`` atomically (``files.atomic_write``: temp file + rename)."""
+    """Write ``data`` to ``path`` atomically (``io.files.atomic_write``: temp file + rename)."""
     atomic_write(path, data)

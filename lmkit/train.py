@@ -43,13 +43,12 @@ from .gradient import finetune
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
 from .params import SparseParams
-from .ngram_build import build_ngram_from_chunks
-from .ngram_dask import build_ngram_dask
-from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, line_chunks,
-                       model_nbytes)
+from .ngram.build import build_ngram_from_chunks
+from .ngram.dask import build_ngram_dask
+from .parallel import check_workers, count_corpus_parallel, counts_nbytes, line_chunks
 from .progress import bar, log, reporting
-from .prune import n_ngrams, prune_entropy
-from .solve import fit
+from .ngram.prune import n_ngrams, prune_entropy
+from .solve import fit, model_nbytes
 from .tokenizer import Tokenizer
 
 HOLDOUT_EVERY = 20
@@ -185,8 +184,8 @@ def route(cfg: TrainConfig) -> str:
     - ``neural``: ``solver`` residual/transformer (``lmkit.neural``);
     - ``rich``: the feature-rich default model, one flat buffer in this process (``rich.py``);
     - ``ngram-dask`` / ``ngram-bounded``: a pure n-gram model (MKN, lambdas 1, no pruning)
-      built on Dask workers (``ngram_dask.py``) or in buckets within ``max_memory``
-      (``ngram_build.py``);
+      built on Dask workers (``ngram/dask.py``) or in buckets within ``max_memory``
+      (``ngram/build.py``);
     - ``ngram`` / ``spilling`` / ``dask``: every other model, counted (``count_corpus``: in one
       flat buffer here, by worker processes that spill, or on Dask), then ``solve.fit``, then
       the gradient solvers or entropy pruning when asked.
@@ -439,7 +438,7 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
 
 def _train_ngram_bounded(cfg: TrainConfig, r: str = "ngram-bounded") -> LanguageModel:
     """A pure n-gram model within ``max_memory``: histories split into buckets by their newest
-    token, counted, spilled and solved one bucket at a time (``ngram_build.py``)."""
+    token, counted, spilled and solved one bucket at a time (``ngram/build.py``)."""
     t0 = time.time()
     m, s = cfg.model, cfg.scale
     train_corpus, _, _, tok = _start(cfg, r, heldout=False)  # lambdas stay 1: no held-out text
@@ -457,7 +456,7 @@ def _train_ngram_bounded(cfg: TrainConfig, r: str = "ngram-bounded") -> Language
 
 def _train_ngram_dask(cfg: TrainConfig, r: str = "ngram-dask") -> LanguageModel:
     """A pure n-gram model built on Dask: the bounded build's partitions counted and solved on
-    the workers (``ngram_dask.py``), which read the text files themselves where they can."""
+    the workers (``ngram/dask.py``), which read the text files themselves where they can."""
     t0 = time.time()
     m, s = cfg.model, cfg.scale
     train_corpus, _, _, tok = _start(cfg, r, heldout=False)

@@ -9,7 +9,7 @@ included), peak RSS = its maximum resident set.
   ``build_binary`` (KenLM's probing binary);
 - eval, end to end from text: ``lmkit eval`` vs ``lmkit spm-encode`` + KenLM ``query``, each
   run ``--eval-repeats`` times (median CPU reported);
-- sampling: ``lmkit.ngram_sample.NgramSampler.sample_sequences`` tokens/s (exact, temperature
+- sampling: ``lmkit.ngram.sample.NgramSampler.sample_sequences`` tokens/s (exact, temperature
   1, 4096 sequences at once), in-process, model load excluded.
 
     python scripts/bench_ngram.py [--corpus NAME | --input PATH] [--order 5] [--kenlm-bin DIR]
@@ -17,7 +17,7 @@ included), peak RSS = its maximum resident set.
 
 With ``--input PATH`` every 20th line is held out as the test text. Without ``--kenlm-bin``
 only lmkit's rows are printed. ``--max-memory SIZE`` bounds both builds: ``lmkit train
---max-memory SIZE`` (the bucketed, disk-backed build of ``ngram_build.py``) and ``lmplz -S
+--max-memory SIZE`` (the bucketed, disk-backed build of ``ngram/build.py``) and ``lmplz -S
 SIZE``; the table then gives each build's peak RSS against it. Progress on stderr, the table
 (or ``--json``) on stdout.
 """
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
 def sample_rate(model_dir: Path, n_tokens: int) -> dict:
     """Tokens/s of the exact batched n-gram sampler (CPU s of this process, model load excluded)."""
     from lmkit.model import LanguageModel
-    from lmkit.ngram_sample import NgramSampler
+    from lmkit.ngram.sample import NgramSampler
     model = LanguageModel.load(model_dir)
     tok = model.tokenizer
     sampler = NgramSampler(model.params, bos_id=tok.bos_id, eos_id=tok.eos_id)

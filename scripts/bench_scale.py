@@ -13,7 +13,7 @@ Measured in one run on a corpus of text shards (e.g. from scripts/make_big_corpu
 
 ``--ngram-dask`` instead times the pure n-gram build on the default corpus (train split) side by
 side: local (``count_ngrams`` + ``solve_ngram``, what ``lmkit train --order N`` runs) vs the
-whole build on a Dask LocalCluster (``ngram_dask.build_ngram_dask``; once with this process
+whole build on a Dask LocalCluster (``ngram.dask.build_ngram_dask``; once with this process
 sending the text, once with the workers reading the corpus files), with wall and CPU seconds of
 every process, and checks that the models agree to 1e-12:
 
@@ -74,7 +74,7 @@ def child_solve(a):
     import lmkit
     from lmkit.features import make_groups
     from lmkit.parallel import counts_nbytes
-    from lmkit.store import params_to_arrays
+    from lmkit.io.store import params_to_arrays
     tok = lmkit.Tokenizer.load(a.tokenizers[0])
     groups = make_groups(3)
     t = time.time()
@@ -116,8 +116,8 @@ def bench_ngram_dask(a) -> int:
     from lmkit.distributed import WORKER_ENV
     from lmkit.counts import count_ngrams
     from lmkit.features import make_groups
-    from lmkit.ngram import solve_ngram
-    from lmkit.ngram_dask import build_ngram_dask
+    from lmkit.ngram.mkn import solve_ngram
+    from lmkit.ngram.dask import build_ngram_dask
     from lmkit.parallel import line_chunks
     from lmkit.tokenizer import Tokenizer
     corpus = load_corpus(split="train")

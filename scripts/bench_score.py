@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmkit.corpus import load_corpus  # noqa: E402
 from lmkit.docscore import score_file  # noqa: E402
 from lmkit.model import LanguageModel  # noqa: E402
-from lmkit.arpa import write_arpa  # noqa: E402
+from lmkit.ngram.arpa import write_arpa  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -2,12 +2,12 @@
 
 No corpus of 100M+ tokens is reachable offline, so this one is built honestly: a model trained
 on the Shakespeare train split (or the model folder given with --model) samples sequences, many
-at once (``lmkit.synthetic.sample_batch``, exact sampling at temperature 1), seeded, and writes
+at once (``lmkit.experiments.synthetic.sample_batch``, exact sampling at temperature 1), seeded, and writes
 them as text shards ``OUT/shard-00000.txt`` (``--shard-lines`` lines each). The text therefore
 has the model's real token statistics, at any size.
 
 By default the sampling model is an order-5 interpolated modified Kneser-Ney model
-(``--order 5``), sampled exactly by the back-off walk of ``lmkit.ngram_sample`` (no V-vector),
+(``--order 5``), sampled exactly by the back-off walk of ``lmkit.ngram.sample`` (no V-vector),
 so the text has real higher-order statistics (up to 4 tokens of context), unlike samples of a
 bigram. ``--order 0 --context K`` samples from a window model instead (exact too; K = 1 is
 fastest, K = 3 costs the non-zeros of three rows per token).
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from lmkit.model import LanguageModel
-from lmkit.synthetic import write_shards
+from lmkit.experiments.synthetic import write_shards
 
 
 def main(argv=None) -> int:

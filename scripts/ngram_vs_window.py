@@ -25,13 +25,13 @@ import time
 
 import numpy as np
 
-from lmkit import store
+from lmkit.io import store
 from lmkit.corpus import load_corpus
 from lmkit.counts import count_chunk, sum_counts
 from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import make_groups
-from lmkit.arpa import arpa_words, write_arpa
-from lmkit.ngram import solve_ngram
+from lmkit.ngram.arpa import arpa_words, write_arpa
+from lmkit.ngram.mkn import solve_ngram
 from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmkit.corpus import load_corpus  # noqa: E402
 from lmkit.model import LanguageModel  # noqa: E402
-from lmkit.prune import entropy_criteria, n_ngrams, prune_entropy  # noqa: E402
+from lmkit.ngram.prune import entropy_criteria, n_ngrams, prune_entropy  # noqa: E402
 from lmkit.train import train  # noqa: E402
 
 COUNT_PRUNES = [[0, 0, 0, 1], [0, 0, 1], [0, 1], [0, 1, 2], [0, 2, 3], [0, 3, 5], [0, 5, 10]]

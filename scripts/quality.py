@@ -31,9 +31,9 @@ import sys
 import time
 
 
-from lmkit import store
+from lmkit.io import store
 from lmkit.corpus import load_corpus
-from lmkit.ngram import solve_ngram
+from lmkit.ngram.mkn import solve_ngram
 from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
                         DEFAULT_LAMBDA_TOKENS, DEFAULT_LINE_POSITIONS, DEFAULT_SKIPS, count_rich,
                         fit_rich)

@@ -6,9 +6,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from lmkit.arpa import import_arpa, piece_words, read_arpa
+from lmkit.ngram.arpa import import_arpa, piece_words, read_arpa
 from lmkit.errors import InputError
-from lmkit.arpa import arpa_words, write_arpa
+from lmkit.ngram.arpa import arpa_words, write_arpa
 
 # KenLM's binaries are not on PyPI: CI and users point LMKIT_KENLM_BIN at the folder holding a
 # built lmplz (cmake build/bin); without it the lmplz tests skip, saying so under `pytest -rs`

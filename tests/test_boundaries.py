@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lmkit import store
+from lmkit.io import store
 from lmkit.errors import InputError, ModelFormatError
 from lmkit.generate import filter_logp, generate
 from lmkit.config import SampleConfig
@@ -305,7 +305,7 @@ def test_same_seed_same_samples_and_seeds_differ(tiny_model):
 
 def test_mkn_exact_sampler_draws_the_model_distribution(tmp_path, tiny_corpus_file,
                                                         tiny_tok_file):
-    """At temperature 1 an MKN model takes the batched back-off walk (ngram_sample); its first
+    """At temperature 1 an MKN model takes the batched back-off walk (ngram.sample); its first
     draws follow next_distribution("") within binomial noise."""
     from lmkit.train import train
     m = train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmkit import files, store
+from lmkit.io import files
+from lmkit.io import store
 from lmkit.cli import main
 from lmkit.errors import InputError, ModelFormatError, OutputError
 from lmkit.model import LanguageModel

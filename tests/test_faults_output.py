@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lmkit import files
+from lmkit.io import files
 from lmkit.cli import main
 from lmkit.errors import InputError, LmkitError, WorkerDiedError
 from lmkit.parallel import ordered_map

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmkit import store
-from lmkit.arpa import import_arpa, read_arpa, write_arpa
+from lmkit.io import store
+from lmkit.ngram.arpa import import_arpa, read_arpa, write_arpa
 from lmkit.cli import main
 from lmkit.errors import InputError, MissingPathError, ModelFormatError
 from lmkit.interpolate import MixtureModel, interpolate
 from lmkit.model import LanguageModel
-from lmkit.readfile import open_regular, read_regular, sha256_file
+from lmkit.io.readfile import open_regular, read_regular, sha256_file
 
 
 def run_cli(capsys, *argv):
@@ -187,7 +187,7 @@ def test_empty_higher_orders_round_trip_through_lmkits_own_export(ngram3, tiny_t
                                                                   tiny_lines, tmp_path, capsys):
     """`prune --threshold inf` keeps only unigrams; its ARPA export has empty 2- and 3-gram
     sections, and imports as the same model (same scores, byte-identical re-export)."""
-    from lmkit.prune import prune_entropy
+    from lmkit.ngram.prune import prune_entropy
     from lmkit.tokenizer import Tokenizer
     pruned = prune_entropy(ngram3, math.inf)
     write_arpa(pruned, tmp_path / "u.arpa")
@@ -316,7 +316,7 @@ def test_a_loaded_model_survives_its_file_changing(ngram3_dir, tiny_model_dir, t
 
 
 def test_default_load_owns_its_memory_and_mmap_is_opt_in(ngram3_dir):
-    from lmkit.npyfile import file_mapping
+    from lmkit.io.npyfile import file_mapping
     own = LanguageModel.load(ngram3_dir)
     mapped = LanguageModel.load(ngram3_dir, mmap=True)
     assert file_mapping(own.params.S[0].data) is None
@@ -574,7 +574,7 @@ def test_a_huge_declared_weights_file_is_refused_unread(neural_dir, tmp_path):
     """A sparse 3 GB weights.npz whose manifest declares its size: refused from the config
     before a byte of it is read or hashed."""
     pytest.importorskip("torch")
-    from lmkit import readfile
+    from lmkit.io import readfile
     from lmkit.neural import NeuralLM
 
     def big(p):

@@ -114,7 +114,7 @@ def test_rows_found_under_the_history_order_equal_a_plain_search(M):
     the rows must be those of an independent sort per order."""
     import lmkit.features as F
     from lmkit.counts import count_ngrams
-    from lmkit.ngram import solve_ngram
+    from lmkit.ngram.mkn import solve_ngram
     rng = np.random.default_rng(M)
     Vb = 12
     train = [list(rng.integers(3, Vb, rng.integers(1, 30))) for _ in range(400)]

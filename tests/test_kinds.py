@@ -153,3 +153,14 @@ def test_workers_count_the_default_model_s_groups_as_its_one_buffer_does(tiny_to
     workers = count_corpus_parallel(tiny_lines, tiny_tok, counts.groups, chunk_lines=50,
                                     workers=2)
     assert workers.equals(counts)
+
+
+def test_every_registered_closed_form_name_resolves_to_a_function():
+    """Kinds name their closed forms by dotted path (the query side imports no solver): each
+    built-in name resolves; a name that points nowhere fails with one line."""
+    for kind in kinds.kinds():
+        assert kind.chained or callable(kinds.closed_form_of(kind)), kind.family
+    bad = kinds.Kind("nowhere", Parity, r"parity2", "parity2", build=lambda f, t: Parity(),
+                     closed_form="lmkit.closed_forms:no_such_function")
+    with pytest.raises(ValueError, match="names no function"):
+        kinds.closed_form_of(bad)

@@ -123,7 +123,7 @@ def _tiny_line_model(tok, lines):
 
 
 def test_line_model_round_trip_and_next_token_sees_the_whole_line(tiny_tok, tiny_lines, tmp_path):
-    from lmkit import store
+    from lmkit.io import store
     from lmkit.model import LanguageModel
     model = _tiny_line_model(tiny_tok, tiny_lines)
     path = model.save(tmp_path / "m")

@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lmkit import files, store
+from lmkit.io import files
+from lmkit.io import store
 from lmkit.errors import InputError, MissingPathError, ModelFormatError
 from lmkit.model import LanguageModel
 from lmkit.tokenizer import Tokenizer

@@ -1,4 +1,4 @@
-"""Tests for lmkit.ngram (+ arpa, ngram_build): interpolated modified Kneser-Ney as a sparse
+"""Tests for lmkit.ngram.mkn (+ ngram.arpa, ngram.build): interpolated modified Kneser-Ney as a sparse
 softmax layer, its ARPA export and its bucketed build.
 
 Hand-checked corpus (ids: 0 <unk>, 1 <s>, 2 </s>, 3 a, 4 b; V = 5), discounts fixed at
@@ -34,8 +34,9 @@ from lmkit.counts import count_chunk
 from lmkit.errors import InputError
 from lmkit.explicit import choose_lambdas
 from lmkit.features import Suffix, Window, decode_suffix_key, make_groups
-from lmkit.arpa import arpa_words, check_arpa_exportable, write_arpa
-from lmkit.ngram import backoff_tables, mkn_discounts, mkn_log_proba, prune_thresholds, solve_ngram
+from lmkit.ngram.arpa import arpa_words, check_arpa_exportable, write_arpa
+from lmkit.ngram.mkn import mkn_discounts, prune_thresholds, solve_ngram
+from lmkit.ngram.tables import backoff_tables, mkn_log_proba
 from lmkit.scoring import context_rows, next_rows, sparse_log_proba, sparse_next_logp
 
 BOS, EOS = 1, 2
@@ -414,7 +415,7 @@ def test_stored_backoff_weights_equal_derived_and_survive_save_load(tmp_path, ti
 
     from lmkit.errors import ModelFormatError
     from lmkit.model import LanguageModel
-    from lmkit.ngram import loggamma_tables
+    from lmkit.ngram.tables import loggamma_tables
     groups = make_groups(0, 4)
     seqs = tiny_tok.encode_batch(tiny_lines)
     params = solve_ngram(count_chunk(seqs, tiny_tok.vocab_size, groups, tiny_tok.bos_id,
@@ -441,7 +442,7 @@ def test_stored_backoff_weights_equal_derived_and_survive_save_load(tmp_path, ti
 def test_bucketed_build_equals_one_pass_solve(tmp_path, order, buckets):
     """build_ngram solves token-range buckets of histories separately: same model."""
     from lmkit.counts import count_ngrams, flat_buffer
-    from lmkit.ngram_build import build_ngram
+    from lmkit.ngram.build import build_ngram
     V = 12
     seqs = random_corpus(300, V) + repetitive_corpus(100, V, 3) + [[]]
     want = solve_ngram(count_ngrams([seqs], V, make_groups(0, order), BOS, EOS))
@@ -457,9 +458,10 @@ def test_bounded_build_on_disk_equals_in_memory_solve(tmp_path, monkeypatch):
     read-only map of its own .npy file, the model equals the one-pass solve to 1e-12, and the
     files go when the params do."""
     import gc
-    from lmkit import ngram_disk, npyfile
+    from lmkit.ngram import disk as ngram_disk
+    from lmkit.io import npyfile
     from lmkit.counts import count_ngrams
-    from lmkit.ngram_build import build_ngram_from_chunks
+    from lmkit.ngram.build import build_ngram_from_chunks
     monkeypatch.setattr(ngram_disk, "CHUNK_TOKENS", 7)
     V, order = 12, 5
     seqs = random_corpus(300, V) + repetitive_corpus(100, V, 3)
@@ -481,7 +483,7 @@ def test_bounded_build_on_disk_equals_in_memory_solve(tmp_path, monkeypatch):
 
 
 def test_bucket_sizes_follow_the_memory_budget():
-    from lmkit.ngram_build import bucket_edges, build_ngram_from_chunks, n_buckets_for
+    from lmkit.ngram.build import bucket_edges, build_ngram_from_chunks, n_buckets_for
     assert bucket_edges(np.array([0, 1, 1, 2, 3]), 0, 4, 2).tolist() == [0, 1, 4]
     assert n_buckets_for(10**6, None) == 1
     assert n_buckets_for(10**6, 10**8) == 4  # 200 bytes per position, half the budget each
@@ -495,7 +497,7 @@ def test_bucket_sizes_follow_the_memory_budget():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_row_find_matches_a_dictionary(seed):
-    from lmkit.ngram import _row_find
+    from lmkit.ngram.tables import _row_find
     rng = np.random.default_rng(seed)
     M = sp.random(50, 40, density=[0.0, 0.05, 0.5, 1.0, 0.2][seed], random_state=seed,
                   format="csr")
@@ -508,7 +510,7 @@ def test_row_find_matches_a_dictionary(seed):
 
 
 def test_row_find_with_a_few_long_rows_among_many_short_ones():
-    from lmkit.ngram import _row_find
+    from lmkit.ngram.tables import _row_find
     rng = np.random.default_rng(7)
     lengths = np.where(rng.random(400) < 0.02, 300, rng.integers(0, 3, 400))
     indptr = np.concatenate([[0], np.cumsum(lengths)])
@@ -524,7 +526,7 @@ def test_row_find_with_a_few_long_rows_among_many_short_ones():
 
 def test_mkn_scores_do_not_depend_on_the_position_order(tiny_tok, tiny_lines):
     from lmkit.counts import count_ngrams
-    from lmkit.ngram import loggamma_tables, mkn_log_proba
+    from lmkit.ngram.tables import loggamma_tables, mkn_log_proba
     from lmkit.scoring import context_rows
     groups = make_groups(context=0, order=4)
     seqs = [tiny_tok.encode(x) for x in tiny_lines]

@@ -7,9 +7,9 @@ from lmkit.counts import count_ngrams, flat_buffer
 from lmkit.errors import InputError, WorkerError
 from lmkit.features import make_groups
 from lmkit.model import LanguageModel
-from lmkit.ngram import (_adjusted_counts, count_of_counts, order_discounts, solve_ngram,
-                         solve_partition, stitch_partitions, unigram_level)
-from lmkit.ngram_dask import count_windows, partition_windows, token_ranges
+from lmkit.ngram.mkn import (_adjusted_counts, count_of_counts, order_discounts, solve_ngram,
+                             solve_partition, stitch_partitions, unigram_level)
+from lmkit.ngram.dask import count_windows, partition_windows, token_ranges
 
 
 def local_counts(lines, tok, order):
@@ -47,7 +47,7 @@ def test_stitch_example():
 
 def test_file_splits_tile_every_line_once(tmp_path):
     from lmkit.corpus import load_corpus
-    from lmkit.ngram_dask import file_splits, split_lines
+    from lmkit.ngram.dask import file_splits, split_lines
     p = tmp_path / "a.txt"
     p.write_bytes("\ufeffeins zwei\n\n  \ndrei é ü\r\nvier\nfünf fünf fünf fünf\nsechs".encode())
     want = list(load_corpus(input=[str(p)]))
@@ -103,7 +103,7 @@ def test_partitions_solved_apart_equal_solve_ngram(tiny_lines, tiny_tok, order):
 @pytest.mark.parametrize("order", [2, 3, 4, 5])
 def test_dask_build_equals_local_build(tiny_lines, tiny_tok, order):
     pytest.importorskip("dask.distributed")
-    from lmkit.ngram_dask import build_ngram_dask
+    from lmkit.ngram.dask import build_ngram_dask
     ref = solve_ngram(local_counts(tiny_lines, tiny_tok, order), bos_id=tiny_tok.bos_id)
     got, n_seq, n_tok = build_ngram_dask(iter(tiny_lines), tiny_tok, order, chunk_lines=70,
                                          partitions=3, n_workers=2, processes=False)
@@ -118,7 +118,7 @@ def test_dask_build_equals_local_build(tiny_lines, tiny_tok, order):
 def test_dask_build_workers_read_the_files(tiny_lines, tiny_tok, tmp_path):
     """Workers read byte ranges of the files themselves: the same model as the local build."""
     pytest.importorskip("dask.distributed")
-    from lmkit.ngram_dask import build_ngram_dask
+    from lmkit.ngram.dask import build_ngram_dask
     files = [tmp_path / "a.txt", tmp_path / "b.txt"]
     files[0].write_text("\n".join(tiny_lines[:120]) + "\n\n", encoding="utf-8")
     files[1].write_text("\n".join(tiny_lines[120:]), encoding="utf-8")
@@ -134,7 +134,7 @@ def test_dask_build_workers_read_the_files(tiny_lines, tiny_tok, tmp_path):
 
 def test_dask_build_worker_error_is_one_line(tiny_lines, tiny_tok, monkeypatch):
     pytest.importorskip("dask.distributed")
-    import lmkit.ngram_dask as nd
+    import lmkit.ngram.dask as nd
 
     def broken(*a):
         raise RuntimeError("disk gone\nsecond line")
@@ -154,7 +154,7 @@ def test_train_engine_dask_builds_on_the_workers(tiny_corpus_file, tiny_tok_file
     import importlib
 
     import lmkit
-    from lmkit.ngram_dask import build_ngram_dask
+    from lmkit.ngram.dask import build_ngram_dask
     train_mod = importlib.import_module("lmkit.train")  # the module, not lmkit.train()
     seen = []
 

@@ -1,10 +1,10 @@
 """Disk-backed stages of the bounded n-gram build: the id stream, windows per bucket."""
 import numpy as np
 
-from lmkit import ngram_disk
+from lmkit.ngram import disk as ngram_disk
 from lmkit.counts import count_buffer, flat_buffer
 from lmkit.features import make_groups
-from lmkit.ngram_disk import chunk_for, encode_to_disk, file_reader, load_windows, partition_windows
+from lmkit.ngram.disk import chunk_for, encode_to_disk, file_reader, load_windows, partition_windows
 
 BOS, EOS = 1, 2
 

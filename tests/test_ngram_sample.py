@@ -1,12 +1,12 @@
-"""Tests for lmkit.ngram_sample: the exact interpolated-MKN sampler matches log_proba."""
+"""Tests for lmkit.ngram.sample: the exact interpolated-MKN sampler matches log_proba."""
 import numpy as np
 import pytest
 
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError
 from lmkit.features import make_groups
-from lmkit.ngram import solve_ngram
-from lmkit.ngram_sample import NgramSampler, _row_cumsum, _search_rows
+from lmkit.ngram.mkn import solve_ngram
+from lmkit.ngram.sample import NgramSampler, _row_cumsum, _search_rows
 from lmkit.scoring import next_rows, sparse_next_logp
 
 BOS, EOS, V = 1, 2, 12
@@ -80,7 +80,7 @@ def test_refuses_window_models():
 
 def test_synthetic_sample_batch_uses_the_ngram_sampler(tiny_lines, tiny_tok):
     from lmkit.model import LanguageModel
-    from lmkit.synthetic import sample_batch
+    from lmkit.experiments.synthetic import sample_batch
     groups = make_groups(0, 3)
     seqs = tiny_tok.encode_batch(tiny_lines)
     params = solve_ngram(count_chunk(seqs, tiny_tok.vocab_size, groups, tiny_tok.bos_id,

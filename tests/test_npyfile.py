@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from lmkit.npyfile import NpyAppender, open_npy, release_pages
+from lmkit.io.npyfile import NpyAppender, open_npy, release_pages
 
 
 def test_npy_appender_writes_a_loadable_array(tmp_path):

@@ -9,7 +9,8 @@ from lmkit.errors import InputError, MemoryLimitError
 from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import Window, make_groups
 from lmkit.parallel import (SpillingSum, check_workers, count_corpus_parallel, counts_nbytes,
-                            line_chunks, load_counts, model_nbytes, save_counts)
+                            line_chunks, load_counts, save_counts)
+from lmkit.solve import model_nbytes
 from lmkit.scoring import context_rows, next_logp, next_rows, sparse_log_proba
 
 GROUPS = make_groups(3)
@@ -122,7 +123,7 @@ def test_v32000_sparse_path_stays_small():
 
 
 def test_fit_heldout_subsamples_to_the_limit(tiny_model):
-    from lmkit.parallel import fit_heldout, heldout_nbytes
+    from lmkit.solve import fit_heldout, heldout_nbytes
     tok, p = tiny_model.tokenizer, tiny_model.params
     seqs = tok.encode_batch(["Then come the king.", "Love the queen, and the king!"] * 20)
     rows, targets, _ = context_rows(tiny_model.groups, p.keys, seqs, tok.vocab_size, tok.bos_id,

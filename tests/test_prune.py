@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from lmkit.errors import InputError
-from lmkit.arpa import arpa_words, write_arpa
-from lmkit.arpa import packed_view
+from lmkit.ngram.arpa import arpa_words, write_arpa
+from lmkit.ngram.arpa import packed_view
 from lmkit.features import decode_histories
-from lmkit.ngram import backoff_tables
-from lmkit.prune import entropy_criteria, n_ngrams, prune_entropy
+from lmkit.ngram.tables import backoff_tables
+from lmkit.ngram.prune import entropy_criteria, n_ngrams, prune_entropy
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_criterion_is_the_relative_entropy_of_dropping_one_ngram(model4):
     bos = model4.tokenizer.bos_id
     S = params.S[-1]
     lg = loggammas[-1]
-    from lmkit.prune import _log_marginals
+    from lmkit.ngram.prune import _log_marginals
     checked = 0
     for e in np.argsort(-D)[:5]:
         ids = [int(hist[e] // V ** i % V) for i in range(3)]
@@ -80,13 +80,13 @@ def test_criterion_is_the_relative_entropy_of_dropping_one_ngram(model4):
 
 
 def test_stationary_unigram_is_the_bigram_chains_marginal(model4):
-    from lmkit.prune import stationary_unigram
+    from lmkit.ngram.prune import stationary_unigram
     params, tok = model4.params, model4.tokenizer
     lg = backoff_tables(params)[1]
     pi = stationary_unigram(params, lg, tok.bos_id, tok.eos_id, iters=500)
     assert pi.sum() == pytest.approx(1.0)
     # pi[w] = sum_v pi[v] p(w | v) with bigram contexts only; </s> is followed by <s>
-    from lmkit.ngram import mkn_log_proba
+    from lmkit.ngram.tables import mkn_log_proba
     V = model4.vocab_size
     P = np.empty((V, V))
     for v in range(V):

@@ -2,7 +2,7 @@ import numpy as np
 
 from lmkit.counts import count_chunk
 from lmkit.features import Skip, Suffix, Window
-from lmkit.ngram import solve_ngram
+from lmkit.ngram.mkn import solve_ngram
 from lmkit.rich import base_groups, cluster_groups, fit_rich, merge_groups, solve_rich
 from lmkit.scoring import context_rows, sparse_log_proba, sparse_next_logp, next_rows
 
@@ -127,7 +127,7 @@ def test_rich_model_save_load_round_trip(tiny_tok, tiny_lines, tmp_path):
 def test_rich_model_refuses_bad_cluster_tables(tiny_tok, tiny_lines, tmp_path):
     import pytest
 
-    from lmkit import store
+    from lmkit.io import store
     from lmkit.errors import ModelFormatError
     model, table = _tiny_rich_model(tiny_tok, tiny_lines)
     arrays = store.params_to_arrays(model.params)

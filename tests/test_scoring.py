@@ -117,7 +117,7 @@ def _reference_next_logp(params, rows):
 
 def _models():
     """Window, pure MKN, MKN + windows (tuned lambdas) and rich parameters on one tiny corpus."""
-    from lmkit.ngram import solve_ngram
+    from lmkit.ngram.mkn import solve_ngram
     from lmkit.rich import base_groups, cluster_groups, fit_rich, merge_groups
     from lmkit.features import Suffix
     train, held = seqs_of(300, 3), seqs_of(60, 4)

@@ -4,7 +4,7 @@ import pytest
 
 from lmkit.counts import count_chunk
 from lmkit.features import make_groups
-from lmkit.ngram import solve_ngram
+from lmkit.ngram.mkn import solve_ngram
 from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.experiments.sparse_finetune import finetune_sparse, nll_gradient, with_data
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lmkit import store
+from lmkit.io import store
 from lmkit.errors import ModelFormatError
 from lmkit.model import LanguageModel
 
@@ -129,7 +129,7 @@ def test_a_mapped_model_can_be_saved_over_its_own_folder(tiny_model, tmp_path):
 def test_blockwise_checks_see_every_neighbour_pair():
     """Validation runs in blocks (no array-sized temporaries on a mapped model); with pairs,
     consecutive blocks overlap by one element so a disorder at a block edge is still seen."""
-    from lmkit.store import _blocks
+    from lmkit.io.store import _blocks
     a = np.arange(10)
     assert [x.tolist() for x in _blocks(a, pairs=True, block=4)] == [
         [0, 1, 2, 3, 4], [4, 5, 6, 7, 8], [8, 9]]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lmkit.errors import InputError
-from lmkit.synthetic import sample_batch, write_shards
+from lmkit.experiments.synthetic import sample_batch, write_shards
 
 
 @pytest.fixture(scope="module")

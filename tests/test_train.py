@@ -193,7 +193,7 @@ def test_routes_refuse_or_keep_what_the_bounded_build_would_drop(tiny_corpus_fil
     before any work, and entropy pruning within max_memory takes the spilling route, pruned."""
     with pytest.raises(OptionError, match="handles context \\(window\\) groups only"):
         route(TrainConfig.from_kwargs(order=3, solver="gradient", max_memory="1G"))
-    from lmkit.prune import n_ngrams
+    from lmkit.ngram.prune import n_ngrams
     opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3,
                 verbose=False)
     assert route(TrainConfig.from_kwargs(prune_entropy=1e-3, max_memory="1G", **opts)) == "spilling"

@@ -1,6 +1,6 @@
 r"""Sparse fine-tune: gradient descent on the stored entries of a ``SparseParams`` model only.
 
-Input: ``SparseParams`` (e.g. the MKN + window model of ``ngram.py``, warm start), per-group row
+Input: ``SparseParams`` (e.g. the MKN + window model of ``ngram/mkn.py``, warm start), per-group row
 indices and targets of a tuning text (``scoring.context_rows``), and of a stopping text.
 Output: a new ``SparseParams`` with the same sparsity pattern (same memory), ``S_g.data``
 changed, ``q`` and ``lambdas`` unchanged; plus the trace of stopping-text NLL per epoch.

@@ -18,7 +18,7 @@ The class offers what ``lmkit.evaluate`` and ``lmkit.generate`` use — ``tokeni
                       "bytes"}, "tokenizer": {"file", "sha256", "bytes"}, "training": {...},
                       "versions": {...}}
     tokenizer.model  the SentencePiece model
-    weights.npz      the network's state dict as plain float32 arrays (``store.write_npz``;
+    weights.npz      the network's state dict as plain float32 arrays (``io.store.write_npz``;
                      no pickle: version 1 folders, whose weights.pt was one, are refused)
     explicit/        the frozen explicit model folder (``LanguageModel.save``), residual only
 """
@@ -33,10 +33,10 @@ import torch.nn as nn
 
 from ..errors import InputError, ModelFormatError
 from ..model import BaseModel, LanguageModel
-from ..readfile import sha256_file
-from ..store import (MAX_TOKENIZER_BYTES, NEURAL_FORMAT, NEURAL_VERSION, NEURAL_WEIGHTS,
-                     manifest_stamp, read_manifest, read_member, read_npz, sha256_bytes,
-                     write_folder, write_manifest, write_npz, write_synced)
+from ..io.readfile import sha256_file
+from ..io.store import (MAX_TOKENIZER_BYTES, NEURAL_FORMAT, NEURAL_VERSION, NEURAL_WEIGHTS,
+                        manifest_stamp, read_manifest, read_member, read_npz, sha256_bytes,
+                        write_folder, write_manifest, write_npz, write_synced)
 from ..tokenizer import Tokenizer
 from .data import ExplicitRows, SequenceData
 from .transformer import GPT, GPTConfig
@@ -153,7 +153,7 @@ class NeuralLM(BaseModel):
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path, command: str | None = None) -> Path:
         """Write the model folder atomically (see the module docstring); an existing folder is
-        replaced only if it is an lmkit model (``store.write_folder``)."""
+        replaced only if it is an lmkit model (``io.store.write_folder``)."""
         def fill(tmp: Path) -> None:
             arrays = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
             size, digest = write_npz(tmp / NEURAL_WEIGHTS, arrays)
@@ -174,7 +174,7 @@ class NeuralLM(BaseModel):
     @classmethod
     def load(cls, path) -> "NeuralLM":
         """Read a folder written by ``save``. Nothing in it is unpickled: the weights are a
-        plain ``.npz`` read by ``store.read_npz``; the manifest's config is range-checked
+        plain ``.npz`` read by ``io.store.read_npz``; the manifest's config is range-checked
         (``check_config``), the arrays' names, shapes and dtypes must be the network's (checked
         on a network built without memory, so a forged size allocates nothing) and every value
         finite. Each problem is one ``ModelFormatError`` naming the file and the fix."""
@@ -234,7 +234,7 @@ _CONFIG_RANGES = {"vocab_size": (1, 1 << 24), "block_size": (1, 1 << 16), "n_lay
 def check_config(manifest: dict, bad) -> None:
     """The neural manifest's ``config``: exactly ``GPTConfig``'s fields, integers in
     ``_CONFIG_RANGES``, ``n_embd`` a multiple of ``n_head``, ``dropout`` in [0, 1); raises
-    ``bad(what)`` (``store.check_manifest``'s error) naming the first bad field."""
+    ``bad(what)`` (``io.store.check_manifest``'s error) naming the first bad field."""
     cfg = manifest["config"]
     names = [f.name for f in dataclasses.fields(GPTConfig)]
     if sorted(cfg) != sorted(names):

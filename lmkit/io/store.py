@@ -33,7 +33,7 @@ renames, the next load or write of NAME moves it back. Modes are 0o666/0o777 les
 
 Reading (``read_model_folder``): a model folder is untrusted input. Its manifest goes through
 ``check_manifest``, the one check of every folder kind (explicit model, mixture, neural: format
-and version constants live here only); every file is read by ``readfile.read_regular``, the one
+and version constants live here only); every file is read by ``io.readfile.read_regular``, the one
 bounded reader (a regular file no larger than a bound, ``params.npz`` exactly the manifest's
 declared size); each ``.npy`` header is parsed here (no pickles, exact dtypes, sizes consistent
 with the bytes present) and ``arrays_to_params`` checks every CSR (indices in range, sorted and
@@ -72,16 +72,16 @@ import scipy.sparse as sp
 import sentencepiece
 
 from . import files
-from .errors import InputError, LmkitError, MissingPathError, ModelFormatError, OutputError
+from ..errors import InputError, LmkitError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
-from . import kinds
-from .features import Suffix, check_suffix_chain
-from .linepos import check_bytes_table
-from .version import __version__
+from .. import kinds
+from ..features import Suffix, check_suffix_chain
+from ..linepos import check_bytes_table
+from ..version import __version__
 from .npyfile import release_pages
 from .readfile import open_regular, read_regular, sha256_file
-from .params import DenseParams, SparseParams
-from .sparse import csr_to_arrays
+from ..params import DenseParams, SparseParams
+from ..sparse import csr_to_arrays
 
 # The folder formats lmkit writes, and the one version of each it reads (``check_manifest``).
 FORMAT, VERSION = "lmkit-model", 1  # explicit models (kind sparse|dense) and mixtures
@@ -161,12 +161,12 @@ def write_folder(path, fill, log=None) -> Path:
 
 
 def check_output_writable(path, *, folder: bool = False) -> Path:
-    """``files.check_output_writable``; an existing folder output must be an lmkit model."""
+    """``io.files.check_output_writable``; an existing folder output must be an lmkit model."""
     return files.check_output_writable(path, folder=folder, is_ours=is_model_folder)
 
 
 def recover_interrupted(path, log=None) -> None:
-    """``files.recover_interrupted`` for a model folder (restores only lmkit models)."""
+    """``io.files.recover_interrupted`` for a model folder (restores only lmkit models)."""
     files.recover_interrupted(path, log, is_ours=is_model_folder)
 
 
@@ -403,7 +403,7 @@ def read_manifest(path, accept=ALL_KINDS, check=None, takes: str = "") -> dict:
 
 
 def read_member(path: Path, what: str, **checks) -> bytes:
-    """The bytes of the folder member ``path`` (``readfile.read_regular``, as untrusted input;
+    """The bytes of the folder member ``path`` (``io.readfile.read_regular``, as untrusted input;
     a missing member is an incomplete folder)."""
     return read_regular(path, what, _FIX, error=ModelFormatError,
                         missing=f"{path.parent}: missing {path.name}; the folder is "
@@ -583,7 +583,7 @@ def params_to_arrays(params) -> dict:
     for g, k in enumerate(params.keys):
         if k is not None:
             arrays[f"keys{g}"] = k
-    for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
+    for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram/mkn.py)
         arrays[f"G{g}"] = lg
     # the tables some kinds are rebuilt with (clusters{C}, piece_bytes; kinds.py)
     arrays.update(kinds.group_tables(params.groups))

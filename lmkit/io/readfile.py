@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import InputError, MissingPathError
+from ..errors import InputError, MissingPathError
 
 _CHUNK = 16 << 20
 

@@ -1,6 +1,6 @@
 """Disk-backed stages of the bounded n-gram build: the id stream and its bucket partition.
 
-Used by ``ngram_build.py`` so that nothing of the size of the corpus or of the model is ever
+Used by ``ngram/build.py`` so that nothing of the size of the corpus or of the model is ever
 held in memory at once; each function streams fixed-size chunks.
 
 - ``encode_to_disk(chunks, bos, eos, path, V)``: chunks of id sequences -> int32 file
@@ -13,7 +13,7 @@ held in memory at once; each function streams fixed-size chunks.
   else int32. ``load_windows`` turns a bucket file back into the buffer/pos/starts triple that
   ``counts.count_buffer`` reads, so a bucket is counted exactly as the whole buffer would be.
 
-The model's own arrays are written with ``npyfile.NpyAppender``.
+The model's own arrays are written with ``io.npyfile.NpyAppender``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .counts import flat_buffer
+from ..counts import flat_buffer
 
 CHUNK_TOKENS = 1 << 22  # most ids per read in the partition pass (16 MiB of int32)
 BYTES_PER_ID = 120  # measured peak of the partition pass per id read (~0.5 GB at 4M ids)

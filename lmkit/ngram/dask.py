@@ -26,10 +26,10 @@ Task graph (all heavy work on the workers; the client holds futures, never the d
 2. partition p: its windows from every shard, counted in one go (``count_windows``: one sort
    per order, as the local build), then the adjusted counts of every order (kept on the
    worker); n1..n4 per order and the unigram adjusted counts go to the client.
-3. client: discounts (``ngram.order_discounts``) and ``q`` (``ngram.unigram_level``) from the
-   sums; ``q`` is broadcast.
-4. partition p: ``ngram.solve_partition`` -> S, keys, log gamma per order, sent to the client,
-   which stitches them (``ngram.stitch_partitions``: row offsets only).
+3. client: discounts (``mkn.order_discounts``) and ``q`` (``mkn.unigram_level``) from the sums;
+   ``q`` is broadcast.
+4. partition p: ``ngram.mkn.solve_partition`` -> S, keys, log gamma per order, sent to the client,
+   which stitches them (``ngram.mkn.stitch_partitions``: row offsets only).
 
 At most ``4 * workers`` shards are in flight. A failure on a worker surfaces as one
 ``WorkerError`` line (``distributed.result``); the cluster is closed on every exit path
@@ -42,15 +42,15 @@ import os
 
 import numpy as np
 
-from .corpus import file_lines, sequences
-from .counts import Counts, count_buffer, flat_buffer
-from .distributed import _tokenizer, dask_client, result
-from .errors import InputError
-from .features import make_groups
-from .ngram import (_adjusted_counts, _check_discount, count_of_counts, order_discounts,
-                    solve_partition, stitch_partitions, unigram_level)
-from .params import SparseParams
-from .parallel import check_workers, line_chunks
+from ..corpus import file_lines, sequences
+from ..counts import Counts, count_buffer, flat_buffer
+from ..distributed import _tokenizer, dask_client, result
+from ..errors import InputError
+from ..features import make_groups
+from .mkn import (_adjusted_counts, _check_discount, count_of_counts, order_discounts,
+                  solve_partition, stitch_partitions, unigram_level)
+from ..params import SparseParams
+from ..parallel import check_workers, line_chunks
 
 
 SPLIT_BYTES = 8 << 20  # text per task when workers read files: ~2M tokens, ~50 MB of windows

@@ -1,7 +1,7 @@
 r"""ARPA back-off models <-> lmkit sparse n-gram models, exactly.
 
 Export (``write_arpa``): a pure n-gram ``LanguageModel`` (groups ``Suffix(1..M)``, all
-lambdas 1, an exact MKN model, see ``ngram.py``) -> ``\\data\\`` counts, then one section per
+lambdas 1, an exact MKN model, see ``ngram/mkn.py``) -> ``\\data\\`` counts, then one section per
 order with ``log10 P``, the n-gram and its ``log10`` back-off weight (omitted when 0 or at the
 top order). Words are decimal token ids (``arpa_words``: ``<unk>``, ``<s>``, ``</s>`` for the
 specials) or the SentencePiece pieces (``piece_words``); ``<s>`` gets -99 as in KenLM. Written
@@ -23,7 +23,7 @@ An ARPA model says ``p(w|h) = p*(w|h)`` for a listed n-gram ``h w``, else ``bo(h
 ``p(w|h) = bo(h) p(w|h') exp(S[h, w])`` for every w, and unrolling down to the unigrams gives
 lmkit's form ``log p = log q + sum_m S_m[h_m, w] + sum_m log bo(h_m)``, i.e. ``log Z = -sum log
 bo``. lmkit does not store bo: it derives ``gamma(h) = 1 / (1 + sum_w p(w|h') expm1(S[h, w]))``
-(``ngram.backoff_tables``), which equals bo(h) exactly when the ARPA is normalised (lmplz and
+(``ngram.tables.backoff_tables``), which equals bo(h) exactly when the ARPA is normalised (lmplz and
 SRILM write normalised models; rounding to 6 decimals moves log10 bo by < 1e-6). The import
 measures ``max |log10 gamma - log10 bo|`` and warns when it exceeds 1e-4 (an unnormalised ARPA:
 lmkit then scores its renormalised version). A history listed with a back-off but without
@@ -51,14 +51,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
-from .features import Suffix, decode_histories, encode_histories
-from .files import atomic_write
-from .readfile import read_regular
-from .model import LanguageModel
-from .ngram import _suffix_order, backoff_tables
-from .params import SparseParams
-from .sparse import lookup_rows, lookup_values
+from ..errors import InputError
+from ..features import Suffix, decode_histories, encode_histories
+from ..io.files import atomic_write
+from ..io.readfile import read_regular
+from ..model import LanguageModel
+from .tables import _suffix_order, backoff_tables
+from ..params import SparseParams
+from ..sparse import lookup_rows, lookup_values
 
 SPECIALS = ("<unk>", "<s>", "</s>")
 LN10 = math.log(10)
@@ -315,8 +315,8 @@ def suffix_params(q, levels, V: int, info: dict):
 def packed_view(params: SparseParams):
     """``(packed params, logps, loggammas)``: the same pure n-gram model with rows keyed and
     sorted by packed keys (oldest token at weight V**0), its per-entry log-probabilities and
-    per-row log back-offs (``ngram.backoff_tables``) in that row order. For algorithms written
-    on packed keys (entropy pruning); needs ``V**M < 2**63``."""
+    per-row log back-offs (``tables.backoff_tables``) in that row order. For algorithms written on
+    packed keys (entropy pruning); needs ``V**M < 2**63``."""
     V, M = params.vocab_size, len(params.S)
     if M and V ** M >= 2 ** 63:
         raise InputError(f"order {M + 1} at V={V}: packed history keys overflow int64; this "

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import InputError, LmkitError, OutputError
+from ..errors import InputError, LmkitError, OutputError
 
 
 def umask() -> int:
@@ -129,7 +129,7 @@ def check_output_writable(path, *, folder: bool = False, is_ours=None, inputs=()
     """Refuse, before any work, an output that could not be written or would destroy data.
 
     ``folder=True``: a model folder; it may exist only as a folder ``is_ours(path)`` accepts
-    (``store.is_model_folder``). Otherwise a file; it may exist as a regular file (a symlink
+    (``io.store.is_model_folder``). Otherwise a file; it may exist as a regular file (a symlink
     to one is followed) or as a FIFO or character device (written to in place, see
     ``atomic_write``). In both cases the nearest existing parent must be a writable folder
     (checked by creating and removing a temporary file there: permissions, read-only file

@@ -25,10 +25,10 @@ from __future__ import annotations
 import numpy as np
 
 from .arpa import check_arpa_exportable, find_pairs, packed_view, pair_index, suffix_params
-from .errors import InputError
-from .model import LanguageModel
-from .ngram import mkn_log_proba
-from .sparse import lookup_rows
+from ..errors import InputError
+from ..model import LanguageModel
+from .tables import mkn_log_proba
+from ..sparse import lookup_rows
 
 
 def stationary_unigram(params, loggammas, bos: int, eos: int, iters: int = 100,

@@ -1,7 +1,7 @@
 """Synthetic corpora: a sparse window or n-gram model -> many sampled sequences at once, exactly.
 
 Input: a ``LanguageModel`` with ``SparseParams`` and window groups only, or a pure n-gram model
-(``--order N``: sampled by ``ngram_sample.NgramSampler``, back-off walk, no V-vector). Output:
+(``--order N``: sampled by ``ngram.sample.NgramSampler``, back-off walk, no V-vector). Output:
 token-id sequences (``sample_batch``) or text lines written to shard files (``write_shards``).
 
 Sampling one sequence a token at a time costs a Python step per token; ``sample_batch`` instead
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .features import Window
-from .ngram_sample import NgramSampler, is_pure_ngram
-from .params import SparseParams
-from .scoring import sparse_scores
+from ..errors import InputError
+from ..features import Window
+from ..ngram.sample import NgramSampler, is_pure_ngram
+from ..params import SparseParams
+from ..scoring import sparse_scores
 
 
 def _check_model(model) -> None:

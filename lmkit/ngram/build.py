@@ -12,7 +12,7 @@ order, its continuation counts (read one order down, from n-grams ending in the 
 positions are split by the most recent history token into B token ranges of about equal
 size; each range is counted and solved on its own. Only two things are global: the unigram
 level (the sum of every bucket's distinct ``(t, w)`` pairs per w) and each order's
-count-of-counts n1..n4 (sums), which fix the discounts. The stages (``ngram_disk.py`` holds
+count-of-counts n1..n4 (sums), which fix the discounts. The stages (``ngram/disk.py`` holds
 the disk-backed pieces), each streaming and each bounded by one chunk or one bucket:
 
 1. encode: the id sequences go to an int32 file in a spill folder; the histogram of the
@@ -41,17 +41,17 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import count_buffer
-from .errors import InputError
-from .features import make_groups
-from .memory import parse_size
-from .ngram import (_adjusted_counts, _check_discount, _solve_order, order_discounts,
-                    unigram_level)
-from .ngram_disk import (chunk_for, encode_to_disk, file_reader, load_windows,
-                         partition_windows)
-from .npyfile import NpyAppender, open_npy
-from .params import SparseParams
-from .sparse import csr_from_arrays, csr_to_arrays
+from ..counts import count_buffer
+from ..errors import InputError
+from ..features import make_groups
+from ..memory import parse_size
+from .mkn import (_adjusted_counts, _check_discount, _solve_order, order_discounts,
+                  unigram_level)
+from .disk import (chunk_for, encode_to_disk, file_reader, load_windows,
+                   partition_windows)
+from ..io.npyfile import NpyAppender, open_npy
+from ..params import SparseParams
+from ..sparse import csr_from_arrays, csr_to_arrays
 
 BYTES_PER_POSITION = 200  # measured peak of count + solve per position in a bucket (order 5)
 

@@ -42,11 +42,11 @@ normaliser: ``log Z = -sum_m log gamma(h_m)``. Hence MKN is exactly the single s
 ``logits = log q + sum_m S_m[h_m]`` with one-hot suffix features and all lambdas 1, and the
 generic scorer (which normalises over the union of touched columns) returns MKN probabilities.
 Conversely gamma is recoverable from q and S alone, ``gamma(h) = 1 / (1 + sum_{w in row h}
-P_m(w|h') expm1(S[h, w]))``, which is how ``backoff_tables`` rebuilds the ARPA backoffs. The
+P_m(w|h') expm1(S[h, w]))``, which is how ``tables.backoff_tables`` rebuilds the ARPA backoffs. The
 solver also keeps log gamma per row (``info["loggamma"]``, saved as ``G{g}`` arrays), so loading
-a model derives nothing (``loggamma_tables``); ``ngram_sample.py`` samples this model exactly.
+a model derives nothing (``tables.loggamma_tables``); ``sample.py`` samples this model exactly.
 
-ARPA export: ``arpa.py``.
+The query side (back-off tables, the exact scorer) is ``tables.py``; ARPA export: ``arpa.py``.
 """
 from __future__ import annotations
 
@@ -54,13 +54,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import Counts
-from .errors import InputError, ModelFormatError
-from .explicit import estimate_discount, solve_group
-from .params import SparseParams
-from .progress import log
-from .features import (Suffix, check_suffix_chain, decode_histories, decode_suffix_key,
-                       encode_histories, find_sorted)
+from ..counts import Counts
+from ..errors import InputError
+from ..explicit import estimate_discount, solve_group
+from ..features import Suffix, decode_histories, decode_suffix_key, encode_histories
+from ..params import SparseParams
+from ..progress import log
+from .tables import _lower_logp, _suffix_order, entry_index
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 
@@ -129,28 +129,6 @@ def _adjusted_counts(counts: Counts, m: int, top: int, bos_id: int):
     return sp.csr_matrix((a, F.indices, F.indptr), shape=F.shape), idx
 
 
-def linear_keys(M: sp.csr_matrix) -> np.ndarray:
-    """``row * V + col`` of every stored entry of a canonical CSR: sorted int64 (nnz,)."""
-    V = M.shape[1]
-    return np.repeat(np.arange(M.shape[0], dtype=np.int64) * V, np.diff(M.indptr)) + M.indices
-
-
-def entry_index(M: sp.csr_matrix, rows, cols, lin=None, missing_ok: bool = False) -> np.ndarray:
-    """Index into ``M.data`` of each entry (rows[n], cols[n]) of a canonical CSR (-1 if absent).
-
-    One ``searchsorted`` on the linear keys (``lin``: ``linear_keys(M)``, if already known).
-    Without ``missing_ok`` every entry must be stored.
-    """
-    lin = linear_keys(M) if lin is None else lin
-    q = np.asarray(rows, dtype=np.int64) * M.shape[1] + np.asarray(cols, dtype=np.int64)
-    idx = np.minimum(find_sorted(lin, q), max(len(lin) - 1, 0))
-    found = (lin[idx] == q) & (np.asarray(rows) >= 0) if len(lin) else np.zeros(len(q), bool)
-    if not missing_ok:
-        assert found.all(), "a needed n-gram is missing: patterns must be nested"
-        return idx
-    return np.where(found, idx, -1)
-
-
 def infer_bos_id(counts: Counts) -> int:
     """The BOS id: the one history token of ``Suffix(1)`` that is never a target."""
     g = counts.groups.index(Suffix(1))
@@ -159,15 +137,6 @@ def infer_bos_id(counts: Counts) -> int:
         raise InputError(f"cannot tell the BOS id from the counts ({len(cand)} candidates); "
                          "pass bos_id= to solve_ngram")
     return int(cand[0])
-
-
-def _suffix_order(groups) -> int:
-    """M such that the suffix groups are exactly Suffix(1..M), in order, first."""
-    M = check_suffix_chain(groups)
-    if any(isinstance(g, Suffix) for g in groups[M:]):
-        raise InputError(f"suffix groups must be suffix1..suffixM first, got "
-                         f"{[g.name for g in groups]}; build them with make_groups(order=N)")
-    return M
 
 
 def _check_discount(discount):
@@ -269,13 +238,6 @@ def _solve_order(A, keys, d, keep, q, logp_prev, parent_map, V, link=None):
     return S, new_keys, logp, new_row, np.log(gamma[rows_kept])
 
 
-def _lower_logp(parent_rows, cols, q, logp_prev, lin=None):
-    """log P_m(w | h') for each (h, w), given the row of h' (unigram q when m = 1)."""
-    if logp_prev is None:
-        return np.log(q[cols])
-    return logp_prev.data[entry_index(logp_prev, parent_rows, cols, lin)]
-
-
 def prune_thresholds(prune, n_orders: int) -> list:
     """Per-order count thresholds (KenLM ``--prune``): n-grams whose adjusted count is <= t_n
     are dropped (their mass backs off). Unigrams are never pruned; a shorter list repeats its
@@ -320,7 +282,7 @@ def _pruned_patterns(A, keys, thresholds, V) -> list:
     return keep
 
 
-# ---- pieces of a partitioned build (ngram_dask.py; the same steps as solve_ngram) -------------
+# ---- pieces of a partitioned build (ngram/dask.py; the same steps as solve_ngram) -------------
 def count_of_counts(values) -> np.ndarray:
     """n1..n4 of positive integer counts: int64 (4,). Sums over partitions are exact, and
     ``discounts_from_count_of_counts`` of the sum equals ``mkn_discounts`` of the union.
@@ -388,108 +350,6 @@ def stitch_partitions(parts, V) -> tuple[list, list, list]:
     return S, K, G
 
 
-# ---- reading MKN back out of a model ----------------------------------------------------------
-def backoff_tables(params: SparseParams):
-    """Per suffix group m: (log P_{m+1}(w | h) on the pattern of S_m, log gamma per row).
-
-    Natural logs. Only for pure suffix models with all lambdas 1 (an exact MKN model).
-    Returns ``(logp, loggamma)``: lists of (nnz_m,) and (R_m,) float64 arrays.
-    """
-    M = _suffix_order(params.groups)
-    V = params.vocab_size
-    logps, loggammas, prev, lin = [], [], None, None
-    for m in range(M):
-        S = params.S[m].tocsr()
-        S.sort_indices()
-        er = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-        lower = _lower_logp((params.keys[m] // V)[er], S.indices, params.q, prev, lin)
-        z = 1.0 + np.bincount(er, np.exp(lower) * np.expm1(S.data), minlength=S.shape[0])
-        lg = -np.log(z)
-        lp = lg[er] + lower + S.data
-        prev = sp.csr_matrix((lp, S.indices, S.indptr), shape=S.shape)
-        lin = er * V + S.indices  # = linear_keys(prev), reused by the next order's lookups
-        logps.append(lp)
-        loggammas.append(lg)
-    return logps, loggammas
-
-
-def loggamma_tables(params: SparseParams) -> list:
-    """log gamma per row of every suffix group: the stored ones (``info["loggamma"]``, written by
-    ``solve_ngram`` and saved with the model) when present, else derived from q and S
-    (``backoff_tables``). Stored tables read from a file were value-checked where they entered
-    (``store.arrays_to_params``: finite, <= 0); here only their shapes are matched to the rows,
-    so scoring does not scan every table a second time."""
-    stored = params.info.get("loggamma")
-    if stored is None:
-        return backoff_tables(params)[1]
-    out = [np.asarray(x, dtype=np.float64) for x in stored]
-    if len(out) != len(params.S) or any(x.shape != (S.shape[0],) for x, S in zip(out, params.S)):
-        raise ModelFormatError("stored n-gram back-off weights (G arrays) do not match the model's "
-                               "rows; re-train the model")
-    return out
-
-
-def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggammas,
-                  order=None) -> np.ndarray:
-    """Fast exact scorer for pure MKN models: ``log q[t] + sum_m (S_m[h_m, t] + log gamma_m)``.
-
-    ``S_m[h_m, t]`` is looked up only where ``S_{m-1}[h_{m-1}, t]`` was stored: the patterns are
-    nested (a stored ``(h, t)`` implies a stored ``(h', t)``), so the searches thin out with the
-    order. Cost: at most M binary searches per token, independent of how many columns a row has.
-    ``order``: optional permutation of the positions under which every group's rows ascend
-    (``features.history_order``): the searches then walk the arrays in memory order.
-    """
-    out = np.log(params.q[targets])
-    # positions whose target may still be stored at this order
-    cand = np.arange(len(targets)) if order is None else order
-    for S, r, lg in zip(params.S, rows, loggammas):
-        present = r >= 0
-        out[present] += lg[r[present]]
-        cand = cand[r[cand] >= 0]
-        idx = _row_find(S, r[cand], targets[cand])
-        hit = idx >= 0
-        cand = cand[hit]
-        out[cand] += S.data[idx[hit]]
-    return out
-
-
-def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored (canonical CSR; every row
-    >= 0). A branch-free binary search inside each row, all queries in step: each step halves
-    every query's range with one gather and one ``where``; once most ranges are down to one
-    entry, the search goes on with the rest only (rows are mostly short, a few very long)."""
-    ind = S.indices
-    base = S.indptr[rows].astype(np.int64)
-    n = S.indptr[rows + 1].astype(np.int64) - base
-    c = np.asarray(cols).astype(ind.dtype, copy=False)
-    empty = n == 0
-    base[empty], n[empty] = 0, 1  # probe entry 0 harmlessly; masked out below
-    ids, b, m, cc = None, base, n, c  # the queries still searching (None: all of them)
-    while True:
-        half = m >> 1
-        live = half > 0
-        k = np.count_nonzero(live)
-        if not k:
-            break
-        if k < len(m) // 2:
-            if ids is None:
-                ids = np.flatnonzero(live)
-            else:
-                base[ids[~live]] = b[~live]
-                ids = ids[live]
-            b, m, cc, half = b[live], m[live], cc[live], half[live]
-        probe = b + half
-        b = np.where(ind[probe] <= c if ids is None else ind[probe] <= cc, probe, b)
-        m = m - half
-        if ids is None:
-            base = b
-    if ids is not None:
-        base[ids] = b
-    hit = ~empty & (ind[base] == c) if len(ind) else np.zeros(len(base), bool)
-    return np.where(hit, base, -1)
-
-
-__all__ = ["solve_ngram", "mkn_discounts", "adjusted_counts", "backoff_tables", "mkn_log_proba",
-           "count_of_counts", "order_discounts", "unigram_level", "solve_partition",
-           "stitch_partitions",
-           "loggamma_tables", "prune_thresholds", "decode_suffix_key"]
+__all__ = ["solve_ngram", "mkn_discounts", "adjusted_counts", "count_of_counts", "order_discounts",
+           "unigram_level", "solve_partition", "stitch_partitions", "prune_thresholds",
+           "decode_suffix_key"]

@@ -1,7 +1,7 @@
 r"""Exact sampling from an interpolated modified Kneser-Ney model, without forming the V-vector.
 
 Input: ``SparseParams`` of a pure n-gram model (``Suffix(1..M)`` groups, lambdas 1; see
-``ngram.py``). Output: token ids drawn from ``P_N(w | h)`` exactly (temperature 1, no top-k/p).
+``ngram/mkn.py``). Output: token ids drawn from ``P_N(w | h)`` exactly (temperature 1, no top-k/p).
 
 The interpolated form is a mixture at every order::
 
@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .features import Suffix
-from .ngram import backoff_tables
-from .params import SparseParams
-from .sparse import lookup_rows
+from ..errors import InputError
+from ..features import Suffix
+from .tables import backoff_tables
+from ..params import SparseParams
+from ..sparse import lookup_rows
 
 
 def is_pure_ngram(params) -> bool:

@@ -1,0 +1,11 @@
+"""The file room: what lmkit reads from users and writes for them, checked and atomic.
+
+- ``files``: outputs — refuse before any work an output that is an input or a model being read,
+  write by temp file + rename (umask respected), replace only lmkit's own artifacts;
+- ``readfile``: the one bounded reader of untrusted input files (regular file, size limit, hash);
+- ``npyfile``: disk-backed 1-d ``.npy`` arrays, appended piecewise, mapped read-only;
+- ``store``: model folders — layout, the one manifest check for every folder kind, arrays
+  validated on load (indices in range, shapes consistent, values finite).
+
+This file imports nothing, so importing one module of the room loads only that module.
+"""

@@ -23,7 +23,7 @@ import hashlib
 import time
 
 from . import corpus as corpus_mod
-from . import rich
+from . import compact, rich
 from .config import NEURAL_SOLVERS, CorpusConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
 from .distributed import count_corpus_dask
@@ -237,6 +237,10 @@ def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
     discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
     params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=discount,
                            refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
+    # compact folder: drop the entries that carry no weight (the threshold chosen on held-out
+    # text), float32 values (compact.py)
+    params = compact.compact_rich(params, tok.encode_batch(heldout_lines(
+        valid, compact.DEFAULT_PRUNE_TOKENS, tok)), tok.bos_id, tok.eos_id, log=log)
     if held_counts is not None:
         counts = counts + held_counts
     config = {**cfg.flat(), "context": context, "order": order, "rich": True,

@@ -257,20 +257,21 @@ class SparseScorer:
         """(N, G_active) int64 starts and ends of each position's row in each active group's
         arrays (an empty range: no feature); positions permuted by ``perm`` if given."""
         n = len(rows[0]) if rows else 0
-        starts = np.zeros((n, len(self.active)), dtype=np.int64)
-        ends = np.zeros((n, len(self.active)), dtype=np.int64)
+        starts = np.zeros((len(self.active), n), dtype=np.int64)  # per group contiguous
+        ends = np.zeros((len(self.active), n), dtype=np.int64)
         for i, g in enumerate(self.active):
             r = np.asarray(rows[g]) if perm is None else np.asarray(rows[g])[perm]
-            present = np.flatnonzero(r >= 0)
+            present = r >= 0
+            r = np.where(present, r, 0)
             indptr = self.params.S[g].indptr
-            starts[present, i] = indptr[r[present]]
-            ends[present, i] = indptr[r[present] + 1]
+            np.copyto(starts[i], indptr[r], where=present)
+            np.copyto(ends[i], indptr[r + 1], where=present)
             rows_d, first = self.tables()[3][i]
             if len(rows_d):  # rows kept dense: start -1 - (index of the copy in D)
                 k = np.minimum(np.searchsorted(rows_d, r), len(rows_d) - 1)
-                hit = (rows_d[k] == r) & (r >= 0)
-                starts[hit, i] = -1 - (first + k[hit])
-        return starts, ends
+                hit = (rows_d[k] == r) & present
+                starts[i, hit] = -1 - (first + k[hit])
+        return np.ascontiguousarray(starts.T), np.ascontiguousarray(ends.T)
 
     def log_proba(self, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
         """log P(target | context) per position, float64 (N,). ``order``: optional permutation

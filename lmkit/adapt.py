@@ -103,3 +103,23 @@ def evaluate_adaptive(model, lines: list, cfg: AdaptConfig, heldout=None) -> dic
     if nll is not None:
         out["adapt"]["heldout_nll_per_token"] = nll
     return out
+
+
+def score_units_adaptive(model, units: list, cfg: AdaptConfig) -> list:
+    """``docscore.score_units`` with adaptive scoring: one result dict per ``(meta, lines)``
+    unit, the units read in order as one text (each unit's lines are scored after every
+    earlier unit's; an empty line is a sequence of EOS alone, as there)."""
+    lines = [x for _, ls in units for x in ls]
+    logp, seqs = adaptive_log_proba(model, lines, cfg)
+    n_tok = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
+    line_nll = -np.add.reduceat(logp, np.cumsum(n_tok) - n_tok)  # every line has its EOS
+    line_bytes = np.fromiter((len(x.encode("utf-8")) + 1 for x in lines), dtype=np.int64,
+                             count=len(lines))
+    starts = np.cumsum([0] + [len(ls) for _, ls in units[:-1]])  # every unit has >= 1 line
+    nll = np.add.reduceat(line_nll, starts).tolist()
+    tok = np.add.reduceat(n_tok, starts).tolist()
+    n_bytes = np.add.reduceat(line_bytes, starts).tolist()
+    ln2 = math.log(2)
+    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": math.exp(x / t),
+             "bits_per_byte": x / ln2 / b}
+            for (meta, _), x, t, b in zip(units, nll, tok, n_bytes)]

@@ -38,7 +38,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .config import ScoreConfig, make
+from .adapt import score_units_adaptive
+from .config import AdaptConfig, ScoreConfig, field_names, make
 from .corpus import expand_paths, file_lines, local_data_files
 from .errors import InputError, MissingDependencyError, MissingPathError
 from .load import load as load_model
@@ -177,10 +178,12 @@ def _worker_init(model_path) -> None:
     _MODEL = load_model(model_path)
 
 
-def _scored_text(model, chunk, num_threads=None) -> tuple[str, int, int, float]:
+def _scored_text(model, chunk, num_threads=None, adapt=None) -> tuple[str, int, int, float]:
     """(JSONL text, units, tokens, nll) of a chunk: encoded where it is scored, so a worker
-    hands the parent one string instead of thousands of dicts."""
-    res = score_units(model, chunk, num_threads)
+    hands the parent one string instead of thousands of dicts. ``adapt``: an ``AdaptConfig``
+    (adaptive scoring, ``adapt.score_units_adaptive``) or None."""
+    res = score_units(model, chunk, num_threads) if adapt is None else \
+        score_units_adaptive(model, chunk, adapt)
     parts = []
     for r, (meta, _) in zip(res, chunk):
         head = json.dumps(meta, ensure_ascii=False)[:-1]  # the input's own fields, escaped
@@ -195,8 +198,15 @@ def _worker_score(chunk):
     return _scored_text(_MODEL, chunk, num_threads=1)
 
 
-def _results(model_path, chunks, workers: int):
-    """Scored chunks in input order; at most ``2 * workers`` chunks in flight."""
+def _results(model_path, chunks, workers: int, adapt=None):
+    """Scored chunks in input order; at most ``2 * workers`` chunks in flight. With ``adapt``
+    the whole input is one chunk (each unit is scored after every earlier one)."""
+    if adapt is not None:
+        model = load_model(model_path)
+        units = [u for chunk in chunks for u in chunk]
+        if units:
+            yield _scored_text(model, units, adapt=adapt)
+        return
     if workers == 1:
         model = load_model(model_path)
         for chunk in chunks:
@@ -225,10 +235,19 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     """Score every unit and write ``output`` (JSONL) atomically; ``lmkit score``.
 
     Options: ``config.ScoreConfig`` (input or dataset, split, format, text_field, id_field,
-    unit, workers). Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds",
+    unit, workers) and ``config.AdaptConfig`` (adapt: every unit scored by the model mixed with
+    a cache of the units before it; the input is read whole). Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds",
     "units_per_s", "tokens_per_s"}`` for the whole input.
     """
-    o = make(ScoreConfig, options)
+    adapt_keys = set(field_names(AdaptConfig))
+    ad = make(AdaptConfig, {k: v for k, v in options.items() if k in adapt_keys})
+    o = make(ScoreConfig, {k: v for k, v in options.items() if k not in adapt_keys})
+    if ad.adapt and ad.cache_fit:
+        raise InputError("lmkit score --adapt takes no --cache-fit (there is no valid split); "
+                         "fit the weights with lmkit eval --adapt --cache-fit")
+    if ad.adapt and o.workers > 1:
+        raise InputError("--adapt scores the units in reading order, in one process; pass "
+                         "--workers 1")
     input, dataset, split, fmt = o.input, o.dataset, o.split, o.format
     text_field, id_field, unit, workers = o.text_field, o.id_field, o.unit, o.workers
     if not Path(model_path).exists():
@@ -243,7 +262,7 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     n_units = n_tok = 0
     nll, t0 = 0.0, time.time()
-    results = _results(model_path, _chunks(units), workers)
+    results = _results(model_path, _chunks(units), workers, ad if ad.adapt else None)
     try:
         from tqdm import tqdm
         with os.fdopen(fd, "w", encoding="utf-8") as f, tqdm(

@@ -267,3 +267,34 @@ def test_adaptive_ngram_is_causal_and_learns():
     assert sum(a[1]) > sum(a[0])  # the repeated line is more probable the second time
     with pytest.raises(InputError, match="triples"):
         AdaptiveNgram(3, 9, BOS, EOS, [(0.5, 1.0, 1.5)])
+
+
+# ---- lmkit score --adapt ---------------------------------------------------------------------
+def test_score_adapt_matches_adaptive_scores(tiny_model, tiny_model_dir, tiny_lines, tmp_path):
+    from lmkit.docscore import score_file
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(tiny_lines[:20]) + "\n\n" + "\n".join(tiny_lines[20:30]) + "\n")
+    out = tmp_path / "s.jsonl"
+    score_file(tiny_model_dir, out, input=[str(src)], unit="document", progress=False, **CFG)
+    docs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [d["index"] for d in docs] == [0, 1]
+    logp, seqs = adaptive_log_proba(tiny_model, tiny_lines[:30], AdaptConfig(**CFG))
+    n20 = sum(len(s) + 1 for s in seqs[:20])
+    assert docs[0]["nll_nats"] == pytest.approx(-logp[:n20].sum(), rel=1e-12)
+    assert docs[1]["nll_nats"] == pytest.approx(-logp[n20:].sum(), rel=1e-12)
+    static = tmp_path / "static.jsonl"
+    score_file(tiny_model_dir, static, input=[str(src)], unit="document", progress=False)
+    assert json.loads(static.read_text().splitlines()[1])["nll_nats"] != docs[1]["nll_nats"]
+    with pytest.raises(InputError, match="--workers 1"):
+        score_file(tiny_model_dir, out, input=[str(src)], workers=2, **CFG)
+
+
+def test_cli_score_adapt(tiny_model_dir, tiny_corpus_file, tmp_path):
+    out = tmp_path / "s.jsonl"
+    r = _cli("score", str(tiny_model_dir), "--input", str(tiny_corpus_file), "--output",
+             str(out), "--adapt")
+    assert r.returncode == 0, r.stderr
+    assert len(out.read_text().splitlines()) == len(tiny_corpus_file.read_text().splitlines())
+    bad = _cli("score", str(tiny_model_dir), "--input", str(tiny_corpus_file), "--output",
+               str(out), "--cache-window", "9")
+    assert bad.returncode == 2 and "add --adapt" in bad.stderr

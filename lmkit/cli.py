@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", metavar="DIR")
     add_options(ev, C.CorpusConfig, defaults={"split": "test"})
     add_options(ev, C.AdaptConfig)
+    add_options(ev, C.LoadConfig)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     ge = sub.add_parser("generate", help="sample text")
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prompt", default="", help="start of the text (default: empty)")
     pr.add_argument("--prompt-file", metavar="F", help="one prompt per line; --num-samples each")
     add_options(ge, C.SampleConfig)
+    add_options(ge, C.LoadConfig)
     ge.add_argument("--json", action="store_true", help="print a JSON list of samples")
 
     ea = sub.add_parser("export-arpa", help="write an n-gram model (--order N) as an ARPA file")
@@ -195,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     nx.add_argument("--context", default="", help="text: the start of a sequence (default: empty)")
     nx.add_argument("--top", type=int, default=10, help="how many (default: 10)")
     nx.add_argument("--json", action="store_true")
+    add_options(nx, C.LoadConfig)
 
     ve = sub.add_parser("verify", help="check a model folder's files against the sha256s in "
                         "its manifest (loading validates every array but skips this hash)")
@@ -321,11 +324,16 @@ def cmd_train(a) -> None:
     print(f"wrote {path}: {describe_build(model)}")
 
 
+def _load_options(a) -> dict:
+    """``LoadConfig`` fields given on the command line (checked), for ``load_model``."""
+    return dataclasses.asdict(C.make(C.LoadConfig, values(a, C.LoadConfig)))
+
+
 def cmd_eval(a) -> None:
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
     ad = C.make(C.AdaptConfig, values(a, C.AdaptConfig))  # refuse bad options before loading
     adapt = {k: getattr(ad, k) for k in values(a, C.AdaptConfig)}
-    r = evaluate(load_model(a.model), **dataclasses.asdict(src), **adapt)
+    r = evaluate(load_model(a.model, **_load_options(a)), **dataclasses.asdict(src), **adapt)
     if a.json:
         print(json.dumps(r))
     else:
@@ -336,11 +344,23 @@ def cmd_eval(a) -> None:
                  f"{r['adapt']['context_lines']})" if "adapt" in r else ""))
 
 
+def _text_arg(value, flag: str):
+    """A text option as given on the command line: argv bytes that are not UTF-8 reach Python
+    as lone surrogates (PEP 383); say so in the flag's terms instead of passing them on."""
+    if value is None:
+        return value
+    for i, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            raise InputError(f"{flag}: byte 0x{ord(ch) - 0xDC00:02x} at character {i} is not "
+                             "UTF-8 text; pass the text in UTF-8")
+    return value
+
+
 def cmd_generate(a) -> None:
     opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
     prompts = (list(sequences(read_lines(a.prompt_file), a.prompt_file)) if a.prompt_file
-               else [a.prompt])
-    model = load_model(a.model)
+               else [_text_arg(a.prompt, "--prompt")])
+    model = load_model(a.model, **_load_options(a))
     samples = [s for p in prompts for s in model.sample(p, **dataclasses.asdict(opts))]
     print(json.dumps(samples) if a.json else "\n".join(samples))
 
@@ -402,7 +422,8 @@ def cmd_prune(a) -> None:
 
 
 def cmd_next(a) -> None:
-    top = load_model(a.model).top_next(a.context, a.top)
+    context = _text_arg(a.context, "--context")
+    top = load_model(a.model, **_load_options(a)).top_next(context, a.top)
     if a.json:
         print(json.dumps(top))
     else:
@@ -420,8 +441,8 @@ def cmd_verify(a) -> None:
 
 
 def cmd_inspect(a) -> None:
-    model = LanguageModel.load(a.model)
-    res = model.inspect(a.token, top=a.top)
+    token = _text_arg(a.token, "--token")
+    res = LanguageModel.load(a.model).inspect(token, top=a.top)
     if a.json:
         print(json.dumps(res))
         return

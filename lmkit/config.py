@@ -316,6 +316,18 @@ def train_option_names() -> list[str]:
 
 
 @dataclass(frozen=True)
+class LoadConfig:
+    """Loading a model folder (``lmkit.load`` / ``LanguageModel.load``)."""
+
+    mmap: bool = opt(False, "map the model's params.npz instead of reading it into memory: no "
+                     "copy and pages shared between processes, but the file must not be changed "
+                     "in place while in use (see docs/guarantees.md)")
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """``lmkit generate`` / ``LanguageModel.sample``."""
 

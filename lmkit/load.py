@@ -10,6 +10,7 @@ Every one of them has ``tokenizer``, ``vocab_size``, ``encode_lines``, ``log_pro
 """
 from __future__ import annotations
 
+from .errors import OptionError
 from .interpolate import MixtureModel
 from .model import LanguageModel
 from .store import peek_manifest
@@ -25,9 +26,13 @@ def model_kind(path) -> str | None:
 def load(path, mmap: bool = False):
     """The model saved in folder ``path``, whatever its kind (see the module docstring).
 
-    ``mmap``: explicit models' arrays map ``params.npz`` instead of copying it (see
-    ``LanguageModel.load``); neural weights are always copied."""
+    ``mmap`` (``config.LoadConfig``): explicit models' arrays map ``params.npz`` instead of
+    copying it (see ``LanguageModel.load``); refused for a neural model, whose weights are
+    always copied."""
     if is_neural_folder(path):
+        if mmap:  # an option takes effect or is refused
+            raise OptionError(f"{path}: a neural model is always read into memory; the mmap "
+                              "option applies to explicit models and mixtures, drop it")
         from . import neural  # optional dependency (torch), imported only when needed
         return neural.load(path)  # raises MissingDependencyError naming the extra without torch
     if model_kind(path) == "mixture":

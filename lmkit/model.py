@@ -225,8 +225,7 @@ class LanguageModel(BaseModel):
         The weight is the group's logit contribution ``lambda * S[i, j]`` (sparse form) or
         ``W[i, j]`` minus the row median (dense form); higher = more strongly predicted.
         """
-        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-            raise OptionError(f"top must be an integer >= 1, got {top!r}")
+        _check_top(top)
         tok = self.tokenizer
         try:  # a piece as `spm-encode --output-format piece` prints it ("▁king") ...
             ids = [tok.piece_to_id(token)]

@@ -203,7 +203,7 @@ def route(cfg: TrainConfig) -> str:
     suffix = any(isinstance(x, Suffix) for x in groups)
     if suffix and g.solver in ("gradient", "warm"):  # finetune would refuse after counting
         raise OptionError("the gradient solver handles context (window) groups only, not order; "
-                          "drop order (or use solver explicit)")
+                          "drop order or use solver explicit")
     pure = all(isinstance(x, Suffix) for x in groups) and m.lambdas is None
     if pure and m.prune is None and m.prune_entropy is None and g.solver == "explicit":
         if s.engine == "dask":

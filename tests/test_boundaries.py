@@ -226,6 +226,31 @@ def test_filters_apply_in_order_temperature_then_top_k_then_top_p():
     np.testing.assert_allclose(p, want / want.sum(), rtol=1e-12)
 
 
+def test_top_p_renormalises_after_top_k():
+    """top-p measures mass within what top-k kept: k = 2 leaves (2/3, 1/3), so top_p = 0.6
+    keeps the first alone (of the unfiltered Q it would need two)."""
+    p = filter_logp(LOGQ, temperature=1.0, top_k=2, top_p=0.6)
+    assert p.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_top_p_one_is_no_filter_even_for_tiny_probabilities():
+    """1 + 4e-18 == 1 in float64: a cumulative-mass cut at 1.0 would drop these tokens."""
+    p = filter_logp(np.array([0.0, -40.0, -40.0]), temperature=1.0, top_k=0, top_p=1.0)
+    assert (p > 0).all() and p[1] == p[2] == pytest.approx(math.exp(-40), rel=1e-12)
+
+
+def test_top_p_breaks_ties_at_the_cut_by_lowest_id():
+    """Deterministic across numpy versions and sort algorithms: among tokens tied at the cut,
+    the lowest ids are kept (a stable sort of -p)."""
+    v = np.random.default_rng(0).choice([0.1, 0.2, 0.3], size=50)
+    p = filter_logp(np.log(v), temperature=1.0, top_k=0, top_p=0.5)
+    q = v / v.sum()
+    ranked = sorted(range(50), key=lambda i: (-q[i], i))
+    n_keep = int(np.searchsorted(np.cumsum(q[ranked]), 0.5)) + 1
+    assert sorted(np.flatnonzero(p).tolist()) == sorted(ranked[:n_keep])
+    assert n_keep < 50 and q[ranked[n_keep - 1]] == q[ranked[n_keep]]  # the cut is inside a tie
+
+
 class _FixedModel:
     """A model whose next-token distribution is always log Q over ids 3..7 (0-2 = BOS, EOS and
     UNK get probability 0), for checking what ``generate`` draws."""

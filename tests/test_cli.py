@@ -1,9 +1,11 @@
 import io
+import os
 import json
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lmkit.cli import main
@@ -231,3 +233,20 @@ def test_train_turns_off_hugepage_advice_only_while_it_runs(tiny_corpus_file, ti
         assert seen == [True]  # other verbs keep numpy's default
     finally:
         setter(before)
+
+
+@pytest.mark.parametrize("verb,flag", [("next", "--context"), ("generate", "--prompt"),
+                                       ("inspect", "--token")])
+def test_text_option_with_non_utf8_bytes_is_one_line(tiny_model_dir, verb, flag):
+    """argv bytes that are not UTF-8 (PEP 383 surrogates) are named by their flag, exit 2."""
+    arg = os.fsdecode(b"ab\xffc")
+    p = subprocess.run([sys.executable, "-m", "lmkit.cli", verb, str(tiny_model_dir), flag, arg],
+                       capture_output=True, text=True, errors="replace")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"lmkit: error: {flag}: byte 0xff at character 2 is not UTF-8 text; pass the text in UTF-8"]
+
+
+def test_inspect_accepts_numpy_integer_top(tiny_model):
+    token = tiny_model.vocab[5]
+    assert tiny_model.inspect(token, top=np.int64(2)) == tiny_model.inspect(token, top=2)

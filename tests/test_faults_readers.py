@@ -654,3 +654,21 @@ def test_weights_that_overflow_give_one_error_not_nan(neural_dir, tmp_path, caps
         code, out, err = run_cli(capsys, *verb)
         one_error_line(code, err, "overflow float32")
         assert "nan" not in out
+
+
+def test_mmap_option_takes_effect_or_is_refused(ngram3_dir, mixture, tiny_corpus_file,
+                                                tiny_tok_file, tmp_path, monkeypatch, capsys):
+    mapped = []
+    real = store.map_npz
+    monkeypatch.setattr(store, "map_npz", lambda *a: (mapped.append(a[0]), real(*a))[1])
+    outs = []
+    for extra in ([], ["--mmap"], ["--no-mmap"]):
+        code, out, err = run_cli(capsys, "eval", ngram3_dir, "--input", tiny_corpus_file, *extra)
+        assert code == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1] == outs[2] and len(mapped) == 1  # only with --mmap
+    code, out, err = run_cli(capsys, "next", mixture[1], "--context", "a", "--mmap")
+    assert code == 0 and len(mapped) == 3, err  # both components of the mixture
+    neu = _neural_stub(tmp_path, tiny_tok_file)
+    code, _, err = run_cli(capsys, "next", neu, "--context", "a", "--mmap")
+    one_error_line(code, err, "a neural model is always read into memory; the mmap option .*drop it")

@@ -100,27 +100,56 @@ def test_workers_and_dask_count_every_kind_as_one_process_does(tiny_tok, tiny_li
 
 @dataclass(frozen=True)
 class Parity:
-    """A toy kind: the parity of the previous token (rows 0, 1)."""
+    """A toy kind: the parities of the previous two tokens (keyed rows 0..3)."""
 
-    name = "parity1"
-    reach = 1
+    name = "parity2"
+    reach = 2
 
     def row_keys(self, buf, pos, starts, vocab_size):
-        return (buf[pos - 1] % 2).astype(np.int64)
+        return (buf[pos - 1] % 2 + 2 * (buf[pos - 2] % 2)).astype(np.int64)
 
     def n_rows(self, vocab_size):
-        return 2
+        return None  # rows are the observed keys
+
+    def key_limit(self, vocab_size):
+        return 4
 
 
-def test_a_new_kind_works_on_every_route_by_registering_once(monkeypatch, tiny_tok, tiny_lines):
+def test_a_new_kind_works_on_every_route_by_registering_once(monkeypatch, tiny_tok, tiny_lines,
+                                                             tmp_path):
+    """Registered once (pattern, builder, closed form), a new kind is counted by worker
+    processes and on Dask, solved, weighted, saved and loaded back."""
+    from lmkit.model import LanguageModel
+    from lmkit.solve import fit
     monkeypatch.setattr(kinds, "_KINDS", list(kinds._KINDS))  # registered for this test only
-    kinds.register(kinds.Kind("parity", Parity, r"parity1", "parity1", build=lambda f, t: Parity(),
+    kinds.register(kinds.Kind("parity", Parity, r"parity2", "parity2", build=lambda f, t: Parity(),
                               closed_form=lambda g, F, keys, q, d: solve_group(F, q, d)))
     groups = [Suffix(1), Suffix(2), Parity()]
     assert kinds.groups_from_spec(kinds.group_spec(groups)) == groups
-    one = count_corpus_parallel(tiny_lines, tiny_tok, groups, chunk_lines=40, workers=1)
-    two = count_corpus_parallel(tiny_lines, tiny_tok, groups, chunk_lines=40, workers=2)
-    assert one.equals(two) and one.F[2].shape == (2, tiny_tok.vocab_size)
-    from lmkit.solve import solve
-    params = solve(one)
+    train, held = tiny_lines[:250], tiny_tok.encode_batch(tiny_lines[250:])
+    one = count_corpus_parallel(train, tiny_tok, groups, chunk_lines=40, workers=1)
+    two = count_corpus_parallel(train, tiny_tok, groups, chunk_lines=40, workers=2)
+    assert one.equals(two) and one.F[2].shape == (4, tiny_tok.vocab_size)
+    pytest.importorskip("dask.distributed")
+    from lmkit.distributed import count_corpus_dask
+    assert one.equals(count_corpus_dask(iter(train), tiny_tok, groups, chunk_lines=40,
+                                        n_workers=2, processes=False))
+    params = fit(one, held)
     assert (params.S[2] != solve_group(one.F[2], params.q, estimate_discount(one.F[2]))).nnz == 0
+    assert len(params.info["lambda_trace"][0][0]) == 3  # the weight search weighed it too
+    model = LanguageModel(tiny_tok, params, {}, {})
+    again = LanguageModel.load(model.save(tmp_path / "m"))
+    assert again.groups == groups
+    assert np.array_equal(model.log_proba_ids(held)[0], again.log_proba_ids(held)[0])
+
+
+def test_workers_count_the_default_model_s_groups_as_its_one_buffer_does(tiny_tok, tiny_lines):
+    """The rich model's own groups (its cluster tables, the tokenizer's piece bytes), counted by
+    two worker processes, equal ``rich.count_rich``'s one-buffer counts exactly."""
+    seqs = tiny_tok.encode_batch(tiny_lines)
+    counts, _ = rich.count_rich([seqs], tiny_tok.vocab_size, tiny_tok.bos_id, tiny_tok.eos_id,
+                                piece_bytes=tiny_tok.piece_bytes())
+    assert {kinds.kind_of(g).family for g in counts.groups} == {k.family for k in kinds.kinds()}
+    workers = count_corpus_parallel(tiny_lines, tiny_tok, counts.groups, chunk_lines=50,
+                                    workers=2)
+    assert workers.equals(counts)

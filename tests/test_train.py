@@ -186,3 +186,17 @@ def test_docs_table_of_routes_is_the_code_s():
     for r, cells in rows.items():
         said = {o for o, c in zip(SCALE_OPTIONS, cells.split(" | ")) if c == "yes"}
         assert said == HONOURS[r], r
+
+
+def test_routes_refuse_or_keep_what_the_bounded_build_would_drop(tiny_corpus_file, tiny_tok_file):
+    """The bounded n-gram build neither fine-tunes nor prunes: solver gradient with order fails
+    before any work, and entropy pruning within max_memory takes the spilling route, pruned."""
+    with pytest.raises(OptionError, match="handles context \\(window\\) groups only"):
+        route(TrainConfig.from_kwargs(order=3, solver="gradient", max_memory="1G"))
+    from lmkit.prune import n_ngrams
+    opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3,
+                verbose=False)
+    assert route(TrainConfig.from_kwargs(prune_entropy=1e-3, max_memory="1G", **opts)) == "spilling"
+    full = lmkit.train(max_memory="1G", **opts)
+    pruned = lmkit.train(prune_entropy=1e-3, max_memory="1G", **opts)
+    assert n_ngrams(pruned) < n_ngrams(full)

@@ -32,17 +32,18 @@ LAYERS = [
     ("features/counts: ids -> feature rows -> Counts", [
         "lmkit.features", "lmkit.clusters", "lmkit.linepos", "lmkit.kinds", "lmkit.counts",
         "lmkit.parallel", "lmkit.distributed"]),
-    ("params/scoring: the query side of SparseParams (read, score, sample)", [
+    ("params/scoring: the query side of SparseParams (read, score, sample, re-key)", [
         "lmkit.scoring", "lmkit.ngram.tables", "lmkit.ngram.sample", "lmkit.ngram.score",
-        "lmkit.io.store"]),
+        "lmkit.ngram.packed", "lmkit.io.store"]),
     ("model: a model object and what it does (score, generate, evaluate, adapt, load)", [
-        "lmkit.cache", "lmkit.adapt", "lmkit.evaluate", "lmkit.generate", "lmkit.model",
+        "lmkit.cache", "lmkit.adapt", "lmkit.adapt_ngram", "lmkit.evaluate", "lmkit.generate", "lmkit.model",
         "lmkit.mixture", "lmkit.load", "lmkit.neural.folder", "lmkit.neural.transformer",
         "lmkit.neural.data", "lmkit.neural.lm"]),
     ("solvers: Counts (or a model) -> params", [
         "lmkit.explicit", "lmkit.skipgram", "lmkit.closed_forms", "lmkit.ngram.mkn",
         "lmkit.ngram.disk", "lmkit.ngram.build", "lmkit.ngram.dask", "lmkit.solve", "lmkit.rich",
-        "lmkit.gradient", "lmkit.ngram.prune", "lmkit.ngram.arpa", "lmkit.interpolate"]),
+        "lmkit.gradient", "lmkit.compact", "lmkit.ngram.prune", "lmkit.ngram.arpa",
+        "lmkit.interpolate"]),
     ("verbs: pipelines the CLI runs", [
         "lmkit.train", "lmkit.docscore", "lmkit.cli", "lmkit"]),
     ("extras and experiments (built on the verbs, never imported by the core)", [

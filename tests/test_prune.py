@@ -7,7 +7,7 @@ import pytest
 
 from lmkit.errors import InputError
 from lmkit.ngram.arpa import arpa_words, write_arpa
-from lmkit.ngram.arpa import packed_view
+from lmkit.ngram.packed import packed_view
 from lmkit.features import decode_histories
 from lmkit.ngram.tables import backoff_tables
 from lmkit.ngram.prune import entropy_criteria, n_ngrams, prune_entropy

@@ -3,6 +3,7 @@
 Query side (a model folder is read and scored with these alone; no solver is imported):
 
 - ``tables``: back-off tables of a solved MKN model (log gamma per history) and its exact scorer;
+- ``score``: the same scores by one compiled walk of the n-gram trie (numba; else ``tables``);
 - ``sample``: exact sampling from an MKN model by the back-off walk, without the V-vector.
 
 Build side (counts -> ``SparseParams``):
@@ -16,7 +17,9 @@ Build side (counts -> ``SparseParams``):
 Model tools (a ``LanguageModel`` in, a file or a smaller model out):
 
 - ``arpa``: ARPA back-off files <-> lmkit n-gram models, exactly (``import-arpa``, ``export-arpa``);
-- ``prune``: entropy pruning (Stolcke 1998) of an n-gram model.
+- ``prune``: entropy pruning (Stolcke 1998) of an n-gram model;
+- ``packed``: what both work on — histories as packed int64 keys, a model re-keyed by them, a
+  model rebuilt from per-order (history, token, value) lists (pruning never loads ``arpa``).
 
 This file imports nothing, so importing one module of the room loads only that module.
 """

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arpa import check_arpa_exportable, find_pairs, packed_view, pair_index, suffix_params
 from ..errors import InputError
 from ..model import LanguageModel
+from .packed import check_arpa_exportable, find_pairs, packed_view, pair_index, suffix_params
 from .tables import mkn_log_proba
 from ..sparse import lookup_rows
 

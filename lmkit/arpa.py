@@ -51,9 +51,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError, MissingPathError
+from .errors import InputError
 from .features import Suffix, decode_histories, encode_histories
 from .files import atomic_write
+from .readfile import read_regular
 from .model import LanguageModel
 from .ngram import _suffix_order, backoff_tables
 from .params import SparseParams
@@ -80,16 +81,31 @@ def piece_words(tokenizer) -> np.ndarray:
 
 
 # ---- reading ----------------------------------------------------------------------------------
+_FIX_ARPA = "pass an ARPA file (as written by lmplz, SRILM or `lmkit export-arpa`)"
+
+
+def _short(text: str, n: int = 60) -> str:
+    """``text`` cut to ``n`` characters for a message (a hostile file may hold a 10 MB word)."""
+    return repr(text[:n] + "...") if len(text) > n else repr(text)
+
+
 def read_arpa(path) -> list:
-    """Parse an ARPA file: per order n (index n-1) a tuple ``(words, log10p, log10bo)`` with
-    ``words`` a list of n-lists of str, log10p/log10bo float64 arrays (bo 0 when absent)."""
+    r"""Parse an ARPA file: per order n (index n-1) a tuple ``(words, log10p, log10bo)`` with
+    ``words`` a list of n-lists of str, log10p/log10bo float64 arrays (bo 0 when absent).
+
+    Strict: ``path`` must be a regular file in UTF-8 with a ``\data\`` header (text before it
+    is skipped, as KenLM does) of ``ngram N=C`` lines for N = 1..order, then the sections ``\1-grams:`` .. ``\order-grams:`` in order, each
+    listing exactly its declared count (0 allowed above the unigrams), then ``\end\``; every
+    log10 probability finite and <= 0, every back-off finite. Anything else is an
+    ``InputError`` naming the file, the line and what is wrong.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise MissingPathError(f"{path}: no such ARPA file; check the path")
+    data = read_regular(path, "ARPA file", _FIX_ARPA)  # a regular file, never a FIFO or device
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 at byte {e.start}; is this an ARPA file?") from None
+    del data
     # sections are parsed a whole block at a time (list comprehensions, not a per-line loop);
     # the cyclic GC is paused meanwhile: millions of small lists would trigger it over and over
     gc_was_on = gc.isenabled()
@@ -101,41 +117,98 @@ def read_arpa(path) -> list:
             gc.enable()
 
 
-def _parse_sections(path, lines) -> list:
-    heads = [k for k, line in enumerate(lines) if line.startswith("\\")] + [len(lines)]
-    declared, tables = {}, []
-    for k, nxt in zip(heads, heads[1:]):
-        head = lines[k].strip()
-        if head == "\\data\\":
-            for line in lines[k + 1:nxt]:
-                if line.startswith("ngram "):
-                    n, _, v = line[6:].partition("=")
-                    declared[int(n)] = int(v)
+def _declared_counts(path, lines, k: int, nxt: int) -> list:
+    r"""The ``ngram N=C`` lines of the ``\data\`` section (lines k+1 .. nxt-1) -> [C_1, ..]."""
+    declared = {}
+    for i in range(k + 1, nxt):
+        line = lines[i].strip()
+        if not line:
             continue
-        if not head.endswith("-grams:"):
-            continue  # \end\
-        n = int(head[1:-len("-grams:")]) if head[1:-len("-grams:")].isdigit() else -1
-        if n != len(tables) + 1:
-            raise InputError(f"{path}:{k + 1}: section {head} out of order; is this an ARPA file?")
-        rows = [r for r in (line.split() for line in lines[k + 1:nxt]) if r]
-        bad = next((r for r in rows if len(r) not in (n + 1, n + 2)), None)
+        n, eq, c = line[6:].partition("=") if line.startswith("ngram ") else ("", "", "")
+        n, c = n.strip(), c.strip()
+        if not (eq and n.isascii() and n.isdigit() and c.isascii() and c.isdigit()):
+            raise InputError(f"{path}:{i + 1}: expected 'ngram N=COUNT' in \\data\\, got "
+                             f"{_short(line)}; is this an ARPA file?")
+        if int(n) in declared:
+            raise InputError(f"{path}:{i + 1}: ngram {int(n)} declared twice; the file is corrupt")
+        declared[int(n)] = int(c)
+    if sorted(declared) != list(range(1, len(declared) + 1)):
+        raise InputError(f"{path}: \\data\\ declares orders {sorted(declared)}, not 1..N; "
+                         "the file is corrupt")
+    return [declared[n] for n in range(1, len(declared) + 1)]
+
+
+def _parse_sections(path, lines) -> list:
+    heads = [k for k, line in enumerate(lines) if line.startswith("\\")]
+    start = next((i for i, k in enumerate(heads) if lines[k].strip() == "\\data\\"), None)
+    if start is None:
+        raise InputError(f"{path}: no \\data\\ header; is this an ARPA file?")
+    heads = heads[start:] + [len(lines)]  # text before \data\ is a preamble (KenLM skips it)
+    declared = _declared_counts(path, lines, heads[0], heads[1])
+    if not declared:
+        raise InputError(f"{path}: \\data\\ declares no n-gram counts; is this an ARPA file?")
+    tables, ended = [], False
+    for k, nxt in zip(heads[1:], heads[2:]):
+        head = lines[k].strip()
+        if ended:
+            raise InputError(f"{path}:{k + 1}: '{head[:60]}' after \\end\\; the file is corrupt")
+        if head == "\\end\\":
+            ended = True
+            extra = next((i for i in range(k + 1, nxt) if lines[i].strip()), None)
+            if extra is not None:
+                raise InputError(f"{path}:{extra + 1}: text after \\end\\; the file is corrupt")
+            continue
+        n = len(tables) + 1
+        if head != f"\\{n}-grams:":
+            want = f"\\{n}-grams:" if n <= len(declared) else "\\end\\"
+            raise InputError(f"{path}:{k + 1}: expected {want}, got '{head[:60]}'; the file "
+                             "is corrupt or not an ARPA file")
+        if n > len(declared):
+            raise InputError(f"{path}:{k + 1}: section {head} but \\data\\ declares "
+                             f"{len(declared)} orders; the file is corrupt")
+        at = [i for i in range(k + 1, nxt) if lines[i].strip()]
+        rows = [lines[i].split() for i in at]
+        if len(rows) != declared[n - 1]:
+            raise InputError(f"{path}: header says ngram {n}={declared[n - 1]} but {head} lists "
+                             f"{len(rows)}; the file is truncated or corrupt")
+        bad = next((i for i, r in zip(at, rows) if len(r) not in (n + 1, n + 2)), None)
         if bad is not None:
-            raise InputError(f"{path}: in {head} expected log10p, {n} words and an optional "
-                             f"back-off, got {' '.join(bad)[:80]!r}; is this an ARPA file?")
+            raise InputError(f"{path}:{bad + 1}: in {head} expected log10p, {n} words and an "
+                             f"optional back-off, got {_short(lines[bad].strip())}; is this an "
+                             "ARPA file?")
         try:
             lp = np.fromiter(map(float, [r[0] for r in rows]), np.float64, len(rows))
             bo = np.fromiter(map(float, [r[n + 1] if len(r) == n + 2 else "0" for r in rows]),
                              np.float64, len(rows))
-        except ValueError as e:
-            raise InputError(f"{path}: in {head}: {e}; is this an ARPA file?") from None
+        except ValueError:
+            i = next(i for i, r in zip(at, rows) if not _is_float(r[0])
+                     or (len(r) == n + 2 and not _is_float(r[n + 1])))
+            raise InputError(f"{path}:{i + 1}: in {head} a value is not a number: "
+                             f"{_short(lines[i].strip())}; the file is corrupt") from None
+        ok = np.isfinite(lp) & (lp <= 0) & np.isfinite(bo)
+        if not ok.all():
+            i = at[int(np.argmin(ok))]
+            raise InputError(f"{path}:{i + 1}: in {head} every log10 probability must be finite "
+                             f"and <= 0 and every back-off finite, got {_short(lines[i].strip())}; "
+                             "the file is corrupt (fix or regenerate it)")
         tables.append(([r[1:n + 1] for r in rows], lp, bo))
-    if not tables:
-        raise InputError(f"{path}: no \\1-grams: section; is this an ARPA file?")
-    for k, (w, _, _) in enumerate(tables, 1):
-        if declared.get(k, len(w)) != len(w):
-            raise InputError(f"{path}: header says ngram {k}={declared[k]} but the file lists "
-                             f"{len(w)}; the file is truncated or corrupt")
+    if len(tables) < len(declared):
+        raise InputError(f"{path}: \\data\\ declares {len(declared)} orders but the file ends "
+                         f"after {len(tables)} (\\{len(tables) + 1}-grams: missing); the file is "
+                         "truncated")
+    if not ended:
+        raise InputError(f"{path}: no \\end\\ line after the last section; the file is truncated")
+    if not len(tables[0][0]):
+        raise InputError(f"{path}: no unigrams in \\1-grams:; the file is corrupt")
     return tables
+
+
+def _is_float(x: str) -> bool:
+    try:
+        float(x)
+    except ValueError:
+        return False
+    return True
 
 
 def word_ids(tables, tokenizer, words: str = "auto") -> dict:
@@ -158,7 +231,7 @@ def _to_ids(grams, vocab: dict, n: int, path) -> np.ndarray:
     try:
         ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
     except KeyError as e:
-        raise InputError(f"{path}: ARPA word {e.args[0]!r} is not a piece or id of this "
+        raise InputError(f"{path}: ARPA word {_short(e.args[0])} is not a piece or id of this "
                          "tokenizer; pass the tokenizer the training text was encoded with "
                          "(or --words ids|pieces)") from None
     return ids.reshape(len(grams), n)
@@ -195,6 +268,8 @@ def find_pairs(index, hist, cols) -> np.ndarray:
 
 def packed_rows(packed_by_row: np.ndarray, packed: np.ndarray) -> np.ndarray:
     """Row of each packed history key (-1 if absent), given the packed key of every row."""
+    if not len(packed_by_row):  # an empty level (e.g. every n-gram pruned): nothing is found
+        return np.full(len(packed), -1, dtype=np.int64)
     order = np.argsort(packed_by_row, kind="stable")
     r = lookup_rows(packed_by_row[order], packed)
     return np.where(r >= 0, order[np.maximum(r, 0)], -1)

@@ -24,30 +24,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import re
 import shlex
 import signal
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 from . import config as C
 from . import store
 from .arpa import import_arpa, write_arpa
-from .corpus import load_corpus
+from .corpus import load_corpus, read_lines, sequences
 from .docscore import score_file
-from .errors import InputError, LmkitError, MemoryLimitError, MissingPathError, OptionError
+from .errors import InputError, LmkitError, MemoryLimitError, OptionError
 from .evaluate import evaluate
-from .files import atomic_write, check_output_writable
+from . import files
+from .files import atomic_write
 from .interpolate import interpolate
 from .load import load as load_model
 from .model import LanguageModel
 from .progress import reporting
 from .prune import n_ngrams, prune_entropy
 from .tokenizer import Tokenizer
-from .train import heldout_lines, train
+from .train import describe_build, heldout_lines, train
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -100,7 +103,8 @@ def values(a, klass) -> dict:
 def to_flags(message: str) -> str:
     """Parameter names in an option error become the CLI's flags (the one place that maps them)."""
     names = set(C.train_option_names()) | {
-        f.name for k in (C.SampleConfig, C.ScoreConfig, C.InterpolateConfig) for f in dataclasses.fields(k)}
+        f.name for k in (C.SampleConfig, C.ScoreConfig, C.InterpolateConfig, C.AdaptConfig)
+        for f in dataclasses.fields(k)}
     return re.sub(r"(?<![\w-])([a-z][a-z_]*)(?![\w-])",
                   lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), message)
 
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="perplexity and bits per byte on held-out text")
     ev.add_argument("model", metavar="DIR")
     add_options(ev, C.CorpusConfig, defaults={"split": "test"})
+    add_options(ev, C.AdaptConfig)
+    add_options(ev, C.LoadConfig)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     ge = sub.add_parser("generate", help="sample text")
@@ -143,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prompt", default="", help="start of the text (default: empty)")
     pr.add_argument("--prompt-file", metavar="F", help="one prompt per line; --num-samples each")
     add_options(ge, C.SampleConfig)
+    add_options(ge, C.LoadConfig)
     ge.add_argument("--json", action="store_true", help="print a JSON list of samples")
 
     ea = sub.add_parser("export-arpa", help="write an n-gram model (--order N) as an ARPA file")
@@ -190,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     nx.add_argument("--context", default="", help="text: the start of a sequence (default: empty)")
     nx.add_argument("--top", type=int, default=10, help="how many (default: 10)")
     nx.add_argument("--json", action="store_true")
+    add_options(nx, C.LoadConfig)
 
     ve = sub.add_parser("verify", help="check a model folder's files against the sha256s in "
                         "its manifest (loading validates every array but skips this hash)")
@@ -216,12 +224,46 @@ def _tokenize_args(t, action: str) -> None:
     t.add_argument("--output", help="output file (default: stdout)")
 
 
+# ---- outputs: checked before the work, never one of the inputs --------------------------------
+def _inputs(a) -> tuple[list, list]:
+    """``(files or text folders, model folders)`` the verb of ``a`` reads: every output is
+    checked against them (``files.check_not_input``). stdin counts when no input is given."""
+    paths, models = [], list(getattr(a, "models", None) or [])
+    given = getattr(a, "input", None)
+    paths += [given] if isinstance(given, str) else list(given or [])
+    if getattr(a, "verb", "") in ("spm-encode", "spm-decode", "tokenize") and given is None:
+        paths.append("/dev/stdin")  # `spm-encode --output F < F`
+    for name in ("dataset", "arpa", "prompt_file"):
+        if getattr(a, name, None):
+            paths.append(getattr(a, name))
+    for name in ("model", "tokenizer"):  # a model folder, or a tokenizer file
+        p = getattr(a, name, None)
+        if p:
+            (models if Path(p).is_dir() else paths).append(p)
+    return paths, models
+
+
+def check_output(a, path=None, *, folder: bool = False) -> Path:
+    """``files.check_output_writable`` of ``path`` (default ``a.output``) against every input
+    of the verb: one check, before any work, for every verb that writes."""
+    paths, models = _inputs(a)
+    return files.check_output_writable(a.output if path is None else path, folder=folder,
+                                       is_ours=store.is_model_folder if folder else None,
+                                       inputs=paths, models=models)
+
+
+def _say(text: str, output) -> None:
+    """The verb's summary line: on stdout, or on stderr when the output itself is stdout
+    (``--output /dev/stdout``), so that the data stays data."""
+    print(text, file=sys.stderr if files.same_as_stdout(output) else sys.stdout)
+
+
 # ---- verbs ----------------------------------------------------------------------------------
 def cmd_spm_train(a) -> None:
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
     opts = C.make(C.TokenizerConfig, values(a, C.TokenizerConfig))
     for suffix in (".model", ".vocab"):  # fail before training, not after
-        check_output_writable(a.output + suffix)
+        check_output(a, a.output + suffix)
     lines = load_corpus(**dataclasses.asdict(src)).check_nonempty()
     tok = Tokenizer.train(lines, **dataclasses.asdict(opts))
     path = tok.save(a.output)
@@ -235,38 +277,13 @@ def _load_tokenizer(path: str):
     return Tokenizer.load(p)
 
 
-def _read_lines(path):
-    """Lines of a file or stdin without their trailing newline (other whitespace is kept)."""
-    try:
-        if path is None:
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:  # a FIFO or /dev/fd/N (process substitution) reads fine
-                data = f.read()
-    except FileNotFoundError:
-        raise MissingPathError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder; pass a file") from None
-    except OSError as e:
-        raise InputError(f"{path or 'stdin'}: cannot read ({e.strerror or e}); check the path "
-                         "and its permissions") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path or 'stdin'}: bytes at offset {e.start} are not valid UTF-8; "
-                         "re-encode the input as UTF-8") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def _write_output(path, text: str) -> None:
-    """Write to stdout, or to ``path`` via ``store.atomic_write`` (never half-written)."""
-    if path is None:
+def _write_output(a, text: str) -> None:
+    """Write to stdout, or to ``a.output`` via ``files.atomic_write`` (never half-written)."""
+    if a.output is None:
         sys.stdout.write(text)
         return
-    atomic_write(path, text)
+    paths, models = _inputs(a)
+    atomic_write(a.output, text, inputs=paths, models=models)
 
 
 _ASCII_ID = re.compile(r"[0-9]+")
@@ -274,10 +291,14 @@ _ASCII_ID = re.compile(r"[0-9]+")
 
 def cmd_tokenize(a) -> None:
     if a.output is not None:
-        check_output_writable(a.output)
+        check_output(a)
     tok = _load_tokenizer(a.model)
     out = []
-    for line in _read_lines(a.input):
+    name = a.input or "stdin"
+    # encode reads text by the one line rule (a line per sequence); decode reads ids/pieces,
+    # one output text per input line, an empty line decoding to the empty text
+    for line in (sequences(read_lines(a.input), name) if a.action == "encode"
+                 else (x.removesuffix("\n") for x in read_lines(a.input))):
         if a.action == "encode":
             items = tok.encode_pieces(line) if a.output_format == "piece" else map(str, tok.encode(line))
             out.append(" ".join(items))
@@ -291,43 +312,65 @@ def cmd_tokenize(a) -> None:
                                  "for pieces")
             ids = [int(x) for x in items]
             out.append(tok.decode(ids))
-    _write_output(a.output, "".join(x + "\n" for x in out))
+    _write_output(a, "".join(x + "\n" for x in out))
 
 
 def cmd_train(a) -> None:
     skip = {"verb", "output", "argv", "action"}
     cfg = C.TrainConfig.from_kwargs(**{k: v for k, v in vars(a).items() if k not in skip})
-    store.check_output_path(a.output)  # fail before training, not after
+    check_output(a, folder=True)  # fail before training, not after
     model = train(cfg)
     path = model.save(a.output, command="lmkit " + " ".join(shlex.quote(x) for x in a.argv))
-    print(f"wrote {path}: {model.describe()}")
+    print(f"wrote {path}: {describe_build(model)}")
+
+
+def _load_options(a) -> dict:
+    """``LoadConfig`` fields given on the command line (checked), for ``load_model``."""
+    return dataclasses.asdict(C.make(C.LoadConfig, values(a, C.LoadConfig)))
 
 
 def cmd_eval(a) -> None:
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
-    r = evaluate(load_model(a.model), **dataclasses.asdict(src))
+    ad = C.make(C.AdaptConfig, values(a, C.AdaptConfig))  # refuse bad options before loading
+    adapt = {k: getattr(ad, k) for k in values(a, C.AdaptConfig)}
+    r = evaluate(load_model(a.model, **_load_options(a)), **dataclasses.asdict(src), **adapt)
     if a.json:
         print(json.dumps(r))
     else:
         print(f"sequences {r['sequences']}  tokens {r['tokens']}  bytes {r['bytes']}  "
               f"nll_nats {r['nll_nats']:.1f}  perplexity {r['perplexity']:.3f}  "
-              f"bits_per_byte {r['bits_per_byte']:.4f}")
+              f"bits_per_byte {r['bits_per_byte']:.4f}"
+              + (f"  (adaptive: cache order {r['adapt']['cache_order']}, context lines "
+                 f"{r['adapt']['context_lines']})" if "adapt" in r else ""))
+
+
+def _text_arg(value, flag: str):
+    """A text option as given on the command line: argv bytes that are not UTF-8 reach Python
+    as lone surrogates (PEP 383); say so in the flag's terms instead of passing them on."""
+    if value is None:
+        return value
+    for i, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            raise InputError(f"{flag}: byte 0x{ord(ch) - 0xDC00:02x} at character {i} is not "
+                             "UTF-8 text; pass the text in UTF-8")
+    return value
 
 
 def cmd_generate(a) -> None:
     opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
-    prompts = _read_lines(a.prompt_file) if a.prompt_file else [a.prompt]
-    model = load_model(a.model)
+    prompts = (list(sequences(read_lines(a.prompt_file), a.prompt_file)) if a.prompt_file
+               else [_text_arg(a.prompt, "--prompt")])
+    model = load_model(a.model, **_load_options(a))
     samples = [s for p in prompts for s in model.sample(p, **dataclasses.asdict(opts))]
     print(json.dumps(samples) if a.json else "\n".join(samples))
 
 
 def cmd_export_arpa(a) -> None:
-    check_output_writable(a.output)
+    check_output(a)
     sizes = write_arpa(LanguageModel.load(a.model), a.output, words=a.words)
-    print(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
-          + ("; words are token ids (<unk> <s> </s> for the specials)" if a.words == "ids"
-             else "; words are SentencePiece pieces"))
+    _say(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
+         + ("; words are token ids (<unk> <s> </s> for the specials)" if a.words == "ids"
+            else "; words are SentencePiece pieces"), a.output)
 
 
 def _command(a) -> str:
@@ -335,17 +378,17 @@ def _command(a) -> str:
 
 
 def cmd_score(a) -> None:
-    check_output_writable(a.output)
+    check_output(a)
     opts = values(a, C.ScoreConfig)
     r = score_file(a.model, a.output, **opts)
     unit = opts.get("unit", "line")
-    print(f"wrote {a.output}: {r['units']} {unit}s, {r['tokens']} tokens in {r['seconds']:.1f}s "
+    _say(f"wrote {a.output}: {r['units']} {unit}s, {r['tokens']} tokens in {r['seconds']:.1f}s "
           f"({r['units_per_s']:.0f} {unit}s/s, {r['tokens_per_s']:.0f} tokens/s); "
-          f"perplexity {r['perplexity']:.3f}")
+          f"perplexity {r['perplexity']:.3f}", a.output)
 
 
 def cmd_import_arpa(a) -> None:
-    store.check_output_path(a.output)
+    check_output(a, folder=True)
     model, report = import_arpa(a.arpa, _load_tokenizer(a.tokenizer), words=a.words)
     path = model.save(a.output, command=_command(a))
     print(f"wrote {path}: {model.describe()}; n-grams {report['ngrams']}, "
@@ -355,7 +398,7 @@ def cmd_import_arpa(a) -> None:
 
 
 def cmd_interpolate(a) -> None:
-    store.check_output_path(a.output)
+    check_output(a, folder=True)
     opts = C.make(C.InterpolateConfig, values(a, C.InterpolateConfig))
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
     models = [load_model(m) for m in a.models]
@@ -370,7 +413,7 @@ def cmd_interpolate(a) -> None:
 
 
 def cmd_prune(a) -> None:
-    store.check_output_path(a.output)
+    check_output(a, folder=True)
     model = LanguageModel.load(a.model)
     pruned = prune_entropy(model, a.threshold)
     path = pruned.save(a.output, command=_command(a))
@@ -379,7 +422,8 @@ def cmd_prune(a) -> None:
 
 
 def cmd_next(a) -> None:
-    top = load_model(a.model).top_next(a.context, a.top)
+    context = _text_arg(a.context, "--context")
+    top = load_model(a.model, **_load_options(a)).top_next(context, a.top)
     if a.json:
         print(json.dumps(top))
     else:
@@ -397,8 +441,8 @@ def cmd_verify(a) -> None:
 
 
 def cmd_inspect(a) -> None:
-    model = LanguageModel.load(a.model)
-    res = model.inspect(a.token, top=a.top)
+    token = _text_arg(a.token, "--token")
+    res = LanguageModel.load(a.model).inspect(token, top=a.top)
     if a.json:
         print(json.dumps(res))
         return
@@ -460,6 +504,24 @@ def _no_hugepage_advice() -> None:
     return lambda: setter(before)
 
 
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile on a full disk
+
+
+def _os_error_line(e: OSError, args) -> str:
+    """One line for a file-system error that no check turned into an ``LmkitError``. A full
+    disk met by a temporary file of ``train`` (its spill and bucket files: numpy reports only
+    "N requested and M written", with no path) names the temporary folder and the fix."""
+    name = e.filename2 if getattr(e, "filename2", None) is not None else e.filename
+    if name is None and getattr(args, "verb", None) == "train" and (
+            e.errno in (errno.ENOSPC, errno.EDQUOT) or _SHORT_WRITE.search(str(e))):
+        tmp = getattr(args, "spill_dir", None) or tempfile.gettempdir()
+        return (f"{tmp}: a temporary file could not be written ({e.strerror or e}: the file "
+                "system is full); free space there, or pass --spill-dir (or set TMPDIR to) a "
+                "folder with more room")
+    where = f"{name}: " if name is not None else ""
+    return f"{where}{e.strerror or e}"
+
+
 def main(argv=None) -> int:
     warnings.showwarning = _one_line_warning  # library warnings: one line, no source excerpt
     argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
@@ -492,9 +554,7 @@ def main(argv=None) -> int:
             pass
         return 0
     except OSError as e:  # a file-system error no check caught: one line, not a traceback
-        name = e.filename2 if getattr(e, "filename2", None) is not None else e.filename
-        where = f"{name}: " if name is not None else ""
-        print(f"lmkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"lmkit: error: {_os_error_line(e, args)}", file=sys.stderr)
         return 2
     except MemoryError:
         print("lmkit: error: out of memory; lower --max-memory, --vocab-size or --context",

@@ -13,8 +13,8 @@ already has instead of by greedy exchange.
 *clusters* of the tokens at offsets ``w+1..m``; the target stays a token. Row key (exact):
 ``sum_{i<w} tok_i V**i + V**w * sum_j cluster_j C**j``; refused unless ``V**w C**(m-w) < 2**63``.
 Rows are the observed keys. The name (``cluster{m}_{w}_{C}``) does not carry the table: model
-folders store it as the array ``clusters{C}`` and rebuild the group with ``from_name``
-(``store.groups_from_names``). It is solved like a skip-gram (``skipgram.solve_skip`` with
+folders store it as the array ``clusters{C}`` and rebuild the group from its name and that
+table (the kinds registry, ``kinds.py``). It is solved like a skip-gram (``skipgram.solve_skip`` with
 ``a = w``): relative to the exact-token part, so it adds what the clusters of the older tokens
 say beyond the last ``w`` tokens. Why it helps: a 4-gram history seen once as words is seen
 many times as "the same word, then tokens of these kinds".
@@ -91,19 +91,6 @@ class ClusterHistory:
     m: int
     w: int
     table: tuple  # cluster id per token id, length V
-
-    @classmethod
-    def from_name(cls, name: str, table) -> "ClusterHistory":
-        """Inverse of ``name`` given the saved cluster table: ``'cluster3_1_256'`` -> (3, 1)."""
-        import re
-        m = re.fullmatch(r"cluster(\d+)_(\d+)_(\d+)", name)
-        table = tuple(int(x) for x in table)
-        if not m or int(m.group(3)) != max(table) + 1:
-            raise ValueError(f"{name!r} is not a cluster-history group of a {max(table) + 1}-cluster table")
-        g = cls(int(m.group(1)), int(m.group(2)), table)
-        if not 0 <= g.w < g.m <= 64 or g.key_limit(len(table)) >= 2 ** 63:
-            raise ValueError(f"{name!r}: needs 0 <= w < m <= 64 and V**w * C**(m-w) < 2**63")
-        return g
 
     @property
     def n_clusters(self) -> int:

@@ -316,6 +316,18 @@ def train_option_names() -> list[str]:
 
 
 @dataclass(frozen=True)
+class LoadConfig:
+    """Loading a model folder (``lmkit.load`` / ``LanguageModel.load``)."""
+
+    mmap: bool = opt(False, "map the model's params.npz instead of reading it into memory: no "
+                     "copy and pages shared between processes, but the file must not be changed "
+                     "in place while in use (see docs/guarantees.md)")
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """``lmkit generate`` / ``LanguageModel.sample``."""
 
@@ -371,6 +383,48 @@ class InterpolateConfig:
         if self.weights is not None and self.method != "linear":
             raise OptionError("weights is for method linear; the log-linear merge refits its "
                               "lambdas on held-out text")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Adaptive scoring (``lmkit eval --adapt``, ``lmkit score --adapt``; docs/adapt.md)."""
+
+    adapt: bool = opt(False, "score adaptively: every token by the static model mixed with a "
+                      "cache of the text already scored (opt-in; the static number is the "
+                      "KenLM-comparable one)")
+    cache_order: int | None = opt(None, "cache history lengths 0..N-1 (default: 8); a value "
+                                  "other than the default needs cache_fit", min=1, max=32)
+    context_lines: int | None = opt(None, "how many previous lines a cache history may reach "
+                                    "into (default: 1; 0 = histories stop at the line start)",
+                                    min=0)
+    cache_fit: bool = opt(False, "fit the cache weights on the valid split of the corpus first "
+                          "(default: the weights chosen on the default corpus's valid split)")
+    # API only: {"a": [...], "b": [...], "d": [...], "e": [...]} (cache.CacheWeights.to_json)
+    cache_weights: dict | None = None
+
+    DEFAULT_CACHE_ORDER, DEFAULT_CONTEXT_LINES = 8, 1
+
+    def __post_init__(self):
+        check_fields(self)
+        given = [k for k in ("cache_order", "context_lines", "cache_weights")
+                 if getattr(self, k) is not None] + (["cache_fit"] if self.cache_fit else [])
+        if given and not self.adapt:
+            raise OptionError(f"{' and '.join(given)} only apply to adaptive scoring; add adapt "
+                              "(the static model reads each line on its own)")
+        if self.cache_fit and self.cache_weights is not None:
+            raise OptionError("cache_fit and cache_weights are exclusive; pass one")
+        if (self.cache_order not in (None, self.DEFAULT_CACHE_ORDER) and not self.cache_fit
+                and self.cache_weights is None):
+            raise OptionError(f"cache_order {self.cache_order} has no default weights (they "
+                              f"are chosen for {self.DEFAULT_CACHE_ORDER}); add cache_fit")
+
+    @property
+    def effective_context_lines(self) -> int:
+        return self.DEFAULT_CONTEXT_LINES if self.context_lines is None else self.context_lines
+
+    @property
+    def effective_cache_order(self) -> int:
+        return self.DEFAULT_CACHE_ORDER if self.cache_order is None else self.cache_order
 
 
 # ---- generic machinery ----------------------------------------------------------------------
@@ -471,6 +525,6 @@ def options(klass) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(klass) if "help" in f.metadata and f.metadata.get("cli", True)]
 
 
-__all__ = ["CorpusConfig", "TokenizerConfig", "ModelConfig", "ScaleConfig", "GradientConfig",
+__all__ = ["AdaptConfig", "CorpusConfig", "TokenizerConfig", "ModelConfig", "ScaleConfig", "GradientConfig",
            "NeuralConfig",
            "TrainConfig", "SampleConfig", "reject_unknown", "make", "InputError"]

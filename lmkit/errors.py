@@ -46,3 +46,7 @@ class OutputError(LmkitError, OSError):
 
     def __str__(self):  # OSError would prefix "[Errno ...]" when given two args
         return self.args[0] if self.args else ""
+
+
+class WorkerDiedError(LmkitError, RuntimeError):
+    """A worker process ended without answering (killed, e.g. by the out-of-memory killer)."""

@@ -55,6 +55,9 @@ bucket's weight, so the stored model has lambdas 1 and scores exactly as before.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -140,23 +143,52 @@ def _row_entries(S: sp.csr_matrix, r: np.ndarray):
     return np.repeat(present, lengths), np.repeat(starts - ends + lengths, lengths) + np.arange(total)
 
 
+@dataclass
+class HessianPart:
+    """The rows of a ``HeldoutChunk`` the Hessian is estimated on: its first ``h`` positions,
+    whose cells are the rows ``[0, cut)`` of X; ``XT`` CSR (P, cut) their transpose, ``pos``
+    CSR (h, cut) their position indicator."""
+
+    h: int
+    cut: int
+    XT: sp.csr_matrix
+    pos: sp.csr_matrix
+
+
+@dataclass
+class HeldoutChunk:
+    """The touched entries of a chunk of n held-out positions, as a sparse design matrix.
+
+    The union U holds each (position, column) cell touched by any group once, positions in
+    order. ``X`` CSR (U, P): for each cell the values of the groups there, in the column of
+    their parameter, so the scores are ``X @ lambda``; ``row`` (nnz,) the cell of each stored
+    value of X; ``pos`` CSR (n, U) the position indicator (``pos.indptr`` = the start of each
+    position's run); ``upos`` (U,) the position and ``qc`` (U,) ``q`` of the column of each
+    cell; ``tsum`` (P,) the summed values at the targets; ``hess``: the Hessian's sample of the
+    chunk, or None (the chunk gives the NLL and gradient only).
+    """
+
+    X: sp.csr_matrix
+    row: np.ndarray
+    pos: sp.csr_matrix
+    upos: np.ndarray
+    qc: np.ndarray
+    tsum: np.ndarray
+    hess: HessianPart | None = None
+
+    @property
+    def n(self) -> int:
+        return self.pos.shape[0]
+
+
 def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of, n_params: int,
-                 hessian_positions: int = 0):
-    """The touched entries of one chunk of positions, as a sparse design matrix.
+                 hessian_positions: int = 0) -> HeldoutChunk:
+    """The ``HeldoutChunk`` of these positions (``rows``: per group, the row at each position).
 
     ``param_of(g, positions, entries)``: the parameter (in ``[0, n_params)``) that weighs each
-    stored value of group g used at these positions. Returns ``(X, row, pos, upos, qc, tsum,
-    hess)``
-    The union U holds each (position, column) touched by any group once, positions in order;
-    ``X`` CSR (U, P): for each union cell the values of the groups there, in the column of
-    their parameter, so the scores are ``X @ lambda``; ``row`` (nnz,) the union cell of each
-    stored value of X; ``pos`` CSR (n, U) the position indicator (``pos.indptr`` = the start of
-    each position's run); ``upos`` (U,) the position and ``qc`` (U,) ``q`` of the column;
-    ``tsum`` (P,) the summed values at the targets; ``hess``: None, or for the Hessian on the
-    first ``hessian_positions`` positions ``(h, cut, XT_h, pos_h)``: their number, their cells
-    ``[0, cut)``, the transpose of those rows of X and their position indicator. The union comes
-    from a bitmap of the chunk's (position, column) cells (no sort): memory and time are
-    proportional to the touched entries.
+    stored value of group g used at these positions. ``hessian_positions``: the Hessian sample
+    (its first positions; 0 = none). The union comes from a bitmap of the chunk's (position,
+    column) cells (no sort): memory and time are proportional to the touched entries.
     """
     n, V = len(targets), params.vocab_size
     keys, cols, vals, hits = [], [], [], []
@@ -181,16 +213,16 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
                         shape=(n, U))
     row = np.repeat(np.arange(U, dtype=np.int32), np.diff(X.indptr))
     hess = _hessian_part(X, pos, hessian_positions) if hessian_positions else None
-    return X, row, pos, upos, params.q[union % V], tsum, hess
+    return HeldoutChunk(X, row, pos, upos, params.q[union % V], tsum, hess)
 
 
-def _hessian_part(X: sp.csr_matrix, pos: sp.csr_matrix, h: int):
-    """``(h, cut, XT_h, pos_h)`` for a Hessian on the first h positions of a chunk (see
-    ``_union_chunk``): their cells are the rows ``[0, cut)`` of X."""
+def _hessian_part(X: sp.csr_matrix, pos: sp.csr_matrix, h: int) -> HessianPart:
+    """The ``HessianPart`` of the first h positions of a chunk: their cells are the rows
+    ``[0, cut)`` of X."""
     if h >= pos.shape[0]:  # every position: no copies of X
-        return pos.shape[0], X.shape[0], X.T.tocsr(), pos
+        return HessianPart(pos.shape[0], X.shape[0], X.T.tocsr(), pos)
     cut = int(pos.indptr[h])
-    return h, cut, X[:cut].T.tocsr(), pos[:h, :cut]
+    return HessianPart(h, cut, X[:cut].T.tocsr(), pos[:h, :cut])
 
 
 def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -202,7 +234,7 @@ def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True):
+def _chunk_terms(chunk: HeldoutChunk, lam: np.ndarray, derivatives: bool, hessian: bool = True):
     """NLL sum (and gradient (P,) / Hessian (P, P) in the parameters) of one chunk at ``lam`` (P,).
 
     With ``x_nj`` the row of X at position n, column j and ``p_nj`` the model's probability
@@ -210,24 +242,159 @@ def _chunk_terms(chunk, lam: np.ndarray, derivatives: bool, hessian: bool = True
     (``m_n = sum_j p_nj x_nj``): sparse products whose cost is the touched entries times the
     number of groups sharing a cell, not G^2 per position.
     """
-    X, row, pos, upos, qc, tsum, hess = chunk
+    X, qc = chunk.X, chunk.qc
     with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off
         w = qc * np.exp(X @ lam)
-        Z = 1.0 + _seg_sum(w - qc, pos.indptr)
-        nll = float(np.sum(np.log(Z)) - lam @ tsum)
+        Z = 1.0 + _seg_sum(w - qc, chunk.pos.indptr)
+        nll = float(np.sum(np.log(Z)) - lam @ chunk.tsum)
     if not derivatives:
         return nll
     with np.errstate(invalid="ignore"):  # inf / inf at a too-long trial step (rejected)
-        wz = w / Z[upos]
-    grad = X.T @ wz - tsum
+        wz = w / Z[chunk.upos]
+    grad = X.T @ wz - chunk.tsum
     if not hessian:
         return nll, grad, None
-    h, cut, XT_h, pos_h = hess
+    hp = chunk.hess
+    cut = hp.cut
     nnz = int(X.indptr[cut])
-    Xw = sp.csr_matrix((X.data[:nnz] * wz[row[:nnz]], X.indices[:nnz], X.indptr[:cut + 1]),
+    Xw = sp.csr_matrix((X.data[:nnz] * wz[chunk.row[:nnz]], X.indices[:nnz], X.indptr[:cut + 1]),
                        shape=(cut, X.shape[1]))
-    M = pos_h @ Xw  # (h, P): m_n, the gradient of log Z_n
-    return nll, grad, (XT_h @ Xw).toarray() - (M.T @ M).toarray()
+    M = hp.pos @ Xw  # (h, P): m_n, the gradient of log Z_n
+    return nll, grad, (hp.XT @ Xw).toarray() - (M.T @ M).toarray()
+
+
+class HeldoutNLL:
+    """The held-out NLL per token (nats) as a function of the weights (G, B), over its chunks.
+
+    ``__call__(lam)``: the NLL; ``derivatives=True``: ``(nll, grad (P,), hess (P, P))``, the
+    Hessian estimated on the chunks' samples (averaged over their positions), or, with
+    ``exact=True``, on every position (each chunk's full part built once, when first needed).
+    ``base``: ``-mean log q[target]``, the NLL at lambda = 0 (the scores add to ``log q``).
+    """
+
+    def __init__(self, chunks: list, base: float, n_tokens: int, n_params: int):
+        self.chunks, self.base, self.N, self.P = chunks, base, n_tokens, n_params
+        self._full: dict = {}
+
+    def _exact(self, i: int, ch: HeldoutChunk) -> HeldoutChunk:
+        if i not in self._full:
+            self._full[i] = ch.hess if ch.hess is not None and ch.hess.h == ch.n else \
+                _hessian_part(ch.X, ch.pos, ch.n)
+        return dataclasses.replace(ch, hess=self._full[i])
+
+    def __call__(self, lam: np.ndarray, derivatives: bool = False, exact: bool = False):
+        flat = lam.ravel()
+        P = self.P
+        nll, grad, hess = 0.0, np.zeros(P), np.zeros((P, P))
+        h_tokens = 0
+        for i, ch in enumerate(self.chunks):
+            with_h = derivatives and (exact or ch.hess is not None)
+            if exact:  # the exact Hessian: every position of every chunk
+                ch = self._exact(i, ch)
+            out = _chunk_terms(ch, flat, derivatives, with_h)
+            if not derivatives:
+                nll += out
+                continue
+            nll += out[0]
+            grad += out[1]
+            if with_h:
+                h_tokens += ch.hess.h
+                hess += out[2]
+        nll = self.base + nll / self.N
+        return (nll, grad / self.N, hess / max(h_tokens, 1)) if derivatives else nll
+
+
+def _start_weights(G: int, B: int, init, fixed):
+    """Start weights (G, B) (default lambda = (1, 0, ...)) and which may move, (G * B,) bool."""
+    lam = np.zeros((G, B))
+    lam[0] = 1.0
+    if init is not None:
+        lam = np.broadcast_to(np.asarray(init, dtype=np.float64).reshape(G, -1), (G, B)).copy()
+    movable = np.ones(G, bool) if fixed is None else ~np.asarray(fixed, dtype=bool)
+    return lam, np.repeat(movable[:, None], B, axis=1).ravel()
+
+
+def _position_buckets(rows: list, buckets, entry_buckets, B: int, N: int) -> np.ndarray:
+    """(G, N) int64: the bucket of each group's row at each position (0 without row buckets);
+    ``InputError`` unless every row or entry bucket lies in ``[0, B)``."""
+    bk = np.zeros((len(rows), N), dtype=np.int64) if buckets is None else \
+        np.stack([np.where(r >= 0, np.asarray(b, dtype=np.int64), 0) for b, r in zip(buckets, rows)])
+    for b in [bk] if entry_buckets is None else [np.concatenate([[0], *entry_buckets])]:
+        if b.min() < 0 or b.max() >= B:
+            raise InputError(f"lambda buckets must lie in [0, {B}), got [{b.min()}, {b.max()}]")
+    return bk
+
+
+def _heldout_chunks(params: SparseParams, rows: list, targets: np.ndarray, bk: np.ndarray,
+                    entry_buckets, B: int, chunk: int, hessian_every: int,
+                    hessian_tokens: int | None) -> list:
+    """The held-out positions as ``HeldoutChunk``s of at most ``chunk`` positions each,
+    interleaved (chunk i holds positions i, i + n_chunks, ...: every chunk samples the whole
+    held-out text, so the Hessian of every ``hessian_every``-th chunk sees every kind of
+    position), the Hessian sampled on the first ``hessian_tokens`` positions of those."""
+    G, N = len(params.S), len(targets)
+    vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
+    eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
+    # 2**21 cells bound the union's bitmap and keep a chunk's arrays under glibc's 32 MiB mmap
+    # threshold (memory reused, not page-faulted again)
+    chunk = max(16, min(chunk, (1 << 21) // params.vocab_size))
+    n_chunks = -(-N // chunk)
+    out = []
+    for i in range(n_chunks):
+        idx = np.arange(i, N, n_chunks)
+        v = vidx[:, idx]
+
+        def param_of(g, p, e, v=v):  # the weight of a stored value: by entry or by position
+            return g * B + eb[g][e] if eb is not None else v[g][p]
+        out.append(_union_chunk(params, [r[idx] for r in rows], targets[idx], param_of, G * B,
+                                hessian_positions=(hessian_tokens or len(idx))
+                                if i % hessian_every == 0 else 0))
+    return out
+
+
+def _projected_newton(objective: HeldoutNLL, lam: np.ndarray, movable: np.ndarray,
+                      max_iter: int, tol: float, sampled: bool, record) -> tuple[np.ndarray, list]:
+    """Minimise the convex ``objective`` over weights >= 0 from ``lam`` (G, B): Newton steps on
+    the free weights (active set: a weight at 0 whose gradient pushes it below stays), each
+    with a backtracking line search on the projected step; stop when a step gains less than
+    ``tol`` nats per token. ``sampled``: the Hessian is a sample (a weight with no curvature
+    in it gets the exact Hessian for that step). ``record(lam)``: the trace's copy of lam.
+    Returns the weights and the trace ``[(record(lam), nll)]``."""
+    G, B = lam.shape
+    nll, grad, hess = objective(lam, True)
+    trace = [(record(lam), nll)]
+    for it in range(max_iter):
+        x = lam.ravel()
+        free = ((x > 0) | (grad < 0)) & movable  # active set: at 0 and pushed below 0 stay
+        if sampled and (np.diag(hess)[free] <= 0).any():
+            # a weight whose positions all fall outside the sampled chunks: take the exact Hessian
+            nll, grad, hess = objective(lam, True, exact=True)
+        step = np.zeros(G * B)
+        if free.any():
+            h = hess[np.ix_(free, free)] + 1e-9 * np.eye(int(free.sum()))
+            step[free] = -np.linalg.solve(h, grad[free])
+        t, fresh = 1.0, None
+        while t > 1e-4:  # backtracking line search on the projected step
+            trial = np.maximum(x + t * step, 0.0).reshape(G, B)
+            if t == 1.0:  # the full step is usually taken: its derivatives serve the next step
+                fresh = objective(trial, True)
+                tnll = fresh[0]
+            else:
+                fresh, tnll = None, objective(trial)
+            if tnll <= nll - 1e-12:
+                break
+            t /= 2
+        else:
+            break
+        converged = nll - tnll < tol
+        lam = trial
+        if converged:
+            nll = tnll
+            trace.append((record(lam), nll))
+            break
+        nll, grad, hess = fresh if fresh is not None else objective(lam, True)
+        trace.append((record(lam), nll))
+    return lam, trace
 
 
 def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
@@ -252,6 +419,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     ``fixed[g]`` is true keep their initial weight (pure n-gram models fix their suffix groups
     at 1). Returns the lambdas and the trace ``[(lambdas, nll)]``.
 
+    Steps: ``_start_weights``, ``_position_buckets``, ``_heldout_chunks`` (the design matrices,
+    built once), ``HeldoutNLL`` (the objective), ``_projected_newton`` (the loop).
+
     Cost: the held-out positions are processed in chunks of ``chunk`` (interleaved: chunk i
     holds positions i, i + n_chunks, ...); for each, the touched entries are laid out once as a
     sparse design matrix on the union of their (position, column) cells, kept, and every Newton
@@ -268,99 +438,17 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
         raise InputError("choose_lambdas takes row buckets or entry buckets, not both")
     B = int(n_buckets) if buckets is not None or entry_buckets is not None else 1
     N = len(targets)
-    lam = np.zeros((G, B))
-    lam[0] = 1.0
-    if init is not None:
-        lam = np.broadcast_to(np.asarray(init, dtype=np.float64).reshape(G, -1), (G, B)).copy()
-    movable = np.ones(G, bool) if fixed is None else ~np.asarray(fixed, dtype=bool)
-    movable = np.repeat(movable[:, None], B, axis=1).ravel()
+    lam, movable = _start_weights(G, B, init, fixed)
     squeeze = (lambda x: x[:, 0].copy()) if B == 1 and buckets is None else (lambda x: x.copy())
     if not movable.any() or N == 0:
         return squeeze(lam), []
-    bk = np.zeros((G, N), dtype=np.int64) if buckets is None else \
-        np.stack([np.where(r >= 0, np.asarray(b, dtype=np.int64), 0) for b, r in zip(buckets, rows)])
-    for b in [bk] if entry_buckets is None else [np.concatenate([[0], *entry_buckets])]:
-        if b.min() < 0 or b.max() >= B:
-            raise InputError(f"lambda buckets must lie in [0, {B}), got [{b.min()}, {b.max()}]")
-    base = float(-np.log(params.q[targets]).mean())
-    P = G * B
-    vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
-    eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
-    chunks = []
-    # 2**21 cells bound the union's bitmap and keep a chunk's arrays under glibc's 32 MiB mmap
-    # threshold (memory reused, not page-faulted again)
-    chunk = max(16, min(chunk, (1 << 21) // params.vocab_size))
-    n_chunks = -(-N // chunk)
-    for i in range(n_chunks):
-        # chunk i holds positions i, i + n_chunks, ...: every chunk samples the whole held-out
-        # text, so the Hessian of every ``hessian_every``-th chunk sees every kind of position
-        idx = np.arange(i, N, n_chunks)
-        v = vidx[:, idx]
-
-        def param_of(g, p, e, v=v):  # the weight of a stored value: by entry or by position
-            return g * B + eb[g][e] if eb is not None else v[g][p]
-        chunks.append(_union_chunk(params, [r[idx] for r in rows], targets[idx], param_of, P,
-                                   hessian_positions=(hessian_tokens or len(idx))
-                                   if i % hessian_every == 0 else 0))
-
-    full = {}
-
-    def objective(lam, derivatives=False, exact=False):
-        flat = lam.ravel()
-        nll, grad, hess = 0.0, np.zeros(P), np.zeros((P, P))
-        h_tokens = 0
-        for i, ch in enumerate(chunks):
-            with_h = derivatives and (exact or ch[6] is not None)
-            if exact:  # the exact Hessian: every position of every chunk (built once, if needed)
-                if i not in full:
-                    full[i] = ch[6] if ch[6] is not None and ch[6][0] == ch[2].shape[0] else \
-                        _hessian_part(ch[0], ch[2], ch[2].shape[0])
-                ch = ch[:6] + (full[i],)
-            out = _chunk_terms(ch, flat, derivatives, with_h)
-            if not derivatives:
-                nll += out
-                continue
-            nll += out[0]
-            grad += out[1]
-            if with_h:
-                h_tokens += ch[6][0]
-                hess += out[2]
-        nll = base + nll / N
-        return (nll, grad / N, hess / max(h_tokens, 1)) if derivatives else nll
-
-    nll, grad, hess = objective(lam, True)
-    trace = [(squeeze(lam).tolist(), nll)]
-    for it in range(max_iter):
-        x = lam.ravel()
-        free = ((x > 0) | (grad < 0)) & movable  # active set: at 0 and pushed below 0 stay
-        if (hessian_every > 1 or hessian_tokens) and (np.diag(hess)[free] <= 0).any():
-            # a weight whose positions all fall outside the sampled chunks: take the exact Hessian
-            nll, grad, hess = objective(lam, True, exact=True)
-        step = np.zeros(G * B)
-        if free.any():
-            h = hess[np.ix_(free, free)] + 1e-9 * np.eye(int(free.sum()))
-            step[free] = -np.linalg.solve(h, grad[free])
-        t, fresh = 1.0, None
-        while t > 1e-4:  # backtracking line search on the projected step
-            trial = np.maximum(x + t * step, 0.0).reshape(G, B)
-            if t == 1.0:  # the full step is usually taken: its derivatives serve the next step
-                fresh = objective(trial, True)
-                tnll = fresh[0]
-            else:
-                fresh, tnll = None, objective(trial)
-            if tnll <= nll - 1e-12:
-                break
-            t /= 2
-        else:
-            break
-        converged = nll - tnll < tol
-        lam = trial
-        if converged:
-            nll = tnll
-            trace.append((squeeze(lam).tolist(), nll))
-            break
-        nll, grad, hess = fresh if fresh is not None else objective(lam, True)
-        trace.append((squeeze(lam).tolist(), nll))
+    bk = _position_buckets(rows, buckets, entry_buckets, B, N)
+    chunks = _heldout_chunks(params, rows, targets, bk, entry_buckets, B, chunk, hessian_every,
+                             hessian_tokens)
+    objective = HeldoutNLL(chunks, float(-np.log(params.q[targets]).mean()), N, G * B)
+    lam, trace = _projected_newton(objective, lam, movable, max_iter, tol,
+                                   bool(hessian_every > 1 or hessian_tokens),
+                                   lambda x: squeeze(x).tolist())
     return squeeze(lam), trace
 
 

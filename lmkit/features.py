@@ -19,12 +19,16 @@ layer, with its own weight matrix ``(n_rows, V)``:
   As in KenLM, a history may reach back to one BOS but not past it: positions whose m-token
   history would need more than one BOS have no feature (-1).
 
+``context_rows`` / ``next_rows``: token sequences -> per group the row of every target position
+in a model's tables (``group_rows`` after ``pad_sequences``), what solvers and scorers read.
+The kinds of group (with ``Skip`` here, ``clusters.ClusterHistory``, ``linepos.LinePosition``)
+are registered in ``kinds.py``.
+
 Padding layout (see ``pad_sequences``): each sequence becomes ``[BOS]*P + ids + [EOS]`` and the
 targets are ``ids + [EOS]``, so EOS is always a target and BOS never is.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from itertools import chain
 
@@ -158,7 +162,7 @@ def group_rows(groups, keys, buf, pos, starts, vocab_size: int, order=None) -> l
     ``keys``: per group the row table (None = rows are token ids). A suffix group's keys are
     built from the rows of the suffix group one shorter, so the groups are walked in order.
     ``order``: ``history_order`` of the positions, or None (each key search then sorts its own
-    queries; ``scoring.context_rows`` passes it).
+    queries; ``context_rows`` passes it).
     """
     check_suffix_chain(groups)
     rows, suffix_rows = [], None
@@ -170,6 +174,36 @@ def group_rows(groups, keys, buf, pos, starts, vocab_size: int, order=None) -> l
             r = lookup_keys(k, g.row_keys(buf, pos, starts, vocab_size))
         rows.append(r)
     return rows
+
+
+def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int,
+                 with_order: bool = False):
+    """Rows per group for every target of ``seqs`` (EOS included).
+
+    Returns ``(rows, targets, seq_index)``: list of int64 (N,) arrays, int64 (N,), int64 (N,);
+    with ``with_order`` also the positions sorted by history (``features.history_order``, or
+    None when it was not computed), under which every suffix group's rows are ascending.
+    """
+    pad = max(g.reach for g in groups)
+    buf, pos, starts = pad_sequences(seqs, pad, bos_id, eos_id)
+    M = check_suffix_chain(groups)
+    order = history_order(buf, pos, M, vocab_size) if M > 1 else None
+    rows = group_rows(groups, keys, buf, pos, starts, vocab_size, order)
+    n_targets = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
+    seq_index = np.repeat(np.arange(len(seqs)), n_targets)
+    if with_order:
+        return rows, buf[pos].astype(np.int64), seq_index, order
+    return rows, buf[pos].astype(np.int64), seq_index
+
+
+def next_rows(groups, keys, prefix, vocab_size: int, bos_id: int) -> list:
+    """Rows per group for the position right after ``prefix`` (token ids of the sequence so far)."""
+    pad = max(g.reach for g in groups)
+    buf = np.concatenate([np.full(pad, bos_id, np.int32), np.asarray(prefix, np.int32)])
+    pos = np.array([len(buf)], dtype=np.int64)
+    buf = np.concatenate([buf, np.zeros(1, np.int32)])  # placeholder target slot
+    starts = np.array([pad], dtype=np.int64)
+    return group_rows(groups, keys, buf, pos, starts, vocab_size)
 
 
 def decode_histories(keys: list, m: int, vocab_size: int) -> np.ndarray:
@@ -226,17 +260,6 @@ def make_groups(context: int = 3, order: int | None = None) -> list:
     if not groups:
         raise InputError("--context must be >= 1 (or give --order N); pass e.g. --context 3")
     return groups
-
-
-def group_from_name(name: str):
-    """Inverse of ``group.name``: ``'window3' -> Window(3)``, ``'suffix2' -> Suffix(2)``."""
-    m = re.fullmatch(r"skip(\d+)_(\d+)_(\d+)", name)
-    if m:
-        return Skip(*(int(x) for x in m.groups()))
-    m = re.fullmatch(r"(window|suffix)(\d+)", name)
-    if not m:
-        raise ValueError(f"unknown feature group {name!r}")
-    return (Window if m.group(1) == "window" else Suffix)(int(m.group(2)))
 
 
 def pad_sequences(seqs, pad: int, bos_id: int, eos_id: int):

@@ -1,7 +1,7 @@
 """Gradient solver: token ids -> dense softmax weights by minibatch gradient descent (the baseline).
 
 Input: per window group g an int64 row array ``rows[g]`` (N,) (the token g+1 positions back, BOS
-padded; see ``scoring.context_rows``) and the targets (N,) (EOS included); the same for a
+padded; see ``features.context_rows``) and the targets (N,) (EOS included); the same for a
 validation slice. Output: ``scoring.DenseParams`` — ``W[g]`` (V, V) float32 and ``b`` (V,) — and
 a learning curve, a list of dicts ``{step, epoch, seconds, train_loss, valid_ppl}``.
 
@@ -35,10 +35,9 @@ import scipy.sparse as sp
 from .config import GradientConfig
 from .errors import InputError, OptionError
 from .params import DenseParams, SparseParams
-from .features import Window
+from .features import Window, context_rows
 from .memory import check_memory, format_bytes
 from .progress import bar, log
-from .scoring import context_rows
 
 INITS = ("zeros", "random", "explicit")
 OPTIMIZERS = ("adam", "sgd")

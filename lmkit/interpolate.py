@@ -19,21 +19,19 @@
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingPathError, ModelFormatError
+from .errors import InputError, ModelFormatError
 from .explicit import choose_lambdas
 from .model import BaseModel, LanguageModel
 from .parallel import fit_heldout
 from .scoring import context_rows
-from .store import manifest_stamp, peek_manifest, write_folder
+from .store import (FORMAT, VERSION, folder_kind, manifest_stamp, peek_manifest, read_manifest,
+                    write_folder, write_manifest, write_synced)
 from .params import SparseParams
-
-FORMAT, VERSION = "lmkit-model", 1
 
 
 def check_same_tokenizer(models) -> None:
@@ -69,17 +67,32 @@ def fit_weights(logps: np.ndarray, *, max_iter: int = 200, tol: float = 1e-7,
 
 
 class MixtureModel(BaseModel):
-    """``p(w|h) = sum_k weights[k] p_k(w|h)`` over models that share a tokenizer."""
+    """``p(w|h) = sum_k weights[k] p_k(w|h)`` over models that share a tokenizer.
+
+    A component that is itself a ``MixtureModel`` is flattened into its components (weights
+    multiplied through: the same distribution), so a saved mixture is always one level deep.
+    """
 
     def __init__(self, models: list, weights, info: dict | None = None):
         check_same_tokenizer(models)
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(models),) or (w < 0).any() or not np.isclose(w.sum(), 1.0):
+        try:
+            w = np.asarray(weights, dtype=np.float64)
+        except (TypeError, ValueError):
+            w = np.full(0, np.nan)
+        if (w.shape != (len(models),) or not np.isfinite(w).all() or (w < 0).any()
+                or not np.isclose(w.sum(), 1.0)):
             raise InputError(f"--weights needs {len(models)} non-negative values summing to 1, "
-                             f"got {list(weights)}")
-        self.models = list(models)
-        self.weights = w
+                             f"got {str(weights)[:80]}")
+        flat, flat_w = [], []
+        for m, x in zip(models, w):
+            subs = m.models if isinstance(m, MixtureModel) else [m]
+            flat += subs
+            flat_w += list(x * m.weights) if isinstance(m, MixtureModel) else [x]
+        self.models = flat
+        self.weights = np.asarray(flat_w, dtype=np.float64)
         self.info = dict(info or {})
+        if len(flat) != len(models):
+            self.info["flattened"] = f"{len(models)} inputs, mixtures among them, -> {len(flat)} components"
         self.tokenizer = models[0].tokenizer
 
     kind = "mixture"
@@ -112,35 +125,43 @@ class MixtureModel(BaseModel):
             for k, m in enumerate(self.models):
                 m.save(tmp / "components" / str(k))
             proto = self.tokenizer.model_proto
-            (tmp / "tokenizer.model").write_bytes(proto)
+            write_synced(tmp / "tokenizer.model", proto)
             manifest = {"format": FORMAT, "version": VERSION, "kind": "mixture",
                         "weights": self.weights.tolist(), "components": [
                             f"components/{k}" for k in range(len(self.models))],
                         "vocab_size": self.vocab_size, "info": self.info,
                         **manifest_stamp(proto, command)}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            write_manifest(tmp, manifest)
 
         return write_folder(path, fill)
 
     @classmethod
-    def load(cls, path) -> "MixtureModel":
+    def load(cls, path, mmap: bool = False) -> "MixtureModel":
+        """Read a folder written by ``save``: the manifest checked by ``store.read_manifest``,
+        each component an explicit (``LanguageModel.load``, ``mmap`` passed on) or neural model
+        folder whose tokenizer is the mixture's."""
         path = Path(path)
-        if not (path / "manifest.json").is_file():
-            raise MissingPathError(f"{path}: no mixture folder (no manifest.json); write one with "
+        manifest = read_manifest(path, ("mixture",), takes="pass a folder written by "
+                                 "`lmkit interpolate`")
+        models = []
+        for c in manifest["components"]:
+            kind = folder_kind(peek_manifest(path / c) or {})
+            if kind in ("mixture",):
+                raise ModelFormatError(f"{path / c}: a mixture inside a mixture (lmkit writes "
+                                       "them flat); re-run `lmkit interpolate` on the models")
+            if kind == "neural":
+                from . import neural  # optional dependency (torch)
+                models.append(neural.load(path / c))
+            else:  # explicit, or unreadable: LanguageModel.load says why
+                models.append(LanguageModel.load(path / c, mmap=mmap))
+            if models[-1].tokenizer.sha256 != manifest["tokenizer"]["sha256"]:
+                raise ModelFormatError(f"{path / c}: its tokenizer is not the mixture's (sha256 "
+                                       "differs); re-run `lmkit interpolate`")
+        if models[0].vocab_size != manifest["vocab_size"]:
+            raise ModelFormatError(f"{path}: the components have V={models[0].vocab_size}, the "
+                                   f"manifest says {manifest['vocab_size']}; re-run "
                                    "`lmkit interpolate`")
-        manifest = peek_manifest(path) or {}  # bounded read of untrusted input
-        if manifest.get("format") != FORMAT or manifest.get("kind") != "mixture":
-            raise ModelFormatError(f"{path}: not an lmkit mixture folder; pass a folder written "
-                                   "by `lmkit interpolate`")
-        if manifest.get("version") != VERSION:
-            raise ModelFormatError(f"{path}: mixture format version {manifest.get('version')!r}, "
-                                   f"this lmkit reads {VERSION}; re-run `lmkit interpolate`")
-        comps = manifest.get("components", [])
-        if not comps or any(not isinstance(c, str) or ".." in Path(c).parts or Path(c).is_absolute()
-                            for c in comps):
-            raise ModelFormatError(f"{path}: bad component list {comps!r}; re-run `lmkit interpolate`")
-        models = [LanguageModel.load(path / c) for c in comps]
-        return cls(models, manifest.get("weights"), manifest.get("info"))
+        return cls(models, manifest["weights"], manifest.get("info"))
 
 
 # ---- fitting ----------------------------------------------------------------------------------
@@ -156,8 +177,11 @@ def interpolate_linear(models, heldout_lines, weights="auto") -> MixtureModel:
         info = {"weights_rule": f"EM on {logps.shape[1]} held-out tokens",
                 "heldout_perplexity": math.exp(trace[-1][1]), "em_iterations": len(trace)}
         return MixtureModel(models, w, info)
-    w = np.asarray([float(x) for x in weights])
-    if len(w) != len(models) or (w < 0).any() or w.sum() <= 0:
+    try:
+        w = np.asarray([float(x) for x in weights])
+    except (TypeError, ValueError):
+        w = np.full(0, np.nan)
+    if len(w) != len(models) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise InputError(f"--weights needs {len(models)} non-negative values (or auto), got {list(weights)}")
     return MixtureModel(models, w / w.sum(), {"weights_rule": "given"})
 
@@ -166,6 +190,10 @@ def loglinear_merge(models, heldout_lines, *, max_memory=None):
     """One sparse ``LanguageModel`` over the union of the models' feature groups (docstring)."""
     check_same_tokenizer(models)
     for m in models:
+        if not isinstance(m, LanguageModel):
+            what = "a linear mixture" if isinstance(m, MixtureModel) else "a neural model"
+            raise InputError(f"log-linear merge needs explicit sparse models, one input is {what}; "
+                             "use --method linear (mixtures and neural models mix linearly)")
         p = m.params
         if not isinstance(p, SparseParams) or any((S.data < 0).any() for S in p.S):
             raise InputError(f"log-linear merge needs sparse models with S >= 0 ({m.describe()}); "

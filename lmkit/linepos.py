@@ -12,8 +12,8 @@ Row key (exact): ``sum_{i<a} tok_{t-1-i} V**i + V**a * (bucket * C + cluster(tok
 (without clusters: ``C = 1`` and no cluster term); refused unless ``V**a C (cap + 1) < 2**63``.
 Rows are the observed keys. Like ``ClusterHistory``, the name (``linepos{a}_{step}_{cap}``, or
 ``linepos{a}_{step}_{cap}_{C}`` with clusters) does not carry the tables: model folders store
-them once as the arrays ``piece_bytes`` and ``clusters{C}`` and rebuild the group with
-``from_name`` (``store.groups_from_names``).
+them once as the arrays ``piece_bytes`` and ``clusters{C}`` and rebuild the group from its name
+and those tables (the kinds registry, ``kinds.py``).
 
 Closed form: as a skip-gram with ``a`` adjacent tokens (``skipgram.solve_skip``): the counts
 ``F[(tokens, bucket), w]`` are discounted toward the distribution of the same ``a`` tokens
@@ -29,7 +29,6 @@ few tokens knows that. Unlike the other groups it looks back to the start of the
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,30 +55,6 @@ class LinePosition:
         if self.a < 0 or self.step < 1 or self.cap < 0:
             raise InputError(f"line position needs a >= 0, step >= 1, cap >= 0, got a={self.a} "
                              f"step={self.step} cap={self.cap}; e.g. LinePosition(1, 8, 10, table)")
-
-    @staticmethod
-    def parse_name(name: str):
-        """``'linepos1_8_10'`` -> (1, 8, 10, None); ``'linepos0_12_7_32'`` -> (0, 12, 7, 32)."""
-        m = re.fullmatch(r"linepos(\d+)_(\d+)_(\d+)(?:_(\d+))?", name)
-        if not m:
-            raise ValueError(f"{name!r} is not a line-position group name "
-                             "(linepos{a}_{step}_{cap} or linepos{a}_{step}_{cap}_{C})")
-        a, step, cap = (int(x) for x in m.groups()[:3])
-        return a, step, cap, None if m.group(4) is None else int(m.group(4))
-
-    @classmethod
-    def from_name(cls, name: str, table, clusters=None) -> "LinePosition":
-        """Inverse of ``name`` given the saved tables (``clusters`` for names with a C)."""
-        a, step, cap, C = cls.parse_name(name)
-        if not (a <= 8 and 1 <= step <= 2 ** 20 and cap <= 2 ** 20):
-            raise ValueError(f"{name!r}: needs a <= 8, 1 <= step <= 2**20, cap <= 2**20")
-        if (C is None) != (clusters is None) or (C is not None and C != max(clusters) + 1):
-            raise ValueError(f"{name!r} does not match its cluster table")
-        g = cls(a, step, cap, tuple(int(x) for x in table),
-                None if clusters is None else tuple(int(x) for x in clusters))
-        if g.key_limit(len(table)) >= 2 ** 63:
-            raise ValueError(f"{name!r}: needs V**a * C * (cap + 1) < 2**63")
-        return g
 
     @property
     def n_clusters(self) -> int:

@@ -10,6 +10,7 @@ Every one of them has ``tokenizer``, ``vocab_size``, ``encode_lines``, ``log_pro
 """
 from __future__ import annotations
 
+from .errors import OptionError
 from .interpolate import MixtureModel
 from .model import LanguageModel
 from .store import peek_manifest
@@ -22,11 +23,18 @@ def model_kind(path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def load(path):
-    """The model saved in folder ``path``, whatever its kind (see the module docstring)."""
+def load(path, mmap: bool = False):
+    """The model saved in folder ``path``, whatever its kind (see the module docstring).
+
+    ``mmap`` (``config.LoadConfig``): explicit models' arrays map ``params.npz`` instead of
+    copying it (see ``LanguageModel.load``); refused for a neural model, whose weights are
+    always copied."""
     if is_neural_folder(path):
+        if mmap:  # an option takes effect or is refused
+            raise OptionError(f"{path}: a neural model is always read into memory; the mmap "
+                              "option applies to explicit models and mixtures, drop it")
         from . import neural  # optional dependency (torch), imported only when needed
         return neural.load(path)  # raises MissingDependencyError naming the extra without torch
     if model_kind(path) == "mixture":
-        return MixtureModel.load(path)
-    return LanguageModel.load(path)
+        return MixtureModel.load(path, mmap=mmap)
+    return LanguageModel.load(path, mmap=mmap)

@@ -45,14 +45,16 @@ class BaseModel:
         return self.log_proba_ids([self.tokenizer.encode(text)])[0]
 
     def score(self, lines: Iterable[str], chunk_lines: int = 100_000, progress=None) -> dict:
-        """Evaluate on sequences (one str each; "" lines are skipped, as in corpora): see
-        ``evaluate.evaluate_lines``."""
+        """Evaluate on ``lines`` (str each), read by the one rule every verb uses
+        (``corpus.sequences``, docs/lines.md: "\\n" splits, trailing whitespace is dropped,
+        blank lines are skipped), so ``score(corpus.read_lines(F))`` equals ``lmkit eval
+        --input F``; see ``evaluate.evaluate_lines`` for the keys."""
         if isinstance(lines, (str, bytes)):
             raise InputError("lines must be an iterable of str, not a str; wrap one text as [text]")
         return evaluate_lines(self, lines, chunk_lines=chunk_lines, progress=progress)
 
     def perplexity(self, lines: Iterable[str]) -> float:
-        """Per-token perplexity (EOS counted) of ``lines``."""
+        """Per-token perplexity (EOS counted) of ``lines``, read as ``score`` reads them."""
         return self.score(lines)["perplexity"]
 
     @property
@@ -217,8 +219,7 @@ class LanguageModel(BaseModel):
         The weight is the group's logit contribution ``lambda * S[i, j]`` (sparse form) or
         ``W[i, j]`` minus the row median (dense form); higher = more strongly predicted.
         """
-        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-            raise OptionError(f"top must be an integer >= 1, got {top!r}")
+        _check_top(top)
         tok = self.tokenizer
         try:  # a piece as `spm-encode --output-format piece` prints it ("▁king") ...
             ids = [tok.piece_to_id(token)]
@@ -264,9 +265,13 @@ class LanguageModel(BaseModel):
                                         store.params_to_arrays(self.params))
 
     @classmethod
-    def load(cls, path) -> "LanguageModel":
-        """Read a model folder written by ``save``; refuses other formats with a clear message."""
-        manifest, proto, arrays = store.read_model_folder(path)
+    def load(cls, path, mmap: bool = False) -> "LanguageModel":
+        """Read a model folder written by ``save``; refuses other formats with a clear message.
+
+        The arrays are a private in-memory copy of ``params.npz``; ``mmap=True`` maps the file
+        instead (no copy, shared page cache; the file must then not change in place while the
+        model is in use: see ``store.read_model_folder`` and docs/guarantees.md)."""
+        manifest, proto, arrays = store.read_model_folder(path, mmap=mmap)
         groups = store.groups_from_names(manifest["groups"], arrays, where=Path(path) / "params.npz")
         params = store.arrays_to_params(manifest["kind"], groups, arrays,
                                         manifest.get("info") or {},

@@ -42,7 +42,7 @@ import os
 
 import numpy as np
 
-from .corpus import file_lines
+from .corpus import file_lines, sequences
 from .counts import Counts, count_buffer, flat_buffer
 from .distributed import _tokenizer, dask_client, result
 from .errors import InputError
@@ -116,9 +116,9 @@ def file_splits(files, split_bytes: int = SPLIT_BYTES) -> list:
 
 
 def split_lines(path: str, start: int, end: int) -> list:
-    """The corpus lines (rstripped, non-empty: as ``TextCorpus`` yields them) of the lines of
+    """The sequences (``corpus.sequences``: as ``TextCorpus`` yields them) of the lines of
     ``path`` that begin in the byte range ``[start, end)``."""
-    return [x for x in (raw.rstrip() for raw in file_lines(path, start, end)) if x]
+    return list(sequences(file_lines(path, start, end), None))
 
 
 # ---- worker tasks -------------------------------------------------------------------------------

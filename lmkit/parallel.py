@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from .counts import Counts, count_chunk, empty_counts
-from .errors import InputError, LmkitError, OutputError
-from .features import group_from_name
+from .errors import InputError, LmkitError, OutputError, WorkerDiedError
+from .kinds import group_spec, groups_from_spec
 from .memory import check_memory, default_limit, format_bytes, parse_size
 from .sparse import csr_from_arrays, csr_to_arrays
 from .tokenizer import Tokenizer
@@ -125,9 +125,10 @@ def line_chunks(lines, chunk_lines: int):
 _WORKER: dict = {}
 
 
-def _init_worker(model_proto: bytes, group_names: list) -> None:
+def _init_worker(model_proto: bytes, spec) -> None:
+    """``spec``: ``kinds.group_spec(groups)``, names and the tables some kinds need."""
     _WORKER["tok"] = Tokenizer(model_proto)
-    _WORKER["groups"] = [group_from_name(n) for n in group_names]
+    _WORKER["groups"] = groups_from_spec(spec)
 
 
 def count_lines(lines: list, tokenizer, groups: list, threads: int | None = None) -> Counts:
@@ -173,7 +174,7 @@ def _picklable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
-def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks, results,
+def _worker_main(model_proto: bytes, spec, budget, spill_dir, tasks, results,
                  parent_pid: int) -> None:
     """A counting process: sums the counts of every chunk it takes, then sends its one total.
 
@@ -183,7 +184,7 @@ def _worker_main(model_proto: bytes, group_names: list, budget, spill_dir, tasks
     """
     _die_with_parent(parent_pid)
     try:
-        _init_worker(model_proto, group_names)
+        _init_worker(model_proto, spec)
         tok, groups = _WORKER["tok"], _WORKER["groups"]
         acc = SpillingSum(tok.vocab_size, groups, budget, spill_dir)
         while (chunk := tasks.get()) is not None:
@@ -209,6 +210,153 @@ def _stop(procs, grace: float = 1.0) -> None:
             proc.join(1.0)
 
 
+# ---- an ordered pool that ends ----------------------------------------------------------------
+def pool_context():
+    """fork where it exists (workers start at once and inherit what the parent loaded), else
+    spawn."""
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def _pool_worker(fn, init, init_args, tasks, results, parent_pid: int) -> None:
+    """One process of ``ordered_map``: ``init(*init_args)``, then answers ``(seq, item)``
+    messages with ``("ok", seq, fn(item))`` until ``None`` or the parent's end of the pipe
+    closes. An exception is sent back as ``("error", seq, exc)`` and ends the worker."""
+    _die_with_parent(parent_pid)
+    if "torch" in sys.modules:  # a forked OpenMP pool can hang; one thread per process anyway
+        sys.modules["torch"].set_num_threads(1)
+    seq = None
+    try:
+        if init is not None:
+            init(*init_args)
+        while (msg := tasks.recv()) is not None:
+            seq, item = msg
+            results.send(("ok", seq, fn(item)))
+    except (EOFError, BrokenPipeError):
+        pass  # the parent is gone or stopping: nothing to report to
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
+        try:
+            results.send(("error", seq, _picklable(e)))
+        except (OSError, ValueError):
+            pass
+
+
+def _died(proc, what: str) -> WorkerDiedError:
+    code = proc.exitcode
+    how = (f"was killed by signal {-code} ({signal.Signals(-code).name}; out of memory?)"
+           if code is not None and code < 0 and -code in signal.Signals._value2member_map_
+           else f"exited with code {code}")
+    return WorkerDiedError(f"{what} (pid {proc.pid}) {how}; stopped everything, nothing was "
+                           "written; retry with fewer --workers or free memory")
+
+
+def ordered_map(fn, items, workers: int, *, init=None, init_args=(), what: str = "a worker"):
+    """Yield ``fn(item)`` for every item of ``items``, in input order, computed by ``workers``
+    processes (``pool_context``); a generator.
+
+    Each worker has its own pair of pipes and holds one item at a time, so at most
+    ``workers`` items (and ``workers`` results) are in flight whatever the input's length,
+    and no lock is shared between workers: a worker killed outright (SIGKILL, the OOM killer)
+    cannot block the others. The pool ends in every case:
+
+    - a worker's exception (``init`` failing, e.g. a model that cannot be loaded, or ``fn``)
+      is re-raised here at once;
+    - a worker that dies without answering raises ``WorkerDiedError`` naming it;
+    - any exception in the consumer (KeyboardInterrupt, the CLI's SIGTERM exception) or
+      closing the generator stops every worker within ~1 s (``_stop``: SIGTERM, then SIGKILL).
+
+    Workers ignore SIGINT and die with the parent (``_die_with_parent``). With fork, ``fn``
+    and ``init_args`` may be any objects (nothing is pickled but items and results).
+    """
+    from multiprocessing.connection import wait
+
+    ctx = pool_context()
+    procs, conns = [], []  # conns[k] = (tasks to worker k, results from worker k)
+    try:
+        for _ in range(workers):
+            # made per worker, the parent's copy of the worker's ends closed before the next
+            # fork: a worker's death closes its results pipe (EOF), it is not kept open by
+            # a sibling that inherited it
+            t_read, t_write = ctx.Pipe(duplex=False)
+            r_read, r_write = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_pool_worker, daemon=True,
+                               args=(fn, init, init_args, t_read, r_write, os.getpid()))
+            proc.start()
+            t_read.close()
+            r_write.close()
+            procs.append(proc)
+            conns.append((t_write, r_read))
+
+        def receive(k):
+            try:
+                kind, seq, value = conns[k][1].recv()
+            except (EOFError, OSError):
+                procs[k].join(1.0)
+                raise _died(procs[k], what) from None
+            if kind == "error":
+                raise value
+            return seq, value
+
+        it = iter(items)
+        busy: dict = {}  # worker -> seq it holds
+        idle = list(range(workers))
+        done: dict = {}
+        sent = want = 0
+        staged, exhausted = None, False
+        while True:
+            while idle and not exhausted:
+                if staged is None:
+                    staged = next(it, _END)
+                    if staged is _END:
+                        exhausted, staged = True, None
+                        break
+                k = idle.pop()
+                try:
+                    conns[k][0].send((sent, staged))
+                except OSError:  # it ended (its error, if any, waits in its results pipe)
+                    receive(k)
+                    raise _died(procs[k], what) from None
+                busy[k], staged, sent = sent, None, sent + 1
+            while want in done:
+                yield done.pop(want)
+                want += 1
+            if exhausted and want == sent:
+                break
+            if not idle and staged is None and not exhausted:
+                staged = next(it, _END)  # read ahead while the workers compute
+                if staged is _END:
+                    exhausted, staged = True, None
+            by_conn = {conns[k][1]: k for k in busy}
+            by_sentinel = {procs[k].sentinel: k for k in range(workers)}
+            ready = wait(list(by_conn) + list(by_sentinel), timeout=1.0)
+            for r in ready:
+                if r in by_conn:
+                    k = by_conn[r]
+                    seq, value = receive(k)
+                    done[seq] = value
+                    del busy[k]
+                    idle.append(k)
+            for r in ready:
+                k = by_sentinel.get(r)
+                if k is not None and not conns[k][1].poll():
+                    procs[k].join(1.0)
+                    raise _died(procs[k], what)
+        for t_write, _ in conns:
+            try:
+                t_write.send(None)
+            except OSError:
+                pass
+        for proc in procs:
+            proc.join(1.0)
+    finally:
+        _stop(procs)
+        for t_write, r_read in conns:
+            t_write.close()
+            r_read.close()
+
+
+_END = object()
+
+
 def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, spill_dir,
                         progress=None) -> list:
     """Per-worker totals of ``chunks`` counted by ``workers`` processes (``2 * workers`` in flight).
@@ -225,7 +373,7 @@ def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, s
     share = None if budget is None else budget // workers
     spill_root = tempfile.mkdtemp(prefix="lmkit-spill-", dir=spill_dir)
     procs = [ctx.Process(target=_worker_main, daemon=True,
-                         args=(tokenizer.model_proto, [g.name for g in groups], share, spill_root,
+                         args=(tokenizer.model_proto, group_spec(groups), share, spill_root,
                                tasks, results, os.getpid())) for _ in range(workers)]
     totals: list = []
 

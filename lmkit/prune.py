@@ -79,6 +79,21 @@ def _log_marginals(params, loggammas, keys, L: int, bos: int, eos: int, log_pi=N
     return lp + mkn_log_proba(params, rows, target, loggammas)
 
 
+def check_prunable(params) -> None:
+    """An ``InputError`` unless ``params`` is a pure n-gram model (the form pruning keeps)."""
+    try:
+        check_arpa_exportable(params)
+    except InputError:
+        names = [g.name for g in params.groups][:8]
+        lam = getattr(params, "lambdas", None)
+        raise InputError(f"prune needs a pure n-gram model (groups suffix1..suffixM, lambdas 1), "
+                         f"this one has groups {names}"
+                         + (f" and lambdas {[round(float(x), 4) for x in lam][:8]}"
+                            if lam is not None else "")
+                         + "; prune a model trained with --order N (no --context, no --lambdas) "
+                         "or imported with `lmkit import-arpa`") from None
+
+
 def entropy_criteria(model, history: str = "stationary") -> list:
     """Per suffix group m: ``(hist, cols, logp, lower, D)`` per listed n-gram (natural logs).
 
@@ -88,7 +103,7 @@ def entropy_criteria(model, history: str = "stationary") -> list:
     if history not in ("stationary", "q"):
         raise InputError(f"history must be stationary or q, got {history!r}")
     params, tok = model.params, model.tokenizer
-    check_arpa_exportable(params)
+    check_prunable(params)
     params, logps, loggammas = packed_view(params)  # this module works on packed history keys
     log_pi = (np.log(stationary_unigram(params, loggammas, tok.bos_id, tok.eos_id))
               if history == "stationary" else None)
@@ -154,4 +169,4 @@ def n_ngrams(model) -> int:
     return model.vocab_size + sum(S.nnz for S in model.params.S)
 
 
-__all__ = ["prune_entropy", "entropy_criteria", "n_ngrams"]
+__all__ = ["prune_entropy", "entropy_criteria", "check_prunable", "n_ngrams"]

@@ -23,7 +23,7 @@ per cluster table (``cluster_tokens`` on their bigram counts, one SVD for all ta
 ``ClusterHistory`` groups on the same buffer; given the tokenizer's ``piece_bytes``, its
 ``LinePosition`` groups last. ``lmkit train`` with no model option builds the defaults below
 (``train._train_rich``); model folders keep each cluster table as ``clusters{C}`` and the bytes
-table as ``piece_bytes`` (``store.groups_from_names``).
+table as ``piece_bytes`` (``kinds.group_tables``; rebuilt by ``kinds.from_name``).
 """
 from __future__ import annotations
 
@@ -33,15 +33,13 @@ import scipy.sparse as sp
 from .clusters import ClusterHistory, bigram_embedding, cluster_tokens
 from .config import ModelConfig
 from .counts import Counts, count_buffer, empty_counts, flat_buffer
-from .explicit import (choose_lambdas, count_buckets, entry_counts, estimate_discount,
+from .explicit import (choose_lambdas, count_buckets, entry_counts,
                        fold_entry_lambdas, fold_lambdas, history_counts)
-from .features import Skip, Suffix, Window
+from .features import Skip, Suffix, Window, context_rows
 from .linepos import LinePosition
-from .ngram import solve_ngram
 from .parallel import fit_heldout
 from .params import SparseParams
-from .scoring import context_rows
-from .skipgram import solve_skip
+from .solve import solve
 
 # chosen on the valid split of the default corpus (scripts/quality.py; docs/quality.md)
 DEFAULT_ORDER = ModelConfig.DEFAULT_ORDER  # the n-gram and window part of lmkit's default model
@@ -176,16 +174,9 @@ def merge_groups(a: Counts, b: Counts) -> Counts:
 
 def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
     """Closed form of every group (see the module docstring); lambdas = 1, ``lambda_init`` set."""
-    params = solve_ngram(counts, discount=discount)
-    S = list(params.S)
-    for g, group in enumerate(counts.groups):
-        a = group.a if isinstance(group, (Skip, LinePosition)) else group.w \
-            if isinstance(group, ClusterHistory) else None
-        if a is not None:
-            F = counts.F[g]
-            S[g] = solve_skip(F, counts.keys[g], a, params.q, estimate_discount(F))
-    info = {**params.info, "lambda_fixed": [False] * len(S)}
-    return SparseParams(params.groups, params.q, S, params.keys, params.lambdas, info)
+    params = solve(counts, discount=discount)  # each kind's closed form (kinds.py)
+    info = {**params.info, "lambda_fixed": [False] * len(params.S)}
+    return SparseParams(params.groups, params.q, params.S, params.keys, params.lambdas, info)
 
 
 def _entry_buckets(counts: Counts, params: SparseParams, entry_edges, row_edges=None):
@@ -254,4 +245,4 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
         rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
         out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
     return out.with_lambdas(out.lambdas, lambda_rule="projected Newton minimisation of held-out "
-                            f"NLL on {len(targets)} tokens")
+                            f"NLL on {len(targets)} tokens", heldout_tokens=len(targets))

@@ -7,8 +7,8 @@ Two parameter forms share one interface:
 - ``DenseParams``: ``logits = b + sum_g W_g[row_g]`` with dense ``W_g`` (R_g, V) — the form the
   gradient solver trains; scored densely with a float64 log-sum-exp.
 
-``context_rows`` turns token sequences into, per group, the weight-matrix row of every target
-position (-1 = no feature: an unseen n-gram history), plus the targets.
+``features.context_rows`` turns token sequences into, per group, the weight-matrix row of every
+target position (-1 = no feature: an unseen n-gram history), plus the targets (re-exported here).
 
 Every sparse path (``log_proba``, ``next_logp``, ``next_logp_batch``: ``eval``, ``score``,
 ``next``, generation, the neural hybrid's explicit term) goes through one ``SparseScorer`` per
@@ -24,37 +24,8 @@ import scipy.sparse as sp
 
 from .params import DenseParams, SparseParams
 from .sparse import log_softmax, lookup_values, take_rows, union_log_z
-from .features import check_suffix_chain, group_rows, history_order, pad_sequences
-
-
-def context_rows(groups, keys, seqs, vocab_size: int, bos_id: int, eos_id: int,
-                 with_order: bool = False):
-    """Rows per group for every target of ``seqs`` (EOS included).
-
-    Returns ``(rows, targets, seq_index)``: list of int64 (N,) arrays, int64 (N,), int64 (N,);
-    with ``with_order`` also the positions sorted by history (``features.history_order``, or
-    None when it was not computed), under which every suffix group's rows are ascending.
-    """
-    pad = max(g.reach for g in groups)
-    buf, pos, starts = pad_sequences(seqs, pad, bos_id, eos_id)
-    M = check_suffix_chain(groups)
-    order = history_order(buf, pos, M, vocab_size) if M > 1 else None
-    rows = group_rows(groups, keys, buf, pos, starts, vocab_size, order)
-    n_targets = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
-    seq_index = np.repeat(np.arange(len(seqs)), n_targets)
-    if with_order:
-        return rows, buf[pos].astype(np.int64), seq_index, order
-    return rows, buf[pos].astype(np.int64), seq_index
-
-
-def next_rows(groups, keys, prefix, vocab_size: int, bos_id: int) -> list:
-    """Rows per group for the position right after ``prefix`` (token ids of the sequence so far)."""
-    pad = max(g.reach for g in groups)
-    buf = np.concatenate([np.full(pad, bos_id, np.int32), np.asarray(prefix, np.int32)])
-    pos = np.array([len(buf)], dtype=np.int64)
-    buf = np.concatenate([buf, np.zeros(1, np.int32)])  # placeholder target slot
-    starts = np.array([pad], dtype=np.int64)
-    return group_rows(groups, keys, buf, pos, starts, vocab_size)
+# the rows of each context are a features job; re-exported for the callers that score
+from .features import context_rows, next_rows  # noqa: F401
 
 
 def sparse_scores(params: SparseParams, rows: list, n: int) -> sp.csr_matrix:

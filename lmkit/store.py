@@ -31,18 +31,22 @@ is refused. A replace is one atomic swap where Linux offers ``RENAME_EXCHANGE``;
 old folder is moved to ``.NAME.old-PID-*`` first and, if the process dies between the two
 renames, the next load or write of NAME moves it back. Modes are 0o666/0o777 less the umask.
 
-Reading (``read_model_folder``): a model folder is untrusted input. Every file must be a
-regular file no larger than a bound (``params.npz`` exactly the manifest's declared size); the
-manifest's types are checked; each ``.npy`` header is parsed here (no pickles, exact dtypes,
-sizes consistent with the bytes present) and ``arrays_to_params`` checks every CSR (indices
-in range, sorted and unique per row, ``indptr`` monotone), every value (finite, ``q > 0``
-summing to 1, ``lambdas >= 0``) and every shape against the manifest before SciPy sees an index.
-``params.npz`` is memory-mapped read-only (the arrays are views of the mapping; a member that is
-not aligned, from another writer, is copied), so a load costs the validation pass and no copy.
-Its sha256 is not recomputed on load (it would read every byte once more and proves nothing
-the validation does not: it lives in the same folder); ``verify_folder`` (``lmkit verify``)
-checks it. A mapped file must not be truncated in place while in use: lmkit never does that
-(a re-train writes a new folder and renames it over the old one, whose inode stays intact).
+Reading (``read_model_folder``): a model folder is untrusted input. Its manifest goes through
+``check_manifest``, the one check of every folder kind (explicit model, mixture, neural: format
+and version constants live here only); every file is read by ``readfile.read_regular``, the one
+bounded reader (a regular file no larger than a bound, ``params.npz`` exactly the manifest's
+declared size); each ``.npy`` header is parsed here (no pickles, exact dtypes, sizes consistent
+with the bytes present) and ``arrays_to_params`` checks every CSR (indices in range, sorted and
+unique per row, ``indptr`` monotone), every value (finite, ``q > 0`` summing to 1,
+``lambdas >= 0``) and every shape against the manifest before SciPy sees an index.
+``params.npz`` is read once into private memory and the arrays view that copy, so a file
+changed, truncated or rewritten in place after the load cannot reach a validated model (it
+would otherwise be SIGBUS, or unchecked indices under SciPy). ``mmap=True`` maps the file
+read-only instead (no copy, pages shared through the page cache, but only safe while nobody
+changes the file in place: lmkit itself never does, a re-train renames a new folder over the
+old one). Costs, measured by ``scripts/bench_load.py``: docs/guarantees.md. The sha256 of
+``params.npz`` is not recomputed on load (every value is validated instead, and the hash lives
+in the same folder); ``verify_folder`` (``lmkit verify``) checks it.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ import math
 import mmap
 import os
 import platform
+import re
 import shutil
 import stat
 import sys
@@ -67,18 +72,22 @@ import scipy.sparse as sp
 import sentencepiece
 
 from . import files
-from .errors import InputError, MissingPathError, ModelFormatError, OutputError
+from .errors import InputError, LmkitError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
-from .clusters import ClusterHistory
-from .features import Suffix, check_suffix_chain, group_from_name
-from .linepos import LinePosition, check_bytes_table
+from . import kinds
+from .features import Suffix, check_suffix_chain
+from .linepos import check_bytes_table
 from .version import __version__
 from .npyfile import release_pages
+from .readfile import open_regular, read_regular, sha256_file
 from .params import DenseParams, SparseParams
 from .sparse import csr_to_arrays
 
-FORMAT = "lmkit-model"
-VERSION = 1
+# The folder formats lmkit writes, and the one version of each it reads (``check_manifest``).
+FORMAT, VERSION = "lmkit-model", 1  # explicit models (kind sparse|dense) and mixtures
+NEURAL_FORMAT, NEURAL_VERSION = "lmkit-neural", 2  # 2: weights in weights.npz, never a pickle
+NEURAL_WEIGHTS = "weights.npz"
+FORMATS = {FORMAT: VERSION, NEURAL_FORMAT: NEURAL_VERSION}
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_TOKENIZER_BYTES = 256 << 20
 _FIX = "re-train the model"
@@ -109,9 +118,9 @@ def peek_manifest(path) -> dict | None:
     """The manifest of folder ``path`` as a dict, or None when it has no readable one: read as
     untrusted input (a regular file, at most ``MAX_MANIFEST_BYTES``), for dispatch decisions."""
     try:
-        manifest = json.loads(read_regular(Path(path) / "manifest.json", MAX_MANIFEST_BYTES,
-                                            "manifest"))
-    except (ModelFormatError, ValueError, OSError):
+        manifest = json.loads(read_regular(Path(path) / "manifest.json", "manifest", _FIX,
+                                           limit=MAX_MANIFEST_BYTES, error=ModelFormatError))
+    except (LmkitError, ValueError, OSError, RecursionError):
         return None
     return manifest if isinstance(manifest, dict) else None
 
@@ -119,7 +128,7 @@ def peek_manifest(path) -> dict | None:
 def is_model_folder(path) -> bool:
     """True if ``path`` is a folder whose manifest says it is an lmkit model (format name check)."""
     # lmkit's own folders: explicit/mixture models and neural models (lmkit.neural.folder)
-    return (peek_manifest(path) or {}).get("format") in (FORMAT, "lmkit-neural")
+    return (peek_manifest(path) or {}).get("format") in FORMATS
 
 
 def write_folder(path, fill, log=None) -> Path:
@@ -175,16 +184,10 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
                      **manifest_stamp(tokenizer_proto, manifest.get("command"))})
 
     def fill(tmp: Path) -> None:
-        with open(tmp / "tokenizer.model", "wb") as f:
-            f.write(tokenizer_proto)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(tmp / "tokenizer.model", tokenizer_proto)
         size, digest = write_npz(tmp / "params.npz", arrays)
         manifest["arrays"] = {"file": "params.npz", "sha256": digest, "bytes": size}
-        with open(tmp / "manifest.json", "wb") as f:
-            f.write((json.dumps(manifest, indent=2) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
+        write_manifest(tmp, manifest)
 
     return write_folder(path, fill, log)
 
@@ -231,22 +234,13 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
     return size, sha256_file(path)
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
     """Refuse to write what ``read_model_folder`` + ``arrays_to_params`` would refuse to load
     (e.g. NaN lambdas): the same checks, run on the model in memory."""
     m = dict(manifest, format=FORMAT, version=VERSION, tokenizer={"sha256": ""},
-             arrays={"sha256": "", "bytes": 0})
+             arrays={"sha256": "", "bytes": 1})
     try:
-        check_manifest(json.loads(json.dumps(m)), path)  # the types JSON will give back
+        check_manifest(json.loads(json.dumps(m)), path, EXPLICIT)  # the types JSON will give back
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         groups = groups_from_names(m["groups"], arrays, where="the model")
         arrays_to_params(m["kind"], groups, arrays, {}, where="the model", lambdas=m.get("lambdas"))
@@ -259,89 +253,131 @@ def check_output_path(path) -> Path:
     return check_output_writable(path, folder=True)
 
 
-# ---- reading ---------------------------------------------------------------------------------
-def read_regular(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of ``path`` if it is a regular file (symlinks followed) of at most ``limit``."""
-    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ModelFormatError(f"{path.parent}: missing {path.name}; the folder is incomplete, "
-                               f"{_FIX}") from None
-    except OSError as e:
-        raise ModelFormatError(f"{path}: cannot read the {what} ({e.strerror})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
-        raise ModelFormatError(f"{path}: is {kind}, not a regular file; {_FIX}")
-    with os.fdopen(fd, "rb") as f:
-        if st.st_size > limit:
-            raise ModelFormatError(f"{path}: {st.st_size} bytes, more than the {limit} allowed "
-                                   f"for the {what}; {_FIX}")
-        try:
-            data = f.read(min(limit, st.st_size) + 1)  # read() allocates what it is asked for
-        except OSError as e:
-            raise ModelFormatError(f"{path}: cannot read the {what} ({e.strerror})") from None
-    if len(data) > limit:
-        raise ModelFormatError(f"{path}: more than the {limit} bytes allowed for the {what}; "
-                               f"{_FIX}")
-    return data
-
-
+# ---- reading ----------------------------------------------------------------------------------
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def check_manifest(manifest, path: Path) -> dict:
-    """Types and values of a parsed manifest; returns it, or raises ``ModelFormatError``."""
-    def bad(what):
-        return ModelFormatError(f"{path / 'manifest.json'}: {what}; {_FIX}")
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ModelFormatError(f"{path}: not an lmkit model (format {got!r}); "
-                               "pass the folder written by `lmkit train`")
-    if manifest.get("version") != VERSION:
-        raise ModelFormatError(f"{path}: model format version {manifest.get('version')!r}, this "
-                               f"lmkit reads version {VERSION}; re-train the model with this lmkit")
-    for key in ("tokenizer", "arrays"):
-        if key not in manifest:
-            raise bad(f"manifest lacks '{key}'")
-        entry = manifest[key]
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise bad(f"'{key}' must be an object with a 'sha256' string")
-        if "bytes" in entry and (not _is_int(entry["bytes"]) or entry["bytes"] < 0):
-            raise bad(f"'{key}.bytes' must be an integer >= 0, got {entry['bytes']!r}")
-    if not _is_int(manifest["arrays"].get("bytes")):
-        raise bad("'arrays.bytes' is missing")
-    if manifest.get("kind") not in ("sparse", "dense"):
-        raise bad(f"'kind' must be 'sparse' or 'dense', got {manifest.get('kind')!r}")
-    groups = manifest.get("groups")
-    if (not isinstance(groups, list) or not groups or not all(isinstance(g, str) for g in groups)
-            or len(set(groups)) != len(groups)):
-        raise bad(f"'groups' must be a non-empty list of distinct names, got {groups!r}")
+
+# What each folder kind is, for messages that say what a verb was given and what it takes.
+_KIND_NAMES = {"sparse": "an explicit model", "dense": "an explicit model",
+               "mixture": "a linear mixture (written by `lmkit interpolate`)",
+               "neural": "a neural model (written by `lmkit train --solver transformer|residual`)"}
+EXPLICIT = ("sparse", "dense")
+ALL_KINDS = ("sparse", "dense", "mixture", "neural")
+# what a step that reads only explicit models says about the others
+EXPLICIT_ONLY = ("this step takes an explicit model folder (written by `lmkit train` or "
+                 "`lmkit import-arpa`; a mixture's components/N are such folders); eval, score, "
+                 "generate, next and vocab take every kind")
+
+
+def folder_kind(manifest: dict) -> str | None:
+    """``sparse`` | ``dense`` | ``mixture`` (format lmkit-model) or ``neural`` (format
+    lmkit-neural); None for anything else."""
+    if manifest.get("format") == NEURAL_FORMAT:
+        return "neural"
+    kind = manifest.get("kind") if manifest.get("format") == FORMAT else None
+    return kind if isinstance(kind, str) and kind in _KIND_NAMES else None
+
+
+def check_manifest(manifest, path: Path, accept=ALL_KINDS, check=None, takes: str = "") -> dict:
+    """The one manifest check of every lmkit folder kind (model, mixture, neural): format and
+    version, that the kind is one of ``accept`` (else ``takes`` says what the step takes), the
+    fields every folder has (``tokenizer``) and those of its kind; ``check(manifest, bad)``
+    adds the caller's checks (e.g. the neural config's ranges). Returns the manifest or raises
+    ``ModelFormatError`` naming ``path/manifest.json``, the field and the fix."""
+    path = Path(path)
+    fix = [_FIX]
+
+    def bad(what):
+        return ModelFormatError(f"{path / 'manifest.json'}: {what}; {fix[0]}")
+
+    got = manifest.get("format") if isinstance(manifest, dict) else None
+    if got not in FORMATS:
+        raise ModelFormatError(f"{path}: not an lmkit model (format {str(got)[:40]!r}); "
+                               "pass a folder written by `lmkit train` or `lmkit interpolate`")
+    kind = folder_kind(manifest)
+    if kind is not None and kind not in accept:  # what it is first, whatever its version
+        raise ModelFormatError(f"{path}: is {_KIND_NAMES[kind]}; "
+                               + (takes or f"this step takes {' or '.join(accept)} folders"))
+    if manifest.get("version") != FORMATS[got]:
+        raise ModelFormatError(f"{path}: {'neural ' if got == NEURAL_FORMAT else ''}model format "
+                               f"version {str(manifest.get('version'))[:20]}, "
+                               f"this lmkit reads version {FORMATS[got]}; re-train the model "
+                               "with this lmkit")
+    if kind is None:
+        raise bad(f"'kind' must be 'sparse' or 'dense' (a model) or 'mixture', got "
+                  f"{str(manifest.get('kind'))[:40]!r}")
+    if kind == "mixture":
+        fix[0] = "re-run `lmkit interpolate` on its models"
+    entry = manifest.get("tokenizer")
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise bad("'tokenizer' must be an object with a 'sha256' string")
+    if "bytes" in entry and (not _is_int(entry["bytes"]) or entry["bytes"] < 0):
+        raise bad(f"'tokenizer.bytes' must be an integer >= 0, got {entry['bytes']!r}")
     V = manifest.get("vocab_size")
-    if not _is_int(V) or V < 1:
-        raise bad(f"'vocab_size' must be an integer >= 1, got {V!r}")
-    if manifest["kind"] == "sparse":
-        lam = manifest.get("lambdas")
-        if (not isinstance(lam, list) or len(lam) != len(groups)
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                           and math.isfinite(x) and x >= 0 for x in lam)):
-            raise bad(f"'lambdas' must be {len(groups)} finite numbers >= 0 (one per group), "
-                      f"got {lam!r}")
-    for key in ("config", "corpus", "info"):
+    if kind != "neural" and (not _is_int(V) or V < 1):
+        raise bad(f"'vocab_size' must be an integer >= 1, got {str(V)[:40]}")
+    for key in ("config", "corpus", "info", "training"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise bad(f"'{key}' must be an object, got {type(manifest[key]).__name__}")
+    {"sparse": _check_model, "dense": _check_model, "mixture": _check_mixture,
+     "neural": _check_neural}[kind](manifest, bad)
+    if check is not None:
+        check(manifest, bad)
     return manifest
 
 
-def read_model_folder(path):
-    """Read and verify a model folder. Returns ``(manifest, tokenizer_proto, arrays)``.
+def _check_model(manifest, bad) -> None:
+    entry = manifest.get("arrays")
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise bad("'arrays' must be an object with a 'sha256' string")
+    if not _is_int(entry.get("bytes")) or entry["bytes"] < 1:
+        raise bad(f"'arrays.bytes' must be an integer >= 1, got {str(entry.get('bytes'))[:40]}")
+    groups = manifest.get("groups")
+    if (not isinstance(groups, list) or not groups or not all(isinstance(g, str) for g in groups)
+            or len(set(groups)) != len(groups)):
+        raise bad(f"'groups' must be a non-empty list of distinct names, got {str(groups)[:80]}")
+    if manifest["kind"] == "sparse":
+        lam = manifest.get("lambdas")
+        if (not isinstance(lam, list) or len(lam) != len(groups)
+                or not all(_is_num(x) and x >= 0 for x in lam)):
+            raise bad(f"'lambdas' must be {len(groups)} finite numbers >= 0 (one per group), "
+                      f"got {str(lam)[:80]}")
 
-    ``arrays``: name -> read-only numpy array, each header checked (see ``read_npz``); the
-    values are checked by ``arrays_to_params``.
-    """
+
+def _check_mixture(manifest, bad) -> None:
+    comps, w = manifest.get("components"), manifest.get("weights")
+    if (not isinstance(comps, list) or len(comps) < 2
+            or comps != [f"components/{k}" for k in range(len(comps))]):
+        raise bad(f"'components' must be ['components/0', 'components/1', ...] (2 or more), "
+                  f"got {str(comps)[:80]}")
+    if (not isinstance(w, list) or len(w) != len(comps) or not all(_is_num(x) and x >= 0 for x in w)
+            or abs(sum(w) - 1.0) > 1e-6):
+        raise bad(f"'weights' must be {len(comps)} finite numbers >= 0 summing to 1 (one per "
+                  f"component), got {str(w)[:80]}")
+
+
+def _check_neural(manifest, bad) -> None:
+    entry = manifest.get("weights")
+    if (not isinstance(entry, dict) or entry.get("file") != NEURAL_WEIGHTS
+            or not isinstance(entry.get("sha256"), str)
+            or not _is_int(entry.get("bytes")) or entry["bytes"] < 1):
+        raise bad(f"'weights' must be {{'file': '{NEURAL_WEIGHTS}', 'sha256': ..., 'bytes': "
+                  f"N >= 1}}, got {str(entry)[:80]}")
+    if not isinstance(manifest.get("config"), dict):
+        raise bad("'config' (the network's sizes) must be an object")
+    for key in ("residual", "learn_scale"):
+        if not isinstance(manifest.get(key), bool):
+            raise bad(f"'{key}' must be true or false, got {str(manifest.get(key))[:40]}")
+
+
+def read_manifest(path, accept=ALL_KINDS, check=None, takes: str = "") -> dict:
+    """The checked manifest of folder ``path`` (``check_manifest``), read as untrusted input:
+    ``manifest.json`` a regular file of at most ``MAX_MANIFEST_BYTES``, valid JSON."""
     path = Path(path)
     if not os.path.lexists(path):
         recover_interrupted(path)
@@ -356,61 +392,88 @@ def read_model_folder(path):
         raise ModelFormatError(f"{path}: not a model folder (it is a file); pass the folder "
                                "written by `lmkit train`")
     mpath = path / "manifest.json"
-    if not os.path.lexists(mpath):
-        raise ModelFormatError(f"{path}: no manifest.json, so this is not an lmkit model folder; "
-                               "pass the folder written by `lmkit train`")
-    raw = read_regular(mpath, MAX_MANIFEST_BYTES, "manifest")
+    raw = read_regular(mpath, "manifest", _FIX, limit=MAX_MANIFEST_BYTES, error=ModelFormatError,
+                       missing=f"{path}: no manifest.json, so this is not an lmkit model "
+                               "folder; pass the folder written by `lmkit train`")
     try:
         manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{mpath}: corrupt manifest ({e}); {_FIX}") from None
-    check_manifest(manifest, path)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelFormatError(f"{mpath}: corrupt manifest ({str(e)[:100]}); {_FIX}") from None
+    return check_manifest(manifest, path, accept, check, takes)
+
+
+def read_member(path: Path, what: str, **checks) -> bytes:
+    """The bytes of the folder member ``path`` (``readfile.read_regular``, as untrusted input;
+    a missing member is an incomplete folder)."""
+    return read_regular(path, what, _FIX, error=ModelFormatError,
+                        missing=f"{path.parent}: missing {path.name}; the folder is "
+                                f"incomplete, {_FIX}", **checks)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write ``folder/manifest.json`` and fsync it (inside ``write_folder``'s temp folder)."""
+    write_synced(Path(folder) / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``path`` and fsync it (a member of a temp folder)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+def read_model_folder(path, mmap: bool = False):
+    """Read and verify a model folder. Returns ``(manifest, tokenizer_proto, arrays)``.
+
+    ``arrays``: name -> read-only numpy array, each header checked (see ``read_npz``); the
+    values are checked by ``arrays_to_params``. They view a private in-memory copy of
+    ``params.npz`` (read once; nothing that happens to the file later can reach them), or with
+    ``mmap=True`` a read-only shared mapping of the file (no copy: pages come from the page
+    cache, shared by every process that maps the model; but a file changed or truncated in
+    place while mapped changes the arrays under the validated model or kills the process
+    with SIGBUS; see docs/guarantees.md).
+    """
+    path = Path(path)
+    manifest = read_manifest(path, EXPLICIT, takes=EXPLICIT_ONLY)
     tok_path, arr_path = path / "tokenizer.model", path / "params.npz"
     for p in (tok_path, arr_path):
         if not os.path.lexists(p):
             raise ModelFormatError(f"{path}: missing {p.name}; the folder is incomplete, {_FIX}")
-    proto = read_regular(tok_path, min(manifest["tokenizer"].get("bytes", MAX_TOKENIZER_BYTES),
-                                        MAX_TOKENIZER_BYTES), "tokenizer")
+    proto = read_member(tok_path, "tokenizer",
+                        limit=min(manifest["tokenizer"].get("bytes", MAX_TOKENIZER_BYTES),
+                                  MAX_TOKENIZER_BYTES))
     if sha256_bytes(proto) != manifest["tokenizer"]["sha256"]:
         raise ModelFormatError(f"{tok_path}: the tokenizer does not match the model (sha256 "
                                "differs); restore the tokenizer.model the model was trained "
                                "with, or re-train")
-    return manifest, proto, map_npz(arr_path, manifest["arrays"]["bytes"])
+    size = manifest["arrays"]["bytes"]
+    if mmap:
+        return manifest, proto, map_npz(arr_path, size)
+    return manifest, proto, read_npz(read_member(arr_path, "arrays", size=size), arr_path)
 
 
 def map_npz(path: Path, expected: int) -> dict:
     """The arrays of ``params.npz`` (``expected`` bytes, from the manifest), memory-mapped
     read-only: a regular file of exactly that size, each member checked by ``read_npz``."""
-    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise ModelFormatError(f"{path}: cannot read the arrays ({e.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
-            raise ModelFormatError(f"{path}: is {kind}, not a regular file; {_FIX}")
-        if st.st_size != expected or expected == 0:
-            raise ModelFormatError(f"{path}: corrupt or truncated ({st.st_size} bytes, expected "
-                                   f"{expected}); {_FIX}")
+    f, _ = open_regular(path, "arrays", _FIX, size=expected, error=ModelFormatError)
+    with f:
         try:
-            view = mmap.mmap(fd, expected, access=mmap.ACCESS_READ)
+            view = mmap.mmap(f.fileno(), expected, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:
             raise ModelFormatError(f"{path}: cannot map the arrays ({e}); {_FIX}") from None
-    finally:
-        os.close(fd)
     return read_npz(view, path)
 
 
 def verify_folder(path) -> dict:
     """``lmkit verify``: the sha256 of every file of a model folder against its manifest, on top
     of the checks every load makes. Loading skips the hash of ``params.npz`` (it would read all
-    of it; the arrays are memory-mapped and validated instead), so this is the way to detect a
-    flipped bit in a value that is still valid. Returns ``{"file": sha256}``; raises
-    ``ModelFormatError`` naming the file that differs."""
+    of it again; every array is validated instead), so this is the way to detect a flipped bit
+    in a value that is still valid. Returns ``{"file": sha256}``; raises ``ModelFormatError``
+    naming the file that differs."""
     path = Path(path)
-    manifest, _, _ = read_model_folder(path)
-    got = sha256_file(path / "params.npz")
+    manifest = read_manifest(path, EXPLICIT, takes=EXPLICIT_ONLY)
+    got = sha256_file(path / "params.npz", "arrays", _FIX, size=manifest["arrays"]["bytes"],
+                      error=ModelFormatError)
     if got != manifest["arrays"]["sha256"]:
         raise ModelFormatError(f"{path / 'params.npz'}: sha256 {got[:12]}... differs from the "
                                f"manifest's {manifest['arrays']['sha256'][:12]}...; the arrays "
@@ -430,7 +493,7 @@ def read_npz(blob, where) -> dict:
         return ModelFormatError(f"{where}: {what}; {_FIX}")
 
     try:
-        zf = zipfile.ZipFile(io.BytesIO(blob) if isinstance(blob, bytes) else _Reader(blob))
+        zf = zipfile.ZipFile(_Reader(blob))  # no copy of the archive
         infos = zf.infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise bad(f"unreadable arrays ({e})") from None
@@ -522,20 +585,8 @@ def params_to_arrays(params) -> dict:
             arrays.update(_compact_keys(f"keys{g}", k))
     for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
         arrays[f"G{g}"] = lg
-    for table in {g.table for g in params.groups if isinstance(g, ClusterHistory)} | {
-            g.clusters for g in params.groups
-            if isinstance(g, LinePosition) and g.clusters is not None}:
-        name = f"clusters{max(table) + 1}"  # the cluster groups' token -> cluster table (rich.py)
-        if name in arrays:
-            raise InputError(f"two cluster tables of {max(table) + 1} clusters in one model; "
-                             "use tables of different sizes")
-        arrays[name] = np.asarray(table, dtype=np.int64)
-    tables = {g.table for g in params.groups if isinstance(g, LinePosition)}
-    if len(tables) > 1:
-        raise InputError("line-position groups with different piece_bytes tables in one model; "
-                         "use one tokenizer's table")
-    for table in tables:
-        arrays["piece_bytes"] = np.asarray(table, dtype=np.int64)
+    # the tables some kinds are rebuilt with (clusters{C}, piece_bytes; kinds.py)
+    arrays.update(kinds.group_tables(params.groups))
     return arrays
 
 
@@ -606,28 +657,30 @@ def _expand_compact(arrays, where) -> dict:
 
 
 def groups_from_names(names: list, arrays, where="params.npz") -> list:
-    """Feature groups from their manifest names; cluster-history groups (``cluster{m}_{w}_{C}``)
-    take their token -> cluster table from the ``clusters{C}`` array: int64 (V,), one id per
-    token in ``[0, C)``; line-position groups (``linepos{a}_{step}_{cap}``) their bytes table
-    from ``piece_bytes``. Raises ``ModelFormatError`` naming the first bad name or table."""
+    """Feature groups from their manifest names, by the kinds registry (``kinds.from_name``);
+    kinds rebuilt with stored tables take them from ``arrays``, each checked here first:
+    ``clusters{C}`` int64 (V,), one cluster id per token in ``[0, C)``; ``piece_bytes`` int64
+    (V,) (``linepos.check_bytes_table``). Raises ``ModelFormatError`` naming the first bad name
+    or table."""
     groups = []
     for name in names:
         try:
-            if name.startswith("cluster"):
-                table = _cluster_table(arrays, "clusters" + name.rsplit("_", 1)[-1], where)
-                groups.append(ClusterHistory.from_name(name, table))
-            elif name.startswith("linepos"):
-                C = LinePosition.parse_name(name)[3]
-                groups.append(LinePosition.from_name(
-                    name, _bytes_table(arrays, where),
-                    None if C is None else _cluster_table(arrays, f"clusters{C}", where)))
-            else:
-                groups.append(group_from_name(name))
+            tables = {t: _table(arrays, t, where) for t in kinds.tables_needed(name)}
+            groups.append(kinds.from_name(name, tables))
         except ModelFormatError:
             raise
         except (ValueError, InputError) as e:
             raise ModelFormatError(f"{where}: {e}; {_FIX}") from None
     return groups
+
+
+def _table(arrays, name: str, where) -> np.ndarray:
+    """A stored table named by ``kinds.tables_needed``, checked as its kind of table."""
+    if name == "piece_bytes":
+        return _bytes_table(arrays, where)
+    if re.fullmatch(r"clusters[0-9]+", name):
+        return _cluster_table(arrays, name, where)
+    raise ModelFormatError(f"{where}: no check for the table {name!r}; {_FIX}")
 
 
 def _cluster_table(arrays, name: str, where) -> np.ndarray:
@@ -747,10 +800,7 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
             expected.add(f"keys{g}")
         if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
             expected.add(f"G{g}")
-    expected |= {f"clusters{g.n_clusters}" for g in groups if isinstance(g, ClusterHistory)}
-    expected |= {"piece_bytes" for g in groups if isinstance(g, LinePosition)}
-    expected |= {f"clusters{g.n_clusters}" for g in groups
-                 if isinstance(g, LinePosition) and g.clusters is not None}
+    expected |= set(kinds.group_tables(groups))  # clusters{C}, piece_bytes (kinds.py)
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "

@@ -39,14 +39,14 @@ import os
 import pathlib
 import random
 import re
-import stat
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
-from .errors import InputError, MissingPathError
+from .errors import InputError
 from .files import atomic_write, check_output_writable
+from .readfile import read_regular
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 MAX_SENTENCE_BYTES = 1 << 16
@@ -207,23 +207,8 @@ class Tokenizer:
     @classmethod
     def load(cls, path) -> "Tokenizer":
         """Load ``PREFIX.model`` as written by ``save`` (or by ``spm_train``)."""
-        path = pathlib.Path(path)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise MissingPathError(f"{path}: no such tokenizer model file; "
-                                   f"train one with `lmkit spm-train`") from None
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from None
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MODEL_BYTES:
-            raise InputError(f"{path}: not a tokenizer model file (a folder, device, FIFO, or "
-                             f"over {MAX_MODEL_BYTES >> 20} MiB); pass the .model file written "
-                             "by `lmkit spm-train`")
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_MODEL_BYTES + 1)
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror or e}); check its permissions") from None
+        data = read_regular(path, "tokenizer model file", "pass the .model file written by "
+                            "`lmkit spm-train`", limit=MAX_MODEL_BYTES)
         try:
             return cls(data)
         except InputError as e:

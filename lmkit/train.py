@@ -4,15 +4,23 @@ Each stage is a function of its own, callable alone; ``train`` only wires them:
 
 1. ``load_text``: the train split of a named corpus, own text files, or a ``datasets`` corpus,
    and the held-out lines: the corpus's ``valid`` split when it has one, else every 20th line of
-   the training text (whose counts are added back once the lambdas are chosen: no text is lost);
+   the training text (``kept`` drops them from the training lines; their counts are added back
+   once the lambdas are chosen: no text is lost);
 2. ``make_tokenizer``: SentencePiece trained on the train split (or loaded from ``tokenizer=``);
 3. ``count_corpus``: chunked sparse co-occurrence counts per feature group (``counts.py``), in
-   worker processes or on Dask;
-4. ``solve.fit``: the closed form, then the group weights on held-out text (with no model
-   option: the feature-rich model, ``_train_rich``: ``rich.count_rich`` + ``rich.fit_rich``);
+   this process, in worker processes or on Dask (``encoded``: the lines as token-id chunks);
+4. ``solve.fit``: the closed form, then the group weights on held-out text;
 5. for ``solver`` gradient/warm: ``gradient.finetune`` trains the dense form by gradient descent;
    for ``solver`` residual/transformer: ``lmkit.neural`` trains a small transformer (on top of
    the explicit model, or from scratch) for a CPU-time budget.
+
+``route(cfg)`` names the build a configuration takes, one function each (``ROUTES``): ``rich``
+(the default feature-rich model, ``rich.py``), ``ngram-bounded`` / ``ngram-dask`` (a pure n-gram
+model built in buckets within ``max_memory`` / on Dask), ``ngram`` / ``spilling`` / ``dask``
+(every other model, counted in one flat buffer / by spilling worker processes / on Dask, then
+``solve.fit``) and ``neural``. Each route declares the scale options it honours (``HONOURS``);
+``check_scale`` refuses any other one given, with one line, before any work, and the manifest
+records only the options that took effect. The ``[1/4]`` banner names the route.
 
 Options: ``config.TrainConfig`` (one definition shared with the CLI flags).
 """
@@ -22,8 +30,10 @@ import dataclasses
 import hashlib
 import time
 
+import numpy as np
+
 from . import corpus as corpus_mod
-from . import compact, rich
+from . import compact, kinds, rich
 from .config import NEURAL_SOLVERS, CorpusConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
 from .distributed import count_corpus_dask
@@ -32,6 +42,7 @@ from .features import Suffix, make_groups
 from .gradient import finetune
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
+from .params import SparseParams
 from .ngram_build import build_ngram_from_chunks
 from .ngram_dask import build_ngram_dask
 from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, line_chunks,
@@ -77,21 +88,15 @@ def count_corpus(lines, tokenizer: Tokenizer, groups: list, scale: ScaleConfig =
                  desc: str = "count") -> Counts:
     """Tokenize and count an iterable of lines chunk by chunk; returns ``Counts``.
 
-    ``engine="local"``: ``workers`` processes, partial sums spilled to disk above ``max_memory``
-    (``parallel.py``); ``engine="dask"``: chunks counted on a Dask cluster (``distributed.py``).
+    Models with n-gram (suffix) groups, engine local, no ``max_memory``: one flat buffer in this
+    process (``counts.count_ngrams``: one sort per order, no partial sums to merge);
+    ``engine="dask"``: chunks counted on a Dask cluster (``distributed.py``); otherwise
+    ``workers`` processes, partial sums spilled to disk above ``max_memory`` (``parallel.py``).
     """
+    if counter(groups, scale) == "ngram":
+        return count_ngrams(encoded(lines, tokenizer, scale.chunk_lines, desc),
+                            tokenizer.vocab_size, groups, tokenizer.bos_id, tokenizer.eos_id)
     with bar(desc=desc) as b:
-        if any(isinstance(g, Suffix) for g in groups) and scale.max_memory is None \
-                and scale.engine == "local":
-            # n-gram models (with or without windows): one flat buffer, one sort per order, no
-            # partial sums to merge; within a memory limit the spilling workers take over
-            def encoded():
-                for chunk in line_chunks(lines, scale.chunk_lines):
-                    seqs = tokenizer.encode_batch(chunk)
-                    b.update(sum(map(len, seqs)) + len(seqs))
-                    yield seqs
-            return count_ngrams(encoded(), tokenizer.vocab_size, groups, tokenizer.bos_id,
-                                tokenizer.eos_id)
         if scale.engine == "dask":
             return count_corpus_dask(lines, tokenizer, groups, chunk_lines=scale.chunk_lines,
                                      scheduler=scale.scheduler, n_workers=scale.workers,
@@ -100,6 +105,39 @@ def count_corpus(lines, tokenizer: Tokenizer, groups: list, scale: ScaleConfig =
                                      workers=check_workers(scale.workers),
                                      max_memory=scale.max_memory, spill_dir=scale.spill_dir,
                                      progress=b.update, log=log)
+
+
+def counter(groups: list, scale: ScaleConfig) -> str:
+    """How ``count_corpus`` counts ``groups``: ``"ngram"`` (one flat buffer in this process),
+    ``"dask"`` (on a Dask cluster) or ``"spilling"`` (worker processes, spilling partial sums)."""
+    if scale.engine == "dask":
+        return "dask"
+    if any(isinstance(g, Suffix) for g in groups) and scale.max_memory is None:
+        return "ngram"
+    return "spilling"
+
+
+def encoded(lines, tokenizer: Tokenizer, chunk_lines: int, desc: str = "count"):
+    """Token-id sequences of ``lines``, one list per chunk of ``chunk_lines`` lines, with a
+    progress bar of the tokens (ids + one EOS per line) encoded so far."""
+    with bar(desc=desc) as b:
+        for chunk in line_chunks(lines, chunk_lines):
+            seqs = tokenizer.encode_batch(chunk)
+            b.update(sum(map(len, seqs)) + len(seqs))
+            yield seqs
+
+
+def kept(lines, carved: bool):
+    """The training lines: all of them, or (``carved``) all but every ``HOLDOUT_EVERY``-th,
+    which ``load_text`` held out."""
+    if not carved:
+        return iter(lines)
+    return (x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
+
+
+def _discount(m):
+    """``--discount``: one value as a scalar (every order / group), several as a tuple, or None."""
+    return m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
 
 
 def heldout_lines(valid, max_tokens: int, tokenizer: Tokenizer) -> list:
@@ -131,47 +169,208 @@ def train(config: TrainConfig | None = None, **options) -> LanguageModel:
         return _train(cfg)
 
 
-def _bounded_ngram(cfg, groups, tok, lines, digest, name, t0, files=None) -> LanguageModel:
-    """A pure n-gram model within ``max_memory``: histories split into buckets by their newest
-    token, counted, spilled and solved one bucket at a time (``ngram_build.py``); with engine
-    dask the same partitions are counted and solved on the Dask workers (``ngram_dask.py``)."""
+# ---- routes: which build a configuration takes ------------------------------------------------
+def plain_groups(cfg: TrainConfig) -> list:
+    """The feature groups of a counted (not rich, not neural) model."""
     m = cfg.model
+    order = m.effective_order
+    if cfg.gradient.solver in ("gradient", "warm") and m.order is None:
+        order = None  # the dense gradient baseline is the paper's window-only model
+    return make_groups(m.effective_context, order)
 
-    def encoded():
-        with bar(desc="count") as b:
-            for chunk in line_chunks(lines, cfg.scale.chunk_lines):
-                seqs = tok.encode_batch(chunk)
-                b.update(sum(map(len, seqs)) + len(seqs))
-                yield seqs
-    discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
-    if cfg.scale.engine == "dask":
-        log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} on Dask")
-        read = cfg.scale.workers_read
-        files = files if (cfg.scale.scheduler is None if read is None else read) else None
-        with bar(desc="count") as b:
-            params, n_seq, n_tok = build_ngram_dask(
-                lines, tok, m.effective_order, files=files, discount=discount,
-                chunk_lines=cfg.scale.chunk_lines, scheduler=cfg.scale.scheduler,
-                n_workers=cfg.scale.workers, progress=b.update, log=log)
-        if files:  # the workers read the text: this process reads it once more, for its hash
-            for _ in lines:
-                pass
-    else:
-        log(f"[3/4] counting and solving {', '.join(g.name for g in groups)} in buckets "
-            f"(max_memory {cfg.scale.max_memory})")
-        params, n_seq, n_tok = build_ngram_from_chunks(
-            encoded(), m.effective_order, tok.vocab_size, tok.bos_id, tok.eos_id,
-            max_memory=cfg.scale.max_memory, discount=discount, spill_dir=cfg.scale.spill_dir,
-            log=log)
-    config = {**cfg.flat(), "context": 0, "vocab_size": tok.vocab_size,
-              "discounts": params.info.get("discounts")}
-    stats = {"name": name, "sequences": n_seq, "tokens": n_tok, "sha256": digest.hexdigest()}
-    model = LanguageModel(tok, params, config, stats)
-    log(f"      done in {time.time() - t0:.1f}s: {model.describe()}")
+
+def route(cfg: TrainConfig) -> str:
+    """The name of the build ``cfg`` takes (one function each, ``ROUTES``):
+
+    - ``neural``: ``solver`` residual/transformer (``lmkit.neural``);
+    - ``rich``: the feature-rich default model, one flat buffer in this process (``rich.py``);
+    - ``ngram-dask`` / ``ngram-bounded``: a pure n-gram model (MKN, lambdas 1, no pruning)
+      built on Dask workers (``ngram_dask.py``) or in buckets within ``max_memory``
+      (``ngram_build.py``);
+    - ``ngram`` / ``spilling`` / ``dask``: every other model, counted (``count_corpus``: in one
+      flat buffer here, by worker processes that spill, or on Dask), then ``solve.fit``, then
+      the gradient solvers or entropy pruning when asked.
+    """
+    m, g, s = cfg.model, cfg.gradient, cfg.scale
+    if g.solver in NEURAL_SOLVERS:
+        return "neural"
+    if m.effective_rich:
+        if g.solver == "explicit":
+            return "rich"
+        if m.rich:
+            raise OptionError(f"rich is solved in closed form; drop solver {g.solver} or rich")
+    groups = plain_groups(cfg)
+    suffix = any(isinstance(x, Suffix) for x in groups)
+    if suffix and g.solver in ("gradient", "warm"):  # finetune would refuse after counting
+        raise OptionError("the gradient solver handles context (window) groups only, not order; "
+                          "drop order or use solver explicit")
+    pure = all(isinstance(x, Suffix) for x in groups) and m.lambdas is None
+    if pure and m.prune is None and m.prune_entropy is None and g.solver == "explicit":
+        if s.engine == "dask":
+            return "ngram-dask"
+        if s.max_memory is not None:
+            return "ngram-bounded"
+    return counter(groups, s)
+
+
+# The scale options each route honours; any other one given (not at its default) is refused
+# (``check_scale``) and the manifest records only these.
+SCALE_OPTIONS = ("workers", "engine", "scheduler", "spill_dir", "max_memory", "workers_read",
+                 "chunk_lines")
+HONOURS = {
+    "rich": {"chunk_lines"},
+    "ngram": {"chunk_lines"},
+    "ngram-bounded": {"chunk_lines", "max_memory", "spill_dir"},
+    "ngram-dask": {"engine", "scheduler", "workers", "chunk_lines", "workers_read"},
+    "spilling": {"workers", "max_memory", "spill_dir", "chunk_lines"},
+    "dask": {"engine", "scheduler", "workers", "chunk_lines", "max_memory"},
+    "neural": set(),  # and, when it trains its explicit base first, that base's route's
+}
+ROUTE_TEXT = {"rich": "default (feature-rich)", "ngram": "in-memory n-gram",
+              "ngram-bounded": "bounded n-gram", "ngram-dask": "n-gram on Dask",
+              "spilling": "multi-process counting", "dask": "Dask counting",
+              "neural": "neural"}
+# what to do instead, per (route, option); parameter names become flags in the CLI (to_flags)
+_INSTEAD = {
+    "rich": "drop it or use order N (this model is counted in one process, in memory; its "
+            "bounded, multi-process build is not there yet)",
+    ("ngram", "workers"): "drop it (one process counts the n-grams in memory), or add engine "
+                          "dask to count on Dask",
+    ("ngram", "spill_dir"): "drop it, or add max_memory SIZE to count within a memory limit",
+    ("ngram-bounded", "workers"): "drop it (the bounded build runs in one process), or use "
+                                  "engine dask instead of max_memory",
+    ("ngram-dask", "max_memory"): "drop it (the Dask cluster sets its own memory limits), or "
+                                  "use engine local",
+    ("ngram-dask", "spill_dir"): "drop it (Dask spills by its own settings), or use engine local "
+                                 "with max_memory",
+    ("dask", "spill_dir"): "drop it (Dask spills by its own settings)",
+    "workers_read": "drop it (it is for engine dask with a pure n-gram model: order N alone)",
+    "neural": "drop it (the network trains in this process)",
+}
+
+
+def _trains_base(cfg: TrainConfig) -> bool:
+    """``solver residual`` without ``base``: an explicit model is trained first."""
+    return (route(cfg) == "neural" and cfg.gradient.solver == "residual"
+            and cfg.neural.base is None)
+
+
+def honoured(cfg: TrainConfig) -> set:
+    """The scale options the route of ``cfg`` honours."""
+    if _trains_base(cfg):
+        return honoured(_base_config(cfg))  # they go to the base model's build
+    return HONOURS[route(cfg)]
+
+
+def check_scale(cfg: TrainConfig) -> str:
+    """The route of ``cfg``; ``OptionError`` (one line) for a scale option given to a route that
+    would not use it: every option takes effect or is refused, none is silently ignored.
+    ``workers`` 1 is what the routes that do not take ``workers`` do anyway: accepted."""
+    r = route(cfg)
+    if _trains_base(cfg):
+        check_scale(_base_config(cfg))
+        return r
+    ok, default = HONOURS[r], ScaleConfig()
+    for name in SCALE_OPTIONS:
+        value = getattr(cfg.scale, name)
+        if name in ok or value == getattr(default, name) or (name == "workers" and value == 1):
+            continue
+        shown = (name if value else f"{name} false") if isinstance(value, bool) else \
+            f"{name} {value}"
+        instead = _INSTEAD.get((r, name)) or _INSTEAD.get(name) or _INSTEAD.get(r, "drop it")
+        raise OptionError(f"{shown} is not supported on the {ROUTE_TEXT[r]} route "
+                          f"{'yet' if r == 'rich' else f'({r})'}; {instead}")
+    return r
+
+
+def _used_options(cfg: TrainConfig) -> dict:
+    """``cfg.flat()`` without the scale options the route did not use (the manifest's copy)."""
+    ok = honoured(cfg)
+    if "workers" not in ok and cfg.scale.workers == 1:
+        ok = ok | {"workers"}
+    return {k: v for k, v in cfg.flat().items() if k not in SCALE_OPTIONS or k in ok}
+
+
+def _train(cfg: TrainConfig) -> LanguageModel:
+    r = check_scale(cfg)
+    return ROUTES[r](cfg, r)
+
+
+# ---- shared steps -----------------------------------------------------------------------------
+def _start(cfg: TrainConfig, r: str, heldout: bool = True):
+    """Read the text, print the banner, make the tokenizer: ``(corpus, valid, carved, tok)``."""
+    train_corpus, valid, carved = load_text(cfg.corpus, heldout=heldout)
+    log(f"[1/4] corpus {train_corpus.name} (route {r}: {ROUTE_TEXT[r]})")
+    return train_corpus, valid, carved, make_tokenizer(cfg, train_corpus)
+
+
+def _finish(cfg, tok, params, extra: dict, stats: dict, t0: float, model=None) -> LanguageModel:
+    """The ``LanguageModel``: options that took effect + ``extra`` as its config, ``stats`` as
+    its corpus record (name, sequences, tokens, sha256 of the training text)."""
+    if model is None:
+        config = {**_used_options(cfg), **extra, "vocab_size": tok.vocab_size,
+                  "discounts": params.info.get("discounts")}
+        model = LanguageModel(tok, params, config, stats)
+    log(f"      done in {time.time() - t0:.1f}s")  # the caller says what was built
     return model
 
 
-def _train_neural(cfg: TrainConfig):
+def describe_build(model) -> str:
+    """A short, true summary of a trained model: its groups by family, how its weights were set
+    (how many, their range) and the held-out perplexity before and after the weight fit.
+
+    Example: ``sparse model, V=4096, 19 groups: 4 suffix (MKN order 5), 2 window, 4 skip,
+    7 cluster (256, 32 clusters), 2 linepos; 95 weights (group x entry-count bucket) in
+    [0, 1.52], fitted on 4653 held-out tokens: ppl 98.44 -> 84.71``.
+    """
+    if not isinstance(model, LanguageModel):
+        return model.describe()  # a neural model says what it is itself
+    families: dict = {}
+    for g in model.groups:
+        families.setdefault(kinds.kind_of(g).family, []).append(g)
+    parts = []
+    for family, gs in families.items():
+        text = f"{len(gs)} {family}"
+        if family == "suffix":
+            text += f" (MKN order {len(gs) + 1})"
+        if family == "cluster":
+            sizes = sorted({g.n_clusters for g in gs}, reverse=True)
+            text += f" ({', '.join(map(str, sizes))} clusters)"
+        parts.append(text)
+    out = f"{model.kind} model, V={model.vocab_size}, {len(model.groups)} groups: " + ", ".join(parts)
+    info = model.params.info
+    if not isinstance(model.params, SparseParams):
+        return out + f"; weights trained by gradient descent (solver {model.config.get('solver')})"
+    for key, what in (("entry_lambdas", "group x entry-count bucket"),
+                      ("bucket_lambdas", "group x history-count bucket")):
+        if key in info:
+            lam = np.asarray(info[key], dtype=np.float64)
+            out += f"; {lam.size} weights ({what}) in [{lam.min():.3g}, {lam.max():.3g}]"
+            break
+    else:
+        lam = np.asarray(model.params.lambdas, dtype=np.float64)
+        if info.get("lambda_rule") == "given":
+            out += "; lambdas given: " + ",".join(f"{x:g}" for x in lam)
+        elif "lambda_trace" in info:
+            out += f"; {lam.size} lambdas in [{lam.min():.3g}, {lam.max():.3g}]"
+        elif all(g in families.get("suffix", []) for g in model.groups):
+            out += "; lambdas 1 (exact interpolated Kneser-Ney)"
+        else:
+            out += "; lambdas " + ",".join(f"{x:g}" for x in lam) + " (not fitted)"
+    trace = info.get("lambda_trace")
+    if trace:
+        n = info.get("heldout_tokens")
+        out += (f", fitted on {n} held-out tokens" if n else ", fitted on held-out text") + \
+            f": ppl {np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f}"
+    return out
+
+
+def _stats(name, n_seq, n_tok, digest) -> dict:
+    return {"name": name, "sequences": n_seq, "tokens": n_tok, "sha256": digest.hexdigest()}
+
+
+# ---- one function per route ------------------------------------------------------------------
+def _train_neural(cfg: TrainConfig, r: str = "neural"):
     """``solver residual``: a small transformer on top of the frozen explicit model (the one at
     ``neural.base``, or one trained first with the model options); ``solver transformer``: the
     same network from scratch. Both train for ``max_seconds`` CPU seconds (``lmkit.neural``)."""
@@ -179,8 +378,7 @@ def _train_neural(cfg: TrainConfig):
     neural.require_torch()
     g, n = cfg.gradient, cfg.neural
     train_corpus, valid, carved = load_text(cfg.corpus)
-    lines = [x for i, x in enumerate(train_corpus)
-             if not carved or i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+    lines = list(kept(train_corpus, carved))
     options = {"max_seconds": g.max_seconds, "seed": cfg.spm.seed, "log": log}
     if g.solver == "transformer":
         tok = make_tokenizer(cfg, train_corpus)
@@ -191,100 +389,111 @@ def _train_neural(cfg: TrainConfig):
         log(f"[1/2] explicit base {n.base}: {base.describe()}")
     else:
         log("[1/2] explicit base model")
-        base = _train(dataclasses.replace(cfg, gradient=dataclasses.replace(
-            g, solver="explicit", max_seconds=None)))
+        base = _train(_base_config(cfg))
     log(f"[2/2] training the residual transformer for {g.max_seconds:g} CPU s "
         f"(crossfit {n.crossfit})")
     return neural.train_residual(base, lines, list(valid), learn_scale=n.learn_scale,
                                  crossfit=n.crossfit, **options)
 
 
-def _train_rich(cfg: TrainConfig, t0: float) -> LanguageModel:
+def _base_config(cfg: TrainConfig) -> TrainConfig:
+    """The explicit model ``solver residual`` trains first (same model options, solved)."""
+    return dataclasses.replace(cfg, gradient=dataclasses.replace(
+        cfg.gradient, solver="explicit", max_seconds=None))
+
+
+def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     """The feature-rich model (``rich.py``): one flat buffer of the encoded text, counted for
     every group (clusters from its bigram counts), solved, weights fitted on held-out text."""
+    t0 = time.time()
     m = cfg.model
     order = m.order or m.DEFAULT_ORDER
     context = m.DEFAULT_CONTEXT if m.context is None else m.context
-    train_corpus, valid, carved = load_text(cfg.corpus)
-    log(f"[1/4] corpus {train_corpus.name}")
-    tok = make_tokenizer(cfg, train_corpus)
+    train_corpus, valid, carved, tok = _start(cfg, r)
     log(f"[3/4] counting the feature-rich model: n-grams 1..{order}, windows "
         f"{rich.DEFAULT_FIRST_WINDOW}..{context}, "
         f"skip-grams, cluster histories, line positions (in this process)")
     digest = hashlib.sha256()
-    lines = _hashing(train_corpus, digest)
-    if carved:
-        lines = (x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
-
-    def encoded(lines):
-        with bar(desc="count") as b:
-            for chunk in line_chunks(lines, cfg.scale.chunk_lines):
-                seqs = tok.encode_batch(chunk)
-                b.update(sum(map(len, seqs)) + len(seqs))
-                yield seqs
+    lines = kept(_hashing(train_corpus, digest), carved)
     kw = dict(order=order, context=context, seed=cfg.spm.seed, piece_bytes=tok.piece_bytes())
-    counts, tables = rich.count_rich(encoded(lines), tok.vocab_size, tok.bos_id, tok.eos_id, **kw)
-    held_counts = rich.count_rich(encoded(valid), tok.vocab_size, tok.bos_id, tok.eos_id,
-                                  tables=tables, **kw)[0] if carved else None
+    chunk = cfg.scale.chunk_lines
+    counts, tables = rich.count_rich(encoded(lines, tok, chunk), tok.vocab_size, tok.bos_id,
+                                     tok.eos_id, **kw)
+    held_counts = rich.count_rich(encoded(valid, tok, chunk), tok.vocab_size, tok.bos_id,
+                                  tok.eos_id, tables=tables, **kw)[0] if carved else None
     log(f"      {counts.n_sequences} sequences, {counts.n_tokens} tokens, "
         f"{sum(F.nnz for F in counts.F)} non-zero counts, cluster tables of "
         + " and ".join(str(int(t.max()) + 1) for t in tables if t is not None) + " clusters")
     need = model_nbytes(counts)
     check_memory(counts_nbytes(counts) + 2 * need, cfg.scale.max_memory, "solving the sparse model",
-                 "raise max_memory, or use a smaller vocab_size, or pass order N for a plain model")
+                 "use a smaller vocab_size, or pass order N for a plain model")
     log("[4/4] solving (explicit, feature-rich)")
     held = tok.encode_batch(heldout_lines(valid, m.effective_lambda_tokens, tok))
-    discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
-    params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=discount,
+    params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=_discount(m),
                            refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
-    # compact folder: drop the entries that carry no weight (the threshold chosen on held-out
-    # text), float32 values (compact.py)
-    params = compact.compact_rich(params, tok.encode_batch(heldout_lines(
-        valid, compact.DEFAULT_PRUNE_TOKENS, tok)), tok.bos_id, tok.eos_id, log=log)
+    # compact folder: drop the entries that carry no weight, float32 values (compact.py)
+    params = compact.compact_rich(params, held, tok.bos_id, tok.eos_id, log=log)
     if held_counts is not None:
         counts = counts + held_counts
-    config = {**cfg.flat(), "context": context, "order": order, "rich": True,
-              "vocab_size": tok.vocab_size, "discounts": params.info.get("discounts")}
-    stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens,
-             "sha256": digest.hexdigest()}
-    model = LanguageModel(tok, params, config, stats)
-    log(f"      done in {time.time() - t0:.1f}s: {model.describe()}")
-    return model
+    return _finish(cfg, tok, params, {"context": context, "order": order, "rich": True},
+                   _stats(train_corpus.name, counts.n_sequences, counts.n_tokens, digest), t0)
 
 
-def _train(cfg: TrainConfig) -> LanguageModel:
-    if cfg.gradient.solver in NEURAL_SOLVERS:
-        return _train_neural(cfg)
+def _train_ngram_bounded(cfg: TrainConfig, r: str = "ngram-bounded") -> LanguageModel:
+    """A pure n-gram model within ``max_memory``: histories split into buckets by their newest
+    token, counted, spilled and solved one bucket at a time (``ngram_build.py``)."""
     t0 = time.time()
-    m = cfg.model
-    if m.effective_rich:
-        if cfg.gradient.solver != "explicit":
-            if m.rich:
-                raise OptionError(f"rich is solved in closed form; drop solver "
-                                  f"{cfg.gradient.solver} or rich")
-        else:
-            return _train_rich(cfg, t0)
-    order = m.effective_order
-    if cfg.gradient.solver in ("gradient", "warm") and m.order is None:
-        order = None  # the dense gradient baseline is the paper's window-only model
-    groups = make_groups(m.effective_context, order)
-    # a pure n-gram model keeps its lambdas at 1: it needs no held-out text
-    pure_ngram = all(isinstance(g, Suffix) for g in groups) and m.lambdas is None
-    train_corpus, valid, carved = load_text(cfg.corpus, heldout=not pure_ngram)
-    log(f"[1/4] corpus {train_corpus.name}")
-    tok = make_tokenizer(cfg, train_corpus)
-    log(f"[3/4] counting {', '.join(g.name for g in groups)}")
+    m, s = cfg.model, cfg.scale
+    train_corpus, _, _, tok = _start(cfg, r, heldout=False)  # lambdas stay 1: no held-out text
     digest = hashlib.sha256()  # the corpus hash, taken as counting reads every line once
     lines = _hashing(train_corpus, digest)
-    if (not carved and all(isinstance(g, Suffix) for g in groups) and m.lambdas is None
-            and m.prune is None and cfg.scale.max_memory is not None and cfg.scale.engine == "local"):
-        return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0)
-    if (pure_ngram and m.prune is None and m.prune_entropy is None and cfg.scale.engine == "dask"
-            and cfg.gradient.solver == "explicit"):  # the whole build on the workers (ngram_dask.py)
-        files = train_corpus.files if cfg.corpus.dataset is None else None  # plain text files
-        return _bounded_ngram(cfg, groups, tok, lines, digest, train_corpus.name, t0, files)
-    if carved:
-        lines = (x for i, x in enumerate(lines) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
+    log(f"[3/4] counting and solving {', '.join(g.name for g in plain_groups(cfg))} in "
+        f"buckets (max_memory {s.max_memory})")
+    params, n_seq, n_tok = build_ngram_from_chunks(
+        encoded(lines, tok, s.chunk_lines), m.effective_order, tok.vocab_size, tok.bos_id,
+        tok.eos_id, max_memory=s.max_memory, discount=_discount(m), spill_dir=s.spill_dir,
+        log=log)
+    return _finish(cfg, tok, params, {"context": 0},
+                   _stats(train_corpus.name, n_seq, n_tok, digest), t0)
+
+
+def _train_ngram_dask(cfg: TrainConfig, r: str = "ngram-dask") -> LanguageModel:
+    """A pure n-gram model built on Dask: the bounded build's partitions counted and solved on
+    the workers (``ngram_dask.py``), which read the text files themselves where they can."""
+    t0 = time.time()
+    m, s = cfg.model, cfg.scale
+    train_corpus, _, _, tok = _start(cfg, r, heldout=False)
+    digest = hashlib.sha256()
+    lines = _hashing(train_corpus, digest)
+    log(f"[3/4] counting and solving {', '.join(g.name for g in plain_groups(cfg))} on Dask")
+    files = train_corpus.files if cfg.corpus.dataset is None else None  # plain text files
+    read = s.workers_read
+    files = files if (s.scheduler is None if read is None else read) else None
+    with bar(desc="count") as b:
+        params, n_seq, n_tok = build_ngram_dask(
+            lines, tok, m.effective_order, files=files, discount=_discount(m),
+            chunk_lines=s.chunk_lines, scheduler=s.scheduler, n_workers=s.workers,
+            progress=b.update, log=log)
+    if files:  # the workers read the text: this process reads it once more, for its hash
+        for _ in lines:
+            pass
+    return _finish(cfg, tok, params, {"context": 0},
+                   _stats(train_corpus.name, n_seq, n_tok, digest), t0)
+
+
+def _train_counted(cfg: TrainConfig, r: str) -> LanguageModel:
+    """Routes ``ngram``, ``spilling``, ``dask``: count (``count_corpus``), solve and fit the
+    lambdas (``solve.fit``); then entropy pruning, or the gradient solvers, when asked."""
+    t0 = time.time()
+    m, g = cfg.model, cfg.gradient
+    groups = plain_groups(cfg)
+    order = next((x.m + 1 for x in reversed(groups) if isinstance(x, Suffix)), None)
+    # a pure n-gram model keeps its lambdas at 1: it needs no held-out text
+    pure_ngram = all(isinstance(x, Suffix) for x in groups) and m.lambdas is None
+    train_corpus, valid, carved, tok = _start(cfg, r, heldout=not pure_ngram)
+    log(f"[3/4] counting {', '.join(x.name for x in groups)}")
+    digest = hashlib.sha256()  # the corpus hash, taken as counting reads every line once
+    lines = kept(_hashing(train_corpus, digest), carved)
     counts = count_corpus(lines, tok, groups, cfg.scale)
     held_counts = count_corpus(valid, tok, groups, cfg.scale, desc="count held-out") if carved else None
     log(f"      {counts.n_sequences} sequences, {counts.n_tokens} tokens, "
@@ -293,20 +502,17 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     log(f"      memory: counts {format_bytes(counts_nbytes(counts))}, model ~{format_bytes(need)}")
     check_memory(counts_nbytes(counts) + 2 * need, cfg.scale.max_memory, "solving the sparse model",
                  "raise max_memory, or use a smaller vocab_size or context")
-    g = cfg.gradient
     log(f"[4/4] solving ({g.solver})")
     from_scratch = g.effective_init in ("zeros", "random")  # never reads the explicit weights
     held = [] if from_scratch or m.lambdas is not None else heldout_lines(valid, m.effective_lambda_tokens, tok)
-    discount = m.discount[0] if m.discount is not None and len(m.discount) == 1 else m.discount
-    params = fit(counts, tok.encode_batch(held), discount=discount, prune=m.prune,
+    params = fit(counts, tok.encode_batch(held), discount=_discount(m), prune=m.prune,
                  lambdas=m.lambdas, refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
     if held_counts is not None:
         counts = counts + held_counts
-    config = {**cfg.flat(), "context": m.effective_context, "order": order,
-              "vocab_size": tok.vocab_size,
-              "discounts": params.info.get("discounts")}
-    stats = {"name": train_corpus.name, "sequences": counts.n_sequences, "tokens": counts.n_tokens,
-             "sha256": digest.hexdigest()}  # = TextCorpus.sha256() of the training text
+    config = {**_used_options(cfg), "context": m.effective_context, "order": order,
+              "vocab_size": tok.vocab_size, "discounts": params.info.get("discounts")}
+    # = TextCorpus.sha256() of the training text
+    stats = _stats(train_corpus.name, counts.n_sequences, counts.n_tokens, digest)
     model = LanguageModel(tok, params, config, stats)
     if m.prune_entropy is not None:
         before = n_ngrams(model)
@@ -315,10 +521,13 @@ def _train(cfg: TrainConfig) -> LanguageModel:
     if g.solver != "explicit":
         vlines = heldout_lines(valid, g.valid_tokens, tok)
         # carved held-out lines validate the descent, so they are not trained on
-        tlines = [x for i, x in enumerate(train_corpus)
-                  if not carved or i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+        tlines = list(kept(train_corpus, carved))
         model = LanguageModel(tok, finetune(params, tok, tlines, vlines, g, seed=cfg.spm.seed,
                                             max_memory=cfg.scale.max_memory),
                               {**config, "init": g.effective_init, "lr": g.effective_lr}, stats)
-    log(f"      done in {time.time() - t0:.1f}s: {model.describe()}")
-    return model
+    return _finish(cfg, tok, params, {}, stats, t0, model)
+
+
+ROUTES = {"neural": _train_neural, "rich": _train_rich, "ngram-bounded": _train_ngram_bounded,
+          "ngram-dask": _train_ngram_dask, "ngram": _train_counted, "spilling": _train_counted,
+          "dask": _train_counted}

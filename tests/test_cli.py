@@ -1,9 +1,11 @@
 import io
+import os
 import json
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lmkit.cli import main
@@ -35,10 +37,12 @@ def test_end_to_end(tmp_path, tiny_corpus_file, tiny_lines, capsys, monkeypatch)
     text = "\n".join(tiny_lines[:5] + ["  odd   spacing\tand 日本 🎉", ""]) + "\n"
     code, ids, _ = run(capsys, "tokenize", "encode", "--model", tmp_path / "tok.model",
                        stdin=text, monkeypatch=monkeypatch)
-    assert code == 0 and len(ids.splitlines()) == 7
+    # one output line per sequence: the blank line is no sequence (docs/lines.md)
+    assert code == 0 and len(ids.splitlines()) == 6
     assert all(x.isdigit() for x in ids.split())
     code, back, _ = run(capsys, "tokenize", "decode", "--model", tmp_path / "tok.model",
                         stdin=ids, monkeypatch=monkeypatch)
+    text = text.removesuffix("\n")  # the sequences, one per line
     assert code == 0 and back == text
     code, pieces, _ = run(capsys, "tokenize", "encode", "--model", tmp_path / "tok.model",
                           "--output-format", "piece", stdin=text, monkeypatch=monkeypatch)
@@ -101,8 +105,8 @@ def bad_inputs(tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["--input", "{d}/missing.txt"], r"missing.txt: no such file or folder; check the path"),
     (["--input", "{d}/notext"], r"notext: folder has no .txt files; add some"),
-    (["--input", "{d}/empty.txt"], r"corpus has no non-empty lines"),
-    (["--input", "{d}/blank.txt"], r"corpus has no non-empty lines"),
+    (["--input", "{d}/empty.txt"], r"empty.txt: no non-empty lines"),
+    (["--input", "{d}/blank.txt"], r"blank.txt: no non-empty lines"),
     (["--input", "{d}/latin1.txt"], r"latin1.txt: bytes at offset 8 are not valid UTF-8; re-encode"),
     (["--input", "{corpus}", "--vocab-size", "5000"],
      r"vocab_size 5000 is too large for this corpus: it supports at most \d+; pass --vocab-size"),
@@ -229,3 +233,20 @@ def test_train_turns_off_hugepage_advice_only_while_it_runs(tiny_corpus_file, ti
         assert seen == [True]  # other verbs keep numpy's default
     finally:
         setter(before)
+
+
+@pytest.mark.parametrize("verb,flag", [("next", "--context"), ("generate", "--prompt"),
+                                       ("inspect", "--token")])
+def test_text_option_with_non_utf8_bytes_is_one_line(tiny_model_dir, verb, flag):
+    """argv bytes that are not UTF-8 (PEP 383 surrogates) are named by their flag, exit 2."""
+    arg = os.fsdecode(b"ab\xffc")
+    p = subprocess.run([sys.executable, "-m", "lmkit.cli", verb, str(tiny_model_dir), flag, arg],
+                       capture_output=True, text=True, errors="replace")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"lmkit: error: {flag}: byte 0xff at character 2 is not UTF-8 text; pass the text in UTF-8"]
+
+
+def test_inspect_accepts_numpy_integer_top(tiny_model):
+    token = tiny_model.vocab[5]
+    assert tiny_model.inspect(token, top=np.int64(2)) == tiny_model.inspect(token, top=2)

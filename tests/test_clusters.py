@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from lmkit import kinds
 from lmkit.clusters import ClusterHistory, cluster_tokens
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError
@@ -17,9 +18,9 @@ def test_cluster_history_keys_hand_checked():
     assert g.row_keys(buf, np.array([4]), np.array([1]), 10).tolist() == [6 + 10 * 8]
     assert g.row_keys(buf, np.array([4]), np.array([3]), 10).tolist() == [-1]  # past one BOS
     assert g.name == "cluster3_1_3" and g.reach == 3
-    assert ClusterHistory.from_name(g.name, np.array(table)) == g
+    assert kinds.from_name(g.name, {"clusters3": np.array(table)}) == g
     with pytest.raises(ValueError, match="not a cluster-history group of a 4-cluster table"):
-        ClusterHistory.from_name(g.name, table[:-1] + (3,))
+        kinds.from_name(g.name, {"clusters3": table[:-1] + (3,)})
     with pytest.raises(InputError, match="cluster3_1_3 keys need"):
         g.row_keys(buf, np.array([4]), np.array([1]), 2 ** 62)
 

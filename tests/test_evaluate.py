@@ -24,7 +24,7 @@ def test_evaluate_lines_numbers(tiny_model):
 
 
 def test_evaluate_empty(tiny_model):
-    with pytest.raises(InputError, match="nothing to evaluate"):
+    with pytest.raises(InputError, match="no non-empty lines"):
         evaluate_lines(tiny_model, [])
 
 

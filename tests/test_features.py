@@ -4,8 +4,10 @@ from lmkit.errors import InputError
 import numpy as np
 
 from lmkit.features import (Suffix, Window, decode_histories, decode_suffix_key, encode_histories,
-                            find_sorted, group_from_name, group_rows, lookup_keys, make_groups,
+                            find_sorted, group_rows, lookup_keys, make_groups,
                             pad_sequences)
+
+from lmkit.kinds import from_name
 
 V, BOS, EOS = 6, 1, 2
 
@@ -90,9 +92,10 @@ def test_make_groups_refuses(context, order, match):
 
 def test_group_names_round_trip():
     for g in [Window(1), Window(12), Suffix(3)]:
-        assert group_from_name(g.name) == g
-    with pytest.raises(ValueError, match="unknown feature group"):
-        group_from_name("bigram")
+        assert from_name(g.name) == g
+    for bad in ("bigram", "window0", "suffix0", "window٣"):  # ٣: an Arabic-Indic 3
+        with pytest.raises(ValueError, match="unknown feature group|needs a number >= 1"):
+            from_name(bad)
 
 
 def test_find_sorted_and_lookup_keys_match_searchsorted():

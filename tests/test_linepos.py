@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from lmkit import kinds
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError, ModelFormatError
 from lmkit.explicit import estimate_discount
@@ -28,13 +29,13 @@ def test_line_position_keys_hand_checked():
     # a = 1 with clusters of the token 2 back: past one BOS there is no feature
     g2 = LinePosition(1, 4, 9, table, (0, 0, 0, 1, 0))
     assert g2.row_keys(buf, pos, starts, 5).tolist()[0] == -1
-    assert LinePosition.parse_name("linepos1_8_10") == (1, 8, 10, None)
-    assert LinePosition.parse_name(gc.name) == (0, 4, 9, 2)
-    assert LinePosition.from_name(gc.name, table, gc.clusters) == gc
+    assert kinds.tables_needed("linepos1_8_10") == ("piece_bytes",)
+    assert kinds.tables_needed(gc.name) == ("piece_bytes", "clusters2")
+    assert kinds.from_name(gc.name, {"piece_bytes": table, "clusters2": gc.clusters}) == gc
     with pytest.raises(ValueError, match="does not match its cluster table"):
-        LinePosition.from_name("linepos0_4_9_3", table, gc.clusters)
-    with pytest.raises(ValueError, match="not a line-position group name"):
-        LinePosition.parse_name("linepos1_8")
+        kinds.from_name("linepos0_4_9_3", {"piece_bytes": table, "clusters3": gc.clusters})
+    with pytest.raises(ValueError, match="unknown feature group 'linepos1_8'"):
+        kinds.tables_needed("linepos1_8")
     with pytest.raises(InputError, match="line position needs a >= 0, step >= 1"):
         LinePosition(0, 0, 3, table)
 

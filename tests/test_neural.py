@@ -82,15 +82,15 @@ def test_save_load_round_trip(tiny_model, tiny_lines, tmp_path):
     path = lm.save(tmp_path / "hybrid")
     assert is_neural_folder(path) and not is_neural_folder(tmp_path)
     assert sorted(p.name for p in path.iterdir()) == ["explicit", "manifest.json",
-                                                      "tokenizer.model", "weights.pt"]
+                                                      "tokenizer.model", "weights.npz"]
     back = NeuralLM.load(path)
     seqs = lm.encode_lines(tiny_lines[200:230])
     assert np.array_equal(lm.log_proba_ids(seqs)[0], back.log_proba_ids(seqs)[0])
     assert back.sample(max_tokens=8, seed=3) == lm.sample(max_tokens=8, seed=3)
     assert back.training["steps"] == 4 and back.config == TINY
     lm.save(path)  # replacing our own folder is allowed
-    (path / "weights.pt").write_bytes(b"not a state dict")
-    with pytest.raises(ModelFormatError, match="sha256 differs"):
+    (path / "weights.npz").write_bytes(b"not a state dict")
+    with pytest.raises(ModelFormatError, match=r"weights.npz: corrupt or truncated \(16 bytes"):
         NeuralLM.load(path)
     m = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**m, "version": 99}))

@@ -3,7 +3,8 @@ import pytest
 
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError
-from lmkit.features import Skip, Window, group_from_name, pad_sequences
+from lmkit.features import Skip, Window, pad_sequences
+from lmkit.kinds import from_name
 from lmkit.skipgram import solve_skip
 
 BOS, EOS = 1, 2
@@ -17,7 +18,7 @@ def test_skip_keys_hand_checked():
     # remote token would be the 2nd BOS before a sequence starting at 2: no feature
     assert Skip(1, 1, 1).row_keys(buf, np.array([3]), np.array([2]), 10).tolist() == [-1]
     assert Skip(2, 1, 2).offsets == (1, 2, 4, 5)
-    assert group_from_name("skip2_1_2") == Skip(2, 1, 2) and Skip(2, 1, 2).name == "skip2_1_2"
+    assert from_name("skip2_1_2") == Skip(2, 1, 2) and Skip(2, 1, 2).name == "skip2_1_2"
 
 
 def test_skip_refuses_bad_shapes_and_overflow():

@@ -10,15 +10,21 @@ from lmkit.errors import ModelFormatError
 from lmkit.model import LanguageModel
 
 
-def test_members_are_aligned_and_mapped_not_copied(tiny_model_dir):
-    manifest, _, arrays = store.read_model_folder(tiny_model_dir)
+@pytest.mark.parametrize("mapped", [False, True])
+def test_members_are_aligned_and_mapped_or_copied_once(tiny_model_dir, mapped):
+    """Default: every array views one private in-memory copy of the file (bytes); with
+    mmap=True, a read-only map of the file. Never a second copy per array."""
+    manifest, _, arrays = store.read_model_folder(tiny_model_dir, mmap=mapped)
     assert arrays, "no arrays read"
+    owners = set()
     for name, a in arrays.items():
         assert a.flags.aligned and not a.flags.writeable, name
         base = a
         while not isinstance(base, memoryview):
             base = base.base
-        assert isinstance(base.obj, mmap.mmap), name
+        assert isinstance(base.obj, mmap.mmap if mapped else bytes), name
+        owners.add(id(base.obj))
+    assert len(owners) == 1
     # the archive stays a plain .npz: numpy reads the same arrays
     with np.load(tiny_model_dir / "params.npz") as z:
         assert sorted(z.files) == sorted(arrays)
@@ -114,7 +120,7 @@ def test_verify_finds_a_changed_value_that_loading_accepts(tiny_model, tmp_path,
 
 def test_a_mapped_model_can_be_saved_over_its_own_folder(tiny_model, tmp_path):
     path = tiny_model.save(tmp_path / "m")
-    m = LanguageModel.load(path)  # arrays map path/params.npz
+    m = LanguageModel.load(path, mmap=True)  # arrays map path/params.npz
     before = m.log_proba("a b")
     m.save(path)  # a new folder is renamed over the old one; the mapped inode stays intact
     np.testing.assert_array_equal(m.log_proba("a b"), before)

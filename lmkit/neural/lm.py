@@ -13,28 +13,32 @@ The class offers what ``lmkit.evaluate`` and ``lmkit.generate`` use — ``tokeni
 ``encode_lines``, ``log_proba_ids``, ``next_logp`` — and ``score`` / ``perplexity`` /
 ``sample`` / ``save`` / ``load``. Folder layout (written to a temp folder, then renamed)::
 
-    manifest.json    {"format": "lmkit-neural", "version": 1, "config": GPTConfig fields,
-                      "residual": bool, "learn_scale": bool, "weights": {"file", "sha256"},
-                      "tokenizer": {"file", "sha256"}, "training": {...}, "versions": {...}}
+    manifest.json    {"format": "lmkit-neural", "version": 2, "config": GPTConfig fields,
+                      "residual": bool, "learn_scale": bool, "weights": {"file", "sha256",
+                      "bytes"}, "tokenizer": {"file", "sha256", "bytes"}, "training": {...},
+                      "versions": {...}}
     tokenizer.model  the SentencePiece model
-    weights.pt       the network's state dict (torch.save; read with weights_only=True)
+    weights.npz      the network's state dict as plain float32 arrays (``store.write_npz``;
+                     no pickle: version 1 folders, whose weights.pt was one, are refused)
     explicit/        the frozen explicit model folder (``LanguageModel.save``), residual only
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import InputError, MissingPathError, ModelFormatError
+from ..errors import InputError, ModelFormatError
 from ..model import BaseModel, LanguageModel
-from ..store import manifest_stamp, peek_manifest, read_regular, sha256_bytes, write_folder
+from ..readfile import sha256_file
+from ..store import (MAX_TOKENIZER_BYTES, NEURAL_FORMAT, NEURAL_VERSION, NEURAL_WEIGHTS,
+                     manifest_stamp, read_manifest, read_member, read_npz, sha256_bytes,
+                     write_folder, write_manifest, write_npz, write_synced)
 from ..tokenizer import Tokenizer
 from .data import ExplicitRows, SequenceData
-from .folder import FORMAT, VERSION
 from .transformer import GPT, GPTConfig
 
 
@@ -124,7 +128,7 @@ class NeuralLM(BaseModel):
             lp = self.net.log_proba(b.x, b.sel, e)
             out[b.flat] = lp.gather(1, b.y[:, None])[:, 0].double().numpy()
         self.net.train(was_training)
-        return out
+        return _finite(out)
 
     def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
         """Per-target natural-log probabilities (EOS included) and sequence index, flat order."""
@@ -144,74 +148,125 @@ class NeuralLM(BaseModel):
             e = torch.from_numpy(self.explicit.next_logp(prefix).astype(np.float32))[None]
         lp = self.net.log_proba(torch.tensor([inp]), torch.tensor([len(inp) - 1]), e)
         self.net.train(was_training)
-        return lp[0].double().numpy()
+        return _finite(lp[0].double().numpy())
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path, command: str | None = None) -> Path:
         """Write the model folder atomically (see the module docstring); an existing folder is
         replaced only if it is an lmkit model (``store.write_folder``)."""
         def fill(tmp: Path) -> None:
-            torch.save(self.net.state_dict(), tmp / "weights.pt")
+            arrays = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+            size, digest = write_npz(tmp / NEURAL_WEIGHTS, arrays)
             proto = self.tokenizer.model_proto
-            (tmp / "tokenizer.model").write_bytes(proto)
+            write_synced(tmp / "tokenizer.model", proto)
             if self.explicit is not None:
                 self.explicit.save(tmp / "explicit")
-            manifest = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
-                        "residual": self.explicit is not None,
+            manifest = {"format": NEURAL_FORMAT, "version": NEURAL_VERSION,
+                        "config": self.config.to_dict(), "residual": self.explicit is not None,
                         "learn_scale": isinstance(self.net.scale, nn.Parameter),
-                        "weights": {"file": "weights.pt", "sha256": _sha256(tmp / "weights.pt")},
+                        "weights": {"file": NEURAL_WEIGHTS, "sha256": digest, "bytes": size},
                         "training": self.training,
                         **manifest_stamp(proto, command, torch=torch.__version__)}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            write_manifest(tmp, manifest)
 
         return write_folder(path, fill)
 
     @classmethod
     def load(cls, path) -> "NeuralLM":
-        """Read a folder written by ``save``; weights with ``torch.load(weights_only=True)``."""
+        """Read a folder written by ``save``. Nothing in it is unpickled: the weights are a
+        plain ``.npz`` read by ``store.read_npz``; the manifest's config is range-checked
+        (``check_config``), the arrays' names, shapes and dtypes must be the network's (checked
+        on a network built without memory, so a forged size allocates nothing) and every value
+        finite. Each problem is one ``ModelFormatError`` naming the file and the fix."""
         path = Path(path)
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, ("neural",), check=check_config, takes=_TAKES)
+        cfg = GPTConfig(**manifest["config"])
+        residual, learn_scale = manifest["residual"], manifest["learn_scale"]
+        tfile, wfile = path / "tokenizer.model", path / NEURAL_WEIGHTS
+        proto = read_member(tfile, "tokenizer", limit=MAX_TOKENIZER_BYTES)
+        if sha256_bytes(proto) != manifest["tokenizer"]["sha256"]:
+            raise ModelFormatError(f"{tfile}: corrupt or changed (sha256 differs); re-train the model")
         try:
-            cfg = GPTConfig(**manifest["config"])
-            wfile, tfile = path / manifest["weights"]["file"], path / manifest["tokenizer"]["file"]
-            want_w, want_t = manifest["weights"]["sha256"], manifest["tokenizer"]["sha256"]
-            residual, learn_scale = bool(manifest["residual"]), bool(manifest["learn_scale"])
-        except (KeyError, TypeError) as e:
-            raise ModelFormatError(f"{path}: manifest lacks or mangles {e}; re-train the model") from None
-        for f, want in ((wfile, want_w), (tfile, want_t)):
-            if f.parent != path or not f.is_file():
-                raise ModelFormatError(f"{path}: missing {f.name}; the folder is incomplete, re-train")
-            if _sha256(f) != want:
-                raise ModelFormatError(f"{f}: corrupt or changed (sha256 differs); re-train the model")
+            tokenizer = Tokenizer(proto)
+        except InputError as e:
+            raise ModelFormatError(f"{tfile}: {e}") from None
+        if cfg.vocab_size != tokenizer.vocab_size:
+            raise ModelFormatError(f"{path / 'manifest.json'}: config vocab_size {cfg.vocab_size}, "
+                                   f"the tokenizer has {tokenizer.vocab_size}; re-train the model")
+        with torch.device("meta"):  # the shapes the config implies, without allocating them
+            expected = Network(cfg, learn_scale=learn_scale).state_dict()
+        want, size = manifest["weights"]["sha256"], manifest["weights"]["bytes"]
+        need = 4 * sum(v.numel() for v in expected.values())  # float32 values
+        if not need <= size <= min(need + _NPZ_SLACK * (len(expected) + 1), MAX_WEIGHTS_BYTES):
+            raise ModelFormatError(f"{path / 'manifest.json'}: the config implies {need} bytes of "
+                                   f"weights, the manifest declares {size} (at most "
+                                   f"{MAX_WEIGHTS_BYTES} are read); re-train the model")
+        # the size first (a forged 3 GB file is refused unread), then the hash in 16 MiB chunks
+        if sha256_file(wfile, "weights", "re-train the model", size=size,
+                       error=ModelFormatError) != want:
+            raise ModelFormatError(f"{wfile}: corrupt or changed (sha256 differs); re-train the model")
+        arrays = read_npz(read_member(wfile, "weights", size=size), wfile)
+        check_weights(arrays, {k: tuple(v.shape) for k, v in expected.items()}, wfile)
         explicit = LanguageModel.load(path / "explicit") if residual else None
-        tokenizer = Tokenizer(tfile.read_bytes())
         net = Network(cfg, learn_scale=learn_scale)
-        try:
-            net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
-        except (RuntimeError, ValueError, OSError) as e:
-            why = " ".join(str(e).split())[:200]
-            raise ModelFormatError(f"{wfile}: weights do not fit the config ({why}); re-train") from None
+        net.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in arrays.items()})
+        if explicit is not None and explicit.vocab_size != tokenizer.vocab_size:
+            raise ModelFormatError(f"{path / 'explicit'}: V={explicit.vocab_size}, the network "
+                                   f"{tokenizer.vocab_size}; re-train the model")
         return cls(tokenizer, net, explicit, manifest.get("training"))
 
 
-def read_manifest(path: Path) -> dict:
-    """The manifest of a neural model folder; clear errors for anything else."""
-    if not path.is_dir():
-        raise MissingPathError(f"{path}: no such model folder; train one with "
-                               "`lmkit train --solver residual --output DIR`")
-    manifest = peek_manifest(path)  # bounded read of untrusted input; None if unreadable
-    if manifest is None or manifest.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: not an lmkit neural model; pass the folder written by "
-                               "`lmkit train --solver residual`")
-    if manifest.get("version") != VERSION:
-        raise ModelFormatError(f"{path}: neural format version {manifest.get('version')!r}, this "
-                               f"lmkit reads {VERSION}; re-train the model")
-    return manifest
+def _finite(logp: np.ndarray) -> np.ndarray:
+    """``logp`` if it holds no NaN (finite weights can still overflow float32 in the network:
+    then one error, never a NaN probability); -inf is a probability of 0 and stays."""
+    if np.isnan(logp).any():
+        raise ModelFormatError("the network's log-probabilities overflow float32 (NaN): its "
+                               "weights are too large; re-train the model")
+    return logp
 
 
-def _sha256(p: Path) -> str:
-    """sha256 of a regular file of at most ``MAX_WEIGHTS_BYTES`` (never a device or FIFO)."""
-    return sha256_bytes(read_regular(p, MAX_WEIGHTS_BYTES, "weights"))
+_TAKES = "pass a folder written by `lmkit train --solver transformer|residual`"
+# The ranges a saved config may take: enough for any model that fits MAX_WEIGHTS_BYTES
+_CONFIG_RANGES = {"vocab_size": (1, 1 << 24), "block_size": (1, 1 << 16), "n_layer": (1, 1024),
+                  "n_head": (1, 1024), "n_embd": (1, 1 << 16)}
+
+
+def check_config(manifest: dict, bad) -> None:
+    """The neural manifest's ``config``: exactly ``GPTConfig``'s fields, integers in
+    ``_CONFIG_RANGES``, ``n_embd`` a multiple of ``n_head``, ``dropout`` in [0, 1); raises
+    ``bad(what)`` (``store.check_manifest``'s error) naming the first bad field."""
+    cfg = manifest["config"]
+    names = [f.name for f in dataclasses.fields(GPTConfig)]
+    if sorted(cfg) != sorted(names):
+        raise bad(f"'config' must have the fields {names}, got {sorted(cfg)[:10]}")
+    for name, (lo, hi) in _CONFIG_RANGES.items():
+        v = cfg[name]
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            raise bad(f"'config.{name}' must be an integer in [{lo}, {hi}], got {str(v)[:40]}")
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise bad(f"'config.n_embd' ({cfg['n_embd']}) must be a multiple of 'config.n_head' "
+                  f"({cfg['n_head']})")
+    d = cfg["dropout"]
+    if not (isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d < 1):
+        raise bad(f"'config.dropout' must be a number in [0, 1), got {str(d)[:40]}")
+
+
+def check_weights(arrays: dict, shapes: dict, where) -> None:
+    """The weight arrays are exactly the network's: same names, shapes (``shapes``), float32,
+    every value finite; else a ``ModelFormatError`` naming the first difference."""
+    fix = "the weights do not fit the config; re-train the model"
+    if sorted(arrays) != sorted(shapes):
+        missing, extra = sorted(set(shapes) - set(arrays)), sorted(set(arrays) - set(shapes))
+        raise ModelFormatError(f"{where}: arrays missing {missing[:3]}, unexpected {extra[:3]}; {fix}")
+    for name, want in shapes.items():
+        a = arrays[name]
+        if a.dtype.str != "<f4" or a.shape != want:
+            raise ModelFormatError(f"{where}: array {name!r} is {a.dtype.str} {a.shape}, the "
+                                   f"config says <f4 {want}; {fix}")
+        if not np.isfinite(a).all():
+            raise ModelFormatError(f"{where}: array {name!r} holds NaN or infinite values; "
+                                   "re-train the model (its training diverged or the file was changed)")
 
 
 MAX_WEIGHTS_BYTES = 8 << 30
+_NPZ_SLACK = 512  # bytes per array beyond its values: .npy header, alignment, zip records

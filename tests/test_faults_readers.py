@@ -206,7 +206,7 @@ def test_empty_higher_orders_round_trip_through_lmkits_own_export(ngram3, tiny_t
 
 # ---- model arrays at their bounds ------------------------------------------------------------
 def _arrays(d):
-    """The folder's arrays in the plain form (compact dtypes expanded, as every load does)."""
+    """The folder's arrays in the plain layout (compact dtypes expanded; load reads both)."""
     with np.load(d / "params.npz") as z:
         return {k: np.array(v) for k, v in
                 store._expand_compact({k: z[k] for k in z.files}, "params.npz").items()}

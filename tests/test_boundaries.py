@@ -223,6 +223,24 @@ def test_token_id_boundaries(tiny_model):
     assert p.shape == (V,) and p.sum() == pytest.approx(1.0)
 
 
+# ---- evaluation batches ------------------------------------------------------------------------
+def test_evaluation_batches_stop_at_exactly_n_lines_and_chars():
+    """Scores do not depend on batching, so only a direct test pins the memory bound."""
+    from lmkit.evaluate import _chunks
+    lines = ["aaa", "bb", "  ", "c", "dddd", "eeeeeeee", "f"]
+    assert list(_chunks(lines, 10, chars=5)) == [["aaa", "bb"], ["c", "dddd"], ["eeeeeeee"], ["f"]]
+    assert list(_chunks(lines, 2, chars=100)) == [["aaa", "bb"], ["c", "dddd"], ["eeeeeeee", "f"]]
+    assert list(_chunks(lines, 1, chars=100)) == [[x] for x in EXPECTED_SEQS]
+    assert list(_chunks(["ab", "cd", "ef"], 10, chars=4)) == [["ab", "cd"], ["ef"]]  # = chars: fits
+    with pytest.raises(InputError, match="^my text: no non-empty lines"):
+        list(_chunks(["", " "], 10, source="my text"))
+    with pytest.raises(InputError, match="^lines: no non-empty lines"):
+        list(_chunks([" "], 10))
+
+
+EXPECTED_SEQS = ["aaa", "bb", "c", "dddd", "eeeeeeee", "f"]
+
+
 # ---- sampling: exact filtered distributions ---------------------------------------------------
 Q = np.array([0.5, 0.25, 0.125, 0.0625, 0.0625])
 LOGQ = np.log(Q)

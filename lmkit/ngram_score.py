@@ -45,8 +45,8 @@ def _row_state(r, rowi, rowf, st, sl, lev):  # pragma: no cover (jit)
         sl[lev] = rowf[2 * r + 1]
 
 
-def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf, rbase, cols0,
-           hash0, ent, entf, closed, logq, out):  # pragma: no cover (jit)
+def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf, rbase, h0, h0f,
+           ent, entf, closed, logq, out):  # pragma: no cover (jit)
     """Fill ``out`` (N,) = log P of every target: per sequence its tokens, then its EOS.
 
     ``flat`` int32 (T,): the tokens of every sequence, ``lengths`` int64 (S,), N = T + S.
@@ -58,8 +58,9 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
     ``ent[4e] = column << 32 | len(next)``, ``ent[4e + 1]`` = first entry of ``next`` (-1: no
     such row, -2: not known, search the trie), ``entf[4e + 2]`` = S value, ``entf[4e + 3]`` =
     log gamma of ``next``, where ``next`` is the level-(l+1) row of the history ``h w``;
-    ``cols0`` int32: the columns of level 0's entries and ``hash0`` int32 (2^k,) their
-    indices hashed by (row start, column) (``_hash_level0``): level 0's rows are long.
+    Level 0's rows are long: its entries are found in ``h0`` (``h0f``: as float64), a hash of
+    (row start, column) with 8 words a slot (one cache line): the entry's 4 words, then its row
+    start (-1: empty slot); ``_hash_level0``.
     ``map1`` int64 (V,): the level-0 record of each token (-1: unseen); ``keys``: the sorted
     chained keys of levels 1.. (level l's from ``koff[l]``), the children of level-(l-1) row r
     at ``keys[cptr[cbase[l-1] + r]:cptr[cbase[l-1] + r + 1]]`` (only for histories not known
@@ -73,8 +74,8 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
     exactly as ``ngram.mkn_log_proba``.
     """
     M = closed.shape[0]
-    mask = hash0.shape[0] - 1
-    shift = np.uint64(64 - int(np.log2(hash0.shape[0])))
+    mask = h0.shape[0] // 8 - 1
+    shift = np.uint64(64 - int(np.log2(h0.shape[0] // 8)))
     st = np.zeros((M + 1, 3), dtype=np.int64)
     sl = np.zeros(M + 1)
     nst = np.zeros((M + 1, 3), dtype=np.int64)
@@ -120,15 +121,15 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
                 lo = st[l, 0]
                 end = st[l, 1]
                 hi = end
-                if l == 0:  # long rows: a hash of (row start, column), linear probing
+                if l == 0:  # long rows: hashed by (row start, column), one cache line a slot
                     slot = _slot(lo * V + t, shift)
                     hit[0] = -1
                     while True:
-                        e = hash0[slot]
-                        if e < 0:
+                        w = 8 * slot
+                        if h0[w + 4] < 0:
                             break
-                        if lo <= e < end and cols0[e] == t:
-                            hit[0] = e
+                        if h0[w + 4] == lo and (h0[w] >> 32) == t:
+                            hit[0] = w
                             break
                         slot = (slot + 1) & mask
                 else:
@@ -138,14 +139,14 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
                             lo = mid + 1
                         else:
                             hi = mid
-                    hit[l] = lo if lo < end and (ent[4 * lo] >> 32) == t else -1
+                    hit[l] = 4 * lo if lo < end and (ent[4 * lo] >> 32) == t else -1
             o = logq[t]
             stored = True  # the target was stored at every lower level
             for l in range(depth):
                 o += sl[l]
                 if stored:
                     if hit[l] >= 0:
-                        o += entf[4 * hit[l] + 2]
+                        o += h0f[hit[0] + 2] if l == 0 else entf[hit[l] + 2]
                     else:
                         stored = False
             out[n] = o
@@ -154,23 +155,20 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
             _row_state(map1[t], rowi, rowf, nst, nsl, 0)
             for l in range(min(M - 1, top)):
                 if l < depth and hit[l] >= 0:
-                    e = 4 * hit[l]
-                    nx = ent[e + 1]
+                    rec, recf, e = (h0, h0f, hit[0]) if l == 0 else (ent, entf, hit[l])
+                    nx = rec[e + 1]
                     if nx >= 0:
                         nst[l + 1, 0] = nx
-                        nst[l + 1, 1] = nx + (ent[e] & 0xFFFFFFFF)
+                        nst[l + 1, 1] = nx + (rec[e] & 0xFFFFFFFF)
                         nst[l + 1, 2] = 1
-                        nsl[l + 1] = entf[e + 3]
+                        nsl[l + 1] = recf[e + 3]
                     else:
                         nst[l + 1, 2] = 0 if nx == -1 else -1
                 else:  # h unseen or h w not stored: no row if level l is closed
                     nst[l + 1, 2] = 0 if closed[l] else -1
                     break
-            for l in range(M):
-                st[l, 0] = nst[l, 0]
-                st[l, 1] = nst[l, 1]
-                st[l, 2] = nst[l, 2]
-                sl[l] = nsl[l]
+            st, nst = nst, st  # levels the successor does not reach are never read
+            sl, nsl = nsl, sl
         b += L
 
 
@@ -179,18 +177,22 @@ def _slot(k, shift):  # pragma: no cover (jit)
     return np.int64((np.uint64(k) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
 
 
-def _hash_level0(V, rowi, R0, cols0, hash0):  # pragma: no cover (jit)
-    """Insert every level-0 entry e (row start s, column c) at ``_slot(s V + c)``, probing
-    linearly; ``hash0`` starts as -1 and has at least twice as many slots as entries."""
-    mask = hash0.shape[0] - 1
-    shift = np.uint64(64 - int(np.log2(hash0.shape[0])))
+def _hash_level0(V, rowi, R0, ent, h0):  # pragma: no cover (jit)
+    """Copy every level-0 entry e (row start s, column c) into slot ``_slot(s V + c)`` of
+    ``h0`` (8 words a slot: e's 4 words of ``ent``, then s; word 4 = -1: empty), probing
+    linearly; ``h0`` has at least twice as many slots as entries."""
+    n_slots = h0.shape[0] // 8
+    mask = n_slots - 1
+    shift = np.uint64(64 - int(np.log2(n_slots)))
     for r in range(R0):
         s = rowi[2 * r]
         for e in range(s, rowi[2 * r + 2]):
-            slot = _slot(s * V + cols0[e], shift)
-            while hash0[slot] >= 0:
+            slot = _slot(s * V + (ent[4 * e] >> 32), shift)
+            while h0[8 * slot + 4] >= 0:
                 slot = (slot + 1) & mask
-            hash0[slot] = e
+            for k in range(4):
+                h0[8 * slot + k] = ent[4 * e + k]
+            h0[8 * slot + 4] = s
 
 
 def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, cbase, rowi,
@@ -324,14 +326,14 @@ class MknWalker:
         self.entf = self.ent.view(np.float64)
         self.closed = np.zeros(M, dtype=np.bool_)
         indices = np.concatenate([x.indices for x in S]).astype(np.int32, copy=False)
-        self.cols0 = indices[:nnz[0]].copy()
         _build_compiled(V, keys[0], self.map1, self.keys, self.koff, R, rptr, self.rbase, indices,
                         np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
                         np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
                         self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
                         np.empty(len(indices), dtype=np.int32), self.closed)
-        self.hash0 = np.full(1 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int32)
-        _hash_level0_compiled(V, self.rowi, R[0], self.cols0, self.hash0)
+        self.h0 = np.full(8 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int64)
+        self.h0f = self.h0.view(np.float64)
+        _hash_level0_compiled(V, self.rowi, R[0], self.ent, self.h0)
         self.logq = np.log(params.q)
 
     def log_proba(self, seqs: list, bos_id: int, eos_id: int) -> np.ndarray:
@@ -345,7 +347,7 @@ class MknWalker:
         out = np.empty(total + len(seqs))
         _score_compiled(flat.astype(np.int32), lengths, bos_id, eos_id, self.V, self.map1,
                         self.keys, self.koff, self.cptr, self.cbase, self.rowi, self.rowf,
-                        self.rbase, self.cols0, self.hash0, self.ent, self.entf, self.closed, self.logq, out)
+                        self.rbase, self.h0, self.h0f, self.ent, self.entf, self.closed, self.logq, out)
         return out
 
 

@@ -394,6 +394,9 @@ class AdaptConfig:
                       "KenLM-comparable one)")
     cache_order: int | None = opt(None, "cache history lengths 0..N-1 (default: 8); a value "
                                   "other than the default needs cache_fit", min=1, max=32)
+    cache_window: int | None = opt(None, "recency levels: orders 0..2 counted over the last N "
+                                   "tokens only (default: 500; 0 = none); a value other than "
+                                   "the default needs cache_fit", min=0)
     context_lines: int | None = opt(None, "how many previous lines a cache history may reach "
                                     "into (default: 1; 0 = histories stop at the line start)",
                                     min=0)
@@ -402,25 +405,31 @@ class AdaptConfig:
     # API only: {"a": [...], "b": [...], "d": [...], "e": [...]} (cache.CacheWeights.to_json)
     cache_weights: dict | None = None
 
-    DEFAULT_CACHE_ORDER, DEFAULT_CONTEXT_LINES = 8, 1
+    DEFAULT_CACHE_ORDER, DEFAULT_CACHE_WINDOW, DEFAULT_CONTEXT_LINES = 8, 500, 1
 
     def __post_init__(self):
         check_fields(self)
-        given = [k for k in ("cache_order", "context_lines", "cache_weights")
+        given = [k for k in ("cache_order", "cache_window", "context_lines", "cache_weights")
                  if getattr(self, k) is not None] + (["cache_fit"] if self.cache_fit else [])
         if given and not self.adapt:
             raise OptionError(f"{' and '.join(given)} only apply to adaptive scoring; add adapt "
                               "(the static model reads each line on its own)")
         if self.cache_fit and self.cache_weights is not None:
             raise OptionError("cache_fit and cache_weights are exclusive; pass one")
-        if (self.cache_order not in (None, self.DEFAULT_CACHE_ORDER) and not self.cache_fit
-                and self.cache_weights is None):
-            raise OptionError(f"cache_order {self.cache_order} has no default weights (they "
-                              f"are chosen for {self.DEFAULT_CACHE_ORDER}); add cache_fit")
+        for name, default in (("cache_order", self.DEFAULT_CACHE_ORDER),
+                              ("cache_window", self.DEFAULT_CACHE_WINDOW)):
+            value = getattr(self, name)
+            if value not in (None, default) and not self.cache_fit and self.cache_weights is None:
+                raise OptionError(f"{name} {value} has no default weights (they are chosen for "
+                                  f"{default}); add cache_fit")
 
     @property
     def effective_context_lines(self) -> int:
         return self.DEFAULT_CONTEXT_LINES if self.context_lines is None else self.context_lines
+
+    @property
+    def effective_cache_window(self) -> int:
+        return self.DEFAULT_CACHE_WINDOW if self.cache_window is None else self.cache_window
 
     @property
     def effective_cache_order(self) -> int:

@@ -3,7 +3,9 @@
 Input: per active group g (lambda_g != 0) ``E_g`` float64 = ``exp(lambda_g S_g.data)`` (built
 once per parameters, by numpy: exponentiating lazily here, row by row, measured slower) and
 ``ind_g`` int32 = ``S_g.indices``, passed as tuples; per position n and group g the range
-``starts[n, g]:ends[n, g]`` of its row in those arrays (empty: no feature), int64 (N, G).
+``starts[n, g]:ends[n, g]`` of its row in those arrays (empty: no feature), int64 (N, G), or
+``starts[n, g] = -1 - k`` for a row kept as the dense (V,) copy ``D[k]`` (the longest rows:
+multiplying one in is a vectorised pass, cheaper than scattering more than ~V/3 entries).
 Output: per position ``Z = sum_j q[j] prod_g E_g[row_g, j]`` (the normaliser) and the target's
 term ``q[t] prod_g E_g[row_g, t]``, so ``log P(t) = log(term) - log(Z)`` (natural log); or the
 whole products (n, V) for full distributions.
@@ -30,6 +32,12 @@ def _scatter(acc, E, ind, s, e):  # pragma: no cover (jit)
 
 
 @njit(cache=True, nogil=True)
+def _dense(acc, d):  # pragma: no cover (jit)
+    for j in range(acc.shape[0]):
+        acc[j] *= d[j]
+
+
+@njit(cache=True, nogil=True)
 def _sum(a):  # pragma: no cover (jit)
     """Sum with 8 partial sums (a single running sum is one long chain of dependent adds)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
@@ -49,7 +57,7 @@ def _sum(a):  # pragma: no cover (jit)
 
 
 @njit(cache=True, nogil=True)
-def union_products(q, Es, inds, starts, ends, shared, targets, out_term,
+def union_products(q, Es, inds, D, starts, ends, shared, targets, out_term,
                    out_z):  # pragma: no cover (jit)
     """``out_term[n]``, ``out_z[n]`` for every position n (module docstring); ``shared`` (G,)
     bool marks the groups whose product is kept across neighbours with the same rows."""
@@ -69,17 +77,23 @@ def union_products(q, Es, inds, starts, ends, shared, targets, out_term,
             base[:] = q
             for g in range(G):
                 if shared[g]:
-                    _scatter(base, Es[g], inds[g], starts[n, g], ends[n, g])
+                    if starts[n, g] < 0:
+                        _dense(base, D[-1 - starts[n, g]])
+                    else:
+                        _scatter(base, Es[g], inds[g], starts[n, g], ends[n, g])
         acc[:] = base
         for g in range(G):
             if not shared[g]:
-                _scatter(acc, Es[g], inds[g], starts[n, g], ends[n, g])
+                if starts[n, g] < 0:
+                    _dense(acc, D[-1 - starts[n, g]])
+                else:
+                    _scatter(acc, Es[g], inds[g], starts[n, g], ends[n, g])
         out_z[n] = _sum(acc)
         out_term[n] = acc[targets[n]]
 
 
 @njit(cache=True, nogil=True)
-def product_rows(q, Es, inds, starts, ends, out, out_z):  # pragma: no cover (jit)
+def product_rows(q, Es, inds, D, starts, ends, out, out_z):  # pragma: no cover (jit)
     """``out[n, j] = q[j] prod_g E_g[row_g, j]`` for every position n and token j, and
     ``out_z[n]`` its sum over j (the normaliser): full next-token distributions."""
     N, G = starts.shape
@@ -87,5 +101,8 @@ def product_rows(q, Es, inds, starts, ends, out, out_z):  # pragma: no cover (ji
         acc = out[n]
         acc[:] = q
         for g in range(G):
-            _scatter(acc, Es[g], inds[g], starts[n, g], ends[n, g])
+            if starts[n, g] < 0:
+                _dense(acc, D[-1 - starts[n, g]])
+            else:
+                _scatter(acc, Es[g], inds[g], starts[n, g], ends[n, g])
         out_z[n] = _sum(acc)

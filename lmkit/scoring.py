@@ -100,15 +100,37 @@ def _readonly(a: np.ndarray, dtype) -> np.ndarray:
     return view
 
 
+DENSE_ROWS_BYTES = 64 << 20  # at most this much memory for dense copies of long rows
+
+
 def score_tables(params: SparseParams) -> tuple:
-    """The tables ``fastscore`` multiplies with, per active group (lambda != 0), as tuples:
-    ``(E, ind)`` — E (nnz,) float64 ``exp(lambda_g S_g.data)`` (overflows become inf, which
-    the scorer's log-space fallback handles) and ``ind`` = S_g.indices, read-only int32 (not
-    copied when it already is)."""
+    """The tables ``fastscore`` multiplies with, for the active groups (lambda != 0):
+    ``(E, ind, D, dense)`` — tuples of per group E (nnz,) float64 ``exp(lambda_g S_g.data)``
+    (overflows become inf, which the scorer's log-space fallback handles) and ``ind`` =
+    S_g.indices, read-only int32 (not copied when it already is); ``D`` (K, V) float64 dense
+    copies of the rows with more than V/3 entries (1 where nothing is stored; longest first,
+    within ``DENSE_ROWS_BYTES``) and ``dense`` per group the sorted rows that have one and
+    the index of the first in D."""
     active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
+    S = [params.S[g] for g in active]
+    V = params.vocab_size
     with np.errstate(over="ignore"):
-        E = tuple(np.exp(params.lambdas[g] * params.S[g].data) for g in active)
-    return E, tuple(_readonly(params.S[g].indices, np.int32) for g in active)
+        E = tuple(np.exp(params.lambdas[g] * s.data) for g, s in zip(active, S))
+    cand = []
+    for i, s in enumerate(S):
+        L = np.diff(s.indptr)
+        cand += [(int(L[r]), i, int(r)) for r in np.flatnonzero(L > V // 3)]
+    cand = sorted(sorted(cand, reverse=True)[:max(0, DENSE_ROWS_BYTES // (8 * V))],
+                  key=lambda c: c[1:])  # by group, then row
+    D = np.ones((len(cand), V))
+    dense = []
+    for i, s in enumerate(S):
+        mine = [(k, r) for k, (_, gi, r) in enumerate(cand) if gi == i]
+        dense.append((np.array([r for _, r in mine], dtype=np.int64), mine[0][0] if mine else 0))
+        for k, r in mine:
+            lo, hi = s.indptr[r], s.indptr[r + 1]
+            D[k, s.indices[lo:hi]] = E[i][lo:hi]
+    return E, tuple(_readonly(s.indices, np.int32) for s in S), D, dense
 
 
 def shared_groups(starts: np.ndarray, ends: np.ndarray, vocab_size: int,
@@ -125,7 +147,9 @@ def shared_groups(starts: np.ndarray, ends: np.ndarray, vocab_size: int,
         return shared
     idx = np.arange(1, N, max(1, (N - 1) // sample))
     changed = (starts[idx] != starts[idx - 1]) | (ends[idx] != ends[idx - 1])
-    length = (ends[idx] - starts[idx]).astype(np.float64)
+    # a dense row (start < 0) costs a pass over V, about V/3 scattered entries' worth
+    length = np.where(starts[idx] >= 0, ends[idx] - starts[idx], vocab_size // 3).astype(
+        np.float64)
     cur, best = np.zeros(len(idx), dtype=bool), 0.0
     while True:
         pick = None
@@ -190,7 +214,7 @@ class SparseScorer:
         if fast is None or n < COMPILED_MIN_DISTRIBUTIONS or not self.active:
             return log_softmax(self.logq + self.dense_scores(rows))
         out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
-        fast.product_rows(self.params.q, *self.tables(), *self._ranges(rows), out, z)
+        fast.product_rows(self.params.q, *self.tables()[:3], *self._ranges(rows), out, z)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             out = np.log(out, out=out)
             out -= np.log(z)[:, None]
@@ -204,15 +228,21 @@ class SparseScorer:
         """(N, G_active) int64 starts and ends of each position's row in each active group's
         arrays (an empty range: no feature); positions permuted by ``perm`` if given."""
         n = len(rows[0]) if rows else 0
-        starts = np.zeros((n, len(self.active)), dtype=np.int64)
-        ends = np.zeros((n, len(self.active)), dtype=np.int64)
+        starts = np.zeros((len(self.active), n), dtype=np.int64)  # per group contiguous
+        ends = np.zeros((len(self.active), n), dtype=np.int64)
         for i, g in enumerate(self.active):
             r = np.asarray(rows[g]) if perm is None else np.asarray(rows[g])[perm]
-            present = np.flatnonzero(r >= 0)
+            present = r >= 0
+            r = np.where(present, r, 0)
             indptr = self.params.S[g].indptr
-            starts[present, i] = indptr[r[present]]
-            ends[present, i] = indptr[r[present] + 1]
-        return starts, ends
+            np.copyto(starts[i], indptr[r], where=present)
+            np.copyto(ends[i], indptr[r + 1], where=present)
+            rows_d, first = self.tables()[3][i]
+            if len(rows_d):  # rows kept dense: start -1 - (index of the copy in D)
+                k = np.minimum(np.searchsorted(rows_d, r), len(rows_d) - 1)
+                hit = (rows_d[k] == r) & present
+                starts[i, hit] = -1 - (first + k[hit])
+        return np.ascontiguousarray(starts.T), np.ascontiguousarray(ends.T)
 
     def log_proba(self, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
         """log P(target | context) per position, float64 (N,). ``order``: optional permutation
@@ -233,7 +263,7 @@ class SparseScorer:
             starts, ends = self._ranges(rows, perm)
             shared = shared_groups(starts, ends, self.params.vocab_size)
             term, z = np.empty(len(targets)), np.empty(len(targets))
-            fast.union_products(self.params.q, *self.tables(), starts, ends, shared,
+            fast.union_products(self.params.q, *self.tables()[:3], starts, ends, shared,
                                 targets[perm], term, z)
             out = np.empty(len(targets))
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):

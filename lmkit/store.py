@@ -481,7 +481,7 @@ def verify_folder(path) -> dict:
     return {"tokenizer.model": manifest["tokenizer"]["sha256"], "params.npz": got}
 
 
-_DTYPES = {"<f8", "<f4", "<i8", "<i4"}
+_DTYPES = {"<f8", "<f4", "<i8", "<i4", "<u2"}  # <u2: compact columns and row lengths
 
 
 def read_npz(blob, where) -> dict:
@@ -575,19 +575,85 @@ def params_to_arrays(params) -> dict:
         arrays["q"] = params.q
         arrays["lambdas"] = np.asarray(params.lambdas, dtype=np.float64)
         for g, S in enumerate(params.S):
-            arrays.update(csr_to_arrays(f"S{g}", S))
+            arrays.update(_compact_csr(f"S{g}", S))
     else:
         arrays["b"] = params.b
         for g, W in enumerate(params.W):
             arrays[f"W{g}"] = W
     for g, k in enumerate(params.keys):
         if k is not None:
-            arrays[f"keys{g}"] = k
+            arrays.update(_compact_keys(f"keys{g}", k))
     for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.py)
         arrays[f"G{g}"] = lg
     # the tables some kinds are rebuilt with (clusters{C}, piece_bytes; kinds.py)
     arrays.update(kinds.group_tables(params.groups))
     return arrays
+
+
+# ---- compact storage (lossless): smaller dtypes where the values fit, decoded on load --------
+def _compact_csr(name: str, S) -> dict:
+    """``csr_to_arrays`` in the smallest exact form: values as float32 when every value is a
+    float32 (``compact.round_float32``), columns as uint16 when V <= 65536, and the row
+    pointers as uint16 row lengths (``{name}_rowlen``) when every row fits."""
+    out = csr_to_arrays(name, S)
+    data = out[f"{name}_data"]
+    small = data.astype(np.float32)
+    if np.array_equal(small.astype(np.float64), data):
+        out[f"{name}_data"] = small
+    if S.shape[1] <= 1 << 16:
+        out[f"{name}_indices"] = out[f"{name}_indices"].astype(np.uint16)
+        lengths = np.diff(out[f"{name}_indptr"])
+        if not len(lengths) or lengths.max() < 1 << 16:
+            del out[f"{name}_indptr"]
+            out[f"{name}_rowlen"] = lengths.astype(np.uint16)
+    return out
+
+
+def _compact_keys(name: str, keys: np.ndarray) -> dict:
+    """Sorted int64 row keys as int32 gaps (``{name}_delta``, first gap = first key) when every
+    gap fits, else as they are."""
+    gaps = np.diff(keys, prepend=np.int64(0))
+    if len(gaps) and 0 <= gaps.min() and gaps.max() < 1 << 31:
+        return {f"{name}_delta": gaps.astype(np.int32)}
+    return {name: keys}
+
+
+def _expand_compact(arrays, where) -> dict:
+    """The arrays with every compact form of ``_compact_csr``/``_compact_keys`` expanded back
+    to the plain names and dtypes ``_arrays_to_params`` checks (float64 values, int32|int64
+    columns and row pointers, int64 keys); a plain folder passes through unchanged."""
+    out = dict(arrays)
+    for name in list(out):
+        a = out[name]
+        if name.endswith("_delta") and name.startswith("keys"):
+            plain = name[:-len("_delta")]
+            if plain in out or a.dtype.str != "<i4" or a.ndim != 1:
+                raise ModelFormatError(f"{where}: {name!r} must be the int32 gaps of the "
+                                       f"absent {plain!r}; {_FIX}")
+            out[plain] = np.cumsum(a, dtype=np.int64)
+            del out[name]
+        elif name.endswith("_rowlen") and name.startswith("S"):
+            plain = name[:-len("_rowlen")] + "_indptr"
+            if plain in out or a.dtype.str != "<u2" or a.ndim != 1:
+                raise ModelFormatError(f"{where}: {name!r} must be the uint16 row lengths of "
+                                       f"the absent {plain!r}; {_FIX}")
+            indptr = np.zeros(len(a) + 1, dtype=np.int64)
+            np.cumsum(a, out=indptr[1:])
+            wide = indptr[-1] >= 1 << 31
+            out[plain] = indptr if wide else indptr.astype(np.int32)
+            ind = name[:-len("_rowlen")] + "_indices"
+            if ind in out and out[ind].dtype.str == "<u2":
+                out[ind] = out[ind].astype(np.int64 if wide else np.int32)
+            del out[name]
+    for name in list(out):
+        a = out[name]
+        if name.startswith("S") and name.endswith("_data") and a.dtype.str == "<f4":
+            out[name] = a.astype(np.float64)
+        elif name.startswith("S") and name.endswith("_indices") and a.dtype.str == "<u2":
+            indptr = out.get(name[:-len("_indices")] + "_indptr")
+            out[name] = a.astype(indptr.dtype if indptr is not None and
+                                 indptr.dtype.str in ("<i4", "<i8") else np.int32)
+    return out
 
 
 def groups_from_names(names: list, arrays, where="params.npz") -> list:
@@ -713,7 +779,8 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
     ``groups``: ``Window``/``Suffix`` objects; ``lambdas`` (optional): the manifest's copy.
     """
     try:
-        return _arrays_to_params(kind, groups, arrays, info, where, lambdas)
+        return _arrays_to_params(kind, groups, _expand_compact(arrays, where), info, where,
+                                 lambdas)
     finally:  # validation read every mapped array once: drop those pages from the RSS
         release_pages(*arrays.values())
 

@@ -15,7 +15,7 @@ The ratio is lmkit's whole process over KenLM's encode + query (its load left ou
 strictest reading of the target (issue 21: <= 3x). Each side runs ``--repeat`` times; the
 median is printed. Folder sizes: the model folders on disk.
 
-    python scripts/bench_eval.py [--default-model DIR] [--mkn-model DIR] [--repeat 3]
+    python scripts/bench_eval.py [--default-model DIR [DIR ...]] [--mkn-model DIR] [--repeat 3]
                                  [--out /tmp/bench_eval] [--kenlm-bin DIR]
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -80,7 +81,8 @@ def lmkit(*args) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--default-model", help="default model folder (trained into --out if absent)")
+    ap.add_argument("--default-model", nargs="+",
+                    help="default model folder(s), one row each (trained into --out if absent)")
     ap.add_argument("--mkn-model", help="order-5 model folder (trained into --out if absent)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per side; the median is shown")
     ap.add_argument("--out", default="/tmp/bench_eval", help="scratch folder")
@@ -91,11 +93,12 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    default = Path(a.default_model or out / "default")
+    defaults = [Path(d) for d in (a.default_model or [out / "default"])]
     mkn = Path(a.mkn_model or out / "order5")
-    if not (default / "manifest.json").exists():
-        print(f"training the default model into {default}", file=sys.stderr)
-        run(lmkit("train", "--output", default), env=env)
+    for default in defaults:
+        if not (default / "manifest.json").exists():
+            print(f"training the default model into {default}", file=sys.stderr)
+            run(lmkit("train", "--output", default), env=env)
     if not (mkn / "manifest.json").exists():
         print(f"training the order-5 model into {mkn}", file=sys.stderr)
         run(lmkit("train", "--order", "5", "--output", mkn), env=env)
@@ -104,10 +107,11 @@ def main(argv=None) -> int:
     text = out / "test.txt"
     text.write_text("\n".join(l for l in load_corpus(split="test") if l) + "\n", encoding="utf-8")
 
-    lm_runs, ken_runs = [], []
+    lm_runs, ken_runs = {d: [] for d in defaults}, []
     for _ in range(a.repeat):
-        stdout, cpu, wall = run(lmkit("eval", default, "--json"), env=env)
-        lm_runs.append({**json.loads(stdout), "cpu": cpu, "wall": wall})
+        for default in defaults:
+            stdout, cpu, wall = run(lmkit("eval", default, "--json"), env=env)
+            lm_runs[default].append({**json.loads(stdout), "cpu": cpu, "wall": wall})
         if a.kenlm_bin:
             kb = Path(a.kenlm_bin)
             binary = out / "order5.binary"
@@ -119,33 +123,41 @@ def main(argv=None) -> int:
                                 env=env)
             with open(ids) as f:
                 stdout, q_cpu, wall = run([kb / "query", "-v", "summary", binary], stdin=f)
-            ken_runs.append({"load_cpu": 0.0, "query_cpu": enc_cpu + q_cpu, "cpu": enc_cpu + q_cpu})
+            ppl = re.search(r"Perplexity including OOVs:\s*([0-9.]+)", stdout)
+            ken_runs.append({"load_cpu": 0.0, "query_cpu": enc_cpu + q_cpu,
+                             "cpu": enc_cpu + q_cpu, "ppl": float(ppl.group(1)) if ppl else None})
         else:
             stdout, cpu, wall = run([sys.executable, "-c", KENLM_CHILD, arpa,
                                      mkn / "tokenizer.model", text])
             ken_runs.append({**json.loads(stdout), "cpu": cpu, "wall": wall})
 
-    lm = statistics.median(r["cpu"] for r in lm_runs)
     kq = statistics.median(r["query_cpu"] for r in ken_runs)
     kall = statistics.median(r["cpu"] for r in ken_runs)
-    r0, k0 = lm_runs[0], ken_runs[0]
+    k0 = ken_runs[0]
+    tokens = lm_runs[defaults[0]][0]["tokens"]
     print(f"# lmkit eval of the default model vs encode + KenLM query (order 5), "
-          f"{r0['tokens']:,} test tokens, median of {a.repeat} runs, CPU s = user + sys")
-    print(f"| side | CPU s | tokens / CPU s | perplexity | folder MB |")
-    print(f"|---|---|---|---|---|")
-    print(f"| lmkit eval, default model (whole process) | {lm:.2f} | {r0['tokens'] / lm:,.0f} "
-          f"| {r0['perplexity']:.3f} | {folder_mb(default):.1f} |")
-    ppl_k = math.exp(k0["nll_nats"] / k0["tokens"]) if "nll_nats" in k0 else float("nan")
-    what = "spm-encode + query" if a.kenlm_bin else "encode + full_scores (ARPA load excluded)"
-    print(f"| KenLM order 5, {what} | {kq:.2f} | {r0['tokens'] / kq:,.0f} | {ppl_k:.3f} "
-          f"| {folder_mb(mkn):.1f} (lmkit folder), ARPA {arpa.stat().st_size / 1e6:.1f} |")
+          f"{tokens:,} test tokens, median of {a.repeat} runs, CPU s = user + sys")
+    print("| side | CPU s | tokens / CPU s | ratio to KenLM | perplexity | folder MB |")
+    print("|---|---|---|---|---|---|")
+    for default in defaults:
+        lm = statistics.median(r["cpu"] for r in lm_runs[default])
+        r0 = lm_runs[default][0]
+        print(f"| lmkit eval {default} (whole process) | {lm:.2f} | {tokens / lm:,.0f} "
+              f"| {lm / kq:.2f}x | {r0['perplexity']:.3f} | {folder_mb(default):.1f} |")
+    ppl_k = k0.get("ppl") or (math.exp(k0["nll_nats"] / k0["tokens"]) if "nll_nats" in k0
+                              else float("nan"))
+    what = "spm-encode + query (binary)" if a.kenlm_bin else \
+        "encode + full_scores (ARPA load excluded)"
+    size = (out / "order5.binary") if a.kenlm_bin else arpa
+    print(f"| KenLM order 5, {what} | {kq:.2f} | {tokens / kq:,.0f} | 1 | {ppl_k:.3f} "
+          f"| {size.stat().st_size / 1e6:.1f} ({size.name}; lmkit folder {folder_mb(mkn):.1f}) |")
     if not a.kenlm_bin:
         print(f"| KenLM order 5, whole process (ARPA load included) | {kall:.2f} "
-              f"| {r0['tokens'] / kall:,.0f} | | |")
-    print(f"\nratio lmkit eval / (encode + KenLM query): {lm / kq:.2f}x (target <= 3x); "
-          f"vs KenLM's whole process {lm / kall:.2f}x")
-    print("lmkit eval CPU s per run: " + ", ".join(f"{r['cpu']:.2f}" for r in lm_runs)
-          + "; KenLM encode+query: " + ", ".join(f"{r['query_cpu']:.2f}" for r in ken_runs))
+              f"| {tokens / kall:,.0f} | | | |")
+    print("\nCPU s per run: " + "; ".join(
+        f"{d.name} " + ", ".join(f"{r['cpu']:.2f}" for r in lm_runs[d]) for d in defaults)
+        + "; KenLM " + ", ".join(f"{r['query_cpu']:.2f}" for r in ken_runs)
+        + " (target: lmkit eval <= 3x KenLM)")
     return 0
 
 

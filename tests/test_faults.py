@@ -365,8 +365,10 @@ def write_arrays(d: Path, arrays: dict, fix_manifest=None) -> None:
 
 
 def load_arrays(d: Path) -> dict:
+    """The folder's arrays in the plain layout (compact dtypes expanded; load reads both)."""
     with np.load(d / "params.npz") as z:
-        return {k: z[k].copy() for k in z.files}
+        return {k: np.array(v) for k, v in
+                store._expand_compact({k: z[k] for k in z.files}, "params.npz").items()}
 
 
 def edit(key, fn):

@@ -1,0 +1,102 @@
+"""Compact feature-rich models: drop the entries that carry (almost) no weight, keep float32 values.
+
+Input: ``SparseParams`` of a model scored by the union normaliser (``rich.fit_rich``: every
+group's weights folded into S, lambdas 1), held-out rows and targets (``scoring.context_rows``).
+Output: ``SparseParams`` of the same groups with fewer stored entries and values rounded to
+float32 (held as float64, so the model in memory and the one read back from its folder are the
+same numbers: ``store.params_to_arrays`` writes float32 only where that is lossless).
+
+Why it is safe: the normaliser is computed over whatever entries a row stores, so any subset
+of entries is still a proper distribution (unlike a pure MKN model, whose back-off weights
+assume its patterns; those are refused). An entry of value v multiplies its column by
+``exp(v)``; ``|v| <= tau`` changes that column by at most ``e^tau - 1``. Which tau: the largest
+of ``DEFAULT_TAUS`` whose held-out perplexity is within ``DEFAULT_MAX_COST`` of the unpruned
+model's (measured on the default corpus, docs/speed.md: a third of the entries are exact zeros
+of the entry-count weights, and up to |v| <= 0.05 the valid perplexity even improves).
+Rows left empty are dropped from groups whose keys are plain lookups (not ``Suffix`` groups:
+their rows are the parents of the next order's chained keys).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+from .features import Suffix
+from .params import SparseParams
+from .scoring import context_rows, sparse_scorer
+
+DEFAULT_TAUS = (0.0, 0.01, 0.02, 0.05, 0.1)
+DEFAULT_MAX_COST = 0.001  # relative held-out perplexity increase allowed (0.1 %)
+DEFAULT_PRUNE_TOKENS = 30_000  # held-out tokens the threshold is chosen on
+
+
+def _check_union(params: SparseParams) -> None:
+    if params.info.get("loggamma") is not None:
+        raise InputError("pruning entries of a pure n-gram (MKN) model would break its back-off "
+                         "weights; use --prune for n-gram models")
+
+
+def prune_entries(params: SparseParams, tau: float, drop_rows: bool = True) -> SparseParams:
+    """Drop every entry with ``|lambda_g S_g[i, j]| <= tau`` (tau < 0: keep all), and with
+    ``drop_rows`` the rows this leaves empty in groups with lookup keys (see the module
+    docstring; without it the rows, keys and context rows of the model stay valid)."""
+    _check_union(params)
+    S_out, keys_out = [], []
+    for g, (S, keys, group) in enumerate(zip(params.S, params.keys, params.groups)):
+        keep = np.abs(params.lambdas[g] * S.data) > tau
+        entry_row = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        counts = np.bincount(entry_row[keep], minlength=S.shape[0])
+        rows = np.arange(S.shape[0])
+        if drop_rows and keys is not None and not isinstance(group, Suffix):
+            rows = np.flatnonzero(counts)
+            keys = keys[rows]
+        indptr = np.concatenate([[0], np.cumsum(counts[rows])]).astype(S.indptr.dtype)
+        S_out.append(sp.csr_matrix((S.data[keep], S.indices[keep], indptr),
+                                   shape=(len(rows), S.shape[1])))
+        keys_out.append(keys)
+    return SparseParams(params.groups, params.q, S_out, keys_out, params.lambdas, params.info)
+
+
+def round_float32(params: SparseParams) -> SparseParams:
+    """The values of S rounded to float32 (kept as float64): ~1e-7 relative, and a model whose
+    folder stores them in half the bytes reads back exactly."""
+    _check_union(params)
+    S = [sp.csr_matrix((M.data.astype(np.float32).astype(np.float64), M.indices, M.indptr),
+                       shape=M.shape) for M in params.S]
+    return SparseParams(params.groups, params.q, S, params.keys, params.lambdas, params.info)
+
+
+def choose_tau(params: SparseParams, rows: list, targets: np.ndarray, order=None,
+               taus=DEFAULT_TAUS, max_cost: float = DEFAULT_MAX_COST):
+    """The largest ``tau`` of ``taus`` whose held-out perplexity is at most ``(1 + max_cost)``
+    times the unpruned model's; returns ``(tau, trace)``, trace = ``[(tau, nnz, ppl)]``."""
+    def ppl(p):
+        return float(np.exp(-sparse_scorer(p).log_proba(rows, targets, order).mean()))
+    base = ppl(params)
+    trace, best = [(None, sum(S.nnz for S in params.S), base)], None
+    for tau in sorted(taus):
+        p = prune_entries(params, tau, drop_rows=False)  # the same rows: ``rows`` stay valid
+        trace.append((float(tau), sum(S.nnz for S in p.S), ppl(p)))
+        if trace[-1][2] <= base * (1 + max_cost):
+            best = float(tau)
+    return best, trace
+
+
+def compact_rich(params: SparseParams, heldout: list, bos_id: int, eos_id: int,
+                 log=None) -> SparseParams:
+    """``prune_entries`` with the tau ``choose_tau`` picks on ``heldout`` (token-id sequences),
+    then ``round_float32``. Without held-out text nothing is pruned (only rounded)."""
+    tau = None
+    if heldout:
+        rows, targets, _, order = context_rows(params.groups, params.keys, heldout,
+                                               params.vocab_size, bos_id, eos_id, with_order=True)
+        tau, trace = choose_tau(params, rows, targets, order)
+        if log:
+            log("      entries pruned on " + f"{len(targets)} held-out tokens: " + ", ".join(
+                f"|v|<={t:g}: {n / 1e6:.2f}M ppl {p:.3f}" if t is not None else
+                f"all {n / 1e6:.2f}M ppl {p:.3f}" for t, n, p in trace) + f"; chose {tau}")
+    out = prune_entries(params, tau) if tau is not None else params
+    out = round_float32(out)
+    return SparseParams(out.groups, out.q, out.S, out.keys, out.lambdas,
+                        {**out.info, "prune_tau": tau})

@@ -1,0 +1,136 @@
+"""Compact models: lossless storage dtypes, pruning of weightless entries (compact.py, store.py)."""
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lmkit import store
+from lmkit.compact import choose_tau, compact_rich, prune_entries, round_float32
+from lmkit.counts import count_chunk
+from lmkit.errors import InputError, ModelFormatError
+from lmkit.features import Suffix
+from lmkit.model import LanguageModel
+from lmkit.ngram import solve_ngram
+from lmkit.params import SparseParams
+from lmkit.rich import count_rich, fit_rich
+from lmkit.scoring import context_rows, sparse_log_proba
+
+
+@pytest.fixture(scope="module")
+def rich(tiny_tok, tiny_lines):
+    tok = tiny_tok
+    seqs = tok.encode_batch(tiny_lines)
+    counts, _ = count_rich([seqs[:250]], tok.vocab_size, tok.bos_id, tok.eos_id, order=3,
+                           context=2, skips=((1, 1, 1),), clusterings=((8, ((2, 0), (3, 1))),))
+    return tok, fit_rich(counts, seqs[250:], tok.bos_id, tok.eos_id), seqs
+
+
+def _rows(params, tok, seqs):
+    return context_rows(params.groups, params.keys, seqs, tok.vocab_size, tok.bos_id, tok.eos_id)
+
+
+def _same_params(a: SparseParams, b: SparseParams) -> None:
+    np.testing.assert_array_equal(a.q, b.q)
+    np.testing.assert_array_equal(a.lambdas, b.lambdas)
+    for Sa, Sb, ka, kb in zip(a.S, b.S, a.keys, b.keys):
+        assert Sa.shape == Sb.shape and Sb.data.dtype == np.float64
+        for x, y in ((Sa.data, Sb.data), (Sa.indices, Sb.indices), (Sa.indptr, Sb.indptr)):
+            np.testing.assert_array_equal(x, y)
+        assert (ka is None) == (kb is None)
+        if ka is not None:
+            np.testing.assert_array_equal(ka, kb)
+            assert kb.dtype == np.int64
+
+
+def test_compact_rich_model_reads_back_exactly_in_compact_dtypes(rich, tmp_path):
+    tok, params, seqs = rich
+    small = compact_rich(params, seqs[200:260], tok.bos_id, tok.eos_id)
+    model = LanguageModel(tok, small)
+    path = model.save(tmp_path / "m")
+    _, _, arrays = store.read_model_folder(path)
+    assert arrays["S0_data"].dtype == np.float32 and arrays["S0_indices"].dtype == np.uint16
+    assert "S0_rowlen" in arrays and "S0_indptr" not in arrays
+    assert "keys0_delta" in arrays and "keys0" not in arrays
+    back = LanguageModel.load(path)
+    _same_params(small, back.params)
+    np.testing.assert_array_equal(model.log_proba_ids(seqs[:50])[0], back.log_proba_ids(seqs[:50])[0])
+    # the plain layout of the same model (an older folder) reads the same
+    plain = {k: v for k, v in store._expand_compact(arrays, "x").items()}
+    assert plain["S0_data"].dtype == np.float64 and plain["keys0"].dtype == np.int64
+
+
+def test_float64_values_stay_float64(tmp_path, tiny_tok, tiny_lines):
+    """A pure MKN model (its back-off weights need every bit) is stored losslessly."""
+    tok = tiny_tok
+    seqs = tok.encode_batch(tiny_lines)
+    params = solve_ngram(count_chunk(seqs, tok.vocab_size, [Suffix(1), Suffix(2)], tok.bos_id,
+                                     tok.eos_id))
+    path = LanguageModel(tok, params).save(tmp_path / "mkn")
+    _, _, arrays = store.read_model_folder(path)
+    assert arrays["S1_data"].dtype == np.float64
+    _same_params(params, LanguageModel.load(path).params)
+    with pytest.raises(InputError, match="back-off weights"):
+        prune_entries(params, 0.0)
+
+
+def test_pruned_model_scores_as_if_the_entries_were_zero(rich):
+    """Dropping an entry (and a keyed row left empty) is the same model as storing it as 0."""
+    tok, params, seqs = rich
+    tau = float(np.quantile(np.abs(np.concatenate([S.data for S in params.S])), 0.6))
+    pruned = prune_entries(params, tau)
+    assert sum(S.nnz for S in pruned.S) < 0.5 * sum(S.nnz for S in params.S)
+    assert any(len(k) < len(k0) for k, k0 in zip(pruned.keys, params.keys)
+               if k is not None and k0 is not None)  # some keyed rows were dropped
+    for S in pruned.S:
+        assert (np.abs(S.data) > tau).all()
+    zeroed = SparseParams(params.groups, params.q,
+                          [sp.csr_matrix((np.where(np.abs(S.data) > tau, S.data, 0.0), S.indices,
+                                          S.indptr), shape=S.shape) for S in params.S],
+                          params.keys, params.lambdas, params.info)
+    rows, t, _ = _rows(pruned, tok, seqs[:120])
+    rows0, t0, _ = _rows(zeroed, tok, seqs[:120])
+    got, want = sparse_log_proba(pruned, rows, t), sparse_log_proba(zeroed, rows0, t0)
+    assert np.abs(got - want).max() < 1e-12
+
+
+def test_choose_tau_takes_the_largest_threshold_within_the_cost(rich):
+    tok, params, seqs = rich
+    rows, t, _ = _rows(params, tok, seqs[200:])
+    big = float(np.abs(np.concatenate([S.data for S in params.S])).max())
+    tau, trace = choose_tau(params, rows, t, taus=(0.0, big), max_cost=0.001)
+    base = trace[0][2]
+    assert trace[1][0] == 0.0 and trace[2][0] == big and trace[2][1] == 0  # all pruned: q
+    assert tau == (big if trace[2][2] <= base * 1.001 else 0.0 if trace[1][2] <= base * 1.001
+                   else None)
+    r = round_float32(params)
+    for S, S0 in zip(r.S, params.S):
+        np.testing.assert_array_equal(S.data, S0.data.astype(np.float32).astype(np.float64))
+
+
+def _rewrite(path, arrays):
+    size, digest = store.write_npz(path / "params.npz", arrays)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["arrays"].update(bytes=size, sha256=digest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("fault, match", [
+    ("negative gap", "must be sorted, unique"),
+    ("short rows", "indptr is not monotone|indptr has"),
+    ("both forms", "must be the uint16 row lengths"),
+])
+def test_bad_compact_arrays_are_refused(rich, tmp_path, fault, match):
+    tok, params, seqs = rich
+    path = LanguageModel(tok, round_float32(params)).save(tmp_path / "m")
+    _, _, arrays = store.read_model_folder(path)
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    if fault == "negative gap":
+        arrays["keys1_delta"][len(arrays["keys1_delta"]) // 2] = -5
+    elif fault == "short rows":
+        arrays["S0_rowlen"][0] += 1
+    else:
+        arrays["S0_indptr"] = np.zeros(len(arrays["S0_rowlen"]) + 1, np.int32)
+    _rewrite(path, arrays)
+    with pytest.raises(ModelFormatError, match=match):
+        LanguageModel.load(path)

@@ -148,7 +148,8 @@ class LanguageModel(BaseModel):
     def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
         """Per-target natural-log probabilities of id sequences (EOS included), and seq index."""
         tok = self.tokenizer
-        walk = self._mkn_backoffs() is not None and ngram_score.walker(self.params, self._loggammas)
+        walk = self._mkn_backoffs() is not None and ngram_score.walker(self.params,
+                                                                        self._loggammas, seqs)
         if walk:  # exact MKN, compiled trie walk (ngram/score.py): the same numbers, one pass
             n_targets = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
             return (walk.log_proba(seqs, tok.bos_id, tok.eos_id),

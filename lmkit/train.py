@@ -430,10 +430,8 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     held = tok.encode_batch(heldout_lines(valid, m.effective_lambda_tokens, tok))
     params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=_discount(m),
                            refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
-    # compact folder: drop the entries that carry no weight (the threshold chosen on held-out
-    # text), float32 values (compact.py)
-    params = compact.compact_rich(params, tok.encode_batch(heldout_lines(
-        valid, compact.DEFAULT_PRUNE_TOKENS, tok)), tok.bos_id, tok.eos_id, log=log)
+    # compact folder: drop the entries that carry no weight, float32 values (compact.py)
+    params = compact.compact_rich(params, held, tok.bos_id, tok.eos_id, log=log)
     if held_counts is not None:
         counts = counts + held_counts
     return _finish(cfg, tok, params, {"context": context, "order": order, "rich": True},

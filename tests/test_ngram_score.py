@@ -19,6 +19,7 @@ from lmkit.errors import InputError  # noqa: E402
 from lmkit.features import context_rows, make_groups  # noqa: E402
 from lmkit.ngram.mkn import solve_ngram  # noqa: E402
 from lmkit.ngram.tables import loggamma_tables, mkn_log_proba  # noqa: E402
+from lmkit.ngram import score as ngram_score  # noqa: E402
 from lmkit.ngram.score import MknWalker, walker  # noqa: E402
 
 BOS, EOS = 1, 2
@@ -101,8 +102,9 @@ def trained(request, tiny_corpus_file, tiny_tok_file):
 def test_model_route_equals_numpy_route(trained, tiny_lines, monkeypatch):
     """``log_proba_ids`` of a pure MKN model walks the trie; with the compiled code switched
     off it takes the numpy route: same numbers, same sequence index."""
-    assert walker(trained.params, trained._mkn_backoffs()) is not None
     seqs = trained.tokenizer.encode_batch(tiny_lines[:80] + ["Zebra quux 123 !!", ""])
+    monkeypatch.setattr(ngram_score, "BUILD_AFTER", 0.0)
+    assert walker(trained.params, trained._mkn_backoffs()) is not None
     got, idx = trained.log_proba_ids(seqs)
     monkeypatch.setattr(scoring, "USE_COMPILED", False)
     assert walker(trained.params, trained._mkn_backoffs()) is None
@@ -122,3 +124,21 @@ def test_matches_kenlm_full_scores(trained, tiny_lines, tmp_path):
                           for x in seqs])
     mine = trained.log_proba_ids(seqs)[0] / math.log(10)
     assert np.abs(mine - ken).max() < 1e-5
+
+
+def test_tables_are_built_once_enough_positions_were_scored(trained, tiny_lines, monkeypatch):
+    """Small jobs take the numpy route (building the tables would cost more than it saves);
+    past BUILD_AFTER x the stored entries the walk takes over: the numbers do not change."""
+    m, params = trained, trained.params
+    params.__dict__.pop("_mkn_walker", None)
+    params.__dict__.pop("_mkn_positions", None)
+    nnz = sum(S.nnz for S in params.S)
+    seqs = m.tokenizer.encode_batch(tiny_lines[:20])
+    n = sum(map(len, seqs)) + len(seqs)
+    monkeypatch.setattr(ngram_score, "BUILD_AFTER", 2.5 * n / nnz)  # built by the 3rd call
+    first, _ = m.log_proba_ids(seqs)
+    m.log_proba_ids(seqs)
+    assert "_mkn_walker" not in params.__dict__
+    again, _ = m.log_proba_ids(seqs)
+    assert "_mkn_walker" in params.__dict__
+    np.testing.assert_allclose(again, first, rtol=1e-12, atol=0)

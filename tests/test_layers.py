@@ -38,7 +38,7 @@ LAYERS = [
     ("model: a model object and what it does (score, generate, evaluate, adapt, load)", [
         "lmkit.cache", "lmkit.adapt", "lmkit.adapt_ngram", "lmkit.evaluate", "lmkit.generate", "lmkit.model",
         "lmkit.mixture", "lmkit.load", "lmkit.neural.folder", "lmkit.neural.transformer",
-        "lmkit.neural.data", "lmkit.neural.lm"]),
+        "lmkit.neural.data", "lmkit.neural.explicit_init", "lmkit.neural.lm"]),
     ("solvers: Counts (or a model) -> params", [
         "lmkit.explicit", "lmkit.skipgram", "lmkit.closed_forms", "lmkit.ngram.mkn",
         "lmkit.ngram.disk", "lmkit.ngram.build", "lmkit.ngram.dask", "lmkit.solve", "lmkit.rich",

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..files import atomic_write
+from ..io.files import atomic_write
 from ..model import LanguageModel
-from ..store import sha256_bytes
+from ..io.store import sha256_bytes
 from ..train import train
 from .data import ExplicitRows
 

@@ -376,12 +376,16 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
                  "use a smaller vocab_size, or pass order N for a plain model")
     log("[4/4] solving (explicit, feature-rich)")
     held = tok.encode_batch(heldout_lines(valid, m.effective_lambda_tokens, tok))
-    params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=_discount(m),
-                           refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
+    n_seq, n_tok = counts.n_sequences, counts.n_tokens
     if held_counts is not None:
-        counts = counts + held_counts
+        n_seq, n_tok = n_seq + held_counts.n_sequences, n_tok + held_counts.n_tokens
+    # consume: the counts are freed as the model takes their place (same model, lower peak)
+    params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=_discount(m),
+                           refit=held_counts, max_memory=cfg.scale.max_memory, log=log,
+                           consume=True)
+    del counts, held_counts
     return _finish(cfg, tok, params, {"context": context, "order": order, "rich": True},
-                   _stats(train_corpus.name, counts.n_sequences, counts.n_tokens, digest), t0)
+                   _stats(train_corpus.name, n_seq, n_tok, digest), t0)
 
 
 def _train_ngram_bounded(cfg: TrainConfig, r: str = "ngram-bounded") -> LanguageModel:

@@ -62,3 +62,43 @@ def test_small_entry_buckets_equal_the_int64_ones():
     assert all(np.array_equal(e, r) for e, r in zip(eb, ref))
     eb2, B2 = _entry_buckets(counts, params, (2, 3), row_edges=(2, 8))
     assert B2 == 9 and max(int(e.max()) for e in eb2) < 9
+
+
+def _seqs_chunks(seqs, n=3):
+    k = -(-len(seqs) // n)
+    return [seqs[i:i + k] for i in range(0, len(seqs), k)]
+
+
+def test_group_at_a_time_build_equals_count_rich_then_fit_rich():
+    """rich_build.build_rich (one group's counts at a time) == count_rich + fit_rich, value for
+    value, with and without carved held-out counts added back, with cluster tables and line
+    positions."""
+    from lmkit.rich import count_rich
+    from lmkit.rich_build import build_rich
+    V = 14
+    train, held, carved = corpus(300, 0, V), corpus(60, 1, V), corpus(40, 3, V)
+    pb = np.arange(V) % 3 + 1  # bytes per token
+    kw = dict(order=3, context=3, skips=((1, 1, 1), (1, 2, 1)),
+              clusterings=((6, ((2, 0), (3, 1))), (3, ((2, 0),)), (6, ((2, 0),))),
+              piece_bytes=pb, line_positions=((1, 2, 3, None), (0, 3, 2, 3)), seed=5)
+    counts, tables = count_rich(_seqs_chunks(train), V, BOS, EOS, **kw)
+    for refit in (None, carved):
+        rc = None if refit is None else count_rich([refit], V, BOS, EOS, tables=tables, **kw)[0]
+        want = fit_rich(rich_counts_copy(counts), held, BOS, EOS, refit=rc)
+        got, got_tables, n_seq, n_tok = build_rich(
+            _seqs_chunks(train), V, BOS, EOS, held,
+            refit_chunks=None if refit is None else [refit], **kw)
+        assert len(tables) == len(got_tables) == 3 and tables[2] is None and got_tables[2] is None
+        assert all(np.array_equal(a, b) for a, b in zip(tables[:2], got_tables[:2]))
+        assert [g.name for g in got.groups] == [g.name for g in want.groups]
+        assert any(g.name.startswith("linepos0") for g in got.groups)
+        assert same_params(got, want)
+        assert got.info == want.info
+        extra = 0 if refit is None else len(carved)
+        assert n_seq == len(train) + extra
+
+
+def rich_counts_copy(counts):
+    from lmkit.counts import Counts
+    return Counts(counts.vocab_size, list(counts.groups), list(counts.F), list(counts.keys),
+                  counts.target, counts.n_sequences, counts.n_tokens)

@@ -1,0 +1,204 @@
+"""Group-at-a-time build of the default (feature-rich) model: lower peak memory, same model.
+
+Input: chunks of token-id sequences (the training text, read once into one compact buffer),
+optionally chunks of carved held-out lines (their counts are added back after the weights are
+chosen, as ``rich.fit_rich(refit=...)`` does), held-out sequences for the weights, and the
+model options of ``rich.count_rich``. Output: ``(SparseParams, tables, n_sequences, n_tokens)``
+equal, value for value, to ``rich.fit_rich(rich.count_rich(...))`` (tested), with the weights
+folded in.
+
+Why it is the same model: counting is per group (a group's counts depend only on its own key
+function and the buffer; the suffix chain is counted together), and every non-chained closed
+form (``kinds.closed_form``) is a function of that group's own counts, the MKN unigram ``q``
+and the group's discount, which comes from its own counts. So instead of holding the counts of
+all 19 groups and then their solution (``rich.count_rich`` then ``rich.solve_rich``), this
+build holds the suffix chain's counts while it solves MKN, then counts one other group,
+solves it, keeps its weights ``S`` and the int8 entry-count bucket of every stored value, and
+frees its counts before the next group. The second pass (with the held-out lines' counts)
+folds the chosen weights into each group as soon as it is solved. Memory at the peak: the
+model (``S`` of every group), one group's counts and the token buffer, instead of every
+group's counts plus the model.
+
+What it does not do yet: partition a group's rows, spill to disk, use worker processes or
+Dask (issue 20's partitioned build); the buffer and the model are in memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .counts import Counts, count_buffer, empty_counts, flat_buffer
+from .explicit import choose_lambdas, count_buckets, estimate_discount
+from .features import Suffix, Window
+from .kinds import closed_form
+from .memory import check_memory, format_bytes
+from .ngram import solve_ngram
+from .parallel import fit_heldout
+from .params import SparseParams
+from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
+                   DEFAULT_HESSIAN_EVERY, DEFAULT_HESSIAN_TOKENS, DEFAULT_LINE_POSITIONS,
+                   DEFAULT_ORDER, DEFAULT_SKIPS, DEFAULT_TOL, base_groups, bigram_counts,
+                   cluster_groups, line_groups, make_clusters)
+from .clusters import bigram_embedding
+from .scoring import context_rows
+from .sparse import lookup_values
+
+BYTES_PER_VALUE = 8 + 4 + 1  # a stored weight: float64 value, int32 column, int8 entry bucket
+
+
+class _Text:
+    """One text as a compact buffer (``counts.flat_buffer`` layout) and its counter."""
+
+    def __init__(self, chunks, vocab_size: int, bos_id: int, eos_id: int, pad: int):
+        self.V = vocab_size
+        self.buf, self.pos, self.starts, self.n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
+
+    def count(self, groups: list) -> Counts:
+        if not self.n_seq:
+            return empty_counts(self.V, groups)
+        return count_buffer(self.buf, self.pos, self.starts, self.V, groups, self.n_seq)
+
+
+def _count(texts: list, groups: list) -> Counts:
+    """Counts of ``groups`` over the texts, summed in order (``Counts.__add__``, as ``refit``)."""
+    out = texts[0].count(groups)
+    for t in texts[1:]:
+        out = out + t.count(groups)
+    return out
+
+
+def _buckets(F: sp.csr_matrix, S: sp.csr_matrix, edges) -> np.ndarray:
+    """int8 entry-count bucket of every stored value of ``S`` (same rows as ``F``): its count
+    ``F[i, j]``, read in place when ``S`` keeps the pattern of ``F`` (every closed form here)."""
+    F = F.tocsr()
+    F.sort_indices()
+    if np.array_equal(F.indptr, S.indptr) and np.array_equal(F.indices, S.indices):
+        c = F.data
+    else:
+        c = lookup_values(F, np.repeat(np.arange(S.shape[0]), np.diff(S.indptr)), S.indices)
+    return count_buckets(c, edges).astype(np.int8)
+
+
+def _solve_pass(texts: list, groups: list, M: int, discount, edges, lam=None, log=None):
+    """Every group's closed form over ``texts``: the suffix chain by MKN, then one other group
+    at a time. Returns ``(q, S, keys, eb, info, n_seq, n_tok)``; with ``lam`` ((G, B) weights)
+    each group's weights are folded into its ``S`` as it is solved (``eb`` is then None)."""
+    chain = _count(texts, groups[:M])
+    n_seq, n_tok = chain.n_sequences, chain.n_tokens
+    mkn = solve_ngram(chain, discount=discount)
+    q = mkn.q
+    S, keys, eb = [], [], []
+
+    def keep(g, Sg, Fg, kg):
+        b = _buckets(Fg, Sg, edges)
+        if lam is None:
+            eb.append(b)
+            S.append(Sg)
+        else:  # as explicit.fold_entry_lambdas: the values scaled, the index arrays shared
+            Sn = sp.csr_matrix((Sg.data * lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
+            Sn.has_sorted_indices = True
+            S.append(Sn)
+        keys.append(kg)
+    for g in range(M):
+        keep(g, mkn.S[g], chain.F[g], mkn.keys[g])
+    info = dict(mkn.info)
+    del chain, mkn
+    for g in range(M, len(groups)):
+        if isinstance(groups[g], Suffix):
+            raise ValueError(f"suffix groups must come first, got {[x.name for x in groups]}")
+        c = _count(texts, [groups[g]])
+        F, k = c.F[0], c.keys[0]
+        keep(g, closed_form(groups[g], F, k, q, estimate_discount(F)), F, k)
+        del c, F
+        if log:
+            log(f"      {groups[g].name}: {S[-1].nnz} values")
+    if len(groups) > M:  # as solve.solve: not pure MKN; every weight tuned, from MKN
+        info = {k: v for k, v in info.items() if k != "loggamma"}
+        info.update(lambda_init=[1.0] * M + [0.0] * (len(groups) - M))
+    info["lambda_fixed"] = [False] * len(groups)  # as rich.solve_rich
+    return q, S, keys, (eb if lam is None else None), info, n_seq, n_tok
+
+
+def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
+               refit_chunks=None, order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
+               first_window: int = DEFAULT_FIRST_WINDOW, skips=DEFAULT_SKIPS,
+               clusterings=DEFAULT_CLUSTERINGS, seed: int = 0, piece_bytes=None,
+               line_positions=DEFAULT_LINE_POSITIONS, discount=None,
+               entry_edges=DEFAULT_ENTRY_EDGES, hessian_every: int = DEFAULT_HESSIAN_EVERY,
+               hessian_tokens: int | None = DEFAULT_HESSIAN_TOKENS, tol: float = DEFAULT_TOL,
+               max_memory=None, log=None):
+    """The default model of ``chunks`` (see the module docstring), group by group.
+
+    Same arguments and result as ``rich.count_rich`` (training chunks; tables from their
+    bigram counts) followed by ``rich.fit_rich(counts, heldout, refit=<counts of
+    refit_chunks>)`` with entry-count weights (``entry_edges``, not None). Returns ``(params,
+    tables, n_sequences, n_tokens)``; the totals include ``refit_chunks``.
+    """
+    if entry_edges is None:
+        raise ValueError("build_rich fits one weight per group x entry-count bucket; pass "
+                         "entry_edges (or use rich.fit_rich for other weightings)")
+    groups = base_groups(order, context, skips, first_window)
+    pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])
+    V = vocab_size
+    texts = [_Text(chunks, V, bos_id, eos_id, pad)]
+    M = sum(isinstance(g, Suffix) for g in groups)
+    # the cluster tables, from the training text's bigram counts as count_rich takes them
+    tables = []
+    if clusterings:
+        src = [g for g in groups if g == Window(1)] or [Suffix(1)]
+        base = texts[0].count(src)
+        emb = bigram_embedding(bigram_counts(base), seed=seed)
+        for i, (n_clusters, shapes) in enumerate(clusterings):
+            table = make_clusters(base, n_clusters, seed + i, emb)
+            if any(t is not None and t.max() == table.max() for t in tables):
+                table = None  # as many clusters as an earlier table: count_rich drops it too
+            tables.append(None if table is None else np.asarray(table, dtype=np.int64))
+            if table is not None:
+                groups += cluster_groups(table, shapes)
+        del base, emb
+    if piece_bytes is not None:
+        groups += line_groups(piece_bytes, line_positions, tables)
+    edges = tuple(entry_edges)
+    B = len(edges) + 1
+    if log:
+        log(f"      solving {len(groups)} groups one at a time")
+    q, S, keys, eb, info, n_seq, n_tok = _solve_pass(texts, groups, M, discount, edges, log=log)
+    nnz = sum(x.nnz for x in S)
+    check_memory(nnz * BYTES_PER_VALUE * 2, max_memory, "the feature-rich model",
+                 "use a smaller vocab_size, or pass order N for a plain model")
+    if log:
+        log(f"      {n_seq} sequences, {n_tok} tokens, {nnz} stored values "
+            f"(~{format_bytes(nnz * BYTES_PER_VALUE)} with their buckets)")
+    params = SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
+    del S
+    rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
+                                    eos_id)
+    rows, targets = fit_heldout(params, rows, targets, max_memory, log)
+    init = np.repeat(params.info["lambda_init"], B)
+    lam, trace = choose_lambdas(params, rows, targets, init=init, entry_buckets=eb,
+                                n_buckets=B, hessian_every=hessian_every,
+                                hessian_tokens=hessian_tokens, tol=tol)
+    lam = np.asarray(lam).reshape(len(groups), B)
+    n_used = len(targets)
+    if log and trace:
+        log(f"      weights fitted on {n_used} held-out tokens: ppl "
+            f"{np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f} in {len(trace) - 1} steps")
+    elif log:
+        log("      no held-out text: the weights keep their start values (MKN alone)")
+    del rows, targets
+    if refit_chunks is not None:
+        params = eb = None  # freed before the second pass
+        texts.append(_Text(refit_chunks, V, bos_id, eos_id, pad))
+        q, S, keys, _, info, n_seq, n_tok = _solve_pass(texts, groups, M, discount, edges,
+                                                        lam=lam)
+    else:
+        S = [sp.csr_matrix((Sg.data * lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
+             for g, (Sg, b) in enumerate(zip(params.S, eb))]
+        for x in S:
+            x.has_sorted_indices = True
+        info, params, eb = params.info, None, None
+    info = {**info, "entry_lambdas": lam.tolist(), "entry_edges": list(edges),
+            "lambda_trace": trace,
+            "lambda_rule": f"projected Newton minimisation of held-out NLL on {n_used} tokens"}
+    out = SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
+    return out, tables, n_seq, n_tok

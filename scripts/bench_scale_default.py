@@ -9,8 +9,8 @@ Both sides get the same text and the same SentencePiece ids (one tokenizer, give
   from ``query``; with ``--orders`` also lmplz at each of those orders (quality only), to
   compare the default model with KenLM's *best* order.
 
-CPU s = user + sys of the whole process tree (``getrusage(RUSAGE_CHILDREN)`` around the run:
-worker processes and lmplz threads included). Peak RSS = the largest sum of the resident set
+CPU s = user + sys of the whole process tree (``wait4`` of the child: its reaped worker
+processes and lmplz's threads included). Peak RSS = the largest sum of the resident set
 sizes of the process and all its descendants, sampled every ``--every`` seconds (psutil), so
 a build with 2 workers is charged for all three processes; the largest single process's
 maximum RSS (``ru_maxrss``) is given too. Both perplexities count one end-of-line token per
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shlex
 import shutil
 import subprocess
@@ -66,7 +65,6 @@ def tree_rss(proc: psutil.Process) -> int:
 
 def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -> dict:
     """Run ``cmd``; CPU s of its whole tree, peak summed RSS (MB), largest process RSS, wall s."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as fin, \
             open(stdout, "wb") if stdout else tempfile.TemporaryFile() as fout, \
@@ -82,14 +80,16 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         try:
-            rc = p.wait()
+            # wait4: this child's own rusage (its reaped descendants included), not the maximum
+            # over every child this benchmark has run so far
+            _, status, ru = os.wait4(p.pid, 0)
+            rc = p.returncode = os.waitstatus_to_exitcode(status)
         finally:
             stop.set()
             th.join()
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         ferr.seek(0)
         err = ferr.read().decode(errors="replace")
         out = ""
@@ -98,8 +98,8 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
             out = fout.read().decode(errors="replace")
     if rc != 0:
         raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu": cpu, "rss_mb": peak[0] / 2**20, "max_proc_rss_mb": after.ru_maxrss / 1024,
+    cpu = ru.ru_utime + ru.ru_stime
+    return {"cpu": cpu, "rss_mb": peak[0] / 2**20, "max_proc_rss_mb": ru.ru_maxrss / 1024,
             "wall": time.time() - t0, "stdout": out, "stderr": err}
 
 
@@ -158,6 +158,8 @@ def main(argv=None) -> int:
                     help="lmplz orders for the quality check (best one reported)")
     ap.add_argument("--lmplz-memory", default="40%", help="lmplz -S (default 40%%)")
     ap.add_argument("--lmkit-args", default="", help="extra `lmkit train` flags, one string")
+    ap.add_argument("--compare-tree", help="also build with the lmkit of this source tree (e.g. "
+                    "a checkout of main), same flags, for a before/after row")
     ap.add_argument("--every", type=float, default=0.1, help="RSS sampling period, seconds")
     ap.add_argument("--workdir", help="keep the files here (default: a temp folder, removed)")
     ap.add_argument("--json", action="store_true")
@@ -186,6 +188,18 @@ def main(argv=None) -> int:
         res["lmkit_build"] = run_tree(py + ["train", "--input", train, "--tokenizer", tok,
                                             *extra, "--output", work / "default"], env=env,
                                       every=a.every)
+        if a.compare_tree:
+            log(f"[1b] lmkit train (default model) from {a.compare_tree}")
+            env_c = {**os.environ, "PYTHONPATH": str(Path(a.compare_tree).resolve())}
+            res["compare_build"] = run_tree(py + ["train", "--input", train, "--tokenizer", tok,
+                                                  *extra, "--output", work / "compare"],
+                                            env=env_c, every=a.every)
+            ev = run_tree(py + ["eval", work / "compare", "--input", work / "test_eval.txt",
+                                "--json"], env=env)
+            res["compare_ppl"] = json.loads(ev["stdout"])["perplexity"]
+            res["compare_tree"] = a.compare_tree
+            res["max_abs_dlogp"] = max_dlogp(work / "default", work / "compare",
+                                             work / "test_eval.txt", 2000)
         log("[2/3] lmkit eval")
         ev = run_tree(py + ["eval", work / "default", "--input", work / "test_eval.txt",
                             "--json"], env=env)
@@ -206,7 +220,7 @@ def main(argv=None) -> int:
                 if order == a.build_order:
                     res["kenlm_build"] = combine(enc, lm, bb)
             res["kenlm_ppl"] = {str(k): v for k, v in ppl.items()}
-            best = min(a.orders or [a.build_order], key=lambda o: ppl[o])
+            best = min(ppl, key=lambda o: ppl[o])  # over every order measured
             res["kenlm_best_order"], res["kenlm_best_ppl"] = best, ppl[best]
             with open(work / "test.ids") as f:
                 res["kenlm_test_tokens"] = sum(len(x.split()) + 1 for x in f)
@@ -222,6 +236,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def max_dlogp(model_a: Path, model_b: Path, text: Path, n_lines: int) -> float:
+    """max |log p_a - log p_b| (natural log) over every token of the first ``n_lines`` lines."""
+    import numpy as np
+    from lmkit.model import LanguageModel
+    from lmkit.scoring import context_rows, sparse_log_proba
+    lines = text.read_text(encoding="utf-8").splitlines()[:n_lines]
+    out = []
+    for path in (model_a, model_b):
+        m = LanguageModel.load(path)
+        tok, p = m.tokenizer, m.params
+        seqs = tok.encode_batch(lines)
+        rows, targets, _ = context_rows(p.groups, p.keys, seqs, tok.vocab_size, tok.bos_id,
+                                        tok.eos_id)
+        out.append(sparse_log_proba(p, rows, targets))
+    return float(np.abs(out[0] - out[1]).max())
+
+
 def table(r: dict) -> str:
     lb = r["lmkit_build"]
     rows = [f"# corpus {r['corpus']}, {r['cores']} cores, lmkit train {r['lmkit_args'] or '(defaults)'}; "
@@ -230,6 +261,11 @@ def table(r: dict) -> str:
             "|---|---|---|---|---|---|",
             f"| lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | "
             f"{lb['max_proc_rss_mb']:.0f} | {lb['wall']:.1f} | {r['lmkit_ppl']:.2f} |"]
+    if "compare_build" in r:
+        cb = r["compare_build"]
+        rows.append(f"| lmkit default model from {r['compare_tree']} | {cb['cpu']:.1f} | "
+                    f"{cb['rss_mb']:.0f} | {cb['max_proc_rss_mb']:.0f} | {cb['wall']:.1f} | "
+                    f"{r['compare_ppl']:.2f} |")
     if "kenlm_build" in r:
         kb = r["kenlm_build"]
         rows.append(f"| encode + lmplz -o 5 + build_binary (parts {kb['parts']}) | "
@@ -243,6 +279,11 @@ def table(r: dict) -> str:
                     f"{lb['rss_mb'] / kb['rss_mb']:.2f}x")
         rows.append(f"quality: lmkit ppl / KenLM best order ({r['kenlm_best_order']}) ppl = "
                     f"{r['lmkit_ppl'] / r['kenlm_best_ppl']:.3f}")
+    if "compare_build" in r:
+        rows.append(f"this tree / {r['compare_tree']}: build CPU "
+                    f"{lb['cpu'] / r['compare_build']['cpu']:.2f}x, peak RSS (tree) "
+                    f"{lb['rss_mb'] / r['compare_build']['rss_mb']:.2f}x; max |d log p| on the "
+                    f"first 2000 test lines: {r['max_abs_dlogp']:.3g}")
     return "\n".join(rows)
 
 

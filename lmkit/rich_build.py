@@ -19,15 +19,17 @@ folds the chosen weights into each group as soon as it is solved. Memory at the 
 model (``S`` of every group), one group's counts and the token buffer, instead of every
 group's counts plus the model.
 
-What it does not do yet: partition a group's rows, spill to disk, use worker processes or
-Dask (issue 20's partitioned build); the buffer and the model are in memory.
+Counting itself is bounded too: each group's positions are sorted a few million at a time,
+in parts that own whole rows (``counts.count_in_parts``). What it does not do yet: spill counts
+or the model to disk, bound the token buffer, or use worker processes or Dask (issue 20's
+partitioned build); the buffer and the model are in memory.
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import Counts, count_buffer, empty_counts, flat_buffer
+from .counts import Counts, count_in_parts, empty_counts, flat_buffer
 from .explicit import choose_lambdas, count_buckets, estimate_discount
 from .features import Suffix, Window
 from .kinds import closed_form
@@ -54,9 +56,11 @@ class _Text:
         self.buf, self.pos, self.starts, self.n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
 
     def count(self, groups: list) -> Counts:
+        """Counts of the suffix chain or of one other group, sorted a part of the positions at a
+        time (``counts.count_in_parts``: the same arrays as one pass)."""
         if not self.n_seq:
             return empty_counts(self.V, groups)
-        return count_buffer(self.buf, self.pos, self.starts, self.V, groups, self.n_seq)
+        return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq)
 
 
 def _count(texts: list, groups: list) -> Counts:

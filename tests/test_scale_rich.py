@@ -4,6 +4,7 @@
 buckets are kept in a small integer type: neither may change a single stored value.
 """
 import numpy as np
+import pytest
 
 from lmkit.counts import count_chunk
 from lmkit.explicit import count_buckets, entry_counts
@@ -69,11 +70,15 @@ def _seqs_chunks(seqs, n=3):
     return [seqs[i:i + k] for i in range(0, len(seqs), k)]
 
 
-def test_group_at_a_time_build_equals_count_rich_then_fit_rich():
-    """rich_build.build_rich (one group's counts at a time) == count_rich + fit_rich, value for
-    value, with and without carved held-out counts added back, with cluster tables and line
-    positions."""
+@pytest.mark.parametrize("part", [None, 150])
+def test_group_at_a_time_build_equals_count_rich_then_fit_rich(monkeypatch, part):
+    """rich_build.build_rich (one group's counts at a time, counted in parts of ``part``
+    positions) == count_rich + fit_rich, value for value, with and without carved held-out
+    counts added back, with cluster tables and line positions."""
+    from lmkit import counts as counts_mod
     from lmkit.rich import count_rich
+    if part:
+        monkeypatch.setattr(counts_mod, "PART_POSITIONS", part)
     from lmkit.rich_build import build_rich
     V = 14
     train, held, carved = corpus(300, 0, V), corpus(60, 1, V), corpus(40, 3, V)
@@ -102,3 +107,30 @@ def rich_counts_copy(counts):
     from lmkit.counts import Counts
     return Counts(counts.vocab_size, list(counts.groups), list(counts.F), list(counts.keys),
                   counts.target, counts.n_sequences, counts.n_tokens)
+
+
+def test_count_in_parts_equals_count_buffer_for_every_kind():
+    """Counting a few thousand positions at a time, by token range (suffix chain, windows) or
+    row-key range (every other kind): the very same arrays and dtypes as one pass."""
+    from lmkit.clusters import ClusterHistory
+    from lmkit.counts import count_buffer, count_in_parts, flat_buffer
+    from lmkit.features import Skip, Suffix, Window
+    from lmkit.linepos import LinePosition
+    V = 14
+    seqs = corpus(500, 4, V) + [[]]
+    buf, pos, starts, n_seq = flat_buffer([seqs[:200], seqs[200:]], BOS, EOS, 3)
+    table = tuple(int(x) for x in np.arange(V) % 4)
+    pb = tuple(int(x) for x in np.arange(V) % 3 + 1)
+    cases = [[Suffix(m) for m in range(1, 5)], [Window(2)], [Window(3)], [Skip(1, 1, 1)],
+             [Skip(1, 1, 2)], [ClusterHistory(3, 1, table)], [ClusterHistory(2, 0, table)],
+             [LinePosition(1, 2, 3, pb, None)], [LinePosition(0, 3, 2, pb, table)]]
+    for groups in cases:
+        want = count_buffer(buf, pos, starts, V, groups, n_seq)
+        for part in (97, 1000):
+            got = count_in_parts(buf, pos, starts, V, groups, n_seq, part_positions=part)
+            assert got.equals(want), groups
+            for a, b, ka, kb in zip(got.F, want.F, got.keys, want.keys):
+                for x, y in ((a.data, b.data), (a.indices, b.indices), (a.indptr, b.indptr)):
+                    assert x.dtype == y.dtype and np.array_equal(x, y), groups
+                assert (ka is None and kb is None) or (ka.dtype == kb.dtype
+                                                       and np.array_equal(ka, kb))

@@ -53,7 +53,12 @@ class _Text:
 
     def __init__(self, chunks, vocab_size: int, bos_id: int, eos_id: int, pad: int):
         self.V = vocab_size
-        self.buf, self.pos, self.starts, self.n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
+        self.buf, pos, starts, self.n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
+        # buffer indices in int32 when they fit: 8 of the 20 bytes a token costs here
+        small = len(self.buf) < np.iinfo(np.int32).max
+        self.pos = pos.astype(np.int32) if small else pos
+        del pos
+        self.starts = starts.astype(np.int32) if small else starts
 
     def count(self, groups: list) -> Counts:
         """Counts of the suffix chain or of one other group, sorted a part of the positions at a

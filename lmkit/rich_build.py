@@ -26,6 +26,10 @@ partitioned build); the buffer and the model are in memory.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -52,7 +56,7 @@ class _Text:
     """One text as a compact buffer (``counts.flat_buffer`` layout) and its counter."""
 
     def __init__(self, chunks, vocab_size: int, bos_id: int, eos_id: int, pad: int):
-        self.V = vocab_size
+        self.V, self.bos_id, self.eos_id = vocab_size, bos_id, eos_id
         self.buf, pos, starts, self.n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
         # buffer indices in int32 when they fit: 8 of the 20 bytes a token costs here
         small = len(self.buf) < np.iinfo(np.int32).max
@@ -68,12 +72,41 @@ class _Text:
         return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq)
 
 
-def _count(texts: list, groups: list) -> Counts:
-    """Counts of ``groups`` over the texts, summed in order (``Counts.__add__``, as ``refit``)."""
-    out = texts[0].count(groups)
-    for t in texts[1:]:
-        out = out + t.count(groups)
-    return out
+class _Spill:
+    """Counts written to ``.npy`` files in a temporary folder (no pickles) and read back: the
+    first pass keeps each group's training counts here, so the second pass adds the held-out
+    lines' counts to them instead of counting the training text again."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def save(self, tag: str, c: Counts) -> Counts:
+        arrays = {"target": c.target,
+                  "totals": np.array([c.n_sequences, c.n_tokens], dtype=np.int64)}
+        for g, (F, k) in enumerate(zip(c.F, c.keys)):
+            arrays.update({f"data{g}": F.data, f"indices{g}": F.indices, f"indptr{g}": F.indptr,
+                           f"shape{g}": np.array(F.shape, dtype=np.int64)})
+            if k is not None:
+                arrays[f"keys{g}"] = k
+        for name, a in arrays.items():
+            np.save(self.folder / f"{tag}.{name}.npy", a, allow_pickle=False)
+        return c
+
+    def load(self, tag: str, groups: list, vocab_size: int) -> Counts:
+        def read(name):
+            path = self.folder / f"{tag}.{name}.npy"
+            a = np.load(path, allow_pickle=False)
+            path.unlink()
+            return a
+        F, keys = [], []
+        for g in range(len(groups)):
+            shape = tuple(int(x) for x in read(f"shape{g}"))
+            F.append(sp.csr_matrix((read(f"data{g}"), read(f"indices{g}"), read(f"indptr{g}")),
+                                   shape=shape))
+            path = self.folder / f"{tag}.keys{g}.npy"
+            keys.append(read(f"keys{g}") if path.exists() else None)
+        n_seq, n_tok = (int(x) for x in read("totals"))
+        return Counts(vocab_size, list(groups), F, keys, read("target"), n_seq, n_tok)
 
 
 def _buckets(F: sp.csr_matrix, S: sp.csr_matrix, edges) -> np.ndarray:
@@ -88,11 +121,12 @@ def _buckets(F: sp.csr_matrix, S: sp.csr_matrix, edges) -> np.ndarray:
     return count_buckets(c, edges).astype(np.int8)
 
 
-def _solve_pass(texts: list, groups: list, M: int, discount, edges, lam=None, log=None):
-    """Every group's closed form over ``texts``: the suffix chain by MKN, then one other group
-    at a time. Returns ``(q, S, keys, eb, info, n_seq, n_tok)``; with ``lam`` ((G, B) weights)
-    each group's weights are folded into its ``S`` as it is solved (``eb`` is then None)."""
-    chain = _count(texts, groups[:M])
+def _solve_pass(count, groups: list, M: int, discount, edges, lam=None, log=None):
+    """Every group's closed form: the suffix chain by MKN, then one other group at a time;
+    ``count(groups, tag)`` gives the counts of the chain (tag "chain") or of one group (tag
+    "g{index}"). Returns ``(q, S, keys, eb, info, n_seq, n_tok)``; with ``lam`` ((G, B)
+    weights) each group's weights are folded into its ``S`` as it is solved (``eb`` None)."""
+    chain = count(groups[:M], "chain")
     n_seq, n_tok = chain.n_sequences, chain.n_tokens
     mkn = solve_ngram(chain, discount=discount)
     q = mkn.q
@@ -115,7 +149,7 @@ def _solve_pass(texts: list, groups: list, M: int, discount, edges, lam=None, lo
     for g in range(M, len(groups)):
         if isinstance(groups[g], Suffix):
             raise ValueError(f"suffix groups must come first, got {[x.name for x in groups]}")
-        c = _count(texts, [groups[g]])
+        c = count([groups[g]], f"g{g}")
         F, k = c.F[0], c.keys[0]
         keep(g, closed_form(groups[g], F, k, q, estimate_discount(F)), F, k)
         del c, F
@@ -168,10 +202,32 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     if piece_bytes is not None:
         groups += line_groups(piece_bytes, line_positions, tables)
     edges = tuple(entry_edges)
-    B = len(edges) + 1
     if log:
         log(f"      solving {len(groups)} groups one at a time")
-    q, S, keys, eb, info, n_seq, n_tok = _solve_pass(texts, groups, M, discount, edges, log=log)
+    spill = None
+    if refit_chunks is not None:  # the training counts wait on disk for the second pass
+        spill = _Spill(Path(tempfile.mkdtemp(prefix="lmkit-rich-")))
+    try:
+        return _build(texts, groups, M, tables, spill, refit_chunks, pad, discount, edges,
+                      heldout, hessian_every, hessian_tokens, tol, max_memory, log)
+    finally:
+        if spill is not None:
+            shutil.rmtree(spill.folder, ignore_errors=True)
+
+
+def _build(texts, groups, M, tables, spill, refit_chunks, pad, discount, edges, heldout,
+           hessian_every, hessian_tokens, tol, max_memory, log):
+    """The two passes of ``build_rich`` (first: solve, fit the weights; second, with the
+    held-out lines' counts added: solve again and fold the weights in)."""
+    V, B = texts[0].V, len(edges) + 1
+    first = texts[0]
+    bos_id, eos_id = int(first.bos_id), int(first.eos_id)
+
+    def count_first(gs, tag):
+        c = first.count(gs)
+        return spill.save(tag, c) if spill is not None else c
+    q, S, keys, eb, info, n_seq, n_tok = _solve_pass(count_first, groups, M, discount, edges,
+                                                     log=log)
     nnz = sum(x.nnz for x in S)
     check_memory(nnz * BYTES_PER_VALUE * 2, max_memory, "the feature-rich model",
                  "use a smaller vocab_size, or pass order N for a plain model")
@@ -197,8 +253,13 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     del rows, targets
     if refit_chunks is not None:
         params = eb = None  # freed before the second pass
-        texts.append(_Text(refit_chunks, V, bos_id, eos_id, pad))
-        q, S, keys, _, info, n_seq, n_tok = _solve_pass(texts, groups, M, discount, edges,
+        held = _Text(refit_chunks, V, bos_id, eos_id, pad)
+        del texts[:]  # the training buffer goes: its counts are on disk
+        first = None
+
+        def count_both(gs, tag):  # = Counts.__add__ of train and held, as rich.fit_rich(refit)
+            return spill.load(tag, gs, V) + held.count(gs)
+        q, S, keys, _, info, n_seq, n_tok = _solve_pass(count_both, groups, M, discount, edges,
                                                         lam=lam)
     else:
         S = [sp.csr_matrix((Sg.data * lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)

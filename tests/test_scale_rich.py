@@ -134,3 +134,31 @@ def test_count_in_parts_equals_count_buffer_for_every_kind():
                     assert x.dtype == y.dtype and np.array_equal(x, y), groups
                 assert (ka is None and kb is None) or (ka.dtype == kb.dtype
                                                        and np.array_equal(ka, kb))
+
+
+def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path, monkeypatch):
+    """With carved held-out lines the first pass keeps each group's training counts on disk
+    for the second; the folder goes when the build ends, also when it fails half-way."""
+    import tempfile
+    from lmkit import rich_build
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    kw = dict(order=3, context=3, skips=((1, 1, 1),), clusterings=((6, ((2, 0),)),))
+    seen = []
+    real_load = rich_build._Spill.load
+
+    def spy(self, tag, groups, V):
+        seen.append(sorted(p.name for p in self.folder.iterdir()))
+        return real_load(self, tag, groups, V)
+    monkeypatch.setattr(rich_build._Spill, "load", spy)
+    rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
+                          refit_chunks=[corpus(30, 3)], **kw)
+    assert seen and any(n.startswith("chain.") for n in seen[0])  # it did spill
+    assert list(tmp_path.iterdir()) == []
+
+    def boom(*a, **k):
+        raise RuntimeError("worker lost")
+    monkeypatch.setattr(rich_build, "closed_form", boom)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
+                              refit_chunks=[corpus(30, 3)], **kw)
+    assert list(tmp_path.iterdir()) == []

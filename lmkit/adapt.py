@@ -43,7 +43,7 @@ def cache_weights(cfg: AdaptConfig) -> cache.CacheWeights:
     """The weights ``cfg`` asks for: its own, else the defaults chosen on the valid split."""
     if cfg.cache_weights is not None:
         return cache.CacheWeights.from_json(cfg.cache_weights)
-    return cache.default_weights(cfg.effective_cache_order)
+    return cache.default_weights(cfg.effective_cache_order, cfg.effective_cache_window)
 
 
 def adaptive_log_proba(model, lines: list, cfg: AdaptConfig, weights=None) -> tuple:
@@ -54,8 +54,8 @@ def adaptive_log_proba(model, lines: list, cfg: AdaptConfig, weights=None) -> tu
     if not seqs:
         return static, seqs
     stream, line = cache.stream_of(seqs, model.tokenizer.eos_id)
-    stats = cache.cache_stats(stream, line, w.order, cfg.effective_context_lines,
-                              model.vocab_size)
+    stats = cache.level_stats(stream, line, w.order, w.window, w.window_order,
+                              cfg.effective_context_lines, model.vocab_size)
     return cache.cache_log_proba(static, stats, w), seqs
 
 
@@ -67,9 +67,11 @@ def fit_weights(model, lines: list, cfg: AdaptConfig) -> tuple:
         raise InputError("nothing to fit the cache on: the held-out text has no non-empty "
                          "lines; pass a corpus with a valid split")
     stream, line = cache.stream_of(seqs, model.tokenizer.eos_id)
-    stats = cache.cache_stats(stream, line, cfg.effective_cache_order, cfg.effective_context_lines,
+    K, W = cfg.effective_cache_order, cfg.effective_cache_window
+    R = cache.WINDOW_ORDER if W else 0
+    stats = cache.level_stats(stream, line, K, W, R, cfg.effective_context_lines,
                               model.vocab_size)
-    return cache.fit_cache(static, stats, cfg.effective_cache_order)
+    return cache.fit_cache(static, stats, K, W, R)
 
 
 def summary(logp: np.ndarray, lines: list) -> dict:
@@ -95,8 +97,29 @@ def evaluate_adaptive(model, lines: list, cfg: AdaptConfig, heldout=None) -> dic
         w, nll = cache_weights(cfg), None
     logp, _ = adaptive_log_proba(model, lines, cfg, w)
     out = summary(logp, lines)
-    out["adapt"] = {"cache_order": w.order, "context_lines": cfg.effective_context_lines,
+    out["adapt"] = {"cache_order": w.order, "cache_window": w.window,
+                    "context_lines": cfg.effective_context_lines,
                     "cache_weights": w.to_json(), "fitted_on_heldout": heldout is not None}
     if nll is not None:
         out["adapt"]["heldout_nll_per_token"] = nll
     return out
+
+
+def score_units_adaptive(model, units: list, cfg: AdaptConfig) -> list:
+    """``docscore.score_units`` with adaptive scoring: one result dict per ``(meta, lines)``
+    unit, the units read in order as one text (each unit's lines are scored after every
+    earlier unit's; an empty line is a sequence of EOS alone, as there)."""
+    lines = [x for _, ls in units for x in ls]
+    logp, seqs = adaptive_log_proba(model, lines, cfg)
+    n_tok = np.fromiter((len(s) + 1 for s in seqs), dtype=np.int64, count=len(seqs))
+    line_nll = -np.add.reduceat(logp, np.cumsum(n_tok) - n_tok)  # every line has its EOS
+    line_bytes = np.fromiter((len(x.encode("utf-8")) + 1 for x in lines), dtype=np.int64,
+                             count=len(lines))
+    starts = np.cumsum([0] + [len(ls) for _, ls in units[:-1]])  # every unit has >= 1 line
+    nll = np.add.reduceat(line_nll, starts).tolist()
+    tok = np.add.reduceat(n_tok, starts).tolist()
+    n_bytes = np.add.reduceat(line_bytes, starts).tolist()
+    ln2 = math.log(2)
+    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": math.exp(x / t),
+             "bits_per_byte": x / ln2 / b}
+            for (meta, _), x, t, b in zip(units, nll, tok, n_bytes)]

@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("model", metavar="DIR")
     sc.add_argument("--output", required=True, metavar="F.jsonl", help="results, one JSON object per unit")
     add_options(sc, C.ScoreConfig)
+    add_options(sc, C.AdaptConfig, skip=("cache_fit",))
 
     ia = sub.add_parser("import-arpa", help="an ARPA back-off model (lmplz, SRILM) as an lmkit model")
     ia.add_argument("arpa", metavar="FILE.arpa")
@@ -380,7 +381,7 @@ def _command(a) -> str:
 def cmd_score(a) -> None:
     check_output(a)
     opts = values(a, C.ScoreConfig)
-    r = score_file(a.model, a.output, **opts)
+    r = score_file(a.model, a.output, **opts, **values(a, C.AdaptConfig))
     unit = opts.get("unit", "line")
     _say(f"wrote {a.output}: {r['units']} {unit}s, {r['tokens']} tokens in {r['seconds']:.1f}s "
           f"({r['units_per_s']:.0f} {unit}s/s, {r['tokens_per_s']:.0f} tokens/s); "

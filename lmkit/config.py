@@ -205,13 +205,16 @@ class GradientConfig:
                       "small transformer trained on top of the frozen explicit model; "
                       "transformer: the same network from scratch (residual/transformer need "
                       "the neural extra and max_seconds)", choices=SOLVERS)
-    init: str | None = opt(None, "gradient init (default: zeros for gradient, explicit for warm)",
+    init: str | None = opt(None, "gradient init (default: zeros for gradient, explicit for warm); "
+                           "transformer: random (default) or explicit (output bias from the "
+                           "unigram, embeddings from the bigram PMI of the training lines)",
                            choices=("zeros", "random", "explicit"))
     epochs: int = opt(10, "gradient: max passes over the data", min=1)
     max_seconds: float | None = opt(None, "gradient: training time budget in seconds",
                                     min=0.0, min_open=True)
     lr: float | None = opt(None, "gradient: learning rate (default 0.003 for gradient, 0.0003 "
-                           "for warm)", min=0.0, min_open=True)
+                           "for warm); residual/transformer: peak AdamW rate (default: chosen "
+                           "for the solver and max_seconds)", min=0.0, min_open=True)
     batch_size: int = opt(1024, "gradient: minibatch size", min=1)
     optimizer: str = opt("adam", "gradient: lazy Adam or SGD with momentum 0.9",
                          choices=("adam", "sgd"))
@@ -231,21 +234,29 @@ class GradientConfig:
         if self.solver in NEURAL_SOLVERS and self.max_seconds is None:
             raise OptionError(f"solver {self.solver} trains by a CPU-time budget; add max_seconds "
                               "(e.g. 300)")
-        if self.solver in NEURAL_SOLVERS and self.init is not None:
-            raise OptionError(f"init is for the gradient solvers, not solver {self.solver}")
+        if self.solver == "residual" and self.init is not None:
+            raise OptionError("init is for the gradient solvers and solver transformer, not "
+                              "solver residual (its network starts at exactly 0)")
+        if self.solver == "transformer" and self.init not in (None, "random", "explicit"):
+            raise OptionError(f"solver transformer starts from init random or explicit, got "
+                              f"init {self.init}")
         if self.solver == "warm" and self.init not in (None, "explicit"):
             raise OptionError(f"solver warm starts from the explicit solution, got init "
                               f"{self.init}; use solver gradient for zeros/random init")
 
     @property
     def effective_init(self) -> str | None:
+        if self.solver == "transformer":
+            return self.init or "random"
         if self.solver == "explicit" or self.solver in NEURAL_SOLVERS:
             return None
         return self.init or ("explicit" if self.solver == "warm" else "zeros")
 
     @property
     def effective_lr(self) -> float | None:
-        if self.solver == "explicit" or self.solver in NEURAL_SOLVERS:
+        if self.solver in NEURAL_SOLVERS:
+            return self.lr  # None: lmkit.neural.fit.default_schedule picks it from the budget
+        if self.solver == "explicit":
             return None
         return self.lr or DEFAULT_LR[self.solver]
 
@@ -256,10 +267,12 @@ class NeuralConfig:
 
     base: str | None = opt(None, "residual: the explicit model folder to build on (default: "
                            "train one with the model options first)", metavar="DIR")
-    crossfit: int = opt(2, "residual: the training lines' explicit term comes from k models "
-                        "that did not count them (0 = the base model itself, which has seen "
-                        "them and overfits)", min=0, max=16)
+    crossfit: int = opt(4, "residual: the training lines' explicit term comes from k models "
+                        "that did not count them, each on (k-1)/k of the lines (0 = the base "
+                        "model itself, which has seen them and overfits)", min=0, max=16)
     learn_scale: bool = opt(True, "residual: learn a scalar on the explicit term")
+    warmup: int | None = opt(None, "residual/transformer: warm-up steps of the learning rate "
+                             "(default: chosen for the solver and max_seconds)", min=1)
 
     def __post_init__(self):
         check_fields(self)
@@ -394,6 +407,9 @@ class AdaptConfig:
                       "KenLM-comparable one)")
     cache_order: int | None = opt(None, "cache history lengths 0..N-1 (default: 8); a value "
                                   "other than the default needs cache_fit", min=1, max=32)
+    cache_window: int | None = opt(None, "recency levels: orders 0..2 counted over the last N "
+                                   "tokens only (default: 500; 0 = none); a value other than "
+                                   "the default needs cache_fit", min=0)
     context_lines: int | None = opt(None, "how many previous lines a cache history may reach "
                                     "into (default: 1; 0 = histories stop at the line start)",
                                     min=0)
@@ -402,25 +418,31 @@ class AdaptConfig:
     # API only: {"a": [...], "b": [...], "d": [...], "e": [...]} (cache.CacheWeights.to_json)
     cache_weights: dict | None = None
 
-    DEFAULT_CACHE_ORDER, DEFAULT_CONTEXT_LINES = 8, 1
+    DEFAULT_CACHE_ORDER, DEFAULT_CACHE_WINDOW, DEFAULT_CONTEXT_LINES = 8, 500, 1
 
     def __post_init__(self):
         check_fields(self)
-        given = [k for k in ("cache_order", "context_lines", "cache_weights")
+        given = [k for k in ("cache_order", "cache_window", "context_lines", "cache_weights")
                  if getattr(self, k) is not None] + (["cache_fit"] if self.cache_fit else [])
         if given and not self.adapt:
             raise OptionError(f"{' and '.join(given)} only apply to adaptive scoring; add adapt "
                               "(the static model reads each line on its own)")
         if self.cache_fit and self.cache_weights is not None:
             raise OptionError("cache_fit and cache_weights are exclusive; pass one")
-        if (self.cache_order not in (None, self.DEFAULT_CACHE_ORDER) and not self.cache_fit
-                and self.cache_weights is None):
-            raise OptionError(f"cache_order {self.cache_order} has no default weights (they "
-                              f"are chosen for {self.DEFAULT_CACHE_ORDER}); add cache_fit")
+        for name, default in (("cache_order", self.DEFAULT_CACHE_ORDER),
+                              ("cache_window", self.DEFAULT_CACHE_WINDOW)):
+            value = getattr(self, name)
+            if value not in (None, default) and not self.cache_fit and self.cache_weights is None:
+                raise OptionError(f"{name} {value} has no default weights (they are chosen for "
+                                  f"{default}); add cache_fit")
 
     @property
     def effective_context_lines(self) -> int:
         return self.DEFAULT_CONTEXT_LINES if self.context_lines is None else self.context_lines
+
+    @property
+    def effective_cache_window(self) -> int:
+        return self.DEFAULT_CACHE_WINDOW if self.cache_window is None else self.cache_window
 
     @property
     def effective_cache_order(self) -> int:

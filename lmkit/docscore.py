@@ -44,7 +44,8 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .config import ScoreConfig, make
+from .adapt import score_units_adaptive
+from .config import AdaptConfig, ScoreConfig, field_names, make
 from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError
 from .files import atomic_write, check_output_writable
@@ -298,6 +299,17 @@ def _worker_init(model_path) -> None:
     _MODEL = load_model(model_path)
 
 
+def _adaptive_text(model, units: list, adapt) -> tuple[str, int, int, float]:
+    """(JSONL text, units, tokens, nll) of ``(meta, lines)`` units scored adaptively
+    (``adapt.score_units_adaptive``: each unit after every earlier one), formatted as
+    ``_scored_text`` formats a chunk."""
+    res = score_units_adaptive(model, units, adapt)
+    text = "".join(f'{_head(r)}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
+                   f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n'
+                   for r in res)
+    return text, len(res), sum(r["tokens"] for r in res), sum(r["nll_nats"] for r in res)
+
+
 def _worker_score(chunk):
     return _scored_text(_MODEL, chunk, num_threads=1)
 
@@ -348,9 +360,15 @@ def _prefetched(fn, items, depth: int = 2):
         thread.join(5.0)  # at most one chunk's read + encode
 
 
-def _results(model, model_path, chunks, workers: int):
+def _results(model, model_path, chunks, workers: int, units=None, adapt=None):
     """Scored chunks in input order (``parallel.ordered_map``: a worker that fails or dies
-    ends the run at once; at most ``workers`` chunks in flight)."""
+    ends the run at once; at most ``workers`` chunks in flight). With ``adapt`` (an
+    ``AdaptConfig``) the ``units`` are read whole and scored in one pass, in reading order."""
+    if adapt is not None:
+        units = list(units)
+        if units:
+            yield _adaptive_text(model, units, adapt)
+        return
     if workers == 1:  # read and encode the next chunk while this one is scored
         encode = model.tokenizer.encode_batch
         for chunk, seqs in _prefetched(lambda c: encode(c.lines, num_threads=1), chunks):
@@ -368,30 +386,44 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     """Score every unit and write ``output`` (JSONL) atomically; ``lmkit score``.
 
     Options: ``config.ScoreConfig`` (input or dataset, split, format, text_field, id_field,
-    unit, workers). Returns ``{"units", "tokens", "nll_nats", "perplexity", "seconds",
-    "units_per_s", "tokens_per_s"}`` for the whole input.
+    unit, workers) and ``config.AdaptConfig`` (adapt: every unit scored by the model mixed
+    with a cache of the units before it; the input is read whole). Returns ``{"units",
+    "tokens", "nll_nats", "perplexity", "seconds", "units_per_s", "tokens_per_s"}``.
 
     The output is checked first (``files.check_output_writable``: not an input file, not in
     the model folder) and written by ``files.atomic_write`` (temp file + rename, through
     symlinks; FIFOs and devices written in place). The model is loaded here, before any
     worker starts, so a folder that is not a model fails at once with one error.
     """
-    o = make(ScoreConfig, options)
+    adapt_keys = set(field_names(AdaptConfig))
+    ad = make(AdaptConfig, {k: v for k, v in options.items() if k in adapt_keys})
+    o = make(ScoreConfig, {k: v for k, v in options.items() if k not in adapt_keys})
+    if ad.adapt and ad.cache_fit:
+        raise InputError("lmkit score --adapt takes no --cache-fit (there is no valid split); "
+                         "fit the weights with lmkit eval --adapt --cache-fit")
+    if ad.adapt and o.workers > 1:
+        raise InputError("--adapt scores the units in reading order, in one process; pass "
+                         "--workers 1")
     input, dataset, split, fmt = o.input, o.dataset, o.split, o.format
     text_field, id_field, unit, workers = o.text_field, o.id_field, o.unit, o.workers
     if not Path(model_path).exists():
         raise MissingPathError(f"{model_path}: no such model folder; train one with `lmkit train`")
     inputs = list(input) if input is not None else [dataset]
     check_output_writable(output, inputs=inputs, models=[model_path])
-    chunks = input_chunks(input=input, dataset=dataset, split=split, fmt=fmt,
-                          text_field=text_field, id_field=id_field, unit=unit)
+    if ad.adapt:
+        chunks, units = None, iter_units(input=input, dataset=dataset, split=split, fmt=fmt,
+                                         text_field=text_field, id_field=id_field, unit=unit)
+    else:
+        units, chunks = None, input_chunks(input=input, dataset=dataset, split=split, fmt=fmt,
+                                           text_field=text_field, id_field=id_field, unit=unit)
     model = load_model(model_path)
     totals = {"units": 0, "tokens": 0, "nll": 0.0}
     t0 = time.time()
 
     def write(f):
         from tqdm import tqdm
-        results = _results(model, model_path, chunks, workers)
+        results = _results(model, model_path, chunks, workers, units,
+                           ad if ad.adapt else None)
         try:
             with tqdm(desc="score", unit="doc", file=sys.stderr,
                       disable=None if progress else True, leave=False) as bar:

@@ -21,6 +21,7 @@ from .evaluate import evaluate_lines
 from .features import Suffix, decode_suffix_key
 from .generate import generate
 from .ngram import loggamma_tables, mkn_log_proba
+from . import ngram_score
 from .ngram_sample import NgramSampler
 from .params import SparseParams
 from .sparse import lookup_rows
@@ -146,6 +147,12 @@ class LanguageModel(BaseModel):
     def log_proba_ids(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
         """Per-target natural-log probabilities of id sequences (EOS included), and seq index."""
         tok = self.tokenizer
+        walk = self._mkn_backoffs() is not None and ngram_score.walker(self.params,
+                                                                        self._loggammas, seqs)
+        if walk:  # exact MKN, compiled trie walk (ngram_score.py): the same numbers, one pass
+            n_targets = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
+            return (walk.log_proba(seqs, tok.bos_id, tok.eos_id),
+                    np.repeat(np.arange(len(seqs)), n_targets))
         rows, targets, seq_index, order = scoring.context_rows(
             self.groups, self.params.keys, seqs, self.vocab_size, tok.bos_id, tok.eos_id,
             with_order=True)

@@ -379,11 +379,12 @@ def _train_neural(cfg: TrainConfig, r: str = "neural"):
     g, n = cfg.gradient, cfg.neural
     train_corpus, valid, carved = load_text(cfg.corpus)
     lines = list(kept(train_corpus, carved))
-    options = {"max_seconds": g.max_seconds, "seed": cfg.spm.seed, "log": log}
+    options = {"max_seconds": g.max_seconds, "seed": cfg.spm.seed, "log": log,
+               "lr": g.effective_lr, "warmup": n.warmup}
     if g.solver == "transformer":
         tok = make_tokenizer(cfg, train_corpus)
-        log(f"[3/3] training a transformer from scratch for {g.max_seconds:g} CPU s")
-        return neural.train_transformer(tok, lines, list(valid), **options)
+        log(f"[3/3] training a transformer ({g.effective_init} init) for {g.max_seconds:g} CPU s")
+        return neural.train_transformer(tok, lines, list(valid), init=g.effective_init, **options)
     if n.base is not None:
         base = LanguageModel.load(n.base)
         log(f"[1/2] explicit base {n.base}: {base.describe()}")

@@ -10,7 +10,11 @@ scores (SentencePiece releases the GIL), so it can use up to two cores: the CPU 
 the process and its workers): on a shared machine the wall clock measures the other tenants too.
 
     python scripts/bench_score.py --model DIR [--split test] [--repeat 20] [--workers 1 2]
-                                  [--rounds 3] [--out /tmp/bench]
+                                  [--rounds 3] [--out /tmp/bench] [--query]
+
+``--query`` adds a table of the query alone (documents encoded beforehand): KenLM's
+``perplexity`` loop vs lmkit's ``log_proba_ids`` on the compiled MKN trie walk
+(``ngram_score.py``, its table build included) and on the numpy route.
 
 The model for issue 21's target: `lmkit train --order 5 --output o5` (an MKN model).
 """
@@ -52,6 +56,10 @@ def main() -> None:
                     help="runs of every scorer, interleaved; the table shows the median "
                          "(default 3)")
     ap.add_argument("--out", default="/tmp/bench_score", help="scratch folder")
+    ap.add_argument("--query", action="store_true",
+                    help="also time the n-gram query alone on already-encoded documents: "
+                         "KenLM's perplexity per document vs lmkit's log_proba_ids (compiled "
+                         "trie walk, its table build included, and the numpy route)")
     a = ap.parse_args()
     import kenlm
     import sentencepiece as spm
@@ -104,12 +112,50 @@ def main() -> None:
         t, c = med[name]
         print(f"| {name:<24} | {len(lines) / t:>9,.0f} | {n_tok / t:>10,.0f} | "
               f"{t_ken / t:>7.2f}x | {c:>6.2f} | {len(lines) / c:>10,.0f} | {c_ken / c:>7.2f}x |")
+    if a.query:
+        query_table(a, lines, sp, km)
     if 1 in a.workers:
         t1 = med["lmkit score --workers 1"][0]
         for w in a.workers:
             if w > 1:
                 print(f"--workers {w} vs --workers 1: {t1 / med[f'lmkit score --workers {w}'][0]:.2f}x "
                       "docs/s")
+
+
+def query_table(a, lines, sp, km) -> None:
+    """CPU seconds of the query alone (documents encoded beforehand), median of ``a.rounds``
+    interleaved rounds, in chunks of docscore's size. lmkit's compiled route loads the model
+    afresh every round, so its derived tables are built inside the timing."""
+    from lmkit import docscore, scoring
+    pieces = [" ".join(x) for x in sp.encode(lines, out_type=str)]
+    seqs = sp.encode(lines)
+    chunk = docscore.CHUNK_UNITS
+
+    def lmkit_query(compiled):
+        scoring.USE_COMPILED = compiled
+        try:
+            m = LanguageModel.load(a.model)
+            return [m.log_proba_ids(seqs[i:i + chunk]) for i in range(0, len(seqs), chunk)]
+        finally:
+            scoring.USE_COMPILED = True
+
+    names = {"kenlm perplexity loop": lambda: [km.perplexity(x) for x in pieces],
+             "lmkit log_proba_ids (compiled walk + build)": lambda: lmkit_query(True),
+             "lmkit log_proba_ids (numpy route)": lambda: lmkit_query(False)}
+    cpu: dict = {}
+    for _ in range(a.rounds):
+        for name, f in names.items():
+            c0 = time.process_time()
+            f()
+            cpu.setdefault(name, []).append(time.process_time() - c0)
+    base = statistics.median(cpu["kenlm perplexity loop"])
+    print(f"\nquery only ({len(lines)} documents encoded beforehand; CPU s of this process, "
+          f"median of {a.rounds})")
+    print(f"| {'query':<44} | {'CPU s':>6} | {'us/doc':>7} | {'vs kenlm':>8} |")
+    print(f"|{'-' * 46}|{'-' * 8}|{'-' * 9}|{'-' * 10}|")
+    for name, v in cpu.items():
+        c = statistics.median(v)
+        print(f"| {name:<44} | {c:>6.2f} | {c / len(lines) * 1e6:>7.2f} | {base / c:>7.2f}x |")
 
 
 if __name__ == "__main__":

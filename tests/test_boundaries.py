@@ -175,10 +175,47 @@ def test_token_id_boundaries(tiny_model):
     for bad in (V, -1):
         with pytest.raises(InputError, match=rf"token id {bad} is outside \[0, {V}\)"):
             tok.decode([bad])
+        with pytest.raises(InputError, match=rf"token id {bad} is outside"):  # 0 is valid
+            tok.decode([0, 1, bad])
         with pytest.raises(InputError):
             tiny_model.next_distribution([1, bad])
     p = tiny_model.next_distribution([V - 1])
     assert p.shape == (V,) and p.sum() == pytest.approx(1.0)
+
+
+# ---- evaluation batches ------------------------------------------------------------------------
+def test_evaluation_batches_stop_at_exactly_n_lines_and_chars():
+    """Scores do not depend on batching, so only a direct test pins the memory bound."""
+    from lmkit.evaluate import _chunks
+    lines = ["aaa", "bb", "  ", "c", "dddd", "eeeeeeee", "f"]
+    assert list(_chunks(lines, 10, chars=5)) == [["aaa", "bb"], ["c", "dddd"], ["eeeeeeee"], ["f"]]
+    assert list(_chunks(lines, 2, chars=100)) == [["aaa", "bb"], ["c", "dddd"], ["eeeeeeee", "f"]]
+    assert list(_chunks(lines, 1, chars=100)) == [[x] for x in EXPECTED_SEQS]
+    assert list(_chunks(["ab", "cd", "ef"], 10, chars=4)) == [["ab", "cd"], ["ef"]]  # = chars: fits
+    with pytest.raises(InputError, match="^my text: no non-empty lines"):
+        list(_chunks(["", " "], 10, source="my text"))
+    with pytest.raises(InputError, match="^lines: no non-empty lines"):
+        list(_chunks([" "], 10))
+
+
+EXPECTED_SEQS = ["aaa", "bb", "c", "dddd", "eeeeeeee", "f"]
+
+
+def test_evaluate_lines_names_its_source_and_refuses_an_infinite_perplexity(tiny_model):
+    from lmkit.evaluate import evaluate_lines
+    with pytest.raises(InputError, match="^my text: no non-empty lines"):
+        evaluate_lines(tiny_model, [" "], source="my text")
+    with pytest.raises(InputError, match="^lines: no non-empty lines"):
+        tiny_model.score(["", "\t"])
+
+    class Overflowing:  # finite log-probs whose mean overflows exp(): ppl = inf, nll finite
+        def encode_lines(self, lines):
+            return [[1] for _ in lines]
+
+        def log_proba_ids(self, seqs):
+            return np.full(2 * len(seqs), -800.0), np.repeat(np.arange(len(seqs)), 2)
+    with pytest.raises(FloatingPointError, match="non-finite perplexity"):
+        evaluate_lines(Overflowing(), ["a"])
 
 
 # ---- sampling: exact filtered distributions ---------------------------------------------------

@@ -1,0 +1,377 @@
+r"""Fast exact scoring of pure MKN n-gram models: id sequences -> natural-log probabilities.
+
+Input: a ``SparseParams`` of groups ``Suffix(1..M)`` with all lambdas 1 (an exact interpolated
+Kneser-Ney model, ``ngram.py``), its log-gamma tables (``ngram.loggamma_tables``) and token-id
+sequences. Output: float64 (N,) ``log P(target | history)`` for every target (the ids and the
+EOS of each sequence), the same numbers as ``ngram.mkn_log_proba`` over
+``features.context_rows`` (the same additions in the same order, so equal to the last bit).
+
+How: the chained ``Suffix`` keys (``key = parent row * V + oldest token``, sorted) are a trie
+read newest token first, as KenLM's: the children of a row at order m are one contiguous run of
+order m+1's keys (``child_ptr``, built once per model by one ``searchsorted``), so finding a
+position's history at order m+1 is a binary search over the few children of its order-m row,
+not over the whole table. One compiled pass (numba) walks every position of every sequence:
+per order, the history row (stop at the first unseen history, or where the history would
+need a second BOS), ``+ log gamma``, then, while the target was stored at every lower order,
+a binary search of the target in that row of ``S_m`` (the patterns are nested) ``+ S_m``.
+No padded buffer, no history sort, no per-order arrays: one pass, memory O(N).
+
+Without numba (``pip install lmkit[fast]``), or with ``scoring.USE_COMPILED`` False,
+``walker`` returns None and the caller uses ``context_rows`` + ``mkn_log_proba``.
+"""
+from __future__ import annotations
+
+from itertools import chain
+
+import numpy as np
+
+from .errors import InputError
+
+try:  # numba is optional: without it the numpy route (ngram.mkn_log_proba) scores
+    from numba import njit
+except ImportError:  # pragma: no cover (numba is a test dependency)
+    njit = None
+
+
+def _row_state(r, rowi, rowf, st, sl, lev):  # pragma: no cover (jit)
+    """Level ``lev`` of ``st`` (start, end, kind) and ``sl`` (log gamma): row record ``r``
+    (-1: no row)."""
+    if r < 0:
+        st[lev, 2] = 0
+    else:
+        st[lev, 0] = rowi[2 * r]
+        st[lev, 1] = rowi[2 * r + 2]
+        st[lev, 2] = 1
+        sl[lev] = rowf[2 * r + 1]
+
+
+def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf, rbase, h0, h0f,
+           ent, entf, closed, logq, out):  # pragma: no cover (jit)
+    """Fill ``out`` (N,) = log P of every target: per sequence its tokens, then its EOS.
+
+    ``flat`` int32 (T,): the tokens of every sequence, ``lengths`` int64 (S,), N = T + S.
+    Level l = histories of l + 1 tokens. All levels' tables are concatenated (one array each:
+    numba counts references on every access to a tuple of arrays) and packed so that one cache
+    line serves each step. Row r of level l is record ``g = rbase[l] + r``: ``rowi[2g]`` its
+    first entry, ``rowi[2g + 2]`` one past its last, ``rowf[2g + 1]`` its log gamma (``rowf``:
+    the same buffer as float64). Entry e (sorted by column within its row):
+    ``ent[4e] = column << 32 | len(next)``, ``ent[4e + 1]`` = first entry of ``next`` (-1: no
+    such row, -2: not known, search the trie), ``entf[4e + 2]`` = S value, ``entf[4e + 3]`` =
+    log gamma of ``next``, where ``next`` is the level-(l+1) row of the history ``h w``;
+    Level 0's rows are long: its entries are found in ``h0`` (``h0f``: as float64), a hash of
+    (row start, column) with 8 words a slot (one cache line): the entry's 4 words, then its row
+    start (-1: empty slot); ``_hash_level0``.
+    ``map1`` int64 (V,): the level-0 record of each token (-1: unseen); ``keys``: the sorted
+    chained keys of levels 1.. (level l's from ``koff[l]``), the children of level-(l-1) row r
+    at ``keys[cptr[cbase[l-1] + r]:cptr[cbase[l-1] + r + 1]]`` (only for histories not known
+    from the previous position); ``closed[l]``: every level-(l+1) row is the ``next`` of a
+    level-l entry, so a target not stored after h means ``h w`` is no row; ``logq`` log P_1.
+
+    The history rows of a position come from the entries its predecessor found (KenLM's
+    state): per level (start, end, kind) in ``st`` (kind 1: a row, 0: none, -1: not known) and
+    its log gamma in ``sl``. Every known level is searched (independent loads, so their cache
+    misses overlap); the sum takes S only while the target was stored at every lower level,
+    exactly as ``ngram.mkn_log_proba``.
+    """
+    M = closed.shape[0]
+    mask = h0.shape[0] // 8 - 1
+    shift = np.uint64(64 - int(np.log2(h0.shape[0] // 8)))
+    st = np.zeros((M + 1, 3), dtype=np.int64)
+    sl = np.zeros(M + 1)
+    nst = np.zeros((M + 1, 3), dtype=np.int64)
+    nsl = np.zeros(M + 1)
+    hit = np.zeros(M + 1, dtype=np.int64)
+    n = 0
+    b = 0
+    for s in range(lengths.shape[0]):
+        L = lengths[s]
+        _row_state(map1[bos], rowi, rowf, st, sl, 0)
+        for i in range(L + 1):
+            t = eos if i == L else flat[b + i]
+            top = min(M, i + 1)  # deeper histories would need a second BOS
+            for l in range(1, top):  # a level not known from the predecessor: walk the trie
+                if st[l - 1, 2] == 0:
+                    break
+                if st[l, 2] == -1:
+                    r = map1[flat[b + i - 1] if i >= 1 else bos]
+                    for m in range(1, top):
+                        j = i - m - 1
+                        if r >= 0:
+                            k = (r - rbase[m - 1]) * V + (bos if j == -1 else flat[b + j])
+                            c = cbase[m - 1] + r - rbase[m - 1]
+                            lo = cptr[c]
+                            end = cptr[c + 1]
+                            hi = end
+                            while lo < hi:
+                                mid = (lo + hi) >> 1
+                                if keys[mid] < k:
+                                    lo = mid + 1
+                                else:
+                                    hi = mid
+                            r = rbase[m] + lo - koff[m] if lo < end and keys[lo] == k else -1
+                        if m >= l:
+                            _row_state(r, rowi, rowf, st, sl, m)
+                    break
+            tk = np.int64(t) << 32
+            depth = 0  # levels with a row
+            for l in range(top):
+                if st[l, 2] != 1:
+                    break
+                depth = l + 1
+                lo = st[l, 0]
+                end = st[l, 1]
+                hi = end
+                if l == 0:  # long rows: hashed by (row start, column), one cache line a slot
+                    slot = _slot(lo * V + t, shift)
+                    hit[0] = -1
+                    while True:
+                        w = 8 * slot
+                        if h0[w + 4] < 0:
+                            break
+                        if h0[w + 4] == lo and (h0[w] >> 32) == t:
+                            hit[0] = w
+                            break
+                        slot = (slot + 1) & mask
+                else:
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if ent[4 * mid] < tk:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    hit[l] = 4 * lo if lo < end and (ent[4 * lo] >> 32) == t else -1
+            o = logq[t]
+            stored = True  # the target was stored at every lower level
+            for l in range(depth):
+                o += sl[l]
+                if stored:
+                    if hit[l] >= 0:
+                        o += h0f[hit[0] + 2] if l == 0 else entf[hit[l] + 2]
+                    else:
+                        stored = False
+            out[n] = o
+            n += 1
+            # the successor's histories: its level l+1 is this level l's history + t
+            _row_state(map1[t], rowi, rowf, nst, nsl, 0)
+            for l in range(min(M - 1, top)):
+                if l < depth and hit[l] >= 0:
+                    rec, recf, e = (h0, h0f, hit[0]) if l == 0 else (ent, entf, hit[l])
+                    nx = rec[e + 1]
+                    if nx >= 0:
+                        nst[l + 1, 0] = nx
+                        nst[l + 1, 1] = nx + (rec[e] & 0xFFFFFFFF)
+                        nst[l + 1, 2] = 1
+                        nsl[l + 1] = recf[e + 3]
+                    else:
+                        nst[l + 1, 2] = 0 if nx == -1 else -1
+                else:  # h unseen or h w not stored: no row if level l is closed
+                    nst[l + 1, 2] = 0 if closed[l] else -1
+                    break
+            st, nst = nst, st  # levels the successor does not reach are never read
+            sl, nsl = nsl, sl
+        b += L
+
+
+def _slot(k, shift):  # pragma: no cover (jit)
+    """Fibonacci hashing of a non-negative int64 key to a slot in [0, 2^(64 - shift))."""
+    return np.int64((np.uint64(k) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+
+
+def _hash_level0(V, rowi, R0, ent, h0):  # pragma: no cover (jit)
+    """Copy every level-0 entry e (row start s, column c) into slot ``_slot(s V + c)`` of
+    ``h0`` (8 words a slot: e's 4 words of ``ent``, then s; word 4 = -1: empty), probing
+    linearly; ``h0`` has at least twice as many slots as entries."""
+    n_slots = h0.shape[0] // 8
+    mask = n_slots - 1
+    shift = np.uint64(64 - int(np.log2(n_slots)))
+    for r in range(R0):
+        s = rowi[2 * r]
+        for e in range(s, rowi[2 * r + 2]):
+            slot = _slot(s * V + (ent[4 * e] >> 32), shift)
+            while h0[8 * slot + 4] >= 0:
+                slot = (slot + 1) & mask
+            for k in range(4):
+                h0[8 * slot + k] = ent[4 * e + k]
+            h0[8 * slot + 4] = s
+
+
+def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, cbase, rowi,
+           rowf, ent, entf, nxt, closed):  # pragma: no cover (jit)
+    """Fill ``_score``'s tables (its docstring) from the concatenated per-level arrays: ``rptr``
+    (sum(R + 1),) the CSR pointers of every level (level l's at ``rbase[l]``, absolute),
+    ``indices``/``data`` (nnz,), ``lg`` (sum R,) the log gammas; ``nxt`` (nnz,) int32 scratch.
+
+    The ``next`` row of an entry (h, w) of level l: ``h w`` minus its oldest token is the entry
+    (parent(h), w) one level down, whose ``next`` is already known (level 0: the row of w);
+    then one search among that row's children for the oldest token of h. -2 where that entry
+    is not stored (patterns not nested), -1 where it is but ``h w`` is not a row.
+    """
+    M = R.shape[0]
+    # children pointers (level l+1's keys in [r V, (r+1) V)): one merge against the sorted keys
+    for l in range(M - 1):
+        p = koff[l + 1]
+        stop = p + R[l + 1]
+        for r in range(R[l] + 1):
+            while p < stop and keys[p] < r * V:
+                p += 1
+            cptr[cbase[l] + r] = p
+    gl = 0
+    for l in range(M):
+        for r in range(R[l] + 1):
+            g = rbase[l] + r
+            rowi[2 * g] = rptr[g]
+            rowf[2 * g + 1] = lg[gl + r] if r < R[l] else 0.0
+        gl += R[l]
+    for l in range(M):
+        found = 0
+        for r in range(R[l]):
+            if l == 0:
+                tok = tok0[r]
+                parent = -1
+            else:
+                key = keys[koff[l] + r]
+                parent = key // V
+                tok = key % V
+            for e in range(rptr[rbase[l] + r], rptr[rbase[l] + r + 1]):
+                w = indices[e]
+                nx = -2
+                if l + 1 < M:
+                    if l == 0:
+                        a = map1[w]
+                    else:
+                        c = rbase[l - 1] + parent
+                        lo = rptr[c]
+                        end = rptr[c + 1]
+                        hi = end
+                        while lo < hi:
+                            mid = (lo + hi) >> 1
+                            if indices[mid] < w:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        a = nxt[lo] if lo < end and indices[lo] == w else -2
+                    if a == -1:
+                        nx = -1
+                    elif a >= 0:
+                        k = a * V + tok
+                        c = cbase[l] + a
+                        lo = cptr[c]
+                        end = cptr[c + 1]
+                        hi = end
+                        while lo < hi:
+                            mid = (lo + hi) >> 1
+                            if keys[mid] < k:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        nx = lo - koff[l + 1] if lo < end and keys[lo] == k else -1
+                        if nx >= 0:
+                            found += 1
+                nxt[e] = nx
+        # closed level: every row above is some entry's next (one-to-one), so what is unknown
+        # (-2) is no row (-1), and a target not stored means no row above
+        closed[l] = l + 1 < M and found == R[l + 1]
+        for e in range(rptr[rbase[l]], rptr[rbase[l] + R[l]]):
+            nx = nxt[e]
+            if nx == -2 and closed[l]:
+                nx = -1
+                nxt[e] = -1
+            ent[4 * e] = np.int64(indices[e]) << 32
+            entf[4 * e + 2] = data[e]
+            if nx >= 0:
+                g = rbase[l + 1] + nx
+                ent[4 * e] |= rptr[g + 1] - rptr[g]
+                ent[4 * e + 1] = rptr[g]
+                entf[4 * e + 3] = rowf[2 * g + 1]
+            else:
+                ent[4 * e + 1] = nx
+                entf[4 * e + 3] = 0.0
+
+
+_row_state = njit(cache=True, nogil=True, inline="always")(_row_state) if njit is not None \
+    else _row_state
+_slot = njit(cache=True, nogil=True, inline="always")(_slot) if njit is not None else _slot
+_hash_level0_compiled = njit(cache=True, nogil=True)(_hash_level0) if njit is not None else None
+_build_compiled = njit(cache=True, nogil=True)(_build) if njit is not None else None
+_score_compiled = njit(cache=True, nogil=True)(_score) if njit is not None else None
+
+
+class MknWalker:
+    """Derived tables of one pure MKN ``SparseParams`` for ``_score`` (built once: ``walker``).
+
+    ``log_proba(seqs, bos_id, eos_id)`` -> float64 (N,) natural logs, targets in sequence order.
+    Memory: 36 bytes per stored entry, 24 per row (records, keys and child pointers).
+    """
+
+    def __init__(self, params, loggammas):
+        V = params.vocab_size
+        keys = [np.asarray(k, dtype=np.int64) for k in params.keys]
+        S = [x.tocsr() for x in params.S]
+        M = len(S)
+        self.V = V
+        self.map1 = np.full(V, -1, dtype=np.int64)
+        self.map1[keys[0]] = np.arange(len(keys[0]))  # keys[0]: sorted token ids (validated)
+        R = np.array([len(k) for k in keys], dtype=np.int64)
+        self.koff = np.concatenate([[0, 0], np.cumsum(R[1:])])[:M].astype(np.int64)
+        self.keys = np.concatenate([np.zeros(0, np.int64)] + keys[1:])
+        nnz = np.array([x.nnz for x in S], dtype=np.int64)
+        eoff = np.concatenate([[0], np.cumsum(nnz)[:-1]])
+        self.rbase = np.concatenate([[0], np.cumsum(R + 1)[:-1]]).astype(np.int64)
+        rptr = np.concatenate([x.indptr.astype(np.int64) + o for x, o in zip(S, eoff)])
+        self.cbase = np.concatenate([[0], np.cumsum(R[:-1] + 1)])[:max(M - 1, 1)].astype(np.int64)
+        self.cptr = np.zeros(max(int((R[:-1] + 1).sum()), 1), dtype=np.int64)
+        self.rowi = np.empty(2 * len(rptr), dtype=np.int64)
+        self.rowf = self.rowi.view(np.float64)
+        self.ent = np.zeros(4 * int(nnz.sum()), dtype=np.int64)
+        self.entf = self.ent.view(np.float64)
+        self.closed = np.zeros(M, dtype=np.bool_)
+        indices = np.concatenate([x.indices for x in S]).astype(np.int32, copy=False)
+        _build_compiled(V, keys[0], self.map1, self.keys, self.koff, R, rptr, self.rbase, indices,
+                        np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
+                        np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
+                        self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
+                        np.empty(len(indices), dtype=np.int32), self.closed)
+        self.h0 = np.full(8 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int64)
+        self.h0f = self.h0.view(np.float64)
+        _hash_level0_compiled(V, self.rowi, R[0], self.ent, self.h0)
+        self.logq = np.log(params.q)
+
+    def log_proba(self, seqs: list, bos_id: int, eos_id: int) -> np.ndarray:
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        total = int(lengths.sum())
+        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=total)
+        if total and (flat.min() < 0 or flat.max() >= self.V):
+            bad = int(flat[(flat < 0) | (flat >= self.V)][0])
+            raise InputError(f"token id {bad} is out of range for a vocabulary of {self.V}; "
+                             "encode the text with this model's tokenizer")
+        out = np.empty(total + len(seqs))
+        _score_compiled(flat.astype(np.int32), lengths, bos_id, eos_id, self.V, self.map1,
+                        self.keys, self.koff, self.cptr, self.cbase, self.rowi, self.rowf,
+                        self.rbase, self.h0, self.h0f, self.ent, self.entf, self.closed, self.logq, out)
+        return out
+
+
+# the tables cost ~0.1 us per stored entry to build and save ~0.5 us per scored position over
+# the numpy route (measured on the default corpus's order-5 model): build them once the
+# positions scored through one model reach this fraction of its entries (ski rental: a small
+# job never pays more than about twice what it would have cost either way)
+BUILD_AFTER = 1 / 8
+
+
+def walker(params, loggammas, seqs=()):
+    """The ``MknWalker`` of ``params`` (kept on the frozen object), or None when the compiled
+    loop is unavailable (no numba) or switched off (``scoring.USE_COMPILED = False``), or while
+    the positions scored through ``params`` (``seqs``' targets counted in) are still fewer
+    than ``BUILD_AFTER`` times its stored entries (the numpy route is cheaper until then)."""
+    from . import scoring
+    if _score_compiled is None or not scoring.USE_COMPILED:
+        return None
+    w = params.__dict__.get("_mkn_walker")
+    if w is None:
+        seen = params.__dict__.get("_mkn_positions", 0) + sum(map(len, seqs)) + len(seqs)
+        object.__setattr__(params, "_mkn_positions", seen)
+        if seen < BUILD_AFTER * sum(S.nnz for S in params.S):
+            return None
+        w = MknWalker(params, loggammas)
+        object.__setattr__(params, "_mkn_walker", w)
+    return w

@@ -1,0 +1,196 @@
+"""Compressors vs lmkit, static and adaptive, in bits per byte of the test text (one run).
+
+Compressor figure: ``size(train + test) - size(train)`` in bits / test bytes, so the compressor
+has seen the training text first, as the models have. The text every row sees is the same: the
+corpus's non-empty lines (``rstrip``-ed, as lmkit reads them), each followed by one newline;
+test bytes = what ``lmkit eval`` divides by. Compressors (each skipped, visibly, when missing;
+``apt-get install -y p7zip-full zstd xz-utils bzip2``): ``xz -9e``, ``bzip2 -9``,
+``zstd -19 --long=27``, PPMd order 8 with 1 GB via 7-Zip (``7z a -m0=PPMd:mem=1g:o=8``).
+lmkit rows: the static model (``evaluate_lines``) and adaptive scoring (``adapt.py``) in this
+process, CPU seconds of each (``time.process_time``, static scoring included in the adaptive
+row); compressor CPU s are their children's user + system time.
+
+Corpora:
+  shakespeare   the default corpus's train and test splits; the default model (``--model``, or
+                trained here with ``lmkit train``).
+  vim           Vim's documentation (``--vim-docs``, default /usr/share/vim/vim90/doc): the
+                sorted ``*.txt`` files, file i in valid when i % 10 == 3, in test when
+                i % 10 == 7, else train, train cut to its first ``--vim-train-lines`` lines;
+                written to WORK/vim/{train,valid,test}.txt and a default model trained on
+                train.txt (``lmkit train --input WORK/vim/train.txt``). Its adaptive rows: the
+                default cache weights (chosen on shakespeare valid) and weights fitted on its
+                own valid.
+
+    PYTHONPATH=. python scripts/bench_compress.py --work /tmp/bench_compress [--model DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lmkit.adapt import evaluate_adaptive, fit_weights
+from lmkit.config import AdaptConfig
+from lmkit.corpus import load_corpus
+from lmkit.evaluate import evaluate_lines
+from lmkit.model import LanguageModel
+
+COMPRESSORS = [  # (name, tool, command writing the compressed input to stdout or to OUT)
+    ("xz -9e", "xz", lambda src, out: ["xz", "-9e", "-c", "-T1", src]),
+    ("bzip2 -9", "bzip2", lambda src, out: ["bzip2", "-9", "-c", src]),
+    ("zstd -19 --long", "zstd", lambda src, out: ["zstd", "-19", "--long=27", "-c", "-q", src]),
+    ("PPMd o8 1GB (7-Zip)", "7z", lambda src, out: ["7z", "a", "-bd", "-bso0", "-m0=PPMd:mem=1g:o=8",
+                                                     out, src]),
+]
+
+
+def write_lines(path: Path, lines: list) -> int:
+    """The lines, one newline each; returns the bytes written."""
+    data = "".join(x + "\n" for x in lines).encode("utf-8")
+    path.write_bytes(data)
+    return len(data)
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def compressed_size(name, make, src: Path, work: Path) -> tuple[int, float]:
+    """Size in bytes of ``src`` compressed, and the CPU seconds it took."""
+    out = work / "out.7z"
+    if out.exists():
+        out.unlink()
+    t0 = children_cpu()
+    r = subprocess.run(make(str(src), str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cpu = children_cpu() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{name} failed: {r.stderr.decode(errors='replace')[:200]}")
+    size = out.stat().st_size if "7z" in name or "7-Zip" in name else len(r.stdout)
+    if out.exists():
+        out.unlink()
+    return size, cpu
+
+
+def compressor_rows(train: Path, test: Path, work: Path, test_bytes: int) -> list:
+    both = work / "train_test.txt"
+    both.write_bytes(train.read_bytes() + test.read_bytes())
+    rows = []
+    for name, tool, make in COMPRESSORS:
+        if shutil.which(tool) is None:
+            rows.append((name, None, None, f"skipped: `{tool}` not installed"))
+            continue
+        s_train, c1 = compressed_size(name, make, train, work)
+        s_both, c2 = compressed_size(name, make, both, work)
+        rows.append((name, (s_both - s_train) * 8 / test_bytes, c1 + c2, "train+test, train"))
+    both.unlink()
+    return rows
+
+
+def lmkit_rows(model, test_lines, valid_lines=None) -> list:
+    # warm-up: the first call derives the model's lookup tables, which neither row should pay
+    evaluate_lines(model, test_lines[:200])
+    t0 = time.process_time()
+    static = evaluate_lines(model, test_lines)
+    t_static = time.process_time() - t0
+    rows = [("lmkit default, static", static["bits_per_byte"], t_static, "1.00x static CPU")]
+    t0 = time.process_time()
+    ad = evaluate_adaptive(model, test_lines, AdaptConfig(adapt=True))
+    t_ad = time.process_time() - t0
+    rows.append(("lmkit default, --adapt", ad["bits_per_byte"], t_ad,
+                 f"{t_ad / t_static:.2f}x static CPU; cache weights of shakespeare valid"))
+    if valid_lines is not None:
+        cfg = AdaptConfig(adapt=True, cache_fit=True)
+        t0 = time.process_time()
+        w, _ = fit_weights(model, valid_lines, cfg)
+        t_fit = time.process_time() - t0
+        t0 = time.process_time()
+        ad = evaluate_adaptive(model, test_lines, AdaptConfig(adapt=True,
+                                                              cache_weights=w.to_json()))
+        t_ad = time.process_time() - t0
+        rows.append(("lmkit default, --adapt --cache-fit", ad["bits_per_byte"], t_ad,
+                     f"{t_ad / t_static:.2f}x static CPU; weights fitted on valid in "
+                     f"{t_fit:.1f} CPU s (not counted)"))
+    return rows
+
+
+def train_model(out: Path, args: list) -> LanguageModel:
+    if not (out / "manifest.json").exists():
+        print(f"training {out} (lmkit train {' '.join(args)})", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "lmkit.cli", "train", "--output", str(out), *args],
+                       check=True, stdout=subprocess.DEVNULL)
+    return LanguageModel.load(out)
+
+
+def vim_splits(docs: Path, train_lines: int) -> dict:
+    files = sorted(docs.glob("*.txt"))
+    if not files:
+        return {}
+    split = {"train": [], "valid": [], "test": []}
+    for i, f in enumerate(files):
+        name = {3: "valid", 7: "test"}.get(i % 10, "train")
+        split[name].extend(x for x in load_corpus(input=[str(f)]))
+    split["train"] = split["train"][:train_lines]
+    return split
+
+
+def table(title: str, test_bytes: int, rows: list) -> None:
+    print(f"\n### {title} (test {test_bytes:,} bytes)\n")
+    print("| model | test bits/byte | CPU s | note |")
+    print("|---|---|---|---|")
+    for name, bpb, cpu, note in rows:
+        b = "-" if bpb is None else f"{bpb:.3f}"
+        c = "-" if cpu is None else f"{cpu:.1f}"
+        print(f"| {name} | {b} | {c} | {note} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/bench_compress", help="scratch folder (kept: models)")
+    ap.add_argument("--model", help="default model of the default corpus (else trained in WORK)")
+    ap.add_argument("--vim-docs", default="/usr/share/vim/vim90/doc")
+    ap.add_argument("--vim-train-lines", type=int, default=100_000)
+    ap.add_argument("--skip-vim", action="store_true")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    # ---- the default corpus
+    d = work / "shakespeare"
+    d.mkdir(exist_ok=True)
+    split = {s: list(load_corpus(split=s)) for s in ("train", "test")}
+    write_lines(d / "train.txt", split["train"])
+    n_test = write_lines(d / "test.txt", split["test"])
+    model = LanguageModel.load(a.model) if a.model else train_model(work / "model_shakespeare", [])
+    rows = compressor_rows(d / "train.txt", d / "test.txt", d, n_test)
+    rows += lmkit_rows(model, split["test"])
+    table("shakespeare (default corpus)", n_test, rows)
+    sys.stdout.flush()
+
+    # ---- the second corpus
+    if a.skip_vim:
+        return
+    split = vim_splits(Path(a.vim_docs), a.vim_train_lines)
+    if not split:
+        print(f"\n(second corpus skipped: no *.txt in {a.vim_docs}; install vim-runtime or pass "
+              "--vim-docs)")
+        return
+    d = work / "vim"
+    d.mkdir(exist_ok=True)
+    for s in ("train", "valid"):
+        write_lines(d / f"{s}.txt", split[s])
+    n_test = write_lines(d / "test.txt", split["test"])
+    model = train_model(work / "model_vim", ["--input", str(d / "train.txt")])
+    rows = compressor_rows(d / "train.txt", d / "test.txt", d, n_test)
+    rows += lmkit_rows(model, split["test"], split["valid"])
+    table(f"Vim docs ({a.vim_docs}; train {len(split['train'])} lines)", n_test, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""lmkit.ngram_score: the compiled MKN trie walk gives today's exact scorer's numbers.
+
+Reference: ``ngram.mkn_log_proba`` over ``features.context_rows`` (the numpy route, also what
+runs without numba), on MKN models of orders 2-6, pruned ones, patterns that are not nested
+(as ARPA imports can be), sequences with tokens never seen and histories never seen; and
+KenLM's ``full_scores`` on the exported ARPA.
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("numba")
+
+from lmkit import scoring  # noqa: E402
+from lmkit.counts import count_chunk  # noqa: E402
+from lmkit.errors import InputError  # noqa: E402
+from lmkit.features import context_rows, make_groups  # noqa: E402
+from lmkit.ngram import loggamma_tables, mkn_log_proba, solve_ngram  # noqa: E402
+from lmkit import ngram_score  # noqa: E402
+from lmkit.ngram_score import MknWalker, walker  # noqa: E402
+
+BOS, EOS = 1, 2
+
+
+def corpus(n, V, seed, lo=3, hi=None):
+    """n Zipf-ish sequences over tokens lo..hi-1 (hi = V: every real token)."""
+    rng = np.random.default_rng(seed)
+    hi = V if hi is None else hi
+    p = 1.0 / np.arange(1, hi - lo + 1)
+    p /= p.sum()
+    return [list(rng.choice(np.arange(lo, hi), size=rng.integers(0, 12), p=p)) for _ in range(n)]
+
+
+def fit(order, V=14, prune=None, seed=0):
+    groups = make_groups(0, order)
+    seqs = corpus(300, V, seed, hi=V - 3)  # the last 3 tokens (and <unk> 0) are never seen
+    return solve_ngram(count_chunk(seqs, V, groups, BOS, EOS), prune=prune), groups
+
+
+def reference(params, groups, seqs, loggammas):
+    rows, targets, _, order = context_rows(groups, params.keys, seqs, params.vocab_size, BOS,
+                                           EOS, with_order=True)
+    return mkn_log_proba(params, rows, targets, loggammas, order)
+
+
+def sample_sequences(V=14):
+    """Seen text, unseen tokens (0 = <unk>, V-3..V-1), random (mostly unseen) histories,
+    empty sequences, long ones (past the order), and 4096+ positions (history_order used)."""
+    seqs = corpus(60, V, 0, hi=V - 3) + corpus(60, V, 7, lo=0) + [[], [], [0], [V - 1] * 9]
+    return seqs + corpus(500, V, 3, hi=V - 3) + [list(range(3, V)) * 3]
+
+
+@pytest.mark.parametrize("order", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("prune", [None, "prune"])
+def test_walk_equals_mkn_log_proba(order, prune):
+    params, groups = fit(order, prune=[0] + [1] * (order - 1) if prune else None)
+    lg = loggamma_tables(params)
+    seqs = sample_sequences()
+    want = reference(params, groups, seqs, lg)
+    got = MknWalker(params, lg).log_proba(seqs, BOS, EOS)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("order", [3, 5])
+def test_patterns_not_nested(order):
+    """Entries dropped at random from every order (an imported ARPA need not list the suffixes
+    of its n-grams): the walk follows the same rule as mkn_log_proba, whatever the pattern."""
+    params, groups = fit(order, seed=1)
+    lg = loggamma_tables(params)
+    rng = np.random.default_rng(5)
+    S = []
+    for m in params.S:
+        m = m.tocoo()
+        keep = rng.random(m.nnz) > 0.3
+        S.append(sp.csr_matrix((m.data[keep], (m.row[keep], m.col[keep])), shape=m.shape))
+    broken = type(params)(params.groups, params.q, S, params.keys, params.lambdas, params.info)
+    seqs = sample_sequences()
+    np.testing.assert_allclose(MknWalker(broken, lg).log_proba(seqs, BOS, EOS),
+                               reference(broken, groups, seqs, lg), rtol=1e-12, atol=0)
+
+
+def test_bad_ids_are_refused():
+    params, _ = fit(3)
+    w = MknWalker(params, loggamma_tables(params))
+    for bad in ([3, 14], [-1, 3]):
+        with pytest.raises(InputError, match="out of range"):
+            w.log_proba([[3], bad], BOS, EOS)
+    assert w.log_proba([], BOS, EOS).shape == (0,)
+
+
+@pytest.fixture(scope="module", params=[2, 3, 5, 6])
+def trained(request, tiny_corpus_file, tiny_tok_file):
+    from lmkit.train import train
+    return train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file),
+                 order=request.param)
+
+
+def test_model_route_equals_numpy_route(trained, tiny_lines, monkeypatch):
+    """``log_proba_ids`` of a pure MKN model walks the trie; with the compiled code switched
+    off it takes the numpy route: same numbers, same sequence index."""
+    seqs = trained.tokenizer.encode_batch(tiny_lines[:80] + ["Zebra quux 123 !!", ""])
+    monkeypatch.setattr(ngram_score, "BUILD_AFTER", 0.0)
+    assert walker(trained.params, trained._mkn_backoffs()) is not None
+    got, idx = trained.log_proba_ids(seqs)
+    monkeypatch.setattr(scoring, "USE_COMPILED", False)
+    assert walker(trained.params, trained._mkn_backoffs()) is None
+    want, want_idx = trained.log_proba_ids(seqs)
+    assert np.array_equal(idx, want_idx)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_matches_kenlm_full_scores(trained, tiny_lines, tmp_path):
+    kenlm = pytest.importorskip("kenlm")
+    from lmkit.arpa import piece_words, write_arpa
+    write_arpa(trained, tmp_path / "m.arpa", words="pieces")
+    km = kenlm.Model(str(tmp_path / "m.arpa"))
+    words = piece_words(trained.tokenizer)
+    seqs = trained.tokenizer.encode_batch(tiny_lines[:60] + ["Zebra quux 123 !!"])
+    ken = np.concatenate([[s[0] for s in km.full_scores(" ".join(words[x]), bos=True, eos=True)]
+                          for x in seqs])
+    mine = trained.log_proba_ids(seqs)[0] / math.log(10)
+    assert np.abs(mine - ken).max() < 1e-5
+
+
+def test_tables_are_built_once_enough_positions_were_scored(trained, tiny_lines, monkeypatch):
+    """Small jobs take the numpy route (building the tables would cost more than it saves);
+    past BUILD_AFTER x the stored entries the walk takes over: the numbers do not change."""
+    m, params = trained, trained.params
+    params.__dict__.pop("_mkn_walker", None)
+    params.__dict__.pop("_mkn_positions", None)
+    nnz = sum(S.nnz for S in params.S)
+    seqs = m.tokenizer.encode_batch(tiny_lines[:20])
+    n = sum(map(len, seqs)) + len(seqs)
+    monkeypatch.setattr(ngram_score, "BUILD_AFTER", 2.5 * n / nnz)  # built by the 3rd call
+    first, _ = m.log_proba_ids(seqs)
+    m.log_proba_ids(seqs)
+    assert "_mkn_walker" not in params.__dict__
+    again, _ = m.log_proba_ids(seqs)
+    assert "_mkn_walker" in params.__dict__
+    np.testing.assert_allclose(again, first, rtol=1e-12, atol=0)

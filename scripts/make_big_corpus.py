@@ -2,9 +2,9 @@
 
 No corpus of 100M+ tokens is reachable offline, so this one is built honestly: a model trained
 on the Shakespeare train split (or the model folder given with --model) samples sequences, many
-at once (``lmkit.experiments.synthetic.sample_batch``, exact sampling at temperature 1), seeded, and writes
-them as text shards ``OUT/shard-00000.txt`` (``--shard-lines`` lines each). The text therefore
-has the model's real token statistics, at any size.
+at once (``lmkit.experiments.synthetic.sample_batch``, exact sampling at temperature 1), seeded,
+and writes them as text shards ``OUT/shard-00000.txt`` (``--shard-lines`` lines each). The text
+therefore has the model's real token statistics, at any size.
 
 By default the sampling model is an order-5 interpolated modified Kneser-Ney model
 (``--order 5``), sampled exactly by the back-off walk of ``lmkit.ngram.sample`` (no V-vector),

@@ -583,7 +583,7 @@ def params_to_arrays(params) -> dict:
     for g, k in enumerate(params.keys):
         if k is not None:
             arrays.update(_compact_keys(f"keys{g}", k))
-    for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram/mkn.py)
+    for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.mkn)
         arrays[f"G{g}"] = lg
     # the tables some kinds are rebuilt with (clusters{C}, piece_bytes; kinds.py)
     arrays.update(kinds.group_tables(params.groups))

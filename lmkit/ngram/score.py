@@ -1,9 +1,9 @@
 r"""Fast exact scoring of pure MKN n-gram models: id sequences -> natural-log probabilities.
 
 Input: a ``SparseParams`` of groups ``Suffix(1..M)`` with all lambdas 1 (an exact interpolated
-Kneser-Ney model, ``ngram/mkn.py``), its log-gamma tables (``ngram.tables.loggamma_tables``) and token-id
+Kneser-Ney model, ``mkn.py``), its log-gamma tables (``tables.loggamma_tables``) and token-id
 sequences. Output: float64 (N,) ``log P(target | history)`` for every target (the ids and the
-EOS of each sequence), the same numbers as ``ngram.tables.mkn_log_proba`` over
+EOS of each sequence), the same numbers as ``tables.mkn_log_proba`` over
 ``features.context_rows`` (the same additions in the same order, so equal to the last bit).
 
 How: the chained ``Suffix`` keys (``key = parent row * V + oldest token``, sorted) are a trie

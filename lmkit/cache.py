@@ -219,17 +219,26 @@ def level_stats(stream: np.ndarray, line: np.ndarray, order: int, window: int,
     return np.concatenate(parts, axis=1)
 
 
-def _forward(static_logp, stats, a, b, d, e):
+def _levels(stats: np.ndarray) -> list:
+    """Per level, the positions whose history was seen (c > 0) and their c, n, u as float64:
+    the only positions a level changes."""
+    out = []
+    for k in range(stats.shape[1]):
+        idx = np.flatnonzero(stats[0, k] > 0)
+        out.append((idx, *(stats[j, k, idx].astype(np.float64) for j in range(3))))
+    return out
+
+
+def _forward(static_logp, levels, a, b, d, e):
     """Probabilities of the targets at every level: list of float64 (T,), level -1 first."""
     ps = [np.exp(static_logp)]
-    for k in range(len(a)):
-        c, n, u = stats[0, k], stats[1, k], stats[2, k]
-        p = ps[-1]
-        seen = c > 0
-        cs = np.maximum(c, 1)
-        q = (np.maximum(n - d[k], 0.0) + d[k] * u * p) / cs
-        lam = np.where(seen, a[k] * c / (c + b[k] + e[k] * u), 0.0)
-        ps.append(p + lam * (q - p))
+    for k, (idx, c, n, u) in enumerate(levels):
+        p = ps[-1].copy()
+        pk = p[idx]
+        q = (np.maximum(n - d[k], 0.0) + d[k] * u * pk) / c
+        lam = a[k] * c / (c + b[k] + e[k] * u)
+        p[idx] = pk + lam * (q - pk)
+        ps.append(p)
     return ps
 
 
@@ -241,31 +250,31 @@ def cache_log_proba(static_logp: np.ndarray, stats: np.ndarray, weights: "CacheW
         raise InputError(f"cache weights of {L} levels need statistics of that many")
     a, b, d, e = (np.asarray(x, float) for x in (weights.a, weights.b, weights.d, weights.e))
     # static probabilities are > 0 and every level keeps a share >= 1 - a_k c/(c + b_k) > 0
-    return np.log(_forward(static_logp, stats, a, b, d, e)[-1])
+    return np.log(_forward(static_logp, _levels(stats), a, b, d, e)[-1])
 
 
-def _nll_and_grad(x, static_logp, stats, K):
+def _nll_and_grad(x, static_logp, levels, K):
     """Mean NLL (nats/token) and its gradient in x = (a, log b, d, e), by the chain rule
-    (K = number of levels)."""
+    (K = number of levels; ``levels``: ``_levels(stats)``)."""
     a, b, d, e = x[:K], np.exp(x[K:2 * K]), x[2 * K:3 * K], x[3 * K:]
-    ps = _forward(static_logp, stats, a, b, d, e)
+    ps = _forward(static_logp, levels, a, b, d, e)
     T = len(static_logp)
     g = -1.0 / (ps[-1] * T)  # dL/dp at the top level
     grad = np.zeros(4 * K)
     for k in range(K - 1, -1, -1):
-        c, n, u = stats[0, k], stats[1, k], stats[2, k]
-        p = ps[k]
-        seen = c > 0
-        cs = np.maximum(c, 1)
-        q = (np.maximum(n - d[k], 0.0) + d[k] * u * p) / cs
+        idx, c, n, u = levels[k]
+        p, gk = ps[k][idx], g[idx]
+        q = (np.maximum(n - d[k], 0.0) + d[k] * u * p) / c
         den = c + b[k] + e[k] * u
-        frac = np.where(seen, c / den, 0.0)
+        frac = c / den
         lam = a[k] * frac
-        grad[k] = np.dot(g, frac * (q - p))
-        grad[K + k] = np.dot(g, -lam * b[k] / den * (q - p))  # d/d log b
-        grad[2 * K + k] = np.dot(g, lam * (u * p - (n > d[k])) / cs)
-        grad[3 * K + k] = np.dot(g, -lam * u / den * (q - p))
-        g = g * ((1 - lam) + lam * d[k] * u / cs)
+        gq = gk * (q - p)
+        grad[k] = np.dot(gq, frac)
+        grad[K + k] = -np.dot(gq, lam * b[k] / den)  # d/d log b
+        grad[2 * K + k] = np.dot(gk, lam * (u * p - (n > d[k])) / c)
+        grad[3 * K + k] = -np.dot(gq, lam * u / den)
+        g = g.copy()
+        g[idx] = gk * ((1 - lam) + lam * d[k] * u / c)
     return -float(np.log(ps[-1]).mean()), grad
 
 
@@ -285,7 +294,8 @@ def fit_cache(static_logp: np.ndarray, stats: np.ndarray, order: int, window: in
     zero = [(0.0, 0.0)] * R  # window levels: no discount, no u (their u is not counted)
     bounds = ([(0.0, 1.0)] * L + [(-7.0, 12.0)] * L + [(0.0, 1.0)] * K + zero
               + [(0.0, 1e4)] * K + zero)
-    res = minimize(_nll_and_grad, x0, args=(static_logp, stats, L), jac=True, method="L-BFGS-B",
+    levels = _levels(stats)  # once, not at every evaluation
+    res = minimize(_nll_and_grad, x0, args=(static_logp, levels, L), jac=True, method="L-BFGS-B",
                    bounds=bounds, options={"maxiter": max_iter})
     x = res.x
     parts = (x[:L], np.exp(x[L:2 * L]), x[2 * L:3 * L], x[3 * L:])

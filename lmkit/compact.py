@@ -10,9 +10,11 @@ Why it is safe: the normaliser is computed over whatever entries a row stores, s
 of entries is still a proper distribution (unlike a pure MKN model, whose back-off weights
 assume its patterns; those are refused). An entry of value v multiplies its column by
 ``exp(v)``; ``|v| <= tau`` changes that column by at most ``e^tau - 1``. Which tau: the largest
-of ``DEFAULT_TAUS`` whose held-out perplexity is within ``DEFAULT_MAX_COST`` of the unpruned
-model's (measured on the default corpus, docs/speed.md: a third of the entries are exact zeros
-of the entry-count weights, and up to |v| <= 0.05 the valid perplexity even improves).
+of ``taus`` whose held-out perplexity is within ``DEFAULT_MAX_COST`` of the unpruned model's.
+``lmkit train`` prunes the exact zeros only (``DEFAULT_TAUS``): a third of the default model's
+entries are zeros of the entry-count weights, and dropping them changes no probability (216 ->
+75 MB with float32 values); the curve in docs/speed.md shows that ``CURVE_TAUS`` would pick
+0.05 on the default corpus (68 MB, test perplexity -0.014 %), which moves the published numbers.
 Rows left empty are dropped from groups whose keys are plain lookups (not ``Suffix`` groups:
 their rows are the parents of the next order's chained keys).
 """
@@ -26,9 +28,9 @@ from .features import Suffix
 from .params import SparseParams
 from .scoring import context_rows, sparse_scorer
 
-DEFAULT_TAUS = (0.0, 0.01, 0.02, 0.05, 0.1)
+DEFAULT_TAUS = (0.0,)  # exact zeros: the same model, smaller
+CURVE_TAUS = (0.0, 0.01, 0.02, 0.05, 0.1)
 DEFAULT_MAX_COST = 0.001  # relative held-out perplexity increase allowed (0.1 %)
-DEFAULT_PRUNE_TOKENS = 30_000  # held-out tokens the threshold is chosen on
 
 
 def _check_union(params: SparseParams) -> None:
@@ -84,14 +86,15 @@ def choose_tau(params: SparseParams, rows: list, targets: np.ndarray, order=None
 
 
 def compact_rich(params: SparseParams, heldout: list, bos_id: int, eos_id: int,
-                 log=None) -> SparseParams:
-    """``prune_entries`` with the tau ``choose_tau`` picks on ``heldout`` (token-id sequences),
-    then ``round_float32``. Without held-out text nothing is pruned (only rounded)."""
-    tau = None
-    if heldout:
+                 taus=DEFAULT_TAUS, log=None) -> SparseParams:
+    """``prune_entries`` with the tau ``choose_tau`` picks among ``taus`` on ``heldout``
+    (token-id sequences), then ``round_float32``. ``taus`` = (0,): the exact zeros, no choice
+    to make (nothing is scored). Without held-out text only exact zeros are pruned."""
+    tau = 0.0 if set(taus) == {0.0} or not heldout else None
+    if tau is None:
         rows, targets, _, order = context_rows(params.groups, params.keys, heldout,
                                                params.vocab_size, bos_id, eos_id, with_order=True)
-        tau, trace = choose_tau(params, rows, targets, order)
+        tau, trace = choose_tau(params, rows, targets, order, taus)
         if log:
             log("      entries pruned on " + f"{len(targets)} held-out tokens: " + ", ".join(
                 f"|v|<={t:g}: {n / 1e6:.2f}M ppl {p:.3f}" if t is not None else

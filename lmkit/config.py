@@ -205,13 +205,16 @@ class GradientConfig:
                       "small transformer trained on top of the frozen explicit model; "
                       "transformer: the same network from scratch (residual/transformer need "
                       "the neural extra and max_seconds)", choices=SOLVERS)
-    init: str | None = opt(None, "gradient init (default: zeros for gradient, explicit for warm)",
+    init: str | None = opt(None, "gradient init (default: zeros for gradient, explicit for warm); "
+                           "transformer: random (default) or explicit (output bias from the "
+                           "unigram, embeddings from the bigram PMI of the training lines)",
                            choices=("zeros", "random", "explicit"))
     epochs: int = opt(10, "gradient: max passes over the data", min=1)
     max_seconds: float | None = opt(None, "gradient: training time budget in seconds",
                                     min=0.0, min_open=True)
     lr: float | None = opt(None, "gradient: learning rate (default 0.003 for gradient, 0.0003 "
-                           "for warm)", min=0.0, min_open=True)
+                           "for warm); residual/transformer: peak AdamW rate (default: chosen "
+                           "for the solver and max_seconds)", min=0.0, min_open=True)
     batch_size: int = opt(1024, "gradient: minibatch size", min=1)
     optimizer: str = opt("adam", "gradient: lazy Adam or SGD with momentum 0.9",
                          choices=("adam", "sgd"))
@@ -231,21 +234,29 @@ class GradientConfig:
         if self.solver in NEURAL_SOLVERS and self.max_seconds is None:
             raise OptionError(f"solver {self.solver} trains by a CPU-time budget; add max_seconds "
                               "(e.g. 300)")
-        if self.solver in NEURAL_SOLVERS and self.init is not None:
-            raise OptionError(f"init is for the gradient solvers, not solver {self.solver}")
+        if self.solver == "residual" and self.init is not None:
+            raise OptionError("init is for the gradient solvers and solver transformer, not "
+                              "solver residual (its network starts at exactly 0)")
+        if self.solver == "transformer" and self.init not in (None, "random", "explicit"):
+            raise OptionError(f"solver transformer starts from init random or explicit, got "
+                              f"init {self.init}")
         if self.solver == "warm" and self.init not in (None, "explicit"):
             raise OptionError(f"solver warm starts from the explicit solution, got init "
                               f"{self.init}; use solver gradient for zeros/random init")
 
     @property
     def effective_init(self) -> str | None:
+        if self.solver == "transformer":
+            return self.init or "random"
         if self.solver == "explicit" or self.solver in NEURAL_SOLVERS:
             return None
         return self.init or ("explicit" if self.solver == "warm" else "zeros")
 
     @property
     def effective_lr(self) -> float | None:
-        if self.solver == "explicit" or self.solver in NEURAL_SOLVERS:
+        if self.solver in NEURAL_SOLVERS:
+            return self.lr  # None: lmkit.neural.fit.default_schedule picks it from the budget
+        if self.solver == "explicit":
             return None
         return self.lr or DEFAULT_LR[self.solver]
 
@@ -256,10 +267,12 @@ class NeuralConfig:
 
     base: str | None = opt(None, "residual: the explicit model folder to build on (default: "
                            "train one with the model options first)", metavar="DIR")
-    crossfit: int = opt(2, "residual: the training lines' explicit term comes from k models "
-                        "that did not count them (0 = the base model itself, which has seen "
-                        "them and overfits)", min=0, max=16)
+    crossfit: int = opt(4, "residual: the training lines' explicit term comes from k models "
+                        "that did not count them, each on (k-1)/k of the lines (0 = the base "
+                        "model itself, which has seen them and overfits)", min=0, max=16)
     learn_scale: bool = opt(True, "residual: learn a scalar on the explicit term")
+    warmup: int | None = opt(None, "residual/transformer: warm-up steps of the learning rate "
+                             "(default: chosen for the solver and max_seconds)", min=1)
 
     def __post_init__(self):
         check_fields(self)

@@ -57,7 +57,10 @@ def evaluate_lines(model, lines: Iterable[str], *, chunk_lines: int = 100_000,
         n_bytes += sum(len(s.encode("utf-8")) + 1 for s in chunk)
         if progress is not None:
             progress.update(len(logp))
-    ppl = math.exp(nll / n_tok)
+    try:
+        ppl = math.exp(nll / n_tok)
+    except OverflowError:  # a mean over ~709.8 nats per token has no float64 perplexity
+        ppl = math.inf
     if not math.isfinite(ppl) or not math.isfinite(nll):
         raise FloatingPointError(f"non-finite perplexity (nll={nll}); this is a bug, please report it")
     return {"sequences": n_seq, "tokens": n_tok, "bytes": n_bytes, "nll_nats": nll,

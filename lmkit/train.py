@@ -379,11 +379,12 @@ def _train_neural(cfg: TrainConfig, r: str = "neural"):
     g, n = cfg.gradient, cfg.neural
     train_corpus, valid, carved = load_text(cfg.corpus)
     lines = list(kept(train_corpus, carved))
-    options = {"max_seconds": g.max_seconds, "seed": cfg.spm.seed, "log": log}
+    options = {"max_seconds": g.max_seconds, "seed": cfg.spm.seed, "log": log,
+               "lr": g.effective_lr, "warmup": n.warmup}
     if g.solver == "transformer":
         tok = make_tokenizer(cfg, train_corpus)
-        log(f"[3/3] training a transformer from scratch for {g.max_seconds:g} CPU s")
-        return neural.train_transformer(tok, lines, list(valid), **options)
+        log(f"[3/3] training a transformer ({g.effective_init} init) for {g.max_seconds:g} CPU s")
+        return neural.train_transformer(tok, lines, list(valid), init=g.effective_init, **options)
     if n.base is not None:
         base = LanguageModel.load(n.base)
         log(f"[1/2] explicit base {n.base}: {base.describe()}")
@@ -431,10 +432,8 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     held = tok.encode_batch(heldout_lines(valid, m.effective_lambda_tokens, tok))
     params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=_discount(m),
                            refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
-    # compact folder: drop the entries that carry no weight (the threshold chosen on held-out
-    # text), float32 values (compact.py)
-    params = compact.compact_rich(params, tok.encode_batch(heldout_lines(
-        valid, compact.DEFAULT_PRUNE_TOKENS, tok)), tok.bos_id, tok.eos_id, log=log)
+    # compact folder: drop the entries that carry no weight, float32 values (compact.py)
+    params = compact.compact_rich(params, held, tok.bos_id, tok.eos_id, log=log)
     if held_counts is not None:
         counts = counts + held_counts
     return _finish(cfg, tok, params, {"context": context, "order": order, "rich": True},

@@ -46,7 +46,8 @@ def edited(src, tmp_path, edit):
         shutil.rmtree(path)
     shutil.copytree(src, path)
     manifest, _, arrays = store.read_model_folder(path)
-    arrays = {k: np.array(v) for k, v in arrays.items()}
+    # the plain layout (compact dtypes expanded; load reads both)
+    arrays = {k: np.array(v) for k, v in store._expand_compact(arrays, "params.npz").items()}
     edit(arrays, manifest)
     size, digest = store.write_npz(path / "params.npz", arrays)
     manifest["arrays"].update(bytes=size, sha256=digest)
@@ -167,49 +168,6 @@ def test_back_off_weight_boundaries(mkn_dir, tmp_path):
             LanguageModel.load(edited(mkn_dir, tmp_path, lambda a, _, b=bad: a["G1"].__setitem__(0, b)))
 
 
-# dtypes any params.npz member may have, but not this one (indptr must match indices' int32)
-@pytest.mark.parametrize("name, bad", [("S0_data", np.float32), ("S0_indices", np.float64),
-                                       ("S0_indptr", np.int64), ("S0_shape", np.int32),
-                                       ("clusters32", np.int32)])
-def test_a_wrong_dtype_names_the_file_and_the_array(rich_dir, tmp_path, name, bad):
-    path = edited(rich_dir, tmp_path, lambda a, _: a.__setitem__(name, a[name].astype(bad)))
-    with pytest.raises(ModelFormatError, match=rf"^{path}/params.npz: array '{name}' is "):
-        LanguageModel.load(path)
-
-
-def test_non_finite_values_name_the_file_and_the_array(rich_dir, tmp_path):
-    path = edited(rich_dir, tmp_path, lambda a, _: a["S3_data"].__setitem__(0, np.nan))
-    with pytest.raises(ModelFormatError, match=rf"^{path}/params.npz: array 'S3_data' holds NaN"):
-        LanguageModel.load(path)
-
-
-def test_int64_column_indices_load_and_score_the_same(rich_dir, tmp_path):
-    """Large groups store int64 indices/indptr: both widths are valid, with the same meaning."""
-    def widen(arrays, _):
-        for g in (0, 4):
-            for k in (f"S{g}_indices", f"S{g}_indptr"):
-                arrays[k] = arrays[k].astype(np.int64)
-    wide = LanguageModel.load(edited(rich_dir, tmp_path, widen))
-    base = LanguageModel.load(rich_dir)
-    np.testing.assert_allclose(wide.log_proba("Love and the king"),
-                               base.log_proba("Love and the king"), rtol=1e-12)
-
-
-def test_checks_see_a_fault_at_a_block_edge(rich_dir, tmp_path, monkeypatch):
-    """Folders are checked in blocks of 2**20 entries; with blocks of 3 here, a decrease of indptr
-    exactly across a block edge (where only the overlapping pair sees it) is still refused."""
-    defaults = store._blocks.__defaults__
-    monkeypatch.setattr(store._blocks, "__defaults__", (defaults[0], 3))
-
-    def edit(arrays, _):
-        ptr = arrays["S0_indptr"]
-        i = next(i for i in range(3, len(ptr) - 1, 3) if ptr[i - 1] < ptr[i])
-        ptr[i] = ptr[i - 1] - 1 if ptr[i - 1] > 0 else ptr[i]  # ptr[i-1] > ptr[i]: at the edge
-        assert ptr[i - 1] > ptr[i]
-    with pytest.raises(ModelFormatError, match="indptr is not monotone"):
-        LanguageModel.load(edited(rich_dir, tmp_path, edit))
-
-
 def test_token_id_boundaries(tiny_model):
     V = tiny_model.vocab_size
     tok = tiny_model.tokenizer
@@ -217,10 +175,47 @@ def test_token_id_boundaries(tiny_model):
     for bad in (V, -1):
         with pytest.raises(InputError, match=rf"token id {bad} is outside \[0, {V}\)"):
             tok.decode([bad])
+        with pytest.raises(InputError, match=rf"token id {bad} is outside"):  # 0 is valid
+            tok.decode([0, 1, bad])
         with pytest.raises(InputError):
             tiny_model.next_distribution([1, bad])
     p = tiny_model.next_distribution([V - 1])
     assert p.shape == (V,) and p.sum() == pytest.approx(1.0)
+
+
+# ---- evaluation batches ------------------------------------------------------------------------
+def test_evaluation_batches_stop_at_exactly_n_lines_and_chars():
+    """Scores do not depend on batching, so only a direct test pins the memory bound."""
+    from lmkit.evaluate import _chunks
+    lines = ["aaa", "bb", "  ", "c", "dddd", "eeeeeeee", "f"]
+    assert list(_chunks(lines, 10, chars=5)) == [["aaa", "bb"], ["c", "dddd"], ["eeeeeeee"], ["f"]]
+    assert list(_chunks(lines, 2, chars=100)) == [["aaa", "bb"], ["c", "dddd"], ["eeeeeeee", "f"]]
+    assert list(_chunks(lines, 1, chars=100)) == [[x] for x in EXPECTED_SEQS]
+    assert list(_chunks(["ab", "cd", "ef"], 10, chars=4)) == [["ab", "cd"], ["ef"]]  # = chars: fits
+    with pytest.raises(InputError, match="^my text: no non-empty lines"):
+        list(_chunks(["", " "], 10, source="my text"))
+    with pytest.raises(InputError, match="^lines: no non-empty lines"):
+        list(_chunks([" "], 10))
+
+
+EXPECTED_SEQS = ["aaa", "bb", "c", "dddd", "eeeeeeee", "f"]
+
+
+def test_evaluate_lines_names_its_source_and_refuses_an_infinite_perplexity(tiny_model):
+    from lmkit.evaluate import evaluate_lines
+    with pytest.raises(InputError, match="^my text: no non-empty lines"):
+        evaluate_lines(tiny_model, [" "], source="my text")
+    with pytest.raises(InputError, match="^lines: no non-empty lines"):
+        tiny_model.score(["", "\t"])
+
+    class Overflowing:  # finite log-probs whose mean overflows exp(): ppl = inf, nll finite
+        def encode_lines(self, lines):
+            return [[1] for _ in lines]
+
+        def log_proba_ids(self, seqs):
+            return np.full(2 * len(seqs), -800.0), np.repeat(np.arange(len(seqs)), 2)
+    with pytest.raises(FloatingPointError, match="non-finite perplexity"):
+        evaluate_lines(Overflowing(), ["a"])
 
 
 # ---- sampling: exact filtered distributions ---------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from lmkit import store
-from lmkit.compact import choose_tau, compact_rich, prune_entries, round_float32
+from lmkit.compact import CURVE_TAUS, choose_tau, compact_rich, prune_entries, round_float32
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError, ModelFormatError
 from lmkit.features import Suffix
@@ -134,3 +134,20 @@ def test_bad_compact_arrays_are_refused(rich, tmp_path, fault, match):
     _rewrite(path, arrays)
     with pytest.raises(ModelFormatError, match=match):
         LanguageModel.load(path)
+
+
+def test_default_compaction_keeps_every_probability(rich):
+    """``lmkit train``'s compaction drops exact zeros only: the scores are those of the
+    float32-rounded model; with ``CURVE_TAUS`` the threshold is chosen on held-out text."""
+    tok, params, seqs = rich
+    small = compact_rich(params, seqs[200:], tok.bos_id, tok.eos_id)
+    assert small.info["prune_tau"] == 0.0
+    assert sum(S.nnz for S in small.S) == sum(int((S.data != 0).sum()) for S in params.S)
+    r = round_float32(params)
+    want = sparse_log_proba(r, *_rows(r, tok, seqs[:100])[:2])
+    got = sparse_log_proba(small, *_rows(small, tok, seqs[:100])[:2])
+    assert np.abs(got - want).max() < 1e-12
+    msgs = []
+    chosen = compact_rich(params, seqs[200:], tok.bos_id, tok.eos_id, taus=CURVE_TAUS,
+                          log=msgs.append)
+    assert chosen.info["prune_tau"] in CURVE_TAUS and "chose" in msgs[0]

@@ -206,8 +206,10 @@ def test_empty_higher_orders_round_trip_through_lmkits_own_export(ngram3, tiny_t
 
 # ---- model arrays at their bounds ------------------------------------------------------------
 def _arrays(d):
+    """The folder's arrays in the plain layout (compact dtypes expanded; load reads both)."""
     with np.load(d / "params.npz") as z:
-        return {k: z[k].copy() for k in z.files}
+        return {k: np.array(v) for k, v in
+                store._expand_compact({k: z[k] for k in z.files}, "params.npz").items()}
 
 
 def _rewrite(d, arrays):

@@ -213,3 +213,15 @@ def test_shakespeare_is_read_as_before(shakespeare_texts):
         stats = c.stats()
         assert stats == corpus.EXPECTED_STATS[split]
         assert c.sha256() == corpus.EXPECTED_SHA256[split]
+
+
+def test_piece_escapes_round_trip_every_control_character():
+    """spm-encode --output-format piece writes pieces with \\\\, \\t, \\n, \\r and \\uXXXX escaped;
+    spm-decode reads them back: each escape maps to exactly its character."""
+    from lmkit.tokenizer import escape_piece, unescape_piece
+    assert unescape_piece("a\\nb\\rc\\td\\\\e\\u00a0f") == "a\nb\rc\td\\e\u00a0f"
+    for text in ("\n", "\r", "\t", "\\", "x\r\ny", "\u2028\x85\x0b\x0c", "\u00a0\u3000"):
+        assert unescape_piece(escape_piece(text)) == text
+        assert not any(c.isspace() for c in escape_piece(text))
+    with pytest.raises(InputError, match="a backslash must start"):
+        unescape_piece("\\q")

@@ -162,3 +162,126 @@ def test_crossfit_of_a_rich_base_trains_rich_folds(tiny_corpus_file, tiny_tok_fi
     assert [m.config["rich"] for m in models] == [True, True]
     assert [g.name.split("_")[0] for g in models[0].groups] == \
         [g.name.split("_")[0] for g in base.groups]  # same families (cluster sizes may differ)
+
+
+def test_explicit_init_arrays_are_the_unigram_and_the_bigram_pmi(tiny_tok, tiny_lines):
+    from lmkit.neural.explicit_init import bigram_counts, init_arrays
+    seqs = tiny_tok.encode_batch(tiny_lines)
+    V, bos, eos = tiny_tok.vocab_size, tiny_tok.bos_id, tiny_tok.eos_id
+    c = bigram_counts([[5, 6]], V, bos, eos)
+    assert c.sum() == 3 and c[bos, 5] == c[5, 6] == c[6, eos] == 1
+    bias, emb = init_arrays(seqs, V, bos, eos, n_embd=16, rank=8, seed=0)
+    col = np.bincount(np.concatenate([s + [eos] for s in seqs]), minlength=V)
+    want = np.log((col + 1) / (col.sum() + V))
+    assert np.allclose(bias, want - want.mean(), atol=1e-5)
+    assert emb.shape == (V, 8) and emb.dtype == np.float32
+    gram = emb.T.astype(np.float64) @ emb  # eigenvectors: orthogonal columns, eigenvalues >= 0
+    off = gram - np.diag(np.diag(gram))
+    assert np.abs(off).max() < 1e-4 * np.diag(gram).max()
+    assert (np.diff(np.diag(gram)) <= 1e-6).all() and np.diag(gram).min() >= 0
+    again = init_arrays(seqs, V, bos, eos, n_embd=16, rank=8, seed=0)
+    assert np.array_equal(again[1], emb)  # seeded: deterministic
+    with pytest.raises(ValueError, match="rank"):
+        init_arrays(seqs, V, bos, eos, n_embd=16, rank=17)
+
+
+def test_explicit_init_starts_better_and_is_charged(tiny_tok, tiny_lines):
+    runs = {init: train_transformer(tiny_tok, tiny_lines[:200], tiny_lines[200:], config=TINY,
+                                    seed=0, init=init, **{**FAST, "max_steps": 2})
+            for init in ("random", "explicit")}
+    r, e = (runs[k].training for k in ("random", "explicit"))
+    # the unigram bias alone beats the near-uniform random start (ppl ~ V = 300)
+    assert e["history"][0]["valid_ppl"] < 0.5 * r["history"][0]["valid_ppl"]
+    assert e["init"] == "explicit" and e["init_rank"] == TINY.n_embd // 2
+    assert e["history"][0]["seconds"] > 0 == r["history"][0]["seconds"]  # init CPU s charged
+    assert runs["explicit"].config.head_bias and not runs["random"].config.head_bias
+    lm = NeuralLM.create(tiny_tok, config=TINY, seed=0)
+    with pytest.raises(InputError, match="head_bias"):
+        lm.init_explicit(tiny_tok.encode_batch(tiny_lines[:10]))
+    with pytest.raises(InputError, match="init must be"):
+        NeuralLM.create(tiny_tok, config=TINY, init="zeros")
+
+
+def test_init_option_is_one_definition_for_cli_and_api(tmp_path, tiny_corpus_file, tiny_tok_file,
+                                                       capsys):
+    from lmkit.cli import main
+    from lmkit.config import GradientConfig
+    from lmkit.errors import OptionError
+    assert GradientConfig(solver="transformer", max_seconds=1, init="explicit").effective_init \
+        == "explicit"
+    assert GradientConfig(solver="transformer", max_seconds=1).effective_init == "random"
+    with pytest.raises(OptionError, match="random or explicit"):
+        GradientConfig(solver="transformer", max_seconds=1, init="zeros")
+    with pytest.raises(OptionError, match="not solver residual"):
+        GradientConfig(solver="residual", max_seconds=1, init="explicit")
+    src = ["--input", str(tiny_corpus_file), "--tokenizer", str(tiny_tok_file)]
+    out = tmp_path / "t"
+    assert main(["train", *src, "--solver", "transformer", "--init", "explicit",
+                 "--max-seconds", "3", "--output", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["training"]["init"] == "explicit" and m["config"]["head_bias"] is True
+    assert NeuralLM.load(out).config.head_bias
+    assert main(["train", *src, "--solver", "residual", "--init", "explicit", "--max-seconds",
+                 "3", "--output", str(tmp_path / "r")]) == 2
+    assert "residual (its network starts at exactly 0)" in capsys.readouterr().err
+
+
+def test_resumed_training_equals_uninterrupted(tiny_tok, tiny_lines):
+    from lmkit.neural.fit import Trainer
+    opts = {"seed": 0, "batch_size": 16, "eval_every": 1e9, "valid_tokens": 200, "lr": 3e-3,
+            "warmup": 1, "log": lambda m: None}
+
+    def trainer():
+        return Trainer(NeuralLM.create(tiny_tok, config=TINY, seed=0), tiny_lines[:200],
+                       tiny_lines[200:], **opts)
+    whole = trainer()
+    whole.advance(60, max_steps=6)
+    first = trainer()
+    first.advance(60, max_steps=3)
+    ck = first.checkpoint()
+    buf = __import__("io").BytesIO()
+    torch.save(ck, buf)
+    buf.seek(0)
+    second = trainer()
+    second.resume(torch.load(buf, weights_only=True))  # no pickle of arbitrary objects
+    assert second.step == 3
+    second.advance(60, max_steps=6)
+    for a, b in zip(whole.lm.net.parameters(), second.lm.net.parameters()):
+        assert torch.equal(a, b)
+    other = Trainer(NeuralLM.create(tiny_tok, config=TINY, seed=0), tiny_lines[:200],
+                    tiny_lines[200:], **{**opts, "lr": 1e-2})
+    with pytest.raises(InputError, match="other training options"):
+        other.resume(ck)
+
+
+def test_hybrid_without_gain_says_so(tiny_model, tiny_lines):
+    said = []
+    lm = train_residual(tiny_model, tiny_lines[:200], tiny_lines[200:], config=TINY, seed=0,
+                        **{**FAST, "max_steps": 3, "lr": 30.0, "warmup": 1, "crossfit": 0,
+                           "log": said.append})  # a rate that can only spoil the base
+    assert lm.training["improved"] is False and lm.training["best_step"] == 0
+    assert any("NO GAIN" in m and "explicit base" in m for m in said)
+    seqs = tiny_model.encode_lines(tiny_lines[:20])
+    assert np.allclose(lm.log_proba_ids(seqs)[0], tiny_model.log_proba_ids(seqs)[0], atol=1e-4)
+
+
+def test_residual_defaults_improve_on_the_base(tiny_model, tiny_lines):
+    from lmkit.neural.fit import default_schedule
+    assert default_schedule(residual=True)[0] < default_schedule(residual=False)[0]
+    lm = train_residual(tiny_model, tiny_lines[:200], tiny_lines[200:], config=TINY, seed=0,
+                        **{**FAST, "max_steps": 30, "eval_every": 0.0})
+    t = lm.training
+    assert (t["lr"], t["warmup"]) == default_schedule(residual=True)
+    assert t["improved"] and t["best_valid_ppl"] < t["start_valid_ppl"]
+
+
+def test_crossfit_fold_models_are_cached_and_checked(tiny_model, tiny_lines, tmp_path):
+    from lmkit.neural.crossfit import fold_models
+    lines = tiny_lines[:120]
+    built = fold_models(tiny_model, lines, 2, cache=tmp_path / "folds")
+    again = fold_models(tiny_model, lines, 2, cache=tmp_path / "folds")
+    seq = tiny_model.encode_lines(lines[:3])
+    for a, b in zip(built, again):
+        assert np.array_equal(a.log_proba_ids(seq)[0], b.log_proba_ids(seq)[0])
+    with pytest.raises(InputError, match="another base, corpus, k or seed"):
+        fold_models(tiny_model, lines[:100], 2, cache=tmp_path / "folds")

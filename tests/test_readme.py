@@ -62,7 +62,7 @@ def test_default_model_reproduces_the_readme_perplexity(shakespeare_texts, monke
     shown = float(re.search(r"# = lmkit eval: ([0-9.]+)", text).group(1))
     row = re.search(r"\*\*default\*\*.*\| \*\*([0-9.]+)\*\* \| \*\*([0-9.]+)\*\* \|", text)
     model = lmkit.train(vocab_size=4096, seed=0)
-    r = lmkit.evaluate(model, split="test")
+    r = lmkit.evaluate(model)  # the default split, as `lmkit eval DIR` uses it: test
     assert (r["sequences"], r["tokens"], r["bytes"]) == (10724, 128765, 378905)
     assert r["perplexity"] == pytest.approx(73.9054586673, rel=1e-7)
     assert r["nll_nats"] == pytest.approx(554048.32824, rel=1e-7)

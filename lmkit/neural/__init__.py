@@ -39,13 +39,16 @@ def __getattr__(name):
 
 
 def train_transformer(tokenizer, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,
-                      config=None, **fit_options):
-    """A transformer trained from scratch on lmkit's token ids (``tokenizer``: lmkit Tokenizer)."""
+                      config=None, init: str = "random", **fit_options):
+    """A transformer trained on lmkit's token ids (``tokenizer``: lmkit Tokenizer), from a
+    random start or (``init="explicit"``) from the unigram and bigram counts of the training
+    lines (``explicit_init.py``; its CPU time is charged to ``max_seconds``)."""
     require_torch()
     from .fit import fit
     from .lm import NeuralLM
-    lm = NeuralLM.create(tokenizer, config=config, seed=seed)
-    return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
+    lm = NeuralLM.create(tokenizer, config=config, seed=seed, init=init)
+    return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, init=init,
+               **fit_options)
 
 
 def train_residual(base_model, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,

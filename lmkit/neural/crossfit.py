@@ -15,6 +15,7 @@ interface as ``data.ExplicitRows``.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -22,12 +23,33 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..files import atomic_write
+from ..model import LanguageModel
+from ..store import sha256_bytes
 from ..train import train
 from .data import ExplicitRows
 
 
-def fold_models(model, train_lines: list, k: int, seed: int = 0, log=None) -> list:
-    """``k`` explicit models, model ``f`` counted on every line not in fold ``f``."""
+def fold_models(model, train_lines: list, k: int, seed: int = 0, log=None, cache=None) -> list:
+    """``k`` explicit models, model ``f`` counted on every line not in fold ``f``.
+
+    ``cache``: a folder where the fold models are saved (``fold{f}/``, with ``key.json`` naming
+    what they were built from) and read back by a later call with the same model, lines, k and
+    seed (a resumed benchmark run); a folder with another key is refused, never overwritten."""
+    key = None
+    if cache is not None:
+        cache = Path(cache)
+        key = {"k": k, "seed": seed, "lines": len(train_lines),
+               "lines_sha256": sha256_bytes("\n".join(train_lines).encode("utf-8")),
+               "tokenizer_sha256": model.tokenizer.sha256, "config": json.dumps(model.config, sort_keys=True, default=str)}
+        kfile = cache / "key.json"
+        if kfile.is_file():
+            if json.loads(kfile.read_text()) != key:
+                raise InputError(f"{cache}: holds fold models of another base, corpus, k or seed; "
+                                 "pass an empty folder")
+            if log:
+                log(f"crossfit: {k} fold models from {cache}")
+            return [LanguageModel.load(cache / f"fold{f}") for f in range(k)]
     lam = getattr(model.params, "lambdas", None)
     if lam is None:
         raise InputError("cross-fitting needs an explicit (sparse) base model; pass crossfit=0 "
@@ -52,6 +74,11 @@ def fold_models(model, train_lines: list, k: int, seed: int = 0, log=None) -> li
                             lambdas=[float(x) for x in lam], workers=1)
             models.append(train(input=[str(path)], tokenizer=str(tok_path), seed=seed,
                                 verbose=False, **opts))
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for f, m in enumerate(models):
+            m.save(cache / f"fold{f}")
+        atomic_write(cache / "key.json", json.dumps(key))
     return models
 
 

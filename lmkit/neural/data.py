@@ -44,12 +44,14 @@ def make_windows(lengths: np.ndarray, block_size: int) -> np.ndarray:
 @dataclass
 class Batch:
     """x: int64 (B, T) inputs; sel: int64 (N,) flat indices into B*T of the scored positions;
-    y: int64 (N,) their targets; flat: int64 (N,) their flat target indices (explicit rows)."""
+    y: int64 (N,) their targets; flat: int64 (N,) their flat target indices (explicit rows);
+    tokens: the real (not padding) input positions of ``x``."""
 
     x: torch.Tensor
     sel: torch.Tensor
     y: torch.Tensor
     flat: np.ndarray
+    tokens: int = 0
 
 
 class SequenceData:
@@ -77,7 +79,8 @@ class SequenceData:
             y.append(tgt[t])
             flat.append(self.offsets[s] + t)
         sel, y, flat = (np.concatenate(a) for a in (sel, y, flat))
-        return Batch(torch.from_numpy(x), torch.from_numpy(sel), torch.from_numpy(y), flat)
+        return Batch(torch.from_numpy(x), torch.from_numpy(sel), torch.from_numpy(y), flat,
+                     int((w[:, 2] - w[:, 1]).sum()))
 
     def eval_order(self, batch_size: int):
         """Window-id batches, long windows together (less padding); covers every window once."""

@@ -42,6 +42,9 @@ from .data import ExplicitRows, SequenceData
 from .transformer import GPT, GPTConfig
 
 
+INITS = ("random", "explicit")
+
+
 class Network(nn.Module):
     """``f_theta`` plus the scale ``a`` on the explicit term (a parameter, or a fixed buffer)."""
 
@@ -62,6 +65,15 @@ class Network(nn.Module):
             logits = logits + self.scale * explicit
         return torch.log_softmax(logits, dim=-1)
 
+    def nll(self, x: torch.Tensor, sel: torch.Tensor, y: torch.Tensor,
+            explicit: torch.Tensor | None) -> torch.Tensor:
+        """Mean negative log-likelihood (nats) of the targets ``y`` (N,) at positions ``sel``."""
+        h = self.gpt.hidden(x)
+        logits = self.gpt.head(h.reshape(-1, h.shape[-1])[sel])
+        if explicit is not None:
+            logits = logits + self.scale * explicit
+        return torch.nn.functional.cross_entropy(logits, y)
+
 
 class NeuralLM(BaseModel):
     """A trained (or freshly initialised) network + tokenizer (+ frozen explicit model)."""
@@ -81,11 +93,18 @@ class NeuralLM(BaseModel):
 
     @classmethod
     def create(cls, tokenizer: Tokenizer, *, explicit: LanguageModel | None = None,
-               config: GPTConfig | None = None, learn_scale: bool = True, seed: int = 0):
-        """A freshly initialised model (weights drawn with ``torch.manual_seed(seed)``)."""
+               config: GPTConfig | None = None, learn_scale: bool = True, seed: int = 0,
+               init: str = "random"):
+        """A freshly initialised model (weights drawn with ``torch.manual_seed(seed)``);
+        ``init="explicit"`` adds the output bias that ``init_explicit`` (called by the trainer,
+        which has the training ids) fills."""
         cfg = config or GPTConfig(vocab_size=tokenizer.vocab_size)
         if cfg.vocab_size != tokenizer.vocab_size:
             cfg = GPTConfig(**{**cfg.to_dict(), "vocab_size": tokenizer.vocab_size})
+        if init not in INITS:
+            raise InputError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        if init == "explicit" and not cfg.head_bias:
+            cfg = GPTConfig(**{**cfg.to_dict(), "head_bias": True})
         torch.manual_seed(seed)
         net = Network(cfg, learn_scale=learn_scale and explicit is not None)
         if explicit is not None:
@@ -104,10 +123,30 @@ class NeuralLM(BaseModel):
 
     def describe(self) -> str:
         kind = "residual on " + self.explicit.describe() if self.explicit else "transformer"
+        gain = ""
+        if self.training.get("improved") is False and self.explicit is not None:
+            gain = "; NO GAIN: training did not beat the base on valid, this is the base model"
         return (f"neural {kind}; {self.net.gpt.n_params() / 1e6:.2f}M parameters, "
-                f"scale={float(self.net.scale.detach()):.4g}")
+                f"scale={float(self.net.scale.detach()):.4g}{gain}")
 
     # ---- scoring -----------------------------------------------------------------------------
+    def init_explicit(self, seqs: list, rank: int | None = None, seed: int = 0) -> dict:
+        """Explicit initialisation (``explicit_init.py``) from the training ids ``seqs``: the
+        output bias from the unigram, the first ``rank`` embedding columns (shared by the tied
+        head) from the bigram PMI. Needs ``head_bias``; returns what was set, for the record."""
+        from .explicit_init import init_arrays
+        gpt = self.net.gpt
+        if not gpt.cfg.head_bias:
+            raise InputError("explicit init needs a network with head_bias=True "
+                             "(NeuralLM.create(..., init='explicit') makes one)")
+        tok = self.tokenizer
+        bias, emb = init_arrays(seqs, self.vocab_size, tok.bos_id, tok.eos_id, gpt.cfg.n_embd,
+                                rank=rank, seed=seed)
+        with torch.no_grad():
+            gpt.head_bias.copy_(torch.from_numpy(bias))
+            gpt.wte.weight[:, :emb.shape[1]] = torch.from_numpy(emb)
+        return {"init": "explicit", "init_rank": int(emb.shape[1])}
+
     def data(self, seqs: list, explicit: bool = True) -> tuple[SequenceData, ExplicitRows | None]:
         """Windows of ``seqs`` and, for a hybrid, the explicit model's rows of every target."""
         tok = self.tokenizer

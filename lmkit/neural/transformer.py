@@ -5,7 +5,7 @@ Output: float32 logits (B, T, V) (``forward``; ``hidden`` + ``head`` score chose
 the end of a row never changes earlier positions (causal attention), so batches are right-padded.
 
 Pre-LayerNorm blocks, GELU MLP of width 4C, learned positions, output head tied to the token
-embedding, no biases in the linear layers. Default size (4 layers, 4 heads, width 256, V 4096,
+embedding, no biases in the linear layers (``head_bias``: an optional one on the output layer). Default size (4 layers, 4 heads, width 256, V 4096,
 block 64): 4.22M parameters.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 256
     dropout: float = 0.0   # runs here stay below one epoch, where dropout only slows learning
+    head_bias: bool = False  # a bias on the output layer (explicit init puts the unigram there)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +73,8 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
+        if cfg.head_bias:
+            self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
@@ -97,7 +100,8 @@ class GPT(nn.Module):
 
     def head(self, h):
         """Logits (..., V) of hidden states (..., C): the head is tied to the token embedding."""
-        return h @ self.wte.weight.T
+        out = h @ self.wte.weight.T
+        return out + self.head_bias if self.cfg.head_bias else out
 
     def forward(self, idx):
         return self.head(self.hidden(idx))

@@ -36,7 +36,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 from .errors import InputError
 
@@ -295,6 +294,7 @@ def fit_cache(static_logp: np.ndarray, stats: np.ndarray, order: int, window: in
     bounds = ([(0.0, 1.0)] * L + [(-7.0, 12.0)] * L + [(0.0, 1.0)] * K + zero
               + [(0.0, 1e4)] * K + zero)
     levels = _levels(stats)  # once, not at every evaluation
+    from scipy.optimize import minimize  # only a fit needs it: every CLI start imported it (~1 s)
     res = minimize(_nll_and_grad, x0, args=(static_logp, levels, L), jac=True, method="L-BFGS-B",
                    bounds=bounds, options={"maxiter": max_iter})
     x = res.x

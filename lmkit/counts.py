@@ -274,3 +274,91 @@ def count_cooccurrences(chunks: Iterable[list], vocab_size: int, groups: list,
                         bos_id: int, eos_id: int) -> Counts:
     """Counts of a stream of chunks; each chunk is a list of token-id sequences."""
     return sum_counts(count_chunk(c, vocab_size, groups, bos_id, eos_id) for c in chunks)
+
+
+# ---- counting in parts of rows (bounded working memory, same counts) -------------------------
+PART_POSITIONS = 1 << 22  # positions sorted at once by ``count_in_parts`` (~60 bytes each)
+
+
+def _cuts(part_keys: np.ndarray, n_parts: int) -> np.ndarray:
+    """Up to ``n_parts - 1`` increasing cut values splitting the non-negative ``part_keys``
+    into ranges of about equal size (quantiles of a strided sample; deterministic)."""
+    ok = part_keys[part_keys >= 0]
+    if n_parts <= 1 or len(ok) == 0:
+        return np.zeros(0, dtype=np.int64)
+    sample = np.sort(ok[:: max(1, len(ok) // (64 * n_parts))])
+    cuts = sample[(np.arange(1, n_parts) * len(sample)) // n_parts]
+    return np.unique(cuts.astype(np.int64))
+
+
+def _concat_rows(parts: list, n_cols: int, keyed: bool):
+    """CSR of the row blocks of ``parts`` (list of (F, keys)), in order; keys concatenated."""
+    data = np.concatenate([F.data for F, _ in parts])
+    indices = np.concatenate([F.indices for F, _ in parts])
+    lengths = np.concatenate([np.diff(F.indptr) for F, _ in parts])
+    indptr = np.zeros(len(lengths) + 1, dtype=parts[0][0].indptr.dtype)
+    np.cumsum(lengths, out=indptr[1:])
+    F = sp.csr_matrix((data, indices, indptr), shape=(len(lengths), n_cols))
+    F.has_sorted_indices = True
+    return F, (np.concatenate([k for _, k in parts]) if keyed else None)
+
+
+def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences: int,
+                   part_positions: int | None = None) -> Counts:
+    """``count_buffer(buf, pos, starts, vocab_size, groups, n_sequences)``, exactly (same arrays,
+    same dtypes), with the positions sorted ``part_positions`` (default ``PART_POSITIONS``) at
+    a time.
+
+    ``groups``: the suffix chain ``Suffix(1..M)``, or one other group. Each part owns whole
+    rows, so its counts are a block of rows of the total: for the chain, the positions whose
+    previous token lies in a token range (every order's history ends in that token, and rows
+    are numbered newest token first, so each part's rows are a contiguous block at every order;
+    its chained keys shift by the rows of the parts before it, ``key + offset * V``); for one
+    other group, the positions whose row key lies in a key range (rows are sorted keys, or
+    token ids for a window).
+    """
+    V, N = vocab_size, len(pos)
+    part_positions = PART_POSITIONS if part_positions is None else part_positions
+    n_parts = -(-N // max(1, part_positions))
+    chain = all(isinstance(g, Suffix) for g in groups)
+    if not chain and len(groups) != 1:
+        raise ValueError("count_in_parts counts the suffix chain or one group at a time")
+    if chain:
+        check_suffix_chain(groups)
+    if n_parts <= 1 or N == 0:
+        return count_buffer(buf, pos, starts, V, groups, n_sequences)
+    g0 = groups[0]
+    if chain:
+        part_key = buf[pos - 1].astype(np.int64)
+    elif isinstance(g0, Window):
+        part_key = buf[pos - g0.k].astype(np.int64)
+    else:
+        part_key = g0.row_keys(buf, pos, starts, V)
+    cuts = _cuts(part_key, n_parts)
+    which = np.searchsorted(cuts, part_key, side="right")  # part of each position
+    which[part_key < 0] = -1  # no feature: counted in no part (as count_buffer drops it)
+    blocks = [[] for _ in groups]
+    offsets = [0] * len(groups)  # rows of the parts before, per chain level
+    bounds = np.concatenate([[0], cuts, [V]]) if isinstance(g0, Window) else None
+    for p in range(len(cuts) + 1):
+        sel = np.flatnonzero(which == p)
+        if chain:
+            c = count_buffer(buf, pos[sel], starts[sel], V, groups, 0)
+            for lvl, (F, k) in enumerate(zip(c.F, c.keys)):
+                blocks[lvl].append((F, k if lvl == 0 else k + offsets[lvl - 1] * V))
+            offsets = [o + F.shape[0] for o, F in zip(offsets, c.F)]
+        elif isinstance(g0, Window):  # rows are token ids: keep this part's token range
+            F = count_buffer(buf, pos[sel], starts[sel], V, groups, 0).F[0]
+            blocks[0].append((F[int(bounds[p]):int(bounds[p + 1])], None))
+        else:
+            F, k, _ = suffix_counts(part_key[sel], buf[pos[sel]].astype(np.int64), V)
+            blocks[0].append((F, k))
+        del sel
+    F, keys = [], []
+    for g, parts in zip(groups, blocks):
+        f, k = _concat_rows(parts, V, not isinstance(g, Window))
+        F.append(f)
+        keys.append(k)
+    # every position is a target, with or without a feature, as in count_buffer
+    target = np.bincount(buf[pos], minlength=V).astype(np.int64)
+    return Counts(V, list(groups), F, keys, target, n_sequences, N)

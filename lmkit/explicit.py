@@ -319,7 +319,9 @@ def _position_buckets(rows: list, buckets, entry_buckets, B: int, N: int) -> np.
     ``InputError`` unless every row or entry bucket lies in ``[0, B)``."""
     bk = np.zeros((len(rows), N), dtype=np.int64) if buckets is None else \
         np.stack([np.where(r >= 0, np.asarray(b, dtype=np.int64), 0) for b, r in zip(buckets, rows)])
-    for b in [bk] if entry_buckets is None else [np.concatenate([[0], *entry_buckets])]:
+    # entry buckets may come in a small integer type (one per stored value): checked per group,
+    # widened only for the entries a chunk touches
+    for b in [bk] if entry_buckets is None else [np.asarray(x) for x in entry_buckets if len(x)]:
         if b.min() < 0 or b.max() >= B:
             raise InputError(f"lambda buckets must lie in [0, {B}), got [{b.min()}, {b.max()}]")
     return bk
@@ -334,7 +336,7 @@ def _heldout_chunks(params: SparseParams, rows: list, targets: np.ndarray, bk: n
     position), the Hessian sampled on the first ``hessian_tokens`` positions of those."""
     G, N = len(params.S), len(targets)
     vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
-    eb = None if entry_buckets is None else [np.asarray(x, dtype=np.int64) for x in entry_buckets]
+    eb = None if entry_buckets is None else [np.asarray(x) for x in entry_buckets]
     # 2**21 cells bound the union's bitmap and keep a chunk's arrays under glibc's 32 MiB mmap
     # threshold (memory reused, not page-faulted again)
     chunk = max(16, min(chunk, (1 << 21) // params.vocab_size))
@@ -345,7 +347,7 @@ def _heldout_chunks(params: SparseParams, rows: list, targets: np.ndarray, bk: n
         v = vidx[:, idx]
 
         def param_of(g, p, e, v=v):  # the weight of a stored value: by entry or by position
-            return g * B + eb[g][e] if eb is not None else v[g][p]
+            return g * B + eb[g][e].astype(np.int64) if eb is not None else v[g][p]
         out.append(_union_chunk(params, [r[idx] for r in rows], targets[idx], param_of, G * B,
                                 hessian_positions=(hessian_tokens or len(idx))
                                 if i % hessian_every == 0 else 0))
@@ -531,7 +533,8 @@ def fold_entry_lambdas(params: SparseParams, lam: np.ndarray, entry_buckets: lis
     """
     S = []
     for g, (Sg, b) in enumerate(zip(params.S, entry_buckets)):
-        Sn = sp.csr_matrix((Sg.data * lam[g][b], Sg.indices.copy(), Sg.indptr.copy()), shape=Sg.shape)
+        # the index arrays are shared (SparseParams arrays are read-only): only the values change
+        Sn = sp.csr_matrix((Sg.data * lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
         Sn.has_sorted_indices = True
         S.append(Sn)
     return SparseParams(params.groups, params.q, S, params.keys, np.ones(len(S)),

@@ -3,8 +3,8 @@
 Input: per active group g (lambda_g != 0) ``E_g`` float64 = ``exp(lambda_g S_g.data)`` (built
 once per parameters, by numpy: exponentiating lazily here, row by row, measured slower) and
 ``ind_g`` int32 = ``S_g.indices``, passed as tuples; per position n and group g the range
-``starts[n, g]:ends[n, g]`` of its row in those arrays (empty: no feature), int64 (N, G), or
-``starts[n, g] = -1 - k`` for a row kept as the dense (V,) copy ``D[k]`` (the longest rows:
+``starts[g, n]:ends[g, n]`` of its row in those arrays (empty: no feature), int64 (N, G), or
+``starts[g, n] = -1 - k`` for a row kept as the dense (V,) copy ``D[k]`` (the longest rows:
 multiplying one in is a vectorised pass, cheaper than scattering more than ~V/3 entries).
 Output: per position ``Z = sum_j q[j] prod_g E_g[row_g, j]`` (the normaliser) and the target's
 term ``q[t] prod_g E_g[row_g, t]``, so ``log P(t) = log(term) - log(Z)`` (natural log); or the
@@ -62,32 +62,32 @@ def union_products(q, Es, inds, D, starts, ends, shared, targets, out_term,
     """``out_term[n]``, ``out_z[n]`` for every position n (module docstring); ``shared`` (G,)
     bool marks the groups whose product is kept across neighbours with the same rows."""
     V = q.shape[0]
-    N, G = starts.shape
+    G, N = starts.shape
     acc = np.empty(V)
     base = np.empty(V)
     for n in range(N):
         same = n > 0
         if same:
             for g in range(G):
-                if shared[g] and (starts[n, g] != starts[n - 1, g]
-                                  or ends[n, g] != ends[n - 1, g]):
+                if shared[g] and (starts[g, n] != starts[g, n - 1]
+                                  or ends[g, n] != ends[g, n - 1]):
                     same = False
                     break
         if not same:
             base[:] = q
             for g in range(G):
                 if shared[g]:
-                    if starts[n, g] < 0:
-                        _dense(base, D[-1 - starts[n, g]])
+                    if starts[g, n] < 0:
+                        _dense(base, D[-1 - starts[g, n]])
                     else:
-                        _scatter(base, Es[g], inds[g], starts[n, g], ends[n, g])
+                        _scatter(base, Es[g], inds[g], starts[g, n], ends[g, n])
         acc[:] = base
         for g in range(G):
             if not shared[g]:
-                if starts[n, g] < 0:
-                    _dense(acc, D[-1 - starts[n, g]])
+                if starts[g, n] < 0:
+                    _dense(acc, D[-1 - starts[g, n]])
                 else:
-                    _scatter(acc, Es[g], inds[g], starts[n, g], ends[n, g])
+                    _scatter(acc, Es[g], inds[g], starts[g, n], ends[g, n])
         out_z[n] = _sum(acc)
         out_term[n] = acc[targets[n]]
 
@@ -96,13 +96,13 @@ def union_products(q, Es, inds, D, starts, ends, shared, targets, out_term,
 def product_rows(q, Es, inds, D, starts, ends, out, out_z):  # pragma: no cover (jit)
     """``out[n, j] = q[j] prod_g E_g[row_g, j]`` for every position n and token j, and
     ``out_z[n]`` its sum over j (the normaliser): full next-token distributions."""
-    N, G = starts.shape
+    G, N = starts.shape
     for n in range(N):
         acc = out[n]
         acc[:] = q
         for g in range(G):
-            if starts[n, g] < 0:
-                _dense(acc, D[-1 - starts[n, g]])
+            if starts[g, n] < 0:
+                _dense(acc, D[-1 - starts[g, n]])
             else:
-                _scatter(acc, Es[g], inds[g], starts[n, g], ends[n, g])
+                _scatter(acc, Es[g], inds[g], starts[g, n], ends[g, n])
         out_z[n] = _sum(acc)

@@ -181,21 +181,34 @@ def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
 
 def _entry_buckets(counts: Counts, params: SparseParams, entry_edges, row_edges=None):
     """Bucket of every stored value (aligned with ``S.data``) and the number of buckets: its
-    entry-count bucket, times the history-count bucket of its row when ``row_edges`` is given."""
-    eb = [count_buckets(c, entry_edges) for c in entry_counts(counts, params)]
-    if row_edges is None:
-        return eb, len(entry_edges) + 1
-    R = len(row_edges) + 1
-    rb = [count_buckets(h, row_edges) for h in history_counts(counts, params)]
-    eb = [e * R + np.repeat(r, np.diff(S.indptr)) for e, r, S in zip(eb, rb, params.S)]
-    return eb, (len(entry_edges) + 1) * R
+    entry-count bucket, times the history-count bucket of its row when ``row_edges`` is given.
+
+    Group by group, in the smallest integer type that holds the buckets (int8 for the default
+    5): one bucket per stored value of a 10M-token model is ~60M of them, 8 bytes each as
+    int64 (the buckets are indices, so the values are the same in any type)."""
+    R = 1 if row_edges is None else len(row_edges) + 1
+    B = (len(entry_edges) + 1) * R
+    dtype = np.int8 if B <= 127 else np.int16 if B <= 32767 else np.int64
+    eb = []
+    for g in range(len(params.S)):
+        one_c = Counts(counts.vocab_size, [counts.groups[g]], [counts.F[g]], [counts.keys[g]],
+                       counts.target)
+        one_p = SparseParams([params.groups[g]], params.q, [params.S[g]], [params.keys[g]],
+                             params.lambdas[g:g + 1], {})
+        e = count_buckets(entry_counts(one_c, one_p)[0], entry_edges).astype(dtype)
+        if row_edges is not None:
+            r = count_buckets(history_counts(one_c, one_p)[0], row_edges).astype(dtype)
+            e = e * dtype(R) + np.repeat(r, np.diff(params.S[g].indptr))
+        eb.append(e)
+    return eb, B
 
 
 def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
              entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None,
              hessian_every: int = DEFAULT_HESSIAN_EVERY,
              hessian_tokens: int | None = DEFAULT_HESSIAN_TOKENS, tol: float = DEFAULT_TOL,
-             refit: Counts | None = None, max_memory=None, log=None) -> SparseParams:
+             refit: Counts | None = None, max_memory=None, log=None,
+             consume: bool = False) -> SparseParams:
     """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
 
     ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3-4, 5-9, 10+): one
@@ -208,6 +221,9 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
     weights are chosen, every group is solved again on ``counts + refit`` and the same weights
     are folded in (buckets from the summed counts), so no text is lost. ``max_memory``: the
     weight search uses every s-th held-out position if it would need more than half of it.
+    ``consume``: the count matrices of ``counts`` are freed as soon as they are no longer needed
+    (the caller keeps only its totals), so the counts, their sum with ``refit`` and the model
+    are not all in memory at once; the model is the same.
     """
     params = solve_rich(counts, discount=discount)
     rows, targets, _ = context_rows(params.groups, params.keys, heldout, counts.vocab_size,
@@ -231,11 +247,20 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
             f"{np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f} in {len(trace) - 1} steps")
     elif log:
         log("      no held-out text: the weights keep their start values (MKN alone)")
+    n_used = len(targets)
+    del rows, targets  # the search's state goes before the model is solved again
+    eb = rb = bk = None
     if refit is not None:
-        counts = counts + refit
+        params = None  # freed before the summed counts are solved, not after
+        total = counts + refit
+        if consume:
+            _release(counts)
+        counts, consume = total, True  # the sum is ours
         params = solve_rich(counts, discount=discount)
     if entry_edges is not None:
         eb, _ = _entry_buckets(counts, params, entry_edges, bucket_edges)
+        if consume:
+            _release(counts)
         out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
                                  lambda_trace=trace, **({} if bucket_edges is None else
                                                         {"bucket_edges": list(bucket_edges)}))
@@ -245,4 +270,11 @@ def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discoun
         rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
         out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
     return out.with_lambdas(out.lambdas, lambda_rule="projected Newton minimisation of held-out "
-                            f"NLL on {len(targets)} tokens", heldout_tokens=len(targets))
+                            f"NLL on {n_used} tokens", heldout_tokens=n_used)
+
+
+def _release(counts: Counts) -> None:
+    """Drop the count matrices of ``counts`` (``fit_rich(consume=True)``): its totals
+    (``n_tokens``, ``n_sequences``, ``target``) stay, the (R, V) arrays are freed."""
+    counts.F[:] = [None] * len(counts.F)
+    counts.keys[:] = [None] * len(counts.keys)

@@ -109,8 +109,8 @@ def score_tables(params: SparseParams) -> tuple:
     (overflows become inf, which the scorer's log-space fallback handles) and ``ind`` =
     S_g.indices, read-only int32 (not copied when it already is); ``D`` (K, V) float64 dense
     copies of the rows with more than V/3 entries (1 where nothing is stored; longest first,
-    within ``DENSE_ROWS_BYTES``) and ``dense`` per group the sorted rows that have one and
-    the index of the first in D."""
+    within ``DENSE_ROWS_BYTES``) and ``dense`` per group None or (R_g,) int64, each row's
+    copy in D (-1: none)."""
     active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
     S = [params.S[g] for g in active]
     V = params.vocab_size
@@ -123,24 +123,26 @@ def score_tables(params: SparseParams) -> tuple:
     cand = sorted(sorted(cand, reverse=True)[:max(0, DENSE_ROWS_BYTES // (8 * V))],
                   key=lambda c: c[1:])  # by group, then row
     D = np.ones((len(cand), V))
-    dense = []
-    for i, s in enumerate(S):
-        mine = [(k, r) for k, (_, gi, r) in enumerate(cand) if gi == i]
-        dense.append((np.array([r for _, r in mine], dtype=np.int64), mine[0][0] if mine else 0))
-        for k, r in mine:
-            lo, hi = s.indptr[r], s.indptr[r + 1]
-            D[k, s.indices[lo:hi]] = E[i][lo:hi]
+    dense = [None] * len(S)
+    for k, (_, i, r) in enumerate(cand):
+        if dense[i] is None:
+            dense[i] = np.full(S[i].shape[0], -1, dtype=np.int64)
+        dense[i][r] = k
+        lo, hi = S[i].indptr[r], S[i].indptr[r + 1]
+        D[k, S[i].indices[lo:hi]] = E[i][lo:hi]
     return E, tuple(_readonly(s.indices, np.int32) for s in S), D, dense
 
 
 def shared_groups(starts: np.ndarray, ends: np.ndarray, vocab_size: int,
                   sample: int = 4096) -> np.ndarray:
-    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) bool.
+    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) bool;
+    ``starts``, ``ends`` (G, N) as ``SparseScorer._ranges`` gives them.
 
     Greedy on a sample of neighbour pairs: add the group that most lowers the estimated cost
     (touched entries; rebuilding the kept product costs ~V/4 entries' worth plus its own
     entries whenever one of its rows changes) until none does.
     """
+    starts, ends = starts.T, ends.T  # (N, G) views of the (G, N) ranges
     N, G = starts.shape
     shared = np.zeros(G, dtype=bool)
     if N < 2 or G == 0:
@@ -225,10 +227,11 @@ class SparseScorer:
         return out
 
     def _ranges(self, rows: list, perm=None) -> tuple[np.ndarray, np.ndarray]:
-        """(N, G_active) int64 starts and ends of each position's row in each active group's
-        arrays (an empty range: no feature); positions permuted by ``perm`` if given."""
+        """(G_active, N) int64 starts and ends of each position's row in each active group's
+        arrays (an empty range: no feature; start -1 - k: the dense copy k of the row, see
+        ``score_tables``); positions permuted by ``perm`` if given."""
         n = len(rows[0]) if rows else 0
-        starts = np.zeros((len(self.active), n), dtype=np.int64)  # per group contiguous
+        starts = np.zeros((len(self.active), n), dtype=np.int64)
         ends = np.zeros((len(self.active), n), dtype=np.int64)
         for i, g in enumerate(self.active):
             r = np.asarray(rows[g]) if perm is None else np.asarray(rows[g])[perm]
@@ -237,12 +240,12 @@ class SparseScorer:
             indptr = self.params.S[g].indptr
             np.copyto(starts[i], indptr[r], where=present)
             np.copyto(ends[i], indptr[r + 1], where=present)
-            rows_d, first = self.tables()[3][i]
-            if len(rows_d):  # rows kept dense: start -1 - (index of the copy in D)
-                k = np.minimum(np.searchsorted(rows_d, r), len(rows_d) - 1)
-                hit = (rows_d[k] == r) & present
-                starts[i, hit] = -1 - (first + k[hit])
-        return np.ascontiguousarray(starts.T), np.ascontiguousarray(ends.T)
+            dense = self.tables()[3][i]
+            if dense is not None:
+                k = dense[r]
+                hit = (k >= 0) & present
+                starts[i, hit] = -1 - k[hit]
+        return starts, ends
 
     def log_proba(self, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
         """log P(target | context) per position, float64 (N,). ``order``: optional permutation

@@ -49,6 +49,7 @@ from .parallel import (check_workers, count_corpus_parallel, counts_nbytes, line
                        model_nbytes)
 from .progress import bar, log, reporting
 from .prune import n_ngrams, prune_entropy
+from .rich_build import build_rich
 from .solve import fit
 from .tokenizer import Tokenizer
 
@@ -418,26 +419,19 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     lines = kept(_hashing(train_corpus, digest), carved)
     kw = dict(order=order, context=context, seed=cfg.spm.seed, piece_bytes=tok.piece_bytes())
     chunk = cfg.scale.chunk_lines
-    counts, tables = rich.count_rich(encoded(lines, tok, chunk), tok.vocab_size, tok.bos_id,
-                                     tok.eos_id, **kw)
-    held_counts = rich.count_rich(encoded(valid, tok, chunk), tok.vocab_size, tok.bos_id,
-                                  tok.eos_id, tables=tables, **kw)[0] if carved else None
-    log(f"      {counts.n_sequences} sequences, {counts.n_tokens} tokens, "
-        f"{sum(F.nnz for F in counts.F)} non-zero counts, cluster tables of "
-        + " and ".join(str(int(t.max()) + 1) for t in tables if t is not None) + " clusters")
-    need = model_nbytes(counts)
-    check_memory(counts_nbytes(counts) + 2 * need, cfg.scale.max_memory, "solving the sparse model",
-                 "use a smaller vocab_size, or pass order N for a plain model")
-    log("[4/4] solving (explicit, feature-rich)")
     held = tok.encode_batch(heldout_lines(valid, m.effective_lambda_tokens, tok))
-    params = rich.fit_rich(counts, held, tok.bos_id, tok.eos_id, discount=_discount(m),
-                           refit=held_counts, max_memory=cfg.scale.max_memory, log=log)
+    # one group's counts at a time (rich_build.py): the same model as rich.count_rich +
+    # rich.fit_rich, without every group's counts in memory next to the model
+    params, tables, n_seq, n_tok = build_rich(
+        encoded(lines, tok, chunk), tok.vocab_size, tok.bos_id, tok.eos_id, held,
+        refit_chunks=encoded(valid, tok, chunk, desc="count held-out") if carved else None,
+        discount=_discount(m), max_memory=cfg.scale.max_memory, log=log, **kw)
+    log("      cluster tables of "
+        + " and ".join(str(int(t.max()) + 1) for t in tables if t is not None) + " clusters")
     # compact folder: drop the entries that carry no weight, float32 values (compact.py)
     params = compact.compact_rich(params, held, tok.bos_id, tok.eos_id, log=log)
-    if held_counts is not None:
-        counts = counts + held_counts
     return _finish(cfg, tok, params, {"context": context, "order": order, "rich": True},
-                   _stats(train_corpus.name, counts.n_sequences, counts.n_tokens, digest), t0)
+                   _stats(train_corpus.name, n_seq, n_tok, digest), t0)
 
 
 def _train_ngram_bounded(cfg: TrainConfig, r: str = "ngram-bounded") -> LanguageModel:

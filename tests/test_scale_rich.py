@@ -1,0 +1,164 @@
+"""The default (feature-rich) model's memory-saving build gives the same model.
+
+``fit_rich(consume=True)`` frees the counts as the model takes their place, and the entry
+buckets are kept in a small integer type: neither may change a single stored value.
+"""
+import numpy as np
+import pytest
+
+from lmkit.counts import count_chunk
+from lmkit.explicit import count_buckets, entry_counts
+from lmkit.rich import _entry_buckets, base_groups, cluster_groups, fit_rich, merge_groups, \
+    solve_rich
+
+BOS, EOS = 1, 2
+
+
+def corpus(n, seed, V=14):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = rng.integers(3, V, size=3).tolist()
+        for _ in range(rng.integers(2, 12)):
+            s.append(3 + (s[-3] + s[-1]) % (V - 3) if rng.random() < 0.7 else int(rng.integers(3, V)))
+        out.append(s)
+    return out
+
+
+def rich_counts(seqs, V=14):
+    groups = base_groups(order=3, context=2, skips=((1, 1, 1),))
+    counts = count_chunk(seqs, V, groups, BOS, EOS)
+    return merge_groups(counts, count_chunk(seqs, V, cluster_groups(np.arange(V) % 4, ((3, 1),)),
+                                            BOS, EOS))
+
+
+def same_params(a, b) -> bool:
+    return (a.groups == b.groups and np.array_equal(a.q, b.q)
+            and np.array_equal(a.lambdas, b.lambdas)
+            and all(x.shape == y.shape and np.array_equal(x.indptr, y.indptr)
+                    and np.array_equal(x.indices, y.indices) and np.array_equal(x.data, y.data)
+                    for x, y in zip(a.S, b.S))
+            and all((x is None and y is None) or np.array_equal(x, y)
+                    for x, y in zip(a.keys, b.keys))
+            and a.info["entry_lambdas"] == b.info["entry_lambdas"])
+
+
+def test_consume_gives_the_same_model_and_frees_the_counts():
+    train, held, extra = corpus(300, 0), corpus(60, 1), corpus(40, 3)
+    for refit in (None, rich_counts(extra)):
+        kept = fit_rich(rich_counts(train), held, BOS, EOS, refit=refit)
+        counts = rich_counts(train)
+        n_tok = counts.n_tokens
+        eaten = fit_rich(counts, held, BOS, EOS, refit=refit, consume=True)
+        assert same_params(kept, eaten)
+        assert all(F is None for F in counts.F) and counts.n_tokens == n_tok
+
+
+def test_small_entry_buckets_equal_the_int64_ones():
+    counts = rich_counts(corpus(300, 0))
+    params = solve_rich(counts)
+    eb, B = _entry_buckets(counts, params, (2, 3, 5, 10))
+    ref = [count_buckets(c, (2, 3, 5, 10)) for c in entry_counts(counts, params)]
+    assert B == 5 and all(e.dtype == np.int8 for e in eb)
+    assert all(np.array_equal(e, r) for e, r in zip(eb, ref))
+    eb2, B2 = _entry_buckets(counts, params, (2, 3), row_edges=(2, 8))
+    assert B2 == 9 and max(int(e.max()) for e in eb2) < 9
+
+
+def _seqs_chunks(seqs, n=3):
+    k = -(-len(seqs) // n)
+    return [seqs[i:i + k] for i in range(0, len(seqs), k)]
+
+
+@pytest.mark.parametrize("part", [None, 150])
+def test_group_at_a_time_build_equals_count_rich_then_fit_rich(monkeypatch, part):
+    """rich_build.build_rich (one group's counts at a time, counted in parts of ``part``
+    positions) == count_rich + fit_rich, value for value, with and without carved held-out
+    counts added back, with cluster tables and line positions."""
+    from lmkit import counts as counts_mod
+    from lmkit.rich import count_rich
+    if part:
+        monkeypatch.setattr(counts_mod, "PART_POSITIONS", part)
+    from lmkit.rich_build import build_rich
+    V = 14
+    train, held, carved = corpus(300, 0, V), corpus(60, 1, V), corpus(40, 3, V)
+    pb = np.arange(V) % 3 + 1  # bytes per token
+    kw = dict(order=3, context=3, skips=((1, 1, 1), (1, 2, 1)),
+              clusterings=((6, ((2, 0), (3, 1))), (3, ((2, 0),)), (6, ((2, 0),))),
+              piece_bytes=pb, line_positions=((1, 2, 3, None), (0, 3, 2, 3)), seed=5)
+    counts, tables = count_rich(_seqs_chunks(train), V, BOS, EOS, **kw)
+    for refit in (None, carved):
+        rc = None if refit is None else count_rich([refit], V, BOS, EOS, tables=tables, **kw)[0]
+        want = fit_rich(rich_counts_copy(counts), held, BOS, EOS, refit=rc)
+        got, got_tables, n_seq, n_tok = build_rich(
+            _seqs_chunks(train), V, BOS, EOS, held,
+            refit_chunks=None if refit is None else [refit], **kw)
+        assert len(tables) == len(got_tables) == 3 and tables[2] is None and got_tables[2] is None
+        assert all(np.array_equal(a, b) for a, b in zip(tables[:2], got_tables[:2]))
+        assert [g.name for g in got.groups] == [g.name for g in want.groups]
+        assert any(g.name.startswith("linepos0") for g in got.groups)
+        assert same_params(got, want)
+        assert got.info == want.info
+        extra = 0 if refit is None else len(carved)
+        assert n_seq == len(train) + extra
+
+
+def rich_counts_copy(counts):
+    from lmkit.counts import Counts
+    return Counts(counts.vocab_size, list(counts.groups), list(counts.F), list(counts.keys),
+                  counts.target, counts.n_sequences, counts.n_tokens)
+
+
+def test_count_in_parts_equals_count_buffer_for_every_kind():
+    """Counting a few thousand positions at a time, by token range (suffix chain, windows) or
+    row-key range (every other kind): the very same arrays and dtypes as one pass."""
+    from lmkit.clusters import ClusterHistory
+    from lmkit.counts import count_buffer, count_in_parts, flat_buffer
+    from lmkit.features import Skip, Suffix, Window
+    from lmkit.linepos import LinePosition
+    V = 14
+    seqs = corpus(500, 4, V) + [[]]
+    buf, pos, starts, n_seq = flat_buffer([seqs[:200], seqs[200:]], BOS, EOS, 3)
+    table = tuple(int(x) for x in np.arange(V) % 4)
+    pb = tuple(int(x) for x in np.arange(V) % 3 + 1)
+    cases = [[Suffix(m) for m in range(1, 5)], [Window(2)], [Window(3)], [Skip(1, 1, 1)],
+             [Skip(1, 1, 2)], [ClusterHistory(3, 1, table)], [ClusterHistory(2, 0, table)],
+             [LinePosition(1, 2, 3, pb, None)], [LinePosition(0, 3, 2, pb, table)]]
+    for groups in cases:
+        want = count_buffer(buf, pos, starts, V, groups, n_seq)
+        for part in (97, 1000):
+            got = count_in_parts(buf, pos, starts, V, groups, n_seq, part_positions=part)
+            assert got.equals(want), groups
+            for a, b, ka, kb in zip(got.F, want.F, got.keys, want.keys):
+                for x, y in ((a.data, b.data), (a.indices, b.indices), (a.indptr, b.indptr)):
+                    assert x.dtype == y.dtype and np.array_equal(x, y), groups
+                assert (ka is None and kb is None) or (ka.dtype == kb.dtype
+                                                       and np.array_equal(ka, kb))
+
+
+def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path, monkeypatch):
+    """With carved held-out lines the first pass keeps each group's training counts on disk
+    for the second; the folder goes when the build ends, also when it fails half-way."""
+    import tempfile
+    from lmkit import rich_build
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    kw = dict(order=3, context=3, skips=((1, 1, 1),), clusterings=((6, ((2, 0),)),))
+    seen = []
+    real_load = rich_build._Spill.load
+
+    def spy(self, tag, groups, V):
+        seen.append(sorted(p.name for p in self.folder.iterdir()))
+        return real_load(self, tag, groups, V)
+    monkeypatch.setattr(rich_build._Spill, "load", spy)
+    rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
+                          refit_chunks=[corpus(30, 3)], **kw)
+    assert seen and any(n.startswith("chain.") for n in seen[0])  # it did spill
+    assert list(tmp_path.iterdir()) == []
+
+    def boom(*a, **k):
+        raise RuntimeError("worker lost")
+    monkeypatch.setattr(rich_build, "closed_form", boom)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
+                              refit_chunks=[corpus(30, 3)], **kw)
+    assert list(tmp_path.iterdir()) == []

@@ -526,6 +526,7 @@ NEURAL_CASES = {
     "n_head_0": (dict(config={"n_head": 0}), r"'config.n_head' must be an integer in \[1, 1024\], got 0"),
     "n_head_not_divisor": (dict(config={"n_head": 3}), r"'config.n_embd' \(16\) must be a multiple of 'config.n_head' \(3\)"),
     "dropout_2": (dict(config={"dropout": 2.0}), r"'config.dropout' must be a number in \[0, 1\), got 2.0"),
+    "head_bias_str": (dict(config={"head_bias": "yes"}), r"'config.head_bias' must be true or false, got yes"),
     "dropout_1": (dict(config={"dropout": 1}), r"'config.dropout' must be a number in \[0, 1\), got 1"),
     "dropout_negative": (dict(config={"dropout": -0.01}), r"'config.dropout' must be"),
     "dropout_bool": (dict(config={"dropout": True}), r"'config.dropout' must be"),

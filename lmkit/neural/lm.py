@@ -272,8 +272,9 @@ _CONFIG_RANGES = {"vocab_size": (1, 1 << 24), "block_size": (1, 1 << 16), "n_lay
 
 def check_config(manifest: dict, bad) -> None:
     """The neural manifest's ``config``: exactly ``GPTConfig``'s fields, integers in
-    ``_CONFIG_RANGES``, ``n_embd`` a multiple of ``n_head``, ``dropout`` in [0, 1); raises
-    ``bad(what)`` (``io.store.check_manifest``'s error) naming the first bad field."""
+    ``_CONFIG_RANGES``, ``n_embd`` a multiple of ``n_head``, ``dropout`` in [0, 1),
+    ``head_bias`` a boolean; raises ``bad(what)`` (``io.store.check_manifest``'s error) naming
+    the first bad field."""
     cfg = manifest["config"]
     names = [f.name for f in dataclasses.fields(GPTConfig)]
     if sorted(cfg) != sorted(names):
@@ -288,6 +289,8 @@ def check_config(manifest: dict, bad) -> None:
     d = cfg["dropout"]
     if not (isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d < 1):
         raise bad(f"'config.dropout' must be a number in [0, 1), got {str(d)[:40]}")
+    if not isinstance(cfg["head_bias"], bool):
+        raise bad(f"'config.head_bias' must be true or false, got {str(cfg['head_bias'])[:40]}")
 
 
 def check_weights(arrays: dict, shapes: dict, where) -> None:

@@ -7,14 +7,17 @@ EOS of each sequence), the same numbers as ``tables.mkn_log_proba`` over
 ``features.context_rows`` (the same additions in the same order, so equal to the last bit).
 
 How: the chained ``Suffix`` keys (``key = parent row * V + oldest token``, sorted) are a trie
-read newest token first, as KenLM's: the children of a row at order m are one contiguous run of
-order m+1's keys (``child_ptr``, built once per model by one ``searchsorted``), so finding a
-position's history at order m+1 is a binary search over the few children of its order-m row,
-not over the whole table. One compiled pass (numba) walks every position of every sequence:
-per order, the history row (stop at the first unseen history, or where the history would
-need a second BOS), ``+ log gamma``, then, while the target was stored at every lower order,
-a binary search of the target in that row of ``S_m`` (the patterns are nested) ``+ S_m``.
-No padded buffer, no history sort, no per-order arrays: one pass, memory O(N).
+read newest token first, as KenLM's: the children of a row at level m are one contiguous run of
+level m+1's keys (``cptr``). One compiled pass (numba) walks every position of every sequence
+in order and carries KenLM-style state: every stored entry (h, w) knows the row of the history
+``h w`` one level up (built once per model, ``_build``), so a position's history rows come
+from the entries its predecessor found, with no search; a target not stored means ``h w`` is
+no row whenever every row is some entry's successor (``closed``: true of every model lmkit
+trains), and otherwise the trie is searched. Per level: ``+ log gamma``, then, while the
+target was stored at every lower level, ``+ S`` (the target found by a binary search in the
+row, or by a hash at level 0 whose rows are long). No padded buffer, no history sort.
+Tables are built only once enough positions were scored through a model (``BUILD_AFTER``).
+docs/ngram_score.md has the layout and the measurements.
 
 Without numba (``pip install lmkit[fast]``), or with ``scoring.USE_COMPILED`` False,
 ``walker`` returns None and the caller uses ``context_rows`` + ``mkn_log_proba``.
@@ -300,7 +303,8 @@ class MknWalker:
     """Derived tables of one pure MKN ``SparseParams`` for ``_score`` (built once: ``walker``).
 
     ``log_proba(seqs, bos_id, eos_id)`` -> float64 (N,) natural logs, targets in sequence order.
-    Memory: 36 bytes per stored entry, 24 per row (records, keys and child pointers).
+    Memory: 32 bytes per stored entry, 32 per row (record, key, child pointer), 64 per slot
+    of level 0's hash (160 MiB for the default corpus's order-5 model: 50 MiB of arrays).
     """
 
     def __init__(self, params, loggammas):

@@ -91,6 +91,16 @@ def test_column_index_boundaries(rich_dir, tmp_path, g):
             LanguageModel.load(edited(rich_dir, tmp_path, edit))
 
 
+def test_loaded_groups_have_the_declared_shape(rich_dir):
+    """Every group is (rows, V) as declared, even one whose last columns hold no entry (the
+    shape is never inferred from the largest index)."""
+    m = LanguageModel.load(rich_dir)
+    V = m.vocab_size
+    for S, k in zip(m.params.S, m.params.keys):
+        assert S.shape == (V if k is None else len(k), V)
+    assert any(S.indices.max() < V - 1 for S in m.params.S)  # the case that tells them apart
+
+
 def test_suffix_key_boundaries(rich_dir, tmp_path):
     """keys0 (suffix1) are token ids < V; keys1 (suffix2) are parent_row * V + token < V * rows0."""
     m = LanguageModel.load(rich_dir)

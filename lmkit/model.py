@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from . import scoring
+from . import kinds, scoring
 from .io import store
 from .config import SampleConfig, make
 from .errors import InputError, ModelFormatError, OptionError
@@ -305,11 +305,52 @@ class LanguageModel(BaseModel):
         return store.verify_folder(path)
 
     def describe(self) -> str:
-        lam = getattr(self.params, "lambdas", None)
-        parts = [f"{self.kind} model, V={self.vocab_size}, groups=" + ",".join(g.name for g in self.groups)]
-        if lam is not None:
-            parts.append("lambdas=" + ",".join(f"{x:g}" for x in lam))
-        return "; ".join(parts)
+        """A short, true summary: the groups by family, how the weights were set (how many,
+        their range) and the held-out perplexity before and after the weight fit.
+
+        Example: ``sparse model, V=4096, 19 groups: 4 suffix (MKN order 5), 2 window, 4 skip,
+        7 cluster (256, 32 clusters), 2 linepos; 95 weights (group x entry-count bucket) in
+        [0, 0.921], fitted on 4653 held-out tokens: ppl 98.44 -> 84.71``.
+        """
+        families: dict = {}
+        for g in self.groups:
+            families.setdefault(kinds.kind_of(g).family, []).append(g)
+        parts = []
+        for family, gs in families.items():
+            text = f"{len(gs)} {family}"
+            if family == "suffix":
+                text += f" (MKN order {len(gs) + 1})"
+            if family == "cluster":
+                sizes = sorted({g.n_clusters for g in gs}, reverse=True)
+                text += f" ({', '.join(map(str, sizes))} clusters)"
+            parts.append(text)
+        out = f"{self.kind} model, V={self.vocab_size}, {len(self.groups)} groups: " + \
+            ", ".join(parts)
+        info = self.params.info
+        if not isinstance(self.params, SparseParams):
+            return out + f"; weights trained by gradient descent (solver {self.config.get('solver')})"
+        for key, what in (("entry_lambdas", "group x entry-count bucket"),
+                          ("bucket_lambdas", "group x history-count bucket")):
+            if key in info:
+                lam = np.asarray(info[key], dtype=np.float64)
+                out += f"; {lam.size} weights ({what}) in [{lam.min():.3g}, {lam.max():.3g}]"
+                break
+        else:
+            lam = np.asarray(self.params.lambdas, dtype=np.float64)
+            if info.get("lambda_rule") == "given":
+                out += "; lambdas given: " + ",".join(f"{x:g}" for x in lam)
+            elif "lambda_trace" in info:
+                out += f"; {lam.size} lambdas in [{lam.min():.3g}, {lam.max():.3g}]"
+            elif all(g in families.get("suffix", []) for g in self.groups):
+                out += "; lambdas 1 (exact interpolated Kneser-Ney)"
+            else:
+                out += "; lambdas " + ",".join(f"{x:g}" for x in lam) + " (not fitted)"
+        trace = info.get("lambda_trace")
+        if trace:
+            n = info.get("heldout_tokens")
+            out += (f", fitted on {n} held-out tokens" if n else ", fitted on held-out text") + \
+                f": ppl {np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f}"
+        return out
 
 
 def _check_ids(ids, vocab_size: int, name: str) -> np.ndarray:

@@ -30,10 +30,8 @@ import dataclasses
 import hashlib
 import time
 
-import numpy as np
-
 from . import corpus as corpus_mod
-from . import compact, kinds, rich
+from . import compact, rich
 from .config import NEURAL_SOLVERS, CorpusConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
 from .distributed import count_corpus_dask
@@ -42,7 +40,6 @@ from .features import Suffix, make_groups
 from .gradient import finetune
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
-from .params import SparseParams
 from .ngram.build import build_ngram_from_chunks
 from .ngram.dask import build_ngram_dask
 from .parallel import check_workers, count_corpus_parallel, counts_nbytes, line_chunks
@@ -316,53 +313,8 @@ def _finish(cfg, tok, params, extra: dict, stats: dict, t0: float, model=None) -
 
 
 def describe_build(model) -> str:
-    """A short, true summary of a trained model: its groups by family, how its weights were set
-    (how many, their range) and the held-out perplexity before and after the weight fit.
-
-    Example: ``sparse model, V=4096, 19 groups: 4 suffix (MKN order 5), 2 window, 4 skip,
-    7 cluster (256, 32 clusters), 2 linepos; 95 weights (group x entry-count bucket) in
-    [0, 1.52], fitted on 4653 held-out tokens: ppl 98.44 -> 84.71``.
-    """
-    if not isinstance(model, LanguageModel):
-        return model.describe()  # a neural model says what it is itself
-    families: dict = {}
-    for g in model.groups:
-        families.setdefault(kinds.kind_of(g).family, []).append(g)
-    parts = []
-    for family, gs in families.items():
-        text = f"{len(gs)} {family}"
-        if family == "suffix":
-            text += f" (MKN order {len(gs) + 1})"
-        if family == "cluster":
-            sizes = sorted({g.n_clusters for g in gs}, reverse=True)
-            text += f" ({', '.join(map(str, sizes))} clusters)"
-        parts.append(text)
-    out = f"{model.kind} model, V={model.vocab_size}, {len(model.groups)} groups: " + ", ".join(parts)
-    info = model.params.info
-    if not isinstance(model.params, SparseParams):
-        return out + f"; weights trained by gradient descent (solver {model.config.get('solver')})"
-    for key, what in (("entry_lambdas", "group x entry-count bucket"),
-                      ("bucket_lambdas", "group x history-count bucket")):
-        if key in info:
-            lam = np.asarray(info[key], dtype=np.float64)
-            out += f"; {lam.size} weights ({what}) in [{lam.min():.3g}, {lam.max():.3g}]"
-            break
-    else:
-        lam = np.asarray(model.params.lambdas, dtype=np.float64)
-        if info.get("lambda_rule") == "given":
-            out += "; lambdas given: " + ",".join(f"{x:g}" for x in lam)
-        elif "lambda_trace" in info:
-            out += f"; {lam.size} lambdas in [{lam.min():.3g}, {lam.max():.3g}]"
-        elif all(g in families.get("suffix", []) for g in model.groups):
-            out += "; lambdas 1 (exact interpolated Kneser-Ney)"
-        else:
-            out += "; lambdas " + ",".join(f"{x:g}" for x in lam) + " (not fitted)"
-    trace = info.get("lambda_trace")
-    if trace:
-        n = info.get("heldout_tokens")
-        out += (f", fitted on {n} held-out tokens" if n else ", fitted on held-out text") + \
-            f": ppl {np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f}"
-    return out
+    """What ``lmkit train`` says it wrote: ``model.describe()`` (``LanguageModel.describe``)."""
+    return model.describe()
 
 
 def _stats(name, n_seq, n_tok, digest) -> dict:

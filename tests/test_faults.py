@@ -21,26 +21,11 @@ import pytest
 
 from lmkit.io import files
 from lmkit.io import store
-from lmkit.cli import main
 from lmkit.errors import InputError, ModelFormatError, OutputError
 from lmkit.model import LanguageModel
+from cli_helpers import one_error_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(code, err, match=""):
-    import re
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), err
-    assert "Traceback" not in err
-    assert re.search(match, lines[0]), lines[0]
 
 
 def alive(pid: int) -> bool:

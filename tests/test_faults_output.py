@@ -19,25 +19,11 @@ from pathlib import Path
 import pytest
 
 from lmkit.io import files
-from lmkit.cli import main
 from lmkit.errors import InputError, LmkitError, WorkerDiedError
 from lmkit.parallel import ordered_map
+from cli_helpers import one_error_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(code, err, match=""):
-    import re
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), err
-    assert re.search(match, lines[0]), lines[0]
 
 
 def digest(folder: Path) -> dict:

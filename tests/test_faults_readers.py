@@ -16,26 +16,11 @@ import pytest
 
 from lmkit.io import store
 from lmkit.ngram.arpa import import_arpa, read_arpa, write_arpa
-from lmkit.cli import main
 from lmkit.errors import InputError, MissingPathError, ModelFormatError
 from lmkit.interpolate import MixtureModel, interpolate
 from lmkit.model import LanguageModel
 from lmkit.io.readfile import open_regular, read_regular, sha256_file
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(code, err, match=""):
-    import re
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), err
-    assert "Traceback" not in err
-    assert re.search(match, lines[0]), lines[0]
+from cli_helpers import one_error_line, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,20 @@
+"""Helpers shared by the fault suites: run the CLI in-process and check its one-line errors."""
+import re
+
+from lmkit.cli import main
+
+
+def run_cli(capsys, *argv):
+    """``(exit code, stdout, stderr)`` of ``lmkit ARGV`` run in this process."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code, err, match=""):
+    """Exit 2, one ``lmkit: error: ...`` line on stderr matching ``match``, no traceback."""
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), err
+    assert "Traceback" not in err
+    assert re.search(match, lines[0]), lines[0]

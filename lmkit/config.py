@@ -425,7 +425,8 @@ class AdaptConfig:
         given = [k for k in ("cache_order", "cache_window", "context_lines", "cache_weights")
                  if getattr(self, k) is not None] + (["cache_fit"] if self.cache_fit else [])
         if given and not self.adapt:
-            raise OptionError(f"{' and '.join(given)} only apply to adaptive scoring; add adapt "
+            verb = "applies" if len(given) == 1 else "apply"
+            raise OptionError(f"{' and '.join(given)} only {verb} to adaptive scoring; add adapt "
                               "(the static model reads each line on its own)")
         if self.cache_fit and self.cache_weights is not None:
             raise OptionError("cache_fit and cache_weights are exclusive; pass one")

@@ -96,7 +96,8 @@ def kill_tree(proc, pids=()) -> None:
                                            (signal.SIGINT, 130, b"interrupted")])
 def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, tiny_lines, sig,
                                                       rc, word):
-    (tmp_path / "big.txt").write_text("\n".join(tiny_lines * 400) + "\n")  # ~120k lines
+    # ~1.2M lines: with the compiled scorer 120k lines could finish before the signal arrives
+    (tmp_path / "big.txt").write_text("\n".join(tiny_lines * 4000) + "\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "lmkit.cli", "score", str(tiny_model_dir),
                              "--input", str(tmp_path / "big.txt"), "--workers", "2",

@@ -18,3 +18,11 @@ def one_error_line(code, err, match=""):
     assert len(lines) == 1 and lines[0].startswith("lmkit: error: "), err
     assert "Traceback" not in err
     assert re.search(match, lines[0]), lines[0]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that tests send SIGINT: a shell's background job inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all; the tests
+    check lmkit's handling, not the inherited disposition."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,6 +14,7 @@ import pytest
 
 from lmkit.cli import main
 from lmkit.docscore import iter_units
+from cli_helpers import default_sigint
 
 
 def read_jsonl(p):
@@ -102,7 +103,8 @@ def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, 
     proc = subprocess.Popen([sys.executable, "-m", "lmkit.cli", "score", str(tiny_model_dir),
                              "--input", str(tmp_path / "big.txt"), "--workers", "2",
                              "--output", str(tmp_path / "o.jsonl")], env=env,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=default_sigint)
     workers = []
     try:
         deadline = time.time() + 20

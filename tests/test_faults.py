@@ -23,7 +23,7 @@ from lmkit.io import files
 from lmkit.io import store
 from lmkit.errors import InputError, ModelFormatError, OutputError
 from lmkit.model import LanguageModel
-from cli_helpers import one_error_line, run_cli
+from cli_helpers import default_sigint, one_error_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,8 @@ def start_training(tmp_path, tiny_corpus_file, tiny_tok_file, mode="slow"):
             "--max-memory", "1", "--output", str(tmp_path / "out")]
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, mode, str(pids), *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's job
+                            start_new_session=True,  # its own process group, as a terminal's job
+                            preexec_fn=default_sigint)
     _STARTED.append((proc, pids))
     return proc, pids, spill
 

@@ -21,7 +21,7 @@ import pytest
 from lmkit.io import files
 from lmkit.errors import InputError, LmkitError, WorkerDiedError
 from lmkit.parallel import ordered_map
-from cli_helpers import one_error_line, run_cli
+from cli_helpers import default_sigint, one_error_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def _cli(*argv, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "lmkit.cli", *map(str, argv)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, **kw)
+                            start_new_session=True, preexec_fn=default_sigint, **kw)
 
 
 def _children(pid):

@@ -1,3 +1,3 @@
 """The lmkit version (one definition: the package, the manifest and pyproject read it)."""
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"

@@ -36,6 +36,18 @@ except ImportError:  # pragma: no cover (numba is a test dependency)
     njit = None
 
 
+def _lower_bound(a, lo, hi, x):  # pragma: no cover (jit)
+    """The first index in ``[lo, hi)`` whose value in the sorted ``a`` is >= ``x`` (``hi`` if
+    none): one binary search, shared by the history and next-row lookups."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def _row_state(r, rowi, rowf, st, sl, lev):  # pragma: no cover (jit)
     """Level ``lev`` of ``st`` (start, end, kind) and ``sl`` (log gamma): row record ``r``
     (-1: no row)."""
@@ -102,15 +114,8 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
                         if r >= 0:
                             k = (r - rbase[m - 1]) * V + (bos if j == -1 else flat[b + j])
                             c = cbase[m - 1] + r - rbase[m - 1]
-                            lo = cptr[c]
                             end = cptr[c + 1]
-                            hi = end
-                            while lo < hi:
-                                mid = (lo + hi) >> 1
-                                if keys[mid] < k:
-                                    lo = mid + 1
-                                else:
-                                    hi = mid
+                            lo = _lower_bound(keys, cptr[c], end, k)
                             r = rbase[m] + lo - koff[m] if lo < end and keys[lo] == k else -1
                         if m >= l:
                             _row_state(r, rowi, rowf, st, sl, m)
@@ -243,30 +248,16 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                         a = map1[w]
                     else:
                         c = rbase[l - 1] + parent
-                        lo = rptr[c]
                         end = rptr[c + 1]
-                        hi = end
-                        while lo < hi:
-                            mid = (lo + hi) >> 1
-                            if indices[mid] < w:
-                                lo = mid + 1
-                            else:
-                                hi = mid
+                        lo = _lower_bound(indices, rptr[c], end, w)
                         a = nxt[lo] if lo < end and indices[lo] == w else -2
                     if a == -1:
                         nx = -1
                     elif a >= 0:
                         k = a * V + tok
                         c = cbase[l] + a
-                        lo = cptr[c]
                         end = cptr[c + 1]
-                        hi = end
-                        while lo < hi:
-                            mid = (lo + hi) >> 1
-                            if keys[mid] < k:
-                                lo = mid + 1
-                            else:
-                                hi = mid
+                        lo = _lower_bound(keys, cptr[c], end, k)
                         nx = lo - koff[l + 1] if lo < end and keys[lo] == k else -1
                         if nx >= 0:
                             found += 1
@@ -294,6 +285,8 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
 _row_state = njit(cache=True, nogil=True, inline="always")(_row_state) if njit is not None \
     else _row_state
 _slot = njit(cache=True, nogil=True, inline="always")(_slot) if njit is not None else _slot
+_lower_bound = njit(cache=True, nogil=True, inline="always")(_lower_bound) if njit is not None \
+    else _lower_bound
 _hash_level0_compiled = njit(cache=True, nogil=True)(_hash_level0) if njit is not None else None
 _build_compiled = njit(cache=True, nogil=True)(_build) if njit is not None else None
 _score_compiled = njit(cache=True, nogil=True)(_score) if njit is not None else None

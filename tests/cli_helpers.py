@@ -1,5 +1,7 @@
 """Helpers shared by the fault suites: run the CLI in-process and check its one-line errors."""
 import re
+import subprocess
+import time
 
 from lmkit.cli import main
 
@@ -26,3 +28,24 @@ def default_sigint() -> None:
     check lmkit's handling, not the inherited disposition."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# a text big enough that `lmkit score --workers 2` (compiled scorer) is still running when a test
+# signals it: tiny_lines x 4000, ~1.2M lines
+SCORE_REPEATS = 4000
+
+
+def children(pid) -> list:
+    """The pids of ``pid``'s child processes."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def wait_for_workers(proc, n=2, timeout=20) -> list:
+    """The pids of ``proc``'s ``n`` worker processes once they all run (asserts they start)."""
+    deadline = time.time() + timeout
+    while len(children(proc.pid)) < n and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    assert len(workers) == n, "the workers did not start"
+    return workers

@@ -14,7 +14,7 @@ import pytest
 
 from lmkit.cli import main
 from lmkit.docscore import iter_units
-from cli_helpers import default_sigint
+from cli_helpers import SCORE_REPEATS, children, default_sigint, wait_for_workers
 
 
 def read_jsonl(p):
@@ -71,16 +71,11 @@ def test_bad_inputs_leave_no_output(tmp_path, tiny_model_dir, capsys):
                  "--output", out]) == 2
 
 
-def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
 def kill_tree(proc, pids=()) -> None:
     """SIGKILL a subprocess started with ``start_new_session`` and every process it started
     (its process group, and ``pids`` in case one left the group): a failed assertion must not
     leave an orphaned ``lmkit score`` behind."""
-    for pid in list(pids) + _children(proc.pid):
+    for pid in list(pids) + children(proc.pid):
         try:  # only ours: a pid that was reused since belongs to another process group
             if os.getpgid(pid) == proc.pid:
                 os.kill(pid, signal.SIGKILL)
@@ -97,8 +92,7 @@ def kill_tree(proc, pids=()) -> None:
                                            (signal.SIGINT, 130, b"interrupted")])
 def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, tiny_lines, sig,
                                                       rc, word):
-    # ~1.2M lines: with the compiled scorer 120k lines could finish before the signal arrives
-    (tmp_path / "big.txt").write_text("\n".join(tiny_lines * 4000) + "\n")
+    (tmp_path / "big.txt").write_text("\n".join(tiny_lines * SCORE_REPEATS) + "\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "lmkit.cli", "score", str(tiny_model_dir),
                              "--input", str(tmp_path / "big.txt"), "--workers", "2",
@@ -107,11 +101,7 @@ def test_signal_kills_workers_and_removes_temp_output(tmp_path, tiny_model_dir, 
                             preexec_fn=default_sigint)
     workers = []
     try:
-        deadline = time.time() + 20
-        while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        workers = _children(proc.pid)
-        assert len(workers) == 2, "the workers did not start"
+        workers = wait_for_workers(proc)
         time.sleep(0.3)
         os.kill(proc.pid, sig)
         assert proc.wait(timeout=20) == rc and word in proc.stderr.read()

@@ -21,7 +21,8 @@ import pytest
 from lmkit.io import files
 from lmkit.errors import InputError, LmkitError, WorkerDiedError
 from lmkit.parallel import ordered_map
-from cli_helpers import default_sigint, one_error_line, run_cli
+from cli_helpers import (SCORE_REPEATS, default_sigint, one_error_line, run_cli,
+                         wait_for_workers)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,11 +214,6 @@ def _cli(*argv, **kw):
                             start_new_session=True, preexec_fn=default_sigint, **kw)
 
 
-def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
 def _running(pid) -> bool:
     """pid exists and is not a zombie (an orphan's reaping is up to whoever is PID 1)."""
     try:
@@ -271,16 +267,12 @@ def test_score_workers_fail_fast_on_a_bad_model(tmp_path, model_copy, text, how)
 
 def test_score_worker_killed_ends_the_run(tmp_path, tiny_model_dir, tiny_lines):
     big = tmp_path / "big.txt"
-    big.write_text("\n".join(tiny_lines * 400) + "\n")
+    big.write_text("\n".join(tiny_lines * SCORE_REPEATS) + "\n")
     proc = _cli("score", tiny_model_dir, "--input", big, "--output", tmp_path / "o.jsonl",
                 "--workers", "2")
     workers = []
     try:
-        deadline = time.time() + 20
-        while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        workers = _children(proc.pid)
-        assert len(workers) == 2, "the workers did not start"
+        workers = wait_for_workers(proc)
         time.sleep(0.3)
         os.kill(workers[0], signal.SIGKILL)
         t0 = time.time()
@@ -355,16 +347,12 @@ def test_ordered_map_closed_early_stops_its_workers():
 def test_score_killed_outright_takes_its_workers_and_leaves_a_temp_the_next_run_removes(
         tmp_path, capsys, tiny_model_dir, tiny_lines, text):
     big = tmp_path / "big.txt"
-    big.write_text("\n".join(tiny_lines * 400) + "\n")
+    big.write_text("\n".join(tiny_lines * SCORE_REPEATS) + "\n")
     proc = _cli("score", tiny_model_dir, "--input", big, "--output", tmp_path / "o.jsonl",
                 "--workers", "2")
     workers = []
     try:
-        deadline = time.time() + 20
-        while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        workers = _children(proc.pid)
-        assert len(workers) == 2, "the workers did not start"
+        workers = wait_for_workers(proc)
         time.sleep(0.5)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

@@ -11,18 +11,7 @@ from lmkit.explicit import count_buckets, entry_counts
 from lmkit.rich import _entry_buckets, base_groups, cluster_groups, fit_rich, merge_groups, \
     solve_rich
 
-BOS, EOS = 1, 2
-
-
-def corpus(n, seed, V=14):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        s = rng.integers(3, V, size=3).tolist()
-        for _ in range(rng.integers(2, 12)):
-            s.append(3 + (s[-3] + s[-1]) % (V - 3) if rng.random() < 0.7 else int(rng.integers(3, V)))
-        out.append(s)
-    return out
+from test_rich import BOS, EOS, corpus  # the same skip-gram-shaped tiny corpus
 
 
 def rich_counts(seqs, V=14):

@@ -288,13 +288,8 @@ class LanguageModel(BaseModel):
         if params.vocab_size != manifest["vocab_size"]:
             raise ModelFormatError(f"{path}: the arrays have {params.vocab_size} tokens, the "
                                    f"manifest {manifest['vocab_size']}; re-train the model")
-        try:
-            tokenizer = Tokenizer(proto)
-        except InputError as e:
-            raise ModelFormatError(f"{path}/tokenizer.model: {e}") from None
-        if tokenizer.vocab_size != params.vocab_size:
-            raise ModelFormatError(f"{path}: tokenizer has {tokenizer.vocab_size} pieces, model "
-                                   f"{params.vocab_size}; the tokenizer does not match the model, re-train")
+        tokenizer = store.folder_tokenizer(proto, Path(path) / "tokenizer.model",
+                                           params.vocab_size, "the model")
         return cls(tokenizer, params, manifest.get("config"), manifest.get("corpus"))
 
     @classmethod

@@ -519,7 +519,7 @@ NEURAL_CASES = {
     "huge": (dict(config={"n_layer": 64, "n_embd": 16384, "n_head": 16}),
              r"the config implies \d{12} bytes of weights, the manifest declares"),
     "other_shapes": (dict(config={"n_embd": 32}), r"the config implies"),
-    "vocab_mismatch": (dict(config={"vocab_size": 301}), r"config vocab_size 301, the tokenizer has 300"),
+    "vocab_mismatch": (dict(config={"vocab_size": 301}), r"the tokenizer has 300 pieces, config vocab_size 301"),
     "bytes_minus_1": (dict(manifest=lambda m: m["weights"].update(bytes=m["weights"]["bytes"] - 1)),
                       r"weights.npz: corrupt or truncated \(\d+ bytes, expected \d+\)"),
     "sha_differs": (dict(manifest=lambda m: m["weights"].update(sha256="0" * 64)), r"sha256 differs"),

@@ -82,12 +82,28 @@ from .npyfile import release_pages
 from .readfile import open_regular, read_regular, sha256_file
 from ..params import DenseParams, SparseParams
 from ..sparse import csr_to_arrays
+from ..tokenizer import Tokenizer
 
 # The folder formats lmkit writes, and the one version of each it reads (``check_manifest``).
 FORMAT, VERSION = "lmkit-model", 1  # explicit models (kind sparse|dense) and mixtures
 NEURAL_FORMAT, NEURAL_VERSION = "lmkit-neural", 2  # 2: weights in weights.npz, never a pickle
 NEURAL_WEIGHTS = "weights.npz"
 FORMATS = {FORMAT: VERSION, NEURAL_FORMAT: NEURAL_VERSION}
+
+
+def folder_tokenizer(proto: bytes, tfile, vocab_size: int, model_says: str) -> Tokenizer:
+    """The ``Tokenizer`` of a model folder from its checked ``tokenizer.model`` bytes, refused
+    (``ModelFormatError`` naming ``tfile``) unless it parses and has ``vocab_size`` pieces;
+    ``model_says``: where the model's own size comes from, for the message."""
+    try:
+        tokenizer = Tokenizer(proto)
+    except InputError as e:
+        raise ModelFormatError(f"{tfile}: {e}") from None
+    if tokenizer.vocab_size != vocab_size:
+        raise ModelFormatError(f"{tfile}: the tokenizer has {tokenizer.vocab_size} pieces, "
+                               f"{model_says} {vocab_size}; the tokenizer does not match the "
+                               "model, re-train")
+    return tokenizer
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_TOKENIZER_BYTES = 256 << 20
 _FIX = "re-train the model"

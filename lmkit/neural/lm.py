@@ -35,7 +35,7 @@ from ..errors import InputError, ModelFormatError
 from ..model import BaseModel, LanguageModel
 from ..io.readfile import sha256_file
 from ..io.store import (MAX_TOKENIZER_BYTES, NEURAL_FORMAT, NEURAL_VERSION, NEURAL_WEIGHTS,
-                        manifest_stamp, read_manifest, read_member, read_npz, sha256_bytes,
+                        folder_tokenizer, manifest_stamp, read_manifest, read_member, read_npz, sha256_bytes,
                         write_folder, write_manifest, write_npz, write_synced)
 from ..tokenizer import Tokenizer
 from .data import ExplicitRows, SequenceData
@@ -225,13 +225,7 @@ class NeuralLM(BaseModel):
         proto = read_member(tfile, "tokenizer", limit=MAX_TOKENIZER_BYTES)
         if sha256_bytes(proto) != manifest["tokenizer"]["sha256"]:
             raise ModelFormatError(f"{tfile}: corrupt or changed (sha256 differs); re-train the model")
-        try:
-            tokenizer = Tokenizer(proto)
-        except InputError as e:
-            raise ModelFormatError(f"{tfile}: {e}") from None
-        if cfg.vocab_size != tokenizer.vocab_size:
-            raise ModelFormatError(f"{path / 'manifest.json'}: config vocab_size {cfg.vocab_size}, "
-                                   f"the tokenizer has {tokenizer.vocab_size}; re-train the model")
+        tokenizer = folder_tokenizer(proto, tfile, cfg.vocab_size, "config vocab_size")
         with torch.device("meta"):  # the shapes the config implies, without allocating them
             expected = Network(cfg, learn_scale=learn_scale).state_dict()
         want, size = manifest["weights"]["sha256"], manifest["weights"]["bytes"]

@@ -1,7 +1,6 @@
 """Strict readers: the bounded file reader, ARPA files, mixture and neural folders, the one
 manifest check, and loaded models that survive their files changing. Every bound is tested at
 its boundary (index V and -1, declared count +-1, size limit and limit + 1)."""
-import io
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from lmkit.errors import InputError, MissingPathError, ModelFormatError
 from lmkit.interpolate import MixtureModel, interpolate
 from lmkit.model import LanguageModel
 from lmkit.io.readfile import open_regular, read_regular, sha256_file
+from test_faults import write_arrays
 from cli_helpers import one_error_line, run_cli
 
 
@@ -197,16 +197,6 @@ def _arrays(d):
                 store._expand_compact({k: z[k] for k in z.files}, "params.npz").items()}
 
 
-def _rewrite(d, arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    blob = buf.getvalue()
-    (d / "params.npz").write_bytes(blob)
-    m = json.loads((d / "manifest.json").read_text())
-    m["arrays"].update(sha256=store.sha256_bytes(blob), bytes=len(blob))
-    (d / "manifest.json").write_text(json.dumps(m))
-
-
 def _last_in_row(indptr, indices, V):
     """An entry that is the last of its row and below V - 1 (so V - 1 keeps the row sorted)."""
     ends = indptr[1:][np.diff(indptr) > 0] - 1
@@ -223,7 +213,7 @@ def test_column_index_bounds(ngram3_dir, tmp_path, mapped, value, ok):
     idx = a["S0_indices"]
     e = _last_in_row(a["S0_indptr"], idx, V)
     idx[e] = {"V": V, "V-1": V - 1, "-1": -1}[value]
-    _rewrite(d, a)
+    write_arrays(d, a)
     if ok:
         assert LanguageModel.load(d, mmap=mapped).params.S[0].indices[e] == V - 1
     else:
@@ -237,7 +227,7 @@ def test_indptr_end_must_be_nnz(ngram3_dir, tmp_path, delta, ok):
     shutil.copytree(ngram3_dir, d)
     a = _arrays(d)
     a["S1_indptr"][-1] += delta
-    _rewrite(d, a)
+    write_arrays(d, a)
     if ok:
         LanguageModel.load(d)
     else:
@@ -252,7 +242,7 @@ def test_unigram_history_keys_below_V(ngram3_dir, tmp_path, last, ok):
     a = _arrays(d)
     V, k = len(a["q"]), a["keys0"]
     k[-1] = V if last == "V" else V - 1  # keys stay sorted and unique: k[-2] < k[-1] <= V - 1
-    _rewrite(d, a)
+    write_arrays(d, a)
     if ok:
         assert LanguageModel.load(d).params.keys[0][-1] == V - 1
     else:

@@ -249,15 +249,29 @@ def _unit_stats(chunk: Chunk, nll, tok, n_bytes):
     return tuple(np.add.reduceat(x, starts) for x in (nll, tok, n_bytes))
 
 
+def _unit_scores(model, chunk: Chunk, num_threads=None, seqs=None):
+    """Per-unit ``(nll_nats, tokens, perplexity, bits_per_byte)`` arrays of a chunk, the one
+    computation behind ``score_units`` and the written rows (so the two agree to the bit)."""
+    nll, tok, n_bytes = _unit_stats(chunk, *_line_stats(model, chunk.lines, seqs, num_threads))
+    with np.errstate(over="ignore"):
+        ppl = np.exp(nll / tok)
+    bpb = nll / LN2 / n_bytes
+    if not (np.isfinite(ppl).all() and np.isfinite(nll).all()):
+        raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
+                         "token); score shorter units or check the model")
+    return nll, tok, ppl, bpb
+
+
 def score_units(model, chunk: list, num_threads: int | None = None) -> list:
-    """One result dict per ``(meta, lines)`` unit (see the module docstring)."""
+    """One result dict per ``(meta, lines)`` unit (see the module docstring); the numbers
+    ``score_file`` writes, and ``json.dumps`` of each dict is its line there, byte for byte."""
     c = next(_chunks(chunk, max_units=len(chunk) + 1, max_chars=float("inf")), None)
     if c is None:
         return []
-    nll, tok, n_bytes = _unit_stats(c, *_line_stats(model, c.lines, num_threads=num_threads))
-    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": math.exp(x / t),
-             "bits_per_byte": x / LN2 / b}
-            for meta, x, t, b in zip(c.metas, nll.tolist(), tok.tolist(), n_bytes.tolist())]
+    nll, tok, ppl, bpb = _unit_scores(model, c, num_threads)
+    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": p, "bits_per_byte": b}
+            for meta, x, t, p, b in zip(c.metas, nll.tolist(), tok.tolist(), ppl.tolist(),
+                                        bpb.tolist())]
 
 
 def _head(meta: dict) -> str:
@@ -276,13 +290,7 @@ def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[byte
     per-unit Python is one f-string (``repr`` of a finite float is a valid JSON number that
     round-trips exactly). ``repr`` of the three floats is most of that f-string's cost: one
     ``%`` template over the whole chunk was measured no faster."""
-    nll, tok, n_bytes = _unit_stats(chunk, *_line_stats(model, chunk.lines, seqs, num_threads))
-    with np.errstate(over="ignore"):
-        ppl = np.exp(nll / tok)
-    bpb = nll / LN2 / n_bytes
-    if not (np.isfinite(ppl).all() and np.isfinite(nll).all()):
-        raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
-                         "token); score shorter units or check the model")
+    nll, tok, ppl, bpb = _unit_scores(model, chunk, num_threads, seqs)
     if chunk.metas is None:
         heads = (f'{{"index": {i}' for i in chunk.numbers)
     else:

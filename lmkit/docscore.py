@@ -22,13 +22,16 @@ has a row with a finite perplexity.
 
 Scale: units are read lazily and scored in chunks (plain text line by line without a record
 per line); the arithmetic is vectorised per chunk and each unit costs one f-string of output.
-With ``workers = 1`` one thread reads and encodes the next chunk while this one is scored
-(SentencePiece releases the GIL). With ``workers > 1`` chunks go to worker processes
-(``parallel.ordered_map``: forked, they share the model the parent loaded; one chunk in
-flight each), so memory stays constant however long the input is, and results are written in
-input order. The output is written by ``io.files.atomic_write`` (a temporary file renamed at the
-end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped and the
-temporary file removed.
+The work is forecast from the first chunk and the input files' size, so a model with derived
+scoring tables (a pure MKN model's compiled trie walk, ``ngram.score``) builds them before
+scoring rather than part way (``_prepare``). With ``workers = 1`` one thread reads and encodes
+the next chunks while this one is scored (SentencePiece and the compiled walk release the GIL),
+the tables building meanwhile. With ``workers > 1`` chunks go to worker processes
+(``parallel.ordered_map``: forked, they share the model and tables the parent loaded and
+built; one chunk in flight each) and come back as UTF-8 bytes ready to write, so memory stays
+constant however long the input is, and results are written in input order. The output is
+written by ``io.files.atomic_write`` (a temporary file renamed at the end); on an error, a
+worker's death, Ctrl-C or SIGTERM the workers are stopped and the temporary file removed.
 """
 from __future__ import annotations
 

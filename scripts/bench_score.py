@@ -22,7 +22,9 @@ the default corpus's train split, 124k documents, then 248k).
 
 ``--query`` adds a table of the query alone (documents encoded beforehand): KenLM's
 ``perplexity`` loop vs lmkit's ``log_proba_ids`` on the compiled MKN trie walk
-(``ngram/score.py``, its table build included) and on the numpy route.
+(``ngram/score.py``, its tables built first, as ``lmkit score`` does, and included) and on the
+numpy route. ``--baseline TREE`` adds the same ``lmkit score`` command run from another
+checkout (a before/after in one run; every lmkit row must write the same bytes).
 
 The model for issue 21's target: `lmkit train --order 5 --output o5` (an MKN model).
 """
@@ -65,6 +67,9 @@ def main() -> None:
     ap.add_argument("--cli", action="store_true",
                     help="add a row: the lmkit score command in a fresh process, --workers 1 "
                          "(interpreter start, imports and numba's load included)")
+    ap.add_argument("--baseline", default=None, metavar="TREE",
+                    help="add a row: the same command run from another lmkit checkout (e.g. "
+                         "the main branch), for a before/after side by side")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="lmkit score --workers values to run (default: 1 2)")
     ap.add_argument("--rounds", type=int, default=3,
@@ -113,30 +118,35 @@ def bench(a, lines, what, out, km, sp) -> None:
         assert r["units"] == len(lines) and r["tokens"] == n_tok
         return r
 
-    def lmkit_cli():
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    def lmkit_cli(tree, name):
+        env = {**os.environ, "PYTHONPATH": str(tree)}
         subprocess.run([sys.executable, "-m", "lmkit.cli", "score", a.model, "--input",
-                        str(out / "docs.txt"), "--output", str(out / "scores-cli.jsonl"),
+                        str(out / "docs.txt"), "--output", str(out / f"scores-{name}.jsonl"),
                         "--workers", "1"], env=env, check=True, stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL)
 
     runs: dict = {}  # name -> [(seconds, CPU seconds)]
     names = ["kenlm loop (1 process)"] + [f"lmkit score --workers {w}" for w in a.workers]
     names += ["lmkit score CLI, fresh process"] if a.cli else []
+    names += ["baseline tree CLI, fresh process"] if a.baseline else []
     ken = None
     for _ in range(a.rounds):  # interleaved, so a busy spell on the machine hits every scorer
         for name in names:
             t0, c0 = time.perf_counter(), cpu_seconds()
             if name.startswith("kenlm"):
                 ken = kenlm_loop()
+            elif name.startswith("baseline"):
+                lmkit_cli(Path(a.baseline).resolve(), "baseline")
             elif name.endswith("fresh process"):
-                lmkit_cli()
+                lmkit_cli(Path(__file__).resolve().parents[1], "cli")
             else:
                 lmkit_score(int(name.rsplit(" ", 1)[1]))
             runs.setdefault(name, []).append((time.perf_counter() - t0, cpu_seconds() - c0))
     first = (out / f"scores{a.workers[0]}.jsonl").read_bytes()
     for w in a.workers[1:]:  # any number of workers writes the same bytes
         assert (out / f"scores{w}.jsonl").read_bytes() == first, f"--workers {w} differs"
+    for name in ("cli", "baseline") if a.baseline else ("cli",) if a.cli else ():
+        assert (out / f"scores-{name}.jsonl").read_bytes() == first, f"{name} output differs"
     for w in a.workers:  # same per-document perplexities as KenLM (same model, same ids)
         mine = [json.loads(x)["perplexity"] for x in (out / f"scores{w}.jsonl").open()]
         worst = max(abs(math.log10(x) - math.log10(y)) for x, y in zip(mine, ken))
@@ -177,12 +187,13 @@ def query_table(a, lines, sp, km) -> None:
         scoring.USE_COMPILED = compiled
         try:
             m = LanguageModel.load(a.model)
+            m.prepare(sum(map(len, seqs)) + len(seqs))  # as lmkit score: tables up front
             return [m.log_proba_ids(seqs[i:i + chunk]) for i in range(0, len(seqs), chunk)]
         finally:
             scoring.USE_COMPILED = True
 
     names = {"kenlm perplexity loop": lambda: [km.perplexity(x) for x in pieces],
-             "lmkit log_proba_ids (compiled walk + build)": lambda: lmkit_query(True),
+             "lmkit log_proba_ids (walk, tables built first)": lambda: lmkit_query(True),
              "lmkit log_proba_ids (numpy route)": lambda: lmkit_query(False)}
     cpu: dict = {}
     for _ in range(a.rounds):

@@ -40,7 +40,8 @@ from .io import store
 from .ngram.arpa import import_arpa, write_arpa
 from .corpus import load_corpus, read_lines, sequences
 from .docscore import score_file
-from .errors import InputError, LmkitError, MemoryLimitError, OptionError
+from .errors import (InputError, LmkitError, MemoryLimitError, OptionError, OptionWarning,
+                     OutputError, WorkerDiedError)
 from .evaluate import evaluate
 from .io import files
 from .io.files import atomic_write
@@ -106,11 +107,28 @@ def config_of(a, klass):
     return C.make(klass, values(a, klass))
 
 
+# quoted values ('input', "x"), `commands` and paths (a/input/b.txt) are never flags
+_VERBATIM = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|\S*/\S*")
+
+
 def to_flags(message: str) -> str:
-    """Parameter names in an option error become the CLI's flags (the one place that maps them)."""
+    """Parameter names in an option error become the CLI's flags (the one place that maps them):
+    ``"pass vocab_size 512"`` -> ``"pass --vocab-size 512"``, outside quotes and paths."""
     names = C.option_names()
-    return re.sub(r"(?<![\w-])([a-z][a-z_]*)(?![\w-])",
-                  lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), message)
+
+    def words(text: str) -> str:
+        return re.sub(r"(?<![\w-])([a-z][a-z_0-9]*)(?![\w-])",
+                      lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), text)
+
+    out, end = [], 0
+    for m in _VERBATIM.finditer(message):
+        out += [words(message[end:m.start()]), m.group()]
+        end = m.end()
+    return "".join(out) + words(message[end:])
+
+
+#: errors whose messages name options by parameter name (errors.OptionError); shown as flags
+OPTION_ERRORS = (OptionError, MemoryLimitError, WorkerDiedError, OutputError)
 
 
 # ---- the parser ------------------------------------------------------------------------------
@@ -481,7 +499,8 @@ def _on_sigterm(signum, frame):
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"lmkit: warning: {message}", file=sys.stderr)
+    text = to_flags(str(message)) if issubclass(category, OptionWarning) else message
+    print(f"lmkit: warning: {text}", file=sys.stderr)
 
 
 def _no_hugepage_advice() -> None:
@@ -535,7 +554,7 @@ def main(argv=None) -> int:
     try:
         with reporting(getattr(args, "verbose", True)):
             VERBS[args.verb](args)
-    except (OptionError, MemoryLimitError) as e:
+    except OPTION_ERRORS as e:
         print(f"lmkit: error: {to_flags(str(e))}", file=sys.stderr)
         return 2
     except LmkitError as e:

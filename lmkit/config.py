@@ -89,7 +89,7 @@ class ModelConfig:
                                       min=0.0, metavar="THETA")
     discount: tuple[float, ...] | None = opt(
         None, "absolute discount(s) in (0, 1) per window group (default n1/(n1+2 n2)); with "
-        "--order: 1 or 3 values D1 D2 D3+ (default per order from count-of-counts)",
+        "order: 1 or 3 values D1 D2 D3+ (default per order from count-of-counts)",
         min=0.0, min_open=True)
     lambdas: tuple[float, ...] | None = opt(None, "group weights (default: fitted on held-out "
                                             "text)", min=0.0)
@@ -394,8 +394,8 @@ class InterpolateConfig:
     def __post_init__(self):
         check_fields(self)
         if self.weights is not None and self.method != "linear":
-            raise OptionError("weights is for method linear; the log-linear merge refits its "
-                              "lambdas on held-out text")
+            raise OptionError("weights is for method linear; the log-linear merge refits the "
+                              "lambda of each group on held-out text")
 
 
 @dataclass(frozen=True)
@@ -434,7 +434,7 @@ class AdaptConfig:
                               ("cache_window", self.DEFAULT_CACHE_WINDOW)):
             value = getattr(self, name)
             if value not in (None, default) and not self.cache_fit and self.cache_weights is None:
-                raise OptionError(f"{name} {value} has no default weights (they are chosen for "
+                raise OptionError(f"{name} {value} has no default weighting (it was chosen for "
                                   f"{default}); add cache_fit")
 
     @property

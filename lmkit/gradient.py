@@ -32,8 +32,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from .config import GradientConfig
-from .errors import InputError, OptionError
+from .config import DEFAULT_LR, GradientConfig, TokenizerConfig
+from .errors import InputError, OptionError, OptionWarning
 from .params import DenseParams, SparseParams
 from .features import Window, context_rows
 from .memory import check_memory, format_bytes
@@ -43,7 +43,10 @@ INITS = ("zeros", "random", "explicit")
 OPTIMIZERS = ("adam", "sgd")
 
 
-class ConvergenceWarning(UserWarning):
+_G = GradientConfig  # the defaults of fit_dense's options
+
+
+class ConvergenceWarning(OptionWarning):
     """Training stopped on a budget while validation perplexity was still improving."""
 
 
@@ -72,7 +75,8 @@ def check_dense_memory(n_groups, vocab_size, batch_size, optimizer="adam", max_m
 
 # ---- pure math ------------------------------------------------------------------------------
 def init_params(init: str, groups: list, vocab_size: int, *, explicit: SparseParams | None = None,
-                seed: int = 0, random_scale: float = 0.01, dtype=np.float32) -> tuple[list, np.ndarray]:
+                seed: int = TokenizerConfig.seed, random_scale: float = GradientConfig.random_scale,
+                dtype=np.float32) -> tuple[list, np.ndarray]:
     """Initial ``(W, b)``: W list of (V, V), b (V,), all of ``dtype``."""
     V = vocab_size
     if init == "zeros":
@@ -172,11 +176,12 @@ def valid_perplexity(W, b, rows, targets, chunk: int = 1024) -> float:
 
 
 def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_rows: list,
-              valid_targets: np.ndarray, *, epochs: int | None = 10, max_seconds: float | None = None,
-              lr: float = 0.003, batch_size: int = 1024, optimizer: str = "adam",
-              patience: int | None = 2, l2: float = 0.0, lr_decay: float = 1.0,
-              eval_every: int = 0, seed: int = 0, callback=None, progress: bool = True,
-              clock=time.perf_counter):
+              valid_targets: np.ndarray, *, epochs: int | None = _G.epochs,
+              max_seconds: float | None = _G.max_seconds, lr: float = DEFAULT_LR["gradient"],
+              batch_size: int = _G.batch_size, optimizer: str = _G.optimizer,
+              patience: int | None = _G.patience, l2: float = _G.l2, lr_decay: float = _G.lr_decay,
+              eval_every: int = _G.eval_every, seed: int = TokenizerConfig.seed, callback=None,
+              progress: bool = True, clock=time.perf_counter):
     """Minibatch training of ``(W, b)`` in place; returns ``(best_W, best_b, curve, info)``.
 
     rows: per group int64 (N,); targets int64 (N,); valid_*: the same for the validation slice.
@@ -261,9 +266,9 @@ def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_row
         epoch += 1
     pbar.close()
     if stopped != "patience" and bad == 0 and len(curve) > 1:
-        warnings.warn(f"gradient descent stopped on its {stopped.replace('_', '-')} budget after "
+        warnings.warn(f"gradient descent stopped on its {stopped} budget after "
                       f"{step} steps ({train_s:.0f}s) while valid perplexity was still improving "
-                      f"({curve[-1]['valid_ppl']:.3f}); raise --epochs or --max-seconds",
+                      f"({curve[-1]['valid_ppl']:.3f}); raise epochs or max_seconds",
                       ConvergenceWarning, stacklevel=2)
     info = {"steps": step, "epochs": round(step / steps_per_epoch, 4), "seconds": train_s,
             "stopped": stopped, "best_valid_ppl": best[0], "best_step": best[3]}
@@ -278,7 +283,7 @@ def rows_of(groups, seqs, vocab_size: int, bos_id: int, eos_id: int):
 
 
 def finetune(explicit: SparseParams, tokenizer, train_lines, valid_lines, cfg: GradientConfig, *,
-             seed: int = 0, max_memory=None) -> DenseParams:
+             seed: int = TokenizerConfig.seed, max_memory=None) -> DenseParams:
     """Train the dense model on ``train_lines`` by gradient descent; returns ``DenseParams``.
 
     ``explicit``: the explicit solution (read only for ``init="explicit"``; its groups are the

@@ -177,3 +177,78 @@ def test_old_tokenizer_verbs_still_work_with_a_note(tmp_path, tiny_tok_file, cap
     assert main(["tokenize", "encode", "--model", tiny_tok_file, "--input", src]) == 0
     old = capsys.readouterr()
     assert old.out == new.out and "is now `spm-encode`" in old.err
+
+
+def _cli_flags() -> set:
+    """Every flag of every verb of the CLI (``--vocab-size``, ``--output``, ...)."""
+    return {s for _, p in _subparsers(build_parser()) for a in p._actions
+            for s in a.option_strings if s.startswith("--") and s != "--help"}
+
+
+def _message_strings(tree, only_raises: bool):
+    """The string constants of a module that can reach a user: not docstrings; with
+    ``only_raises``, only those inside ``raise`` statements."""
+    import ast
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    roots = [n for n in ast.walk(tree) if isinstance(n, ast.Raise)] if only_raises else [tree]
+    for root in roots:
+        for n in ast.walk(root):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+                yield n.lineno, n.value
+
+
+def test_library_messages_name_parameters_not_flags():
+    """Library errors, warnings and logs name parameters (``vocab_size``), never a CLI flag
+    (``--vocab-size``): the Python API has no flags; the CLI maps names to flags (to_flags).
+    A whole command in backticks (```lmkit train --output DIR```) may name its flags.
+    config.py is read for its errors only (its help texts are the CLI's)."""
+    import ast
+    import re
+    from pathlib import Path
+    flags = _cli_flags()
+    assert {"--vocab-size", "--top", "--words", "--output"} <= flags
+    root = Path(C.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "cli.py" and path.parent == root:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for lineno, text in _message_strings(tree, only_raises=path.name == "config.py"):
+            # a whole command to run (`lmkit train --output DIR`) is a command, not a parameter
+            text = re.sub(r"`lmkit [^`]*(`|$)", "", text)
+            for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w=-])", text):
+                if f in flags:
+                    found.append(f"{path.relative_to(root.parent)}:{lineno}: {f} in {text[:60]!r}")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("pass vocab_size 512 or more", "pass --vocab-size 512 or more"),
+    ("discount for order needs 1 or 3 values", "--discount for --order needs 1 or 3 values"),
+    ("token 'order' is 2 pieces ['▁or', 'der']", "--token 'order' is 2 pieces ['▁or', 'der']"),
+    ("/data/input/a.txt: no such file", "/data/input/a.txt: no such file"),
+    ("see `lmkit train` with solver warm", "see `lmkit train` with --solver warm"),
+    ("raise max_memory, or use a smaller vocab_size or context",
+     "raise --max-memory, or use a smaller --vocab-size or --context"),
+])
+def test_to_flags_maps_parameter_names_outside_quotes_and_paths(message, shown):
+    from lmkit.cli import to_flags
+    assert to_flags(message) == shown
+
+
+def test_library_option_errors_reach_the_cli_as_flags(tiny_model_dir, tmp_path, capsys):
+    """An OptionError raised deep in the library (docscore) names parameters; the CLI prints
+    the same message with its flags."""
+    text = tmp_path / "t.txt"
+    text.write_text("the king\n", encoding="utf-8")
+    code = main(["score", str(tiny_model_dir), "--input", str(text), "--output",
+                 str(tmp_path / "o.jsonl"), "--adapt", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass --workers 1" in err and "--adapt scores the units" in err, err
+    from lmkit.docscore import score_file
+    with pytest.raises(OptionError, match="pass workers 1"):
+        score_file(str(tiny_model_dir), str(tmp_path / "o.jsonl"), input=[str(text)], adapt=True,
+                   workers=2)

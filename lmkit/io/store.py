@@ -72,6 +72,7 @@ import scipy.sparse as sp
 import sentencepiece
 
 from . import files
+from ..config import LoadConfig
 from ..errors import InputError, LmkitError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
 from .. import kinds
@@ -171,7 +172,7 @@ def write_folder(path, fill, log=None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise OutputError(f"{path}: cannot write the model ({e.strerror or e}); nothing was "
-                              "changed, free space or pick another --output") from None
+                              "changed, free space or pick another output folder") from None
         raise
     return path
 
@@ -438,7 +439,7 @@ def write_synced(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
 
-def read_model_folder(path, mmap: bool = False):
+def read_model_folder(path, mmap: bool = LoadConfig.mmap):
     """Read and verify a model folder. Returns ``(manifest, tokenizer_proto, arrays)``.
 
     ``arrays``: name -> read-only numpy array, each header checked (see ``read_npz``); the

@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..config import ExportArpaConfig, ImportArpaConfig, check_option
+from ..errors import InputError, OptionError
 from ..features import Suffix, decode_histories, encode_histories
 from ..io.files import atomic_write
 from ..io.readfile import read_regular
@@ -76,8 +77,8 @@ def piece_words(tokenizer) -> np.ndarray:
     for i, w in enumerate(words):
         if not w or any(c.isspace() for c in w) or (w in SPECIALS and i not in (
                 tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id)):
-            raise InputError(f"piece {i} {w!r} cannot be an ARPA word (whitespace or a special "
-                             "name); export with --words ids")
+            raise OptionError(f"piece {i} {w!r} cannot be an ARPA word (whitespace or a special "
+                             "name); export with words ids")
     return words
 
 
@@ -212,10 +213,9 @@ def _is_float(x: str) -> bool:
     return True
 
 
-def word_ids(tables, tokenizer, words: str = "auto") -> dict:
+def word_ids(tables, tokenizer, words: str = ImportArpaConfig.words) -> dict:
     """{ARPA word: token id} for ``words`` in "auto" | "ids" | "pieces" (see module docstring)."""
-    if words not in ("auto", "ids", "pieces"):
-        raise InputError(f"--words must be auto, ids or pieces, got {words!r}")
+    check_option(ImportArpaConfig, "words", words)
     if words == "auto":
         uni = [w[0] for w in tables[0][0] if w[0] not in SPECIALS]
         V = tokenizer.vocab_size
@@ -232,9 +232,9 @@ def _to_ids(grams, vocab: dict, n: int, path) -> np.ndarray:
     try:
         ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
     except KeyError as e:
-        raise InputError(f"{path}: ARPA word {_short(e.args[0])} is not a piece or id of this "
-                         "tokenizer; pass the tokenizer the training text was encoded with "
-                         "(or --words ids|pieces)") from None
+        raise OptionError(f"{path}: ARPA word {_short(e.args[0])} is not a piece or id of this "
+                          "vocabulary; pass the tokenizer the training text was encoded with "
+                          "(or words ids or pieces)") from None
     return ids.reshape(len(grams), n)
 
 
@@ -334,7 +334,7 @@ def backoff_error(params: SparseParams, packed_by_row, hist_bo) -> float:
     return worst
 
 
-def import_arpa(path, tokenizer, *, words: str = "auto"):
+def import_arpa(path, tokenizer, *, words: str = ImportArpaConfig.words):
     """An ARPA file -> ``LanguageModel`` (see the module docstring); ``lmkit import-arpa``."""
     tables = read_arpa(path)
     params, report = arpa_params(tables, tokenizer, words, path)
@@ -357,7 +357,7 @@ def arpa_words(tokenizer) -> np.ndarray:
     return words
 
 
-def write_arpa(model, path, words: str = "ids") -> dict:
+def write_arpa(model, path, words: str = ExportArpaConfig.words) -> dict:
     """Write ``model`` (a pure suffix ``LanguageModel``) as an ARPA file; returns n-gram counts.
 
     ``words``: "ids" (decimal token ids, ``arpa_words``) or "pieces" (``piece_words``).

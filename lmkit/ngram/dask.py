@@ -42,6 +42,7 @@ import os
 
 import numpy as np
 
+from ..config import ScaleConfig
 from ..corpus import file_lines, sequences
 from ..counts import Counts, count_buffer, flat_buffer
 from ..distributed import _tokenizer, dask_client, result
@@ -164,7 +165,7 @@ def _solve(state: dict, discounts: list, q: np.ndarray, V: int) -> tuple:
 
 # ---- the client -----------------------------------------------------------------------------
 def build_ngram_dask(lines, tokenizer, order: int, *, files=None, discount=None,
-                     chunk_lines: int = 10000, split_bytes: int = SPLIT_BYTES,
+                     chunk_lines: int = ScaleConfig.chunk_lines, split_bytes: int = SPLIT_BYTES,
                      partitions: int | None = None, scheduler: str | None = None,
                      n_workers: int | None = None, processes: bool = True, progress=None,
                      log=None) -> tuple[SparseParams, int, int]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..features import Suffix
 from .tables import backoff_tables
 from ..params import SparseParams
@@ -44,8 +44,8 @@ class NgramSampler:
 
     def __init__(self, params: SparseParams, bos_id: int | None = None, eos_id: int | None = None):
         if not is_pure_ngram(params):
-            raise InputError("exact n-gram sampling needs a pure n-gram model (--order N, no "
-                             "--context, lambdas 1); sample others with lmkit generate")
+            raise OptionError("exact n-gram sampling needs a pure n-gram model (order N, no "
+                              "context, lambdas 1); sample others with `lmkit generate`")
         self.params = params
         self.V = params.vocab_size
         self.M = len(params.groups)

@@ -252,3 +252,37 @@ def test_library_option_errors_reach_the_cli_as_flags(tiny_model_dir, tmp_path, 
     with pytest.raises(OptionError, match="pass workers 1"):
         score_file(str(tiny_model_dir), str(tmp_path / "o.jsonl"), input=[str(text)], adapt=True,
                    workers=2)
+
+
+def test_public_api_defaults_are_the_config_defaults():
+    """The Python API's keyword defaults are the config's (read from it, not repeated)."""
+    import importlib
+    import inspect
+    corpus, evaluate, gradient, interpolate, load, model, tokenizer, arpa = (
+        importlib.import_module(f"lmkit.{m}") for m in ("corpus", "evaluate", "gradient",
+                                                         "interpolate", "load", "model",
+                                                         "tokenizer", "ngram.arpa"))
+    cases = [(tokenizer.Tokenizer.train, C.TokenizerConfig, ("vocab_size", "model_type", "seed",
+                                                             "input_sentence_size")),
+             (gradient.fit_dense, C.GradientConfig, ("epochs", "batch_size", "optimizer",
+                                                     "patience", "l2", "lr_decay", "eval_every")),
+             (gradient.init_params, C.GradientConfig, ("random_scale",)),
+             (corpus.load_corpus, C.CorpusConfig, ("split", "text_field", "streaming")),
+             (evaluate.evaluate, C.EvalCorpusConfig, ("split",)),
+             (interpolate.interpolate, C.InterpolateConfig, ("method",)),
+             (load.load, C.LoadConfig, ("mmap",)),
+             (model.LanguageModel.load, C.LoadConfig, ("mmap",)),
+             (model.LanguageModel.inspect, C.InspectConfig, ("top",)),
+             (model.LanguageModel.top_next, C.NextConfig, ("context",)),
+             (model.LanguageModel.sample, C.PromptConfig, ("prompt",)),
+             (arpa.write_arpa, C.ExportArpaConfig, ("words",)),
+             (arpa.import_arpa, C.ImportArpaConfig, ("words",))]
+    for func, klass, names in cases:
+        params = inspect.signature(func).parameters
+        for name in names:
+            assert params[name].default == getattr(klass(**({"token": "x"} if klass is
+                                                            C.InspectConfig else {})), name), \
+                (func.__qualname__, name)
+    assert inspect.signature(model.LanguageModel.top_next).parameters["k"].default == C.NextConfig.top
+    assert inspect.signature(gradient.fit_dense).parameters["lr"].default == C.DEFAULT_LR["gradient"]
+    assert inspect.signature(gradient.fit_dense).parameters["seed"].default == C.TokenizerConfig.seed

@@ -239,7 +239,7 @@ def _to_ids(grams, vocab: dict, n: int, path) -> np.ndarray:
 
 
 # ---- building the sparse model (packed-key helpers: packed.py) --------------------------------
-def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
+def arpa_params(tables, tokenizer, words: str = ImportArpaConfig.words, path="ARPA"):
     """``(SparseParams, report)`` of a parsed ARPA (``read_arpa``); see the module docstring."""
     V = tokenizer.vocab_size
     N = len(tables)
@@ -250,10 +250,36 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
                          "use a lower order or a smaller vocabulary")
     vocab = word_ids(tables, tokenizer, words)
     grams = [_to_ids(w, vocab, n + 1, path) for n, (w, _, _) in enumerate(tables)]
-    # unigrams -> q; unlisted pieces share p(<unk>) (module docstring)
-    uni, lp1, bo1 = grams[0][:, 0], tables[0][1], tables[0][2]
+    uni = grams[0][:, 0]
     if len(np.unique(uni)) != len(uni):
         raise InputError(f"{path}: a unigram is listed twice; the file is corrupt")
+    q, missing = arpa_unigrams(uni, tables[0][1], tokenizer)
+    bo_uni = np.zeros(V)
+    bo_uni[uni] = tables[0][2]
+    # per order n >= 2: history keys, targets, log10 p (NaN = added by closure), log10 bo
+    hist = [None] + [pack(g[:, :-1], V) for g in grams[1:]]
+    cols = [None] + [g[:, -1].copy() for g in grams[1:]]
+    lp = [None] + [t[1].copy() for t in tables[1:]]
+    bo = [bo_uni] + [t[2].copy() for t in tables[1:]]
+    suffix_closure(hist, cols, lp, bo, V)
+    levels, hist_bo = interpolated_levels(hist, cols, lp, bo, np.log10(q), V, path)
+    info = {"smoothing": "imported ARPA back-off model", "arpa_orders": [len(g) for g in grams],
+            "arpa_missing_pieces": int(len(missing))}
+    params, packed_by_row = suffix_params(q, levels, V, info)
+    err = backoff_error(params, packed_by_row, hist_bo)
+    for n in range(N - 1):  # listed with a back-off but no successors: lmkit's gamma is 1
+        absent = packed_rows(packed_by_row[n], pack(grams[n], V)) < 0
+        err = max([err] + np.abs(tables[n][2][absent]).tolist())
+    params = params.with_lambdas(params.lambdas, arpa_max_backoff_error_log10=err)
+    return params, {"orders": N, "ngrams": info["arpa_orders"], "missing_pieces": int(len(missing)),
+                    "max_backoff_error_log10": err}
+
+
+def arpa_unigrams(uni: np.ndarray, lp1: np.ndarray, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, missing)``: q (V,) float64 the unigram distribution of the listed unigrams ``uni``
+    (token ids) with log10 probabilities ``lp1``, summing to 1; ``missing`` the ids not listed,
+    which share p(<unk>) (module docstring)."""
+    V = tokenizer.vocab_size
     q = np.zeros(V)
     q[uni] = 10.0 ** lp1
     missing = np.setdiff1d(np.arange(V), uni)
@@ -274,14 +300,14 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
     else:
         q /= q.sum()
         q[tokenizer.bos_id] = 1e-300  # ~0 but finite: log q stays finite
-    bo_uni = np.zeros(V)
-    bo_uni[uni] = bo1
-    # per order n >= 2: history keys, targets, log10 p (NaN = added by closure), log10 bo
-    hist = [None] + [pack(g[:, :-1], V) for g in grams[1:]]
-    cols = [None] + [g[:, -1].copy() for g in grams[1:]]
-    lp = [None] + [t[1].copy() for t in tables[1:]]
-    bo = [bo_uni] + [t[2].copy() for t in tables[1:]]
-    for n in range(N - 1, 1, -1):  # top-down suffix closure: (h', w) must exist one order down
+    return q, missing
+
+
+def suffix_closure(hist: list, cols: list, lp: list, bo: list, V: int) -> None:
+    """Top-down suffix closure, in place: for every listed (h, w) of order n >= 3, (h minus its
+    oldest token, w) exists one order down; the ones added get log10 p NaN (filled from the
+    back-off in ``interpolated_levels``) and back-off 0. Lists indexed by order - 1."""
+    for n in range(len(hist) - 1, 1, -1):
         sh, sc = hist[n] // V, cols[n]
         found = find_pairs(pair_index(hist[n - 1], cols[n - 1], V), sh, sc)
         need = np.unique(np.stack([sh[found < 0], sc[found < 0]]), axis=1)
@@ -290,8 +316,16 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
             cols[n - 1] = np.concatenate([cols[n - 1], need[1]])
             lp[n - 1] = np.concatenate([lp[n - 1], np.full(need.shape[1], np.nan)])
             bo[n - 1] = np.concatenate([bo[n - 1], np.zeros(need.shape[1])])
-    levels, lower_lp, lower_index, hist_bo = [], np.log10(q), None, []
-    for n in range(1, N):
+
+
+def interpolated_levels(hist: list, cols: list, lp: list, bo: list, lower_lp: np.ndarray,
+                        V: int, path) -> tuple[list, list]:
+    """``(levels, hist_bo)`` per order n >= 2 from the closed tables: levels ``(history keys,
+    targets, S values in nats)`` with S = ln p - ln bo(h) - ln p(lower) (0 for closure
+    entries, whose NaN log10 p becomes ``bo(h) + p(lower)`` in ``lp``), and ``(history keys,
+    log10 bo(h))``. ``lower_lp``: log10 of the unigram distribution."""
+    levels, lower_index, hist_bo = [], None, []
+    for n in range(1, len(hist)):
         index = pair_index(hist[n], cols[n], V)
         if len(index[0]) and index[1].nnz != len(hist[n]):
             raise InputError(f"{path}: an {n + 1}-gram is listed twice; the file is corrupt")
@@ -311,16 +345,7 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
         levels.append((hist[n], cols[n], np.where(fill, 0.0, (lp[n] - hbo - low) * LN10)))
         hist_bo.append((hist[n], hbo))
         lower_lp, lower_index = lp[n], index
-    info = {"smoothing": "imported ARPA back-off model", "arpa_orders": [len(g) for g in grams],
-            "arpa_missing_pieces": int(len(missing))}
-    params, packed_by_row = suffix_params(q, levels, V, info)
-    err = backoff_error(params, packed_by_row, hist_bo)
-    for n in range(N - 1):  # listed with a back-off but no successors: lmkit's gamma is 1
-        absent = packed_rows(packed_by_row[n], pack(grams[n], V)) < 0
-        err = max([err] + np.abs(tables[n][2][absent]).tolist())
-    params = params.with_lambdas(params.lambdas, arpa_max_backoff_error_log10=err)
-    return params, {"orders": N, "ngrams": info["arpa_orders"], "missing_pieces": int(len(missing)),
-                    "max_backoff_error_log10": err}
+    return levels, hist_bo
 
 
 def backoff_error(params: SparseParams, packed_by_row, hist_bo) -> float:

@@ -141,6 +141,8 @@ def _declared_counts(path, lines, k: int, nxt: int) -> list:
 
 
 def _parse_sections(path, lines) -> list:
+    r"""The tables of an ARPA file's lines: per order ``(words, log10 p, log10 bo)``
+    (``_section``), after the ``\data\`` counts and the section order are checked."""
     heads = [k for k, line in enumerate(lines) if line.startswith("\\")]
     start = next((i for i, k in enumerate(heads) if lines[k].strip() == "\\data\\"), None)
     if start is None:
@@ -168,32 +170,7 @@ def _parse_sections(path, lines) -> list:
         if n > len(declared):
             raise InputError(f"{path}:{k + 1}: section {head} but \\data\\ declares "
                              f"{len(declared)} orders; the file is corrupt")
-        at = [i for i in range(k + 1, nxt) if lines[i].strip()]
-        rows = [lines[i].split() for i in at]
-        if len(rows) != declared[n - 1]:
-            raise InputError(f"{path}: header says ngram {n}={declared[n - 1]} but {head} lists "
-                             f"{len(rows)}; the file is truncated or corrupt")
-        bad = next((i for i, r in zip(at, rows) if len(r) not in (n + 1, n + 2)), None)
-        if bad is not None:
-            raise InputError(f"{path}:{bad + 1}: in {head} expected log10p, {n} words and an "
-                             f"optional back-off, got {_short(lines[bad].strip())}; is this an "
-                             "ARPA file?")
-        try:
-            lp = np.fromiter(map(float, [r[0] for r in rows]), np.float64, len(rows))
-            bo = np.fromiter(map(float, [r[n + 1] if len(r) == n + 2 else "0" for r in rows]),
-                             np.float64, len(rows))
-        except ValueError:
-            i = next(i for i, r in zip(at, rows) if not _is_float(r[0])
-                     or (len(r) == n + 2 and not _is_float(r[n + 1])))
-            raise InputError(f"{path}:{i + 1}: in {head} a value is not a number: "
-                             f"{_short(lines[i].strip())}; the file is corrupt") from None
-        ok = np.isfinite(lp) & (lp <= 0) & np.isfinite(bo)
-        if not ok.all():
-            i = at[int(np.argmin(ok))]
-            raise InputError(f"{path}:{i + 1}: in {head} every log10 probability must be finite "
-                             f"and <= 0 and every back-off finite, got {_short(lines[i].strip())}; "
-                             "the file is corrupt (fix or regenerate it)")
-        tables.append(([r[1:n + 1] for r in rows], lp, bo))
+        tables.append(_section(path, lines, k, nxt, n, declared[n - 1]))
     if len(tables) < len(declared):
         raise InputError(f"{path}: \\data\\ declares {len(declared)} orders but the file ends "
                          f"after {len(tables)} (\\{len(tables) + 1}-grams: missing); the file is "
@@ -203,6 +180,39 @@ def _parse_sections(path, lines) -> list:
     if not len(tables[0][0]):
         raise InputError(f"{path}: no unigrams in \\1-grams:; the file is corrupt")
     return tables
+
+
+def _section(path, lines, k: int, nxt: int, n: int, count: int) -> tuple:
+    r"""The ``\n-grams:`` section at line ``k`` (entries on lines k+1 .. nxt-1, ``count`` of
+    them declared) -> ``(words per n-gram, log10 p float64, log10 back-off float64 (0 when
+    absent))``, every value checked."""
+    head = lines[k].strip()
+    at = [i for i in range(k + 1, nxt) if lines[i].strip()]
+    rows = [lines[i].split() for i in at]
+    if len(rows) != count:
+        raise InputError(f"{path}: header says ngram {n}={count} but {head} lists "
+                         f"{len(rows)}; the file is truncated or corrupt")
+    bad = next((i for i, r in zip(at, rows) if len(r) not in (n + 1, n + 2)), None)
+    if bad is not None:
+        raise InputError(f"{path}:{bad + 1}: in {head} expected log10p, {n} words and an "
+                         f"optional back-off, got {_short(lines[bad].strip())}; is this an "
+                         "ARPA file?")
+    try:
+        lp = np.fromiter(map(float, [r[0] for r in rows]), np.float64, len(rows))
+        bo = np.fromiter(map(float, [r[n + 1] if len(r) == n + 2 else "0" for r in rows]),
+                         np.float64, len(rows))
+    except ValueError:
+        i = next(i for i, r in zip(at, rows) if not _is_float(r[0])
+                 or (len(r) == n + 2 and not _is_float(r[n + 1])))
+        raise InputError(f"{path}:{i + 1}: in {head} a value is not a number: "
+                         f"{_short(lines[i].strip())}; the file is corrupt") from None
+    ok = np.isfinite(lp) & (lp <= 0) & np.isfinite(bo)
+    if not ok.all():
+        i = at[int(np.argmin(ok))]
+        raise InputError(f"{path}:{i + 1}: in {head} every log10 probability must be finite "
+                         f"and <= 0 and every back-off finite, got {_short(lines[i].strip())}; "
+                         "the file is corrupt (fix or regenerate it)")
+    return [r[1:n + 1] for r in rows], lp, bo
 
 
 def _is_float(x: str) -> bool:

@@ -1,7 +1,8 @@
 """Print lmkit's import graph by layer: each module, its layer and (``--edges``) what it imports.
 
 Usage, from the repository root: ``python scripts/import_graph.py [--edges] [--longest N]``.
-Exit code 1 if the graph has a cycle or an upward edge. ``--longest N`` also lists the N longest
+Exit code 1 if the graph has a cycle or an upward edge. ``--roles`` adds each module's role (the
+first line of its docstring). ``--longest N`` also lists the N longest
 functions of lmkit/ (methods and nested functions included, lines from ``def`` to the last line). The layer table and the graph builder are the ones
 ``tests/test_layers.py`` checks (one definition; read its docstring for what counts as an edge).
 """
@@ -21,6 +22,18 @@ def _layers_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _path(mod: str) -> str:
+    """``lmkit.ngram.mkn`` -> ``lmkit/ngram/mkn.py`` (a package: its ``__init__.py``)."""
+    p = ROOT / Path(*mod.split("."))
+    return str((p / "__init__.py" if p.is_dir() else p.with_suffix(".py")).relative_to(ROOT))
+
+
+def _role(mod: str) -> str:
+    """The first line of a module's docstring."""
+    doc = ast.get_docstring(ast.parse((ROOT / _path(mod)).read_text(encoding="utf-8"))) or ""
+    return doc.split("\n")[0]
 
 
 def longest_functions(root: Path, n: int) -> list[tuple[int, str]]:
@@ -47,6 +60,8 @@ def longest_functions(root: Path, n: int) -> list[tuple[int, str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="lmkit's import graph by layer")
     parser.add_argument("--edges", action="store_true", help="list what each module imports")
+    parser.add_argument("--roles", action="store_true",
+                        help="each module's role: the first line of its docstring")
     parser.add_argument("--longest", type=int, default=0, metavar="N",
                         help="also list the N longest functions")
     args = parser.parse_args(argv)
@@ -62,6 +77,8 @@ def main(argv=None) -> int:
             if args.edges:
                 deps = ", ".join(f"{d} (L{L.layer_of(d)})" for d in sorted(graph[mod])) or "-"
                 print(f"    {mod} -> {deps}")
+            elif args.roles:
+                print(f"    {_path(mod):38s} {_role(mod)}")
             else:
                 print(f"    {mod}")
     for mod in by_layer.get(-1, []):

@@ -1,12 +1,14 @@
 """Print lmkit's import graph by layer: each module, its layer and (``--edges``) what it imports.
 
-Usage, from the repository root: ``python scripts/import_graph.py [--edges]``. Exit code 1 if
-the graph has a cycle or an upward edge. The layer table and the graph builder are the ones
+Usage, from the repository root: ``python scripts/import_graph.py [--edges] [--longest N]``.
+Exit code 1 if the graph has a cycle or an upward edge. ``--longest N`` also lists the N longest
+functions of lmkit/ (methods and nested functions included, lines from ``def`` to the last line). The layer table and the graph builder are the ones
 ``tests/test_layers.py`` checks (one definition; read its docstring for what counts as an edge).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -21,9 +23,32 @@ def _layers_module():
     return module
 
 
+def longest_functions(root: Path, n: int) -> list[tuple[int, str]]:
+    """The ``n`` longest functions under ``root`` as ``(lines, "path:line qualified.name")``,
+    longest first (ties by name)."""
+    found = []
+
+    def walk(node, path, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                if not isinstance(child, ast.ClassDef):
+                    found.append((child.end_lineno - child.lineno + 1,
+                                  f"{path}:{child.lineno} {name}"))
+                walk(child, path, name + ".")
+            else:
+                walk(child, path, prefix)
+
+    for f in sorted(root.rglob("*.py")):
+        walk(ast.parse(f.read_text(encoding="utf-8")), f.relative_to(root.parent), "")
+    return sorted(found, key=lambda x: (-x[0], x[1]))[:n]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="lmkit's import graph by layer")
     parser.add_argument("--edges", action="store_true", help="list what each module imports")
+    parser.add_argument("--longest", type=int, default=0, metavar="N",
+                        help="also list the N longest functions")
     args = parser.parse_args(argv)
     L = _layers_module()
     graph = L.import_graph(ROOT / "lmkit")
@@ -46,6 +71,10 @@ def main(argv=None) -> int:
           f"{len(up)} upward, cycle: {' -> '.join(cycle) if cycle else 'none'}")
     for a, b in up:
         print(f"  upward: {a} (L{L.layer_of(a)}) -> {b} (L{L.layer_of(b)})")
+    if args.longest:
+        print(f"the {args.longest} longest functions (lines):")
+        for lines, where in longest_functions(ROOT / "lmkit", args.longest):
+            print(f"  {lines:4d}  {where}")
     return 1 if up or cycle or -1 in by_layer else 0
 
 

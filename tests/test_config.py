@@ -2,7 +2,7 @@
 import pytest
 
 from lmkit import config as C
-from lmkit.cli import build_parser, flag, main
+from lmkit.cli import build_parser, config_of, flag, main
 from lmkit.errors import InputError, OptionError
 
 
@@ -55,7 +55,73 @@ def test_defaults_are_defined_once_and_shared_by_the_cli():
     assert set(C.train_option_names()) <= names
     g = p.parse_args(["generate", "m", "--temperature", "0.5"])
     assert g.temperature == 0.5 and not hasattr(g, "top_p")
-    assert p.parse_args(["eval", "m"]).split == "test"  # the one per-verb default
+    assert config_of(p.parse_args(["eval", "m"]), C.EvalCorpusConfig).split == "test"  # per verb
+
+
+# paths named on the command line: where a verb reads and writes, not options of the work
+IO_FLAGS = {"output", "input", "model", "tokenizer"}
+
+
+def _subparsers(parser, prefix=()):
+    """``(verb words, parser)`` of every verb, old names and their actions included."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subparsers(sub, (*prefix, name))
+
+
+def test_every_cli_option_is_a_config_field_with_its_default():
+    """Each flag of each verb is made from a config field (``config.VERB_CONFIGS``), shows that
+    field's default in its help, and leaves the default to the config (argparse.SUPPRESS)."""
+    import argparse
+    fields = {}
+    for klass in C.VERB_CONFIGS:
+        for f in C.options(klass):
+            fields.setdefault(f.name, []).append(f)
+    checked = 0
+    for verb, parser in _subparsers(build_parser()):
+        for action in parser._actions:
+            if not action.option_strings or action.dest in {"help"} | IO_FLAGS:
+                continue
+            where = f"{' '.join(verb)} {action.option_strings[0]}"
+            assert action.option_strings[0] == flag(action.dest), where
+            assert action.dest in fields, f"{where}: not a field of config.VERB_CONFIGS"
+            assert action.default is argparse.SUPPRESS, f"{where}: a default of the CLI's own"
+            assert any(action.help == f.metadata["help"] + _shown(f) for f in fields[action.dest]), \
+                f"{where}: help or default is not a config field's: {action.help!r}"
+            checked += 1
+    assert checked > 100  # every verb's options were seen
+
+
+def _shown(f) -> str:
+    """How a field's default reads at the end of its flag's help."""
+    if f.default is None or f.metadata.get("negatable") is False:
+        return ""
+    text = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    return f" (default: {text if text != '' else 'empty'})"
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """With no option given, every config a verb reads is its class's default."""
+    p = build_parser()
+    for argv, klasses in [(["eval", "m"], (C.EvalCorpusConfig, C.AdaptConfig, C.OutputConfig)),
+                          (["generate", "m"], (C.PromptConfig, C.SampleConfig)),
+                          (["next", "m"], (C.NextConfig, C.OutputConfig, C.LoadConfig)),
+                          (["export-arpa", "m", "o"], (C.ExportArpaConfig,)),
+                          (["import-arpa", "a", "--tokenizer", "t", "--output", "o"],
+                           (C.ImportArpaConfig,)),
+                          (["spm-encode", "--model", "t"], (C.EncodeConfig,)),
+                          (["interpolate", "a", "--output", "o"], (C.HeldoutCorpusConfig,
+                                                                   C.InterpolateConfig))]:
+        a = p.parse_args(argv)
+        for klass in klasses:
+            assert config_of(a, klass) == klass(), (argv, klass)
+    a = p.parse_args(["inspect", "m", "--token", "x"])
+    assert config_of(a, C.InspectConfig) == C.InspectConfig(token="x")
+    assert config_of(p.parse_args(["prune", "m", "--threshold", "0", "--output", "o"]),
+                     C.PruneConfig).threshold == 0.0
 
 
 def _example(f):

@@ -649,4 +649,4 @@ def test_mmap_option_takes_effect_or_is_refused(ngram3_dir, mixture, tiny_corpus
     assert code == 0 and len(mapped) == 3, err  # both components of the mixture
     neu = _neural_stub(tmp_path, tiny_tok_file)
     code, _, err = run_cli(capsys, "next", neu, "--context", "a", "--mmap")
-    one_error_line(code, err, "a neural model is always read into memory; the mmap option .*drop it")
+    one_error_line(code, err, "a neural model is always read into memory; the --mmap option .*drop it")

@@ -449,7 +449,8 @@ def cmd_next(a) -> None:
 
 def cmd_vocab(a) -> None:
     vocab = load_model(a.model).vocab
-    print(json.dumps(vocab) if config_of(a, C.OutputConfig).json else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
+    print(json.dumps(vocab) if config_of(a, C.OutputConfig).json
+          else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
 
 
 def cmd_verify(a) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .clusters import ClusterHistory, bigram_embedding, cluster_tokens
-from .config import ModelConfig
+from .config import ModelConfig, TokenizerConfig
 from .counts import Counts, count_buffer, empty_counts, flat_buffer
 from .explicit import choose_lambdas, count_buckets, entry_counts, fold_entry_lambdas
 from .features import Skip, Suffix, Window, context_rows
@@ -95,8 +95,8 @@ def cluster_groups(table, shapes=DEFAULT_CLUSTER_SHAPES) -> list:
     return [ClusterHistory(m, w, table) for m, w in shapes]
 
 
-def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = 0,
-                  embedding=None) -> np.ndarray:
+def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS,
+                  seed: int = TokenizerConfig.seed, embedding=None) -> np.ndarray:
     """Token clusters (V,) from the bigram counts of ``counts`` (``Window(1)``, else ``Suffix(1)``;
     ``embedding``: their ``clusters.bigram_embedding``, if already computed)."""
     V = counts.vocab_size
@@ -124,7 +124,7 @@ def bigram_counts(counts: Counts) -> sp.csr_matrix:
 
 def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int = DEFAULT_ORDER,
                context: int = DEFAULT_CONTEXT, first_window: int = DEFAULT_FIRST_WINDOW,
-               skips=DEFAULT_SKIPS, clusterings=DEFAULT_CLUSTERINGS, seed: int = 0,
+               skips=DEFAULT_SKIPS, clusterings=DEFAULT_CLUSTERINGS, seed: int = TokenizerConfig.seed,
                tables=None, piece_bytes=None,
                line_positions=DEFAULT_LINE_POSITIONS) -> tuple[Counts, list]:
     """Counts of every group of the rich model from one flat buffer of the text.

@@ -1,10 +1,10 @@
 """Print lmkit's import graph by layer: each module, its layer and (``--edges``) what it imports.
 
-Usage, from the repository root: ``python scripts/import_graph.py [--edges] [--longest N]``.
-Exit code 1 if the graph has a cycle or an upward edge. ``--roles`` adds each module's role (the
-first line of its docstring). ``--longest N`` also lists the N longest
-functions of lmkit/ (methods and nested functions included, lines from ``def`` to the last line). The layer table and the graph builder are the ones
-``tests/test_layers.py`` checks (one definition; read its docstring for what counts as an edge).
+Usage, from the repository root: ``python scripts/import_graph.py [--edges] [--roles]
+[--longest N]``. Exit code 1 if the graph has a cycle or an upward edge. ``--roles`` adds each
+module's role (the first line of its docstring); ``--longest N`` also lists the N longest
+functions of lmkit/ (methods and nested functions included, lines from ``def`` to the last
+line). The layer table and the graph builder are the ones ``tests/test_layers.py`` checks (one definition; read its docstring for what counts as an edge).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ window 1 dropped; + a class-bigram context on a coarse cluster table; + line pos
 train``'s default model); optionally history-count x entry-count buckets. Each row is built from scratch
 on ``train`` (tokenizer shared, its time excluded): counting its groups (``rich.count_rich``),
 the closed forms, and the weights (one per group x entry-count bucket) fitted on
-``--lambda-tokens`` tokens of ``valid`` (``rich.fit_rich``; other weightings ``experiments.rich_weights``). Reports valid and test perplexity (EOS counted), build CPU seconds of
+``--lambda-tokens`` tokens of ``valid`` (``rich.fit_rich``; the other weightings:
+``experiments.rich_weights``). Reports valid and test perplexity (EOS counted), build CPU seconds of
 this process, and model size (bytes of the saved arrays). Nothing is chosen on ``test``.
 
 Corpora: the default ``shakespeare`` (its own train/valid/test split), or ``--input FILES``:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import SampleConfig
 from ..errors import InputError, OptionError
 from ..features import Suffix
 from .tables import backoff_tables
@@ -124,7 +125,7 @@ class NgramSampler:
         return out
 
     def sample_sequences(self, n_tokens: int, *, batch: int = 4096, max_len: int = 256,
-                         seed: int = 0):
+                         seed: int = SampleConfig.seed):
         """Yield lists of sampled sequences (ids, EOS dropped) until ``n_tokens`` targets (EOS
         included) were drawn; a sequence reaching ``max_len`` tokens is cut there. Same contract
         as ``synthetic.sample_batch``; deterministic for a given ``seed``."""
@@ -150,8 +151,9 @@ class NgramSampler:
             hist[:, -1] = nxt
             hist[finished] = self.bos
 
-    def continue_ids(self, prompt_ids, *, max_tokens: int, num_samples: int = 1,
-                     seed: int = 0, exclude=()) -> list:
+    def continue_ids(self, prompt_ids, *, max_tokens: int,
+                     num_samples: int = SampleConfig.num_samples, seed: int = SampleConfig.seed,
+                     exclude=()) -> list:
         """``num_samples`` continuations (prompt ids + new ids, EOS dropped) of one prompt, all
         sampled together; each stops at EOS or after ``max_tokens`` new tokens. The exact path
         for ``generate`` at temperature 1, top_k 0, top_p 1. ``exclude``: token ids never drawn

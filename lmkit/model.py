@@ -84,8 +84,9 @@ class BaseModel:
         return _best(self.tokenizer, np.arange(self.vocab_size), logp, k)
 
     def sample(self, prompt: str = PromptConfig.prompt, **options) -> list:
-        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens=100,
-        temperature=1.0, top_k=0, top_p=1.0, seed=0, num_samples=1); see ``generate.generate``."""
+        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens,
+        temperature, top_k, top_p, seed, num_samples: defaults and ranges there); see
+        ``generate.generate``."""
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
         return generate(self, prompt, make(SampleConfig, options))

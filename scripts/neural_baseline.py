@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 RUNS = ("scratch", "explicit-init", "hybrid")
 
 
@@ -140,6 +142,44 @@ def markdown(results: dict) -> str:
             out.append(f"| {run} | {x['budget']:g} | {x['cpu_seconds']:g} | {x['steps']} | "
                        f"{x['wall_seconds']:g} | {x['epochs']:.3f} | {x['best_valid_ppl']:.2f} | "
                        f"{x['test_ppl']:.2f} | {x['test_bits_per_byte']:.4f} | {mixed(x)} |")
+    return "\n".join(out + ["", answer(results)])
+
+
+def reached(rows: list, key: str, target: float) -> str:
+    """CPU s at which ``key`` (a test perplexity) first reaches ``target``: interpolated
+    linearly in log CPU s between the two marks around the crossing; ``> LAST`` if never."""
+    prev = None
+    for x in rows:
+        if key not in x:
+            continue
+        if x[key] <= target:
+            if prev is None or prev[key] == x[key]:
+                return f"≤ {x['cpu_seconds']:g}"
+            f = (prev[key] - target) / (prev[key] - x[key])
+            t = np.exp(np.log(prev["cpu_seconds"]) + f * (np.log(x["cpu_seconds"])
+                                                          - np.log(prev["cpu_seconds"])))
+            return f"{t:.0f} (between marks)"
+        prev = x
+    last = [x["cpu_seconds"] for x in rows if key in x]
+    return f"> {last[-1]:g} (not reached)" if last else "—"
+
+
+def answer(results: dict) -> str:
+    """The CPU s each method needs to reach the explicit default model's test perplexity and
+    0.95 of it (issue 22's question)."""
+    e = (results.get("explicit") or {}).get("test_ppl")
+    if not e:
+        return ""
+    out = [f"| method | CPU s to test ppl {e:.1f} (the explicit model) | CPU s to {0.95 * e:.1f} "
+           "(0.95×) |", "|---|---:|---:|"]
+    for run, r in results["runs"].items():
+        rows = r["rows"]
+        out.append(f"| {run} | {reached(rows, 'test_ppl', e)} | "
+                   f"{reached(rows, 'test_ppl', 0.95 * e)} |")
+        if any("mix_test_ppl" in x for x in rows):
+            out.append(f"| {run} mixed with the explicit model | "
+                       f"{reached(rows, 'mix_test_ppl', e)} | "
+                       f"{reached(rows, 'mix_test_ppl', 0.95 * e)} |")
     return "\n".join(out)
 
 

@@ -158,12 +158,12 @@ def bench(a, lines, what, out, km, sp) -> None:
     print(f"{len(lines)} documents ({what}), {n_tok} tokens, model {a.model}; median of "
           f"{a.rounds} interleaved rounds; {os.cpu_count()} cores, load average {load0} before, "
           f"{open('/proc/loadavg').read().split()[0]} after")
-    print(f"| {'scorer':<30} | {'docs/s':>9} | {'tokens/s':>10} | {'vs kenlm':>8} | "
+    print(f"| {'scorer':<32} | {'docs/s':>9} | {'tokens/s':>10} | {'vs kenlm':>8} | "
           f"{'CPU s':>6} | {'docs/CPU-s':>10} | {'vs kenlm':>8} |")
-    print(f"|{'-' * 32}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
+    print(f"|{'-' * 34}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
     for name in names:
         t, c = med[name]
-        print(f"| {name:<30} | {len(lines) / t:>9,.0f} | {n_tok / t:>10,.0f} | "
+        print(f"| {name:<32} | {len(lines) / t:>9,.0f} | {n_tok / t:>10,.0f} | "
               f"{t_ken / t:>7.2f}x | {c:>6.2f} | {len(lines) / c:>10,.0f} | {c_ken / c:>7.2f}x |")
     if 1 in a.workers:
         t1, c1 = med["lmkit score --workers 1"]
@@ -204,11 +204,11 @@ def query_table(a, lines, sp, km) -> None:
     base = statistics.median(cpu["kenlm perplexity loop"])
     print(f"\nquery only ({len(lines)} documents encoded beforehand; CPU s of this process, "
           f"median of {a.rounds})")
-    print(f"| {'query':<44} | {'CPU s':>6} | {'us/doc':>7} | {'vs kenlm':>8} |")
-    print(f"|{'-' * 46}|{'-' * 8}|{'-' * 9}|{'-' * 10}|")
+    print(f"| {'query':<46} | {'CPU s':>6} | {'us/doc':>7} | {'vs kenlm':>8} |")
+    print(f"|{'-' * 48}|{'-' * 8}|{'-' * 9}|{'-' * 10}|")
     for name, v in cpu.items():
         c = statistics.median(v)
-        print(f"| {name:<44} | {c:>6.2f} | {c / len(lines) * 1e6:>7.2f} | {base / c:>7.2f}x |")
+        print(f"| {name:<46} | {c:>6.2f} | {c / len(lines) * 1e6:>7.2f} | {base / c:>7.2f}x |")
 
 
 if __name__ == "__main__":

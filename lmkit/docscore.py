@@ -351,7 +351,8 @@ def _adaptive_text(model, units: list, adapt) -> tuple[bytes, int, int, float]:
     text = "".join(f'{_head(r)}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
                    f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n'
                    for r in res)
-    return text.encode("utf-8"), len(res), sum(r["tokens"] for r in res), sum(r["nll_nats"] for r in res)
+    return (text.encode("utf-8"), len(res), sum(r["tokens"] for r in res),
+            sum(r["nll_nats"] for r in res))
 
 
 def _worker_score(chunk):

@@ -10,7 +10,8 @@ from lmkit import docscore
 from lmkit.docscore import iter_units, score_file, score_units
 from lmkit.load import load as load_model
 
-ODD = ['say "hi" and \'bye\'', "back\\slash \\n \\u0041 not escapes", "tab\there\tand there",
+ODD = ['say "hi" and \'bye\'', "back\\slash \\n \\u0041 not escapes",
+       "tab\there\tand there",
        "naïve café — 日本語 😀 ∑", "", "   ", "ctrl \x01 \x1f \x7f chars", "lone \r carriage",
        "trailing spaces   ", "line\u2028sep and\u0085nel", "zero\u200bwidth", "{\"json\": [1]}",
        "x", "\ufeffbom inside"]

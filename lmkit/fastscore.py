@@ -90,12 +90,15 @@ def union_products(q, Es, inds, ptrs, dmaps, D, rows, shared, targets, out_term,
                    out_z):  # pragma: no cover (jit)
     """``out_term[n]``, ``out_z[n]`` for every position n (module docstring), in the order
     given (``rows`` and ``targets`` come in history order: reading them in sequence, and
-    neighbours sharing rows); ``shared`` (G,) bool marks the groups whose product is kept
-    across neighbours with the same rows."""
+    neighbours sharing rows); ``shared`` (G,) int8: 0 = multiplied in at every position, 1 =
+    kept in ``base`` (rebuilt when a level-1 or level-2 row changes), 2 = kept in ``outer``
+    (q times these rows; rebuilt only when one of them changes: the groups whose rows change
+    far less often than the rest, e.g. the previous token's)."""
     V = q.shape[0]
     G = len(Es)
     acc = np.empty(V)
     base = np.empty(V)
+    outer = q.copy()  # q times the level-2 groups' rows
     st = np.zeros((G, BLOCK), dtype=np.int64)
     en = np.zeros((G, BLOCK), dtype=np.int64)
     prev_st = np.zeros(G, dtype=np.int64)
@@ -105,21 +108,29 @@ def union_products(q, Es, inds, ptrs, dmaps, D, rows, shared, targets, out_term,
         m = _block_ranges(ptrs, dmaps, rows, a, st, en)
         for i in range(m):
             n = a + i
-            same = n > 0
+            new1 = new2 = n == 0
             for g in range(G):
-                if shared[g] and (st[g, i] != prev_st[g] or en[g, i] != prev_en[g]):
-                    same = False
+                if st[g, i] != prev_st[g] or en[g, i] != prev_en[g]:
+                    if shared[g] == 1:
+                        new1 = True
+                    elif shared[g] == 2:
+                        new2 = True
                 prev_st[g] = st[g, i]
                 prev_en[g] = en[g, i]
-            if not same:
-                base[:] = q
+            if new2:
+                outer[:] = q
                 for g in range(G):
-                    if shared[g]:
+                    if shared[g] == 2:
+                        _multiply_in(outer, Es, inds, D, st[g, i], en[g, i], g)
+            if new1 or new2:
+                base[:] = outer
+                for g in range(G):
+                    if shared[g] == 1:
                         _multiply_in(base, Es, inds, D, st[g, i], en[g, i], g)
             # the other groups' dense rows, fused with the copy of base (one pass, not 1 + k)
             nd = 0
             for g in range(G):
-                if not shared[g] and st[g, i] < 0:
+                if shared[g] == 0 and st[g, i] < 0:
                     dk[nd] = -1 - st[g, i]
                     nd += 1
             if nd == 0:
@@ -137,7 +148,7 @@ def union_products(q, Es, inds, ptrs, dmaps, D, rows, shared, targets, out_term,
                     for j in range(V):
                         acc[j] *= d[j]
             for g in range(G):
-                if not shared[g] and st[g, i] >= 0:
+                if shared[g] == 0 and st[g, i] >= 0:
                     E, ind = Es[g], inds[g]
                     for k in range(st[g, i], en[g, i]):
                         acc[ind[k]] *= E[k]

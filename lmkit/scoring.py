@@ -146,7 +146,8 @@ def _rows_tuple(rows: list, active: list) -> tuple:
 
 
 def shared_groups(rows: tuple, tables: tuple, vocab_size: int, sample: int = 4096) -> np.ndarray:
-    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) bool;
+    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) int8
+    (0: none, 1: in the kept product, 2: in its slower outer part; see ``union_products``);
     ``rows`` per active group (N,) in walking order; ``tables``: ``score_tables``.
 
     Greedy on a sample of neighbour pairs: add the group that most lowers the estimated cost
@@ -156,7 +157,7 @@ def shared_groups(rows: tuple, tables: tuple, vocab_size: int, sample: int = 409
     G, N = len(rows), len(rows[0]) if rows else 0
     shared = np.zeros(G, dtype=bool)
     if N < 2 or G == 0:
-        return shared
+        return shared.astype(np.int8)
     idx = np.arange(1, N, max(1, (N - 1) // sample))
     _, _, ptrs, dmaps, _ = tables
     cur_r = np.stack([r[idx] for r in rows], axis=1)  # (n, G) sampled rows
@@ -181,8 +182,14 @@ def shared_groups(rows: tuple, tables: tuple, vocab_size: int, sample: int = 409
             if saving > best:
                 best, pick, pick_ch = saving, g, ch
         if pick is None:
-            return shared
+            break
         shared[pick], cur = True, pick_ch
+    # level 2: kept groups whose rows change far less often than the kept product as a whole
+    # (rebuilding the rest then starts from their product, not from q)
+    level = shared.astype(np.int8)
+    rate = changed.mean(axis=0)
+    level[shared & (rate <= cur.mean() / 4)] = 2
+    return level
 
 
 class SparseScorer:

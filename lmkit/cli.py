@@ -36,22 +36,16 @@ import warnings
 from pathlib import Path
 
 from . import config as C
-from .io import store
-from .ngram.arpa import import_arpa, write_arpa
 from .corpus import load_corpus, read_lines, sequences
-from .docscore import score_file
 from .errors import (InputError, LmkitError, MemoryLimitError, OptionError, OptionWarning,
                      OutputError, WorkerDiedError)
-from .evaluate import evaluate
 from .io import files
 from .io.files import atomic_write
-from .interpolate import interpolate
-from .load import load as load_model
-from .model import LanguageModel
 from .progress import reporting
-from .ngram.prune import n_ngrams, prune_entropy
-from .tokenizer import Tokenizer
-from .train import describe_build, heldout_lines, train
+
+# Each verb imports the modules it runs inside its function (issue 21, "Start-up" in
+# docs/speed.md): `lmkit spm-encode` need not import SciPy, numba or the solvers, and `lmkit
+# eval` not the builders. tests/test_startup.py pins what `import lmkit.cli` leaves out.
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -256,6 +250,7 @@ def _inputs(a) -> tuple[list, list]:
 def check_output(a, path=None, *, folder: bool = False) -> Path:
     """``io.files.check_output_writable`` of ``path`` (default ``a.output``) against every input
     of the verb: one check, before any work, for every verb that writes."""
+    from .io import store
     paths, models = _inputs(a)
     return files.check_output_writable(a.output if path is None else path, folder=folder,
                                        is_ours=store.is_model_folder if folder else None,
@@ -270,6 +265,7 @@ def _say(text: str, output) -> None:
 
 # ---- verbs ----------------------------------------------------------------------------------
 def cmd_spm_train(a) -> None:
+    from .tokenizer import Tokenizer
     src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
     opts = C.make(C.TokenizerConfig, values(a, C.TokenizerConfig))
     for suffix in (".model", ".vocab"):  # fail before training, not after
@@ -281,6 +277,7 @@ def cmd_spm_train(a) -> None:
 
 
 def _load_tokenizer(path: str):
+    from .tokenizer import Tokenizer
     p = Path(path)
     if p.is_dir():
         p = p / "tokenizer.model"
@@ -327,6 +324,7 @@ def cmd_tokenize(a) -> None:
 
 
 def cmd_train(a) -> None:
+    from .train import describe_build, train
     skip = {"verb", "output", "argv", "action"}
     cfg = C.TrainConfig.from_kwargs(**{k: v for k, v in vars(a).items() if k not in skip})
     check_output(a, folder=True)  # fail before training, not after
@@ -341,6 +339,8 @@ def _load_options(a) -> dict:
 
 
 def cmd_eval(a) -> None:
+    from .evaluate import evaluate
+    from .load import load as load_model
     src = config_of(a, C.EvalCorpusConfig)
     ad = C.make(C.AdaptConfig, values(a, C.AdaptConfig))  # refuse bad options before loading
     adapt = {k: getattr(ad, k) for k in values(a, C.AdaptConfig)}
@@ -368,6 +368,7 @@ def _text_arg(value, flag: str):
 
 
 def cmd_generate(a) -> None:
+    from .load import load as load_model
     opts = config_of(a, C.SampleConfig)  # refuse bad values before loading
     given = config_of(a, C.PromptConfig)
     prompts = (list(sequences(read_lines(given.prompt_file), given.prompt_file))
@@ -378,6 +379,8 @@ def cmd_generate(a) -> None:
 
 
 def cmd_export_arpa(a) -> None:
+    from .model import LanguageModel
+    from .ngram.arpa import write_arpa
     check_output(a)
     words = config_of(a, C.ExportArpaConfig).words
     sizes = write_arpa(LanguageModel.load(a.model), a.output, words=words)
@@ -391,6 +394,7 @@ def _command(a) -> str:
 
 
 def cmd_score(a) -> None:
+    from .docscore import score_file
     check_output(a)
     opts = values(a, C.ScoreConfig)
     r = score_file(a.model, a.output, **opts, **values(a, C.AdaptConfig))
@@ -401,6 +405,7 @@ def cmd_score(a) -> None:
 
 
 def cmd_import_arpa(a) -> None:
+    from .ngram.arpa import import_arpa
     check_output(a, folder=True)
     words = config_of(a, C.ImportArpaConfig).words
     model, report = import_arpa(a.arpa, _load_tokenizer(a.tokenizer), words=words)
@@ -412,6 +417,9 @@ def cmd_import_arpa(a) -> None:
 
 
 def cmd_interpolate(a) -> None:
+    from .interpolate import interpolate
+    from .load import load as load_model
+    from .train import heldout_lines
     check_output(a, folder=True)
     opts = C.make(C.InterpolateConfig, values(a, C.InterpolateConfig))
     src = config_of(a, C.HeldoutCorpusConfig)
@@ -427,6 +435,8 @@ def cmd_interpolate(a) -> None:
 
 
 def cmd_prune(a) -> None:
+    from .model import LanguageModel
+    from .ngram.prune import n_ngrams, prune_entropy
     check_output(a, folder=True)
     threshold = config_of(a, C.PruneConfig).threshold
     model = LanguageModel.load(a.model)
@@ -437,6 +447,7 @@ def cmd_prune(a) -> None:
 
 
 def cmd_next(a) -> None:
+    from .load import load as load_model
     context = _text_arg(getattr(a, "context", C.NextConfig.context), "--context")
     model = load_model(a.model, **_load_options(a))
     nxt = config_of(a, C.NextConfig)  # after loading: a missing model folder is named first
@@ -448,17 +459,20 @@ def cmd_next(a) -> None:
 
 
 def cmd_vocab(a) -> None:
+    from .load import load as load_model
     vocab = load_model(a.model).vocab
     print(json.dumps(vocab) if config_of(a, C.OutputConfig).json
           else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
 
 
 def cmd_verify(a) -> None:
+    from .model import LanguageModel
     sums = LanguageModel.verify(a.model)
     print(f"{a.model}: ok (" + ", ".join(f"{k} sha256 {v[:12]}" for k, v in sums.items()) + ")")
 
 
 def cmd_inspect(a) -> None:
+    from .model import LanguageModel
     token = _text_arg(a.token, "--token")
     model = LanguageModel.load(a.model)
     res = model.inspect(token, top=config_of(a, C.InspectConfig).top)  # checked after loading

@@ -1,0 +1,55 @@
+"""Start-up cost (issue 21, docs/speed.md "Start-up"): ``import lmkit.cli`` and the
+``spm-encode`` verb import only what they run. Checked in a fresh interpreter (``sys.modules``),
+because this test process has imported everything already."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "dask", "datasets", "numba", "scipy", "scipy.sparse", "scipy.linalg", "tqdm",
+         "sklearn")
+
+
+def _imported_after(code: str) -> set:
+    """The modules of ``HEAVY`` in ``sys.modules`` after running ``code`` in a fresh Python."""
+    probe = code + f"\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=120, check=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_import_lmkit_cli_is_lean():
+    assert _imported_after("import lmkit.cli") == set()
+    # numpy too: the parser and --help need none of it
+    assert _imported_after("import lmkit.cli, sys; assert 'numpy' not in sys.modules") == set()
+
+
+def test_package_api_is_imported_on_first_use():
+    assert _imported_after("import lmkit") == set()
+    assert "scipy.sparse" in _imported_after(
+        "import lmkit\nassert callable(lmkit.train) and callable(lmkit.evaluate)\n"
+        "import lmkit.train, lmkit.evaluate\nassert callable(lmkit.train), lmkit.train\n"
+        "assert callable(lmkit.evaluate)\nassert lmkit.LanguageModel.__name__ == 'LanguageModel'")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory, tiny_tok):
+    return tiny_tok.save(tmp_path_factory.mktemp("tok") / "t")
+
+
+def test_spm_encode_verb_is_lean(tokenizer, tmp_path):
+    text = tmp_path / "in.txt"
+    text.write_text("the cat sat\n", encoding="utf-8")
+    loaded = _imported_after(
+        "import io, contextlib, lmkit.cli\nout = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    rc = lmkit.cli.main(['spm-encode', '--model', {str(tokenizer)!r}, '--input', "
+        f"{str(text)!r}])\nassert rc == 0 and out.getvalue().strip(), (rc, out.getvalue())")
+    assert loaded == set()

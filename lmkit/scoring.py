@@ -238,8 +238,9 @@ class SparseScorer:
     def next_logp_batch(self, rows: list) -> np.ndarray:
         """Full next-token log distributions (n, V) float64: O(touched entries + n V)."""
         n = len(rows[0]) if rows else 0
-        fast = _compiled()
-        if fast is None or n < COMPILED_MIN_DISTRIBUTIONS or not self.active:
+        # _compiled() last: `lmkit next` (one distribution) never imports numba
+        fast = None if n < COMPILED_MIN_DISTRIBUTIONS or not self.active else _compiled()
+        if fast is None:
             return log_softmax(self.logq + self.dense_scores(rows))
         out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
         fast.product_rows(self.params.q, *self.tables(), _rows_tuple(rows, self.active), out, z)
@@ -257,10 +258,11 @@ class SparseScorer:
         of the positions that puts neighbours with shared rows next to each other (the
         ``history_order`` of ``context_rows``): only speed depends on it."""
         targets = np.asarray(targets, dtype=np.int64)
-        fast = _compiled()
         if not self.active:
             return self.logq[targets]
-        if fast is None or len(targets) < COMPILED_MIN_POSITIONS:
+        # a short batch takes the numpy route without importing numba (issue 21, start-up)
+        fast = None if len(targets) < COMPILED_MIN_POSITIONS else _compiled()
+        if fast is None:
             with np.errstate(over="ignore", invalid="ignore"):
                 out = sparse_log_proba(self.params, rows, targets)
         else:

@@ -53,3 +53,23 @@ def test_spm_encode_verb_is_lean(tokenizer, tmp_path):
         f"    rc = lmkit.cli.main(['spm-encode', '--model', {str(tokenizer)!r}, '--input', "
         f"{str(text)!r}])\nassert rc == 0 and out.getvalue().strip(), (rc, out.getvalue())")
     assert loaded == set()
+
+
+@pytest.fixture(scope="module")
+def mkn_dir(tmp_path_factory, tiny_corpus_file, tiny_tok_file):
+    from lmkit.train import train
+    model = train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), order=3)
+    return model.save(tmp_path_factory.mktemp("models") / "o3")
+
+
+@pytest.mark.parametrize("folder", ["tiny_model_dir", "mkn_dir"])
+def test_next_verb_imports_no_numba(folder, request):
+    """One next-token distribution takes the numpy route, so numba (and the ``scipy.linalg``
+    that its first compiled call imports) is never loaded; loading needs ``scipy.sparse``."""
+    path = request.getfixturevalue(folder)
+    loaded = _imported_after(
+        "import io, contextlib, lmkit.cli\nout = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    rc = lmkit.cli.main(['next', {str(path)!r}, '--context', 'the', '--json'])\n"
+        "assert rc == 0 and out.getvalue().startswith('[['), (rc, out.getvalue())")
+    assert not loaded & {"numba", "scipy.linalg", "torch", "dask", "datasets", "tqdm", "sklearn"}

@@ -24,16 +24,20 @@ Without numba (``pip install lmkit[fast]``), or with ``scoring.USE_COMPILED`` Fa
 """
 from __future__ import annotations
 
+import importlib.util
+import threading
 from itertools import chain
 
 import numpy as np
 
 from ..errors import InputError
 
-try:  # numba is optional: without it the numpy route (ngram.tables.mkn_log_proba) scores
-    from numba import njit
-except ImportError:  # pragma: no cover (numba is a test dependency)
-    njit = None
+# numba is optional: without it the numpy route (ngram.tables.mkn_log_proba) scores. It is
+# imported when the compiled walk first runs (``_jitted``), not with this module: loading a model
+# and `lmkit next` never need it, and importing numba costs ~0.3 CPU s (issue 21, "Start-up").
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+_JIT: dict = {}
+_JIT_LOCK = threading.Lock()
 
 
 def _lower_bound(a, lo, hi, x):  # pragma: no cover (jit)
@@ -282,14 +286,21 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                 entf[4 * e + 3] = 0.0
 
 
-_row_state = njit(cache=True, nogil=True, inline="always")(_row_state) if njit is not None \
-    else _row_state
-_slot = njit(cache=True, nogil=True, inline="always")(_slot) if njit is not None else _slot
-_lower_bound = njit(cache=True, nogil=True, inline="always")(_lower_bound) if njit is not None \
-    else _lower_bound
-_hash_level0_compiled = njit(cache=True, nogil=True)(_hash_level0) if njit is not None else None
-_build_compiled = njit(cache=True, nogil=True)(_build) if njit is not None else None
-_score_compiled = njit(cache=True, nogil=True)(_score) if njit is not None else None
+def _jitted() -> dict:
+    """The compiled ``hash_level0``, ``build`` and ``score`` (numba, ``cache=True``: loaded
+    from numba's on-disk cache after the first compile), made on the first call. The three
+    inline helpers are compiled first and replace their Python versions in this module, because
+    numba resolves them as globals when it compiles their callers."""
+    with _JIT_LOCK:
+        if not _JIT:
+            from numba import njit
+            g = globals()
+            for name in ("_row_state", "_slot", "_lower_bound"):
+                g[name] = njit(cache=True, nogil=True, inline="always")(g[name])
+            _JIT.update(hash_level0=njit(cache=True, nogil=True)(_hash_level0),
+                        build=njit(cache=True, nogil=True)(_build),
+                        score=njit(cache=True, nogil=True)(_score))
+    return _JIT
 
 
 class MknWalker:
@@ -323,14 +334,15 @@ class MknWalker:
         self.entf = self.ent.view(np.float64)
         self.closed = np.zeros(M, dtype=np.bool_)
         indices = np.concatenate([x.indices for x in S]).astype(np.int32, copy=False)
-        _build_compiled(V, keys[0], self.map1, self.keys, self.koff, R, rptr, self.rbase, indices,
-                        np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
-                        np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
-                        self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
-                        np.empty(len(indices), dtype=np.int32), self.closed)
+        compiled = _jitted()["build"]
+        compiled(V, keys[0], self.map1, self.keys, self.koff, R, rptr, self.rbase, indices,
+                 np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
+                 np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
+                 self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
+                 np.empty(len(indices), dtype=np.int32), self.closed)
         self.h0 = np.full(8 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int64)
         self.h0f = self.h0.view(np.float64)
-        _hash_level0_compiled(V, self.rowi, R[0], self.ent, self.h0)
+        _jitted()["hash_level0"](V, self.rowi, R[0], self.ent, self.h0)
         self.logq = np.log(params.q)
 
     def log_proba(self, seqs: list, bos_id: int, eos_id: int) -> np.ndarray:
@@ -342,9 +354,10 @@ class MknWalker:
             raise InputError(f"token id {bad} is out of range for a vocabulary of {self.V}; "
                              "encode the text with this model's tokenizer")
         out = np.empty(total + len(seqs))
-        _score_compiled(flat.astype(np.int32), lengths, bos_id, eos_id, self.V, self.map1,
-                        self.keys, self.koff, self.cptr, self.cbase, self.rowi, self.rowf,
-                        self.rbase, self.h0, self.h0f, self.ent, self.entf, self.closed, self.logq, out)
+        compiled = _jitted()["score"]
+        compiled(flat.astype(np.int32), lengths, bos_id, eos_id, self.V, self.map1,
+                 self.keys, self.koff, self.cptr, self.cbase, self.rowi, self.rowf,
+                 self.rbase, self.h0, self.h0f, self.ent, self.entf, self.closed, self.logq, out)
         return out
 
 
@@ -365,7 +378,7 @@ def walker(params, loggammas, seqs=(), expected: int = 0):
     input's size), counted in the decision but not kept: a long job builds the tables at its
     start instead of first scoring an eighth of the entries' worth on the slower route."""
     from .. import scoring
-    if _score_compiled is None or not scoring.USE_COMPILED:
+    if not HAVE_NUMBA or not scoring.USE_COMPILED:
         return None
     w = params.__dict__.get("_mkn_walker")
     if w is None:

@@ -44,7 +44,35 @@ def reporting(verbose: bool = True):
 
 
 def bar(total=None, desc: str = "", unit: str = "tok", show: bool = True):
-    """A tqdm bar on stderr (hidden when not ``show``, not verbose or not a terminal)."""
+    """A tqdm bar on stderr (hidden when not ``show``, not verbose or not a terminal). A hidden
+    bar is a ``_Hidden`` stand-in, so a run with no bar never imports tqdm (issue 21, start-up)."""
+    if not (show and _state["verbose"] and _is_terminal(sys.stderr)):
+        return _Hidden()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
                 disable=None if show and _state["verbose"] else True, leave=False)
+
+
+def _is_terminal(stream) -> bool:
+    """tqdm's own test for ``disable=None``: hidden only on a stream whose ``isatty()`` is false
+    (a stream without ``isatty`` gets a bar)."""
+    return not hasattr(stream, "isatty") or bool(stream.isatty())
+
+
+class _Hidden:
+    """The methods lmkit calls on a bar, doing nothing (tqdm's ``disable=True`` bar, untouched)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass

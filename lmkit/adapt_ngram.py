@@ -18,16 +18,40 @@ P_{n-1}(w|h')`` down to the unigram interpolated with uniform, which is the clos
 ``ngram.mkn.solve_ngram`` (no pruning) on the same counts: tests/test_adapt.py checks equality to
 1e-9 against re-solving on train + the scored lines with the same discounts.
 
+Two implementations of the same model: ``AdaptiveNgram`` (dictionaries of tuples in Python,
+about 1 s per 100k tokens per order: the readable reference) and ``adaptive_log_proba`` (numpy,
+the whole scored text in one pass, what ``lmkit eval --adapt --adapt-mode counts`` runs; tested
+equal to the reference and to re-solving). The vectorised pass never lets a line see itself or
+a later line: every statistic at a target is a count of *events* (one per n-gram occurrence
+that changes an adjusted count) at buffer positions before the start of the target's line,
+added to the training table's value:
+
+    a(h w)  = a_train(h w) + #events of (h, w) before the line
+    a(h .)  = a_train(h .) + #events of h before the line
+    Nk(h .) = Nk_train(h .) + sum of the events' changes to Nk (an event taking a(h w) from
+              j to j + 1 moves one entry from N_j to N_{j+1}, capped at 3+)
+
+An event at order n is every occurrence of a raw-counted (h, w) (top order, or h starts with
+BOS), and for the other entries every occurrence of an order-(n+1) n-gram (v h w) that neither
+the training text nor any earlier position held (a new left extension). Sorting the events by
+(entry, position) turns each statistic into one ``searchsorted`` per target.
+
 This is the model's own adaptation (counts enter the n-gram model itself); the cache of
-``cache.py`` is the other, model-independent mechanism. Dictionaries of tuples in Python: fine
-for tests and small corpora (about 1 s per 100k tokens per order), not a replacement for the
-vectorised static scorer.
+``cache.py`` is the other, model-independent mechanism (``adapt.py`` can stack it on top).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
+import scipy.sparse as sp
+
+from .counts import Counts
 from .errors import InputError
+from .features import Suffix, check_suffix_chain, group_rows, pad_sequences
+from .ngram.mkn import adjusted_counts
+from .ngram.tables import entry_index, linear_keys
 
 
 class AdaptiveNgram:
@@ -131,3 +155,166 @@ class AdaptiveNgram:
             out.append(self.log_proba_line(s))
             self.add_line(s)
         return out
+
+
+# ---- the vectorised pass -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NgramTables:
+    """The training side of ``adaptive_log_proba``: MKN of order M + 1 before any scored text.
+
+    Per history length m = 0..M (order m + 1): ``A[m]`` CSR (R_m, V) int64 adjusted counts
+    (m = 0: one row), ``rows[m]`` int64 (4, R_m) = a(h .), N1, N2, N3+ of each row, ``raw[m]``
+    CSR (R_m, V) int64 raw counts (m >= 1; None at m = 0); ``keys[m-1]`` the sorted chained
+    row keys of ``Suffix(m)`` (features.py); ``discounts[m]`` = (D1, D2, D3+) of order m + 1."""
+
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    keys: list
+    A: list
+    rows: list
+    raw: list
+    discounts: list
+
+    @property
+    def order(self) -> int:
+        return len(self.A)
+
+
+def row_stats(A: sp.csr_matrix) -> np.ndarray:
+    """a(h .), N1, N2, N3+ of every row of an adjusted-count CSR: int64 (4, R).
+    Example: one row [1, 2, 5] -> [[8], [1], [1], [1]]."""
+    r = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
+    v = A.data
+    out = np.zeros((4, A.shape[0]), dtype=np.int64)
+    out[0] = np.bincount(r, weights=v, minlength=A.shape[0]).astype(np.int64)
+    for j in (1, 2, 3):
+        out[j] = np.bincount(r[(v == j) if j < 3 else (v >= 3)], minlength=A.shape[0])
+    return out
+
+
+def ngram_tables(counts: Counts, discounts, bos_id: int, eos_id: int) -> NgramTables:
+    """``NgramTables`` of ``counts`` (groups ``Suffix(1..M)`` only, unpruned) and the frozen
+    ``discounts`` (M + 1 triples, index 0 = unigrams, e.g. ``params.info["discounts"]``)."""
+    M = check_suffix_chain(counts.groups)
+    if M != len(counts.groups) or M < 1:
+        raise InputError(f"exact adaptation needs the counts of a pure n-gram model (suffix1.."
+                         f"suffixM), got {[g.name for g in counts.groups]}")
+    d = [tuple(float(x) for x in t) for t in discounts]
+    if len(d) != M + 1 or not all(len(t) == 3 and all(0 < x <= k for k, x in zip((1, 2, 3), t))
+                                  for t in d):
+        raise InputError(f"discounts: need {M + 1} triples (D1, D2, D3+) with 0 < Dk <= k, got "
+                         f"{discounts!r}")
+    A = [adjusted_counts(counts, m, M, bos_id) for m in range(M + 1)]
+    raw = [None] + [counts.F[m - 1].tocsr().astype(np.int64) for m in range(1, M + 1)]
+    for x in A + raw[1:]:
+        x.sort_indices()
+    return NgramTables(counts.vocab_size, int(bos_id), int(eos_id), list(counts.keys), A,
+                       [row_stats(a) for a in A], raw, d)
+
+
+def _lookup(M: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, lin=None) -> np.ndarray:
+    """M[rows, cols] (0 where absent or rows < 0): int64 (n,)."""
+    if M.nnz == 0:
+        return np.zeros(len(rows), dtype=np.int64)
+    idx = entry_index(M, rows, cols, lin, missing_ok=True)
+    return np.where(idx >= 0, M.data[np.maximum(idx, 0)], 0).astype(np.int64)
+
+
+def _rank_in_group(ids: np.ndarray) -> np.ndarray:
+    """How many earlier positions carry the same id: int64 (n,). Example: [4, 2, 4, 4] ->
+    [0, 0, 1, 2]."""
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    start = np.r_[True, s[1:] != s[:-1]] if len(s) else np.zeros(0, bool)
+    first = np.maximum.accumulate(np.where(start, np.arange(len(s)), 0)) if len(s) else s
+    out = np.empty(len(ids), dtype=np.int64)
+    out[order] = np.arange(len(s)) - first
+    return out
+
+
+def _before(group: np.ndarray, pos: np.ndarray, values: list, q_group: np.ndarray,
+            q_pos: np.ndarray, span: int) -> list:
+    """For each query (group g, position s): the number of events of group g at positions < s,
+    then the sum of each of ``values`` over them: list of int64 (n_queries,)."""
+    key = group * span + pos
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    lo = np.searchsorted(sk, q_group * span)
+    hi = np.searchsorted(sk, q_group * span + q_pos)
+    out = [hi - lo]
+    for v in values:
+        c = np.r_[0, np.cumsum(v[order])]
+        out.append(c[hi] - c[lo])
+    return out
+
+
+def _dense_ids(x: np.ndarray) -> np.ndarray:
+    """Equal values -> equal ids in [0, n): int64 (n,)."""
+    return np.unique(x, return_inverse=True)[1].astype(np.int64).ravel()
+
+
+def _discount(a: np.ndarray, d) -> np.ndarray:
+    return np.where(a == 0, 0.0, np.where(a == 1, d[0], np.where(a == 2, d[1], d[2])))
+
+
+def adaptive_log_proba(tables: NgramTables, seqs) -> np.ndarray:
+    """Natural-log probability of every target of ``seqs`` (lists of ids, no BOS/EOS; each
+    line's tokens then its EOS, in reading order), each under the MKN model of ``tables``
+    re-solved on the training text plus every line before its own: float64 (T,). Equal to
+    ``AdaptiveNgram.score_adaptive`` and to re-solving (tests/test_adapt_exact.py)."""
+    t = tables
+    V, M = t.vocab_size, t.order - 1
+    if not len(seqs):
+        return np.zeros(0)
+    buf, pos, starts = pad_sequences(seqs, M, t.bos_id, t.eos_id)
+    if len(buf) and (buf.min() < 0 or buf.max() >= V):
+        raise InputError(f"token ids must lie in [0, {V}); the text was encoded with another "
+                         "tokenizer")
+    span = len(buf) + 1
+    w = buf[pos].astype(np.int64)
+    reach = pos - starts + 1  # tokens available as history, the BOS included
+    train_rows = [np.zeros(len(pos), dtype=np.int64)] + group_rows(
+        [Suffix(m) for m in range(1, M + 1)], t.keys, buf, pos, starts, V)
+    hid = [np.zeros(len(pos), dtype=np.int64)]  # exact ids of every history, per length
+    for m in range(1, M + 1):
+        h = np.where(reach >= m, hid[-1] * (V + 1) + buf[pos - np.minimum(m, reach)], -1)
+        hid.append(np.where(reach >= m, _dense_ids(h), -1))
+    pid = [np.where(reach >= m, _dense_ids(np.where(reach >= m, h * V + w, -1)), -1)
+           for m, h in enumerate(hid)]
+    lins = [linear_keys(a) for a in t.A]
+    a_train = [_lookup(t.A[m], train_rows[m], w, lins[m]) for m in range(M + 1)]
+    raw_train = [None] + [_lookup(t.raw[m], train_rows[m], w) for m in range(1, M + 1)]
+    # novel[m]: the order-(m+1) n-gram at this position was never seen before it
+    novel = [None] + [(reach >= m) & (raw_train[m] == 0) & (_rank_in_group(pid[m]) == 0)
+                      for m in range(1, M + 1)]
+
+    p = np.zeros(len(pos))
+    alive = np.ones(len(pos), bool)
+    for m in range(M + 1):
+        ok = reach >= m
+        raw_type = (m == M) | ((m >= 1) & (reach == m))
+        # events: every occurrence of a raw-counted entry, else a new left extension above
+        ev = np.flatnonzero(ok & (raw_type | novel[m + 1]) if m < M else ok)
+        k = a_train[m][ev] + _rank_in_group(pid[m][ev])  # a(h w) just before each event
+        dn = [(k == 0).astype(np.int64) - (k == 1), (k == 1).astype(np.int64) - (k == 2),
+              (k == 2).astype(np.int64)]
+        q = np.flatnonzero(ok & alive)
+        n_pair, = _before(pid[m][ev], pos[ev], [], pid[m][q], starts[q], span)
+        n_row, n1, n2, n3 = _before(hid[m][ev], pos[ev], dn, hid[m][q], starts[q], span)
+        r = train_rows[m][q]
+        base = np.where(r >= 0, t.rows[m][:, np.maximum(r, 0)], 0)
+        a = a_train[m][q] + n_pair
+        tot = base[0] + n_row
+        d = t.discounts[m]
+        seen = tot > 0
+        q, a, tot = q[seen], a[seen], tot[seen].astype(np.float64)
+        gamma = (d[0] * (base[1] + n1) + d[1] * (base[2] + n2) + d[2] * (base[3] + n3))[seen] / tot
+        lower = np.full(len(q), 1.0 / V) if m == 0 else p[q]
+        p[q] = (a - _discount(a, d)) / tot + gamma * lower
+        alive = np.zeros(len(pos), bool)
+        alive[q] = True
+        if m == 0 and len(q) != len(pos):
+            p[~alive] = 1.0 / V  # no training text at all: the uniform distribution
+            alive[:] = True
+    return np.log(p)

@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 
 from . import config as C
+from .adapt import describe as describe_adapt
 from .io import store
 from .ngram.arpa import import_arpa, write_arpa
 from .corpus import load_corpus, read_lines, sequences
@@ -341,8 +342,7 @@ def cmd_eval(a) -> None:
         print(f"sequences {r['sequences']}  tokens {r['tokens']}  bytes {r['bytes']}  "
               f"nll_nats {r['nll_nats']:.1f}  perplexity {r['perplexity']:.3f}  "
               f"bits_per_byte {r['bits_per_byte']:.4f}"
-              + (f"  (adaptive: cache order {r['adapt']['cache_order']}, context lines "
-                 f"{r['adapt']['context_lines']})" if "adapt" in r else ""))
+              + (f"  ({describe_adapt(r['adapt'])})" if "adapt" in r else ""))
 
 
 def _text_arg(value, flag: str):

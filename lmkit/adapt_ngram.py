@@ -180,6 +180,13 @@ class NgramTables:
     def order(self) -> int:
         return len(self.A)
 
+    @property
+    def rows_by_row(self) -> list:
+        """``rows`` as (R_m, 4) C-contiguous arrays (one row's four numbers together)."""
+        if not hasattr(self, "_by_row"):
+            object.__setattr__(self, "_by_row", [np.ascontiguousarray(r.T) for r in self.rows])
+        return self._by_row
+
 
 def row_stats(A: sp.csr_matrix) -> np.ndarray:
     """a(h .), N1, N2, N3+ of every row of an adjusted-count CSR: int64 (4, R).
@@ -258,11 +265,66 @@ def _discount(a: np.ndarray, d) -> np.ndarray:
     return np.where(a == 0, 0.0, np.where(a == 1, d[0], np.where(a == 2, d[1], d[2])))
 
 
-def adaptive_log_proba(tables: NgramTables, seqs) -> np.ndarray:
+def _tuple_ids(buf: np.ndarray, pos: np.ndarray, starts: np.ndarray, M: int, V: int) -> tuple:
+    """Exact ids of the scored text's n-grams, shared by both passes.
+
+    Returns ``(pid, hid, n_pid, n_hid)``: per history length m = 0..M, ``pid[m]`` int64 (T,) =
+    id of (history of length m, target), ``hid[m]`` = id of the history alone (-1 where the
+    line has fewer than m tokens before the target, BOS included), and the number of ids of
+    each. Equal ids <=> equal token tuples. One ``np.unique`` per length: the tuple of length L
+    ending at buffer index j is (tuple of length L-1 ending at j-1, buf[j]), and the history
+    of length m of the target at j is the tuple of length m ending at j-1."""
+    n_buf = len(buf)
+    # index of the BOS of each buffer position's line (positions that are no line's BOS or
+    # token get n_buf: no tuple of theirs is valid)
+    line_bos = np.full(n_buf, n_buf, dtype=np.int64)
+    line_bos[pos] = starts - 1
+    line_bos[starts - 1] = starts - 1
+    j = np.arange(n_buf, dtype=np.int64)
+    g = [None, buf.astype(np.int64)]  # g[L]: id of the tuple of length L ending at j, or -1
+    g[1] = np.where(line_bos <= j, g[1], -1)
+    sizes = [1, V]
+    for L in range(2, M + 2):
+        ok = np.flatnonzero(j - L + 1 >= line_bos)
+        out = np.full(n_buf, -1, dtype=np.int64)
+        ids = np.unique(g[L - 1][ok - 1] * (V + 1) + buf[ok], return_inverse=True)[1]
+        out[ok] = ids.ravel()
+        g.append(out)
+        sizes.append(int(ids.max()) + 1 if len(ids) else 0)
+    T = len(pos)
+    pid = [g[m + 1][pos] for m in range(M + 1)]
+    hid = [np.zeros(T, dtype=np.int64)] + [g[m][pos - 1] for m in range(1, M + 1)]
+    return pid, hid, sizes[1:], sizes[:-1]
+
+
+def _train_values(t: NgramTables, rows: list, w: np.ndarray) -> tuple[list, list]:
+    """Per history length m: the training text's adjusted count a(h w) and raw count c(h w) of
+    every target (0 where absent; raw None at m = 0). ``A[m]`` and ``raw[m]`` share one
+    pattern (that of the raw counts), so one search finds both."""
+    a_train, raw_train = [], [None]
+    for m in range(t.order):
+        ok = np.flatnonzero(rows[m] >= 0)
+        a = np.zeros(len(w), dtype=np.int64)
+        c = np.zeros(len(w), dtype=np.int64)
+        if t.A[m].nnz and len(ok):
+            idx = entry_index(t.A[m], rows[m][ok], w[ok], missing_ok=True)
+            hit = idx >= 0
+            a[ok[hit]] = t.A[m].data[idx[hit]]
+            if m:
+                c[ok[hit]] = t.raw[m].data[idx[hit]]
+        a_train.append(a)
+        if m:
+            raw_train.append(c)
+    return a_train, raw_train
+
+
+def adaptive_log_proba(tables: NgramTables, seqs, compiled: bool | None = None) -> np.ndarray:
     """Natural-log probability of every target of ``seqs`` (lists of ids, no BOS/EOS; each
     line's tokens then its EOS, in reading order), each under the MKN model of ``tables``
     re-solved on the training text plus every line before its own: float64 (T,). Equal to
-    ``AdaptiveNgram.score_adaptive`` and to re-solving (tests/test_adapt_exact.py)."""
+    ``AdaptiveNgram.score_adaptive`` and to re-solving (tests/test_adapt_exact.py).
+    ``compiled``: use the numba pass (``adapt_fast.py``; default: when numba is installed) or
+    the numpy one; both give the same numbers (tested)."""
     t = tables
     V, M = t.vocab_size, t.order - 1
     if not len(seqs):
@@ -271,24 +333,51 @@ def adaptive_log_proba(tables: NgramTables, seqs) -> np.ndarray:
     if len(buf) and (buf.min() < 0 or buf.max() >= V):
         raise InputError(f"token ids must lie in [0, {V}); the text was encoded with another "
                          "tokenizer")
-    span = len(buf) + 1
     w = buf[pos].astype(np.int64)
     reach = pos - starts + 1  # tokens available as history, the BOS included
     train_rows = [np.zeros(len(pos), dtype=np.int64)] + group_rows(
         [Suffix(m) for m in range(1, M + 1)], t.keys, buf, pos, starts, V)
-    hid = [np.zeros(len(pos), dtype=np.int64)]  # exact ids of every history, per length
-    for m in range(1, M + 1):
-        h = np.where(reach >= m, hid[-1] * (V + 1) + buf[pos - np.minimum(m, reach)], -1)
-        hid.append(np.where(reach >= m, _dense_ids(h), -1))
-    pid = [np.where(reach >= m, _dense_ids(np.where(reach >= m, h * V + w, -1)), -1)
-           for m, h in enumerate(hid)]
-    lins = [linear_keys(a) for a in t.A]
-    a_train = [_lookup(t.A[m], train_rows[m], w, lins[m]) for m in range(M + 1)]
-    raw_train = [None] + [_lookup(t.raw[m], train_rows[m], w) for m in range(1, M + 1)]
+    pid, hid, n_pid, n_hid = _tuple_ids(buf, pos, starts, M, V)
+    fast = _fast() if compiled is None or compiled else None
+    if compiled and fast is None:
+        raise InputError("compiled=True needs numba (pip install lmkit[fast])")
+    if fast is None:
+        a_train, raw_train = _train_values(t, train_rows, w)
+        base = [np.where(r >= 0, st[:, np.maximum(r, 0)], 0) for r, st in zip(train_rows, t.rows)]
+        return np.log(_numpy_pass(len(buf) + 1, pos, starts, reach, pid, hid, a_train,
+                                  raw_train, base, t.discounts, V))
+    T = len(pos)
+    a_train = np.zeros((T, M + 1), dtype=np.int64)
+    raw_train = np.zeros((T, M + 1), dtype=np.int64)
+    base = np.zeros((T, M + 1, 4), dtype=np.int64)
+    for m in range(M + 1):  # the raw counts share the adjusted counts' pattern (m >= 1)
+        A, R = t.A[m], (t.raw[m] if m else t.A[m])
+        a, c, b = np.zeros(T, np.int64), np.zeros(T, np.int64), np.zeros((T, 4), np.int64)
+        fast.train_values(A.indptr, A.indices, A.data, R.data, t.rows_by_row[m],
+                          train_rows[m], w, a, c, b)
+        a_train[:, m], raw_train[:, m], base[:, m] = a, c, b
+    line_end = np.r_[np.flatnonzero(np.diff(starts)) + 1, T]
+    p = fast.adapt_pass(line_end, reach, np.stack(pid, axis=1), np.stack(hid, axis=1),
+                        np.asarray(n_pid, np.int64), np.asarray(n_hid, np.int64), a_train,
+                        raw_train, base, np.asarray(t.discounts, np.float64), V)
+    return np.log(p)
+
+
+def _fast():
+    """The ``adapt_fast`` module when numba is installed, else None (numpy pass)."""
+    try:
+        from . import adapt_fast
+    except ImportError:  # numba is optional (pip install lmkit[fast])
+        return None
+    return adapt_fast
+
+
+def _numpy_pass(span, pos, starts, reach, pid, hid, a_train, raw_train, base, discounts, V):
+    """Adaptive probabilities of the targets (float64 (T,)) by sorting the events (module)."""
+    M = len(pid) - 1
     # novel[m]: the order-(m+1) n-gram at this position was never seen before it
     novel = [None] + [(reach >= m) & (raw_train[m] == 0) & (_rank_in_group(pid[m]) == 0)
                       for m in range(1, M + 1)]
-
     p = np.zeros(len(pos))
     alive = np.ones(len(pos), bool)
     for m in range(M + 1):
@@ -302,14 +391,13 @@ def adaptive_log_proba(tables: NgramTables, seqs) -> np.ndarray:
         q = np.flatnonzero(ok & alive)
         n_pair, = _before(pid[m][ev], pos[ev], [], pid[m][q], starts[q], span)
         n_row, n1, n2, n3 = _before(hid[m][ev], pos[ev], dn, hid[m][q], starts[q], span)
-        r = train_rows[m][q]
-        base = np.where(r >= 0, t.rows[m][:, np.maximum(r, 0)], 0)
+        b = base[m][:, q]
         a = a_train[m][q] + n_pair
-        tot = base[0] + n_row
-        d = t.discounts[m]
+        tot = b[0] + n_row
+        d = discounts[m]
         seen = tot > 0
         q, a, tot = q[seen], a[seen], tot[seen].astype(np.float64)
-        gamma = (d[0] * (base[1] + n1) + d[1] * (base[2] + n2) + d[2] * (base[3] + n3))[seen] / tot
+        gamma = (d[0] * (b[1] + n1) + d[1] * (b[2] + n2) + d[2] * (b[3] + n3))[seen] / tot
         lower = np.full(len(q), 1.0 / V) if m == 0 else p[q]
         p[q] = (a - _discount(a, d)) / tot + gamma * lower
         alive = np.zeros(len(pos), bool)
@@ -317,4 +405,4 @@ def adaptive_log_proba(tables: NgramTables, seqs) -> np.ndarray:
         if m == 0 and len(q) != len(pos):
             p[~alive] = 1.0 / V  # no training text at all: the uniform distribution
             alive[:] = True
-    return np.log(p)
+    return p

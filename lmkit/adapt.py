@@ -65,13 +65,20 @@ def check_counts_model(model) -> None:
             and [g.m for g in groups] == list(range(1, len(groups) + 1))
             and np.all(np.asarray(getattr(p, "lambdas", [0])) == 1.0)
             and info.get("smoothing") == "interpolated modified Kneser-Ney"
-            and not any(info.get("prune") or []) and model.config.get("prune_entropy") is None
+            and not any(info.get("prune") or [])
+            and (getattr(model, "config", None) or {}).get("prune_entropy") is None
             and len(info.get("discounts") or []) == len(groups) + 1)
     if not pure:
         what = (f"{len(groups)} groups ({groups[0].name} .. {groups[-1].name})" if groups
                 else type(p).__name__)
         raise InputError(f"adapt_mode counts re-solves a pure unpruned n-gram model (lmkit train "
                          f"--order N), and this model has {what}; use adapt_mode cache")
+
+
+def check_adapt_model(model, cfg: AdaptConfig) -> None:
+    """Refuse, before any work, a model that ``cfg.adapt_mode`` cannot adapt."""
+    if cfg.effective_adapt_mode != "cache":
+        check_counts_model(model)
 
 
 def model_tables(model) -> adapt_ngram.NgramTables:

@@ -82,12 +82,26 @@ def check_adapt_model(model, cfg: AdaptConfig) -> None:
 
 
 def model_tables(model) -> adapt_ngram.NgramTables:
-    """The training counts of a pure n-gram ``model`` as ``adapt_ngram.NgramTables``: its
-    training text (``model.config``'s corpus options) read and counted again, refused unless
-    its sha256 and token count are those of the model's manifest. Cached per model object."""
+    """The training counts of a pure n-gram ``model`` as ``adapt_ngram.NgramTables`` (its
+    saved discounts; ``training_counts``). Cached per model object."""
     if model in _TABLES:
         return _TABLES[model]
     check_counts_model(model)
+    counts = training_counts(model, list(model.groups))
+    t = adapt_ngram.ngram_tables(counts, model.params.info["discounts"], _bos(model),
+                                 model.tokenizer.eos_id)
+    _TABLES[model] = t
+    return t
+
+
+def _bos(model) -> int:
+    return int(model.params.info.get("bos_id", model.tokenizer.bos_id))
+
+
+def training_counts(model, groups: list):
+    """``counts.Counts`` of ``groups`` over ``model``'s training text (``model.config``'s corpus
+    options) read and encoded again; refused unless its sha256 and token count are those of
+    the model's manifest (the text it was trained on)."""
     c, rec = model.config, model.corpus
     src = {k: c[k] for k in CORPUS_KEYS if k in c}
     src["input"] = list(src["input"]) if src.get("input") is not None else None
@@ -106,16 +120,12 @@ def model_tables(model) -> adapt_ngram.NgramTables:
                          f"{rec.get('name')} is not the text it was trained on (sha256 "
                          f"{digest.hexdigest()[:12]}, model {str(rec.get('sha256'))[:12]}); "
                          "restore that text or use adapt_mode cache")
-    tok = model.tokenizer
-    bos = int(model.params.info.get("bos_id", tok.bos_id))
-    counts = count_ngrams(chunks, model.vocab_size, list(model.groups), bos, tok.eos_id)
+    counts = count_ngrams(chunks, model.vocab_size, groups, _bos(model), model.tokenizer.eos_id)
     if counts.n_tokens != rec.get("tokens"):
         raise InputError(f"the training text counts {counts.n_tokens} tokens and the model "
                          f"{rec.get('tokens')}: it was not trained on this text as a whole; use "
                          "adapt_mode cache")
-    t = adapt_ngram.ngram_tables(counts, model.params.info["discounts"], bos, tok.eos_id)
-    _TABLES[model] = t
-    return t
+    return counts
 
 
 def encode(model, lines: list) -> list:

@@ -70,7 +70,7 @@ def check_counts_model(model) -> None:
             and len(info.get("discounts") or []) == len(groups) + 1)
     if not pure:
         what = (f"{len(groups)} groups ({groups[0].name} .. {groups[-1].name})" if groups
-                else type(p).__name__)
+                else f"a {type(model).__name__}")
         raise InputError(f"adapt_mode counts re-solves a pure unpruned n-gram model (lmkit train "
                          f"--order N), and this model has {what}; use adapt_mode cache")
 

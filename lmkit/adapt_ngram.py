@@ -50,8 +50,7 @@ import scipy.sparse as sp
 from .counts import Counts
 from .errors import InputError
 from .features import Suffix, check_suffix_chain, group_rows, pad_sequences
-from .ngram.mkn import adjusted_counts
-from .ngram.tables import entry_index, linear_keys
+from .ngram.tables import entry_index
 
 
 class AdaptiveNgram:
@@ -198,6 +197,30 @@ def row_stats(A: sp.csr_matrix) -> np.ndarray:
     for j in (1, 2, 3):
         out[j] = np.bincount(r[(v == j) if j < 3 else (v >= 3)], minlength=A.shape[0])
     return out
+
+
+def adjusted_counts(counts: Counts, m: int, top: int, bos_id: int) -> sp.csr_matrix:
+    """MKN adjusted counts of the order-(m+1) n-grams, CSR on the pattern of the raw counts of
+    ``Suffix(m)`` (m = 0: a (1, V) matrix); ``top`` = M, the longest history. Raw counts for
+    m = top and for histories starting with BOS; else the number of distinct left extensions
+    (the entries of ``Suffix(m+1)`` whose history minus its oldest token is row h), as
+    ``ngram.mkn.adjusted_counts`` computes them (the query side imports no solver; tested
+    equal)."""
+    V = counts.vocab_size
+    if m == top:
+        A = counts.F[m - 1].tocsr().astype(np.int64)
+        A.sort_indices()
+        return A
+    up, up_keys = counts.F[m].tocsr(), counts.keys[m]
+    if m == 0:
+        return sp.csr_matrix(np.bincount(up.indices, minlength=V).astype(np.int64)[None, :])
+    F = counts.F[m - 1].tocsr()
+    F.sort_indices()
+    parent = up_keys[np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))] // V
+    a = np.bincount(entry_index(F, parent, up.indices), minlength=F.nnz).astype(np.int64)
+    bos_entries = np.repeat((counts.keys[m - 1] % V) == bos_id, np.diff(F.indptr))
+    a[bos_entries] = F.data[bos_entries]  # histories starting with BOS: raw counts
+    return sp.csr_matrix((a, F.indices.copy(), F.indptr.copy()), shape=F.shape)
 
 
 def ngram_tables(counts: Counts, discounts, bos_id: int, eos_id: int) -> NgramTables:

@@ -69,6 +69,16 @@ def test_compiled_and_numpy_passes_agree_on_longer_text():
     assert np.allclose(a, b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_adjusted_counts_equal_the_solvers(order):
+    from lmkit.ngram.mkn import adjusted_counts
+    counts = count_chunk(_text(order, 60), 9, make_groups(0, order), BOS, EOS)
+    for m in range(order):
+        mine = adapt_ngram.adjusted_counts(counts, m, order - 1, BOS)
+        theirs = adjusted_counts(counts, m, order - 1, BOS)
+        assert (mine != theirs).nnz == 0 and mine.nnz == theirs.nnz
+
+
 def test_row_stats_hand_checked():
     import scipy.sparse as sp
     A = sp.csr_matrix(np.array([[1, 2, 5, 0], [0, 0, 0, 0], [3, 1, 1, 0]], dtype=np.int64))

@@ -108,3 +108,42 @@ def train_values(indptr, indices, data_a, data_raw, stats, rows, cols, a_out, ra
         if lo < indptr[r + 1] and indices[lo] == c:
             a_out[n] = data_a[lo]
             raw_out[n] = data_raw[lo]
+
+
+@njit(cache=True, nogil=True)
+def cache_counts(hist, pair, n_hist, n_pair, order, window, window_order):  # pragma: no cover
+    """``cache.level_stats`` from dense ids: ``hist``/``pair`` (K, T) int64 ids of each
+    position's k-token history and of (history, target), ``n_hist``/``n_pair`` (K,) how many of
+    each. Returns int64 (3, order + window_order, T): per full level the counts over everything
+    before t (c, n, u), per window level over positions t - window .. t - 1 (c, n; u = 0)."""
+    T = hist.shape[1]
+    L = order + (window_order if window > 0 else 0)
+    out = np.zeros((3, L, T), dtype=np.int64)
+    for k in range(order):
+        ch = np.zeros(n_hist[k], dtype=np.int64)
+        cp = np.zeros(n_pair[k], dtype=np.int64)
+        u = np.zeros(n_hist[k], dtype=np.int64)
+        for t in range(T):
+            h = hist[k, t]
+            p = pair[k, t]
+            out[0, k, t] = ch[h]
+            out[1, k, t] = cp[p]
+            out[2, k, t] = u[h]
+            ch[h] += 1
+            if cp[p] == 0:
+                u[h] += 1
+            cp[p] += 1
+    if window > 0:
+        for k in range(window_order):
+            ch = np.zeros(n_hist[k], dtype=np.int64)
+            cp = np.zeros(n_pair[k], dtype=np.int64)
+            for t in range(T):
+                s = t - window - 1  # leaves the window
+                if s >= 0:
+                    ch[hist[k, s]] -= 1
+                    cp[pair[k, s]] -= 1
+                out[0, order + k, t] = ch[hist[k, t]]
+                out[1, order + k, t] = cp[pair[k, t]]
+                ch[hist[k, t]] += 1
+                cp[pair[k, t]] += 1
+    return out

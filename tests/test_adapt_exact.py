@@ -208,3 +208,16 @@ def test_cli_counts(ngram_setup, tiny_model_dir, tmp_path):
     assert "Traceback" not in bad.stderr and not out.exists()
     bad = _cli("eval", str(model_dir), "--input", str(test), "--adapt-mode", "counts")
     assert bad.returncode == 2 and "add --adapt" in bad.stderr
+
+
+@pytest.mark.skipif(len(COMPILED) < 2, reason="numba not installed")
+@pytest.mark.parametrize("order,window,reach", [(4, 0, 1), (4, 3, 0), (4, 50, 2), (2, 10, 1)])
+def test_cache_counts_compiled_equal_numpy(order, window, reach):
+    from lmkit import cache
+    rng = np.random.default_rng(window)
+    seqs = [list(rng.integers(0, 5, rng.integers(0, 9))) for _ in range(60)]
+    stream, line = cache.stream_of(seqs, 5)
+    wo = 3 if window else 0
+    a = cache.level_stats(stream, line, order, window, wo, reach, 6, compiled=False)
+    b = cache.level_stats(stream, line, order, window, wo, reach, 6, compiled=True)
+    assert a.shape == b.shape and np.array_equal(a, b)

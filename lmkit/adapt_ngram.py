@@ -15,16 +15,17 @@ only: raw counts at the top order and for histories starting with BOS, continuat
 ``a(h .)`` and the count-of-counts ``N1(h .), N2(h .), N3+(h .)`` that give ``gamma(h)``.
 Probabilities are evaluated from these on demand, ``P_n(w|h) = (a - D(a)) / a(h .) + gamma(h)
 P_{n-1}(w|h')`` down to the unigram interpolated with uniform, which is the closed form of
-``ngram.mkn.solve_ngram`` (no pruning) on the same counts: tests/test_adapt.py checks equality to
-1e-9 against re-solving on train + the scored lines with the same discounts.
+``ngram.mkn.solve_ngram`` (no pruning) on the same counts: tests/test_adapt.py and
+tests/test_adapt_exact.py check equality to 1e-9 against re-solving on train + the scored lines
+with the same discounts.
 
 Two implementations of the same model: ``AdaptiveNgram`` (dictionaries of tuples in Python,
-about 1 s per 100k tokens per order: the readable reference) and ``adaptive_log_proba`` (numpy,
-the whole scored text in one pass, what ``lmkit eval --adapt --adapt-mode counts`` runs; tested
-equal to the reference and to re-solving). The vectorised pass never lets a line see itself or
-a later line: every statistic at a target is a count of *events* (one per n-gram occurrence
-that changes an adjusted count) at buffer positions before the start of the target's line,
-added to the training table's value:
+about 1 s per 100k tokens per order: the readable reference) and ``adaptive_log_proba`` (the
+whole scored text in one pass from ``NgramTables`` of the training counts, what ``lmkit eval
+--adapt --adapt-mode counts`` runs; tested equal to the reference and to re-solving). That pass
+never lets a line see itself or a later line: every statistic at a target is a count of
+*events* (one per n-gram occurrence that changes an adjusted count) at buffer positions before
+the start of the target's line, added to the training table's value:
 
     a(h w)  = a_train(h w) + #events of (h, w) before the line
     a(h .)  = a_train(h .) + #events of h before the line
@@ -33,8 +34,10 @@ added to the training table's value:
 
 An event at order n is every occurrence of a raw-counted (h, w) (top order, or h starts with
 BOS), and for the other entries every occurrence of an order-(n+1) n-gram (v h w) that neither
-the training text nor any earlier position held (a new left extension). Sorting the events by
-(entry, position) turns each statistic into one ``searchsorted`` per target.
+the training text nor any earlier position held (a new left extension). With numba the
+events are added in one compiled loop in reading order (``adapt_fast.adapt_pass``); without,
+sorting them by (entry, position) turns each statistic into one ``searchsorted`` per target
+(``_numpy_pass``). Same numbers, tested.
 
 This is the model's own adaptation (counts enter the n-gram model itself); the cache of
 ``cache.py`` is the other, model-independent mechanism (``adapt.py`` can stack it on top).

@@ -45,9 +45,9 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from .adapt import check_adapt_model, score_units_adaptive
-from .config import AdaptConfig, ScoreConfig, field_names, make
+from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
 from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
-from .errors import InputError, MissingDependencyError, MissingPathError
+from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
 from .io.files import atomic_write, check_output_writable
 from .load import load as load_model
 from .parallel import ordered_map, pool_context
@@ -74,8 +74,8 @@ def _jsonl_records(paths) -> Iterator[dict]:
             try:
                 rec = json.loads(raw)
             except ValueError as e:
-                raise InputError(f"{f}:{lineno}: not a JSON object ({e}); pass --format text "
-                                 "for plain text") from None
+                raise OptionError(f"{f}:{lineno}: not a JSON object ({e}); pass format text "
+                                  "for plain text") from None
             if not isinstance(rec, dict):
                 raise InputError(f"{f}:{lineno}: a JSON {type(rec).__name__}, not an object; "
                                  "each line must be one JSON object")
@@ -102,19 +102,18 @@ def _dataset_records(dataset: str, split: str) -> Iterator[dict]:
     yield from ds
 
 
-def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "text",
-               text_field: str = "text", id_field: str | None = None,
-               unit: str = "line") -> Iterator[tuple[dict, list]]:
+def iter_units(*, input=None, dataset=None, split: str = ScoreConfig.split,
+               fmt: str = ScoreConfig.format, text_field: str = ScoreConfig.text_field,
+               id_field: str | None = ScoreConfig.id_field,
+               unit: str = ScoreConfig.unit) -> Iterator[tuple[dict, list]]:
     """``(meta, lines)`` per unit, lazily: meta is the output's identifying fields. The
-    options are checked at the call, the input as it is read."""
-    if unit not in ("line", "document"):
-        raise InputError(f"--unit must be line or document, got {unit!r}")
-    if fmt not in ("text", "jsonl"):
-        raise InputError(f"--format must be text or jsonl, got {fmt!r}")
+    options are checked at the call (``config.ScoreConfig``), the input as it is read."""
+    check_option(ScoreConfig, "unit", unit)
+    check_option(ScoreConfig, "format", fmt)
     if (input is None) == (dataset is None):
-        raise InputError("give exactly one of --input and --dataset")
+        raise OptionError("pass exactly one of input or dataset")
     if input is not None and fmt == "text" and id_field:
-        raise InputError("--id-field needs --format jsonl (plain text has no fields)")
+        raise OptionError("id_field needs format jsonl (plain text has no fields)")
     return _units(input, dataset, split, fmt, text_field, id_field, unit)
 
 
@@ -137,16 +136,16 @@ def _units(input, dataset, split, fmt, text_field, id_field, unit) -> Iterator[t
     records = _jsonl_records(input) if input is not None else _dataset_records(dataset, split)
     for i, rec in enumerate(records):
         if text_field not in rec:
-            raise InputError(f"record {i}: no text field {text_field!r} (fields: "
-                             f"{', '.join(map(str, rec))[:200]}); pick one with --text-field")
+            raise OptionError(f"record {i}: no text field {text_field!r} (fields: "
+                              f"{', '.join(map(repr, rec))[:200]}); pick one with text_field")
         if not isinstance(rec[text_field], (str, type(None))):
-            raise InputError(f"record {i}: the text field {text_field!r} holds "
+            raise OptionError(f"record {i}: the text field {text_field!r} holds "
                              f"{_json_kind(rec[text_field])}, not a string; pick the field "
-                             "holding the text with --text-field")
+                             "holding the text with text_field")
         meta = {"index": i}
         if id_field:
             if id_field not in rec:
-                raise InputError(f"record {i}: no id field {id_field!r}; pick one with --id-field")
+                raise OptionError(f"record {i}: no id field {id_field!r}; pick one with id_field")
             try:  # json.loads accepts NaN, Infinity and 1e400; the output must be strict JSON
                 json.dumps(rec[id_field], allow_nan=False)
             except ValueError:
@@ -215,8 +214,9 @@ def _line_chunks(paths, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHA
         yield Chunk(lines, numbers=numbers)
 
 
-def input_chunks(*, input=None, dataset=None, split: str = "train", fmt: str = "text",
-                 text_field: str = "text", id_field: str | None = None, unit: str = "line"):
+def input_chunks(*, input=None, dataset=None, split: str = ScoreConfig.split,
+                 fmt: str = ScoreConfig.format, text_field: str = ScoreConfig.text_field,
+                 id_field: str | None = ScoreConfig.id_field, unit: str = ScoreConfig.unit):
     """The ``Chunk``s of an input (``iter_units``'s units, batched), lazily."""
     units = iter_units(input=input, dataset=dataset, split=split, fmt=fmt,
                        text_field=text_field, id_field=id_field, unit=unit)
@@ -399,11 +399,11 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     ad = make(AdaptConfig, {k: v for k, v in options.items() if k in adapt_keys})
     o = make(ScoreConfig, {k: v for k, v in options.items() if k not in adapt_keys})
     if ad.adapt and ad.cache_fit:
-        raise InputError("lmkit score --adapt takes no --cache-fit (there is no valid split); "
-                         "fit the weights with lmkit eval --adapt --cache-fit")
+        raise OptionError("adaptive scoring of a file takes no cache_fit (a file has no held-out "
+                          "part); fit the cache with `lmkit eval` and adapt, cache_fit")
     if ad.adapt and o.workers > 1:
-        raise InputError("--adapt scores the units in reading order, in one process; pass "
-                         "--workers 1")
+        raise OptionError("adapt scores the units one after another, in one process; pass "
+                          "workers 1")
     input, dataset, split, fmt = o.input, o.dataset, o.split, o.format
     text_field, id_field, unit, workers = o.text_field, o.id_field, o.unit, o.workers
     if not Path(model_path).exists():

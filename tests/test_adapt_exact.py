@@ -133,7 +133,7 @@ def test_score_counts_equals_resolving_per_line(ngram_setup, tmp_path):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(len(lines)))  # in reading order
     assert np.allclose([r["nll_nats"] for r in rows], [-x.sum() for x in want], rtol=0, atol=1e-9)
-    with pytest.raises(InputError, match="--workers 1"):
+    with pytest.raises(OptionError, match="workers 1"):
         score_file(model_dir, out, input=[str(test)], workers=2, adapt=True, adapt_mode="counts")
 
 

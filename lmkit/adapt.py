@@ -72,8 +72,8 @@ def check_counts_model(model) -> None:
         what = (f"{len(groups)} groups ({groups[0].name} .. {groups[-1].name})" if groups
                 else f"a {type(model).__name__}")
         raise OptionError(f"adapt_mode counts re-solves a pure unpruned n-gram model "
-                         f"(`lmkit train --order N`), and this model has {what}; use adapt_mode "
-                         "cache")
+                          f"(`lmkit train --order N`), and this model has {what}; use adapt_mode "
+                          "cache")
 
 
 def check_adapt_model(model, cfg: AdaptConfig) -> None:
@@ -115,17 +115,17 @@ def training_counts(model, groups: list):
             chunks.append(model.encode_lines(chunk))
     except (OSError, InputError) as e:
         raise OptionError(f"adapt_mode counts re-counts the model's training text "
-                         f"({rec.get('name')}), which cannot be read: {e}") from None
+                          f"({rec.get('name')}), which cannot be read: {e}") from None
     if digest.hexdigest() != rec.get("sha256"):
         raise OptionError(f"adapt_mode counts re-counts the model's training text, and "
-                         f"{rec.get('name')} is not the text it was trained on (sha256 "
-                         f"{digest.hexdigest()[:12]}, model {str(rec.get('sha256'))[:12]}); "
-                         "restore that text or use adapt_mode cache")
+                          f"{rec.get('name')} is not the text it was trained on (sha256 "
+                          f"{digest.hexdigest()[:12]}, model {str(rec.get('sha256'))[:12]}); "
+                          "restore that text or use adapt_mode cache")
     counts = count_ngrams(chunks, model.vocab_size, groups, _bos(model), model.tokenizer.eos_id)
     if counts.n_tokens != rec.get("tokens"):
         raise OptionError(f"the training text counts {counts.n_tokens} tokens and the model "
-                         f"{rec.get('tokens')}: it was not trained on this text as a whole; use "
-                         "adapt_mode cache")
+                          f"{rec.get('tokens')}: it was not trained on this text as a whole; use "
+                          "adapt_mode cache")
     return counts
 
 

@@ -22,13 +22,16 @@ has a row with a finite perplexity.
 
 Scale: units are read lazily and scored in chunks (plain text line by line without a record
 per line); the arithmetic is vectorised per chunk and each unit costs one f-string of output.
-With ``workers = 1`` one thread reads and encodes the next chunk while this one is scored
-(SentencePiece releases the GIL). With ``workers > 1`` chunks go to worker processes
-(``parallel.ordered_map``: forked, they share the model the parent loaded; one chunk in
-flight each), so memory stays constant however long the input is, and results are written in
-input order. The output is written by ``io.files.atomic_write`` (a temporary file renamed at the
-end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped and the
-temporary file removed.
+The work is forecast from the first chunk and the input files' size, so a model with derived
+scoring tables (a pure MKN model's compiled trie walk, ``ngram.score``) builds them before
+scoring rather than part way (``_prepare``). With ``workers = 1`` one thread reads and encodes
+the next chunks while this one is scored (SentencePiece and the compiled walk release the GIL),
+the tables building meanwhile. With ``workers > 1`` chunks go to worker processes
+(``parallel.ordered_map``: forked, they share the model and tables the parent loaded and
+built; one chunk in flight each) and come back as UTF-8 bytes ready to write, so memory stays
+constant however long the input is, and results are written in input order. The output is
+written by ``io.files.atomic_write`` (a temporary file renamed at the end); on an error, a
+worker's death, Ctrl-C or SIGTERM the workers are stopped and the temporary file removed.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import sys
 import threading
 import time
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -248,15 +252,29 @@ def _unit_stats(chunk: Chunk, nll, tok, n_bytes):
     return tuple(np.add.reduceat(x, starts) for x in (nll, tok, n_bytes))
 
 
+def _unit_scores(model, chunk: Chunk, num_threads=None, seqs=None):
+    """Per-unit ``(nll_nats, tokens, perplexity, bits_per_byte)`` arrays of a chunk, the one
+    computation behind ``score_units`` and the written rows (so the two agree to the bit)."""
+    nll, tok, n_bytes = _unit_stats(chunk, *_line_stats(model, chunk.lines, seqs, num_threads))
+    with np.errstate(over="ignore"):
+        ppl = np.exp(nll / tok)
+    bpb = nll / LN2 / n_bytes
+    if not (np.isfinite(ppl).all() and np.isfinite(nll).all()):
+        raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
+                         "token); score shorter units or check the model")
+    return nll, tok, ppl, bpb
+
+
 def score_units(model, chunk: list, num_threads: int | None = None) -> list:
-    """One result dict per ``(meta, lines)`` unit (see the module docstring)."""
+    """One result dict per ``(meta, lines)`` unit (see the module docstring); the numbers
+    ``score_file`` writes, and ``json.dumps`` of each dict is its line there, byte for byte."""
     c = next(_chunks(chunk, max_units=len(chunk) + 1, max_chars=float("inf")), None)
     if c is None:
         return []
-    nll, tok, n_bytes = _unit_stats(c, *_line_stats(model, c.lines, num_threads=num_threads))
-    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": math.exp(x / t),
-             "bits_per_byte": x / LN2 / b}
-            for meta, x, t, b in zip(c.metas, nll.tolist(), tok.tolist(), n_bytes.tolist())]
+    nll, tok, ppl, bpb = _unit_scores(model, c, num_threads)
+    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": p, "bits_per_byte": b}
+            for meta, x, t, p, b in zip(c.metas, nll.tolist(), tok.tolist(), ppl.tolist(),
+                                        bpb.tolist())]
 
 
 def _head(meta: dict) -> str:
@@ -269,17 +287,13 @@ def _head(meta: dict) -> str:
     return head
 
 
-def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[str, int, int, float]:
-    """(JSONL text, units, tokens, nll) of a chunk: formatted where it is scored, so a worker
-    hands the parent one string. The arithmetic is vectorised; the only per-unit Python is one
-    f-string (``repr`` of a finite float is a valid JSON number that round-trips exactly)."""
-    nll, tok, n_bytes = _unit_stats(chunk, *_line_stats(model, chunk.lines, seqs, num_threads))
-    with np.errstate(over="ignore"):
-        ppl = np.exp(nll / tok)
-    bpb = nll / LN2 / n_bytes
-    if not (np.isfinite(ppl).all() and np.isfinite(nll).all()):
-        raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
-                         "token); score shorter units or check the model")
+def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[bytes, int, int, float]:
+    """(JSONL as UTF-8, units, tokens, nll) of a chunk: formatted where it is scored, so a
+    worker hands the parent bytes ready to write. The arithmetic is vectorised; the only
+    per-unit Python is one f-string (``repr`` of a finite float is a valid JSON number that
+    round-trips exactly). ``repr`` of the three floats is most of that f-string's cost: one
+    ``%`` template over the whole chunk was measured no faster."""
+    nll, tok, ppl, bpb = _unit_scores(model, chunk, num_threads, seqs)
     if chunk.metas is None:
         heads = (f'{{"index": {i}' for i in chunk.numbers)
     else:
@@ -288,33 +302,70 @@ def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[str,
                     f'"bits_per_byte": {b!r}}}\n'
                     for h, t, x, p, b in zip(heads, tok.tolist(), nll.tolist(), ppl.tolist(),
                                              bpb.tolist())])
-    return text, len(nll), int(tok.sum()), float(nll.sum())
+    return text.encode("utf-8"), len(nll), int(tok.sum()), float(nll.sum())
 
 
 _MODEL = None  # a spawned worker's own copy of the model (fork workers inherit the parent's)
 
 
-def _worker_init(model_path) -> None:
+def _worker_init(model_path, expected: int = 0) -> None:
     global _MODEL
     _MODEL = load_model(model_path)
+    _prepare(_MODEL, expected)
 
 
-def _adaptive_text(model, units: list, adapt) -> tuple[str, int, int, float]:
-    """(JSONL text, units, tokens, nll) of ``(meta, lines)`` units scored adaptively
+def _prepare(model, n_positions: int) -> None:
+    """Build the model's derived scoring tables now when ``n_positions`` targets are coming
+    (``LanguageModel.prepare``; a pure MKN model's trie walk). Models without it: nothing."""
+    prepare = getattr(model, "prepare", None)
+    if prepare is not None and n_positions > 0:
+        prepare(n_positions)
+
+
+def _forecast(chunk: Chunk, seqs: list, input_bytes: int) -> int:
+    """Targets (tokens + EOS) an input of ``input_bytes`` bytes will have, extrapolated from
+    its first chunk (``seqs``: that chunk encoded); 0 when the size is unknown (a dataset, a
+    pipe). A forecast for ``_prepare``: it changes the speed, never a number."""
+    if input_bytes <= 0 or not chunk.lines:
+        return 0
+    targets = sum(map(len, seqs)) + len(seqs)
+    chunk_bytes = sum(map(len, chunk.lines)) + len(chunk.lines)  # characters: a lower bound
+    return int(targets * max(input_bytes / chunk_bytes, 1.0))
+
+
+def _input_bytes(input) -> int:
+    """Bytes of the regular input files (0 when there are none: a dataset, a pipe)."""
+    if input is None:
+        return 0
+    try:
+        return sum(f.stat().st_size for f in expand_paths(input) if f.is_file())
+    except OSError:  # unreadable: the reader names the problem
+        return 0
+
+
+def _adaptive_text(model, units: list, adapt) -> tuple[bytes, int, int, float]:
+    """(JSONL as UTF-8, units, tokens, nll) of ``(meta, lines)`` units scored adaptively
     (``adapt.score_units_adaptive``: each unit after every earlier one), formatted as
     ``_scored_text`` formats a chunk."""
     res = score_units_adaptive(model, units, adapt)
     text = "".join(f'{_head(r)}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
                    f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n'
                    for r in res)
-    return text, len(res), sum(r["tokens"] for r in res), sum(r["nll_nats"] for r in res)
+    return (text.encode("utf-8"), len(res), sum(r["tokens"] for r in res),
+            sum(r["nll_nats"] for r in res))
 
 
 def _worker_score(chunk):
     return _scored_text(_MODEL, chunk, num_threads=1)
 
 
-def _prefetched(fn, items, depth: int = 2):
+# chunks the reader may encode ahead of the scorer: enough to keep encoding while the first
+# chunk waits for the model's tables (~0.5 s on an order-5 model), bounded so that memory
+# stays constant (at most PREFETCH x CHUNK_CHARS characters and their ids)
+PREFETCH = 16
+
+
+def _prefetched(fn, items, depth: int = PREFETCH):
     """``(item, fn(item))`` for every item, in order, computed up to ``depth`` ahead by one
     background thread: SentencePiece's batch encode releases the GIL, so reading and encoding
     the next chunk overlaps scoring this one. Errors are re-raised here; closing the
@@ -360,24 +411,38 @@ def _prefetched(fn, items, depth: int = 2):
         thread.join(5.0)  # at most one chunk's read + encode
 
 
-def _results(model, model_path, chunks, workers: int, units=None, adapt=None):
+def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
+             input_bytes: int = 0):
     """Scored chunks in input order (``parallel.ordered_map``: a worker that fails or dies
     ends the run at once; at most ``workers`` chunks in flight). With ``adapt`` (an
-    ``AdaptConfig``) the ``units`` are read whole and scored in one pass, in reading order."""
+    ``AdaptConfig``) the ``units`` are read whole and scored in one pass, in reading order.
+    ``input_bytes``: the input's size, to forecast the work from the first chunk and build
+    the model's scoring tables before scoring (``_prepare``) rather than part way."""
     if adapt is not None:
         units = list(units)
         if units:
             yield _adaptive_text(model, units, adapt)
         return
-    if workers == 1:  # read and encode the next chunk while this one is scored
-        encode = model.tokenizer.encode_batch
+    encode = model.tokenizer.encode_batch
+    if workers == 1:  # read and encode the next chunks while this one is scored
+        first = True
         for chunk, seqs in _prefetched(lambda c: encode(c.lines, num_threads=1), chunks):
+            if first:  # the tables build here while the reader keeps encoding (both nogil)
+                _prepare(model, _forecast(chunk, seqs, input_bytes))
+                first = False
             yield _scored_text(model, chunk, seqs=seqs)
         return
+    chunks = iter(chunks)
+    head = next(chunks, None)
+    if head is None:
+        return
+    expected = _forecast(head, encode(head.lines, num_threads=1), input_bytes)
+    chunks = chain([head], chunks)
     if pool_context().get_start_method() == "fork":  # the workers share the parent's model
+        _prepare(model, expected)  # built once, before the fork: shared, not built per worker
         fn, init, args = partial(_scored_text, model, num_threads=1), None, ()
     else:
-        fn, init, args = _worker_score, _worker_init, (str(model_path),)
+        fn, init, args = _worker_score, _worker_init, (str(model_path), expected // workers)
     yield from ordered_map(fn, chunks, workers, init=init, init_args=args,
                            what="a scoring worker")
 
@@ -425,12 +490,12 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     def write(f):
         from tqdm import tqdm
         results = _results(model, model_path, chunks, workers, units,
-                           ad if ad.adapt else None)
+                           ad if ad.adapt else None, _input_bytes(input))
         try:
             with tqdm(desc="score", unit="doc", file=sys.stderr,
                       disable=None if progress else True, leave=False) as bar:
                 for text, n, t, x in results:
-                    f.write(text.encode("utf-8"))
+                    f.write(text)
                     totals["units"] += n
                     totals["tokens"] += t
                     totals["nll"] += x

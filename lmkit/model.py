@@ -137,6 +137,13 @@ class LanguageModel(BaseModel):
     def groups(self) -> list:
         return self.params.groups
 
+    def prepare(self, n_positions: int) -> None:
+        """Build derived scoring tables now if about ``n_positions`` targets are to be scored
+        (a pure MKN model's trie walk, ``ngram.score.walker``); a forecast, the numbers do
+        not depend on it."""
+        if self._mkn_backoffs() is not None:
+            ngram_score.walker(self.params, self._loggammas, expected=n_positions)
+
     @property
     def vocab_size(self) -> int:
         return self.params.vocab_size

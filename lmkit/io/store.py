@@ -654,10 +654,11 @@ def _expand_compact(arrays, where) -> dict:
             if plain in out or a.dtype.str != "<u2" or a.ndim != 1:
                 raise ModelFormatError(f"{where}: {name!r} must be the uint16 row lengths of "
                                        f"the absent {plain!r}; {_FIX}")
-            indptr = np.zeros(len(a) + 1, dtype=np.int64)
+            # summed straight into the final dtype: no int64 copy to narrow (fresh pages cost)
+            wide = int(a.sum(dtype=np.int64)) >= 1 << 31
+            indptr = np.zeros(len(a) + 1, dtype=np.int64 if wide else np.int32)
             np.cumsum(a, out=indptr[1:])
-            wide = indptr[-1] >= 1 << 31
-            out[plain] = indptr if wide else indptr.astype(np.int32)
+            out[plain] = indptr
             ind = name[:-len("_rowlen")] + "_indices"
             if ind in out and out[ind].dtype.str == "<u2":
                 out[ind] = out[ind].astype(np.int64 if wide else np.int32)

@@ -278,6 +278,7 @@ def count_cooccurrences(chunks: Iterable[list], vocab_size: int, groups: list,
 
 # ---- counting in parts of rows (bounded working memory, same counts) -------------------------
 PART_POSITIONS = 1 << 22  # positions sorted at once by ``count_in_parts`` (~60 bytes each)
+PART_BYTES = 60  # working bytes per position of a part being counted (keys, sorts, pairs)
 
 
 def _cuts(part_keys: np.ndarray, n_parts: int) -> np.ndarray:

@@ -151,3 +151,66 @@ def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path,
         rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
                               refit_chunks=[corpus(30, 3)], **kw)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the same model on every route: worker processes, Dask, under max_memory ---------------
+RICH_KW = dict(order=3, context=3, skips=((1, 1, 1), (1, 2, 1)),
+               clusterings=((6, ((2, 0), (3, 1))), (3, ((2, 0),))),
+               piece_bytes=np.arange(14) % 3 + 1, line_positions=((1, 2, 3, None), (0, 3, 2, 3)),
+               seed=5)
+
+
+def _build(refit, **scale):
+    from lmkit.rich_build import build_rich
+    train, held = corpus(300, 0), corpus(60, 1)
+    return build_rich(_seqs_chunks(train), 14, BOS, EOS, held,
+                      refit_chunks=None if refit is None else [refit], **RICH_KW, **scale)
+
+
+def _same_build(a, b):
+    (pa, ta, sa, na), (pb, tb, sb, nb) = a, b
+    assert (sa, na) == (sb, nb)
+    assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(ta, tb))
+    assert same_params(pa, pb) and pa.info == pb.info
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
+def test_worker_processes_build_the_same_model(refit):
+    """--workers 2 (each group counted and solved in a worker process, rebuilt there through
+    the kinds registry): every stored value equal to the one-process build, with and without
+    the carved held-out lines' second pass."""
+    extra = corpus(40, 3) if refit else None
+    one = _build(extra)
+    assert any(g.name.startswith("linepos") for g in one[0].groups)
+    assert any(g.name.startswith("cluster") for g in one[0].groups)
+    _same_build(one, _build(extra, workers=2))
+    _same_build(one, _build(extra, workers=3))
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
+def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_path):
+    """max_memory: the model's arrays are written to .npy and memory-mapped as each group is
+    solved; same values; the spill folder (in spill_dir) is gone afterwards."""
+    from lmkit.io.npyfile import mapped_base
+    extra = corpus(40, 3) if refit else None
+    one = _build(extra)
+    got = _build(extra, max_memory="1G", spill_dir=str(tmp_path))
+    _same_build(one, got)
+    assert all(mapped_base(S.data) is not None for S in got[0].S)
+    assert list(tmp_path.iterdir()) == []
+    got2 = _build(extra, max_memory="1G", workers=2)
+    _same_build(one, got2)
+
+
+def test_max_memory_too_small_is_refused_before_counting():
+    from lmkit.errors import MemoryLimitError
+    with pytest.raises(MemoryLimitError, match=r"token buffer and counting\) needs .* raise max_memory"):
+        _build(None, max_memory="1K")
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
+def test_dask_builds_the_same_model(refit):
+    """engine dask (a LocalCluster of threads, as the other Dask tests): the same model."""
+    pytest.importorskip("dask.distributed")
+    extra = corpus(40, 3) if refit else None
+    _same_build(_build(extra), _build(extra, engine="dask", workers=2, dask_processes=False))

@@ -49,7 +49,7 @@ from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DE
                    cluster_groups, line_groups, make_clusters)
 from .clusters import bigram_embedding
 from .scoring import context_rows
-from .solve import fit_heldout
+from .solve import fit_heldout, heldout_nbytes
 from .sparse import lookup_values
 
 BYTES_PER_VALUE = 8 + 4 + 1  # a stored weight: float64 value, int32 column, int8 entry bucket
@@ -408,7 +408,13 @@ def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, d
     del S
     rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
                                     eos_id)
-    rows, targets = fit_heldout(params, rows, targets, max_memory, log)
+    # the same held-out positions as the in-memory build (so the same weights), whatever
+    # max_memory: a limit too small for the weight search is refused, not met by thinning
+    rows, targets = fit_heldout(params, rows, targets, None, log)
+    if max_memory is not None:
+        check_memory(first.nbytes() + heldout_nbytes(params, rows), max_memory,
+                     "the weight search on held-out tokens (with the token buffer)",
+                     "raise max_memory, or lower lambda_tokens")
     init = np.repeat(params.info["lambda_init"], B)
     lam, trace = choose_lambdas(params, rows, targets, init=init, entry_buckets=eb,
                                 n_buckets=B, hessian_every=hessian_every,

@@ -214,3 +214,130 @@ def test_dask_builds_the_same_model(refit):
     pytest.importorskip("dask.distributed")
     extra = corpus(40, 3) if refit else None
     _same_build(_build(extra), _build(extra, engine="dask", workers=2, dask_processes=False))
+
+
+# ---- lmkit train on the default route: the same model whatever the scale options -----------
+def _logp(model, lines):
+    return model.log_proba_ids(model.encode_lines(lines))[0]
+
+
+@pytest.mark.parametrize("scale", [dict(workers=2), dict(max_memory="1G"),
+                                   dict(workers=2, max_memory="1G"),
+                                   dict(engine="dask", workers=2)],
+                         ids=["workers2", "max-memory", "workers2+max-memory", "dask"])
+def test_train_default_route_same_model_on_every_scale_route(tiny_corpus_file, tiny_tok_file,
+                                                             tiny_lines, tmp_path, scale):
+    """``lmkit.train`` on own files (held-out lines carved, so the refit pass runs): max |d log
+    p| <= 1e-9 on test lines against the one-process build; the manifest records the options."""
+    import lmkit
+    if scale.get("engine") == "dask":
+        pytest.importorskip("dask.distributed")
+    opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
+    one = lmkit.train(**opts)
+    if scale.get("max_memory"):
+        scale = {**scale, "spill_dir": str(tmp_path)}
+    got = lmkit.train(**opts, **scale)
+    test = tiny_lines[::7][:40]
+    assert np.max(np.abs(_logp(one, test) - _logp(got, test))) <= 1e-9
+    assert {k: got.config[k] for k in scale} == scale
+    assert one.config.get("workers") in (None, 1) and one.config.get("max_memory") is None
+    assert list(tmp_path.iterdir()) == []  # the spill folder went
+
+
+def _die_on_group_5(job, q, g, spec):
+    import os
+    import signal
+    if g == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _REAL_GROUP_TASK(job, q, g, spec)
+
+
+_REAL_GROUP_TASK = None
+
+
+def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_file, tmp_path,
+                                                  capsys, monkeypatch):
+    """A counting worker killed outright (SIGKILL, as the OOM killer does): one line naming it,
+    exit 2, no model, no spill files, no process left."""
+    import multiprocessing as mp
+    import tempfile
+    from cli_helpers import one_error_line, run_cli
+    from lmkit import rich_build
+    global _REAL_GROUP_TASK
+    _REAL_GROUP_TASK = rich_build._group_task
+    monkeypatch.setattr(rich_build, "_group_task", _die_on_group_5)  # fork copies the patch
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    out = tmp_path / "m"
+    code, _, err = run_cli(capsys, "train", "--input", tiny_corpus_file, "--tokenizer",
+                           tiny_tok_file, "--workers", "2", "--output", out, "--no-verbose")
+    one_error_line(code, err, r"a counting worker \(pid \d+\) was killed by signal 9")
+    assert not out.exists() and list(spill.iterdir()) == []
+    assert mp.active_children() == []
+
+
+SIGNAL_SCRIPT = """
+import os, sys, time
+from lmkit import rich_build
+real = rich_build._group_task
+def slow(job, q, g, spec):
+    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+    time.sleep(30)
+    return real(job, q, g, spec)
+rich_build._group_task = slow
+from lmkit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sig, code, message", [
+    ("SIGINT", 130, "lmkit: interrupted"), ("SIGTERM", 143, "lmkit: terminated")])
+def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_tok_file,
+                                                         tmp_path, sig, code, message):
+    """Ctrl-C (the whole process group) or SIGTERM (the parent) while the default model's
+    groups are counted by 2 workers: the run ends at once with its one line, every worker is
+    gone, no model and no spill file is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    from cli_helpers import default_sigint
+    from test_faults import alive
+    pids, spill = tmp_path / "pids", tmp_path / "spill"
+    pids.mkdir()
+    spill.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), TMPDIR=str(spill))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_SCRIPT, str(pids), "train", "--input", str(tiny_corpus_file),
+         "--tokenizer", str(tiny_tok_file), "--workers", "2", "--output", str(tmp_path / "m")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "workers never started"
+            time.sleep(0.05)
+        workers = [int(p.name) for p in pids.iterdir()]
+        if sig == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=15)
+        assert time.monotonic() - t0 < 8
+        assert proc.returncode == code, err
+        assert err.strip().splitlines()[-1:] == [message] and "Traceback" not in err, err
+        time.sleep(0.3)
+        assert not [w for w in workers if alive(w)], "workers survived"
+        assert list(spill.iterdir()) == [] and not (tmp_path / "m").exists()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait(timeout=5)

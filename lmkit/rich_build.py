@@ -20,9 +20,21 @@ model (``S`` of every group), one group's counts and the token buffer, instead o
 group's counts plus the model.
 
 Counting itself is bounded too: each group's positions are sorted a few million at a time,
-in parts that own whole rows (``counts.count_in_parts``). What it does not do yet: spill counts
-or the model to disk, bound the token buffer, or use worker processes or Dask (issue 20's
-partitioned build); the buffer and the model are in memory.
+in parts that own whole rows (``counts.count_in_parts``).
+
+Scale (same model, value for value, tested): each pass is one chain task (the suffix chain
+counted and solved by MKN, giving ``q``) and one task per other group (``_group_task``: count,
+closed form, entry buckets; the group travels as ``kinds.group_spec`` and is rebuilt through
+the kinds registry, so every kind works there). ``workers`` > 1 runs the group tasks in that
+many processes (``parallel.ordered_map``: fork, so the token buffer is shared, results in
+order, every worker stopped on an error, a death, Ctrl-C or SIGTERM); ``engine="dask"`` runs
+the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; the
+second pass counts the training text again there instead of reading spilled counts, since
+Dask workers need not share a disk). ``max_memory`` checks the token buffer plus one part's
+counting against the limit before counting, writes each group's solved arrays to ``.npy`` and
+memory-maps them as it goes (``_Store``), and refuses a weight search that cannot fit (the
+held-out positions are never thinned by it: that would change the model). Still in memory:
+the token buffer, one group's counts (in each worker) and, in the caller, the compacted model.
 """
 from __future__ import annotations
 

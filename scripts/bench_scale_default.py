@@ -18,10 +18,14 @@ line (KenLM's ``</s>``, lmkit's EOS), natural log internally, reported as perple
 
     python scripts/bench_scale_default.py --input TRAIN.txt --test TEST.txt \\
         [--tokenizer TOK.model] [--kenlm-bin DIR] [--orders 3 4 5 6] \\
-        [--lmkit-args "--max-memory 2G"] [--test-lines 20000] [--workdir DIR] [--json]
+        [--lmkit-args "--max-memory 2G"] [--test-lines 20000] [--workdir DIR] [--json] \\
+        [--variants "--workers 2" "--max-memory 1G" "--engine dask --workers 2"]
     python scripts/bench_scale_default.py --corpus shakespeare --kenlm-bin DIR
 
-Without ``--kenlm-bin`` only lmkit's rows are printed. Progress on stderr, the table (or
+``--variants``: more builds of the same default model with other scale flags (each one row,
+after the plain build; its test perplexity and the max |d log p| against the plain build on
+the first 2000 test lines: the routes must give the same model). Without ``--kenlm-bin`` only
+lmkit's rows are printed. Progress on stderr, the table (or
 ``--json``) on stdout.
 """
 from __future__ import annotations
@@ -160,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lmkit-args", default="", help="extra `lmkit train` flags, one string")
     ap.add_argument("--compare-tree", help="also build with the lmkit of this source tree (e.g. "
                     "a checkout of main), same flags, for a before/after row")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="more `lmkit train` flag strings, one row each (same model expected)")
     ap.add_argument("--every", type=float, default=0.1, help="RSS sampling period, seconds")
     ap.add_argument("--workdir", help="keep the files here (default: a temp folder, removed)")
     ap.add_argument("--json", action="store_true")
@@ -200,6 +206,19 @@ def main(argv=None) -> int:
             res["compare_tree"] = a.compare_tree
             res["max_abs_dlogp"] = max_dlogp(work / "default", work / "compare",
                                              work / "test_eval.txt", 2000)
+        res["variants"] = []
+        for i, v in enumerate(a.variants):
+            log(f"[1v] lmkit train (default model) {a.lmkit_args} {v}")
+            folder = work / f"variant{i}"
+            b = run_tree(py + ["train", "--input", train, "--tokenizer", tok, *extra,
+                               *shlex.split(v), "--output", folder], env=env, every=a.every)
+            ev = run_tree(py + ["eval", folder, "--input", work / "test_eval.txt", "--json"],
+                          env=env)
+            b.update(args=v, ppl=json.loads(ev["stdout"])["perplexity"],
+                     max_abs_dlogp=max_dlogp(work / "default", folder, work / "test_eval.txt",
+                                             2000))
+            res["variants"].append({k: x for k, x in b.items() if k not in ("stdout", "stderr")})
+            shutil.rmtree(folder, ignore_errors=True)
         log("[2/3] lmkit eval")
         ev = run_tree(py + ["eval", work / "default", "--input", work / "test_eval.txt",
                             "--json"], env=env)
@@ -229,6 +248,8 @@ def main(argv=None) -> int:
             if isinstance(res[k], dict):
                 res[k] = {x: (round(v, 3) if isinstance(v, float) else v)
                           for x, v in res[k].items() if x not in ("stdout", "stderr")}
+        res["variants"] = [{x: (round(y, 3) if isinstance(y, float) and x != "max_abs_dlogp"
+                                else y) for x, y in v.items()} for v in res["variants"]]
         print(json.dumps(res, indent=1) if a.json else table(res))
     finally:
         if not a.workdir:
@@ -261,6 +282,9 @@ def table(r: dict) -> str:
             "|---|---|---|---|---|---|",
             f"| lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | "
             f"{lb['max_proc_rss_mb']:.0f} | {lb['wall']:.1f} | {r['lmkit_ppl']:.2f} |"]
+    for v in r.get("variants", []):
+        rows.append(f"| lmkit default model {v['args']} | {v['cpu']:.1f} | {v['rss_mb']:.0f} | "
+                    f"{v['max_proc_rss_mb']:.0f} | {v['wall']:.1f} | {v['ppl']:.2f} |")
     if "compare_build" in r:
         cb = r["compare_build"]
         rows.append(f"| lmkit default model from {r['compare_tree']} | {cb['cpu']:.1f} | "
@@ -279,6 +303,11 @@ def table(r: dict) -> str:
                     f"{lb['rss_mb'] / kb['rss_mb']:.2f}x")
         rows.append(f"quality: lmkit ppl / KenLM best order ({r['kenlm_best_order']}) ppl = "
                     f"{r['lmkit_ppl'] / r['kenlm_best_ppl']:.3f}")
+    for v in r.get("variants", []):
+        rows.append(f"{v['args']} / plain: build CPU {v['cpu'] / lb['cpu']:.2f}x, wall "
+                    f"{v['wall'] / lb['wall']:.2f}x, peak RSS (tree) "
+                    f"{v['rss_mb'] / lb['rss_mb']:.2f}x; max |d log p| on the first 2000 test "
+                    f"lines: {v['max_abs_dlogp']:.3g}")
     if "compare_build" in r:
         rows.append(f"this tree / {r['compare_tree']}: build CPU "
                     f"{lb['cpu'] / r['compare_build']['cpu']:.2f}x, peak RSS (tree) "

@@ -82,12 +82,18 @@ class _Text:
     def nbytes(self) -> int:
         return self.buf.nbytes + self.pos.nbytes + self.starts.nbytes
 
-    def count(self, groups: list) -> Counts:
+    def count(self, groups: list, workers: int = 1) -> Counts:
         """Counts of the suffix chain or of one other group, sorted a part of the positions at a
-        time (``counts.count_in_parts``: the same arrays as one pass)."""
+        time (``counts.count_in_parts``: the same arrays as one pass); ``workers`` > 1: at
+        least that many parts, counted by as many processes (``parallel.ordered_map``)."""
         if not self.n_seq:
             return empty_counts(self.V, groups)
-        return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq)
+        mapper = None
+        if workers > 1:
+            def mapper(fn, parts):  # fork: the buffer and fn are inherited, not sent
+                return ordered_map(fn, list(parts), workers, what="a counting worker")
+        return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq,
+                              min_parts=workers, mapper=mapper)
 
 
 class _Spill:
@@ -146,19 +152,22 @@ class _Job:
     training text again, as Dask workers do: they see no shared disk), the entry-count edges and
     the chosen weights ((G, B), the second pass; None in the first)."""
 
-    def __init__(self, train, held, spill, edges, lam=None):
+    def __init__(self, train, held, spill, edges, lam=None, workers: int = 1):
         self.train, self.held, self.spill, self.edges, self.lam = train, held, spill, edges, lam
+        self.workers = workers  # processes that count the chain's parts (this process's job)
 
     def count(self, groups: list, tag: str) -> Counts:
         """The counts of the chain (tag "chain") or of one group (tag "g{index}"): first pass,
         the training text's (kept in the spill folder for the second); second pass, those plus
         the held-out lines' (= ``Counts.__add__``, as ``rich.fit_rich(refit)``)."""
+        # the chain's parts in worker processes; a group task (already in a worker) counts alone
+        workers = self.workers if tag == "chain" else 1
         if self.held is None:
-            c = self.train.count(groups)
+            c = self.train.count(groups, workers)
             return self.spill.save(tag, c) if self.spill is not None else c
         V = self.held.V
         base = (self.spill.load(tag, groups, V) if self.spill is not None
-                else self.train.count(groups))
+                else self.train.count(groups, workers))
         return base + self.held.count(groups)
 
     def keep(self, g: int, Sg, Fg):
@@ -405,7 +414,9 @@ def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, d
     bos_id, eos_id = int(first.bos_id), int(first.eos_id)
     _start_memory(first, runner.workers, max_memory)
     store = _Store(folder) if max_memory is not None else None
-    job = _Job(first, None, spill, edges)
+    # the chain task runs here (engine local): its parts may go to the worker processes
+    local = runner.workers if runner.client is None else 1
+    job = _Job(first, None, spill, edges, workers=local)
     q, S, keys, eb, info, n_seq, n_tok = _solve_pass(runner, job, groups, M, discount,
                                                      store, log)
     nnz = sum(x.nnz for x in S)
@@ -447,7 +458,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, d
         del texts[:]
         first = job = None
         q, S, keys, _, info, n_seq, n_tok = _solve_pass(
-            runner, _Job(train, held, spill, edges, lam), groups, M, discount, store)
+            runner, _Job(train, held, spill, edges, lam, local), groups, M, discount, store)
     else:
         S = []
         for g, (Sg, b) in enumerate(zip(params.S, eb)):

@@ -115,14 +115,21 @@ def test_count_in_parts_equals_count_buffer_for_every_kind():
              [LinePosition(1, 2, 3, pb, None)], [LinePosition(0, 3, 2, pb, table)]]
     for groups in cases:
         want = count_buffer(buf, pos, starts, V, groups, n_seq)
-        for part in (97, 1000):
-            got = count_in_parts(buf, pos, starts, V, groups, n_seq, part_positions=part)
+        seen = []
+
+        def mapper(fn, parts):  # as the worker processes: any order of work, results in order
+            parts = list(parts)
+            seen.append(len(parts))
+            return [r for _, r in sorted((p, fn(p)) for p in reversed(parts))]
+        for part, kw in ((97, {}), (1000, {}), (10 ** 9, dict(min_parts=3, mapper=mapper))):
+            got = count_in_parts(buf, pos, starts, V, groups, n_seq, part_positions=part, **kw)
             assert got.equals(want), groups
             for a, b, ka, kb in zip(got.F, want.F, got.keys, want.keys):
                 for x, y in ((a.data, b.data), (a.indices, b.indices), (a.indptr, b.indptr)):
                     assert x.dtype == y.dtype and np.array_equal(x, y), groups
                 assert (ka is None and kb is None) or (ka.dtype == kb.dtype
                                                        and np.array_equal(ka, kb))
+        assert seen and seen[0] >= 2  # min_parts split it, the mapper counted the parts
 
 
 def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path, monkeypatch):

@@ -12,9 +12,12 @@ Both sides get the same text and the same SentencePiece ids (one tokenizer, give
 CPU s = user + sys of the whole process tree (``wait4`` of the child: its reaped worker
 processes and lmplz's threads included). Peak RSS = the largest sum of the resident set
 sizes of the process and all its descendants, sampled every ``--every`` seconds (psutil), so
-a build with 2 workers is charged for all three processes; the largest single process's
-maximum RSS (``ru_maxrss``) is given too. Both perplexities count one end-of-line token per
-line (KenLM's ``</s>``, lmkit's EOS), natural log internally, reported as perplexity.
+a build with 2 workers is charged for all three processes; peak PSS = the same sum of
+proportional set sizes (a page shared by forked workers, as the token buffer, is split
+among them instead of counted once per process: what the tree really holds). The largest
+single process's maximum RSS (``ru_maxrss``) is given too. Both perplexities count one
+end-of-line token per line (KenLM's ``</s>``, lmkit's EOS), natural log internally,
+reported as perplexity.
 
     python scripts/bench_scale_default.py --input TRAIN.txt --test TEST.txt \\
         [--tokenizer TOK.model] [--kenlm-bin DIR] [--orders 3 4 5 6] \\
@@ -52,19 +55,22 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of ``proc`` and every descendant (0 for those gone meanwhile)."""
-    total = 0
+def tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """Resident and proportional set bytes of ``proc`` and every descendant, summed (0 for
+    those gone meanwhile). RSS counts a page shared by forked workers once per process; PSS
+    (``smaps_rollup``) splits it among them, so its sum is what the tree really holds."""
+    rss = pss = 0
     try:
         procs = [proc] + proc.children(recursive=True)
     except psutil.Error:
-        return 0
+        return 0, 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            m = p.memory_full_info()
+            rss, pss = rss + m.rss, pss + m.pss
         except psutil.Error:
             pass
-    return total
+    return rss, pss
 
 
 def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -> dict:
@@ -74,12 +80,12 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
             open(stdout, "wb") if stdout else tempfile.TemporaryFile() as fout, \
             tempfile.TemporaryFile() as ferr:
         p = subprocess.Popen([str(c) for c in cmd], stdin=fin, stdout=fout, stderr=ferr, env=env)
-        peak, stop = [0], threading.Event()
+        peak, stop = [0, 0], threading.Event()
 
         def sample():
             ps = psutil.Process(p.pid)
             while not stop.is_set():
-                peak[0] = max(peak[0], tree_rss(ps))
+                peak[:] = [max(a, b) for a, b in zip(peak, tree_rss(ps))]
                 stop.wait(every)
         th = threading.Thread(target=sample, daemon=True)
         th.start()
@@ -103,13 +109,15 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
     if rc != 0:
         raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
     cpu = ru.ru_utime + ru.ru_stime
-    return {"cpu": cpu, "rss_mb": peak[0] / 2**20, "max_proc_rss_mb": ru.ru_maxrss / 1024,
+    return {"cpu": cpu, "rss_mb": peak[0] / 2**20, "pss_mb": peak[1] / 2**20,
+            "max_proc_rss_mb": ru.ru_maxrss / 1024,
             "wall": time.time() - t0, "stdout": out, "stderr": err}
 
 
 def combine(*steps) -> dict:
     """Steps run one after the other: CPU adds up, peak RSS is the largest."""
     return {"cpu": sum(s["cpu"] for s in steps), "rss_mb": max(s["rss_mb"] for s in steps),
+            "pss_mb": max(s["pss_mb"] for s in steps),
             "max_proc_rss_mb": max(s["max_proc_rss_mb"] for s in steps),
             "wall": sum(s["wall"] for s in steps), "parts": [round(s["cpu"], 2) for s in steps]}
 
@@ -210,8 +218,13 @@ def main(argv=None) -> int:
         for i, v in enumerate(a.variants):
             log(f"[1v] lmkit train (default model) {a.lmkit_args} {v}")
             folder = work / f"variant{i}"
-            b = run_tree(py + ["train", "--input", train, "--tokenizer", tok, *extra,
-                               *shlex.split(v), "--output", folder], env=env, every=a.every)
+            try:
+                b = run_tree(py + ["train", "--input", train, "--tokenizer", tok, *extra,
+                                   *shlex.split(v), "--output", folder], env=env, every=a.every)
+            except SystemExit as e:  # a refusal (e.g. a limit too small) is a result too
+                line = [x for x in str(e).splitlines() if x.startswith("lmkit: error:")]
+                res["variants"].append({"args": v, "error": (line or [str(e)])[-1]})
+                continue
             ev = run_tree(py + ["eval", folder, "--input", work / "test_eval.txt", "--json"],
                           env=env)
             b.update(args=v, ppl=json.loads(ev["stdout"])["perplexity"],
@@ -278,22 +291,28 @@ def table(r: dict) -> str:
     lb = r["lmkit_build"]
     rows = [f"# corpus {r['corpus']}, {r['cores']} cores, lmkit train {r['lmkit_args'] or '(defaults)'}; "
             f"test: {r['test_lines']} lines, {r['test_tokens']} tokens",
-            "| build | CPU s | peak RSS MB (tree) | largest process MB | wall s | test ppl |",
-            "|---|---|---|---|---|---|",
-            f"| lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | "
+            "| build | CPU s | peak RSS MB (tree) | peak PSS MB (tree) | largest process MB | "
+            "wall s | test ppl |",
+            "|---|---|---|---|---|---|---|",
+            f"| lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | {lb['pss_mb']:.0f} | "
             f"{lb['max_proc_rss_mb']:.0f} | {lb['wall']:.1f} | {r['lmkit_ppl']:.2f} |"]
     for v in r.get("variants", []):
+        if "error" in v:
+            rows.append(f"| lmkit default model {v['args']} | refused: {v['error']} | | | | | |")
+            continue
         rows.append(f"| lmkit default model {v['args']} | {v['cpu']:.1f} | {v['rss_mb']:.0f} | "
+                    f"{v['pss_mb']:.0f} | "
                     f"{v['max_proc_rss_mb']:.0f} | {v['wall']:.1f} | {v['ppl']:.2f} |")
     if "compare_build" in r:
         cb = r["compare_build"]
         rows.append(f"| lmkit default model from {r['compare_tree']} | {cb['cpu']:.1f} | "
-                    f"{cb['rss_mb']:.0f} | {cb['max_proc_rss_mb']:.0f} | {cb['wall']:.1f} | "
+                    f"{cb['rss_mb']:.0f} | {cb['pss_mb']:.0f} | {cb['max_proc_rss_mb']:.0f} | {cb['wall']:.1f} | "
                     f"{r['compare_ppl']:.2f} |")
     if "kenlm_build" in r:
         kb = r["kenlm_build"]
         rows.append(f"| encode + lmplz -o 5 + build_binary (parts {kb['parts']}) | "
-                    f"{kb['cpu']:.1f} | {kb['rss_mb']:.0f} | {kb['max_proc_rss_mb']:.0f} | "
+                    f"{kb['cpu']:.1f} | {kb['rss_mb']:.0f} | {kb['pss_mb']:.0f} | "
+                    f"{kb['max_proc_rss_mb']:.0f} | "
                     f"{kb['wall']:.1f} | {r['kenlm_ppl']['5']:.2f} |")
         rows.append("")
         rows.append("KenLM test ppl by order: " + ", ".join(
@@ -304,9 +323,12 @@ def table(r: dict) -> str:
         rows.append(f"quality: lmkit ppl / KenLM best order ({r['kenlm_best_order']}) ppl = "
                     f"{r['lmkit_ppl'] / r['kenlm_best_ppl']:.3f}")
     for v in r.get("variants", []):
+        if "error" in v:
+            continue
         rows.append(f"{v['args']} / plain: build CPU {v['cpu'] / lb['cpu']:.2f}x, wall "
                     f"{v['wall'] / lb['wall']:.2f}x, peak RSS (tree) "
-                    f"{v['rss_mb'] / lb['rss_mb']:.2f}x; max |d log p| on the first 2000 test "
+                    f"{v['rss_mb'] / lb['rss_mb']:.2f}x, peak PSS (tree) "
+                    f"{v['pss_mb'] / lb['pss_mb']:.2f}x; max |d log p| on the first 2000 test "
                     f"lines: {v['max_abs_dlogp']:.3g}")
     if "compare_build" in r:
         rows.append(f"this tree / {r['compare_tree']}: build CPU "

@@ -348,3 +348,33 @@ def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_
         except OSError:
             pass
         proc.wait(timeout=5)
+
+
+def test_a_new_kind_is_solved_by_the_group_tasks_on_every_runner(monkeypatch):
+    """The default build's group tasks rebuild each group from its spec through the kinds
+    registry: a kind registered once is counted and solved by worker processes and on Dask
+    exactly as in this process."""
+    from lmkit import kinds
+    from lmkit.explicit import solve_group
+    from lmkit.features import Suffix
+    from lmkit.kinds import group_spec
+    from lmkit.rich_build import _Job, _Runner, _Text, _chain_task
+    from test_kinds import Parity
+    monkeypatch.setattr(kinds, "_KINDS", list(kinds._KINDS))
+    kinds.register(kinds.Kind("parity", Parity, r"parity2", "parity2", build=lambda f, t: Parity(),
+                              closed_form=lambda g, F, keys, q, d: solve_group(F, q, d)))
+    text = _Text([corpus(200, 0)], 14, BOS, EOS, 3)
+    job = _Job(text, None, None, (2, 3))
+    q = _chain_task(job, group_spec([Suffix(1), Suffix(2)]), None)[0]
+    items = [(2, group_spec([Parity()]))]
+    want = list(_Runner().groups(job, q, items))
+    assert want[0][0].nnz > 0 and list(want[0][1]) == [0, 1, 2, 3]
+    runs = [list(_Runner(workers=2).groups(job, q, items * 2))[:1]]
+    pytest.importorskip("dask.distributed")
+    from lmkit.distributed import dask_client
+    with dask_client(None, 2, processes=False) as client:
+        runs.append(list(_Runner(client=client).groups(job, q, items)))
+    for got in runs:
+        (S, k, b), = got
+        (S0, k0, b0), = want
+        assert (S != S0).nnz == 0 and np.array_equal(k, k0) and np.array_equal(b, b0)

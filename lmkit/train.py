@@ -182,7 +182,9 @@ def route(cfg: TrainConfig) -> str:
     """The name of the build ``cfg`` takes (one function each, ``ROUTES``):
 
     - ``neural``: ``solver`` residual/transformer (``lmkit.neural``);
-    - ``rich``: the feature-rich default model, one flat buffer in this process (``rich.py``);
+    - ``rich``: the feature-rich default model, one flat buffer of the text, its groups counted
+      and solved in this process, in ``workers`` processes or on Dask, the model's arrays
+      memory-mapped under ``max_memory`` (``rich_build.py``);
     - ``ngram-dask`` / ``ngram-bounded``: a pure n-gram model (MKN, lambdas 1, no pruning)
       built on Dask workers (``ngram/dask.py``) or in buckets within ``max_memory``
       (``ngram/build.py``);
@@ -384,7 +386,9 @@ def _check_spill_dir(folder) -> None:
 
 def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     """The feature-rich model (``rich.py``): one flat buffer of the encoded text, counted for
-    every group (clusters from its bigram counts), solved, weights fitted on held-out text."""
+    every group (clusters from its bigram counts), solved, weights fitted on held-out text;
+    the groups in ``workers`` processes or on Dask, within ``max_memory`` (``rich_build.py``:
+    the same model on every one of these)."""
     t0 = time.time()
     m = cfg.model
     order = m.order or m.DEFAULT_ORDER

@@ -294,18 +294,18 @@ def table(r: dict) -> str:
             "| build | CPU s | peak RSS MB (tree) | peak PSS MB (tree) | largest process MB | "
             "wall s | test ppl |",
             "|---|---|---|---|---|---|---|",
-            f"| lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | {lb['pss_mb']:.0f} | "
+            f"| the lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | {lb['pss_mb']:.0f} | "
             f"{lb['max_proc_rss_mb']:.0f} | {lb['wall']:.1f} | {r['lmkit_ppl']:.2f} |"]
     for v in r.get("variants", []):
         if "error" in v:
-            rows.append(f"| lmkit default model {v['args']} | refused: {v['error']} | | | | | |")
+            rows.append(f"| the lmkit default model {v['args']} | refused: {v['error']} | | | | | |")
             continue
-        rows.append(f"| lmkit default model {v['args']} | {v['cpu']:.1f} | {v['rss_mb']:.0f} | "
+        rows.append(f"| the lmkit default model {v['args']} | {v['cpu']:.1f} | {v['rss_mb']:.0f} | "
                     f"{v['pss_mb']:.0f} | "
                     f"{v['max_proc_rss_mb']:.0f} | {v['wall']:.1f} | {v['ppl']:.2f} |")
     if "compare_build" in r:
         cb = r["compare_build"]
-        rows.append(f"| lmkit default model from {r['compare_tree']} | {cb['cpu']:.1f} | "
+        rows.append(f"| the lmkit default model from {r['compare_tree']} | {cb['cpu']:.1f} | "
                     f"{cb['rss_mb']:.0f} | {cb['pss_mb']:.0f} | {cb['max_proc_rss_mb']:.0f} | {cb['wall']:.1f} | "
                     f"{r['compare_ppl']:.2f} |")
     if "kenlm_build" in r:

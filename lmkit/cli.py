@@ -40,7 +40,8 @@ from .io import store
 from .ngram.arpa import import_arpa, write_arpa
 from .corpus import load_corpus, read_lines, sequences
 from .docscore import score_file
-from .errors import InputError, LmkitError, MemoryLimitError, OptionError
+from .errors import (InputError, LmkitError, MemoryLimitError, OptionError, OptionWarning,
+                     OutputError, WorkerDiedError)
 from .evaluate import evaluate
 from .io import files
 from .io.files import atomic_write
@@ -66,24 +67,25 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_options(p: argparse.ArgumentParser, klass, *, defaults=None, skip=()) -> None:
+def add_options(p: argparse.ArgumentParser, klass, *, skip=()) -> None:
     """One flag per user-facing field of the config ``klass`` (type, nargs, choices, help)."""
-    defaults = defaults or {}
     group = p.add_argument_group(klass.__doc__.split("\n")[0].rstrip("."))
     for f in C.options(klass):
         if f.name in skip:
             continue
         scalar, seq, _ = C.field_spec(f)
-        default = defaults.get(f.name, f.default)
         meta = f.metadata
-        text = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        shown = "" if default is None else f" (default: {text})"
+        text = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        shown = ("" if f.default is None or meta.get("negatable") is False
+                 else f" (default: {text if text != '' else 'empty'})")
         # options not given stay absent (SUPPRESS), so the config supplies its own default and
         # can tell "given" from "defaulted" (e.g. vocab_size next to a trained tokenizer)
-        kw = {"dest": f.name, "default": defaults.get(f.name, argparse.SUPPRESS),
-              "help": meta["help"] + shown}
+        kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
+        if meta.get("required"):
+            kw["required"] = True
         if scalar is bool:
-            kw["action"] = argparse.BooleanOptionalAction
+            kw["action"] = ("store_true" if meta.get("negatable") is False
+                            else argparse.BooleanOptionalAction)
         else:
             kw["type"] = _TYPES[scalar]
             if seq:
@@ -100,13 +102,33 @@ def values(a, klass) -> dict:
     return {f.name: getattr(a, f.name) for f in C.options(klass) if hasattr(a, f.name)}
 
 
+def config_of(a, klass):
+    """The config ``klass`` from the options given in ``a``, the rest its defaults (checked)."""
+    return C.make(klass, values(a, klass))
+
+
+# quoted values ('input', "x"), `commands` and paths (a/input/b.txt) are never flags
+_VERBATIM = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|\S*/\S*")
+
+
 def to_flags(message: str) -> str:
-    """Parameter names in an option error become the CLI's flags (the one place that maps them)."""
-    names = set(C.train_option_names()) | {
-        f.name for k in (C.SampleConfig, C.ScoreConfig, C.InterpolateConfig, C.AdaptConfig)
-        for f in dataclasses.fields(k)}
-    return re.sub(r"(?<![\w-])([a-z][a-z_]*)(?![\w-])",
-                  lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), message)
+    """Parameter names in an option error become the CLI's flags (the one place that maps them):
+    ``"pass vocab_size 512"`` -> ``"pass --vocab-size 512"``, outside quotes and paths."""
+    names = C.option_names()
+
+    def words(text: str) -> str:
+        return re.sub(r"(?<![\w-])([a-z][a-z_0-9]*)(?![\w-])",
+                      lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), text)
+
+    out, end = [], 0
+    for m in _VERBATIM.finditer(message):
+        out += [words(message[end:m.start()]), m.group()]
+        end = m.end()
+    return "".join(out) + words(message[end:])
+
+
+#: errors whose messages name options by parameter name (errors.OptionError); shown as flags
+OPTION_ERRORS = (OptionError, MemoryLimitError, WorkerDiedError, OutputError)
 
 
 # ---- the parser ------------------------------------------------------------------------------
@@ -114,13 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="lmkit", description="Train softmax language models without "
                 "backpropagation: count, then solve.")
     sub = ap.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    _tokenizer_verbs(sub)
+    _model_verbs(sub)
+    _companion_verbs(sub)
+    return ap
 
-    st = sub.add_parser("spm-train", help="train a SentencePiece tokenizer on the train split")
-    _spm_train_args(st)
+
+def _tokenizer_verbs(sub) -> None:
+    """spm-train, spm-encode, spm-decode, and their old names (kept for one release)."""
+    _spm_train_args(sub.add_parser("spm-train", help="train a SentencePiece tokenizer on the "
+                                   "train split"))
     for action in ("encode", "decode"):
         _tokenize_args(sub.add_parser(f"spm-{action}", help=f"{action} text, one line in, one line out"),
                        action)
-    # old names, kept for one release
     tk = sub.add_parser("tokenizer", help="old name of spm-train")
     _spm_train_args(tk.add_subparsers(dest="action", required=True, parser_class=Parser)
                     .add_parser("train", help="= spm-train"))
@@ -129,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ("encode", "decode"):
         _tokenize_args(tz_sub.add_parser(action, help=f"= spm-{action}"), action)
 
+
+def _model_verbs(sub) -> None:
+    """train, and what a model does: eval, generate, inspect, next, vocab, verify."""
     tr = sub.add_parser("train", help="train a language model (count, then solve)")
     tr.add_argument("--output", required=True, metavar="DIR", help="model folder to write")
     tr.add_argument("--tokenizer", metavar="PREFIX.model",
@@ -136,38 +167,37 @@ def build_parser() -> argparse.ArgumentParser:
     for klass in C.TRAIN_PARTS:
         add_options(tr, klass)
 
-    ev = sub.add_parser("eval", help="perplexity and bits per byte on held-out text")
-    ev.add_argument("model", metavar="DIR")
-    add_options(ev, C.CorpusConfig, defaults={"split": "test"})
-    add_options(ev, C.AdaptConfig)
-    add_options(ev, C.LoadConfig)
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev = _model_verb(sub, "eval", "perplexity and bits per byte on held-out text")
+    for klass in (C.EvalCorpusConfig, C.AdaptConfig, C.LoadConfig, C.OutputConfig):
+        add_options(ev, klass)
+    ge = _model_verb(sub, "generate", "sample text")
+    for klass in (C.PromptConfig, C.SampleConfig, C.LoadConfig, C.OutputConfig):
+        add_options(ge, klass)
+    ins = _model_verb(sub, "inspect", "strongest next tokens of a token, per feature group")
+    for klass in (C.InspectConfig, C.OutputConfig):
+        add_options(ins, klass)
+    nx = _model_verb(sub, "next", "the most probable next tokens after a context")
+    for klass in (C.NextConfig, C.OutputConfig, C.LoadConfig):
+        add_options(nx, klass)
+    add_options(_model_verb(sub, "vocab", "the model's pieces: id, piece (one per line)"),
+                C.OutputConfig)
+    _model_verb(sub, "verify", "check a model folder's files against the sha256s in its "
+                "manifest (loading validates every array but skips this hash)")
 
-    ge = sub.add_parser("generate", help="sample text")
-    ge.add_argument("model", metavar="DIR")
-    pr = ge.add_mutually_exclusive_group()
-    pr.add_argument("--prompt", default="", help="start of the text (default: empty)")
-    pr.add_argument("--prompt-file", metavar="F", help="one prompt per line; --num-samples each")
-    add_options(ge, C.SampleConfig)
-    add_options(ge, C.LoadConfig)
-    ge.add_argument("--json", action="store_true", help="print a JSON list of samples")
 
-    ea = sub.add_parser("export-arpa", help="write an n-gram model (--order N) as an ARPA file")
-    ea.add_argument("model", metavar="DIR")
+def _model_verb(sub, name: str, text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=text)
+    p.add_argument("model", metavar="DIR")
+    return p
+
+
+def _companion_verbs(sub) -> None:
+    """The KenLM companion: scoring at scale, ARPA in and out, mixing, pruning."""
+    ea = _model_verb(sub, "export-arpa", "write an n-gram model (--order N) as an ARPA file")
     ea.add_argument("output", metavar="OUT.arpa")
+    add_options(ea, C.ExportArpaConfig)
 
-    ins = sub.add_parser("inspect", help="strongest next tokens of a token, per feature group")
-    ins.add_argument("model", metavar="DIR")
-    ins.add_argument("--token", required=True, help="a piece or text that is one piece")
-    ins.add_argument("--top", type=int, default=10, help="entries per group (default: 10)")
-    ins.add_argument("--json", action="store_true")
-
-    # ---- the KenLM companion: scoring at scale, ARPA in and out, mixing, pruning, next token
-    ea.add_argument("--words", choices=["ids", "pieces"], default="ids",
-                    help="ARPA words: token ids (default) or SentencePiece pieces (readable; for "
-                         "`spm_encode --output_format=piece | query` and ARPA-reading decoders)")
-    sc = sub.add_parser("score", help="per-line or per-document scores as JSON Lines")
-    sc.add_argument("model", metavar="DIR")
+    sc = _model_verb(sub, "score", "per-line or per-document scores as JSON Lines")
     sc.add_argument("--output", required=True, metavar="F.jsonl", help="results, one JSON object per unit")
     add_options(sc, C.ScoreConfig)
     add_options(sc, C.AdaptConfig, skip=("cache_fit",))
@@ -176,38 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     ia.add_argument("arpa", metavar="FILE.arpa")
     ia.add_argument("--tokenizer", required=True, metavar="TOK.model",
                     help="the tokenizer whose pieces or ids are the ARPA's words (or a model folder)")
-    ia.add_argument("--words", choices=["auto", "ids", "pieces"], default="auto",
-                    help="ARPA words are token ids or pieces (default: auto-detect)")
+    add_options(ia, C.ImportArpaConfig)
     ia.add_argument("--output", required=True, metavar="DIR")
 
     ip = sub.add_parser("interpolate", help="mix models that share a tokenizer")
     ip.add_argument("models", nargs="+", metavar="DIR")
     ip.add_argument("--output", required=True, metavar="DIR")
     add_options(ip, C.InterpolateConfig)
-    add_options(ip, C.CorpusConfig, defaults={"split": "valid"})
+    add_options(ip, C.HeldoutCorpusConfig)
 
-    pr = sub.add_parser("prune", help="entropy-prune an n-gram model (Stolcke 1998)")
-    pr.add_argument("model", metavar="DIR")
-    pr.add_argument("--threshold", type=float, required=True,
-                    help="prune n-grams whose removal raises perplexity by less than this, "
-                         "relatively (e.g. 1e-7)")
+    pr = _model_verb(sub, "prune", "entropy-prune an n-gram model (Stolcke 1998)")
+    add_options(pr, C.PruneConfig)
     pr.add_argument("--output", required=True, metavar="DIR")
-
-    nx = sub.add_parser("next", help="the most probable next tokens after a context")
-    nx.add_argument("model", metavar="DIR")
-    nx.add_argument("--context", default="", help="text: the start of a sequence (default: empty)")
-    nx.add_argument("--top", type=int, default=10, help="how many (default: 10)")
-    nx.add_argument("--json", action="store_true")
-    add_options(nx, C.LoadConfig)
-
-    ve = sub.add_parser("verify", help="check a model folder's files against the sha256s in "
-                        "its manifest (loading validates every array but skips this hash)")
-    ve.add_argument("model", metavar="DIR")
-
-    vo = sub.add_parser("vocab", help="the model's pieces: id, piece (one per line)")
-    vo.add_argument("model", metavar="DIR")
-    vo.add_argument("--json", action="store_true", help="one JSON list of pieces")
-    return ap
 
 
 def _spm_train_args(p) -> None:
@@ -219,8 +229,7 @@ def _spm_train_args(p) -> None:
 def _tokenize_args(t, action: str) -> None:
     t.add_argument("--model", required=True, metavar="PREFIX.model",
                    help="a tokenizer .model file or a model folder")
-    fmt = "--output-format" if action == "encode" else "--input-format"
-    t.add_argument(fmt, choices=["id", "piece"], default="id", help="(default: id)")
+    add_options(t, C.EncodeConfig, skip=("input_format",) if action == "encode" else ("output_format",))
     t.add_argument("--input", help="input file (default: stdin)")
     t.add_argument("--output", help="output file (default: stdout)")
 
@@ -294,6 +303,7 @@ def cmd_tokenize(a) -> None:
     if a.output is not None:
         check_output(a)
     tok = _load_tokenizer(a.model)
+    fmt = config_of(a, C.EncodeConfig)
     out = []
     name = a.input or "stdin"
     # encode reads text by the one line rule (a line per sequence); decode reads ids/pieces,
@@ -301,9 +311,9 @@ def cmd_tokenize(a) -> None:
     for line in (sequences(read_lines(a.input), name) if a.action == "encode"
                  else (x.removesuffix("\n") for x in read_lines(a.input))):
         if a.action == "encode":
-            items = tok.encode_pieces(line) if a.output_format == "piece" else map(str, tok.encode(line))
+            items = tok.encode_pieces(line) if fmt.output_format == "piece" else map(str, tok.encode(line))
             out.append(" ".join(items))
-        elif a.input_format == "piece":
+        elif fmt.input_format == "piece":
             out.append(tok.decode_pieces(line.split()))
         else:
             items = line.split()
@@ -331,11 +341,11 @@ def _load_options(a) -> dict:
 
 
 def cmd_eval(a) -> None:
-    src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
+    src = config_of(a, C.EvalCorpusConfig)
     ad = C.make(C.AdaptConfig, values(a, C.AdaptConfig))  # refuse bad options before loading
     adapt = {k: getattr(ad, k) for k in values(a, C.AdaptConfig)}
     r = evaluate(load_model(a.model, **_load_options(a)), **dataclasses.asdict(src), **adapt)
-    if a.json:
+    if config_of(a, C.OutputConfig).json:
         print(json.dumps(r))
     else:
         print(f"sequences {r['sequences']}  tokens {r['tokens']}  bytes {r['bytes']}  "
@@ -358,19 +368,21 @@ def _text_arg(value, flag: str):
 
 
 def cmd_generate(a) -> None:
-    opts = C.make(C.SampleConfig, values(a, C.SampleConfig))  # refuse bad values before loading
-    prompts = (list(sequences(read_lines(a.prompt_file), a.prompt_file)) if a.prompt_file
-               else [_text_arg(a.prompt, "--prompt")])
+    opts = config_of(a, C.SampleConfig)  # refuse bad values before loading
+    given = config_of(a, C.PromptConfig)
+    prompts = (list(sequences(read_lines(given.prompt_file), given.prompt_file))
+               if given.prompt_file else [_text_arg(given.prompt, "--prompt")])
     model = load_model(a.model, **_load_options(a))
     samples = [s for p in prompts for s in model.sample(p, **dataclasses.asdict(opts))]
-    print(json.dumps(samples) if a.json else "\n".join(samples))
+    print(json.dumps(samples) if config_of(a, C.OutputConfig).json else "\n".join(samples))
 
 
 def cmd_export_arpa(a) -> None:
     check_output(a)
-    sizes = write_arpa(LanguageModel.load(a.model), a.output, words=a.words)
+    words = config_of(a, C.ExportArpaConfig).words
+    sizes = write_arpa(LanguageModel.load(a.model), a.output, words=words)
     _say(f"wrote {a.output}: " + ", ".join(f"{v} {k}" for k, v in sizes.items())
-         + ("; words are token ids (<unk> <s> </s> for the specials)" if a.words == "ids"
+         + ("; words are token ids (<unk> <s> </s> for the specials)" if words == "ids"
             else "; words are SentencePiece pieces"), a.output)
 
 
@@ -390,7 +402,8 @@ def cmd_score(a) -> None:
 
 def cmd_import_arpa(a) -> None:
     check_output(a, folder=True)
-    model, report = import_arpa(a.arpa, _load_tokenizer(a.tokenizer), words=a.words)
+    words = config_of(a, C.ImportArpaConfig).words
+    model, report = import_arpa(a.arpa, _load_tokenizer(a.tokenizer), words=words)
     path = model.save(a.output, command=_command(a))
     print(f"wrote {path}: {model.describe()}; n-grams {report['ngrams']}, "
           f"max |log10 gamma - log10 bo| {report['max_backoff_error_log10']:.2g}"
@@ -401,7 +414,7 @@ def cmd_import_arpa(a) -> None:
 def cmd_interpolate(a) -> None:
     check_output(a, folder=True)
     opts = C.make(C.InterpolateConfig, values(a, C.InterpolateConfig))
-    src = C.make(C.CorpusConfig, values(a, C.CorpusConfig))
+    src = config_of(a, C.HeldoutCorpusConfig)
     models = [load_model(m) for m in a.models]
     held = []
     if opts.weights is None or opts.method == "loglinear":
@@ -415,17 +428,20 @@ def cmd_interpolate(a) -> None:
 
 def cmd_prune(a) -> None:
     check_output(a, folder=True)
+    threshold = config_of(a, C.PruneConfig).threshold
     model = LanguageModel.load(a.model)
-    pruned = prune_entropy(model, a.threshold)
+    pruned = prune_entropy(model, threshold)
     path = pruned.save(a.output, command=_command(a))
     print(f"wrote {path}: {n_ngrams(model)} -> {n_ngrams(pruned)} n-grams "
           f"(per order {[model.vocab_size] + pruned.params.info['ngrams_after']})")
 
 
 def cmd_next(a) -> None:
-    context = _text_arg(a.context, "--context")
-    top = load_model(a.model, **_load_options(a)).top_next(context, a.top)
-    if a.json:
+    context = _text_arg(getattr(a, "context", C.NextConfig.context), "--context")
+    model = load_model(a.model, **_load_options(a))
+    nxt = config_of(a, C.NextConfig)  # after loading: a missing model folder is named first
+    top = model.top_next(context, nxt.top)
+    if config_of(a, C.OutputConfig).json:
         print(json.dumps(top))
     else:
         print("\n".join(f"{p:.6f}\t{piece}" for piece, p in top))
@@ -433,7 +449,8 @@ def cmd_next(a) -> None:
 
 def cmd_vocab(a) -> None:
     vocab = load_model(a.model).vocab
-    print(json.dumps(vocab) if a.json else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
+    print(json.dumps(vocab) if config_of(a, C.OutputConfig).json
+          else "\n".join(f"{i}\t{p}" for i, p in enumerate(vocab)))
 
 
 def cmd_verify(a) -> None:
@@ -443,8 +460,9 @@ def cmd_verify(a) -> None:
 
 def cmd_inspect(a) -> None:
     token = _text_arg(a.token, "--token")
-    res = LanguageModel.load(a.model).inspect(token, top=a.top)
-    if a.json:
+    model = LanguageModel.load(a.model)
+    res = model.inspect(token, top=config_of(a, C.InspectConfig).top)  # checked after loading
+    if config_of(a, C.OutputConfig).json:
         print(json.dumps(res))
         return
     for group, items in res.items():
@@ -482,7 +500,8 @@ def _on_sigterm(signum, frame):
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"lmkit: warning: {message}", file=sys.stderr)
+    text = to_flags(str(message)) if issubclass(category, OptionWarning) else message
+    print(f"lmkit: warning: {text}", file=sys.stderr)
 
 
 def _no_hugepage_advice() -> None:
@@ -536,7 +555,7 @@ def main(argv=None) -> int:
     try:
         with reporting(getattr(args, "verbose", True)):
             VERBS[args.verb](args)
-    except (OptionError, MemoryLimitError) as e:
+    except OPTION_ERRORS as e:
         print(f"lmkit: error: {to_flags(str(e))}", file=sys.stderr)
         return 2
     except LmkitError as e:

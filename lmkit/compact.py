@@ -36,7 +36,7 @@ DEFAULT_MAX_COST = 0.001  # relative held-out perplexity increase allowed (0.1 %
 def _check_union(params: SparseParams) -> None:
     if params.info.get("loggamma") is not None:
         raise InputError("pruning entries of a pure n-gram (MKN) model would break its back-off "
-                         "weights; use --prune for n-gram models")
+                         "weights; prune n-gram models by count thresholds (prune)")
 
 
 def prune_entries(params: SparseParams, tau: float, drop_rows: bool = True) -> SparseParams:

@@ -89,7 +89,7 @@ class ModelConfig:
                                       min=0.0, metavar="THETA")
     discount: tuple[float, ...] | None = opt(
         None, "absolute discount(s) in (0, 1) per window group (default n1/(n1+2 n2)); with "
-        "--order: 1 or 3 values D1 D2 D3+ (default per order from count-of-counts)",
+        "order: 1 or 3 values D1 D2 D3+ (default per order from count-of-counts)",
         min=0.0, min_open=True)
     lambdas: tuple[float, ...] | None = opt(None, "group weights (default: fitted on held-out "
                                             "text)", min=0.0)
@@ -395,8 +395,8 @@ class InterpolateConfig:
     def __post_init__(self):
         check_fields(self)
         if self.weights is not None and self.method != "linear":
-            raise OptionError("weights is for method linear; the log-linear merge refits its "
-                              "lambdas on held-out text")
+            raise OptionError("weights is for method linear; the log-linear merge refits the "
+                              "lambda of each group on held-out text")
 
 
 @dataclass(frozen=True)
@@ -435,7 +435,7 @@ class AdaptConfig:
                               ("cache_window", self.DEFAULT_CACHE_WINDOW)):
             value = getattr(self, name)
             if value not in (None, default) and not self.cache_fit and self.cache_weights is None:
-                raise OptionError(f"{name} {value} has no default weights (they are chosen for "
+                raise OptionError(f"{name} {value} has no default weighting (it was chosen for "
                                   f"{default}); add cache_fit")
 
     @property
@@ -449,6 +449,111 @@ class AdaptConfig:
     @property
     def effective_cache_order(self) -> int:
         return self.DEFAULT_CACHE_ORDER if self.cache_order is None else self.cache_order
+
+
+@dataclass(frozen=True)
+class EvalCorpusConfig(CorpusConfig):
+    """Where the text comes from (as ``CorpusConfig``; ``lmkit eval`` reads the test split)."""
+
+    split: str = opt("test", "split to read")
+
+
+@dataclass(frozen=True)
+class HeldoutCorpusConfig(CorpusConfig):
+    """Where the held-out text comes from (as ``CorpusConfig``; the valid split)."""
+
+    split: str = opt("valid", "split to read")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """``lmkit spm-encode`` / ``spm-decode``: token ids or pieces on the id side."""
+
+    output_format: str = opt("id", "spm-encode: write token ids or pieces", choices=("id", "piece"))
+    input_format: str = opt("id", "spm-decode: read token ids or pieces", choices=("id", "piece"))
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """``lmkit generate``: the prompt (one of prompt / prompt_file)."""
+
+    prompt: str = opt("", "start of the text")
+    prompt_file: str | None = opt(None, "one prompt per line; num_samples each", metavar="F")
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.prompt and self.prompt_file is not None:
+            raise OptionError("prompt and prompt_file are exclusive; pass one")
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """``lmkit inspect`` / ``LanguageModel.inspect``: a token's strongest next tokens per group."""
+
+    token: str = opt(None, "a piece or text that is one piece", required=True)
+    top: int = opt(10, "entries per group", min=1)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class NextConfig:
+    """``lmkit next`` / ``LanguageModel.top_next``: the most probable next tokens."""
+
+    context: str = opt("", "text: the start of a sequence")
+    top: int = opt(10, "how many", min=1)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class ExportArpaConfig:
+    """``lmkit export-arpa`` / ``ngram.arpa.write_arpa``: the ARPA file's words."""
+
+    words: str = opt("ids", "ARPA words: token ids or SentencePiece pieces (readable; for "
+                     "`spm_encode --output_format=piece | query` and ARPA-reading decoders)",
+                     choices=("ids", "pieces"))
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class ImportArpaConfig:
+    """``lmkit import-arpa`` / ``ngram.arpa.import_arpa``: what the ARPA file's words are."""
+
+    words: str = opt("auto", "ARPA words are token ids or pieces (auto: detect)",
+                     choices=("auto", "ids", "pieces"))
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """``lmkit prune`` / ``ngram.prune.prune_entropy``: entropy pruning (Stolcke 1998)."""
+
+    threshold: float = opt(None, "prune n-grams whose removal raises perplexity by less than "
+                           "this, relatively (e.g. 1e-7; inf keeps the unigrams only)", min=0.0,
+                           finite=False, required=True)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How a verb prints its result."""
+
+    json: bool = opt(False, "print JSON (one object or list) instead of text", negatable=False)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 # ---- generic machinery ----------------------------------------------------------------------
@@ -490,6 +595,8 @@ def check_value(name: str, value, f: dataclasses.Field):
     scalar, seq, optional = field_spec(f)
     meta = f.metadata
     if value is None:
+        if meta.get("required"):
+            raise OptionError(f"{name} is required")
         if optional:
             return None
         raise OptionError(f"{name} must not be None")
@@ -521,7 +628,7 @@ def _check_scalar(name, v, scalar, meta):
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise OptionError(f"{name} must be a number, got {type(v).__name__} {v!r}")
         v = float(v)
-        if not math.isfinite(v):
+        if math.isnan(v) or (math.isinf(v) and meta.get("finite", True)):
             raise OptionError(f"{name} must be a finite number, got {v!r}")
     choices = meta.get("choices")
     if choices is not None and v not in choices:
@@ -544,9 +651,27 @@ def check_fields(cfg) -> None:
         object.__setattr__(cfg, f.name, check_value(f.name, getattr(cfg, f.name), f))
 
 
+def check_option(klass, name: str, value):
+    """``value`` checked as option ``name`` of ``klass`` (type, range, choices), normalised: for
+    a library function that takes the option as a plain argument."""
+    return check_value(name, value, {f.name: f for f in dataclasses.fields(klass)}[name])
+
+
 def options(klass) -> list[dataclasses.Field]:
     """The user-facing fields of a config class (those with help text)."""
     return [f for f in dataclasses.fields(klass) if "help" in f.metadata and f.metadata.get("cli", True)]
+
+
+#: every config class whose fields are options of a verb (the CLI's flags come from these)
+VERB_CONFIGS = (*TRAIN_PARTS, EvalCorpusConfig, HeldoutCorpusConfig, LoadConfig, SampleConfig,
+                ScoreConfig, InterpolateConfig, AdaptConfig, EncodeConfig, PromptConfig,
+                InspectConfig, NextConfig, ExportArpaConfig, ImportArpaConfig, PruneConfig,
+                OutputConfig)
+
+
+def option_names() -> set[str]:
+    """The name of every option of every verb (``VERB_CONFIGS``), and ``tokenizer``."""
+    return {f.name for k in VERB_CONFIGS for f in options(k)} | {"tokenizer"}
 
 
 __all__ = ["AdaptConfig", "CorpusConfig", "TokenizerConfig", "ModelConfig", "ScaleConfig", "GradientConfig",

@@ -43,6 +43,7 @@ import tarfile
 import tempfile
 from typing import Callable, Iterable, Iterator
 
+from .config import CorpusConfig
 from .errors import InputError, MissingDependencyError, MissingPathError
 from .progress import log
 
@@ -529,8 +530,9 @@ def _load_dataset(dataset: str, split: str, text_field: str, streaming: bool) ->
 
 
 def load_corpus(*, corpus: str | None = None, input: list[str] | None = None,
-                dataset: str | None = None, split: str = "train", text_field: str = "text",
-                streaming: bool = False) -> TextCorpus:
+                dataset: str | None = None, split: str = CorpusConfig.split,
+                text_field: str = CorpusConfig.text_field,
+                streaming: bool = CorpusConfig.streaming) -> TextCorpus:
     """The corpus chosen by exactly one of corpus, input and dataset (default: shakespeare)."""
     given = [k for k, v in (("corpus", corpus), ("input", input), ("dataset", dataset))
              if v is not None]

@@ -32,8 +32,9 @@ import signal
 import threading
 from contextlib import contextmanager
 
+from .config import ScaleConfig
 from .counts import Counts, empty_counts
-from .errors import InputError, LmkitError, WorkerError
+from .errors import InputError, LmkitError, OptionError, WorkerError
 from .kinds import group_spec, groups_from_spec
 from .tokenizer import Tokenizer
 from .parallel import check_workers, count_lines, line_chunks
@@ -54,14 +55,14 @@ def _client(scheduler, n_workers, processes):
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
-        raise InputError("--engine dask needs Dask; install it with "
+        raise OptionError("engine dask needs Dask; install it with "
                          "pip install 'lmkit[distributed]' (or pip install 'dask[distributed]')") from None
     if scheduler:
         try:
             return Client(scheduler, timeout="20s"), None
         except (OSError, TimeoutError) as e:
-            raise InputError(f"--scheduler {scheduler}: cannot connect ({e}); check the address "
-                             "or omit --scheduler to start a LocalCluster") from None
+            raise OptionError(f"scheduler {scheduler}: cannot connect ({e}); check the address "
+                              "or omit scheduler to start a LocalCluster") from None
     # Ctrl-C reaches the whole process group: worker processes started while SIGINT is ignored
     # keep ignoring it (the disposition survives fork and exec, and Python then installs no
     # KeyboardInterrupt handler), so only this process handles it and stops them cleanly.
@@ -152,7 +153,7 @@ def result(future, what: str):
                           "check the workers' logs and that they run this lmkit version") from None
 
 
-def count_corpus_dask(lines, tokenizer, groups: list, *, chunk_lines: int = 10000,
+def count_corpus_dask(lines, tokenizer, groups: list, *, chunk_lines: int = ScaleConfig.chunk_lines,
                       scheduler: str | None = None, n_workers: int | None = None,
                       processes: bool = True, progress=None, log=None) -> Counts:
     """Count ``lines`` on a Dask cluster; returns the exact ``Counts`` (see module docstring)."""

@@ -22,13 +22,16 @@ has a row with a finite perplexity.
 
 Scale: units are read lazily and scored in chunks (plain text line by line without a record
 per line); the arithmetic is vectorised per chunk and each unit costs one f-string of output.
-With ``workers = 1`` one thread reads and encodes the next chunk while this one is scored
-(SentencePiece releases the GIL). With ``workers > 1`` chunks go to worker processes
-(``parallel.ordered_map``: forked, they share the model the parent loaded; one chunk in
-flight each), so memory stays constant however long the input is, and results are written in
-input order. The output is written by ``io.files.atomic_write`` (a temporary file renamed at the
-end); on an error, a worker's death, Ctrl-C or SIGTERM the workers are stopped and the
-temporary file removed.
+The work is forecast from the first chunk and the input files' size, so a model with derived
+scoring tables (a pure MKN model's compiled trie walk, ``ngram.score``) builds them before
+scoring rather than part way (``_prepare``). With ``workers = 1`` one thread reads and encodes
+the next chunks while this one is scored (SentencePiece and the compiled walk release the GIL),
+the tables building meanwhile. With ``workers > 1`` chunks go to worker processes
+(``parallel.ordered_map``: forked, they share the model and tables the parent loaded and
+built; one chunk in flight each) and come back as UTF-8 bytes ready to write, so memory stays
+constant however long the input is, and results are written in input order. The output is
+written by ``io.files.atomic_write`` (a temporary file renamed at the end); on an error, a
+worker's death, Ctrl-C or SIGTERM the workers are stopped and the temporary file removed.
 """
 from __future__ import annotations
 
@@ -39,15 +42,16 @@ import sys
 import threading
 import time
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from .adapt import score_units_adaptive
-from .config import AdaptConfig, ScoreConfig, field_names, make
+from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
 from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
-from .errors import InputError, MissingDependencyError, MissingPathError
+from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
 from .io.files import atomic_write, check_output_writable
 from .load import load as load_model
 from .parallel import ordered_map, pool_context
@@ -74,8 +78,8 @@ def _jsonl_records(paths) -> Iterator[dict]:
             try:
                 rec = json.loads(raw)
             except ValueError as e:
-                raise InputError(f"{f}:{lineno}: not a JSON object ({e}); pass --format text "
-                                 "for plain text") from None
+                raise OptionError(f"{f}:{lineno}: not a JSON object ({e}); pass format text "
+                                  "for plain text") from None
             if not isinstance(rec, dict):
                 raise InputError(f"{f}:{lineno}: a JSON {type(rec).__name__}, not an object; "
                                  "each line must be one JSON object")
@@ -102,19 +106,18 @@ def _dataset_records(dataset: str, split: str) -> Iterator[dict]:
     yield from ds
 
 
-def iter_units(*, input=None, dataset=None, split: str = "train", fmt: str = "text",
-               text_field: str = "text", id_field: str | None = None,
-               unit: str = "line") -> Iterator[tuple[dict, list]]:
+def iter_units(*, input=None, dataset=None, split: str = ScoreConfig.split,
+               fmt: str = ScoreConfig.format, text_field: str = ScoreConfig.text_field,
+               id_field: str | None = ScoreConfig.id_field,
+               unit: str = ScoreConfig.unit) -> Iterator[tuple[dict, list]]:
     """``(meta, lines)`` per unit, lazily: meta is the output's identifying fields. The
-    options are checked at the call, the input as it is read."""
-    if unit not in ("line", "document"):
-        raise InputError(f"--unit must be line or document, got {unit!r}")
-    if fmt not in ("text", "jsonl"):
-        raise InputError(f"--format must be text or jsonl, got {fmt!r}")
+    options are checked at the call (``config.ScoreConfig``), the input as it is read."""
+    check_option(ScoreConfig, "unit", unit)
+    check_option(ScoreConfig, "format", fmt)
     if (input is None) == (dataset is None):
-        raise InputError("give exactly one of --input and --dataset")
+        raise OptionError("pass exactly one of input or dataset")
     if input is not None and fmt == "text" and id_field:
-        raise InputError("--id-field needs --format jsonl (plain text has no fields)")
+        raise OptionError("id_field needs format jsonl (plain text has no fields)")
     return _units(input, dataset, split, fmt, text_field, id_field, unit)
 
 
@@ -137,16 +140,16 @@ def _units(input, dataset, split, fmt, text_field, id_field, unit) -> Iterator[t
     records = _jsonl_records(input) if input is not None else _dataset_records(dataset, split)
     for i, rec in enumerate(records):
         if text_field not in rec:
-            raise InputError(f"record {i}: no text field {text_field!r} (fields: "
-                             f"{', '.join(map(str, rec))[:200]}); pick one with --text-field")
+            raise OptionError(f"record {i}: no text field {text_field!r} (fields: "
+                              f"{', '.join(map(repr, rec))[:200]}); pick one with text_field")
         if not isinstance(rec[text_field], (str, type(None))):
-            raise InputError(f"record {i}: the text field {text_field!r} holds "
+            raise OptionError(f"record {i}: the text field {text_field!r} holds "
                              f"{_json_kind(rec[text_field])}, not a string; pick the field "
-                             "holding the text with --text-field")
+                             "holding the text with text_field")
         meta = {"index": i}
         if id_field:
             if id_field not in rec:
-                raise InputError(f"record {i}: no id field {id_field!r}; pick one with --id-field")
+                raise OptionError(f"record {i}: no id field {id_field!r}; pick one with id_field")
             try:  # json.loads accepts NaN, Infinity and 1e400; the output must be strict JSON
                 json.dumps(rec[id_field], allow_nan=False)
             except ValueError:
@@ -215,8 +218,9 @@ def _line_chunks(paths, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHA
         yield Chunk(lines, numbers=numbers)
 
 
-def input_chunks(*, input=None, dataset=None, split: str = "train", fmt: str = "text",
-                 text_field: str = "text", id_field: str | None = None, unit: str = "line"):
+def input_chunks(*, input=None, dataset=None, split: str = ScoreConfig.split,
+                 fmt: str = ScoreConfig.format, text_field: str = ScoreConfig.text_field,
+                 id_field: str | None = ScoreConfig.id_field, unit: str = ScoreConfig.unit):
     """The ``Chunk``s of an input (``iter_units``'s units, batched), lazily."""
     units = iter_units(input=input, dataset=dataset, split=split, fmt=fmt,
                        text_field=text_field, id_field=id_field, unit=unit)
@@ -248,15 +252,29 @@ def _unit_stats(chunk: Chunk, nll, tok, n_bytes):
     return tuple(np.add.reduceat(x, starts) for x in (nll, tok, n_bytes))
 
 
+def _unit_scores(model, chunk: Chunk, num_threads=None, seqs=None):
+    """Per-unit ``(nll_nats, tokens, perplexity, bits_per_byte)`` arrays of a chunk, the one
+    computation behind ``score_units`` and the written rows (so the two agree to the bit)."""
+    nll, tok, n_bytes = _unit_stats(chunk, *_line_stats(model, chunk.lines, seqs, num_threads))
+    with np.errstate(over="ignore"):
+        ppl = np.exp(nll / tok)
+    bpb = nll / LN2 / n_bytes
+    if not (np.isfinite(ppl).all() and np.isfinite(nll).all()):
+        raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
+                         "token); score shorter units or check the model")
+    return nll, tok, ppl, bpb
+
+
 def score_units(model, chunk: list, num_threads: int | None = None) -> list:
-    """One result dict per ``(meta, lines)`` unit (see the module docstring)."""
+    """One result dict per ``(meta, lines)`` unit (see the module docstring); the numbers
+    ``score_file`` writes, and ``json.dumps`` of each dict is its line there, byte for byte."""
     c = next(_chunks(chunk, max_units=len(chunk) + 1, max_chars=float("inf")), None)
     if c is None:
         return []
-    nll, tok, n_bytes = _unit_stats(c, *_line_stats(model, c.lines, num_threads=num_threads))
-    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": math.exp(x / t),
-             "bits_per_byte": x / LN2 / b}
-            for meta, x, t, b in zip(c.metas, nll.tolist(), tok.tolist(), n_bytes.tolist())]
+    nll, tok, ppl, bpb = _unit_scores(model, c, num_threads)
+    return [{**meta, "tokens": t, "nll_nats": x, "perplexity": p, "bits_per_byte": b}
+            for meta, x, t, p, b in zip(c.metas, nll.tolist(), tok.tolist(), ppl.tolist(),
+                                        bpb.tolist())]
 
 
 def _head(meta: dict) -> str:
@@ -269,17 +287,13 @@ def _head(meta: dict) -> str:
     return head
 
 
-def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[str, int, int, float]:
-    """(JSONL text, units, tokens, nll) of a chunk: formatted where it is scored, so a worker
-    hands the parent one string. The arithmetic is vectorised; the only per-unit Python is one
-    f-string (``repr`` of a finite float is a valid JSON number that round-trips exactly)."""
-    nll, tok, n_bytes = _unit_stats(chunk, *_line_stats(model, chunk.lines, seqs, num_threads))
-    with np.errstate(over="ignore"):
-        ppl = np.exp(nll / tok)
-    bpb = nll / LN2 / n_bytes
-    if not (np.isfinite(ppl).all() and np.isfinite(nll).all()):
-        raise InputError("a unit's perplexity overflows a float (mean nll > 709 nats per "
-                         "token); score shorter units or check the model")
+def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[bytes, int, int, float]:
+    """(JSONL as UTF-8, units, tokens, nll) of a chunk: formatted where it is scored, so a
+    worker hands the parent bytes ready to write. The arithmetic is vectorised; the only
+    per-unit Python is one f-string (``repr`` of a finite float is a valid JSON number that
+    round-trips exactly). ``repr`` of the three floats is most of that f-string's cost: one
+    ``%`` template over the whole chunk was measured no faster."""
+    nll, tok, ppl, bpb = _unit_scores(model, chunk, num_threads, seqs)
     if chunk.metas is None:
         heads = (f'{{"index": {i}' for i in chunk.numbers)
     else:
@@ -288,33 +302,70 @@ def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[str,
                     f'"bits_per_byte": {b!r}}}\n'
                     for h, t, x, p, b in zip(heads, tok.tolist(), nll.tolist(), ppl.tolist(),
                                              bpb.tolist())])
-    return text, len(nll), int(tok.sum()), float(nll.sum())
+    return text.encode("utf-8"), len(nll), int(tok.sum()), float(nll.sum())
 
 
 _MODEL = None  # a spawned worker's own copy of the model (fork workers inherit the parent's)
 
 
-def _worker_init(model_path) -> None:
+def _worker_init(model_path, expected: int = 0) -> None:
     global _MODEL
     _MODEL = load_model(model_path)
+    _prepare(_MODEL, expected)
 
 
-def _adaptive_text(model, units: list, adapt) -> tuple[str, int, int, float]:
-    """(JSONL text, units, tokens, nll) of ``(meta, lines)`` units scored adaptively
+def _prepare(model, n_positions: int) -> None:
+    """Build the model's derived scoring tables now when ``n_positions`` targets are coming
+    (``LanguageModel.prepare``; a pure MKN model's trie walk). Models without it: nothing."""
+    prepare = getattr(model, "prepare", None)
+    if prepare is not None and n_positions > 0:
+        prepare(n_positions)
+
+
+def _forecast(chunk: Chunk, seqs: list, input_bytes: int) -> int:
+    """Targets (tokens + EOS) an input of ``input_bytes`` bytes will have, extrapolated from
+    its first chunk (``seqs``: that chunk encoded); 0 when the size is unknown (a dataset, a
+    pipe). A forecast for ``_prepare``: it changes the speed, never a number."""
+    if input_bytes <= 0 or not chunk.lines:
+        return 0
+    targets = sum(map(len, seqs)) + len(seqs)
+    chunk_bytes = sum(map(len, chunk.lines)) + len(chunk.lines)  # characters: a lower bound
+    return int(targets * max(input_bytes / chunk_bytes, 1.0))
+
+
+def _input_bytes(input) -> int:
+    """Bytes of the regular input files (0 when there are none: a dataset, a pipe)."""
+    if input is None:
+        return 0
+    try:
+        return sum(f.stat().st_size for f in expand_paths(input) if f.is_file())
+    except OSError:  # unreadable: the reader names the problem
+        return 0
+
+
+def _adaptive_text(model, units: list, adapt) -> tuple[bytes, int, int, float]:
+    """(JSONL as UTF-8, units, tokens, nll) of ``(meta, lines)`` units scored adaptively
     (``adapt.score_units_adaptive``: each unit after every earlier one), formatted as
     ``_scored_text`` formats a chunk."""
     res = score_units_adaptive(model, units, adapt)
     text = "".join(f'{_head(r)}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
                    f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n'
                    for r in res)
-    return text, len(res), sum(r["tokens"] for r in res), sum(r["nll_nats"] for r in res)
+    return (text.encode("utf-8"), len(res), sum(r["tokens"] for r in res),
+            sum(r["nll_nats"] for r in res))
 
 
 def _worker_score(chunk):
     return _scored_text(_MODEL, chunk, num_threads=1)
 
 
-def _prefetched(fn, items, depth: int = 2):
+# chunks the reader may encode ahead of the scorer: enough to keep encoding while the first
+# chunk waits for the model's tables (~0.5 s on an order-5 model), bounded so that memory
+# stays constant (at most PREFETCH x CHUNK_CHARS characters and their ids)
+PREFETCH = 16
+
+
+def _prefetched(fn, items, depth: int = PREFETCH):
     """``(item, fn(item))`` for every item, in order, computed up to ``depth`` ahead by one
     background thread: SentencePiece's batch encode releases the GIL, so reading and encoding
     the next chunk overlaps scoring this one. Errors are re-raised here; closing the
@@ -360,24 +411,38 @@ def _prefetched(fn, items, depth: int = 2):
         thread.join(5.0)  # at most one chunk's read + encode
 
 
-def _results(model, model_path, chunks, workers: int, units=None, adapt=None):
+def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
+             input_bytes: int = 0):
     """Scored chunks in input order (``parallel.ordered_map``: a worker that fails or dies
     ends the run at once; at most ``workers`` chunks in flight). With ``adapt`` (an
-    ``AdaptConfig``) the ``units`` are read whole and scored in one pass, in reading order."""
+    ``AdaptConfig``) the ``units`` are read whole and scored in one pass, in reading order.
+    ``input_bytes``: the input's size, to forecast the work from the first chunk and build
+    the model's scoring tables before scoring (``_prepare``) rather than part way."""
     if adapt is not None:
         units = list(units)
         if units:
             yield _adaptive_text(model, units, adapt)
         return
-    if workers == 1:  # read and encode the next chunk while this one is scored
-        encode = model.tokenizer.encode_batch
+    encode = model.tokenizer.encode_batch
+    if workers == 1:  # read and encode the next chunks while this one is scored
+        first = True
         for chunk, seqs in _prefetched(lambda c: encode(c.lines, num_threads=1), chunks):
+            if first:  # the tables build here while the reader keeps encoding (both nogil)
+                _prepare(model, _forecast(chunk, seqs, input_bytes))
+                first = False
             yield _scored_text(model, chunk, seqs=seqs)
         return
+    chunks = iter(chunks)
+    head = next(chunks, None)
+    if head is None:
+        return
+    expected = _forecast(head, encode(head.lines, num_threads=1), input_bytes)
+    chunks = chain([head], chunks)
     if pool_context().get_start_method() == "fork":  # the workers share the parent's model
+        _prepare(model, expected)  # built once, before the fork: shared, not built per worker
         fn, init, args = partial(_scored_text, model, num_threads=1), None, ()
     else:
-        fn, init, args = _worker_score, _worker_init, (str(model_path),)
+        fn, init, args = _worker_score, _worker_init, (str(model_path), expected // workers)
     yield from ordered_map(fn, chunks, workers, init=init, init_args=args,
                            what="a scoring worker")
 
@@ -399,11 +464,11 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     ad = make(AdaptConfig, {k: v for k, v in options.items() if k in adapt_keys})
     o = make(ScoreConfig, {k: v for k, v in options.items() if k not in adapt_keys})
     if ad.adapt and ad.cache_fit:
-        raise InputError("lmkit score --adapt takes no --cache-fit (there is no valid split); "
-                         "fit the weights with lmkit eval --adapt --cache-fit")
+        raise OptionError("adaptive scoring of a file takes no cache_fit (a file has no held-out "
+                          "part); fit the cache with `lmkit eval` and adapt, cache_fit")
     if ad.adapt and o.workers > 1:
-        raise InputError("--adapt scores the units in reading order, in one process; pass "
-                         "--workers 1")
+        raise OptionError("adapt scores the units one after another, in one process; pass "
+                          "workers 1")
     input, dataset, split, fmt = o.input, o.dataset, o.split, o.format
     text_field, id_field, unit, workers = o.text_field, o.id_field, o.unit, o.workers
     if not Path(model_path).exists():
@@ -423,12 +488,12 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     def write(f):
         from tqdm import tqdm
         results = _results(model, model_path, chunks, workers, units,
-                           ad if ad.adapt else None)
+                           ad if ad.adapt else None, _input_bytes(input))
         try:
             with tqdm(desc="score", unit="doc", file=sys.stderr,
                       disable=None if progress else True, leave=False) as bar:
                 for text, n, t, x in results:
-                    f.write(text.encode("utf-8"))
+                    f.write(text)
                     totals["units"] += n
                     totals["tokens"] += t
                     totals["nll"] += x

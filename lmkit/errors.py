@@ -15,7 +15,10 @@ class InputError(LmkitError, ValueError):
 
 
 class OptionError(InputError, TypeError):
-    """An unknown option, or an option value of the wrong type or out of its range."""
+    """An unknown option, an option value of the wrong type or out of its range, or a problem
+    whose fix is an option. The message names options by their parameter names
+    (``vocab_size``); the CLI shows them as its flags (``--vocab-size``, ``cli.to_flags``), as
+    it does for ``MemoryLimitError``, ``WorkerDiedError``, ``OutputError`` and ``OptionWarning``."""
 
 
 class MissingPathError(LmkitError, FileNotFoundError):
@@ -50,3 +53,7 @@ class OutputError(LmkitError, OSError):
 
 class WorkerDiedError(LmkitError, RuntimeError):
     """A worker process ended without answering (killed, e.g. by the out-of-memory killer)."""
+
+
+class OptionWarning(UserWarning):
+    """A warning whose fix is an option, named by its parameter name (as ``OptionError``)."""

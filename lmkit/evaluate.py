@@ -15,7 +15,7 @@ import math
 from typing import Iterable
 
 from .adapt import evaluate_adaptive
-from .config import AdaptConfig, CorpusConfig, field_names, make
+from .config import AdaptConfig, CorpusConfig, EvalCorpusConfig, field_names, make
 from .corpus import load_corpus, sequences
 from .errors import InputError
 from .progress import bar
@@ -67,7 +67,7 @@ def evaluate_lines(model, lines: Iterable[str], *, chunk_lines: int = 100_000,
             "perplexity": ppl, "bits_per_byte": nll / math.log(2) / n_bytes}
 
 
-def evaluate(model, *, split: str = "test", **source) -> dict:
+def evaluate(model, *, split: str = EvalCorpusConfig.split, **source) -> dict:
     """Evaluate ``model`` (anything with ``encode_lines`` and ``log_proba_ids``, e.g. a
     ``LanguageModel``) on a corpus; ``lmkit eval``. Corpus options: ``config.CorpusConfig``
     (default: the ``test`` split of shakespeare); adaptive scoring: ``config.AdaptConfig``

@@ -62,7 +62,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .counts import Counts
-from .errors import InputError
+from .errors import InputError, OptionError
 from .features import Window
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
@@ -124,10 +124,10 @@ def _discounts(discount, counts: Counts) -> list:
         return [estimate_discount(F) for F in counts.F]
     ds = [float(discount)] * len(counts.F) if np.isscalar(discount) else [float(x) for x in discount]
     if len(ds) != len(counts.F):
-        raise InputError(f"--discount needs 1 or {len(counts.F)} values, got {len(ds)}")
+        raise OptionError(f"discount needs 1 or {len(counts.F)} values, got {len(ds)}")
     for d in ds:
         if not 0.0 < d < 1.0:
-            raise InputError(f"--discount must be in (0, 1), got {d}; omit it to estimate it from counts")
+            raise OptionError(f"discount must be in (0, 1), got {d}; omit it to estimate it from counts")
     return ds
 
 

@@ -1,11 +1,12 @@
 """Compiled inner loops of the sparse scorer (``scoring.SparseScorer``), loaded only with numba.
 
-Input: per active group g (lambda_g != 0) ``E_g`` float64 = ``exp(lambda_g S_g.data)`` (built
-once per parameters, by numpy: exponentiating lazily here, row by row, measured slower) and
-``ind_g`` int32 = ``S_g.indices``, passed as tuples; per position n and group g the range
-``starts[g, n]:ends[g, n]`` of its row in those arrays (empty: no feature), int64 (N, G), or
-``starts[g, n] = -1 - k`` for a row kept as the dense (V,) copy ``D[k]`` (the longest rows:
-multiplying one in is a vectorised pass, cheaper than scattering more than ~V/3 entries).
+Input, per active group g (lambda_g != 0), as tuples over the groups: ``E_g`` float64 =
+``exp(lambda_g S_g.data)`` (built once per parameters, by numpy), ``ind_g`` = ``S_g.indices``
+and ``ptr_g`` = ``S_g.indptr`` (both int32, or both int64: the arrays as loaded, not copied),
+``dmap_g`` int64 (R_g,) = the row's dense copy in ``D`` or -1 (empty: the group has none), and
+``rows_g`` int64 (N,) = the row of every position (-1: no feature), as ``context_rows`` gives
+it. ``D`` (K, V) float64 holds dense copies of the longest rows: multiplying one in is a
+vectorised pass, cheaper than scattering more than ~V/3 entries.
 Output: per position ``Z = sum_j q[j] prod_g E_g[row_g, j]`` (the normaliser) and the target's
 term ``q[t] prod_g E_g[row_g, t]``, so ``log P(t) = log(term) - log(Z)`` (natural log); or the
 whole products (n, V) for full distributions.
@@ -13,28 +14,16 @@ whole products (n, V) for full distributions.
 Why products: ``exp(s)`` of the summed scores is the product of per-entry factors computed once,
 so scoring does no ``exp``: a dense (V,) accumulator starts at q, every touched entry multiplies
 its column, and Z is the accumulator's sum (untouched columns keep q[j], as in
-``sparse.union_log_z``). Why ``shared``: positions come in history order, so neighbours often
-have the same rows in the groups that look at the last one or two tokens; those groups'
-product (``base``) is rebuilt only when one of their rows changes, and each position starts
-from a copy of it. Cost: one multiply per touched entry of the other groups + 2 V per position.
+``sparse.union_log_z``). Why ``shared``: positions come in history order, so neighbours often have the same rows in the groups that look at the last one or two tokens;
+those groups' product (``base``) is rebuilt only when one of their rows changes. Each position
+starts from ``base`` times its other groups' dense rows in one fused pass. The row ranges are
+read here, from the rows (no (G, N) range arrays built in numpy first). Cost: one multiply per
+touched entry of the other groups + 2 V per position.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-
-@njit(cache=True, nogil=True)
-def _scatter(acc, E, ind, s, e):  # pragma: no cover (jit)
-    """Multiply the row at ``s:e`` of one group into ``acc``."""
-    for k in range(s, e):
-        acc[ind[k]] *= E[k]
-
-
-@njit(cache=True, nogil=True)
-def _dense(acc, d):  # pragma: no cover (jit)
-    for j in range(acc.shape[0]):
-        acc[j] *= d[j]
 
 
 @njit(cache=True, nogil=True)
@@ -56,53 +45,138 @@ def _sum(a):  # pragma: no cover (jit)
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+BLOCK = 2048  # positions whose row ranges are looked up together (kept in cache)
+
+
 @njit(cache=True, nogil=True)
-def union_products(q, Es, inds, D, starts, ends, shared, targets, out_term,
+def _block_ranges(ptrs, dmaps, rows, a, st, en):  # pragma: no cover (jit)
+    """``st[g, i]:en[g, i]`` = position a + i's row of group g in its arrays (empty: no
+    feature), or ``st[g, i] = -1 - k`` when that row is the dense copy ``D[k]``, for the
+    ``st.shape[1]`` positions from a (fewer at the end: returns how many). One group at a time:
+    the lookups of a group are independent loads, which the CPU overlaps."""
+    m = min(st.shape[1], rows[0].shape[0] - a)
+    for g in range(st.shape[0]):
+        ptr, dm, r_g = ptrs[g], dmaps[g], rows[g]
+        has_dense = dm.shape[0] > 0
+        for i in range(m):
+            r = r_g[a + i]
+            if r < 0:
+                st[g, i] = 0
+                en[g, i] = 0
+            elif has_dense and dm[r] >= 0:
+                st[g, i] = -1 - dm[r]
+                en[g, i] = 0
+            else:
+                st[g, i] = ptr[r]
+                en[g, i] = ptr[r + 1]
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _scatter(acc, E, ind, s, e):  # pragma: no cover (jit)
+    """Multiply the row at ``s:e`` of one group into ``acc``."""
+    for k in range(s, e):
+        acc[ind[k]] *= E[k]
+
+
+@njit(cache=True, nogil=True)
+def _dense(acc, d):  # pragma: no cover (jit)
+    """``acc *= d`` (one dense row)."""
+    for j in range(acc.shape[0]):
+        acc[j] *= d[j]
+
+
+@njit(cache=True, nogil=True)
+def union_products(q, Es, inds, ptrs, dmaps, D, rows, shared, targets, out_term,
                    out_z):  # pragma: no cover (jit)
-    """``out_term[n]``, ``out_z[n]`` for every position n (module docstring); ``shared`` (G,)
-    bool marks the groups whose product is kept across neighbours with the same rows."""
+    """``out_term[n]``, ``out_z[n]`` for every position n (module docstring), in the order
+    given (``rows`` and ``targets`` come in history order: reading them in sequence, and
+    neighbours sharing rows); ``shared`` (G,) int8: 0 = multiplied in at every position, 1 =
+    kept in ``base`` (rebuilt when a level-1 or level-2 row changes), 2 = kept in ``outer``
+    (q times these rows; rebuilt only when one of them changes: the groups whose rows change
+    far less often than the rest, e.g. the previous token's)."""
     V = q.shape[0]
-    G, N = starts.shape
+    G = len(Es)
     acc = np.empty(V)
     base = np.empty(V)
-    for n in range(N):
-        same = n > 0
-        if same:
+    outer = q.copy()  # q times the level-2 groups' rows
+    st = np.zeros((G, BLOCK), dtype=np.int64)
+    en = np.zeros((G, BLOCK), dtype=np.int64)
+    prev_st = np.zeros(G, dtype=np.int64)
+    prev_en = np.zeros(G, dtype=np.int64)
+    dk = np.zeros(G, dtype=np.int64)
+    for a in range(0, targets.shape[0], BLOCK):
+        m = _block_ranges(ptrs, dmaps, rows, a, st, en)
+        for i in range(m):
+            n = a + i
+            new1 = new2 = n == 0
             for g in range(G):
-                if shared[g] and (starts[g, n] != starts[g, n - 1]
-                                  or ends[g, n] != ends[g, n - 1]):
-                    same = False
-                    break
-        if not same:
-            base[:] = q
+                if st[g, i] != prev_st[g] or en[g, i] != prev_en[g]:
+                    if shared[g] == 1:
+                        new1 = True
+                    elif shared[g] == 2:
+                        new2 = True
+                prev_st[g] = st[g, i]
+                prev_en[g] = en[g, i]
+            # (Es[g] taken here: a helper handed the whole tuples ran 2x slower)
+            if new2:
+                outer[:] = q
+                for g in range(G):
+                    if shared[g] == 2:
+                        if st[g, i] < 0:
+                            _dense(outer, D[-1 - st[g, i]])
+                        else:
+                            _scatter(outer, Es[g], inds[g], st[g, i], en[g, i])
+            if new1 or new2:
+                base[:] = outer
+                for g in range(G):
+                    if shared[g] == 1:
+                        if st[g, i] < 0:
+                            _dense(base, D[-1 - st[g, i]])
+                        else:
+                            _scatter(base, Es[g], inds[g], st[g, i], en[g, i])
+            # the other groups' dense rows, fused with the copy of base (one pass, not 1 + k)
+            nd = 0
             for g in range(G):
-                if shared[g]:
-                    if starts[g, n] < 0:
-                        _dense(base, D[-1 - starts[g, n]])
-                    else:
-                        _scatter(base, Es[g], inds[g], starts[g, n], ends[g, n])
-        acc[:] = base
-        for g in range(G):
-            if not shared[g]:
-                if starts[g, n] < 0:
-                    _dense(acc, D[-1 - starts[g, n]])
-                else:
-                    _scatter(acc, Es[g], inds[g], starts[g, n], ends[g, n])
-        out_z[n] = _sum(acc)
-        out_term[n] = acc[targets[n]]
+                if shared[g] == 0 and st[g, i] < 0:
+                    dk[nd] = -1 - st[g, i]
+                    nd += 1
+            if nd == 0:
+                acc[:] = base
+            elif nd == 1:
+                d0 = D[dk[0]]
+                for j in range(V):
+                    acc[j] = base[j] * d0[j]
+            else:
+                d0, d1 = D[dk[0]], D[dk[1]]
+                for j in range(V):
+                    acc[j] = base[j] * d0[j] * d1[j]
+                for k in range(2, nd):
+                    d = D[dk[k]]
+                    for j in range(V):
+                        acc[j] *= d[j]
+            for g in range(G):
+                if shared[g] == 0 and st[g, i] >= 0:
+                    _scatter(acc, Es[g], inds[g], st[g, i], en[g, i])
+            out_z[n] = _sum(acc)
+            out_term[n] = acc[targets[n]]
 
 
 @njit(cache=True, nogil=True)
-def product_rows(q, Es, inds, D, starts, ends, out, out_z):  # pragma: no cover (jit)
+def product_rows(q, Es, inds, ptrs, dmaps, D, rows, out, out_z):  # pragma: no cover (jit)
     """``out[n, j] = q[j] prod_g E_g[row_g, j]`` for every position n and token j, and
     ``out_z[n]`` its sum over j (the normaliser): full next-token distributions."""
-    G, N = starts.shape
-    for n in range(N):
-        acc = out[n]
-        acc[:] = q
-        for g in range(G):
-            if starts[g, n] < 0:
-                _dense(acc, D[-1 - starts[g, n]])
-            else:
-                _scatter(acc, Es[g], inds[g], starts[g, n], ends[g, n])
-        out_z[n] = _sum(acc)
+    G = len(Es)
+    st = np.zeros((G, BLOCK), dtype=np.int64)
+    en = np.zeros((G, BLOCK), dtype=np.int64)
+    for a in range(0, out.shape[0], BLOCK):
+        m = _block_ranges(ptrs, dmaps, rows, a, st, en)
+        for i in range(m):
+            acc = out[a + i]
+            acc[:] = q
+            for g in range(G):
+                if st[g, i] < 0:
+                    _dense(acc, D[-1 - st[g, i]])
+                else:
+                    _scatter(acc, Es[g], inds[g], st[g, i], en[g, i])
+            out_z[a + i] = _sum(acc)

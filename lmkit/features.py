@@ -34,7 +34,8 @@ from itertools import chain
 
 import numpy as np
 
-from .errors import InputError
+from .config import ModelConfig
+from .errors import InputError, OptionError
 from .sparse import lookup_rows
 
 
@@ -246,19 +247,19 @@ def encode_histories(keys: list, tokens: np.ndarray, vocab_size: int) -> np.ndar
     return r
 
 
-def make_groups(context: int = 3, order: int | None = None) -> list:
-    """Groups for ``--context K`` (window 1..K) and ``--order N`` (suffix 1..N-1).
+def make_groups(context: int = ModelConfig.DEFAULT_CONTEXT, order: int | None = None) -> list:
+    """Groups for ``context`` K (window 1..K) and ``order`` N (suffix 1..N-1).
 
     Example: ``make_groups(2, 3) -> [Suffix(1), Suffix(2), Window(1), Window(2)]``.
     """
     if context is None or context < 0:
-        raise InputError(f"--context must be >= 0, got {context}; pass e.g. --context 3")
+        raise OptionError(f"context must be >= 0, got {context}; pass e.g. context 3")
     if order is not None and order < 2:
-        raise InputError(f"--order must be >= 2, got {order}; pass e.g. --order 3")
+        raise OptionError(f"order must be >= 2, got {order}; pass e.g. order 3")
     groups = [Suffix(m) for m in range(1, order)] if order else []
     groups += [Window(k) for k in range(1, context + 1)]
     if not groups:
-        raise InputError("--context must be >= 1 (or give --order N); pass e.g. --context 3")
+        raise OptionError("context must be >= 1 (or give order N); pass e.g. context 3")
     return groups
 
 

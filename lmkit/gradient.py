@@ -32,8 +32,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from .config import GradientConfig
-from .errors import InputError, OptionError
+from .config import DEFAULT_LR, GradientConfig, TokenizerConfig
+from .errors import InputError, OptionError, OptionWarning
 from .params import DenseParams, SparseParams
 from .features import Window, context_rows
 from .memory import check_memory, format_bytes
@@ -43,7 +43,10 @@ INITS = ("zeros", "random", "explicit")
 OPTIMIZERS = ("adam", "sgd")
 
 
-class ConvergenceWarning(UserWarning):
+_G = GradientConfig  # the defaults of fit_dense's options
+
+
+class ConvergenceWarning(OptionWarning):
     """Training stopped on a budget while validation perplexity was still improving."""
 
 
@@ -72,7 +75,8 @@ def check_dense_memory(n_groups, vocab_size, batch_size, optimizer="adam", max_m
 
 # ---- pure math ------------------------------------------------------------------------------
 def init_params(init: str, groups: list, vocab_size: int, *, explicit: SparseParams | None = None,
-                seed: int = 0, random_scale: float = 0.01, dtype=np.float32) -> tuple[list, np.ndarray]:
+                seed: int = TokenizerConfig.seed, random_scale: float = GradientConfig.random_scale,
+                dtype=np.float32) -> tuple[list, np.ndarray]:
     """Initial ``(W, b)``: W list of (V, V), b (V,), all of ``dtype``."""
     V = vocab_size
     if init == "zeros":
@@ -172,11 +176,12 @@ def valid_perplexity(W, b, rows, targets, chunk: int = 1024) -> float:
 
 
 def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_rows: list,
-              valid_targets: np.ndarray, *, epochs: int | None = 10, max_seconds: float | None = None,
-              lr: float = 0.003, batch_size: int = 1024, optimizer: str = "adam",
-              patience: int | None = 2, l2: float = 0.0, lr_decay: float = 1.0,
-              eval_every: int = 0, seed: int = 0, callback=None, progress: bool = True,
-              clock=time.perf_counter):
+              valid_targets: np.ndarray, *, epochs: int | None = _G.epochs,
+              max_seconds: float | None = _G.max_seconds, lr: float = DEFAULT_LR["gradient"],
+              batch_size: int = _G.batch_size, optimizer: str = _G.optimizer,
+              patience: int | None = _G.patience, l2: float = _G.l2, lr_decay: float = _G.lr_decay,
+              eval_every: int = _G.eval_every, seed: int = TokenizerConfig.seed, callback=None,
+              progress: bool = True, clock=time.perf_counter):
     """Minibatch training of ``(W, b)`` in place; returns ``(best_W, best_b, curve, info)``.
 
     rows: per group int64 (N,); targets int64 (N,); valid_*: the same for the validation slice.
@@ -191,34 +196,12 @@ def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_row
     rows = [np.asarray(r, np.int64) for r in rows]
     steps_per_epoch = max(1, math.ceil(N / batch_size))
     eval_every = eval_every or steps_per_epoch
-    if optimizer == "adam":
-        state = [(np.zeros_like(Wg), np.zeros_like(Wg)) for Wg in W] + [(np.zeros_like(b), np.zeros_like(b))]
-    else:
-        state = [(np.zeros_like(Wg),) for Wg in W] + [(np.zeros_like(b),)]
-    curve, loss_acc, loss_n = [], 0.0, 0
-    train_s, step, epoch = 0.0, 0, 0
-    best = (math.inf, None, None, 0)
-    bad, stopped = 0, "epochs"
-
-    def evaluate():
-        nonlocal best, bad, loss_acc, loss_n
-        ppl = valid_perplexity(W, b, valid_rows, valid_targets)
-        rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "seconds": round(train_s, 3),
-               "train_loss": loss_acc / loss_n if loss_n else None, "valid_ppl": ppl}
-        if callback is not None:
-            callback(rec, W, b)
-        curve.append(rec)
-        loss_acc, loss_n = 0.0, 0
-        if ppl < best[0] * (1 - 1e-9):
-            best = (ppl, [Wg.copy() for Wg in W], b.copy(), step)
-            bad = 0
-        else:
-            bad += 1
-        return ppl
-
+    state = _optimizer_state(W, b, optimizer)
+    val = _Validation(valid_rows, valid_targets, steps_per_epoch, callback)
+    train_s, step, epoch, stopped = 0.0, 0, 0, "epochs"
     pbar = bar(total=epochs * steps_per_epoch if epochs else None, desc="gradient", unit="step",
                show=progress)
-    evaluate()
+    val(W, b, step, train_s)
     done = False
     while not done and (epochs is None or epoch < epochs):
         order = rng.permutation(N)
@@ -226,48 +209,94 @@ def fit_dense(W: list, b: np.ndarray, rows: list, targets: np.ndarray, valid_row
         for a in range(0, N, batch_size):
             t0 = clock()
             idx = order[a:a + batch_size]
-            brows = [r[idx] for r in rows]
-            loss_sum, grads, gb = batch_gradient(W, b, brows, targets[idx])
+            loss_sum, grads, gb = batch_gradient(W, b, [r[idx] for r in rows], targets[idx])
             step += 1
-            for g, (uniq, gr) in enumerate(grads):
-                if l2:
-                    gr += l2 * W[g][uniq]
-                if optimizer == "adam":
-                    adam_update(W[g], *state[g], uniq, gr, lr_now, step)
-                else:
-                    sgd_update(W[g], *state[g], uniq, gr, lr_now)
-            if optimizer == "adam":
-                adam_update(b, *state[-1], None, gb, lr_now, step)
-            else:
-                sgd_update(b, *state[-1], None, gb, lr_now)
+            _apply_gradients(W, b, state, grads, gb, optimizer=optimizer, l2=l2, lr=lr_now,
+                             step=step)
             train_s += clock() - t0
-            loss_acc += loss_sum / len(idx)
-            loss_n += 1
+            val.add_loss(loss_sum / len(idx))
             pbar.update(1)
             if not math.isfinite(loss_sum):
                 raise OptionError(f"training diverged at step {step} (loss {loss_sum}); lower lr "
                                  f"(got {lr})")
             if step % eval_every == 0 or a + batch_size >= N:
-                ppl = evaluate()
-                pbar.set_postfix(loss=f"{curve[-1]['train_loss']:.3f}", ppl=f"{ppl:.2f}")
-                if patience is not None and bad >= patience:
+                ppl = val(W, b, step, train_s)
+                pbar.set_postfix(loss=f"{val.curve[-1]['train_loss']:.3f}", ppl=f"{ppl:.2f}")
+                if patience is not None and val.bad >= patience:
                     stopped, done = "patience", True
                     break
             if max_seconds is not None and train_s >= max_seconds:
-                if curve[-1]["step"] != step:
-                    evaluate()
+                if val.curve[-1]["step"] != step:
+                    val(W, b, step, train_s)
                 stopped, done = "max_seconds", True
                 break
         epoch += 1
     pbar.close()
-    if stopped != "patience" and bad == 0 and len(curve) > 1:
-        warnings.warn(f"gradient descent stopped on its {stopped.replace('_', '-')} budget after "
+    if stopped != "patience" and val.bad == 0 and len(val.curve) > 1:
+        warnings.warn(f"gradient descent stopped on its {stopped} budget after "
                       f"{step} steps ({train_s:.0f}s) while valid perplexity was still improving "
-                      f"({curve[-1]['valid_ppl']:.3f}); raise --epochs or --max-seconds",
+                      f"({val.curve[-1]['valid_ppl']:.3f}); raise epochs or max_seconds",
                       ConvergenceWarning, stacklevel=2)
+    best = val.best
     info = {"steps": step, "epochs": round(step / steps_per_epoch, 4), "seconds": train_s,
             "stopped": stopped, "best_valid_ppl": best[0], "best_step": best[3]}
-    return best[1], best[2], curve, info
+    return best[1], best[2], val.curve, info
+
+
+def _optimizer_state(W: list, b: np.ndarray, optimizer: str) -> list:
+    """Per group of W, then for b: Adam's ``(m, v)`` or SGD's ``(velocity,)``, zeros."""
+    if optimizer == "adam":
+        return [(np.zeros_like(Wg), np.zeros_like(Wg)) for Wg in W] + [(np.zeros_like(b), np.zeros_like(b))]
+    return [(np.zeros_like(Wg),) for Wg in W] + [(np.zeros_like(b),)]
+
+
+def _apply_gradients(W: list, b: np.ndarray, state: list, grads: list, gb: np.ndarray, *,
+                     optimizer: str, l2: float, lr: float, step: int) -> None:
+    """One optimizer step in place on the rows a batch touched (``batch_gradient``'s
+    ``grads``: per group ``(rows, gradient)``; ``gb`` the bias gradient), L2 on W added."""
+    for g, (uniq, gr) in enumerate(grads):
+        if l2:
+            gr += l2 * W[g][uniq]
+        if optimizer == "adam":
+            adam_update(W[g], *state[g], uniq, gr, lr, step)
+        else:
+            sgd_update(W[g], *state[g], uniq, gr, lr)
+    if optimizer == "adam":
+        adam_update(b, *state[-1], None, gb, lr, step)
+    else:
+        sgd_update(b, *state[-1], None, gb, lr)
+
+
+class _Validation:
+    """Early-stopping state of ``fit_dense``: the curve of validation records, the best
+    ``(ppl, W, b, step)`` so far, validations since it (``bad``), the running train loss."""
+
+    def __init__(self, valid_rows, valid_targets, steps_per_epoch: int, callback):
+        self.rows, self.targets, self.steps_per_epoch = valid_rows, valid_targets, steps_per_epoch
+        self.callback = callback
+        self.curve, self.best, self.bad = [], (math.inf, None, None, 0), 0
+        self.loss_acc, self.loss_n = 0.0, 0
+
+    def add_loss(self, mean_loss: float) -> None:
+        self.loss_acc += mean_loss
+        self.loss_n += 1
+
+    def __call__(self, W: list, b: np.ndarray, step: int, train_s: float) -> float:
+        """Validate now: append a record, keep a copy of the weights if they are the best."""
+        ppl = valid_perplexity(W, b, self.rows, self.targets)
+        rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
+               "seconds": round(train_s, 3),
+               "train_loss": self.loss_acc / self.loss_n if self.loss_n else None, "valid_ppl": ppl}
+        if self.callback is not None:
+            self.callback(rec, W, b)
+        self.curve.append(rec)
+        self.loss_acc, self.loss_n = 0.0, 0
+        if ppl < self.best[0] * (1 - 1e-9):
+            self.best = (ppl, [Wg.copy() for Wg in W], b.copy(), step)
+            self.bad = 0
+        else:
+            self.bad += 1
+        return ppl
 
 
 # ---- thin wrapper used by train.train -------------------------------------------------------
@@ -278,7 +307,7 @@ def rows_of(groups, seqs, vocab_size: int, bos_id: int, eos_id: int):
 
 
 def finetune(explicit: SparseParams, tokenizer, train_lines, valid_lines, cfg: GradientConfig, *,
-             seed: int = 0, max_memory=None) -> DenseParams:
+             seed: int = TokenizerConfig.seed, max_memory=None) -> DenseParams:
     """Train the dense model on ``train_lines`` by gradient descent; returns ``DenseParams``.
 
     ``explicit``: the explicit solution (read only for ``init="explicit"``; its groups are the

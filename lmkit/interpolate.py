@@ -20,7 +20,8 @@ import math
 
 import numpy as np
 
-from .errors import InputError
+from .config import InterpolateConfig, check_option
+from .errors import InputError, OptionError
 from .explicit import choose_lambdas
 from .mixture import MixtureModel, check_same_tokenizer
 from .model import LanguageModel
@@ -59,7 +60,7 @@ def interpolate_linear(models, heldout_lines, weights="auto") -> MixtureModel:
     if isinstance(weights, str) and weights == "auto":
         seqs = models[0].tokenizer.encode_batch(list(heldout_lines))
         if not seqs:
-            raise InputError("no held-out text to fit the weights; pass some or give --weights")
+            raise OptionError("no held-out text to fit the mixture; pass some or give weights")
         logps = np.stack([m.log_proba_ids(seqs)[0] for m in models])
         w, trace = fit_weights(logps)
         info = {"weights_rule": f"EM on {logps.shape[1]} held-out tokens",
@@ -70,7 +71,7 @@ def interpolate_linear(models, heldout_lines, weights="auto") -> MixtureModel:
     except (TypeError, ValueError):
         w = np.full(0, np.nan)
     if len(w) != len(models) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise InputError(f"--weights needs {len(models)} non-negative values (or auto), got {list(weights)}")
+        raise OptionError(f"weights needs {len(models)} non-negative values (or auto), got {list(weights)}")
     return MixtureModel(models, w / w.sum(), {"weights_rule": "given"})
 
 
@@ -80,17 +81,17 @@ def loglinear_merge(models, heldout_lines, *, max_memory=None):
     for m in models:
         if not isinstance(m, LanguageModel):
             what = "a linear mixture" if isinstance(m, MixtureModel) else "a neural model"
-            raise InputError(f"log-linear merge needs explicit sparse models, one input is {what}; "
-                             "use --method linear (mixtures and neural models mix linearly)")
+            raise OptionError(f"log-linear merge needs explicit sparse models, one of them is "
+                              f"{what}; use method linear (mixtures and neural models mix linearly)")
         p = m.params
         if not isinstance(p, SparseParams) or any((S.data < 0).any() for S in p.S):
-            raise InputError(f"log-linear merge needs sparse models with S >= 0 ({m.describe()}); "
-                             "use --method linear")
+            raise OptionError(f"log-linear merge needs sparse models with S >= 0 ({m.describe()}); "
+                              "use method linear")
     names = [g.name for m in models for g in m.params.groups]
     shared = sorted({n for n in names if names.count(n) > 1})
     if shared:  # one group per name: a model folder names each group once
-        raise InputError(f"log-linear merge needs models with different feature groups, but "
-                         f"{', '.join(shared)} occur in more than one; use --method linear")
+        raise OptionError(f"log-linear merge needs models with different feature groups, but "
+                          f"{', '.join(shared)} occur in more than one; use method linear")
     tok = models[0].tokenizer
     seqs = tok.encode_batch(list(heldout_lines))
     if not seqs:
@@ -111,16 +112,16 @@ def loglinear_merge(models, heldout_lines, *, max_memory=None):
     return LanguageModel(tok, params, config, {"name": "merged"})
 
 
-def interpolate(models, heldout_lines, *, method: str = "linear", weights="auto"):
+def interpolate(models, heldout_lines, *, method: str = InterpolateConfig.method, weights="auto"):
     """``lmkit interpolate``: a ``MixtureModel`` (linear) or a ``LanguageModel`` (loglinear)."""
+    check_option(InterpolateConfig, "method", method)
     if method == "linear":
         return interpolate_linear(models, heldout_lines, weights)
     if method == "loglinear":
         if not (isinstance(weights, str) and weights == "auto"):
-            raise InputError("--weights is for --method linear; the log-linear merge refits its "
-                             "lambdas on held-out text")
-        return loglinear_merge(models, heldout_lines)
-    raise InputError(f"--method must be linear or loglinear, got {method!r}")
+            raise OptionError("weights is for method linear; the log-linear merge refits the "
+                              "lambda of each group on held-out text")
+    return loglinear_merge(models, heldout_lines)
 
 
 __all__ = ["MixtureModel", "fit_weights", "interpolate", "interpolate_linear", "loglinear_merge"]

@@ -10,6 +10,7 @@ Every one of them has ``tokenizer``, ``vocab_size``, ``encode_lines``, ``log_pro
 """
 from __future__ import annotations
 
+from .config import LoadConfig
 from .errors import OptionError
 from .mixture import MixtureModel
 from .model import LanguageModel
@@ -23,7 +24,7 @@ def model_kind(path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def load(path, mmap: bool = False):
+def load(path, mmap: bool = LoadConfig.mmap):
     """The model saved in folder ``path``, whatever its kind (see the module docstring).
 
     ``mmap`` (``config.LoadConfig``): explicit models' arrays map ``params.npz`` instead of

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelFormatError
+from .config import LoadConfig
+from .errors import InputError, ModelFormatError, OptionError
 from .io.store import (FORMAT, VERSION, folder_kind, manifest_stamp, peek_manifest, read_manifest,
                        write_folder, write_manifest, write_synced)
 from .model import BaseModel, LanguageModel
@@ -25,7 +26,7 @@ def check_same_tokenizer(models) -> None:
     shas = {m.tokenizer.sha256 for m in models}
     if len(shas) != 1:
         raise InputError("the models use different tokenizers; train them with the same "
-                         "--tokenizer (interpolation mixes distributions over the same pieces)")
+                         "tokenizer file (interpolation mixes distributions over the same pieces)")
 
 
 class MixtureModel(BaseModel):
@@ -43,7 +44,7 @@ class MixtureModel(BaseModel):
             w = np.full(0, np.nan)
         if (w.shape != (len(models),) or not np.isfinite(w).all() or (w < 0).any()
                 or not np.isclose(w.sum(), 1.0)):
-            raise InputError(f"--weights needs {len(models)} non-negative values summing to 1, "
+            raise OptionError(f"weights needs {len(models)} non-negative values summing to 1, "
                              f"got {str(weights)[:80]}")
         flat, flat_w = [], []
         for m, x in zip(models, w):
@@ -98,7 +99,7 @@ class MixtureModel(BaseModel):
         return write_folder(path, fill)
 
     @classmethod
-    def load(cls, path, mmap: bool = False) -> "MixtureModel":
+    def load(cls, path, mmap: bool = LoadConfig.mmap) -> "MixtureModel":
         """Read a folder written by ``save``: the manifest checked by ``io.store.read_manifest``,
         each component an explicit (``LanguageModel.load``, ``mmap`` passed on) or neural model
         folder whose tokenizer is the mixture's."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import kinds, scoring
 from .io import store
-from .config import SampleConfig, make
+from .config import InspectConfig, LoadConfig, NextConfig, PromptConfig, SampleConfig, make
 from .errors import InputError, ModelFormatError, OptionError
 from .evaluate import evaluate_lines
 from .features import Suffix, decode_suffix_key
@@ -70,22 +70,23 @@ class BaseModel:
             return self.tokenizer.encode(context) if context else []
         return [int(i) for i in _check_ids(context, self.vocab_size, "context")]
 
-    def next_distribution(self, context="") -> np.ndarray:
+    def next_distribution(self, context=NextConfig.context) -> np.ndarray:
         """P(next token | context) for every token id: float64 (V,) summing to 1.
 
         ``context``: text (the start of a sequence, as a generate prompt) or a list of token ids.
         """
         return np.exp(self.next_logp(self._context_ids(context)))
 
-    def top_next(self, context="", k: int = 10) -> list:
+    def top_next(self, context=NextConfig.context, k: int = NextConfig.top) -> list:
         """The ``k`` most probable next tokens as ``[(piece, prob)]``, best first (BOS left out)."""
         _check_top(k)
         logp = self.next_logp(self._context_ids(context))
         return _best(self.tokenizer, np.arange(self.vocab_size), logp, k)
 
-    def sample(self, prompt: str = "", **options) -> list:
-        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens=100,
-        temperature=1.0, top_k=0, top_p=1.0, seed=0, num_samples=1); see ``generate.generate``."""
+    def sample(self, prompt: str = PromptConfig.prompt, **options) -> list:
+        """Sample continuations of ``prompt``; options: ``config.SampleConfig`` (max_tokens,
+        temperature, top_k, top_p, seed, num_samples: defaults and ranges there); see
+        ``generate.generate``."""
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
         return generate(self, prompt, make(SampleConfig, options))
@@ -135,6 +136,13 @@ class LanguageModel(BaseModel):
     @property
     def groups(self) -> list:
         return self.params.groups
+
+    def prepare(self, n_positions: int) -> None:
+        """Build derived scoring tables now if about ``n_positions`` targets are to be scored
+        (a pure MKN model's trie walk, ``ngram.score.walker``); a forecast, the numbers do
+        not depend on it."""
+        if self._mkn_backoffs() is not None:
+            ngram_score.walker(self.params, self._loggammas, expected=n_positions)
 
     @property
     def vocab_size(self) -> int:
@@ -199,7 +207,7 @@ class LanguageModel(BaseModel):
         last = np.cumsum([len(t) + 1 for t in tails]) - 1  # the EOS slot sees the whole tail
         return scoring.next_logp_batch(self.params, [r[last] for r in rows])
 
-    def top_next(self, context="", k: int = 10) -> list:
+    def top_next(self, context=NextConfig.context, k: int = NextConfig.top) -> list:
         """The ``k`` most probable next tokens as ``[(piece, prob)]``, best first, exactly.
 
         One full next-token distribution (``next_logp``: the touched entries scattered into a
@@ -219,7 +227,7 @@ class LanguageModel(BaseModel):
         return self._sampler
 
     # ---- inspection ----------------------------------------------------------------------------
-    def inspect(self, token: str, top: int = 10) -> dict:
+    def inspect(self, token: str, top: int = InspectConfig.top) -> dict:
         """Strongest next tokens per group for a context token: ``{group: [(piece, weight)]}``.
 
         ``token`` is a piece (``"▁king"``) or text that encodes to one piece (``" king"``).
@@ -236,7 +244,8 @@ class LanguageModel(BaseModel):
         if len(ids) != 1:
             pieces = [tok.id_to_piece(i) for i in ids]
             raise OptionError(f"token {token!r} is {len(ids)} pieces {pieces}, not one; "
-                             "pass a single piece (see `lmkit spm-encode --output-format piece`)")
+                             "pass a single piece (as Tokenizer.encode_pieces, or `lmkit spm-encode` "
+                             "with output_format piece, writes them)")
         i = ids[0]
         out = {}
         for g, group in enumerate(self.groups):
@@ -273,7 +282,7 @@ class LanguageModel(BaseModel):
                                         store.params_to_arrays(self.params))
 
     @classmethod
-    def load(cls, path, mmap: bool = False) -> "LanguageModel":
+    def load(cls, path, mmap: bool = LoadConfig.mmap) -> "LanguageModel":
         """Read a model folder written by ``save``; refuses other formats with a clear message.
 
         The arrays are a private in-memory copy of ``params.npz``; ``mmap=True`` maps the file

@@ -46,8 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ScaleConfig
 from .counts import Counts, count_chunk, empty_counts
-from .errors import InputError, LmkitError, OutputError, WorkerDiedError
+from .errors import InputError, OptionError, OutputError, WorkerDiedError
 from .kinds import group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
 from .sparse import csr_from_arrays, csr_to_arrays
@@ -72,7 +73,7 @@ def check_workers(workers) -> int:
     if workers is None:
         return os.cpu_count() or 1
     if not isinstance(workers, int) or workers < 1:
-        raise InputError(f"--workers must be an integer >= 1, got {workers!r}; "
+        raise OptionError(f"workers must be an integer >= 1, got {workers!r}; "
                          "omit it to use every core")
     return workers
 
@@ -80,7 +81,7 @@ def check_workers(workers) -> int:
 def line_chunks(lines, chunk_lines: int):
     """Lists of ``chunk_lines`` lines from an iterable, lazily (the last one may be shorter)."""
     if chunk_lines < 1:
-        raise InputError(f"--chunk-lines must be >= 1, got {chunk_lines}")
+        raise OptionError(f"chunk_lines must be >= 1, got {chunk_lines}")
     it = iter(lines)
     while chunk := list(islice(it, chunk_lines)):
         yield chunk
@@ -211,7 +212,7 @@ def _died(proc, what: str) -> WorkerDiedError:
            if code is not None and code < 0 and -code in signal.Signals._value2member_map_
            else f"exited with code {code}")
     return WorkerDiedError(f"{what} (pid {proc.pid}) {how}; stopped everything, nothing was "
-                           "written; retry with fewer --workers or free memory")
+                           "written; retry with fewer workers or free memory")
 
 
 def ordered_map(fn, items, workers: int, *, init=None, init_args=(), what: str = "a worker"):
@@ -345,8 +346,8 @@ def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, s
     def check_dead() -> None:
         dead = [p for p in procs if p.exitcode not in (None, 0)]
         if dead and results.empty():
-            raise LmkitError(f"a counting worker died (exit code {dead[0].exitcode}; out of "
-                             "memory?); retry with --workers 1 or a lower --max-memory")
+            raise WorkerDiedError(f"a counting worker died (exit code {dead[0].exitcode}; out "
+                                  "of memory?); retry with workers 1 or a lower max_memory")
 
     def handle(block: bool) -> None:
         while True:
@@ -457,8 +458,8 @@ class SpillingSum:
         except OSError as e:
             path.unlink(missing_ok=True)
             raise OutputError(f"{path}: cannot spill partial counts ({e.strerror or e}); free "
-                              "space there, pass another spill folder (TMPDIR), or raise "
-                              "--max-memory") from None
+                              "space there, pass another spill_dir (or set TMPDIR), or "
+                              "raise max_memory") from None
         self.spilled.append((path, counts_nbytes(c)))
         if self.log:
             self.log(f"      spilled partial counts #{len(self.spilled)} "
@@ -471,7 +472,7 @@ class SpillingSum:
                 # the sum of the parts is an upper bound on the size of the merged counts
                 needed = sum(b for _, b in self.spilled) + (counts_nbytes(total) if total else 0)
                 check_memory(2 * needed, max_memory, "merging spilled counts",
-                             "raise --max-memory, or use a smaller --vocab-size or --context")
+                             "raise max_memory, or use a smaller vocab_size or context")
                 for path, _ in self.spilled:  # spill order = chunk order: deterministic
                     part = load_counts(path, self.groups)
                     total = part if total is None else part + total
@@ -486,10 +487,11 @@ class SpillingSum:
             self._tmp = None
 
 
-def count_corpus_parallel(lines, tokenizer, groups: list, *, chunk_lines: int = 10000,
-                          workers: int | None = 1, max_memory=None, spill_dir=None,
-                          progress=None, log=None) -> Counts:
-    """Tokenize and count ``lines`` with ``workers`` processes; returns the exact ``Counts``.
+def count_corpus_parallel(lines, tokenizer, groups: list, *, workers: int | None,
+                          chunk_lines: int = ScaleConfig.chunk_lines, max_memory=None,
+                          spill_dir=None, progress=None, log=None) -> Counts:
+    """Tokenize and count ``lines`` with ``workers`` processes (None: every core, as
+    ``config.ScaleConfig``; 1: in this process); returns the exact ``Counts``.
 
     ``max_memory``: bytes or size text ("8G"); partial sums over a quarter of it are spilled to
     ``spill_dir`` (default: the system temp folder). ``progress(n_tokens)`` is called per chunk.

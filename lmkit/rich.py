@@ -7,8 +7,8 @@ Input: ``Counts`` (``counts.py``) whose groups are ``Suffix(1..M)`` first, then 
 ``SparseParams`` (``params.py``), scored by the generic sparse scorer like every other model.
 
 Each family is solved in closed form against its natural back-off, then one weight per group x
-bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3-4 / 5-9 / 10+; or per group x history-count
-bucket, or per group) is fitted on held-out text and folded into S:
+bucket of the entry count ``F[i, j]`` (default 1 / 2 / 3-4 / 5-9 / 10+) is fitted on held-out
+text and folded into S (other weightings, for research: ``experiments/rich_weights.py``):
 
 - ``Suffix(1..M)``: interpolated modified Kneser-Ney (``ngram.mkn.solve_ngram``), ``q`` its unigram;
 - ``Window(k)``: absolute discounting toward ``q`` (``explicit.solve_group``);
@@ -31,10 +31,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .clusters import ClusterHistory, bigram_embedding, cluster_tokens
-from .config import ModelConfig
+from .config import ModelConfig, TokenizerConfig
 from .counts import Counts, count_buffer, empty_counts, flat_buffer
-from .explicit import (choose_lambdas, count_buckets, entry_counts,
-                       fold_entry_lambdas, fold_lambdas, history_counts)
+from .explicit import choose_lambdas, count_buckets, entry_counts, fold_entry_lambdas
 from .features import Skip, Suffix, Window, context_rows
 from .linepos import LinePosition
 from .params import SparseParams
@@ -96,8 +95,8 @@ def cluster_groups(table, shapes=DEFAULT_CLUSTER_SHAPES) -> list:
     return [ClusterHistory(m, w, table) for m, w in shapes]
 
 
-def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = 0,
-                  embedding=None) -> np.ndarray:
+def make_clusters(counts: Counts, n_clusters: int = DEFAULT_N_CLUSTERS,
+                  seed: int = TokenizerConfig.seed, embedding=None) -> np.ndarray:
     """Token clusters (V,) from the bigram counts of ``counts`` (``Window(1)``, else ``Suffix(1)``;
     ``embedding``: their ``clusters.bigram_embedding``, if already computed)."""
     V = counts.vocab_size
@@ -125,7 +124,7 @@ def bigram_counts(counts: Counts) -> sp.csr_matrix:
 
 def count_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, *, order: int = DEFAULT_ORDER,
                context: int = DEFAULT_CONTEXT, first_window: int = DEFAULT_FIRST_WINDOW,
-               skips=DEFAULT_SKIPS, clusterings=DEFAULT_CLUSTERINGS, seed: int = 0,
+               skips=DEFAULT_SKIPS, clusterings=DEFAULT_CLUSTERINGS, seed: int = TokenizerConfig.seed,
                tables=None, piece_bytes=None,
                line_positions=DEFAULT_LINE_POSITIONS) -> tuple[Counts, list]:
     """Counts of every group of the rich model from one flat buffer of the text.
@@ -178,15 +177,14 @@ def solve_rich(counts: Counts, *, discount=None) -> SparseParams:
     return SparseParams(params.groups, params.q, params.S, params.keys, params.lambdas, info)
 
 
-def _entry_buckets(counts: Counts, params: SparseParams, entry_edges, row_edges=None):
-    """Bucket of every stored value (aligned with ``S.data``) and the number of buckets: its
-    entry-count bucket, times the history-count bucket of its row when ``row_edges`` is given.
+def _entry_buckets(counts: Counts, params: SparseParams, entry_edges):
+    """Entry-count bucket of every stored value (aligned with ``S.data``) and the number of
+    buckets.
 
     Group by group, in the smallest integer type that holds the buckets (int8 for the default
     5): one bucket per stored value of a 10M-token model is ~60M of them, 8 bytes each as
     int64 (the buckets are indices, so the values are the same in any type)."""
-    R = 1 if row_edges is None else len(row_edges) + 1
-    B = (len(entry_edges) + 1) * R
+    B = len(entry_edges) + 1
     dtype = np.int8 if B <= 127 else np.int16 if B <= 32767 else np.int64
     eb = []
     for g in range(len(params.S)):
@@ -194,82 +192,86 @@ def _entry_buckets(counts: Counts, params: SparseParams, entry_edges, row_edges=
                        counts.target)
         one_p = SparseParams([params.groups[g]], params.q, [params.S[g]], [params.keys[g]],
                              params.lambdas[g:g + 1], {})
-        e = count_buckets(entry_counts(one_c, one_p)[0], entry_edges).astype(dtype)
-        if row_edges is not None:
-            r = count_buckets(history_counts(one_c, one_p)[0], row_edges).astype(dtype)
-            e = e * dtype(R) + np.repeat(r, np.diff(params.S[g].indptr))
-        eb.append(e)
+        eb.append(count_buckets(entry_counts(one_c, one_p)[0], entry_edges).astype(dtype))
     return eb, B
 
 
-def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
-             entry_edges=DEFAULT_ENTRY_EDGES, bucket_edges=None,
-             hessian_every: int = DEFAULT_HESSIAN_EVERY,
-             hessian_tokens: int | None = DEFAULT_HESSIAN_TOKENS, tol: float = DEFAULT_TOL,
-             refit: Counts | None = None, max_memory=None, log=None,
-             consume: bool = False) -> SparseParams:
-    """Solve every group and fit its weight on ``heldout`` (token-id sequences, no BOS/EOS).
-
-    ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3-4, 5-9, 10+): one
-    lambda per group x bucket of the count ``F[i, j]`` of each stored (context, target) pair,
-    folded into the values of S (``explicit.fold_entry_lambdas``); None: one lambda per group.
-    ``bucket_edges`` (only without ``entry_edges``): lower bounds of history-count buckets
-    (e.g. ``(2, 4, 16)``): one lambda per group x bucket of the row's count, folded into the
-    rows of S (``explicit.fold_lambdas``). The weights are kept in ``info``. ``refit``: counts
-    of more text (the held-out lines, when they were carved out of the training text): once the
-    weights are chosen, every group is solved again on ``counts + refit`` and the same weights
-    are folded in (buckets from the summed counts), so no text is lost. ``max_memory``: the
-    weight search uses every s-th held-out position if it would need more than half of it.
-    ``consume``: the count matrices of ``counts`` are freed as soon as they are no longer needed
-    (the caller keeps only its totals), so the counts, their sum with ``refit`` and the model
-    are not all in memory at once; the model is the same.
-    """
+def heldout_rows(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
+                 max_memory=None, log=None):
+    """The first steps of every weighting: ``solve_rich(counts)`` and the held-out positions'
+    rows in it, thinned to fit ``max_memory`` (``solve.fit_heldout``). Returns ``(params,
+    rows, targets)``: rows per group int64 (N,), -1 where the history is unseen."""
     params = solve_rich(counts, discount=discount)
     rows, targets, _ = context_rows(params.groups, params.keys, heldout, counts.vocab_size,
                                     bos_id, eos_id)
-    rows, targets = fit_heldout(params, rows, targets, max_memory, log)  # within max_memory
-    init = params.info["lambda_init"]
-    kw = dict(hessian_every=hessian_every, hessian_tokens=hessian_tokens, tol=tol)
-    if entry_edges is not None:
-        eb, B = _entry_buckets(counts, params, entry_edges, bucket_edges)
-        lam, trace = choose_lambdas(params, rows, targets, init=np.repeat(init, B),
-                                    entry_buckets=eb, n_buckets=B, **kw)
-    elif bucket_edges is None:
-        lam, trace = choose_lambdas(params, rows, targets, init=init, **kw)
-    else:
-        rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
-        bk = [np.where(r >= 0, b[np.maximum(r, 0)], 0) for b, r in zip(rb, rows)]
-        lam, trace = choose_lambdas(params, rows, targets, init=init, buckets=bk,
-                                    n_buckets=len(bucket_edges) + 1, **kw)
+    rows, targets = fit_heldout(params, rows, targets, max_memory, log)
+    return params, rows, targets
+
+
+def report_search(log, trace, n_tokens: int) -> None:
+    """The one log line of the weight search (or that there was no held-out text)."""
     if log and trace:
-        log(f"      weights fitted on {len(targets)} held-out tokens: ppl "
+        log(f"      weights fitted on {n_tokens} held-out tokens: ppl "
             f"{np.exp(trace[0][1]):.2f} -> {np.exp(trace[-1][1]):.2f} in {len(trace) - 1} steps")
     elif log:
         log("      no held-out text: the weights keep their start values (MKN alone)")
+
+
+def summed(counts: Counts, refit: Counts, consume: bool) -> Counts:
+    """``counts + refit`` (the held-out lines' counts back in); ``counts`` freed if ``consume``."""
+    total = counts + refit
+    if consume:
+        _release(counts)
+    return total
+
+
+def weights_rule(params: SparseParams, n_used: int) -> SparseParams:
+    """``params`` with its info saying how its weights were chosen."""
+    return params.with_lambdas(params.lambdas, lambda_rule="projected Newton minimisation of "
+                               f"held-out NLL on {n_used} tokens", heldout_tokens=n_used)
+
+
+def fit_rich(counts: Counts, heldout: list, bos_id: int, eos_id: int, *, discount=None,
+             entry_edges=DEFAULT_ENTRY_EDGES, hessian_every: int = DEFAULT_HESSIAN_EVERY,
+             hessian_tokens: int | None = DEFAULT_HESSIAN_TOKENS, tol: float = DEFAULT_TOL,
+             refit: Counts | None = None, max_memory=None, log=None,
+             consume: bool = False) -> SparseParams:
+    """Solve every group and fit its weights on ``heldout`` (token-id sequences, no BOS/EOS).
+
+    ``entry_edges``: lower bounds of entry-count buckets (default 1, 2, 3-4, 5-9, 10+): one
+    lambda per group x bucket of the count ``F[i, j]`` of each stored (context, target) pair,
+    folded into the values of S (``explicit.fold_entry_lambdas``); the weights are kept in
+    ``info``. (One weight per group, or per history-count bucket, are research modes:
+    ``experiments.rich_weights``.) ``refit``: counts of more text (the held-out lines, when
+    they were carved out of the training text): once the weights are chosen, every group is
+    solved again on ``counts + refit`` and the same weights are folded in (buckets from the
+    summed counts), so no text is lost. ``max_memory``: the weight search uses every s-th
+    held-out position if it would need more than half of it. ``consume``: the count matrices
+    of ``counts`` are freed as soon as they are no longer needed (the caller keeps only its
+    totals), so the counts, their sum with ``refit`` and the model are not all in memory at
+    once; the model is the same.
+    """
+    if entry_edges is None:
+        raise ValueError("fit_rich fits one weight per group x entry-count bucket; pass "
+                         "entry_edges (other weightings: lmkit.experiments.rich_weights)")
+    params, rows, targets = heldout_rows(counts, heldout, bos_id, eos_id, discount=discount,
+                                         max_memory=max_memory, log=log)
+    eb, B = _entry_buckets(counts, params, entry_edges)
+    lam, trace = choose_lambdas(params, rows, targets, init=np.repeat(params.info["lambda_init"], B),
+                                entry_buckets=eb, n_buckets=B, hessian_every=hessian_every,
+                                hessian_tokens=hessian_tokens, tol=tol)
     n_used = len(targets)
-    del rows, targets  # the search's state goes before the model is solved again
-    eb = rb = bk = None
+    report_search(log, trace, n_used)
+    del rows, targets, eb  # the search's state goes before the model is solved again
     if refit is not None:
         params = None  # freed before the summed counts are solved, not after
-        total = counts + refit
-        if consume:
-            _release(counts)
-        counts, consume = total, True  # the sum is ours
+        counts, consume = summed(counts, refit, consume), True  # the sum is ours
         params = solve_rich(counts, discount=discount)
-    if entry_edges is not None:
-        eb, _ = _entry_buckets(counts, params, entry_edges, bucket_edges)
-        if consume:
-            _release(counts)
-        out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges),
-                                 lambda_trace=trace, **({} if bucket_edges is None else
-                                                        {"bucket_edges": list(bucket_edges)}))
-    elif bucket_edges is None:
-        out = params.with_lambdas(lam, lambda_trace=trace)
-    else:
-        rb = [count_buckets(h, bucket_edges) for h in history_counts(counts, params)]
-        out = fold_lambdas(params, lam, rb, bucket_edges=list(bucket_edges), lambda_trace=trace)
-    return out.with_lambdas(out.lambdas, lambda_rule="projected Newton minimisation of held-out "
-                            f"NLL on {n_used} tokens", heldout_tokens=n_used)
+    eb, _ = _entry_buckets(counts, params, entry_edges)
+    if consume:
+        _release(counts)
+    out = fold_entry_lambdas(params, lam, eb, entry_edges=list(entry_edges), lambda_trace=trace)
+    return weights_rule(out, n_used)
 
 
 def _release(counts: Counts) -> None:

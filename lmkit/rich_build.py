@@ -316,7 +316,7 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     """
     if entry_edges is None:
         raise ValueError("build_rich fits one weight per group x entry-count bucket; pass "
-                         "entry_edges (or use rich.fit_rich for other weightings)")
+                         "entry_edges (other weightings: lmkit.experiments.rich_weights)")
     groups = base_groups(order, context, skips, first_window)
     pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])
     V = vocab_size

@@ -105,17 +105,21 @@ DENSE_ROWS_BYTES = 64 << 20  # at most this much memory for dense copies of long
 
 def score_tables(params: SparseParams) -> tuple:
     """The tables ``fastscore`` multiplies with, for the active groups (lambda != 0):
-    ``(E, ind, D, dense)`` — tuples of per group E (nnz,) float64 ``exp(lambda_g S_g.data)``
-    (overflows become inf, which the scorer's log-space fallback handles) and ``ind`` =
-    S_g.indices, read-only int32 (not copied when it already is); ``D`` (K, V) float64 dense
-    copies of the rows with more than V/3 entries (1 where nothing is stored; longest first,
-    within ``DENSE_ROWS_BYTES``) and ``dense`` per group None or (R_g,) int64, each row's
-    copy in D (-1: none)."""
+    ``(E, ind, ptr, dmap, D)`` — tuples of per group E (nnz,) float64 ``exp(lambda_g S_g.data)``
+    (overflows become inf, which the scorer's log-space fallback handles), ``ind`` =
+    S_g.indices and ``ptr`` = S_g.indptr, read-only, all int32 or all int64 (not copied when
+    they already are: one type for every group, so numba compiles the loops once), ``dmap``
+    (R_g,) int64 each row's copy in D (-1: none; empty: the group has none), and ``D`` (K, V)
+    float64 dense copies of the rows with more than V/3 entries (1 where nothing is stored;
+    longest first, within ``DENSE_ROWS_BYTES``)."""
     active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
     S = [params.S[g] for g in active]
     V = params.vocab_size
+    E = []
     with np.errstate(over="ignore"):
-        E = tuple(np.exp(params.lambdas[g] * s.data) for g, s in zip(active, S))
+        for g, s in zip(active, S):  # in place: one new array per group (fresh pages cost)
+            e = np.multiply(s.data, params.lambdas[g])
+            E.append(np.exp(e, out=e))
     cand = []
     for i, s in enumerate(S):
         L = np.diff(s.indptr)
@@ -123,35 +127,51 @@ def score_tables(params: SparseParams) -> tuple:
     cand = sorted(sorted(cand, reverse=True)[:max(0, DENSE_ROWS_BYTES // (8 * V))],
                   key=lambda c: c[1:])  # by group, then row
     D = np.ones((len(cand), V))
-    dense = [None] * len(S)
+    dmap = [np.zeros(0, dtype=np.int64) for _ in S]
     for k, (_, i, r) in enumerate(cand):
-        if dense[i] is None:
-            dense[i] = np.full(S[i].shape[0], -1, dtype=np.int64)
-        dense[i][r] = k
+        if not len(dmap[i]):
+            dmap[i] = np.full(S[i].shape[0], -1, dtype=np.int64)
+        dmap[i][r] = k
         lo, hi = S[i].indptr[r], S[i].indptr[r + 1]
         D[k, S[i].indices[lo:hi]] = E[i][lo:hi]
-    return E, tuple(_readonly(s.indices, np.int32) for s in S), D, dense
+    wide = any(s.indices.dtype != np.int32 or s.indptr.dtype != np.int32 for s in S)
+    itype = np.int64 if wide else np.int32
+    return (tuple(E), tuple(_readonly(s.indices, itype) for s in S),
+            tuple(_readonly(s.indptr, itype) for s in S), tuple(dmap), D)
 
 
-def shared_groups(starts: np.ndarray, ends: np.ndarray, vocab_size: int,
-                  sample: int = 4096) -> np.ndarray:
-    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) bool;
-    ``starts``, ``ends`` (G, N) as ``SparseScorer._ranges`` gives them.
+def _rows_tuple(rows: list, active: list) -> tuple:
+    """The active groups' rows as a tuple of int64 (N,) arrays (not copied when they are)."""
+    return tuple(np.ascontiguousarray(rows[g], dtype=np.int64) for g in active)
+
+
+def shared_groups(rows: tuple, tables: tuple, vocab_size: int, sample: int = 4096) -> np.ndarray:
+    """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) int8
+    (0: none, 1: in the kept product, 2: in its slower outer part; see ``union_products``);
+    ``rows`` per active group (N,) in walking order; ``tables``: ``score_tables``.
 
     Greedy on a sample of neighbour pairs: add the group that most lowers the estimated cost
     (touched entries; rebuilding the kept product costs ~V/4 entries' worth plus its own
     entries whenever one of its rows changes) until none does.
     """
-    starts, ends = starts.T, ends.T  # (N, G) views of the (G, N) ranges
-    N, G = starts.shape
+    G, N = len(rows), len(rows[0]) if rows else 0
     shared = np.zeros(G, dtype=bool)
     if N < 2 or G == 0:
-        return shared
+        return shared.astype(np.int8)
     idx = np.arange(1, N, max(1, (N - 1) // sample))
-    changed = (starts[idx] != starts[idx - 1]) | (ends[idx] != ends[idx - 1])
-    # a dense row (start < 0) costs a pass over V, about V/3 scattered entries' worth
-    length = np.where(starts[idx] >= 0, ends[idx] - starts[idx], vocab_size // 3).astype(
-        np.float64)
+    _, _, ptrs, dmaps, _ = tables
+    cur_r = np.stack([r[idx] for r in rows], axis=1)  # (n, G) sampled rows
+    prev_r = np.stack([r[idx - 1] for r in rows], axis=1)
+    changed = cur_r != prev_r
+    length = np.zeros(cur_r.shape)
+    for g in range(G):
+        r = cur_r[:, g]
+        ok = r >= 0
+        rr = np.where(ok, r, 0)
+        n = np.where(ok, ptrs[g][rr + 1].astype(np.int64) - ptrs[g][rr], 0)
+        if len(dmaps[g]):  # a dense row costs a pass over V, about V/3 scattered entries' worth
+            n = np.where(ok & (dmaps[g][rr] >= 0), vocab_size // 3, n)
+        length[:, g] = n
     cur, best = np.zeros(len(idx), dtype=bool), 0.0
     while True:
         pick = None
@@ -162,8 +182,14 @@ def shared_groups(starts: np.ndarray, ends: np.ndarray, vocab_size: int,
             if saving > best:
                 best, pick, pick_ch = saving, g, ch
         if pick is None:
-            return shared
+            break
         shared[pick], cur = True, pick_ch
+    # level 2: kept groups whose rows change far less often than the kept product as a whole
+    # (rebuilding the rest then starts from their product, not from q)
+    level = shared.astype(np.int8)
+    rate = changed.mean(axis=0)
+    level[shared & (rate <= cur.mean() / 4)] = 2
+    return level
 
 
 class SparseScorer:
@@ -216,7 +242,7 @@ class SparseScorer:
         if fast is None or n < COMPILED_MIN_DISTRIBUTIONS or not self.active:
             return log_softmax(self.logq + self.dense_scores(rows))
         out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
-        fast.product_rows(self.params.q, *self.tables()[:3], *self._ranges(rows), out, z)
+        fast.product_rows(self.params.q, *self.tables(), _rows_tuple(rows, self.active), out, z)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             out = np.log(out, out=out)
             out -= np.log(z)[:, None]
@@ -225,27 +251,6 @@ class SparseScorer:
             out[bad] = log_softmax(self.logq + self.dense_scores([np.asarray(r)[bad]
                                                                    for r in rows]))
         return out
-
-    def _ranges(self, rows: list, perm=None) -> tuple[np.ndarray, np.ndarray]:
-        """(G_active, N) int64 starts and ends of each position's row in each active group's
-        arrays (an empty range: no feature; start -1 - k: the dense copy k of the row, see
-        ``score_tables``); positions permuted by ``perm`` if given."""
-        n = len(rows[0]) if rows else 0
-        starts = np.zeros((len(self.active), n), dtype=np.int64)
-        ends = np.zeros((len(self.active), n), dtype=np.int64)
-        for i, g in enumerate(self.active):
-            r = np.asarray(rows[g]) if perm is None else np.asarray(rows[g])[perm]
-            present = r >= 0
-            r = np.where(present, r, 0)
-            indptr = self.params.S[g].indptr
-            np.copyto(starts[i], indptr[r], where=present)
-            np.copyto(ends[i], indptr[r + 1], where=present)
-            dense = self.tables()[3][i]
-            if dense is not None:
-                k = dense[r]
-                hit = (k >= 0) & present
-                starts[i, hit] = -1 - k[hit]
-        return starts, ends
 
     def log_proba(self, rows: list, targets: np.ndarray, order=None) -> np.ndarray:
         """log P(target | context) per position, float64 (N,). ``order``: optional permutation
@@ -261,16 +266,18 @@ class SparseScorer:
         else:
             # without a history order, sort by the first group's rows (window models: the
             # previous token) so that neighbours share rows
-            perm = np.asarray(order) if order is not None else \
+            perm = np.asarray(order, dtype=np.int64) if order is not None else \
                 np.argsort(np.asarray(rows[self.active[0]]), kind="stable")
-            starts, ends = self._ranges(rows, perm)
-            shared = shared_groups(starts, ends, self.params.vocab_size)
+            # the rows in walking order: the compiled loop then reads them in sequence
+            r = tuple(np.asarray(rows[g], dtype=np.int64).take(perm) for g in self.active)
+            tables = self.tables()
+            shared = shared_groups(r, tables, self.params.vocab_size)
             term, z = np.empty(len(targets)), np.empty(len(targets))
-            fast.union_products(self.params.q, *self.tables()[:3], starts, ends, shared,
-                                targets[perm], term, z)
+            fast.union_products(self.params.q, *tables, r, shared, targets.take(perm), term, z)
             out = np.empty(len(targets))
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-                out[perm] = np.log(term) - np.log(z)
+                np.log(term, out=term)
+                out[perm] = term - np.log(z, out=z)
         bad = np.flatnonzero(~np.isfinite(out))
         for a in range(0, len(bad), 256):  # a sum overflowed: the max-shifted dense log-softmax
             b = bad[a:a + 256]

@@ -44,7 +44,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from .errors import InputError
+from .config import TokenizerConfig
+from .errors import InputError, OptionError
 from .io.files import atomic_write, check_output_writable
 from .io.readfile import read_regular
 
@@ -100,14 +101,14 @@ def _train_proto(lines, vocab_size, model_type, seed, input_sentence_size) -> by
     except RuntimeError as e:
         msg = str(e)
         if m := _TOO_HIGH.search(msg):
-            raise InputError(
-                f"vocab_size {vocab_size} is too large for this corpus: it supports at most "
-                f"{m[2]}; pass --vocab-size {m[2]} or less, or use a bigger corpus") from None
+            raise OptionError(
+                f"vocab_size {vocab_size} is too large for this text: it supports at most "
+                f"{m[2]}; pass vocab_size {m[2]} or less, or use more text") from None
         if m := _TOO_LOW.search(msg):
-            raise InputError(
-                f"vocab_size {vocab_size} is too small for this corpus: it needs at least {m[2]} "
+            raise OptionError(
+                f"vocab_size {vocab_size} is too small for this text: it needs at least {m[2]} "
                 f"(259 byte and special pieces + {int(m[2]) - 259} distinct characters); "
-                f"pass --vocab-size {m[2]} or more") from None
+                f"pass vocab_size {m[2]} or more") from None
         raise
     return writer.getvalue()
 
@@ -182,18 +183,20 @@ class Tokenizer:
         self._space_bytes = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_SYMBOL.encode()]
 
     @classmethod
-    def train(cls, lines: Iterable[str], *, vocab_size: int = 4096, model_type: str = "bpe",
-              seed: int = 0, input_sentence_size: int = 2_000_000) -> "Tokenizer":
-        """Train on ``lines`` (the train split); see the module docstring for the settings."""
+    def train(cls, lines: Iterable[str], *, vocab_size: int = TokenizerConfig.vocab_size,
+              model_type: str = TokenizerConfig.model_type, seed: int = TokenizerConfig.seed,
+              input_sentence_size: int = TokenizerConfig.input_sentence_size) -> "Tokenizer":
+        """Train on ``lines`` (the train split); see the module docstring for the settings
+        (``config.TokenizerConfig``: defaults, ranges)."""
         if model_type not in MODEL_TYPES:
             raise InputError(f"model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
-            raise InputError(f"vocab_size must be an integer, got {vocab_size!r}; "
-                             f"pass e.g. --vocab-size 4096")
+            raise OptionError(f"vocab_size must be an integer, got {vocab_size!r}; "
+                              f"pass e.g. vocab_size {TokenizerConfig.vocab_size}")
         if vocab_size < MIN_VOCAB_SIZE:
-            raise InputError(f"vocab_size {vocab_size} is too small: the minimum is "
-                             f"{MIN_VOCAB_SIZE} (256 byte pieces + 3 special pieces + 1); "
-                             f"pass --vocab-size {MIN_VOCAB_SIZE} or more")
+            raise OptionError(f"vocab_size {vocab_size} is too small: the minimum is "
+                              f"{MIN_VOCAB_SIZE} (256 byte pieces + 3 special pieces + 1); "
+                              f"pass vocab_size {MIN_VOCAB_SIZE} or more")
         if not isinstance(input_sentence_size, int) or input_sentence_size < 0:
             raise InputError(f"input_sentence_size {input_sentence_size} must be an int >= 0 "
                              f"(0 means use every line)")

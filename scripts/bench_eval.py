@@ -12,11 +12,19 @@ does by default) with the same SentencePiece tokenizer:
   the KenLM side is ``spm-encode`` ids piped into ``DIR/query`` on a ``DIR/build_binary`` model.
 
 The ratio is lmkit's whole process over KenLM's encode + query (its load left out), the
-strictest reading of the target (issue 21: <= 3x). Each side runs ``--repeat`` times; the
-median is printed. Folder sizes: the model folders on disk.
+reading of the target used since issue 21 (<= 3x). With ``--kenlm-bin`` two stricter ratios
+are printed too: over a bare SentencePiece encode (a Python child that imports only
+``sentencepiece``) + ``query``, and over ``query`` alone. Each side runs ``--repeat`` times;
+the median is printed. Folder sizes: the model folders on disk.
+
+Another corpus (the >= 10M-token measurement): ``--text FILE`` scores that file's lines (the
+lines ``lmkit eval`` reads: blank ones dropped; both sides get the same cleaned copy) with
+``--default-model`` folders trained on its corpus, against ``--kenlm-binary`` (an order-5
+``build_binary`` model on the same tokenizer's ids; needs ``--kenlm-bin``).
 
     python scripts/bench_eval.py [--default-model DIR [DIR ...]] [--mkn-model DIR] [--repeat 3]
                                  [--out /tmp/bench_eval] [--kenlm-bin DIR]
+                                 [--text FILE --kenlm-binary FILE]
 """
 from __future__ import annotations
 
@@ -56,6 +64,15 @@ print(json.dumps({"load_cpu": c1 - c0, "query_cpu": c2 - c1, "tokens": tokens,
 """
 
 
+SPM_CHILD = r"""
+import sys, sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+lines = [l for l in open(sys.argv[2], encoding="utf-8").read().split("\n") if l]
+with open(sys.argv[3], "w") as f:
+    f.write("\n".join(" ".join(map(str, ids)) for ids in sp.encode(lines)) + "\n")
+"""
+
+
 def child_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -87,77 +104,112 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per side; the median is shown")
     ap.add_argument("--out", default="/tmp/bench_eval", help="scratch folder")
     ap.add_argument("--kenlm-bin", help="folder with build_binary and query (else the kenlm module)")
+    ap.add_argument("--text", help="score this file's lines instead of the default test split")
+    ap.add_argument("--kenlm-binary", help="with --text: the KenLM order-5 binary model of its "
+                    "corpus (ids of the default model's tokenizer)")
     a = ap.parse_args(argv)
-    from lmkit.corpus import load_corpus
+    from lmkit.corpus import load_corpus, read_lines, sequences
+    if a.text and not (a.kenlm_binary and a.kenlm_bin and a.default_model):
+        sys.exit("bench_eval: --text needs --default-model, --kenlm-bin and --kenlm-binary")
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     defaults = [Path(d) for d in (a.default_model or [out / "default"])]
-    mkn = Path(a.mkn_model or out / "order5")
     for default in defaults:
         if not (default / "manifest.json").exists():
             print(f"training the default model into {default}", file=sys.stderr)
             run(lmkit("train", "--output", default), env=env)
-    if not (mkn / "manifest.json").exists():
-        print(f"training the order-5 model into {mkn}", file=sys.stderr)
-        run(lmkit("train", "--order", "5", "--output", mkn), env=env)
-    arpa = out / "order5.arpa"
-    run(lmkit("export-arpa", mkn, arpa), env=env)
     text = out / "test.txt"
-    text.write_text("\n".join(l for l in load_corpus(split="test") if l) + "\n", encoding="utf-8")
+    if a.text:  # the lines lmkit eval reads, so both sides score the same tokens
+        text.write_text("\n".join(sequences(read_lines(a.text), a.text)) + "\n",
+                        encoding="utf-8")
+        mkn, tokenizer = None, defaults[0] / "tokenizer.model"
+        binary, arpa = Path(a.kenlm_binary), None
+    else:
+        mkn = Path(a.mkn_model or out / "order5")
+        if not (mkn / "manifest.json").exists():
+            print(f"training the order-5 model into {mkn}", file=sys.stderr)
+            run(lmkit("train", "--order", "5", "--output", mkn), env=env)
+        tokenizer, binary, arpa = mkn / "tokenizer.model", out / "order5.binary", out / "order5.arpa"
+        run(lmkit("export-arpa", mkn, arpa), env=env)
+        text.write_text("\n".join(l for l in load_corpus(split="test") if l) + "\n",
+                        encoding="utf-8")
+    eval_args = ["--input", text] if a.text else []
 
     lm_runs, ken_runs = {d: [] for d in defaults}, []
     for _ in range(a.repeat):
         for default in defaults:
-            stdout, cpu, wall = run(lmkit("eval", default, "--json"), env=env)
+            stdout, cpu, wall = run(lmkit("eval", default, *eval_args, "--json"), env=env)
             lm_runs[default].append({**json.loads(stdout), "cpu": cpu, "wall": wall})
         if a.kenlm_bin:
             kb = Path(a.kenlm_bin)
-            binary = out / "order5.binary"
             if not binary.exists():
                 run([kb / "build_binary", arpa, binary])
             ids = out / "test.ids"
-            _, enc_cpu, _ = run(lmkit("spm-encode", "--model", mkn / "tokenizer.model",
+            _, enc_cpu, _ = run(lmkit("spm-encode", "--model", tokenizer,
                                       "--input", text, "--output", ids, "--output-format", "id"),
                                 env=env)
+            bare_ids = out / "test_bare.ids"
+            _, bare_cpu, _ = run([sys.executable, "-c", SPM_CHILD, tokenizer, text, bare_ids])
+            if bare_ids.read_bytes() != ids.read_bytes():
+                sys.exit("bench_eval: the bare SentencePiece encode and lmkit spm-encode differ")
             with open(ids) as f:
                 stdout, q_cpu, wall = run([kb / "query", "-v", "summary", binary], stdin=f)
             ppl = re.search(r"Perplexity including OOVs:\s*([0-9.]+)", stdout)
             ken_runs.append({"load_cpu": 0.0, "query_cpu": enc_cpu + q_cpu,
-                             "cpu": enc_cpu + q_cpu, "ppl": float(ppl.group(1)) if ppl else None})
+                             "cpu": enc_cpu + q_cpu, "ppl": float(ppl.group(1)) if ppl else None,
+                             "bare": bare_cpu + q_cpu, "query": q_cpu, "encode": enc_cpu,
+                             "bare_encode": bare_cpu})
         else:
-            stdout, cpu, wall = run([sys.executable, "-c", KENLM_CHILD, arpa,
-                                     mkn / "tokenizer.model", text])
+            stdout, cpu, wall = run([sys.executable, "-c", KENLM_CHILD, arpa, tokenizer, text])
             ken_runs.append({**json.loads(stdout), "cpu": cpu, "wall": wall})
 
     kq = statistics.median(r["query_cpu"] for r in ken_runs)
     kall = statistics.median(r["cpu"] for r in ken_runs)
     k0 = ken_runs[0]
     tokens = lm_runs[defaults[0]][0]["tokens"]
+    strict = {}
+    if a.kenlm_bin:
+        strict = {k: statistics.median(r[k] for r in ken_runs)
+                  for k in ("bare", "query", "encode", "bare_encode")}
     print(f"# lmkit eval of the default model vs encode + KenLM query (order 5), "
-          f"{tokens:,} test tokens, median of {a.repeat} runs, CPU s = user + sys")
-    print("| side | CPU s | tokens / CPU s | ratio to KenLM | perplexity | folder MB |")
-    print("|---|---|---|---|---|---|")
+          f"{tokens:,} tokens of {a.text or 'the default test split'}, median of {a.repeat} runs, "
+          f"CPU s = user + sys")
+    extra = " | ratio to bare encode + query | ratio to query alone" if strict else ""
+    print(f"| side | CPU s | tokens / CPU s | ratio to KenLM{extra} | perplexity | folder MB |")
+    print("|---|---|---|---|" + ("---|---|" if strict else "") + "---|---|")
     for default in defaults:
         lm = statistics.median(r["cpu"] for r in lm_runs[default])
         r0 = lm_runs[default][0]
+        more = f" | {lm / strict['bare']:.2f}x | {lm / strict['query']:.2f}x" if strict else ""
         print(f"| lmkit eval {default} (whole process) | {lm:.2f} | {tokens / lm:,.0f} "
-              f"| {lm / kq:.2f}x | {r0['perplexity']:.3f} | {folder_mb(default):.1f} |")
+              f"| {lm / kq:.2f}x{more} | {r0['perplexity']:.3f} | {folder_mb(default):.1f} |")
     ppl_k = k0.get("ppl") or (math.exp(k0["nll_nats"] / k0["tokens"]) if "nll_nats" in k0
                               else float("nan"))
-    what = "spm-encode + query (binary)" if a.kenlm_bin else \
+    what = "lmkit spm-encode + query (binary)" if a.kenlm_bin else \
         "encode + full_scores (ARPA load excluded)"
-    size = (out / "order5.binary") if a.kenlm_bin else arpa
-    print(f"| KenLM order 5, {what} | {kq:.2f} | {tokens / kq:,.0f} | 1 | {ppl_k:.3f} "
-          f"| {size.stat().st_size / 1e6:.1f} ({size.name}; lmkit folder {folder_mb(mkn):.1f}) |")
-    if not a.kenlm_bin:
+    size = binary if a.kenlm_bin else arpa
+    blank = " | |" if strict else ""
+    mkn_mb = f"; lmkit folder {folder_mb(mkn):.1f}" if mkn else ""
+    print(f"| KenLM order 5, {what} | {kq:.2f} | {tokens / kq:,.0f} | 1{blank} | {ppl_k:.3f} "
+          f"| {size.stat().st_size / 1e6:.1f} ({size.name}{mkn_mb}) |")
+    if strict:
+        print(f"| KenLM order 5, bare SentencePiece encode + query | {strict['bare']:.2f} "
+              f"| {tokens / strict['bare']:,.0f} | | 1 | | | |")
+        print(f"| KenLM order 5, query alone | {strict['query']:.2f} "
+              f"| {tokens / strict['query']:,.0f} | | | 1 | | |")
+    else:
         print(f"| KenLM order 5, whole process (ARPA load included) | {kall:.2f} "
               f"| {tokens / kall:,.0f} | | | |")
     print("\nCPU s per run: " + "; ".join(
         f"{d.name} " + ", ".join(f"{r['cpu']:.2f}" for r in lm_runs[d]) for d in defaults)
         + "; KenLM " + ", ".join(f"{r['query_cpu']:.2f}" for r in ken_runs)
-        + " (target: lmkit eval <= 3x KenLM)")
+        + (f" (lmkit spm-encode {strict['encode']:.2f}, bare encode {strict['bare_encode']:.2f},"
+           f" query {strict['query']:.2f})" if strict else "")
+        + "; target: lmkit eval <= 3x KenLM")
+    print("total nll (nats): " + "; ".join(f"{d.name} {lm_runs[d][0]['nll_nats']!r}"
+                                          for d in defaults))
     return 0
 
 

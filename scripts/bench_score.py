@@ -4,17 +4,27 @@ The KenLM side is what filtering pipelines (CCNet-style) run: one process, for e
 ``sp.encode(line, out_type=str)`` then ``kenlm.Model.perplexity(" ".join(pieces))`` on an ARPA
 written by ``lmkit export-arpa --words pieces`` from the same lmkit model. Both sides read the
 same lines (one document per line), and both sides' per-document perplexities are checked to
-agree. lmkit's time includes loading the model and starting its workers; KenLM's excludes
-loading the ARPA. `--workers 1` reads and encodes the next chunk in a second thread while it
-scores (SentencePiece releases the GIL), so it can use up to two cores: the CPU columns show it. Besides wall-clock rates the table gives CPU seconds (user + sys of
-the process and its workers): on a shared machine the wall clock measures the other tenants too.
+agree. lmkit's time includes loading the model, building its scoring tables and starting its
+workers; KenLM's excludes loading the ARPA. Both run in this process, after a first round that
+loads what loads once (numba's compiled code, ~0.3 s; ``--cli`` adds a row for the whole
+``lmkit score`` command in a fresh process). `--workers 1` reads and encodes the next chunks
+in a second thread while it scores (SentencePiece and the compiled walk release the GIL), so it
+can use up to two cores: the CPU columns show it. Besides wall-clock rates the table gives CPU
+seconds (user + sys of the process and its workers): on a shared machine the wall clock
+measures the other tenants too, so the load average is printed before and after.
 
-    python scripts/bench_score.py --model DIR [--split test] [--repeat 20] [--workers 1 2]
-                                  [--rounds 3] [--out /tmp/bench] [--query]
+    python scripts/bench_score.py --model DIR [--split train | --input FILE] [--repeat 1 2]
+                                  [--workers 1 2] [--rounds 3] [--out /tmp/bench] [--cli]
+                                  [--query]
+
+One table per ``--repeat`` value (the documents repeated that many times: ``--repeat 1 2`` is
+the default corpus's train split, 124k documents, then 248k).
 
 ``--query`` adds a table of the query alone (documents encoded beforehand): KenLM's
 ``perplexity`` loop vs lmkit's ``log_proba_ids`` on the compiled MKN trie walk
-(``ngram/score.py``, its table build included) and on the numpy route.
+(``ngram/score.py``, its tables built first, as ``lmkit score`` does, and included) and on the
+numpy route. ``--baseline TREE`` adds the same ``lmkit score`` command run from another
+checkout (a before/after in one run; every lmkit row must write the same bytes).
 
 The model for issue 21's target: `lmkit train --order 5 --output o5` (an MKN model).
 """
@@ -47,9 +57,19 @@ def cpu_seconds() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="an n-gram model folder (lmkit train --order N)")
-    ap.add_argument("--split", default="test", help="shakespeare split to score (default test)")
-    ap.add_argument("--repeat", type=int, default=20,
-                    help="copies of the split (default 20: 214k documents of the test split)")
+    ap.add_argument("--split", default="train",
+                    help="shakespeare split to score, one document per line (default train)")
+    ap.add_argument("--input", default=None,
+                    help="a UTF-8 text file to score instead of a split (one document per "
+                         "non-blank line)")
+    ap.add_argument("--repeat", type=int, nargs="+", default=[1, 2],
+                    help="copies of the documents, one table each (default: 1 2)")
+    ap.add_argument("--cli", action="store_true",
+                    help="add a row: the lmkit score command in a fresh process, --workers 1 "
+                         "(interpreter start, imports and numba's load included)")
+    ap.add_argument("--baseline", default=None, metavar="TREE",
+                    help="add a row: the same command run from another lmkit checkout (e.g. "
+                         "the main branch), for a before/after side by side")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="lmkit score --workers values to run (default: 1 2)")
     ap.add_argument("--rounds", type=int, default=3,
@@ -66,13 +86,28 @@ def main() -> None:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = list(load_corpus(split=a.split)) * a.repeat
-    (out / "docs.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if a.input:
+        from lmkit.corpus import read_lines, sequences
+        base, source = list(sequences(read_lines(a.input), None)), a.input
+    else:
+        base, source = list(load_corpus(split=a.split)), f"shakespeare:{a.split}"
     model = LanguageModel.load(a.model)
     write_arpa(model, out / "m.arpa", words="pieces")
     km = kenlm.Model(str(out / "m.arpa"))
     sp = spm.SentencePieceProcessor(model_proto=model.tokenizer.model_proto)
+    for repeat in a.repeat:
+        bench(a, base * repeat, f"lines of {source} x{repeat}", out, km, sp)
+        print()
+    if a.query:
+        query_table(a, base * a.repeat[-1], sp, km)
+
+
+def bench(a, lines, what, out, km, sp) -> None:
+    """One side-by-side table on ``lines`` (one document each)."""
+    import subprocess
+    (out / "docs.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     n_tok = sum(len(x) + 1 for x in sp.encode(lines))
+    load0 = open("/proc/loadavg").read().split()[0]
 
     def kenlm_loop():
         return [km.perplexity(" ".join(sp.encode(line, out_type=str))) for line in lines]
@@ -83,17 +118,35 @@ def main() -> None:
         assert r["units"] == len(lines) and r["tokens"] == n_tok
         return r
 
+    def lmkit_cli(tree, name):
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        subprocess.run([sys.executable, "-m", "lmkit.cli", "score", a.model, "--input",
+                        str(out / "docs.txt"), "--output", str(out / f"scores-{name}.jsonl"),
+                        "--workers", "1"], env=env, check=True, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+
     runs: dict = {}  # name -> [(seconds, CPU seconds)]
     names = ["kenlm loop (1 process)"] + [f"lmkit score --workers {w}" for w in a.workers]
+    names += ["lmkit score CLI, fresh process"] if a.cli else []
+    names += ["baseline tree CLI, fresh process"] if a.baseline else []
     ken = None
     for _ in range(a.rounds):  # interleaved, so a busy spell on the machine hits every scorer
         for name in names:
             t0, c0 = time.perf_counter(), cpu_seconds()
             if name.startswith("kenlm"):
                 ken = kenlm_loop()
+            elif name.startswith("baseline"):
+                lmkit_cli(Path(a.baseline).resolve(), "baseline")
+            elif name.endswith("fresh process"):
+                lmkit_cli(Path(__file__).resolve().parents[1], "cli")
             else:
                 lmkit_score(int(name.rsplit(" ", 1)[1]))
             runs.setdefault(name, []).append((time.perf_counter() - t0, cpu_seconds() - c0))
+    first = (out / f"scores{a.workers[0]}.jsonl").read_bytes()
+    for w in a.workers[1:]:  # any number of workers writes the same bytes
+        assert (out / f"scores{w}.jsonl").read_bytes() == first, f"--workers {w} differs"
+    for name in ("cli", "baseline") if a.baseline else ("cli",) if a.cli else ():
+        assert (out / f"scores-{name}.jsonl").read_bytes() == first, f"{name} output differs"
     for w in a.workers:  # same per-document perplexities as KenLM (same model, same ids)
         mine = [json.loads(x)["perplexity"] for x in (out / f"scores{w}.jsonl").open()]
         worst = max(abs(math.log10(x) - math.log10(y)) for x, y in zip(mine, ken))
@@ -102,24 +155,23 @@ def main() -> None:
     med = {k: (statistics.median(t for t, _ in v), statistics.median(c for _, c in v))
            for k, v in runs.items()}
     t_ken, c_ken = med[names[0]]
-    print(f"{len(lines)} documents (lines of shakespeare:{a.split} x{a.repeat}), {n_tok} tokens, "
-          f"model {a.model}; median of {a.rounds} interleaved rounds; {os.cpu_count()} cores, "
-          f"load average {open('/proc/loadavg').read().split()[0]}")
-    print(f"| {'scorer':<24} | {'docs/s':>9} | {'tokens/s':>10} | {'vs kenlm':>8} | "
+    print(f"{len(lines)} documents ({what}), {n_tok} tokens, model {a.model}; median of "
+          f"{a.rounds} interleaved rounds; {os.cpu_count()} cores, load average {load0} before, "
+          f"{open('/proc/loadavg').read().split()[0]} after")
+    print(f"| {'scorer':<32} | {'docs/s':>9} | {'tokens/s':>10} | {'vs kenlm':>8} | "
           f"{'CPU s':>6} | {'docs/CPU-s':>10} | {'vs kenlm':>8} |")
-    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
+    print(f"|{'-' * 34}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
     for name in names:
         t, c = med[name]
-        print(f"| {name:<24} | {len(lines) / t:>9,.0f} | {n_tok / t:>10,.0f} | "
+        print(f"| {name:<32} | {len(lines) / t:>9,.0f} | {n_tok / t:>10,.0f} | "
               f"{t_ken / t:>7.2f}x | {c:>6.2f} | {len(lines) / c:>10,.0f} | {c_ken / c:>7.2f}x |")
-    if a.query:
-        query_table(a, lines, sp, km)
     if 1 in a.workers:
-        t1 = med["lmkit score --workers 1"][0]
+        t1, c1 = med["lmkit score --workers 1"]
         for w in a.workers:
             if w > 1:
-                print(f"--workers {w} vs --workers 1: {t1 / med[f'lmkit score --workers {w}'][0]:.2f}x "
-                      "docs/s")
+                t, c = med[f"lmkit score --workers {w}"]
+                print(f"--workers {w} vs --workers 1: {t1 / t:.2f}x docs/s (wall), "
+                      f"{c1 / c:.2f}x docs per CPU second")
 
 
 def query_table(a, lines, sp, km) -> None:
@@ -135,12 +187,13 @@ def query_table(a, lines, sp, km) -> None:
         scoring.USE_COMPILED = compiled
         try:
             m = LanguageModel.load(a.model)
+            m.prepare(sum(map(len, seqs)) + len(seqs))  # as lmkit score: tables up front
             return [m.log_proba_ids(seqs[i:i + chunk]) for i in range(0, len(seqs), chunk)]
         finally:
             scoring.USE_COMPILED = True
 
     names = {"kenlm perplexity loop": lambda: [km.perplexity(x) for x in pieces],
-             "lmkit log_proba_ids (compiled walk + build)": lambda: lmkit_query(True),
+             "lmkit log_proba_ids (walk, tables built first)": lambda: lmkit_query(True),
              "lmkit log_proba_ids (numpy route)": lambda: lmkit_query(False)}
     cpu: dict = {}
     for _ in range(a.rounds):
@@ -151,11 +204,11 @@ def query_table(a, lines, sp, km) -> None:
     base = statistics.median(cpu["kenlm perplexity loop"])
     print(f"\nquery only ({len(lines)} documents encoded beforehand; CPU s of this process, "
           f"median of {a.rounds})")
-    print(f"| {'query':<44} | {'CPU s':>6} | {'us/doc':>7} | {'vs kenlm':>8} |")
-    print(f"|{'-' * 46}|{'-' * 8}|{'-' * 9}|{'-' * 10}|")
+    print(f"| {'query':<46} | {'CPU s':>6} | {'us/doc':>7} | {'vs kenlm':>8} |")
+    print(f"|{'-' * 48}|{'-' * 8}|{'-' * 9}|{'-' * 10}|")
     for name, v in cpu.items():
         c = statistics.median(v)
-        print(f"| {name:<44} | {c:>6.2f} | {c / len(lines) * 1e6:>7.2f} | {base / c:>7.2f}x |")
+        print(f"| {name:<46} | {c:>6.2f} | {c / len(lines) * 1e6:>7.2f} | {base / c:>7.2f}x |")
 
 
 if __name__ == "__main__":

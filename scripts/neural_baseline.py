@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 RUNS = ("scratch", "explicit-init", "hybrid")
 
 
@@ -62,6 +64,17 @@ def test_scores(model, test_lines) -> dict:
     r = evaluate_lines(model, test_lines)
     return {"test_ppl": r["perplexity"], "test_bits_per_byte": r["bits_per_byte"],
             "test_tokens": r["tokens"]}
+
+
+def mix_scores(net, base, valid_lines, test_lines) -> dict:
+    """The network mixed linearly with its explicit base (``lmkit interpolate``: one weight fitted
+    by EM on the valid split), scored on test: the other way to pair the two models."""
+    from lmkit.evaluate import evaluate_lines
+    from lmkit.interpolate import interpolate_linear
+    mix = interpolate_linear([net, base], valid_lines)
+    r = evaluate_lines(mix, test_lines)
+    return {"mix_weight": float(mix.weights[0]), "mix_test_ppl": r["perplexity"],
+            "mix_test_bits_per_byte": r["bits_per_byte"]}
 
 
 def save_checkpoint(path: Path, data: dict) -> None:
@@ -109,6 +122,12 @@ def plot(results: dict, path: Path) -> None:
     log(f"wrote {path}")
 
 
+def mixed(row: dict) -> str:
+    if "mix_test_ppl" not in row:
+        return "—"
+    return f"{row['mix_test_ppl']:.2f} ({row['mix_weight']:.2f})"
+
+
 def markdown(results: dict) -> str:
     e = results.get("explicit") or {}
     out = []
@@ -116,12 +135,51 @@ def markdown(results: dict) -> str:
         out += ["| explicit base | test ppl | test bits/byte |", "|---|---:|---:|",
                 f"| {e['label']} | {e['test_ppl']:.2f} | {e['test_bits_per_byte']:.4f} |", ""]
     out += ["| run | mark CPU s | CPU s | steps | wall s | epochs | best valid ppl (sample) "
-            "| test ppl | test bits/byte |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| test ppl | test bits/byte | mixed with the base: test ppl (network weight) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run, r in results["runs"].items():
         for x in r["rows"]:
             out.append(f"| {run} | {x['budget']:g} | {x['cpu_seconds']:g} | {x['steps']} | "
                        f"{x['wall_seconds']:g} | {x['epochs']:.3f} | {x['best_valid_ppl']:.2f} | "
-                       f"{x['test_ppl']:.2f} | {x['test_bits_per_byte']:.4f} |")
+                       f"{x['test_ppl']:.2f} | {x['test_bits_per_byte']:.4f} | {mixed(x)} |")
+    return "\n".join(out + ["", answer(results)])
+
+
+def reached(rows: list, key: str, target: float) -> str:
+    """CPU s at which ``key`` (a test perplexity) first reaches ``target``: interpolated
+    linearly in log CPU s between the two marks around the crossing; ``> LAST`` if never."""
+    prev = None
+    for x in rows:
+        if key not in x:
+            continue
+        if x[key] <= target:
+            if prev is None or prev[key] == x[key]:
+                return f"≤ {x['cpu_seconds']:g}"
+            f = (prev[key] - target) / (prev[key] - x[key])
+            t = np.exp(np.log(prev["cpu_seconds"]) + f * (np.log(x["cpu_seconds"])
+                                                          - np.log(prev["cpu_seconds"])))
+            return f"{t:.0f} (between marks)"
+        prev = x
+    last = [x["cpu_seconds"] for x in rows if key in x]
+    return f"> {last[-1]:g} (not reached)" if last else "—"
+
+
+def answer(results: dict) -> str:
+    """The CPU s each method needs to reach the explicit default model's test perplexity and
+    0.95 of it (issue 22's question)."""
+    e = (results.get("explicit") or {}).get("test_ppl")
+    if not e:
+        return ""
+    out = [f"| method | CPU s to test ppl {e:.1f} (the explicit model) | CPU s to {0.95 * e:.1f} "
+           "(0.95×) |", "|---|---:|---:|"]
+    for run, r in results["runs"].items():
+        rows = r["rows"]
+        out.append(f"| {run} | {reached(rows, 'test_ppl', e)} | "
+                   f"{reached(rows, 'test_ppl', 0.95 * e)} |")
+        if any("mix_test_ppl" in x for x in rows):
+            out.append(f"| {run} mixed with the explicit model | "
+                       f"{reached(rows, 'mix_test_ppl', e)} | "
+                       f"{reached(rows, 'mix_test_ppl', 0.95 * e)} |")
     return "\n".join(out)
 
 
@@ -143,6 +201,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/neural/runs", help="checkpoints and fold models")
     ap.add_argument("--json", default="docs/neural_runs.json")
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--mix-from", type=float, default=1200, metavar="CPU_S",
+                    help="from this mark on, also score the network mixed linearly with the "
+                         "explicit base (weight fitted on valid; not for the hybrid)")
     args = ap.parse_args(argv)
     out = Path(args.json if args.table is None else args.table)
     if args.table:
@@ -211,6 +272,8 @@ def main(argv=None) -> int:
                "scale": float(tr.best["state"]["scale"]),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                **tr.with_best(lambda m: test_scores(m, test_lines))}
+        if args.run != "hybrid" and budget >= args.mix_from:
+            row.update(tr.with_best(lambda m: mix_scores(m, base, valid_lines, test_lines)))
         results = read_json(out)  # another run may have written meanwhile
         results["runs"].setdefault(args.run, run)["rows"] = run["rows"] = sorted(
             run["rows"] + [row], key=lambda r: r["budget"])

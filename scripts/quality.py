@@ -5,7 +5,8 @@ window 1 dropped; + a class-bigram context on a coarse cluster table; + line pos
 train``'s default model); optionally history-count x entry-count buckets. Each row is built from scratch
 on ``train`` (tokenizer shared, its time excluded): counting its groups (``rich.count_rich``),
 the closed forms, and the weights (one per group x entry-count bucket) fitted on
-``--lambda-tokens`` tokens of ``valid`` (``rich.fit_rich``). Reports valid and test perplexity (EOS counted), build CPU seconds of
+``--lambda-tokens`` tokens of ``valid`` (``rich.fit_rich``; the other weightings:
+``experiments.rich_weights``). Reports valid and test perplexity (EOS counted), build CPU seconds of
 this process, and model size (bytes of the saved arrays). Nothing is chosen on ``test``.
 
 Corpora: the default ``shakespeare`` (its own train/valid/test split), or ``--input FILES``:
@@ -33,10 +34,10 @@ import time
 
 from lmkit.io import store
 from lmkit.corpus import load_corpus
+from lmkit.experiments.rich_weights import fit_rich_weighted
 from lmkit.ngram.mkn import solve_ngram
 from lmkit.rich import (DEFAULT_CLUSTER_SHAPES, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
-                        DEFAULT_LAMBDA_TOKENS, DEFAULT_LINE_POSITIONS, DEFAULT_SKIPS, count_rich,
-                        fit_rich)
+                        DEFAULT_LAMBDA_TOKENS, DEFAULT_LINE_POSITIONS, DEFAULT_SKIPS, count_rich)
 from lmkit.scoring import context_rows, sparse_log_proba
 from lmkit.tokenizer import Tokenizer
 from lmkit.train import heldout_lines
@@ -65,8 +66,8 @@ def build(data, tok, a, *, context, skips, clusterings, buckets, order=None, fir
         params = solve_ngram(counts)  # exact MKN, lambdas 1
     else:
         entry = tuple(a.entry_edges) if a.entry_edges and not buckets else None
-        params = fit_rich(counts, data["held"], tok.bos_id, tok.eos_id, entry_edges=entry,
-                          bucket_edges=buckets, log=log)
+        params = fit_rich_weighted(counts, data["held"], tok.bos_id, tok.eos_id, entry_edges=entry,
+                                   bucket_edges=buckets, log=log)
     return params, time.process_time() - t
 
 

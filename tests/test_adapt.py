@@ -286,7 +286,7 @@ def test_score_adapt_matches_adaptive_scores(tiny_model, tiny_model_dir, tiny_li
     static = tmp_path / "static.jsonl"
     score_file(tiny_model_dir, static, input=[str(src)], unit="document", progress=False)
     assert json.loads(static.read_text().splitlines()[1])["nll_nats"] != docs[1]["nll_nats"]
-    with pytest.raises(InputError, match="--workers 1"):
+    with pytest.raises(InputError, match="pass workers 1"):
         score_file(tiny_model_dir, out, input=[str(src)], workers=2, **CFG)
 
 

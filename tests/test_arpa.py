@@ -149,7 +149,7 @@ def test_unnormalised_backoff_without_successors_is_reported(tmp_path, capsys):
 def test_unknown_words_and_bad_files(tmp_path, ngram_model):
     tok = ngram_model.tokenizer
     (tmp_path / "bad.arpa").write_text(HAND.replace("\t4 5", "\tzebra 5"))
-    with pytest.raises(InputError, match="ARPA word 'a' is not a piece or id of this tokenizer"):
+    with pytest.raises(InputError, match="ARPA word 'a' is not a piece or id of this vocabulary"):
         import_arpa(tmp_path / "bad.arpa", tok, words="ids")
     (tmp_path / "trunc.arpa").write_text(HAND.replace("ngram 2=2", "ngram 2=9"))
     with pytest.raises(InputError, match="header says ngram 2=9"):

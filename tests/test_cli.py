@@ -109,7 +109,7 @@ def bad_inputs(tmp_path):
     (["--input", "{d}/blank.txt"], r"blank.txt: no non-empty lines"),
     (["--input", "{d}/latin1.txt"], r"latin1.txt: bytes at offset 8 are not valid UTF-8; re-encode"),
     (["--input", "{corpus}", "--vocab-size", "5000"],
-     r"vocab_size 5000 is too large for this corpus: it supports at most \d+; pass --vocab-size"),
+     r"--vocab-size 5000 is too large for this text: it supports at most \d+; pass --vocab-size"),
     (["--input", "{corpus}", "--context", "0"], r"--context 0 without --order leaves no features"),
     (["--input", "{corpus}", "--context", "-2"], r"--context must be >= 0, got -2"),
 ])

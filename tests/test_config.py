@@ -2,7 +2,7 @@
 import pytest
 
 from lmkit import config as C
-from lmkit.cli import build_parser, flag, main
+from lmkit.cli import build_parser, config_of, flag, main
 from lmkit.errors import InputError, OptionError
 
 
@@ -55,7 +55,73 @@ def test_defaults_are_defined_once_and_shared_by_the_cli():
     assert set(C.train_option_names()) <= names
     g = p.parse_args(["generate", "m", "--temperature", "0.5"])
     assert g.temperature == 0.5 and not hasattr(g, "top_p")
-    assert p.parse_args(["eval", "m"]).split == "test"  # the one per-verb default
+    assert config_of(p.parse_args(["eval", "m"]), C.EvalCorpusConfig).split == "test"  # per verb
+
+
+# paths named on the command line: where a verb reads and writes, not options of the work
+IO_FLAGS = {"output", "input", "model", "tokenizer"}
+
+
+def _subparsers(parser, prefix=()):
+    """``(verb words, parser)`` of every verb, old names and their actions included."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subparsers(sub, (*prefix, name))
+
+
+def test_every_cli_option_is_a_config_field_with_its_default():
+    """Each flag of each verb is made from a config field (``config.VERB_CONFIGS``), shows that
+    field's default in its help, and leaves the default to the config (argparse.SUPPRESS)."""
+    import argparse
+    fields = {}
+    for klass in C.VERB_CONFIGS:
+        for f in C.options(klass):
+            fields.setdefault(f.name, []).append(f)
+    checked = 0
+    for verb, parser in _subparsers(build_parser()):
+        for action in parser._actions:
+            if not action.option_strings or action.dest in {"help"} | IO_FLAGS:
+                continue
+            where = f"{' '.join(verb)} {action.option_strings[0]}"
+            assert action.option_strings[0] == flag(action.dest), where
+            assert action.dest in fields, f"{where}: not a field of config.VERB_CONFIGS"
+            assert action.default is argparse.SUPPRESS, f"{where}: a default of the CLI's own"
+            assert any(action.help == f.metadata["help"] + _shown(f) for f in fields[action.dest]), \
+                f"{where}: help or default is not a config field's: {action.help!r}"
+            checked += 1
+    assert checked > 100  # every verb's options were seen
+
+
+def _shown(f) -> str:
+    """How a field's default reads at the end of its flag's help."""
+    if f.default is None or f.metadata.get("negatable") is False:
+        return ""
+    text = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    return f" (default: {text if text != '' else 'empty'})"
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """With no option given, every config a verb reads is its class's default."""
+    p = build_parser()
+    for argv, klasses in [(["eval", "m"], (C.EvalCorpusConfig, C.AdaptConfig, C.OutputConfig)),
+                          (["generate", "m"], (C.PromptConfig, C.SampleConfig)),
+                          (["next", "m"], (C.NextConfig, C.OutputConfig, C.LoadConfig)),
+                          (["export-arpa", "m", "o"], (C.ExportArpaConfig,)),
+                          (["import-arpa", "a", "--tokenizer", "t", "--output", "o"],
+                           (C.ImportArpaConfig,)),
+                          (["spm-encode", "--model", "t"], (C.EncodeConfig,)),
+                          (["interpolate", "a", "--output", "o"], (C.HeldoutCorpusConfig,
+                                                                   C.InterpolateConfig))]:
+        a = p.parse_args(argv)
+        for klass in klasses:
+            assert config_of(a, klass) == klass(), (argv, klass)
+    a = p.parse_args(["inspect", "m", "--token", "x"])
+    assert config_of(a, C.InspectConfig) == C.InspectConfig(token="x")
+    assert config_of(p.parse_args(["prune", "m", "--threshold", "0", "--output", "o"]),
+                     C.PruneConfig).threshold == 0.0
 
 
 def _example(f):
@@ -111,3 +177,112 @@ def test_old_tokenizer_verbs_still_work_with_a_note(tmp_path, tiny_tok_file, cap
     assert main(["tokenize", "encode", "--model", tiny_tok_file, "--input", src]) == 0
     old = capsys.readouterr()
     assert old.out == new.out and "is now `spm-encode`" in old.err
+
+
+def _cli_flags() -> set:
+    """Every flag of every verb of the CLI (``--vocab-size``, ``--output``, ...)."""
+    return {s for _, p in _subparsers(build_parser()) for a in p._actions
+            for s in a.option_strings if s.startswith("--") and s != "--help"}
+
+
+def _message_strings(tree, only_raises: bool):
+    """The string constants of a module that can reach a user: not docstrings; with
+    ``only_raises``, only those inside ``raise`` statements."""
+    import ast
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    roots = [n for n in ast.walk(tree) if isinstance(n, ast.Raise)] if only_raises else [tree]
+    for root in roots:
+        for n in ast.walk(root):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+                yield n.lineno, n.value
+
+
+def test_library_messages_name_parameters_not_flags():
+    """Library errors, warnings and logs name parameters (``vocab_size``), never a CLI flag
+    (``--vocab-size``): the Python API has no flags; the CLI maps names to flags (to_flags).
+    A whole command in backticks (```lmkit train --output DIR```) may name its flags.
+    config.py is read for its errors only (its help texts are the CLI's)."""
+    import ast
+    import re
+    from pathlib import Path
+    flags = _cli_flags()
+    assert {"--vocab-size", "--top", "--words", "--output"} <= flags
+    root = Path(C.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "cli.py" and path.parent == root:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for lineno, text in _message_strings(tree, only_raises=path.name == "config.py"):
+            # a whole command to run (`lmkit train --output DIR`) is a command, not a parameter
+            text = re.sub(r"`lmkit [^`]*(`|$)", "", text)
+            for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w=-])", text):
+                if f in flags:
+                    found.append(f"{path.relative_to(root.parent)}:{lineno}: {f} in {text[:60]!r}")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("pass vocab_size 512 or more", "pass --vocab-size 512 or more"),
+    ("discount for order needs 1 or 3 values", "--discount for --order needs 1 or 3 values"),
+    ("token 'order' is 2 pieces ['▁or', 'der']", "--token 'order' is 2 pieces ['▁or', 'der']"),
+    ("/data/input/a.txt: no such file", "/data/input/a.txt: no such file"),
+    ("see `lmkit train` with solver warm", "see `lmkit train` with --solver warm"),
+    ("raise max_memory, or use a smaller vocab_size or context",
+     "raise --max-memory, or use a smaller --vocab-size or --context"),
+])
+def test_to_flags_maps_parameter_names_outside_quotes_and_paths(message, shown):
+    from lmkit.cli import to_flags
+    assert to_flags(message) == shown
+
+
+def test_library_option_errors_reach_the_cli_as_flags(tiny_model_dir, tmp_path, capsys):
+    """An OptionError raised deep in the library (docscore) names parameters; the CLI prints
+    the same message with its flags."""
+    text = tmp_path / "t.txt"
+    text.write_text("the king\n", encoding="utf-8")
+    code = main(["score", str(tiny_model_dir), "--input", str(text), "--output",
+                 str(tmp_path / "o.jsonl"), "--adapt", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass --workers 1" in err and "--adapt scores the units" in err, err
+    from lmkit.docscore import score_file
+    with pytest.raises(OptionError, match="pass workers 1"):
+        score_file(str(tiny_model_dir), str(tmp_path / "o.jsonl"), input=[str(text)], adapt=True,
+                   workers=2)
+
+
+def test_public_api_defaults_are_the_config_defaults():
+    """The Python API's keyword defaults are the config's (read from it, not repeated)."""
+    import importlib
+    import inspect
+    corpus, evaluate, gradient, interpolate, load, model, tokenizer, arpa = (
+        importlib.import_module(f"lmkit.{m}") for m in ("corpus", "evaluate", "gradient",
+                                                         "interpolate", "load", "model",
+                                                         "tokenizer", "ngram.arpa"))
+    cases = [(tokenizer.Tokenizer.train, C.TokenizerConfig, ("vocab_size", "model_type", "seed",
+                                                             "input_sentence_size")),
+             (gradient.fit_dense, C.GradientConfig, ("epochs", "batch_size", "optimizer",
+                                                     "patience", "l2", "lr_decay", "eval_every")),
+             (gradient.init_params, C.GradientConfig, ("random_scale",)),
+             (corpus.load_corpus, C.CorpusConfig, ("split", "text_field", "streaming")),
+             (evaluate.evaluate, C.EvalCorpusConfig, ("split",)),
+             (interpolate.interpolate, C.InterpolateConfig, ("method",)),
+             (load.load, C.LoadConfig, ("mmap",)),
+             (model.LanguageModel.load, C.LoadConfig, ("mmap",)),
+             (model.LanguageModel.inspect, C.InspectConfig, ("top",)),
+             (model.LanguageModel.top_next, C.NextConfig, ("context",)),
+             (model.LanguageModel.sample, C.PromptConfig, ("prompt",)),
+             (arpa.write_arpa, C.ExportArpaConfig, ("words",)),
+             (arpa.import_arpa, C.ImportArpaConfig, ("words",))]
+    for func, klass, names in cases:
+        params = inspect.signature(func).parameters
+        for name in names:
+            assert params[name].default == getattr(klass(**({"token": "x"} if klass is
+                                                            C.InspectConfig else {})), name), \
+                (func.__qualname__, name)
+    assert inspect.signature(model.LanguageModel.top_next).parameters["k"].default == C.NextConfig.top
+    assert inspect.signature(gradient.fit_dense).parameters["lr"].default == C.DEFAULT_LR["gradient"]
+    assert inspect.signature(gradient.fit_dense).parameters["seed"].default == C.TokenizerConfig.seed

@@ -62,9 +62,9 @@ def test_solve_explicit_refuses():
     with pytest.raises(InputError, match="solve_explicit handles window groups; got suffix1"):
         solve_explicit(c)
     c = count_chunk([[3, 4]], 6, [Window(1), Window(2)], BOS, EOS)
-    with pytest.raises(InputError, match="--discount needs 1 or 2 values, got 3"):
+    with pytest.raises(InputError, match="discount needs 1 or 2 values, got 3"):
         solve_explicit(c, discount=[0.5, 0.5, 0.5])
-    with pytest.raises(InputError, match=r"--discount must be in \(0, 1\), got 1.5"):
+    with pytest.raises(InputError, match=r"discount must be in \(0, 1\), got 1.5"):
         solve_explicit(c, discount=1.5)
 
 

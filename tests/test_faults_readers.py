@@ -379,13 +379,13 @@ def test_a_mixture_given_to_interpolate_is_flattened(mixture, ngram3, tiny_lines
 
 def test_loglinear_merge_of_a_mixture_is_refused(mixture, ngram3, tiny_lines, tmp_path, capsys):
     with pytest.raises(InputError, match="log-linear merge needs explicit sparse models, one "
-                                         "input is a linear mixture; use --method linear"):
+                                         "of them is a linear mixture; use method linear"):
         interpolate([mixture[0], ngram3], tiny_lines[::7], method="loglinear")
     ngram3.save(tmp_path / "o3")
     (tmp_path / "held.txt").write_text("\n".join(tiny_lines[::5]) + "\n")
     code, _, err = run_cli(capsys, "interpolate", mixture[1], tmp_path / "o3", "--method",
                            "loglinear", "--input", tmp_path / "held.txt", "--output", tmp_path / "x")
-    one_error_line(code, err, "one input is a linear mixture")
+    one_error_line(code, err, "one of them is a linear mixture; use --method linear")
     assert not (tmp_path / "x").exists()
 
 
@@ -413,7 +413,7 @@ def test_explicit_only_verbs_say_what_they_take(mixture, tiny_tok_file, tmp_path
 def test_prune_of_a_window_model_speaks_of_pruning(tiny_model_dir, tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", tiny_model_dir, "--threshold", "1e-7", "--output",
                            tmp_path / "p")
-    one_error_line(code, err, r"prune needs a pure n-gram model .* this one has groups "
+    one_error_line(code, err, r"pruning needs a pure n-gram model .* this one has groups "
                               r"\['window1', 'window2'\]")
     assert "ARPA" not in err
 
@@ -649,4 +649,4 @@ def test_mmap_option_takes_effect_or_is_refused(ngram3_dir, mixture, tiny_corpus
     assert code == 0 and len(mapped) == 3, err  # both components of the mixture
     neu = _neural_stub(tmp_path, tiny_tok_file)
     code, _, err = run_cli(capsys, "next", neu, "--context", "a", "--mmap")
-    one_error_line(code, err, "a neural model is always read into memory; the mmap option .*drop it")
+    one_error_line(code, err, "a neural model is always read into memory; the --mmap option .*drop it")

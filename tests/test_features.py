@@ -80,10 +80,10 @@ def test_make_groups():
 
 
 @pytest.mark.parametrize("context, order, match", [
-    (0, None, r"--context must be >= 1 \(or give --order N\)"),
-    (-1, None, r"--context must be >= 0, got -1"),
-    (-1, 3, r"--context must be >= 0, got -1"),
-    (2, 1, r"--order must be >= 2, got 1"),
+    (0, None, r"context must be >= 1 \(or give order N\)"),
+    (-1, None, r"context must be >= 0, got -1"),
+    (-1, 3, r"context must be >= 0, got -1"),
+    (2, 1, r"order must be >= 2, got 1"),
 ])
 def test_make_groups_refuses(context, order, match):
     with pytest.raises(InputError, match=match):

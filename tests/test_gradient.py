@@ -141,7 +141,7 @@ def test_warns_when_budget_stops_it_while_improving():
     groups = [Window(1)]
     rows, targets = data(groups)
     W, b = G.init_params("zeros", groups, V)
-    with pytest.warns(G.ConvergenceWarning, match="raise --epochs"):
+    with pytest.warns(G.ConvergenceWarning, match="raise epochs"):
         G.fit_dense(W, b, rows, targets, rows, targets, epochs=1, lr=0.01, progress=False)
 
 

@@ -70,7 +70,7 @@ def test_loglinear_merge_refuses_shared_groups(two_models, tiny_lines):
 
 def test_mixture_refuses_bad_weights_and_tokenizers(two_models, tiny_model):
     a, b, _, _ = two_models
-    with pytest.raises(InputError, match="--weights needs 2 non-negative values"):
+    with pytest.raises(InputError, match="weights needs 2 non-negative values"):
         interpolate([a, b], [], weights=[1, -1])
     with pytest.raises(InputError, match="at least 2 models"):
         interpolate([a], [], weights=[1])

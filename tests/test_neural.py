@@ -111,7 +111,7 @@ def test_same_seed_same_model(tiny_tok, tiny_lines):
 
 
 def test_bad_budget_is_refused(tiny_tok, tiny_lines):
-    with pytest.raises(InputError, match="max-seconds"):
+    with pytest.raises(InputError, match="max_seconds"):
         train_transformer(tiny_tok, tiny_lines[:20], tiny_lines[20:30], config=TINY,
                           **{**FAST, "max_seconds": 0})
 

@@ -76,20 +76,20 @@ def test_save_load_counts_round_trip(tiny_lines, tiny_tok, tmp_path):
 
 def test_memory_limit_refusal_names_fix(tiny_lines, tiny_tok):
     with pytest.raises(MemoryLimitError, match=r"merging spilled counts needs .* but the memory "
-                       r"limit is 1\.0 KiB; raise --max-memory"):
-        count_corpus_parallel(tiny_lines, tiny_tok, GROUPS, chunk_lines=50, max_memory="1K")
+                       r"limit is 1\.0 KiB; raise max_memory"):
+        count_corpus_parallel(tiny_lines, tiny_tok, GROUPS, chunk_lines=50, workers=1, max_memory="1K")
 
 
 def test_train_refuses_when_model_exceeds_limit(tiny_corpus_file, tiny_tok_file):
     from lmkit.train import train
-    with pytest.raises(MemoryLimitError, match="raise --max-memory"):
+    with pytest.raises(MemoryLimitError, match="raise max_memory"):
         train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), context=2,
               max_memory="20K", workers=1)
 
 
 def test_check_workers():
     assert check_workers(3) == 3 and check_workers(None) >= 1
-    with pytest.raises(InputError, match="--workers must be an integer >= 1, got 0"):
+    with pytest.raises(InputError, match="workers must be an integer >= 1, got 0"):
         check_workers(0)
 
 

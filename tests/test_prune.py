@@ -110,9 +110,9 @@ def test_pruned_model_exports_to_an_exact_kenlm_arpa(model4, tiny_lines, tmp_pat
 
 
 def test_bad_threshold_and_window_model(model4, tiny_model):
-    with pytest.raises(InputError, match="--threshold must be >= 0"):
+    with pytest.raises(InputError, match="threshold must be >= 0"):
         prune_entropy(model4, -1)
-    with pytest.raises(InputError, match="prune needs a pure n-gram model"):
+    with pytest.raises(InputError, match="pruning needs a pure n-gram model"):
         prune_entropy(tiny_model, 1e-5)
 
 

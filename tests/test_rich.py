@@ -39,11 +39,6 @@ def test_fit_rich_beats_mkn_and_normalises():
     p = np.exp(sparse_next_logp(params, next_rows(params.groups, params.keys, [3, 4, 5], V, BOS)))
     assert abs(p.sum() - 1) < 1e-9
     assert np.array(params.info["entry_lambdas"]).shape == (6, 5)  # default: 5 entry buckets
-    plain = fit_rich(counts, held, BOS, EOS, entry_edges=None)
-    assert len(plain.lambdas) == 6 and "entry_lambdas" not in plain.info
-    bucketed = fit_rich(counts, held, BOS, EOS, entry_edges=None, bucket_edges=(2, 8))
-    assert np.array(bucketed.info["bucket_lambdas"]).shape == (6, 3)
-    assert np.allclose(bucketed.lambdas, 1.0)
 
 
 def test_solve_rich_without_extra_groups_is_mkn():

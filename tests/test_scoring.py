@@ -227,3 +227,51 @@ def test_model_verbs_use_the_scorer(tiny_tok, tiny_lines, every_path):
     o_want = sparse_log_proba(other.params, o_rows, o_t)
     mix_want = np.logaddexp(np.log(0.7) + want, np.log(0.3) + o_want)
     assert np.abs(mix.log_proba_ids(test)[0] - mix_want).max() <= 1e-9
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_total_nll_equals_the_reference_to_1e9_relative(name, every_path):
+    """The number ``lmkit eval`` reports: the total nll over many positions (several compiled
+    blocks, history order) equals the reference scorer's to 1e-9 relative."""
+    from lmkit.params import SparseParams
+    from lmkit.scoring import log_proba
+    p = MODELS[name]
+    p = SparseParams(p.groups, p.q, p.S, p.keys, p.lambdas, p.info)
+    test = seqs_of(2500, 8, hi=V)
+    rows, targets, _, order = context_rows(p.groups, p.keys, test, V, BOS, EOS, with_order=True)
+    assert len(targets) > 2 * 2048  # more than one block of fastscore.BLOCK positions
+    want = -sparse_log_proba(p, rows, targets).sum()
+    got = -log_proba(p, rows, targets, order).sum()
+    assert abs(got - want) <= 1e-9 * abs(want)
+
+
+def test_compiled_scorer_takes_int64_indices_and_kept_levels(every_path):
+    """Parameters with int64 indices (more than 2**31 stored entries, or an int64 folder) take
+    the int64 variant of the compiled loop; the kept-product levels (0, 1, 2) change
+    only the speed: every assignment gives the reference numbers."""
+    import scipy.sparse as sp
+    from lmkit import scoring
+    from lmkit.params import SparseParams
+    p = MODELS["rich"]
+    S64 = [S.copy() for S in p.S]
+    for S in S64:  # SciPy's constructor would narrow them back to int32
+        S.indices, S.indptr = S.indices.astype(np.int64), S.indptr.astype(np.int64)
+    wide = SparseParams(p.groups, p.q, S64, p.keys, p.lambdas, p.info)
+    assert scoring.score_tables(wide)[1][0].dtype == np.int64
+    test = seqs_of(800, 9, hi=V)
+    rows, targets, _, order = context_rows(p.groups, p.keys, test, V, BOS, EOS, with_order=True)
+    want = sparse_log_proba(p, rows, targets)
+    assert np.abs(scoring.log_proba(wide, rows, targets, order) - want).max() <= 1e-9
+    fast = scoring._compiled()
+    if fast is None:
+        return
+    scorer = scoring.sparse_scorer(p)
+    tables = scorer.tables()
+    r = tuple(np.asarray(rows[g], dtype=np.int64).take(order) for g in scorer.active)
+    G = len(r)
+    for levels in (np.zeros(G), np.ones(G), np.full(G, 2), np.arange(G) % 3):
+        term, z = np.empty(len(targets)), np.empty(len(targets))
+        fast.union_products(p.q, *tables, r, levels.astype(np.int8), targets.take(order), term, z)
+        got = np.empty(len(targets))
+        got[order] = np.log(term) - np.log(z)
+        assert np.abs(got - want).max() <= 1e-9

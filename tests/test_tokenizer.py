@@ -118,7 +118,7 @@ def test_sampled_training_is_seeded():
 
 
 def test_vocab_too_large_names_maximum():
-    with pytest.raises(InputError, match=r"supports at most (\d+); pass --vocab-size \1 or less"):
+    with pytest.raises(InputError, match=r"supports at most (\d+); pass vocab_size \1 or less"):
         Tokenizer.train(CORPUS, vocab_size=100_000)
     with pytest.raises(InputError, match=r"at most \d+"):
         Tokenizer.train(CORPUS, vocab_size=100_000, model_type="unigram")
@@ -128,7 +128,7 @@ def test_vocab_too_small():
     with pytest.raises(InputError, match=r"vocab_size 100 is too small: the minimum is 260"):
         Tokenizer.train(CORPUS, vocab_size=100)
     needed = 259 + len(set("".join(CORPUS)))  # bytes + specials + distinct characters
-    fix = rf"needs at least {needed} .*; pass --vocab-size {needed} or more"
+    fix = rf"needs at least {needed} .*; pass vocab_size {needed} or more"
     with pytest.raises(InputError, match=fix):
         Tokenizer.train(CORPUS, vocab_size=needed - 1)
 

@@ -30,7 +30,7 @@ from ..scoring import sparse_scores
 def _check_model(model) -> None:
     if not isinstance(model.params, SparseParams) or not all(isinstance(g, Window) for g in model.groups):
         raise InputError("batch sampling needs a sparse model with window groups only, or a pure "
-                         "n-gram model; train one with --solver explicit, or with --order N alone")
+                         "n-gram model; train one with solver explicit, or with order N alone")
 
 
 def sample_batch(model, n_tokens: int, *, batch: int = 4096, max_len: int = 256, seed: int = 0):

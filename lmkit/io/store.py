@@ -72,6 +72,7 @@ import scipy.sparse as sp
 import sentencepiece
 
 from . import files
+from ..config import LoadConfig
 from ..errors import InputError, LmkitError, MissingPathError, ModelFormatError, OutputError
 from .files import atomic_write  # noqa: F401 - re-exported: the one way lmkit writes a file
 from .. import kinds
@@ -171,7 +172,7 @@ def write_folder(path, fill, log=None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise OutputError(f"{path}: cannot write the model ({e.strerror or e}); nothing was "
-                              "changed, free space or pick another --output") from None
+                              "changed, free space or pick another output folder") from None
         raise
     return path
 
@@ -438,7 +439,7 @@ def write_synced(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
 
-def read_model_folder(path, mmap: bool = False):
+def read_model_folder(path, mmap: bool = LoadConfig.mmap):
     """Read and verify a model folder. Returns ``(manifest, tokenizer_proto, arrays)``.
 
     ``arrays``: name -> read-only numpy array, each header checked (see ``read_npz``); the
@@ -653,10 +654,11 @@ def _expand_compact(arrays, where) -> dict:
             if plain in out or a.dtype.str != "<u2" or a.ndim != 1:
                 raise ModelFormatError(f"{where}: {name!r} must be the uint16 row lengths of "
                                        f"the absent {plain!r}; {_FIX}")
-            indptr = np.zeros(len(a) + 1, dtype=np.int64)
+            # summed straight into the final dtype: no int64 copy to narrow (fresh pages cost)
+            wide = int(a.sum(dtype=np.int64)) >= 1 << 31
+            indptr = np.zeros(len(a) + 1, dtype=np.int64 if wide else np.int32)
             np.cumsum(a, out=indptr[1:])
-            wide = indptr[-1] >= 1 << 31
-            out[plain] = indptr if wide else indptr.astype(np.int32)
+            out[plain] = indptr
             ind = name[:-len("_rowlen")] + "_indices"
             if ind in out and out[ind].dtype.str == "<u2":
                 out[ind] = out[ind].astype(np.int64 if wide else np.int32)
@@ -802,21 +804,14 @@ def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.
 
 
 def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
-    G, V = len(groups), None
+    """The params of a folder's ``arrays`` (name -> array) after every check: names, dtypes,
+    shapes, key order and range, finiteness (``ModelFormatError`` naming the first problem)."""
+    G = len(groups)
     try:
         check_suffix_chain(groups)
     except InputError as e:
         raise ModelFormatError(f"{where}: {e}") from None
-    expected = {"q", "lambdas"} if kind == "sparse" else {"b"}
-    keys = []
-    for g, group in enumerate(groups):
-        expected |= ({f"S{g}_data", f"S{g}_indices", f"S{g}_indptr", f"S{g}_shape"}
-                     if kind == "sparse" else {f"W{g}"})
-        if f"keys{g}" in arrays or isinstance(group, Suffix):
-            expected.add(f"keys{g}")
-        if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
-            expected.add(f"G{g}")
-    expected |= set(kinds.group_tables(groups))  # clusters{C}, piece_bytes (kinds.py)
+    expected = _expected_arrays(kind, groups, arrays)
     extra = sorted(set(arrays) - expected)
     if extra:
         raise ModelFormatError(f"{where}: arrays {extra} do not belong to a {kind} model with "
@@ -836,6 +831,41 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
         b = _array(arrays, "b", ("<f4", "<f8"), 1, where)
         V = len(b)
         _finite(b, "b", where)
+    keys = _checked_keys(arrays, groups, expected, V, where)
+    rows = [V if k is None else len(k) for k in keys]
+    if kind == "sparse":
+        S = [_check_csr(arrays, g, rows[g], V, where) for g in range(G)]
+        loggamma = _checked_loggamma(arrays, expected, rows, where)
+        if loggamma:
+            info = {**info, "loggamma": loggamma}
+        return SparseParams(groups, q, S, keys, lam, info)
+    W = []
+    for g in range(G):
+        w = _array(arrays, f"W{g}", ("<f4", "<f8"), 2, where)
+        if w.shape != (rows[g], V):
+            raise ModelFormatError(f"{where}: 'W{g}' has shape {w.shape}, expected "
+                                   f"{(rows[g], V)}; {_FIX}")
+        _finite(w, f"W{g}", where)
+        W.append(w)
+    return DenseParams(groups, W, b, keys, info)
+
+
+def _expected_arrays(kind, groups, arrays) -> set:
+    """The array names a ``kind`` ("sparse" or "dense") folder with ``groups`` may hold."""
+    expected = {"q", "lambdas"} if kind == "sparse" else {"b"}
+    for g, group in enumerate(groups):
+        expected |= ({f"S{g}_data", f"S{g}_indices", f"S{g}_indptr", f"S{g}_shape"}
+                     if kind == "sparse" else {f"W{g}"})
+        if f"keys{g}" in arrays or isinstance(group, Suffix):
+            expected.add(f"keys{g}")
+        if kind == "sparse" and isinstance(group, Suffix) and f"G{g}" in arrays:
+            expected.add(f"G{g}")
+    return expected | set(kinds.group_tables(groups))  # clusters{C}, piece_bytes (kinds.py)
+
+
+def _checked_keys(arrays, groups, expected, V: int, where) -> list:
+    """Per group its keys (int64, sorted, unique, in range) or None (rows are token ids)."""
+    keys = []
     for g, group in enumerate(groups):
         k = None
         if f"keys{g}" in expected:
@@ -851,27 +881,19 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
                 raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
                                        f"[0, {limit}); {_FIX}")
         keys.append(k)
-    rows = [V if k is None else len(k) for k in keys]
-    if kind == "sparse":
-        S = [_check_csr(arrays, g, rows[g], V, where) for g in range(G)]
-        loggamma = []
-        for g in range(G):
-            if f"G{g}" in expected:
-                lg = _array(arrays, f"G{g}", ("<f8",), 1, where)
-                if len(lg) != rows[g] or not all((np.isfinite(x) & (x <= 1e-9)).all()
-                                                 for x in _blocks(lg)):
-                    raise ModelFormatError(f"{where}: 'G{g}' must be {rows[g]} finite log "
-                                           f"back-off weights <= 0; {_FIX}")
-                loggamma.append(lg)
-        if loggamma:
-            info = {**info, "loggamma": loggamma}
-        return SparseParams(groups, q, S, keys, lam, info)
-    W = []
-    for g in range(G):
-        w = _array(arrays, f"W{g}", ("<f4", "<f8"), 2, where)
-        if w.shape != (rows[g], V):
-            raise ModelFormatError(f"{where}: 'W{g}' has shape {w.shape}, expected "
-                                   f"{(rows[g], V)}; {_FIX}")
-        _finite(w, f"W{g}", where)
-        W.append(w)
-    return DenseParams(groups, W, b, keys, info)
+    return keys
+
+
+def _checked_loggamma(arrays, expected, rows: list, where) -> list:
+    """The stored log back-off weights ``G{g}`` (one per row, finite, <= 0) of the groups that
+    have them (a sparse MKN model's suffix groups), in group order."""
+    loggamma = []
+    for g in range(len(rows)):
+        if f"G{g}" in expected:
+            lg = _array(arrays, f"G{g}", ("<f8",), 1, where)
+            if len(lg) != rows[g] or not all((np.isfinite(x) & (x <= 1e-9)).all()
+                                             for x in _blocks(lg)):
+                raise ModelFormatError(f"{where}: 'G{g}' must be {rows[g]} finite log "
+                                       f"back-off weights <= 0; {_FIX}")
+            loggamma.append(lg)
+    return loggamma

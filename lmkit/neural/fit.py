@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..progress import log
 from .crossfit import CrossFitRows, fold_models
 from .lm import NeuralLM
@@ -271,7 +271,7 @@ class Trainer:
             what = "its explicit base" if self.lm.explicit is not None else "its initial weights"
             self.log(f"neural: NO GAIN: after {self.step} steps and {self.spent:.0f} CPU s no "
                      f"checkpoint beat {what} on valid (ppl {self.history[0]['valid_ppl']:.2f}); "
-                     f"the model returned is {what} (give more --max-seconds)")
+                     f"the model returned is {what} (give it a larger max_seconds)")
         else:
             self.log(f"neural: best valid ppl {self.best['ppl']:.2f} at step {self.best['step']} "
                      f"({self.best['seconds']:.0f} CPU s), from {self.history[0]['valid_ppl']:.2f} "
@@ -297,7 +297,7 @@ def fit(lm: NeuralLM, train_lines, valid_lines, *, max_seconds: float, max_steps
     valid_tokens, log).
     """
     if not max_seconds > 0:
-        raise InputError(f"--max-seconds must be > 0 CPU seconds, got {max_seconds}")
+        raise OptionError(f"max_seconds must be > 0 CPU seconds, got {max_seconds}")
     if max_steps is not None and max_steps < 1:
         raise InputError(f"max_steps must be >= 1, got {max_steps}")
     trainer = Trainer(lm, train_lines, valid_lines, **options)

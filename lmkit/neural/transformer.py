@@ -17,10 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import TokenizerConfig
+
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = 4096
+    vocab_size: int = TokenizerConfig.vocab_size  # always given: the tokenizer's
     block_size: int = 64   # longest context seen at once; longer lines are scored in windows
     n_layer: int = 4
     n_head: int = 4

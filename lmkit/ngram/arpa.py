@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..config import ExportArpaConfig, ImportArpaConfig, check_option
+from ..errors import InputError, OptionError
 from ..features import Suffix, decode_histories, encode_histories
 from ..io.files import atomic_write
 from ..io.readfile import read_regular
@@ -76,8 +77,8 @@ def piece_words(tokenizer) -> np.ndarray:
     for i, w in enumerate(words):
         if not w or any(c.isspace() for c in w) or (w in SPECIALS and i not in (
                 tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id)):
-            raise InputError(f"piece {i} {w!r} cannot be an ARPA word (whitespace or a special "
-                             "name); export with --words ids")
+            raise OptionError(f"piece {i} {w!r} cannot be an ARPA word (whitespace or a special "
+                             "name); export with words ids")
     return words
 
 
@@ -140,6 +141,8 @@ def _declared_counts(path, lines, k: int, nxt: int) -> list:
 
 
 def _parse_sections(path, lines) -> list:
+    r"""The tables of an ARPA file's lines: per order ``(words, log10 p, log10 bo)``
+    (``_section``), after the ``\data\`` counts and the section order are checked."""
     heads = [k for k, line in enumerate(lines) if line.startswith("\\")]
     start = next((i for i, k in enumerate(heads) if lines[k].strip() == "\\data\\"), None)
     if start is None:
@@ -167,32 +170,7 @@ def _parse_sections(path, lines) -> list:
         if n > len(declared):
             raise InputError(f"{path}:{k + 1}: section {head} but \\data\\ declares "
                              f"{len(declared)} orders; the file is corrupt")
-        at = [i for i in range(k + 1, nxt) if lines[i].strip()]
-        rows = [lines[i].split() for i in at]
-        if len(rows) != declared[n - 1]:
-            raise InputError(f"{path}: header says ngram {n}={declared[n - 1]} but {head} lists "
-                             f"{len(rows)}; the file is truncated or corrupt")
-        bad = next((i for i, r in zip(at, rows) if len(r) not in (n + 1, n + 2)), None)
-        if bad is not None:
-            raise InputError(f"{path}:{bad + 1}: in {head} expected log10p, {n} words and an "
-                             f"optional back-off, got {_short(lines[bad].strip())}; is this an "
-                             "ARPA file?")
-        try:
-            lp = np.fromiter(map(float, [r[0] for r in rows]), np.float64, len(rows))
-            bo = np.fromiter(map(float, [r[n + 1] if len(r) == n + 2 else "0" for r in rows]),
-                             np.float64, len(rows))
-        except ValueError:
-            i = next(i for i, r in zip(at, rows) if not _is_float(r[0])
-                     or (len(r) == n + 2 and not _is_float(r[n + 1])))
-            raise InputError(f"{path}:{i + 1}: in {head} a value is not a number: "
-                             f"{_short(lines[i].strip())}; the file is corrupt") from None
-        ok = np.isfinite(lp) & (lp <= 0) & np.isfinite(bo)
-        if not ok.all():
-            i = at[int(np.argmin(ok))]
-            raise InputError(f"{path}:{i + 1}: in {head} every log10 probability must be finite "
-                             f"and <= 0 and every back-off finite, got {_short(lines[i].strip())}; "
-                             "the file is corrupt (fix or regenerate it)")
-        tables.append(([r[1:n + 1] for r in rows], lp, bo))
+        tables.append(_section(path, lines, k, nxt, n, declared[n - 1]))
     if len(tables) < len(declared):
         raise InputError(f"{path}: \\data\\ declares {len(declared)} orders but the file ends "
                          f"after {len(tables)} (\\{len(tables) + 1}-grams: missing); the file is "
@@ -204,6 +182,39 @@ def _parse_sections(path, lines) -> list:
     return tables
 
 
+def _section(path, lines, k: int, nxt: int, n: int, count: int) -> tuple:
+    r"""The ``\n-grams:`` section at line ``k`` (entries on lines k+1 .. nxt-1, ``count`` of
+    them declared) -> ``(words per n-gram, log10 p float64, log10 back-off float64 (0 when
+    absent))``, every value checked."""
+    head = lines[k].strip()
+    at = [i for i in range(k + 1, nxt) if lines[i].strip()]
+    rows = [lines[i].split() for i in at]
+    if len(rows) != count:
+        raise InputError(f"{path}: header says ngram {n}={count} but {head} lists "
+                         f"{len(rows)}; the file is truncated or corrupt")
+    bad = next((i for i, r in zip(at, rows) if len(r) not in (n + 1, n + 2)), None)
+    if bad is not None:
+        raise InputError(f"{path}:{bad + 1}: in {head} expected log10p, {n} words and an "
+                         f"optional back-off, got {_short(lines[bad].strip())}; is this an "
+                         "ARPA file?")
+    try:
+        lp = np.fromiter(map(float, [r[0] for r in rows]), np.float64, len(rows))
+        bo = np.fromiter(map(float, [r[n + 1] if len(r) == n + 2 else "0" for r in rows]),
+                         np.float64, len(rows))
+    except ValueError:
+        i = next(i for i, r in zip(at, rows) if not _is_float(r[0])
+                 or (len(r) == n + 2 and not _is_float(r[n + 1])))
+        raise InputError(f"{path}:{i + 1}: in {head} a value is not a number: "
+                         f"{_short(lines[i].strip())}; the file is corrupt") from None
+    ok = np.isfinite(lp) & (lp <= 0) & np.isfinite(bo)
+    if not ok.all():
+        i = at[int(np.argmin(ok))]
+        raise InputError(f"{path}:{i + 1}: in {head} every log10 probability must be finite "
+                         f"and <= 0 and every back-off finite, got {_short(lines[i].strip())}; "
+                         "the file is corrupt (fix or regenerate it)")
+    return [r[1:n + 1] for r in rows], lp, bo
+
+
 def _is_float(x: str) -> bool:
     try:
         float(x)
@@ -212,10 +223,9 @@ def _is_float(x: str) -> bool:
     return True
 
 
-def word_ids(tables, tokenizer, words: str = "auto") -> dict:
+def word_ids(tables, tokenizer, words: str = ImportArpaConfig.words) -> dict:
     """{ARPA word: token id} for ``words`` in "auto" | "ids" | "pieces" (see module docstring)."""
-    if words not in ("auto", "ids", "pieces"):
-        raise InputError(f"--words must be auto, ids or pieces, got {words!r}")
+    check_option(ImportArpaConfig, "words", words)
     if words == "auto":
         uni = [w[0] for w in tables[0][0] if w[0] not in SPECIALS]
         V = tokenizer.vocab_size
@@ -232,14 +242,14 @@ def _to_ids(grams, vocab: dict, n: int, path) -> np.ndarray:
     try:
         ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
     except KeyError as e:
-        raise InputError(f"{path}: ARPA word {_short(e.args[0])} is not a piece or id of this "
-                         "tokenizer; pass the tokenizer the training text was encoded with "
-                         "(or --words ids|pieces)") from None
+        raise OptionError(f"{path}: ARPA word {_short(e.args[0])} is not a piece or id of this "
+                          "vocabulary; pass the tokenizer the training text was encoded with "
+                          "(or words ids or pieces)") from None
     return ids.reshape(len(grams), n)
 
 
 # ---- building the sparse model (packed-key helpers: packed.py) --------------------------------
-def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
+def arpa_params(tables, tokenizer, words: str = ImportArpaConfig.words, path="ARPA"):
     """``(SparseParams, report)`` of a parsed ARPA (``read_arpa``); see the module docstring."""
     V = tokenizer.vocab_size
     N = len(tables)
@@ -250,10 +260,36 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
                          "use a lower order or a smaller vocabulary")
     vocab = word_ids(tables, tokenizer, words)
     grams = [_to_ids(w, vocab, n + 1, path) for n, (w, _, _) in enumerate(tables)]
-    # unigrams -> q; unlisted pieces share p(<unk>) (module docstring)
-    uni, lp1, bo1 = grams[0][:, 0], tables[0][1], tables[0][2]
+    uni = grams[0][:, 0]
     if len(np.unique(uni)) != len(uni):
         raise InputError(f"{path}: a unigram is listed twice; the file is corrupt")
+    q, missing = arpa_unigrams(uni, tables[0][1], tokenizer)
+    bo_uni = np.zeros(V)
+    bo_uni[uni] = tables[0][2]
+    # per order n >= 2: history keys, targets, log10 p (NaN = added by closure), log10 bo
+    hist = [None] + [pack(g[:, :-1], V) for g in grams[1:]]
+    cols = [None] + [g[:, -1].copy() for g in grams[1:]]
+    lp = [None] + [t[1].copy() for t in tables[1:]]
+    bo = [bo_uni] + [t[2].copy() for t in tables[1:]]
+    suffix_closure(hist, cols, lp, bo, V)
+    levels, hist_bo = interpolated_levels(hist, cols, lp, bo, np.log10(q), V, path)
+    info = {"smoothing": "imported ARPA back-off model", "arpa_orders": [len(g) for g in grams],
+            "arpa_missing_pieces": int(len(missing))}
+    params, packed_by_row = suffix_params(q, levels, V, info)
+    err = backoff_error(params, packed_by_row, hist_bo)
+    for n in range(N - 1):  # listed with a back-off but no successors: lmkit's gamma is 1
+        absent = packed_rows(packed_by_row[n], pack(grams[n], V)) < 0
+        err = max([err] + np.abs(tables[n][2][absent]).tolist())
+    params = params.with_lambdas(params.lambdas, arpa_max_backoff_error_log10=err)
+    return params, {"orders": N, "ngrams": info["arpa_orders"], "missing_pieces": int(len(missing)),
+                    "max_backoff_error_log10": err}
+
+
+def arpa_unigrams(uni: np.ndarray, lp1: np.ndarray, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, missing)``: q (V,) float64 the unigram distribution of the listed unigrams ``uni``
+    (token ids) with log10 probabilities ``lp1``, summing to 1; ``missing`` the ids not listed,
+    which share p(<unk>) (module docstring)."""
+    V = tokenizer.vocab_size
     q = np.zeros(V)
     q[uni] = 10.0 ** lp1
     missing = np.setdiff1d(np.arange(V), uni)
@@ -274,14 +310,14 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
     else:
         q /= q.sum()
         q[tokenizer.bos_id] = 1e-300  # ~0 but finite: log q stays finite
-    bo_uni = np.zeros(V)
-    bo_uni[uni] = bo1
-    # per order n >= 2: history keys, targets, log10 p (NaN = added by closure), log10 bo
-    hist = [None] + [pack(g[:, :-1], V) for g in grams[1:]]
-    cols = [None] + [g[:, -1].copy() for g in grams[1:]]
-    lp = [None] + [t[1].copy() for t in tables[1:]]
-    bo = [bo_uni] + [t[2].copy() for t in tables[1:]]
-    for n in range(N - 1, 1, -1):  # top-down suffix closure: (h', w) must exist one order down
+    return q, missing
+
+
+def suffix_closure(hist: list, cols: list, lp: list, bo: list, V: int) -> None:
+    """Top-down suffix closure, in place: for every listed (h, w) of order n >= 3, (h minus its
+    oldest token, w) exists one order down; the ones added get log10 p NaN (filled from the
+    back-off in ``interpolated_levels``) and back-off 0. Lists indexed by order - 1."""
+    for n in range(len(hist) - 1, 1, -1):
         sh, sc = hist[n] // V, cols[n]
         found = find_pairs(pair_index(hist[n - 1], cols[n - 1], V), sh, sc)
         need = np.unique(np.stack([sh[found < 0], sc[found < 0]]), axis=1)
@@ -290,8 +326,16 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
             cols[n - 1] = np.concatenate([cols[n - 1], need[1]])
             lp[n - 1] = np.concatenate([lp[n - 1], np.full(need.shape[1], np.nan)])
             bo[n - 1] = np.concatenate([bo[n - 1], np.zeros(need.shape[1])])
-    levels, lower_lp, lower_index, hist_bo = [], np.log10(q), None, []
-    for n in range(1, N):
+
+
+def interpolated_levels(hist: list, cols: list, lp: list, bo: list, lower_lp: np.ndarray,
+                        V: int, path) -> tuple[list, list]:
+    """``(levels, hist_bo)`` per order n >= 2 from the closed tables: levels ``(history keys,
+    targets, S values in nats)`` with S = ln p - ln bo(h) - ln p(lower) (0 for closure
+    entries, whose NaN log10 p becomes ``bo(h) + p(lower)`` in ``lp``), and ``(history keys,
+    log10 bo(h))``. ``lower_lp``: log10 of the unigram distribution."""
+    levels, lower_index, hist_bo = [], None, []
+    for n in range(1, len(hist)):
         index = pair_index(hist[n], cols[n], V)
         if len(index[0]) and index[1].nnz != len(hist[n]):
             raise InputError(f"{path}: an {n + 1}-gram is listed twice; the file is corrupt")
@@ -311,16 +355,7 @@ def arpa_params(tables, tokenizer, words: str = "auto", path="ARPA"):
         levels.append((hist[n], cols[n], np.where(fill, 0.0, (lp[n] - hbo - low) * LN10)))
         hist_bo.append((hist[n], hbo))
         lower_lp, lower_index = lp[n], index
-    info = {"smoothing": "imported ARPA back-off model", "arpa_orders": [len(g) for g in grams],
-            "arpa_missing_pieces": int(len(missing))}
-    params, packed_by_row = suffix_params(q, levels, V, info)
-    err = backoff_error(params, packed_by_row, hist_bo)
-    for n in range(N - 1):  # listed with a back-off but no successors: lmkit's gamma is 1
-        absent = packed_rows(packed_by_row[n], pack(grams[n], V)) < 0
-        err = max([err] + np.abs(tables[n][2][absent]).tolist())
-    params = params.with_lambdas(params.lambdas, arpa_max_backoff_error_log10=err)
-    return params, {"orders": N, "ngrams": info["arpa_orders"], "missing_pieces": int(len(missing)),
-                    "max_backoff_error_log10": err}
+    return levels, hist_bo
 
 
 def backoff_error(params: SparseParams, packed_by_row, hist_bo) -> float:
@@ -334,7 +369,7 @@ def backoff_error(params: SparseParams, packed_by_row, hist_bo) -> float:
     return worst
 
 
-def import_arpa(path, tokenizer, *, words: str = "auto"):
+def import_arpa(path, tokenizer, *, words: str = ImportArpaConfig.words):
     """An ARPA file -> ``LanguageModel`` (see the module docstring); ``lmkit import-arpa``."""
     tables = read_arpa(path)
     params, report = arpa_params(tables, tokenizer, words, path)
@@ -357,7 +392,7 @@ def arpa_words(tokenizer) -> np.ndarray:
     return words
 
 
-def write_arpa(model, path, words: str = "ids") -> dict:
+def write_arpa(model, path, words: str = ExportArpaConfig.words) -> dict:
     """Write ``model`` (a pure suffix ``LanguageModel``) as an ARPA file; returns n-gram counts.
 
     ``words``: "ids" (decimal token ids, ``arpa_words``) or "pieces" (``piece_words``).

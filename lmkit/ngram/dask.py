@@ -42,6 +42,7 @@ import os
 
 import numpy as np
 
+from ..config import ScaleConfig
 from ..corpus import file_lines, sequences
 from ..counts import Counts, count_buffer, flat_buffer
 from ..distributed import _tokenizer, dask_client, result
@@ -164,7 +165,7 @@ def _solve(state: dict, discounts: list, q: np.ndarray, V: int) -> tuple:
 
 # ---- the client -----------------------------------------------------------------------------
 def build_ngram_dask(lines, tokenizer, order: int, *, files=None, discount=None,
-                     chunk_lines: int = 10000, split_bytes: int = SPLIT_BYTES,
+                     chunk_lines: int = ScaleConfig.chunk_lines, split_bytes: int = SPLIT_BYTES,
                      partitions: int | None = None, scheduler: str | None = None,
                      n_workers: int | None = None, processes: bool = True, progress=None,
                      log=None) -> tuple[SparseParams, int, int]:
@@ -177,37 +178,14 @@ def build_ngram_dask(lines, tokenizer, order: int, *, files=None, discount=None,
     given = _check_discount(discount)
     n_workers = check_workers(n_workers)
     with dask_client(scheduler, n_workers, processes, log) as client:
-        from dask.distributed import wait
         n = max(1, len(client.scheduler_info().get("workers", {})))
-        P = partitions or 2 * n
-        proto = client.scatter(tokenizer.model_proto, broadcast=True)
-        bos = tokenizer.bos_id
-        edges, blocks, in_flight, n_seq, n_tok = None, [], set(), 0, 0
         shards = (line_chunks(lines, chunk_lines) if files is None
                   else file_splits(files, split_bytes))
         if log and files is not None:
             log(f"      the workers read {len(files)} files in {len(shards)} byte ranges")
-        for shard in shards:
-            buf = client.submit(_encode, shard, proto, pure=False)
-            in_flight.add(client.submit(_sizes, buf, bos, pure=False))
-            if edges is None:  # ranges from the first shard: they balance, they do not decide
-                newest = result(client.submit(_newest_tokens, buf, bos, V, pure=False),
-                                "encoding the first shard")
-                if not newest.any():  # a byte range with no line: nothing to partition yet
-                    continue
-                edges = token_ranges(newest, P)
-                blocks = [[] for _ in range(len(edges) - 1)]
-            windows = client.submit(partition_windows, buf, bos, edges, order, pure=False)
-            for p, parts in enumerate(blocks):
-                parts.append(client.submit(operator.getitem, windows, p, pure=False))
-            del buf, windows  # the futures above keep what they need alive on the workers
-            if len(in_flight) >= 4 * n:
-                done, in_flight = wait(in_flight, return_when="FIRST_COMPLETED")
-                n_seq, n_tok = _report(done, progress, n_seq, n_tok)
-        n_seq, n_tok = _report(in_flight, progress, n_seq, n_tok)
-        if edges is None:
-            raise InputError("no text to count: the corpus has no lines; give files with some text")
-        states = [client.submit(_count_partition, bos, V, order, *parts, pure=False)
+        blocks, n_seq, n_tok = _partitioned_windows(client, shards, tokenizer, order,
+                                                    partitions or 2 * n, n, progress)
+        states = [client.submit(_count_partition, tokenizer.bos_id, V, order, *parts, pure=False)
                   for parts in blocks]
         del blocks
         parts = [result(client.submit(_global_part, s, pure=False), "counting a partition")
@@ -230,6 +208,37 @@ def build_ngram_dask(lines, tokenizer, order: int, *, files=None, discount=None,
             "lambda_init": [1.0] * M, "lambda_fixed": [True] * M, "loggamma": loggamma,
             "partitions": len(tables)}
     return SparseParams(make_groups(0, order), q, S, keys, np.ones(M), info), n_seq, n_tok
+
+
+def _partitioned_windows(client, shards, tokenizer, order: int, P: int, n: int, progress):
+    """Encode every shard on the workers and cut its n-gram windows into ``P`` token ranges
+    (from the first shard with a line); returns ``(blocks, n_sequences, n_tokens)``: per range
+    the futures of its windows, one per shard. At most ``4 n`` shards are in flight."""
+    from dask.distributed import wait
+    V, bos = tokenizer.vocab_size, tokenizer.bos_id
+    proto = client.scatter(tokenizer.model_proto, broadcast=True)
+    edges, blocks, in_flight, n_seq, n_tok = None, [], set(), 0, 0
+    for shard in shards:
+        buf = client.submit(_encode, shard, proto, pure=False)
+        in_flight.add(client.submit(_sizes, buf, bos, pure=False))
+        if edges is None:  # ranges from the first shard: they balance, they do not decide
+            newest = result(client.submit(_newest_tokens, buf, bos, V, pure=False),
+                            "encoding the first shard")
+            if not newest.any():  # a byte range with no line: nothing to partition yet
+                continue
+            edges = token_ranges(newest, P)
+            blocks = [[] for _ in range(len(edges) - 1)]
+        windows = client.submit(partition_windows, buf, bos, edges, order, pure=False)
+        for p, parts in enumerate(blocks):
+            parts.append(client.submit(operator.getitem, windows, p, pure=False))
+        del buf, windows  # the futures above keep what they need alive on the workers
+        if len(in_flight) >= 4 * n:
+            done, in_flight = wait(in_flight, return_when="FIRST_COMPLETED")
+            n_seq, n_tok = _report(done, progress, n_seq, n_tok)
+    n_seq, n_tok = _report(in_flight, progress, n_seq, n_tok)
+    if edges is None:
+        raise InputError("no text to count: the corpus has no lines; give files with some text")
+    return blocks, n_seq, n_tok
 
 
 def _report(futures, progress, n_seq: int, n_tok: int) -> tuple:

@@ -55,7 +55,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..counts import Counts
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..explicit import estimate_discount, solve_group
 from ..features import Suffix, decode_histories, decode_suffix_key, encode_histories
 from ..params import SparseParams
@@ -144,7 +144,7 @@ def _check_discount(discount):
         return None
     d = (float(discount),) * 3 if np.isscalar(discount) else tuple(float(x) for x in discount)
     if len(d) != 3 or not all(0 < dk <= k for k, dk in zip((1, 2, 3), d)):
-        raise InputError(f"--discount for --order needs 1 or 3 values D1 D2 D3+ with 0 < Dk <= k, "
+        raise OptionError(f"discount for order needs 1 or 3 values D1 D2 D3+ with 0 < Dk <= k, "
                          f"got {list(d)}; omit it to estimate the discounts from count-of-counts")
     return d
 
@@ -246,8 +246,8 @@ def prune_thresholds(prune, n_orders: int) -> list:
         return [0] * n_orders
     t = [int(x) for x in prune]
     if any(x < 0 for x in t) or t[0] != 0 or any(b < a for a, b in zip(t, t[1:])):
-        raise InputError(f"--prune thresholds must be >= 0, non-decreasing and start with 0 "
-                         f"(unigrams are never pruned), got {list(prune)}; e.g. --prune 0 0 1")
+        raise OptionError(f"prune thresholds must be >= 0, non-decreasing and start with 0 "
+                          f"(unigrams are never pruned), got {list(prune)}; e.g. prune 0 0 1")
     return (t + [t[-1]] * n_orders)[:n_orders]
 
 

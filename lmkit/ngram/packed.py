@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..features import Suffix, decode_histories
 from ..params import SparseParams
 from ..sparse import lookup_rows, lookup_values
@@ -129,11 +129,11 @@ def check_arpa_exportable(params) -> int:
     """M (the longest history) if ``params`` is an exact MKN model, else an ``InputError``."""
     if not isinstance(params, SparseParams) or not all(isinstance(g, Suffix) for g in params.groups):
         names = [g.name for g in params.groups]
-        raise InputError(f"ARPA export needs a pure suffix (n-gram) model, this one has groups {names}; "
-                         "train with --order N and without --context")
+        raise OptionError(f"ARPA export needs a pure suffix (n-gram) model, this one has groups {names}; "
+                         "train with order N and without context")
     if not np.allclose(params.lambdas, 1.0):
-        raise InputError(f"ARPA export needs all lambdas = 1 (exact MKN), got {list(params.lambdas)}; "
-                         "re-train without --lambdas")
+        raise OptionError(f"ARPA export needs all lambdas = 1 (exact MKN), got {list(params.lambdas)}; "
+                         "train again without lambdas")
     return _suffix_order(params.groups)
 
 

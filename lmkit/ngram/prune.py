@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..config import PruneConfig, check_option
+from ..errors import InputError, OptionError
 from ..model import LanguageModel
 from .packed import check_arpa_exportable, find_pairs, packed_view, pair_index, suffix_params
 from .tables import mkn_log_proba
@@ -86,11 +87,11 @@ def check_prunable(params) -> None:
     except InputError:
         names = [g.name for g in params.groups][:8]
         lam = getattr(params, "lambdas", None)
-        raise InputError(f"prune needs a pure n-gram model (groups suffix1..suffixM, lambdas 1), "
+        raise OptionError(f"pruning needs a pure n-gram model (groups suffix1..suffixM, lambdas 1), "
                          f"this one has groups {names}"
                          + (f" and lambdas {[round(float(x), 4) for x in lam][:8]}"
                             if lam is not None else "")
-                         + "; prune a model trained with --order N (no --context, no --lambdas) "
+                         + "; pass a model trained with order N (no context, no lambdas) "
                          "or imported with `lmkit import-arpa`") from None
 
 
@@ -131,9 +132,7 @@ def prune_entropy(model, threshold: float, *, criteria=None):
     ``criteria``: the output of ``entropy_criteria(model)``, to prune one model at several
     thresholds without recomputing it.
     """
-    if not threshold >= 0:
-        raise InputError(f"--threshold must be >= 0 (relative perplexity increase, e.g. 1e-7), "
-                         f"got {threshold}")
+    threshold = check_option(PruneConfig, "threshold", threshold)  # >= 0, inf keeps unigrams
     crit = entropy_criteria(model) if criteria is None else criteria
     params = model.params
     V, M = params.vocab_size, len(crit)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..config import SampleConfig
+from ..errors import InputError, OptionError
 from ..features import Suffix
 from .tables import backoff_tables
 from ..params import SparseParams
@@ -44,8 +45,8 @@ class NgramSampler:
 
     def __init__(self, params: SparseParams, bos_id: int | None = None, eos_id: int | None = None):
         if not is_pure_ngram(params):
-            raise InputError("exact n-gram sampling needs a pure n-gram model (--order N, no "
-                             "--context, lambdas 1); sample others with lmkit generate")
+            raise OptionError("exact n-gram sampling needs a pure n-gram model (order N, no "
+                              "context, lambdas 1); sample others with `lmkit generate`")
         self.params = params
         self.V = params.vocab_size
         self.M = len(params.groups)
@@ -124,7 +125,7 @@ class NgramSampler:
         return out
 
     def sample_sequences(self, n_tokens: int, *, batch: int = 4096, max_len: int = 256,
-                         seed: int = 0):
+                         seed: int = SampleConfig.seed):
         """Yield lists of sampled sequences (ids, EOS dropped) until ``n_tokens`` targets (EOS
         included) were drawn; a sequence reaching ``max_len`` tokens is cut there. Same contract
         as ``synthetic.sample_batch``; deterministic for a given ``seed``."""
@@ -150,8 +151,9 @@ class NgramSampler:
             hist[:, -1] = nxt
             hist[finished] = self.bos
 
-    def continue_ids(self, prompt_ids, *, max_tokens: int, num_samples: int = 1,
-                     seed: int = 0, exclude=()) -> list:
+    def continue_ids(self, prompt_ids, *, max_tokens: int,
+                     num_samples: int = SampleConfig.num_samples, seed: int = SampleConfig.seed,
+                     exclude=()) -> list:
         """``num_samples`` continuations (prompt ids + new ids, EOS dropped) of one prompt, all
         sampled together; each stops at EOS or after ``max_tokens`` new tokens. The exact path
         for ``generate`` at temperature 1, top_k 0, top_p 1. ``exclude``: token ids never drawn

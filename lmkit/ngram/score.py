@@ -355,11 +355,15 @@ class MknWalker:
 BUILD_AFTER = 1 / 8
 
 
-def walker(params, loggammas, seqs=()):
+def walker(params, loggammas, seqs=(), expected: int = 0):
     """The ``MknWalker`` of ``params`` (kept on the frozen object), or None when the compiled
     loop is unavailable (no numba) or switched off (``scoring.USE_COMPILED = False``), or while
     the positions scored through ``params`` (``seqs``' targets counted in) are still fewer
-    than ``BUILD_AFTER`` times its stored entries (the numpy route is cheaper until then)."""
+    than ``BUILD_AFTER`` times its stored entries (the numpy route is cheaper until then).
+
+    ``expected``: positions the caller forecasts it will score next (``lmkit score`` knows its
+    input's size), counted in the decision but not kept: a long job builds the tables at its
+    start instead of first scoring an eighth of the entries' worth on the slower route."""
     from .. import scoring
     if _score_compiled is None or not scoring.USE_COMPILED:
         return None
@@ -367,7 +371,7 @@ def walker(params, loggammas, seqs=()):
     if w is None:
         seen = params.__dict__.get("_mkn_positions", 0) + sum(map(len, seqs)) + len(seqs)
         object.__setattr__(params, "_mkn_positions", seen)
-        if seen < BUILD_AFTER * sum(S.nnz for S in params.S):
+        if seen + max(int(expected), 0) < BUILD_AFTER * sum(S.nnz for S in params.S):
             return None
         w = MknWalker(params, loggammas)
         object.__setattr__(params, "_mkn_walker", w)

@@ -166,8 +166,9 @@ class ModelConfig:
 class ScaleConfig:
     """How counting runs: processes, engine, memory."""
 
-    workers: int | None = opt(None, "processes that tokenize and count (default: every core); "
-                              "with engine dask, the LocalCluster's workers", min=1)
+    workers: int | None = opt(None, "processes that tokenize and count (default: every core; "
+                              "1 for the default model on engine local); with engine dask, the "
+                              "LocalCluster's workers", min=1)
     engine: str = opt("local", "count on this machine or on a Dask cluster", choices=("local", "dask"))
     scheduler: str | None = opt(None, "Dask scheduler address, e.g. tcp://10.0.0.5:8786 "
                                 "(default: start a LocalCluster)", metavar="ADDRESS")

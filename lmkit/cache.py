@@ -209,13 +209,36 @@ def window_stats(stream: np.ndarray, line: np.ndarray, order: int, context_lines
 
 
 def level_stats(stream: np.ndarray, line: np.ndarray, order: int, window: int,
-                window_order: int, context_lines: int, vocab_size: int) -> np.ndarray:
+                window_order: int, context_lines: int, vocab_size: int,
+                compiled: bool | None = None) -> np.ndarray:
     """The statistics of ``order`` full levels then ``window_order`` window levels (none when
-    ``window`` is 0): int64 (3, levels, T)."""
+    ``window`` is 0): int64 (3, levels, T). ``compiled``: count in one compiled loop per level
+    (``adapt_fast.cache_counts``; default: when numba is installed) or by sorting (numpy);
+    the same integers either way (tested)."""
+    fast = _fast() if compiled is None or compiled else None
+    if compiled and fast is None:
+        raise InputError("compiled=True needs numba (pip install lmkit[fast])")
+    if fast is not None and len(stream):
+        wo = window_order if window else 0
+        K = max(order, wo)
+        hist = np.stack(history_ids(stream, line, K, context_lines, vocab_size))
+        pair = np.stack([np.unique(h * (vocab_size + 1) + stream, return_inverse=True)[1].ravel()
+                         for h in hist]).astype(np.int64)
+        return fast.cache_counts(hist, pair, hist.max(axis=1) + 1, pair.max(axis=1) + 1,
+                                 order, int(window), wo)
     parts = [cache_stats(stream, line, order, context_lines, vocab_size)]
     if window and window_order:
         parts.append(window_stats(stream, line, window_order, context_lines, vocab_size, window))
     return np.concatenate(parts, axis=1)
+
+
+def _fast():
+    """The compiled loops (``adapt_fast``) when numba is installed, else None."""
+    try:
+        from . import adapt_fast
+    except ImportError:  # numba is optional (pip install lmkit[fast]): the numpy pass
+        return None
+    return adapt_fast
 
 
 def _levels(stats: np.ndarray) -> list:

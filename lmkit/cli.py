@@ -339,6 +339,7 @@ def _load_options(a) -> dict:
 
 
 def cmd_eval(a) -> None:
+    from .adapt import describe as describe_adapt
     from .evaluate import evaluate
     from .load import load as load_model
     src = config_of(a, C.EvalCorpusConfig)
@@ -351,8 +352,7 @@ def cmd_eval(a) -> None:
         print(f"sequences {r['sequences']}  tokens {r['tokens']}  bytes {r['bytes']}  "
               f"nll_nats {r['nll_nats']:.1f}  perplexity {r['perplexity']:.3f}  "
               f"bits_per_byte {r['bits_per_byte']:.4f}"
-              + (f"  (adaptive: cache order {r['adapt']['cache_order']}, context lines "
-                 f"{r['adapt']['context_lines']})" if "adapt" in r else ""))
+              + (f"  ({describe_adapt(r['adapt'])})" if "adapt" in r else ""))
 
 
 def _text_arg(value, flag: str):

@@ -166,8 +166,9 @@ class ModelConfig:
 class ScaleConfig:
     """How counting runs: processes, engine, memory."""
 
-    workers: int | None = opt(None, "processes that tokenize and count (default: every core); "
-                              "with engine dask, the LocalCluster's workers", min=1)
+    workers: int | None = opt(None, "processes that tokenize and count (default: every core; "
+                              "1 for the default model on engine local); with engine dask, the "
+                              "LocalCluster's workers", min=1)
     engine: str = opt("local", "count on this machine or on a Dask cluster", choices=("local", "dask"))
     scheduler: str | None = opt(None, "Dask scheduler address, e.g. tcp://10.0.0.5:8786 "
                                 "(default: start a LocalCluster)", metavar="ADDRESS")
@@ -398,6 +399,9 @@ class InterpolateConfig:
                               "lambda of each group on held-out text")
 
 
+ADAPT_MODES = ("cache", "counts", "counts+cache")
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     """Adaptive scoring (``lmkit eval --adapt``, ``lmkit score --adapt``; docs/adapt.md)."""
@@ -415,6 +419,11 @@ class AdaptConfig:
                                     min=0)
     cache_fit: bool = opt(False, "fit the cache weights on the valid split of the corpus first "
                           "(default: the weights chosen on the default corpus's valid split)")
+    adapt_mode: str | None = opt(None, "what adapts: cache = the static model mixed with a cache "
+                                 "of the scored text; counts = the n-gram model itself re-solved "
+                                 "exactly on train + the lines scored so far (lmkit train --order "
+                                 "N models); counts+cache = both (default: cache)",
+                                 choices=ADAPT_MODES)
     # API only: {"a": [...], "b": [...], "d": [...], "e": [...]} (cache.CacheWeights.to_json)
     cache_weights: dict | None = None
 
@@ -422,12 +431,17 @@ class AdaptConfig:
 
     def __post_init__(self):
         check_fields(self)
-        given = [k for k in ("cache_order", "cache_window", "context_lines", "cache_weights")
-                 if getattr(self, k) is not None] + (["cache_fit"] if self.cache_fit else [])
+        cache_given = [k for k in ("cache_order", "cache_window", "context_lines", "cache_weights")
+                       if getattr(self, k) is not None] + (["cache_fit"] if self.cache_fit else [])
+        given = cache_given + (["adapt_mode"] if self.adapt_mode is not None else [])
         if given and not self.adapt:
             verb = "applies" if len(given) == 1 else "apply"
             raise OptionError(f"{' and '.join(given)} only {verb} to adaptive scoring; add adapt "
                               "(the static model reads each line on its own)")
+        if cache_given and self.adapt_mode == "counts":
+            verb = "sets" if len(cache_given) == 1 else "set"
+            raise OptionError(f"{' and '.join(cache_given)} {verb} the cache, and adapt_mode counts "
+                              "has none; use adapt_mode counts+cache")
         if self.cache_fit and self.cache_weights is not None:
             raise OptionError("cache_fit and cache_weights are exclusive; pass one")
         for name, default in (("cache_order", self.DEFAULT_CACHE_ORDER),
@@ -436,6 +450,10 @@ class AdaptConfig:
             if value not in (None, default) and not self.cache_fit and self.cache_weights is None:
                 raise OptionError(f"{name} {value} has no default weighting (it was chosen for "
                                   f"{default}); add cache_fit")
+
+    @property
+    def effective_adapt_mode(self) -> str:
+        return "cache" if self.adapt_mode is None else self.adapt_mode
 
     @property
     def effective_context_lines(self) -> int:

@@ -278,6 +278,7 @@ def count_cooccurrences(chunks: Iterable[list], vocab_size: int, groups: list,
 
 # ---- counting in parts of rows (bounded working memory, same counts) -------------------------
 PART_POSITIONS = 1 << 22  # positions sorted at once by ``count_in_parts`` (~60 bytes each)
+PART_BYTES = 60  # working bytes per position of a part being counted (keys, sorts, pairs)
 
 
 def _cuts(part_keys: np.ndarray, n_parts: int) -> np.ndarray:
@@ -304,7 +305,8 @@ def _concat_rows(parts: list, n_cols: int, keyed: bool):
 
 
 def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences: int,
-                   part_positions: int | None = None) -> Counts:
+                   part_positions: int | None = None, min_parts: int = 1,
+                   mapper=None) -> Counts:
     """``count_buffer(buf, pos, starts, vocab_size, groups, n_sequences)``, exactly (same arrays,
     same dtypes), with the positions sorted ``part_positions`` (default ``PART_POSITIONS``) at
     a time.
@@ -316,10 +318,14 @@ def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences:
     its chained keys shift by the rows of the parts before it, ``key + offset * V``); for one
     other group, the positions whose row key lies in a key range (rows are sorted keys, or
     token ids for a window).
+
+    ``min_parts``: at least this many parts (when there are positions to split); ``mapper(fn,
+    parts)``: how the parts are counted (default: one after the other, ``map``), e.g. by worker
+    processes; it must yield ``fn(p)`` in the order of ``parts``.
     """
     V, N = vocab_size, len(pos)
     part_positions = PART_POSITIONS if part_positions is None else part_positions
-    n_parts = -(-N // max(1, part_positions))
+    n_parts = max(-(-N // max(1, part_positions)), min_parts)
     chain = all(isinstance(g, Suffix) for g in groups)
     if not chain and len(groups) != 1:
         raise ValueError("count_in_parts counts the suffix chain or one group at a time")
@@ -337,23 +343,29 @@ def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences:
     cuts = _cuts(part_key, n_parts)
     which = np.searchsorted(cuts, part_key, side="right")  # part of each position
     which[part_key < 0] = -1  # no feature: counted in no part (as count_buffer drops it)
-    blocks = [[] for _ in groups]
-    offsets = [0] * len(groups)  # rows of the parts before, per chain level
     bounds = np.concatenate([[0], cuts, [V]]) if isinstance(g0, Window) else None
-    for p in range(len(cuts) + 1):
+
+    def count_part(p):
+        """The counts of part p: per group (F, keys), keys not yet shifted."""
         sel = np.flatnonzero(which == p)
         if chain:
             c = count_buffer(buf, pos[sel], starts[sel], V, groups, 0)
-            for lvl, (F, k) in enumerate(zip(c.F, c.keys)):
-                blocks[lvl].append((F, k if lvl == 0 else k + offsets[lvl - 1] * V))
-            offsets = [o + F.shape[0] for o, F in zip(offsets, c.F)]
-        elif isinstance(g0, Window):  # rows are token ids: keep this part's token range
+            return list(zip(c.F, c.keys))
+        if isinstance(g0, Window):  # rows are token ids: keep this part's token range
             F = count_buffer(buf, pos[sel], starts[sel], V, groups, 0).F[0]
-            blocks[0].append((F[int(bounds[p]):int(bounds[p + 1])], None))
+            return [(F[int(bounds[p]):int(bounds[p + 1])], None)]
+        F, k, _ = suffix_counts(part_key[sel], buf[pos[sel]].astype(np.int64), V)
+        return [(F, k)]
+    blocks = [[] for _ in groups]
+    offsets = [0] * len(groups)  # rows of the parts before, per chain level
+    for part in (mapper or map)(count_part, range(len(cuts) + 1)):
+        if chain:
+            for lvl, (F, k) in enumerate(part):
+                blocks[lvl].append((F, k if lvl == 0 else k + offsets[lvl - 1] * V))
+            offsets = [o + F.shape[0] for o, (F, _) in zip(offsets, part)]
         else:
-            F, k, _ = suffix_counts(part_key[sel], buf[pos[sel]].astype(np.int64), V)
-            blocks[0].append((F, k))
-        del sel
+            blocks[0].append(part[0])
+        del part
     F, keys = [], []
     for g, parts in zip(groups, blocks):
         f, k = _concat_rows(parts, V, not isinstance(g, Window))

@@ -48,7 +48,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .adapt import score_units_adaptive
+from .adapt import check_adapt_model, score_units_adaptive
 from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
 from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
@@ -482,6 +482,8 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
         units, chunks = None, input_chunks(input=input, dataset=dataset, split=split, fmt=fmt,
                                            text_field=text_field, id_field=id_field, unit=unit)
     model = load_model(model_path)
+    if ad.adapt:
+        check_adapt_model(model, ad)  # a model the mode cannot adapt: refused before any work
     totals = {"units": 0, "tokens": 0, "nll": 0.0}
     t0 = time.time()
 

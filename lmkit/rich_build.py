@@ -20,9 +20,21 @@ model (``S`` of every group), one group's counts and the token buffer, instead o
 group's counts plus the model.
 
 Counting itself is bounded too: each group's positions are sorted a few million at a time,
-in parts that own whole rows (``counts.count_in_parts``). What it does not do yet: spill counts
-or the model to disk, bound the token buffer, or use worker processes or Dask (issue 20's
-partitioned build); the buffer and the model are in memory.
+in parts that own whole rows (``counts.count_in_parts``).
+
+Scale (same model, value for value, tested): each pass is one chain task (the suffix chain
+counted and solved by MKN, giving ``q``) and one task per other group (``_group_task``: count,
+closed form, entry buckets; the group travels as ``kinds.group_spec`` and is rebuilt through
+the kinds registry, so every kind works there). ``workers`` > 1 runs the group tasks in that
+many processes (``parallel.ordered_map``: fork, so the token buffer is shared, results in
+order, every worker stopped on an error, a death, Ctrl-C or SIGTERM); ``engine="dask"`` runs
+the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; the
+second pass counts the training text again there instead of reading spilled counts, since
+Dask workers need not share a disk). ``max_memory`` checks the token buffer plus one part's
+counting against the limit before counting, writes each group's solved arrays to ``.npy`` and
+memory-maps them as it goes (``_Store``), and refuses a weight search that cannot fit (the
+held-out positions are never thinned by it: that would change the model). Still in memory:
+the token buffer, one group's counts (in each worker) and, in the caller, the compacted model.
 """
 from __future__ import annotations
 
@@ -33,11 +45,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import Counts, count_in_parts, empty_counts, flat_buffer
+from .counts import PART_BYTES, PART_POSITIONS, Counts, count_in_parts, empty_counts, flat_buffer
+from .distributed import dask_client, result
 from .explicit import choose_lambdas, count_buckets, estimate_discount
 from .features import Suffix, Window
-from .kinds import closed_form
-from .memory import check_memory, format_bytes
+from .io.npyfile import NpyAppender, open_npy
+from .kinds import closed_form, group_spec, groups_from_spec
+from .memory import check_memory, format_bytes, parse_size
+from .parallel import ordered_map
 from .ngram.mkn import solve_ngram
 from .params import SparseParams
 from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
@@ -46,7 +61,7 @@ from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DE
                    cluster_groups, line_groups, make_clusters)
 from .clusters import bigram_embedding
 from .scoring import context_rows
-from .solve import fit_heldout
+from .solve import fit_heldout, heldout_nbytes
 from .sparse import lookup_values
 
 BYTES_PER_VALUE = 8 + 4 + 1  # a stored weight: float64 value, int32 column, int8 entry bucket
@@ -64,12 +79,21 @@ class _Text:
         del pos
         self.starts = starts.astype(np.int32) if small else starts
 
-    def count(self, groups: list) -> Counts:
+    def nbytes(self) -> int:
+        return self.buf.nbytes + self.pos.nbytes + self.starts.nbytes
+
+    def count(self, groups: list, workers: int = 1) -> Counts:
         """Counts of the suffix chain or of one other group, sorted a part of the positions at a
-        time (``counts.count_in_parts``: the same arrays as one pass)."""
+        time (``counts.count_in_parts``: the same arrays as one pass); ``workers`` > 1: at
+        least that many parts, counted by as many processes (``parallel.ordered_map``)."""
         if not self.n_seq:
             return empty_counts(self.V, groups)
-        return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq)
+        mapper = None
+        if workers > 1:
+            def mapper(fn, parts):  # fork: the buffer and fn are inherited, not sent
+                return ordered_map(fn, list(parts), workers, what="a counting worker")
+        return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq,
+                              min_parts=workers, mapper=mapper)
 
 
 class _Spill:
@@ -121,45 +145,151 @@ def _buckets(F: sp.csr_matrix, S: sp.csr_matrix, edges) -> np.ndarray:
     return count_buckets(c, edges).astype(np.int8)
 
 
-def _solve_pass(count, groups: list, M: int, discount, edges, lam=None, log=None):
-    """Every group's closed form: the suffix chain by MKN, then one other group at a time;
-    ``count(groups, tag)`` gives the counts of the chain (tag "chain") or of one group (tag
-    "g{index}"). Returns ``(q, S, keys, eb, info, n_seq, n_tok)``; with ``lam`` ((G, B)
-    weights) each group's weights are folded into its ``S`` as it is solved (``eb`` None)."""
-    chain = count(groups[:M], "chain")
-    n_seq, n_tok = chain.n_sequences, chain.n_tokens
+class _Job:
+    """What counting and solving one group needs, in this process, a worker process (inherited
+    by fork) or a Dask task (sent as it is): the training text, the held-out lines' text (the
+    second pass; None in the first), the spill folder of the training counts (None: count the
+    training text again, as Dask workers do: they see no shared disk), the entry-count edges and
+    the chosen weights ((G, B), the second pass; None in the first)."""
+
+    def __init__(self, train, held, spill, edges, lam=None, workers: int = 1):
+        self.train, self.held, self.spill, self.edges, self.lam = train, held, spill, edges, lam
+        self.workers = workers  # processes that count the chain's parts (this process's job)
+
+    def count(self, groups: list, tag: str) -> Counts:
+        """The counts of the chain (tag "chain") or of one group (tag "g{index}"): first pass,
+        the training text's (kept in the spill folder for the second); second pass, those plus
+        the held-out lines' (= ``Counts.__add__``, as ``rich.fit_rich(refit)``)."""
+        # the chain's parts in worker processes; a group task (already in a worker) counts alone
+        workers = self.workers if tag == "chain" else 1
+        if self.held is None:
+            c = self.train.count(groups, workers)
+            return self.spill.save(tag, c) if self.spill is not None else c
+        V = self.held.V
+        base = (self.spill.load(tag, groups, V) if self.spill is not None
+                else self.train.count(groups, workers))
+        return base + self.held.count(groups)
+
+    def keep(self, g: int, Sg, Fg):
+        """``(S, buckets)`` of group g: its int8 entry buckets; in the second pass the weights
+        folded in (as ``explicit.fold_entry_lambdas``: values scaled, index arrays shared) and
+        buckets None."""
+        b = _buckets(Fg, Sg, self.edges)
+        if self.lam is None:
+            return Sg, b
+        Sn = sp.csr_matrix((Sg.data * self.lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
+        Sn.has_sorted_indices = True
+        return Sn, None
+
+
+def _chain_task(job: _Job, spec, discount):
+    """The suffix chain (``spec``: ``kinds.group_spec`` of ``Suffix(1..M)``) counted and solved
+    by MKN: ``(q, [(S, keys, buckets)] per order, info, n_sequences, n_tokens)``."""
+    groups = groups_from_spec(spec)
+    chain = job.count(groups, "chain")
     mkn = solve_ngram(chain, discount=discount)
-    q = mkn.q
+    out = []
+    for g in range(len(groups)):
+        S, b = job.keep(g, mkn.S[g], chain.F[g])
+        out.append((S, mkn.keys[g], b))
+    return mkn.q, out, dict(mkn.info), chain.n_sequences, chain.n_tokens
+
+
+def _group_task(job: _Job, q, g: int, spec):
+    """Group g (``spec``: ``kinds.group_spec([group])``, rebuilt through the kinds registry, so
+    every kind works in a worker) counted and solved by its kind's closed form against the
+    unigram ``q``: ``(S, keys, buckets)``."""
+    (group,) = groups_from_spec(spec)
+    if isinstance(group, Suffix):
+        raise ValueError(f"suffix groups must come first, got {group.name} at {g}")
+    c = job.count([group], f"g{g}")
+    F, k = c.F[0], c.keys[0]
+    S, b = job.keep(g, closed_form(group, F, k, q, estimate_discount(F)), F)
+    return S, k, b
+
+
+# ---- where the tasks run: this process, worker processes, Dask --------------------------------
+_STATE: dict = {}
+
+
+def _set_state(job) -> None:  # a worker process's initializer (the job is inherited by fork)
+    _STATE["job"] = job
+
+
+def _run_in_worker(item):
+    q, g, spec = item
+    return _group_task(_STATE["job"], q, g, spec)
+
+
+class _Runner:
+    """Runs the chain task and the group tasks of one pass: in this process (``workers`` 1,
+    one group at a time), in ``workers`` processes (``parallel.ordered_map``: results in order,
+    every worker stopped on any error, Ctrl-C or SIGTERM), or on a Dask ``client``. The tasks
+    are the same functions; so the model is the same."""
+
+    def __init__(self, workers: int = 1, client=None):
+        self.workers, self.client = workers, client
+
+    def chain(self, job, spec, discount):
+        if self.client is None:
+            return _chain_task(job, spec, discount)
+        return result(self.client.submit(_chain_task, self._job(job), spec, discount,
+                                          pure=False), "the n-gram chain")
+
+    def groups(self, job, q, items):
+        """``(S, keys, buckets)`` of each ``(g, spec)`` of ``items``, in order (a generator)."""
+        if self.client is not None:
+            jf = self._job(job)
+            qf = self.client.scatter(q, broadcast=True)
+            futures = [(g, self.client.submit(_group_task, jf, qf, g, spec, pure=False))
+                       for g, spec in items]
+            for g, f in futures:
+                yield result(f, f"group {g}")
+            return
+        if self.workers <= 1 or len(items) <= 1:
+            for g, spec in items:
+                yield _group_task(job, q, g, spec)
+            return
+        yield from ordered_map(_run_in_worker, [(q, g, spec) for g, spec in items],
+                               min(self.workers, len(items)), init=_set_state, init_args=(job,),
+                               what="a counting worker")
+
+    def _job(self, job):
+        """The job on the cluster, scattered once per pass (its text buffers are the bulk)."""
+        if getattr(self, "_sent", (None,))[0] is not job:
+            self._sent = (job, self.client.scatter(job, broadcast=True))
+        return self._sent[1]
+
+
+def _solve_pass(runner: _Runner, job: _Job, groups: list, M: int, discount, store=None,
+                log=None):
+    """Every group's closed form: the suffix chain by MKN, then the other groups (one at a
+    time, or as parallel tasks). Returns ``(q, S, keys, eb, info, n_seq, n_tok)``; with
+    ``job.lam`` each group's weights are folded into its ``S`` as it is solved (``eb`` None).
+    ``store``: a ``_Store`` that puts each group's arrays on disk, memory-mapped."""
+    q, chain, info, n_seq, n_tok = runner.chain(job, group_spec(groups[:M]), discount)
     S, keys, eb = [], [], []
 
-    def keep(g, Sg, Fg, kg):
-        b = _buckets(Fg, Sg, edges)
-        if lam is None:
-            eb.append(b)
-            S.append(Sg)
-        else:  # as explicit.fold_entry_lambdas: the values scaled, the index arrays shared
-            Sn = sp.csr_matrix((Sg.data * lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
-            Sn.has_sorted_indices = True
-            S.append(Sn)
+    def keep(g, Sg, kg, b):
+        if store is not None:
+            Sg, kg, b = store.put(g, Sg, kg, b)
+        S.append(Sg)
         keys.append(kg)
-    for g in range(M):
-        keep(g, mkn.S[g], chain.F[g], mkn.keys[g])
-    info = dict(mkn.info)
-    del chain, mkn
-    for g in range(M, len(groups)):
-        if isinstance(groups[g], Suffix):
-            raise ValueError(f"suffix groups must come first, got {[x.name for x in groups]}")
-        c = count([groups[g]], f"g{g}")
-        F, k = c.F[0], c.keys[0]
-        keep(g, closed_form(groups[g], F, k, q, estimate_discount(F)), F, k)
-        del c, F
+        if b is not None:
+            eb.append(b)
+    for g, (Sg, kg, b) in enumerate(chain):
+        keep(g, Sg, kg, b)
+    del chain
+    items = [(g, group_spec([groups[g]])) for g in range(M, len(groups))]
+    for (g, _), (Sg, kg, b) in zip(items, runner.groups(job, q, items)):
+        keep(g, Sg, kg, b)
         if log:
             log(f"      {groups[g].name}: {S[-1].nnz} values")
     if len(groups) > M:  # as solve.solve: not pure MKN; every weight tuned, from MKN
         info = {k: v for k, v in info.items() if k != "loggamma"}
         info.update(lambda_init=[1.0] * M + [0.0] * (len(groups) - M))
     info["lambda_fixed"] = [False] * len(groups)  # as rich.solve_rich
-    return q, S, keys, (eb if lam is None else None), info, n_seq, n_tok
+    return q, S, keys, (eb if job.lam is None else None), info, n_seq, n_tok
 
 
 def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
@@ -169,13 +299,20 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
                line_positions=DEFAULT_LINE_POSITIONS, discount=None,
                entry_edges=DEFAULT_ENTRY_EDGES, hessian_every: int = DEFAULT_HESSIAN_EVERY,
                hessian_tokens: int | None = DEFAULT_HESSIAN_TOKENS, tol: float = DEFAULT_TOL,
-               max_memory=None, log=None):
+               max_memory=None, workers: int = 1, engine: str = "local", scheduler=None,
+               spill_dir=None, dask_processes: bool = True, log=None):
     """The default model of ``chunks`` (see the module docstring), group by group.
 
     Same arguments and result as ``rich.count_rich`` (training chunks; tables from their
     bigram counts) followed by ``rich.fit_rich(counts, heldout, refit=<counts of
     refit_chunks>)`` with entry-count weights (``entry_edges``, not None). Returns ``(params,
     tables, n_sequences, n_tokens)``; the totals include ``refit_chunks``.
+
+    Scale (the same model whichever): ``workers`` > 1 counts and solves the groups in that
+    many processes; ``engine="dask"`` on a Dask cluster (``scheduler`` address, or a new
+    LocalCluster of ``workers`` processes; ``dask_processes=False``: threads, for tests);
+    ``max_memory`` refuses up front what cannot fit and keeps the model's arrays on disk,
+    memory-mapped; ``spill_dir`` is where the temporary folder goes (default: TMPDIR).
     """
     if entry_edges is None:
         raise ValueError("build_rich fits one weight per group x entry-count bucket; pass "
@@ -203,42 +340,104 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
         groups += line_groups(piece_bytes, line_positions, tables)
     edges = tuple(entry_edges)
     if log:
-        log(f"      solving {len(groups)} groups one at a time")
-    spill = None
-    if refit_chunks is not None:  # the training counts wait on disk for the second pass
-        spill = _Spill(Path(tempfile.mkdtemp(prefix="lmkit-rich-")))
+        how = (f"on Dask" if engine == "dask" else f"in {workers} worker processes"
+               if workers > 1 else "one at a time")
+        log(f"      solving {len(groups)} groups {how}")
+    folder = None
     try:
-        return _build(texts, groups, M, tables, spill, refit_chunks, pad, discount, edges,
-                      heldout, hessian_every, hessian_tokens, tol, max_memory, log)
+        if refit_chunks is not None or max_memory is not None:
+            # the training counts wait on disk for the second pass; under max_memory the
+            # model's arrays go there too, memory-mapped
+            folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
+        if engine != "dask":
+            spill = _Spill(folder) if refit_chunks is not None else None
+            return _build(_Runner(workers), texts, groups, M, tables, spill, folder,
+                          refit_chunks, pad, discount, edges, heldout, hessian_every,
+                          hessian_tokens, tol, max_memory, log)
+        with dask_client(scheduler, workers, dask_processes, log) as client:
+            # no spill on Dask (its workers may see no shared disk): the second pass counts the
+            # training text again on the workers, the same counts
+            return _build(_Runner(client=client), texts, groups, M, tables, None, folder,
+                          refit_chunks, pad, discount, edges, heldout, hessian_every,
+                          hessian_tokens, tol, max_memory, log)
     finally:
-        if spill is not None:
-            shutil.rmtree(spill.folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _build(texts, groups, M, tables, spill, refit_chunks, pad, discount, edges, heldout,
-           hessian_every, hessian_tokens, tol, max_memory, log):
+class _Store:
+    """Each group's solved arrays (``S`` data, indices, indptr, row keys, entry buckets)
+    written to ``.npy`` files (``io.npyfile.NpyAppender``) and memory-mapped read-only, so the
+    model's arrays are not held in memory as the build goes on (``--max-memory``)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.n = folder, 0
+
+    def _disk(self, name: str, a):
+        if a is None:
+            return None
+        path = self.folder / f"model{self.n}.{name}.npy"
+        w = NpyAppender(path, a.dtype)
+        try:
+            w.append(a)
+        finally:
+            w.close()
+        return open_npy(path)
+
+    def put(self, g: int, S, k, b):
+        self.n += 1
+        data, indices, indptr = (self._disk(n, a) for n, a in
+                                 (("data", S.data), ("indices", S.indices), ("indptr", S.indptr)))
+        Sm = sp.csr_matrix((data, indices, indptr), shape=S.shape, copy=False)
+        return Sm, self._disk("keys", k), self._disk("buckets", b)
+
+
+def _start_memory(text: _Text, workers: int, max_memory) -> None:
+    """Refuse, before any counting, a ``max_memory`` below what the build needs whatever the
+    corpus's counts: the token buffer plus one part of positions being sorted per process."""
+    if max_memory is None:
+        return
+    limit = parse_size(max_memory)
+    part = min(len(text.pos), PART_POSITIONS)
+    need = text.nbytes() + workers * part * PART_BYTES
+    check_memory(need, limit, "the feature-rich build (token buffer and counting)",
+                 "raise max_memory, use fewer workers, or use order N for a plain n-gram "
+                 "model (bounded in buckets)")
+
+
+def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, discount,
+           edges, heldout, hessian_every, hessian_tokens, tol, max_memory, log):
     """The two passes of ``build_rich`` (first: solve, fit the weights; second, with the
     held-out lines' counts added: solve again and fold the weights in)."""
     V, B = texts[0].V, len(edges) + 1
     first = texts[0]
     bos_id, eos_id = int(first.bos_id), int(first.eos_id)
-
-    def count_first(gs, tag):
-        c = first.count(gs)
-        return spill.save(tag, c) if spill is not None else c
-    q, S, keys, eb, info, n_seq, n_tok = _solve_pass(count_first, groups, M, discount, edges,
-                                                     log=log)
+    _start_memory(first, runner.workers, max_memory)
+    store = _Store(folder) if max_memory is not None else None
+    # the chain task runs here (engine local): its parts may go to the worker processes
+    local = runner.workers if runner.client is None else 1
+    job = _Job(first, None, spill, edges, workers=local)
+    q, S, keys, eb, info, n_seq, n_tok = _solve_pass(runner, job, groups, M, discount,
+                                                     store, log)
     nnz = sum(x.nnz for x in S)
-    check_memory(nnz * BYTES_PER_VALUE * 2, max_memory, "the feature-rich model",
-                 "use a smaller vocab_size, or pass order N for a plain model")
+    if store is None:  # the model is in memory (under max_memory it is mapped from disk)
+        check_memory(nnz * BYTES_PER_VALUE * 2, max_memory, "the feature-rich model",
+                     "use a smaller vocab_size, or pass order N for a plain model")
     if log:
         log(f"      {n_seq} sequences, {n_tok} tokens, {nnz} stored values "
-            f"(~{format_bytes(nnz * BYTES_PER_VALUE)} with their buckets)")
+            f"(~{format_bytes(nnz * BYTES_PER_VALUE)} with their buckets"
+            f"{', memory-mapped' if store is not None else ''})")
     params = SparseParams(groups, q, S, keys, np.ones(len(groups)), info)
     del S
     rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
                                     eos_id)
-    rows, targets = fit_heldout(params, rows, targets, max_memory, log)
+    # the same held-out positions as the in-memory build (so the same weights), whatever
+    # max_memory: a limit too small for the weight search is refused, not met by thinning
+    rows, targets = fit_heldout(params, rows, targets, None, log)
+    if max_memory is not None:
+        check_memory(first.nbytes() + heldout_nbytes(params, rows), max_memory,
+                     "the weight search on held-out tokens (with the token buffer)",
+                     "raise max_memory, or lower lambda_tokens")
     init = np.repeat(params.info["lambda_init"], B)
     lam, trace = choose_lambdas(params, rows, targets, init=init, entry_buckets=eb,
                                 n_buckets=B, hessian_every=hessian_every,
@@ -254,18 +453,18 @@ def _build(texts, groups, M, tables, spill, refit_chunks, pad, discount, edges, 
     if refit_chunks is not None:
         params = eb = None  # freed before the second pass
         held = _Text(refit_chunks, V, bos_id, eos_id, pad)
-        del texts[:]  # the training buffer goes: its counts are on disk
-        first = None
-
-        def count_both(gs, tag):  # = Counts.__add__ of train and held, as rich.fit_rich(refit)
-            return spill.load(tag, gs, V) + held.count(gs)
-        q, S, keys, _, info, n_seq, n_tok = _solve_pass(count_both, groups, M, discount, edges,
-                                                        lam=lam)
+        # the training buffer goes when its counts are on disk (Dask counts it again)
+        train = first if spill is None else None
+        del texts[:]
+        first = job = None
+        q, S, keys, _, info, n_seq, n_tok = _solve_pass(
+            runner, _Job(train, held, spill, edges, lam, local), groups, M, discount, store)
     else:
-        S = [sp.csr_matrix((Sg.data * lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
-             for g, (Sg, b) in enumerate(zip(params.S, eb))]
-        for x in S:
+        S = []
+        for g, (Sg, b) in enumerate(zip(params.S, eb)):
+            x = sp.csr_matrix((Sg.data * lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
             x.has_sorted_indices = True
+            S.append(store.put(g, x, None, None)[0] if store is not None else x)
         info, params, eb = params.info, None, None
     info = {**info, "entry_lambdas": lam.tolist(), "entry_edges": list(edges),
             "lambda_trace": trace,

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import tempfile
 import time
 
 from . import corpus as corpus_mod
@@ -180,7 +182,9 @@ def route(cfg: TrainConfig) -> str:
     """The name of the build ``cfg`` takes (one function each, ``ROUTES``):
 
     - ``neural``: ``solver`` residual/transformer (``lmkit.neural``);
-    - ``rich``: the feature-rich default model, one flat buffer in this process (``rich.py``);
+    - ``rich``: the feature-rich default model, one flat buffer of the text, its groups counted
+      and solved in this process, in ``workers`` processes or on Dask, the model's arrays
+      memory-mapped under ``max_memory`` (``rich_build.py``);
     - ``ngram-dask`` / ``ngram-bounded``: a pure n-gram model (MKN, lambdas 1, no pruning)
       built on Dask workers (``ngram/dask.py``) or in buckets within ``max_memory``
       (``ngram/build.py``);
@@ -215,7 +219,7 @@ def route(cfg: TrainConfig) -> str:
 SCALE_OPTIONS = ("workers", "engine", "scheduler", "spill_dir", "max_memory", "workers_read",
                  "chunk_lines")
 HONOURS = {
-    "rich": {"chunk_lines"},
+    "rich": {"workers", "engine", "scheduler", "spill_dir", "max_memory", "chunk_lines"},
     "ngram": {"chunk_lines"},
     "ngram-bounded": {"chunk_lines", "max_memory", "spill_dir"},
     "ngram-dask": {"engine", "scheduler", "workers", "chunk_lines", "workers_read"},
@@ -229,8 +233,11 @@ ROUTE_TEXT = {"rich": "default (feature-rich)", "ngram": "in-memory n-gram",
               "neural": "neural"}
 # what to do instead, per (route, option); parameter names become flags in the CLI (to_flags)
 _INSTEAD = {
-    "rich": "drop it or use order N (this model is counted in one process, in memory; its "
-            "bounded, multi-process build is not there yet)",
+    ("rich", "spill_dir"): "drop it (nothing is spilled here: the held-out lines are not cut "
+                           "from the training text, so no counts wait for a second pass), or "
+                           "add max_memory SIZE",
+    ("rich", "workers"): "drop it (the cluster at scheduler brings its own worker processes)",
+    ("rich", "workers_read"): "drop it (this process reads the text of the default model)",
     ("ngram", "workers"): "drop it (one process counts the n-grams in memory), or add engine "
                           "dask to count on Dask",
     ("ngram", "spill_dir"): "drop it, or add max_memory SIZE to count within a memory limit",
@@ -253,10 +260,22 @@ def _trains_base(cfg: TrainConfig) -> bool:
 
 
 def honoured(cfg: TrainConfig) -> set:
-    """The scale options the route of ``cfg`` honours."""
+    """The scale options the route of ``cfg`` honours (``HONOURS``, less, on the default
+    route, those this configuration would not use: ``spill_dir`` when nothing is spilled,
+    ``workers`` when a scheduler's cluster brings its own)."""
     if _trains_base(cfg):
         return honoured(_base_config(cfg))  # they go to the base model's build
-    return HONOURS[route(cfg)]
+    r, s = route(cfg), cfg.scale
+    ok = HONOURS[r]
+    if r == "rich":
+        # spilled: the training counts when held-out lines are carved from the text (own
+        # files or a dataset; engine local) and the model's arrays under max_memory
+        carved = cfg.corpus.input is not None or cfg.corpus.dataset is not None
+        if s.max_memory is None and (s.engine == "dask" or not carved):
+            ok = ok - {"spill_dir"}
+        if s.scheduler is not None:
+            ok = ok - {"workers"}
+    return ok
 
 
 def check_scale(cfg: TrainConfig) -> str:
@@ -267,7 +286,7 @@ def check_scale(cfg: TrainConfig) -> str:
     if _trains_base(cfg):
         check_scale(_base_config(cfg))
         return r
-    ok, default = HONOURS[r], ScaleConfig()
+    ok, default = honoured(cfg), ScaleConfig()
     for name in SCALE_OPTIONS:
         value = getattr(cfg.scale, name)
         if name in ok or value == getattr(default, name) or (name == "workers" and value == 1):
@@ -275,8 +294,9 @@ def check_scale(cfg: TrainConfig) -> str:
         shown = (name if value else f"{name} false") if isinstance(value, bool) else \
             f"{name} {value}"
         instead = _INSTEAD.get((r, name)) or _INSTEAD.get(name) or _INSTEAD.get(r, "drop it")
-        raise OptionError(f"{shown} is not supported on the {ROUTE_TEXT[r]} route "
-                          f"{'yet' if r == 'rich' else f'({r})'}; {instead}")
+        # the rich route's name is also an option's (to_flags would make it --rich)
+        raise OptionError(f"{shown} is not supported on the {ROUTE_TEXT[r]} route"
+                          f"{'' if r == 'rich' else f' ({r})'}; {instead}")
     return r
 
 
@@ -355,17 +375,38 @@ def _base_config(cfg: TrainConfig) -> TrainConfig:
         cfg.gradient, solver="explicit", max_seconds=None))
 
 
+def _check_spill_dir(folder) -> None:
+    """``OptionError`` (one line) unless ``folder`` takes a temporary folder (made, removed)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="lmkit-check-", dir=folder))
+    except OSError as e:
+        raise OptionError(f"spill_dir {folder}: cannot create temporary files there "
+                          f"({e.strerror or e}); pass an existing, writable folder") from None
+
+
 def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     """The feature-rich model (``rich.py``): one flat buffer of the encoded text, counted for
-    every group (clusters from its bigram counts), solved, weights fitted on held-out text."""
+    every group (clusters from its bigram counts), solved, weights fitted on held-out text;
+    the groups in ``workers`` processes or on Dask, within ``max_memory`` (``rich_build.py``:
+    the same model on every one of these)."""
     t0 = time.time()
     m = cfg.model
     order = m.order or m.DEFAULT_ORDER
     context = m.DEFAULT_CONTEXT if m.context is None else m.context
+    s = cfg.scale
+    if s.spill_dir is not None:  # before any work: the folder must take temporary files
+        _check_spill_dir(s.spill_dir)
     train_corpus, valid, carved, tok = _start(cfg, r)
+    # workers: processes on engine local (default 1: this process), the LocalCluster's size
+    # on Dask (default: every core, as the other Dask routes)
+    dask = s.engine == "dask"
+    workers = check_workers(s.workers) if dask else (s.workers or 1)
+    where = (f"on Dask ({s.scheduler or f'LocalCluster of {workers}'})" if dask else
+             f"in {workers} worker processes" if workers > 1 else "in this process")
     log(f"[3/4] counting the feature-rich model: n-grams 1..{order}, windows "
         f"{rich.DEFAULT_FIRST_WINDOW}..{context}, "
-        f"skip-grams, cluster histories, line positions (in this process)")
+        f"skip-grams, cluster histories, line positions ({where}"
+        f"{f', max_memory {s.max_memory}' if s.max_memory else ''})")
     digest = hashlib.sha256()
     lines = kept(_hashing(train_corpus, digest), carved)
     kw = dict(order=order, context=context, seed=cfg.spm.seed, piece_bytes=tok.piece_bytes())
@@ -376,7 +417,8 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     params, tables, n_seq, n_tok = build_rich(
         encoded(lines, tok, chunk), tok.vocab_size, tok.bos_id, tok.eos_id, held,
         refit_chunks=encoded(valid, tok, chunk, desc="count held-out") if carved else None,
-        discount=_discount(m), max_memory=cfg.scale.max_memory, log=log, **kw)
+        discount=_discount(m), max_memory=s.max_memory, workers=workers, engine=s.engine,
+        scheduler=s.scheduler, spill_dir=s.spill_dir, log=log, **kw)
     log("      cluster tables of "
         + " and ".join(str(int(t.max()) + 1) for t in tables if t is not None) + " clusters")
     # compact folder: drop the entries that carry no weight, float32 values (compact.py)

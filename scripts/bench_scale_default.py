@@ -12,16 +12,23 @@ Both sides get the same text and the same SentencePiece ids (one tokenizer, give
 CPU s = user + sys of the whole process tree (``wait4`` of the child: its reaped worker
 processes and lmplz's threads included). Peak RSS = the largest sum of the resident set
 sizes of the process and all its descendants, sampled every ``--every`` seconds (psutil), so
-a build with 2 workers is charged for all three processes; the largest single process's
-maximum RSS (``ru_maxrss``) is given too. Both perplexities count one end-of-line token per
-line (KenLM's ``</s>``, lmkit's EOS), natural log internally, reported as perplexity.
+a build with 2 workers is charged for all three processes; peak PSS = the same sum of
+proportional set sizes (a page shared by forked workers, as the token buffer, is split
+among them instead of counted once per process: what the tree really holds). The largest
+single process's maximum RSS (``ru_maxrss``) is given too. Both perplexities count one
+end-of-line token per line (KenLM's ``</s>``, lmkit's EOS), natural log internally,
+reported as perplexity.
 
     python scripts/bench_scale_default.py --input TRAIN.txt --test TEST.txt \\
         [--tokenizer TOK.model] [--kenlm-bin DIR] [--orders 3 4 5 6] \\
-        [--lmkit-args "--max-memory 2G"] [--test-lines 20000] [--workdir DIR] [--json]
+        [--lmkit-args "--max-memory 2G"] [--test-lines 20000] [--workdir DIR] [--json] \\
+        [--variants "--workers 2" "--max-memory 1G" "--engine dask --workers 2"]
     python scripts/bench_scale_default.py --corpus shakespeare --kenlm-bin DIR
 
-Without ``--kenlm-bin`` only lmkit's rows are printed. Progress on stderr, the table (or
+``--variants``: more builds of the same default model with other scale flags (each one row,
+after the plain build; its test perplexity and the max |d log p| against the plain build on
+the first 2000 test lines: the routes must give the same model). Without ``--kenlm-bin`` only
+lmkit's rows are printed. Progress on stderr, the table (or
 ``--json``) on stdout.
 """
 from __future__ import annotations
@@ -48,19 +55,22 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of ``proc`` and every descendant (0 for those gone meanwhile)."""
-    total = 0
+def tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """Resident and proportional set bytes of ``proc`` and every descendant, summed (0 for
+    those gone meanwhile). RSS counts a page shared by forked workers once per process; PSS
+    (``smaps_rollup``) splits it among them, so its sum is what the tree really holds."""
+    rss = pss = 0
     try:
         procs = [proc] + proc.children(recursive=True)
     except psutil.Error:
-        return 0
+        return 0, 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            m = p.memory_full_info()
+            rss, pss = rss + m.rss, pss + m.pss
         except psutil.Error:
             pass
-    return total
+    return rss, pss
 
 
 def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -> dict:
@@ -70,12 +80,12 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
             open(stdout, "wb") if stdout else tempfile.TemporaryFile() as fout, \
             tempfile.TemporaryFile() as ferr:
         p = subprocess.Popen([str(c) for c in cmd], stdin=fin, stdout=fout, stderr=ferr, env=env)
-        peak, stop = [0], threading.Event()
+        peak, stop = [0, 0], threading.Event()
 
         def sample():
             ps = psutil.Process(p.pid)
             while not stop.is_set():
-                peak[0] = max(peak[0], tree_rss(ps))
+                peak[:] = [max(a, b) for a, b in zip(peak, tree_rss(ps))]
                 stop.wait(every)
         th = threading.Thread(target=sample, daemon=True)
         th.start()
@@ -99,13 +109,15 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
     if rc != 0:
         raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
     cpu = ru.ru_utime + ru.ru_stime
-    return {"cpu": cpu, "rss_mb": peak[0] / 2**20, "max_proc_rss_mb": ru.ru_maxrss / 1024,
+    return {"cpu": cpu, "rss_mb": peak[0] / 2**20, "pss_mb": peak[1] / 2**20,
+            "max_proc_rss_mb": ru.ru_maxrss / 1024,
             "wall": time.time() - t0, "stdout": out, "stderr": err}
 
 
 def combine(*steps) -> dict:
     """Steps run one after the other: CPU adds up, peak RSS is the largest."""
     return {"cpu": sum(s["cpu"] for s in steps), "rss_mb": max(s["rss_mb"] for s in steps),
+            "pss_mb": max(s["pss_mb"] for s in steps),
             "max_proc_rss_mb": max(s["max_proc_rss_mb"] for s in steps),
             "wall": sum(s["wall"] for s in steps), "parts": [round(s["cpu"], 2) for s in steps]}
 
@@ -160,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lmkit-args", default="", help="extra `lmkit train` flags, one string")
     ap.add_argument("--compare-tree", help="also build with the lmkit of this source tree (e.g. "
                     "a checkout of main), same flags, for a before/after row")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="more `lmkit train` flag strings, one row each (same model expected)")
     ap.add_argument("--every", type=float, default=0.1, help="RSS sampling period, seconds")
     ap.add_argument("--workdir", help="keep the files here (default: a temp folder, removed)")
     ap.add_argument("--json", action="store_true")
@@ -200,6 +214,24 @@ def main(argv=None) -> int:
             res["compare_tree"] = a.compare_tree
             res["max_abs_dlogp"] = max_dlogp(work / "default", work / "compare",
                                              work / "test_eval.txt", 2000)
+        res["variants"] = []
+        for i, v in enumerate(a.variants):
+            log(f"[1v] lmkit train (default model) {a.lmkit_args} {v}")
+            folder = work / f"variant{i}"
+            try:
+                b = run_tree(py + ["train", "--input", train, "--tokenizer", tok, *extra,
+                                   *shlex.split(v), "--output", folder], env=env, every=a.every)
+            except SystemExit as e:  # a refusal (e.g. a limit too small) is a result too
+                line = [x for x in str(e).splitlines() if x.startswith("lmkit: error:")]
+                res["variants"].append({"args": v, "error": (line or [str(e)])[-1]})
+                continue
+            ev = run_tree(py + ["eval", folder, "--input", work / "test_eval.txt", "--json"],
+                          env=env)
+            b.update(args=v, ppl=json.loads(ev["stdout"])["perplexity"],
+                     max_abs_dlogp=max_dlogp(work / "default", folder, work / "test_eval.txt",
+                                             2000))
+            res["variants"].append({k: x for k, x in b.items() if k not in ("stdout", "stderr")})
+            shutil.rmtree(folder, ignore_errors=True)
         log("[2/3] lmkit eval")
         ev = run_tree(py + ["eval", work / "default", "--input", work / "test_eval.txt",
                             "--json"], env=env)
@@ -229,6 +261,8 @@ def main(argv=None) -> int:
             if isinstance(res[k], dict):
                 res[k] = {x: (round(v, 3) if isinstance(v, float) else v)
                           for x, v in res[k].items() if x not in ("stdout", "stderr")}
+        res["variants"] = [{x: (round(y, 3) if isinstance(y, float) and x != "max_abs_dlogp"
+                                else y) for x, y in v.items()} for v in res["variants"]]
         print(json.dumps(res, indent=1) if a.json else table(res))
     finally:
         if not a.workdir:
@@ -257,19 +291,28 @@ def table(r: dict) -> str:
     lb = r["lmkit_build"]
     rows = [f"# corpus {r['corpus']}, {r['cores']} cores, lmkit train {r['lmkit_args'] or '(defaults)'}; "
             f"test: {r['test_lines']} lines, {r['test_tokens']} tokens",
-            "| build | CPU s | peak RSS MB (tree) | largest process MB | wall s | test ppl |",
-            "|---|---|---|---|---|---|",
-            f"| lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | "
+            "| build | CPU s | peak RSS MB (tree) | peak PSS MB (tree) | largest process MB | "
+            "wall s | test ppl |",
+            "|---|---|---|---|---|---|---|",
+            f"| the lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | {lb['pss_mb']:.0f} | "
             f"{lb['max_proc_rss_mb']:.0f} | {lb['wall']:.1f} | {r['lmkit_ppl']:.2f} |"]
+    for v in r.get("variants", []):
+        if "error" in v:
+            rows.append(f"| the lmkit default model {v['args']} | refused: {v['error']} | | | | | |")
+            continue
+        rows.append(f"| the lmkit default model {v['args']} | {v['cpu']:.1f} | {v['rss_mb']:.0f} | "
+                    f"{v['pss_mb']:.0f} | "
+                    f"{v['max_proc_rss_mb']:.0f} | {v['wall']:.1f} | {v['ppl']:.2f} |")
     if "compare_build" in r:
         cb = r["compare_build"]
-        rows.append(f"| lmkit default model from {r['compare_tree']} | {cb['cpu']:.1f} | "
-                    f"{cb['rss_mb']:.0f} | {cb['max_proc_rss_mb']:.0f} | {cb['wall']:.1f} | "
+        rows.append(f"| the lmkit default model from {r['compare_tree']} | {cb['cpu']:.1f} | "
+                    f"{cb['rss_mb']:.0f} | {cb['pss_mb']:.0f} | {cb['max_proc_rss_mb']:.0f} | {cb['wall']:.1f} | "
                     f"{r['compare_ppl']:.2f} |")
     if "kenlm_build" in r:
         kb = r["kenlm_build"]
         rows.append(f"| encode + lmplz -o 5 + build_binary (parts {kb['parts']}) | "
-                    f"{kb['cpu']:.1f} | {kb['rss_mb']:.0f} | {kb['max_proc_rss_mb']:.0f} | "
+                    f"{kb['cpu']:.1f} | {kb['rss_mb']:.0f} | {kb['pss_mb']:.0f} | "
+                    f"{kb['max_proc_rss_mb']:.0f} | "
                     f"{kb['wall']:.1f} | {r['kenlm_ppl']['5']:.2f} |")
         rows.append("")
         rows.append("KenLM test ppl by order: " + ", ".join(
@@ -279,6 +322,14 @@ def table(r: dict) -> str:
                     f"{lb['rss_mb'] / kb['rss_mb']:.2f}x")
         rows.append(f"quality: lmkit ppl / KenLM best order ({r['kenlm_best_order']}) ppl = "
                     f"{r['lmkit_ppl'] / r['kenlm_best_ppl']:.3f}")
+    for v in r.get("variants", []):
+        if "error" in v:
+            continue
+        rows.append(f"{v['args']} / plain: build CPU {v['cpu'] / lb['cpu']:.2f}x, wall "
+                    f"{v['wall'] / lb['wall']:.2f}x, peak RSS (tree) "
+                    f"{v['rss_mb'] / lb['rss_mb']:.2f}x, peak PSS (tree) "
+                    f"{v['pss_mb'] / lb['pss_mb']:.2f}x; max |d log p| on the first 2000 test "
+                    f"lines: {v['max_abs_dlogp']:.3g}")
     if "compare_build" in r:
         rows.append(f"this tree / {r['compare_tree']}: build CPU "
                     f"{lb['cpu'] / r['compare_build']['cpu']:.2f}x, peak RSS (tree) "

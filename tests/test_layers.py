@@ -36,7 +36,7 @@ LAYERS = [
         "lmkit.scoring", "lmkit.ngram.tables", "lmkit.ngram.sample", "lmkit.ngram.score",
         "lmkit.ngram.packed", "lmkit.io.store"]),
     ("model: a model object and what it does (score, generate, evaluate, adapt, load)", [
-        "lmkit.cache", "lmkit.adapt", "lmkit.adapt_ngram", "lmkit.evaluate", "lmkit.generate",
+        "lmkit.cache", "lmkit.adapt", "lmkit.adapt_ngram", "lmkit.adapt_fast", "lmkit.evaluate", "lmkit.generate",
         "lmkit.model", "lmkit.mixture", "lmkit.load", "lmkit.neural.folder", "lmkit.neural.transformer",
         "lmkit.neural.data", "lmkit.neural.explicit_init", "lmkit.neural.lm"]),
     ("solvers: Counts (or a model) -> params", [

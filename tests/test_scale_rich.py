@@ -113,14 +113,21 @@ def test_count_in_parts_equals_count_buffer_for_every_kind():
              [LinePosition(1, 2, 3, pb, None)], [LinePosition(0, 3, 2, pb, table)]]
     for groups in cases:
         want = count_buffer(buf, pos, starts, V, groups, n_seq)
-        for part in (97, 1000):
-            got = count_in_parts(buf, pos, starts, V, groups, n_seq, part_positions=part)
+        seen = []
+
+        def mapper(fn, parts):  # as the worker processes: any order of work, results in order
+            parts = list(parts)
+            seen.append(len(parts))
+            return [r for _, r in sorted((p, fn(p)) for p in reversed(parts))]
+        for part, kw in ((97, {}), (1000, {}), (10 ** 9, dict(min_parts=3, mapper=mapper))):
+            got = count_in_parts(buf, pos, starts, V, groups, n_seq, part_positions=part, **kw)
             assert got.equals(want), groups
             for a, b, ka, kb in zip(got.F, want.F, got.keys, want.keys):
                 for x, y in ((a.data, b.data), (a.indices, b.indices), (a.indptr, b.indptr)):
                     assert x.dtype == y.dtype and np.array_equal(x, y), groups
                 assert (ka is None and kb is None) or (ka.dtype == kb.dtype
                                                        and np.array_equal(ka, kb))
+        assert seen and seen[0] >= 2  # min_parts split it, the mapper counted the parts
 
 
 def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path, monkeypatch):
@@ -149,3 +156,223 @@ def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path,
         rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
                               refit_chunks=[corpus(30, 3)], **kw)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the same model on every route: worker processes, Dask, under max_memory ---------------
+RICH_KW = dict(order=3, context=3, skips=((1, 1, 1), (1, 2, 1)),
+               clusterings=((6, ((2, 0), (3, 1))), (3, ((2, 0),))),
+               piece_bytes=np.arange(14) % 3 + 1, line_positions=((1, 2, 3, None), (0, 3, 2, 3)),
+               seed=5)
+
+
+def _build(refit, **scale):
+    from lmkit.rich_build import build_rich
+    train, held = corpus(300, 0), corpus(60, 1)
+    return build_rich(_seqs_chunks(train), 14, BOS, EOS, held,
+                      refit_chunks=None if refit is None else [refit], **RICH_KW, **scale)
+
+
+def _same_build(a, b):
+    (pa, ta, sa, na), (pb, tb, sb, nb) = a, b
+    assert (sa, na) == (sb, nb)
+    assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(ta, tb))
+    assert same_params(pa, pb) and pa.info == pb.info
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
+def test_worker_processes_build_the_same_model(refit):
+    """--workers 2 (each group counted and solved in a worker process, rebuilt there through
+    the kinds registry): every stored value equal to the one-process build, with and without
+    the carved held-out lines' second pass."""
+    extra = corpus(40, 3) if refit else None
+    one = _build(extra)
+    assert any(g.name.startswith("linepos") for g in one[0].groups)
+    assert any(g.name.startswith("cluster") for g in one[0].groups)
+    _same_build(one, _build(extra, workers=2))
+    _same_build(one, _build(extra, workers=3))
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
+def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_path):
+    """max_memory: the model's arrays are written to .npy and memory-mapped as each group is
+    solved; same values; the spill folder (in spill_dir) is gone afterwards."""
+    from lmkit.io.npyfile import mapped_base
+    extra = corpus(40, 3) if refit else None
+    one = _build(extra)
+    got = _build(extra, max_memory="1G", spill_dir=str(tmp_path))
+    _same_build(one, got)
+    assert all(mapped_base(S.data) is not None for S in got[0].S)
+    assert list(tmp_path.iterdir()) == []
+    got2 = _build(extra, max_memory="1G", workers=2)
+    _same_build(one, got2)
+
+
+def test_max_memory_too_small_is_refused_before_counting():
+    from lmkit.errors import MemoryLimitError
+    with pytest.raises(MemoryLimitError, match=r"token buffer and counting\) needs .* raise max_memory"):
+        _build(None, max_memory="1K")
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
+def test_dask_builds_the_same_model(refit):
+    """engine dask (a LocalCluster of threads, as the other Dask tests): the same model."""
+    pytest.importorskip("dask.distributed")
+    extra = corpus(40, 3) if refit else None
+    _same_build(_build(extra), _build(extra, engine="dask", workers=2, dask_processes=False))
+
+
+# ---- lmkit train on the default route: the same model whatever the scale options -----------
+def _logp(model, lines):
+    return model.log_proba_ids(model.encode_lines(lines))[0]
+
+
+@pytest.mark.parametrize("scale", [dict(workers=2), dict(max_memory="1G"),
+                                   dict(workers=2, max_memory="1G"),
+                                   dict(engine="dask", workers=2)],
+                         ids=["workers2", "max-memory", "workers2+max-memory", "dask"])
+def test_train_default_route_same_model_on_every_scale_route(tiny_corpus_file, tiny_tok_file,
+                                                             tiny_lines, tmp_path, scale):
+    """``lmkit.train`` on own files (held-out lines carved, so the refit pass runs): max |d log
+    p| <= 1e-9 on test lines against the one-process build; the manifest records the options."""
+    import lmkit
+    if scale.get("engine") == "dask":
+        pytest.importorskip("dask.distributed")
+    opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
+    one = lmkit.train(**opts)
+    if scale.get("max_memory"):
+        scale = {**scale, "spill_dir": str(tmp_path)}
+    got = lmkit.train(**opts, **scale)
+    test = tiny_lines[::7][:40]
+    assert np.max(np.abs(_logp(one, test) - _logp(got, test))) <= 1e-9
+    assert {k: got.config[k] for k in scale} == scale
+    assert one.config.get("workers") in (None, 1) and one.config.get("max_memory") is None
+    assert list(tmp_path.iterdir()) == []  # the spill folder went
+
+
+def _die_on_group_5(job, q, g, spec):
+    import os
+    import signal
+    if g == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _REAL_GROUP_TASK(job, q, g, spec)
+
+
+_REAL_GROUP_TASK = None
+
+
+def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_file, tmp_path,
+                                                  capsys, monkeypatch):
+    """A counting worker killed outright (SIGKILL, as the OOM killer does): one line naming it,
+    exit 2, no model, no spill files, no process left."""
+    import multiprocessing as mp
+    import tempfile
+    from cli_helpers import one_error_line, run_cli
+    from lmkit import rich_build
+    global _REAL_GROUP_TASK
+    _REAL_GROUP_TASK = rich_build._group_task
+    monkeypatch.setattr(rich_build, "_group_task", _die_on_group_5)  # fork copies the patch
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    out = tmp_path / "m"
+    code, _, err = run_cli(capsys, "train", "--input", tiny_corpus_file, "--tokenizer",
+                           tiny_tok_file, "--workers", "2", "--output", out, "--no-verbose")
+    one_error_line(code, err, r"a counting worker \(pid \d+\) was killed by signal 9")
+    assert not out.exists() and list(spill.iterdir()) == []
+    assert mp.active_children() == []
+
+
+SIGNAL_SCRIPT = """
+import os, sys, time
+from lmkit import rich_build
+real = rich_build._group_task
+def slow(job, q, g, spec):
+    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+    time.sleep(30)
+    return real(job, q, g, spec)
+rich_build._group_task = slow
+from lmkit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sig, code, message", [
+    ("SIGINT", 130, "lmkit: interrupted"), ("SIGTERM", 143, "lmkit: terminated")])
+def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_tok_file,
+                                                         tmp_path, sig, code, message):
+    """Ctrl-C (the whole process group) or SIGTERM (the parent) while the default model's
+    groups are counted by 2 workers: the run ends at once with its one line, every worker is
+    gone, no model and no spill file is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    from cli_helpers import default_sigint
+    from test_faults import alive
+    pids, spill = tmp_path / "pids", tmp_path / "spill"
+    pids.mkdir()
+    spill.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), TMPDIR=str(spill))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_SCRIPT, str(pids), "train", "--input", str(tiny_corpus_file),
+         "--tokenizer", str(tiny_tok_file), "--workers", "2", "--output", str(tmp_path / "m")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "workers never started"
+            time.sleep(0.05)
+        workers = [int(p.name) for p in pids.iterdir()]
+        if sig == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=15)
+        assert time.monotonic() - t0 < 8
+        assert proc.returncode == code, err
+        assert err.strip().splitlines()[-1:] == [message] and "Traceback" not in err, err
+        time.sleep(0.3)
+        assert not [w for w in workers if alive(w)], "workers survived"
+        assert list(spill.iterdir()) == [] and not (tmp_path / "m").exists()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait(timeout=5)
+
+
+def test_a_new_kind_is_solved_by_the_group_tasks_on_every_runner(monkeypatch):
+    """The default build's group tasks rebuild each group from its spec through the kinds
+    registry: a kind registered once is counted and solved by worker processes and on Dask
+    exactly as in this process."""
+    from lmkit import kinds
+    from lmkit.explicit import solve_group
+    from lmkit.features import Suffix
+    from lmkit.kinds import group_spec
+    from lmkit.rich_build import _Job, _Runner, _Text, _chain_task
+    from test_kinds import Parity
+    monkeypatch.setattr(kinds, "_KINDS", list(kinds._KINDS))
+    kinds.register(kinds.Kind("parity", Parity, r"parity2", "parity2", build=lambda f, t: Parity(),
+                              closed_form=lambda g, F, keys, q, d: solve_group(F, q, d)))
+    text = _Text([corpus(200, 0)], 14, BOS, EOS, 3)
+    job = _Job(text, None, None, (2, 3))
+    q = _chain_task(job, group_spec([Suffix(1), Suffix(2)]), None)[0]
+    items = [(2, group_spec([Parity()]))]
+    want = list(_Runner().groups(job, q, items))
+    assert want[0][0].nnz > 0 and list(want[0][1]) == [0, 1, 2, 3]
+    runs = [list(_Runner(workers=2).groups(job, q, items * 2))[:1]]
+    pytest.importorskip("dask.distributed")
+    from lmkit.distributed import dask_client
+    with dask_client(None, 2, processes=False) as client:
+        runs.append(list(_Runner(client=client).groups(job, q, items)))
+    for got in runs:
+        (S, k, b), = got
+        (S0, k0, b0), = want
+        assert (S != S0).nnz == 0 and np.array_equal(k, k0) and np.array_equal(b, b0)

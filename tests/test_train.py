@@ -72,13 +72,21 @@ WORKERS, ENGINE, SCHED = {"workers": 2}, {"engine": "dask"}, \
     {"engine": "dask", "scheduler": "tcp://127.0.0.1:1"}
 SPILLDIR, MEM, READ, CHUNK = {"spill_dir": "/nonexistent"}, {"max_memory": "1G"}, \
     {"workers_read": True}, {"chunk_lines": 100}
-RICH_NO = r"is not supported on the default \(feature-rich\) route yet; drop it or use order N"
+RICH_NO = r"is not supported on the default \(feature-rich\) route; drop it"
+RICH_FILES, RICH_MEM = {"input": ["t.txt"]}, {"max_memory": "1G"}
 
 # (model options, scale options, the route they take, None = honoured / the refusal)
 CASES = [
-    (RICH, WORKERS, "rich", "workers 2 " + RICH_NO), (RICH, ENGINE, "rich", "engine dask " + RICH_NO),
-    (RICH, SCHED, "rich", "engine dask " + RICH_NO), (RICH, SPILLDIR, "rich", "spill_dir /nonex"),
-    (RICH, MEM, "rich", "max_memory 1G " + RICH_NO), (RICH, READ, "rich", "workers_read is not supported"),
+    (RICH, WORKERS, "rich", None), (RICH, ENGINE, "rich", None), (RICH, SCHED, "rich", None),
+    (RICH, {**SCHED, "workers": 2}, "rich",
+     "workers 2 " + RICH_NO + r" \(the cluster at scheduler brings its own worker processes\)"),
+    (RICH, {**ENGINE, "workers": 2}, "rich", None),
+    # spill_dir: used when counts wait for the refit (carved lines) or the model is mapped
+    (RICH, SPILLDIR, "rich", "spill_dir /nonexistent " + RICH_NO + r" \(nothing is spilled"),
+    (RICH_FILES, SPILLDIR, "rich", None), (RICH_MEM, SPILLDIR, "rich", None),
+    ({**RICH_FILES, **ENGINE}, SPILLDIR, "rich", "spill_dir /nonexistent " + RICH_NO),
+    ({**RICH_MEM, **ENGINE}, SPILLDIR, "rich", None),
+    (RICH, MEM, "rich", None), (RICH, READ, "rich", "workers_read " + RICH_NO + r" \(this process"),
     (RICH, CHUNK, "rich", None), (RICH, {"workers": 1}, "rich", None),
     (NGRAM, WORKERS, "ngram", r"workers 2 is not supported on the in-memory n-gram route \(ngram\)"
      "; drop it .* or add engine dask"), (NGRAM, ENGINE, "ngram-dask", None),
@@ -102,7 +110,8 @@ CASES = [
     (DASK, CHUNK, "dask", None),
     (TRANSFORMER, WORKERS, "neural", r"neural route \(neural\); drop it \(the network trains"),
     (TRANSFORMER, MEM, "neural", "max_memory 1G"), (TRANSFORMER, CHUNK, "neural", "chunk_lines 100"),
-    (RESIDUAL, MEM, "neural", "max_memory 1G " + RICH_NO), (RESIDUAL, CHUNK, "neural", None),
+    (RESIDUAL, MEM, "neural", None), (RESIDUAL, READ, "neural", "workers_read " + RICH_NO),
+    (RESIDUAL, CHUNK, "neural", None),
     (RESIDUAL_OF, CHUNK, "neural", "chunk_lines 100 is not supported on the neural"),
 ]
 
@@ -129,11 +138,11 @@ def test_refused_scale_option_is_one_line_exit_2_before_any_work(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert err.strip().splitlines() == ["lmkit: error: --workers 64 is not supported on the default "
-                                        "(feature-rich) route yet; drop it or use --order N (this "
-                                        "model is counted in one process, in memory; its bounded, "
-                                        "multi-process build is not there yet)"]
-    assert main(["train", "--max-memory", "1G", "--output", str(out)]) == 2
-    assert "--max-memory 1G is not supported" in capsys.readouterr().err
+                                        "(feature-rich) route; drop it (the cluster at --scheduler "
+                                        "brings its own worker processes)"]
+    assert main(["train", "--spill-dir", str(tmp_path), "--output", str(out)]) == 2
+    assert "--spill-dir " + str(tmp_path) + " is not supported" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_manifest_records_only_the_options_that_took_effect(tiny_corpus_file, tiny_tok_file,

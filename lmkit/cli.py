@@ -339,7 +339,6 @@ def _load_options(a) -> dict:
 
 
 def cmd_eval(a) -> None:
-    from .adapt import describe as describe_adapt
     from .evaluate import evaluate
     from .load import load as load_model
     src = config_of(a, C.EvalCorpusConfig)
@@ -349,6 +348,8 @@ def cmd_eval(a) -> None:
     if config_of(a, C.OutputConfig).json:
         print(json.dumps(r))
     else:
+        if "adapt" in r:  # imported only then: adapt imports counts
+            from .adapt import describe as describe_adapt
         print(f"sequences {r['sequences']}  tokens {r['tokens']}  bytes {r['bytes']}  "
               f"nll_nats {r['nll_nats']:.1f}  perplexity {r['perplexity']:.3f}  "
               f"bits_per_byte {r['bits_per_byte']:.4f}"

@@ -48,7 +48,6 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .adapt import check_adapt_model, score_units_adaptive
 from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
 from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
@@ -347,6 +346,7 @@ def _adaptive_text(model, units: list, adapt) -> tuple[bytes, int, int, float]:
     """(JSONL as UTF-8, units, tokens, nll) of ``(meta, lines)`` units scored adaptively
     (``adapt.score_units_adaptive``: each unit after every earlier one), formatted as
     ``_scored_text`` formats a chunk."""
+    from .adapt import score_units_adaptive  # only with --adapt: adapt imports counts
     res = score_units_adaptive(model, units, adapt)
     text = "".join(f'{_head(r)}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
                    f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n'
@@ -483,6 +483,7 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
                                            text_field=text_field, id_field=id_field, unit=unit)
     model = load_model(model_path)
     if ad.adapt:
+        from .adapt import check_adapt_model
         check_adapt_model(model, ad)  # a model the mode cannot adapt: refused before any work
     totals = {"units": 0, "tokens": 0, "nll": 0.0}
     t0 = time.time()

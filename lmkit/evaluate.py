@@ -14,7 +14,6 @@ import dataclasses
 import math
 from typing import Iterable
 
-from .adapt import check_adapt_model, evaluate_adaptive
 from .config import AdaptConfig, CorpusConfig, EvalCorpusConfig, field_names, make
 from .corpus import load_corpus, sequences
 from .errors import InputError
@@ -89,6 +88,7 @@ def evaluate(model, *, split: str = EvalCorpusConfig.split, **source) -> dict:
 def _evaluate_adaptive(model, lines, src: CorpusConfig, ad: AdaptConfig) -> dict:
     """``evaluate`` with ``adapt``: the cache weights fitted on the valid split first when
     ``cache_fit`` (the corpus must have one), then every line scored in reading order."""
+    from .adapt import check_adapt_model, evaluate_adaptive  # only here: adapt imports counts
     check_adapt_model(model, ad)
     heldout = None
     if ad.cache_fit:

@@ -76,11 +76,13 @@ def test_next_verb_imports_no_numba(folder, request):
 
 
 def test_eval_verb_without_a_terminal_imports_no_tqdm(tiny_model_dir, tiny_corpus_file):
-    """stderr is a pipe here, so the progress bar is hidden and tqdm never imported."""
+    """stderr is a pipe here, so the progress bar is hidden and tqdm never imported; without
+    --adapt the adaptive scorer is not imported either."""
     loaded = _imported_after(
-        "import io, contextlib, lmkit.cli\nout = io.StringIO()\n"
+        "import io, contextlib, sys, lmkit.cli\nout = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
         f"    rc = lmkit.cli.main(['eval', {str(tiny_model_dir)!r}, '--input', "
         f"{str(tiny_corpus_file)!r}, '--json'])\n"
-        "assert rc == 0 and 'perplexity' in out.getvalue(), (rc, out.getvalue())")
+        "assert rc == 0 and 'perplexity' in out.getvalue(), (rc, out.getvalue())\n"
+        "assert 'lmkit.adapt' not in sys.modules  # only with --adapt")
     assert not loaded & {"tqdm", "torch", "dask", "datasets", "sklearn"}

@@ -237,6 +237,9 @@ _INSTEAD = {
                            "from the training text, so no counts wait for a second pass), or "
                            "add max_memory SIZE",
     ("rich", "workers"): "drop it (the cluster at scheduler brings its own worker processes)",
+    ("ngram-dask", "workers"): "drop it (the cluster at scheduler brings its own worker "
+                               "processes)",
+    ("dask", "workers"): "drop it (the cluster at scheduler brings its own worker processes)",
     ("rich", "workers_read"): "drop it (this process reads the text of the default model)",
     ("ngram", "workers"): "drop it (one process counts the n-grams in memory), or add engine "
                           "dask to count on Dask",
@@ -260,9 +263,9 @@ def _trains_base(cfg: TrainConfig) -> bool:
 
 
 def honoured(cfg: TrainConfig) -> set:
-    """The scale options the route of ``cfg`` honours (``HONOURS``, less, on the default
-    route, those this configuration would not use: ``spill_dir`` when nothing is spilled,
-    ``workers`` when a scheduler's cluster brings its own)."""
+    """The scale options the route of ``cfg`` honours (``HONOURS``, less those this
+    configuration would not use: on the default route ``spill_dir`` when nothing is spilled;
+    on every Dask route ``workers`` when a scheduler's cluster brings its own)."""
     if _trains_base(cfg):
         return honoured(_base_config(cfg))  # they go to the base model's build
     r, s = route(cfg), cfg.scale
@@ -273,8 +276,8 @@ def honoured(cfg: TrainConfig) -> set:
         carved = cfg.corpus.input is not None or cfg.corpus.dataset is not None
         if s.max_memory is None and (s.engine == "dask" or not carved):
             ok = ok - {"spill_dir"}
-        if s.scheduler is not None:
-            ok = ok - {"workers"}
+    if s.scheduler is not None and "scheduler" in ok:
+        ok = ok - {"workers"}  # every Dask route: that cluster brings its own workers
     return ok
 
 

@@ -98,6 +98,10 @@ CASES = [
     (BOUNDED, SPILLDIR, "ngram-bounded", None), (BOUNDED, MEM, "ngram-bounded", None),
     (BOUNDED, READ, "ngram-bounded", "workers_read is not"), (BOUNDED, CHUNK, "ngram-bounded", None),
     (NDASK, WORKERS, "ngram-dask", None), (NDASK, SCHED, "ngram-dask", None),
+    (NDASK, {**SCHED, "workers": 2}, "ngram-dask", r"workers 2 is not supported on the n-gram on "
+     r"Dask route \(ngram-dask\); drop it \(the cluster at scheduler brings its own"),
+    (DASK, {**SCHED, "workers": 2}, "dask", r"workers 2 is not supported on the Dask counting "
+     r"route \(dask\); drop it \(the cluster at scheduler brings its own"),
     (NDASK, SPILLDIR, "ngram-dask", r"spill_dir /nonexistent .* \(Dask spills by its own"),
     (NDASK, MEM, "ngram-dask", "max_memory 1G .* or use engine local"),
     (NDASK, READ, "ngram-dask", None), (NDASK, CHUNK, "ngram-dask", None),

@@ -106,6 +106,10 @@ def plot(results: dict, path: Path) -> None:
         rows = r["rows"]
         ax.plot([x["cpu_seconds"] for x in rows], [x["test_ppl"] for x in rows], st,
                 color=color, label=label)
+        mixed = [x for x in rows if "mix_test_ppl" in x]
+        if mixed:
+            ax.plot([x["cpu_seconds"] for x in mixed], [x["mix_test_ppl"] for x in mixed],
+                    st[0] + "--", color=color, label=label + ", mixed with the explicit model")
     e = results.get("explicit") or {}
     if e:
         ax.axhline(e["test_ppl"], color="tab:blue", ls="--",

@@ -32,7 +32,7 @@ from . import adapt_ngram, cache
 from .config import AdaptConfig
 from .corpus import load_corpus
 from .counts import count_ngrams
-from .errors import InputError, OptionError
+from .errors import InputError, ModelFormatError, OptionError
 from .features import Suffix
 
 # Static scoring batch (lines): memory stays bounded; the sums do not depend on it.
@@ -99,13 +99,33 @@ def _bos(model) -> int:
     return int(model.params.info.get("bos_id", model.tokenizer.bos_id))
 
 
+# the type of each corpus option in a manifest's config (a model folder is untrusted input)
+_SOURCE_TYPES = {"corpus": (str, type(None)), "dataset": (str, type(None)), "split": (str,),
+                 "text_field": (str,), "streaming": (bool,)}
+
+
+def corpus_source(config: dict) -> dict:
+    """The corpus options of a manifest's ``config``, type-checked: ``ModelFormatError`` (one
+    line) for a value that is not what ``lmkit train`` writes there."""
+    src = {k: config[k] for k in CORPUS_KEYS if k in config}
+    for k, v in src.items():
+        ok = (v is None or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v))
+              if k == "input" else isinstance(v, _SOURCE_TYPES[k]))
+        if not ok:
+            raise ModelFormatError(f"the model's manifest has a config {k!r} of "
+                                   f"{type(v).__name__} {str(v)[:40]!r}, not what lmkit train "
+                                   "writes; the folder is damaged: train it again")
+    if src.get("input") is not None:
+        src["input"] = list(src["input"])
+    return src
+
+
 def training_counts(model, groups: list):
     """``counts.Counts`` of ``groups`` over ``model``'s training text (``model.config``'s corpus
     options) read and encoded again; refused unless its sha256 and token count are those of
     the model's manifest (the text it was trained on)."""
     c, rec = model.config, model.corpus
-    src = {k: c[k] for k in CORPUS_KEYS if k in c}
-    src["input"] = list(src["input"]) if src.get("input") is not None else None
+    src = corpus_source(c)
     try:
         corpus = load_corpus(**src)
         digest, chunks = hashlib.sha256(), []

@@ -221,3 +221,18 @@ def test_cache_counts_compiled_equal_numpy(order, window, reach):
     a = cache.level_stats(stream, line, order, window, wo, reach, 6, compiled=False)
     b = cache.level_stats(stream, line, order, window, wo, reach, 6, compiled=True)
     assert a.shape == b.shape and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [5, [5], "x", {"a": 1}, [None]])
+def test_counts_refuses_a_damaged_manifest_corpus_in_one_line(ngram_setup, tmp_path, bad):
+    """A model folder is untrusted: the training text's options in its manifest are type-checked
+    before anything reads them (they once reached the corpus reader and gave a traceback)."""
+    _, model_dir, _, test, _, _ = ngram_setup
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["config"]["input"] = bad
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    r = _cli("eval", str(d), "--input", str(test), "--adapt", "--adapt-mode", "counts")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "config 'input'" in r.stderr and "damaged" in r.stderr

@@ -66,7 +66,7 @@ def check_dense_memory(n_groups, vocab_size, batch_size, optimizer="adam", max_m
                        itemsize: int = 4) -> int:
     """Refuse up front (``MemoryLimitError`` with the bytes needed) a model that would not fit."""
     need = dense_bytes(n_groups, vocab_size, batch_size, optimizer, itemsize)
-    check_memory(need, max_memory, f"the dense gradient model ({n_groups} x {vocab_size}^2 weights, "
+    check_memory(need, max_memory, f"the dense gradient model ({n_groups} x {vocab_size}^2 parameters, "
                  f"{optimizer}, batch {batch_size})",
                  "lower vocab_size or context, or raise max_memory (the explicit solver "
                  "needs only the sparse counts)")

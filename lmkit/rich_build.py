@@ -400,7 +400,7 @@ def _start_memory(text: _Text, workers: int, max_memory) -> None:
     limit = parse_size(max_memory)
     part = min(len(text.pos), PART_POSITIONS)
     need = text.nbytes() + workers * part * PART_BYTES
-    check_memory(need, limit, "the feature-rich build (token buffer and counting)",
+    check_memory(need, limit, "the feature-rich build (the text's buffer of ids and counting)",
                  "raise max_memory, use fewer workers, or use order N for a plain n-gram "
                  "model (bounded in buckets)")
 
@@ -436,7 +436,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, d
     rows, targets = fit_heldout(params, rows, targets, None, log)
     if max_memory is not None:
         check_memory(first.nbytes() + heldout_nbytes(params, rows), max_memory,
-                     "the weight search on held-out tokens (with the token buffer)",
+                     "the weight search on held-out tokens (with the text's buffer of ids)",
                      "raise max_memory, or lower lambda_tokens")
     init = np.repeat(params.info["lambda_init"], B)
     lam, trace = choose_lambdas(params, rows, targets, init=init, entry_buckets=eb,

@@ -209,7 +209,7 @@ def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_pat
 
 def test_max_memory_too_small_is_refused_before_counting():
     from lmkit.errors import MemoryLimitError
-    with pytest.raises(MemoryLimitError, match=r"token buffer and counting\) needs .* raise max_memory"):
+    with pytest.raises(MemoryLimitError, match=r"buffer of ids and counting\) needs .* raise max_memory"):
         _build(None, max_memory="1K")
 
 

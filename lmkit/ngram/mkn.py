@@ -144,7 +144,7 @@ def _check_discount(discount):
         return None
     d = (float(discount),) * 3 if np.isscalar(discount) else tuple(float(x) for x in discount)
     if len(d) != 3 or not all(0 < dk <= k for k, dk in zip((1, 2, 3), d)):
-        raise OptionError(f"discount for order needs 1 or 3 values D1 D2 D3+ with 0 < Dk <= k, "
+        raise OptionError(f"discount for an n-gram model needs 1 or 3 values D1 D2 D3+ with 0 < Dk <= k, "
                          f"got {list(d)}; omit it to estimate the discounts from count-of-counts")
     return d
 

@@ -17,6 +17,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .ngram.score import lower_bound
+
+# the one binary search of the compiled scorers (ngram/score.py), compiled here too
+# (once ngram/score.py has compiled its own, its module holds a dispatcher: take the function)
+_lower_bound = njit(cache=True, nogil=True, inline="always")(getattr(lower_bound, "py_func",
+                                                                     lower_bound))
+
 
 @njit(cache=True, nogil=True)
 def _discount(a, d):  # pragma: no cover (jit)
@@ -96,15 +103,8 @@ def train_values(indptr, indices, data_a, data_raw, stats, rows, cols, a_out, ra
             continue
         for j in range(4):
             base_out[n, j] = stats[r, j]
-        lo = indptr[r]
-        hi = indptr[r + 1]
         c = cols[n]
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if indices[mid] < c:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = _lower_bound(indices, indptr[r], indptr[r + 1], c)
         if lo < indptr[r + 1] and indices[lo] == c:
             a_out[n] = data_a[lo]
             raw_out[n] = data_raw[lo]

@@ -40,7 +40,7 @@ _JIT: dict = {}
 _JIT_LOCK = threading.Lock()
 
 
-def _lower_bound(a, lo, hi, x):  # pragma: no cover (jit)
+def lower_bound(a, lo, hi, x):  # pragma: no cover (jit)
     """The first index in ``[lo, hi)`` whose value in the sorted ``a`` is >= ``x`` (``hi`` if
     none): one binary search, shared by the history and next-row lookups."""
     while lo < hi:
@@ -119,7 +119,7 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
                             k = (r - rbase[m - 1]) * V + (bos if j == -1 else flat[b + j])
                             c = cbase[m - 1] + r - rbase[m - 1]
                             end = cptr[c + 1]
-                            lo = _lower_bound(keys, cptr[c], end, k)
+                            lo = lower_bound(keys, cptr[c], end, k)
                             r = rbase[m] + lo - koff[m] if lo < end and keys[lo] == k else -1
                         if m >= l:
                             _row_state(r, rowi, rowf, st, sl, m)
@@ -253,7 +253,7 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                     else:
                         c = rbase[l - 1] + parent
                         end = rptr[c + 1]
-                        lo = _lower_bound(indices, rptr[c], end, w)
+                        lo = lower_bound(indices, rptr[c], end, w)
                         a = nxt[lo] if lo < end and indices[lo] == w else -2
                     if a == -1:
                         nx = -1
@@ -261,7 +261,7 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                         k = a * V + tok
                         c = cbase[l] + a
                         end = cptr[c + 1]
-                        lo = _lower_bound(keys, cptr[c], end, k)
+                        lo = lower_bound(keys, cptr[c], end, k)
                         nx = lo - koff[l + 1] if lo < end and keys[lo] == k else -1
                         if nx >= 0:
                             found += 1
@@ -295,7 +295,7 @@ def _jitted() -> dict:
         if not _JIT:
             from numba import njit
             g = globals()
-            for name in ("_row_state", "_slot", "_lower_bound"):
+            for name in ("_row_state", "_slot", "lower_bound"):
                 g[name] = njit(cache=True, nogil=True, inline="always")(g[name])
             _JIT.update(hash_level0=njit(cache=True, nogil=True)(_hash_level0),
                         build=njit(cache=True, nogil=True)(_build),

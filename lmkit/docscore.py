@@ -51,6 +51,7 @@ import numpy as np
 from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
 from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
 from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
+from .io import jsonrows
 from .io.files import atomic_write, check_output_writable
 from .load import load as load_model
 from .parallel import ordered_map, pool_context
@@ -293,15 +294,19 @@ def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[byte
     round-trips exactly). ``repr`` of the three floats is most of that f-string's cost: one
     ``%`` template over the whole chunk was measured no faster."""
     nll, tok, ppl, bpb = _unit_scores(model, chunk, num_threads, seqs)
+    stats = len(nll), int(tok.sum()), float(nll.sum())
+    if "numba" in sys.modules:  # compiled rows, same bytes; never worth numba's import alone
+        data = jsonrows.rows(tok, nll, ppl, bpb, numbers=chunk.numbers,
+                             heads=None if chunk.metas is None else list(map(_head, chunk.metas)))
+        if data is not None:
+            return (data, *stats)
     if chunk.metas is None:
         heads = (f'{{"index": {i}' for i in chunk.numbers)
     else:
         heads = map(_head, chunk.metas)
-    text = "".join([f'{h}, "tokens": {t}, "nll_nats": {x!r}, "perplexity": {p!r}, '
-                    f'"bits_per_byte": {b!r}}}\n'
-                    for h, t, x, p, b in zip(heads, tok.tolist(), nll.tolist(), ppl.tolist(),
-                                             bpb.tolist())])
-    return text.encode("utf-8"), len(nll), int(tok.sum()), float(nll.sum())
+    text = "".join([jsonrows.py_row(h, t, x, p, b) for h, t, x, p, b in
+                    zip(heads, tok.tolist(), nll.tolist(), ppl.tolist(), bpb.tolist())])
+    return (text.encode("utf-8"), *stats)
 
 
 _MODEL = None  # a spawned worker's own copy of the model (fork workers inherit the parent's)
@@ -348,9 +353,8 @@ def _adaptive_text(model, units: list, adapt) -> tuple[bytes, int, int, float]:
     ``_scored_text`` formats a chunk."""
     from .adapt import score_units_adaptive  # only with --adapt: adapt imports counts
     res = score_units_adaptive(model, units, adapt)
-    text = "".join(f'{_head(r)}, "tokens": {r["tokens"]}, "nll_nats": {r["nll_nats"]!r}, '
-                   f'"perplexity": {r["perplexity"]!r}, "bits_per_byte": {r["bits_per_byte"]!r}}}\n'
-                   for r in res)
+    text = "".join(jsonrows.py_row(_head(r), r["tokens"], r["nll_nats"], r["perplexity"],
+                                   r["bits_per_byte"]) for r in res)
     return (text.encode("utf-8"), len(res), sum(r["tokens"] for r in res),
             sum(r["nll_nats"] for r in res))
 

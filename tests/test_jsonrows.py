@@ -41,8 +41,8 @@ def few_bit_floats():
 def test_random_floats_of_every_scale_equal_repr():
     rng = np.random.default_rng(0)
     for lo, hi in [(1e-3, 1), (1, 1e3), (1e3, 1e16), (1e-8, 1e-3)]:
-        check(np.exp(rng.uniform(np.log(lo), np.log(hi), 100_000)), rng)
-    bits = rng.integers(0, 2 ** 52, 200_000) | (rng.integers(1075 - 60, 1075 + 3, 200_000) << 52)
+        check(np.exp(rng.uniform(np.log(lo), np.log(hi), 30_000)), rng)
+    bits = rng.integers(0, 2 ** 52, 60_000) | (rng.integers(1075 - 60, 1075 + 3, 60_000) << 52)
     check(bits.view(np.float64), rng)
 
 
@@ -52,8 +52,8 @@ def test_ties_and_binade_boundaries_equal_repr():
 
 def test_short_decimals_and_their_neighbours_equal_repr():
     rng = np.random.default_rng(2)
-    scale = 10.0 ** rng.integers(1, 9, 50_000)
-    d = np.array([round(x * s) / s for x, s in zip(rng.uniform(0, 1e4, 50_000).tolist(),
+    scale = 10.0 ** rng.integers(1, 9, 20_000)
+    d = np.array([round(x * s) / s for x, s in zip(rng.uniform(0, 1e4, 20_000).tolist(),
                                                     scale.tolist())])
     d = d[d > 0]
     check(np.concatenate([d, np.nextafter(d, 0), np.nextafter(d, np.inf)]), rng)
@@ -78,3 +78,27 @@ def test_given_heads_are_copied_verbatim():
 def test_no_rows_is_no_bytes():
     empty = np.zeros(0)
     assert jsonrows.rows(empty.astype(np.int64), empty, empty, empty, numbers=[]) == b""
+
+
+def test_score_file_writes_the_same_bytes_with_and_without_compiled_rows(
+        tmp_path, tiny_lines, tiny_model_dir, monkeypatch):
+    """``lmkit score`` takes the compiled rows once numba is loaded; the f-string rows (no
+    numba) are the same file, for text lines and for documents (heads given as strings)."""
+    import numba  # noqa: F401 - loaded, so docscore takes the compiled rows
+    from lmkit.docscore import score_file
+    src = tmp_path / "t.txt"
+    src.write_text("\n".join(tiny_lines[:300] + ["", "naïve \"q\" \\ 😀"] + tiny_lines[:50])
+                   + "\n", encoding="utf-8")
+    calls = []
+    real = jsonrows.rows
+    monkeypatch.setattr(jsonrows, "rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for unit in ("line", "document"):
+        score_file(tiny_model_dir, tmp_path / "c.jsonl", input=[str(src)], unit=unit,
+                   progress=False)
+        assert calls, "the compiled rows were not used"
+        with monkeypatch.context() as m:
+            m.setattr(jsonrows, "HAVE_NUMBA", False)
+            score_file(tiny_model_dir, tmp_path / "p.jsonl", input=[str(src)], unit=unit,
+                       progress=False)
+        assert (tmp_path / "c.jsonl").read_bytes() == (tmp_path / "p.jsonl").read_bytes()
+        calls.clear()

@@ -84,7 +84,7 @@ def test_score_file_writes_the_same_bytes_with_and_without_compiled_rows(
         tmp_path, tiny_lines, tiny_model_dir, monkeypatch):
     """``lmkit score`` takes the compiled rows once numba is loaded; the f-string rows (no
     numba) are the same file, for text lines and for documents (heads given as strings)."""
-    import numba  # noqa: F401 - loaded, so docscore takes the compiled rows
+    pytest.importorskip("numba")  # loaded, so docscore takes the compiled rows
     from lmkit.docscore import score_file
     src = tmp_path / "t.txt"
     src.write_text("\n".join(tiny_lines[:300] + ["", "naïve \"q\" \\ 😀"] + tiny_lines[:50])

@@ -5,7 +5,9 @@
 - ``readfile``: the one bounded reader of untrusted input files (regular file, size limit, hash);
 - ``npyfile``: disk-backed 1-d ``.npy`` arrays, appended piecewise, mapped read-only;
 - ``store``: model folders — layout, the one manifest check for every folder kind, arrays
-  validated on load (indices in range, shapes consistent, values finite).
+  validated on load (indices in range, shapes consistent, values finite);
+- ``jsonrows``: ``lmkit score``'s JSON Lines rows written by compiled code, byte for byte the
+  f-string rows (floats as ``repr``).
 
 This file imports nothing, so importing one module of the room loads only that module.
 """

@@ -52,6 +52,16 @@ def lower_bound(a, lo, hi, x):  # pragma: no cover (jit)
     return lo
 
 
+def _gallop(a, lo, hi, x):  # pragma: no cover (jit)
+    """``lower_bound(a, lo, hi, x)`` found by steps of 1, 2, 4, ... from ``lo``: cheap when
+    the answer is near ``lo`` (a run of rising searches in one row)."""
+    step = 1
+    while lo + step < hi and a[lo + step - 1] < x:
+        lo += step
+        step *= 2
+    return lower_bound(a, lo, min(lo + step, hi), x)
+
+
 def _row_state(r, rowi, rowf, st, sl, lev):  # pragma: no cover (jit)
     """Level ``lev`` of ``st`` (start, end, kind) and ``sl`` (log gamma): row record ``r``
     (-1: no row)."""
@@ -244,6 +254,9 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                 key = keys[koff[l] + r]
                 parent = key // V
                 tok = key % V
+                pc = rbase[l - 1] + parent
+                plo = rptr[pc]  # the row's columns rise: each search starts where the last ended
+                pend = rptr[pc + 1]
             for e in range(rptr[rbase[l] + r], rptr[rbase[l] + r + 1]):
                 w = indices[e]
                 nx = -2
@@ -251,10 +264,8 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                     if l == 0:
                         a = map1[w]
                     else:
-                        c = rbase[l - 1] + parent
-                        end = rptr[c + 1]
-                        lo = lower_bound(indices, rptr[c], end, w)
-                        a = nxt[lo] if lo < end and indices[lo] == w else -2
+                        plo = _gallop(indices, plo, pend, w)
+                        a = nxt[plo] if plo < pend and indices[plo] == w else -2
                     if a == -1:
                         nx = -1
                     elif a >= 0:
@@ -276,10 +287,10 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                 nxt[e] = -1
             ent[4 * e] = np.int64(indices[e]) << 32
             entf[4 * e + 2] = data[e]
-            if nx >= 0:
+            if nx >= 0:  # the next row's record: one cache line holds all three
                 g = rbase[l + 1] + nx
-                ent[4 * e] |= rptr[g + 1] - rptr[g]
-                ent[4 * e + 1] = rptr[g]
+                ent[4 * e] |= rowi[2 * g + 2] - rowi[2 * g]
+                ent[4 * e + 1] = rowi[2 * g]
                 entf[4 * e + 3] = rowf[2 * g + 1]
             else:
                 ent[4 * e + 1] = nx
@@ -295,7 +306,7 @@ def _jitted() -> dict:
         if not _JIT:
             from numba import njit
             g = globals()
-            for name in ("_row_state", "_slot", "lower_bound"):
+            for name in ("_row_state", "_slot", "lower_bound", "_gallop"):
                 g[name] = njit(cache=True, nogil=True, inline="always")(g[name])
             _JIT.update(hash_level0=njit(cache=True, nogil=True)(_hash_level0),
                         build=njit(cache=True, nogil=True)(_build),

@@ -126,6 +126,13 @@ def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None) -> np
     row_keys = np.asarray(row_keys, dtype=np.int64)
     if keys is None:
         return row_keys
+    fast = _compiled_keys() if len(row_keys) >= COMPILED_MIN_QUERIES and len(keys) else None
+    if fast is not None:
+        table = np.ascontiguousarray(keys, dtype=np.int64)
+        if order is None:  # many queries: radix-sorted and merged in compiled code
+            return fast.find_keys(np.ascontiguousarray(row_keys), table)
+        return fast.find_ordered(table, np.ascontiguousarray(row_keys),
+                                 np.ascontiguousarray(order, dtype=np.int64))
     out = np.full(len(row_keys), -1, dtype=np.int64)
     if order is None:
         ok = np.flatnonzero(row_keys >= 0)
@@ -139,6 +146,26 @@ def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None) -> np
     idx = np.minimum(search(keys, k), len(keys) - 1)
     out[ok] = np.where(keys[idx] == k, idx, -1)
     return out
+
+
+USE_COMPILED = True  # False: always the numpy searches (tests compare the two)
+COMPILED_MIN_QUERIES = 1 << 14  # fewer queries use numpy (and never import numba)
+_UNSET = object()
+_FAST = _UNSET
+
+
+def _compiled_keys():
+    """The ``fastkeys`` module when numba is installed (and ``USE_COMPILED``), else None."""
+    global _FAST
+    if not USE_COMPILED:
+        return None
+    if _FAST is _UNSET:
+        try:
+            from . import fastkeys
+        except ImportError:  # numba is optional (pip install lmkit[fast]): numpy searches
+            fastkeys = None
+        _FAST = fastkeys
+    return _FAST
 
 
 def history_order(buf, pos, reach: int, vocab_size: int):

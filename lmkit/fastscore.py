@@ -2,7 +2,8 @@
 
 Input, per active group g (lambda_g != 0), as tuples over the groups: ``E_g`` float64 =
 ``exp(lambda_g S_g.data)`` (built once per parameters, by numpy), ``ind_g`` = ``S_g.indices``
-and ``ptr_g`` = ``S_g.indptr`` (both int32, or both int64: the arrays as loaded, not copied),
+and ``ptr_g`` = ``S_g.indptr`` as the folder stores them, not copied (``params.stored_arrays``;
+pointers int32 or int64, columns uint16 in a compact folder, else of the pointers' type),
 ``dmap_g`` int64 (R_g,) = the row's dense copy in ``D`` or -1 (empty: the group has none), and
 ``rows_g`` int64 (N,) = the row of every position (-1: no feature), as ``context_rows`` gives
 it. ``D`` (K, V) float64 holds dense copies of the longest rows: multiplying one in is a
@@ -18,7 +19,10 @@ its column, and Z is the accumulator's sum (untouched columns keep q[j], as in
 those groups' product (``base``) is rebuilt only when one of their rows changes. Each position
 starts from ``base`` times its other groups' dense rows in one fused pass. The row ranges are
 read here, from the rows (no (G, N) range arrays built in numpy first). Cost: one multiply per
-touched entry of the other groups + 2 V per position.
+touched entry of the other groups + 2 V per position. A position whose rows all equal the
+previous one's (a quarter of them in history order: the same context) reuses its products and
+costs nothing. The rows of the position ``AHEAD`` steps on are prefetched (``_prefetch``): a
+row start is a cache miss the CPU would otherwise meet only when it gets there.
 """
 from __future__ import annotations
 
@@ -151,10 +155,11 @@ def union_products(q, Es, inds, ptrs, dmaps, D, rows, shared, targets, out_term,
                 continue
             if i + AHEAD < m:
                 for g in range(G):
-                    s = st[g, i + AHEAD]
-                    if s >= 0 and en[g, i + AHEAD] > s:
-                        _prefetch(Es[g], s)
+                    s, e = st[g, i + AHEAD], en[g, i + AHEAD]
+                    if s >= 0 and e > s:
                         _prefetch(inds[g], s)
+                        for k in range(s, min(e, s + 24), 8):  # E's first 3 cache lines
+                            _prefetch(Es[g], k)
             # (Es[g] taken here: a helper handed the whole tuples ran 2x slower)
             if new2:
                 outer[:] = q

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     if a.text and not (a.kenlm_binary and a.kenlm_bin and a.default_model):
         sys.exit("bench_eval: --text needs --default-model, --kenlm-bin and --kenlm-binary")
 
-    out = Path(a.out)
+    out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     defaults = [Path(d) for d in (a.default_model or [out / "default"])]
@@ -143,16 +143,17 @@ def main(argv=None) -> int:
                         encoding="utf-8")
     eval_args = ["--input", text] if a.text else []
 
-    trees = [("", env)]
+    # each tree's eval runs in that tree's root: `python -m` puts the working directory first
+    # on sys.path, ahead of PYTHONPATH
+    trees = [("", env, ROOT)]
     if a.compare_tree:
-        other = str(Path(a.compare_tree).resolve())
-        trees.append((f" [{other}]", {**os.environ, "PYTHONPATH": other + os.pathsep +
-                                      os.environ.get("PYTHONPATH", "")}))
-    sides = [(d, label, e) for d in defaults for label, e in trees]
-    lm_runs, ken_runs = {(d, label): [] for d, label, _ in sides}, []
+        other = Path(a.compare_tree).resolve()
+        trees.append((f" [{other}]", {**os.environ, "PYTHONPATH": str(other)}, other))
+    sides = [(d.resolve(), label, e, cwd) for d in defaults for label, e, cwd in trees]
+    lm_runs, ken_runs = {(d, label): [] for d, label, _, _ in sides}, []
     for _ in range(a.repeat):
-        for default, label, e in sides:
-            stdout, cpu, wall = run(lmkit("eval", default, *eval_args, "--json"), env=e)
+        for default, label, e, cwd in sides:
+            stdout, cpu, wall = run(lmkit("eval", default, *eval_args, "--json"), env=e, cwd=cwd)
             lm_runs[default, label].append({**json.loads(stdout), "cpu": cpu, "wall": wall})
         if a.kenlm_bin:
             kb = Path(a.kenlm_bin)
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
     kq = statistics.median(r["query_cpu"] for r in ken_runs)
     kall = statistics.median(r["cpu"] for r in ken_runs)
     k0 = ken_runs[0]
-    tokens = lm_runs[defaults[0], ""][0]["tokens"]
+    tokens = lm_runs[sides[0][0], ""][0]["tokens"]
     strict = {}
     if a.kenlm_bin:
         strict = {k: statistics.median(r[k] for r in ken_runs)
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
     extra = " | ratio to bare encode + query | ratio to query alone" if strict else ""
     print(f"| side | CPU s | tokens / CPU s | ratio to KenLM{extra} | perplexity | folder MB |")
     print("|---|---|---|---|" + ("---|---|" if strict else "") + "---|---|")
-    for default, label, _ in sides:
+    for default, label, _, _ in sides:
         lm = statistics.median(r["cpu"] for r in lm_runs[default, label])
         r0 = lm_runs[default, label][0]
         more = f" | {lm / strict['bare']:.2f}x | {lm / strict['query']:.2f}x" if strict else ""
@@ -216,13 +217,13 @@ def main(argv=None) -> int:
               f"| {tokens / kall:,.0f} | | | |")
     print("\nCPU s per run: " + "; ".join(
         f"{d.name}{label} " + ", ".join(f"{r['cpu']:.2f}" for r in lm_runs[d, label])
-        for d, label, _ in sides)
+        for d, label, _, _ in sides)
         + "; KenLM " + ", ".join(f"{r['query_cpu']:.2f}" for r in ken_runs)
         + (f" (lmkit spm-encode {strict['encode']:.2f}, bare encode {strict['bare_encode']:.2f},"
            f" query {strict['query']:.2f})" if strict else "")
         + "; target: lmkit eval <= 3x KenLM")
     print("total nll (nats): " + "; ".join(f"{d.name}{label} {lm_runs[d, label][0]['nll_nats']!r}"
-                                          for d, label, _ in sides))
+                                          for d, label, _, _ in sides))
     return 0
 
 

@@ -158,3 +158,18 @@ def test_lookup_keys_compiled_equals_numpy(key_path, span):
     assert np.array_equal(lookup_keys(table, q, order), want)
     assert np.array_equal(lookup_keys(table[:0], q), np.full(len(q), -1))
     assert np.array_equal(lookup_keys(table, q[:0]), q[:0])
+
+
+def test_suffix_searches_never_load_the_compiled_search(monkeypatch):
+    """A pure n-gram model's rows never import numba through fastkeys (its short jobs stay on
+    the numpy route); the suffix searches use fastkeys only once a keyed group has loaded it."""
+    import lmkit.features as F
+    monkeypatch.setattr(F, "_FAST", F._UNSET)
+    monkeypatch.setattr(F, "COMPILED_MIN_QUERIES", 1)
+    rng = np.random.default_rng(1)
+    seqs = [list(rng.integers(3, 12, rng.integers(1, 30))) for _ in range(400)]
+    buf, pos, starts = pad_sequences(seqs, 2, BOS, EOS)
+    keys = [np.arange(3, 12), np.unique(rng.integers(0, 12 * 9, 40))]
+    rows = group_rows(make_groups(context=0, order=3), keys, buf, pos, starts, 12,
+                      F.history_order(buf, pos, 2, 12))
+    assert F._FAST is F._UNSET and (rows[1] >= 0).any()

@@ -279,6 +279,9 @@ class SparseScorer:
             # previous token) so that neighbours share rows
             perm = np.asarray(order, dtype=np.int64) if order is not None else \
                 np.argsort(np.asarray(rows[self.active[0]]), kind="stable")
+            if perm.shape != targets.shape or (len(perm) and not
+                                               0 <= perm.min() <= perm.max() < len(perm)):
+                raise ValueError(f"order must be a permutation of the {len(targets)} positions")
             # the rows in walking order: the compiled loop then reads them in sequence
             r = tuple(np.asarray(rows[g], dtype=np.int64).take(perm) for g in self.active)
             tables = self.tables()

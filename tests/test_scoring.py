@@ -315,3 +315,18 @@ def test_stored_dtypes_score_as_their_widened_csr(name, float32, every_path):
     assert np.abs(next_logp_batch(p, k) - _reference_next_logp(ref, k)).max() <= 1e-9
     one = next_logp(p, [r[7:8] for r in rows])
     assert np.abs(one - _reference_next_logp(ref, [r[7:8] for r in rows])[0]).max() <= 1e-9
+
+
+def test_an_order_that_is_not_a_permutation_is_refused(every_path):
+    """The compiled path walks the positions in ``order``: a wrong length or an index out of
+    range is refused with one line (the numpy path ignores the order)."""
+    from lmkit.scoring import log_proba
+    p = MODELS["rich"]
+    rows, targets, _, order = context_rows(p.groups, p.keys, seqs_of(800, 11, hi=V), V, BOS,
+                                           EOS, with_order=True)
+    for bad in (order[:-1], np.where(order == 0, len(order), order), order - 1):
+        if every_path:
+            with pytest.raises(ValueError, match="permutation"):
+                log_proba(p, rows, targets, bad)
+        else:
+            assert np.isfinite(log_proba(p, rows, targets, bad)).all()

@@ -2,7 +2,8 @@
 
 Input, per active group g (lambda_g != 0), as tuples over the groups: ``E_g`` float64 =
 ``exp(lambda_g S_g.data)`` (built once per parameters, by numpy), ``ind_g`` = ``S_g.indices``
-and ``ptr_g`` = ``S_g.indptr`` (both int32, or both int64: the arrays as loaded, not copied),
+and ``ptr_g`` = ``S_g.indptr`` as the folder stores them, not copied (``params.stored_arrays``;
+pointers int32 or int64, columns uint16 in a compact folder, else of the pointers' type),
 ``dmap_g`` int64 (R_g,) = the row's dense copy in ``D`` or -1 (empty: the group has none), and
 ``rows_g`` int64 (N,) = the row of every position (-1: no feature), as ``context_rows`` gives
 it. ``D`` (K, V) float64 holds dense copies of the longest rows: multiplying one in is a
@@ -18,12 +19,39 @@ its column, and Z is the accumulator's sum (untouched columns keep q[j], as in
 those groups' product (``base``) is rebuilt only when one of their rows changes. Each position
 starts from ``base`` times its other groups' dense rows in one fused pass. The row ranges are
 read here, from the rows (no (G, N) range arrays built in numpy first). Cost: one multiply per
-touched entry of the other groups + 2 V per position.
+touched entry of the other groups + 2 V per position. A position whose rows all equal the
+previous one's (a quarter of them in history order: the same context) reuses its products and
+costs nothing. The rows of the position ``AHEAD`` steps on are prefetched (``_prefetch``): a
+row start is a cache miss the CPU would otherwise meet only when it gets there.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # pragma: no cover (jit)
+    """Ask the CPU to start loading ``arr[idx]`` into cache (``llvm.prefetch``: a hint, no
+    fault on any address, no result). Used to start the loads of the next positions' rows
+    while this position's are multiplied in: a row start is a cache (and TLB) miss, and the
+    scatter loop is too long for the CPU to reach the next row's first load by itself."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                       wraparound=False, boundscheck=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True)
@@ -46,6 +74,7 @@ def _sum(a):  # pragma: no cover (jit)
 
 
 BLOCK = 2048  # positions whose row ranges are looked up together (kept in cache)
+AHEAD = 2  # rows of the position this many steps ahead are prefetched
 
 
 @njit(cache=True, nogil=True)
@@ -109,15 +138,28 @@ def union_products(q, Es, inds, ptrs, dmaps, D, rows, shared, targets, out_term,
         m = _block_ranges(ptrs, dmaps, rows, a, st, en)
         for i in range(m):
             n = a + i
-            new1 = new2 = n == 0
+            new1 = new2 = new0 = n == 0
             for g in range(G):
                 if st[g, i] != prev_st[g] or en[g, i] != prev_en[g]:
                     if shared[g] == 1:
                         new1 = True
                     elif shared[g] == 2:
                         new2 = True
+                    else:
+                        new0 = True
                 prev_st[g] = st[g, i]
                 prev_en[g] = en[g, i]
+            if not (new0 or new1 or new2):  # every row as at n - 1: the same products
+                out_z[n] = out_z[n - 1]
+                out_term[n] = acc[targets[n]]
+                continue
+            if i + AHEAD < m:
+                for g in range(G):
+                    s, e = st[g, i + AHEAD], en[g, i + AHEAD]
+                    if s >= 0 and e > s:
+                        _prefetch(inds[g], s)
+                        for k in range(s, min(e, s + 24), 8):  # E's first 3 cache lines
+                            _prefetch(Es[g], k)
             # (Es[g] taken here: a helper handed the whole tuples ran 2x slower)
             if new2:
                 outer[:] = q

@@ -118,14 +118,29 @@ def find_sorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return out
 
 
-def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None) -> np.ndarray:
+def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None,
+                load: bool = True) -> np.ndarray:
     """``sparse.lookup_rows`` (row of each key in a sorted table, -1 if absent or if the key is
     -1) via ``find_sorted``, searching only the keys that are not -1. ``order``: a permutation
     of the positions under which the keys that are not -1 are already sorted (``history_order``),
-    so no sort is needed."""
+    so no sort is needed. With numba and at least ``COMPILED_MIN_QUERIES`` queries the search is
+    ``fastkeys`` (radix sort + one merge walk; the same rows), unless ``USE_COMPILED`` is False;
+    with ``load`` False only if something has imported it already."""
     row_keys = np.asarray(row_keys, dtype=np.int64)
     if keys is None:
         return row_keys
+    fast = None
+    if len(row_keys) >= COMPILED_MIN_QUERIES and len(keys):
+        fast = _compiled_keys() if load else _FAST if USE_COMPILED else None
+        fast = None if fast is _UNSET else fast
+    if fast is not None:
+        table = np.ascontiguousarray(keys, dtype=np.int64)
+        if order is None:  # many queries: radix-sorted and merged in compiled code
+            return fast.find_keys(np.ascontiguousarray(row_keys), table)
+        if len(order) != len(row_keys):  # the compiled walk reads row_keys[order[i]] unchecked
+            raise ValueError(f"order has {len(order)} positions for {len(row_keys)} keys")
+        return fast.find_ordered(table, np.ascontiguousarray(row_keys),
+                                 np.ascontiguousarray(order, dtype=np.int64))
     out = np.full(len(row_keys), -1, dtype=np.int64)
     if order is None:
         ok = np.flatnonzero(row_keys >= 0)
@@ -139,6 +154,26 @@ def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None) -> np
     idx = np.minimum(search(keys, k), len(keys) - 1)
     out[ok] = np.where(keys[idx] == k, idx, -1)
     return out
+
+
+USE_COMPILED = True  # False: always the numpy searches (tests compare the two)
+COMPILED_MIN_QUERIES = 1 << 14  # fewer queries use numpy (and never import numba)
+_UNSET = object()
+_FAST = _UNSET
+
+
+def _compiled_keys():
+    """The ``fastkeys`` module when numba is installed (and ``USE_COMPILED``), else None."""
+    global _FAST
+    if not USE_COMPILED:
+        return None
+    if _FAST is _UNSET:
+        try:
+            from . import fastkeys
+        except ImportError:  # numba is optional (pip install lmkit[fast]): numpy searches
+            fastkeys = None
+        _FAST = fastkeys
+    return _FAST
 
 
 def history_order(buf, pos, reach: int, vocab_size: int):
@@ -169,7 +204,11 @@ def group_rows(groups, keys, buf, pos, starts, vocab_size: int, order=None) -> l
     rows, suffix_rows = [], None
     for g, k in zip(groups, keys):
         if isinstance(g, Suffix):
-            r = lookup_keys(k, g.row_keys(buf, pos, starts, vocab_size, suffix_rows), order)
+            # the suffix groups' searches (sorted by the history order) are cheap in numpy too:
+            # they never import numba themselves, so a pure n-gram model's short jobs stay on
+            # the numpy route (docs/speed.md "Start-up"); once a keyed group has, they use it
+            r = lookup_keys(k, g.row_keys(buf, pos, starts, vocab_size, suffix_rows), order,
+                            load=False)
             suffix_rows = r
         else:
             r = lookup_keys(k, g.row_keys(buf, pos, starts, vocab_size))

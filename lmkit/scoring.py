@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .params import DenseParams, SparseParams
+from .params import DenseParams, SparseParams, stored_arrays
 from .sparse import log_softmax, lookup_values, take_rows, union_log_z
 # the rows of each context are a features job; re-exported for the callers that score
 from .features import context_rows, next_rows  # noqa: F401
@@ -107,37 +107,44 @@ def score_tables(params: SparseParams) -> tuple:
     """The tables ``fastscore`` multiplies with, for the active groups (lambda != 0):
     ``(E, ind, ptr, dmap, D)`` — tuples of per group E (nnz,) float64 ``exp(lambda_g S_g.data)``
     (overflows become inf, which the scorer's log-space fallback handles), ``ind`` =
-    S_g.indices and ``ptr`` = S_g.indptr, read-only, all int32 or all int64 (not copied when
-    they already are: one type for every group, so numba compiles the loops once), ``dmap``
+    S_g.indices and ``ptr`` = S_g.indptr as stored (``params.stored_arrays``), read-only, the
+    pointers all int32 or all int64 and the columns all uint16 (a compact folder) or of the
+    pointers' type (not copied when they already are: one type for every group, so numba
+    compiles the loops once per combination), ``dmap``
     (R_g,) int64 each row's copy in D (-1: none; empty: the group has none), and ``D`` (K, V)
     float64 dense copies of the rows with more than V/3 entries (1 where nothing is stored;
     longest first, within ``DENSE_ROWS_BYTES``)."""
     active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
-    S = [params.S[g] for g in active]
+    # the arrays as stored: a loaded compact folder's float32 values and uint16 columns are
+    # read as they are (params.LazyCSRs), never widened into copies for scoring
+    S = [stored_arrays(params.S, g) for g in active]
     V = params.vocab_size
     E = []
     with np.errstate(over="ignore"):
-        for g, s in zip(active, S):  # in place: one new array per group (fresh pages cost)
-            e = np.multiply(s.data, params.lambdas[g])
+        for g, (data, _, _) in zip(active, S):  # in place: one new array per group
+            e = np.multiply(data, params.lambdas[g], dtype=np.float64)
             E.append(np.exp(e, out=e))
     cand = []
-    for i, s in enumerate(S):
-        L = np.diff(s.indptr)
+    for i, (_, _, indptr) in enumerate(S):
+        L = np.diff(indptr)
         cand += [(int(L[r]), i, int(r)) for r in np.flatnonzero(L > V // 3)]
     cand = sorted(sorted(cand, reverse=True)[:max(0, DENSE_ROWS_BYTES // (8 * V))],
                   key=lambda c: c[1:])  # by group, then row
     D = np.ones((len(cand), V))
     dmap = [np.zeros(0, dtype=np.int64) for _ in S]
     for k, (_, i, r) in enumerate(cand):
+        _, indices, indptr = S[i]
         if not len(dmap[i]):
-            dmap[i] = np.full(S[i].shape[0], -1, dtype=np.int64)
+            dmap[i] = np.full(len(indptr) - 1, -1, dtype=np.int64)
         dmap[i][r] = k
-        lo, hi = S[i].indptr[r], S[i].indptr[r + 1]
-        D[k, S[i].indices[lo:hi]] = E[i][lo:hi]
-    wide = any(s.indices.dtype != np.int32 or s.indptr.dtype != np.int32 for s in S)
-    itype = np.int64 if wide else np.int32
-    return (tuple(E), tuple(_readonly(s.indices, itype) for s in S),
-            tuple(_readonly(s.indptr, itype) for s in S), tuple(dmap), D)
+        lo, hi = indptr[r], indptr[r + 1]
+        D[k, indices[lo:hi]] = E[i][lo:hi]
+    wide = any(p.dtype != np.int32 for _, _, p in S)
+    ptype = np.int64 if wide else np.int32
+    # columns: uint16 when every active group stores them so (V <= 65536), else as the pointers
+    itype = np.uint16 if S and all(i.dtype == np.uint16 for _, i, _ in S) else ptype
+    return (tuple(E), tuple(_readonly(i, itype) for _, i, _ in S),
+            tuple(_readonly(p, ptype) for _, _, p in S), tuple(dmap), D)
 
 
 def _rows_tuple(rows: list, active: list) -> tuple:
@@ -217,14 +224,16 @@ class SparseScorer:
         touched entry, summed in group order."""
         n, V = len(rows[0]) if rows else 0, self.params.vocab_size
         pos, vals = [], []
-        if n <= 16:  # a few positions (next, generation): slices, no fancy indexing
+        if n <= 16:  # a few positions (next, generation): slices of the stored arrays
             for i in range(n):
                 for g in self.active:
-                    r, S = int(rows[g][i]), self.params.S[g]
+                    r = int(rows[g][i])
                     if r >= 0:
-                        lo, hi = S.indptr[r], S.indptr[r + 1]
-                        pos.append(S.indices[lo:hi] + i * V)
-                        vals.append(self.params.lambdas[g] * S.data[lo:hi])
+                        data, indices, indptr = stored_arrays(self.params.S, g)
+                        lo, hi = indptr[r], indptr[r + 1]
+                        pos.append(indices[lo:hi].astype(np.int64) + i * V)
+                        vals.append(np.multiply(data[lo:hi], self.params.lambdas[g],
+                                                dtype=np.float64))
         for g in self.active if n > 16 else ():
             sub = take_rows(self.params.S[g], np.asarray(rows[g]), self.params.lambdas[g])
             pos.append(np.repeat(np.arange(n, dtype=np.int64) * V, np.diff(sub.indptr))
@@ -270,6 +279,9 @@ class SparseScorer:
             # previous token) so that neighbours share rows
             perm = np.asarray(order, dtype=np.int64) if order is not None else \
                 np.argsort(np.asarray(rows[self.active[0]]), kind="stable")
+            if perm.shape != targets.shape or (len(perm) and not
+                                               0 <= perm.min() <= perm.max() < len(perm)):
+                raise ValueError(f"order must be a permutation of the {len(targets)} positions")
             # the rows in walking order: the compiled loop then reads them in sequence
             r = tuple(np.asarray(rows[g], dtype=np.int64).take(perm) for g in self.active)
             tables = self.tables()

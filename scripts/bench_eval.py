@@ -24,7 +24,11 @@ lines ``lmkit eval`` reads: blank ones dropped; both sides get the same cleaned 
 
     python scripts/bench_eval.py [--default-model DIR [DIR ...]] [--mkn-model DIR] [--repeat 3]
                                  [--out /tmp/bench_eval] [--kenlm-bin DIR]
-                                 [--text FILE --kenlm-binary FILE]
+                                 [--text FILE --kenlm-binary FILE] [--compare-tree DIR]
+
+``--compare-tree DIR`` adds a row per default model for another checkout's ``lmkit eval``
+(e.g. ``git worktree add --detach /tmp/main main``), run interleaved with this one's, so a
+change is measured against its baseline in the same run.
 """
 from __future__ import annotations
 
@@ -107,12 +111,14 @@ def main(argv=None) -> int:
     ap.add_argument("--text", help="score this file's lines instead of the default test split")
     ap.add_argument("--kenlm-binary", help="with --text: the KenLM order-5 binary model of its "
                     "corpus (ids of the default model's tokenizer)")
+    ap.add_argument("--compare-tree", help="another lmkit checkout (e.g. a worktree of main): "
+                    "its `lmkit eval` of each default model runs interleaved with this one's")
     a = ap.parse_args(argv)
     from lmkit.corpus import load_corpus, read_lines, sequences
     if a.text and not (a.kenlm_binary and a.kenlm_bin and a.default_model):
         sys.exit("bench_eval: --text needs --default-model, --kenlm-bin and --kenlm-binary")
 
-    out = Path(a.out)
+    out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     defaults = [Path(d) for d in (a.default_model or [out / "default"])]
@@ -137,11 +143,18 @@ def main(argv=None) -> int:
                         encoding="utf-8")
     eval_args = ["--input", text] if a.text else []
 
-    lm_runs, ken_runs = {d: [] for d in defaults}, []
+    # each tree's eval runs in that tree's root: `python -m` puts the working directory first
+    # on sys.path, ahead of PYTHONPATH
+    trees = [("", env, ROOT)]
+    if a.compare_tree:
+        other = Path(a.compare_tree).resolve()
+        trees.append((f" [{other}]", {**os.environ, "PYTHONPATH": str(other)}, other))
+    sides = [(d.resolve(), label, e, cwd) for d in defaults for label, e, cwd in trees]
+    lm_runs, ken_runs = {(d, label): [] for d, label, _, _ in sides}, []
     for _ in range(a.repeat):
-        for default in defaults:
-            stdout, cpu, wall = run(lmkit("eval", default, *eval_args, "--json"), env=env)
-            lm_runs[default].append({**json.loads(stdout), "cpu": cpu, "wall": wall})
+        for default, label, e, cwd in sides:
+            stdout, cpu, wall = run(lmkit("eval", default, *eval_args, "--json"), env=e, cwd=cwd)
+            lm_runs[default, label].append({**json.loads(stdout), "cpu": cpu, "wall": wall})
         if a.kenlm_bin:
             kb = Path(a.kenlm_bin)
             if not binary.exists():
@@ -168,7 +181,7 @@ def main(argv=None) -> int:
     kq = statistics.median(r["query_cpu"] for r in ken_runs)
     kall = statistics.median(r["cpu"] for r in ken_runs)
     k0 = ken_runs[0]
-    tokens = lm_runs[defaults[0]][0]["tokens"]
+    tokens = lm_runs[sides[0][0], ""][0]["tokens"]
     strict = {}
     if a.kenlm_bin:
         strict = {k: statistics.median(r[k] for r in ken_runs)
@@ -179,11 +192,11 @@ def main(argv=None) -> int:
     extra = " | ratio to bare encode + query | ratio to query alone" if strict else ""
     print(f"| side | CPU s | tokens / CPU s | ratio to KenLM{extra} | perplexity | folder MB |")
     print("|---|---|---|---|" + ("---|---|" if strict else "") + "---|---|")
-    for default in defaults:
-        lm = statistics.median(r["cpu"] for r in lm_runs[default])
-        r0 = lm_runs[default][0]
+    for default, label, _, _ in sides:
+        lm = statistics.median(r["cpu"] for r in lm_runs[default, label])
+        r0 = lm_runs[default, label][0]
         more = f" | {lm / strict['bare']:.2f}x | {lm / strict['query']:.2f}x" if strict else ""
-        print(f"| lmkit eval {default} (whole process) | {lm:.2f} | {tokens / lm:,.0f} "
+        print(f"| lmkit eval {default}{label} (whole process) | {lm:.2f} | {tokens / lm:,.0f} "
               f"| {lm / kq:.2f}x{more} | {r0['perplexity']:.3f} | {folder_mb(default):.1f} |")
     ppl_k = k0.get("ppl") or (math.exp(k0["nll_nats"] / k0["tokens"]) if "nll_nats" in k0
                               else float("nan"))
@@ -203,13 +216,14 @@ def main(argv=None) -> int:
         print(f"| KenLM order 5, whole process (ARPA load included) | {kall:.2f} "
               f"| {tokens / kall:,.0f} | | | |")
     print("\nCPU s per run: " + "; ".join(
-        f"{d.name} " + ", ".join(f"{r['cpu']:.2f}" for r in lm_runs[d]) for d in defaults)
+        f"{d.name}{label} " + ", ".join(f"{r['cpu']:.2f}" for r in lm_runs[d, label])
+        for d, label, _, _ in sides)
         + "; KenLM " + ", ".join(f"{r['query_cpu']:.2f}" for r in ken_runs)
         + (f" (lmkit spm-encode {strict['encode']:.2f}, bare encode {strict['bare_encode']:.2f},"
            f" query {strict['query']:.2f})" if strict else "")
         + "; target: lmkit eval <= 3x KenLM")
-    print("total nll (nats): " + "; ".join(f"{d.name} {lm_runs[d][0]['nll_nats']!r}"
-                                          for d in defaults))
+    print("total nll (nats): " + "; ".join(f"{d.name}{label} {lm_runs[d, label][0]['nll_nats']!r}"
+                                          for d, label, _, _ in sides))
     return 0
 
 

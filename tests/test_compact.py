@@ -55,9 +55,12 @@ def test_compact_rich_model_reads_back_exactly_in_compact_dtypes(rich, tmp_path)
     back = LanguageModel.load(path)
     _same_params(small, back.params)
     np.testing.assert_array_equal(model.log_proba_ids(seqs[:50])[0], back.log_proba_ids(seqs[:50])[0])
-    # the plain layout of the same model (an older folder) reads the same
-    plain = {k: v for k, v in store._expand_compact(arrays, "x").items()}
-    assert plain["S0_data"].dtype == np.float64 and plain["keys0"].dtype == np.int64
+    # keys and row pointers are expanded on load; values and columns stay as stored until a
+    # group is first read as a CSR (params.LazyCSRs), which is then the usual float64 / int32
+    plain = store._expand_compact(arrays, "x")
+    assert plain["S0_data"].dtype == np.float32 and plain["keys0"].dtype == np.int64
+    assert plain["S0_indptr"].dtype == np.int32 and plain["S0_indices"].dtype == np.uint16
+    assert back.params.S[0].data.dtype == np.float64 and back.params.S[0].indices.dtype == np.int32
 
 
 def test_float64_values_stay_float64(tmp_path, tiny_tok, tiny_lines):
@@ -119,6 +122,11 @@ def _rewrite(path, arrays):
     ("negative gap", "must be sorted, unique"),
     ("short rows", "indptr is not monotone|indptr has"),
     ("both forms", "must be the uint16 row lengths"),
+    # the columns and values are checked as stored (uint16, float32): the compiled scorer
+    # reads them as they are, never a widened copy
+    ("uint16 column >= V", "column indices outside"),
+    ("uint16 columns unsorted", "not sorted and unique"),
+    ("float32 NaN", "NaN or infinite"),
 ])
 def test_bad_compact_arrays_are_refused(rich, tmp_path, fault, match):
     tok, params, seqs = rich
@@ -129,6 +137,17 @@ def test_bad_compact_arrays_are_refused(rich, tmp_path, fault, match):
         arrays["keys1_delta"][len(arrays["keys1_delta"]) // 2] = -5
     elif fault == "short rows":
         arrays["S0_rowlen"][0] += 1
+    elif fault == "uint16 column >= V":
+        assert arrays["S2_indices"].dtype == np.uint16
+        arrays["S2_indices"][3] = tok.vocab_size
+    elif fault == "uint16 columns unsorted":
+        lo = int(np.flatnonzero(arrays["S2_rowlen"] >= 2)[0])
+        start = int(arrays["S2_rowlen"][:lo].sum())
+        ind = arrays["S2_indices"]
+        ind[start], ind[start + 1] = ind[start + 1], ind[start]
+    elif fault == "float32 NaN":
+        assert arrays["S2_data"].dtype == np.float32
+        arrays["S2_data"][1] = np.nan
     else:
         arrays["S0_indptr"] = np.zeros(len(arrays["S0_rowlen"]) + 1, np.int32)
     _rewrite(path, arrays)

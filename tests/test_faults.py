@@ -356,8 +356,14 @@ def write_arrays(d: Path, arrays: dict, fix_manifest=None) -> None:
 def load_arrays(d: Path) -> dict:
     """The folder's arrays in the plain layout (compact dtypes expanded; load reads both)."""
     with np.load(d / "params.npz") as z:
-        return {k: np.array(v) for k, v in
-                store._expand_compact({k: z[k] for k in z.files}, "params.npz").items()}
+        a = {k: np.array(v) for k, v in
+             store._expand_compact({k: z[k] for k in z.files}, "params.npz").items()}
+    for k in list(a):  # values and columns too (load keeps them as stored until first use)
+        if k.startswith("S") and k.endswith("_data"):
+            a[k] = a[k].astype(np.float64)
+        elif k.startswith("S") and k.endswith("_indices"):
+            a[k] = a[k].astype(a[k[:-len("_indices")] + "_indptr"].dtype)
+    return a
 
 
 def edit(key, fn):

@@ -130,3 +130,46 @@ def test_rows_found_under_the_history_order_equal_a_plain_search(M):
     for f, s in zip(fast, slow):
         assert np.array_equal(f, s)
     assert all((r >= 0).any() for r in fast)
+
+
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
+def key_path(request, monkeypatch):
+    """lookup_keys on the compiled search (fastkeys, forced for any size) and on numpy's."""
+    import lmkit.features as F
+    if request.param and F._compiled_keys() is None:
+        pytest.skip("numba is not installed: only the numpy path exists")
+    monkeypatch.setattr(F, "USE_COMPILED", request.param)
+    monkeypatch.setattr(F, "COMPILED_MIN_QUERIES", 1)
+    return request.param
+
+
+@pytest.mark.parametrize("span", [10**3, 10**9, 2**62])  # 1 to 6 radix passes
+def test_lookup_keys_compiled_equals_numpy(key_path, span):
+    """Present, absent and -1 queries, repeats, keys below and above the whole table, and
+    under a given order (the history order's contract: the valid keys come out ascending)."""
+    rng = np.random.default_rng(span % 1000)
+    table = np.unique(rng.integers(0, span, 5_000))
+    q = np.concatenate([rng.choice(table, 4000), rng.integers(-1, span, 4000),
+                        [-1, 0, span - 1, table[0], table[-1], table[-1] + 1]])
+    q = q[rng.permutation(len(q))]
+    want = np.where(np.isin(q, table) & (q >= 0), np.searchsorted(table, q), -1)
+    assert np.array_equal(lookup_keys(table, q), want)
+    order = np.argsort(q, kind="stable")
+    assert np.array_equal(lookup_keys(table, q, order), want)
+    assert np.array_equal(lookup_keys(table[:0], q), np.full(len(q), -1))
+    assert np.array_equal(lookup_keys(table, q[:0]), q[:0])
+
+
+def test_suffix_searches_never_load_the_compiled_search(monkeypatch):
+    """A pure n-gram model's rows never import numba through fastkeys (its short jobs stay on
+    the numpy route); the suffix searches use fastkeys only once a keyed group has loaded it."""
+    import lmkit.features as F
+    monkeypatch.setattr(F, "_FAST", F._UNSET)
+    monkeypatch.setattr(F, "COMPILED_MIN_QUERIES", 1)
+    rng = np.random.default_rng(1)
+    seqs = [list(rng.integers(3, 12, rng.integers(1, 30))) for _ in range(400)]
+    buf, pos, starts = pad_sequences(seqs, 2, BOS, EOS)
+    keys = [np.arange(3, 12), np.unique(rng.integers(0, 12 * 9, 40))]
+    rows = group_rows(make_groups(context=0, order=3), keys, buf, pos, starts, 12,
+                      F.history_order(buf, pos, 2, 12))
+    assert F._FAST is F._UNSET and (rows[1] >= 0).any()

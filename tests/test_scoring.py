@@ -139,12 +139,15 @@ MODELS = _models()
 @pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
 def every_path(request, monkeypatch):
     """Run a test on the compiled path (numba, forced for any size) and on the numpy path."""
-    from lmkit import scoring
+    from lmkit import features, scoring
     if request.param and scoring._compiled() is None:
         pytest.skip("numba is not installed: only the numpy path exists")
     monkeypatch.setattr(scoring, "USE_COMPILED", request.param)
     monkeypatch.setattr(scoring, "COMPILED_MIN_POSITIONS", 1)
     monkeypatch.setattr(scoring, "COMPILED_MIN_DISTRIBUTIONS", 1)
+    # the rows too: keyed groups searched by the compiled radix sort + merge (fastkeys)
+    monkeypatch.setattr(features, "USE_COMPILED", request.param)
+    monkeypatch.setattr(features, "COMPILED_MIN_QUERIES", 1)
     return request.param
 
 
@@ -275,3 +278,55 @@ def test_compiled_scorer_takes_int64_indices_and_kept_levels(every_path):
         got = np.empty(len(targets))
         got[order] = np.log(term) - np.log(z)
         assert np.abs(got - want).max() <= 1e-9
+
+
+def _as_stored(p, float32: bool):
+    """``p`` as a loaded compact folder holds it: a ``LazyCSRs`` of uint16 columns and (with
+    ``float32``) float32 values, widened only when a group is read as a CSR."""
+    from lmkit.params import LazyCSRs, SparseParams, StoredCSR
+    S = LazyCSRs([StoredCSR(S.data.astype(np.float32) if float32 else S.data,
+                            S.indices.astype(np.uint16), S.indptr, S.shape) for S in p.S])
+    return SparseParams(p.groups, p.q, S, p.keys, p.lambdas, p.info)
+
+
+@pytest.mark.parametrize("float32", [True, False], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_stored_dtypes_score_as_their_widened_csr(name, float32, every_path):
+    """A loaded folder's weights stay uint16 / float32 (``params.LazyCSRs``): the scorer reads
+    them as stored (compiled loop with uint16 columns, numpy scatter of ``next``) and gives the
+    reference scorer's numbers on the widened CSRs, position by position and in total."""
+    from lmkit import scoring
+    from lmkit.params import LazyCSRs
+    from lmkit.scoring import log_proba, next_logp_batch
+    p = _as_stored(MODELS[name], float32)
+    test = seqs_of(2500, 10, hi=V)
+    rows, targets, _, order = context_rows(p.groups, p.keys, test, V, BOS, EOS, with_order=True)
+    got = log_proba(p, rows, targets, order)
+    if every_path:  # the compiled loop read the stored arrays: nothing was widened
+        from lmkit.params import StoredCSR
+        assert all(isinstance(x, StoredCSR) for x in p.S._items)
+        assert scoring.score_tables(p)[1][0].dtype == np.uint16
+    ref = _as_stored(MODELS[name], float32)
+    want = sparse_log_proba(ref, rows, targets)  # reads ref.S[g]: the widened float64 CSRs
+    assert isinstance(ref.S, LazyCSRs) and ref.S[0].data.dtype == np.float64
+    assert np.abs(got - want).max() <= 1e-9
+    assert abs(got.sum() - want.sum()) <= 1e-9 * abs(want.sum())
+    k = [r[:300] for r in rows]
+    assert np.abs(next_logp_batch(p, k) - _reference_next_logp(ref, k)).max() <= 1e-9
+    one = next_logp(p, [r[7:8] for r in rows])
+    assert np.abs(one - _reference_next_logp(ref, [r[7:8] for r in rows])[0]).max() <= 1e-9
+
+
+def test_an_order_that_is_not_a_permutation_is_refused(every_path):
+    """The compiled path walks the positions in ``order``: a wrong length or an index out of
+    range is refused with one line (the numpy path ignores the order)."""
+    from lmkit.scoring import log_proba
+    p = MODELS["rich"]
+    rows, targets, _, order = context_rows(p.groups, p.keys, seqs_of(800, 11, hi=V), V, BOS,
+                                           EOS, with_order=True)
+    for bad in (order[:-1], np.where(order == 0, len(order), order), order - 1):
+        if every_path:
+            with pytest.raises(ValueError, match="permutation"):
+                log_proba(p, rows, targets, bad)
+        else:
+            assert np.isfinite(log_proba(p, rows, targets, bad)).all()

@@ -68,7 +68,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy
-import scipy.sparse as sp
 import sentencepiece
 
 from . import files
@@ -81,7 +80,7 @@ from ..linepos import check_bytes_table
 from ..version import __version__
 from .npyfile import release_pages
 from .readfile import open_regular, read_regular, sha256_file
-from ..params import DenseParams, SparseParams
+from ..params import DenseParams, LazyCSRs, SparseParams, StoredCSR
 from ..sparse import csr_to_arrays
 from ..tokenizer import Tokenizer
 
@@ -636,9 +635,11 @@ def _compact_keys(name: str, keys: np.ndarray) -> dict:
 
 
 def _expand_compact(arrays, where) -> dict:
-    """The arrays with every compact form of ``_compact_csr``/``_compact_keys`` expanded back
-    to the plain names and dtypes ``_arrays_to_params`` checks (float64 values, int32|int64
-    columns and row pointers, int64 keys); a plain folder passes through unchanged."""
+    """The arrays with the compact keys and row lengths of ``_compact_csr``/``_compact_keys``
+    expanded back to the plain names and dtypes ``_arrays_to_params`` checks (int32|int64 row
+    pointers, int64 keys); a plain folder passes through unchanged. float32 values and uint16
+    columns stay as they are: they are checked as stored and widened per group on first use
+    (``params.LazyCSRs``; the compiled scorer never widens them)."""
     out = dict(arrays)
     for name in list(out):
         a = out[name]
@@ -659,18 +660,7 @@ def _expand_compact(arrays, where) -> dict:
             indptr = np.zeros(len(a) + 1, dtype=np.int64 if wide else np.int32)
             np.cumsum(a, out=indptr[1:])
             out[plain] = indptr
-            ind = name[:-len("_rowlen")] + "_indices"
-            if ind in out and out[ind].dtype.str == "<u2":
-                out[ind] = out[ind].astype(np.int64 if wide else np.int32)
             del out[name]
-    for name in list(out):
-        a = out[name]
-        if name.startswith("S") and name.endswith("_data") and a.dtype.str == "<f4":
-            out[name] = a.astype(np.float64)
-        elif name.startswith("S") and name.endswith("_indices") and a.dtype.str == "<u2":
-            indptr = out.get(name[:-len("_indices")] + "_indptr")
-            out[name] = a.astype(indptr.dtype if indptr is not None and
-                                 indptr.dtype.str in ("<i4", "<i8") else np.int32)
     return out
 
 
@@ -760,11 +750,14 @@ def _sorted_in_rows(indices: np.ndarray, indptr: np.ndarray, block: int = 1 << 1
     return True
 
 
-def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
-    """The CSR of group g, after checking everything SciPy's C code would trust."""
-    data = _array(arrays, f"S{g}_data", ("<f8",), 1, where)
-    indices = _array(arrays, f"S{g}_indices", ("<i4", "<i8"), 1, where)
-    indptr = _array(arrays, f"S{g}_indptr", (indices.dtype.str,), 1, where)
+def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> StoredCSR:
+    """The weights of group g as stored (float32|float64 values, uint16 columns or columns of
+    the row pointers' dtype int32|int64), after checking everything SciPy's C code and the
+    compiled scorer would trust; widened to a float64 CSR only when first used."""
+    data = _array(arrays, f"S{g}_data", ("<f8", "<f4"), 1, where)
+    indices = _array(arrays, f"S{g}_indices", ("<i4", "<i8", "<u2"), 1, where)
+    indptr = _array(arrays, f"S{g}_indptr", ("<i4", "<i8") if indices.dtype.str == "<u2"
+                    else (indices.dtype.str,), 1, where)
     shape = _array(arrays, f"S{g}_shape", ("<i8",), 1, where)
 
     def bad(what):
@@ -784,10 +777,7 @@ def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> sp.csr_matrix:
         raise bad("column indices not sorted and unique within rows")
     _finite(data, f"S{g}_data", where)
     release_pages(data, indices, indptr)  # checked: a mapped group leaves the RSS
-    S = sp.csr_matrix((data, indices, indptr), shape=(n_rows, V))
-    S.has_sorted_indices = True
-    S.has_canonical_format = True
-    return S
+    return StoredCSR(data, indices, indptr, (n_rows, V))
 
 
 def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.npz",
@@ -834,7 +824,7 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
     keys = _checked_keys(arrays, groups, expected, V, where)
     rows = [V if k is None else len(k) for k in keys]
     if kind == "sparse":
-        S = [_check_csr(arrays, g, rows[g], V, where) for g in range(G)]
+        S = LazyCSRs([_check_csr(arrays, g, rows[g], V, where) for g in range(G)])
         loggamma = _checked_loggamma(arrays, expected, rows, where)
         if loggamma:
             info = {**info, "loggamma": loggamma}

@@ -48,6 +48,11 @@ def edited(src, tmp_path, edit):
     manifest, _, arrays = store.read_model_folder(path)
     # the plain layout (compact dtypes expanded; load reads both)
     arrays = {k: np.array(v) for k, v in store._expand_compact(arrays, "params.npz").items()}
+    for k in list(arrays):  # groups' values and columns too (a load keeps them as stored)
+        if k.startswith("S") and k.endswith("_data"):
+            arrays[k] = arrays[k].astype(np.float64)
+        elif k.startswith("S") and k.endswith("_indices"):  # room for -1 and V
+            arrays[k] = arrays[k].astype(arrays[k[:-len("_indices")] + "_indptr"].dtype)
     edit(arrays, manifest)
     size, digest = store.write_npz(path / "params.npz", arrays)
     manifest["arrays"].update(bytes=size, sha256=digest)

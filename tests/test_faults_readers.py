@@ -19,7 +19,7 @@ from lmkit.errors import InputError, MissingPathError, ModelFormatError
 from lmkit.interpolate import MixtureModel, interpolate
 from lmkit.model import LanguageModel
 from lmkit.io.readfile import open_regular, read_regular, sha256_file
-from test_faults import write_arrays
+from test_faults import load_arrays, write_arrays
 from cli_helpers import one_error_line, run_cli
 
 
@@ -191,10 +191,8 @@ def test_empty_higher_orders_round_trip_through_lmkits_own_export(ngram3, tiny_t
 
 # ---- model arrays at their bounds ------------------------------------------------------------
 def _arrays(d):
-    """The folder's arrays in the plain layout (compact dtypes expanded; load reads both)."""
-    with np.load(d / "params.npz") as z:
-        return {k: np.array(v) for k, v in
-                store._expand_compact({k: z[k] for k in z.files}, "params.npz").items()}
+    """The folder's arrays in the plain layout (``test_faults.load_arrays``: room for -1 and V)."""
+    return load_arrays(d)
 
 
 def _last_in_row(indptr, indices, V):

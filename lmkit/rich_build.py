@@ -61,7 +61,7 @@ from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DE
                    cluster_groups, line_groups, make_clusters)
 from .clusters import bigram_embedding
 from .scoring import context_rows
-from .solve import fit_heldout, heldout_nbytes
+from .solve import fit_heldout
 from .sparse import lookup_values
 
 BYTES_PER_VALUE = 8 + 4 + 1  # a stored weight: float64 value, int32 column, int8 entry bucket
@@ -405,6 +405,20 @@ def _start_memory(text: _Text, workers: int, max_memory) -> None:
                  "model (bounded in buckets)")
 
 
+def _search_bytes(text: _Text, rows: list, max_memory, log=None):
+    """Bytes the weight search may hold under ``max_memory`` (None: no bound): the limit less
+    the token buffer and the held-out rows; ``MemoryLimitError`` if nothing is left."""
+    if max_memory is None:
+        return None
+    limit = parse_size(max_memory)
+    fixed = text.nbytes() + sum(r.nbytes for r in rows)
+    check_memory(fixed + 1, limit, "the weight search (with the text's buffer of ids)",
+                 "raise max_memory")
+    if log:
+        log(f"      weight search within {format_bytes(limit - fixed)}")
+    return limit - fixed
+
+
 def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, discount,
            edges, heldout, hessian_every, hessian_tokens, tol, max_memory, log):
     """The two passes of ``build_rich`` (first: solve, fit the weights; second, with the
@@ -432,16 +446,15 @@ def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, d
     rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
                                     eos_id)
     # the same held-out positions as the in-memory build (so the same weights), whatever
-    # max_memory: a limit too small for the weight search is refused, not met by thinning
+    # max_memory: the search is bounded by summing its terms over pieces, not by thinning
     rows, targets = fit_heldout(params, rows, targets, None, log)
-    if max_memory is not None:
-        check_memory(first.nbytes() + heldout_nbytes(params, rows), max_memory,
-                     "the weight search on held-out tokens (with the text's buffer of ids)",
-                     "raise max_memory, or lower lambda_tokens")
+    search_bytes = _search_bytes(first, rows, max_memory, log)
     init = np.repeat(params.info["lambda_init"], B)
+    # engine local: the search's pieces in the worker processes too (on Dask: here)
     lam, trace = choose_lambdas(params, rows, targets, init=init, entry_buckets=eb,
                                 n_buckets=B, hessian_every=hessian_every,
-                                hessian_tokens=hessian_tokens, tol=tol)
+                                hessian_tokens=hessian_tokens, tol=tol,
+                                max_bytes=search_bytes, workers=local)
     lam = np.asarray(lam).reshape(len(groups), B)
     n_used = len(targets)
     if log and trace:

@@ -243,7 +243,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     and only the pieces that fit are kept, the others built again at every evaluation
     (``MemoryLimitError`` if one position cannot be built). ``workers`` > 1: the pieces are
     built, kept and evaluated by that many processes (``parallel.WorkerGroup``), their terms
-    added here in piece order: the very numbers of one process.
+    added here in piece order: the very numbers of one process (when there are fewer chunks
+    than workers, the chunks are cut into pieces so that every worker has some: equal up to
+    rounding).
     """
     G = len(params.S)
     if buckets is not None and entry_buckets is not None:
@@ -257,12 +259,15 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     bk = _position_buckets(rows, buckets, entry_buckets, B, N)
     plan = HeldoutPlan(params, rows, targets, bk, entry_buckets, B, chunk, hessian_every,
                        hessian_tokens)
-    workers = max(1, min(int(workers), len(plan.pieces)))
+    workers = max(1, min(int(workers), len(targets)))
     max_entries, cache_bytes = search_bounds(plan.densest, max_bytes, workers)
+    if workers > len(plan.pieces):  # fewer chunks than workers: pieces for every worker
+        even = -(-sum(plan.entries) // workers)
+        max_entries = even if max_entries is None else min(max_entries, even)
     if max_entries is not None:  # cut the chunks too large for the bound into pieces
         plan = HeldoutPlan(params, rows, targets, bk, entry_buckets, B, chunk, hessian_every,
                            hessian_tokens, max_entries)
-        workers = max(1, min(workers, len(plan.pieces)))
+    workers = min(workers, len(plan.pieces))
     base = float(-np.log(params.q[targets]).mean())
     sampled = bool(hessian_every > 1 or hessian_tokens)
 

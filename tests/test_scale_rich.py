@@ -213,6 +213,41 @@ def test_max_memory_too_small_is_refused_before_counting():
         _build(None, max_memory="1K")
 
 
+def _heldout_logp(params, held):
+    from lmkit.scoring import context_rows, sparse_log_proba
+    rows, targets, _ = context_rows(params.groups, params.keys, held, 14, BOS, EOS)
+    return sparse_log_proba(params, rows, targets)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bounded_weight_search_in_tiny_pieces_gives_the_same_model(monkeypatch, workers):
+    """max_memory with the search's bytes per entry raised so that its pieces hold a few
+    hundred entries and only a few are kept (the others built again at every evaluation):
+    the whole default build equals the in-memory one to 1e-9 in log p, the weights to 1e-9;
+    with 2 workers the pieces are built and evaluated in the worker processes."""
+    from lmkit import heldout_nll
+    from lmkit.heldout_nll import HeldoutPlan
+    extra = corpus(40, 3)
+    one = _build(extra)
+    plans = []
+    real_init = HeldoutPlan.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        plans.append(self)
+    monkeypatch.setattr(HeldoutPlan, "__init__", spy)
+    per_entry = (1 << 30) // 2 // 400  # "1G" leaves pieces of ~400 entries (and a cache of as many)
+    monkeypatch.setattr(heldout_nll, "BUILD_BYTES", per_entry)
+    monkeypatch.setattr(heldout_nll, "HELD_BYTES", per_entry)
+    got = _build(extra, max_memory="1G", workers=workers)
+    plan = plans[-1]
+    assert len(plan.pieces) > 3 * plan.n_chunks  # the search really was cut into pieces
+    held = corpus(60, 1)
+    assert np.abs(_heldout_logp(got[0], held) - _heldout_logp(one[0], held)).max() <= 1e-9
+    assert np.abs(np.array(got[0].info["entry_lambdas"])
+                  - np.array(one[0].info["entry_lambdas"])).max() <= 1e-9
+
+
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
 def test_dask_builds_the_same_model(refit):
     """engine dask (a LocalCluster of threads, as the other Dask tests): the same model."""
@@ -260,49 +295,67 @@ def _die_on_group_5(job, q, g, spec):
 _REAL_GROUP_TASK = None
 
 
+def _die_in_search(item):
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stage, who", [("groups", "a counting worker"),
+                                        ("search", "a weight-search worker")])
 def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_file, tmp_path,
-                                                  capsys, monkeypatch):
-    """A counting worker killed outright (SIGKILL, as the OOM killer does): one line naming it,
-    exit 2, no model, no spill files, no process left."""
+                                                  capsys, monkeypatch, stage, who):
+    """A worker killed outright (SIGKILL, as the OOM killer does) while it counts a group or
+    computes the weight search's terms: one line naming it, exit 2, no model, no spill files,
+    no process left."""
     import multiprocessing as mp
     import tempfile
     from cli_helpers import one_error_line, run_cli
-    from lmkit import rich_build
+    from lmkit import explicit, rich_build
     global _REAL_GROUP_TASK
     _REAL_GROUP_TASK = rich_build._group_task
-    monkeypatch.setattr(rich_build, "_group_task", _die_on_group_5)  # fork copies the patch
+    if stage == "groups":  # fork copies the patch
+        monkeypatch.setattr(rich_build, "_group_task", _die_on_group_5)
+    else:
+        monkeypatch.setattr(explicit, "_worker_terms", _die_in_search)
     spill = tmp_path / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
     out = tmp_path / "m"
     code, _, err = run_cli(capsys, "train", "--input", tiny_corpus_file, "--tokenizer",
                            tiny_tok_file, "--workers", "2", "--output", out, "--no-verbose")
-    one_error_line(code, err, r"a counting worker \(pid \d+\) was killed by signal 9")
+    one_error_line(code, err, who + r" \(pid \d+\) was killed by signal 9")
     assert not out.exists() and list(spill.iterdir()) == []
     assert mp.active_children() == []
 
 
 SIGNAL_SCRIPT = """
 import os, sys, time
-from lmkit import rich_build
-real = rich_build._group_task
-def slow(job, q, g, spec):
-    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
-    time.sleep(30)
-    return real(job, q, g, spec)
-rich_build._group_task = slow
+from lmkit import explicit, rich_build
+def slow(real):
+    def run(*a):
+        open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+        time.sleep(30)
+        return real(*a)
+    return run
+if sys.argv[2] == "groups":
+    rich_build._group_task = slow(rich_build._group_task)
+else:
+    explicit._worker_terms = slow(explicit._worker_terms)
 from lmkit.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
+@pytest.mark.parametrize("stage", ["groups", "search"])
 @pytest.mark.parametrize("sig, code, message", [
     ("SIGINT", 130, "lmkit: interrupted"), ("SIGTERM", 143, "lmkit: terminated")])
 def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_tok_file,
-                                                         tmp_path, sig, code, message):
+                                                         tmp_path, sig, code, message, stage):
     """Ctrl-C (the whole process group) or SIGTERM (the parent) while the default model's
-    groups are counted by 2 workers: the run ends at once with its one line, every worker is
-    gone, no model and no spill file is left."""
+    groups are counted by 2 workers, or while 2 workers compute the weight search's terms:
+    the run ends at once with its one line, every worker is gone, no model and no spill file
+    is left."""
     import os
     import signal
     import subprocess
@@ -317,7 +370,7 @@ def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), TMPDIR=str(spill))
     proc = subprocess.Popen(
-        [sys.executable, "-c", SIGNAL_SCRIPT, str(pids), "train", "--input", str(tiny_corpus_file),
+        [sys.executable, "-c", SIGNAL_SCRIPT, str(pids), stage, "train", "--input", str(tiny_corpus_file),
          "--tokenizer", str(tiny_tok_file), "--workers", "2", "--output", str(tmp_path / "m")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True, preexec_fn=default_sigint)

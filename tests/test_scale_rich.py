@@ -172,24 +172,41 @@ def _build(refit, **scale):
                       refit_chunks=None if refit is None else [refit], **RICH_KW, **scale)
 
 
-def _same_build(a, b):
+def _same_build(a, b, tol=0.0):
+    """The same build: value for value, or (``tol`` > 0) the same tables, keys, patterns and
+    info with the weights and the stored values equal to ``tol`` (relative): the weight
+    search's terms added in another order."""
     (pa, ta, sa, na), (pb, tb, sb, nb) = a, b
     assert (sa, na) == (sb, nb)
     assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(ta, tb))
-    assert same_params(pa, pb) and pa.info == pb.info
+    if not tol:
+        assert same_params(pa, pb) and pa.info == pb.info
+        return
+    assert pa.groups == pb.groups and np.array_equal(pa.q, pb.q)
+    for x, y in zip(pa.S, pb.S):
+        assert np.array_equal(x.indptr, y.indptr) and np.array_equal(x.indices, y.indices)
+        assert np.allclose(x.data, y.data, rtol=tol, atol=0)
+    assert np.allclose(pa.info["entry_lambdas"], pb.info["entry_lambdas"], rtol=0, atol=tol)
+    skip = ("entry_lambdas", "lambda_trace")
+    assert {k: v for k, v in pa.info.items() if k not in skip} == \
+        {k: v for k, v in pb.info.items() if k not in skip}
 
 
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
 def test_worker_processes_build_the_same_model(refit):
     """--workers 2 (each group counted and solved in a worker process, rebuilt there through
-    the kinds registry): every stored value equal to the one-process build, with and without
-    the carved held-out lines' second pass."""
+    the kinds registry, the weight search's pieces there too): every stored value equal to
+    the one-process build (to 1e-9: see below), with and without the carved held-out lines'
+    second pass."""
     extra = corpus(40, 3) if refit else None
     one = _build(extra)
     assert any(g.name.startswith("linepos") for g in one[0].groups)
     assert any(g.name.startswith("cluster") for g in one[0].groups)
-    _same_build(one, _build(extra, workers=2))
-    _same_build(one, _build(extra, workers=3))
+    # the tiny held-out text is one chunk of the weight search: it is cut into pieces for the
+    # workers, whose terms are added in another order (more chunks than workers: bit for bit,
+    # tests/test_heldout_nll.py)
+    _same_build(one, _build(extra, workers=2), tol=1e-9)
+    _same_build(one, _build(extra, workers=3), tol=1e-9)
 
 
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
@@ -204,7 +221,7 @@ def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_pat
     assert all(mapped_base(S.data) is not None for S in got[0].S)
     assert list(tmp_path.iterdir()) == []
     got2 = _build(extra, max_memory="1G", workers=2)
-    _same_build(one, got2)
+    _same_build(one, got2, tol=1e-9)
 
 
 def test_max_memory_too_small_is_refused_before_counting():

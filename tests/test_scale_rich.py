@@ -130,6 +130,29 @@ def test_count_in_parts_equals_count_buffer_for_every_kind():
         assert seen and seen[0] >= 2  # min_parts split it, the mapper counted the parts
 
 
+def test_flat_buffer_files_equal_flat_buffer(tmp_path, monkeypatch):
+    """The token buffer written a chunk at a time and memory-mapped: the values of
+    ``flat_buffer``, indices in int32 (as rich_build keeps them in memory), or in int64 when
+    the buffer outgrows int32 (the limit lowered here: the written part is widened)."""
+    from lmkit import counts as counts_mod
+    from lmkit.counts import flat_buffer, flat_buffer_files
+    from lmkit.io.npyfile import mapped_base
+    seqs = corpus(200, 4) + [[]]
+    chunks = [seqs[:70], [], seqs[70:150], seqs[150:]]
+    want = flat_buffer(chunks, BOS, EOS, 3)
+    got = flat_buffer_files(chunks, BOS, EOS, 3, tmp_path, "t")
+    assert got[3] == want[3] and got[0].dtype == np.int32
+    for a, b in zip(got[:3], want[:3]):
+        assert mapped_base(a) is not None and np.array_equal(a, b)
+    assert got[1].dtype == got[2].dtype == np.int32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.buf.npy", "t.pos.npy", "t.starts.npy"]
+    monkeypatch.setattr(counts_mod, "INDEX32", len(want[0]) // 2)  # crossed in the 3rd chunk
+    wide = flat_buffer_files(chunks, BOS, EOS, 3, tmp_path, "w")
+    assert wide[1].dtype == wide[2].dtype == np.int64
+    assert all(np.array_equal(a, b) for a, b in zip(wide[:3], want[:3]))
+    assert not list(tmp_path.glob("*.wide.npy"))
+
+
 def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path, monkeypatch):
     """With carved held-out lines the first pass keeps each group's training counts on disk
     for the second; the folder goes when the build ends, also when it fails half-way."""
@@ -210,15 +233,30 @@ def test_worker_processes_build_the_same_model(refit):
 
 
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
-def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_path):
-    """max_memory: the model's arrays are written to .npy and memory-mapped as each group is
-    solved; same values; the spill folder (in spill_dir) is gone afterwards."""
+def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_path,
+                                                                   monkeypatch):
+    """max_memory: the token buffers are written to .npy and memory-mapped, and so are the
+    model's arrays as each group is solved; same values; the spill folder (in spill_dir) is
+    gone afterwards."""
     from lmkit.io.npyfile import mapped_base
     extra = corpus(40, 3) if refit else None
     one = _build(extra)
+    from lmkit import rich_build
+    texts = []
+    real_text = rich_build._Text.__init__
+
+    def spy(self, *a, **k):
+        real_text(self, *a, **k)
+        texts.append(self)
+    monkeypatch.setattr(rich_build._Text, "__init__", spy)
     got = _build(extra, max_memory="1G", spill_dir=str(tmp_path))
     _same_build(one, got)
     assert all(mapped_base(S.data) is not None for S in got[0].S)
+    # the token buffers (training text, and the carved lines' for the second pass) were
+    # memory-mapped from the spill folder
+    assert len(texts) == (2 if refit else 1)
+    assert all(mapped_base(t.buf) is not None and mapped_base(t.pos) is not None
+               and t.resident_nbytes() == 0 for t in texts)
     assert list(tmp_path.iterdir()) == []
     got2 = _build(extra, max_memory="1G", workers=2)
     _same_build(one, got2, tol=1e-9)

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import scipy.sparse as sp
 
 from .features import Suffix, Window, check_suffix_chain, pad_sequences
+from .io.npyfile import NpyAppender, open_npy
 from .sparse import lookup_rows
 
 
@@ -149,6 +151,31 @@ def count_buffer(buf, pos, starts, vocab_size: int, groups: list, n_sequences: i
     return Counts(vocab_size, list(groups), F, keys, target, n_sequences, len(targets))
 
 
+def _block(seqs, bos_id: int, eos_id: int, pad: int):
+    """One chunk's part of ``flat_buffer``: its int32 buffer and its sequence lengths (int64)."""
+    n = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int32, count=int(n.sum()))
+    b = np.full(len(flat) + (pad + 1) * len(n), bos_id, dtype=np.int32)
+    ends = np.cumsum(n + pad + 1)  # block of a sequence: pad BOS, its ids, EOS
+    tok = np.ones(len(b), dtype=bool)
+    tok[ends - 1] = False
+    tok[np.repeat(ends - n - pad - 1, pad) + np.tile(np.arange(pad), len(n))] = False
+    b[ends - 1] = eos_id
+    b[tok] = flat
+    return b, n
+
+
+def _targets(n: np.ndarray, pad: int, offset: int = 0):
+    """``(pos, starts)`` int64 of the sequences of lengths ``n`` whose blocks start at buffer
+    index ``offset``: each target's buffer index and its sequence's first target's."""
+    first = offset + np.cumsum(n + pad + 1) - (n + 1)  # buffer index of each first target
+    starts = np.repeat(first, n + 1)
+    # target k of these sequences sits at first[seq] + (k - number of targets before seq)
+    pos = np.arange(len(starts), dtype=np.int64) + np.repeat(first - (np.cumsum(n + 1) - (n + 1)),
+                                                             n + 1)
+    return pos, starts
+
+
 def flat_buffer(chunks: Iterable[list], bos_id: int, eos_id: int, pad: int):
     """Chunks of id sequences -> one buffer ``([BOS]*pad + ids + [EOS])...`` (streamed, compact).
 
@@ -160,25 +187,63 @@ def flat_buffer(chunks: Iterable[list], bos_id: int, eos_id: int, pad: int):
     for seqs in chunks:
         if not len(seqs):
             continue
-        n = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int32, count=int(n.sum()))
-        b = np.full(len(flat) + (pad + 1) * len(n), bos_id, dtype=np.int32)
-        ends = np.cumsum(n + pad + 1)  # block of a sequence: pad BOS, its ids, EOS
-        tok = np.ones(len(b), dtype=bool)
-        tok[ends - 1] = False
-        tok[np.repeat(ends - n - pad - 1, pad) + np.tile(np.arange(pad), len(n))] = False
-        b[ends - 1] = eos_id
-        b[tok] = flat
+        b, n = _block(seqs, bos_id, eos_id, pad)
         bufs.append(b)
         lens.append(n)
     buf = np.concatenate(bufs) if bufs else np.zeros(0, dtype=np.int32)
     n = np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64)
-    first = np.cumsum(n + pad + 1) - (n + 1)  # buffer index of each sequence's first target
-    starts = np.repeat(first, n + 1)
-    # target k of the whole stream sits at first[seq] + (k - number of targets before seq)
-    pos = np.arange(len(starts), dtype=np.int64) + np.repeat(first - (np.cumsum(n + 1) - (n + 1)),
-                                                             n + 1)
+    pos, starts = _targets(n, pad)
     return buf, pos, starts, len(n)
+
+
+INDEX32 = np.iinfo(np.int32).max  # buffer indices below this are stored in int32
+
+
+def flat_buffer_files(chunks: Iterable[list], bos_id: int, eos_id: int, pad: int, folder,
+                      prefix: str = "text"):
+    """``flat_buffer`` written to ``folder`` a chunk at a time and memory-mapped read-only
+    (``io.npyfile``: ``{prefix}.buf.npy``, ``.pos.npy``, ``.starts.npy``), so only one chunk's
+    arrays are ever in memory. Returns ``(buf, pos, starts, n_sequences)``, the same values as
+    ``flat_buffer``, with ``pos`` and ``starts`` in int32 when every buffer index fits (as
+    ``rich_build`` keeps them in memory), else int64."""
+    folder = Path(folder)
+    paths = {k: folder / f"{prefix}.{k}.npy" for k in ("buf", "pos", "starts")}
+    w = {"buf": NpyAppender(paths["buf"], np.int32), "pos": NpyAppender(paths["pos"], np.int32),
+         "starts": NpyAppender(paths["starts"], np.int32)}
+    offset = n_seq = 0
+    try:
+        for seqs in chunks:
+            if not len(seqs):
+                continue
+            b, n = _block(seqs, bos_id, eos_id, pad)
+            pos, starts = _targets(n, pad, offset)
+            offset, n_seq = offset + len(b), n_seq + len(n)
+            if offset >= INDEX32 and w["pos"].dtype != np.int64:  # rare: > 2**31 slots
+                for k in ("pos", "starts"):
+                    w[k] = _widen(w[k])
+            w["buf"].append(b)
+            w["pos"].append(pos)
+            w["starts"].append(starts)
+    finally:
+        for k, a in w.items():
+            if a.path != paths[k]:  # widened: its file takes the final name
+                a.close().replace(paths[k])
+            else:
+                a.close()
+    return (*(open_npy(paths[k]) for k in ("buf", "pos", "starts")), n_seq)
+
+
+def _widen(w: NpyAppender) -> NpyAppender:
+    """An int32 ``NpyAppender``'s values so far copied, a part at a time, into a new int64
+    one (``.wide.npy`` beside it, open for more); the int32 file is removed."""
+    path = w.close()
+    old = open_npy(path)
+    wide = NpyAppender(path.with_suffix(".wide.npy"), np.int64)
+    for i in range(0, len(old), PART_POSITIONS):
+        wide.append(old[i:i + PART_POSITIONS])
+    del old
+    path.unlink()
+    return wide
 
 
 def count_ngrams(chunks: Iterable[list], vocab_size: int, groups: list, bos_id: int,

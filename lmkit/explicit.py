@@ -55,15 +55,13 @@ bucket's weight, so the stored model has lambdas 1 and scores exactly as before.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 
 from .counts import Counts
 from .errors import InputError, OptionError
 from .features import Window
+from .heldout_nll import HeldoutNLL, HeldoutPlan, piece_terms, search_bounds
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
 
@@ -131,179 +129,6 @@ def _discounts(discount, counts: Counts) -> list:
     return ds
 
 
-def _row_entries(S: sp.csr_matrix, r: np.ndarray):
-    """Position (int64) and entry index into ``S.data`` of every stored value of the rows
-    ``r[n]`` (skipping ``r[n] < 0``), positions in order. Example: indptr [0, 2, 3], r [1, -1, 0]
-    -> positions [0, 2, 2], entries [2, 0, 1]."""
-    present = np.flatnonzero(r >= 0)
-    starts = S.indptr[r[present]].astype(np.int64)
-    lengths = S.indptr[r[present] + 1] - starts
-    ends = np.cumsum(lengths)
-    total = int(ends[-1]) if len(ends) else 0
-    return np.repeat(present, lengths), np.repeat(starts - ends + lengths, lengths) + np.arange(total)
-
-
-@dataclass
-class HessianPart:
-    """The rows of a ``HeldoutChunk`` the Hessian is estimated on: its first ``h`` positions,
-    whose cells are the rows ``[0, cut)`` of X; ``XT`` CSR (P, cut) their transpose, ``pos``
-    CSR (h, cut) their position indicator."""
-
-    h: int
-    cut: int
-    XT: sp.csr_matrix
-    pos: sp.csr_matrix
-
-
-@dataclass
-class HeldoutChunk:
-    """The touched entries of a chunk of n held-out positions, as a sparse design matrix.
-
-    The union U holds each (position, column) cell touched by any group once, positions in
-    order. ``X`` CSR (U, P): for each cell the values of the groups there, in the column of
-    their parameter, so the scores are ``X @ lambda``; ``row`` (nnz,) the cell of each stored
-    value of X; ``pos`` CSR (n, U) the position indicator (``pos.indptr`` = the start of each
-    position's run); ``upos`` (U,) the position and ``qc`` (U,) ``q`` of the column of each
-    cell; ``tsum`` (P,) the summed values at the targets; ``hess``: the Hessian's sample of the
-    chunk, or None (the chunk gives the NLL and gradient only).
-    """
-
-    X: sp.csr_matrix
-    row: np.ndarray
-    pos: sp.csr_matrix
-    upos: np.ndarray
-    qc: np.ndarray
-    tsum: np.ndarray
-    hess: HessianPart | None = None
-
-    @property
-    def n(self) -> int:
-        return self.pos.shape[0]
-
-
-def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of, n_params: int,
-                 hessian_positions: int = 0) -> HeldoutChunk:
-    """The ``HeldoutChunk`` of these positions (``rows``: per group, the row at each position).
-
-    ``param_of(g, positions, entries)``: the parameter (in ``[0, n_params)``) that weighs each
-    stored value of group g used at these positions. ``hessian_positions``: the Hessian sample
-    (its first positions; 0 = none). The union comes from a bitmap of the chunk's (position,
-    column) cells (no sort): memory and time are proportional to the touched entries.
-    """
-    n, V = len(targets), params.vocab_size
-    keys, cols, vals, hits = [], [], [], []
-    for g, (S, r) in enumerate(zip(params.S, rows)):
-        p, e = _row_entries(S, r)
-        c = S.indices[e]
-        keys.append(p * V + c)
-        cols.append(param_of(g, p, e))
-        vals.append(S.data[e])
-        hits.append(c == targets[p])
-    keys, cols, vals, hits = (np.concatenate(x) for x in (keys, cols, vals, hits))
-    tsum = np.bincount(cols[hits], vals[hits], minlength=n_params)
-    index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**21 cells (choose_lambdas' chunks)
-    index[keys] = 1
-    union = np.flatnonzero(index)
-    np.cumsum(index, out=index)
-    inv = index[keys] - 1
-    U = len(union)
-    X = sp.csr_matrix((vals, (inv, cols)), shape=(U, n_params))
-    upos = union // V
-    pos = sp.csr_matrix((np.ones(U), np.arange(U), np.searchsorted(upos, np.arange(n + 1))),
-                        shape=(n, U))
-    row = np.repeat(np.arange(U, dtype=np.int32), np.diff(X.indptr))
-    hess = _hessian_part(X, pos, hessian_positions) if hessian_positions else None
-    return HeldoutChunk(X, row, pos, upos, params.q[union % V], tsum, hess)
-
-
-def _hessian_part(X: sp.csr_matrix, pos: sp.csr_matrix, h: int) -> HessianPart:
-    """The ``HessianPart`` of the first h positions of a chunk: their cells are the rows
-    ``[0, cut)`` of X."""
-    if h >= pos.shape[0]:  # every position: no copies of X
-        return HessianPart(pos.shape[0], X.shape[0], X.T.tocsr(), pos)
-    cut = int(pos.indptr[h])
-    return HessianPart(h, cut, X[:cut].T.tocsr(), pos[:h, :cut])
-
-
-def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """Sums of ``x[seg[i]:seg[i+1]]`` for each i (empty runs give 0): (U,) -> (n,)."""
-    out = np.zeros(len(seg) - 1)
-    nonempty = np.flatnonzero(seg[1:] > seg[:-1])
-    if len(nonempty):
-        out[nonempty] = np.add.reduceat(x, seg[nonempty])
-    return out
-
-
-def _chunk_terms(chunk: HeldoutChunk, lam: np.ndarray, derivatives: bool, hessian: bool = True):
-    """NLL sum (and gradient (P,) / Hessian (P, P) in the parameters) of one chunk at ``lam`` (P,).
-
-    With ``x_nj`` the row of X at position n, column j and ``p_nj`` the model's probability
-    there, ``grad = sum_nj p_nj x_nj - tsum`` and ``H = sum_nj p_nj x_nj x_nj^T - sum_n m_n m_n^T``
-    (``m_n = sum_j p_nj x_nj``): sparse products whose cost is the touched entries times the
-    number of groups sharing a cell, not G^2 per position.
-    """
-    X, qc = chunk.X, chunk.qc
-    with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off
-        w = qc * np.exp(X @ lam)
-        Z = 1.0 + _seg_sum(w - qc, chunk.pos.indptr)
-        nll = float(np.sum(np.log(Z)) - lam @ chunk.tsum)
-    if not derivatives:
-        return nll
-    with np.errstate(invalid="ignore"):  # inf / inf at a too-long trial step (rejected)
-        wz = w / Z[chunk.upos]
-    grad = X.T @ wz - chunk.tsum
-    if not hessian:
-        return nll, grad, None
-    hp = chunk.hess
-    cut = hp.cut
-    nnz = int(X.indptr[cut])
-    Xw = sp.csr_matrix((X.data[:nnz] * wz[chunk.row[:nnz]], X.indices[:nnz], X.indptr[:cut + 1]),
-                       shape=(cut, X.shape[1]))
-    M = hp.pos @ Xw  # (h, P): m_n, the gradient of log Z_n
-    return nll, grad, (hp.XT @ Xw).toarray() - (M.T @ M).toarray()
-
-
-class HeldoutNLL:
-    """The held-out NLL per token (nats) as a function of the weights (G, B), over its chunks.
-
-    ``__call__(lam)``: the NLL; ``derivatives=True``: ``(nll, grad (P,), hess (P, P))``, the
-    Hessian estimated on the chunks' samples (averaged over their positions), or, with
-    ``exact=True``, on every position (each chunk's full part built once, when first needed).
-    ``base``: ``-mean log q[target]``, the NLL at lambda = 0 (the scores add to ``log q``).
-    """
-
-    def __init__(self, chunks: list, base: float, n_tokens: int, n_params: int):
-        self.chunks, self.base, self.N, self.P = chunks, base, n_tokens, n_params
-        self._full: dict = {}
-
-    def _exact(self, i: int, ch: HeldoutChunk) -> HeldoutChunk:
-        if i not in self._full:
-            self._full[i] = ch.hess if ch.hess is not None and ch.hess.h == ch.n else \
-                _hessian_part(ch.X, ch.pos, ch.n)
-        return dataclasses.replace(ch, hess=self._full[i])
-
-    def __call__(self, lam: np.ndarray, derivatives: bool = False, exact: bool = False):
-        flat = lam.ravel()
-        P = self.P
-        nll, grad, hess = 0.0, np.zeros(P), np.zeros((P, P))
-        h_tokens = 0
-        for i, ch in enumerate(self.chunks):
-            with_h = derivatives and (exact or ch.hess is not None)
-            if exact:  # the exact Hessian: every position of every chunk
-                ch = self._exact(i, ch)
-            out = _chunk_terms(ch, flat, derivatives, with_h)
-            if not derivatives:
-                nll += out
-                continue
-            nll += out[0]
-            grad += out[1]
-            if with_h:
-                h_tokens += ch.hess.h
-                hess += out[2]
-        nll = self.base + nll / self.N
-        return (nll, grad / self.N, hess / max(h_tokens, 1)) if derivatives else nll
-
-
 def _start_weights(G: int, B: int, init, fixed):
     """Start weights (G, B) (default lambda = (1, 0, ...)) and which may move, (G * B,) bool."""
     lam = np.zeros((G, B))
@@ -325,33 +150,6 @@ def _position_buckets(rows: list, buckets, entry_buckets, B: int, N: int) -> np.
         if b.min() < 0 or b.max() >= B:
             raise InputError(f"lambda buckets must lie in [0, {B}), got [{b.min()}, {b.max()}]")
     return bk
-
-
-def _heldout_chunks(params: SparseParams, rows: list, targets: np.ndarray, bk: np.ndarray,
-                    entry_buckets, B: int, chunk: int, hessian_every: int,
-                    hessian_tokens: int | None) -> list:
-    """The held-out positions as ``HeldoutChunk``s of at most ``chunk`` positions each,
-    interleaved (chunk i holds positions i, i + n_chunks, ...: every chunk samples the whole
-    held-out text, so the Hessian of every ``hessian_every``-th chunk sees every kind of
-    position), the Hessian sampled on the first ``hessian_tokens`` positions of those."""
-    G, N = len(params.S), len(targets)
-    vidx = np.arange(G)[:, None] * B + bk  # (G, N): parameter of group g at position n
-    eb = None if entry_buckets is None else [np.asarray(x) for x in entry_buckets]
-    # 2**21 cells bound the union's bitmap and keep a chunk's arrays under glibc's 32 MiB mmap
-    # threshold (memory reused, not page-faulted again)
-    chunk = max(16, min(chunk, (1 << 21) // params.vocab_size))
-    n_chunks = -(-N // chunk)
-    out = []
-    for i in range(n_chunks):
-        idx = np.arange(i, N, n_chunks)
-        v = vidx[:, idx]
-
-        def param_of(g, p, e, v=v):  # the weight of a stored value: by entry or by position
-            return g * B + eb[g][e].astype(np.int64) if eb is not None else v[g][p]
-        out.append(_union_chunk(params, [r[idx] for r in rows], targets[idx], param_of, G * B,
-                                hessian_positions=(hessian_tokens or len(idx))
-                                if i % hessian_every == 0 else 0))
-    return out
 
 
 def _projected_newton(objective: HeldoutNLL, lam: np.ndarray, movable: np.ndarray,
@@ -403,7 +201,8 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
                    max_iter: int = 30, tol: float = 1e-7, init=None, fixed=None,
                    buckets=None, n_buckets: int = 1, chunk: int = 2048,
                    hessian_every: int = 1, hessian_tokens: int | None = None,
-                   entry_buckets=None) -> tuple[np.ndarray, list]:
+                   entry_buckets=None, max_bytes: int | None = None,
+                   workers: int = 1) -> tuple[np.ndarray, list]:
     """Group weights lambda >= 0 that minimise held-out NLL, by projected Newton steps.
 
     ``rows``: per group, row index per held-out position (-1 = no feature); ``targets`` (N,).
@@ -421,8 +220,10 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     ``fixed[g]`` is true keep their initial weight (pure n-gram models fix their suffix groups
     at 1). Returns the lambdas and the trace ``[(lambdas, nll)]``.
 
-    Steps: ``_start_weights``, ``_position_buckets``, ``_heldout_chunks`` (the design matrices,
-    built once), ``HeldoutNLL`` (the objective), ``_projected_newton`` (the loop).
+    Steps: ``_start_weights``, ``_position_buckets``, ``heldout_nll.HeldoutPlan`` (how the
+    positions are cut), ``heldout_nll.piece_terms`` (who computes the pieces' terms),
+    ``heldout_nll.HeldoutNLL`` (the objective, summed over the pieces), ``_projected_newton``
+    (the loop).
 
     Cost: the held-out positions are processed in chunks of ``chunk`` (interleaved: chunk i
     holds positions i, i + n_chunks, ...); for each, the touched entries are laid out once as a
@@ -434,6 +235,16 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     of those chunks; the gradient and the NLL stay exact, so the line search still only accepts
     true descent and the minimiser is the same (a quasi-Newton step). A weight with no curvature
     in the sample gets the exact Hessian for that step.
+
+    Bounded and parallel (the same weights): ``max_bytes`` bounds what the search holds (all
+    processes together): a chunk touching more entries than a piece may hold is cut into
+    pieces of its positions (the same sums, added in another order: equal up to rounding),
+    and only the pieces that fit are kept, the others built again at every evaluation
+    (``MemoryLimitError`` if one position cannot be built). ``workers`` > 1: the pieces are
+    built, kept and evaluated by that many processes (``parallel.WorkerGroup``), their terms
+    added here in piece order: the very numbers of one process (when there are fewer chunks
+    than workers, the chunks are cut into pieces so that every worker has some: equal up to
+    rounding).
     """
     G = len(params.S)
     if buckets is not None and entry_buckets is not None:
@@ -445,12 +256,23 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     if not movable.any() or N == 0:
         return squeeze(lam), []
     bk = _position_buckets(rows, buckets, entry_buckets, B, N)
-    chunks = _heldout_chunks(params, rows, targets, bk, entry_buckets, B, chunk, hessian_every,
-                             hessian_tokens)
-    objective = HeldoutNLL(chunks, float(-np.log(params.q[targets]).mean()), N, G * B)
-    lam, trace = _projected_newton(objective, lam, movable, max_iter, tol,
-                                   bool(hessian_every > 1 or hessian_tokens),
-                                   lambda x: squeeze(x).tolist())
+    plan = HeldoutPlan(params, rows, targets, bk, entry_buckets, B, chunk, hessian_every,
+                       hessian_tokens)
+    workers = max(1, min(int(workers), len(targets)))
+    max_entries, cache_bytes = search_bounds(plan.densest, max_bytes, workers)
+    if workers > len(plan.pieces):  # fewer chunks than workers: pieces for every worker
+        even = -(-sum(plan.entries) // workers)
+        max_entries = even if max_entries is None else min(max_entries, even)
+    if max_entries is not None:  # cut the chunks too large for the bound into pieces
+        plan = HeldoutPlan(params, rows, targets, bk, entry_buckets, B, chunk, hessian_every,
+                           hessian_tokens, max_entries)
+    workers = min(workers, len(plan.pieces))
+    base = float(-np.log(params.q[targets]).mean())
+    sampled = bool(hessian_every > 1 or hessian_tokens)
+
+    with piece_terms(plan, workers, cache_bytes) as terms:  # worker processes end here
+        lam, trace = _projected_newton(HeldoutNLL(terms, base, N, G * B), lam, movable,
+                                       max_iter, tol, sampled, lambda x: squeeze(x).tolist())
     return squeeze(lam), trace
 
 

@@ -323,6 +323,90 @@ def ordered_map(fn, items, workers: int, *, init=None, init_args=(), what: str =
 _END = object()
 
 
+class WorkerGroup:
+    """``workers`` processes (``pool_context``) that keep what they build between calls:
+    ``ask(items)`` sends ``items[k]`` to worker k, computes ``fn(items[k])`` there and returns
+    the answers in order. The weight search uses it: each worker builds its share of the
+    held-out chunks once and then answers every evaluation of the objective on them.
+
+    It ends as ``ordered_map`` does: a worker's exception is re-raised here, a worker that
+    dies without answering raises ``WorkerDiedError`` naming it, and any exception in the
+    caller (Ctrl-C, the CLI's SIGTERM exception) or leaving the ``with`` block stops every
+    worker within ~1 s; workers ignore SIGINT and die with the parent. Use as a context
+    manager: ``with WorkerGroup(fn, 2) as group: group.ask([a, b])``.
+    """
+
+    def __init__(self, fn, workers: int, *, init=None, init_args=(), what: str = "a worker"):
+        self.what, self.procs, self.conns = what, [], []
+        ctx = pool_context()
+        try:
+            for _ in range(workers):  # as ordered_map: pipes per worker, closed ends dropped
+                t_read, t_write = ctx.Pipe(duplex=False)
+                r_read, r_write = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_pool_worker, daemon=True,
+                                   args=(fn, init, init_args, t_read, r_write, os.getpid()))
+                proc.start()
+                t_read.close()
+                r_write.close()
+                self.procs.append(proc)
+                self.conns.append((t_write, r_read))
+        except BaseException:
+            self.close()
+            raise
+
+    def ask(self, items: list) -> list:
+        """``[fn(items[k]) computed by worker k]``; at most one item per worker."""
+        from multiprocessing.connection import wait
+        if len(items) > len(self.procs):
+            raise ValueError(f"{len(items)} items for {len(self.procs)} workers")
+        for k, item in enumerate(items):
+            try:
+                self.conns[k][0].send((k, item))
+            except OSError:  # it ended (its error, if any, waits in its results pipe)
+                self._receive(k)
+                raise _died(self.procs[k], self.what) from None
+        out, pending = [None] * len(items), set(range(len(items)))
+        while pending:
+            by_conn = {self.conns[k][1]: k for k in pending}
+            by_sentinel = {self.procs[k].sentinel: k for k in pending}
+            for r in wait(list(by_conn) + list(by_sentinel), timeout=1.0):
+                if r in by_conn and by_conn[r] in pending:
+                    k = by_conn[r]
+                    out[k] = self._receive(k)
+                    pending.discard(k)
+                elif r in by_sentinel and by_sentinel[r] in pending:
+                    k = by_sentinel[r]
+                    if not self.conns[k][1].poll():
+                        self.procs[k].join(1.0)
+                        raise _died(self.procs[k], self.what)
+        return out
+
+    def _receive(self, k: int):
+        try:
+            kind, _, value = self.conns[k][1].recv()
+        except (EOFError, OSError):
+            self.procs[k].join(1.0)
+            raise _died(self.procs[k], self.what) from None
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL) and close the pipes; safe to call twice."""
+        _stop(self.procs)
+        for t_write, r_read in self.conns:
+            t_write.close()
+            r_read.close()
+        self.procs, self.conns = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, spill_dir,
                         progress=None) -> list:
     """Per-worker totals of ``chunks`` counted by ``workers`` processes (``2 * workers`` in flight).

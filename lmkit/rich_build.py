@@ -30,11 +30,15 @@ many processes (``parallel.ordered_map``: fork, so the token buffer is shared, r
 order, every worker stopped on an error, a death, Ctrl-C or SIGTERM); ``engine="dask"`` runs
 the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; the
 second pass counts the training text again there instead of reading spilled counts, since
-Dask workers need not share a disk). ``max_memory`` checks the token buffer plus one part's
-counting against the limit before counting, writes each group's solved arrays to ``.npy`` and
-memory-maps them as it goes (``_Store``), and refuses a weight search that cannot fit (the
-held-out positions are never thinned by it: that would change the model). Still in memory:
-the token buffer, one group's counts (in each worker) and, in the caller, the compacted model.
+Dask workers need not share a disk). ``max_memory`` writes the token buffers to ``.npy`` and
+memory-maps them (``counts.flat_buffer_files``; engine local), checks one part's counting per
+process against the limit before counting, writes each group's solved arrays to ``.npy`` and
+memory-maps them as it goes (``_Store``), and gives the weight search what is left of the
+limit: the search sums its terms over pieces of held-out positions within it
+(``heldout_nll.py``; the held-out positions are never thinned: that would change the model).
+The weight search runs in the ``workers`` processes too (engine local). Still in memory: one
+group's counts (in each worker), the counting's per-position keys and, in the caller, the
+compacted model.
 """
 from __future__ import annotations
 
@@ -45,11 +49,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import PART_BYTES, PART_POSITIONS, Counts, count_in_parts, empty_counts, flat_buffer
+from .counts import (INDEX32, PART_BYTES, PART_POSITIONS, Counts, count_in_parts, empty_counts,
+                     flat_buffer, flat_buffer_files)
 from .distributed import dask_client, result
 from .explicit import choose_lambdas, count_buckets, estimate_discount
 from .features import Suffix, Window
-from .io.npyfile import NpyAppender, open_npy
+from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
 from .kinds import closed_form, group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
 from .parallel import ordered_map
@@ -61,26 +66,42 @@ from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DE
                    cluster_groups, line_groups, make_clusters)
 from .clusters import bigram_embedding
 from .scoring import context_rows
-from .solve import fit_heldout, heldout_nbytes
 from .sparse import lookup_values
 
 BYTES_PER_VALUE = 8 + 4 + 1  # a stored weight: float64 value, int32 column, int8 entry bucket
 
 
 class _Text:
-    """One text as a compact buffer (``counts.flat_buffer`` layout) and its counter."""
+    """One text as a compact buffer (``counts.flat_buffer`` layout) and its counter.
 
-    def __init__(self, chunks, vocab_size: int, bos_id: int, eos_id: int, pad: int):
+    ``folder``: the buffer is written there a chunk at a time and memory-mapped
+    (``counts.flat_buffer_files``, ``--max-memory``); after each count its pages are released
+    from this process's resident set (they stay in the page cache)."""
+
+    def __init__(self, chunks, vocab_size: int, bos_id: int, eos_id: int, pad: int,
+                 folder=None, name: str = "text"):
         self.V, self.bos_id, self.eos_id = vocab_size, bos_id, eos_id
+        if folder is not None:
+            self.buf, self.pos, self.starts, self.n_seq = flat_buffer_files(
+                chunks, bos_id, eos_id, pad, folder, name)
+            return
         self.buf, pos, starts, self.n_seq = flat_buffer(chunks, bos_id, eos_id, pad)
         # buffer indices in int32 when they fit: 8 of the 20 bytes a token costs here
-        small = len(self.buf) < np.iinfo(np.int32).max
+        small = len(self.buf) < INDEX32
         self.pos = pos.astype(np.int32) if small else pos
         del pos
         self.starts = starts.astype(np.int32) if small else starts
 
     def nbytes(self) -> int:
         return self.buf.nbytes + self.pos.nbytes + self.starts.nbytes
+
+    def resident_nbytes(self) -> int:
+        """The bytes this text holds in memory (0 when it is memory-mapped)."""
+        return 0 if mapped_base(self.buf) is not None else self.nbytes()
+
+    def release(self) -> None:
+        """Drop the mapped buffer's pages from this process's resident set (no-op in memory)."""
+        release_pages(self.buf, self.pos, self.starts)
 
     def count(self, groups: list, workers: int = 1) -> Counts:
         """Counts of the suffix chain or of one other group, sorted a part of the positions at a
@@ -92,8 +113,11 @@ class _Text:
         if workers > 1:
             def mapper(fn, parts):  # fork: the buffer and fn are inherited, not sent
                 return ordered_map(fn, list(parts), workers, what="a counting worker")
-        return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq,
-                              min_parts=workers, mapper=mapper)
+        try:
+            return count_in_parts(self.buf, self.pos, self.starts, self.V, groups, self.n_seq,
+                                  min_parts=workers, mapper=mapper)
+        finally:
+            self.release()
 
 
 class _Spill:
@@ -320,7 +344,30 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     groups = base_groups(order, context, skips, first_window)
     pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])
     V = vocab_size
-    texts = [_Text(chunks, V, bos_id, eos_id, pad)]
+    folder = None
+    try:
+        if refit_chunks is not None or max_memory is not None:
+            # the training counts wait on disk for the second pass; under max_memory the
+            # token buffers and the model's arrays go there too, memory-mapped
+            folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
+        # engine local only: Dask sends the buffers to its workers (in their memory)
+        mapped = folder if max_memory is not None and engine != "dask" else None
+        return _build_rich(chunks, V, bos_id, eos_id, heldout, groups, pad, folder, mapped,
+                           refit_chunks, clusterings, seed, piece_bytes, line_positions,
+                           discount, entry_edges, hessian_every, hessian_tokens, tol,
+                           max_memory, workers, engine, scheduler, dask_processes, log)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, pad, folder, mapped, refit_chunks,
+                clusterings, seed, piece_bytes, line_positions, discount, entry_edges,
+                hessian_every, hessian_tokens, tol, max_memory, workers, engine, scheduler,
+                dask_processes, log):
+    """``build_rich`` inside its temporary ``folder`` (None: nothing spilled); ``mapped``: the
+    folder for the memory-mapped token buffers (None: in memory)."""
+    texts = [_Text(chunks, V, bos_id, eos_id, pad, mapped, "train")]
     M = sum(isinstance(g, Suffix) for g in groups)
     # the cluster tables, from the training text's bigram counts as count_rich takes them
     tables = []
@@ -343,26 +390,17 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
         how = (f"on Dask" if engine == "dask" else f"in {workers} worker processes"
                if workers > 1 else "one at a time")
         log(f"      solving {len(groups)} groups {how}")
-    folder = None
-    try:
-        if refit_chunks is not None or max_memory is not None:
-            # the training counts wait on disk for the second pass; under max_memory the
-            # model's arrays go there too, memory-mapped
-            folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
-        if engine != "dask":
-            spill = _Spill(folder) if refit_chunks is not None else None
-            return _build(_Runner(workers), texts, groups, M, tables, spill, folder,
-                          refit_chunks, pad, discount, edges, heldout, hessian_every,
-                          hessian_tokens, tol, max_memory, log)
-        with dask_client(scheduler, workers, dask_processes, log) as client:
-            # no spill on Dask (its workers may see no shared disk): the second pass counts the
-            # training text again on the workers, the same counts
-            return _build(_Runner(client=client), texts, groups, M, tables, None, folder,
-                          refit_chunks, pad, discount, edges, heldout, hessian_every,
-                          hessian_tokens, tol, max_memory, log)
-    finally:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+    if engine != "dask":
+        spill = _Spill(folder) if refit_chunks is not None else None
+        return _build(_Runner(workers), texts, groups, M, tables, spill, folder, mapped,
+                      refit_chunks, pad, discount, edges, heldout, hessian_every,
+                      hessian_tokens, tol, max_memory, log)
+    with dask_client(scheduler, workers, dask_processes, log) as client:
+        # no spill on Dask (its workers may see no shared disk): the second pass counts the
+        # training text again on the workers, the same counts
+        return _build(_Runner(client=client), texts, groups, M, tables, None, folder, None,
+                      refit_chunks, pad, discount, edges, heldout, hessian_every,
+                      hessian_tokens, tol, max_memory, log)
 
 
 class _Store:
@@ -399,14 +437,28 @@ def _start_memory(text: _Text, workers: int, max_memory) -> None:
         return
     limit = parse_size(max_memory)
     part = min(len(text.pos), PART_POSITIONS)
-    need = text.nbytes() + workers * part * PART_BYTES
+    need = text.resident_nbytes() + workers * part * PART_BYTES
     check_memory(need, limit, "the feature-rich build (the text's buffer of ids and counting)",
                  "raise max_memory, use fewer workers, or use order N for a plain n-gram "
                  "model (bounded in buckets)")
 
 
-def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, discount,
-           edges, heldout, hessian_every, hessian_tokens, tol, max_memory, log):
+def _search_bytes(text: _Text, rows: list, max_memory, log=None):
+    """Bytes the weight search may hold under ``max_memory`` (None: no bound): the limit less
+    the token buffer and the held-out rows; ``MemoryLimitError`` if nothing is left."""
+    if max_memory is None:
+        return None
+    limit = parse_size(max_memory)
+    fixed = text.resident_nbytes() + sum(r.nbytes for r in rows)
+    check_memory(fixed + 1, limit, "the weight search (with the text's buffer of ids)",
+                 "raise max_memory")
+    if log:
+        log(f"      weight search within {format_bytes(limit - fixed)}")
+    return limit - fixed
+
+
+def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks, pad,
+           discount, edges, heldout, hessian_every, hessian_tokens, tol, max_memory, log):
     """The two passes of ``build_rich`` (first: solve, fit the weights; second, with the
     held-out lines' counts added: solve again and fold the weights in)."""
     V, B = texts[0].V, len(edges) + 1
@@ -431,17 +483,16 @@ def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, d
     del S
     rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
                                     eos_id)
-    # the same held-out positions as the in-memory build (so the same weights), whatever
-    # max_memory: a limit too small for the weight search is refused, not met by thinning
-    rows, targets = fit_heldout(params, rows, targets, None, log)
-    if max_memory is not None:
-        check_memory(first.nbytes() + heldout_nbytes(params, rows), max_memory,
-                     "the weight search on held-out tokens (with the text's buffer of ids)",
-                     "raise max_memory, or lower lambda_tokens")
+    # every held-out position, whatever max_memory and whatever memory is free (thinning them,
+    # solve.fit_heldout, would change the model): under max_memory the search is bounded by
+    # summing its terms over pieces instead
+    search_bytes = _search_bytes(first, rows, max_memory, log)
     init = np.repeat(params.info["lambda_init"], B)
+    # engine local: the search's pieces in the worker processes too (on Dask: here)
     lam, trace = choose_lambdas(params, rows, targets, init=init, entry_buckets=eb,
                                 n_buckets=B, hessian_every=hessian_every,
-                                hessian_tokens=hessian_tokens, tol=tol)
+                                hessian_tokens=hessian_tokens, tol=tol,
+                                max_bytes=search_bytes, workers=local)
     lam = np.asarray(lam).reshape(len(groups), B)
     n_used = len(targets)
     if log and trace:
@@ -452,7 +503,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, refit_chunks, pad, d
     del rows, targets
     if refit_chunks is not None:
         params = eb = None  # freed before the second pass
-        held = _Text(refit_chunks, V, bos_id, eos_id, pad)
+        held = _Text(refit_chunks, V, bos_id, eos_id, pad, mapped, "held")
         # the training buffer goes when its counts are on disk (Dask counts it again)
         train = first if spill is None else None
         del texts[:]

@@ -27,7 +27,8 @@ reported as perplexity.
 
 ``--variants``: more builds of the same default model with other scale flags (each one row,
 after the plain build; its test perplexity and the max |d log p| against the plain build on
-the first 2000 test lines: the routes must give the same model). Without ``--kenlm-bin`` only
+the first 2000 test lines: the routes must give the same model). With ``--compare-tree`` each
+variant is built with that tree too (a before/after row per variant). Without ``--kenlm-bin`` only
 lmkit's rows are printed. Progress on stderr, the table (or
 ``--json``) on stdout.
 """
@@ -79,7 +80,10 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as fin, \
             open(stdout, "wb") if stdout else tempfile.TemporaryFile() as fout, \
             tempfile.TemporaryFile() as ferr:
-        p = subprocess.Popen([str(c) for c in cmd], stdin=fin, stdout=fout, stderr=ferr, env=env)
+        # a neutral working folder: `python -m lmkit.cli` puts its working folder first on
+        # sys.path, so run from a checkout it would import that checkout, not PYTHONPATH's
+        p = subprocess.Popen([str(c) for c in cmd], stdin=fin, stdout=fout, stderr=ferr, env=env,
+                             cwd=tempfile.gettempdir())
         peak, stop = [0, 0], threading.Event()
 
         def sample():
@@ -180,6 +184,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if bool(a.input) != bool(a.test):
         ap.error("--input and --test go together")
+    for k in ("input", "test", "tokenizer", "kenlm_bin", "workdir", "compare_tree"):
+        if getattr(a, k):  # the builds run in another folder (run_tree)
+            setattr(a, k, str(Path(getattr(a, k)).resolve()))
     py = [sys.executable, "-m", "lmkit.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-scale-default-"))
@@ -202,9 +209,9 @@ def main(argv=None) -> int:
         res["lmkit_build"] = run_tree(py + ["train", "--input", train, "--tokenizer", tok,
                                             *extra, "--output", work / "default"], env=env,
                                       every=a.every)
+        env_c = {**os.environ, "PYTHONPATH": str(Path(a.compare_tree or REPO).resolve())}
         if a.compare_tree:
             log(f"[1b] lmkit train (default model) from {a.compare_tree}")
-            env_c = {**os.environ, "PYTHONPATH": str(Path(a.compare_tree).resolve())}
             res["compare_build"] = run_tree(py + ["train", "--input", train, "--tokenizer", tok,
                                                   *extra, "--output", work / "compare"],
                                             env=env_c, every=a.every)
@@ -215,23 +222,29 @@ def main(argv=None) -> int:
             res["max_abs_dlogp"] = max_dlogp(work / "default", work / "compare",
                                              work / "test_eval.txt", 2000)
         res["variants"] = []
+        trees = [(None, env)] + ([(a.compare_tree, env_c)] if a.compare_tree else [])
         for i, v in enumerate(a.variants):
-            log(f"[1v] lmkit train (default model) {a.lmkit_args} {v}")
-            folder = work / f"variant{i}"
-            try:
-                b = run_tree(py + ["train", "--input", train, "--tokenizer", tok, *extra,
-                                   *shlex.split(v), "--output", folder], env=env, every=a.every)
-            except SystemExit as e:  # a refusal (e.g. a limit too small) is a result too
-                line = [x for x in str(e).splitlines() if x.startswith("lmkit: error:")]
-                res["variants"].append({"args": v, "error": (line or [str(e)])[-1]})
-                continue
-            ev = run_tree(py + ["eval", folder, "--input", work / "test_eval.txt", "--json"],
-                          env=env)
-            b.update(args=v, ppl=json.loads(ev["stdout"])["perplexity"],
-                     max_abs_dlogp=max_dlogp(work / "default", folder, work / "test_eval.txt",
-                                             2000))
-            res["variants"].append({k: x for k, x in b.items() if k not in ("stdout", "stderr")})
-            shutil.rmtree(folder, ignore_errors=True)
+            for tree, env_v in trees:  # each variant with this tree, then the compared one
+                log(f"[1v] lmkit train (default model) {a.lmkit_args} {v}"
+                    + (f" from {tree}" if tree else ""))
+                folder = work / f"variant{i}"
+                row = {"args": v, "tree": tree}
+                try:
+                    b = run_tree(py + ["train", "--input", train, "--tokenizer", tok, *extra,
+                                       *shlex.split(v), "--output", folder], env=env_v,
+                                 every=a.every)
+                except SystemExit as e:  # a refusal (e.g. a limit too small) is a result too
+                    line = [x for x in str(e).splitlines() if x.startswith("lmkit: error:")]
+                    res["variants"].append({**row, "error": (line or [str(e)])[-1]})
+                    continue
+                ev = run_tree(py + ["eval", folder, "--input", work / "test_eval.txt",
+                                    "--json"], env=env)
+                b.update(row, ppl=json.loads(ev["stdout"])["perplexity"],
+                         max_abs_dlogp=max_dlogp(work / "default", folder,
+                                                 work / "test_eval.txt", 2000))
+                res["variants"].append({k: x for k, x in b.items()
+                                        if k not in ("stdout", "stderr")})
+                shutil.rmtree(folder, ignore_errors=True)
         log("[2/3] lmkit eval")
         ev = run_tree(py + ["eval", work / "default", "--input", work / "test_eval.txt",
                             "--json"], env=env)
@@ -297,10 +310,12 @@ def table(r: dict) -> str:
             f"| the lmkit default model | {lb['cpu']:.1f} | {lb['rss_mb']:.0f} | {lb['pss_mb']:.0f} | "
             f"{lb['max_proc_rss_mb']:.0f} | {lb['wall']:.1f} | {r['lmkit_ppl']:.2f} |"]
     for v in r.get("variants", []):
+        src = f" from {v['tree']}" if v.get("tree") else ""
         if "error" in v:
-            rows.append(f"| the lmkit default model {v['args']} | refused: {v['error']} | | | | | |")
+            rows.append(f"| the lmkit default model {v['args']}{src} | refused: {v['error']} "
+                        "| | | | | |")
             continue
-        rows.append(f"| the lmkit default model {v['args']} | {v['cpu']:.1f} | {v['rss_mb']:.0f} | "
+        rows.append(f"| the lmkit default model {v['args']}{src} | {v['cpu']:.1f} | {v['rss_mb']:.0f} | "
                     f"{v['pss_mb']:.0f} | "
                     f"{v['max_proc_rss_mb']:.0f} | {v['wall']:.1f} | {v['ppl']:.2f} |")
     if "compare_build" in r:
@@ -325,11 +340,19 @@ def table(r: dict) -> str:
     for v in r.get("variants", []):
         if "error" in v:
             continue
-        rows.append(f"{v['args']} / plain: build CPU {v['cpu'] / lb['cpu']:.2f}x, wall "
+        src = f" from {v['tree']}" if v.get("tree") else ""
+        rows.append(f"{v['args']}{src} / plain: build CPU {v['cpu'] / lb['cpu']:.2f}x, wall "
                     f"{v['wall'] / lb['wall']:.2f}x, peak RSS (tree) "
                     f"{v['rss_mb'] / lb['rss_mb']:.2f}x, peak PSS (tree) "
                     f"{v['pss_mb'] / lb['pss_mb']:.2f}x; max |d log p| on the first 2000 test "
                     f"lines: {v['max_abs_dlogp']:.3g}")
+    mine = {v["args"]: v for v in r.get("variants", []) if not v.get("tree") and "error" not in v}
+    for v in r.get("variants", []):
+        if v.get("tree") and "error" not in v and v["args"] in mine:
+            m = mine[v["args"]]
+            rows.append(f"{v['args']}: this tree / {v['tree']}: build CPU "
+                        f"{m['cpu'] / v['cpu']:.2f}x, peak PSS (tree) "
+                        f"{m['pss_mb'] / v['pss_mb']:.2f}x")
     if "compare_build" in r:
         rows.append(f"this tree / {r['compare_tree']}: build CPU "
                     f"{lb['cpu'] / r['compare_build']['cpu']:.2f}x, peak RSS (tree) "

@@ -40,7 +40,7 @@ LAYERS = [
         "lmkit.model", "lmkit.mixture", "lmkit.load", "lmkit.neural.folder", "lmkit.neural.transformer",
         "lmkit.neural.data", "lmkit.neural.explicit_init", "lmkit.neural.lm"]),
     ("solvers: Counts (or a model) -> params", [
-        "lmkit.explicit", "lmkit.skipgram", "lmkit.closed_forms", "lmkit.ngram.mkn",
+        "lmkit.heldout_nll", "lmkit.explicit", "lmkit.skipgram", "lmkit.closed_forms", "lmkit.ngram.mkn",
         "lmkit.ngram.disk", "lmkit.ngram.build", "lmkit.ngram.dask", "lmkit.solve", "lmkit.rich",
         "lmkit.rich_build", "lmkit.gradient", "lmkit.compact", "lmkit.ngram.prune", "lmkit.ngram.arpa",
         "lmkit.interpolate"]),

@@ -142,3 +142,39 @@ def test_two_workers_equal_one_with_suffix_groups_and_spilling(tiny_lines, tiny_
     two = count_corpus_parallel(tiny_lines, tiny_tok, groups, chunk_lines=11, workers=2,
                                 max_memory="4G", spill_dir=tmp_path)
     assert two.equals(one)
+
+
+# ---- WorkerGroup: processes that keep state between calls (the weight search's workers) ----
+_KEPT: dict = {}
+
+
+def _remember(item):
+    """Worker k adds item's value to what it kept from earlier calls; 'boom' raises, 'die'
+    kills the worker outright (as the OOM killer would)."""
+    import os
+    import signal
+    k, value = item
+    if value == "boom":
+        raise ValueError("bad item")
+    if value == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    _KEPT[k] = _KEPT.get(k, 0) + value
+    return k, _KEPT[k], os.getpid()
+
+
+def test_worker_group_keeps_state_and_ends_on_errors_and_deaths():
+    import multiprocessing as mp
+    from lmkit.errors import WorkerDiedError
+    from lmkit.parallel import WorkerGroup
+    with WorkerGroup(_remember, 2) as group:
+        a = group.ask([(0, 1), (1, 10)])
+        b = group.ask([(0, 2), (1, 20)])
+        assert [x[:2] for x in a] == [(0, 1), (1, 10)] and [x[:2] for x in b] == [(0, 3), (1, 30)]
+        assert [x[2] for x in a] == [x[2] for x in b]  # the same processes answered
+        with pytest.raises(ValueError, match="bad item"):
+            group.ask([(0, 1), (1, "boom")])
+    assert _KEPT == {} and mp.active_children() == []  # the state lived in the workers
+    with pytest.raises(WorkerDiedError, match=r"a search worker \(pid \d+\) was killed by signal 9"):
+        with WorkerGroup(_remember, 2, what="a search worker") as group:
+            group.ask([(0, "die"), (1, 1)])
+    assert mp.active_children() == []

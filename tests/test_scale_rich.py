@@ -130,6 +130,29 @@ def test_count_in_parts_equals_count_buffer_for_every_kind():
         assert seen and seen[0] >= 2  # min_parts split it, the mapper counted the parts
 
 
+def test_flat_buffer_files_equal_flat_buffer(tmp_path, monkeypatch):
+    """The token buffer written a chunk at a time and memory-mapped: the values of
+    ``flat_buffer``, indices in int32 (as rich_build keeps them in memory), or in int64 when
+    the buffer outgrows int32 (the limit lowered here: the written part is widened)."""
+    from lmkit import counts as counts_mod
+    from lmkit.counts import flat_buffer, flat_buffer_files
+    from lmkit.io.npyfile import mapped_base
+    seqs = corpus(200, 4) + [[]]
+    chunks = [seqs[:70], [], seqs[70:150], seqs[150:]]
+    want = flat_buffer(chunks, BOS, EOS, 3)
+    got = flat_buffer_files(chunks, BOS, EOS, 3, tmp_path, "t")
+    assert got[3] == want[3] and got[0].dtype == np.int32
+    for a, b in zip(got[:3], want[:3]):
+        assert mapped_base(a) is not None and np.array_equal(a, b)
+    assert got[1].dtype == got[2].dtype == np.int32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.buf.npy", "t.pos.npy", "t.starts.npy"]
+    monkeypatch.setattr(counts_mod, "INDEX32", len(want[0]) // 2)  # crossed in the 3rd chunk
+    wide = flat_buffer_files(chunks, BOS, EOS, 3, tmp_path, "w")
+    assert wide[1].dtype == wide[2].dtype == np.int64
+    assert all(np.array_equal(a, b) for a, b in zip(wide[:3], want[:3]))
+    assert not list(tmp_path.glob("*.wide.npy"))
+
+
 def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path, monkeypatch):
     """With carved held-out lines the first pass keeps each group's training counts on disk
     for the second; the folder goes when the build ends, also when it fails half-way."""
@@ -172,45 +195,122 @@ def _build(refit, **scale):
                       refit_chunks=None if refit is None else [refit], **RICH_KW, **scale)
 
 
-def _same_build(a, b):
+def _same_build(a, b, tol=0.0):
+    """The same build: value for value, or (``tol`` > 0) the same tables, keys, patterns and
+    info with the weights and the stored values equal to ``tol`` (relative): the weight
+    search's terms added in another order."""
     (pa, ta, sa, na), (pb, tb, sb, nb) = a, b
     assert (sa, na) == (sb, nb)
     assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(ta, tb))
-    assert same_params(pa, pb) and pa.info == pb.info
+    if not tol:
+        assert same_params(pa, pb) and pa.info == pb.info
+        return
+    assert pa.groups == pb.groups and np.array_equal(pa.q, pb.q)
+    for x, y in zip(pa.S, pb.S):
+        assert np.array_equal(x.indptr, y.indptr) and np.array_equal(x.indices, y.indices)
+        assert np.allclose(x.data, y.data, rtol=tol, atol=0)
+    assert np.allclose(pa.info["entry_lambdas"], pb.info["entry_lambdas"], rtol=0, atol=tol)
+    skip = ("entry_lambdas", "lambda_trace")
+    assert {k: v for k, v in pa.info.items() if k not in skip} == \
+        {k: v for k, v in pb.info.items() if k not in skip}
 
 
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
 def test_worker_processes_build_the_same_model(refit):
     """--workers 2 (each group counted and solved in a worker process, rebuilt there through
-    the kinds registry): every stored value equal to the one-process build, with and without
-    the carved held-out lines' second pass."""
+    the kinds registry, the weight search's pieces there too): every stored value equal to
+    the one-process build (to 1e-9: see below), with and without the carved held-out lines'
+    second pass."""
     extra = corpus(40, 3) if refit else None
     one = _build(extra)
     assert any(g.name.startswith("linepos") for g in one[0].groups)
     assert any(g.name.startswith("cluster") for g in one[0].groups)
-    _same_build(one, _build(extra, workers=2))
-    _same_build(one, _build(extra, workers=3))
+    # the tiny held-out text is one chunk of the weight search: it is cut into pieces for the
+    # workers, whose terms are added in another order (more chunks than workers: bit for bit,
+    # tests/test_heldout_nll.py)
+    _same_build(one, _build(extra, workers=2), tol=1e-9)
+    _same_build(one, _build(extra, workers=3), tol=1e-9)
 
 
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
-def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_path):
-    """max_memory: the model's arrays are written to .npy and memory-mapped as each group is
-    solved; same values; the spill folder (in spill_dir) is gone afterwards."""
+def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_path,
+                                                                   monkeypatch):
+    """max_memory: the token buffers are written to .npy and memory-mapped, and so are the
+    model's arrays as each group is solved; same values; the spill folder (in spill_dir) is
+    gone afterwards."""
     from lmkit.io.npyfile import mapped_base
     extra = corpus(40, 3) if refit else None
     one = _build(extra)
+    from lmkit import rich_build
+    texts = []
+    real_text = rich_build._Text.__init__
+
+    def spy(self, *a, **k):
+        real_text(self, *a, **k)
+        texts.append(self)
+    monkeypatch.setattr(rich_build._Text, "__init__", spy)
     got = _build(extra, max_memory="1G", spill_dir=str(tmp_path))
     _same_build(one, got)
     assert all(mapped_base(S.data) is not None for S in got[0].S)
+    # the token buffers (training text, and the carved lines' for the second pass) were
+    # memory-mapped from the spill folder
+    assert len(texts) == (2 if refit else 1)
+    assert all(mapped_base(t.buf) is not None and mapped_base(t.pos) is not None
+               and t.resident_nbytes() == 0 for t in texts)
     assert list(tmp_path.iterdir()) == []
     got2 = _build(extra, max_memory="1G", workers=2)
-    _same_build(one, got2)
+    _same_build(one, got2, tol=1e-9)
+
+
+def test_the_model_does_not_depend_on_the_free_memory(monkeypatch):
+    """The weight search uses every held-out position whatever memory is free: with almost
+    none (``solve.fit_heldout`` would have kept every 100th position or so) the model is the
+    same, value for value."""
+    from lmkit import solve
+    one = _build(corpus(40, 3))
+    monkeypatch.setattr(solve, "default_limit", lambda: 1000)  # what fit_heldout thinned by
+    _same_build(one, _build(corpus(40, 3)))
 
 
 def test_max_memory_too_small_is_refused_before_counting():
     from lmkit.errors import MemoryLimitError
     with pytest.raises(MemoryLimitError, match=r"buffer of ids and counting\) needs .* raise max_memory"):
         _build(None, max_memory="1K")
+
+
+def _heldout_logp(params, held):
+    from lmkit.scoring import context_rows, sparse_log_proba
+    rows, targets, _ = context_rows(params.groups, params.keys, held, 14, BOS, EOS)
+    return sparse_log_proba(params, rows, targets)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bounded_weight_search_in_tiny_pieces_gives_the_same_model(monkeypatch, workers):
+    """max_memory with the search's bytes per entry raised so that its pieces hold a few
+    hundred entries and only a few are kept (the others built again at every evaluation):
+    the whole default build equals the in-memory one to 1e-9 in log p, the weights to 1e-9;
+    with 2 workers the pieces are built and evaluated in the worker processes."""
+    from lmkit import heldout_nll
+    from lmkit.heldout_nll import HeldoutPlan
+    extra = corpus(40, 3)
+    one = _build(extra)
+    plans = []
+    real_init = HeldoutPlan.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        plans.append(self)
+    monkeypatch.setattr(HeldoutPlan, "__init__", spy)
+    per_entry = (1 << 30) // 2 // 400  # "1G" leaves pieces of ~400 entries (and a cache of as many)
+    monkeypatch.setattr(heldout_nll, "BUILD_BYTES", per_entry)
+    monkeypatch.setattr(heldout_nll, "HELD_BYTES", per_entry)
+    got = _build(extra, max_memory="1G", workers=workers)
+    plan = plans[-1]
+    assert len(plan.pieces) > 3 * plan.n_chunks  # the search really was cut into pieces
+    held = corpus(60, 1)
+    assert np.abs(_heldout_logp(got[0], held) - _heldout_logp(one[0], held)).max() <= 1e-9
+    assert np.abs(np.array(got[0].info["entry_lambdas"])
+                  - np.array(one[0].info["entry_lambdas"])).max() <= 1e-9
 
 
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
@@ -260,49 +360,67 @@ def _die_on_group_5(job, q, g, spec):
 _REAL_GROUP_TASK = None
 
 
+def _die_in_search(item):
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stage, who", [("groups", "a counting worker"),
+                                        ("search", "a weight-search worker")])
 def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_file, tmp_path,
-                                                  capsys, monkeypatch):
-    """A counting worker killed outright (SIGKILL, as the OOM killer does): one line naming it,
-    exit 2, no model, no spill files, no process left."""
+                                                  capsys, monkeypatch, stage, who):
+    """A worker killed outright (SIGKILL, as the OOM killer does) while it counts a group or
+    computes the weight search's terms: one line naming it, exit 2, no model, no spill files,
+    no process left."""
     import multiprocessing as mp
     import tempfile
     from cli_helpers import one_error_line, run_cli
-    from lmkit import rich_build
+    from lmkit import heldout_nll, rich_build
     global _REAL_GROUP_TASK
     _REAL_GROUP_TASK = rich_build._group_task
-    monkeypatch.setattr(rich_build, "_group_task", _die_on_group_5)  # fork copies the patch
+    if stage == "groups":  # fork copies the patch
+        monkeypatch.setattr(rich_build, "_group_task", _die_on_group_5)
+    else:
+        monkeypatch.setattr(heldout_nll, "_worker_terms", _die_in_search)
     spill = tmp_path / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
     out = tmp_path / "m"
     code, _, err = run_cli(capsys, "train", "--input", tiny_corpus_file, "--tokenizer",
                            tiny_tok_file, "--workers", "2", "--output", out, "--no-verbose")
-    one_error_line(code, err, r"a counting worker \(pid \d+\) was killed by signal 9")
+    one_error_line(code, err, who + r" \(pid \d+\) was killed by signal 9")
     assert not out.exists() and list(spill.iterdir()) == []
     assert mp.active_children() == []
 
 
 SIGNAL_SCRIPT = """
 import os, sys, time
-from lmkit import rich_build
-real = rich_build._group_task
-def slow(job, q, g, spec):
-    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
-    time.sleep(30)
-    return real(job, q, g, spec)
-rich_build._group_task = slow
+from lmkit import heldout_nll, rich_build
+def slow(real):
+    def run(*a):
+        open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+        time.sleep(30)
+        return real(*a)
+    return run
+if sys.argv[2] == "groups":
+    rich_build._group_task = slow(rich_build._group_task)
+else:
+    heldout_nll._worker_terms = slow(heldout_nll._worker_terms)
 from lmkit.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
+@pytest.mark.parametrize("stage", ["groups", "search"])
 @pytest.mark.parametrize("sig, code, message", [
     ("SIGINT", 130, "lmkit: interrupted"), ("SIGTERM", 143, "lmkit: terminated")])
 def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_tok_file,
-                                                         tmp_path, sig, code, message):
+                                                         tmp_path, sig, code, message, stage):
     """Ctrl-C (the whole process group) or SIGTERM (the parent) while the default model's
-    groups are counted by 2 workers: the run ends at once with its one line, every worker is
-    gone, no model and no spill file is left."""
+    groups are counted by 2 workers, or while 2 workers compute the weight search's terms:
+    the run ends at once with its one line, every worker is gone, no model and no spill file
+    is left."""
     import os
     import signal
     import subprocess
@@ -317,7 +435,7 @@ def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), TMPDIR=str(spill))
     proc = subprocess.Popen(
-        [sys.executable, "-c", SIGNAL_SCRIPT, str(pids), "train", "--input", str(tiny_corpus_file),
+        [sys.executable, "-c", SIGNAL_SCRIPT, str(pids), stage, "train", "--input", str(tiny_corpus_file),
          "--tokenizer", str(tiny_tok_file), "--workers", "2", "--output", str(tmp_path / "m")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True, preexec_fn=default_sigint)

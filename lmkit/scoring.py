@@ -172,6 +172,8 @@ def shared_groups(rows: tuple, tables: tuple, vocab_size: int, sample: int = 409
     changed = cur_r != prev_r
     length = np.zeros(cur_r.shape)
     for g in range(G):
+        if len(ptrs[g]) < 2:  # a group with no rows left (every entry weighted 0): no cost
+            continue
         r = cur_r[:, g]
         ok = r >= 0
         rr = np.where(ok, r, 0)

@@ -170,3 +170,26 @@ def test_default_compaction_keeps_every_probability(rich):
     chosen = compact_rich(params, seqs[200:], tok.bos_id, tok.eos_id, taus=CURVE_TAUS,
                           log=msgs.append)
     assert chosen.info["prune_tau"] in CURVE_TAUS and "chose" in msgs[0]
+
+
+def test_a_group_with_every_entry_dropped_still_scores(rich, monkeypatch):
+    """A group the weight search weights 0 everywhere loses every entry and, keyed, every row
+    (seen at 18.9M tokens with 20,000 weight tokens); the walking scorer must score it as a
+    group of zeros, not index its empty row pointer."""
+    from lmkit import scoring
+    from lmkit.scoring import context_rows, log_proba
+    monkeypatch.setattr(scoring, "COMPILED_MIN_POSITIONS", 0)  # the compiled walk, not numpy
+    tok, params, seqs = rich
+    g = len(params.S) - 1  # the last cluster group: keyed rows
+    assert params.keys[g] is not None
+    S = [S if i != g else sp.csr_matrix((np.zeros(S.nnz), S.indices, S.indptr), shape=S.shape)
+         for i, S in enumerate(params.S)]
+    zeroed = SparseParams(params.groups, params.q, S, params.keys, params.lambdas, params.info)
+    pruned = prune_entries(zeroed, 0.0)
+    assert pruned.S[g].shape[0] == 0 and len(pruned.keys[g]) == 0
+    rows, t, _, order = context_rows(pruned.groups, pruned.keys, seqs[:120], tok.vocab_size,
+                                     tok.bos_id, tok.eos_id, with_order=True)
+    rows0, t0, _, order0 = context_rows(zeroed.groups, zeroed.keys, seqs[:120], tok.vocab_size,
+                                        tok.bos_id, tok.eos_id, with_order=True)
+    got, want = log_proba(pruned, rows, t, order), log_proba(zeroed, rows0, t0, order0)
+    assert np.isfinite(got).all() and np.abs(got - want).max() < 1e-12

@@ -57,6 +57,33 @@ def test_window_model_with_own_files_holds_out_every_20th_line(tiny_corpus_file,
     assert "held-out NLL" in m.params.info["lambda_rule"]
 
 
+
+def test_holdout_block_rule_by_hand():
+    from lmkit.train import HOLDOUT_MAX_BLOCK, holdout_block
+    # n // (20 * 25) lines per block, at least 1, at most HOLDOUT_MAX_BLOCK (500)
+    assert [holdout_block(n) for n in (0, 499, 999, 1000, 40_000, 250_000, 1_162_709)] == \
+        [1, 1, 1, 2, 80, 500, HOLDOUT_MAX_BLOCK]
+
+
+def test_carved_lines_are_every_20th_block_and_kept_is_the_rest(tmp_path):
+    """load_text carves every 20th block of consecutive lines (single lines for a small text);
+    kept gives back exactly the other lines, in order."""
+    from lmkit.config import CorpusConfig
+    from lmkit.train import kept, load_text
+    for n, block in ((1000, 2), (30, 1)):
+        path = tmp_path / f"t{n}.txt"
+        lines = [f"line {i}" for i in range(n)]
+        path.write_text("\n".join(lines) + "\n")
+        corpus, valid, carved = load_text(CorpusConfig(input=[str(path)]))
+        assert carved == block
+        want = [x for i, x in enumerate(lines) if (i // block) % 20 == 19]
+        assert valid == want and len(valid) == n // 20
+        if block == 2:  # consecutive pairs: lines 38, 39, then 78, 79
+            assert valid[:4] == ["line 38", "line 39", "line 78", "line 79"]
+        rest = list(kept(corpus, carved))
+        assert rest == [x for x in lines if x not in set(want)]
+        assert list(kept(lines, True)) == [x for i, x in enumerate(lines) if i % 20 != 19]
+
 # ---- routes and the scale options each one honours (issue 20 item 3) ----------------------------
 from lmkit.config import TrainConfig  # noqa: E402
 from lmkit.errors import OptionError  # noqa: E402

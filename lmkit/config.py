@@ -283,7 +283,7 @@ class NeuralConfig:
     learn_scale: bool = opt(True, "residual with hybrid residual: learn a scalar on the "
                             "explicit term")
     warmup: int | None = opt(None, "residual/transformer: warm-up steps of the learning rate "
-                             "(default: 5% of max_seconds or 100 steps, whichever ends first; "
+                             "(default: a twentieth of max_seconds or 100 steps, whichever ends first; "
                              "the rate then decays along a cosine to a tenth at the budget's end)",
                              min=1)
 

@@ -11,8 +11,9 @@ Each stage is a function of its own, callable alone; ``train`` only wires them:
    this process, in worker processes or on Dask (``encoded``: the lines as token-id chunks);
 4. ``solve.fit``: the closed form, then the group weights on held-out text;
 5. for ``solver`` gradient/warm: ``gradient.finetune`` trains the dense form by gradient descent;
-   for ``solver`` residual/transformer: ``lmkit.neural`` trains a small transformer (on top of
-   the explicit model, or from scratch) for a CPU-time budget.
+   for ``solver`` residual/transformer: ``lmkit.neural`` trains a small transformer for a
+   CPU-time budget (mixed linearly with the explicit model, ``hybrid mix``; on top of it,
+   ``hybrid residual``; or alone).
 
 ``route(cfg)`` names the build a configuration takes, one function each (``ROUTES``): ``rich``
 (the default feature-rich model, ``rich.py``), ``ngram-bounded`` / ``ngram-dask`` (a pure n-gram

@@ -18,7 +18,7 @@ residual). Output: the same model, its network set to the best weights on a vali
 - ``mix`` (an explicit ``LanguageModel``): the network is paired with that frozen model as a
   linear mixture; at every validation the mixture weight is fitted by EM on the valid sample
   (``interpolate.fit_weights``, the one ``lmkit interpolate`` uses) and the best-on-valid
-  *mixture* is kept (``neural.train_hybrid`` builds the ``MixtureModel``).
+  *mixture* is kept (``neural.train_mixed`` builds the ``MixtureModel``).
 - ``init="explicit"`` (networks without an explicit term): the output bias and embeddings from
   the training ids' unigram and bigram counts (``explicit_init.py``), its CPU s charged to the
   budget.

@@ -22,6 +22,8 @@ residual). Output: the same model, its network set to the best weights on a vali
 - ``init="explicit"`` (networks without an explicit term): the output bias and embeddings from
   the training ids' unigram and bigram counts (``explicit_init.py``), its CPU s charged to the
   budget.
+- ``compile=True`` (opt-in, Python only): the transformer blocks of the training steps run
+  through ``torch.compile`` (scoring stays eager); it needs a C compiler at run time.
 - Resumable: ``Trainer.checkpoint()`` / ``resume()`` (weights, optimiser, batch order, RNG).
 - No gain: a run whose best weights are its start says so (log and ``training["improved"]``).
 - Batches: ``batch_size`` windows (lines) of similar length, in a seeded random order, epoch
@@ -129,7 +131,7 @@ class Trainer:
                  batch_size: int = 64, lr: float | None = None, warmup: int | None = None,
                  weight_decay: float = 0.1, eval_every: float = 30.0, valid_tokens: int = 20000,
                  crossfit: int = 0, init: str = "random", crossfit_cache=None,
-                 horizon: tuple | None = None, mix=None, log=_log):
+                 horizon: tuple | None = None, mix=None, compile: bool = False, log=_log):
         train_lines, valid_lines = list(train_lines), list(valid_lines)
         if not train_lines or not valid_lines:
             raise InputError("training a neural model needs non-empty train and valid lines")
@@ -149,7 +151,7 @@ class Trainer:
                         "eval_every": eval_every, "crossfit": crossfit, "init": init,
                         "schedule": "anytime" if horizon is None else "budget",
                         "horizon_seconds": seconds, "horizon_steps": steps,
-                        "mix": mix is not None}
+                        "mix": mix is not None, "compile": bool(compile)}
         if crossfit == 1 or crossfit < 0:
             raise InputError(f"crossfit must be 0 (off) or >= 2 folds, got {crossfit}")
         self.rng = np.random.default_rng(seed)
@@ -187,6 +189,10 @@ class Trainer:
             f"prep {self.prep_seconds:.1f} CPU s")
         net = lm.net
         net.train()
+        # opt-in: the transformer blocks through torch.compile (inductor fuses the elementwise
+        # work; dynamic shapes, since every batch has its own length); needs a C compiler at
+        # run time, and its first steps (compiling) are charged to the budget
+        self.hidden = torch.compile(net.gpt.hidden, dynamic=True) if compile else None
         decay = [p for p in net.parameters() if p.dim() >= 2]
         no_decay = [p for p in net.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -251,7 +257,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = o["lr"] * factor
         c1 = clock()
-        loss = net.nll(b.x, b.sel, b.y, e)
+        loss = net.nll(b.x, b.sel, b.y, e, hidden=self.hidden)
         c2 = clock()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -215,6 +215,8 @@ def main(argv=None) -> int:
                     help="from this mark on, also score the network mixed linearly with the "
                          "explicit base (weight fitted on valid; not for the hybrid; every "
                          "mark for the mixed hybrid)")
+    ap.add_argument("--warmup", type=int, default=None, metavar="STEPS",
+                    help="warm-up steps (default: the trainer's, fit.lr_factor)")
     ap.add_argument("--schedule", choices=("budget", "anytime"), default="budget",
                     help="budget: warm-up and cosine decay to the largest of --budgets (the "
                          "smaller marks are checkpoints of that run, as lmkit train's); "
@@ -258,7 +260,7 @@ def main(argv=None) -> int:
     opts = {"seed": args.seed, "eval_every": args.eval_every, "valid_tokens": args.valid_tokens,
             "init": init, "crossfit": crossfit if args.run == "hybrid" else 0,
             "horizon": (max(args.budgets), None) if args.schedule == "budget" else None,
-            "mix": base if args.run == "mixed" else None}
+            "mix": base if args.run == "mixed" else None, "warmup": args.warmup}
     c0 = time.process_time()
     tr = Trainer(lm, train_lines, valid_lines, **opts, log=log,
                  crossfit_cache=Path(args.work) / f"folds{crossfit}")

@@ -417,3 +417,22 @@ def test_neural_options_off_their_solver_are_refused(tmp_path, tiny_corpus_file,
                  "--output", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc") and not __import__("shutil").which("gcc"),
+                    reason="torch.compile needs a C compiler at run time (none on PATH)")
+def test_compiled_training_steps_equal_eager_ones(tiny_tok, tiny_lines):
+    from lmkit.neural.fit import Trainer
+    opts = {"seed": 0, "batch_size": 16, "eval_every": 1e9, "valid_tokens": 200, "lr": 3e-3,
+            "warmup": 1, "log": lambda m: None}
+    runs = []
+    for compile in (False, True):
+        tr = Trainer(NeuralLM.create(tiny_tok, config=TINY, seed=0), tiny_lines[:200],
+                     tiny_lines[200:], compile=compile, **opts)
+        tr.advance(1e6, max_steps=3)
+        runs.append(tr)
+    assert runs[1].options["compile"] and runs[1].hidden is not None
+    for a, b in zip(runs[0].lm.net.parameters(), runs[1].lm.net.parameters()):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert [h["valid_ppl"] for h in runs[0].history] == pytest.approx(
+        [h["valid_ppl"] for h in runs[1].history], rel=1e-4)

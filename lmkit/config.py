@@ -283,9 +283,8 @@ class NeuralConfig:
     learn_scale: bool = opt(True, "residual with hybrid residual: learn a scalar on the "
                             "explicit term")
     warmup: int | None = opt(None, "residual/transformer: warm-up steps of the learning rate "
-                             "(default: a twentieth of max_seconds or 100 steps, whichever ends first; "
-                             "the rate then decays along a cosine to a tenth at the budget's end)",
-                             min=1)
+                             "(default 100); the rate then decays along a cosine to a tenth of "
+                             "its peak at the end of max_seconds", min=1)
 
     def __post_init__(self):
         check_fields(self)

@@ -293,12 +293,10 @@ def test_crossfit_fold_models_are_cached_and_checked(tiny_model, tiny_lines, tmp
 
 # ---- the budget schedule ---------------------------------------------------------------------
 def test_lr_factor_warms_up_then_decays_to_the_budget_end():
-    from lmkit.neural.fit import FINAL_FRACTION, WARMUP_FRACTION, lr_factor
+    from lmkit.neural.fit import FINAL_FRACTION, lr_factor
     assert lr_factor(10, 0.0, 100) == pytest.approx(0.1)  # 10 of 100 warm-up steps
-    # warm-up also ends after WARMUP_FRACTION of the budget (a short budget: few steps)
-    assert lr_factor(2, WARMUP_FRACTION, 100) == pytest.approx(
-        FINAL_FRACTION + (1 - FINAL_FRACTION) * 0.5 * (1 + math.cos(math.pi * WARMUP_FRACTION)))
-    assert lr_factor(2, WARMUP_FRACTION, 100, warmup_given=True) < 0.03  # --warmup N: steps only
+    # the warm-up stays in steps, the decay follows the budget
+    assert lr_factor(10, 0.5, 100) == pytest.approx(0.055)
     assert lr_factor(1000, 0.5, 100) == pytest.approx(0.55)
     assert lr_factor(5000, 1.0, 100) == pytest.approx(FINAL_FRACTION)
     assert lr_factor(5000, 1.7, 100) == pytest.approx(FINAL_FRACTION)  # past the end: the floor
@@ -313,7 +311,7 @@ def test_fit_decays_the_rate_over_the_budget_it_is_given(tiny_tok, tiny_lines):
     from lmkit.neural.fit import FINAL_FRACTION, Trainer
     lm = NeuralLM.create(tiny_tok, config=TINY, seed=0)
     tr = Trainer(lm, tiny_lines[:200], tiny_lines[200:], batch_size=16, eval_every=1e9,
-                 valid_tokens=200, lr=1e-2, horizon=(1e6, 10), log=lambda m: None)
+                 valid_tokens=200, lr=1e-2, warmup=1, horizon=(1e6, 10), log=lambda m: None)
     seen = []
     for _ in range(10):
         tr.advance(1e6, max_steps=tr.step + 1)

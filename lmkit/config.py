@@ -215,8 +215,9 @@ class GradientConfig:
     max_seconds: float | None = opt(None, "gradient: training time budget in seconds",
                                     min=0.0, min_open=True)
     lr: float | None = opt(None, "gradient: learning rate (default 0.003 for gradient, 0.0003 "
-                           "for warm); residual/transformer: peak AdamW rate (default: chosen "
-                           "for the solver and max_seconds)", min=0.0, min_open=True)
+                           "for warm); residual/transformer: peak AdamW rate (default 0.001, "
+                           "0.0003 for hybrid residual), decayed along a cosine to the end of "
+                           "max_seconds", min=0.0, min_open=True)
     batch_size: int = opt(1024, "gradient: minibatch size", min=1)
     optimizer: str = opt("adam", "gradient: lazy Adam or SGD with momentum 0.9",
                          choices=("adam", "sgd"))

@@ -203,19 +203,21 @@ class GradientConfig:
 
     solver: str = opt("explicit", "explicit: count and solve; gradient: gradient descent from "
                       "init; warm: gradient fine-tune from the explicit solution; residual: a "
-                      "small transformer trained on top of the frozen explicit model; "
-                      "transformer: the same network from scratch (residual/transformer need "
+                      "small transformer paired with the frozen explicit model (see hybrid); "
+                      "transformer: the same network on its own (residual/transformer need "
                       "the neural extra and max_seconds)", choices=SOLVERS)
     init: str | None = opt(None, "gradient init (default: zeros for gradient, explicit for warm); "
                            "transformer: random (default) or explicit (output bias from the "
-                           "unigram, embeddings from the bigram PMI of the training lines)",
+                           "unigram, embeddings from the bigram PMI of the training lines); "
+                           "residual with hybrid mix: explicit (default) or random",
                            choices=("zeros", "random", "explicit"))
     epochs: int = opt(10, "gradient: max passes over the data", min=1)
     max_seconds: float | None = opt(None, "gradient: training time budget in seconds",
                                     min=0.0, min_open=True)
     lr: float | None = opt(None, "gradient: learning rate (default 0.003 for gradient, 0.0003 "
-                           "for warm); residual/transformer: peak AdamW rate (default: chosen "
-                           "for the solver and max_seconds)", min=0.0, min_open=True)
+                           "for warm); residual/transformer: peak AdamW rate (default 0.001, "
+                           "0.0003 for hybrid residual), decayed along a cosine to the end of "
+                           "max_seconds", min=0.0, min_open=True)
     batch_size: int = opt(1024, "gradient: minibatch size", min=1)
     optimizer: str = opt("adam", "gradient: lazy Adam or SGD with momentum 0.9",
                          choices=("adam", "sgd"))
@@ -235,11 +237,8 @@ class GradientConfig:
         if self.solver in NEURAL_SOLVERS and self.max_seconds is None:
             raise OptionError(f"solver {self.solver} trains by a CPU-time budget; add max_seconds "
                               "(e.g. 300)")
-        if self.solver == "residual" and self.init is not None:
-            raise OptionError("init is for the gradient solvers and solver transformer, not "
-                              "solver residual (its network starts at exactly 0)")
-        if self.solver == "transformer" and self.init not in (None, "random", "explicit"):
-            raise OptionError(f"solver transformer starts from init random or explicit, got "
+        if self.solver in NEURAL_SOLVERS and self.init not in (None, "random", "explicit"):
+            raise OptionError(f"solver {self.solver} starts from init random or explicit, got "
                               f"init {self.init}")
         if self.solver == "warm" and self.init not in (None, "explicit"):
             raise OptionError(f"solver warm starts from the explicit solution, got init "
@@ -247,6 +246,7 @@ class GradientConfig:
 
     @property
     def effective_init(self) -> str | None:
+        """The network's or the weights' start; for solver residual see ``NeuralConfig``."""
         if self.solver == "transformer":
             return self.init or "random"
         if self.solver == "explicit" or self.solver in NEURAL_SOLVERS:
@@ -262,18 +262,30 @@ class GradientConfig:
         return self.lr or DEFAULT_LR[self.solver]
 
 
+#: how ``solver residual`` pairs the network with the explicit model (``NeuralConfig.hybrid``)
+HYBRIDS = ("mix", "residual")
+
+
 @dataclass(frozen=True)
 class NeuralConfig:
-    """``solver residual``: which explicit model the transformer is trained on top of."""
+    """``solver residual``: which explicit model the transformer is paired with, and how."""
 
     base: str | None = opt(None, "residual: the explicit model folder to build on (default: "
                            "train one with the model options first)", metavar="DIR")
-    crossfit: int = opt(4, "residual: the training lines' explicit term comes from k models "
-                        "that did not count them, each on (k-1)/k of the lines (0 = the base "
-                        "model itself, which has seen them and overfits)", min=0, max=16)
-    learn_scale: bool = opt(True, "residual: learn a scalar on the explicit term")
+    hybrid: str = opt("mix", "residual: mix: the network trained on its own (init explicit) "
+                      "and mixed linearly with the frozen explicit model, the weight fitted "
+                      "on valid at every checkpoint, the best mixture kept (a mixture folder); "
+                      "residual: the network trained on the explicit model's log-probabilities "
+                      "(log_softmax(a log P_explicit + f))", choices=HYBRIDS)
+    crossfit: int = opt(4, "residual with hybrid residual: the training lines' explicit term "
+                        "comes from k models that did not count them, each on (k-1)/k of the "
+                        "lines (0 = the base model itself, which has seen them and overfits)",
+                        min=0, max=16)
+    learn_scale: bool = opt(True, "residual with hybrid residual: learn a scalar on the "
+                            "explicit term")
     warmup: int | None = opt(None, "residual/transformer: warm-up steps of the learning rate "
-                             "(default: chosen for the solver and max_seconds)", min=1)
+                             "(default 100); the rate then decays along a cosine to a tenth of "
+                             "its peak at the end of max_seconds", min=1)
 
     def __post_init__(self):
         check_fields(self)
@@ -294,6 +306,9 @@ class TrainConfig:
     neural: NeuralConfig = field(default_factory=NeuralConfig)
 
     PARTS = ("corpus", "spm", "model", "scale", "gradient", "neural")
+
+    def __post_init__(self):
+        check_neural(self.gradient, self.neural)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "TrainConfig":
@@ -320,6 +335,35 @@ class TrainConfig:
             out.update(dataclasses.asdict(getattr(self, name)))
         out["tokenizer"] = self.tokenizer
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def check_neural(g: GradientConfig, n: NeuralConfig) -> None:
+    """Every neural option takes effect on the solver given or is refused (``OptionError``,
+    one line): ``base`` / ``hybrid`` need solver residual, ``crossfit`` / ``learn_scale``
+    hybrid residual, ``warmup`` a neural solver, ``init`` no hybrid residual (its network
+    starts at exactly 0)."""
+    d = NeuralConfig()
+    given = [k for k in ("base", "hybrid", "crossfit", "learn_scale", "warmup")
+             if getattr(n, k) != getattr(d, k)]
+    if g.solver not in NEURAL_SOLVERS:
+        if given:
+            raise OptionError(f"{given[0]} is for solver residual or transformer, not solver "
+                              f"{g.solver}; drop it")
+        return
+    if g.solver == "transformer":
+        wrong = [k for k in given if k != "warmup"]
+        if wrong:
+            raise OptionError(f"{wrong[0]} is for solver residual (a network paired with an "
+                              "explicit model), not solver transformer; drop it")
+        return
+    if n.hybrid == "mix":
+        wrong = [k for k in given if k in ("crossfit", "learn_scale")]
+        if wrong:
+            raise OptionError(f"{wrong[0]} is for hybrid residual (the network trained on the "
+                              "explicit model's log-probabilities); drop it, or add hybrid residual")
+    elif g.init is not None:
+        raise OptionError("init is for hybrid mix and solver transformer, not hybrid residual "
+                          "(its network starts at exactly 0); drop init or use hybrid mix")
 
 
 TRAIN_PARTS = (CorpusConfig, TokenizerConfig, ModelConfig, ScaleConfig, GradientConfig, NeuralConfig)

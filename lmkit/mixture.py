@@ -77,8 +77,10 @@ class MixtureModel(BaseModel):
                                              for lw, m in zip(logw, self.models)]), axis=0)
 
     def describe(self) -> str:
+        gain = ("; NO GAIN: the network did not improve on the explicit model on valid, its "
+                "weight is 0" if self.info.get("improved") is False else "")
         return (f"linear mixture of {len(self.models)} models, weights="
-                + ",".join(f"{x:.4g}" for x in self.weights) + "; "
+                + ",".join(f"{x:.4g}" for x in self.weights) + gain + "; "
                 + " | ".join(m.describe() for m in self.models))
 
     # ---- persistence -------------------------------------------------------------------------

@@ -11,8 +11,9 @@ Each stage is a function of its own, callable alone; ``train`` only wires them:
    this process, in worker processes or on Dask (``encoded``: the lines as token-id chunks);
 4. ``solve.fit``: the closed form, then the group weights on held-out text;
 5. for ``solver`` gradient/warm: ``gradient.finetune`` trains the dense form by gradient descent;
-   for ``solver`` residual/transformer: ``lmkit.neural`` trains a small transformer (on top of
-   the explicit model, or from scratch) for a CPU-time budget.
+   for ``solver`` residual/transformer: ``lmkit.neural`` trains a small transformer for a
+   CPU-time budget (mixed linearly with the explicit model, ``hybrid mix``; on top of it,
+   ``hybrid residual``; or alone).
 
 ``route(cfg)`` names the build a configuration takes, one function each (``ROUTES``): ``rich``
 (the default feature-rich model, ``rich.py``), ``ngram-bounded`` / ``ngram-dask`` (a pure n-gram
@@ -34,7 +35,7 @@ import time
 
 from . import corpus as corpus_mod
 from . import compact, rich
-from .config import NEURAL_SOLVERS, CorpusConfig, ScaleConfig, TrainConfig
+from .config import NEURAL_SOLVERS, CorpusConfig, NeuralConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
 from .distributed import count_corpus_dask
 from .errors import OptionError
@@ -370,9 +371,12 @@ def _stats(name, n_seq, n_tok, digest) -> dict:
 
 # ---- one function per route ------------------------------------------------------------------
 def _train_neural(cfg: TrainConfig, r: str = "neural"):
-    """``solver residual``: a small transformer on top of the frozen explicit model (the one at
-    ``neural.base``, or one trained first with the model options); ``solver transformer``: the
-    same network from scratch. Both train for ``max_seconds`` CPU seconds (``lmkit.neural``)."""
+    """``solver residual``: a small transformer paired with the frozen explicit model (the one at
+    ``neural.base``, or one trained first with the model options): ``hybrid mix`` (default)
+    trains it on its own and mixes it linearly with that model (a ``MixtureModel``),
+    ``hybrid residual`` trains it on the model's log-probabilities; ``solver transformer``: the
+    network alone. All train for ``max_seconds`` CPU seconds (``lmkit.neural``), with the
+    budget schedule (warm-up, cosine decay to the budget's end)."""
     from . import neural  # optional dependency: PyTorch (the neural extra)
     neural.require_torch()
     g, n = cfg.gradient, cfg.neural
@@ -390,6 +394,11 @@ def _train_neural(cfg: TrainConfig, r: str = "neural"):
     else:
         log("[1/2] explicit base model")
         base = _train(_base_config(cfg))
+    if n.hybrid == "mix":
+        init = g.init or "explicit"
+        log(f"[2/2] training a transformer ({init} init) for {g.max_seconds:g} CPU s, mixed "
+            "with the explicit model (weight fitted on valid at every checkpoint)")
+        return neural.train_mixed(base, lines, list(valid), init=init, **options)
     log(f"[2/2] training the residual transformer for {g.max_seconds:g} CPU s "
         f"(crossfit {n.crossfit})")
     return neural.train_residual(base, lines, list(valid), learn_scale=n.learn_scale,
@@ -398,8 +407,8 @@ def _train_neural(cfg: TrainConfig, r: str = "neural"):
 
 def _base_config(cfg: TrainConfig) -> TrainConfig:
     """The explicit model ``solver residual`` trains first (same model options, solved)."""
-    return dataclasses.replace(cfg, gradient=dataclasses.replace(
-        cfg.gradient, solver="explicit", max_seconds=None))
+    return dataclasses.replace(cfg, neural=NeuralConfig(), gradient=dataclasses.replace(
+        cfg.gradient, solver="explicit", max_seconds=None, init=None, lr=None))
 
 
 def _check_spill_dir(folder) -> None:

@@ -1,4 +1,9 @@
-"""Scratch transformer vs explicit-init transformer vs hybrid, side by side by CPU seconds.
+"""Scratch transformer vs explicit-init transformer vs hybrids, side by side by CPU seconds.
+
+Runs: ``scratch`` (random init), ``explicit-init``, ``hybrid`` (the residual hybrid, ``--solver
+residual --hybrid residual``) and ``mixed`` (the default hybrid, ``--solver residual``: the
+explicit-init network, its checkpoints chosen by the valid perplexity of its mixture with the
+base; each mark scores the network alone and the mixture, weight refitted on valid).
 
 One method per call (``--run``), so runs go one at a time on a shared machine; every call
 uses the same explicit base folder (``--base``: its tokenizer, and the frozen model of the
@@ -40,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNS = ("scratch", "explicit-init", "hybrid")
+RUNS = ("scratch", "explicit-init", "hybrid", "mixed")
 
 
 def log(msg: str) -> None:
@@ -99,6 +104,7 @@ def plot(results: dict, path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"scratch": ("o-", "black", "transformer, random init"),
+              "mixed": ("D-", "tab:green", "explicit-init network of the mixed hybrid"),
               "explicit-init": ("^-", "tab:orange", "transformer, explicit init"),
               "hybrid": ("s-", "tab:red", "hybrid on the default model")}
     for run, r in results["runs"].items():
@@ -178,10 +184,11 @@ def answer(results: dict) -> str:
            "(0.95×) |", "|---|---:|---:|"]
     for run, r in results["runs"].items():
         rows = r["rows"]
-        out.append(f"| {run} | {reached(rows, 'test_ppl', e)} | "
-                   f"{reached(rows, 'test_ppl', 0.95 * e)} |")
+        hybrid = run.startswith("mixed")  # its test_ppl is its network's, the mixture is it
+        out.append(f"| {run}{' (its network alone)' if hybrid else ''} | "
+                   f"{reached(rows, 'test_ppl', e)} | {reached(rows, 'test_ppl', 0.95 * e)} |")
         if any("mix_test_ppl" in x for x in rows):
-            out.append(f"| {run} mixed with the explicit model | "
+            out.append(f"| {run}{' (the hybrid)' if hybrid else ' mixed with the explicit model'} | "
                        f"{reached(rows, 'mix_test_ppl', e)} | "
                        f"{reached(rows, 'mix_test_ppl', 0.95 * e)} |")
     return "\n".join(out)
@@ -207,7 +214,14 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--mix-from", type=float, default=1200, metavar="CPU_S",
                     help="from this mark on, also score the network mixed linearly with the "
-                         "explicit base (weight fitted on valid; not for the hybrid)")
+                         "explicit base (weight fitted on valid; not for the hybrid; every "
+                         "mark for the mixed hybrid)")
+    ap.add_argument("--warmup", type=int, default=None, metavar="STEPS",
+                    help="warm-up steps (default: the trainer's, fit.lr_factor)")
+    ap.add_argument("--schedule", choices=("budget", "anytime"), default="budget",
+                    help="budget: warm-up and cosine decay to the largest of --budgets (the "
+                         "smaller marks are checkpoints of that run, as lmkit train's); "
+                         "anytime: the rsqrt schedule of the earlier sessions")
     args = ap.parse_args(argv)
     out = Path(args.json if args.table is None else args.table)
     if args.table:
@@ -241,11 +255,13 @@ def main(argv=None) -> int:
         write_json(out, results)
 
     crossfit = NeuralConfig().crossfit if args.crossfit is None else args.crossfit
-    init = "explicit" if args.run == "explicit-init" else "random"
+    init = "explicit" if args.run in ("explicit-init", "mixed") else "random"
     lm = NeuralLM.create(base.tokenizer, explicit=base if args.run == "hybrid" else None,
                          seed=args.seed, init=init)
     opts = {"seed": args.seed, "eval_every": args.eval_every, "valid_tokens": args.valid_tokens,
-            "init": init, "crossfit": crossfit if args.run == "hybrid" else 0}
+            "init": init, "crossfit": crossfit if args.run == "hybrid" else 0,
+            "horizon": (max(args.budgets), None) if args.schedule == "budget" else None,
+            "mix": base if args.run == "mixed" else None, "warmup": args.warmup}
     c0 = time.process_time()
     tr = Trainer(lm, train_lines, valid_lines, **opts, log=log,
                  crossfit_cache=Path(args.work) / f"folds{crossfit}")
@@ -274,9 +290,10 @@ def main(argv=None) -> int:
                "best_valid_ppl": tr.best["ppl"], "best_step": tr.best["step"],
                "best_at_cpu_seconds": round(tr.best["seconds"], 1),
                "scale": float(tr.best["state"]["scale"]),
+               "valid_mix_weight": tr.best.get("weight"),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                **tr.with_best(lambda m: test_scores(m, test_lines))}
-        if args.run != "hybrid" and budget >= args.mix_from:
+        if args.run == "mixed" or (args.run != "hybrid" and budget >= args.mix_from):
             row.update(tr.with_best(lambda m: mix_scores(m, base, valid_lines, test_lines)))
         results = read_json(out)  # another run may have written meanwhile
         results["runs"].setdefault(args.run, run)["rows"] = run["rows"] = sorted(
@@ -287,6 +304,9 @@ def main(argv=None) -> int:
     tr.finish(max_seconds=max(args.budgets))
     results = read_json(out)
     results["runs"][args.run]["history"] = tr.history
+    if args.run == "mixed":  # the hybrid's samples are the mixture's (lmkit train's folder)
+        from lmkit.interpolate import interpolate_linear
+        lm = interpolate_linear([base, lm], valid_lines)
     results["runs"][args.run]["samples"] = lm.sample(max_tokens=40, seed=args.seed,
                                                      num_samples=args.num_samples)
     write_json(out, results)

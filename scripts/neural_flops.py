@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lines", type=int, default=20000, help="training lines to draw from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compile", action="store_true", help="the trainer's opt-in torch.compile "
+                    "of the transformer blocks (compiled during the untimed --warmup-steps)")
     args = ap.parse_args(argv)
 
     from lmkit.corpus import load_corpus
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
     valid = list(load_corpus(split="valid"))[:200]
     lm = NeuralLM.create(tok, seed=args.seed)
     tr = Trainer(lm, lines, valid, seed=args.seed, batch_size=args.batch_size, eval_every=1e9,
-                 valid_tokens=500, log=lambda m: None)
+                 valid_tokens=500, compile=args.compile, log=lambda m: None)
     rng = np.random.default_rng(args.seed)
     cfg = lm.config
     parts = {k: 0.0 for k in ("data", "forward", "backward", "optimizer")}
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
             f"{f['total'] / 1e9:.2f} GFLOP in {dt:.3f} CPU s (plain matmuls {mm:.3f} CPU s)")
     trainer = tot["flops"] / tot["step"] / 1e9
     limit = tot["matmul_flops"] / tot["matmul"] / 1e9
-    result = {"threads": args.threads, "steps": args.steps, "batch_size": args.batch_size,
+    result = {"threads": args.threads, "steps": args.steps, "compile": args.compile, "batch_size": args.batch_size,
               "torch": torch.__version__, "step_cpu_seconds": round(tot["step"], 3),
               "cpu_seconds_per_step": round(tot["step"] / args.steps, 4),
               "matmul_cpu_seconds": round(tot["matmul"], 3),

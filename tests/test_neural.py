@@ -143,8 +143,8 @@ def test_cli_residual_trains_evaluates_and_generates(tmp_path, tiny_corpus_file,
     src = ["--input", str(tiny_corpus_file)]
     out = tmp_path / "hyb"
     assert main(["train", *src, "--tokenizer", str(tiny_tok_file), "--context", "2",
-                 "--solver", "residual", "--max-seconds", "2", "--crossfit", "0",
-                 "--output", str(out)]) == 0
+                 "--solver", "residual", "--hybrid", "residual", "--max-seconds", "2",
+                 "--crossfit", "0", "--output", str(out)]) == 0
     assert main(["eval", str(out), *src, "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["tokens"] > 0 and math.isfinite(r["perplexity"])
@@ -212,8 +212,12 @@ def test_init_option_is_one_definition_for_cli_and_api(tmp_path, tiny_corpus_fil
     assert GradientConfig(solver="transformer", max_seconds=1).effective_init == "random"
     with pytest.raises(OptionError, match="random or explicit"):
         GradientConfig(solver="transformer", max_seconds=1, init="zeros")
-    with pytest.raises(OptionError, match="not solver residual"):
-        GradientConfig(solver="residual", max_seconds=1, init="explicit")
+    from lmkit.config import TrainConfig
+    with pytest.raises(OptionError, match="not hybrid residual"):
+        TrainConfig.from_kwargs(solver="residual", max_seconds=1, init="explicit",
+                                hybrid="residual")
+    assert TrainConfig.from_kwargs(solver="residual", max_seconds=1, init="random").neural.hybrid \
+        == "mix"  # the mixed hybrid's network takes init
     src = ["--input", str(tiny_corpus_file), "--tokenizer", str(tiny_tok_file)]
     out = tmp_path / "t"
     assert main(["train", *src, "--solver", "transformer", "--init", "explicit",
@@ -221,8 +225,8 @@ def test_init_option_is_one_definition_for_cli_and_api(tmp_path, tiny_corpus_fil
     m = json.loads((out / "manifest.json").read_text())
     assert m["training"]["init"] == "explicit" and m["config"]["head_bias"] is True
     assert NeuralLM.load(out).config.head_bias
-    assert main(["train", *src, "--solver", "residual", "--init", "explicit", "--max-seconds",
-                 "3", "--output", str(tmp_path / "r")]) == 2
+    assert main(["train", *src, "--solver", "residual", "--hybrid", "residual", "--init",
+                 "explicit", "--max-seconds", "3", "--output", str(tmp_path / "r")]) == 2
     assert "residual (its network starts at exactly 0)" in capsys.readouterr().err
 
 
@@ -285,3 +289,148 @@ def test_crossfit_fold_models_are_cached_and_checked(tiny_model, tiny_lines, tmp
         assert np.array_equal(a.log_proba_ids(seq)[0], b.log_proba_ids(seq)[0])
     with pytest.raises(InputError, match="another base, corpus, k or seed"):
         fold_models(tiny_model, lines[:100], 2, cache=tmp_path / "folds")
+
+
+# ---- the budget schedule ---------------------------------------------------------------------
+def test_lr_factor_warms_up_then_decays_to_the_budget_end():
+    from lmkit.neural.fit import FINAL_FRACTION, lr_factor
+    assert lr_factor(10, 0.0, 100) == pytest.approx(0.1)  # 10 of 100 warm-up steps
+    # the warm-up stays in steps, the decay follows the budget
+    assert lr_factor(10, 0.5, 100) == pytest.approx(0.055)
+    assert lr_factor(1000, 0.5, 100) == pytest.approx(0.55)
+    assert lr_factor(5000, 1.0, 100) == pytest.approx(FINAL_FRACTION)
+    assert lr_factor(5000, 1.7, 100) == pytest.approx(FINAL_FRACTION)  # past the end: the floor
+    rates = [lr_factor(s, s / 1000, 100) for s in range(1, 1001)]
+    top = int(np.argmax(rates))
+    assert 0 < top < 100 and all(a >= b for a, b in zip(rates[top:], rates[top + 1:]))
+    # without a budget: the anytime schedule of the multi-mark benchmark runs
+    assert lr_factor(400, None, 100) == pytest.approx(0.5)
+
+
+def test_fit_decays_the_rate_over_the_budget_it_is_given(tiny_tok, tiny_lines):
+    from lmkit.neural.fit import FINAL_FRACTION, Trainer
+    lm = NeuralLM.create(tiny_tok, config=TINY, seed=0)
+    tr = Trainer(lm, tiny_lines[:200], tiny_lines[200:], batch_size=16, eval_every=1e9,
+                 valid_tokens=200, lr=1e-2, warmup=1, horizon=(1e6, 10), log=lambda m: None)
+    seen = []
+    for _ in range(10):
+        tr.advance(1e6, max_steps=tr.step + 1)
+        seen.append(tr.opt.param_groups[0]["lr"])
+    assert max(seen) == pytest.approx(1e-2, rel=0.05) and seen.index(max(seen)) <= 1
+    assert seen[-1] < 0.2e-2 and seen[-1] >= FINAL_FRACTION * 1e-2 * 0.999
+    assert tr.options["schedule"] == "budget"
+    with pytest.raises(InputError, match="schedule must be"):
+        train_transformer(tiny_tok, tiny_lines[:200], tiny_lines[200:], config=TINY,
+                          schedule="cosine", **FAST)
+
+
+# ---- the mixed hybrid (the default of --solver residual) -------------------------------------
+@pytest.fixture(scope="module")
+def weak_base(tmp_path_factory, tiny_lines, tiny_tok_file):
+    """An explicit model of *reversed* lines (same tokenizer): a poor model of the real lines,
+    so a network trained on them must earn a large mixture weight."""
+    from lmkit.train import train
+    p = tmp_path_factory.mktemp("weak") / "rev.txt"
+    p.write_text("\n".join(x[::-1] for x in tiny_lines) + "\n", encoding="utf-8")
+    return train(input=[str(p)], tokenizer=str(tiny_tok_file), context=1, lambda_tokens=2000,
+                 verbose=False)
+
+
+def test_mixed_hybrid_keeps_the_best_mixture_and_fits_its_weight(weak_base, tiny_lines):
+    from lmkit.interpolate import fit_weights
+    from lmkit.mixture import MixtureModel
+    from lmkit.neural import train_mixed
+    said = []
+    mix = train_mixed(weak_base, tiny_lines[:200], tiny_lines[200:], config=TINY, seed=0,
+                      **{**FAST, "max_steps": 20, "lr": 1e-2, "eval_every": 0.0,
+                         "log": said.append})
+    assert isinstance(mix, MixtureModel) and mix.models[0] is weak_base
+    net, t = mix.models[1], mix.models[1].training
+    assert mix.info["improved"] and t["improved"] and t["mix"]
+    assert t["best_valid_ppl"] < t["base_valid_ppl"] and 0 < t["mix_weight"] < 1
+    # the kept checkpoint is the one whose mixture was best on valid, not the last one
+    assert t["best_valid_ppl"] == min(h["valid_ppl"] for h in t["history"])
+    assert all(0 <= h["mix_weight"] <= 1 for h in t["history"])
+    # the final weights are EM's on all the valid lines: the same as `lmkit interpolate`'s
+    seqs = weak_base.encode_lines(tiny_lines[200:])
+    lps = np.stack([weak_base.log_proba_ids(seqs)[0], net.log_proba_ids(seqs)[0]])
+    assert np.allclose(mix.weights, fit_weights(lps)[0], atol=1e-9)
+    r = mix.score(tiny_lines[200:])
+    # EM's mixture fits valid no worse than either model alone
+    assert r["perplexity"] <= min(weak_base.score(tiny_lines[200:])["perplexity"],
+                                  net.score(tiny_lines[200:])["perplexity"]) * (1 + 1e-6)
+    assert any("best valid ppl mixed" in m for m in said)
+
+
+def test_mixed_hybrid_without_gain_says_so(weak_base, tiny_model, tiny_lines):
+    from lmkit.neural import train_mixed
+    said = []
+    mix = train_mixed(tiny_model, tiny_lines[:200], tiny_lines[200:], config=TINY, seed=0,
+                      **{**FAST, "max_steps": 3, "lr": 30.0, "warmup": 1,
+                         "log": said.append})  # a rate that can only spoil the network
+    assert mix.info["improved"] is False and mix.weights.tolist() == [1.0, 0.0]
+    assert any("NO GAIN" in m and "explicit model" in m for m in said)
+    assert "NO GAIN" in mix.describe()
+    seqs = tiny_model.encode_lines(tiny_lines[:20])
+    assert np.allclose(mix.log_proba_ids(seqs)[0], tiny_model.log_proba_ids(seqs)[0])
+
+
+def test_cli_residual_default_is_the_mixture_every_verb_reads(tmp_path, tiny_corpus_file,
+                                                             tiny_tok_file, capsys):
+    from lmkit.cli import main
+    src = ["--input", str(tiny_corpus_file)]
+    out = tmp_path / "mix"
+    assert main(["train", *src, "--tokenizer", str(tiny_tok_file), "--context", "2",
+                 "--solver", "residual", "--max-seconds", "2", "--output", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["kind"] == "mixture" and m["info"]["hybrid"] == "mix" and len(m["weights"]) == 2
+    assert is_neural_folder(out / "components" / "1")
+    assert json.loads((out / "components/1/manifest.json").read_text())["training"]["init"] \
+        == "explicit"
+    assert main(["eval", str(out), *src, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["tokens"] > 0 and math.isfinite(r["perplexity"])
+    assert main(["generate", str(out), "--max-tokens", "5", "--seed", "1"]) == 0
+    assert main(["next", str(out), "--context", "the"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--solver", "residual", "--max-seconds", "2", "--crossfit", "2"],
+     "--crossfit is for --hybrid residual"),
+    (["--solver", "residual", "--max-seconds", "2", "--no-learn-scale"],
+     "--learn-scale is for --hybrid residual"),
+    (["--solver", "residual", "--hybrid", "residual", "--init", "random", "--max-seconds", "2"],
+     "--init is for --hybrid mix"),
+    (["--solver", "transformer", "--max-seconds", "2", "--base", "m"],
+     "--base is for --solver residual"),
+    (["--solver", "transformer", "--max-seconds", "2", "--hybrid", "residual"],
+     "--hybrid is for --solver residual"),
+    (["--warmup", "5"], "--warmup is for --solver residual or transformer"),
+])
+def test_neural_options_off_their_solver_are_refused(tmp_path, tiny_corpus_file, capsys, args,
+                                                     says):
+    from lmkit.cli import main
+    assert main(["train", "--input", str(tiny_corpus_file), *args,
+                 "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc") and not __import__("shutil").which("gcc"),
+                    reason="torch.compile needs a C compiler at run time (none on PATH)")
+def test_compiled_training_steps_equal_eager_ones(tiny_tok, tiny_lines):
+    from lmkit.neural.fit import Trainer
+    opts = {"seed": 0, "batch_size": 16, "eval_every": 1e9, "valid_tokens": 200, "lr": 3e-3,
+            "warmup": 1, "log": lambda m: None}
+    runs = []
+    for compile in (False, True):
+        tr = Trainer(NeuralLM.create(tiny_tok, config=TINY, seed=0), tiny_lines[:200],
+                     tiny_lines[200:], compile=compile, **opts)
+        tr.advance(1e6, max_steps=3)
+        runs.append(tr)
+    assert runs[1].options["compile"] and runs[1].hidden is not None
+    for a, b in zip(runs[0].lm.net.parameters(), runs[1].lm.net.parameters()):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert [h["valid_ppl"] for h in runs[0].history] == pytest.approx(
+        [h["valid_ppl"] for h in runs[1].history], rel=1e-4)

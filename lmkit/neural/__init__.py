@@ -8,7 +8,8 @@
 - ``fit``: backpropagation under a CPU-time budget, best-on-valid weights;
 - ``crossfit``: the training lines' explicit term from models that did not count them.
 
-Entry points for the CLI: ``train_transformer``, ``train_residual``, ``load`` (these raise
+Entry points for the CLI: ``train_transformer``, ``train_residual``, ``train_mixed`` (the
+network mixed linearly with the explicit model, ``mixture.MixtureModel``), ``load`` (these raise
 ``MissingDependencyError`` without torch) and ``is_neural_folder`` (works without torch).
 """
 from __future__ import annotations
@@ -62,6 +63,40 @@ def train_residual(base_model, train_lines, valid_lines, *, max_seconds: float, 
     return fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, **fit_options)
 
 
+def train_mixed(base_model, train_lines, valid_lines, *, max_seconds: float, seed: int = 0,
+                config=None, init: str = "explicit", **fit_options):
+    """The mixed hybrid (``lmkit train --solver residual``, ``hybrid mix``): a transformer
+    trained on its own (from ``init``, default explicit) next to the frozen ``base_model``; at
+    every validation the mixture weight is fitted by EM on the valid sample and the best-on-valid
+    mixture kept. Returns a ``MixtureModel`` (base, network) whose weights are refitted by EM on
+    all of ``valid_lines`` (``interpolate.interpolate_linear``, what ``lmkit interpolate``
+    does); when no mixture beat the base on valid, the network's weight is 0 and the
+    mixture's ``info["improved"]`` is false (the log says NO GAIN)."""
+    require_torch()
+    from ..interpolate import interpolate_linear
+    from ..mixture import MixtureModel
+    from ..progress import log as _log
+    from .fit import fit
+    from .lm import NeuralLM
+    valid_lines = list(valid_lines)
+    log = fit_options.get("log") or _log
+    lm = NeuralLM.create(base_model.tokenizer, config=config, seed=seed, init=init)
+    lm = fit(lm, train_lines, valid_lines, max_seconds=max_seconds, seed=seed, init=init,
+             mix=base_model, **fit_options)
+    t = lm.training
+    info = {"hybrid": "mix", "improved": t["improved"], "network_cpu_seconds": t["cpu_seconds"],
+            "best_valid_ppl_sample": t["best_valid_ppl"],
+            "base_valid_ppl_sample": t["base_valid_ppl"]}
+    if not t["improved"]:
+        return MixtureModel([base_model, lm], [1.0, 0.0],
+                            {**info, "weights_rule": "no gain on valid: the explicit model alone"})
+    mix = interpolate_linear([base_model, lm], valid_lines)
+    log(f"neural: mixture weights refitted by EM on all {len(valid_lines)} valid lines: "
+        f"network {mix.weights[1]:.3f}, valid ppl {mix.info['heldout_perplexity']:.2f}")
+    mix.info.update(info)
+    return mix
+
+
 def load(path):
     """Load a folder written by ``NeuralLM.save``."""
     require_torch()
@@ -70,4 +105,4 @@ def load(path):
 
 
 __all__ = ["GPT", "GPTConfig", "NeuralLM", "fit", "is_neural_folder", "load", "require_torch",
-           "train_residual", "train_transformer"]
+           "train_mixed", "train_residual", "train_transformer"]

@@ -66,9 +66,10 @@ class Network(nn.Module):
         return torch.log_softmax(logits, dim=-1)
 
     def nll(self, x: torch.Tensor, sel: torch.Tensor, y: torch.Tensor,
-            explicit: torch.Tensor | None) -> torch.Tensor:
-        """Mean negative log-likelihood (nats) of the targets ``y`` (N,) at positions ``sel``."""
-        h = self.gpt.hidden(x)
+            explicit: torch.Tensor | None, hidden=None) -> torch.Tensor:
+        """Mean negative log-likelihood (nats) of the targets ``y`` (N,) at positions ``sel``;
+        ``hidden``: another implementation of ``gpt.hidden`` (the trainer's compiled one)."""
+        h = (hidden or self.gpt.hidden)(x)
         logits = self.gpt.head(h.reshape(-1, h.shape[-1])[sel])
         if explicit is not None:
             logits = logits + self.scale * explicit

@@ -243,6 +243,18 @@ class GradientConfig:
         if self.solver == "warm" and self.init not in (None, "explicit"):
             raise OptionError(f"solver warm starts from the explicit solution, got init "
                               f"{self.init}; use solver gradient for zeros/random init")
+        unused = [k for k in self.unused_fields() if getattr(self, k) != _DEFAULT_GRADIENT[k]]
+        if unused:
+            fix = "drop it, or pass solver gradient" if self.solver == "explicit" else "drop it"
+            raise OptionError(f"{unused[0]} is for solver gradient or warm"
+                              f"{'' if unused[0] in GRADIENT_ONLY else ' (and the neural solvers)'}"
+                              f", not solver {self.solver}; {fix}")
+
+    def unused_fields(self) -> tuple:
+        """The fields the chosen solver never reads (given one, a run refuses it, one line)."""
+        if self.solver == "explicit":
+            return GRADIENT_ONLY + ("max_seconds", "lr")
+        return GRADIENT_ONLY if self.solver in NEURAL_SOLVERS else ()
 
     @property
     def effective_init(self) -> str | None:
@@ -260,6 +272,12 @@ class GradientConfig:
         if self.solver == "explicit":
             return None
         return self.lr or DEFAULT_LR[self.solver]
+
+
+#: GradientConfig fields only the dense gradient solvers (gradient, warm) read
+GRADIENT_ONLY = ("epochs", "batch_size", "optimizer", "patience", "l2", "lr_decay", "eval_every",
+                 "valid_tokens", "random_scale")
+_DEFAULT_GRADIENT = {f.name: f.default for f in dataclasses.fields(GradientConfig)}
 
 
 #: how ``solver residual`` pairs the network with the explicit model (``NeuralConfig.hybrid``)

@@ -23,10 +23,39 @@ from lmkit.errors import InputError, OptionError
     (dict(corpus="shakespeare", input=["a.txt"]), r"corpus and input are exclusive"),
     (dict(solver="warm", init="zeros"), r"solver warm starts from the explicit solution"),
     (dict(discount=[0.0]), r"discount must be > 0.0, got 0.0"),
+    # gradient options the chosen solver never reads are refused, not ignored
+    (dict(lr=0.1), r"lr is for solver gradient or warm \(and the neural solvers\), not solver "
+                   r"explicit; drop it, or pass solver gradient"),
+    (dict(max_seconds=5), r"max_seconds is for solver gradient or warm .* not solver explicit"),
+    (dict(epochs=3), r"epochs is for solver gradient or warm, not solver explicit"),
+    (dict(solver="transformer", max_seconds=5, batch_size=8),
+     r"batch_size is for solver gradient or warm, not solver transformer; drop it"),
+    (dict(solver="residual", max_seconds=5, valid_tokens=100),
+     r"valid_tokens is for solver gradient or warm, not solver residual"),
 ])
 def test_train_options_fail_fast_naming_the_parameter(kw, match):
     with pytest.raises(InputError, match=match):
         C.TrainConfig.from_kwargs(**kw)
+
+
+def test_every_gradient_option_is_read_by_the_solver_it_is_given_to():
+    """Each solver accepts exactly the gradient fields it reads: the defaults of the others are
+    accepted (nothing given), and the fields it reads take a non-default value."""
+    read = {"gradient": C.GRADIENT_ONLY + ("max_seconds", "lr"), "warm": C.GRADIENT_ONLY +
+            ("max_seconds", "lr"), "transformer": ("max_seconds", "lr"),
+            "residual": ("max_seconds", "lr"), "explicit": ()}
+    other = {"epochs": 3, "batch_size": 8, "optimizer": "sgd", "patience": 5, "l2": 0.1,
+             "lr_decay": 0.5, "eval_every": 7, "valid_tokens": 99, "random_scale": 0.5,
+             "max_seconds": 5.0, "lr": 0.01}
+    for solver, fields in read.items():
+        need = {"max_seconds": 5.0} if solver in C.NEURAL_SOLVERS else {}
+        for k, v in other.items():
+            kw = {"solver": solver, **need, k: v}
+            if k in fields:
+                C.GradientConfig(**kw)
+            else:
+                with pytest.raises(InputError, match=rf"{k} is for solver gradient or warm"):
+                    C.GradientConfig(**kw)
 
 
 def test_option_errors_are_value_and_type_errors():
@@ -142,7 +171,8 @@ def test_a_trained_tokenizer_and_tokenizer_options_clash():
 
 
 def test_flat_config_round_trips():
-    cfg = C.TrainConfig.from_kwargs(context=2, order=4, prune=[0, 1], lr=1e-3, input="a.txt")
+    cfg = C.TrainConfig.from_kwargs(context=2, order=4, prune=[0, 1], solver="gradient", lr=1e-3,
+                                    input="a.txt")
     flat = cfg.flat()
     assert flat["input"] == ["a.txt"] and flat["prune"] == [0, 1]
     assert C.TrainConfig.from_kwargs(**flat) == cfg

@@ -59,7 +59,7 @@ from .kinds import closed_form, group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
 from .parallel import ordered_map
 from .ngram.build import edges_from_histogram, n_buckets_for, solve_bucket_files
-from .ngram.disk import partition_positions, previous_token_histogram
+from .ngram.disk import chunk_for, partition_positions, previous_token_histogram
 from .ngram.mkn import solve_ngram
 from .params import SparseParams
 from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
@@ -260,6 +260,16 @@ def _chain_task(job: _Job, spec, discount):
             sol.n_positions)
 
 
+def chain_buckets(n_positions: int, workers: int = 1, max_memory=None) -> int:
+    """Buckets of the suffix chain (fewer when a token outweighs a bucket's share): at most
+    ``counts.PART_POSITIONS`` positions each (the size of a counting part: smaller buckets
+    cost no more CPU, ``scripts/bench_chain.py``), one per process at least, and under
+    ``max_memory`` (bytes) small enough that ``workers`` buckets at once take about half of it
+    (``ngram.build.n_buckets_for``). Example: 10M positions, 1 worker, no limit -> 3."""
+    return max(-(-n_positions // PART_POSITIONS), workers,
+               n_buckets_for(n_positions * max(1, workers), max_memory))
+
+
 class _ChainWindows:
     """The window files of a chain task, per bucket (``sources``), made ready in ``tmp``; or,
     with a spill folder, in its ``chain-windows`` folder: the first pass writes the training
@@ -268,7 +278,7 @@ class _ChainWindows:
 
     def __init__(self, job: _Job, order: int, tmp: Path):
         texts = [t for t in (job.train, job.held) if t is not None]
-        V = texts[0].V
+        V, chunk = texts[0].V, chunk_for(job.max_memory)  # positions per read
         spilled = job.spill is not None
         folder = job.spill.folder / "chain-windows" if spilled else tmp
         self.keep = spilled and job.held is None
@@ -279,16 +289,15 @@ class _ChainWindows:
         else:
             folder.mkdir(exist_ok=True)
             n_pos = sum(len(t.pos) for t in texts)
-            n_buckets = n_buckets_for(n_pos * max(1, job.workers), job.max_memory)
             hist = 0
             for t in texts:
-                hist = hist + previous_token_histogram(t.buf, t.pos, V)
+                hist = hist + previous_token_histogram(t.buf, t.pos, V, chunk)
                 t.release()
-            edges = edges_from_histogram(hist, max(n_buckets, job.workers))
+            edges = edges_from_histogram(hist, chain_buckets(n_pos, job.workers, job.max_memory))
             n_seq, n_pos = 0, 0
         paths = [folder / f"windows{b:05d}.bin" for b in range(len(edges) - 1)]
         for t in texts:
-            partition_positions(t.buf, t.pos, t.starts, order, edges, paths, V)
+            partition_positions(t.buf, t.pos, t.starts, order, edges, paths, V, chunk)
             t.release()
             n_seq, n_pos = n_seq + t.n_seq, n_pos + len(t.pos)
         if self.keep:

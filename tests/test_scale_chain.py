@@ -182,3 +182,12 @@ def test_failure_in_a_chain_bucket_leaves_nothing(tmp_path, monkeypatch):
         with pytest.raises(RuntimeError, match="disk full"):
             _build(corpus(40, 3), **scale)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_chain_buckets_follow_parts_workers_and_the_limit():
+    from lmkit.counts import PART_POSITIONS
+    from lmkit.rich_build import chain_buckets
+    assert chain_buckets(10 ** 7) == 3 == -(-10 ** 7 // PART_POSITIONS)
+    assert chain_buckets(1000) == 1 and chain_buckets(1000, workers=4) == 4
+    assert chain_buckets(10 ** 6, max_memory=10 ** 8) == 4  # 200 bytes a position, half each
+    assert chain_buckets(10 ** 6, workers=2, max_memory=10 ** 8) == 8  # two buckets at once

@@ -20,14 +20,18 @@ model (``S`` of every group), one group's counts and the token buffer, instead o
 group's counts plus the model.
 
 Counting itself is bounded too: each group's positions are sorted a few million at a time,
-in parts that own whole rows (``counts.count_in_parts``).
+in parts that own whole rows (``counts.count_in_parts``); the suffix chain is counted and
+solved by the plain n-gram build's pipeline (``_chain_task``: windows partitioned by previous
+token, each token range counted and solved on its own, ``ngram.build.solve_bucket_files``),
+in buckets of at most ``counts.PART_POSITIONS`` positions, smaller under ``max_memory``.
 
 Scale (same model, value for value, tested): each pass is one chain task (the suffix chain
 counted and solved by MKN, giving ``q``) and one task per other group (``_group_task``: count,
 closed form, entry buckets; the group travels as ``kinds.group_spec`` and is rebuilt through
 the kinds registry, so every kind works there). ``workers`` > 1 runs the group tasks in that
-many processes (``parallel.ordered_map``: fork, so the token buffer is shared, results in
-order, every worker stopped on an error, a death, Ctrl-C or SIGTERM); ``engine="dask"`` runs
+many processes, and the chain's buckets too (``parallel.ordered_map``: fork, so the token
+buffer is shared, results in order, every worker stopped on an error, a death, Ctrl-C or
+SIGTERM); ``engine="dask"`` runs
 the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; the
 second pass counts the training text again there instead of reading spilled counts, since
 Dask workers need not share a disk). ``max_memory`` writes the token buffers to ``.npy`` and

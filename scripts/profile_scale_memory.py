@@ -5,7 +5,7 @@ the resident set size (``/proc/self/statm``) and the innermost ``lmkit`` frames 
 thread. Prints, per function (innermost lmkit frame + its caller), the peak RSS seen while it
 ran, the peak anonymous RSS (resident less file-backed pages: what memory-mapped arrays, whose
 pages the kernel may drop and read back, do not count in) and the seconds sampled in it,
-sorted by peak RSS; then the overall peaks of both.
+sorted by peak RSS, then the top by anonymous RSS; then the overall peaks of both.
 
     python scripts/profile_scale_memory.py [--every 0.2] -- --input train.txt --output m ...
 """
@@ -69,6 +69,9 @@ def main() -> int:
     print(f"# peak RSS (and anonymous RSS) by code (sampled every {a.every}s; "
           f"{len(timeline)} samples)")
     for w, (peak, peak_anon, secs) in sorted(stats.items(), key=lambda x: -x[1][0])[:25]:
+        print(f"{peak / 2**20:9.0f} MiB ({peak_anon / 2**20:6.0f} anon) {secs:7.1f}s  {w}")
+    print("# peak anonymous RSS by code (top 12)")
+    for w, (peak, peak_anon, secs) in sorted(stats.items(), key=lambda x: -x[1][1])[:12]:
         print(f"{peak / 2**20:9.0f} MiB ({peak_anon / 2**20:6.0f} anon) {secs:7.1f}s  {w}")
     best = max(timeline, key=lambda x: x[1]) if timeline else None
     if best:

@@ -61,9 +61,7 @@ import scipy.sparse as sp
 from .counts import Counts
 from .errors import InputError, OptionError
 from .features import Window
-from .heldout_nll import (HeldoutNLL, HeldoutPlan, PieceTerms, _set_plan, _worker_terms,
-                          search_bounds, share_pieces)
-from .parallel import WorkerGroup
+from .heldout_nll import HeldoutNLL, HeldoutPlan, piece_terms, search_bounds
 from .params import SparseParams
 from .sparse import lookup_rows, lookup_values
 
@@ -223,8 +221,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     at 1). Returns the lambdas and the trace ``[(lambdas, nll)]``.
 
     Steps: ``_start_weights``, ``_position_buckets``, ``heldout_nll.HeldoutPlan`` (how the
-    positions are cut), ``heldout_nll.HeldoutNLL`` (the objective, summed over the pieces),
-    ``_projected_newton`` (the loop).
+    positions are cut), ``heldout_nll.piece_terms`` (who computes the pieces' terms),
+    ``heldout_nll.HeldoutNLL`` (the objective, summed over the pieces), ``_projected_newton``
+    (the loop).
 
     Cost: the held-out positions are processed in chunks of ``chunk`` (interleaved: chunk i
     holds positions i, i + n_chunks, ...); for each, the touched entries are laid out once as a
@@ -271,20 +270,9 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     base = float(-np.log(params.q[targets]).mean())
     sampled = bool(hessian_every > 1 or hessian_tokens)
 
-    def run(terms):
-        return _projected_newton(HeldoutNLL(terms, base, N, G * B), lam, movable, max_iter,
-                                 tol, sampled, lambda x: squeeze(x).tolist())
-    if workers == 1:
-        lam, trace = run(PieceTerms(plan, range(len(plan.pieces)), cache_bytes))
-    else:
-        owners = share_pieces(plan, workers)
-        with WorkerGroup(_worker_terms, workers, init=_set_plan,
-                         init_args=(plan, owners, cache_bytes),
-                         what="a weight-search worker") as group:
-            def terms(x, derivatives, exact):
-                asks = [(k, x, derivatives, exact) for k in range(workers)]
-                return [t for answer in group.ask(asks) for t in answer]
-            lam, trace = run(terms)
+    with piece_terms(plan, workers, cache_bytes) as terms:  # worker processes end here
+        lam, trace = _projected_newton(HeldoutNLL(terms, base, N, G * B), lam, movable,
+                                       max_iter, tol, sampled, lambda x: squeeze(x).tolist())
     return squeeze(lam), trace
 
 

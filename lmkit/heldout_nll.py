@@ -19,6 +19,7 @@ adds them in piece order: the same numbers as one process.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 
 from .errors import MemoryLimitError
 from .memory import format_bytes
+from .parallel import WorkerGroup
 from .params import SparseParams
 
 # Bytes per touched entry (one stored value of a held-out row), measured with tracemalloc on
@@ -291,6 +293,26 @@ def _worker_terms(item):
 def _set_plan(plan, owners, cache_bytes) -> None:  # a worker's initializer
     _WORKER.clear()
     _WORKER["plan"] = (plan, owners, cache_bytes)
+
+
+@contextmanager
+def piece_terms(plan: HeldoutPlan, workers: int = 1, cache_bytes: int | None = None):
+    """The terms of every piece of ``plan``, as a callable ``(lam, derivatives, exact) ->
+    [(k, out, h)]`` (``HeldoutNLL``'s ``terms``): a ``PieceTerms`` in this process, or with
+    ``workers`` > 1 that many processes (``parallel.WorkerGroup``, stopped when the block
+    ends, also on any error), each building and keeping its share of the pieces
+    (``share_pieces``). ``cache_bytes``: what each process may keep (None: everything)."""
+    if workers <= 1:
+        yield PieceTerms(plan, range(len(plan.pieces)), cache_bytes)
+        return
+    owners = share_pieces(plan, workers)
+    with WorkerGroup(_worker_terms, workers, init=_set_plan,
+                     init_args=(plan, owners, cache_bytes),
+                     what="a weight-search worker") as group:
+        def terms(lam, derivatives, exact):
+            answers = group.ask([(k, lam, derivatives, exact) for k in range(workers)])
+            return [t for answer in answers for t in answer]
+        yield terms
 
 
 def share_pieces(plan: HeldoutPlan, workers: int) -> list:

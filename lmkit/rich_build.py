@@ -72,7 +72,6 @@ from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DE
                    cluster_groups, line_groups, make_clusters)
 from .clusters import bigram_embedding
 from .scoring import context_rows
-from .solve import fit_heldout
 from .sparse import lookup_values
 
 BYTES_PER_VALUE = 8 + 4 + 1  # a stored weight: float64 value, int32 column, int8 entry bucket
@@ -581,9 +580,9 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     del S
     rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
                                     eos_id)
-    # the same held-out positions as the in-memory build (so the same weights), whatever
-    # max_memory: the search is bounded by summing its terms over pieces, not by thinning
-    rows, targets = fit_heldout(params, rows, targets, None, log)
+    # every held-out position, whatever max_memory and whatever memory is free (thinning them,
+    # solve.fit_heldout, would change the model): under max_memory the search is bounded by
+    # summing its terms over pieces instead
     search_bytes = _search_bytes(first, rows, max_memory, log)
     init = np.repeat(params.info["lambda_init"], B)
     # engine local: the search's pieces in the worker processes too (on Dask: here)

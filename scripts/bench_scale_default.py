@@ -80,7 +80,10 @@ def run_tree(cmd: list, stdin=None, stdout=None, env=None, every: float = 0.1) -
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as fin, \
             open(stdout, "wb") if stdout else tempfile.TemporaryFile() as fout, \
             tempfile.TemporaryFile() as ferr:
-        p = subprocess.Popen([str(c) for c in cmd], stdin=fin, stdout=fout, stderr=ferr, env=env)
+        # a neutral working folder: `python -m lmkit.cli` puts its working folder first on
+        # sys.path, so run from a checkout it would import that checkout, not PYTHONPATH's
+        p = subprocess.Popen([str(c) for c in cmd], stdin=fin, stdout=fout, stderr=ferr, env=env,
+                             cwd=tempfile.gettempdir())
         peak, stop = [0, 0], threading.Event()
 
         def sample():
@@ -181,6 +184,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if bool(a.input) != bool(a.test):
         ap.error("--input and --test go together")
+    for k in ("input", "test", "tokenizer", "kenlm_bin", "workdir", "compare_tree"):
+        if getattr(a, k):  # the builds run in another folder (run_tree)
+            setattr(a, k, str(Path(getattr(a, k)).resolve()))
     py = [sys.executable, "-m", "lmkit.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-scale-default-"))

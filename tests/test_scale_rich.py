@@ -263,6 +263,16 @@ def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_pat
     _same_build(one, got2, tol=1e-9)
 
 
+def test_the_model_does_not_depend_on_the_free_memory(monkeypatch):
+    """The weight search uses every held-out position whatever memory is free: with almost
+    none (``solve.fit_heldout`` would have kept every 100th position or so) the model is the
+    same, value for value."""
+    from lmkit import solve
+    one = _build(corpus(40, 3))
+    monkeypatch.setattr(solve, "default_limit", lambda: 1000)  # what fit_heldout thinned by
+    _same_build(one, _build(corpus(40, 3)))
+
+
 def test_max_memory_too_small_is_refused_before_counting():
     from lmkit.errors import MemoryLimitError
     with pytest.raises(MemoryLimitError, match=r"buffer of ids and counting\) needs .* raise max_memory"):
@@ -374,7 +384,7 @@ def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_fil
     import multiprocessing as mp
     import tempfile
     from cli_helpers import one_error_line, run_cli
-    from lmkit import explicit, rich_build
+    from lmkit import heldout_nll, rich_build
     global _REAL_GROUP_TASK
     _REAL_GROUP_TASK = rich_build._group_task
     from lmkit.ngram import build as ngram_build
@@ -383,7 +393,7 @@ def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_fil
     elif stage == "chain":
         monkeypatch.setattr(ngram_build, "_count_bucket", _die_in_chain)
     else:
-        monkeypatch.setattr(explicit, "_worker_terms", _die_in_search)
+        monkeypatch.setattr(heldout_nll, "_worker_terms", _die_in_search)
     spill = tmp_path / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
@@ -397,7 +407,7 @@ def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_fil
 
 SIGNAL_SCRIPT = """
 import os, sys, time
-from lmkit import explicit, rich_build
+from lmkit import heldout_nll, rich_build
 def slow(real):
     def run(*a):
         open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
@@ -410,7 +420,7 @@ elif sys.argv[2] == "chain":
     from lmkit.ngram import build
     build._count_bucket = slow(build._count_bucket)
 else:
-    explicit._worker_terms = slow(explicit._worker_terms)
+    heldout_nll._worker_terms = slow(heldout_nll._worker_terms)
 from lmkit.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -20,14 +20,18 @@ model (``S`` of every group), one group's counts and the token buffer, instead o
 group's counts plus the model.
 
 Counting itself is bounded too: each group's positions are sorted a few million at a time,
-in parts that own whole rows (``counts.count_in_parts``).
+in parts that own whole rows (``counts.count_in_parts``); the suffix chain is counted and
+solved by the plain n-gram build's pipeline (``_chain_task``: windows partitioned by previous
+token, each token range counted and solved on its own, ``ngram.build.solve_bucket_files``),
+in buckets of at most ``counts.PART_POSITIONS`` positions, smaller under ``max_memory``.
 
 Scale (same model, value for value, tested): each pass is one chain task (the suffix chain
 counted and solved by MKN, giving ``q``) and one task per other group (``_group_task``: count,
 closed form, entry buckets; the group travels as ``kinds.group_spec`` and is rebuilt through
 the kinds registry, so every kind works there). ``workers`` > 1 runs the group tasks in that
-many processes (``parallel.ordered_map``: fork, so the token buffer is shared, results in
-order, every worker stopped on an error, a death, Ctrl-C or SIGTERM); ``engine="dask"`` runs
+many processes, and the chain's buckets too (``parallel.ordered_map``: fork, so the token
+buffer is shared, results in order, every worker stopped on an error, a death, Ctrl-C or
+SIGTERM); ``engine="dask"`` runs
 the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; the
 second pass counts the training text again there instead of reading spilled counts, since
 Dask workers need not share a disk). ``max_memory`` writes the token buffers to ``.npy`` and
@@ -58,6 +62,8 @@ from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
 from .kinds import closed_form, group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
 from .parallel import ordered_map
+from .ngram.build import edges_from_histogram, n_buckets_for, solve_bucket_files
+from .ngram.disk import chunk_for, partition_positions, previous_token_histogram
 from .ngram.mkn import solve_ngram
 from .params import SparseParams
 from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DEFAULT_FIRST_WINDOW,
@@ -157,16 +163,14 @@ class _Spill:
         return Counts(vocab_size, list(groups), F, keys, read("target"), n_seq, n_tok)
 
 
-def _buckets(F: sp.csr_matrix, S: sp.csr_matrix, edges) -> np.ndarray:
-    """int8 entry-count bucket of every stored value of ``S`` (same rows as ``F``): its count
-    ``F[i, j]``, read in place when ``S`` keeps the pattern of ``F`` (every closed form here)."""
+def _entry_counts(F: sp.csr_matrix, S: sp.csr_matrix) -> np.ndarray:
+    """The count ``F[i, j]`` of every stored value of ``S`` (same rows as ``F``), read in
+    place when ``S`` keeps the pattern of ``F`` (every closed form here)."""
     F = F.tocsr()
     F.sort_indices()
     if np.array_equal(F.indptr, S.indptr) and np.array_equal(F.indices, S.indices):
-        c = F.data
-    else:
-        c = lookup_values(F, np.repeat(np.arange(S.shape[0]), np.diff(S.indptr)), S.indices)
-    return count_buckets(c, edges).astype(np.int8)
+        return F.data
+    return lookup_values(F, np.repeat(np.arange(S.shape[0]), np.diff(S.indptr)), S.indices)
 
 
 class _Job:
@@ -174,49 +178,137 @@ class _Job:
     by fork) or a Dask task (sent as it is): the training text, the held-out lines' text (the
     second pass; None in the first), the spill folder of the training counts (None: count the
     training text again, as Dask workers do: they see no shared disk), the entry-count edges and
-    the chosen weights ((G, B), the second pass; None in the first)."""
+    the chosen weights ((G, B), the second pass; None in the first).
 
-    def __init__(self, train, held, spill, edges, lam=None, workers: int = 1):
+    For the chain task (``_chain_task``): ``workers`` processes count its buckets (this
+    process's job), ``max_memory`` (bytes or None) sizes its buckets, ``scratch`` is the folder
+    for its windows and spills (None: TMPDIR, as on Dask workers), ``out`` the folder its
+    solved arrays are written to and memory-mapped from (None: read back into memory)."""
+
+    def __init__(self, train, held, spill, edges, lam=None, workers: int = 1,
+                 max_memory=None, scratch=None, out=None):
         self.train, self.held, self.spill, self.edges, self.lam = train, held, spill, edges, lam
-        self.workers = workers  # processes that count the chain's parts (this process's job)
+        self.workers = workers
+        self.max_memory, self.scratch, self.out = max_memory, scratch, out
 
     def count(self, groups: list, tag: str) -> Counts:
-        """The counts of the chain (tag "chain") or of one group (tag "g{index}"): first pass,
-        the training text's (kept in the spill folder for the second); second pass, those plus
-        the held-out lines' (= ``Counts.__add__``, as ``rich.fit_rich(refit)``)."""
-        # the chain's parts in worker processes; a group task (already in a worker) counts alone
-        workers = self.workers if tag == "chain" else 1
+        """The counts of one group (tag "g{index}"; the chain has its own pipeline,
+        ``_chain_task``): first pass, the training text's (kept in the spill folder for the
+        second); second pass, those plus the held-out lines' (= ``Counts.__add__``, as
+        ``rich.fit_rich(refit)``)."""
         if self.held is None:
-            c = self.train.count(groups, workers)
+            c = self.train.count(groups)
             return self.spill.save(tag, c) if self.spill is not None else c
         V = self.held.V
         base = (self.spill.load(tag, groups, V) if self.spill is not None
-                else self.train.count(groups, workers))
+                else self.train.count(groups))
         return base + self.held.count(groups)
 
+    def fold(self, g: int, data: np.ndarray, counts: np.ndarray):
+        """``(data, buckets)`` of stored values ``data`` of group g with entry counts
+        ``counts``: their int8 entry buckets; in the second pass the weights folded in (as
+        ``explicit.fold_entry_lambdas``) and buckets None. Elementwise, so a group's values
+        may come a block of rows at a time (the chain's buckets)."""
+        b = count_buckets(counts, self.edges).astype(np.int8)
+        if self.lam is None:
+            return data, b
+        return data * self.lam[g][b], None
+
     def keep(self, g: int, Sg, Fg):
-        """``(S, buckets)`` of group g: its int8 entry buckets; in the second pass the weights
-        folded in (as ``explicit.fold_entry_lambdas``: values scaled, index arrays shared) and
-        buckets None."""
-        b = _buckets(Fg, Sg, self.edges)
+        """``(S, buckets)`` of group g (``fold``: values scaled, index arrays shared)."""
+        data, b = self.fold(g, Sg.data, _entry_counts(Fg, Sg))
         if self.lam is None:
             return Sg, b
-        Sn = sp.csr_matrix((Sg.data * self.lam[g][b], Sg.indices, Sg.indptr), shape=Sg.shape)
+        Sn = sp.csr_matrix((data, Sg.indices, Sg.indptr), shape=Sg.shape)
         Sn.has_sorted_indices = True
         return Sn, None
 
 
 def _chain_task(job: _Job, spec, discount):
     """The suffix chain (``spec``: ``kinds.group_spec`` of ``Suffix(1..M)``) counted and solved
-    by MKN: ``(q, [(S, keys, buckets)] per order, info, n_sequences, n_tokens)``."""
+    by MKN: ``(q, [(S, keys, buckets)] per order, info, n_sequences, n_tokens)``, equal to
+    ``solve_ngram`` of the whole chain's counts (tested).
+
+    Bounded like the plain n-gram build, by its very pipeline (``ngram.build``): each target's
+    window goes to the file of its previous token's range (``ngram.disk.partition_positions``),
+    and each range is counted and solved on its own (``solve_bucket_files``), the entry
+    buckets and weights folded in a range at a time (``_Job.fold``). With a spill folder the
+    first pass keeps the training text's windows there (``_ChainWindows``), and the second pass
+    appends the held-out lines' to them instead of reading the training text again."""
     groups = groups_from_spec(spec)
-    chain = job.count(groups, "chain")
-    mkn = solve_ngram(chain, discount=discount)
-    out = []
-    for g in range(len(groups)):
-        S, b = job.keep(g, mkn.S[g], chain.F[g])
-        out.append((S, mkn.keys[g], b))
-    return mkn.q, out, dict(mkn.info), chain.n_sequences, chain.n_tokens
+    order, texts = len(groups) + 1, [t for t in (job.train, job.held) if t is not None]
+    V, bos = texts[0].V, int(texts[0].bos_id)
+    tmp = Path(tempfile.mkdtemp(prefix="lmkit-chain-", dir=job.scratch))
+    try:
+        win = _ChainWindows(job, order, tmp)
+        if win.n_positions == 0:  # an empty text: as the in-memory solve (its error included)
+            chain = empty_counts(V, groups)
+            mkn = solve_ngram(chain, discount=discount)
+            kept = [job.keep(g, mkn.S[g], chain.F[g]) for g in range(len(groups))]
+            return (mkn.q, [(S, k, b) for (S, b), k in zip(kept, mkn.keys)], dict(mkn.info),
+                    0, 0)
+        mapper = None
+        if job.workers > 1:
+            def mapper(fn, buckets):  # fork: the windows' paths and fn are inherited
+                return ordered_map(fn, list(buckets), job.workers, what="a counting worker")
+        out = tmp if job.out is None else Path(tempfile.mkdtemp(prefix="chain-", dir=job.out))
+        sol = solve_bucket_files(win.sources, order, V, bos, tmp, out, discount=discount,
+                                 fold=job.fold, keep=win.keep, mapper=mapper)
+        if job.out is None:
+            sol = sol.in_memory()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    entry = sol.entry or [None] * len(groups)
+    return (sol.q, list(zip(sol.S, sol.keys, entry)), sol.info, win.n_sequences,
+            sol.n_positions)
+
+
+def chain_buckets(n_positions: int, workers: int = 1, max_memory=None) -> int:
+    """Buckets of the suffix chain (fewer when a token outweighs a bucket's share): at most
+    ``counts.PART_POSITIONS`` positions each (the size of a counting part: smaller buckets
+    cost no more CPU, ``scripts/bench_chain.py``), one per process at least, and under
+    ``max_memory`` (bytes) small enough that ``workers`` buckets at once take about half of it
+    (``ngram.build.n_buckets_for``). Example: 10M positions, 1 worker, no limit -> 3."""
+    return max(-(-n_positions // PART_POSITIONS), workers,
+               n_buckets_for(n_positions * max(1, workers), max_memory))
+
+
+class _ChainWindows:
+    """The window files of a chain task, per bucket (``sources``), made ready in ``tmp``; or,
+    with a spill folder, in its ``chain-windows`` folder: the first pass writes the training
+    text's there and keeps them (``keep``), the second appends the held-out lines' to them.
+    ``n_sequences``, ``n_positions``: the totals of every text in the windows."""
+
+    def __init__(self, job: _Job, order: int, tmp: Path):
+        texts = [t for t in (job.train, job.held) if t is not None]
+        V, chunk = texts[0].V, chunk_for(job.max_memory)  # positions per read
+        spilled = job.spill is not None
+        folder = job.spill.folder / "chain-windows" if spilled else tmp
+        self.keep = spilled and job.held is None
+        if spilled and job.held is not None:  # second pass: the training windows are there
+            texts = [job.held]
+            edges = np.load(folder / "edges.npy", allow_pickle=False)
+            n_seq, n_pos = (int(x) for x in np.load(folder / "totals.npy", allow_pickle=False))
+        else:
+            folder.mkdir(exist_ok=True)
+            n_pos = sum(len(t.pos) for t in texts)
+            hist = 0
+            for t in texts:
+                hist = hist + previous_token_histogram(t.buf, t.pos, V, chunk)
+                t.release()
+            edges = edges_from_histogram(hist, chain_buckets(n_pos, job.workers, job.max_memory))
+            n_seq, n_pos = 0, 0
+        paths = [folder / f"windows{b:05d}.bin" for b in range(len(edges) - 1)]
+        for t in texts:
+            partition_positions(t.buf, t.pos, t.starts, order, edges, paths, V, chunk)
+            t.release()
+            n_seq, n_pos = n_seq + t.n_seq, n_pos + len(t.pos)
+        if self.keep:
+            np.save(folder / "edges.npy", edges, allow_pickle=False)
+            np.save(folder / "totals.npy", np.array([n_seq, n_pos], dtype=np.int64),
+                    allow_pickle=False)
+        self.sources = [[p] for p in paths]
+        self.n_sequences, self.n_positions = n_seq, n_pos
 
 
 def _group_task(job: _Job, q, g: int, spec):
@@ -346,10 +438,9 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     V = vocab_size
     folder = None
     try:
-        if refit_chunks is not None or max_memory is not None:
-            # the training counts wait on disk for the second pass; under max_memory the
-            # token buffers and the model's arrays go there too, memory-mapped
-            folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
+        # the suffix chain's windows (and the training counts waiting for the second pass) go
+        # there; under max_memory the token buffers and the model's arrays too, memory-mapped
+        folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
         # engine local only: Dask sends the buffers to its workers (in their memory)
         mapped = folder if max_memory is not None and engine != "dask" else None
         return _build_rich(chunks, V, bos_id, eos_id, heldout, groups, pad, folder, mapped,
@@ -412,8 +503,8 @@ class _Store:
         self.folder, self.n = folder, 0
 
     def _disk(self, name: str, a):
-        if a is None:
-            return None
+        if a is None or mapped_base(a) is not None:  # already on disk (the chain's arrays)
+            return a
         path = self.folder / f"model{self.n}.{name}.npy"
         w = NpyAppender(path, a.dtype)
         try:
@@ -468,7 +559,13 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     store = _Store(folder) if max_memory is not None else None
     # the chain task runs here (engine local): its parts may go to the worker processes
     local = runner.workers if runner.client is None else 1
-    job = _Job(first, None, spill, edges, workers=local)
+    limit = parse_size(max_memory) if max_memory is not None else None
+    # the chain's windows in the build's folder (Dask: the worker's TMPDIR); its solved arrays
+    # there too under max_memory (engine local), memory-mapped
+    scratch = folder if runner.client is None else None
+    out = folder if store is not None and runner.client is None else None
+    scale = dict(max_memory=limit, scratch=scratch, out=out)
+    job = _Job(first, None, spill, edges, workers=local, **scale)
     q, S, keys, eb, info, n_seq, n_tok = _solve_pass(runner, job, groups, M, discount,
                                                      store, log)
     nnz = sum(x.nnz for x in S)
@@ -509,7 +606,8 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
         del texts[:]
         first = job = None
         q, S, keys, _, info, n_seq, n_tok = _solve_pass(
-            runner, _Job(train, held, spill, edges, lam, local), groups, M, discount, store)
+            runner, _Job(train, held, spill, edges, lam, local, **scale), groups, M, discount,
+            store)
     else:
         S = []
         for g, (Sg, b) in enumerate(zip(params.S, eb)):

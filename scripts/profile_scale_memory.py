@@ -3,7 +3,9 @@
 Runs ``lmkit train ARGS...`` in this process while a thread samples, every ``--every`` seconds,
 the resident set size (``/proc/self/statm``) and the innermost ``lmkit`` frames of the main
 thread. Prints, per function (innermost lmkit frame + its caller), the peak RSS seen while it
-ran and the seconds sampled in it, sorted by peak; then the overall peak.
+ran, the peak anonymous RSS (resident less file-backed pages: what memory-mapped arrays, whose
+pages the kernel may drop and read back, do not count in) and the seconds sampled in it,
+sorted by peak RSS, then the top by anonymous RSS; then the overall peaks of both.
 
     python scripts/profile_scale_memory.py [--every 0.2] -- --input train.txt --output m ...
 """
@@ -18,9 +20,12 @@ import time
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def rss_bytes() -> int:
+def rss_bytes() -> tuple[int, int]:
+    """(resident, anonymous resident) bytes: statm's resident, and resident less shared
+    (file-backed and shared-memory pages)."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
+        fields = f.read().split()
+    return int(fields[1]) * PAGE, (int(fields[1]) - int(fields[2])) * PAGE
 
 
 def where(frame) -> str:
@@ -49,11 +54,11 @@ def main() -> int:
 
     def sample():
         while not stop.wait(a.every):
-            r = rss_bytes()
+            r, anon = rss_bytes()
             w = where(sys._current_frames().get(main_id))
-            peak, secs = stats.get(w, (0, 0.0))
-            stats[w] = (max(peak, r), secs + a.every)
-            timeline.append((time.time() - t0, r, w))
+            peak, peak_anon, secs = stats.get(w, (0, 0, 0.0))
+            stats[w] = (max(peak, r), max(peak_anon, anon), secs + a.every)
+            timeline.append((time.time() - t0, r, w, anon))
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     try:
@@ -61,12 +66,19 @@ def main() -> int:
     finally:
         stop.set()
         th.join()
-    print(f"# peak RSS by code (sampled every {a.every}s; {len(timeline)} samples)")
-    for w, (peak, secs) in sorted(stats.items(), key=lambda x: -x[1][0])[:25]:
-        print(f"{peak / 2**20:9.0f} MiB {secs:7.1f}s  {w}")
+    print(f"# peak RSS (and anonymous RSS) by code (sampled every {a.every}s; "
+          f"{len(timeline)} samples)")
+    for w, (peak, peak_anon, secs) in sorted(stats.items(), key=lambda x: -x[1][0])[:25]:
+        print(f"{peak / 2**20:9.0f} MiB ({peak_anon / 2**20:6.0f} anon) {secs:7.1f}s  {w}")
+    print("# peak anonymous RSS by code (top 12)")
+    for w, (peak, peak_anon, secs) in sorted(stats.items(), key=lambda x: -x[1][1])[:12]:
+        print(f"{peak / 2**20:9.0f} MiB ({peak_anon / 2**20:6.0f} anon) {secs:7.1f}s  {w}")
     best = max(timeline, key=lambda x: x[1]) if timeline else None
     if best:
         print(f"# overall peak {best[1] / 2**20:.0f} MiB at {best[0]:.1f}s in {best[2]}")
+        anon = max(timeline, key=lambda x: x[3])
+        print(f"# overall anonymous peak {anon[3] / 2**20:.0f} MiB at {anon[0]:.1f}s in "
+              f"{anon[2]}")
     return rc or 0
 
 

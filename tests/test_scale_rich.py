@@ -169,7 +169,8 @@ def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path,
     monkeypatch.setattr(rich_build._Spill, "load", spy)
     rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
                           refit_chunks=[corpus(30, 3)], **kw)
-    assert seen and any(n.startswith("chain.") for n in seen[0])  # it did spill
+    # it did spill: the groups' counts, and the suffix chain's windows (tests/test_scale_chain.py)
+    assert seen and "chain-windows" in seen[0] and any(n.startswith("g") for n in seen[0])
     assert list(tmp_path.iterdir()) == []
 
     def boom(*a, **k):
@@ -360,6 +361,12 @@ def _die_on_group_5(job, q, g, spec):
 _REAL_GROUP_TASK = None
 
 
+def _die_in_chain(*a):
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _die_in_search(item):
     import os
     import signal
@@ -367,11 +374,12 @@ def _die_in_search(item):
 
 
 @pytest.mark.parametrize("stage, who", [("groups", "a counting worker"),
+                                        ("chain", "a counting worker"),
                                         ("search", "a weight-search worker")])
 def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_file, tmp_path,
                                                   capsys, monkeypatch, stage, who):
     """A worker killed outright (SIGKILL, as the OOM killer does) while it counts a group or
-    computes the weight search's terms: one line naming it, exit 2, no model, no spill files,
+    counts a bucket of the suffix chain, or computes the weight search's terms: one line naming it, exit 2, no model, no spill files,
     no process left."""
     import multiprocessing as mp
     import tempfile
@@ -379,8 +387,11 @@ def test_killed_worker_ends_the_run_with_one_line(tiny_corpus_file, tiny_tok_fil
     from lmkit import heldout_nll, rich_build
     global _REAL_GROUP_TASK
     _REAL_GROUP_TASK = rich_build._group_task
+    from lmkit.ngram import build as ngram_build
     if stage == "groups":  # fork copies the patch
         monkeypatch.setattr(rich_build, "_group_task", _die_on_group_5)
+    elif stage == "chain":
+        monkeypatch.setattr(ngram_build, "_count_bucket", _die_in_chain)
     else:
         monkeypatch.setattr(heldout_nll, "_worker_terms", _die_in_search)
     spill = tmp_path / "spill"
@@ -405,6 +416,9 @@ def slow(real):
     return run
 if sys.argv[2] == "groups":
     rich_build._group_task = slow(rich_build._group_task)
+elif sys.argv[2] == "chain":
+    from lmkit.ngram import build
+    build._count_bucket = slow(build._count_bucket)
 else:
     heldout_nll._worker_terms = slow(heldout_nll._worker_terms)
 from lmkit.cli import main
@@ -412,13 +426,13 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("stage", ["groups", "search"])
+@pytest.mark.parametrize("stage", ["groups", "chain", "search"])
 @pytest.mark.parametrize("sig, code, message", [
     ("SIGINT", 130, "lmkit: interrupted"), ("SIGTERM", 143, "lmkit: terminated")])
 def test_signal_during_the_worker_build_stops_everything(tiny_corpus_file, tiny_tok_file,
                                                          tmp_path, sig, code, message, stage):
     """Ctrl-C (the whole process group) or SIGTERM (the parent) while the default model's
-    groups are counted by 2 workers, or while 2 workers compute the weight search's terms:
+    groups (or the suffix chain's buckets) are counted by 2 workers, or while 2 workers compute the weight search's terms:
     the run ends at once with its one line, every worker is gone, no model and no spill file
     is left."""
     import os

@@ -108,10 +108,13 @@ CASES = [
     (RICH, {**SCHED, "workers": 2}, "rich",
      "workers 2 " + RICH_NO + r" \(the cluster at scheduler brings its own worker processes\)"),
     (RICH, {**ENGINE, "workers": 2}, "rich", None),
-    # spill_dir: used when counts wait for the refit (carved lines) or the model is mapped
-    (RICH, SPILLDIR, "rich", "spill_dir /nonexistent " + RICH_NO + r" \(nothing is spilled"),
+    # spill_dir: used by the suffix chain's windows (engine local), by the counts waiting for
+    # the refit (carved lines) and by the mapped model (max_memory)
+    (RICH, SPILLDIR, "rich", None),
     (RICH_FILES, SPILLDIR, "rich", None), (RICH_MEM, SPILLDIR, "rich", None),
-    ({**RICH_FILES, **ENGINE}, SPILLDIR, "rich", "spill_dir /nonexistent " + RICH_NO),
+    ({**RICH_FILES, **ENGINE}, SPILLDIR, "rich",
+     "spill_dir /nonexistent " + RICH_NO + r" \(on Dask the suffix chain's windows are "
+     "spilled on the cluster"),
     ({**RICH_MEM, **ENGINE}, SPILLDIR, "rich", None),
     (RICH, MEM, "rich", None), (RICH, READ, "rich", "workers_read " + RICH_NO + r" \(this process"),
     (RICH, CHUNK, "rich", None), (RICH, {"workers": 1}, "rich", None),
@@ -171,7 +174,8 @@ def test_refused_scale_option_is_one_line_exit_2_before_any_work(tmp_path, capsy
     assert err.strip().splitlines() == ["lmkit: error: --workers 64 is not supported on the default "
                                         "(feature-rich) route; drop it (the cluster at --scheduler "
                                         "brings its own worker processes)"]
-    assert main(["train", "--spill-dir", str(tmp_path), "--output", str(out)]) == 2
+    assert main(["train", "--engine", "dask", "--spill-dir", str(tmp_path), "--output",
+                 str(out)]) == 2
     assert "--spill-dir " + str(tmp_path) + " is not supported" in capsys.readouterr().err
     assert not out.exists()
 

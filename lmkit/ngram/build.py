@@ -36,6 +36,7 @@ import math
 import shutil
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,67 +96,122 @@ def build_ngram(buf: np.ndarray, order: int, vocab_size: int, bos_id: int, *,
 
 def _build(read, n_ids, order, V, bos_id, edges, discount, spill_dir, out_dir, log, chunk=None):
     """Stages 2-5 (see the module docstring) on the id stream ``read(lo, hi)``."""
-    M = order - 1
-    given = _check_discount(discount)
     tmp = Path(tempfile.mkdtemp(prefix="lmkit-ngram-", dir=spill_dir))
     try:
         paths = partition_windows(read, n_ids, order, bos_id, edges, tmp, V, chunk)
         if log:
             log(f"      partitioned into {len(paths)} bucket(s)")
-        a1, nk, n_pos = _count_buckets(paths, order, V, bos_id, tmp, log)
-        discounts, estimated = order_discounts(nk, given)
-        q = unigram_level(a1, discounts[0])
         folder = Path(out_dir) if out_dir is not None else tmp
-        idx_dtype = np.int32 if max(n_pos, V) < np.iinfo(np.int32).max else np.int64
-        S, keys, lgs = _solve_buckets(len(paths), M, V, q, discounts, tmp, folder, idx_dtype, log)
+        sol = solve_bucket_files([[p] for p in paths], order, V, bos_id, tmp, folder,
+                                 discount=discount, log=log)
         if out_dir is None:  # arrays in memory (small builds, tests): read them before tmp goes
-            S = [sp.csr_matrix((np.array(x.data), np.array(x.indices), np.array(x.indptr)),
-                               shape=x.shape) for x in S]
-            keys, lgs = [np.array(k) for k in keys], [np.array(g) for g in lgs]
+            sol = sol.in_memory()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    info = {"discounts": discounts, "discounts_estimated": estimated, "bos_id": bos_id,
-            "smoothing": "interpolated modified Kneser-Ney", "prune": [0] * (M + 1),
-            "lambda_init": [1.0] * M, "lambda_fixed": [True] * M, "loggamma": lgs,
-            "buckets": len(edges) - 1}
-    return SparseParams(make_groups(0, order), q, S, keys, np.ones(M), info)
+    info = {**sol.info, "buckets": len(edges) - 1}
+    return SparseParams(make_groups(0, order), sol.q, sol.S, sol.keys, np.ones(order - 1), info)
 
 
-def _count_buckets(paths, order, V, bos_id, tmp, log):
-    """Stage 3: per bucket file, counts -> adjusted counts spilled to ``tmp/bucketB.npz``.
-    Returns the unigram adjusted counts (V,), the count-of-counts (N, 4) and the positions."""
+@dataclass
+class BucketSolution:
+    """The MKN solution of the suffix chain ``Suffix(1..M)`` solved bucket by bucket
+    (``solve_bucket_files``): ``q`` (V,), per group ``S`` CSR (R_m, V), row ``keys`` (R_m,)
+    int64 (global chained keys), ``entry`` (int8 per stored value, or None: see ``fold``),
+    ``info`` exactly as ``solve_ngram`` gives it for that chain (discounts, bos_id, loggamma,
+    ...), and the number of target positions counted."""
+
+    q: np.ndarray
+    S: list
+    keys: list
+    entry: list | None
+    info: dict
+    n_positions: int
+
+    def in_memory(self) -> "BucketSolution":
+        """The same solution with every array read into memory (from its memory map)."""
+        S = [sp.csr_matrix((np.array(x.data), np.array(x.indices), np.array(x.indptr)),
+                           shape=x.shape) for x in self.S]
+        info = {**self.info, "loggamma": [np.array(g) for g in self.info["loggamma"]]}
+        entry = None if self.entry is None else [np.array(e) for e in self.entry]
+        return BucketSolution(self.q, S, [np.array(k) for k in self.keys], entry, info,
+                              self.n_positions)
+
+
+def solve_bucket_files(sources, order: int, V: int, bos_id: int, tmp, folder, *,
+                       discount=None, fold=None, keep: bool = False, mapper=None,
+                       log=None) -> BucketSolution:
+    """Stages 3-5 on window files (``disk.partition_windows`` / ``partition_positions``):
+    ``sources[b]`` lists the files of bucket b (token ranges in increasing order), whose
+    windows are counted together (as their concatenation). Equal to ``solve_ngram`` of the
+    counts of every window (tested); the arrays are memory maps of ``.npy`` files in
+    ``folder``; the per-bucket spills go to ``tmp`` and are removed.
+
+    ``fold(g, data, raw)``: optional, for each group g and bucket its stored values ``data``
+    and their raw counts ``raw`` (int64, the same entries) -> ``(data, entry)``: the values
+    kept and an int8 array per value, or None (then ``entry`` is None); ``keep``: leave the
+    window files (else each is removed once counted); ``mapper(fn, buckets)``: how the buckets
+    are counted (default ``map``; e.g. worker processes), yielding ``fn(b)`` in order.
+    """
     M = order - 1
-    groups = make_groups(0, order)
+    tmp = Path(tmp)
+    given = _check_discount(discount)
+
+    def count(b):
+        return _count_bucket(sources[b], order, V, bos_id, tmp / f"bucket{b:05d}.npz",
+                             fold is not None, keep)
     a1 = np.zeros(V, dtype=np.int64)
     nk = np.zeros((M + 1, 4), dtype=np.int64)  # count-of-counts n1..n4 per order
     n_pos = 0
-    for b, path in enumerate(paths):
-        buf, pos, starts = load_windows(path, order, V)
-        path.unlink()
-        n_pos += len(pos)
-        c = count_buffer(buf, pos, starts, V, groups, 0)
-        del buf, pos, starts
-        A, links = zip(*[_adjusted_counts(c, m, M, bos_id) for m in range(M + 1)])
-        a1 += A[0].toarray().ravel()
-        arrays = {}
-        for m in range(1, M + 1):
-            nk[m] += np.bincount(np.minimum(A[m].data, 5), minlength=6)[1:5]
-            arrays.update(csr_to_arrays(f"A{m}", A[m]))
-            arrays[f"keys{m}"] = c.keys[m - 1]
-            if links[m] is not None:
-                arrays[f"link{m}"] = links[m]
-        np.savez(tmp / f"bucket{b:05d}.npz", **arrays)
-        del c, A, links, arrays
+    for b, (a, n, p) in enumerate((mapper or map)(count, range(len(sources)))):
+        a1, nk, n_pos = a1 + a, nk + n, n_pos + p
         if log:
-            log(f"      bucket {b + 1}/{len(paths)} counted")
+            log(f"      bucket {b + 1}/{len(sources)} counted")
     nk[0] = np.bincount(np.minimum(a1[a1 > 0], 5), minlength=6)[1:5]
+    discounts, estimated = order_discounts(nk, given)
+    q = unigram_level(a1, discounts[0])
+    idx_dtype = np.int32 if max(n_pos, V) < np.iinfo(np.int32).max else np.int64
+    S, keys, lgs, entry = _solve_buckets(len(sources), M, V, q, discounts, tmp, Path(folder),
+                                         idx_dtype, fold, log)
+    info = {"discounts": discounts, "discounts_estimated": estimated, "bos_id": int(bos_id),
+            "smoothing": "interpolated modified Kneser-Ney", "prune": [0] * (M + 1),
+            "lambda_init": [1.0] * M, "lambda_fixed": [True] * M, "loggamma": lgs}
+    return BucketSolution(q, S, keys, entry, info, n_pos)
+
+
+def _count_bucket(files, order, V, bos_id, spill, raw, keep):
+    """Stage 3 for one bucket: its window files -> adjusted counts (and with ``raw`` the raw
+    counts of the lower orders, the top order's are its adjusted counts) spilled to
+    ``spill``. Returns the unigram adjusted counts (V,), count-of-counts (N, 4) and positions."""
+    M = order - 1
+    buf, pos, starts = load_windows(files, order, V)
+    if not keep:
+        for path in files:
+            Path(path).unlink()
+    n_pos = len(pos)
+    c = count_buffer(buf, pos, starts, V, make_groups(0, order), 0)
+    del buf, pos, starts
+    A, links = zip(*[_adjusted_counts(c, m, M, bos_id) for m in range(M + 1)])
+    nk = np.zeros((M + 1, 4), dtype=np.int64)
+    arrays = {}
+    for m in range(1, M + 1):
+        nk[m] = np.bincount(np.minimum(A[m].data, 5), minlength=6)[1:5]
+        arrays.update(csr_to_arrays(f"A{m}", A[m]))
+        arrays[f"keys{m}"] = c.keys[m - 1]
+        if links[m] is not None:
+            arrays[f"link{m}"] = links[m]
+        if raw and m < M:  # on the pattern of A[m] (sorted by _adjusted_counts)
+            arrays[f"raw{m}"] = c.F[m - 1].data
+    a1 = A[0].toarray().ravel()
+    del c, A, links
+    np.savez(spill, **arrays)
     return a1, nk, n_pos
 
 
-def _solve_buckets(n_buckets, M, V, q, discounts, tmp, folder, idx_dtype, log):
+def _solve_buckets(n_buckets, M, V, q, discounts, tmp, folder, idx_dtype, fold=None, log=None):
     """Stage 5: solve each spilled bucket, appending its rows to the ``.npy`` files of every
     order in ``folder`` (``S{g}_data``, ``S{g}_indices``, ``S{g}_indptr``, ``keys{g}``,
-    ``G{g}``). Returns S (CSR), keys and log gamma per order, memory-mapped from those files."""
+    ``G{g}``, and with ``fold`` returning them, ``E{g}``). Returns S (CSR), keys, log gamma
+    and the fold's int8 arrays (or None) per order, memory-mapped from those files."""
     names = ("data", "indices", "indptr", "keys", "G")
     dtypes = (np.float64, idx_dtype, idx_dtype, np.int64, np.float64)
     files = [{n: NpyAppender(folder / f"{'S%d_' % g if n in names[:3] else ''}{n}"
@@ -172,11 +228,18 @@ def _solve_buckets(n_buckets, M, V, q, discounts, tmp, folder, idx_dtype, log):
                 added = np.zeros(M + 1, dtype=np.int64)
                 for m in range(1, M + 1):
                     link = z[f"link{m - 1}"] if f"link{m - 1}" in z.files else None
+                    A = csr_from_arrays(f"A{m}", z)
                     Sm, km, logp, parent_map, lg = _solve_order(
-                        csr_from_arrays(f"A{m}", z), z[f"keys{m}"], discounts[m], None, q, logp,
-                        parent_map, V, link)
+                        A, z[f"keys{m}"], discounts[m], None, q, logp, parent_map, V, link)
                     f = files[m - 1]
-                    f["data"].append(Sm.data)
+                    data = Sm.data
+                    if fold is not None:
+                        data, e = fold(m - 1, data, z[f"raw{m}"] if m < M else A.data)
+                        if e is not None:
+                            if "E" not in f:
+                                f["E"] = NpyAppender(folder / f"E{m - 1}.npy", np.int8)
+                            f["E"].append(e)
+                    f["data"].append(data)
                     f["indices"].append(Sm.indices)
                     f["indptr"].append(Sm.indptr[1:] + nnz[m - 1])
                     # local chained keys -> global: parents shift by the earlier buckets' rows
@@ -184,7 +247,7 @@ def _solve_buckets(n_buckets, M, V, q, discounts, tmp, folder, idx_dtype, log):
                     f["G"].append(lg)
                     nnz[m - 1] += Sm.nnz
                     added[m] = Sm.shape[0]
-                    del Sm, km, lg
+                    del Sm, km, lg, A, data
                 rows += added  # after the bucket: its keys shifted by the earlier buckets only
             (tmp / f"bucket{b:05d}.npz").unlink()
             if log:
@@ -193,7 +256,8 @@ def _solve_buckets(n_buckets, M, V, q, discounts, tmp, folder, idx_dtype, log):
         paths = [{n: w.close() for n, w in f.items()} for f in files]
     S = [sp.csr_matrix((open_npy(p["data"]), open_npy(p["indices"]), open_npy(p["indptr"])),
                        shape=(int(r), V)) for p, r in zip(paths, rows[1:])]
-    return S, [open_npy(p["keys"]) for p in paths], [open_npy(p["G"]) for p in paths]
+    entry = [open_npy(p["E"]) for p in paths] if all("E" in p for p in paths) else None
+    return (S, [open_npy(p["keys"]) for p in paths], [open_npy(p["G"]) for p in paths], entry)
 
 
 def build_ngram_from_chunks(chunks, order: int, vocab_size: int, bos_id: int, eos_id: int, *,

@@ -12,6 +12,10 @@ held in memory at once; each function streams fixed-size chunks.
   tokens lie inside its sequence (capped at M). Rows are ``(M + 2,)`` uint16 when V fits,
   else int32. ``load_windows`` turns a bucket file back into the buffer/pos/starts triple that
   ``counts.count_buffer`` reads, so a bucket is counted exactly as the whole buffer would be.
+- ``partition_positions(buf, pos, starts, order, edges, paths, V)``: the same windows, from
+  the target positions of a padded buffer of any padding (the default model's token buffer,
+  ``rich_build``), appended to existing bucket files: the windows of several texts in one
+  file count as their concatenation; ``previous_token_histogram`` fixes its edges.
 
 The model's own arrays are written with ``io.npyfile.NpyAppender``.
 """
@@ -97,23 +101,74 @@ def partition_windows(read, n_ids: int, order: int, bos_id: int, edges: np.ndarr
             rows = np.empty((len(p), M + 2), dtype=dt)
             rows[:, :M + 1] = np.lib.stride_tricks.sliding_window_view(x, M + 1)[p - M]
             rows[:, M + 1] = d
-            b = np.searchsorted(edges, x[p - 1], side="right") - 1
-            by = np.argsort(b, kind="stable")
-            cuts = np.searchsorted(b[by], np.arange(len(paths) + 1))
-            for k in np.flatnonzero(np.diff(cuts)):
-                rows[by[cuts[k]:cuts[k + 1]]].tofile(outs[k])
+            _write_rows(rows, x[p - 1], edges, outs)
     finally:
         for f in outs:
             f.close()
     return paths
 
 
-def load_windows(path, order: int, vocab_size: int):
-    """A bucket file -> ``(buf, pos, starts)`` in the ``features.pad_sequences`` layout: the
-    windows laid end to end, each target at the end of its window, its sequence start placed
-    so that exactly ``d`` history tokens are in reach."""
+def _write_rows(rows: np.ndarray, prev: np.ndarray, edges: np.ndarray, outs: list) -> None:
+    """Append each window row to the open file of its bucket (that of its previous token
+    ``prev``), keeping the rows' order within a bucket."""
+    b = np.searchsorted(edges, prev, side="right") - 1
+    by = np.argsort(b, kind="stable")
+    cuts = np.searchsorted(b[by], np.arange(len(outs) + 1))
+    for k in np.flatnonzero(np.diff(cuts)):
+        rows[by[cuts[k]:cuts[k + 1]]].tofile(outs[k])
+
+
+def previous_token_histogram(buf, pos, vocab_size: int, chunk: int | None = None) -> np.ndarray:
+    """(V,) int64 count of the previous token ``buf[p - 1]`` of every target position p of a
+    padded buffer (``features.pad_sequences`` layout, e.g. ``counts.flat_buffer``), read
+    ``chunk`` positions at a time (the arrays may be memory-mapped)."""
+    chunk = chunk or CHUNK_TOKENS
+    hist = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(0, len(pos), chunk):
+        p = np.asarray(pos[i:i + chunk], dtype=np.int64)
+        hist += np.bincount(buf[p - 1], minlength=vocab_size)
+    return hist
+
+
+def partition_positions(buf, pos, starts, order: int, edges: np.ndarray, paths: list,
+                        vocab_size: int, chunk: int | None = None) -> None:
+    """``partition_windows`` of the target positions of a padded buffer (``pos``, ``starts``
+    as ``features.pad_sequences`` gives them, any padding; the arrays may be memory-mapped),
+    appended to the bucket files ``paths`` (created if absent), ``chunk`` positions per read.
+
+    Row of a target at p: ``buf[p-M .. p]`` and ``d = min(p - starts + 1, M)`` history tokens
+    in its sequence (its BOS included), as the suffix groups' keys read them (``features``);
+    the rows of several texts appended to the same files count as their concatenation.
+    Example: buf [1, 5, 6, 2], pos [1, 2, 3], starts [1, 1, 1], order 2, one bucket -> rows
+    [1, 5, 1], [5, 6, 1], [6, 2, 1].
+    """
     M = order - 1
-    rows = np.fromfile(path, dtype=window_dtype(vocab_size, order)).reshape(-1, M + 2)
+    chunk = chunk or CHUNK_TOKENS
+    dt = window_dtype(vocab_size, order)
+    outs = [open(p, "ab") for p in paths]
+    try:
+        for i in range(0, len(pos), chunk):
+            p = np.asarray(pos[i:i + chunk], dtype=np.int64)
+            s = np.asarray(starts[i:i + chunk], dtype=np.int64)
+            rows = np.empty((len(p), M + 2), dtype=dt)
+            for j in range(M + 1):  # tokens before the buffer are out of reach (masked by d)
+                rows[:, j] = buf[np.maximum(p - M + j, 0)]
+            rows[:, M + 1] = np.minimum(p - s + 1, M)
+            _write_rows(rows, rows[:, M - 1] if M else buf[p - 1], edges, outs)
+    finally:
+        for f in outs:
+            f.close()
+
+
+def load_windows(path, order: int, vocab_size: int):
+    """A bucket file (or a list of them, read one after the other) -> ``(buf, pos, starts)``
+    in the ``features.pad_sequences`` layout: the windows laid end to end, each target at the
+    end of its window, its sequence start placed so that exactly ``d`` history tokens are in
+    reach."""
+    M = order - 1
+    dt = window_dtype(vocab_size, order)
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    rows = np.concatenate([np.fromfile(p, dtype=dt) for p in paths]).reshape(-1, M + 2)
     buf = np.ascontiguousarray(rows[:, :M + 1]).ravel()
     pos = np.arange(len(rows), dtype=np.int64) * (M + 1) + M
     starts = pos - rows[:, M + 1].astype(np.int64) + 1

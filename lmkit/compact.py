@@ -39,10 +39,13 @@ def _check_union(params: SparseParams) -> None:
                          "weights; prune n-gram models by count thresholds (prune)")
 
 
-def prune_entries(params: SparseParams, tau: float, drop_rows: bool = True) -> SparseParams:
+def prune_entries(params: SparseParams, tau: float, drop_rows: bool = True,
+                  round32: bool = False) -> SparseParams:
     """Drop every entry with ``|lambda_g S_g[i, j]| <= tau`` (tau < 0: keep all), and with
     ``drop_rows`` the rows this leaves empty in groups with lookup keys (see the module
-    docstring; without it the rows, keys and context rows of the model stay valid)."""
+    docstring; without it the rows, keys and context rows of the model stay valid). With
+    ``round32`` the kept values are rounded as ``round_float32`` rounds them, group by group
+    in the pruned copy (no second copy of the model)."""
     _check_union(params)
     S_out, keys_out = [], []
     for g, (S, keys, group) in enumerate(zip(params.S, params.keys, params.groups)):
@@ -54,7 +57,11 @@ def prune_entries(params: SparseParams, tau: float, drop_rows: bool = True) -> S
             rows = np.flatnonzero(counts)
             keys = keys[rows]
         indptr = np.concatenate([[0], np.cumsum(counts[rows])]).astype(S.indptr.dtype)
-        S_out.append(sp.csr_matrix((S.data[keep], S.indices[keep], indptr),
+        data = S.data[keep]
+        if round32:  # in place in the pruned copy (float64, as round_float32 holds it)
+            data = np.asarray(data, dtype=np.float64)
+            data[...] = data.astype(np.float32)
+        S_out.append(sp.csr_matrix((data, S.indices[keep], indptr),
                                    shape=(len(rows), S.shape[1])))
         keys_out.append(keys)
     return SparseParams(params.groups, params.q, S_out, keys_out, params.lambdas, params.info)
@@ -99,7 +106,7 @@ def compact_rich(params: SparseParams, heldout: list, bos_id: int, eos_id: int,
             log("      entries pruned on " + f"{len(targets)} held-out tokens: " + ", ".join(
                 f"|v|<={t:g}: {n / 1e6:.2f}M ppl {p:.3f}" if t is not None else
                 f"all {n / 1e6:.2f}M ppl {p:.3f}" for t, n, p in trace) + f"; chose {tau}")
-    out = prune_entries(params, tau) if tau is not None else params
-    out = round_float32(out)
+    out = (prune_entries(params, tau, round32=True) if tau is not None
+           else round_float32(params))
     return SparseParams(out.groups, out.q, out.S, out.keys, out.lambdas,
                         {**out.info, "prune_tau": tau})

@@ -279,7 +279,7 @@ class LanguageModel(BaseModel):
         if command is not None:
             manifest["command"] = command
         return store.write_model_folder(path, manifest, self.tokenizer.model_proto,
-                                        store.params_to_arrays(self.params))
+                                        store.CompactArrays(self.params))
 
     @classmethod
     def load(cls, path, mmap: bool = LoadConfig.mmap) -> "LanguageModel":

@@ -52,22 +52,29 @@ def absolute_discount(M: sp.csr_matrix, q: np.ndarray, d: float) -> sp.csr_matri
     return sp.csr_matrix((data, M.indices, M.indptr), shape=M.shape)
 
 
-def solve_skip(F: sp.csr_matrix, keys: np.ndarray, a: int, q: np.ndarray, d: float) -> sp.csr_matrix:
-    """``S = log(1 + max(F - d, 0) / (d N1+(c) P_adj(w | h_a(c))))`` on the pattern of ``F``."""
+def solve_skip(F: sp.csr_matrix, keys: np.ndarray, a: int, q: np.ndarray, d: float,
+               block: int = 1 << 20) -> sp.csr_matrix:
+    """``S = log(1 + max(F - d, 0) / (d N1+(c) P_adj(w | h_a(c))))`` on the pattern of ``F``,
+    computed in blocks of whole rows of about ``block`` entries (each entry's value depends
+    on its row and ``M`` only), so the per-entry temporaries of the lookup in ``M`` are
+    block-sized, not ``nnz(F)``-sized."""
     F = F.tocsr()
     F.sort_indices()
     V = F.shape[1]
     n1 = np.diff(F.indptr)
-    row = np.repeat(np.arange(F.shape[0]), n1)
-    if a == 0:
-        base = q[F.indices]
-    else:
+    if a:
         M, parent = adjacent_marginal(F, np.asarray(keys, dtype=np.int64), a, V)
         PM = absolute_discount(M, q, d)
         # every (context, w) of F has its (adjacent part, w) in M: one search of linear keys
         lin = np.repeat(np.arange(M.shape[0], dtype=np.int64) * V, np.diff(M.indptr)) + M.indices
-        base = PM.data[find_sorted(lin, parent[row] * V + F.indices)]
-    data = np.log1p(np.maximum(F.data - d, 0.0) / (d * n1[row] * base))
+    data = np.empty(F.nnz)
+    cuts = np.unique(np.searchsorted(F.indptr, np.arange(0, F.nnz, block), side="right") - 1)
+    for lo, hi in zip(cuts, [*cuts[1:], F.shape[0]]):
+        e0, e1 = F.indptr[lo], F.indptr[hi]
+        row = np.repeat(np.arange(lo, hi), n1[lo:hi])
+        cols = F.indices[e0:e1]
+        base = q[cols] if a == 0 else PM.data[find_sorted(lin, parent[row] * V + cols)]
+        data[e0:e1] = np.log1p(np.maximum(F.data[e0:e1] - d, 0.0) / (d * n1[row] * base))
     S = sp.csr_matrix((data, F.indices.copy(), F.indptr.copy()), shape=F.shape)
     S.has_sorted_indices = True
     return S

@@ -87,6 +87,14 @@ def test_pruned_model_scores_as_if_the_entries_were_zero(rich):
                if k is not None and k0 is not None)  # some keyed rows were dropped
     for S in pruned.S:
         assert (np.abs(S.data) > tau).all()
+    # rounded while pruning (compact_rich: no second copy) = pruned, then rounded
+    both, after = prune_entries(params, tau, round32=True), round_float32(pruned)
+    for S, S1 in zip(both.S, after.S):
+        assert S.data.dtype == np.float64
+        np.testing.assert_array_equal(S.data, S1.data)
+        np.testing.assert_array_equal(S.indices, S1.indices)
+        np.testing.assert_array_equal(S.indptr, S1.indptr)
+    assert not np.array_equal(both.S[0].data, pruned.S[0].data)  # something was rounded
     zeroed = SparseParams(params.groups, params.q,
                           [sp.csr_matrix((np.where(np.abs(S.data) > tau, S.data, 0.0), S.indices,
                                           S.indptr), shape=S.shape) for S in params.S],

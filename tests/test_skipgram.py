@@ -80,3 +80,20 @@ def test_solve_skip_matches_dense_formula():
     S0 = solve_skip(c0.F[0], c0.keys[0], 0, q, d).toarray()
     n1 = (F0 > 0).sum(axis=1, keepdims=True)
     assert np.allclose(S0, np.where(F0 > 0, np.log1p(np.maximum(F0 - d, 0) / (d * n1 * q)), 0))
+
+
+@pytest.mark.parametrize("a", [0, 1, 2])
+def test_solve_skip_in_row_blocks_is_the_same_matrix(a):
+    """Blocks of whole rows (a few entries each, uneven rows, empty rows) give the same bits
+    as one block."""
+    rng = np.random.default_rng(a)
+    V = 7
+    seqs = [list(rng.integers(3, V, size=int(rng.integers(2, 12)))) for _ in range(60)]
+    c = count_chunk(seqs, V, [Skip(1, 1, a)], BOS, EOS)
+    q = np.full(V, 1.0 / V)
+    whole = solve_skip(c.F[0], c.keys[0], a, q, 0.6, block=1 << 30)
+    for block in (1, 2, 5, 17):
+        S = solve_skip(c.F[0], c.keys[0], a, q, 0.6, block=block)
+        for x, y in ((S.data, whole.data), (S.indices, whole.indices), (S.indptr, whole.indptr)):
+            np.testing.assert_array_equal(x, y)
+    assert whole.nnz > 17

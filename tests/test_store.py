@@ -140,3 +140,34 @@ def test_blockwise_checks_see_every_neighbour_pair():
     bad = np.array([0, 1, 2, 2, 4, 5])  # the repeat sits across the edge of blocks of 3
     assert all((np.diff(x) > 0).all() for x in _blocks(bad, block=3))  # unseen without pairs
     assert not all((np.diff(x) > 0).all() for x in _blocks(bad, pairs=True, block=3))
+
+
+def test_save_streams_each_group_and_checks_the_written_file(tiny_model, tmp_path):
+    """``save`` writes ``CompactArrays`` (each group's compact arrays made as it is written):
+    the same names, order and bytes as ``params_to_arrays``. The load check then runs on the
+    written file: a bad group is refused with the loader's message, nothing is left behind."""
+    import json
+    import os
+
+    from lmkit.errors import InputError
+    from lmkit.params import SparseParams
+    p = tiny_model.params
+    path = tiny_model.save(tmp_path / "m")
+    eager = store.params_to_arrays(p)
+    assert [n for n, _ in store.CompactArrays(p).items()] == list(eager)
+    _, digest = store.write_npz(tmp_path / "x.npz", eager)
+    assert digest == json.loads((path / "manifest.json").read_text())["arrays"]["sha256"]
+    nan = p.S[1].copy()
+    nan.data[0] = np.nan
+    swapped = p.S[1].copy()
+    row = int(np.flatnonzero(np.diff(swapped.indptr) >= 2)[0])
+    lo = swapped.indptr[row]
+    swapped.indices[lo:lo + 2] = swapped.indices[lo:lo + 2][::-1].copy()
+    for S1, msg in ((nan, r"the model: array 'S1_data' holds NaN or infinite values"),
+                    (swapped, r"the model: group 1: column indices not sorted and unique")):
+        bad = LanguageModel(tiny_model.tokenizer,
+                            SparseParams(p.groups, p.q, [p.S[0], S1], p.keys, p.lambdas, p.info))
+        with pytest.raises(InputError, match=r"m2: not written, the model could not be loaded "
+                                             r"back: " + msg):
+            bad.save(tmp_path / "m2")
+        assert sorted(os.listdir(tmp_path)) == ["m", "x.npz"]

@@ -22,10 +22,12 @@ the groups with C clusters, which they are rebuilt with (``groups_from_names``: 
 and for models with line-position groups ``piece_bytes`` (V,) int64, the bytes each token adds
 to its line (``linepos.LinePosition``; values in ``[0, linepos.MAX_PIECE_BYTES]``).
 
-Writing (``write_model_folder``): the model is first checked as ``read_model_folder`` would
-check it (nothing unloadable is written), the output with ``check_output_writable`` (the CLI
-calls it before any work), then the folder is written under a hidden temporary name
-``.NAME.tmp-PID-*`` next to it and renamed into place (``files.py``). An existing folder is
+Writing (``write_model_folder``): the output is checked with ``check_output_writable`` (the
+CLI calls it before any work) and the manifest as ``read_model_folder`` would check it, then
+the folder is written under a hidden temporary name ``.NAME.tmp-PID-*`` next to it, its
+``params.npz`` checked as a load would check it (mapped; nothing unloadable is written: the
+temporary folder is removed and the error names the problem), and renamed into place
+(``files.py``). An existing folder is
 replaced only if its manifest names it an lmkit model (a note goes to stderr); anything else
 is refused. A replace is one atomic swap where Linux offers ``RENAME_EXCHANGE``; elsewhere the
 old folder is moved to ``.NAME.old-PID-*`` first and, if the process dies between the two
@@ -186,15 +188,16 @@ def recover_interrupted(path, log=None) -> None:
     files.recover_interrupted(path, log, is_ours=is_model_folder)
 
 
-def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dict,
+def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays,
                        log=None) -> Path:
     """Write a model folder atomically (see the module docstring); returns its path.
 
-    ``arrays`` (name -> numpy array, ``np.memmap`` included) are streamed into ``params.npz``
-    in chunks: no in-memory copy of the archive is made.
+    ``arrays``: name -> numpy array (``np.memmap`` included), or ``CompactArrays(params)``,
+    which makes each group's arrays only as they are written; streamed into ``params.npz`` in
+    chunks (no in-memory copy of the archive), then checked as a load would check them.
     """
     path = Path(path)
-    _check_loadable(path, manifest, arrays)
+    m = _loadable_manifest(path, manifest)
     manifest = dict(manifest)
     manifest.update({"format": FORMAT, "version": VERSION,
                      **manifest_stamp(tokenizer_proto, manifest.get("command"))})
@@ -202,6 +205,7 @@ def write_model_folder(path, manifest: dict, tokenizer_proto: bytes, arrays: dic
     def fill(tmp: Path) -> None:
         write_synced(tmp / "tokenizer.model", tokenizer_proto)
         size, digest = write_npz(tmp / "params.npz", arrays)
+        _check_loadable(path, m, tmp / "params.npz", size)
         manifest["arrays"] = {"file": "params.npz", "sha256": digest, "bytes": size}
         write_manifest(tmp, manifest)
 
@@ -250,18 +254,32 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
     return size, sha256_file(path)
 
 
-def _check_loadable(path: Path, manifest: dict, arrays: dict) -> None:
-    """Refuse to write what ``read_model_folder`` + ``arrays_to_params`` would refuse to load
-    (e.g. NaN lambdas): the same checks, run on the model in memory."""
+def _not_written(path: Path, e: Exception) -> InputError:
+    return InputError(f"{path}: not written, the model could not be loaded back: {e}")
+
+
+def _loadable_manifest(path: Path, manifest: dict) -> dict:
+    """The manifest as ``read_model_folder`` would read it back (the types JSON gives back),
+    after ``check_manifest``: refused before anything is written."""
     m = dict(manifest, format=FORMAT, version=VERSION, tokenizer={"sha256": ""},
              arrays={"sha256": "", "bytes": 1})
     try:
-        check_manifest(json.loads(json.dumps(m)), path, EXPLICIT)  # the types JSON will give back
-        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        return check_manifest(json.loads(json.dumps(m)), path, EXPLICIT)
+    except (ModelFormatError, ValueError) as e:
+        raise _not_written(path, e) from None
+
+
+def _check_loadable(path: Path, m: dict, npz: Path, size: int) -> None:
+    """Refuse to write what ``read_model_folder`` + ``arrays_to_params`` would refuse to load
+    (e.g. NaN lambdas): the same checks, run on ``npz`` as written (``size`` bytes, in the
+    temporary folder, before the rename) and mapped as ``mmap=True`` maps it, so the check
+    holds no second copy of the model (its pages leave the RSS as they are checked)."""
+    try:
+        arrays = map_npz(npz, size, where="the model")
         groups = groups_from_names(m["groups"], arrays, where="the model")
         arrays_to_params(m["kind"], groups, arrays, {}, where="the model", lambdas=m.get("lambdas"))
     except (ModelFormatError, ValueError) as e:
-        raise InputError(f"{path}: not written, the model could not be loaded back: {e}") from None
+        raise _not_written(path, e) from None
 
 
 def check_output_path(path) -> Path:
@@ -468,16 +486,17 @@ def read_model_folder(path, mmap: bool = LoadConfig.mmap):
     return manifest, proto, read_npz(read_member(arr_path, "arrays", size=size), arr_path)
 
 
-def map_npz(path: Path, expected: int) -> dict:
+def map_npz(path: Path, expected: int, where=None) -> dict:
     """The arrays of ``params.npz`` (``expected`` bytes, from the manifest), memory-mapped
-    read-only: a regular file of exactly that size, each member checked by ``read_npz``."""
+    read-only: a regular file of exactly that size, each member checked by ``read_npz``
+    (its messages name ``where``, default ``path``)."""
     f, _ = open_regular(path, "arrays", _FIX, size=expected, error=ModelFormatError)
     with f:
         try:
             view = mmap.mmap(f.fileno(), expected, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:
             raise ModelFormatError(f"{path}: cannot map the arrays ({e}); {_FIX}") from None
-    return read_npz(view, path)
+    return read_npz(view, where or path)
 
 
 def verify_folder(path) -> dict:
@@ -586,24 +605,36 @@ class _Reader(io.RawIOBase):
 # ---- arrays <-> params -----------------------------------------------------------------------
 def params_to_arrays(params) -> dict:
     """Flatten Sparse/Dense params into a dict of numpy arrays (see module docstring)."""
-    arrays = {}
-    if hasattr(params, "S"):
-        arrays["q"] = params.q
-        arrays["lambdas"] = np.asarray(params.lambdas, dtype=np.float64)
-        for g, S in enumerate(params.S):
-            arrays.update(_compact_csr(f"S{g}", S))
-    else:
-        arrays["b"] = params.b
-        for g, W in enumerate(params.W):
-            arrays[f"W{g}"] = W
-    for g, k in enumerate(params.keys):
-        if k is not None:
-            arrays.update(_compact_keys(f"keys{g}", k))
-    for g, lg in enumerate(params.info.get("loggamma") or []):  # MKN back-off weights (ngram.mkn)
-        arrays[f"G{g}"] = lg
-    # the tables some kinds are rebuilt with (clusters{C}, piece_bytes; kinds.py)
-    arrays.update(kinds.group_tables(params.groups))
-    return arrays
+    return dict(CompactArrays(params).items())
+
+
+class CompactArrays:
+    """``params_to_arrays(params)`` made one group at a time: ``items()`` yields the same
+    names and arrays in the same order, each group's compact arrays (``_compact_csr``,
+    ``_compact_keys``) built only when reached, so a writer that consumes them in turn
+    (``write_npz``) holds one group's copies at a time, not the whole model's."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def items(self):
+        p = self.params
+        if hasattr(p, "S"):
+            yield "q", p.q
+            yield "lambdas", np.asarray(p.lambdas, dtype=np.float64)
+            for g, S in enumerate(p.S):
+                yield from _compact_csr(f"S{g}", S).items()
+        else:
+            yield "b", p.b
+            for g, W in enumerate(p.W):
+                yield f"W{g}", W
+        for g, k in enumerate(p.keys):
+            if k is not None:
+                yield from _compact_keys(f"keys{g}", k).items()
+        for g, lg in enumerate(p.info.get("loggamma") or []):  # MKN back-off weights (ngram.mkn)
+            yield f"G{g}", lg
+        # the tables some kinds are rebuilt with (clusters{C}, piece_bytes; kinds.py)
+        yield from kinds.group_tables(p.groups).items()
 
 
 # ---- compact storage (lossless): smaller dtypes where the values fit, decoded on load --------

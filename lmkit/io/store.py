@@ -280,7 +280,8 @@ def _is_num(x) -> bool:
 
 # What each folder kind is, for messages that say what a verb was given and what it takes.
 _KIND_NAMES = {"sparse": "an explicit model", "dense": "an explicit model",
-               "mixture": "a linear mixture (written by `lmkit interpolate`)",
+               "mixture": "a linear mixture (written by `lmkit interpolate` or "
+                          "`lmkit train --solver residual`)",
                "neural": "a neural model (written by `lmkit train --solver transformer|residual`)"}
 EXPLICIT = ("sparse", "dense")
 ALL_KINDS = ("sparse", "dense", "mixture", "neural")

@@ -172,6 +172,10 @@ def write_folder(path, fill, log=None) -> Path:
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise OutputError(f"{path}: cannot write the model ({e.strerror or e}); nothing was "
                               "changed, free space or pick another output folder") from None
+        if isinstance(e, OutputError) and tmp is not None and str(tmp) in str(e):
+            # a folder written inside ours (a mixture's components/N): name it where the user
+            # will look for it, not in the hidden temp folder that is gone now
+            raise OutputError(str(e).replace(str(tmp), str(path))) from None
         raise
     return path
 

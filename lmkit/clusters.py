@@ -41,6 +41,10 @@ def bigram_embedding(F1: sp.csr_matrix, dim: int = 32, seed: int = 0) -> np.ndar
     X.data = np.sqrt(X.data)
     k = max(1, min(dim, min(X.shape) - 1))
     u, s, _ = svds(X, k=k, v0=np.random.default_rng(seed).standard_normal(min(X.shape)))
+    # a text with fewer than k independent neighbour patterns (a few lines) leaves singular
+    # values at rounding level whose vectors ARPACK picks arbitrarily, run to run; kept, their
+    # noise decided k-means and the clusters changed between identical runs: zero them
+    s = np.where(s > s.max(initial=0.0) * max(X.shape) * np.finfo(np.float64).eps, s, 0.0)
     return u * s
 
 
@@ -75,7 +79,10 @@ def cluster_tokens(F1: sp.csr_matrix, n_clusters: int, seed: int = 0, dim: int =
         d2 = np.minimum(d2, ((Y - centers[c]) ** 2).sum(1))
     for _ in range(n_iter):
         dist = (Y ** 2).sum(1)[:, None] - 2 * Y @ centers.T + (centers ** 2).sum(1)[None]
-        label = dist.argmin(1)
+        # distances equal in exact arithmetic (twin tokens, twin centres; a repeated singular
+        # value's vectors come back rotated run to run) differ by rounding: rounded, the tie
+        # goes to the first centre every run
+        label = np.round(dist, 9).argmin(1)
         size = np.bincount(label, minlength=n_clusters)
         sums = np.zeros_like(centers)
         np.add.at(sums, label, Y)

@@ -38,7 +38,7 @@ from . import compact, rich
 from .config import NEURAL_SOLVERS, CorpusConfig, NeuralConfig, ScaleConfig, TrainConfig
 from .counts import Counts, count_ngrams
 from .distributed import count_corpus_dask
-from .errors import OptionError
+from .errors import InputError, OptionError
 from .features import Suffix, make_groups
 from .gradient import finetune
 from .memory import check_memory, format_bytes
@@ -379,6 +379,12 @@ def _train_neural(cfg: TrainConfig, r: str = "neural"):
     neural.require_torch()
     g, n = cfg.gradient, cfg.neural
     train_corpus, valid, carved = load_text(cfg.corpus)
+    if not valid:  # refused before an explicit base is trained for nothing
+        raise InputError(
+            f"the training text has fewer than {HOLDOUT_EVERY} non-blank lines, so no held-out "
+            "lines are carved for the network's checkpoints; give at least "
+            f"{HOLDOUT_EVERY} lines (split a single long line into lines)" if carved else
+            "the held-out split is empty; the network's checkpoints need held-out lines")
     lines = list(kept(train_corpus, carved))
     options = {"max_seconds": g.max_seconds, "seed": cfg.spm.seed, "log": log,
                "lr": g.effective_lr, "warmup": n.warmup}

@@ -175,6 +175,22 @@ def test_full_disk_names_the_path_and_the_fix(tmp_path, capsys, tiny_model_dir, 
     one_error_line(code, err, r"/dev/full: cannot write \(No space left on device\)")
 
 
+def test_full_disk_in_a_nested_folder_names_the_output(tmp_path):
+    """A mixture's component failing to write (`lmkit train --solver residual --output
+    full/mix` on a full disk) is named under the output, not the removed hidden temp folder."""
+    from lmkit.errors import OutputError
+    from lmkit.io.store import write_folder
+
+    def inner(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "mix"
+    with pytest.raises(OutputError) as e:
+        write_folder(out, lambda tmp: write_folder(tmp / "components" / "1", inner))
+    assert str(e.value).startswith(f"{out}/components/1: cannot write the model (No space left")
+    assert ".tmp" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
 def test_full_tmpdir_names_the_folder_and_the_fix():
     from lmkit.cli import _os_error_line
 

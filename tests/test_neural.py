@@ -395,6 +395,24 @@ def test_cli_residual_default_is_the_mixture_every_verb_reads(tmp_path, tiny_cor
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("lines", [5, 19, 1])
+def test_cli_neural_on_too_few_lines_says_why_before_training(tmp_path, tiny_lines,
+                                                              tiny_tok_file, capsys, lines):
+    """Under 20 lines (or one huge line) no held-out lines are carved: one line naming the
+    fix, before an explicit base is trained (it said only "needs non-empty train and valid
+    lines", after training the base)."""
+    from lmkit.cli import main
+    text = tmp_path / "few.txt"
+    body = tiny_lines[:lines] if lines > 1 else [" ".join(tiny_lines[:200])]
+    text.write_text("\n".join(body) + "\n", encoding="utf-8")
+    code = main(["train", "--input", str(text), "--tokenizer", str(tiny_tok_file), "--solver",
+                 "residual", "--max-seconds", "2", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "[1/2]" not in err
+    assert "fewer than 20 non-blank lines" in err and "give at least 20 lines" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few.txt"]
+
+
 @pytest.mark.parametrize("args, says", [
     (["--solver", "residual", "--max-seconds", "2", "--crossfit", "2"],
      "--crossfit is for --hybrid residual"),

@@ -174,6 +174,10 @@ def write_folder(path, fill, log=None) -> Path:
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise OutputError(f"{path}: cannot write the model ({e.strerror or e}); nothing was "
                               "changed, free space or pick another output folder") from None
+        if isinstance(e, OutputError) and tmp is not None and str(tmp) in str(e):
+            # a folder written inside ours (a mixture's components/N): name it where the user
+            # will look for it, not in the hidden temp folder that is gone now
+            raise OutputError(str(e).replace(str(tmp), str(path))) from None
         raise
     return path
 
@@ -298,7 +302,8 @@ def _is_num(x) -> bool:
 
 # What each folder kind is, for messages that say what a verb was given and what it takes.
 _KIND_NAMES = {"sparse": "an explicit model", "dense": "an explicit model",
-               "mixture": "a linear mixture (written by `lmkit interpolate`)",
+               "mixture": "a linear mixture (written by `lmkit interpolate` or "
+                          "`lmkit train --solver residual`)",
                "neural": "a neural model (written by `lmkit train --solver transformer|residual`)"}
 EXPLICIT = ("sparse", "dense")
 ALL_KINDS = ("sparse", "dense", "mixture", "neural")

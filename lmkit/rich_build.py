@@ -478,7 +478,7 @@ def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, pad, folder, mapped,
         groups += line_groups(piece_bytes, line_positions, tables)
     edges = tuple(entry_edges)
     if log:
-        how = (f"on Dask" if engine == "dask" else f"in {workers} worker processes"
+        how = ("on Dask" if engine == "dask" else f"in {workers} worker processes"
                if workers > 1 else "one at a time")
         log(f"      solving {len(groups)} groups {how}")
     if engine != "dask":

@@ -239,18 +239,9 @@ def ordered_map(fn, items, workers: int, *, init=None, init_args=(), what: str =
     procs, conns = [], []  # conns[k] = (tasks to worker k, results from worker k)
     try:
         for _ in range(workers):
-            # made per worker, the parent's copy of the worker's ends closed before the next
-            # fork: a worker's death closes its results pipe (EOF), it is not kept open by
-            # a sibling that inherited it
-            t_read, t_write = ctx.Pipe(duplex=False)
-            r_read, r_write = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_pool_worker, daemon=True,
-                               args=(fn, init, init_args, t_read, r_write, os.getpid()))
-            proc.start()
-            t_read.close()
-            r_write.close()
+            proc, conn = _start_worker(ctx, fn, init, init_args)
             procs.append(proc)
-            conns.append((t_write, r_read))
+            conns.append(conn)
 
         def receive(k):
             try:
@@ -323,6 +314,21 @@ def ordered_map(fn, items, workers: int, *, init=None, init_args=(), what: str =
 _END = object()
 
 
+def _start_worker(ctx, fn, init, init_args):
+    """One pool worker (``_pool_worker``) and its ``(tasks to it, results from it)`` pipe ends.
+    The pipes are made per worker and the parent's copies of the worker's ends are closed
+    before the next fork: a worker's death closes its results pipe (EOF), it is not kept open
+    by a sibling that inherited it."""
+    t_read, t_write = ctx.Pipe(duplex=False)
+    r_read, r_write = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_pool_worker, daemon=True,
+                       args=(fn, init, init_args, t_read, r_write, os.getpid()))
+    proc.start()
+    t_read.close()
+    r_write.close()
+    return proc, (t_write, r_read)
+
+
 class WorkerGroup:
     """``workers`` processes (``pool_context``) that keep what they build between calls:
     ``ask(items)`` sends ``items[k]`` to worker k, computes ``fn(items[k])`` there and returns
@@ -340,16 +346,10 @@ class WorkerGroup:
         self.what, self.procs, self.conns = what, [], []
         ctx = pool_context()
         try:
-            for _ in range(workers):  # as ordered_map: pipes per worker, closed ends dropped
-                t_read, t_write = ctx.Pipe(duplex=False)
-                r_read, r_write = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_pool_worker, daemon=True,
-                                   args=(fn, init, init_args, t_read, r_write, os.getpid()))
-                proc.start()
-                t_read.close()
-                r_write.close()
+            for _ in range(workers):
+                proc, conn = _start_worker(ctx, fn, init, init_args)
                 self.procs.append(proc)
-                self.conns.append((t_write, r_read))
+                self.conns.append(conn)
         except BaseException:
             self.close()
             raise

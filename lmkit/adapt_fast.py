@@ -17,12 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .ngram.score import lower_bound
+from .sortedsearch import lower_bound
 
-# the one binary search of the compiled scorers (ngram/score.py), compiled here too
-# (once ngram/score.py has compiled its own, its module holds a dispatcher: take the function)
-_lower_bound = njit(cache=True, nogil=True, inline="always")(getattr(lower_bound, "py_func",
-                                                                     lower_bound))
+# the one binary search of the compiled loops (sortedsearch.py), compiled here too
+_lower_bound = njit(cache=True, nogil=True, inline="always")(lower_bound)
 
 
 @njit(cache=True, nogil=True)

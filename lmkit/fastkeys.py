@@ -17,6 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .sortedsearch import lower_bound
+
+_lower_bound = njit(cache=True, nogil=True, inline="always")(lower_bound)  # the one binary search
+
 DIGIT = 11  # radix bits per pass: 2,048 buckets, whose write fronts stay in cache
 
 
@@ -114,13 +118,6 @@ def _merge(table, keys, pos, out):  # pragma: no cover (jit)
             while j + step < R and table[j + step] < x:
                 j += step
                 step *= 2
-            lo, hi = j + 1, min(j + step, R)  # table[j] < x; the answer is in (j, j + step]
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if table[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            j = lo
+            j = _lower_bound(table, j + 1, min(j + step, R), x)  # table[j] < x: in (j, j + step]
         if j < R and table[j] == x:
             out[pos[i]] = j

@@ -27,7 +27,7 @@ LAYERS = [
     ("base: shared types and helpers", [
         "lmkit.version", "lmkit.errors", "lmkit.progress", "lmkit.memory", "lmkit.config", "lmkit.fastkeys",
         "lmkit.sparse", "lmkit.params", "lmkit.fastscore", "lmkit.io.files", "lmkit.io.readfile",
-        "lmkit.io.npyfile", "lmkit.io.jsonrows", "lmkit.io", "lmkit.ngram", "lmkit.experiments"]),
+        "lmkit.io.npyfile", "lmkit.io.jsonrows", "lmkit.sortedsearch", "lmkit.io", "lmkit.ngram", "lmkit.experiments"]),
     ("data: text -> token ids", ["lmkit.corpus", "lmkit.tokenizer"]),
     ("features/counts: ids -> feature rows -> Counts", [
         "lmkit.features", "lmkit.clusters", "lmkit.linepos", "lmkit.kinds", "lmkit.counts",

@@ -31,6 +31,7 @@ from itertools import chain
 import numpy as np
 
 from ..errors import InputError
+from ..sortedsearch import lower_bound  # compiled here with the walk (_jitted)
 
 # numba is optional: without it the numpy route (ngram.tables.mkn_log_proba) scores. It is
 # imported when the compiled walk first runs (``_jitted``), not with this module: loading a model
@@ -38,18 +39,6 @@ from ..errors import InputError
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _JIT: dict = {}
 _JIT_LOCK = threading.Lock()
-
-
-def lower_bound(a, lo, hi, x):  # pragma: no cover (jit)
-    """The first index in ``[lo, hi)`` whose value in the sorted ``a`` is >= ``x`` (``hi`` if
-    none): one binary search, shared by the history and next-row lookups."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def _gallop(a, lo, hi, x):  # pragma: no cover (jit)

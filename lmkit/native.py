@@ -189,10 +189,16 @@ def _loadable(imports: list) -> bool:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` by temp-and-rename and remove the same kernel's files of other keys (older
+    sources or versions: one file per kernel stays)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+        prefix = path.name.rsplit(".", 2)[0] + "."
+        for old in path.parent.glob(prefix + "*.o"):
+            if old != path and old.name.count(".") == path.name.count("."):
+                old.unlink(missing_ok=True)
     except OSError:  # a cache we cannot write is only a slower next start
         tmp.unlink(missing_ok=True)
 

@@ -114,3 +114,13 @@ def test_undefined_symbols_reads_an_elf_symbol_table():
     assert "PyErr_SetString" in names and cf.native_name not in names
     assert not any(n.startswith(("NRT_Allocate", "NRT_MemInfo_alloc")) for n in names)
     assert native.undefined_symbols(b"not an object") is None
+
+
+def test_a_new_key_replaces_the_kernels_older_files(tmp_path):
+    """One file per kernel stays in the cache (older sources' files are removed), by
+    temp-and-rename: no temporary is left behind."""
+    for key in ("aaa", "bbb"):
+        native._write_atomic(tmp_path / f"fastkeys.find_keys.{key}.o", key.encode())
+    native._write_atomic(tmp_path / "fastkeys.find_ordered.ccc.o", b"c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fastkeys.find_keys.bbb.o", "fastkeys.find_ordered.ccc.o"]

@@ -152,7 +152,10 @@ def _load_or_build(module: str, name: str):
         return None
     cf, argspec = mod.native_kernel(name)
     if path is not None:
-        obj = cf._library._codegen._tm.emit_object(cf._library._final_module)
+        try:  # numba's codegen internals (0.59-0.68): another numba runs uncached, not broken
+            obj = cf._library._codegen._tm.emit_object(cf._library._final_module)
+        except AttributeError:
+            obj = b""
         imports = undefined_symbols(obj)
         if imports is not None and _loadable(imports):
             header = json.dumps({"format": FORMAT, "symbol": cf.native_name, "args": argspec,

@@ -14,8 +14,9 @@ Every sparse path (``log_proba``, ``next_logp``, ``next_logp_batch``: ``eval``, 
 ``next``, generation, the neural hybrid's explicit term) goes through one ``SparseScorer`` per
 parameters (``sparse_scorer``, derived state built once): target scores of many positions by
 the compiled union-product loop (``fastscore.py``, run as cached object code by ``native.py``)
-or, without numba, by the reference ``sparse_log_proba``; full next-token distributions by a dense scatter of the touched
-entries (their output is (n, V) anyway). All of them equal ``sparse_log_proba`` to ~1e-13.
+or, without numba, by the reference ``sparse_log_proba``; full next-token distributions by a
+dense scatter of the touched entries (their output is (n, V) anyway). All of them equal
+``sparse_log_proba`` to ~1e-13.
 """
 from __future__ import annotations
 
@@ -285,7 +286,7 @@ class SparseScorer:
     def next_logp_batch(self, rows: list) -> np.ndarray:
         """Full next-token log distributions (n, V) float64: O(touched entries + n V)."""
         n = len(rows[0]) if rows else 0
-        # _compiled() last: `lmkit next` (one distribution) never imports numba
+        # the kernel last: `lmkit next` (one distribution) never loads one
         fast = None if n < COMPILED_MIN_DISTRIBUTIONS or not self.active else \
             self.kernel("product_rows")
         if fast is None:

@@ -232,14 +232,36 @@ def input_chunks(*, input=None, dataset=None, split: str = ScoreConfig.split,
 
 
 # ---- scoring ----------------------------------------------------------------------------------
+def _encode(model, lines: list, num_threads: int | None = None, compiled: bool | None = None):
+    """``lines`` encoded by the model's tokenizer: ``(ids, lengths)`` arrays
+    (``Tokenizer.encode_flat``; ``compiled``: its unit cache, see there), or a list of id
+    lists for a tokenizer without it."""
+    encode_flat = getattr(model.tokenizer, "encode_flat", None)
+    if encode_flat is None:
+        return model.tokenizer.encode_batch(lines, num_threads=num_threads)
+    return encode_flat(lines, num_threads=num_threads, compiled=compiled)
+
+
 def _line_stats(model, lines: list, seqs=None, num_threads: int | None = None):
     """Per-line ``(nll_nats, tokens, bytes)`` arrays, float64/int64/int64 (L,): tokens count
-    EOS, bytes the UTF-8 bytes + 1 for the newline. ``seqs``: the lines already encoded."""
+    EOS, bytes the UTF-8 bytes + 1 for the newline. ``seqs``: the lines already encoded
+    (``_encode``: ``(ids, lengths)`` or id lists)."""
     if seqs is None:
-        seqs = model.tokenizer.encode_batch(lines, num_threads=num_threads)
-    logp, seq_index = model.log_proba_ids(seqs)
+        seqs = _encode(model, lines, num_threads)
+    if isinstance(seqs, tuple):  # (ids, lengths)
+        ids, lengths = seqs
+        log_proba_flat = getattr(model, "log_proba_flat", None)
+        if log_proba_flat is not None:
+            logp, seq_index = log_proba_flat(ids, lengths)
+        else:
+            ends = np.cumsum(lengths)
+            logp, seq_index = model.log_proba_ids(
+                [ids[a:b].tolist() for a, b in zip(ends - lengths, ends)])
+        tok = lengths + 1
+    else:
+        logp, seq_index = model.log_proba_ids(seqs)
+        tok = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
     nll = -np.bincount(seq_index, logp, minlength=len(lines))
-    tok = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
     # no line holds "\n" (they were split at it): the newlines of the joined text end them
     text = np.frombuffer(("\n".join(lines) + "\n").encode("utf-8"), dtype=np.uint8)
     n_bytes = np.diff(np.flatnonzero(text == 10), prepend=-1)
@@ -335,7 +357,8 @@ def _forecast(chunk: Chunk, seqs: list, input_bytes: int) -> int:
     pipe). A forecast for ``_prepare``: it changes the speed, never a number."""
     if input_bytes <= 0 or not chunk.lines:
         return 0
-    targets = sum(map(len, seqs)) + len(seqs)
+    targets = (int(seqs[1].sum()) + len(seqs[1]) if isinstance(seqs, tuple)
+               else sum(map(len, seqs)) + len(seqs))
     chunk_bytes = sum(map(len, chunk.lines)) + len(chunk.lines)  # characters: a lower bound
     return int(targets * max(input_bytes / chunk_bytes, 1.0))
 
@@ -370,6 +393,11 @@ def _worker_score(chunk):
 # chunk waits for the model's tables (~0.5 s on an order-5 model), bounded so that memory
 # stays constant (at most PREFETCH x CHUNK_CHARS characters and their ids)
 PREFETCH = 16
+# an input this large encodes through the tokenizer's compiled unit cache from its first chunk
+# (``Tokenizer.encode_flat``, ``wordcache``): it saves ~0.4 us a token over SentencePiece's
+# BPE, so ~1M tokens repay numba's import and first call (~0.5 CPU s), which the compiled MKN
+# walk of such a job pays anyway; a shorter one uses the cache only once numba is loaded
+COMPILED_ENCODE_BYTES = 4 << 20
 
 
 def _prefetched(fn, items, depth: int = PREFETCH):
@@ -430,10 +458,12 @@ def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
         if units:
             yield _adaptive_text(model, units, adapt)
         return
-    encode = model.tokenizer.encode_batch
+    # a long input encodes through the tokenizer's compiled unit cache (numba's import pays)
+    compiled = True if input_bytes >= COMPILED_ENCODE_BYTES else None
+    encode = partial(_encode, model, num_threads=1, compiled=compiled)
     if workers == 1:  # read and encode the next chunks while this one is scored
         first = True
-        for chunk, seqs in _prefetched(lambda c: encode(c.lines, num_threads=1), chunks):
+        for chunk, seqs in _prefetched(lambda c: encode(c.lines), chunks):
             if first:  # the tables build here while the reader keeps encoding (both nogil)
                 _prepare(model, _forecast(chunk, seqs, input_bytes))
                 first = False
@@ -443,7 +473,7 @@ def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
     head = next(chunks, None)
     if head is None:
         return
-    expected = _forecast(head, encode(head.lines, num_threads=1), input_bytes)
+    expected = _forecast(head, encode(head.lines), input_bytes)
     chunks = chain([head], chunks)
     if pool_context().get_start_method() == "fork":  # the workers share the parent's model
         _prepare(model, expected)  # built once, before the fork: shared, not built per worker

@@ -43,15 +43,17 @@ import queue
 import sys
 import threading
 import time
+from bisect import bisect_left
 from functools import partial
-from itertools import chain
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
-from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
+from .corpus import (expand_paths, file_lines, local_data_files, numbered_sequence_blocks,
+                     numbered_sequences, sequences)
 from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
 from .io import jsonrows
 from .io.files import atomic_write, check_output_writable
@@ -205,18 +207,25 @@ def _chunks(units: Iterable, max_units: int = CHUNK_UNITS, max_chars: int = CHUN
 
 
 def _line_chunks(paths, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHARS):
-    """``Chunk``s of a plain text input scored line by line: no per-line dict or tuple."""
-    it = _text_lines(paths)
-    while True:
-        lines, numbers, chars = [], [], 0
-        for n, line in it:  # islice without a per-line size check would let one chunk grow huge
-            lines.append(line)
-            numbers.append(n)
-            chars += len(line)
+    """``Chunk``s of a plain text input scored line by line: no per-line dict or tuple; the
+    lines read in blocks (``corpus.numbered_sequence_blocks``), cut where ``_chunks`` cuts (a
+    chunk ends after the line that brings it to ``max_units`` lines or ``max_chars``)."""
+    lines, numbers, chars = [], [], 0
+    for nums, seqs in numbered_sequence_blocks(expand_paths(paths),
+                                               "input:" + ",".join(map(str, paths))):
+        pos = 0
+        while pos < len(seqs):
+            take = min(len(seqs) - pos, max_units - len(lines))
+            cum = list(accumulate(map(len, seqs[pos:pos + take]), initial=chars))
+            take = min(take, bisect_left(cum, max_chars, 1))  # the line reaching max_chars
+            lines += seqs[pos:pos + take]
+            numbers += nums[pos:pos + take]
+            chars = cum[take]
+            pos += take
             if len(lines) >= max_units or chars >= max_chars:
-                break
-        if not lines:
-            return
+                yield Chunk(lines, numbers=numbers)
+                lines, numbers, chars = [], [], 0
+    if lines:
         yield Chunk(lines, numbers=numbers)
 
 

@@ -20,8 +20,10 @@ summed, ``tokens`` counts every line's EOS, ``perplexity`` = exp(nll_nats / toke
 sequence is still one document row, scored as the empty sequence (EOS only), so every record
 has a row with a finite perplexity.
 
-Scale: units are read lazily and scored in chunks (plain text line by line without a record
-per line); the arithmetic is vectorised per chunk, and once numba is loaded (the compiled MKN
+Scale: units are read lazily and scored in chunks (plain text in blocks, without a record
+per line: ``corpus.numbered_sequence_blocks``); a chunk is encoded by
+``Tokenizer.encode_flat`` (each distinct whitespace unit through SentencePiece once, the same
+ids, ``wordcache``) into one id array the model scores as it is; the arithmetic is vectorised per chunk, and once numba is loaded (the compiled MKN
 walk or sparse scorer loaded it) a chunk's rows are written by compiled code
 (``io.jsonrows``, the same bytes), else each unit costs one f-string of output.
 The work is forecast from the first chunk and the input files' size, so a model with derived

@@ -26,7 +26,8 @@ How: the batch is joined into UTF-8 bytes; one numba pass splits it into units (
 ASCII bytes, so no character is cut), looks each up in an open-addressing hash of the units
 seen before (FNV-1a over the bytes, the bytes compared on a hit) and appends the unseen ones;
 Python encodes only those (``encode_batch``, one call) and a second pass gathers every line's
-ids. SentencePiece's BPE costs ~0.6 us a token; a cached unit ~30 ns. The cache is bounded
+ids. SentencePiece's BPE costs ~0.5 us a token here, the cached path ~0.08 us (248k lines of
+the default corpus, the cache warm: 0.19-0.24 vs 1.42-1.47 CPU s). The cache is bounded
 (``MAX_UNITS`` units, ``MAX_BYTES`` bytes of text: emptied when full) and per ``Tokenizer``.
 """
 from __future__ import annotations

@@ -185,6 +185,10 @@ class Tokenizer:
         self._space_bytes = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_SYMBOL.encode()]
         self._units = None  # wordcache.UnitCache, made on the first encode_flat that uses it
 
+    def __getstate__(self):
+        """Pickles carry the model, not the unit cache (a copy makes its own)."""
+        return {**self.__dict__, "_units": None}
+
     @classmethod
     def train(cls, lines: Iterable[str], *, vocab_size: int = TokenizerConfig.vocab_size,
               model_type: str = TokenizerConfig.model_type, seed: int = TokenizerConfig.seed,
@@ -270,7 +274,7 @@ class Tokenizer:
     def encode_flat(self, lines: list[str], num_threads: int | None = None,
                     compiled: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``encode_batch(lines)`` flattened: ``(ids, lengths)``, int32 (T,) every line's ids in
-        order and int64 (L,) each line's count; the lines must not hold "\\n".
+        order and int64 (L,) each line's count.
 
         ``compiled``: encode through ``wordcache.UnitCache`` (each distinct whitespace unit
         encoded once, the same ids; BPE models whose encoding decomposes, ``wordcache``):

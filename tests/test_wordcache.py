@@ -87,3 +87,11 @@ def test_decomposable_rules():
     assert not wordcache.decomposable(pieces, {1: b"identity", 3: 0}, {3: 2})  # removes spaces
     assert not wordcache.decomposable(pieces, {**norm, 5: 0}, {3: 2})  # spaces not escaped
     assert not wordcache.decomposable(pieces, norm, {3: 2, 24: 1})  # whitespace as suffix
+
+
+def test_a_pickled_tokenizer_leaves_its_cache(bpe):
+    import pickle
+    bpe.encode_flat(["a b"], compiled=True)
+    copy = pickle.loads(pickle.dumps(bpe))
+    assert copy._units is None and bpe._units
+    assert flat(copy, ODD, True) == bpe.encode_batch(ODD)

@@ -31,6 +31,7 @@ Lines — the one rule, used by train, eval, score, spm-encode, generate --promp
 
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -315,6 +316,57 @@ def read_lines(path: str | os.PathLike | None) -> Iterator[str]:
                          "permissions") from None
     with f:
         yield from _decoded_lines(f, str(path))
+
+
+def numbered_sequence_blocks(paths: Iterable[Path], source: str | None = "lines",
+                             block: int = 1 << 20) -> Iterator[tuple[list, list]]:
+    """``numbered_sequences`` of the files' lines (``file_lines``, the files in order), in
+    lists: ``(numbers, sequences)`` per ~``block`` bytes read. The same pairs and errors, but
+    one decode and one split per block instead of a generator step per line (``lmkit score``
+    on plain text reads ~4x faster)."""
+    number, found = 0, False
+    for path in paths:
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e}); check its permissions") from None
+        with f:
+            offset, carry = 0, b""
+            while True:
+                try:
+                    data = f.read(block)
+                except OSError as e:  # as _decoded_lines: a read error mid-stream
+                    raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path") from None
+                if data:
+                    data = carry + data
+                    cut = data.rfind(b"\n") + 1  # whole lines only: "\n" ends no UTF-8 sequence
+                    if cut == 0:
+                        carry = data
+                        continue
+                    body, carry = data[:cut], data[cut:]
+                elif carry:  # the last line, without its "\n"
+                    body, carry = carry, b""
+                else:
+                    break
+                bom = 3 if offset == 0 and body.startswith(b"\xef\xbb\xbf") else 0
+                try:
+                    text = body[bom:].decode("utf-8")
+                except UnicodeDecodeError:  # the line reader's error names the offset
+                    for _ in _decoded_lines(io.BytesIO(body), str(path), offset):
+                        pass
+                    raise
+                lines = text.split("\n")
+                if body.endswith(b"\n"):
+                    lines.pop()  # the "" after the last "\n"
+                seqs = [x.rstrip() for x in lines]
+                numbers = [n for n, x in enumerate(seqs, number) if x]
+                number += len(lines)
+                offset += len(body)
+                if numbers:
+                    found = True
+                    yield numbers, [x for x in seqs if x]
+    if not found and source is not None:
+        raise no_text_error(source)
 
 
 def no_text_error(source: str) -> InputError:

@@ -20,8 +20,10 @@ summed, ``tokens`` counts every line's EOS, ``perplexity`` = exp(nll_nats / toke
 sequence is still one document row, scored as the empty sequence (EOS only), so every record
 has a row with a finite perplexity.
 
-Scale: units are read lazily and scored in chunks (plain text line by line without a record
-per line); the arithmetic is vectorised per chunk, and once numba is loaded (the compiled MKN
+Scale: units are read lazily and scored in chunks (plain text in blocks, without a record
+per line: ``corpus.numbered_sequence_blocks``); a chunk is encoded by
+``Tokenizer.encode_flat`` (each distinct whitespace unit through SentencePiece once, the same
+ids, ``wordcache``) into one id array the model scores as it is; the arithmetic is vectorised per chunk, and once numba is loaded (the compiled MKN
 walk or sparse scorer loaded it) a chunk's rows are written by compiled code
 (``io.jsonrows``, the same bytes), else each unit costs one f-string of output.
 The work is forecast from the first chunk and the input files' size, so a model with derived
@@ -43,15 +45,17 @@ import queue
 import sys
 import threading
 import time
+from bisect import bisect_left
 from functools import partial
-from itertools import chain
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
-from .corpus import expand_paths, file_lines, local_data_files, numbered_sequences, sequences
+from .corpus import (expand_paths, file_lines, local_data_files, numbered_sequence_blocks,
+                     numbered_sequences, sequences)
 from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
 from .io import jsonrows
 from .io.files import atomic_write, check_output_writable
@@ -205,18 +209,25 @@ def _chunks(units: Iterable, max_units: int = CHUNK_UNITS, max_chars: int = CHUN
 
 
 def _line_chunks(paths, max_units: int = CHUNK_UNITS, max_chars: int = CHUNK_CHARS):
-    """``Chunk``s of a plain text input scored line by line: no per-line dict or tuple."""
-    it = _text_lines(paths)
-    while True:
-        lines, numbers, chars = [], [], 0
-        for n, line in it:  # islice without a per-line size check would let one chunk grow huge
-            lines.append(line)
-            numbers.append(n)
-            chars += len(line)
+    """``Chunk``s of a plain text input scored line by line: no per-line dict or tuple; the
+    lines read in blocks (``corpus.numbered_sequence_blocks``), cut where ``_chunks`` cuts (a
+    chunk ends after the line that brings it to ``max_units`` lines or ``max_chars``)."""
+    lines, numbers, chars = [], [], 0
+    for nums, seqs in numbered_sequence_blocks(expand_paths(paths),
+                                               "input:" + ",".join(map(str, paths))):
+        pos = 0
+        while pos < len(seqs):
+            take = min(len(seqs) - pos, max_units - len(lines))
+            cum = list(accumulate(map(len, seqs[pos:pos + take]), initial=chars))
+            take = min(take, bisect_left(cum, max_chars, 1))  # the line reaching max_chars
+            lines += seqs[pos:pos + take]
+            numbers += nums[pos:pos + take]
+            chars = cum[take]
+            pos += take
             if len(lines) >= max_units or chars >= max_chars:
-                break
-        if not lines:
-            return
+                yield Chunk(lines, numbers=numbers)
+                lines, numbers, chars = [], [], 0
+    if lines:
         yield Chunk(lines, numbers=numbers)
 
 
@@ -232,14 +243,36 @@ def input_chunks(*, input=None, dataset=None, split: str = ScoreConfig.split,
 
 
 # ---- scoring ----------------------------------------------------------------------------------
+def _encode(model, lines: list, num_threads: int | None = None, compiled: bool | None = None):
+    """``lines`` encoded by the model's tokenizer: ``(ids, lengths)`` arrays
+    (``Tokenizer.encode_flat``; ``compiled``: its unit cache, see there), or a list of id
+    lists for a tokenizer without it."""
+    encode_flat = getattr(model.tokenizer, "encode_flat", None)
+    if encode_flat is None:
+        return model.tokenizer.encode_batch(lines, num_threads=num_threads)
+    return encode_flat(lines, num_threads=num_threads, compiled=compiled)
+
+
 def _line_stats(model, lines: list, seqs=None, num_threads: int | None = None):
     """Per-line ``(nll_nats, tokens, bytes)`` arrays, float64/int64/int64 (L,): tokens count
-    EOS, bytes the UTF-8 bytes + 1 for the newline. ``seqs``: the lines already encoded."""
+    EOS, bytes the UTF-8 bytes + 1 for the newline. ``seqs``: the lines already encoded
+    (``_encode``: ``(ids, lengths)`` or id lists)."""
     if seqs is None:
-        seqs = model.tokenizer.encode_batch(lines, num_threads=num_threads)
-    logp, seq_index = model.log_proba_ids(seqs)
+        seqs = _encode(model, lines, num_threads)
+    if isinstance(seqs, tuple):  # (ids, lengths)
+        ids, lengths = seqs
+        log_proba_flat = getattr(model, "log_proba_flat", None)
+        if log_proba_flat is not None:
+            logp, seq_index = log_proba_flat(ids, lengths)
+        else:
+            ends = np.cumsum(lengths)
+            logp, seq_index = model.log_proba_ids(
+                [ids[a:b].tolist() for a, b in zip(ends - lengths, ends)])
+        tok = lengths + 1
+    else:
+        logp, seq_index = model.log_proba_ids(seqs)
+        tok = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
     nll = -np.bincount(seq_index, logp, minlength=len(lines))
-    tok = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
     # no line holds "\n" (they were split at it): the newlines of the joined text end them
     text = np.frombuffer(("\n".join(lines) + "\n").encode("utf-8"), dtype=np.uint8)
     n_bytes = np.diff(np.flatnonzero(text == 10), prepend=-1)
@@ -335,7 +368,8 @@ def _forecast(chunk: Chunk, seqs: list, input_bytes: int) -> int:
     pipe). A forecast for ``_prepare``: it changes the speed, never a number."""
     if input_bytes <= 0 or not chunk.lines:
         return 0
-    targets = sum(map(len, seqs)) + len(seqs)
+    targets = (int(seqs[1].sum()) + len(seqs[1]) if isinstance(seqs, tuple)
+               else sum(map(len, seqs)) + len(seqs))
     chunk_bytes = sum(map(len, chunk.lines)) + len(chunk.lines)  # characters: a lower bound
     return int(targets * max(input_bytes / chunk_bytes, 1.0))
 
@@ -370,6 +404,11 @@ def _worker_score(chunk):
 # chunk waits for the model's tables (~0.5 s on an order-5 model), bounded so that memory
 # stays constant (at most PREFETCH x CHUNK_CHARS characters and their ids)
 PREFETCH = 16
+# an input this large encodes through the tokenizer's compiled unit cache from its first chunk
+# (``Tokenizer.encode_flat``, ``wordcache``): it saves ~0.4 us a token over SentencePiece's
+# BPE, so ~1M tokens repay numba's import and first call (~0.5 CPU s), which the compiled MKN
+# walk of such a job pays anyway; a shorter one uses the cache only once numba is loaded
+COMPILED_ENCODE_BYTES = 4 << 20
 
 
 def _prefetched(fn, items, depth: int = PREFETCH):
@@ -430,10 +469,12 @@ def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
         if units:
             yield _adaptive_text(model, units, adapt)
         return
-    encode = model.tokenizer.encode_batch
+    # a long input encodes through the tokenizer's compiled unit cache (numba's import pays)
+    compiled = True if input_bytes >= COMPILED_ENCODE_BYTES else None
+    encode = partial(_encode, model, num_threads=1, compiled=compiled)
     if workers == 1:  # read and encode the next chunks while this one is scored
         first = True
-        for chunk, seqs in _prefetched(lambda c: encode(c.lines, num_threads=1), chunks):
+        for chunk, seqs in _prefetched(lambda c: encode(c.lines), chunks):
             if first:  # the tables build here while the reader keeps encoding (both nogil)
                 _prepare(model, _forecast(chunk, seqs, input_bytes))
                 first = False
@@ -443,7 +484,7 @@ def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
     head = next(chunks, None)
     if head is None:
         return
-    expected = _forecast(head, encode(head.lines, num_threads=1), input_bytes)
+    expected = _forecast(head, encode(head.lines), input_bytes)
     chunks = chain([head], chunks)
     if pool_context().get_start_method() == "fork":  # the workers share the parent's model
         _prepare(model, expected)  # built once, before the fork: shared, not built per worker

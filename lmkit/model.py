@@ -162,6 +162,11 @@ class LanguageModel(BaseModel):
             n_targets = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)) + 1
             return (walk.log_proba(seqs, tok.bos_id, tok.eos_id),
                     np.repeat(np.arange(len(seqs)), n_targets))
+        return self._log_proba_rows(seqs)
+
+    def _log_proba_rows(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
+        """``log_proba_ids`` by the numpy route (context rows, then the group sums)."""
+        tok = self.tokenizer
         rows, targets, seq_index, order = scoring.context_rows(
             self.groups, self.params.keys, seqs, self.vocab_size, tok.bos_id, tok.eos_id,
             with_order=True)
@@ -169,6 +174,20 @@ class LanguageModel(BaseModel):
         if loggammas is not None:  # exact MKN: log Z = -sum log gamma, no union of columns
             return mkn_log_proba(self.params, rows, targets, loggammas, order), seq_index
         return scoring.log_proba(self.params, rows, targets, order), seq_index
+
+    def log_proba_flat(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``log_proba_ids`` of sequences given flattened (``Tokenizer.encode_flat``): ``ids``
+        (T,) every id in order, ``lengths`` int64 (S,) each sequence's count."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        n_targets = lengths + 1
+        walk = self._mkn_backoffs() is not None and ngram_score.walker(
+            self.params, self._loggammas, n_positions=int(n_targets.sum()))
+        if walk:
+            tok = self.tokenizer
+            return (walk.log_proba_flat(ids, lengths, tok.bos_id, tok.eos_id),
+                    np.repeat(np.arange(len(lengths)), n_targets))
+        ends = np.cumsum(lengths)
+        return self._log_proba_rows([ids[a:b].tolist() for a, b in zip(ends - lengths, ends)])
 
     def _mkn_backoffs(self):
         """log-gamma tables of a pure n-gram model with lambdas 1 (derived state, built once)."""

@@ -39,6 +39,8 @@ import os
 import pathlib
 import random
 import re
+import sys
+from itertools import chain
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -181,6 +183,11 @@ class Tokenizer:
                                                  self._sp.eos_id())
         self.options = _options_from_proto(self.model_proto)
         self._space_bytes = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_SYMBOL.encode()]
+        self._units = None  # wordcache.UnitCache, made on the first encode_flat that uses it
+
+    def __getstate__(self):
+        """Pickles carry the model, not the unit cache (a copy makes its own)."""
+        return {**self.__dict__, "_units": None}
 
     @classmethod
     def train(cls, lines: Iterable[str], *, vocab_size: int = TokenizerConfig.vocab_size,
@@ -263,6 +270,43 @@ class Tokenizer:
             if _SPACE_SYMBOL in line:  # rare: see the module docstring
                 out[i] = self._encode_with_space_symbol(line)
         return out
+
+    def encode_flat(self, lines: list[str], num_threads: int | None = None,
+                    compiled: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_batch(lines)`` flattened: ``(ids, lengths)``, int32 (T,) every line's ids in
+        order and int64 (L,) each line's count.
+
+        ``compiled``: encode through ``wordcache.UnitCache`` (each distinct whitespace unit
+        encoded once, the same ids; BPE models whose encoding decomposes, ``wordcache``):
+        None = when numba is already loaded, True = load it if installed, False = never.
+        Otherwise, and for a batch the cache does not take, ``encode_batch``."""
+        lines = list(lines)
+        if self._unit_cache(compiled):
+            out = self._units.encode(lines, num_threads)
+            if out is not None:
+                return out
+        seqs = self.encode_batch(lines, num_threads=num_threads)
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        ids = np.fromiter(chain.from_iterable(seqs), dtype=np.int32, count=int(lengths.sum()))
+        return ids, lengths
+
+    def _unit_cache(self, compiled: bool | None) -> bool:
+        from . import wordcache
+        if compiled is False or not wordcache.HAVE_NUMBA or (
+                compiled is None and "numba" not in sys.modules):
+            return False
+        if self._units is None:
+            try:
+                top = list(_fields(self.model_proto))
+                pieces = [dict(_fields(v)) for f, v in top if f == 1]
+                specs = {f: dict(_fields(v)) for f, v in top if f in (2, 3)}
+                ok = wordcache.decomposable(
+                    [(p.get(1, b"").decode("utf-8", errors="replace"), p.get(3, 1)) for p in pieces],
+                    specs.get(3, {}), specs.get(2, {}))
+            except (ValueError, IndexError):
+                ok = False
+            self._units = wordcache.UnitCache(self.encode_batch) if ok else False
+        return self._units is not False
 
     def _encode_with_space_symbol(self, text: str) -> list[int]:
         ids = []

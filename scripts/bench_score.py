@@ -119,11 +119,14 @@ def bench(a, lines, what, out, km, sp) -> None:
         return r
 
     def lmkit_cli(tree, name):
+        # run in the tree: `python -m` puts the working folder first on sys.path, ahead of
+        # PYTHONPATH, so run from another checkout it would import that checkout's lmkit
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        subprocess.run([sys.executable, "-m", "lmkit.cli", "score", a.model, "--input",
-                        str(out / "docs.txt"), "--output", str(out / f"scores-{name}.jsonl"),
-                        "--workers", "1"], env=env, check=True, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "lmkit.cli", "score", str(Path(a.model).resolve()),
+                        "--input", str((out / "docs.txt").resolve()), "--output",
+                        str((out / f"scores-{name}.jsonl").resolve()), "--workers", "1"],
+                       env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
 
     runs: dict = {}  # name -> [(seconds, CPU seconds)]
     names = ["kenlm loop (1 process)"] + [f"lmkit score --workers {w}" for w in a.workers]

@@ -347,15 +347,24 @@ class MknWalker:
 
     def log_proba(self, seqs: list, bos_id: int, eos_id: int) -> np.ndarray:
         lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+        return self.log_proba_flat(flat, lengths, bos_id, eos_id)
+
+    def log_proba_flat(self, flat: np.ndarray, lengths: np.ndarray, bos_id: int,
+                       eos_id: int) -> np.ndarray:
+        """``log_proba`` of the sequences given flattened: ``flat`` (T,) every id in order,
+        ``lengths`` int64 (S,) each sequence's count (``Tokenizer.encode_flat``)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
         total = int(lengths.sum())
-        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=total)
+        if len(flat) != total:
+            raise ValueError(f"{len(flat)} ids for sequences of {total}")
         if total and (flat.min() < 0 or flat.max() >= self.V):
             bad = int(flat[(flat < 0) | (flat >= self.V)][0])
             raise InputError(f"token id {bad} is out of range for a vocabulary of {self.V}; "
                              "encode the text with this model's tokenizer")
-        out = np.empty(total + len(seqs))
+        out = np.empty(total + len(lengths))
         compiled = _jitted()["score"]
-        compiled(flat.astype(np.int32), lengths, bos_id, eos_id, self.V, self.map1,
+        compiled(np.asarray(flat, dtype=np.int32), lengths, bos_id, eos_id, self.V, self.map1,
                  self.keys, self.koff, self.cptr, self.cbase, self.rowi, self.rowf,
                  self.rbase, self.h0, self.h0f, self.ent, self.entf, self.closed, self.logq, out)
         return out
@@ -368,7 +377,7 @@ class MknWalker:
 BUILD_AFTER = 1 / 8
 
 
-def walker(params, loggammas, seqs=(), expected: int = 0):
+def walker(params, loggammas, seqs=(), expected: int = 0, n_positions: int | None = None):
     """The ``MknWalker`` of ``params`` (kept on the frozen object), or None when the compiled
     loop is unavailable (no numba) or switched off (``scoring.USE_COMPILED = False``), or while
     the positions scored through ``params`` (``seqs``' targets counted in) are still fewer
@@ -376,13 +385,16 @@ def walker(params, loggammas, seqs=(), expected: int = 0):
 
     ``expected``: positions the caller forecasts it will score next (``lmkit score`` knows its
     input's size), counted in the decision but not kept: a long job builds the tables at its
-    start instead of first scoring an eighth of the entries' worth on the slower route."""
+    start instead of first scoring an eighth of the entries' worth on the slower route.
+    ``n_positions``: the targets of ``seqs`` when given as a count instead."""
     from .. import scoring
     if not HAVE_NUMBA or not scoring.USE_COMPILED:
         return None
     w = params.__dict__.get("_mkn_walker")
     if w is None:
-        seen = params.__dict__.get("_mkn_positions", 0) + sum(map(len, seqs)) + len(seqs)
+        if n_positions is None:
+            n_positions = sum(map(len, seqs)) + len(seqs)
+        seen = params.__dict__.get("_mkn_positions", 0) + n_positions
         object.__setattr__(params, "_mkn_positions", seen)
         if seen + max(int(expected), 0) < BUILD_AFTER * sum(S.nnz for S in params.S):
             return None

@@ -66,6 +66,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +282,8 @@ def _check_loadable(path: Path, m: dict, npz: Path, size: int) -> None:
     try:
         arrays = map_npz(npz, size, where="the model")
         groups = groups_from_names(m["groups"], arrays, where="the model")
-        arrays_to_params(m["kind"], groups, arrays, {}, where="the model", lambdas=m.get("lambdas"))
+        arrays_to_params(m["kind"], groups, arrays, {}, where="the model", lambdas=m.get("lambdas"),
+                         check_only=True)
     except (ModelFormatError, ValueError) as e:
         raise _not_written(path, e) from None
 
@@ -670,34 +672,65 @@ def _compact_keys(name: str, keys: np.ndarray) -> dict:
     return {name: keys}
 
 
-def _expand_compact(arrays, where) -> dict:
+def _expand_compact(arrays, where) -> "_Expanded":
     """The arrays with the compact keys and row lengths of ``_compact_csr``/``_compact_keys``
     expanded back to the plain names and dtypes ``_arrays_to_params`` checks (int32|int64 row
     pointers, int64 keys); a plain folder passes through unchanged. float32 values and uint16
     columns stay as they are: they are checked as stored and widened per group on first use
-    (``params.LazyCSRs``; the compiled scorer never widens them)."""
-    out = dict(arrays)
-    for name in list(out):
-        a = out[name]
+    (``params.LazyCSRs``; the compiled scorer never widens them).
+
+    The names and stored dtypes are checked here; each expanded array is made when it is read
+    (``_Expanded``), so a check that reads one group at a time holds one group's expansion."""
+    plain = {}  # plain name -> (compact name, how)
+    for name in list(arrays):
+        a = arrays[name]
         if name.endswith("_delta") and name.startswith("keys"):
-            plain = name[:-len("_delta")]
-            if plain in out or a.dtype.str != "<i4" or a.ndim != 1:
+            p = name[:-len("_delta")]
+            if p in arrays or a.dtype.str != "<i4" or a.ndim != 1:
                 raise ModelFormatError(f"{where}: {name!r} must be the int32 gaps of the "
-                                       f"absent {plain!r}; {_FIX}")
-            out[plain] = np.cumsum(a, dtype=np.int64)
-            del out[name]
+                                       f"absent {p!r}; {_FIX}")
+            plain[p] = (name, "keys")
         elif name.endswith("_rowlen") and name.startswith("S"):
-            plain = name[:-len("_rowlen")] + "_indptr"
-            if plain in out or a.dtype.str != "<u2" or a.ndim != 1:
+            p = name[:-len("_rowlen")] + "_indptr"
+            if p in arrays or a.dtype.str != "<u2" or a.ndim != 1:
                 raise ModelFormatError(f"{where}: {name!r} must be the uint16 row lengths of "
-                                       f"the absent {plain!r}; {_FIX}")
-            # summed straight into the final dtype: no int64 copy to narrow (fresh pages cost)
-            wide = int(a.sum(dtype=np.int64)) >= 1 << 31
-            indptr = np.zeros(len(a) + 1, dtype=np.int64 if wide else np.int32)
-            np.cumsum(a, out=indptr[1:])
-            out[plain] = indptr
-            del out[name]
-    return out
+                                       f"the absent {p!r}; {_FIX}")
+            plain[p] = (name, "indptr")
+    return _Expanded(arrays, plain)
+
+
+class _Expanded(Mapping):
+    """``arrays`` with each compact array under its plain name, expanded on every read (not
+    kept: the reader holds it as long as it needs it)."""
+
+    def __init__(self, arrays, plain: dict):
+        self.arrays, self.plain = arrays, plain
+        self.names = [n for n in arrays if n not in {c for c, _ in plain.values()}]
+        self.names += list(plain)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __contains__(self, name):
+        return name in self.plain or (name in self.arrays and name in self.names)
+
+    def __getitem__(self, name):
+        if name not in self.plain:
+            if name not in self.names:
+                raise KeyError(name)
+            return self.arrays[name]
+        cname, how = self.plain[name]
+        a = self.arrays[cname]
+        if how == "keys":
+            return np.cumsum(a, dtype=np.int64)
+        # summed straight into the final dtype: no int64 copy to narrow (fresh pages cost)
+        wide = int(a.sum(dtype=np.int64)) >= 1 << 31
+        indptr = np.zeros(len(a) + 1, dtype=np.int64 if wide else np.int32)
+        np.cumsum(a, out=indptr[1:])
+        return indptr
 
 
 def groups_from_names(names: list, arrays, where="params.npz") -> list:
@@ -817,19 +850,21 @@ def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> StoredCSR:
 
 
 def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.npz",
-                     lambdas=None):
+                     lambdas=None, check_only: bool = False):
     """Parameters from checked arrays; raises ``ModelFormatError`` naming the first problem.
 
     ``groups``: ``Window``/``Suffix`` objects; ``lambdas`` (optional): the manifest's copy.
+    ``check_only``: run every check, one group at a time, keeping nothing (returns None): the
+    expanded keys and row pointers of one group are held at a time, not the model's.
     """
     try:
         return _arrays_to_params(kind, groups, _expand_compact(arrays, where), info, where,
-                                 lambdas)
+                                 lambdas, check_only)
     finally:  # validation read every mapped array once: drop those pages from the RSS
         release_pages(*arrays.values())
 
 
-def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
+def _arrays_to_params(kind, groups, arrays, info, where, lambdas, check_only=False):
     """The params of a folder's ``arrays`` (name -> array) after every check: names, dtypes,
     shapes, key order and range, finiteness (``ModelFormatError`` naming the first problem)."""
     G = len(groups)
@@ -857,11 +892,19 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
         b = _array(arrays, "b", ("<f4", "<f8"), 1, where)
         V = len(b)
         _finite(b, "b", where)
-    keys = _checked_keys(arrays, groups, expected, V, where)
-    rows = [V if k is None else len(k) for k in keys]
+    keys, n_keys = _checked_keys(arrays, groups, expected, V, where, keep=not check_only)
+    rows = [V if n is None else n for n in n_keys]
     if kind == "sparse":
-        S = LazyCSRs([_check_csr(arrays, g, rows[g], V, where) for g in range(G)])
+        S = []
+        for g in range(G):  # check_only: each group's arrays go once checked
+            csr = _check_csr(arrays, g, rows[g], V, where)
+            if not check_only:
+                S.append(csr)
+            del csr
         loggamma = _checked_loggamma(arrays, expected, rows, where)
+        if check_only:
+            return None
+        S = LazyCSRs(S)
         if loggamma:
             info = {**info, "loggamma": loggamma}
         return SparseParams(groups, q, S, keys, lam, info)
@@ -873,7 +916,7 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
                                    f"{(rows[g], V)}; {_FIX}")
         _finite(w, f"W{g}", where)
         W.append(w)
-    return DenseParams(groups, W, b, keys, info)
+    return None if check_only else DenseParams(groups, W, b, keys, info)
 
 
 def _expected_arrays(kind, groups, arrays) -> set:
@@ -889,25 +932,29 @@ def _expected_arrays(kind, groups, arrays) -> set:
     return expected | set(kinds.group_tables(groups))  # clusters{C}, piece_bytes (kinds.py)
 
 
-def _checked_keys(arrays, groups, expected, V: int, where) -> list:
-    """Per group its keys (int64, sorted, unique, in range) or None (rows are token ids)."""
-    keys = []
+def _checked_keys(arrays, groups, expected, V: int, where, keep: bool = True):
+    """Per group its keys (int64, sorted, unique, in range) or None (rows are token ids), and
+    per group its number of keys (None for None); ``keep=False``: every key list is checked
+    and let go (the keys come back as None)."""
+    keys, n_keys = [], []
     for g, group in enumerate(groups):
         k = None
         if f"keys{g}" in expected:
             k = _array(arrays, f"keys{g}", ("<i8",), 1, where)
             # chained ids: Suffix(m) keys are parent_row * V + token, parent = a Suffix(m-1) row
-            parent = [keys[h] for h, x in enumerate(groups[:g])
+            parent = [n_keys[h] for h, x in enumerate(groups[:g])
                       if isinstance(x, Suffix) and isinstance(group, Suffix) and x.m == group.m - 1]
             # skip-gram and cluster keys pack several tokens / clusters (features.py, clusters.py)
-            limit = V * len(parent[0]) if parent else \
+            limit = V * parent[0] if parent else \
                 min(group.key_limit(V), 2 ** 63 - 1) if hasattr(group, "key_limit") else V
             if len(k) and (k[0] < 0 or k[-1] >= limit
                            or not all((np.diff(x) > 0).all() for x in _blocks(k, pairs=True))):
                 raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
                                        f"[0, {limit}); {_FIX}")
-        keys.append(k)
-    return keys
+        keys.append(k if keep else None)
+        n_keys.append(None if k is None else len(k))
+        del k
+    return keys, n_keys
 
 
 def _checked_loggamma(arrays, expected, rows: list, where) -> list:

@@ -580,6 +580,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     del S
     rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
                                     eos_id)
+    release_pages(*(k for k in params.keys if k is not None))  # the mapped keys looked up
     # every held-out position, whatever max_memory and whatever memory is free (thinning them,
     # solve.fit_heldout, would change the model): under max_memory the search is bounded by
     # summing its terms over pieces instead

@@ -110,6 +110,7 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
         cols.append(param_of(g, p, e))
         vals.append(S.data[e])
         hits.append(c == targets[p])
+        release_pages(S.data, S.indices, S.indptr)  # a mapped group's pages: read, copied
     keys, cols, vals, hits = (np.concatenate(x) for x in (keys, cols, vals, hits))
     tsum = np.bincount(cols[hits], vals[hits], minlength=n_params)
     index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**21 cells (choose_lambdas' chunks)
@@ -224,7 +225,11 @@ class HeldoutPlan:
         v, eb, B = self.vidx[:, idx], self.eb, self.B
 
         def param_of(g, p, e):  # the weight of a stored value: by entry or by position
-            return g * B + eb[g][e].astype(np.int64) if eb is not None else v[g][p]
+            if eb is None:
+                return v[g][p]
+            out = g * B + eb[g][e].astype(np.int64)
+            release_pages(eb[g])
+            return out
         try:
             return _union_chunk(self.params, [r[idx] for r in self.rows], self.targets[idx],
                                 param_of, self.P, hessian_positions=h)

@@ -229,12 +229,14 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
                                                 allowZip64=True) as zf:
         for name, a in arrays.items():
-            a = np.asarray(a)
-            if not a.flags.c_contiguous:
-                a = np.ascontiguousarray(a)
+            if not isinstance(a, _Converted):
+                a = np.asarray(a)
+                if not a.flags.c_contiguous:
+                    a = np.ascontiguousarray(a)
             hdr = io.BytesIO()
             np.lib.format.write_array_header_1_0(
-                hdr, np.lib.format.header_data_from_array_1_0(a))
+                hdr, {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+                      "shape": a.shape})
             npy_header = hdr.getvalue()
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_STORED
@@ -248,6 +250,10 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
                               + bytes(pad - 4))
             with zf.open(info, "w", force_zip64=zip64) as member:
                 member.write(npy_header)
+                if isinstance(a, _Converted):  # converted a block at a time as written
+                    for block in a.blocks():
+                        member.write(block.data)
+                    continue
                 flat = a.reshape(-1).view(np.uint8) if a.size else a.view(np.uint8)
                 for i in range(0, len(flat), _CHUNK):
                     member.write(flat[i:i + _CHUNK].data)
@@ -612,7 +618,7 @@ class _Reader(io.RawIOBase):
 # ---- arrays <-> params -----------------------------------------------------------------------
 def params_to_arrays(params) -> dict:
     """Flatten Sparse/Dense params into a dict of numpy arrays (see module docstring)."""
-    return dict(CompactArrays(params).items())
+    return {name: np.asarray(a) for name, a in CompactArrays(params).items()}
 
 
 class CompactArrays:
@@ -645,30 +651,79 @@ class CompactArrays:
 
 
 # ---- compact storage (lossless): smaller dtypes where the values fit, decoded on load --------
+_BLOCK = 1 << 20  # values converted at once by ``_compact_csr`` / ``_compact_keys``
+
+
+class _Converted:
+    """A 1-d array made from ``src`` a block at a time (``fn(lo, hi)``: the converted values
+    ``lo:hi``, in ``dtype``), never whole: ``write_npz`` writes it block by block (each
+    block's mapped source pages released as it goes); ``np.asarray`` makes it whole (for
+    ``params_to_arrays``). Same values as converting ``src`` at once."""
+
+    def __init__(self, src, n: int, dtype, fn):
+        self.src, self.shape, self.dtype, self.fn = src, (n,), np.dtype(dtype), fn
+        self.size, self.nbytes = n, n * self.dtype.itemsize
+
+    def blocks(self):
+        for lo in range(0, self.size, _BLOCK):
+            hi = min(lo + _BLOCK, self.size)
+            out = np.ascontiguousarray(self.fn(lo, hi), dtype=self.dtype)
+            release_pages(self.src[lo:hi + 1])
+            yield out
+
+    def __array__(self, dtype=None, copy=None):
+        parts = list(self.blocks())
+        a = np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+        return a if dtype is None else a.astype(dtype)
+
+
+def _all_blocks(n: int, test) -> bool:
+    """``test(lo, hi)`` holds for every block ``lo:hi`` of ``n`` values (block temporaries)."""
+    return all(test(lo, min(lo + _BLOCK, n)) for lo in range(0, n, _BLOCK))
+
+
 def _compact_csr(name: str, S) -> dict:
     """``csr_to_arrays`` in the smallest exact form: values as float32 when every value is a
     float32 (``compact.round_float32``), columns as uint16 when V <= 65536, and the row
-    pointers as uint16 row lengths (``{name}_rowlen``) when every row fits."""
+    pointers as uint16 row lengths (``{name}_rowlen``) when every row fits. The checks and
+    conversions go a block of values at a time (``_Converted``): no array-sized temporaries
+    on a large (memory-mapped) group."""
     out = csr_to_arrays(name, S)
-    data = out[f"{name}_data"]
-    small = data.astype(np.float32)
-    if np.array_equal(small.astype(np.float64), data):
-        out[f"{name}_data"] = small
+    data, indices, indptr = (out[f"{name}_{k}"] for k in ("data", "indices", "indptr"))
+
+    def f32(lo, hi):
+        x = data[lo:hi]
+        return np.array_equal(x.astype(np.float32).astype(np.float64), x)
+    if data.dtype == np.float64 and _all_blocks(len(data), f32):
+        out[f"{name}_data"] = _Converted(data, len(data), np.float32,
+                                         lambda lo, hi: data[lo:hi].astype(np.float32))
+    release_pages(data)
     if S.shape[1] <= 1 << 16:
-        out[f"{name}_indices"] = out[f"{name}_indices"].astype(np.uint16)
-        lengths = np.diff(out[f"{name}_indptr"])
-        if not len(lengths) or lengths.max() < 1 << 16:
+        out[f"{name}_indices"] = _Converted(indices, len(indices), np.uint16,
+                                            lambda lo, hi: indices[lo:hi].astype(np.uint16))
+        n = len(indptr) - 1
+        if _all_blocks(n, lambda lo, hi: np.diff(indptr[lo:hi + 1]).max() < 1 << 16):
             del out[f"{name}_indptr"]
-            out[f"{name}_rowlen"] = lengths.astype(np.uint16)
+            out[f"{name}_rowlen"] = _Converted(indptr, n, np.uint16,
+                                               lambda lo, hi: np.diff(indptr[lo:hi + 1]))
+        release_pages(indptr)
     return out
 
 
 def _compact_keys(name: str, keys: np.ndarray) -> dict:
     """Sorted int64 row keys as int32 gaps (``{name}_delta``, first gap = first key) when every
-    gap fits, else as they are."""
-    gaps = np.diff(keys, prepend=np.int64(0))
-    if len(gaps) and 0 <= gaps.min() and gaps.max() < 1 << 31:
-        return {f"{name}_delta": gaps.astype(np.int32)}
+    gap fits, else as they are (checked and converted a block at a time)."""
+    def gaps(lo, hi):  # keys[lo:hi] less the key before each (0 before the first)
+        return (np.diff(keys[:hi], prepend=np.int64(0)) if lo == 0
+                else np.diff(keys[lo - 1:hi]))
+
+    def fits(lo, hi):
+        g = gaps(lo, hi)
+        return 0 <= g.min() and g.max() < 1 << 31
+    if len(keys) and _all_blocks(len(keys), fits):
+        release_pages(keys)
+        return {f"{name}_delta": _Converted(keys, len(keys), np.int32, gaps)}
+    release_pages(keys)
     return {name: keys}
 
 

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from .errors import InputError
 from .features import Suffix
+from .io.npyfile import NpyAppender, open_npy, release_pages
 from .params import SparseParams
 from .scoring import context_rows, sparse_scorer
 
@@ -63,7 +64,6 @@ class _Pieces:
         self.dtype = np.dtype(dtype)
         self.parts, self.w = [], None
         if folder is not None:
-            from .io.npyfile import NpyAppender
             self.w = NpyAppender(Path(folder) / f"{name}.npy", self.dtype)
 
     def append(self, a) -> None:
@@ -77,7 +77,6 @@ class _Pieces:
         if self.w is None:
             return (np.concatenate(self.parts) if self.parts
                     else np.zeros(0, dtype=self.dtype))
-        from .io.npyfile import open_npy
         return open_npy(self.w.close())
 
 
@@ -85,7 +84,6 @@ def _prune_group(g, S, keys, lam, tau, drop, round32, folder, block):
     """``(S, keys)`` of one group pruned (see ``prune_entries``), a block of whole rows at a
     time: the temporaries are block-sized, and with ``folder`` the output arrays are written
     there as they are made and memory-mapped (only a block of them in memory)."""
-    from .io.npyfile import release_pages
     indptr_in = np.asarray(S.indptr)
     out = {n: _Pieces(folder, f"pruned{g}.{n}", dt) for n, dt in
            (("data", np.float64 if round32 else S.data.dtype), ("indices", S.indices.dtype),

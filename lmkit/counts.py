@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .features import Suffix, Window, check_suffix_chain, pad_sequences
-from .io.npyfile import NpyAppender, open_npy
+from .io.npyfile import NpyAppender, open_npy, release_pages
 from .sparse import lookup_rows
 
 
@@ -346,13 +346,21 @@ PART_POSITIONS = 1 << 22  # positions sorted at once by ``count_in_parts`` (~60 
 PART_BYTES = 60  # working bytes per position of a part being counted (keys, sorts, pairs)
 
 
-def _cuts(part_keys: np.ndarray, n_parts: int) -> np.ndarray:
-    """Up to ``n_parts - 1`` increasing cut values splitting the non-negative ``part_keys``
-    into ranges of about equal size (quantiles of a strided sample; deterministic)."""
-    ok = part_keys[part_keys >= 0]
-    if n_parts <= 1 or len(ok) == 0:
+KEY_CHUNK = 1 << 20  # positions whose row keys are computed at once by ``count_in_parts``
+
+
+def _chunks(n: int):
+    """``(lo, hi)`` of consecutive ranges of at most ``KEY_CHUNK`` of ``n`` indices."""
+    return [(lo, min(lo + KEY_CHUNK, n)) for lo in range(0, n, KEY_CHUNK)]
+
+
+def _cuts(sample: np.ndarray, n_parts: int) -> np.ndarray:
+    """Up to ``n_parts - 1`` increasing cut values splitting part keys into ranges of about
+    equal size, from ``sample``: the non-negative keys of a strided sample of positions
+    (quantiles; deterministic)."""
+    if n_parts <= 1 or len(sample) == 0:
         return np.zeros(0, dtype=np.int64)
-    sample = np.sort(ok[:: max(1, len(ok) // (64 * n_parts))])
+    sample = np.sort(sample)
     cuts = sample[(np.arange(1, n_parts) * len(sample)) // n_parts]
     return np.unique(cuts.astype(np.int64))
 
@@ -399,28 +407,75 @@ def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences:
     if n_parts <= 1 or N == 0:
         return count_buffer(buf, pos, starts, V, groups, n_sequences)
     g0 = groups[0]
-    if chain:
-        part_key = buf[pos - 1].astype(np.int64)
-    elif isinstance(g0, Window):
-        part_key = buf[pos - g0.k].astype(np.int64)
-    else:
-        part_key = g0.row_keys(buf, pos, starts, V)
-    cuts = _cuts(part_key, n_parts)
-    which = np.searchsorted(cuts, part_key, side="right")  # part of each position
-    which[part_key < 0] = -1  # no feature: counted in no part (as count_buffer drops it)
+    # rows are token ids (the chain: by its previous token; a window: the token k back)
+    k_tok = 1 if chain else g0.k if isinstance(g0, Window) else None
+
+    def part_keys(idx):
+        """The part key (row key; -1: no feature) of positions ``idx``: a slice or increasing
+        indices into ``pos`` within one chunk of ``_chunks(N)``, so that a kind that reads the
+        buffer around its positions (line positions) reads about a chunk of it."""
+        p, st = pos[idx], starts[idx]
+        if k_tok is not None:
+            return buf[p - k_tok].astype(np.int64)
+        return g0.row_keys(buf, p, st, V)
+
+    def release_chunk(lo, hi):
+        """Drop the pages of a mapped buffer read for positions ``lo:hi`` (from the line start
+        of the first; ``io.npyfile.release_pages``, a no-op in memory): a pass over a mapped
+        buffer holds a chunk of it, not all of it."""
+        b0 = max(0, min(int(starts[lo]), int(pos[lo])) - pad_back)
+        release_pages(pos[lo:hi], starts[lo:hi], buf[b0:int(pos[hi - 1]) + 1])
+
+    pad_back = 1 + max(getattr(g, "reach", 1) for g in groups)
+    # the keys are computed a chunk of KEY_CHUNK positions at a time, never for every position
+    # at once: a strided sample of them gives the cuts, then each position gets its part
+    # number (one byte a position while there are < 255 parts), and each part's keys are
+    # computed again, chunk by chunk, from its own positions when it is counted
+    stride = max(1, N // (64 * n_parts))
+    sample = []
+    for lo, hi in _chunks(N):
+        k = part_keys(np.arange(lo + (-lo) % stride, hi, stride))
+        sample.append(k[k >= 0])
+        release_chunk(lo, hi)
+    cuts = _cuts(np.concatenate(sample), n_parts)
+    del sample
+    which = np.empty(N, dtype=np.uint8 if len(cuts) < 255 else np.uint16)
+    none = np.iinfo(which.dtype).max  # no feature: counted in no part (as count_buffer drops it)
+    for lo, hi in _chunks(N):
+        k = part_keys(slice(lo, hi))
+        w = np.searchsorted(cuts, k, side="right")
+        w[k < 0] = none
+        which[lo:hi] = w
+        release_chunk(lo, hi)
+    del k, w
     bounds = np.concatenate([[0], cuts, [V]]) if isinstance(g0, Window) else None
 
     def count_part(p):
-        """The counts of part p: per group (F, keys), keys not yet shifted."""
-        sel = np.flatnonzero(which == p)
+        """The counts of part p: per group (F, keys), keys not yet shifted. Its positions, row
+        keys and targets are gathered a chunk at a time, the chunk's pages of a mapped buffer
+        released after it (``release_chunk``)."""
+        keys, tg, P, St = [], [], [], []
+        for lo, hi in _chunks(N):
+            idx = lo + np.flatnonzero(which[lo:hi] == p)
+            if chain:  # counted by count_buffer below, from the part's positions
+                P.append(np.asarray(pos[idx]))
+                St.append(np.asarray(starts[idx]))
+            else:
+                keys.append(part_keys(idx))
+                tg.append(buf[pos[idx]].astype(np.int64))
+            release_chunk(lo, hi)
         if chain:
-            c = count_buffer(buf, pos[sel], starts[sel], V, groups, 0)
+            c = count_buffer(buf, np.concatenate(P), np.concatenate(St), V, groups, 0)
             return list(zip(c.F, c.keys))
+        keys, tg = np.concatenate(keys), np.concatenate(tg)
         if isinstance(g0, Window):  # rows are token ids: keep this part's token range
-            F = count_buffer(buf, pos[sel], starts[sel], V, groups, 0).F[0]
+            F = sp.coo_matrix((np.ones(len(keys), dtype=np.int64), (keys, tg)),
+                              shape=(V, V)).tocsr()  # as count_buffer counts a window
+            F.sum_duplicates()
             return [(F[int(bounds[p]):int(bounds[p + 1])], None)]
-        F, k, _ = suffix_counts(part_key[sel], buf[pos[sel]].astype(np.int64), V)
+        F, k, _ = suffix_counts(keys, tg, V)
         return [(F, k)]
+
     blocks = [[] for _ in groups]
     offsets = [0] * len(groups)  # rows of the parts before, per chain level
     for part in (mapper or map)(count_part, range(len(cuts) + 1)):
@@ -437,5 +492,8 @@ def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences:
         F.append(f)
         keys.append(k)
     # every position is a target, with or without a feature, as in count_buffer
-    target = np.bincount(buf[pos], minlength=V).astype(np.int64)
+    target = np.zeros(V, dtype=np.int64)
+    for lo, hi in _chunks(N):
+        target += np.bincount(buf[pos[lo:hi]], minlength=V)
+        release_chunk(lo, hi)
     return Counts(V, list(groups), F, keys, target, n_sequences, N)

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import MemoryLimitError
+from .io.npyfile import release_pages
 from .memory import format_bytes
 from .parallel import WorkerGroup
 from .params import SparseParams
@@ -109,6 +110,7 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
         cols.append(param_of(g, p, e))
         vals.append(S.data[e])
         hits.append(c == targets[p])
+        release_pages(S.data, S.indices, S.indptr)  # a mapped group's pages: read, copied
     keys, cols, vals, hits = (np.concatenate(x) for x in (keys, cols, vals, hits))
     tsum = np.bincount(cols[hits], vals[hits], minlength=n_params)
     index = np.zeros(n * V, dtype=np.int32)  # n * V <= 2**21 cells (choose_lambdas' chunks)
@@ -206,6 +208,15 @@ class HeldoutPlan:
             for lo, hi in _cut(t, max_entries):
                 self.pieces.append((i, lo, hi, max(0, min(h, hi) - lo)))
                 self.entries.append(int(t[lo:hi].sum()))
+        self.release()
+
+    def release(self) -> None:
+        """Drop the pages of a memory-mapped model read so far (``--max-memory``: the model's
+        arrays are on disk; a no-op in memory): a piece holds its own copy of what it read, so
+        the search holds its pieces, not the model's pages they came from."""
+        for S in self.params.S:
+            release_pages(S.data, S.indices, S.indptr)
+        release_pages(*(self.eb or ()))
 
     def build(self, k: int) -> HeldoutChunk:
         """The ``HeldoutChunk`` of piece k."""
@@ -214,9 +225,16 @@ class HeldoutPlan:
         v, eb, B = self.vidx[:, idx], self.eb, self.B
 
         def param_of(g, p, e):  # the weight of a stored value: by entry or by position
-            return g * B + eb[g][e].astype(np.int64) if eb is not None else v[g][p]
-        return _union_chunk(self.params, [r[idx] for r in self.rows], self.targets[idx],
-                            param_of, self.P, hessian_positions=h)
+            if eb is None:
+                return v[g][p]
+            out = g * B + eb[g][e].astype(np.int64)
+            release_pages(eb[g])
+            return out
+        try:
+            return _union_chunk(self.params, [r[idx] for r in self.rows], self.targets[idx],
+                                param_of, self.P, hessian_positions=h)
+        finally:
+            self.release()
 
 
 def _cut(t: np.ndarray, max_entries: int | None) -> list:

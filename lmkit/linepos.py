@@ -84,9 +84,14 @@ class LinePosition:
             raise InputError(f"{self.name} keys need V**{self.a} * C * {self.cap + 1} < 2**63 "
                              f"(V={vocab_size}); use a = 0 or 1")
         table = np.asarray(self.table, dtype=np.int64)
-        before = np.zeros(len(buf) + 1, dtype=np.int64)
-        np.cumsum(table[buf], out=before[1:])  # bytes of buf[:i]
-        bucket = np.minimum((before[pos] - before[starts]) // self.step, self.cap)
+        pos, starts = np.asarray(pos), np.asarray(starts)
+        # bytes of buf[lo:i] for lo <= i <= hi, the part of the buffer these positions' lines
+        # span (not the whole buffer: counting computes keys a chunk of positions at a time)
+        lo = int(starts.min()) if len(pos) else 0
+        hi = int(pos.max()) if len(pos) else 0
+        before = np.zeros(hi - lo + 1, dtype=np.int64)
+        np.cumsum(table[buf[lo:hi]], out=before[1:])
+        bucket = np.minimum((before[pos - lo] - before[starts - lo]) // self.step, self.cap)
         if self.clusters is not None:
             clusters = np.asarray(self.clusters, dtype=np.int64)
             bucket = bucket * self.n_clusters + clusters[buf[pos - self.a - 1]]

@@ -40,9 +40,12 @@ process against the limit before counting, writes each group's solved arrays to 
 memory-maps them as it goes (``_Store``), and gives the weight search what is left of the
 limit: the search sums its terms over pieces of held-out positions within it
 (``heldout_nll.py``; the held-out positions are never thinned: that would change the model).
-The weight search runs in the ``workers`` processes too (engine local). Still in memory: one
-group's counts (in each worker), the counting's per-position keys and, in the caller, the
-compacted model.
+The weight search runs in the ``workers`` processes too (engine local); the mapped pages
+of the buffers and of the model are released as they are read (counting chunks, the chain's
+partition, each group a search piece reads), and ``lmkit train`` compacts and writes the model
+group by group onto disk (``compact.prune_entries(folder=)``, ``io.store.CompactArrays``).
+Still in memory: one group's counts and closed form (in each worker) and counting's part
+number of each position (one byte).
 """
 from __future__ import annotations
 
@@ -580,6 +583,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     del S
     rows, targets, _ = context_rows(params.groups, params.keys, list(heldout), V, bos_id,
                                     eos_id)
+    release_pages(*(k for k in params.keys if k is not None))  # the mapped keys looked up
     # every held-out position, whatever max_memory and whatever memory is free (thinning them,
     # solve.fit_heldout, would change the model): under max_memory the search is bounded by
     # summing its terms over pieces instead

@@ -34,10 +34,27 @@ from .features import find_sorted
 
 
 def adjacent_marginal(F: sp.csr_matrix, keys: np.ndarray, a: int, V: int):
-    """``F`` summed over the remote tokens: (CSR (A, V) counts, (R,) row of each context in it)."""
+    """``F`` summed over the remote tokens: (CSR (A, V) counts, (R,) row of each context in it).
+
+    ``M = P @ F`` with ``P`` (A, R) the 0/1 matrix of each context's adjacent part, built
+    straight in CSR from the stable order of the adjacent parts (no COO copy) and in ``F``'s
+    dtype: integer counts are summed as integers, without a float64 copy of ``F``'s values
+    (the same sums: every count is an integer below 2**53)."""
+    R = len(keys)
     adj = keys % (V ** a)
-    uniq, parent = np.unique(adj, return_inverse=True)
-    P = sp.csr_matrix((np.ones(len(keys)), (parent, np.arange(len(keys)))), shape=(len(uniq), len(keys)))
+    order = np.argsort(adj, kind="stable")
+    sorted_adj = adj[order]
+    del adj
+    first = np.ones(R, dtype=bool)  # each distinct adjacent part's first context, in order
+    np.not_equal(sorted_adj[1:], sorted_adj[:-1], out=first[1:])
+    del sorted_adj
+    parent = np.empty(R, dtype=np.int64)
+    parent[order] = np.cumsum(first) - 1
+    A = int(first.sum()) if R else 0
+    indptr = np.append(np.flatnonzero(first), R)
+    del first
+    P = sp.csr_matrix((np.ones(R, dtype=F.dtype), order, indptr), shape=(A, R))
+    del order
     M = (P @ F).tocsr()
     M.sort_indices()
     return M, parent

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 
@@ -461,8 +462,17 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
         scheduler=s.scheduler, spill_dir=s.spill_dir, log=log, **kw)
     log("      cluster tables of "
         + " and ".join(str(int(t.max()) + 1) for t in tables if t is not None) + " clusters")
-    # compact folder: drop the entries that carry no weight, float32 values (compact.py)
-    params = compact.compact_rich(params, held, tok.bos_id, tok.eos_id, log=log)
+    # compact folder: drop the entries that carry no weight, float32 values (compact.py);
+    # under max_memory group by group onto disk, memory-mapped (the files are unlinked at
+    # once: the mappings keep them until the model is written and freed)
+    folder = (tempfile.mkdtemp(prefix="lmkit-compact-", dir=s.spill_dir)
+              if s.max_memory is not None else None)
+    try:
+        params = compact.compact_rich(params, held, tok.bos_id, tok.eos_id, log=log,
+                                      folder=folder)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return _finish(cfg, tok, params, {"context": context, "order": order, "rich": True},
                    _stats(train_corpus.name, n_seq, n_tok, digest), t0)
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from lmkit.counts import count_chunk
 from lmkit.errors import InputError
@@ -97,3 +98,43 @@ def test_solve_skip_in_row_blocks_is_the_same_matrix(a):
         for x, y in ((S.data, whole.data), (S.indices, whole.indices), (S.indptr, whole.indptr)):
             np.testing.assert_array_equal(x, y)
     assert whole.nnz > 17
+
+
+def _marginal_reference(F, keys, a, V):
+    """``adjacent_marginal`` as written before (commit 02e0953): ``np.unique`` and a float64
+    COO indicator matrix."""
+    adj = keys % (V ** a)
+    uniq, parent = np.unique(adj, return_inverse=True)
+    P = sp.csr_matrix((np.ones(len(keys)), (parent, np.arange(len(keys)))),
+                      shape=(len(uniq), len(keys)))
+    M = (P @ F).tocsr()
+    M.sort_indices()
+    return M, parent
+
+
+@pytest.mark.parametrize("a", [1, 2])
+def test_adjacent_marginal_sums_integers_to_the_same_matrix_and_model(a, monkeypatch):
+    """The marginal built straight in CSR, in the counts' integer dtype: the same pattern,
+    sums and parents as the float64 ``np.unique`` + COO version, and the same skip-gram
+    weights bit for bit (also on no contexts at all)."""
+    from lmkit import skipgram
+    rng = np.random.default_rng(a)
+    V = 7
+    seqs = [list(rng.integers(3, V, size=int(rng.integers(2, 12)))) for _ in range(80)]
+    c = count_chunk(seqs, V, [Skip(1, 1, a)], BOS, EOS)
+    F, keys = c.F[0], c.keys[0]
+    M, parent = skipgram.adjacent_marginal(F, keys, a, V)
+    M0, parent0 = _marginal_reference(F, keys, a, V)
+    assert M.dtype == F.dtype == np.int64
+    np.testing.assert_array_equal(parent, parent0)
+    for x, y in ((M.indices, M0.indices), (M.indptr, M0.indptr), (M.data, M0.data)):
+        np.testing.assert_array_equal(x, y)
+    q = rng.dirichlet(np.ones(V))
+    S = solve_skip(F, keys, a, q, 0.6)
+    monkeypatch.setattr(skipgram, "adjacent_marginal", _marginal_reference)
+    S0 = solve_skip(F, keys, a, q, 0.6)
+    for x, y in ((S.data, S0.data), (S.indices, S0.indices), (S.indptr, S0.indptr)):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+    empty = sp.csr_matrix((0, V), dtype=np.int64)
+    M, parent = skipgram.adjacent_marginal(empty, np.zeros(0, dtype=np.int64), a, V)
+    assert M.shape == (0, V) and len(parent) == 0

@@ -66,6 +66,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -228,12 +229,14 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
                                                 allowZip64=True) as zf:
         for name, a in arrays.items():
-            a = np.asarray(a)
-            if not a.flags.c_contiguous:
-                a = np.ascontiguousarray(a)
+            if not isinstance(a, _Converted):
+                a = np.asarray(a)
+                if not a.flags.c_contiguous:
+                    a = np.ascontiguousarray(a)
             hdr = io.BytesIO()
             np.lib.format.write_array_header_1_0(
-                hdr, np.lib.format.header_data_from_array_1_0(a))
+                hdr, {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+                      "shape": a.shape})
             npy_header = hdr.getvalue()
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_STORED
@@ -247,6 +250,10 @@ def write_npz(path: Path, arrays: dict) -> tuple[int, str]:
                               + bytes(pad - 4))
             with zf.open(info, "w", force_zip64=zip64) as member:
                 member.write(npy_header)
+                if isinstance(a, _Converted):  # converted a block at a time as written
+                    for block in a.blocks():
+                        member.write(block.data)
+                    continue
                 flat = a.reshape(-1).view(np.uint8) if a.size else a.view(np.uint8)
                 for i in range(0, len(flat), _CHUNK):
                     member.write(flat[i:i + _CHUNK].data)
@@ -281,7 +288,8 @@ def _check_loadable(path: Path, m: dict, npz: Path, size: int) -> None:
     try:
         arrays = map_npz(npz, size, where="the model")
         groups = groups_from_names(m["groups"], arrays, where="the model")
-        arrays_to_params(m["kind"], groups, arrays, {}, where="the model", lambdas=m.get("lambdas"))
+        arrays_to_params(m["kind"], groups, arrays, {}, where="the model", lambdas=m.get("lambdas"),
+                         check_only=True)
     except (ModelFormatError, ValueError) as e:
         raise _not_written(path, e) from None
 
@@ -610,7 +618,7 @@ class _Reader(io.RawIOBase):
 # ---- arrays <-> params -----------------------------------------------------------------------
 def params_to_arrays(params) -> dict:
     """Flatten Sparse/Dense params into a dict of numpy arrays (see module docstring)."""
-    return dict(CompactArrays(params).items())
+    return {name: np.asarray(a) for name, a in CompactArrays(params).items()}
 
 
 class CompactArrays:
@@ -643,61 +651,141 @@ class CompactArrays:
 
 
 # ---- compact storage (lossless): smaller dtypes where the values fit, decoded on load --------
+_BLOCK = 1 << 20  # values converted at once by ``_compact_csr`` / ``_compact_keys``
+
+
+class _Converted:
+    """A 1-d array made from ``src`` a block at a time (``fn(lo, hi)``: the converted values
+    ``lo:hi``, in ``dtype``), never whole: ``write_npz`` writes it block by block (each
+    block's mapped source pages released as it goes); ``np.asarray`` makes it whole (for
+    ``params_to_arrays``). Same values as converting ``src`` at once."""
+
+    def __init__(self, src, n: int, dtype, fn):
+        self.src, self.shape, self.dtype, self.fn = src, (n,), np.dtype(dtype), fn
+        self.size, self.nbytes = n, n * self.dtype.itemsize
+
+    def blocks(self):
+        for lo in range(0, self.size, _BLOCK):
+            hi = min(lo + _BLOCK, self.size)
+            out = np.ascontiguousarray(self.fn(lo, hi), dtype=self.dtype)
+            release_pages(self.src[lo:hi + 1])
+            yield out
+
+    def __array__(self, dtype=None, copy=None):
+        parts = list(self.blocks())
+        a = np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+        return a if dtype is None else a.astype(dtype)
+
+
+def _all_blocks(n: int, test) -> bool:
+    """``test(lo, hi)`` holds for every block ``lo:hi`` of ``n`` values (block temporaries)."""
+    return all(test(lo, min(lo + _BLOCK, n)) for lo in range(0, n, _BLOCK))
+
+
 def _compact_csr(name: str, S) -> dict:
     """``csr_to_arrays`` in the smallest exact form: values as float32 when every value is a
     float32 (``compact.round_float32``), columns as uint16 when V <= 65536, and the row
-    pointers as uint16 row lengths (``{name}_rowlen``) when every row fits."""
+    pointers as uint16 row lengths (``{name}_rowlen``) when every row fits. The checks and
+    conversions go a block of values at a time (``_Converted``): no array-sized temporaries
+    on a large (memory-mapped) group."""
     out = csr_to_arrays(name, S)
-    data = out[f"{name}_data"]
-    small = data.astype(np.float32)
-    if np.array_equal(small.astype(np.float64), data):
-        out[f"{name}_data"] = small
+    data, indices, indptr = (out[f"{name}_{k}"] for k in ("data", "indices", "indptr"))
+
+    def f32(lo, hi):
+        x = data[lo:hi]
+        return np.array_equal(x.astype(np.float32).astype(np.float64), x)
+    if data.dtype == np.float64 and _all_blocks(len(data), f32):
+        out[f"{name}_data"] = _Converted(data, len(data), np.float32,
+                                         lambda lo, hi: data[lo:hi].astype(np.float32))
+    release_pages(data)
     if S.shape[1] <= 1 << 16:
-        out[f"{name}_indices"] = out[f"{name}_indices"].astype(np.uint16)
-        lengths = np.diff(out[f"{name}_indptr"])
-        if not len(lengths) or lengths.max() < 1 << 16:
+        out[f"{name}_indices"] = _Converted(indices, len(indices), np.uint16,
+                                            lambda lo, hi: indices[lo:hi].astype(np.uint16))
+        n = len(indptr) - 1
+        if _all_blocks(n, lambda lo, hi: np.diff(indptr[lo:hi + 1]).max() < 1 << 16):
             del out[f"{name}_indptr"]
-            out[f"{name}_rowlen"] = lengths.astype(np.uint16)
+            out[f"{name}_rowlen"] = _Converted(indptr, n, np.uint16,
+                                               lambda lo, hi: np.diff(indptr[lo:hi + 1]))
+        release_pages(indptr)
     return out
 
 
 def _compact_keys(name: str, keys: np.ndarray) -> dict:
     """Sorted int64 row keys as int32 gaps (``{name}_delta``, first gap = first key) when every
-    gap fits, else as they are."""
-    gaps = np.diff(keys, prepend=np.int64(0))
-    if len(gaps) and 0 <= gaps.min() and gaps.max() < 1 << 31:
-        return {f"{name}_delta": gaps.astype(np.int32)}
+    gap fits, else as they are (checked and converted a block at a time)."""
+    def gaps(lo, hi):  # keys[lo:hi] less the key before each (0 before the first)
+        return (np.diff(keys[:hi], prepend=np.int64(0)) if lo == 0
+                else np.diff(keys[lo - 1:hi]))
+
+    def fits(lo, hi):
+        g = gaps(lo, hi)
+        return 0 <= g.min() and g.max() < 1 << 31
+    if len(keys) and _all_blocks(len(keys), fits):
+        release_pages(keys)
+        return {f"{name}_delta": _Converted(keys, len(keys), np.int32, gaps)}
+    release_pages(keys)
     return {name: keys}
 
 
-def _expand_compact(arrays, where) -> dict:
+def _expand_compact(arrays, where) -> "_Expanded":
     """The arrays with the compact keys and row lengths of ``_compact_csr``/``_compact_keys``
     expanded back to the plain names and dtypes ``_arrays_to_params`` checks (int32|int64 row
     pointers, int64 keys); a plain folder passes through unchanged. float32 values and uint16
     columns stay as they are: they are checked as stored and widened per group on first use
-    (``params.LazyCSRs``; the compiled scorer never widens them)."""
-    out = dict(arrays)
-    for name in list(out):
-        a = out[name]
+    (``params.LazyCSRs``; the compiled scorer never widens them).
+
+    The names and stored dtypes are checked here; each expanded array is made when it is read
+    (``_Expanded``), so a check that reads one group at a time holds one group's expansion."""
+    plain = {}  # plain name -> (compact name, how)
+    for name in list(arrays):
+        a = arrays[name]
         if name.endswith("_delta") and name.startswith("keys"):
-            plain = name[:-len("_delta")]
-            if plain in out or a.dtype.str != "<i4" or a.ndim != 1:
+            p = name[:-len("_delta")]
+            if p in arrays or a.dtype.str != "<i4" or a.ndim != 1:
                 raise ModelFormatError(f"{where}: {name!r} must be the int32 gaps of the "
-                                       f"absent {plain!r}; {_FIX}")
-            out[plain] = np.cumsum(a, dtype=np.int64)
-            del out[name]
+                                       f"absent {p!r}; {_FIX}")
+            plain[p] = (name, "keys")
         elif name.endswith("_rowlen") and name.startswith("S"):
-            plain = name[:-len("_rowlen")] + "_indptr"
-            if plain in out or a.dtype.str != "<u2" or a.ndim != 1:
+            p = name[:-len("_rowlen")] + "_indptr"
+            if p in arrays or a.dtype.str != "<u2" or a.ndim != 1:
                 raise ModelFormatError(f"{where}: {name!r} must be the uint16 row lengths of "
-                                       f"the absent {plain!r}; {_FIX}")
-            # summed straight into the final dtype: no int64 copy to narrow (fresh pages cost)
-            wide = int(a.sum(dtype=np.int64)) >= 1 << 31
-            indptr = np.zeros(len(a) + 1, dtype=np.int64 if wide else np.int32)
-            np.cumsum(a, out=indptr[1:])
-            out[plain] = indptr
-            del out[name]
-    return out
+                                       f"the absent {p!r}; {_FIX}")
+            plain[p] = (name, "indptr")
+    return _Expanded(arrays, plain)
+
+
+class _Expanded(Mapping):
+    """``arrays`` with each compact array under its plain name, expanded on every read (not
+    kept: the reader holds it as long as it needs it)."""
+
+    def __init__(self, arrays, plain: dict):
+        self.arrays, self.plain = arrays, plain
+        self.names = [n for n in arrays if n not in {c for c, _ in plain.values()}]
+        self.names += list(plain)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __contains__(self, name):
+        return name in self.plain or (name in self.arrays and name in self.names)
+
+    def __getitem__(self, name):
+        if name not in self.plain:
+            if name not in self.names:
+                raise KeyError(name)
+            return self.arrays[name]
+        cname, how = self.plain[name]
+        a = self.arrays[cname]
+        if how == "keys":
+            return np.cumsum(a, dtype=np.int64)
+        # summed straight into the final dtype: no int64 copy to narrow (fresh pages cost)
+        wide = int(a.sum(dtype=np.int64)) >= 1 << 31
+        indptr = np.zeros(len(a) + 1, dtype=np.int64 if wide else np.int32)
+        np.cumsum(a, out=indptr[1:])
+        return indptr
 
 
 def groups_from_names(names: list, arrays, where="params.npz") -> list:
@@ -817,19 +905,21 @@ def _check_csr(arrays, g: int, n_rows: int, V: int, where) -> StoredCSR:
 
 
 def arrays_to_params(kind: str, groups: list, arrays, info: dict, where="params.npz",
-                     lambdas=None):
+                     lambdas=None, check_only: bool = False):
     """Parameters from checked arrays; raises ``ModelFormatError`` naming the first problem.
 
     ``groups``: ``Window``/``Suffix`` objects; ``lambdas`` (optional): the manifest's copy.
+    ``check_only``: run every check, one group at a time, keeping nothing (returns None): the
+    expanded keys and row pointers of one group are held at a time, not the model's.
     """
     try:
         return _arrays_to_params(kind, groups, _expand_compact(arrays, where), info, where,
-                                 lambdas)
+                                 lambdas, check_only)
     finally:  # validation read every mapped array once: drop those pages from the RSS
         release_pages(*arrays.values())
 
 
-def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
+def _arrays_to_params(kind, groups, arrays, info, where, lambdas, check_only=False):
     """The params of a folder's ``arrays`` (name -> array) after every check: names, dtypes,
     shapes, key order and range, finiteness (``ModelFormatError`` naming the first problem)."""
     G = len(groups)
@@ -857,11 +947,19 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
         b = _array(arrays, "b", ("<f4", "<f8"), 1, where)
         V = len(b)
         _finite(b, "b", where)
-    keys = _checked_keys(arrays, groups, expected, V, where)
-    rows = [V if k is None else len(k) for k in keys]
+    keys, n_keys = _checked_keys(arrays, groups, expected, V, where, keep=not check_only)
+    rows = [V if n is None else n for n in n_keys]
     if kind == "sparse":
-        S = LazyCSRs([_check_csr(arrays, g, rows[g], V, where) for g in range(G)])
+        S = []
+        for g in range(G):  # check_only: each group's arrays go once checked
+            csr = _check_csr(arrays, g, rows[g], V, where)
+            if not check_only:
+                S.append(csr)
+            del csr
         loggamma = _checked_loggamma(arrays, expected, rows, where)
+        if check_only:
+            return None
+        S = LazyCSRs(S)
         if loggamma:
             info = {**info, "loggamma": loggamma}
         return SparseParams(groups, q, S, keys, lam, info)
@@ -873,7 +971,7 @@ def _arrays_to_params(kind, groups, arrays, info, where, lambdas):
                                    f"{(rows[g], V)}; {_FIX}")
         _finite(w, f"W{g}", where)
         W.append(w)
-    return DenseParams(groups, W, b, keys, info)
+    return None if check_only else DenseParams(groups, W, b, keys, info)
 
 
 def _expected_arrays(kind, groups, arrays) -> set:
@@ -889,25 +987,29 @@ def _expected_arrays(kind, groups, arrays) -> set:
     return expected | set(kinds.group_tables(groups))  # clusters{C}, piece_bytes (kinds.py)
 
 
-def _checked_keys(arrays, groups, expected, V: int, where) -> list:
-    """Per group its keys (int64, sorted, unique, in range) or None (rows are token ids)."""
-    keys = []
+def _checked_keys(arrays, groups, expected, V: int, where, keep: bool = True):
+    """Per group its keys (int64, sorted, unique, in range) or None (rows are token ids), and
+    per group its number of keys (None for None); ``keep=False``: every key list is checked
+    and let go (the keys come back as None)."""
+    keys, n_keys = [], []
     for g, group in enumerate(groups):
         k = None
         if f"keys{g}" in expected:
             k = _array(arrays, f"keys{g}", ("<i8",), 1, where)
             # chained ids: Suffix(m) keys are parent_row * V + token, parent = a Suffix(m-1) row
-            parent = [keys[h] for h, x in enumerate(groups[:g])
+            parent = [n_keys[h] for h, x in enumerate(groups[:g])
                       if isinstance(x, Suffix) and isinstance(group, Suffix) and x.m == group.m - 1]
             # skip-gram and cluster keys pack several tokens / clusters (features.py, clusters.py)
-            limit = V * len(parent[0]) if parent else \
+            limit = V * parent[0] if parent else \
                 min(group.key_limit(V), 2 ** 63 - 1) if hasattr(group, "key_limit") else V
             if len(k) and (k[0] < 0 or k[-1] >= limit
                            or not all((np.diff(x) > 0).all() for x in _blocks(k, pairs=True))):
                 raise ModelFormatError(f"{where}: 'keys{g}' must be sorted, unique and in "
                                        f"[0, {limit}); {_FIX}")
-        keys.append(k)
-    return keys
+        keys.append(k if keep else None)
+        n_keys.append(None if k is None else len(k))
+        del k
+    return keys, n_keys
 
 
 def _checked_loggamma(arrays, expected, rows: list, where) -> list:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..counts import flat_buffer
+from ..io.npyfile import release_pages
 
 CHUNK_TOKENS = 1 << 22  # most ids per read in the partition pass (16 MiB of int32)
 BYTES_PER_ID = 120  # measured peak of the partition pass per id read (~0.5 GB at 4M ids)
@@ -127,7 +128,19 @@ def previous_token_histogram(buf, pos, vocab_size: int, chunk: int | None = None
     for i in range(0, len(pos), chunk):
         p = np.asarray(pos[i:i + chunk], dtype=np.int64)
         hist += np.bincount(buf[p - 1], minlength=vocab_size)
+        _release(buf, pos, None, i, i + chunk, 1)
     return hist
+
+
+def _release(buf, pos, starts, lo: int, hi: int, back: int) -> None:
+    """Drop the pages of a mapped buffer read for positions ``lo:hi`` (``back`` tokens before
+    the first; a no-op in memory): a pass over a mapped buffer holds a read of it at a time."""
+    hi = min(hi, len(pos))
+    if hi <= lo:
+        return
+    b0 = max(0, int(pos[lo]) - back)
+    release_pages(pos[lo:hi], buf[b0:int(pos[hi - 1]) + 1],
+                  *(() if starts is None else (starts[lo:hi],)))
 
 
 def partition_positions(buf, pos, starts, order: int, edges: np.ndarray, paths: list,
@@ -155,6 +168,7 @@ def partition_positions(buf, pos, starts, order: int, edges: np.ndarray, paths: 
                 rows[:, j] = buf[np.maximum(p - M + j, 0)]
             rows[:, M + 1] = np.minimum(p - s + 1, M)
             _write_rows(rows, rows[:, M - 1] if M else buf[p - 1], edges, outs)
+            _release(buf, pos, starts, i, i + chunk, M + 1)
     finally:
         for f in outs:
             f.close()

@@ -1,8 +1,11 @@
-"""Compiled key search of ``features.lookup_keys``, loaded only with numba (and many queries).
+"""Compiled key search of ``features.lookup_keys`` (many queries): numba source, run as cached
+native object code (``native.py``: later processes call it without importing numba).
 
 Input: ``table`` int64 (R,) sorted ascending (a group's row keys: checked sorted and unique when
 a model folder is loaded), ``queries`` int64 (N,) in any order, -1 = no feature.
-Output: int64 (N,), the index in ``table`` of each query's key, -1 where it is absent or -1.
+Output: int64 (N,), the index in ``table`` of each query's key, -1 where it is absent or -1
+(written into the caller's array; scratch comes from the caller too: nothing is allocated here,
+so the object code needs no numba runtime).
 
 Why: a keyed group (skip-gram, cluster history, line position) has keys that no shared
 permutation sorts, so each search used to sort its own queries (``np.argsort``, a comparison
@@ -15,39 +18,44 @@ previous match: both read memory in order. Measured on the 18.9M-token model's t
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import cfunc, njit, types
 
+from .jitargs import arg1, arg2
 from .sortedsearch import lower_bound
 
-_lower_bound = njit(cache=True, nogil=True, inline="always")(lower_bound)  # the one binary search
+_lower_bound = njit(inline="always")(lower_bound)  # the one binary search
 
-DIGIT = 11  # radix bits per pass: 2,048 buckets, whose write fronts stay in cache
-
-
-@njit(cache=True, nogil=True)
-def _radix_order(keys, pos):  # pragma: no cover (jit)
-    """``(keys, pos)`` sorted by key (stable LSD radix sort); keys >= 0. Returns new arrays."""
-    n = keys.shape[0]
+@njit(inline="always")
+def _radix_order(k, p, tk, tp, cnt):  # pragma: no cover (jit)
+    """``(k, p)`` sorted by key (stable LSD radix sort), in place in the buffers ``k``, ``p``,
+    ``tk``, ``tp`` (m,) and ``cnt`` (2 ** digit + 1,): ``digit`` radix bits per pass (the
+    caller's choice, ``features.RADIX_BITS``). Returns the pair of buffers that holds the
+    result."""
+    n = k.shape[0]
     if n == 0:
-        return keys, pos
-    lo, hi = keys[0], keys[0]
+        return k, p
+    lo, hi = k[0], k[0]
     for i in range(n):
-        lo = min(lo, keys[i])
-        hi = max(hi, keys[i])
+        lo = min(lo, k[i])
+        hi = max(hi, k[i])
     span = hi - lo
-    k = keys - lo
-    p = pos.copy()
-    tk = np.empty(n, np.int64)
-    tp = np.empty(n, np.int64)
-    B = 1 << DIGIT
+    for i in range(n):
+        k[i] -= lo
+    digit = 0
+    while (2 << digit) < cnt.shape[0]:
+        digit += 1
+    B = 1 << digit
     mask = B - 1
-    cnt = np.empty(B + 1, np.int64)
     shift = 0
     while shift < 63 and (span >> shift) > 0:
-        cnt[:] = 0
+        for b in range(B + 1):
+            cnt[b] = 0
         for i in range(n):
             cnt[((k[i] >> shift) & mask) + 1] += 1
-        if cnt.max() < n:  # else every key has this digit: nothing to reorder
+        top = 0
+        for b in range(B + 1):
+            top = max(top, cnt[b])
+        if top < n:  # else every key has this digit: nothing to reorder
             for b in range(B):
                 cnt[b + 1] += cnt[b]
             for i in range(n):
@@ -58,55 +66,49 @@ def _radix_order(keys, pos):  # pragma: no cover (jit)
                 tp[j] = p[i]
             k, tk = tk, k
             p, tp = tp, p
-        shift += DIGIT
-    return k + lo, p
-
-
-@njit(cache=True, nogil=True)
-def find_keys(queries, table):  # pragma: no cover (jit)
-    """Index of each query in ``table`` (-1: absent or a -1 query); see the module docstring."""
-    n = queries.shape[0]
-    m = 0
+        shift += digit
     for i in range(n):
-        m += queries[i] >= 0
-    keys = np.empty(m, np.int64)
-    pos = np.empty(m, np.int64)
+        k[i] += lo
+    return k, p
+
+
+@njit
+def find_keys(queries, table, out, buf, cnt):  # pragma: no cover (jit)
+    """``out`` = index of each query in ``table`` (-1: absent or a -1 query); see the module
+    docstring. Scratch: ``buf`` int64 (4, N), ``cnt`` int64 (2 ** digit + 1,), digit >= 1."""
+    n = queries.shape[0]
     m = 0
     for i in range(n):
         if queries[i] >= 0:
-            keys[m] = queries[i]
-            pos[m] = i
+            buf[0, m] = queries[i]
+            buf[1, m] = i
             m += 1
-    keys, pos = _radix_order(keys, pos)
-    out = np.full(n, -1, np.int64)
+    keys, pos = _radix_order(buf[0, :m], buf[1, :m], buf[2, :m], buf[3, :m], cnt)
+    for i in range(n):
+        out[i] = -1
     _merge(table, keys, pos, out)
-    return out
 
 
-@njit(cache=True, nogil=True)
-def find_ordered(table, queries, order):  # pragma: no cover (jit)
+@njit
+def find_ordered(table, queries, order, out, buf):  # pragma: no cover (jit)
     """``find_keys`` when ``order`` (N,) already sorts the queries that are not -1 (the
     ``features.history_order`` of the suffix groups): no sort, one walk. A query out of
-    order would only be missed (-1), never read out of bounds: the walk checks what it finds."""
+    order would only be missed (-1), never read out of bounds: the walk checks what it finds.
+    Scratch: ``buf`` int64 (2, N)."""
     n = queries.shape[0]
-    m = 0
-    for i in range(n):
-        m += queries[order[i]] >= 0
-    keys = np.empty(m, np.int64)
-    pos = np.empty(m, np.int64)
     m = 0
     for i in range(n):
         o = order[i]
         if queries[o] >= 0:
-            keys[m] = queries[o]
-            pos[m] = o
+            buf[0, m] = queries[o]
+            buf[1, m] = o
             m += 1
-    out = np.full(n, -1, np.int64)
-    _merge(table, keys, pos, out)
-    return out
+    for i in range(n):
+        out[i] = -1
+    _merge(table, buf[0, :m], buf[1, :m], out)
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always")
 def _merge(table, keys, pos, out):  # pragma: no cover (jit)
     """``out[pos[i]]`` = index of ``keys[i]`` in ``table`` where present, for ascending keys."""
     R = table.shape[0]
@@ -121,3 +123,24 @@ def _merge(table, keys, pos, out):  # pragma: no cover (jit)
             j = _lower_bound(table, j + 1, min(j + step, R), x)  # table[j] < x: in (j, j + step]
         if j < R and table[j] == x:
             out[pos[i]] = j
+
+
+ARGSPECS = {"find_keys": ["i8:1", "i8:1", "i8:1", "i8:2", "i8:1"],
+            "find_ordered": ["i8:1", "i8:1", "i8:1", "i8:1", "i8:2"]}
+
+
+def native_kernel(name: str):
+    """``(cfunc, argspec)`` for ``native.kernel`` (``find_keys`` or ``find_ordered``, their
+    arguments in order)."""
+    if name == "find_keys":
+        def entry(blk):  # pragma: no cover (jit)
+            find_keys(arg1(blk, 0, np.int64), arg1(blk, 1, np.int64), arg1(blk, 2, np.int64),
+                      arg2(blk, 3, np.int64), arg1(blk, 4, np.int64))
+    elif name == "find_ordered":
+        def entry(blk):  # pragma: no cover (jit)
+            find_ordered(arg1(blk, 0, np.int64), arg1(blk, 1, np.int64), arg1(blk, 2, np.int64),
+                         arg1(blk, 3, np.int64), arg2(blk, 4, np.int64))
+    else:
+        raise ValueError(f"no kernel {name!r} in fastkeys")
+    return cfunc(types.void(types.CPointer(types.int64)), error_model="numpy")(entry), \
+        ARGSPECS[name]

@@ -1,13 +1,17 @@
-"""Compiled inner loops of the sparse scorer (``scoring.SparseScorer``), loaded only with numba.
+"""Compiled inner loops of the sparse scorer (``scoring.SparseScorer``): numba source, run as
+cached native object code (``native.py``: later processes call them without importing numba).
 
-Input, per active group g (lambda_g != 0), as tuples over the groups: ``E_g`` float64 =
-``exp(lambda_g S_g.data)`` (built once per parameters, by numpy), ``ind_g`` = ``S_g.indices``
-and ``ptr_g`` = ``S_g.indptr`` as the folder stores them, not copied (``params.stored_arrays``;
-pointers int32 or int64, columns uint16 in a compact folder, else of the pointers' type),
-``dmap_g`` int64 (R_g,) = the row's dense copy in ``D`` or -1 (empty: the group has none), and
-``rows_g`` int64 (N,) = the row of every position (-1: no feature), as ``context_rows`` gives
-it. ``D`` (K, V) float64 holds dense copies of the longest rows: multiplying one in is a
-vectorised pass, cheaper than scattering more than ~V/3 entries.
+Input, per active group g (lambda_g != 0), as a table of addresses (``scoring.table_addresses``:
+int64 (4 G, 2) of (address, length), so that one compiled loop serves any number of groups):
+``E_g`` float64 = ``exp(lambda_g S_g.data)`` (built once per parameters, by numpy), ``ind_g`` =
+``S_g.indices`` and ``ptr_g`` = ``S_g.indptr`` as the folder stores them, not copied
+(``params.stored_arrays``; pointers int32 or int64, columns uint16 in a compact folder, else of
+the pointers' type: one compiled variant per pair, ``native_kernel``), ``dmap_g`` int64 (R_g,) =
+the row's dense copy in ``D`` or -1 (empty: the group has none); and ``rows`` int64 (G, N) = the
+row of every position per group (-1: no feature), as ``context_rows`` gives it. ``D`` (K, V)
+float64 holds dense copies of the longest rows: multiplying one in is a vectorised pass,
+cheaper than scattering more than ~V/3 entries. The loops allocate nothing (scratch comes from
+the caller) and cannot raise: their object code then needs no numba runtime.
 Output: per position ``Z = sum_j q[j] prod_g E_g[row_g, j]`` (the normaliser) and the target's
 term ``q[t] prod_g E_g[row_g, t]``, so ``log P(t) = log(term) - log(Z)`` (natural log); or the
 whole products (n, V) for full distributions.
@@ -28,9 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .jitargs import arg1, arg2, row
 
 
 @intrinsic
@@ -54,7 +60,7 @@ def _prefetch(typingctx, arr, idx):  # pragma: no cover (jit)
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always")
 def _sum(a):  # pragma: no cover (jit)
     """Sum with 8 partial sums (a single running sum is one long chain of dependent adds)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
@@ -73,152 +79,200 @@ def _sum(a):  # pragma: no cover (jit)
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-BLOCK = 2048  # positions whose row ranges are looked up together (kept in cache)
 AHEAD = 2  # rows of the position this many steps ahead are prefetched
+DTYPES = {"u2": np.uint16, "i4": np.int32, "i8": np.int64}
 
 
-@njit(cache=True, nogil=True)
-def _block_ranges(ptrs, dmaps, rows, a, st, en):  # pragma: no cover (jit)
-    """``st[g, i]:en[g, i]`` = position a + i's row of group g in its arrays (empty: no
-    feature), or ``st[g, i] = -1 - k`` when that row is the dense copy ``D[k]``, for the
-    ``st.shape[1]`` positions from a (fewer at the end: returns how many). One group at a time:
-    the lookups of a group are independent loads, which the CPU overlaps."""
-    m = min(st.shape[1], rows[0].shape[0] - a)
-    for g in range(st.shape[0]):
-        ptr, dm, r_g = ptrs[g], dmaps[g], rows[g]
-        has_dense = dm.shape[0] > 0
-        for i in range(m):
-            r = r_g[a + i]
-            if r < 0:
-                st[g, i] = 0
-                en[g, i] = 0
-            elif has_dense and dm[r] >= 0:
-                st[g, i] = -1 - dm[r]
-                en[g, i] = 0
-            else:
-                st[g, i] = ptr[r]
-                en[g, i] = ptr[r + 1]
-    return m
-
-
-@njit(cache=True, nogil=True)
+@njit(inline="always")
 def _scatter(acc, E, ind, s, e):  # pragma: no cover (jit)
     """Multiply the row at ``s:e`` of one group into ``acc``."""
     for k in range(s, e):
         acc[ind[k]] *= E[k]
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always")
+def _copy(dst, src):  # pragma: no cover (jit)
+    """``dst[:] = src`` without numba's shape check (and the exception it could raise)."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@njit(inline="always")
 def _dense(acc, d):  # pragma: no cover (jit)
     """``acc *= d`` (one dense row)."""
     for j in range(acc.shape[0]):
         acc[j] *= d[j]
 
 
-@njit(cache=True, nogil=True)
-def union_products(q, Es, inds, ptrs, dmaps, D, rows, shared, targets, out_term,
-                   out_z):  # pragma: no cover (jit)
-    """``out_term[n]``, ``out_z[n]`` for every position n (module docstring), in the order
-    given (``rows`` and ``targets`` come in history order: reading them in sequence, and
-    neighbours sharing rows); ``shared`` (G,) int8: 0 = multiplied in at every position, 1 =
-    kept in ``base`` (rebuilt when a level-1 or level-2 row changes), 2 = kept in ``outer``
-    (q times these rows; rebuilt only when one of them changes: the groups whose rows change
-    far less often than the rest, e.g. the previous token's)."""
-    V = q.shape[0]
-    G = len(Es)
-    acc = np.empty(V)
-    base = np.empty(V)
-    outer = q.copy()  # q times the level-2 groups' rows
-    st = np.zeros((G, BLOCK), dtype=np.int64)
-    en = np.zeros((G, BLOCK), dtype=np.int64)
-    prev_st = np.zeros(G, dtype=np.int64)
-    prev_en = np.zeros(G, dtype=np.int64)
-    dk = np.zeros(G, dtype=np.int64)
-    for a in range(0, targets.shape[0], BLOCK):
-        m = _block_ranges(ptrs, dmaps, rows, a, st, en)
-        for i in range(m):
-            n = a + i
-            new1 = new2 = new0 = n == 0
-            for g in range(G):
-                if st[g, i] != prev_st[g] or en[g, i] != prev_en[g]:
-                    if shared[g] == 1:
-                        new1 = True
-                    elif shared[g] == 2:
-                        new2 = True
-                    else:
-                        new0 = True
-                prev_st[g] = st[g, i]
-                prev_en[g] = en[g, i]
-            if not (new0 or new1 or new2):  # every row as at n - 1: the same products
-                out_z[n] = out_z[n - 1]
-                out_term[n] = acc[targets[n]]
-                continue
-            if i + AHEAD < m:
-                for g in range(G):
-                    s, e = st[g, i + AHEAD], en[g, i + AHEAD]
-                    if s >= 0 and e > s:
-                        _prefetch(inds[g], s)
-                        for k in range(s, min(e, s + 24), 8):  # E's first 3 cache lines
-                            _prefetch(Es[g], k)
-            # (Es[g] taken here: a helper handed the whole tuples ran 2x slower)
-            if new2:
-                outer[:] = q
-                for g in range(G):
-                    if shared[g] == 2:
-                        if st[g, i] < 0:
-                            _dense(outer, D[-1 - st[g, i]])
-                        else:
-                            _scatter(outer, Es[g], inds[g], st[g, i], en[g, i])
-            if new1 or new2:
-                base[:] = outer
-                for g in range(G):
-                    if shared[g] == 1:
-                        if st[g, i] < 0:
-                            _dense(base, D[-1 - st[g, i]])
-                        else:
-                            _scatter(base, Es[g], inds[g], st[g, i], en[g, i])
-            # the other groups' dense rows, fused with the copy of base (one pass, not 1 + k)
-            nd = 0
-            for g in range(G):
-                if shared[g] == 0 and st[g, i] < 0:
-                    dk[nd] = -1 - st[g, i]
-                    nd += 1
-            if nd == 0:
-                acc[:] = base
-            elif nd == 1:
-                d0 = D[dk[0]]
-                for j in range(V):
-                    acc[j] = base[j] * d0[j]
-            else:
-                d0, d1 = D[dk[0]], D[dk[1]]
-                for j in range(V):
-                    acc[j] = base[j] * d0[j] * d1[j]
-                for k in range(2, nd):
-                    d = D[dk[k]]
-                    for j in range(V):
-                        acc[j] *= d[j]
-            for g in range(G):
-                if shared[g] == 0 and st[g, i] >= 0:
-                    _scatter(acc, Es[g], inds[g], st[g, i], en[g, i])
-            out_z[n] = _sum(acc)
-            out_term[n] = acc[targets[n]]
+def _kernels(IT, PT):
+    """The loops for columns of dtype ``IT`` and row pointers of dtype ``PT``. The per-group
+    arrays come as ``tab`` int64 (4 G, 2) of (address, length): rows g, G + g, 2 G + g,
+    3 G + g = group g's E (float64), columns (IT), row pointers (PT), dense map (int64)."""
 
-
-@njit(cache=True, nogil=True)
-def product_rows(q, Es, inds, ptrs, dmaps, D, rows, out, out_z):  # pragma: no cover (jit)
-    """``out[n, j] = q[j] prod_g E_g[row_g, j]`` for every position n and token j, and
-    ``out_z[n]`` its sum over j (the normaliser): full next-token distributions."""
-    G = len(Es)
-    st = np.zeros((G, BLOCK), dtype=np.int64)
-    en = np.zeros((G, BLOCK), dtype=np.int64)
-    for a in range(0, out.shape[0], BLOCK):
-        m = _block_ranges(ptrs, dmaps, rows, a, st, en)
-        for i in range(m):
-            acc = out[a + i]
-            acc[:] = q
-            for g in range(G):
-                if st[g, i] < 0:
-                    _dense(acc, D[-1 - st[g, i]])
+    @njit(inline="always")
+    def block_ranges(tab, rows, a, st, en):  # pragma: no cover (jit)
+        """``st[g, i]:en[g, i]`` = position a + i's row of group g in its arrays (empty: no
+        feature), or ``st[g, i] = -1 - k`` when that row is the dense copy ``D[k]``, for the
+        ``st.shape[1]`` positions from a (fewer at the end: returns how many). One group at a
+        time: the lookups of a group are independent loads, which the CPU overlaps."""
+        G = rows.shape[0]
+        m = min(st.shape[1], rows.shape[1] - a)
+        for g in range(G):
+            ptr, dm = row(tab, 2 * G + g, PT), row(tab, 3 * G + g, np.int64)
+            has_dense = dm.shape[0] > 0
+            for i in range(m):
+                r = rows[g, a + i]
+                if r < 0:
+                    st[g, i] = 0
+                    en[g, i] = 0
+                elif has_dense and dm[r] >= 0:
+                    st[g, i] = -1 - dm[r]
+                    en[g, i] = 0
                 else:
-                    _scatter(acc, Es[g], inds[g], st[g, i], en[g, i])
-            out_z[a + i] = _sum(acc)
+                    st[g, i] = ptr[r]
+                    en[g, i] = ptr[r + 1]
+        return m
+
+    @njit
+    def union_products(q, tab, D, rows, shared, targets, out_term, out_z, fsc,
+                       isc):  # pragma: no cover (jit)
+        """``out_term[n]``, ``out_z[n]`` for every position n (module docstring), in the order
+        given (``rows`` (G, N) and ``targets`` come in history order: reading them in sequence,
+        and neighbours sharing rows); ``shared`` (G,) int8: 0 = multiplied in at every
+        position, 1 = kept in ``base`` (rebuilt when a level-1 or level-2 row changes), 2 =
+        kept in ``outer`` (q times these rows; rebuilt only when one of them changes: the
+        groups whose rows change far less often than the rest, e.g. the previous token's).
+        Scratch (no allocation here): ``fsc`` float64 (3, V), ``isc`` int64 (2 G + 3, W),
+        W >= G: the row ranges of W positions are looked up at a time."""
+        V = q.shape[0]
+        G = rows.shape[0]
+        acc, base, outer = fsc[0], fsc[1], fsc[2]
+        _copy(outer, q)  # q times the level-2 groups' rows
+        st, en = isc[0:G], isc[G:2 * G]
+        prev_st, prev_en, dk = isc[2 * G, :G], isc[2 * G + 1, :G], isc[2 * G + 2, :G]
+        for g in range(G):
+            prev_st[g] = 0
+            prev_en[g] = 0
+        for a in range(0, targets.shape[0], isc.shape[1]):
+            m = block_ranges(tab, rows, a, st, en)
+            for i in range(m):
+                n = a + i
+                new1 = new2 = new0 = n == 0
+                for g in range(G):
+                    if st[g, i] != prev_st[g] or en[g, i] != prev_en[g]:
+                        if shared[g] == 1:
+                            new1 = True
+                        elif shared[g] == 2:
+                            new2 = True
+                        else:
+                            new0 = True
+                    prev_st[g] = st[g, i]
+                    prev_en[g] = en[g, i]
+                if not (new0 or new1 or new2):  # every row as at n - 1: the same products
+                    out_z[n] = out_z[n - 1]
+                    out_term[n] = acc[targets[n]]
+                    continue
+                if i + AHEAD < m:
+                    for g in range(G):
+                        s, e = st[g, i + AHEAD], en[g, i + AHEAD]
+                        if s >= 0 and e > s:
+                            _prefetch(row(tab, G + g, IT), s)
+                            E = row(tab, g, np.float64)
+                            for k in range(s, min(e, s + 24), 8):  # E's first 3 cache lines
+                                _prefetch(E, k)
+                if new2:
+                    _copy(outer, q)
+                    for g in range(G):
+                        if shared[g] == 2:
+                            if st[g, i] < 0:
+                                _dense(outer, D[-1 - st[g, i]])
+                            else:
+                                _scatter(outer, row(tab, g, np.float64),
+                                         row(tab, G + g, IT), st[g, i], en[g, i])
+                if new1 or new2:
+                    _copy(base, outer)
+                    for g in range(G):
+                        if shared[g] == 1:
+                            if st[g, i] < 0:
+                                _dense(base, D[-1 - st[g, i]])
+                            else:
+                                _scatter(base, row(tab, g, np.float64),
+                                         row(tab, G + g, IT), st[g, i], en[g, i])
+                # the other groups' dense rows, fused with the copy of base (one pass, not 1 + k)
+                nd = 0
+                for g in range(G):
+                    if shared[g] == 0 and st[g, i] < 0:
+                        dk[nd] = -1 - st[g, i]
+                        nd += 1
+                if nd == 0:
+                    _copy(acc, base)
+                elif nd == 1:
+                    d0 = D[dk[0]]
+                    for j in range(V):
+                        acc[j] = base[j] * d0[j]
+                else:
+                    d0, d1 = D[dk[0]], D[dk[1]]
+                    for j in range(V):
+                        acc[j] = base[j] * d0[j] * d1[j]
+                    for k in range(2, nd):
+                        _dense(acc, D[dk[k]])
+                for g in range(G):
+                    if shared[g] == 0 and st[g, i] >= 0:
+                        _scatter(acc, row(tab, g, np.float64), row(tab, G + g, IT),
+                                 st[g, i], en[g, i])
+                out_z[n] = _sum(acc)
+                out_term[n] = acc[targets[n]]
+
+    @njit
+    def product_rows(q, tab, D, rows, out, out_z, isc):  # pragma: no cover (jit)
+        """``out[n, j] = q[j] prod_g E_g[row_g, j]`` for every position n and token j, and
+        ``out_z[n]`` its sum over j (the normaliser): full next-token distributions.
+        Scratch: ``isc`` int64 (2 G, W): the row ranges of W positions are looked up at a
+        time."""
+        G = rows.shape[0]
+        st, en = isc[0:G], isc[G:2 * G]
+        for a in range(0, out.shape[0], isc.shape[1]):
+            m = block_ranges(tab, rows, a, st, en)
+            for i in range(m):
+                acc = out[a + i]
+                _copy(acc, q)
+                for g in range(G):
+                    if st[g, i] < 0:
+                        _dense(acc, D[-1 - st[g, i]])
+                    else:
+                        _scatter(acc, row(tab, g, np.float64), row(tab, G + g, IT),
+                                 st[g, i], en[g, i])
+                out_z[a + i] = _sum(acc)
+
+    return union_products, product_rows
+
+
+SIGNATURE = types.void(types.CPointer(types.int64))
+ARGSPECS = {
+    "union_products": ["f8:1", "i8:2", "f8:2", "i8:2", "i1:1", "i8:1", "f8:1", "f8:1", "f8:2",
+                       "i8:2"],
+    "product_rows": ["f8:1", "i8:2", "f8:2", "i8:2", "f8:2", "f8:1", "i8:2"],
+}
+
+
+def native_kernel(name: str):
+    """``(cfunc, argspec)`` for ``native.kernel``: ``name`` = ``union_products_<IT>_<PT>`` or
+    ``product_rows_<IT>_<PT>`` (IT, PT: keys of ``DTYPES``; argument order as the loops')."""
+    kind, it, pt = name.rsplit("_", 2)
+    union_products, product_rows = _kernels(DTYPES[it], DTYPES[pt])
+    if kind == "union_products":
+        def entry(blk):  # pragma: no cover (jit)
+            union_products(arg1(blk, 0, np.float64), arg2(blk, 1, np.int64),
+                           arg2(blk, 2, np.float64), arg2(blk, 3, np.int64),
+                           arg1(blk, 4, np.int8), arg1(blk, 5, np.int64),
+                           arg1(blk, 6, np.float64), arg1(blk, 7, np.float64),
+                           arg2(blk, 8, np.float64), arg2(blk, 9, np.int64))
+    elif kind == "product_rows":
+        def entry(blk):  # pragma: no cover (jit)
+            product_rows(arg1(blk, 0, np.float64), arg2(blk, 1, np.int64),
+                         arg2(blk, 2, np.float64), arg2(blk, 3, np.int64),
+                         arg2(blk, 4, np.float64), arg1(blk, 5, np.float64),
+                         arg2(blk, 6, np.int64))
+    else:
+        raise ValueError(f"no kernel {name!r} in fastscore")
+    return cfunc(SIGNATURE, error_model="numpy")(entry), ARGSPECS[kind]

@@ -135,12 +135,17 @@ def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None,
         fast = None if fast is _UNSET else fast
     if fast is not None:
         table = np.ascontiguousarray(keys, dtype=np.int64)
+        queries, n = np.ascontiguousarray(row_keys), len(row_keys)
+        out = np.empty(n, dtype=np.int64)
         if order is None:  # many queries: radix-sorted and merged in compiled code
-            return fast.find_keys(np.ascontiguousarray(row_keys), table)
-        if len(order) != len(row_keys):  # the compiled walk reads row_keys[order[i]] unchecked
-            raise ValueError(f"order has {len(order)} positions for {len(row_keys)} keys")
-        return fast.find_ordered(table, np.ascontiguousarray(row_keys),
-                                 np.ascontiguousarray(order, dtype=np.int64))
+            fast.find_keys(queries, table, out, np.empty((4, n), dtype=np.int64),
+                           np.empty((1 << RADIX_BITS) + 1, dtype=np.int64))
+            return out
+        if len(order) != n:  # the compiled walk reads row_keys[order[i]] unchecked
+            raise ValueError(f"order has {len(order)} positions for {n} keys")
+        fast.find_ordered(table, queries, np.ascontiguousarray(order, dtype=np.int64), out,
+                          np.empty((2, n), dtype=np.int64))
+        return out
     out = np.full(len(row_keys), -1, dtype=np.int64)
     if order is None:
         ok = np.flatnonzero(row_keys >= 0)
@@ -158,21 +163,28 @@ def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None,
 
 USE_COMPILED = True  # False: always the numpy searches (tests compare the two)
 COMPILED_MIN_QUERIES = 1 << 14  # fewer queries use numpy (and never import numba)
+RADIX_BITS = 11  # bits per radix pass of the compiled sort: 2,048 buckets, whose fronts stay cached
 _UNSET = object()
 _FAST = _UNSET
 
 
+class _CompiledKeys:
+    """``fastkeys``' two searches as ``native.Kernel`` s (cached object code)."""
+
+    def __init__(self, find_keys, find_ordered):
+        self.find_keys, self.find_ordered = find_keys, find_ordered
+
+
 def _compiled_keys():
-    """The ``fastkeys`` module when numba is installed (and ``USE_COMPILED``), else None."""
+    """The compiled searches (``fastkeys``) when numba is installed (and ``USE_COMPILED``),
+    else None."""
     global _FAST
     if not USE_COMPILED:
         return None
     if _FAST is _UNSET:
-        try:
-            from . import fastkeys
-        except ImportError:  # numba is optional (pip install lmkit[fast]): numpy searches
-            fastkeys = None
-        _FAST = fastkeys
+        from . import native
+        fk, fo = native.kernel("fastkeys", "find_keys"), native.kernel("fastkeys", "find_ordered")
+        _FAST = _CompiledKeys(fk, fo) if fk is not None and fo is not None else None
     return _FAST
 
 

@@ -13,9 +13,10 @@ target position (-1 = no feature: an unseen n-gram history), plus the targets (r
 Every sparse path (``log_proba``, ``next_logp``, ``next_logp_batch``: ``eval``, ``score``,
 ``next``, generation, the neural hybrid's explicit term) goes through one ``SparseScorer`` per
 parameters (``sparse_scorer``, derived state built once): target scores of many positions by
-the compiled union-product loop (``fastscore.py``, with numba) or, without numba, by the
-reference ``sparse_log_proba``; full next-token distributions by a dense scatter of the touched
-entries (their output is (n, V) anyway). All of them equal ``sparse_log_proba`` to ~1e-13.
+the compiled union-product loop (``fastscore.py``, run as cached object code by ``native.py``)
+or, without numba, by the reference ``sparse_log_proba``; full next-token distributions by a
+dense scatter of the touched entries (their output is (n, V) anyway). All of them equal
+``sparse_log_proba`` to ~1e-13.
 """
 from __future__ import annotations
 
@@ -69,27 +70,24 @@ def sparse_next_logp_batch(params: SparseParams, rows: list) -> np.ndarray:
 
 
 # ---- the one fast exact scorer of sparse parameters ------------------------------------------
-def _compiled():
-    """The ``fastscore`` module when numba is installed (and ``USE_COMPILED``), else None."""
-    global _FAST
+def _compiled(kind: str = "union_products", itype: str = "i4", ptype: str = "i4"):
+    """The compiled loop ``fastscore.<kind>`` for columns ``itype`` and row pointers ``ptype``
+    (``fastscore.DTYPES`` keys) as a ``native.Kernel`` (cached object code: no numba import
+    once built), or None without numba (or with ``USE_COMPILED`` False)."""
     if not USE_COMPILED:
         return None
-    if _FAST is _UNSET:
-        try:
-            from . import fastscore
-        except ImportError:  # numba is optional (pip install lmkit[fast]): numpy fallback
-            fastscore = None
-        _FAST = fastscore
-    return _FAST
+    from . import native
+    return native.kernel("fastscore", f"{kind}_{itype}_{ptype}")
 
 
 _UNSET = object()
-_FAST = _UNSET
 USE_COMPILED = True  # False: always the numpy path (tests compare the two)
 # fewer positions than this use numpy (compiled calls have a fixed cost; the tables are kept
 # with the parameters and each row is exponentiated once, when first touched)
 COMPILED_MIN_POSITIONS = 4096
 COMPILED_MIN_DISTRIBUTIONS = 64
+BLOCK = 2048  # positions whose row ranges the compiled loops look up at a time (kept in cache)
+_DT_NAMES = {np.dtype(np.uint16): "u2", np.dtype(np.int32): "i4", np.dtype(np.int64): "i8"}
 
 
 def _readonly(a: np.ndarray, dtype) -> np.ndarray:
@@ -147,21 +145,39 @@ def score_tables(params: SparseParams) -> tuple:
             tuple(_readonly(p, ptype) for _, _, p in S), tuple(dmap), D)
 
 
-def _rows_tuple(rows: list, active: list) -> tuple:
-    """The active groups' rows as a tuple of int64 (N,) arrays (not copied when they are)."""
-    return tuple(np.ascontiguousarray(rows[g], dtype=np.int64) for g in active)
+def _rows_array(rows: list, active: list, perm=None) -> np.ndarray:
+    """The active groups' rows as one int64 (G, N) array, in the order ``perm`` if given."""
+    n = len(rows[active[0]]) if active else 0
+    out = np.empty((len(active), n if perm is None else len(perm)), dtype=np.int64)
+    for i, g in enumerate(active):
+        r = np.asarray(rows[g], dtype=np.int64)
+        if perm is None:
+            out[i] = r
+        else:
+            np.take(r, perm, out=out[i])
+    return out
+
+
+def table_addresses(tables: tuple) -> np.ndarray:
+    """``score_tables``' per-group arrays as the compiled loops take them: int64 (4 G, 2) of
+    (address, length), rows g, G + g, 2 G + g, 3 G + g = group g's E, columns, row pointers,
+    dense map (``fastscore._kernels``). Valid while ``tables`` lives."""
+    E, ind, ptr, dmap, _ = tables
+    return np.array([(a.__array_interface__["data"][0], len(a)) for a in (*E, *ind, *ptr, *dmap)],
+                    dtype=np.int64).reshape(-1, 2)
 
 
 def shared_groups(rows: tuple, tables: tuple, vocab_size: int, sample: int = 4096) -> np.ndarray:
     """Which groups ``fastscore.union_products`` keeps across neighbouring positions: (G,) int8
     (0: none, 1: in the kept product, 2: in its slower outer part; see ``union_products``);
-    ``rows`` per active group (N,) in walking order; ``tables``: ``score_tables``.
+    ``rows`` (G, N) of the active groups in walking order; ``tables``: ``score_tables``.
 
     Greedy on a sample of neighbour pairs: add the group that most lowers the estimated cost
     (touched entries; rebuilding the kept product costs ~V/4 entries' worth plus its own
     entries whenever one of its rows changes) until none does.
     """
-    G, N = len(rows), len(rows[0]) if rows else 0
+    G = len(rows)
+    N = len(rows[0]) if G else 0
     shared = np.zeros(G, dtype=bool)
     if N < 2 or G == 0:
         return shared.astype(np.int8)
@@ -219,7 +235,28 @@ class SparseScorer:
         """``score_tables`` (built on first use: one exp per stored entry)."""
         if self._tables is _UNSET:
             self._tables = score_tables(self.params)
+            self._addresses = table_addresses(self._tables)
         return self._tables
+
+    def kernel(self, kind: str):
+        """The compiled ``fastscore`` loop ``kind`` for these tables' index dtypes (builds the
+        tables), or None (numpy route)."""
+        _, ind, ptr, _, _ = self.tables()
+        it = _DT_NAMES[ind[0].dtype] if ind else "i4"
+        pt = _DT_NAMES[ptr[0].dtype] if ptr else "i4"
+        return _compiled(kind, it, pt)
+
+    def union_products(self, rows: np.ndarray, shared: np.ndarray, targets: np.ndarray,
+                       term: np.ndarray, z: np.ndarray) -> None:
+        """``fastscore``'s ``union_products`` on these tables: ``rows`` int64 (G, N) of the
+        active groups, in walking order, ``shared`` (G,) int8 levels, ``targets`` int64 (N,);
+        writes ``term`` and ``z`` float64 (N,). Needs ``kernel`` not None."""
+        G, V = len(self.active), self.params.vocab_size
+        if rows.shape != (G, len(targets)) or shared.shape != (G,):
+            raise ValueError(f"rows must be ({G}, {len(targets)}) and shared ({G},)")
+        self.kernel("union_products")(
+            self.params.q, self._addresses, self._tables[4], rows, shared, targets, term, z,
+            np.empty((3, V)), np.empty((2 * G + 3, max(BLOCK, G)), dtype=np.int64))
 
     def dense_scores(self, rows: list) -> np.ndarray:
         """``s = sum_g lambda_g S_g[row_g]`` as a dense float64 (n, V): one scatter of every
@@ -249,12 +286,15 @@ class SparseScorer:
     def next_logp_batch(self, rows: list) -> np.ndarray:
         """Full next-token log distributions (n, V) float64: O(touched entries + n V)."""
         n = len(rows[0]) if rows else 0
-        # _compiled() last: `lmkit next` (one distribution) never imports numba
-        fast = None if n < COMPILED_MIN_DISTRIBUTIONS or not self.active else _compiled()
+        # the kernel last: `lmkit next` (one distribution) never loads one
+        fast = None if n < COMPILED_MIN_DISTRIBUTIONS or not self.active else \
+            self.kernel("product_rows")
         if fast is None:
             return log_softmax(self.logq + self.dense_scores(rows))
         out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
-        fast.product_rows(self.params.q, *self.tables(), _rows_tuple(rows, self.active), out, z)
+        G = len(self.active)
+        fast(self.params.q, self._addresses, self._tables[4], _rows_array(rows, self.active),
+             out, z, np.empty((2 * G, BLOCK), dtype=np.int64))
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             out = np.log(out, out=out)
             out -= np.log(z)[:, None]
@@ -272,7 +312,8 @@ class SparseScorer:
         if not self.active:
             return self.logq[targets]
         # a short batch takes the numpy route without importing numba (issue 21, start-up)
-        fast = None if len(targets) < COMPILED_MIN_POSITIONS else _compiled()
+        fast = None if len(targets) < COMPILED_MIN_POSITIONS else \
+            self.kernel("union_products")
         if fast is None:
             with np.errstate(over="ignore", invalid="ignore"):
                 out = sparse_log_proba(self.params, rows, targets)
@@ -285,11 +326,10 @@ class SparseScorer:
                                                0 <= perm.min() <= perm.max() < len(perm)):
                 raise ValueError(f"order must be a permutation of the {len(targets)} positions")
             # the rows in walking order: the compiled loop then reads them in sequence
-            r = tuple(np.asarray(rows[g], dtype=np.int64).take(perm) for g in self.active)
-            tables = self.tables()
-            shared = shared_groups(r, tables, self.params.vocab_size)
+            r = _rows_array(rows, self.active, perm)
+            shared = shared_groups(r, self.tables(), self.params.vocab_size)
             term, z = np.empty(len(targets)), np.empty(len(targets))
-            fast.union_products(self.params.q, *tables, r, shared, targets.take(perm), term, z)
+            self.union_products(r, shared, targets.take(perm), term, z)
             out = np.empty(len(targets))
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
                 np.log(term, out=term)

@@ -452,3 +452,23 @@ def test_compiled_training_steps_equal_eager_ones(tiny_tok, tiny_lines):
         assert torch.allclose(a, b, atol=1e-4)
     assert [h["valid_ppl"] for h in runs[0].history] == pytest.approx(
         [h["valid_ppl"] for h in runs[1].history], rel=1e-4)
+
+
+def test_training_leaves_no_empty_inductor_folder_in_tmpdir(tmp_path, tiny_corpus_file,
+                                                           tiny_tok_file):
+    """torch makes $TMPDIR/torchinductor_$USER when training imports torch._dynamo; a run that
+    did not find it there removes it at exit when it is still empty."""
+    import os
+    import subprocess
+    import sys
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["TMPDIR"] = str(tmp)
+    r = subprocess.run([sys.executable, "-m", "lmkit.cli", "train", "--input",
+                        str(tiny_corpus_file), "--tokenizer", str(tiny_tok_file), "--solver",
+                        "transformer", "--max-seconds", "1", "--output", str(tmp_path / "net")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "net" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp.iterdir()) == []

@@ -265,16 +265,14 @@ def test_compiled_scorer_takes_int64_indices_and_kept_levels(every_path):
     rows, targets, _, order = context_rows(p.groups, p.keys, test, V, BOS, EOS, with_order=True)
     want = sparse_log_proba(p, rows, targets)
     assert np.abs(scoring.log_proba(wide, rows, targets, order) - want).max() <= 1e-9
-    fast = scoring._compiled()
-    if fast is None:
-        return
     scorer = scoring.sparse_scorer(p)
-    tables = scorer.tables()
-    r = tuple(np.asarray(rows[g], dtype=np.int64).take(order) for g in scorer.active)
+    if scorer.kernel("union_products") is None:
+        return
+    r = scoring._rows_array(rows, scorer.active, order)
     G = len(r)
     for levels in (np.zeros(G), np.ones(G), np.full(G, 2), np.arange(G) % 3):
         term, z = np.empty(len(targets)), np.empty(len(targets))
-        fast.union_products(p.q, *tables, r, levels.astype(np.int8), targets.take(order), term, z)
+        scorer.union_products(r, levels.astype(np.int8), targets.take(order), term, z)
         got = np.empty(len(targets))
         got[order] = np.log(term) - np.log(z)
         assert np.abs(got - want).max() <= 1e-9

@@ -14,7 +14,12 @@ network mixed linearly with the explicit model, ``mixture.MixtureModel``), ``loa
 """
 from __future__ import annotations
 
+import atexit
+import getpass
 import importlib
+import os
+import re
+import tempfile
 
 from ..errors import MissingDependencyError
 from .folder import is_neural_folder
@@ -30,6 +35,45 @@ def require_torch() -> None:
     except ImportError:
         raise MissingDependencyError("the neural models need PyTorch, which is not installed; "
                                      "pip install 'lmkit[neural]' (CPU wheel: see docs/neural.md)") from None
+    _clean_inductor_dir_at_exit()
+
+
+_INDUCTOR_CHECKED = False
+
+
+def _clean_inductor_dir_at_exit() -> None:
+    """torch makes ``$TMPDIR/torchinductor_$USER`` as soon as training imports ``torch._dynamo``
+    (the optimiser does), and leaves it empty unless something was compiled. A run that did not
+    find it there removes it at exit if it is still empty: no leftovers in the user's temp folder,
+    and a cache that ``compile=True`` filled, or another process made first, is kept."""
+    global _INDUCTOR_CHECKED
+    if _INDUCTOR_CHECKED:
+        return
+    _INDUCTOR_CHECKED = True
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:  # the user's own cache folder
+        return
+    path = _default_inductor_dir()
+    if os.path.exists(path):
+        return
+
+    def remove_if_empty():
+        try:
+            os.rmdir(path)
+        except OSError:  # not there, not empty, or not ours to remove
+            pass
+
+    atexit.register(remove_if_empty)
+
+
+def _default_inductor_dir() -> str:
+    """The folder torch's ``cache_dir_utils.default_cache_dir`` names, computed here because
+    importing that module imports ``torch._dynamo``, which makes the folder."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    user = re.sub(r'[\\/:*?"<>|]', "_", user)
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + user)
 
 
 def __getattr__(name):

@@ -1,0 +1,126 @@
+"""native.py: compiled kernels cached as object code and loaded without numba (issue 21).
+
+The scorer's numbers through every route are pinned against the reference scorer in
+test_scoring.py (whichever route this process took); here: the same kernels compiled in-process
+by numba, loaded from the object cache, and loaded by a fresh process that never imports numba,
+all give the reference numbers; the argument checks; the ELF symbol reader."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmkit import native
+
+ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("numba")
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """An empty object cache of this test's own and no kernel loaded yet in this process."""
+    monkeypatch.setenv("LMKIT_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_KERNELS", {})
+    from lmkit import features
+    monkeypatch.setattr(features, "_FAST", features._UNSET)
+    return tmp_path / "cache"
+
+
+def _score(p, seqs):
+    """(compiled log-probs, reference log-probs, rows) of ``seqs`` under ``p``, through a new
+    scorer (so the kernels are looked up again)."""
+    from lmkit import scoring
+    from lmkit.features import context_rows
+    from test_scoring import BOS, EOS, V
+    rows, targets, _, order = context_rows(p.groups, p.keys, seqs, V, BOS, EOS, with_order=True)
+    scorer = scoring.SparseScorer(p)
+    assert scorer.kernel("union_products") is not None
+    return (scorer.log_proba(rows, targets, order), scoring.sparse_log_proba(p, rows, targets),
+            scorer.next_logp_batch([r[:100] for r in rows]),
+            np.stack([scoring.sparse_next_logp(p, [r[i:i + 1] for r in rows])
+                      for i in range(100)]))
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["in-process", "object-cache"])
+def test_kernels_built_and_loaded_equal_the_reference(fresh_kernels, monkeypatch, cached):
+    """Built by numba in this process (no cache), or written to the cache, dropped, and loaded
+    back from the file: the scores equal the reference scorer's; key searches included."""
+    from lmkit import features, scoring
+    from test_scoring import MODELS, seqs_of
+    monkeypatch.setattr(native, "USE_CACHE", cached)
+    monkeypatch.setattr(scoring, "COMPILED_MIN_POSITIONS", 1)
+    monkeypatch.setattr(scoring, "COMPILED_MIN_DISTRIBUTIONS", 1)
+    monkeypatch.setattr(features, "COMPILED_MIN_QUERIES", 1)
+    p, seqs = MODELS["rich"], seqs_of(600, 5)
+    first = _score(p, seqs)
+    files = sorted(fresh_kernels.glob("*.o")) if fresh_kernels.exists() else []
+    assert len(files) == (4 if cached else 0)  # find_keys, find_ordered, union, product rows
+    if cached:
+        monkeypatch.setattr(native, "_KERNELS", {})
+        monkeypatch.setattr(features, "_FAST", features._UNSET)
+        loaded = native.kernel("fastscore", files[-1].name.split(".")[1])
+        assert loaded is not None and loaded._keep is None  # from the file, not numba
+        first = _score(p, seqs)
+    got, want, batch, one_by_one = first
+    assert np.abs(got - want).max() <= 1e-9
+    assert np.abs(batch - one_by_one).max() <= 1e-9
+
+
+def test_a_fresh_process_scores_from_the_cache_without_numba(tmp_path, tiny_model_dir,
+                                                             tiny_corpus_file):
+    """Run 1 fills the cache (numba compiles); run 2, a new process, imports no numba and gives
+    the same total nll (the same floats)."""
+    code = ("import contextlib, io, json, sys, lmkit.cli\nfrom lmkit import scoring\n"
+            "scoring.COMPILED_MIN_POSITIONS = 1\nout = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n"
+            f"    rc = lmkit.cli.main(['eval', {str(tiny_model_dir)!r}, '--input', "
+            f"{str(tiny_corpus_file)!r}, '--json'])\nassert rc == 0\n"
+            "print(json.dumps([json.loads(out.getvalue())['nll_nats'], 'numba' in sys.modules]))")
+    env = dict(os.environ, LMKIT_NATIVE_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=300, check=True).stdout
+        return json.loads(out.splitlines()[-1])
+    nll1, numba1 = run()
+    assert numba1 and list((tmp_path / "cache").glob("*.o"))
+    nll2, numba2 = run()
+    assert not numba2 and nll2 == nll1
+
+
+def test_kernel_arguments_are_checked():
+    k = native.kernel("fastkeys", "find_ordered")
+    a = np.zeros(4, dtype=np.int64)
+    with pytest.raises(TypeError, match="takes 5 arguments"):
+        k(a, a)
+    with pytest.raises(TypeError, match="argument 1 must be a C-contiguous int64 array of 1"):
+        k(a, a.astype(np.int32), a, a, np.zeros((2, 4), dtype=np.int64))
+    with pytest.raises(TypeError, match="argument 4 must be"):
+        k(a, a, a, a, np.zeros((4, 2), dtype=np.int64).T)
+
+
+def test_undefined_symbols_reads_an_elf_symbol_table():
+    cf, _ = __import__("lmkit.fastkeys", fromlist=["x"]).native_kernel("find_ordered")
+    obj = cf._library._codegen._tm.emit_object(cf._library._final_module)
+    names = native.undefined_symbols(obj)
+    if names is None:
+        pytest.skip("not an ELF platform: nothing is cached there")
+    assert "PyErr_SetString" in names and cf.native_name not in names
+    assert not any(n.startswith(("NRT_Allocate", "NRT_MemInfo_alloc")) for n in names)
+    assert native.undefined_symbols(b"not an object") is None
+
+
+def test_a_new_key_replaces_the_kernels_older_files(tmp_path):
+    """One file per kernel stays in the cache (older sources' files are removed), by
+    temp-and-rename: no temporary is left behind."""
+    for key in ("aaa", "bbb"):
+        native._write_atomic(tmp_path / f"fastkeys.find_keys.{key}.o", key.encode())
+    native._write_atomic(tmp_path / "fastkeys.find_ordered.ccc.o", b"c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fastkeys.find_keys.bbb.o", "fastkeys.find_ordered.ccc.o"]

@@ -74,6 +74,7 @@ from .rich import (DEFAULT_CLUSTERINGS, DEFAULT_CONTEXT, DEFAULT_ENTRY_EDGES, DE
                    DEFAULT_ORDER, DEFAULT_SKIPS, DEFAULT_TOL, base_groups, bigram_counts,
                    cluster_groups, line_groups, make_clusters)
 from .clusters import bigram_embedding
+from .config import ModelConfig
 from .scoring import context_rows
 from .sparse import lookup_values
 
@@ -412,7 +413,8 @@ def _solve_pass(runner: _Runner, job: _Job, groups: list, M: int, discount, stor
 
 
 def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
-               refit_chunks=None, order: int = DEFAULT_ORDER, context: int = DEFAULT_CONTEXT,
+               refit_chunks=None, order: int | None = DEFAULT_ORDER,
+               context: int = DEFAULT_CONTEXT,
                first_window: int = DEFAULT_FIRST_WINDOW, skips=DEFAULT_SKIPS,
                clusterings=DEFAULT_CLUSTERINGS, seed: int = 0, piece_bytes=None,
                line_positions=DEFAULT_LINE_POSITIONS, discount=None,
@@ -427,6 +429,10 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     refit_chunks>)`` with entry-count weights (``entry_edges``, not None). Returns ``(params,
     tables, n_sequences, n_tokens)``; the totals include ``refit_chunks``.
 
+    ``order`` None: by the training text's size (``ModelConfig.rich_order`` of its targets,
+    end-of-line marks included), as ``lmkit train`` with no model option; the chosen order is
+    the number of ``Suffix`` groups + 1 of the result.
+
     Scale (the same model whichever): ``workers`` > 1 counts and solves the groups in that
     many processes; ``engine="dask"`` on a Dask cluster (``scheduler`` address, or a new
     LocalCluster of ``workers`` processes; ``dask_processes=False``: threads, for tests);
@@ -436,8 +442,9 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     if entry_edges is None:
         raise ValueError("build_rich fits one weight per group x entry-count bucket; pass "
                          "entry_edges (other weightings: lmkit.experiments.rich_weights)")
-    groups = base_groups(order, context, skips, first_window)
-    pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])
+    groups = base_groups(DEFAULT_ORDER if order is None else order, context, skips,
+                         first_window)
+    pad = max([g.reach for g in groups if isinstance(g, Window)] + [1])  # windows only
     V = vocab_size
     folder = None
     try:
@@ -446,7 +453,8 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
         folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
         # engine local only: Dask sends the buffers to its workers (in their memory)
         mapped = folder if max_memory is not None and engine != "dask" else None
-        return _build_rich(chunks, V, bos_id, eos_id, heldout, groups, pad, folder, mapped,
+        return _build_rich(chunks, V, bos_id, eos_id, heldout, groups, order is None, pad,
+                           folder, mapped,
                            refit_chunks, clusterings, seed, piece_bytes, line_positions,
                            discount, entry_edges, hessian_every, hessian_tokens, tol,
                            max_memory, workers, engine, scheduler, dask_processes, log)
@@ -455,13 +463,20 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, pad, folder, mapped, refit_chunks,
-                clusterings, seed, piece_bytes, line_positions, discount, entry_edges,
-                hessian_every, hessian_tokens, tol, max_memory, workers, engine, scheduler,
-                dask_processes, log):
+def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, by_size, pad, folder, mapped,
+                refit_chunks, clusterings, seed, piece_bytes, line_positions, discount,
+                entry_edges, hessian_every, hessian_tokens, tol, max_memory, workers, engine,
+                scheduler, dask_processes, log):
     """``build_rich`` inside its temporary ``folder`` (None: nothing spilled); ``mapped``: the
-    folder for the memory-mapped token buffers (None: in memory)."""
+    folder for the memory-mapped token buffers (None: in memory); ``by_size``: the suffix
+    chain of ``groups`` is replaced by the one ``ModelConfig.rich_order`` gives the text."""
     texts = [_Text(chunks, V, bos_id, eos_id, pad, mapped, "train")]
+    if by_size:
+        order = ModelConfig.rich_order(len(texts[0].pos))
+        groups = [Suffix(m) for m in range(1, order)] + [g for g in groups
+                                                         if not isinstance(g, Suffix)]
+        if log:
+            log(f"      n-gram order {order} for {len(texts[0].pos)} training tokens")
     M = sum(isinstance(g, Suffix) for g in groups)
     # the cluster tables, from the training text's bigram counts as count_rich takes them
     tables = []

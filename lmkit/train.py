@@ -432,7 +432,7 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     the same model on every one of these)."""
     t0 = time.time()
     m = cfg.model
-    order = m.order or m.DEFAULT_ORDER
+    order = m.order  # None: by the training text's size (ModelConfig.rich_order)
     context = m.DEFAULT_CONTEXT if m.context is None else m.context
     s = cfg.scale
     if s.spill_dir is not None:  # before any work: the folder must take temporary files
@@ -444,7 +444,7 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     workers = check_workers(s.workers) if dask else (s.workers or 1)
     where = (f"on Dask ({s.scheduler or f'LocalCluster of {workers}'})" if dask else
              f"in {workers} worker processes" if workers > 1 else "in this process")
-    log(f"[3/4] counting the feature-rich model: n-grams 1..{order}, windows "
+    log(f"[3/4] counting the feature-rich model: n-grams 1..{order or 'N by size'}, windows "
         f"{rich.DEFAULT_FIRST_WINDOW}..{context}, "
         f"skip-grams, cluster histories, line positions ({where}"
         f"{f', max_memory {s.max_memory}' if s.max_memory else ''})")
@@ -460,6 +460,7 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
         refit_chunks=encoded(valid, tok, chunk, desc="count held-out") if carved else None,
         discount=_discount(m), max_memory=s.max_memory, workers=workers, engine=s.engine,
         scheduler=s.scheduler, spill_dir=s.spill_dir, log=log, **kw)
+    order = 1 + sum(isinstance(g, Suffix) for g in params.groups)  # the order built
     log("      cluster tables of "
         + " and ".join(str(int(t.max()) + 1) for t in tables if t is not None) + " clusters")
     # compact folder: drop the entries that carry no weight, float32 values (compact.py);

@@ -316,3 +316,15 @@ def test_public_api_defaults_are_the_config_defaults():
     assert inspect.signature(model.LanguageModel.top_next).parameters["k"].default == C.NextConfig.top
     assert inspect.signature(gradient.fit_dense).parameters["lr"].default == C.DEFAULT_LR["gradient"]
     assert inspect.signature(gradient.fit_dense).parameters["seed"].default == C.TokenizerConfig.seed
+
+
+def test_the_rich_models_order_grows_with_the_training_tokens():
+    """ModelConfig.rich_order: 5 below 4M tokens, one more at 4M and per doubling after, at
+    most 7 (docs/scale.md, "Quality at scale"); exact at the boundaries."""
+    M = C.ModelConfig
+    assert (M.DEFAULT_ORDER, M.RICH_ORDER_TOKENS, M.RICH_MAX_ORDER) == (5, 4_000_000, 7)
+    got = {n: M.rich_order(n) for n in (0, 1, 1_370_000, 3_999_999, 4_000_000, 7_999_999,
+                                        8_000_000, 15_999_999, 16_000_000, 18_857_333,
+                                        10**9)}
+    assert got == {0: 5, 1: 5, 1_370_000: 5, 3_999_999: 5, 4_000_000: 6, 7_999_999: 6,
+                   8_000_000: 7, 15_999_999: 7, 16_000_000: 7, 18_857_333: 7, 10**9: 7}

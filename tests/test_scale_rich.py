@@ -541,3 +541,50 @@ def test_count_in_parts_holds_no_per_position_keys(monkeypatch):
         tracemalloc.stop()
     assert got.equals(want)
     assert peak < 6 * len(pos), (peak, len(pos))
+
+
+def test_order_by_size_is_the_rule_applied_to_the_training_tokens(monkeypatch):
+    """``build_rich(order=None)``: the suffix chain ``ModelConfig.rich_order`` gives the
+    training text's targets (the carved lines added back later do not count), and then the
+    very model of that explicit order."""
+    from lmkit.config import ModelConfig
+    from lmkit.rich_build import build_rich
+    train, held, carved = corpus(300, 0), corpus(60, 1), corpus(40, 3)
+    n_targets = sum(len(s) + 1 for s in train)
+    kw = dict(context=3, skips=((1, 1, 1),), clusterings=((6, ((2, 0), (3, 1))),), seed=5)
+
+    def build(order):
+        return build_rich(_seqs_chunks(train), 14, BOS, EOS, held, refit_chunks=[carved],
+                          order=order, **kw)[0]
+
+    def suffixes(params):
+        return [g.name for g in params.groups if g.name.startswith("suffix")]
+
+    assert suffixes(build(None)) == ["suffix1", "suffix2", "suffix3", "suffix4"]  # 5: small
+    # one doubling past the threshold: order 7; the threshold exactly at the text: order 6
+    monkeypatch.setattr(ModelConfig, "RICH_ORDER_TOKENS", n_targets // 2)
+    got = build(None)
+    assert suffixes(got) == [f"suffix{m}" for m in range(1, 7)]
+    assert same_params(got, build(7)) and got.info == build(7).info
+    monkeypatch.setattr(ModelConfig, "RICH_ORDER_TOKENS", n_targets)
+    assert len(suffixes(build(None))) == 5
+    monkeypatch.setattr(ModelConfig, "RICH_ORDER_TOKENS", n_targets + 1)
+    assert len(suffixes(build(None))) == 4
+
+
+def test_train_records_the_order_the_size_rule_chose(tiny_corpus_file, tiny_tok_file,
+                                                     monkeypatch, tmp_path):
+    """``lmkit.train`` with no model option builds the order of ``ModelConfig.rich_order``
+    and its manifest says so; a given order is kept whatever the size."""
+    import lmkit
+    from lmkit.config import ModelConfig
+    from lmkit.model import LanguageModel
+    opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
+    monkeypatch.setattr(ModelConfig, "RICH_ORDER_TOKENS", 1)  # every text is "large"
+    model = lmkit.train(**opts)
+    assert model.config["order"] == 7
+    assert [g.name for g in model.groups if g.name.startswith("suffix")] == [
+        f"suffix{m}" for m in range(1, 7)]
+    assert LanguageModel.load(model.save(tmp_path / "m")).config["order"] == 7
+    kept = lmkit.train(rich=True, order=5, **opts)
+    assert kept.config["order"] == 5 and kept.config["rich"] is True

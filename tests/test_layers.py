@@ -25,10 +25,10 @@ LMKIT = Path(__file__).resolve().parent.parent / "lmkit"
 # elsewhere; a new module must be placed here (test_every_module_has_a_layer).
 LAYERS = [
     ("base: shared types and helpers", [
-        "lmkit.version", "lmkit.errors", "lmkit.progress", "lmkit.memory", "lmkit.config", "lmkit.fastkeys", "lmkit.native", "lmkit.jitargs",
-        "lmkit.sparse", "lmkit.params", "lmkit.fastscore", "lmkit.io.files", "lmkit.io.readfile",
+        "lmkit.version", "lmkit.errors", "lmkit.progress", "lmkit.memory", "lmkit.config",
+        "lmkit.fastkeys", "lmkit.native", "lmkit.jitargs", "lmkit.sparse", "lmkit.params", "lmkit.fastscore", "lmkit.io.files", "lmkit.io.readfile",
         "lmkit.io.npyfile", "lmkit.io.jsonrows", "lmkit.sortedsearch", "lmkit.io", "lmkit.ngram", "lmkit.experiments"]),
-    ("data: text -> token ids", ["lmkit.corpus", "lmkit.tokenizer"]),
+    ("data: text -> token ids", ["lmkit.corpus", "lmkit.wordcache", "lmkit.tokenizer"]),
     ("features/counts: ids -> feature rows -> Counts", [
         "lmkit.features", "lmkit.clusters", "lmkit.linepos", "lmkit.kinds", "lmkit.counts",
         "lmkit.parallel", "lmkit.distributed"]),

@@ -159,7 +159,8 @@ def _load_or_build(module: str, name: str):
         imports = undefined_symbols(obj)
         if imports is not None and _loadable(imports):
             header = json.dumps({"format": FORMAT, "symbol": cf.native_name, "args": argspec,
-                                 "imports": imports}).encode()
+                                 "imports": imports,
+                                 "sha256": hashlib.sha256(obj).hexdigest()}).encode()
             _write_atomic(path, header + b"\n" + obj)
     return Kernel(name, cf.address, argspec, keep=cf)
 
@@ -207,12 +208,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _load(path: Path, name: str):
-    """The kernel in the object file ``path`` (header line + ELF), or None if it is unusable."""
+    """The kernel in the object file ``path`` (header line: format, symbol, arguments, imports and
+    the object's sha256; then the ELF object), or None if it is unusable."""
     try:
         raw = path.read_bytes()
         header, obj = raw.split(b"\n", 1)
         meta = json.loads(header)
         if meta.get("format") != FORMAT or not _loadable(meta["imports"]):
+            return None
+        # a truncated or damaged file (a full disk, a crash elsewhere) is built again, never
+        # handed to LLVM's loader
+        if hashlib.sha256(obj).hexdigest() != meta.get("sha256"):
             return None
     except (OSError, ValueError, KeyError):
         return None

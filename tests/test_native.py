@@ -124,3 +124,20 @@ def test_a_new_key_replaces_the_kernels_older_files(tmp_path):
     native._write_atomic(tmp_path / "fastkeys.find_ordered.ccc.o", b"c")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "fastkeys.find_keys.bbb.o", "fastkeys.find_ordered.ccc.o"]
+
+
+def test_a_damaged_cache_file_is_built_again(fresh_kernels, monkeypatch):
+    """A cached object cut short or with a changed byte fails its checksum: the kernel is
+    compiled again and the file rewritten whole (a fresh compile may name its symbol anew, so
+    not byte for byte), never loaded as it is."""
+    k = native.kernel("fastkeys", "find_ordered")
+    assert k is not None
+    (path,) = fresh_kernels.glob("fastkeys.find_ordered.*.o")
+    whole = path.read_bytes()
+    for damaged in (whole[:len(whole) // 2], whole[:-1] + bytes([whole[-1] ^ 1])):
+        path.write_bytes(damaged)
+        assert native._load(path, "find_ordered") is None
+        monkeypatch.setattr(native, "_KERNELS", {})
+        assert native.kernel("fastkeys", "find_ordered") is not None
+        assert path.read_bytes() != damaged
+        assert native._load(path, "find_ordered") is not None

@@ -56,9 +56,8 @@ class Counts:
                 keys.append(None)
                 continue
             if not isinstance(group, Suffix):  # skip-gram / cluster keys are plain values
-                union = _union_sorted(ka, kb)
-                F.append((_remap_rows(a, np.searchsorted(union, ka), len(union))
-                          + _remap_rows(b, np.searchsorted(union, kb), len(union))).tocsr())
+                f, union = add_keyed(a, ka, b, kb)
+                F.append(f)
                 keys.append(union)
                 continue
             # re-key both sides into the merged numbering of the parent level (monotone maps,
@@ -96,6 +95,16 @@ def _union_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     keep = np.ones(len(c), dtype=bool)
     np.not_equal(c[1:], c[:-1], out=keep[1:])
     return c[keep]
+
+
+def add_keyed(a: sp.csr_matrix, ka: np.ndarray, b: sp.csr_matrix, kb: np.ndarray):
+    """``(F, keys)``: the sum of two count matrices whose rows are keyed by sorted unique int64
+    keys (``ka``, ``kb``), on the union of their keys. Example: rows [3] + rows [1, 3] -> rows
+    [1, 3], row 3 summed."""
+    union = _union_sorted(ka, kb)
+    F = (_remap_rows(a, np.searchsorted(union, ka), len(union))
+         + _remap_rows(b, np.searchsorted(union, kb), len(union))).tocsr()
+    return F, union
 
 
 def _remap_rows(m: sp.csr_matrix, new_rows: np.ndarray, n_rows: int) -> sp.csr_matrix:
@@ -377,108 +386,161 @@ def _concat_rows(parts: list, n_cols: int, keyed: bool):
     return F, (np.concatenate([k for _, k in parts]) if keyed else None)
 
 
-def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences: int,
-                   part_positions: int | None = None, min_parts: int = 1,
-                   mapper=None) -> Counts:
-    """``count_buffer(buf, pos, starts, vocab_size, groups, n_sequences)``, exactly (same arrays,
-    same dtypes), with the positions sorted ``part_positions`` (default ``PART_POSITIONS``) at
-    a time.
+class RowParts:
+    """The target positions of a buffer split into parts that own whole rows, each counted on
+    its own (``count(p)``): the engine of ``count_in_parts``, and of the group-by-group build,
+    which solves a group a part at a time (``rich_build``).
 
-    ``groups``: the suffix chain ``Suffix(1..M)``, or one other group. Each part owns whole
-    rows, so its counts are a block of rows of the total: for the chain, the positions whose
-    previous token lies in a token range (every order's history ends in that token, and rows
-    are numbered newest token first, so each part's rows are a contiguous block at every order;
-    its chained keys shift by the rows of the parts before it, ``key + offset * V``); for one
-    other group, the positions whose row key lies in a key range (rows are sorted keys, or
-    token ids for a window).
+    ``groups``: the suffix chain ``Suffix(1..M)``, or one other group. A part is, for the
+    chain, the positions whose previous token lies in a token range; for one other group, the
+    positions whose row key lies in a key range (rows are sorted keys, or token ids for a
+    window). ``cuts``: the increasing cut values between the parts' ranges (one group only;
+    default: quantiles of a strided sample of this buffer's keys, at least ``min_parts`` parts
+    of about ``part_positions`` positions); given, e.g. the training text's, another text's
+    part p covers the same rows as the training text's part p, so the two add up part by part.
 
-    ``min_parts``: at least this many parts (when there are positions to split); ``mapper(fn,
-    parts)``: how the parts are counted (default: one after the other, ``map``), e.g. by worker
-    processes; it must yield ``fn(p)`` in the order of ``parts``.
+    Memory: the keys are computed ``KEY_CHUNK`` positions at a time, never for every position
+    at once; each position keeps only its part number (one byte while there are < 255 parts).
     """
-    V, N = vocab_size, len(pos)
-    part_positions = PART_POSITIONS if part_positions is None else part_positions
-    n_parts = max(-(-N // max(1, part_positions)), min_parts)
-    chain = all(isinstance(g, Suffix) for g in groups)
-    if not chain and len(groups) != 1:
-        raise ValueError("count_in_parts counts the suffix chain or one group at a time")
-    if chain:
-        check_suffix_chain(groups)
-    if n_parts <= 1 or N == 0:
-        return count_buffer(buf, pos, starts, V, groups, n_sequences)
-    g0 = groups[0]
-    # rows are token ids (the chain: by its previous token; a window: the token k back)
-    k_tok = 1 if chain else g0.k if isinstance(g0, Window) else None
 
-    def part_keys(idx):
+    def __init__(self, buf, pos, starts, vocab_size: int, groups: list,
+                 part_positions: int | None = None, min_parts: int = 1, cuts=None):
+        V, N = vocab_size, len(pos)
+        self.buf, self.pos, self.starts, self.V, self.groups = buf, pos, starts, V, list(groups)
+        self.chain = all(isinstance(g, Suffix) for g in groups)
+        if not self.chain and len(groups) != 1:
+            raise ValueError("count_in_parts counts the suffix chain or one group at a time")
+        if self.chain:
+            check_suffix_chain(groups)
+            if cuts is not None:
+                raise ValueError("the suffix chain's parts come from its own text (no cuts)")
+        g0 = groups[0]
+        # rows are token ids (the chain: by its previous token; a window: the token k back)
+        self._k_tok = 1 if self.chain else g0.k if isinstance(g0, Window) else None
+        self._pad_back = 1 + max(getattr(g, "reach", 1) for g in groups)
+        if cuts is None:
+            part_positions = PART_POSITIONS if part_positions is None else part_positions
+            n_parts = max(-(-N // max(1, part_positions)), min_parts)
+            cuts = self._sample_cuts(n_parts) if n_parts > 1 and N else np.zeros(0, np.int64)
+        self.cuts = np.asarray(cuts, dtype=np.int64)
+        self.n_parts = len(self.cuts) + 1
+        self.which = None  # one part: every position
+        if self.n_parts > 1 and N:
+            self.which = self._part_numbers()
+        self.bounds = (np.concatenate([[0], self.cuts, [V]]) if isinstance(g0, Window)
+                       else None)
+
+    def _part_keys(self, idx):
         """The part key (row key; -1: no feature) of positions ``idx``: a slice or increasing
         indices into ``pos`` within one chunk of ``_chunks(N)``, so that a kind that reads the
         buffer around its positions (line positions) reads about a chunk of it."""
-        p, st = pos[idx], starts[idx]
-        if k_tok is not None:
-            return buf[p - k_tok].astype(np.int64)
-        return g0.row_keys(buf, p, st, V)
+        p, st = self.pos[idx], self.starts[idx]
+        if self._k_tok is not None:
+            return self.buf[p - self._k_tok].astype(np.int64)
+        return self.groups[0].row_keys(self.buf, p, st, self.V)
 
-    def release_chunk(lo, hi):
+    def _release_chunk(self, lo, hi):
         """Drop the pages of a mapped buffer read for positions ``lo:hi`` (from the line start
         of the first; ``io.npyfile.release_pages``, a no-op in memory): a pass over a mapped
         buffer holds a chunk of it, not all of it."""
-        b0 = max(0, min(int(starts[lo]), int(pos[lo])) - pad_back)
-        release_pages(pos[lo:hi], starts[lo:hi], buf[b0:int(pos[hi - 1]) + 1])
+        pos, starts = self.pos, self.starts
+        b0 = max(0, min(int(starts[lo]), int(pos[lo])) - self._pad_back)
+        release_pages(pos[lo:hi], starts[lo:hi], self.buf[b0:int(pos[hi - 1]) + 1])
 
-    pad_back = 1 + max(getattr(g, "reach", 1) for g in groups)
-    # the keys are computed a chunk of KEY_CHUNK positions at a time, never for every position
-    # at once: a strided sample of them gives the cuts, then each position gets its part
-    # number (one byte a position while there are < 255 parts), and each part's keys are
-    # computed again, chunk by chunk, from its own positions when it is counted
-    stride = max(1, N // (64 * n_parts))
-    sample = []
-    for lo, hi in _chunks(N):
-        k = part_keys(np.arange(lo + (-lo) % stride, hi, stride))
-        sample.append(k[k >= 0])
-        release_chunk(lo, hi)
-    cuts = _cuts(np.concatenate(sample), n_parts)
-    del sample
-    which = np.empty(N, dtype=np.uint8 if len(cuts) < 255 else np.uint16)
-    none = np.iinfo(which.dtype).max  # no feature: counted in no part (as count_buffer drops it)
-    for lo, hi in _chunks(N):
-        k = part_keys(slice(lo, hi))
-        w = np.searchsorted(cuts, k, side="right")
-        w[k < 0] = none
-        which[lo:hi] = w
-        release_chunk(lo, hi)
-    del k, w
-    bounds = np.concatenate([[0], cuts, [V]]) if isinstance(g0, Window) else None
+    def _sample_cuts(self, n_parts):
+        """Cuts from a strided sample of the keys (about 64 a part)."""
+        N = len(self.pos)
+        stride = max(1, N // (64 * n_parts))
+        sample = []
+        for lo, hi in _chunks(N):
+            k = self._part_keys(np.arange(lo + (-lo) % stride, hi, stride))
+            sample.append(k[k >= 0])
+            self._release_chunk(lo, hi)
+        return _cuts(np.concatenate(sample), n_parts)
 
-    def count_part(p):
-        """The counts of part p: per group (F, keys), keys not yet shifted. Its positions, row
-        keys and targets are gathered a chunk at a time, the chunk's pages of a mapped buffer
-        released after it (``release_chunk``)."""
+    def _part_numbers(self):
+        which = np.empty(len(self.pos), dtype=np.uint8 if len(self.cuts) < 255 else np.uint16)
+        none = np.iinfo(which.dtype).max  # no feature: counted in no part (as count_buffer)
+        for lo, hi in _chunks(len(self.pos)):
+            k = self._part_keys(slice(lo, hi))
+            w = np.searchsorted(self.cuts, k, side="right")
+            w[k < 0] = none
+            which[lo:hi] = w
+            self._release_chunk(lo, hi)
+        return which
+
+    def count(self, p: int) -> list:
+        """The counts of part p: per group ``(F, keys)`` (the chain's keys not yet shifted by
+        the rows of the parts before; a window's ``F``: its rows ``bounds[p]:bounds[p+1]``).
+        Its positions, row keys and targets are gathered a chunk at a time."""
+        V, N, buf, pos, starts = self.V, len(self.pos), self.buf, self.pos, self.starts
+        g0 = self.groups[0]
+        if self.which is None:  # one part
+            if N:
+                c = count_buffer(buf, pos, starts, V, self.groups, 0)
+                self._release_chunk(0, N)
+            else:
+                c = empty_counts(V, self.groups)
+            if self.bounds is not None:
+                return [(c.F[0][int(self.bounds[p]):int(self.bounds[p + 1])], None)]
+            return list(zip(c.F, c.keys))
         keys, tg, P, St = [], [], [], []
         for lo, hi in _chunks(N):
-            idx = lo + np.flatnonzero(which[lo:hi] == p)
-            if chain:  # counted by count_buffer below, from the part's positions
+            idx = lo + np.flatnonzero(self.which[lo:hi] == p)
+            if self.chain:  # counted by count_buffer below, from the part's positions
                 P.append(np.asarray(pos[idx]))
                 St.append(np.asarray(starts[idx]))
             else:
-                keys.append(part_keys(idx))
+                keys.append(self._part_keys(idx))
                 tg.append(buf[pos[idx]].astype(np.int64))
-            release_chunk(lo, hi)
-        if chain:
-            c = count_buffer(buf, np.concatenate(P), np.concatenate(St), V, groups, 0)
+            self._release_chunk(lo, hi)
+        if self.chain:
+            c = count_buffer(buf, np.concatenate(P), np.concatenate(St), V, self.groups, 0)
             return list(zip(c.F, c.keys))
         keys, tg = np.concatenate(keys), np.concatenate(tg)
         if isinstance(g0, Window):  # rows are token ids: keep this part's token range
             F = sp.coo_matrix((np.ones(len(keys), dtype=np.int64), (keys, tg)),
                               shape=(V, V)).tocsr()  # as count_buffer counts a window
             F.sum_duplicates()
-            return [(F[int(bounds[p]):int(bounds[p + 1])], None)]
+            return [(F[int(self.bounds[p]):int(self.bounds[p + 1])], None)]
         F, k, _ = suffix_counts(keys, tg, V)
         return [(F, k)]
 
+    def target(self) -> np.ndarray:
+        """(V,) int64: how often each token is a target (every position, with or without a
+        feature, as ``count_buffer``)."""
+        target = np.zeros(self.V, dtype=np.int64)
+        for lo, hi in _chunks(len(self.pos)):
+            target += np.bincount(self.buf[self.pos[lo:hi]], minlength=self.V)
+            self._release_chunk(lo, hi)
+        return target
+
+
+def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences: int,
+                   part_positions: int | None = None, min_parts: int = 1,
+                   mapper=None) -> Counts:
+    """``count_buffer(buf, pos, starts, vocab_size, groups, n_sequences)``, exactly (same arrays,
+    same dtypes), with the positions sorted ``part_positions`` (default ``PART_POSITIONS``) at
+    a time (``RowParts``).
+
+    ``groups``: the suffix chain ``Suffix(1..M)``, or one other group. Each part owns whole
+    rows, so its counts are a block of rows of the total: for the chain, every order's history
+    ends in the part's token range, and rows are numbered newest token first, so each part's
+    rows are a contiguous block at every order; its chained keys shift by the rows of the parts
+    before it, ``key + offset * V``; for one other group, its rows are a key range.
+
+    ``min_parts``: at least this many parts (when there are positions to split); ``mapper(fn,
+    parts)``: how the parts are counted (default: one after the other, ``map``), e.g. by worker
+    processes; it must yield ``fn(p)`` in the order of ``parts``.
+    """
+    V, N = vocab_size, len(pos)
+    parts = RowParts(buf, pos, starts, V, groups, part_positions, min_parts)
+    if parts.n_parts <= 1 or N == 0:
+        return count_buffer(buf, pos, starts, V, groups, n_sequences)
+    chain = parts.chain
     blocks = [[] for _ in groups]
     offsets = [0] * len(groups)  # rows of the parts before, per chain level
-    for part in (mapper or map)(count_part, range(len(cuts) + 1)):
+    for part in (mapper or map)(parts.count, range(parts.n_parts)):
         if chain:
             for lvl, (F, k) in enumerate(part):
                 blocks[lvl].append((F, k if lvl == 0 else k + offsets[lvl - 1] * V))
@@ -487,13 +549,8 @@ def count_in_parts(buf, pos, starts, vocab_size: int, groups: list, n_sequences:
             blocks[0].append(part[0])
         del part
     F, keys = [], []
-    for g, parts in zip(groups, blocks):
-        f, k = _concat_rows(parts, V, not isinstance(g, Window))
+    for g, bl in zip(groups, blocks):
+        f, k = _concat_rows(bl, V, not isinstance(g, Window))
         F.append(f)
         keys.append(k)
-    # every position is a target, with or without a feature, as in count_buffer
-    target = np.zeros(V, dtype=np.int64)
-    for lo, hi in _chunks(N):
-        target += np.bincount(buf[pos[lo:hi]], minlength=V)
-        release_chunk(lo, hi)
-    return Counts(V, list(groups), F, keys, target, n_sequences, N)
+    return Counts(V, list(groups), F, keys, parts.target(), n_sequences, N)

@@ -72,8 +72,13 @@ def estimate_discount(F: sp.csr_matrix) -> float:
     Example: counts with n1 = 6 singletons and n2 = 2 doubletons -> 6 / 10 = 0.6.
     Falls back to 0.5 when there are no singletons or doubletons; clipped to [0.05, 0.95].
     """
-    n1 = int(np.count_nonzero(F.data == 1))
-    n2 = int(np.count_nonzero(F.data == 2))
+    return discount_from_counts(int(np.count_nonzero(F.data == 1)),
+                                int(np.count_nonzero(F.data == 2)))
+
+
+def discount_from_counts(n1: int, n2: int) -> float:
+    """``estimate_discount`` from the numbers of singletons ``n1`` and doubletons ``n2`` (sums
+    over blocks of a group's rows give the whole group's discount)."""
     if n1 + n2 == 0:
         return 0.5
     return float(np.clip(n1 / (n1 + 2 * n2), 0.05, 0.95))

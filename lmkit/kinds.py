@@ -21,6 +21,12 @@ Every kind of feature group (``features.Suffix``, ``features.Window``, ``feature
   through this registry) never imports solver code (``closed_forms.py`` holds the built-in
   ones). ``Suffix`` has none (``chained``): the suffix groups are solved together, as one
   interpolated modified Kneser-Ney model (``ngram.mkn.solve_ngram``).
+- ``marginal`` (optional): the dotted name of ``(group, F, keys, V) -> m``, what the closed
+  form of some rows needs from the rest of the group (the skip-like kinds: the counts of the
+  adjacent part), summable with ``+`` over blocks of rows. With it, a group is solved a
+  block of rows at a time (``rich_build``: bounded memory) as ``closed_form(..., marginal=
+  sum of m over every block)``, the same values as solving it whole. A kind without one must
+  have a closed form whose rows depend only on their own counts, ``q`` and ``d``.
 
 API (every caller goes through these; an unknown name or class fails with one line)::
 
@@ -30,6 +36,7 @@ API (every caller goes through these; an unknown name or class fails with one li
     group_spec(groups) -> (names, tables)          # what a worker process or task needs
     groups_from_spec(spec) -> groups               # rebuilt there, equal to ``groups``
     closed_form(group, F, keys, q, d) -> S         # the kind's closed form (ValueError: Suffix)
+    group_marginal(group, F, keys, V) -> m | None   # whole-group statistic, summed over row blocks
     closed_form_of(kind) -> function               # its dotted name resolved (imports the solver)
     kind_of(group) -> Kind;  register(Kind(...))   # a new kind: one entry, every route uses it
 
@@ -68,6 +75,9 @@ class Kind:
     # "module:function" of (group, F, keys, q, d) -> S (a callable is taken as it is);
     # None: chained (MKN)
     closed_form: str | Callable | None = None
+    # "module:function" of (group, F, keys, V) -> a summable statistic of those rows that
+    # the closed form of a block of the group's rows takes as marginal=; None: rows solve alone
+    marginal: str | Callable | None = None
 
     @property
     def chained(self) -> bool:
@@ -157,20 +167,37 @@ def groups_from_spec(spec) -> list:
     return [from_name(n, tables) for n in names]
 
 
-def closed_form(group, F, keys, q, d):
+def closed_form(group, F, keys, q, d, marginal=None):
     """The kind's closed form of one group (see the module docstring); ``ValueError`` for a
-    chained kind (``Suffix``: solve the chain with ``ngram.mkn.solve_ngram``)."""
+    chained kind (``Suffix``: solve the chain with ``ngram.mkn.solve_ngram``). ``F``, ``keys``
+    may be a block of the group's rows, with ``marginal`` the sum of ``group_marginal`` over
+    every block (the same values as solving the whole group)."""
     kind = kind_of(group)
     if kind.chained:
         raise ValueError(f"{group.name} is solved with its whole chain (ngram.mkn.solve_ngram), "
                          "not alone")
-    return closed_form_of(kind)(group, F, keys, q, d)
+    fn = closed_form_of(kind)
+    if marginal is None:
+        return fn(group, F, keys, q, d)
+    return fn(group, F, keys, q, d, marginal=marginal)
+
+
+def group_marginal(group, F, keys, vocab_size: int):
+    """What the closed form of a block of the group's rows needs from the whole group, of
+    these rows (``Kind.marginal``; summable with ``+`` over blocks); None: its rows solve on
+    their own (given ``q`` and the discount)."""
+    fn = _resolve(kind_of(group), "marginal")
+    return None if fn is None else fn(group, F, keys, vocab_size)
 
 
 def closed_form_of(kind: Kind) -> Callable:
     """The kind's closed form as a function: its dotted name imported (``"lmkit.closed_forms:
     window"`` -> ``lmkit.closed_forms.window``); ``ValueError`` if it names nothing callable."""
-    target = kind.closed_form
+    return _resolve(kind, "closed_form")
+
+
+def _resolve(kind: Kind, field: str):
+    target = getattr(kind, field)
     if callable(target) or target is None:
         return target
     module, _, name = target.partition(":")
@@ -179,7 +206,8 @@ def closed_form_of(kind: Kind) -> Callable:
     except (ImportError, AttributeError):
         fn = None
     if not callable(fn):
-        raise ValueError(f"feature kind {kind.family!r}: closed form {target!r} names no function")
+        what = field.replace("_", " ")
+        raise ValueError(f"feature kind {kind.family!r}: {what} {target!r} names no function")
     return fn
 
 
@@ -259,13 +287,14 @@ WINDOW = register(Kind(
     closed_form="lmkit.closed_forms:window"))
 SKIP = register(Kind(
     "skip", Skip, r"skip(\d+)_(\d+)_(\d+)", "skip{r}_{s}_{a}", build=_build_skip,
-    closed_form="lmkit.closed_forms:skip"))
+    closed_form="lmkit.closed_forms:skip", marginal="lmkit.closed_forms:skip_marginal"))
 CLUSTER = register(Kind(
     "cluster", ClusterHistory, r"cluster(\d+)_(\d+)_(\d+)", "cluster{m}_{w}_{C}",
     build=_build_cluster, tables=lambda f: (f"clusters{f[2]}",),
     carries=lambda g: {f"clusters{g.n_clusters}": g.table},
-    closed_form="lmkit.closed_forms:cluster"))
+    closed_form="lmkit.closed_forms:cluster", marginal="lmkit.closed_forms:cluster_marginal"))
 LINEPOS = register(Kind(
     "linepos", LinePosition, r"linepos(\d+)_(\d+)_(\d+)(?:_(\d+))?",
     "linepos{a}_{step}_{cap}[_{C}]", build=_build_linepos, tables=_linepos_tables,
-    carries=_linepos_carries, closed_form="lmkit.closed_forms:skip"))
+    carries=_linepos_carries, closed_form="lmkit.closed_forms:skip",
+    marginal="lmkit.closed_forms:skip_marginal"))

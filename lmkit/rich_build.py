@@ -51,18 +51,20 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import itertools
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import (INDEX32, PART_BYTES, PART_POSITIONS, Counts, count_in_parts, empty_counts,
+from .counts import (INDEX32, PART_BYTES, PART_POSITIONS, Counts, RowParts, add_keyed,
+                     count_in_parts, empty_counts, sum_counts,
                      flat_buffer, flat_buffer_files)
 from .distributed import dask_client, result
-from .explicit import choose_lambdas, count_buckets, estimate_discount
+from .explicit import choose_lambdas, count_buckets, discount_from_counts
 from .features import Suffix, Window
 from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
-from .kinds import closed_form, group_spec, groups_from_spec
+from .kinds import closed_form, group_marginal, group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
 from .parallel import ordered_map
 from .ngram.build import edges_from_histogram, n_buckets_for, solve_bucket_files
@@ -113,6 +115,11 @@ class _Text:
         """Drop the mapped buffer's pages from this process's resident set (no-op in memory)."""
         release_pages(self.buf, self.pos, self.starts)
 
+    def parts(self, group, cuts=None) -> RowParts:
+        """This text's positions in parts owning whole rows of ``group`` (``counts.RowParts``;
+        ``cuts``: another text's, for the same rows part by part)."""
+        return RowParts(self.buf, self.pos, self.starts, self.V, [group], cuts=cuts)
+
     def count(self, groups: list, workers: int = 1) -> Counts:
         """Counts of the suffix chain or of one other group, sorted a part of the positions at a
         time (``counts.count_in_parts``: the same arrays as one pass); ``workers`` > 1: at
@@ -131,40 +138,144 @@ class _Text:
 
 
 class _Spill:
-    """Counts written to ``.npy`` files in a temporary folder (no pickles) and read back: the
-    first pass keeps each group's training counts here, so the second pass adds the held-out
-    lines' counts to them instead of counting the training text again."""
+    """The training text's counts of each group, part by part (``_Blocks`` in the folder
+    ``g{index}``, with the cuts between the parts, ``cuts.npy``), kept by the first pass so
+    that the second adds the held-out lines' counts to them instead of counting the training
+    text again. ``.npy`` files only (no pickles)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def save(self, tag: str, c: Counts) -> Counts:
-        arrays = {"target": c.target,
-                  "totals": np.array([c.n_sequences, c.n_tokens], dtype=np.int64)}
-        for g, (F, k) in enumerate(zip(c.F, c.keys)):
-            arrays.update({f"data{g}": F.data, f"indices{g}": F.indices, f"indptr{g}": F.indptr,
-                           f"shape{g}": np.array(F.shape, dtype=np.int64)})
-            if k is not None:
-                arrays[f"keys{g}"] = k
-        for name, a in arrays.items():
-            np.save(self.folder / f"{tag}.{name}.npy", a, allow_pickle=False)
-        return c
+    def blocks(self, g: int) -> "_Blocks":
+        return _Blocks(self.folder / f"g{g}", kept=True)
 
-    def load(self, tag: str, groups: list, vocab_size: int) -> Counts:
-        def read(name):
-            path = self.folder / f"{tag}.{name}.npy"
-            a = np.load(path, allow_pickle=False)
-            path.unlink()
-            return a
-        F, keys = [], []
-        for g in range(len(groups)):
-            shape = tuple(int(x) for x in read(f"shape{g}"))
-            F.append(sp.csr_matrix((read(f"data{g}"), read(f"indices{g}"), read(f"indptr{g}")),
-                                   shape=shape))
-            path = self.folder / f"{tag}.keys{g}.npy"
-            keys.append(read(f"keys{g}") if path.exists() else None)
-        n_seq, n_tok = (int(x) for x in read("totals"))
-        return Counts(vocab_size, list(groups), F, keys, read("target"), n_seq, n_tok)
+
+class _Blocks:
+    """The count blocks ``(F, keys)`` of one group, a block of whole rows each, in order: in
+    memory (``folder`` None) or as ``.npy`` files in ``folder``, memory-mapped when read (so a
+    group's counts are on disk, not in memory, between counting and solving)."""
+
+    def __init__(self, folder: Path | None = None, kept: bool = False):
+        self.folder, self.items, self.kept = folder, [], kept
+        if folder is not None:
+            folder.mkdir(exist_ok=True)
+            n = folder / "n.npy"
+            if n.exists():  # kept by an earlier pass
+                self.items = list(range(int(np.load(n, allow_pickle=False))))
+
+    def put(self, F: sp.csr_matrix, keys) -> None:
+        if self.folder is None:
+            self.items.append((F, keys))
+            return
+        i = len(self.items)
+        arrays = {"data": F.data, "indices": F.indices, "indptr": F.indptr,
+                  "shape": np.array(F.shape, dtype=np.int64)}
+        if keys is not None:
+            arrays["keys"] = keys
+        for name, a in arrays.items():
+            np.save(self.folder / f"{i}.{name}.npy", a, allow_pickle=False)
+        self.items.append(i)
+        np.save(self.folder / "n.npy", np.array(len(self.items)), allow_pickle=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, i: int):
+        if self.folder is None:
+            return self.items[i]
+        path = self.folder / f"{i}.keys.npy"
+        shape = tuple(int(x) for x in np.load(self.folder / f"{i}.shape.npy"))
+        F = sp.csr_matrix(tuple(open_npy(self.folder / f"{i}.{n}.npy")
+                                for n in ("data", "indices", "indptr")), shape=shape, copy=False)
+        F.has_sorted_indices = True
+        return F, (open_npy(path) if path.exists() else None)
+
+    def __iter__(self):
+        return (self.get(i) for i in range(len(self)))
+
+    def drop(self, force: bool = False) -> None:
+        """Forget the blocks and delete their files (not the spill's kept blocks: ``force``)."""
+        if self.kept and not force:
+            return
+        self.items = []
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Solved:
+    """A group's solved arrays, appended a block of rows at a time: ``S`` (data, indices,
+    indptr), row keys and entry buckets; in memory (``folder`` None) or written to ``.npy``
+    files in ``folder`` (``io.npyfile.NpyAppender``) and memory-mapped by ``result``."""
+
+    NAMES = ("data", "indices", "indptr", "keys", "buckets")
+
+    def __init__(self, folder: Path | None, V: int, nnz: int):
+        self.folder, self.V, self.rows, self.nnz = folder, V, 0, 0
+        # the row pointers' dtype as scipy would pick it (so mapping them copies nothing)
+        self.ptr_dtype = np.int32 if nnz < INDEX32 else np.int64
+        self.parts = {n: [] for n in self.NAMES}
+        self.has = dict.fromkeys(self.NAMES, False)
+        self.out = None
+        if folder is not None:
+            folder.mkdir()
+
+    def add(self, data, indices, indptr, keys, buckets) -> None:
+        lengths = np.diff(indptr)
+        ptr = self.nnz + np.cumsum(lengths)
+        if not self.has["indptr"]:  # the first block (even one of no rows) starts at 0
+            ptr = np.concatenate([[0], ptr])
+        arrays = {"data": data, "indices": indices, "indptr": ptr, "keys": keys,
+                  "buckets": buckets}
+        for name, a in arrays.items():
+            if a is None:
+                continue
+            self.has[name] = True
+            if self.folder is None:
+                self.parts[name].append(np.asarray(a))
+                continue
+            if self.out is None:
+                self.out = {}
+            if name not in self.out:
+                dt = {"indices": np.int32, "indptr": self.ptr_dtype, "keys": np.int64,
+                      "buckets": np.int8}.get(name, a.dtype)
+                self.out[name] = NpyAppender(self.folder / f"{name}.npy", dt)
+            self.out[name].append(a)
+        self.rows += len(lengths)
+        self.nnz += int(lengths.sum())
+
+    def result(self, keyed: bool):
+        """``(S, keys, buckets)``, or an ``_OnDisk`` naming the files (sent back from a worker
+        process as paths, not as arrays)."""
+        if not self.has["indptr"]:  # no block: an empty group
+            self.add(np.zeros(0), np.zeros(0, np.int32), np.zeros(1, np.int64),
+                     np.zeros(0, np.int64) if keyed else None, None)
+        if self.folder is not None:
+            for w in (self.out or {}).values():
+                w.close()
+            return _OnDisk(self.folder, (self.rows, self.V),
+                           [n for n in self.NAMES if self.has[n]])
+        a = {n: (np.concatenate(self.parts[n]) if self.has[n] else None) for n in self.NAMES}
+        S = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(self.rows, self.V))
+        S.has_sorted_indices = True
+        return S, (a["keys"] if keyed else None), a["buckets"]
+
+
+class _OnDisk:
+    """A solved group's ``.npy`` files (``_Solved``): ``open()`` -> ``(S, keys, buckets)``
+    memory-mapped."""
+
+    def __init__(self, folder: Path, shape: tuple, names: list):
+        self.folder, self.shape, self.names = folder, shape, names
+
+    def open(self):
+        a = {n: open_npy(self.folder / f"{n}.npy") for n in self.names}
+        S = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=self.shape, copy=False)
+        S.has_sorted_indices = True
+        return S, a.get("keys"), a.get("buckets")
+
+
+def _opened(res):
+    return res.open() if isinstance(res, _OnDisk) else res
 
 
 def _entry_counts(F: sp.csr_matrix, S: sp.csr_matrix) -> np.ndarray:
@@ -195,18 +306,50 @@ class _Job:
         self.workers = workers
         self.max_memory, self.scratch, self.out = max_memory, scratch, out
 
-    def count(self, groups: list, tag: str) -> Counts:
-        """The counts of one group (tag "g{index}"; the chain has its own pipeline,
-        ``_chain_task``): first pass, the training text's (kept in the spill folder for the
-        second); second pass, those plus the held-out lines' (= ``Counts.__add__``, as
-        ``rich.fit_rich(refit)``)."""
+    def blocks(self, group, g: int) -> _Blocks:
+        """The counts of group g (the chain has its own pipeline, ``_chain_task``) as blocks
+        of whole rows (``counts.RowParts``), one part of the positions counted at a time:
+        first pass, the training text's (kept in the spill folder for the second); second
+        pass, those plus the held-out lines' (= ``Counts.__add__``, as
+        ``rich.fit_rich(refit)``), the held-out lines cut into the same rows. The blocks go
+        to disk under ``max_memory`` (``scratch``), else stay in memory."""
+        keep = self.spill.blocks(g) if self.spill is not None else None
+        if self.held is None and keep is not None:
+            out = keep
+        elif self.max_memory is not None:
+            out = _Blocks(Path(tempfile.mkdtemp(prefix=f"group{g}-", dir=self.scratch)))
+        else:
+            out = _Blocks()
         if self.held is None:
-            c = self.train.count(groups)
-            return self.spill.save(tag, c) if self.spill is not None else c
-        V = self.held.V
-        base = (self.spill.load(tag, groups, V) if self.spill is not None
-                else self.train.count(groups))
-        return base + self.held.count(groups)
+            parts = self.train.parts(group)
+            for p in range(parts.n_parts):
+                out.put(*parts.count(p)[0])
+            if keep is not None:
+                np.save(keep.folder / "cuts.npy", parts.cuts, allow_pickle=False)
+            self.train.release()
+            return out
+        if keep is not None:  # the training text's blocks, kept by the first pass
+            cuts = np.load(keep.folder / "cuts.npy", allow_pickle=False)
+            base = keep
+        else:  # counted again (Dask): the same cuts, from the same text
+            parts = self.train.parts(group)
+            cuts, base = parts.cuts, None
+        held = self.held.parts(group, cuts)
+        for p in range(held.n_parts):
+            F, k = base.get(p) if base is not None else parts.count(p)[0]
+            H, kh = held.count(p)[0]
+            if k is None:
+                F = (F + H).tocsr()
+            else:
+                F, k = add_keyed(F, k, H, kh)
+            out.put(F, k)
+            del F, k, H, kh
+        self.held.release()
+        if self.train is not None:
+            self.train.release()
+        if keep is not None:
+            keep.drop(force=True)
+        return out
 
     def fold(self, g: int, data: np.ndarray, counts: np.ndarray):
         """``(data, buckets)`` of stored values ``data`` of group g with entry counts
@@ -318,14 +461,54 @@ class _ChainWindows:
 def _group_task(job: _Job, q, g: int, spec):
     """Group g (``spec``: ``kinds.group_spec([group])``, rebuilt through the kinds registry, so
     every kind works in a worker) counted and solved by its kind's closed form against the
-    unigram ``q``: ``(S, keys, buckets)``."""
+    unigram ``q``, a block of whole rows at a time: ``(S, keys, buckets)``, or an
+    ``_OnDisk`` of them under ``max_memory`` (``job.out``: written there as they are solved).
+
+    The same values as solving the whole group at once: the discount comes from the whole
+    group's singletons and doubletons, summed over the blocks, and a kind whose rows need more
+    of the group (``kinds.group_marginal``: skip-like kinds, the adjacent part's counts) gets
+    it summed over every block first. So one group's counts are on disk between its two
+    passes over the blocks, and in memory: one block's counts and solution, and the marginal."""
     (group,) = groups_from_spec(spec)
     if isinstance(group, Suffix):
         raise ValueError(f"suffix groups must come first, got {group.name} at {g}")
-    c = job.count([group], f"g{g}")
-    F, k = c.F[0], c.keys[0]
-    S, b = job.keep(g, closed_form(group, F, k, q, estimate_discount(F)), F)
-    return S, k, b
+    blocks = job.blocks(group, g)
+    try:
+        return _solve_blocks(job, q, g, group, blocks)
+    finally:
+        blocks.drop()
+
+
+def _solve_blocks(job: _Job, q, g: int, group, blocks: _Blocks):
+    """``_group_task``'s two passes over the blocks of group g: the discount and marginal,
+    then each block's closed form, folded, appended to the result."""
+    V = (job.train or job.held).V
+    n = {"1": 0, "2": 0, "nnz": 0}
+
+    def marginals():  # each block's, summed as they come (a tree: few partial sums alive)
+        for F, k in blocks:
+            n["nnz"] += F.nnz
+            n["1"] += int(np.count_nonzero(F.data == 1))
+            n["2"] += int(np.count_nonzero(F.data == 2))
+            m = group_marginal(group, F, k, V)
+            release_pages(F.data, F.indices, F.indptr, k)
+            if m is not None:
+                yield m
+    ms = marginals()
+    first = next(ms, None)  # None: the kind needs none (every block was read)
+    marginal = None if first is None else sum_counts(itertools.chain([first], ms))
+    d, nnz = discount_from_counts(n["1"], n["2"]), n["nnz"]
+    out = _Solved(None if job.out is None else
+                  Path(tempfile.mkdtemp(prefix=f"group{g}-", dir=job.out)) / "solved", V, nnz)
+    keyed = False
+    for F, k in blocks:
+        S = closed_form(group, F, k, q, d, marginal=marginal)
+        data, b = job.fold(g, S.data, _entry_counts(F, S))
+        out.add(data, S.indices, S.indptr, k, b)
+        keyed = k is not None
+        release_pages(F.data, F.indices, F.indptr, k)
+        del S, F, k, data, b
+    return out.result(keyed or group.n_rows(V) is None)
 
 
 # ---- where the tasks run: this process, worker processes, Dask --------------------------------
@@ -368,11 +551,12 @@ class _Runner:
             return
         if self.workers <= 1 or len(items) <= 1:
             for g, spec in items:
-                yield _group_task(job, q, g, spec)
+                yield _opened(_group_task(job, q, g, spec))
             return
-        yield from ordered_map(_run_in_worker, [(q, g, spec) for g, spec in items],
+        for res in ordered_map(_run_in_worker, [(q, g, spec) for g, spec in items],
                                min(self.workers, len(items)), init=_set_state, init_args=(job,),
-                               what="a counting worker")
+                               what="a counting worker"):
+            yield _opened(res)  # written by the worker: its files, mapped here
 
     def _job(self, job):
         """The job on the cluster, scattered once per pass (its text buffers are the bulk)."""

@@ -167,12 +167,14 @@ def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path,
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     kw = dict(order=3, context=3, skips=((1, 1, 1),), clusterings=((6, ((2, 0),)),))
     seen = []
-    real_load = rich_build._Spill.load
+    real_blocks = rich_build._Spill.blocks
 
-    def spy(self, tag, groups, V):
-        seen.append(sorted(p.name for p in self.folder.iterdir()))
-        return real_load(self, tag, groups, V)
-    monkeypatch.setattr(rich_build._Spill, "load", spy)
+    def spy(self, g):
+        kept = real_blocks(self, g)
+        if len(kept):  # the second pass, reading what the first kept
+            seen.append(sorted(p.name for p in self.folder.iterdir()))
+        return kept
+    monkeypatch.setattr(rich_build._Spill, "blocks", spy)
     rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
                           refit_chunks=[corpus(30, 3)], **kw)
     # it did spill: the groups' counts, and the suffix chain's windows (tests/test_scale_chain.py)
@@ -267,6 +269,66 @@ def test_max_memory_build_maps_the_model_and_gives_the_same_model(refit, tmp_pat
     assert list(tmp_path.iterdir()) == []
     got2 = _build(extra, max_memory="1G", workers=2)
     _same_build(one, got2, tol=1e-9)
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
+def test_groups_solved_a_block_of_rows_at_a_time_give_the_same_model(refit, tmp_path,
+                                                                     monkeypatch):
+    """Each group is counted and solved a block of rows at a time (``counts.RowParts``): with
+    parts of 40 positions (dozens of blocks, the skip-like groups' marginal summed over
+    them, the carved lines cut into the training text's blocks) the model is the one-block
+    build's, value for value, in memory and under max_memory (blocks and solved arrays on
+    disk, mapped); on worker processes to 1e-9 (the weight search's sums)."""
+    from lmkit import counts, rich_build
+    from lmkit.io.npyfile import mapped_base
+    extra = corpus(40, 3) if refit else None
+    one = _build(extra)
+    seen = []
+    real_put = rich_build._Solved.add
+
+    def spy(self, *a):
+        seen.append(self.folder is not None)
+        return real_put(self, *a)
+    monkeypatch.setattr(rich_build._Solved, "add", spy)
+    monkeypatch.setattr(counts, "PART_POSITIONS", 40)
+    n_groups = len(one[0].groups) - sum(g.name.startswith("suffix") for g in one[0].groups)
+    _same_build(one, _build(extra))
+    assert len(seen) > 5 * n_groups * (2 if refit else 1)  # many blocks a group
+    seen.clear()
+    got = _build(extra, max_memory="1G", spill_dir=str(tmp_path))
+    _same_build(one, got)
+    assert seen and all(seen)  # written to disk block by block
+    assert all(mapped_base(S.data) is not None for S in got[0].S)
+    assert list(tmp_path.iterdir()) == []
+    _same_build(one, _build(extra, max_memory="1G", workers=2), tol=1e-9)
+
+
+def test_a_marginal_summed_over_blocks_solves_each_block_as_the_whole_group():
+    """``skipgram.Marginal``: the sum of the blocks' marginals is the whole group's, and a
+    block solved with it equals that block of the whole group's solution, bit for bit; a
+    marginal that misses a block's adjacent part is refused."""
+    from lmkit.counts import count_buffer, flat_buffer
+    from lmkit.features import Skip
+    from lmkit.skipgram import Marginal, solve_skip
+    V = 14
+    buf, pos, starts, n_seq = flat_buffer([corpus(300, 0)], BOS, EOS, 3)
+    c = count_buffer(buf, pos, starts, V, [Skip(1, 2, 1)], n_seq)
+    F, k = c.F[0], c.keys[0]
+    assert F.shape[0] > 20
+    q = np.full(V, 1.0 / V)
+    whole = solve_skip(F, k, 1, q, 0.6)
+    cut = [0, 7, 20, F.shape[0]]
+    blocks = [(F[a:b], k[a:b]) for a, b in zip(cut, cut[1:])]
+    total = Marginal.of(*blocks[0], 1, V) + Marginal.of(*blocks[1], 1, V) \
+        + Marginal.of(*blocks[2], 1, V)
+    ref = Marginal.of(F, k, 1, V)
+    assert np.array_equal(total.keys, ref.keys) and (total.M != ref.M).nnz == 0
+    for (Fb, kb), a, b in zip(blocks, cut, cut[1:]):
+        got = solve_skip(Fb, kb, 1, q, 0.6, marginal=total)
+        assert np.array_equal(got.data, whole.data[whole.indptr[a]:whole.indptr[b]])
+    part = Marginal.of(*blocks[0], 1, V)
+    with pytest.raises(ValueError, match="does not cover"):
+        solve_skip(F, k, 1, q, 0.6, marginal=part)
 
 
 def test_the_model_does_not_depend_on_the_free_memory(monkeypatch):

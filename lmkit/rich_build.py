@@ -44,8 +44,16 @@ The weight search runs in the ``workers`` processes too (engine local); the mapp
 of the buffers and of the model are released as they are read (counting chunks, the chain's
 partition, each group a search piece reads), and ``lmkit train`` compacts and writes the model
 group by group onto disk (``compact.prune_entries(folder=)``, ``io.store.CompactArrays``).
-Still in memory: one group's counts and closed form (in each worker) and counting's part
-number of each position (one byte).
+
+Each non-chained group is counted and solved a block of whole rows at a time
+(``_group_task``: ``counts.RowParts`` cuts its positions by row key; the first pass over the
+blocks sums the discount's singletons and doubletons and, for the skip-like kinds, the
+adjacent part's counts, ``kinds.group_marginal``; the second solves each block with them and
+appends its values), so under ``max_memory`` a group's counts wait on disk (``_Blocks``) and
+its solution is written as it is made (``_Solved``): in memory, one block's counts and
+solution, the group's marginal and counting's part number of each position (one byte). The
+carved held-out lines are cut into the training text's blocks (the same cuts) and added to
+them block by block.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Compiled kernels as native object code cached on disk, called through ctypes without numba.
 
 Input: a kernel named by its module and name (``kernel("fastscore", "union_products_u2_i4")``);
-the module (numba source: ``fastscore.py``, ``fastkeys.py``) has ``native_kernel(name) ->
+the module (numba source: ``fastscore.py``, ``fastkeys.py``, ``ngram/score.py``,
+``wordcache.py``, ``io/jsonrows.py``; ``SOURCES``) has ``native_kernel(name) ->
 (cfunc, argspec)``: a numba ``cfunc`` of C signature ``void(int64 *blk)`` reading its arguments
 from ``blk`` (``jitargs.py``) and, per argument, ``"f8:1"`` (dtype, ndim) or ``"int"``.
 Output: a ``Kernel`` to call with those arguments (arrays checked for dtype, ndim and
@@ -39,7 +40,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 # the source files whose text a kernel's object code depends on, per kernel module
-SOURCES = {"fastscore": ["fastscore.py"], "fastkeys": ["fastkeys.py", "sortedsearch.py"]}
+SOURCES = {"fastscore": ["fastscore.py"], "fastkeys": ["fastkeys.py", "sortedsearch.py"],
+           "ngram.score": ["ngram/score.py", "sortedsearch.py"], "wordcache": ["wordcache.py"],
+           "io.jsonrows": ["io/jsonrows.py"]}
 # numba helpers that only a raised exception reaches (the cfunc wrapper's error path, the
 # release of memory that kernels which allocate nothing never hold)
 ERROR_HELPERS = ("numba_gil_ensure", "numba_gil_release", "numba_do_raise", "numba_unpickle",
@@ -88,6 +91,13 @@ def kernel(module: str, name: str):
         if key not in _KERNELS:
             _KERNELS[key] = _load_or_build(module, name)
         return _KERNELS[key]
+
+
+def ready() -> bool:
+    """Whether a kernel already runs in this process (so one more costs only its object file:
+    callers that would not pay for the first one, e.g. ``lmkit score``'s rows, check this)."""
+    with _LOCK:
+        return any(k is not None for k in _KERNELS.values())
 
 
 def cache_dir() -> Path | None:

@@ -95,9 +95,9 @@ def kernel(module: str, name: str):
 
 def ready() -> bool:
     """Whether a kernel already runs in this process (so one more costs only its object file:
-    callers that would not pay for the first one, e.g. ``lmkit score``'s rows, check this)."""
-    with _LOCK:
-        return any(k is not None for k in _KERNELS.values())
+    callers that would not pay for the first one, e.g. ``lmkit score``'s rows, check this).
+    Without the lock: a thread compiling a kernel does not hold up one that only asks."""
+    return any(k is not None for k in list(_KERNELS.values()))
 
 
 def cache_dir() -> Path | None:

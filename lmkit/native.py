@@ -11,7 +11,8 @@ their numpy route).
 
 Why: numba's import and its first call of any compiled function (its typing and target
 registries, and the ``scipy.linalg`` it imports for BLAS) cost ~0.4 CPU s per process, about a
-fifth of ``lmkit eval`` of the default model (docs/speed.md "Eval, third pass"). The first time
+fifth of ``lmkit eval`` of the default model (docs/speed.md "Eval, third pass") and a third of a
+fresh ``lmkit score`` of an MKN model ("Start-up of `lmkit score`"). The first time
 a kernel is needed numba compiles it as usual; its object code is then written to the cache
 (``cache_dir()``: ``LMKIT_NATIVE_CACHE``, else ``__pycache__/native`` beside this file, else
 ``~/.cache/lmkit/native``) under a key of the sources it was compiled from (this module,

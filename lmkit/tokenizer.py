@@ -39,7 +39,6 @@ import os
 import pathlib
 import random
 import re
-import sys
 from itertools import chain
 from typing import Iterable, Sequence
 

@@ -9,8 +9,9 @@ shortest decimal that reads back as the same float, the closest one when several
 
 How: one compiled pass (numba source run as cached native object code, ``native.py``: later
 processes load it without importing numba; called through ctypes, so without the GIL: it runs
-beside the reader thread) writes digits into a byte buffer. A float ``v = m 2^-k`` (53-bit ``m``) with ``1 <= k <= 57``, i.e. ``2^-5 <= v <
-2^52`` (every number a document row normally holds), is written exactly with int64
+beside the reader thread) writes digits into a byte buffer. A float ``v = m 2^-k`` (53-bit
+``m``) with ``1 <= k <= 57``, i.e. ``2^-5 <= v < 2^52`` (every number a document row normally
+holds), is written exactly with int64
 arithmetic (``_float``): its integer part, then Steele & White's free-format digit loop over
 the fraction scaled by ``2^(k+2)``, stopping at the first digit where the decimal lies inside
 the float's rounding interval (its bounds included when ``m`` is even: a decimal on the

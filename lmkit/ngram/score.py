@@ -396,11 +396,12 @@ class MknWalker:
         self.entf = self.ent.view(np.float64)
         self.closed = np.zeros(M, dtype=np.uint8)
         indices = np.concatenate([x.indices for x in S]).astype(np.int32, copy=False)
-        self._k["build"](V, np.ascontiguousarray(keys[0]), self.map1, self.keys, self.koff, R, rptr, self.rbase, indices,
-                 np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
-                 np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
-                 self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
-                 np.empty(len(indices), dtype=np.int32), self.closed)
+        self._k["build"](V, np.ascontiguousarray(keys[0]), self.map1, self.keys, self.koff, R,
+                         rptr, self.rbase, indices,
+                         np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
+                         np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
+                         self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
+                         np.empty(len(indices), dtype=np.int32), self.closed)
         self.h0 = np.full(8 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int64)
         self.h0f = self.h0.view(np.float64)
         self._k["hash_level0"](V, self.rowi, R[0], self.ent, self.h0)

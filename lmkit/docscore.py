@@ -23,8 +23,9 @@ has a row with a finite perplexity.
 Scale: units are read lazily and scored in chunks (plain text in blocks, without a record
 per line: ``corpus.numbered_sequence_blocks``); a chunk is encoded by
 ``Tokenizer.encode_flat`` (each distinct whitespace unit through SentencePiece once, the same
-ids, ``wordcache``) into one id array the model scores as it is; the arithmetic is vectorised per chunk, and once numba is loaded (the compiled MKN
-walk or sparse scorer loaded it) a chunk's rows are written by compiled code
+ids, ``wordcache``) into one id array the model scores as it is; the arithmetic is vectorised
+per chunk, and once compiled code runs in the process (``native.ready``: the MKN walk, the
+sparse scorer or the unit cache loaded a kernel) a chunk's rows are written by compiled code
 (``io.jsonrows``, the same bytes), else each unit costs one f-string of output.
 The work is forecast from the first chunk and the input files' size, so a model with derived
 scoring tables (a pure MKN model's compiled trie walk, ``ngram.score``) builds them before
@@ -57,6 +58,7 @@ from .config import AdaptConfig, ScoreConfig, check_option, field_names, make
 from .corpus import (expand_paths, file_lines, local_data_files, numbered_sequence_blocks,
                      numbered_sequences, sequences)
 from .errors import InputError, MissingDependencyError, MissingPathError, OptionError
+from . import native
 from .io import jsonrows
 from .io.files import atomic_write, check_output_writable
 from .load import load as load_model
@@ -325,13 +327,14 @@ def _head(meta: dict) -> str:
 def _scored_text(model, chunk: Chunk, num_threads=None, seqs=None) -> tuple[bytes, int, int, float]:
     """(JSONL as UTF-8, units, tokens, nll) of a chunk: formatted where it is scored, so a
     worker hands the parent bytes ready to write. The arithmetic is vectorised; the rows are
-    ``io.jsonrows.rows`` (compiled, 0.04 vs 0.25 CPU s per 124k rows) when numba is already
-    loaded, else one f-string per unit (``jsonrows.py_row``: ``repr`` of a finite float is a
-    valid JSON number that round-trips exactly); both write the same bytes. Importing numba
-    only for the rows would cost more than it saves on a short job."""
+    ``io.jsonrows.rows`` (compiled, 0.04 vs 0.25 CPU s per 124k rows) when a compiled kernel
+    already runs in this process (``native.ready``), else one f-string per unit
+    (``jsonrows.py_row``: ``repr`` of a finite float is a valid JSON number that round-trips
+    exactly); both write the same bytes. Starting the native loader (llvmlite) only for the
+    rows would cost more than it saves on a short job."""
     nll, tok, ppl, bpb = _unit_scores(model, chunk, num_threads, seqs)
     stats = len(nll), int(tok.sum()), float(nll.sum())
-    if "numba" in sys.modules:  # compiled rows, same bytes; never worth numba's import alone
+    if native.ready():  # compiled rows, same bytes; never worth the loader's start alone
         data = jsonrows.rows(tok, nll, ppl, bpb, numbers=chunk.numbers,
                              heads=None if chunk.metas is None else list(map(_head, chunk.metas)))
         if data is not None:
@@ -406,8 +409,9 @@ def _worker_score(chunk):
 PREFETCH = 16
 # an input this large encodes through the tokenizer's compiled unit cache from its first chunk
 # (``Tokenizer.encode_flat``, ``wordcache``): it saves ~0.4 us a token over SentencePiece's
-# BPE, so ~1M tokens repay numba's import and first call (~0.5 CPU s), which the compiled MKN
-# walk of such a job pays anyway; a shorter one uses the cache only once numba is loaded
+# BPE, so ~1M tokens repay loading its compiled passes (~0.05 CPU s from the object cache; the
+# first run compiles them, ~0.5 s of numba's import and more); a shorter input uses the cache
+# only once compiled code runs in the process (``native.ready``)
 COMPILED_ENCODE_BYTES = 4 << 20
 
 
@@ -469,7 +473,7 @@ def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
         if units:
             yield _adaptive_text(model, units, adapt)
         return
-    # a long input encodes through the tokenizer's compiled unit cache (numba's import pays)
+    # a long input encodes through the tokenizer's compiled unit cache (its load pays)
     compiled = True if input_bytes >= COMPILED_ENCODE_BYTES else None
     encode = partial(_encode, model, num_threads=1, compiled=compiled)
     if workers == 1:  # read and encode the next chunks while this one is scored

@@ -1,7 +1,8 @@
 """Compiled kernels as native object code cached on disk, called through ctypes without numba.
 
 Input: a kernel named by its module and name (``kernel("fastscore", "union_products_u2_i4")``);
-the module (numba source: ``fastscore.py``, ``fastkeys.py``) has ``native_kernel(name) ->
+the module (numba source: ``fastscore.py``, ``fastkeys.py``, ``ngram/score.py``,
+``wordcache.py``, ``io/jsonrows.py``; ``SOURCES``) has ``native_kernel(name) ->
 (cfunc, argspec)``: a numba ``cfunc`` of C signature ``void(int64 *blk)`` reading its arguments
 from ``blk`` (``jitargs.py``) and, per argument, ``"f8:1"`` (dtype, ndim) or ``"int"``.
 Output: a ``Kernel`` to call with those arguments (arrays checked for dtype, ndim and
@@ -10,7 +11,8 @@ their numpy route).
 
 Why: numba's import and its first call of any compiled function (its typing and target
 registries, and the ``scipy.linalg`` it imports for BLAS) cost ~0.4 CPU s per process, about a
-fifth of ``lmkit eval`` of the default model (docs/speed.md "Eval, third pass"). The first time
+fifth of ``lmkit eval`` of the default model (docs/speed.md "Eval, third pass") and a third of a
+fresh ``lmkit score`` of an MKN model ("Start-up of `lmkit score`"). The first time
 a kernel is needed numba compiles it as usual; its object code is then written to the cache
 (``cache_dir()``: ``LMKIT_NATIVE_CACHE``, else ``__pycache__/native`` beside this file, else
 ``~/.cache/lmkit/native``) under a key of the sources it was compiled from (this module,
@@ -39,7 +41,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 # the source files whose text a kernel's object code depends on, per kernel module
-SOURCES = {"fastscore": ["fastscore.py"], "fastkeys": ["fastkeys.py", "sortedsearch.py"]}
+SOURCES = {"fastscore": ["fastscore.py"], "fastkeys": ["fastkeys.py", "sortedsearch.py"],
+           "ngram.score": ["ngram/score.py", "sortedsearch.py"], "wordcache": ["wordcache.py"],
+           "io.jsonrows": ["io/jsonrows.py"]}
 # numba helpers that only a raised exception reaches (the cfunc wrapper's error path, the
 # release of memory that kernels which allocate nothing never hold)
 ERROR_HELPERS = ("numba_gil_ensure", "numba_gil_release", "numba_do_raise", "numba_unpickle",
@@ -88,6 +92,13 @@ def kernel(module: str, name: str):
         if key not in _KERNELS:
             _KERNELS[key] = _load_or_build(module, name)
         return _KERNELS[key]
+
+
+def ready() -> bool:
+    """Whether a kernel already runs in this process (so one more costs only its object file:
+    callers that would not pay for the first one, e.g. ``lmkit score``'s rows, check this).
+    Without the lock: a thread compiling a kernel does not hold up one that only asks."""
+    return any(k is not None for k in list(_KERNELS.values()))
 
 
 def cache_dir() -> Path | None:

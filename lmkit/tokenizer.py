@@ -39,7 +39,6 @@ import os
 import pathlib
 import random
 import re
-import sys
 from itertools import chain
 from typing import Iterable, Sequence
 
@@ -278,7 +277,9 @@ class Tokenizer:
 
         ``compiled``: encode through ``wordcache.UnitCache`` (each distinct whitespace unit
         encoded once, the same ids; BPE models whose encoding decomposes, ``wordcache``):
-        None = when numba is already loaded, True = load it if installed, False = never.
+        None = when a compiled kernel already runs in this process (``native.ready``: then the
+        cache's passes cost only their object files), True = load them (numba must be
+        installed to compile them once), False = never.
         Otherwise, and for a batch the cache does not take, ``encode_batch``."""
         lines = list(lines)
         if self._unit_cache(compiled):
@@ -291,9 +292,9 @@ class Tokenizer:
         return ids, lengths
 
     def _unit_cache(self, compiled: bool | None) -> bool:
-        from . import wordcache
+        from . import native, wordcache
         if compiled is False or not wordcache.HAVE_NUMBA or (
-                compiled is None and "numba" not in sys.modules):
+                compiled is None and not native.ready()):
             return False
         if self._units is None:
             try:
@@ -305,7 +306,8 @@ class Tokenizer:
                     specs.get(3, {}), specs.get(2, {}))
             except (ValueError, IndexError):
                 ok = False
-            self._units = wordcache.UnitCache(self.encode_batch) if ok else False
+            kernels = wordcache.kernels() if ok else None
+            self._units = wordcache.UnitCache(self.encode_batch, kernels) if kernels else False
         return self._units is not False
 
     def _encode_with_space_symbol(self, text: str) -> list[int]:

@@ -5,9 +5,9 @@ The KenLM side is what filtering pipelines (CCNet-style) run: one process, for e
 written by ``lmkit export-arpa --words pieces`` from the same lmkit model. Both sides read the
 same lines (one document per line), and both sides' per-document perplexities are checked to
 agree. lmkit's time includes loading the model, building its scoring tables and starting its
-workers; KenLM's excludes loading the ARPA. Both run in this process, after a first round that
-loads what loads once (numba's compiled code, ~0.3 s; ``--cli`` adds a row for the whole
-``lmkit score`` command in a fresh process). `--workers 1` reads and encodes the next chunks
+workers; KenLM's excludes loading the ARPA. Both run in this process, the first round loading
+what loads once (the compiled kernels' object code, ~0.03 s, ``lmkit/native.py``; ``--cli`` adds
+a row for the whole ``lmkit score`` command in a fresh process). `--workers 1` reads and encodes the next chunks
 in a second thread while it scores (SentencePiece and the compiled walk release the GIL), so it
 can use up to two cores: the CPU columns show it. Besides wall-clock rates the table gives CPU
 seconds (user + sys of the process and its workers): on a shared machine the wall clock
@@ -66,7 +66,7 @@ def main() -> None:
                     help="copies of the documents, one table each (default: 1 2)")
     ap.add_argument("--cli", action="store_true",
                     help="add a row: the lmkit score command in a fresh process, --workers 1 "
-                         "(interpreter start, imports and numba's load included)")
+                         "(interpreter start, imports and the compiled code's load included)")
     ap.add_argument("--baseline", default=None, metavar="TREE",
                     help="add a row: the same command run from another lmkit checkout (e.g. "
                          "the main branch), for a before/after side by side")

@@ -82,10 +82,12 @@ def test_no_rows_is_no_bytes():
 
 def test_score_file_writes_the_same_bytes_with_and_without_compiled_rows(
         tmp_path, tiny_lines, tiny_model_dir, monkeypatch):
-    """``lmkit score`` takes the compiled rows once numba is loaded; the f-string rows (no
-    numba) are the same file, for text lines and for documents (heads given as strings)."""
-    pytest.importorskip("numba")  # loaded, so docscore takes the compiled rows
+    """``lmkit score`` takes the compiled rows once a compiled kernel runs in the process
+    (``native.ready``); the f-string rows (no numba) are the same file, for text lines and for
+    documents (heads given as strings)."""
+    from lmkit import native
     from lmkit.docscore import score_file
+    assert native.kernel("io.jsonrows", "rows") is not None and native.ready()
     src = tmp_path / "t.txt"
     src.write_text("\n".join(tiny_lines[:300] + ["", "naïve \"q\" \\ 😀"] + tiny_lines[:50])
                    + "\n", encoding="utf-8")

@@ -141,3 +141,40 @@ def test_a_damaged_cache_file_is_built_again(fresh_kernels, monkeypatch):
         assert native.kernel("fastkeys", "find_ordered") is not None
         assert path.read_bytes() != damaged
         assert native._load(path, "find_ordered") is not None
+
+
+def test_a_fresh_lmkit_score_of_an_mkn_model_runs_without_numba(tmp_path, tiny_corpus_file,
+                                                                 tiny_tok_file):
+    """``lmkit score`` of a pure MKN model with the trie walk, the unit cache and the compiled
+    rows switched on from the first line (thresholds at 0): run 1 compiles their kernels into an
+    empty cache (numba imported); run 2, a new process, imports no numba and runs every one of
+    them from its object file; both write the bytes of run 3, the numpy walk, SentencePiece's
+    own encode and f-string rows (no compiled code at all)."""
+    from lmkit.train import train
+    model = train(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file),
+                  order=4).save(tmp_path / "mkn4")
+    code = ("import json, sys, lmkit.cli\nfrom lmkit import docscore, native, scoring\n"
+            "from lmkit.ngram import score as ngram_score\n"
+            "on = sys.argv[1] == 'on'\nscoring.USE_COMPILED = on\nngram_score.BUILD_AFTER = 0.0\n"
+            "docscore.COMPILED_ENCODE_BYTES = 0 if on else 1 << 62\n"
+            "rc = lmkit.cli.main(['score', sys.argv[2], '--input', sys.argv[3], '--output', "
+            "sys.argv[4], '--workers', '1'])\nassert rc == 0\n"
+            "print(json.dumps(['numba' in sys.modules, sorted(f'{m}.{n}:{k._keep is None}' "
+            "for (m, n), k in native._KERNELS.items() if k is not None)]))")
+    env = dict(os.environ, LMKIT_NATIVE_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def run(mode, out):
+        res = subprocess.run([sys.executable, "-c", code, mode, str(model),
+                              str(tiny_corpus_file), str(tmp_path / out)], capture_output=True,
+                             text=True, env=env, cwd=ROOT, timeout=600, check=True).stdout
+        return json.loads(res.splitlines()[-1]), (tmp_path / out).read_bytes()
+    names = ["io.jsonrows.rows", "ngram.score.build", "ngram.score.hash_level0",
+             "ngram.score.score", "wordcache.gather", "wordcache.lookup", "wordcache.rehash"]
+    (numba1, kernels1), first = run("on", "a.jsonl")
+    assert numba1 and kernels1 == [f"{n}:False" for n in names]  # compiled by numba here
+    (numba2, kernels2), second = run("on", "b.jsonl")
+    assert not numba2 and kernels2 == [f"{n}:True" for n in names]  # loaded from the files
+    (numba3, kernels3), plain = run("off", "c.jsonl")
+    assert not numba3 and kernels3 == []
+    assert first == second == plain and plain.count(b"\n") > 100

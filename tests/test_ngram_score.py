@@ -142,3 +142,37 @@ def test_tables_are_built_once_enough_positions_were_scored(trained, tiny_lines,
     again, _ = m.log_proba_ids(seqs)
     assert "_mkn_walker" in params.__dict__
     np.testing.assert_allclose(again, first, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["in-process", "object-cache"])
+def test_native_kernels_equal_the_numpy_route_exactly(cached, monkeypatch, tmp_path):
+    """The walk's three loops compiled by numba in this process (no cache), or written to the
+    object cache, dropped and loaded back by llvmlite (``native.py``: what a fresh process
+    runs, without numba): the same floats as the numpy route, bit for bit, on every order,
+    pruned or not, and on patterns that are not nested."""
+    from lmkit import native
+    monkeypatch.setenv("LMKIT_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_KERNELS", {})
+    monkeypatch.setattr(native, "USE_CACHE", cached)
+    cases = [fit(order, prune=[0] + [1] * (order - 1) if prune else None)
+             for order in (2, 5, 6) for prune in (None, "prune")]
+    params, groups = fit(4, seed=1)
+    S = [m.multiply(sp.random(*m.shape, density=0.7, random_state=3, format="csr") > 0)
+         for m in params.S]  # entries dropped at random: patterns not nested
+    cases.append((type(params)(params.groups, params.q, [m.tocsr() for m in S], params.keys,
+                               params.lambdas, params.info), groups))
+    seqs = sample_sequences()
+
+    def walk_all():
+        return [MknWalker(p, loggamma_tables(p)).log_proba(seqs, BOS, EOS) for p, _ in cases]
+    got = walk_all()
+    files = sorted((tmp_path / "cache").glob("ngram.score.*.o"))
+    assert len(files) == (3 if cached else 0)  # build, hash_level0, score
+    if cached:
+        monkeypatch.setattr(native, "_KERNELS", {})
+        assert all(native.kernel("ngram.score", n)._keep is None  # from the file, not numba
+                   for n in ("build", "hash_level0", "score"))
+        got = walk_all()
+    for g, (p, groups) in zip(got, cases):
+        want = reference(p, groups, seqs, loggamma_tables(p))
+        assert g.dtype == want.dtype and np.array_equal(g, want)

@@ -95,3 +95,24 @@ def test_a_pickled_tokenizer_leaves_its_cache(bpe):
     copy = pickle.loads(pickle.dumps(bpe))
     assert copy._units is None and bpe._units
     assert flat(copy, ODD, True) == bpe.encode_batch(ODD)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["in-process", "object-cache"])
+def test_native_passes_give_the_same_ids(bpe, cached, monkeypatch, tmp_path):
+    """The passes compiled by numba in this process, or written to the object cache, dropped
+    and loaded back by llvmlite (what a fresh process runs): SentencePiece's ids either way."""
+    from lmkit import native
+    monkeypatch.setenv("LMKIT_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_KERNELS", {})
+    monkeypatch.setattr(native, "USE_CACHE", cached)
+    monkeypatch.setattr(bpe, "_units", None)
+    lines = ODD + random_strings(300, 4) + CORPUS[:100]
+    want = bpe.encode_batch(lines, num_threads=1)
+    assert flat(bpe, lines, True) == want
+    assert len(list((tmp_path / "cache").glob("wordcache.*.o"))) == (3 if cached else 0)
+    if cached:
+        monkeypatch.setattr(native, "_KERNELS", {})
+        monkeypatch.setattr(bpe, "_units", None)
+        assert all(native.kernel("wordcache", n)._keep is None
+                   for n in ("lookup", "rehash", "gather"))
+        assert flat(bpe, lines, True) == want and flat(bpe, lines[::-1], True) == want[::-1]

@@ -7,9 +7,11 @@ of ``{head}, "tokens": 57, "nll_nats": 201.3, "perplexity": 34.2, "bits_per_byte
 per unit, byte for byte what ``docscore``'s f-string writes (``repr`` of each float: the
 shortest decimal that reads back as the same float, the closest one when several are).
 
-How: one numba pass (``nogil``: it runs beside the reader thread) writes digits into a byte
-buffer. A float ``v = m 2^-k`` (53-bit ``m``) with ``1 <= k <= 57``, i.e. ``2^-5 <= v <
-2^52`` (every number a document row normally holds), is written exactly with int64
+How: one compiled pass (numba source run as cached native object code, ``native.py``: later
+processes load it without importing numba; called through ctypes, so without the GIL: it runs
+beside the reader thread) writes digits into a byte buffer. A float ``v = m 2^-k`` (53-bit
+``m``) with ``1 <= k <= 57``, i.e. ``2^-5 <= v < 2^52`` (every number a document row normally
+holds), is written exactly with int64
 arithmetic (``_float``): its integer part, then Steele & White's free-format digit loop over
 the fraction scaled by ``2^(k+2)``, stopping at the first digit where the decimal lies inside
 the float's rounding interval (its bounds included when ``m`` is even: a decimal on the
@@ -20,7 +22,8 @@ left to Python's ``repr`` (``rows`` splices it in), so every row is exact.
 ``tests/test_jsonrows.py`` compares the bytes with ``repr`` on ~250k floats (5.6M once, by
 hand), ties and rounding-boundary cases included.
 
-Without numba ``rows`` returns None and the caller formats with f-strings.
+Without numba (to compile the pass once) ``rows`` returns None and the caller formats with
+f-strings.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ import threading
 
 import numpy as np
 
+from .. import native
+
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-_JIT: dict = {}
 _JIT_LOCK = threading.Lock()
 
 # the literal pieces of a row, in order; ``_PIECES_OFF[i]:_PIECES_OFF[i + 1]`` is piece i
@@ -142,17 +146,31 @@ def _rows(numbers, heads, hoff, tok, nll, ppl, bpb, pieces, poff, buf, ends):  #
             ends[u] = -1
 
 
-def _jitted() -> dict:
-    """The compiled ``_rows`` (numba, ``cache=True``), made on the first call; its helpers
-    are compiled first and replace their Python versions, as in ``ngram.score._jitted``."""
+ARGSPEC = ["i8:1", "u1:1", "i8:1", "i8:1", "f8:1", "f8:1", "f8:1", "u1:1", "i8:1", "u1:1", "i8:1"]
+
+
+def native_kernel(name: str):
+    """``(cfunc, argspec)`` for ``native.kernel("io.jsonrows", "rows")`` (``_rows``' arguments
+    in order). Its helpers are compiled first and replace their Python versions here, because
+    numba resolves them as globals when it compiles their caller."""
+    if name != "rows":
+        raise ValueError(f"no kernel {name!r} in io.jsonrows")
+    from numba import cfunc, njit, types
+
+    from ..jitargs import arg1
     with _JIT_LOCK:
-        if not _JIT:
-            from numba import njit
-            g = globals()
-            for name in ("_piece", "_uint", "_float"):
-                g[name] = njit(cache=True, nogil=True)(g[name])
-            _JIT.update(rows=njit(cache=True, nogil=True)(_rows))
-    return _JIT
+        g = globals()
+        for helper in ("_piece", "_uint", "_float"):
+            if not hasattr(g[helper], "py_func"):
+                g[helper] = njit(error_model="numpy")(g[helper])
+    rows_ = njit(error_model="numpy")(_rows)
+    i8, u1, f8 = np.int64, np.uint8, np.float64
+
+    def entry(blk):  # pragma: no cover (jit)
+        rows_(arg1(blk, 0, i8), arg1(blk, 1, u1), arg1(blk, 2, i8), arg1(blk, 3, i8),
+              arg1(blk, 4, f8), arg1(blk, 5, f8), arg1(blk, 6, f8), arg1(blk, 7, u1),
+              arg1(blk, 8, i8), arg1(blk, 9, u1), arg1(blk, 10, i8))
+    return cfunc(types.void(types.CPointer(types.int64)), error_model="numpy")(entry), ARGSPEC
 
 
 def py_row(head: str, t: int, x: float, p: float, b: float) -> str:
@@ -162,11 +180,12 @@ def py_row(head: str, t: int, x: float, p: float, b: float) -> str:
 
 
 def rows(tok, nll, ppl, bpb, *, numbers=None, heads=None) -> bytes | None:
-    """The JSONL bytes of U rows (module docstring), or None without numba.
+    """The JSONL bytes of U rows (module docstring), or None without the compiled pass.
 
     ``numbers``: int64-able (U,) line numbers (heads ``{"index": n``), or ``heads``: U head
     strings. ``tok`` int64 (U,), ``nll``/``ppl``/``bpb`` float64 (U,), all finite."""
-    if not HAVE_NUMBA:
+    kernel = native.kernel("io.jsonrows", "rows") if HAVE_NUMBA else None
+    if kernel is None:
         return None
     U = len(tok)
     if heads is None:
@@ -183,7 +202,7 @@ def rows(tok, nll, ppl, bpb, *, numbers=None, heads=None) -> bytes | None:
     ends = np.empty(U, dtype=np.int64)
     tok = np.ascontiguousarray(tok, dtype=np.int64)
     nll, ppl, bpb = (np.ascontiguousarray(a, dtype=np.float64) for a in (nll, ppl, bpb))
-    _jitted()["rows"](num, hbuf, hoff, tok, nll, ppl, bpb, _PIECES_BUF, _PIECES_OFF, buf, ends)
+    kernel(num, hbuf, hoff, tok, nll, ppl, bpb, _PIECES_BUF, _PIECES_OFF, buf, ends)
     bad = np.flatnonzero(ends < 0)
     if len(bad) == 0:
         return buf[:ends[-1] if U else 0].tobytes()

@@ -19,6 +19,11 @@ row, or by a hash at level 0 whose rows are long). No padded buffer, no history 
 Tables are built only once enough positions were scored through a model (``BUILD_AFTER``).
 docs/ngram_score.md has the layout and the measurements.
 
+The three loops (``_build``, ``_hash_level0``, ``_score``) are numba source run as cached native
+object code (``native.py``, ``native_kernel`` here): numba compiles them once, and later
+processes load the object file with llvmlite and call it through ctypes (GIL released), without
+importing numba (~0.5 CPU s of a fresh ``lmkit score``: docs/speed.md, "Start-up of `lmkit
+score`"). They allocate nothing (scratch comes from ``MknWalker``) and cannot raise.
 Without numba (``pip install lmkit[fast]``), or with ``scoring.USE_COMPILED`` False,
 ``walker`` returns None and the caller uses ``context_rows`` + ``mkn_log_proba``.
 """
@@ -30,14 +35,12 @@ from itertools import chain
 
 import numpy as np
 
-from ..errors import InputError
-from ..sortedsearch import lower_bound  # compiled here with the walk (_jitted)
+from ..errors import InputError, MissingDependencyError
+from ..sortedsearch import lower_bound  # compiled here with the walk (native_kernel)
 
 # numba is optional: without it the numpy route (ngram.tables.mkn_log_proba) scores. It is
-# imported when the compiled walk first runs (``_jitted``), not with this module: loading a model
-# and `lmkit next` never need it, and importing numba costs ~0.3 CPU s (issue 21, "Start-up").
+# imported only to compile the loops the first time (``native_kernel``), never to run them.
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-_JIT: dict = {}
 _JIT_LOCK = threading.Lock()
 
 
@@ -64,7 +67,7 @@ def _row_state(r, rowi, rowf, st, sl, lev):  # pragma: no cover (jit)
 
 
 def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf, rbase, h0, h0f,
-           ent, entf, closed, logq, out):  # pragma: no cover (jit)
+           ent, entf, closed, logq, out, st, sl, nst, nsl, hit):  # pragma: no cover (jit)
     """Fill ``out`` (N,) = log P of every target: per sequence its tokens, then its EOS.
 
     ``flat`` int32 (T,): the tokens of every sequence, ``lengths`` int64 (S,), N = T + S.
@@ -83,22 +86,19 @@ def _score(flat, lengths, bos, eos, V, map1, keys, koff, cptr, cbase, rowi, rowf
     chained keys of levels 1.. (level l's from ``koff[l]``), the children of level-(l-1) row r
     at ``keys[cptr[cbase[l-1] + r]:cptr[cbase[l-1] + r + 1]]`` (only for histories not known
     from the previous position); ``closed[l]``: every level-(l+1) row is the ``next`` of a
-    level-l entry, so a target not stored after h means ``h w`` is no row; ``logq`` log P_1.
+    level-l entry, so a target not stored after h means ``h w`` is no row (uint8 (M,), 1:
+    closed); ``logq`` log P_1.
 
     The history rows of a position come from the entries its predecessor found (KenLM's
     state): per level (start, end, kind) in ``st`` (kind 1: a row, 0: none, -1: not known) and
     its log gamma in ``sl``. Every known level is searched (independent loads, so their cache
     misses overlap); the sum takes S only while the target was stored at every lower level,
-    exactly as ``ngram.tables.mkn_log_proba``.
+    exactly as ``ngram.tables.mkn_log_proba``. Scratch (no allocation here): ``st``, ``nst``
+    int64 (M + 1, 3), ``sl``, ``nsl`` float64 (M + 1,), ``hit`` int64 (M + 1,).
     """
     M = closed.shape[0]
     mask = h0.shape[0] // 8 - 1
-    shift = np.uint64(64 - int(np.log2(h0.shape[0] // 8)))
-    st = np.zeros((M + 1, 3), dtype=np.int64)
-    sl = np.zeros(M + 1)
-    nst = np.zeros((M + 1, 3), dtype=np.int64)
-    nsl = np.zeros(M + 1)
-    hit = np.zeros(M + 1, dtype=np.int64)
+    shift = _slot_shift(h0.shape[0] // 8)
     n = 0
     b = 0
     for s in range(lengths.shape[0]):
@@ -188,13 +188,22 @@ def _slot(k, shift):  # pragma: no cover (jit)
     return np.int64((np.uint64(k) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
 
 
+def _slot_shift(n_slots):  # pragma: no cover (jit)
+    """``_slot``'s shift for a power of two ``n_slots``: 64 - log2(n_slots) (integers only:
+    no libm call in the object code)."""
+    b = 0
+    while (1 << (b + 1)) <= n_slots:
+        b += 1
+    return np.uint64(64 - b)
+
+
 def _hash_level0(V, rowi, R0, ent, h0):  # pragma: no cover (jit)
     """Copy every level-0 entry e (row start s, column c) into slot ``_slot(s V + c)`` of
     ``h0`` (8 words a slot: e's 4 words of ``ent``, then s; word 4 = -1: empty), probing
     linearly; ``h0`` has at least twice as many slots as entries."""
     n_slots = h0.shape[0] // 8
     mask = n_slots - 1
-    shift = np.uint64(64 - int(np.log2(n_slots)))
+    shift = _slot_shift(n_slots)
     for r in range(R0):
         s = rowi[2 * r]
         for e in range(s, rowi[2 * r + 2]):
@@ -268,7 +277,7 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                 nxt[e] = nx
         # closed level: every row above is some entry's next (one-to-one), so what is unknown
         # (-2) is no row (-1), and a target not stored means no row above
-        closed[l] = l + 1 < M and found == R[l + 1]
+        closed[l] = 1 if l + 1 < M and found == R[l + 1] else 0
         for e in range(rptr[rbase[l]], rptr[rbase[l] + R[l]]):
             nx = nxt[e]
             if nx == -2 and closed[l]:
@@ -286,21 +295,70 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                 entf[4 * e + 3] = 0.0
 
 
-def _jitted() -> dict:
-    """The compiled ``hash_level0``, ``build`` and ``score`` (numba, ``cache=True``: loaded
-    from numba's on-disk cache after the first compile), made on the first call. The three
-    inline helpers are compiled first and replace their Python versions in this module, because
-    numba resolves them as globals when it compiles their callers."""
+# the kernels' arguments in order (``native.Kernel``: dtype:ndim, or an int)
+ARGSPECS = {
+    "build": ["int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i4:1", "f8:1",
+              "f8:1", "i8:1", "i8:1", "i8:1", "f8:1", "i8:1", "f8:1", "i4:1", "u1:1"],
+    "hash_level0": ["int", "i8:1", "int", "i8:1", "i8:1"],
+    "score": ["i4:1", "i8:1", "int", "int", "int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1",
+              "i8:1", "f8:1", "i8:1", "i8:1", "f8:1", "i8:1", "f8:1", "u1:1", "f8:1", "f8:1",
+              "i8:2", "f8:1", "i8:2", "f8:1", "i8:1"],
+}
+
+
+def native_kernel(name: str):
+    """``(cfunc, argspec)`` for ``native.kernel("ngram.score", name)``: ``build``,
+    ``hash_level0`` or ``score`` (``_build``, ``_hash_level0``, ``_score``; arguments in their
+    order). The inline helpers are compiled first and replace their Python versions in this
+    module, because numba resolves them as globals when it compiles their callers; numba's
+    error model is numpy's (no exception can be raised, so the object needs no numba
+    runtime)."""
+    from numba import cfunc, njit, types
+
+    from ..jitargs import arg1, arg2, argi
     with _JIT_LOCK:
-        if not _JIT:
-            from numba import njit
-            g = globals()
-            for name in ("_row_state", "_slot", "lower_bound", "_gallop"):
-                g[name] = njit(cache=True, nogil=True, inline="always")(g[name])
-            _JIT.update(hash_level0=njit(cache=True, nogil=True)(_hash_level0),
-                        build=njit(cache=True, nogil=True)(_build),
-                        score=njit(cache=True, nogil=True)(_score))
-    return _JIT
+        g = globals()
+        for helper in ("_row_state", "_slot", "_slot_shift", "lower_bound", "_gallop"):
+            if not hasattr(g[helper], "py_func"):
+                g[helper] = njit(inline="always", error_model="numpy")(g[helper])
+    i8, i4, f8, u1 = np.int64, np.int32, np.float64, np.uint8
+    if name == "build":
+        build = njit(error_model="numpy")(_build)
+
+        def entry(blk):  # pragma: no cover (jit)
+            build(argi(blk, 0), arg1(blk, 1, i8), arg1(blk, 2, i8), arg1(blk, 3, i8),
+                  arg1(blk, 4, i8), arg1(blk, 5, i8), arg1(blk, 6, i8), arg1(blk, 7, i8),
+                  arg1(blk, 8, i4), arg1(blk, 9, f8), arg1(blk, 10, f8), arg1(blk, 11, i8),
+                  arg1(blk, 12, i8), arg1(blk, 13, i8), arg1(blk, 14, f8), arg1(blk, 15, i8),
+                  arg1(blk, 16, f8), arg1(blk, 17, i4), arg1(blk, 18, u1))
+    elif name == "hash_level0":
+        hash_level0 = njit(error_model="numpy")(_hash_level0)
+
+        def entry(blk):  # pragma: no cover (jit)
+            hash_level0(argi(blk, 0), arg1(blk, 1, i8), argi(blk, 2), arg1(blk, 3, i8),
+                        arg1(blk, 4, i8))
+    elif name == "score":
+        score = njit(error_model="numpy")(_score)
+
+        def entry(blk):  # pragma: no cover (jit)
+            score(arg1(blk, 0, i4), arg1(blk, 1, i8), argi(blk, 2), argi(blk, 3), argi(blk, 4),
+                  arg1(blk, 5, i8), arg1(blk, 6, i8), arg1(blk, 7, i8), arg1(blk, 8, i8),
+                  arg1(blk, 9, i8), arg1(blk, 10, i8), arg1(blk, 11, f8), arg1(blk, 12, i8),
+                  arg1(blk, 13, i8), arg1(blk, 14, f8), arg1(blk, 15, i8), arg1(blk, 16, f8),
+                  arg1(blk, 17, u1), arg1(blk, 18, f8), arg1(blk, 19, f8), arg2(blk, 20, i8),
+                  arg1(blk, 21, f8), arg2(blk, 22, i8), arg1(blk, 23, f8), arg1(blk, 24, i8))
+    else:
+        raise ValueError(f"no kernel {name!r} in ngram.score")
+    return cfunc(types.void(types.CPointer(types.int64)), error_model="numpy")(entry), \
+        ARGSPECS[name]
+
+
+def _kernels() -> dict | None:
+    """The three loops as ``native.Kernel`` s (cached object code; compiled by numba the first
+    time), or None without numba."""
+    from .. import native
+    out = {name: native.kernel("ngram.score", name) for name in ARGSPECS}
+    return None if None in out.values() else out
 
 
 class MknWalker:
@@ -312,6 +370,10 @@ class MknWalker:
     """
 
     def __init__(self, params, loggammas):
+        self._k = _kernels()
+        if self._k is None:
+            raise MissingDependencyError("the compiled MKN walk needs numba to compile it once; "
+                                         "install it with `pip install 'lmkit[fast]'`")
         V = params.vocab_size
         keys = [np.asarray(k, dtype=np.int64) for k in params.keys]
         S = [x.tocsr() for x in params.S]
@@ -332,17 +394,17 @@ class MknWalker:
         self.rowf = self.rowi.view(np.float64)
         self.ent = np.zeros(4 * int(nnz.sum()), dtype=np.int64)
         self.entf = self.ent.view(np.float64)
-        self.closed = np.zeros(M, dtype=np.bool_)
+        self.closed = np.zeros(M, dtype=np.uint8)
         indices = np.concatenate([x.indices for x in S]).astype(np.int32, copy=False)
-        compiled = _jitted()["build"]
-        compiled(V, keys[0], self.map1, self.keys, self.koff, R, rptr, self.rbase, indices,
-                 np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
-                 np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
-                 self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
-                 np.empty(len(indices), dtype=np.int32), self.closed)
+        self._k["build"](V, np.ascontiguousarray(keys[0]), self.map1, self.keys, self.koff, R,
+                         rptr, self.rbase, indices,
+                         np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
+                         np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
+                         self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
+                         np.empty(len(indices), dtype=np.int32), self.closed)
         self.h0 = np.full(8 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int64)
         self.h0f = self.h0.view(np.float64)
-        _jitted()["hash_level0"](V, self.rowi, R[0], self.ent, self.h0)
+        self._k["hash_level0"](V, self.rowi, R[0], self.ent, self.h0)
         self.logq = np.log(params.q)
 
     def log_proba(self, seqs: list, bos_id: int, eos_id: int) -> np.ndarray:
@@ -363,10 +425,14 @@ class MknWalker:
             raise InputError(f"token id {bad} is out of range for a vocabulary of {self.V}; "
                              "encode the text with this model's tokenizer")
         out = np.empty(total + len(lengths))
-        compiled = _jitted()["score"]
-        compiled(np.asarray(flat, dtype=np.int32), lengths, bos_id, eos_id, self.V, self.map1,
-                 self.keys, self.koff, self.cptr, self.cbase, self.rowi, self.rowf,
-                 self.rbase, self.h0, self.h0f, self.ent, self.entf, self.closed, self.logq, out)
+        M = len(self.closed)
+        st, nst = np.zeros((M + 1, 3), dtype=np.int64), np.zeros((M + 1, 3), dtype=np.int64)
+        self._k["score"](np.ascontiguousarray(flat, dtype=np.int32),
+                         np.ascontiguousarray(lengths), bos_id, eos_id, self.V, self.map1,
+                         self.keys, self.koff, self.cptr, self.cbase, self.rowi, self.rowf,
+                         self.rbase, self.h0, self.h0f, self.ent, self.entf, self.closed,
+                         self.logq, out, st, np.zeros(M + 1), nst, np.zeros(M + 1),
+                         np.zeros(M + 1, dtype=np.int64))
         return out
 
 
@@ -397,6 +463,8 @@ def walker(params, loggammas, seqs=(), expected: int = 0, n_positions: int | Non
         seen = params.__dict__.get("_mkn_positions", 0) + n_positions
         object.__setattr__(params, "_mkn_positions", seen)
         if seen + max(int(expected), 0) < BUILD_AFTER * sum(S.nnz for S in params.S):
+            return None
+        if _kernels() is None:
             return None
         w = MknWalker(params, loggammas)
         object.__setattr__(params, "_mkn_walker", w)

@@ -111,7 +111,9 @@ def _prune_group(g, S, keys, lam, tau, drop, round32, folder, block):
         out["indptr"].append(total + np.cumsum(counts))
         total += int(counts.sum())
         n_rows += len(counts)
-        release_pages(data, S.indices[e0:e1])  # a mapped model's read pages leave the RSS
+        # a mapped model's read pages leave the RSS
+        release_pages(data, S.indices[e0:e1], indptr_in[lo:hi + 1],
+                      None if keys is None else keys[lo:hi])
     data, indices, indptr = (out[n].array() for n in ("data", "indices", "indptr"))
     return (sp.csr_matrix((data, indices, indptr), shape=(n_rows, S.shape[1])),
             kout.array() if drop else keys)
@@ -176,8 +178,14 @@ def compact_rich(params: SparseParams, heldout: list, bos_id: int, eos_id: int,
         rows, targets, _, order = context_rows(params.groups, params.keys, heldout,
                                                params.vocab_size, bos_id, eos_id, with_order=True)
         tau, trace = choose_tau(params, rows, targets, order, taus)
+        n_targets = len(targets)
+        del rows, targets, order
+        # the pages of a mapped model that scoring touched leave the resident set (a no-op
+        # in memory): the pruning below reads each group once more, a block at a time
+        release_pages(*(a for S, k in zip(params.S, params.keys)
+                        for a in (S.data, S.indices, S.indptr, k)))
         if log:
-            log("      entries pruned on " + f"{len(targets)} held-out tokens: " + ", ".join(
+            log("      entries pruned on " + f"{n_targets} held-out tokens: " + ", ".join(
                 f"|v|<={t:g}: {n / 1e6:.2f}M ppl {p:.3f}" if t is not None else
                 f"all {n / 1e6:.2f}M ppl {p:.3f}" for t, n, p in trace) + f"; chose {tau}")
     out = (prune_entries(params, tau, round32=True, folder=folder) if tau is not None

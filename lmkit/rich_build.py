@@ -57,9 +57,10 @@ them block by block.
 """
 from __future__ import annotations
 
+import itertools
+import mmap
 import shutil
 import tempfile
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,28 @@ class _Text:
     def nbytes(self) -> int:
         return self.buf.nbytes + self.pos.nbytes + self.starts.nbytes
 
+    def __getstate__(self):
+        """Pickled (a Dask task on a LocalCluster) with its mapped buffers as their files'
+        paths, mapped again where it is unpickled: the same machine, not a copy of the text
+        in every worker's memory. Buffers in memory travel as they are."""
+        state = dict(self.__dict__)
+        for name in ("buf", "pos", "starts"):
+            path = _whole_file(state[name])
+            if path is not None:
+                state[name] = ("npy-file", path, state[name].shape)
+        return state
+
+    def __setstate__(self, state):
+        for name in ("buf", "pos", "starts"):
+            ref = state[name]
+            if isinstance(ref, tuple) and ref and ref[0] == "npy-file":
+                a = open_npy(ref[1])
+                if a.shape != tuple(ref[2]):
+                    raise ValueError(f"{ref[1]} changed since it was written: {a.shape} != "
+                                     f"{tuple(ref[2])}")
+                state[name] = a
+        self.__dict__.update(state)
+
     def resident_nbytes(self) -> int:
         """The bytes this text holds in memory (0 when it is memory-mapped)."""
         return 0 if mapped_base(self.buf) is not None else self.nbytes()
@@ -143,6 +166,14 @@ class _Text:
                                   min_parts=workers, mapper=mapper)
         finally:
             self.release()
+
+
+def _whole_file(a):
+    """The path of the ``.npy`` file ``a`` maps as a whole (``io.npyfile.open_npy``), else None
+    (an array in memory, or a view of part of a mapping)."""
+    if isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap) and a.filename:
+        return str(a.filename)
+    return None
 
 
 class _Spill:
@@ -643,8 +674,11 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
         # the suffix chain's windows (and the training counts waiting for the second pass) go
         # there; under max_memory the token buffers and the model's arrays too, memory-mapped
         folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
-        # engine local only: Dask sends the buffers to its workers (in their memory)
-        mapped = folder if max_memory is not None and engine != "dask" else None
+        # engine local, or a LocalCluster of this machine: the workers of a cluster at a
+        # scheduler address get the buffers sent (in their memory: they may see no shared
+        # disk); a LocalCluster's map the same files (``_Text`` travels as their paths)
+        mapped = (folder if max_memory is not None and (engine != "dask" or scheduler is None)
+                  else None)
         return _build_rich(chunks, V, bos_id, eos_id, heldout, groups, order is None, pad,
                            folder, mapped,
                            refit_chunks, clusterings, seed, piece_bytes, line_positions,

@@ -397,8 +397,10 @@ def _logp(model, lines):
 
 @pytest.mark.parametrize("scale", [dict(workers=2), dict(max_memory="1G"),
                                    dict(workers=2, max_memory="1G"),
-                                   dict(engine="dask", workers=2)],
-                         ids=["workers2", "max-memory", "workers2+max-memory", "dask"])
+                                   dict(engine="dask", workers=2),
+                                   dict(engine="dask", workers=2, max_memory="1G")],
+                         ids=["workers2", "max-memory", "workers2+max-memory", "dask",
+                              "dask+max-memory"])
 def test_train_default_route_same_model_on_every_scale_route(tiny_corpus_file, tiny_tok_file,
                                                              tiny_lines, tmp_path, scale):
     """``lmkit.train`` on own files (held-out lines carved, so the refit pass runs): max |d log
@@ -408,7 +410,7 @@ def test_train_default_route_same_model_on_every_scale_route(tiny_corpus_file, t
         pytest.importorskip("dask.distributed")
     opts = dict(input=[str(tiny_corpus_file)], tokenizer=str(tiny_tok_file), verbose=False)
     one = lmkit.train(**opts)
-    if scale.get("max_memory"):
+    if scale.get("max_memory") and scale.get("engine") != "dask":
         scale = {**scale, "spill_dir": str(tmp_path)}
     got = lmkit.train(**opts, **scale)
     test = tiny_lines[::7][:40]
@@ -416,6 +418,29 @@ def test_train_default_route_same_model_on_every_scale_route(tiny_corpus_file, t
     assert {k: got.config[k] for k in scale} == scale
     assert one.config.get("workers") in (None, 1) and one.config.get("max_memory") is None
     assert list(tmp_path.iterdir()) == []  # the spill folder went
+
+
+def test_a_mapped_text_travels_as_its_files_paths(tmp_path):
+    """Under max_memory on a LocalCluster the token buffers are mapped from the build's folder
+    and a task's text is pickled as their paths (mapped again by the worker: one copy of the
+    text on the machine, not one per worker); a text in memory travels as it is; a file that
+    changed size since is refused."""
+    import pickle
+
+    from lmkit.rich_build import _Text
+    seqs = corpus(2000, 0)
+    mapped = _Text([seqs], 14, BOS, EOS, 3, folder=tmp_path)
+    held = _Text([seqs], 14, BOS, EOS, 3)
+    blob = pickle.dumps(mapped)
+    assert len(blob) < 2000 < mapped.nbytes() and len(pickle.dumps(held)) > mapped.nbytes()
+    back = pickle.loads(blob)
+    for name in ("buf", "pos", "starts"):
+        a, b = getattr(back, name), getattr(mapped, name)
+        assert isinstance(a, np.memmap) and a.dtype == b.dtype and np.array_equal(a, b)
+    assert (back.n_seq, back.V) == (mapped.n_seq, mapped.V)
+    np.save(tmp_path / "text.buf.npy", np.zeros(3, dtype=np.int32))
+    with pytest.raises(ValueError, match="changed since it was written"):
+        pickle.loads(blob)
 
 
 def _die_on_group_5(job, q, g, spec):

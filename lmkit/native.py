@@ -52,15 +52,17 @@ FORMAT = "lmkit-native 1"
 
 _LOCK = threading.RLock()
 _KERNELS: dict = {}
-_ENGINE = None
+_READY = False  # LLVM's native target initialised (once per process)
 USE_CACHE = True  # False: compile in-process with numba every time (tests compare the two)
 
 
 class Kernel:
     """One compiled kernel: ``kernel(*args)`` with arrays and ints as its ``argspec`` says."""
 
-    def __init__(self, name: str, address: int, argspec: list, keep=None):
+    def __init__(self, name: str, address: int, argspec: list, keep=None,
+                 from_file: bool = False):
         self.name, self.argspec, self._keep = name, list(argspec), keep
+        self.from_file = from_file  # loaded from the object cache (else compiled by numba)
         self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)  # releases the GIL
         self._specs = [None if s == "int" else (np.dtype(s.split(":")[0]), int(s.split(":")[1]))
                        for s in self.argspec]
@@ -241,19 +243,23 @@ def _load(path: Path, name: str):
     address = engine.get_function_address(meta["symbol"])
     if not address:
         return None
-    return Kernel(name, address, meta["args"])
+    return Kernel(name, address, meta["args"], keep=engine, from_file=True)
 
 
 def _engine():
-    """One MCJIT engine per process for every loaded kernel (an empty module of its own)."""
-    global _ENGINE
-    if _ENGINE is None:
-        import llvmlite.binding as llvm
+    """A new MCJIT engine (an empty module of its own) for ONE loaded object: kernels compiled
+    in different processes can define the same symbol names (numba numbers its functions per
+    process: ``product_rowsB3v12`` in two objects), and one engine for all would resolve the
+    second kernel's symbol to the first's code. The kernel keeps its engine alive."""
+    global _READY
+    import llvmlite.binding as llvm
+    if not _READY:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        tm = llvm.Target.from_default_triple().create_target_machine()
-        _ENGINE = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-    return _ENGINE
+        _READY = True
+    # a target machine per engine: the engine takes ownership of it
+    tm = llvm.Target.from_default_triple().create_target_machine()
+    return llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
 
 
 def _bind(imports: list) -> None:

@@ -64,7 +64,7 @@ def test_kernels_built_and_loaded_equal_the_reference(fresh_kernels, monkeypatch
         monkeypatch.setattr(native, "_KERNELS", {})
         monkeypatch.setattr(features, "_FAST", features._UNSET)
         loaded = native.kernel("fastscore", files[-1].name.split(".")[1])
-        assert loaded is not None and loaded._keep is None  # from the file, not numba
+        assert loaded is not None and loaded.from_file  # from the file, not numba
         first = _score(p, seqs)
     got, want, batch, one_by_one = first
     assert np.abs(got - want).max() <= 1e-9
@@ -159,7 +159,7 @@ def test_a_fresh_lmkit_score_of_an_mkn_model_runs_without_numba(tmp_path, tiny_c
             "docscore.COMPILED_ENCODE_BYTES = 0 if on else 1 << 62\n"
             "rc = lmkit.cli.main(['score', sys.argv[2], '--input', sys.argv[3], '--output', "
             "sys.argv[4], '--workers', '1'])\nassert rc == 0\n"
-            "print(json.dumps(['numba' in sys.modules, sorted(f'{m}.{n}:{k._keep is None}' "
+            "print(json.dumps(['numba' in sys.modules, sorted(f'{m}.{n}:{k.from_file}' "
             "for (m, n), k in native._KERNELS.items() if k is not None)]))")
     env = dict(os.environ, LMKIT_NATIVE_CACHE=str(tmp_path / "cache"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -178,3 +178,45 @@ def test_a_fresh_lmkit_score_of_an_mkn_model_runs_without_numba(tmp_path, tiny_c
     (numba3, kernels3), plain = run("off", "c.jsonl")
     assert not numba3 and kernels3 == []
     assert first == second == plain and plain.count(b"\n") > 100
+
+
+_CROSS = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from lmkit import native, scoring
+from test_scoring import BOS, EOS, MODELS, V, _as_stored, _reference_next_logp, seqs_of
+from lmkit.features import context_rows
+scoring.COMPILED_MIN_DISTRIBUTIONS = 1
+for which in sys.argv[2:]:  # "i4": int32 columns; "u2": a compact folder's uint16 columns
+    p = MODELS["rich"] if which == "i4" else _as_stored(MODELS["rich"], False)
+    rows = context_rows(p.groups, p.keys, seqs_of(300, 5), V, BOS, EOS)[0]
+    k = [r[:100] for r in rows]
+    nxt = scoring.next_logp_batch(p, k)  # the product_rows kernel of these columns
+    ref = _reference_next_logp(MODELS["rich"], k)
+    kern = native.kernel("fastscore", f"product_rows_{which}_i4")
+    print(which, float(np.abs(nxt - ref).max()), kern.from_file, flush=True)
+"""
+
+
+def test_kernels_compiled_in_different_processes_load_side_by_side(tmp_path):
+    """numba numbers its functions per process, so the same kernel kind compiled first thing
+    in two fresh processes defines the same symbol names in both objects
+    (``product_rowsB3v12``); loaded from the cache into one process, each must run its own
+    code. With one engine for every object the second kernel's inner call resolved to the
+    first one's code: the int32 loop on uint16 columns (wrong numbers, or a crash)."""
+    env = dict(os.environ, LMKIT_NATIVE_CACHE=str(tmp_path / "cache"))
+    script = tmp_path / "cross.py"
+    script.write_text(_CROSS)
+    for which in ("i4", "u2"):  # each compiled alone, first thing in a fresh process
+        subprocess.run([sys.executable, "-c", "import sys; from lmkit import native; "
+                        "assert native.kernel('fastscore', sys.argv[1]) is not None",
+                        f"product_rows_{which}_i4"], env=env, check=True, timeout=300)
+    for order in (("i4", "u2"), ("u2", "i4")):  # both from the cache, in either order
+        out = subprocess.run([sys.executable, str(script), str(ROOT / "tests"), *order],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = [line.split() for line in out.stdout.splitlines()]
+        assert [g[0] for g in got] == list(order)
+        for which, d_next, from_file in got:
+            assert from_file == "True" and float(d_next) <= 1e-9, got

@@ -113,6 +113,6 @@ def test_native_passes_give_the_same_ids(bpe, cached, monkeypatch, tmp_path):
     if cached:
         monkeypatch.setattr(native, "_KERNELS", {})
         monkeypatch.setattr(bpe, "_units", None)
-        assert all(native.kernel("wordcache", n)._keep is None
+        assert all(native.kernel("wordcache", n).from_file
                    for n in ("lookup", "rehash", "gather"))
         assert flat(bpe, lines, True) == want and flat(bpe, lines[::-1], True) == want[::-1]

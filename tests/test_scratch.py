@@ -96,6 +96,24 @@ def test_the_folder_of_a_live_owner_is_kept(tmp_path):
     assert mine.is_dir()
 
 
+def test_a_killed_owner_not_yet_reaped_has_stopped(tmp_path):
+    """A zombie (killed, its parent has not waited for it yet) will never remove its folder."""
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        d = _folder(tmp_path, "lmkit-model-zombie", owner_record(p.pid))
+        os.kill(p.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (scratch._proc_stat(p.pid) or ("Z",))[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        if scratch._proc_stat(p.pid) is None:
+            pytest.skip("no /proc: a zombie cannot be told from a live process")
+        assert _sweep(tmp_path)[0] == [d]
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_a_reused_pid_is_not_the_owner(tmp_path):
     """The pid runs, but it is another process (another start time): the owner has stopped.
     With no start time recorded (no /proc where it was made) a running pid counts as the owner."""

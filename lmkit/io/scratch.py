@@ -3,8 +3,9 @@
 - ``make_temp_dir(prefix, dir=None) -> Path``: ``tempfile.mkdtemp`` (mode 0700, in ``dir``,
   default TMPDIR) holding an owner marker ``.lmkit-owner``: JSON with the host name, the pid,
   the pid's start time (field 22 of ``/proc/PID/stat``, clock ticks since boot; null where
-  there is no ``/proc``), the boot id and the pid namespace, written by temp file + fsync + rename, so a folder
-  never holds half a marker. ``prefix`` must start with one of ``PREFIXES``.
+  there is no ``/proc``), the boot id and the pid namespace, written by temp file + fsync +
+  rename, so a folder never holds half a marker. ``prefix`` must start with one of
+  ``PREFIXES``.
 - ``sweep_stale(dir=None, log=None) -> list[Path]``: remove, in ``dir`` only (not below it),
   the folders a stopped lmkit process left: SIGINT, SIGTERM and errors remove their own
   folders, but SIGKILL, the OOM killer or a power loss cannot.
@@ -14,10 +15,12 @@ a folder, not a symlink (never followed); it belongs to this user; its marker is
 file that parses as a marker; the marker names this host (and this pid namespace, where both
 are known); and its process no longer runs: no such pid, a zombie, a pid now held by another
 process (another start time), or an earlier boot. Anything else (no marker, a marker that
-cannot be parsed, another host, a live owner) is not ours and stays. Files are never touched. Example::
+cannot be parsed, another host, a live owner) is not ours and stays. Files are never touched.
+Example (``lmkit train`` runs the sweep first)::
 
-    >>> d = make_temp_dir("lmkit-rich-")   # ... killed by SIGKILL here ...
-    >>> sweep_stale()                     # the next run: d is gone, one line on the log
+    d = make_temp_dir("lmkit-rich-", dir="/scratch")   # this process is killed by SIGKILL
+    sweep_stale("/scratch")   # a later process: d is removed, with one line on stderr
+    # "lmkit: removed a temporary folder left by a stopped lmkit process (pid 4242): PATH"
 """
 from __future__ import annotations
 

@@ -195,10 +195,7 @@ def train(config: TrainConfig | None = None, **options) -> LanguageModel:
     if config is not None and options:
         raise TypeError("pass either a TrainConfig or keyword options, not both")
     with reporting(cfg.scale.verbose):
-        # temporary folders a killed build left (SIGKILL, the OOM killer: it could not remove
-        # them) go first, from the folder this build's go to (io/scratch.py: only ours)
-        sweep_stale(cfg.scale.spill_dir, log=log)
-        return _train(cfg)
+        return _train(cfg, sweep=True)
 
 
 # ---- routes: which build a configuration takes ------------------------------------------------
@@ -342,8 +339,12 @@ def _used_options(cfg: TrainConfig) -> dict:
     return {k: v for k, v in cfg.flat().items() if k not in SCALE_OPTIONS or k in ok}
 
 
-def _train(cfg: TrainConfig) -> LanguageModel:
+def _train(cfg: TrainConfig, sweep: bool = False) -> LanguageModel:
     r = check_scale(cfg)
+    if sweep:  # once the options are accepted (a refused spill_dir is not touched): the
+        # temporary folders a killed build left (SIGKILL, the OOM killer could not remove
+        # them) go first, from the folder this build's go to (io/scratch.py: only ours)
+        sweep_stale(cfg.scale.spill_dir, log=log)
     return ROUTES[r](cfg, r)
 
 

@@ -284,3 +284,14 @@ def test_train_removes_what_a_killed_train_left(tiny_corpus_file, tiny_tok_file,
     assert (f"lmkit: removed a temporary folder left by a stopped lmkit process "
             f"(pid {proc.pid}): {left[0]}") in err.splitlines()
     assert list(spill.iterdir()) == [] and (tmp_path / "m2" / "manifest.json").is_file()
+
+
+def test_a_refused_spill_dir_is_not_swept(tiny_corpus_file, tmp_path, dead_record):
+    """The sweep runs once the options are accepted: a spill_dir the route refuses (a plain
+    n-gram model without max_memory spills nothing) is left as it is."""
+    from lmkit.errors import OptionError
+    from lmkit.train import train
+    left = _folder(tmp_path, "lmkit-rich-left", dead_record)
+    with pytest.raises(OptionError, match="spill_dir .* is not supported"):
+        train(input=[str(tiny_corpus_file)], order=3, spill_dir=str(tmp_path), verbose=False)
+    assert (left / "ids.int32").is_file()

@@ -630,7 +630,9 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     many processes; ``engine="dask"`` on a Dask cluster (``scheduler`` address, or a new
     LocalCluster of ``workers`` processes; ``dask_processes=False``: threads, for tests);
     ``max_memory`` refuses up front what cannot fit and keeps the model's arrays on disk,
-    memory-mapped; ``spill_dir`` is where the temporary folder goes (default: TMPDIR).
+    memory-mapped; ``spill_dir`` is where the temporary folder goes (default: TMPDIR), with
+    an owner marker, so that ``io.scratch.sweep_stale(spill_dir)`` (run by ``lmkit.train``)
+    removes it if this process is killed before it can.
     """
     if entry_edges is None:
         raise ValueError("build_rich fits one weight per group x entry-count bucket; pass "

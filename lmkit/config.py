@@ -199,7 +199,9 @@ class ScaleConfig:
                                     "scheduler (this process sends the text)")
     max_memory: str | None = opt(None, "memory limit, e.g. 8G (default: 80%% of available RAM)",
                                  metavar="SIZE")
-    spill_dir: str | None = opt(None, "folder for spilled partial counts (default: system temp)",
+    spill_dir: str | None = opt(None, "folder for the build's temporary files (default: "
+                                "system temp); lmkit folders left there by killed builds "
+                                "are removed first",
                                 metavar="DIR")
     verbose: bool = opt(True, "progress banners and bars on stderr")
 

@@ -38,7 +38,6 @@ import queue
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from itertools import chain, islice
@@ -49,6 +48,7 @@ import numpy as np
 from .config import ScaleConfig
 from .counts import Counts, count_chunk, empty_counts
 from .errors import InputError, OptionError, OutputError, WorkerDiedError
+from .io.scratch import make_temp_dir
 from .kinds import group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
 from .sparse import csr_from_arrays, csr_to_arrays
@@ -421,7 +421,7 @@ def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, s
     tasks.cancel_join_thread()
     results.cancel_join_thread()
     share = None if budget is None else budget // workers
-    spill_root = tempfile.mkdtemp(prefix="lmkit-spill-", dir=spill_dir)
+    spill_root = make_temp_dir("lmkit-spill-", dir=spill_dir)
     procs = [ctx.Process(target=_worker_main, daemon=True,
                          args=(tokenizer.model_proto, group_spec(groups), share, spill_root,
                                tasks, results, os.getpid())) for _ in range(workers)]
@@ -535,7 +535,7 @@ class SpillingSum:
     def _spill(self) -> None:
         c = self._collapse()
         if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix="lmkit-spill-", dir=self.spill_dir))
+            self._tmp = make_temp_dir("lmkit-spill-", dir=self.spill_dir)
         path = self._tmp / f"part{len(self.spilled):05d}.npz"
         try:
             save_counts(c, path)

@@ -73,6 +73,7 @@ from .distributed import dask_client, result
 from .explicit import choose_lambdas, count_buckets, discount_from_counts
 from .features import Suffix, Window
 from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
+from .io.scratch import make_temp_dir
 from .kinds import closed_form, group_marginal, group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
 from .parallel import ordered_map
@@ -356,7 +357,7 @@ class _Job:
         if self.held is None and keep is not None:
             out = keep
         elif self.max_memory is not None:
-            out = _Blocks(Path(tempfile.mkdtemp(prefix=f"group{g}-", dir=self.scratch)))
+            out = _Blocks(make_temp_dir(f"lmkit-group-{g}-", dir=self.scratch))
         else:
             out = _Blocks()
         if self.held is None:
@@ -424,7 +425,7 @@ def _chain_task(job: _Job, spec, discount):
     groups = groups_from_spec(spec)
     order, texts = len(groups) + 1, [t for t in (job.train, job.held) if t is not None]
     V, bos = texts[0].V, int(texts[0].bos_id)
-    tmp = Path(tempfile.mkdtemp(prefix="lmkit-chain-", dir=job.scratch))
+    tmp = make_temp_dir("lmkit-chain-", dir=job.scratch)
     try:
         win = _ChainWindows(job, order, tmp)
         if win.n_positions == 0:  # an empty text: as the in-memory solve (its error included)
@@ -660,7 +661,9 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     many processes; ``engine="dask"`` on a Dask cluster (``scheduler`` address, or a new
     LocalCluster of ``workers`` processes; ``dask_processes=False``: threads, for tests);
     ``max_memory`` refuses up front what cannot fit and keeps the model's arrays on disk,
-    memory-mapped; ``spill_dir`` is where the temporary folder goes (default: TMPDIR).
+    memory-mapped; ``spill_dir`` is where the temporary folder goes (default: TMPDIR), with
+    an owner marker, so that ``io.scratch.sweep_stale(spill_dir)`` (run by ``lmkit.train``)
+    removes it if this process is killed before it can.
     """
     if entry_edges is None:
         raise ValueError("build_rich fits one weight per group x entry-count bucket; pass "
@@ -673,7 +676,7 @@ def build_rich(chunks, vocab_size: int, bos_id: int, eos_id: int, heldout=(), *,
     try:
         # the suffix chain's windows (and the training counts waiting for the second pass) go
         # there; under max_memory the token buffers and the model's arrays too, memory-mapped
-        folder = Path(tempfile.mkdtemp(prefix="lmkit-rich-", dir=spill_dir))
+        folder = make_temp_dir("lmkit-rich-", dir=spill_dir)
         # engine local, or a LocalCluster of this machine: the workers of a cluster at a
         # scheduler address get the buffers sent (in their memory: they may see no shared
         # disk); a LocalCluster's map the same files (``_Text`` travels as their paths)

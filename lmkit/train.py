@@ -42,6 +42,7 @@ from .distributed import count_corpus_dask
 from .errors import InputError, OptionError
 from .features import Suffix, make_groups
 from .gradient import finetune
+from .io.scratch import make_temp_dir, sweep_stale
 from .memory import check_memory, format_bytes
 from .model import LanguageModel
 from .ngram.build import build_ngram_from_chunks
@@ -186,12 +187,15 @@ def _hashing(lines, digest):
 
 def train(config: TrainConfig | None = None, **options) -> LanguageModel:
     """Train a language model. Options (keyword arguments) = ``lmkit train`` flags, see
-    ``config.TrainConfig``; unknown names fail with the closest match."""
+    ``config.TrainConfig``; unknown names fail with the closest match. First removes, from
+    ``spill_dir`` (default TMPDIR), the temporary folders stopped lmkit processes left there
+    (``io.scratch.sweep_stale``: only folders whose marker names a process that no longer
+    runs; one log line each)."""
     cfg = config if config is not None else TrainConfig.from_kwargs(**options)
     if config is not None and options:
         raise TypeError("pass either a TrainConfig or keyword options, not both")
     with reporting(cfg.scale.verbose):
-        return _train(cfg)
+        return _train(cfg, sweep=True)
 
 
 # ---- routes: which build a configuration takes ------------------------------------------------
@@ -335,8 +339,12 @@ def _used_options(cfg: TrainConfig) -> dict:
     return {k: v for k, v in cfg.flat().items() if k not in SCALE_OPTIONS or k in ok}
 
 
-def _train(cfg: TrainConfig) -> LanguageModel:
+def _train(cfg: TrainConfig, sweep: bool = False) -> LanguageModel:
     r = check_scale(cfg)
+    if sweep:  # once the options are accepted (a refused spill_dir is not touched): the
+        # temporary folders a killed build left (SIGKILL, the OOM killer could not remove
+        # them) go first, from the folder this build's go to (io/scratch.py: only ours)
+        sweep_stale(cfg.scale.spill_dir, log=log)
     return ROUTES[r](cfg, r)
 
 
@@ -466,7 +474,7 @@ def _train_rich(cfg: TrainConfig, r: str = "rich") -> LanguageModel:
     # compact folder: drop the entries that carry no weight, float32 values (compact.py);
     # under max_memory group by group onto disk, memory-mapped (the files are unlinked at
     # once: the mappings keep them until the model is written and freed)
-    folder = (tempfile.mkdtemp(prefix="lmkit-compact-", dir=s.spill_dir)
+    folder = (make_temp_dir("lmkit-compact-", dir=s.spill_dir)
               if s.max_memory is not None else None)
     try:
         params = compact.compact_rich(params, held, tok.bos_id, tok.eos_id, log=log,

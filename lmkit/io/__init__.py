@@ -2,6 +2,8 @@
 
 - ``files``: outputs — refuse before any work an output that is an input or a model being read,
   write by temp file + rename (umask respected), replace only lmkit's own artifacts;
+- ``scratch``: temporary build folders with an owner marker, and the sweep that removes those a
+  killed lmkit process left (SIGKILL, the OOM killer, a power loss);
 - ``readfile``: the one bounded reader of untrusted input files (regular file, size limit, hash);
 - ``npyfile``: disk-backed 1-d ``.npy`` arrays, appended piecewise, mapped read-only;
 - ``store``: model folders — layout, the one manifest check for every folder kind, arrays

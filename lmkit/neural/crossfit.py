@@ -16,7 +16,7 @@ interface as ``data.ExplicitRows``.
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 
 from ..errors import InputError
 from ..io.files import atomic_write
+from ..io.scratch import make_temp_dir
 from ..model import LanguageModel
 from ..io.store import sha256_bytes
 from ..train import train
@@ -56,7 +57,8 @@ def fold_models(model, train_lines: list, k: int, seed: int = 0, log=None, cache
                          "for a model trained by gradient descent")
     cfg = model.config
     models = []
-    with tempfile.TemporaryDirectory(prefix="lmkit-crossfit-") as tmp:
+    tmp = make_temp_dir("lmkit-crossfit-")  # the fold texts: a killed run's go at the next train
+    try:
         tok_path = model.tokenizer.save(Path(tmp) / "tok")
         for f in range(k):
             path = Path(tmp) / f"fold{f}.txt"
@@ -74,6 +76,8 @@ def fold_models(model, train_lines: list, k: int, seed: int = 0, log=None, cache
                             lambdas=[float(x) for x in lam], workers=1)
             models.append(train(input=[str(path)], tokenizer=str(tok_path), seed=seed,
                                 verbose=False, **opts))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         for f, m in enumerate(models):

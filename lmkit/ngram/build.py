@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from .mkn import (_adjusted_counts, _check_discount, _solve_order, order_discoun
 from .disk import (chunk_for, encode_to_disk, file_reader, load_windows,
                    partition_windows)
 from ..io.npyfile import NpyAppender, open_npy
+from ..io.scratch import make_temp_dir
 from ..params import SparseParams
 from ..sparse import csr_from_arrays, csr_to_arrays
 
@@ -96,7 +96,7 @@ def build_ngram(buf: np.ndarray, order: int, vocab_size: int, bos_id: int, *,
 
 def _build(read, n_ids, order, V, bos_id, edges, discount, spill_dir, out_dir, log, chunk=None):
     """Stages 2-5 (see the module docstring) on the id stream ``read(lo, hi)``."""
-    tmp = Path(tempfile.mkdtemp(prefix="lmkit-ngram-", dir=spill_dir))
+    tmp = make_temp_dir("lmkit-ngram-", dir=spill_dir)
     try:
         paths = partition_windows(read, n_ids, order, bos_id, edges, tmp, V, chunk)
         if log:
@@ -270,8 +270,8 @@ def build_ngram_from_chunks(chunks, order: int, vocab_size: int, bos_id: int, eo
     ``spill_dir`` that lives as long as the returned params (removed when they are collected
     or at exit; ``store`` copies or links the files when the model is saved)."""
     V = vocab_size
-    tmp = Path(tempfile.mkdtemp(prefix="lmkit-ids-", dir=spill_dir))
-    out = Path(tempfile.mkdtemp(prefix="lmkit-model-", dir=spill_dir)) if on_disk else None
+    tmp = make_temp_dir("lmkit-ids-", dir=spill_dir)
+    out = make_temp_dir("lmkit-model-", dir=spill_dir) if on_disk else None
     try:
         ids = tmp / "ids.int32"
         n_ids, n_seq, n_tok, hist = encode_to_disk(chunks, bos_id, eos_id, ids, V)

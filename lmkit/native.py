@@ -96,6 +96,13 @@ def kernel(module: str, name: str):
         return _KERNELS[key]
 
 
+def kernels(module: str, names) -> dict | None:
+    """``{name: Kernel}`` for every name of ``names`` in ``lmkit.<module>``, or None if one of
+    them cannot be had (no numba): callers then take their numpy route for all of them."""
+    out = {name: kernel(module, name) for name in names}
+    return None if None in out.values() else out
+
+
 def ready() -> bool:
     """Whether a kernel already runs in this process (so one more costs only its object file:
     callers that would not pay for the first one, e.g. ``lmkit score``'s rows, check this).

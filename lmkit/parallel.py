@@ -41,13 +41,12 @@ import sys
 import threading
 import time
 from itertools import chain, islice
-from pathlib import Path
 
 import numpy as np
 
 from .config import ScaleConfig
 from .counts import Counts, count_chunk, empty_counts
-from .errors import InputError, OptionError, OutputError, WorkerDiedError
+from .errors import OptionError, OutputError, WorkerDiedError
 from .io.scratch import make_temp_dir
 from .kinds import group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size

@@ -222,8 +222,7 @@ def kernels() -> dict | None:
     """The three passes as ``native.Kernel`` s (cached object code; compiled by numba the first
     time), or None without numba."""
     from . import native
-    out = {name: native.kernel("wordcache", name) for name in ARGSPECS}
-    return None if None in out.values() else out
+    return native.kernels("wordcache", ARGSPECS)
 
 
 def _grown(a: np.ndarray, need: int, fill=0) -> np.ndarray:

@@ -357,8 +357,7 @@ def _kernels() -> dict | None:
     """The three loops as ``native.Kernel`` s (cached object code; compiled by numba the first
     time), or None without numba."""
     from .. import native
-    out = {name: native.kernel("ngram.score", name) for name in ARGSPECS}
-    return None if None in out.values() else out
+    return native.kernels("ngram.score", ARGSPECS)
 
 
 class MknWalker:

@@ -224,7 +224,8 @@ class _Blocks:
         if self.folder is None:
             return self.items[i]
         path = self.folder / f"{i}.keys.npy"
-        shape = tuple(int(x) for x in np.load(self.folder / f"{i}.shape.npy"))
+        shape = np.load(self.folder / f"{i}.shape.npy", allow_pickle=False)
+        shape = (int(shape[0]), int(shape[1]))
         F = sp.csr_matrix(tuple(open_npy(self.folder / f"{i}.{n}.npy")
                                 for n in ("data", "indices", "indptr")), shape=shape, copy=False)
         F.has_sorted_indices = True

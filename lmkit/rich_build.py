@@ -170,11 +170,70 @@ class _Text:
 
 
 def _whole_file(a):
-    """The path of the ``.npy`` file ``a`` maps as a whole (``io.npyfile.open_npy``), else None
-    (an array in memory, or a view of part of a mapping)."""
-    if isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap) and a.filename:
-        return str(a.filename)
-    return None
+    """The path of the ``.npy`` file ``a`` maps as a whole (``io.npyfile.open_npy``, or an
+    array view of all of it, as a CSR matrix holds it), else None (an array in memory, or a
+    view of part of a mapping)."""
+    m = mapped_base(a) if isinstance(a, np.ndarray) else None  # the np.memmap it views
+    if m is None or not isinstance(m.base, mmap.mmap) or not m.filename:
+        return None
+    same = (a.dtype == m.dtype and a.shape == m.shape and a.flags.c_contiguous
+            and a.__array_interface__["data"][0] == m.__array_interface__["data"][0])
+    return str(m.filename) if same else None
+
+
+class _FileRef:
+    """A whole ``.npy`` file's array travelling as its path (a task's result on a LocalCluster:
+    the client maps the file the worker wrote, instead of receiving its bytes)."""
+
+    def __init__(self, a):
+        self.path, self.shape = _whole_file(a), a.shape
+
+    def open(self):
+        a = open_npy(self.path)
+        if a.shape != self.shape:
+            raise ValueError(f"{self.path} changed since it was written")
+        return a
+
+
+class _CSRRef:
+    def __init__(self, S):
+        self.parts, self.shape = [_to_refs(a) for a in (S.data, S.indices, S.indptr)], S.shape
+
+    def open(self):
+        S = sp.csr_matrix(tuple(_from_refs(a) for a in self.parts), shape=self.shape, copy=False)
+        S.has_sorted_indices = True
+        return S
+
+
+def _to_refs(x):
+    """``x`` (arrays, CSR matrices, and lists, tuples and dicts of them) with every array that
+    is a whole ``.npy`` file replaced by its path (``_FileRef``); the rest as it is."""
+    if isinstance(x, np.ndarray):
+        return _FileRef(x) if _whole_file(x) is not None else x
+    if sp.issparse(x):
+        return _CSRRef(x.tocsr())
+    if isinstance(x, dict):
+        return {k: _to_refs(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_refs(v) for v in x)
+    return x
+
+
+def _from_refs(x):
+    """Inverse of ``_to_refs``: the files mapped again (and ``_OnDisk`` groups opened)."""
+    if isinstance(x, (_FileRef, _CSRRef, _OnDisk)):
+        return x.open()
+    if isinstance(x, dict):
+        return {k: _from_refs(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_from_refs(v) for v in x)
+    return x
+
+
+def _chain_refs(job, spec, discount):
+    """``_chain_task`` on a LocalCluster under max_memory: its arrays (written to the build's
+    folder) go back as their paths."""
+    return _to_refs(_chain_task(job, spec, discount))
 
 
 class _Spill:
@@ -571,14 +630,17 @@ class _Runner:
     every worker stopped on any error, Ctrl-C or SIGTERM), or on a Dask ``client``. The tasks
     are the same functions; so the model is the same."""
 
-    def __init__(self, workers: int = 1, client=None):
-        self.workers, self.client = workers, client
+    def __init__(self, workers: int = 1, client=None, local: bool = False):
+        # local: the cluster runs on this machine (a LocalCluster): its tasks may write their
+        # arrays to the build's folder and send back paths
+        self.workers, self.client, self.local = workers, client, local
 
     def chain(self, job, spec, discount):
         if self.client is None:
             return _chain_task(job, spec, discount)
-        return result(self.client.submit(_chain_task, self._job(job), spec, discount,
-                                          pure=False), "the n-gram chain")
+        task = _chain_refs if job.out is not None else _chain_task
+        return _from_refs(result(self.client.submit(task, self._job(job), spec, discount,
+                                                    pure=False), "the n-gram chain"))
 
     def groups(self, job, q, items):
         """``(S, keys, buckets)`` of each ``(g, spec)`` of ``items``, in order (a generator)."""
@@ -588,7 +650,7 @@ class _Runner:
             futures = [(g, self.client.submit(_group_task, jf, qf, g, spec, pure=False))
                        for g, spec in items]
             for g, f in futures:
-                yield result(f, f"group {g}")
+                yield _opened(result(f, f"group {g}"))
             return
         if self.workers <= 1 or len(items) <= 1:
             for g, spec in items:
@@ -737,7 +799,8 @@ def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, by_size, pad, folder
     with dask_client(scheduler, workers, dask_processes, log) as client:
         # no spill on Dask (its workers may see no shared disk): the second pass counts the
         # training text again on the workers, the same counts
-        return _build(_Runner(client=client), texts, groups, M, tables, None, folder, None,
+        return _build(_Runner(client=client, local=scheduler is None), texts, groups, M,
+                      tables, None, folder, None,
                       refit_chunks, pad, discount, edges, heldout, hessian_every,
                       hessian_tokens, tol, max_memory, log)
 
@@ -811,7 +874,9 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     # the chain's windows in the build's folder (Dask: the worker's TMPDIR); its solved arrays
     # there too under max_memory (engine local), memory-mapped
     scratch = folder if runner.client is None else None
-    out = folder if store is not None and runner.client is None else None
+    # the solved arrays are written to the build's folder (engine local, or a LocalCluster,
+    # whose tasks then send back paths) and memory-mapped
+    out = folder if store is not None and (runner.client is None or runner.local) else None
     scale = dict(max_memory=limit, scratch=scratch, out=out)
     job = _Job(first, None, spill, edges, workers=local, **scale)
     q, S, keys, eb, info, n_seq, n_tok = _solve_pass(runner, job, groups, M, discount,

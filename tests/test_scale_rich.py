@@ -443,6 +443,39 @@ def test_a_mapped_text_travels_as_its_files_paths(tmp_path):
         pickle.loads(blob)
 
 
+def test_a_task_result_on_a_local_cluster_travels_as_paths(tmp_path):
+    """``rich_build._to_refs``: a task's result whose arrays are whole ``.npy`` files (what a
+    LocalCluster's chain task writes under max_memory) pickles as their paths, and
+    ``_from_refs`` maps them again: the same arrays, CSR matrices and nesting; arrays in memory
+    travel as they are."""
+    import pickle
+
+    import scipy.sparse as sp
+
+    from lmkit.io.npyfile import NpyAppender, mapped_base, open_npy
+    from lmkit.rich_build import _from_refs, _to_refs
+
+    def npy(name, a):
+        w = NpyAppender(tmp_path / f"{name}.npy", a.dtype)
+        w.append(a)
+        return open_npy(w.close())
+    rng = np.random.default_rng(0)
+    S = sp.random(300, 50, density=0.2, format="csr", random_state=0)
+    mapped = sp.csr_matrix((npy("d", S.data), npy("i", S.indices.astype(np.int32)),
+                            npy("p", S.indptr.astype(np.int32))), shape=S.shape, copy=False)
+    q = rng.random(50)
+    res = (q, [(mapped, npy("k", np.arange(300, dtype=np.int64)), None)],
+           {"loggamma": [npy("g", rng.random(300))], "bos_id": 1}, 7, 9)
+    blob = pickle.dumps(_to_refs(res))
+    assert len(blob) < 3000 < S.data.nbytes + 400  # paths, and q (in memory) as it is
+    back = _from_refs(pickle.loads(blob))
+    (q2, [(S2, k2, e2)], info2, a, b) = back
+    assert np.array_equal(q2, q) and (S2 != S).nnz == 0 and e2 is None and (a, b) == (7, 9)
+    assert mapped_base(S2.data) is not None and np.array_equal(k2, np.arange(300))
+    assert np.array_equal(info2["loggamma"][0], res[2]["loggamma"][0])
+    assert info2["bos_id"] == 1
+
+
 def _die_on_group_5(job, q, g, spec):
     import os
     import signal

@@ -18,9 +18,9 @@ previous match: both read memory in order. Measured on the 18.9M-token model's t
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, types
+from numba import njit
 
-from .jitargs import arg1, arg2
+from .jitargs import arg1, arg2, block_cfunc
 from .sortedsearch import lower_bound
 
 _lower_bound = njit(inline="always")(lower_bound)  # the one binary search
@@ -142,5 +142,4 @@ def native_kernel(name: str):
                          arg1(blk, 3, np.int64), arg2(blk, 4, np.int64))
     else:
         raise ValueError(f"no kernel {name!r} in fastkeys")
-    return cfunc(types.void(types.CPointer(types.int64)), error_model="numpy")(entry), \
-        ARGSPECS[name]
+    return block_cfunc(entry), ARGSPECS[name]

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import cfunc, njit, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .jitargs import arg1, arg2, row
+from .jitargs import arg1, arg2, block_cfunc, row
 
 
 @intrinsic
@@ -133,6 +133,19 @@ def _kernels(IT, PT):
                     en[g, i] = ptr[r + 1]
         return m
 
+    @njit(inline="always")
+    def multiply_rows(dst, tab, D, st, en, i, shared, level):  # pragma: no cover (jit)
+        """``dst *=`` position i's row (``block_ranges``: dense copy or stored entries) of
+        every group g with ``shared[g] == level`` (``shared`` None: of every group)."""
+        G = st.shape[0]
+        for g in range(G):
+            if shared is None or shared[g] == level:
+                if st[g, i] < 0:
+                    _dense(dst, D[-1 - st[g, i]])
+                else:
+                    _scatter(dst, row(tab, g, np.float64), row(tab, G + g, IT), st[g, i],
+                             en[g, i])
+
     @njit
     def union_products(q, tab, D, rows, shared, targets, out_term, out_z, fsc,
                        isc):  # pragma: no cover (jit)
@@ -182,22 +195,10 @@ def _kernels(IT, PT):
                                 _prefetch(E, k)
                 if new2:
                     _copy(outer, q)
-                    for g in range(G):
-                        if shared[g] == 2:
-                            if st[g, i] < 0:
-                                _dense(outer, D[-1 - st[g, i]])
-                            else:
-                                _scatter(outer, row(tab, g, np.float64),
-                                         row(tab, G + g, IT), st[g, i], en[g, i])
+                    multiply_rows(outer, tab, D, st, en, i, shared, 2)
                 if new1 or new2:
                     _copy(base, outer)
-                    for g in range(G):
-                        if shared[g] == 1:
-                            if st[g, i] < 0:
-                                _dense(base, D[-1 - st[g, i]])
-                            else:
-                                _scatter(base, row(tab, g, np.float64),
-                                         row(tab, G + g, IT), st[g, i], en[g, i])
+                    multiply_rows(base, tab, D, st, en, i, shared, 1)
                 # the other groups' dense rows, fused with the copy of base (one pass, not 1 + k)
                 nd = 0
                 for g in range(G):
@@ -236,18 +237,12 @@ def _kernels(IT, PT):
             for i in range(m):
                 acc = out[a + i]
                 _copy(acc, q)
-                for g in range(G):
-                    if st[g, i] < 0:
-                        _dense(acc, D[-1 - st[g, i]])
-                    else:
-                        _scatter(acc, row(tab, g, np.float64), row(tab, G + g, IT),
-                                 st[g, i], en[g, i])
+                multiply_rows(acc, tab, D, st, en, i, None, 0)
                 out_z[a + i] = _sum(acc)
 
     return union_products, product_rows
 
 
-SIGNATURE = types.void(types.CPointer(types.int64))
 ARGSPECS = {
     "union_products": ["f8:1", "i8:2", "f8:2", "i8:2", "i1:1", "i8:1", "f8:1", "f8:1", "f8:2",
                        "i8:2"],
@@ -275,4 +270,4 @@ def native_kernel(name: str):
                          arg2(blk, 6, np.int64))
     else:
         raise ValueError(f"no kernel {name!r} in fastscore")
-    return cfunc(SIGNATURE, error_model="numpy")(entry), ARGSPECS[kind]
+    return block_cfunc(entry), ARGSPECS[kind]

@@ -15,8 +15,16 @@ Imported only where numba is (the kernels' modules).
 """
 from __future__ import annotations
 
-from numba import carray, njit, types
+from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic
+
+SIGNATURE = types.void(types.CPointer(types.int64))  # every kernel's C signature: (int64 *blk)
+
+
+def block_cfunc(entry):
+    """``entry(blk)`` compiled as a kernel: C signature ``void(int64 *blk)``, numpy's error
+    model (no exception can be raised, so the object code needs no numba runtime)."""
+    return cfunc(SIGNATURE, error_model="numpy")(entry)
 
 
 @intrinsic

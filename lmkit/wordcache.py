@@ -185,9 +185,9 @@ ARGSPECS = {"lookup": ["u1:1", "u8:1", "i8:1", "u8:1", "u1:1", "i8:1", "int", "i
 def native_kernel(name: str):
     """``(cfunc, argspec)`` for ``native.kernel("wordcache", name)``: ``lookup`` (``_lookup``'s
     arguments, then an int64 (3,) array for its three results), ``rehash`` or ``gather``."""
-    from numba import cfunc, njit, types
+    from numba import njit
 
-    from .jitargs import arg1, argi
+    from .jitargs import arg1, argi, block_cfunc
     with _JIT_LOCK:
         if not hasattr(_fnv, "py_func"):
             globals()["_fnv"] = njit(inline="always", error_model="numpy")(_fnv)
@@ -214,8 +214,7 @@ def native_kernel(name: str):
                    arg1(blk, 4, i4), arg1(blk, 5, i8))
     else:
         raise ValueError(f"no kernel {name!r} in wordcache")
-    return cfunc(types.void(types.CPointer(types.int64)), error_model="numpy")(entry), \
-        ARGSPECS[name]
+    return block_cfunc(entry), ARGSPECS[name]
 
 
 def kernels() -> dict | None:

@@ -155,9 +155,9 @@ def native_kernel(name: str):
     numba resolves them as globals when it compiles their caller."""
     if name != "rows":
         raise ValueError(f"no kernel {name!r} in io.jsonrows")
-    from numba import cfunc, njit, types
+    from numba import njit
 
-    from ..jitargs import arg1
+    from ..jitargs import arg1, block_cfunc
     with _JIT_LOCK:
         g = globals()
         for helper in ("_piece", "_uint", "_float"):
@@ -170,7 +170,7 @@ def native_kernel(name: str):
         rows_(arg1(blk, 0, i8), arg1(blk, 1, u1), arg1(blk, 2, i8), arg1(blk, 3, i8),
               arg1(blk, 4, f8), arg1(blk, 5, f8), arg1(blk, 6, f8), arg1(blk, 7, u1),
               arg1(blk, 8, i8), arg1(blk, 9, u1), arg1(blk, 10, i8))
-    return cfunc(types.void(types.CPointer(types.int64)), error_model="numpy")(entry), ARGSPEC
+    return block_cfunc(entry), ARGSPEC
 
 
 def py_row(head: str, t: int, x: float, p: float, b: float) -> str:

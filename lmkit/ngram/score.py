@@ -313,9 +313,9 @@ def native_kernel(name: str):
     module, because numba resolves them as globals when it compiles their callers; numba's
     error model is numpy's (no exception can be raised, so the object needs no numba
     runtime)."""
-    from numba import cfunc, njit, types
+    from numba import njit
 
-    from ..jitargs import arg1, arg2, argi
+    from ..jitargs import arg1, arg2, argi, block_cfunc
     with _JIT_LOCK:
         g = globals()
         for helper in ("_row_state", "_slot", "_slot_shift", "lower_bound", "_gallop"):
@@ -349,8 +349,7 @@ def native_kernel(name: str):
                   arg1(blk, 21, f8), arg2(blk, 22, i8), arg1(blk, 23, f8), arg1(blk, 24, i8))
     else:
         raise ValueError(f"no kernel {name!r} in ngram.score")
-    return cfunc(types.void(types.CPointer(types.int64)), error_model="numpy")(entry), \
-        ARGSPECS[name]
+    return block_cfunc(entry), ARGSPECS[name]
 
 
 def _kernels() -> dict | None:

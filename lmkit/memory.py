@@ -27,15 +27,24 @@ def parse_size(text) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+def proc_kib_field(path: str, key: str) -> int | None:
+    """Bytes of the ``key: N kB`` line of a ``/proc`` file (``/proc/meminfo``,
+    ``/proc/self/smaps_rollup``), or None where there is no such file or line."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_bytes() -> int:
     """Memory available now (MemAvailable on Linux; total physical memory elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    avail = proc_kib_field("/proc/meminfo", "MemAvailable")
+    if avail is not None:
+        return avail
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from lmkit.memory import proc_kib_field
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -32,14 +34,7 @@ def rss_bytes() -> tuple[int, int]:
 
 def pss_bytes() -> int:
     """``Pss`` of ``/proc/self/smaps_rollup`` in bytes (0 where the kernel has no such file)."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_kib_field("/proc/self/smaps_rollup", "Pss") or 0
 
 
 def where(frame) -> str:

@@ -18,7 +18,7 @@ from lmkit.ngram.arpa import import_arpa, read_arpa, write_arpa
 from lmkit.errors import InputError, MissingPathError, ModelFormatError
 from lmkit.interpolate import MixtureModel, interpolate
 from lmkit.model import LanguageModel
-from lmkit.io.readfile import open_regular, read_regular, read_regular_into, sha256_file
+from lmkit.io.readfile import open_regular, read_regular, sha256_file
 from test_faults import load_arrays, write_arrays
 from cli_helpers import one_error_line, run_cli
 
@@ -277,31 +277,6 @@ CHANGE_AFTER_LOAD = textwrap.dedent(r"""
         assert after == before, (mode, before, after)
         print(mode, "ok", flush=True)
 """)
-
-
-def test_reading_into_a_buffer_checks_as_reading_bytes(tmp_path):
-    """``read_regular_into`` (a model's params.npz, into a numpy array) gives the bytes
-    ``read_regular`` gives, makes the same checks, and refuses a file that grows or shrinks
-    between the size check and the read (the buffer was sized for the checked size)."""
-    f = tmp_path / "f"
-    f.write_bytes(bytes(range(200)) * 3)
-    got = read_regular_into(f, "thing", "fix it", lambda n: np.empty(n, np.uint8), size=600)
-    assert got.tobytes() == read_regular(f, "thing", "fix it") and len(got) == 600
-    with pytest.raises(ModelFormatError, match=r"corrupt or truncated \(600 bytes, expected 9"):
-        read_regular_into(f, "thing", "fix it", bytearray, size=9, error=ModelFormatError)
-
-    def changing(extra):
-        def alloc(n):
-            with open(f, "r+b") as h:
-                h.truncate(n + extra)
-            return bytearray(n)
-        return alloc
-
-    for extra in (5, -7):
-        f.write_bytes(b"x" * 600)
-        with pytest.raises(ModelFormatError, match=r"f: changed size while being read "
-                                                   r"\(600 bytes, then .*\); fix it"):
-            read_regular_into(f, "thing", "fix it", changing(extra), error=ModelFormatError)
 
 
 def test_a_loaded_model_survives_its_file_changing(ngram3_dir, tiny_model_dir, tmp_path):

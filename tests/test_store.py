@@ -12,9 +12,8 @@ from lmkit.model import LanguageModel
 
 @pytest.mark.parametrize("mapped", [False, True])
 def test_members_are_aligned_and_mapped_or_copied_once(tiny_model_dir, mapped):
-    """Default: every array views one private in-memory copy of the file (a read-only uint8
-    array that owns its memory); with mmap=True, a read-only map of the file. Never a second
-    copy per array."""
+    """Default: every array views one private in-memory copy of the file (bytes); with
+    mmap=True, a read-only map of the file. Never a second copy per array."""
     manifest, _, arrays = store.read_model_folder(tiny_model_dir, mmap=mapped)
     assert arrays, "no arrays read"
     owners = set()
@@ -23,9 +22,7 @@ def test_members_are_aligned_and_mapped_or_copied_once(tiny_model_dir, mapped):
         base = a
         while not isinstance(base, memoryview):
             base = base.base
-        assert isinstance(base.obj, mmap.mmap if mapped else np.ndarray), name
-        if not mapped:
-            assert base.obj.base is None and not base.obj.flags.writeable, name
+        assert isinstance(base.obj, mmap.mmap if mapped else bytes), name
         owners.add(id(base.obj))
     assert len(owners) == 1
     # the archive stays a plain .npz: numpy reads the same arrays

@@ -4,8 +4,7 @@
 byte is read, that it is a regular file (never waits on a FIFO, never reads a device such as
 ``/dev/zero``) of at most ``limit`` bytes, or of exactly ``size`` bytes when a manifest declares
 it; ``read_regular`` returns its bytes (one allocation of the checked size: a file that grows
-while it is read is not followed), ``read_regular_into`` reads them into a buffer the caller
-allocates (a model's arrays: a numpy array); ``sha256_file`` hashes a file in chunks (never whole in
+while it is read is not followed); ``sha256_file`` hashes a file in chunks (never whole in
 memory). Every failure is one error naming the file, what it is and ``fix``: a missing file
 ``MissingPathError`` (or ``error(missing)`` when the caller says what a missing file means),
 anything else ``error`` (``InputError`` by default; model folders pass ``ModelFormatError``).
@@ -82,28 +81,6 @@ def read_regular(path, what: str, fix: str, **checks) -> bytes:
     return data
 
 
-def read_regular_into(path, what: str, fix: str, alloc, **checks):
-    """``read_regular`` into the writable buffer ``alloc(size)`` returns (read in place, no
-    second copy). E.g. a numpy array: numpy asks the kernel for huge pages for a large one, so
-    a 600 MB model file costs a few hundred page faults, not the ~150,000 (one per 4 KiB) of
-    the ``bytes`` that ``read`` allocates."""
-    f, n = open_regular(path, what, fix, **checks)
-    error = checks.get("error", InputError)
-    buf = alloc(n)
-    view, got = memoryview(buf).cast("B"), 0
-    with f:
-        try:
-            while got < n and (k := f.readinto(view[got:])):
-                got += k
-            more = f.read(1)
-        except OSError as e:
-            raise error(f"{path}: cannot read the {what} ({e.strerror or e}); {fix}") from None
-    if got != n or more:
-        raise error(f"{path}: changed size while being read ({n} bytes, then "
-                    f"{got + len(more)}{'+' if more else ''}); {fix}")
-    return buf
-
-
 def sha256_file(path, what: str = "file", fix: str = "check the path", **checks) -> str:
     """sha256 (hex) of the regular file ``path``, read in chunks of 16 MiB."""
     f, _ = open_regular(path, what, fix, **checks)
@@ -114,4 +91,4 @@ def sha256_file(path, what: str = "file", fix: str = "check the path", **checks)
     return h.hexdigest()
 
 
-__all__ = ["open_regular", "read_regular", "read_regular_into", "sha256_file"]
+__all__ = ["open_regular", "read_regular", "sha256_file"]

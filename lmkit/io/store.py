@@ -82,7 +82,7 @@ from ..features import Suffix, check_suffix_chain
 from ..linepos import check_bytes_table
 from ..version import __version__
 from .npyfile import release_pages
-from .readfile import open_regular, read_regular, read_regular_into, sha256_file
+from .readfile import open_regular, read_regular, sha256_file
 from ..params import DenseParams, LazyCSRs, SparseParams, StoredCSR
 from ..sparse import csr_to_arrays
 from ..tokenizer import Tokenizer
@@ -496,16 +496,7 @@ def read_model_folder(path, mmap: bool = LoadConfig.mmap):
     size = manifest["arrays"]["bytes"]
     if mmap:
         return manifest, proto, map_npz(arr_path, size)
-    blob = read_regular_into(arr_path, "arrays", _FIX, _private_bytes, error=ModelFormatError,
-                             size=size, missing=f"{path}: missing params.npz; the folder is "
-                             f"incomplete, {_FIX}")
-    blob.flags.writeable = False
-    return manifest, proto, read_npz(blob, arr_path)
-
-
-def _private_bytes(n: int) -> np.ndarray:
-    """A new uint8 (n,) buffer to read ``params.npz`` into (numpy: huge pages when large)."""
-    return np.empty(n, dtype=np.uint8)
+    return manifest, proto, read_npz(read_member(arr_path, "arrays", size=size), arr_path)
 
 
 def map_npz(path: Path, expected: int, where=None) -> dict:

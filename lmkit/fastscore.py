@@ -3,8 +3,7 @@ cached native object code (``native.py``: later processes call them without impo
 
 Input, per active group g (lambda_g != 0), as a table of addresses (``scoring.table_addresses``:
 int64 (4 G, 2) of (address, length), so that one compiled loop serves any number of groups):
-``E_g`` float64 = ``exp(lambda_g S_g.data)`` (``scoring.ScoreTables``: by numpy, each row when
-a batch first touches it; the loops read only rows of the positions given), ``ind_g`` =
+``E_g`` float64 = ``exp(lambda_g S_g.data)`` (built once per parameters, by numpy), ``ind_g`` =
 ``S_g.indices`` and ``ptr_g`` = ``S_g.indptr`` as the folder stores them, not copied
 (``params.stored_arrays``; pointers int32 or int64, columns uint16 in a compact folder, else of
 the pointers' type: one compiled variant per pair, ``native_kernel``), ``dmap_g`` int64 (R_g,) =

@@ -99,114 +99,50 @@ def _readonly(a: np.ndarray, dtype) -> np.ndarray:
 
 
 DENSE_ROWS_BYTES = 64 << 20  # at most this much memory for dense copies of long rows
-FILL_ALL = 0.5  # a group whose untouched rows hold less than this share: exponentiated whole
-DENSE_SHARE = 3  # a row with more than V / DENSE_SHARE entries is multiplied in as a dense copy
-
-
-class ScoreTables:
-    """The tables ``fastscore`` multiplies with, for the active groups (lambda != 0), each row
-    exponentiated when a position first touches it (``fill``): a batch pays for the rows it
-    reads, not for every stored entry (at 18.9M training tokens a 1 MB batch touches ~22 % of
-    the 68M entries).
-
-    Per active group g: ``E[g]`` (nnz,) float64 = ``exp(lambda_g S_g.data)`` on the rows filled
-    so far (the rest not yet written: never read), ``ind[g]`` = S_g.indices and ``ptr[g]`` =
-    S_g.indptr as stored (``params.stored_arrays``), read-only, the pointers all int32 or all
-    int64 and the columns all uint16 (a compact folder) or of the pointers' type (not copied
-    when they already are: one type for every group, so numba compiles the loops once per
-    combination), ``dmap[g]`` (R_g,) int64 each row's copy in ``D`` (-1: none; empty: the group
-    has none yet); ``D`` (K, V) float64 dense copies of the filled rows with more than V/3
-    entries (1 where nothing is stored), in the order they were first filled, at most
-    ``DENSE_ROWS_BYTES`` of them (a longer row past that is scattered: the same numbers to
-    rounding). Overflows of exp become inf, which the scorer's log-space fallback handles.
-    ``addresses``: ``table_addresses`` of the current arrays.
-    """
-
-    def __init__(self, params: SparseParams):
-        active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
-        # the arrays as stored: a loaded compact folder's float32 values and uint16 columns are
-        # read as they are (params.LazyCSRs), never widened into copies for scoring
-        S = [stored_arrays(params.S, g) for g in active]
-        self.V = V = params.vocab_size
-        self.lams = [float(params.lambdas[g]) for g in active]
-        self.data = [d for d, _, _ in S]
-        wide = any(p.dtype != np.int32 for _, _, p in S)
-        ptype = np.int64 if wide else np.int32
-        # columns: uint16 when every active group stores them so (V <= 65536), else as the pointers
-        itype = np.uint16 if S and all(i.dtype == np.uint16 for _, i, _ in S) else ptype
-        self.ind = tuple(_readonly(i, itype) for _, i, _ in S)
-        self.ptr = tuple(_readonly(p, ptype) for _, _, p in S)
-        self.E = [np.empty(len(d)) for d in self.data]  # pages written only when filled
-        self.filled = [np.zeros(max(len(p) - 1, 0), dtype=bool) for p in self.ptr]
-        self.left = [len(d) for d in self.data]  # entries not filled yet, per group
-        self.dmap = [np.zeros(0, dtype=np.int64) for _ in S]
-        self.D = np.empty((max(0, DENSE_ROWS_BYTES // (8 * V)), V))
-        self.n_dense = 0
-        self.addresses = table_addresses(self.as_tuple())
-
-    def as_tuple(self) -> tuple:
-        """``(E, ind, ptr, dmap, D)``: tuples per group, and the dense copies made so far."""
-        return (tuple(self.E), self.ind, self.ptr, tuple(self.dmap), self.D[:self.n_dense])
-
-    def fill(self, rows: np.ndarray) -> None:
-        """Exponentiate every row that ``rows`` (G, N) int64 of the active groups touches and
-        has not been filled yet (-1 = no row); make dense copies of the long ones."""
-        for g, r in enumerate(rows):
-            done = self.filled[g]
-            if self.left[g] == 0:
-                continue
-            r = r[r >= 0]
-            r = r[~done[r]]
-            if len(r):
-                mark = np.zeros(len(done), dtype=bool)
-                mark[r] = True
-                self._fill_rows(g, np.flatnonzero(mark))
-
-    def fill_all(self) -> None:
-        """Exponentiate every row of every group."""
-        for g, done in enumerate(self.filled):
-            if self.left[g]:
-                self._fill_rows(g, np.flatnonzero(~done))
-
-    def _fill_rows(self, g: int, new: np.ndarray) -> None:
-        """Fill rows ``new`` (ascending, not filled yet) of group g."""
-        ptr, E, data, done = self.ptr[g], self.E[g], self.data[g], self.filled[g]
-        lo = ptr[new].astype(np.int64)
-        n = ptr[new + 1] - lo
-        total = int(n.sum())
-        with np.errstate(over="ignore"):
-            if total >= FILL_ALL * self.left[g]:  # most of what is left: every row at once
-                new = np.flatnonzero(~done)
-                lo = ptr[new].astype(np.int64)
-                n = ptr[new + 1] - lo
-                total = int(n.sum())
-                np.multiply(data, self.lams[g], out=E, dtype=np.float64)
-                np.exp(E, out=E)
-            else:
-                idx = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(total)
-                E[idx] = np.exp(np.multiply(data[idx], self.lams[g], dtype=np.float64))
-        done[new] = True
-        self.left[g] -= total
-        V = self.V
-        for k in np.flatnonzero(n > V // DENSE_SHARE):  # long rows: a dense copy each, while room
-            if self.n_dense == len(self.D):
-                break
-            if not len(self.dmap[g]):
-                self.dmap[g] = np.full(len(done), -1, dtype=np.int64)
-            a, b = lo[k], lo[k] + n[k]
-            d = self.D[self.n_dense]
-            d[:] = 1.0
-            d[self.ind[g][a:b]] = E[a:b]
-            self.dmap[g][new[k]] = self.n_dense
-            self.n_dense += 1
-        self.addresses = table_addresses(self.as_tuple())
 
 
 def score_tables(params: SparseParams) -> tuple:
-    """``ScoreTables`` of ``params`` with every row filled, as ``(E, ind, ptr, dmap, D)``."""
-    t = ScoreTables(params)
-    t.fill_all()
-    return t.as_tuple()
+    """The tables ``fastscore`` multiplies with, for the active groups (lambda != 0):
+    ``(E, ind, ptr, dmap, D)`` — tuples of per group E (nnz,) float64 ``exp(lambda_g S_g.data)``
+    (overflows become inf, which the scorer's log-space fallback handles), ``ind`` =
+    S_g.indices and ``ptr`` = S_g.indptr as stored (``params.stored_arrays``), read-only, the
+    pointers all int32 or all int64 and the columns all uint16 (a compact folder) or of the
+    pointers' type (not copied when they already are: one type for every group, so numba
+    compiles the loops once per combination), ``dmap``
+    (R_g,) int64 each row's copy in D (-1: none; empty: the group has none), and ``D`` (K, V)
+    float64 dense copies of the rows with more than V/3 entries (1 where nothing is stored;
+    longest first, within ``DENSE_ROWS_BYTES``)."""
+    active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
+    # the arrays as stored: a loaded compact folder's float32 values and uint16 columns are
+    # read as they are (params.LazyCSRs), never widened into copies for scoring
+    S = [stored_arrays(params.S, g) for g in active]
+    V = params.vocab_size
+    E = []
+    with np.errstate(over="ignore"):
+        for g, (data, _, _) in zip(active, S):  # in place: one new array per group
+            e = np.multiply(data, params.lambdas[g], dtype=np.float64)
+            E.append(np.exp(e, out=e))
+    cand = []
+    for i, (_, _, indptr) in enumerate(S):
+        L = np.diff(indptr)
+        cand += [(int(L[r]), i, int(r)) for r in np.flatnonzero(L > V // 3)]
+    cand = sorted(sorted(cand, reverse=True)[:max(0, DENSE_ROWS_BYTES // (8 * V))],
+                  key=lambda c: c[1:])  # by group, then row
+    D = np.ones((len(cand), V))
+    dmap = [np.zeros(0, dtype=np.int64) for _ in S]
+    for k, (_, i, r) in enumerate(cand):
+        _, indices, indptr = S[i]
+        if not len(dmap[i]):
+            dmap[i] = np.full(len(indptr) - 1, -1, dtype=np.int64)
+        dmap[i][r] = k
+        lo, hi = indptr[r], indptr[r + 1]
+        D[k, indices[lo:hi]] = E[i][lo:hi]
+    wide = any(p.dtype != np.int32 for _, _, p in S)
+    ptype = np.int64 if wide else np.int32
+    # columns: uint16 when every active group stores them so (V <= 65536), else as the pointers
+    itype = np.uint16 if S and all(i.dtype == np.uint16 for _, i, _ in S) else ptype
+    return (tuple(E), tuple(_readonly(i, itype) for _, i, _ in S),
+            tuple(_readonly(p, ptype) for _, _, p in S), tuple(dmap), D)
 
 
 def _rows_array(rows: list, active: list, perm=None) -> np.ndarray:
@@ -259,7 +195,7 @@ def shared_groups(rows: tuple, tables: tuple, vocab_size: int, sample: int = 409
         rr = np.where(ok, r, 0)
         n = np.where(ok, ptrs[g][rr + 1].astype(np.int64) - ptrs[g][rr], 0)
         if len(dmaps[g]):  # a dense row costs a pass over V, about V/3 scattered entries' worth
-            n = np.where(ok & (dmaps[g][rr] >= 0), vocab_size // DENSE_SHARE, n)
+            n = np.where(ok & (dmaps[g][rr] >= 0), vocab_size // 3, n)
         length[:, g] = n
     cur, best = np.zeros(len(idx), dtype=bool), 0.0
     while True:
@@ -295,35 +231,32 @@ class SparseScorer:
         self.active = [g for g, lam in enumerate(params.lambdas) if lam != 0.0]
         self._tables = _UNSET
 
-    def tables(self) -> ScoreTables:
-        """The ``ScoreTables`` (made on first use; rows are exponentiated as batches touch
-        them)."""
+    def tables(self):
+        """``score_tables`` (built on first use: one exp per stored entry)."""
         if self._tables is _UNSET:
-            self._tables = ScoreTables(self.params)
+            self._tables = score_tables(self.params)
+            self._addresses = table_addresses(self._tables)
         return self._tables
 
     def kernel(self, kind: str):
         """The compiled ``fastscore`` loop ``kind`` for these tables' index dtypes (builds the
         tables), or None (numpy route)."""
-        t = self.tables()
-        it = _DT_NAMES[t.ind[0].dtype] if t.ind else "i4"
-        pt = _DT_NAMES[t.ptr[0].dtype] if t.ptr else "i4"
+        _, ind, ptr, _, _ = self.tables()
+        it = _DT_NAMES[ind[0].dtype] if ind else "i4"
+        pt = _DT_NAMES[ptr[0].dtype] if ptr else "i4"
         return _compiled(kind, it, pt)
 
     def union_products(self, rows: np.ndarray, shared: np.ndarray, targets: np.ndarray,
-                       term: np.ndarray, z: np.ndarray, filled: bool = False) -> None:
+                       term: np.ndarray, z: np.ndarray) -> None:
         """``fastscore``'s ``union_products`` on these tables: ``rows`` int64 (G, N) of the
         active groups, in walking order, ``shared`` (G,) int8 levels, ``targets`` int64 (N,);
-        writes ``term`` and ``z`` float64 (N,). Needs ``kernel`` not None. ``filled``: the
-        caller has just filled ``rows``' rows (``ScoreTables.fill``)."""
+        writes ``term`` and ``z`` float64 (N,). Needs ``kernel`` not None."""
         G, V = len(self.active), self.params.vocab_size
         if rows.shape != (G, len(targets)) or shared.shape != (G,):
             raise ValueError(f"rows must be ({G}, {len(targets)}) and shared ({G},)")
-        kernel, t = self.kernel("union_products"), self.tables()
-        if not filled:
-            t.fill(rows)
-        kernel(self.params.q, t.addresses, t.D, rows, shared, targets, term, z, np.empty((3, V)),
-               np.empty((2 * G + 3, max(BLOCK, G)), dtype=np.int64))
+        self.kernel("union_products")(
+            self.params.q, self._addresses, self._tables[4], rows, shared, targets, term, z,
+            np.empty((3, V)), np.empty((2 * G + 3, max(BLOCK, G)), dtype=np.int64))
 
     def dense_scores(self, rows: list) -> np.ndarray:
         """``s = sum_g lambda_g S_g[row_g]`` as a dense float64 (n, V): one scatter of every
@@ -359,10 +292,9 @@ class SparseScorer:
         if fast is None:
             return log_softmax(self.logq + self.dense_scores(rows))
         out, z = np.empty((n, self.params.vocab_size)), np.empty(n)
-        G, t = len(self.active), self.tables()
-        r = _rows_array(rows, self.active)
-        t.fill(r)
-        fast(self.params.q, t.addresses, t.D, r, out, z, np.empty((2 * G, BLOCK), dtype=np.int64))
+        G = len(self.active)
+        fast(self.params.q, self._addresses, self._tables[4], _rows_array(rows, self.active),
+             out, z, np.empty((2 * G, BLOCK), dtype=np.int64))
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             out = np.log(out, out=out)
             out -= np.log(z)[:, None]
@@ -395,11 +327,9 @@ class SparseScorer:
                 raise ValueError(f"order must be a permutation of the {len(targets)} positions")
             # the rows in walking order: the compiled loop then reads them in sequence
             r = _rows_array(rows, self.active, perm)
-            t = self.tables()
-            t.fill(r)
-            shared = shared_groups(r, t.as_tuple(), self.params.vocab_size)
+            shared = shared_groups(r, self.tables(), self.params.vocab_size)
             term, z = np.empty(len(targets)), np.empty(len(targets))
-            self.union_products(r, shared, targets.take(perm), term, z, filled=True)
+            self.union_products(r, shared, targets.take(perm), term, z)
             out = np.empty(len(targets))
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
                 np.log(term, out=term)

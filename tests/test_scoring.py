@@ -287,46 +287,6 @@ def _as_stored(p, float32: bool):
     return SparseParams(p.groups, p.q, S, p.keys, p.lambdas, p.info)
 
 
-@pytest.mark.parametrize("fill_all", [0.5, 1.5], ids=["groups-whole", "rows"])
-@pytest.mark.parametrize("dense_rows", [64 << 20, 8 * V, 0], ids=["room", "one", "none"])
-def test_rows_are_exponentiated_as_batches_touch_them(every_path, monkeypatch, dense_rows,
-                                                     fill_all):
-    """``ScoreTables`` fills a row when a batch first touches it: a first batch leaves rows
-    unfilled, later batches (new rows, and rows seen before) give the reference numbers, and
-    once filled whole the tables equal ``score_tables``. Dense copies made in touch order,
-    whatever room they have (none, one, all), change no number; nor does filling a group
-    whole once a batch touches most of what is left of it (``FILL_ALL``)."""
-    from lmkit import scoring
-    from lmkit.params import SparseParams
-    monkeypatch.setattr(scoring, "DENSE_ROWS_BYTES", dense_rows)
-    monkeypatch.setattr(scoring, "FILL_ALL", fill_all)
-    monkeypatch.setattr(scoring, "DENSE_SHARE", 8)  # long rows exist in this small model
-    p = MODELS["rich"]
-    p = SparseParams(p.groups, p.q, p.S, p.keys, p.lambdas, p.info)
-    scorer = scoring.sparse_scorer(p)
-    for i, (seed, n) in enumerate(((11, 40), (12, 900), (11, 40))):
-        test = seqs_of(n, seed, hi=V)
-        rows, targets, _ = context_rows(p.groups, p.keys, test, V, BOS, EOS)
-        want = sparse_log_proba(p, rows, targets)
-        assert np.abs(scoring.log_proba(p, rows, targets) - want).max() <= 1e-9
-        got = scoring.next_logp_batch(p, [r[:70] for r in rows])
-        assert np.abs(got - _reference_next_logp(p, [r[:70] for r in rows])).max() <= 1e-9
-        if i == 0 and every_path and fill_all > 1:  # compiled: only the touched rows filled
-            t = scorer.tables()
-            assert any(0 < left < len(E) for left, E in zip(t.left, t.E))
-            assert t.n_dense <= dense_rows // (8 * V)
-    t = scorer.tables()
-    t.fill_all()
-    E, ind, ptr, dmap, D = t.as_tuple()
-    E2, ind2, ptr2, _, _ = scoring.score_tables(p)
-    assert all(np.array_equal(a, b) for a, b in zip(E, E2)) and sum(t.left) == 0
-    for g, m in enumerate(dmap):  # each dense copy is its row, 1 elsewhere
-        for r in np.flatnonzero(m >= 0):
-            want = np.ones(V)
-            want[ind[g][ptr[g][r]:ptr[g][r + 1]]] = E[g][ptr[g][r]:ptr[g][r + 1]]
-            assert np.array_equal(D[m[r]], want)
-
-
 @pytest.mark.parametrize("float32", [True, False], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_stored_dtypes_score_as_their_widened_csr(name, float32, every_path):

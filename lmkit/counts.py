@@ -278,8 +278,9 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
     ``row_keys``: int64 (N,) chained keys (-1 = no feature). Returns ``(F, keys, rows)``: F CSR
     (R, V) int64 canonical, keys int64 (R,) sorted, rows int64 (N,) (-1 where the key is -1).
     The history keys are ranked first (their row per position feeds the next order's keys),
-    then the pairs ``row * V + target`` are sorted and counted. Both are value sorts: positions
-    ride in the low bits of the sorted key when they fit (2x faster than ``argsort``).
+    then the pairs ``row * V + target``, taken in key order, are sorted and counted. Both are
+    value sorts: positions ride in the low bits of the sorted key when they fit (2x faster
+    than ``argsort``).
     Example: keys [5, 5, 3], targets [1, 1, 2], V = 4 -> keys [3, 5], F = [[0, 0, 1, 0],
     [0, 2, 0, 0]], rows [1, 1, 0].
     """
@@ -292,10 +293,14 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
     first = np.ones(n, dtype=bool)
     np.not_equal(sk[1:], sk[:-1], out=first[1:])
     keys = sk[first]
+    ranked = np.cumsum(first) - 1  # the rows in key order
     r = np.empty(n, dtype=np.int64)
-    r[perm] = np.cumsum(first) - 1
-    pair = r * V + (targets if every else targets[ok])
-    pair.sort()
+    r[perm] = ranked
+    # the pairs in key order: only each row's own targets are out of order, runs that a
+    # stable sort (timsort) merges in ~2/3 of the time a sort of the shuffled pairs takes
+    pair = (targets if every else targets[ok])[perm]
+    pair += ranked * V
+    pair.sort(kind="stable")
     new = np.ones(n, dtype=bool)
     np.not_equal(pair[1:], pair[:-1], out=new[1:])
     starts = np.flatnonzero(new)

@@ -466,16 +466,21 @@ def expand_paths(paths: Iterable[str]) -> list[Path]:
 class TextCorpus:
     """A re-iterable source of sequences: iterating yields ``sequences`` of its raw lines."""
 
-    def __init__(self, name: str, files: list[Path], raw_lines: Callable[[], Iterable[str]]):
+    def __init__(self, name: str, files: list[Path], raw_lines: Callable[[], Iterable[str]],
+                 from_files: bool = False):
         self.name = name
         self.files = files
         self._raw_lines = raw_lines  # a fresh iterable of unstripped lines per call
+        self._from_files = from_files  # the sequences are exactly those of ``files``' lines
         self._scan = None  # (stats, sha256) once computed
 
     def __repr__(self):
         return f"TextCorpus({self.name!r}, files={len(self.files)})"
 
     def __iter__(self) -> Iterator[str]:
+        if self._from_files:  # the same sequences, read a block at a time (~3x faster)
+            return (s for _, seqs in numbered_sequence_blocks(self.files, self.name)
+                    for s in seqs)
         return sequences(self._raw_lines(), self.name)
 
     def iter_chunks(self, max_lines: int = 10000) -> Iterator[list[str]]:
@@ -518,7 +523,8 @@ class TextCorpus:
 
 
 def _files_corpus(name: str, files: list[Path]) -> TextCorpus:
-    return TextCorpus(name, files, lambda: (line for f in files for line in file_lines(f)))
+    return TextCorpus(name, files, lambda: (line for f in files for line in file_lines(f)),
+                      from_files=True)
 
 
 def local_data_files(path: Path) -> tuple[str, list[str]]:

@@ -78,3 +78,23 @@ def test_chunks_cut_where_they_did(tmp_path, max_units, max_chars):
     paths = [str(write(tmp_path / "x.txt", text)), str(write(tmp_path / "y.txt", text[::-1]))]
     assert (list(docscore._line_chunks(paths, max_units, max_chars))
             == list(old_line_chunks(paths, max_units, max_chars)))
+
+
+def test_a_file_corpus_iterates_the_line_readers_sequences(tmp_path):
+    """``load_corpus(input=...)`` iterates by blocks: the sequences (and the hash and stats in
+    a model's manifest) of the line-by-line reader; a blank-only input is the same error."""
+    from lmkit.corpus import load_corpus, sequences
+    rng = random.Random(3)
+    lines = [rng.choice(ODD) for _ in range(2000)]
+    folder = tmp_path / "text"
+    folder.mkdir()
+    write(folder / "a.txt", "\n".join(lines), newline_end=False)
+    write(folder / "b.txt", "\ufeff" + "\n".join(lines[::-1]))
+    for path in (folder / "a.txt", folder):
+        corpus = load_corpus(input=str(path))
+        want = list(sequences(x for p in corpus.files for x in file_lines(p)))
+        assert list(corpus) == want and len(want) > 1000
+        assert corpus.stats()["lines"] == len(want)
+    write(tmp_path / "blank.txt", "\n  \n\t")
+    with pytest.raises(InputError, match="no non-empty lines"):
+        list(load_corpus(input=str(tmp_path / "blank.txt")))

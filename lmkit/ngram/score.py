@@ -36,6 +36,7 @@ from itertools import chain
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
+from ..params import stored_arrays
 from ..sortedsearch import lower_bound  # compiled here with the walk (native_kernel)
 
 # numba is optional: without it the numpy route (ngram.tables.mkn_log_proba) scores. It is
@@ -374,7 +375,9 @@ class MknWalker:
                                          "install it with `pip install 'lmkit[fast]'`")
         V = params.vocab_size
         keys = [np.asarray(k, dtype=np.int64) for k in params.keys]
-        S = [x.tocsr() for x in params.S]
+        # the groups as stored (a loaded folder's are never widened to SciPy CSRs here: the
+        # walk reads them once, into its own tables): (data, indices, indptr) per group
+        S = [stored_arrays(params.S, g) for g in range(len(params.S))]
         M = len(S)
         self.V = V
         self.map1 = np.full(V, -1, dtype=np.int64)
@@ -382,10 +385,10 @@ class MknWalker:
         R = np.array([len(k) for k in keys], dtype=np.int64)
         self.koff = np.concatenate([[0, 0], np.cumsum(R[1:])])[:M].astype(np.int64)
         self.keys = np.concatenate([np.zeros(0, np.int64)] + keys[1:])
-        nnz = np.array([x.nnz for x in S], dtype=np.int64)
+        nnz = np.array([len(data) for data, _, _ in S], dtype=np.int64)
         eoff = np.concatenate([[0], np.cumsum(nnz)[:-1]])
         self.rbase = np.concatenate([[0], np.cumsum(R + 1)[:-1]]).astype(np.int64)
-        rptr = np.concatenate([x.indptr.astype(np.int64) + o for x, o in zip(S, eoff)])
+        rptr = np.concatenate([ptr.astype(np.int64) + o for (_, _, ptr), o in zip(S, eoff)])
         self.cbase = np.concatenate([[0], np.cumsum(R[:-1] + 1)])[:max(M - 1, 1)].astype(np.int64)
         self.cptr = np.zeros(max(int((R[:-1] + 1).sum()), 1), dtype=np.int64)
         self.rowi = np.empty(2 * len(rptr), dtype=np.int64)
@@ -393,10 +396,11 @@ class MknWalker:
         self.ent = np.zeros(4 * int(nnz.sum()), dtype=np.int64)
         self.entf = self.ent.view(np.float64)
         self.closed = np.zeros(M, dtype=np.uint8)
-        indices = np.concatenate([x.indices for x in S]).astype(np.int32, copy=False)
+        indices = np.concatenate([ind for _, ind, _ in S]).astype(np.int32, copy=False)
         self._k["build"](V, np.ascontiguousarray(keys[0]), self.map1, self.keys, self.koff, R,
                          rptr, self.rbase, indices,
-                         np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
+                         np.concatenate([data for data, _, _ in S]).astype(np.float64,
+                                                                           copy=False),
                          np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
                          self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
                          np.empty(len(indices), dtype=np.int32), self.closed)
@@ -460,7 +464,8 @@ def walker(params, loggammas, seqs=(), expected: int = 0, n_positions: int | Non
             n_positions = sum(map(len, seqs)) + len(seqs)
         seen = params.__dict__.get("_mkn_positions", 0) + n_positions
         object.__setattr__(params, "_mkn_positions", seen)
-        if seen + max(int(expected), 0) < BUILD_AFTER * sum(S.nnz for S in params.S):
+        n_entries = sum(len(stored_arrays(params.S, g)[0]) for g in range(len(params.S)))
+        if seen + max(int(expected), 0) < BUILD_AFTER * n_entries:
             return None
         if _kernels() is None:
             return None

@@ -14,12 +14,16 @@ This is what a loaded model needs to score and sample an n-gram model; it import
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 from ..errors import InputError, ModelFormatError
 from ..features import Suffix, check_suffix_chain, find_sorted
-from ..params import SparseParams
+from ..params import SparseParams, stored_arrays
 
 
 def linear_keys(M: sp.csr_matrix) -> np.ndarray:
@@ -66,6 +70,7 @@ def backoff_tables(params: SparseParams):
     Natural logs. Only for pure suffix models with all lambdas 1 (an exact MKN model).
     Returns ``(logp, loggamma)``: lists of (nnz_m,) and (R_m,) float64 arrays.
     """
+    import scipy.sparse as sp  # here, not at the top: a folder with its G tables needs no SciPy
     M = _suffix_order(params.groups)
     V = params.vocab_size
     logps, loggammas, prev, lin = [], [], None, None
@@ -94,7 +99,9 @@ def loggamma_tables(params: SparseParams) -> list:
     if stored is None:
         return backoff_tables(params)[1]
     out = [np.asarray(x, dtype=np.float64) for x in stored]
-    if len(out) != len(params.S) or any(x.shape != (S.shape[0],) for x, S in zip(out, params.S)):
+    # rows counted from the stored row pointers: a loaded folder's groups stay unwidened
+    rows = [len(stored_arrays(params.S, g)[2]) - 1 for g in range(len(params.S))]
+    if len(out) != len(rows) or any(x.shape != (r,) for x, r in zip(out, rows)):
         raise ModelFormatError("stored n-gram back-off weights (G arrays) do not match the model's "
                                "rows; re-train the model")
     return out

@@ -68,9 +68,9 @@ def test_walk_equals_mkn_log_proba(order, prune):
 @pytest.mark.parametrize("float32", [True, False], ids=["float32", "float64"])
 def test_walk_reads_a_loaded_folders_groups_as_stored(float32):
     """A loaded folder's groups (``params.LazyCSRs``: here uint16 columns, float32 or float64
-    values, as a compact folder stores them) go into the walk's tables as they are, never
-    widened to SciPy CSRs (so ``lmkit score`` of an MKN folder imports no SciPy), and give the
-    numbers of the walk over the widened CSRs, to the bit."""
+    values, as a compact folder stores them) go into the walk's tables and the numpy route's
+    searches as they are, never widened to SciPy CSRs (so ``lmkit score`` of an MKN folder
+    imports no SciPy), and give the numbers of the walk over the widened CSRs, to the bit."""
     from lmkit.params import LazyCSRs, SparseParams, StoredCSR
     params, groups = fit(5)
     lg = loggamma_tables(params)
@@ -85,9 +85,12 @@ def test_walk_reads_a_loaded_folders_groups_as_stored(float32):
     widened = SparseParams(params.groups, params.q, list(other.S), params.keys, params.lambdas)
     seqs = sample_sequences()
     got = MknWalker(folder, loggamma_tables(folder)).log_proba(seqs, BOS, EOS)
+    numpy_route = reference(folder, groups, seqs, lg)
     assert all(isinstance(x, StoredCSR) for x in folder.S._items)  # nothing was widened
     want = MknWalker(widened, lg).log_proba(seqs, BOS, EOS)
     assert np.array_equal(got, want)
+    assert np.array_equal(numpy_route, reference(widened, groups, seqs, lg))
+    np.testing.assert_allclose(got, numpy_route, rtol=1e-12, atol=0)
     if not float32:
         np.testing.assert_allclose(got, reference(params, groups, seqs, lg), rtol=1e-12, atol=0)
 

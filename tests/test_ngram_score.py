@@ -95,6 +95,27 @@ def test_walk_reads_a_loaded_folders_groups_as_stored(float32):
         np.testing.assert_allclose(got, reference(params, groups, seqs, lg), rtol=1e-12, atol=0)
 
 
+def test_huge_pages_or_not_the_same_tables(monkeypatch):
+    """The tables on numpy's allocation (huge pages where Linux gives them) or on an anonymous
+    mapping of their own (small pages) are the same arrays and give the same numbers; ``walker``
+    asks for huge pages only for a job forecast at ``HUGE_PAGES_AFTER`` positions or more."""
+    import mmap
+    params, _ = fit(5)
+    lg = loggamma_tables(params)
+    small, huge = MknWalker(params, lg), MknWalker(params, lg, huge_pages=True)
+    assert isinstance(small.ent.base.obj, mmap.mmap) and huge.ent.flags.owndata
+    for name in ("map1", "keys", "koff", "cptr", "cbase", "rowi", "rbase", "h0", "ent",
+                 "closed", "logq"):
+        assert np.array_equal(getattr(small, name), getattr(huge, name)), name
+    seqs = sample_sequences()
+    assert np.array_equal(small.log_proba(seqs, BOS, EOS), huge.log_proba(seqs, BOS, EOS))
+    monkeypatch.setattr(ngram_score, "BUILD_AFTER", 0.0)
+    monkeypatch.setattr(ngram_score, "HUGE_PAGES_AFTER", 1000)
+    for expected, want in [(999, False), (1000, True)]:
+        p, _ = fit(3)
+        assert walker(p, loggamma_tables(p), expected=expected).huge_pages is want
+
+
 @pytest.mark.parametrize("order", [3, 5])
 def test_patterns_not_nested(order):
     """Entries dropped at random from every order (an imported ARPA need not list the suffixes

@@ -30,6 +30,7 @@ Without numba (``pip install lmkit[fast]``), or with ``scoring.USE_COMPILED`` Fa
 from __future__ import annotations
 
 import importlib.util
+import mmap
 import threading
 from itertools import chain
 
@@ -360,15 +361,49 @@ def _kernels() -> dict | None:
     return native.kernels("ngram.score", ARGSPECS)
 
 
+# transparent huge pages for the tables (and the build's scratch) only for a job this long
+# (positions forecast): the walk's random reads miss the TLB less on 2 MiB pages (30-60 ns a
+# position less: 0.34-0.46 vs 0.40-0.55 CPU s per 1.5M positions), but the kernel's work to
+# hand out 2 MiB pages (zeroed, found free or compacted) cost the build more than that on a
+# shared VM: 0.41-0.45 vs 0.10-0.15 s of system time for the order-5 model's 250 MB
+# (docs/speed.md, "A fresh `lmkit score` against a fresh KenLM process"): a long job repays it
+HUGE_PAGES_AFTER = 10_000_000
+
+
+def _zeros(n: int, dtype, huge: bool) -> np.ndarray:
+    """A zeroed, writable (n,) array. ``huge``: numpy's own (on Linux numpy asks for transparent
+    huge pages for arrays of 4 MiB and more); else an anonymous mapping of its own, which
+    keeps the system's default (small pages, where huge pages are only given on request)."""
+    nbytes = int(n) * np.dtype(dtype).itemsize
+    if huge or nbytes == 0:
+        return np.zeros(n, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype)
+
+
+def _concat(parts, dtype, huge: bool, add=None) -> np.ndarray:
+    """``np.concatenate(parts).astype(dtype)`` into a ``_zeros`` array, ``add[i]`` added to
+    part i's values (the row pointers of every level, made absolute)."""
+    out = _zeros(sum(len(p) for p in parts), dtype, huge)
+    at = 0
+    for i, p in enumerate(parts):
+        out[at:at + len(p)] = p
+        if add is not None:
+            out[at:at + len(p)] += add[i]
+        at += len(p)
+    return out
+
+
 class MknWalker:
     """Derived tables of one pure MKN ``SparseParams`` for ``_score`` (built once: ``walker``).
 
     ``log_proba(seqs, bos_id, eos_id)`` -> float64 (N,) natural logs, targets in sequence order.
     Memory: 32 bytes per stored entry, 32 per row (record, key, child pointer), 64 per slot
     of level 0's hash (160 MiB for the default corpus's order-5 model: 50 MiB of arrays).
+    ``huge_pages``: allocate the tables as numpy does (huge pages where Linux gives them on
+    request), else on the system's default pages (``HUGE_PAGES_AFTER``); the same numbers.
     """
 
-    def __init__(self, params, loggammas):
+    def __init__(self, params, loggammas, huge_pages: bool = False):
         self._k = _kernels()
         if self._k is None:
             raise MissingDependencyError("the compiled MKN walk needs numba to compile it once; "
@@ -384,27 +419,29 @@ class MknWalker:
         self.map1[keys[0]] = np.arange(len(keys[0]))  # keys[0]: sorted token ids (validated)
         R = np.array([len(k) for k in keys], dtype=np.int64)
         self.koff = np.concatenate([[0, 0], np.cumsum(R[1:])])[:M].astype(np.int64)
-        self.keys = np.concatenate([np.zeros(0, np.int64)] + keys[1:])
+        huge = self.huge_pages = bool(huge_pages)
+        self.keys = _concat(keys[1:], np.int64, huge)
         nnz = np.array([len(data) for data, _, _ in S], dtype=np.int64)
         eoff = np.concatenate([[0], np.cumsum(nnz)[:-1]])
         self.rbase = np.concatenate([[0], np.cumsum(R + 1)[:-1]]).astype(np.int64)
-        rptr = np.concatenate([ptr.astype(np.int64) + o for (_, _, ptr), o in zip(S, eoff)])
+        rptr = _concat([ptr for _, _, ptr in S], np.int64, huge, add=eoff)
         self.cbase = np.concatenate([[0], np.cumsum(R[:-1] + 1)])[:max(M - 1, 1)].astype(np.int64)
-        self.cptr = np.zeros(max(int((R[:-1] + 1).sum()), 1), dtype=np.int64)
-        self.rowi = np.empty(2 * len(rptr), dtype=np.int64)
+        self.cptr = _zeros(max(int((R[:-1] + 1).sum()), 1), np.int64, huge)
+        self.rowi = _zeros(2 * len(rptr), np.int64, huge)
         self.rowf = self.rowi.view(np.float64)
-        self.ent = np.zeros(4 * int(nnz.sum()), dtype=np.int64)
+        self.ent = _zeros(4 * int(nnz.sum()), np.int64, huge)
         self.entf = self.ent.view(np.float64)
         self.closed = np.zeros(M, dtype=np.uint8)
-        indices = np.concatenate([ind for _, ind, _ in S]).astype(np.int32, copy=False)
+        indices = _concat([ind for _, ind, _ in S], np.int32, huge)
         self._k["build"](V, np.ascontiguousarray(keys[0]), self.map1, self.keys, self.koff, R,
                          rptr, self.rbase, indices,
-                         np.concatenate([data for data, _, _ in S]).astype(np.float64,
-                                                                           copy=False),
-                         np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
+                         _concat([data for data, _, _ in S], np.float64, huge),
+                         _concat([np.asarray(g, dtype=np.float64) for g in loggammas],
+                                 np.float64, huge),
                          self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
-                         np.empty(len(indices), dtype=np.int32), self.closed)
-        self.h0 = np.full(8 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int64)
+                         _zeros(len(indices), np.int32, huge), self.closed)
+        self.h0 = _zeros(8 << max(4, int(2 * nnz[0]).bit_length()), np.int64, huge)
+        self.h0.fill(-1)
         self.h0f = self.h0.view(np.float64)
         self._k["hash_level0"](V, self.rowi, R[0], self.ent, self.h0)
         self.logq = np.log(params.q)
@@ -469,6 +506,7 @@ def walker(params, loggammas, seqs=(), expected: int = 0, n_positions: int | Non
             return None
         if _kernels() is None:
             return None
-        w = MknWalker(params, loggammas)
+        w = MknWalker(params, loggammas,
+                      huge_pages=seen + max(int(expected), 0) >= HUGE_PAGES_AFTER)
         object.__setattr__(params, "_mkn_walker", w)
     return w

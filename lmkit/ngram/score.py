@@ -217,11 +217,14 @@ def _hash_level0(V, rowi, R0, ent, h0):  # pragma: no cover (jit)
             h0[8 * slot + 4] = s
 
 
-def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, cbase, rowi,
-           rowf, ent, entf, nxt, closed):  # pragma: no cover (jit)
-    """Fill ``_score``'s tables (its docstring) from the concatenated per-level arrays: ``rptr``
-    (sum(R + 1),) the CSR pointers of every level (level l's at ``rbase[l]``, absolute),
-    ``indices``/``data`` (nnz,), ``lg`` (sum R,) the log gammas; ``nxt`` (nnz,) int32 scratch.
+def _build(V, tok0, map1, keys, koff, R, rbase, indices, cptr, cbase, rowi, rowf, ent, entf,
+           nxt, closed):  # pragma: no cover (jit)
+    """Fill ``_score``'s tables (its docstring) from the concatenated per-level arrays: the
+    row records come with their first words set (``rowi[2g]``: the CSR pointers of every level,
+    absolute, level l's from record ``rbase[l]``, one past its last row included;
+    ``rowf[2g + 1]`` the row's log gamma, 0 past the last) and each entry's S value in
+    ``entf[4e + 2]`` (``MknWalker`` writes them with numpy, from the stored arrays);
+    ``indices`` (nnz,) the columns; ``nxt`` (nnz,) int32 scratch.
 
     The ``next`` row of an entry (h, w) of level l: ``h w`` minus its oldest token is the entry
     (parent(h), w) one level down, whose ``next`` is already known (level 0: the row of w);
@@ -237,13 +240,6 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
             while p < stop and keys[p] < r * V:
                 p += 1
             cptr[cbase[l] + r] = p
-    gl = 0
-    for l in range(M):
-        for r in range(R[l] + 1):
-            g = rbase[l] + r
-            rowi[2 * g] = rptr[g]
-            rowf[2 * g + 1] = lg[gl + r] if r < R[l] else 0.0
-        gl += R[l]
     for l in range(M):
         found = 0
         for r in range(R[l]):
@@ -255,9 +251,9 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                 parent = key // V
                 tok = key % V
                 pc = rbase[l - 1] + parent
-                plo = rptr[pc]  # the row's columns rise: each search starts where the last ended
-                pend = rptr[pc + 1]
-            for e in range(rptr[rbase[l] + r], rptr[rbase[l] + r + 1]):
+                plo = rowi[2 * pc]  # the row's columns rise: each search starts where the last ended
+                pend = rowi[2 * pc + 2]
+            for e in range(rowi[2 * (rbase[l] + r)], rowi[2 * (rbase[l] + r + 1)]):
                 w = indices[e]
                 nx = -2
                 if l + 1 < M:
@@ -280,13 +276,12 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
         # closed level: every row above is some entry's next (one-to-one), so what is unknown
         # (-2) is no row (-1), and a target not stored means no row above
         closed[l] = 1 if l + 1 < M and found == R[l + 1] else 0
-        for e in range(rptr[rbase[l]], rptr[rbase[l] + R[l]]):
+        for e in range(rowi[2 * rbase[l]], rowi[2 * (rbase[l] + R[l])]):
             nx = nxt[e]
             if nx == -2 and closed[l]:
                 nx = -1
                 nxt[e] = -1
             ent[4 * e] = np.int64(indices[e]) << 32
-            entf[4 * e + 2] = data[e]
             if nx >= 0:  # the next row's record: one cache line holds all three
                 g = rbase[l + 1] + nx
                 ent[4 * e] |= rowi[2 * g + 2] - rowi[2 * g]
@@ -299,8 +294,8 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
 
 # the kernels' arguments in order (``native.Kernel``: dtype:ndim, or an int)
 ARGSPECS = {
-    "build": ["int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i4:1", "f8:1",
-              "f8:1", "i8:1", "i8:1", "i8:1", "f8:1", "i8:1", "f8:1", "i4:1", "u1:1"],
+    "build": ["int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i4:1", "i8:1", "i8:1",
+              "i8:1", "f8:1", "i8:1", "f8:1", "i4:1", "u1:1"],
     "hash_level0": ["int", "i8:1", "int", "i8:1", "i8:1"],
     "score": ["i4:1", "i8:1", "int", "int", "int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1",
               "i8:1", "f8:1", "i8:1", "i8:1", "f8:1", "i8:1", "f8:1", "u1:1", "f8:1", "f8:1",
@@ -329,10 +324,9 @@ def native_kernel(name: str):
 
         def entry(blk):  # pragma: no cover (jit)
             build(argi(blk, 0), arg1(blk, 1, i8), arg1(blk, 2, i8), arg1(blk, 3, i8),
-                  arg1(blk, 4, i8), arg1(blk, 5, i8), arg1(blk, 6, i8), arg1(blk, 7, i8),
-                  arg1(blk, 8, i4), arg1(blk, 9, f8), arg1(blk, 10, f8), arg1(blk, 11, i8),
-                  arg1(blk, 12, i8), arg1(blk, 13, i8), arg1(blk, 14, f8), arg1(blk, 15, i8),
-                  arg1(blk, 16, f8), arg1(blk, 17, i4), arg1(blk, 18, u1))
+                  arg1(blk, 4, i8), arg1(blk, 5, i8), arg1(blk, 6, i8), arg1(blk, 7, i4),
+                  arg1(blk, 8, i8), arg1(blk, 9, i8), arg1(blk, 10, i8), arg1(blk, 11, f8),
+                  arg1(blk, 12, i8), arg1(blk, 13, f8), arg1(blk, 14, i4), arg1(blk, 15, u1))
     elif name == "hash_level0":
         hash_level0 = njit(error_model="numpy")(_hash_level0)
 
@@ -424,22 +418,26 @@ class MknWalker:
         nnz = np.array([len(data) for data, _, _ in S], dtype=np.int64)
         eoff = np.concatenate([[0], np.cumsum(nnz)[:-1]])
         self.rbase = np.concatenate([[0], np.cumsum(R + 1)[:-1]]).astype(np.int64)
-        rptr = _concat([ptr for _, _, ptr in S], np.int64, huge, add=eoff)
         self.cbase = np.concatenate([[0], np.cumsum(R[:-1] + 1)])[:max(M - 1, 1)].astype(np.int64)
         self.cptr = _zeros(max(int((R[:-1] + 1).sum()), 1), np.int64, huge)
-        self.rowi = _zeros(2 * len(rptr), np.int64, huge)
+        self.rowi = _zeros(2 * int((R + 1).sum()), np.int64, huge)
         self.rowf = self.rowi.view(np.float64)
         self.ent = _zeros(4 * int(nnz.sum()), np.int64, huge)
         self.entf = self.ent.view(np.float64)
+        # the first words of the records straight from the stored arrays (no concatenated
+        # copies): row g's first entry and log gamma, entry e's S value (float32 values widen
+        # exactly); the build kernel fills the rest
+        for l, ((data, _, ptr), g0, e0) in enumerate(zip(S, self.rbase, eoff)):
+            rec = self.rowi[2 * g0: 2 * (g0 + R[l] + 1): 2]
+            rec[:] = ptr
+            rec += e0
+            self.rowf[2 * g0 + 1: 2 * (g0 + R[l]): 2] = loggammas[l]
+            self.entf[4 * e0 + 2: 4 * (e0 + nnz[l]): 4] = data
         self.closed = np.zeros(M, dtype=np.uint8)
         indices = _concat([ind for _, ind, _ in S], np.int32, huge)
         self._k["build"](V, np.ascontiguousarray(keys[0]), self.map1, self.keys, self.koff, R,
-                         rptr, self.rbase, indices,
-                         _concat([data for data, _, _ in S], np.float64, huge),
-                         _concat([np.asarray(g, dtype=np.float64) for g in loggammas],
-                                 np.float64, huge),
-                         self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
-                         _zeros(len(indices), np.int32, huge), self.closed)
+                         self.rbase, indices, self.cptr, self.cbase, self.rowi, self.rowf,
+                         self.ent, self.entf, _zeros(len(indices), np.int32, huge), self.closed)
         self.h0 = _zeros(8 << max(4, int(2 * nnz[0]).bit_length()), np.int64, huge)
         self.h0.fill(-1)
         self.h0f = self.h0.view(np.float64)

@@ -190,18 +190,29 @@ def _compiled_keys():
 
 def history_order(buf, pos, reach: int, vocab_size: int):
     """A permutation of the positions sorting their histories ``(buf[pos-1], ..., buf[pos-reach])``
-    lexicographically, newest token first; None when that key would not fit in int64.
+    lexicographically, newest token first; None for fewer than 4096 positions (each key search
+    then sorts its own queries).
 
     Chained ``Suffix(m)`` rows are numbered in exactly this order (row of a history = rank of
     ``(newest, ..., oldest)``: key = parent row * V + oldest token, by induction on m), so under
     this one permutation every order's keys come out sorted and ``lookup_keys`` needs no sort.
+    The history is packed into as few int64 keys as hold it (``k`` tokens each, ``V**k`` <
+    2**63: one key for V = 4096 up to 5 tokens), sorted newest key first (``np.lexsort``).
     """
-    if reach < 1 or len(pos) < 1 << 12 or vocab_size ** reach >= 2 ** 63:
+    if reach < 1 or len(pos) < 1 << 12:
         return None
-    key = np.zeros(len(pos), dtype=np.int64)
-    for j in range(1, reach + 1):
-        key = key * vocab_size + buf[pos - j]
-    return np.argsort(key)
+    k = 1
+    while k < reach and vocab_size ** (k + 1) < 2 ** 63:
+        k += 1
+    packed = []
+    for a in range(1, reach + 1, k):
+        key = np.zeros(len(pos), dtype=np.int64)
+        for j in range(a, min(a + k, reach + 1)):
+            key = key * vocab_size + buf[pos - j]
+        packed.append(key)
+    if len(packed) == 1:
+        return np.argsort(packed[0])
+    return np.lexsort(packed[::-1])  # lexsort's primary key is the last
 
 
 def group_rows(groups, keys, buf, pos, starts, vocab_size: int, order=None) -> list:

@@ -108,7 +108,7 @@ def test_find_sorted_and_lookup_keys_match_searchsorted():
     assert lookup_keys(None, q[:3]).tolist() == q[:3].tolist()
 
 
-@pytest.mark.parametrize("M", [1, 2, 4])
+@pytest.mark.parametrize("M", [1, 2, 4, 18])  # 12**18 > 2**63: the history in two int64 keys
 def test_rows_found_under_the_history_order_equal_a_plain_search(M):
     """group_rows searches every order's keys under one sort of the positions (history_order):
     the rows must be those of an independent sort per order."""
@@ -118,18 +118,38 @@ def test_rows_found_under_the_history_order_equal_a_plain_search(M):
     rng = np.random.default_rng(M)
     Vb = 12
     train = [list(rng.integers(3, Vb, rng.integers(1, 30))) for _ in range(400)]
-    test = [list(rng.integers(3, Vb, rng.integers(0, 30))) for _ in range(600)]
+    test = [list(rng.integers(3, Vb, rng.integers(0, 30))) for _ in range(300)] + train[:300]
     groups = make_groups(context=0, order=M + 1)
     params = solve_ngram(count_ngrams([train], Vb, groups, BOS, EOS), bos_id=BOS)
     buf, pos, starts = pad_sequences(test, M, BOS, EOS)
     assert len(pos) >= 1 << 12  # long enough for history_order to be used
     order = F.history_order(buf, pos, M, Vb)
-    assert order is not None  # enough positions, and V**M fits in int64
+    assert order is not None  # enough positions (any V**M: packed into several keys)
     fast = group_rows(groups, params.keys, buf, pos, starts, Vb, order)
     slow = group_rows(groups, params.keys, buf, pos, starts, Vb)
     for f, s in zip(fast, slow):
         assert np.array_equal(f, s)
     assert all((r >= 0).any() for r in fast)
+
+
+@pytest.mark.parametrize("V,reach", [(12, 3), (12, 20), (70_000, 4), (2**31 - 1, 7)])
+def test_history_order_sorts_whole_histories_newest_first(V, reach):
+    """The order sorts the ``reach`` previous tokens lexicographically, newest first, also when
+    ``V**reach`` does not fit in one int64 (the history then spans several packed keys)."""
+    import lmkit.features as F
+    rng = np.random.default_rng(reach)
+    n = 5000
+    buf = rng.integers(0, min(V, 3), n + reach).astype(np.int64)  # few values: many ties
+    buf[rng.random(len(buf)) < 0.05] = V - 1
+    pos = np.arange(reach, n + reach)
+    order = F.history_order(buf, pos, reach, V)
+    hist = np.stack([buf[pos - j] for j in range(1, reach + 1)], axis=1)[order]
+    assert sorted(order.tolist()) == list(range(n))
+    diff = hist[1:] != hist[:-1]
+    first = np.where(diff.any(axis=1), diff.argmax(axis=1), 0)  # first column that differs
+    rows = np.arange(n - 1)
+    assert (hist[1:][rows, first] >= hist[:-1][rows, first]).all()
+    assert F.history_order(buf, pos[:100], reach, V) is None  # too few positions to pay
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "numpy"])

@@ -13,9 +13,9 @@ Python's start, ``import kenlm, sentencepiece``, the model's load, reading the f
 timed as the whole child (CPU s = its user + sys); the script loads the ``build_binary`` file of
 the ARPA with ``--kenlm-bin DIR`` (KenLM's fast load: a mapped file), else the ARPA itself (a
 parse: seconds). Its perplexities must equal the in-process loop's, bit for bit, and the two
-fresh rows are compared on their own line under the table. `--workers 1` reads and encodes the next chunks
-in a second thread while it scores (SentencePiece and the compiled walk release the GIL), so it
-can use up to two cores: the CPU columns show it. Besides wall-clock rates the table gives CPU
+fresh rows are compared on their own line under the table. `--workers 1` reads and encodes
+the next chunks in a second thread while it scores (SentencePiece and the compiled walk
+release the GIL), so it can use up to two cores: the CPU columns show it. Besides wall-clock rates the table gives CPU
 seconds (user + sys of the process and its workers): on a shared machine the wall clock
 measures the other tenants too, so the load average is printed before and after.
 
@@ -109,6 +109,8 @@ def main() -> None:
                          "KenLM's perplexity per document vs lmkit's log_proba_ids (compiled "
                          "trie walk, its table build included, and the numpy route)")
     a = ap.parse_args()
+    if a.kenlm_bin and not a.cli:
+        ap.error("--kenlm-bin is for the fresh KenLM process's row: add --cli")
     import kenlm
     import sentencepiece as spm
 

@@ -22,15 +22,14 @@ many times as "the same word, then tokens of these kinds".
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import scipy.sparse as sp
-
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
 
 
 def bigram_embedding(F1: sp.csr_matrix, dim: int = 32, seed: int = 0) -> np.ndarray:

@@ -44,7 +44,8 @@ from .errors import OptionError, OutputError, WorkerDiedError
 from .io.scratch import make_temp_dir
 from .kinds import group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
-# the process pool lives in pool.py (it needs none of the counting code); re-exported here
+# the process pool lives in pool.py (it needs none of the counting code): its helpers serve
+# the counting workers here, and ordered_map, WorkerGroup, pool_context stay importable from here
 from .pool import (WorkerGroup, _die_with_parent, _picklable, _stop, ordered_map,  # noqa: F401
                    pool_context)
 from .sparse import csr_from_arrays, csr_to_arrays

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import scipy.sparse as sp
-
 from .params import DenseParams, SparseParams, stored_arrays
 from .sparse import log_softmax, lookup_values, take_rows, union_log_z
 # the rows of each context are a features job; re-exported for the callers that score
 from .features import context_rows, next_rows  # noqa: F401
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
 
 
 def sparse_scores(params: SparseParams, rows: list, n: int) -> sp.csr_matrix:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import scipy.sparse as sp
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
 
 
 def lookup_rows(keys: np.ndarray | None, row_keys: np.ndarray) -> np.ndarray:

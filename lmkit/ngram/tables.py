@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import scipy.sparse as sp
-
 from ..errors import InputError, ModelFormatError
 from ..features import Suffix, check_suffix_chain, find_sorted
 from ..params import SparseParams, stored_arrays
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
 
 
 def linear_keys(M: sp.csr_matrix) -> np.ndarray:

@@ -140,11 +140,13 @@ def count_buffer(buf, pos, starts, vocab_size: int, groups: list, n_sequences: i
     start of each target's sequence); one sort per suffix group, one COO->CSR per window group."""
     targets = buf[pos].astype(np.int64)
     F, keys = [], []
-    suffix_rows = None
+    suffix_rows = near = None
     for g in groups:
         if isinstance(g, Suffix):
             rk = g.row_keys(buf, pos, starts, vocab_size, suffix_rows)
-            m, k, suffix_rows = suffix_counts(rk, targets, vocab_size)
+            # the previous order's sort groups this order's keys (parent row * V + token)
+            m, k, suffix_rows, near = suffix_counts(rk, targets, vocab_size, near,
+                                                    with_order=True)
             keys.append(k)
         elif not isinstance(g, Window):  # other keyed families (skip-grams, cluster histories, line positions)
             m, k, _ = suffix_counts(g.row_keys(buf, pos, starts, vocab_size), targets, vocab_size)
@@ -272,14 +274,20 @@ def count_ngrams(chunks: Iterable[list], vocab_size: int, groups: list, bos_id: 
     return count_buffer(buf, pos, starts, vocab_size, groups, n_seq)
 
 
-def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
+def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int, near=None,
+                  with_order: bool = False):
     """Two sorts: (history key, target) per position -> counts CSR, sorted keys, row per position.
 
     ``row_keys``: int64 (N,) chained keys (-1 = no feature). Returns ``(F, keys, rows)``: F CSR
-    (R, V) int64 canonical, keys int64 (R,) sorted, rows int64 (N,) (-1 where the key is -1).
-    The history keys are ranked first (their row per position feeds the next order's keys),
-    then the pairs ``row * V + target`` are sorted and counted. Both are value sorts: positions
-    ride in the low bits of the sorted key when they fit (2x faster than ``argsort``).
+    (R, V) int64 canonical, keys int64 (R,) sorted, rows int64 (N,) (-1 where the key is -1);
+    with ``with_order`` also ``order`` int64: the positions whose key is not -1, sorted by key
+    (stable). The history keys are ranked first (their row per position feeds the next order's
+    keys), then the pairs ``row * V + target``, taken in key order, are sorted and counted. Both
+    are value sorts: positions ride in the low bits of the sorted key when they fit (2x faster
+    than ``argsort``). ``near``: optional permutation of the N positions under which the keys
+    are already grouped, e.g. the previous suffix order's ``order`` (a chained key is its parent
+    row * V + a token): the keys are then sorted from that order, where only each group's own
+    keys are out of order (about half the time of a sort from text order; same result).
     Example: keys [5, 5, 3], targets [1, 1, 2], V = 4 -> keys [3, 5], F = [[0, 0, 1, 0],
     [0, 2, 0, 0]], rows [1, 1, 0].
     """
@@ -288,14 +296,21 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
     every = bool(ok.all())
     k = row_keys if every else row_keys[ok]
     n = len(k)
-    perm, sk = _sort_with_positions(k)
+    if near is not None and not every:  # as indices into k (the positions whose key is kept)
+        near = np.asarray(near)[ok[near]]
+        near = (np.cumsum(ok) - 1)[near]
+    perm, sk = _sort_with_positions(k, near if near is None or len(near) == n else None)
     first = np.ones(n, dtype=bool)
     np.not_equal(sk[1:], sk[:-1], out=first[1:])
     keys = sk[first]
+    ranked = np.cumsum(first) - 1  # the rows in key order
     r = np.empty(n, dtype=np.int64)
-    r[perm] = np.cumsum(first) - 1
-    pair = r * V + (targets if every else targets[ok])
-    pair.sort()
+    r[perm] = ranked
+    # the pairs in key order: only each row's own targets are out of order, runs that a
+    # stable sort (timsort) merges in ~2/3 of the time a sort of the shuffled pairs takes
+    pair = (targets if every else targets[ok])[perm]
+    pair += ranked * V
+    pair.sort(kind="stable")
     new = np.ones(n, dtype=bool)
     np.not_equal(pair[1:], pair[:-1], out=new[1:])
     starts = np.flatnonzero(new)
@@ -306,20 +321,29 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
     F = sp.csr_matrix((cnt.astype(np.int64), (uniq % V).astype(np.int32), indptr),
                       shape=(len(keys), V))
     if every:
-        return F, keys, r
-    rows = np.full(len(row_keys), -1, dtype=np.int64)
-    rows[ok] = r
-    return F, keys, rows
+        rows = r
+    else:
+        rows = np.full(len(row_keys), -1, dtype=np.int64)
+        rows[ok] = r
+        perm = np.flatnonzero(ok)[perm]
+    return (F, keys, rows, perm) if with_order else (F, keys, rows)
 
 
-def _sort_with_positions(k: np.ndarray):
+def _sort_with_positions(k: np.ndarray, near=None):
     """``(order, k[order])`` for a stable sort of non-negative int64 ``k``: one value sort of
-    ``k << b | position`` when that fits in 63 bits, else ``argsort``."""
+    ``k << b | position`` when that fits in 63 bits, else ``argsort``. ``near``: a
+    permutation under which ``k`` is nearly sorted: the packed values are sorted from that
+    order by a stable sort (timsort, which merges the runs it finds)."""
     n = len(k)
     b = max(int(n - 1).bit_length(), 1)
     if n == 0 or int(k.max()).bit_length() + b <= 63:
-        packed = (k << b) | np.arange(n, dtype=np.int64)
-        packed.sort()
+        if near is None:
+            packed = (k << b) | np.arange(n, dtype=np.int64)
+            packed.sort()
+        else:
+            near = np.asarray(near, dtype=np.int64)
+            packed = (k[near] << b) | near
+            packed.sort(kind="stable")
         return packed & ((1 << b) - 1), packed >> b
     order = np.argsort(k, kind="stable")
     return order, k[order]

@@ -58,6 +58,36 @@ def test_suffix_counts_one_sort_docstring_example():
     assert dense(F) == [[0, 0, 1, 0], [0, 2, 0, 0]]
 
 
+@pytest.mark.parametrize("big", [False, True], ids=["packed", "argsort"])
+def test_suffix_counts_from_a_near_order_equal_the_plain_sort(big):
+    """A chain of orders counted from the previous order's sort (``near``), with unseen
+    histories (-1) in it, gives the counts, keys and rows of plain sorts; ``order`` sorts the
+    kept positions by key, stably; a random or wrong-length ``near`` changes nothing either.
+    ``big``: keys too wide to pack a position beside them (the argsort route)."""
+    rng = np.random.default_rng(7)
+    n, Vb = 5000, 5
+    toks = rng.integers(0, Vb, n + 4)
+    targets = rng.integers(0, Vb, n)
+    parent = near = None
+    for m in range(1, 5):
+        keys = toks[4 - m:4 - m + n].astype(np.int64)
+        if parent is not None:
+            keys = np.where(parent >= 0, parent * Vb + keys, -1)
+        keys[rng.random(n) < 0.05 * (m - 1)] = -1  # some unseen histories, more with the order
+        if big:
+            keys = np.where(keys >= 0, keys + (1 << 55), -1)
+        want = suffix_counts(keys, targets, Vb)
+        for hint in (near, rng.permutation(n), near[:-1] if near is not None else None):
+            got = suffix_counts(keys, targets, Vb, hint, with_order=True)
+            assert np.array_equal(got[0].toarray(), want[0].toarray())
+            assert all(np.array_equal(a, b) for a, b in zip(got[1:3], want[1:]))
+            order = got[3]
+            assert np.array_equal(np.sort(order), np.flatnonzero(keys >= 0))
+            ks = keys[order]
+            assert (np.diff(ks) >= 0).all() and (np.diff(order)[np.diff(ks) == 0] > 0).all()
+        parent, near = want[2], got[3]
+
+
 def test_lookup_rows():
     keys = np.array([3, 7, 9])
     assert lookup_rows(keys, [7, 3, 10, 0, -1, 9]).tolist() == [1, 0, -1, -1, -1, 2]

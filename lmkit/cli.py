@@ -395,6 +395,10 @@ def _command(a) -> str:
 
 
 def cmd_score(a) -> None:
+    # scoring runs no BLAS, and OpenBLAS's helper threads spin for a while once numpy loads it
+    # (~0.04 CPU s of a fresh `lmkit score`, docs/speed.md "A fresh `lmkit score` against a
+    # fresh KenLM process"): one thread, unless the user set it; numpy is not loaded yet
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from .docscore import score_file
     check_output(a)
     opts = values(a, C.ScoreConfig)

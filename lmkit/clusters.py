@@ -22,16 +22,20 @@ many times as "the same word, then tokens of these kinds".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
 
 
 def bigram_embedding(F1: sp.csr_matrix, dim: int = 32, seed: int = 0) -> np.ndarray:
     """(V, dim) float64: each token's square-rooted right- and left-neighbour distributions,
     reduced by a truncated SVD (start vector from ``seed``); see the module docstring."""
+    import scipy.sparse as sp  # here, not at the top: loading a model needs no SciPy
     from scipy.sparse.linalg import svds
     F1 = sp.csr_matrix(F1, dtype=np.float64)
     right = sp.diags(1.0 / np.maximum(np.asarray(F1.sum(axis=1)).ravel(), 1.0)) @ F1
@@ -55,6 +59,7 @@ def cluster_tokens(F1: sp.csr_matrix, n_clusters: int, seed: int = 0, dim: int =
     ``embedding``: ``bigram_embedding(F1, dim)`` if already computed (several tables from one
     SVD; an SVD from another start vector differs only in signs, which k-means ignores).
     """
+    import scipy.sparse as sp  # here, not at the top: loading a model needs no SciPy
     V = F1.shape[0]
     if not 1 <= n_clusters <= V:
         raise InputError(f"n_clusters must be in [1, {V}], got {n_clusters}")

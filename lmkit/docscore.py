@@ -32,7 +32,7 @@ scoring tables (a pure MKN model's compiled trie walk, ``ngram.score``) builds t
 scoring rather than part way (``_prepare``). With ``workers = 1`` one thread reads and encodes
 the next chunks while this one is scored (SentencePiece and the compiled walk release the GIL),
 the tables building meanwhile. With ``workers > 1`` chunks go to worker processes
-(``parallel.ordered_map``: forked, they share the model and tables the parent loaded and
+(``pool.ordered_map``: forked, they share the model and tables the parent loaded and
 built; one chunk in flight each) and come back as UTF-8 bytes ready to write, so memory stays
 constant however long the input is, and results are written in input order. The output is
 written by ``io.files.atomic_write`` (a temporary file renamed at the end); on an error, a
@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import queue
-import sys
 import threading
 import time
 from bisect import bisect_left
@@ -62,7 +61,8 @@ from . import native
 from .io import jsonrows
 from .io.files import atomic_write, check_output_writable
 from .load import load as load_model
-from .parallel import ordered_map, pool_context
+from .pool import ordered_map, pool_context
+from .progress import terminal_bar
 
 CHUNK_UNITS = 2048
 CHUNK_CHARS = 1_000_000
@@ -463,7 +463,7 @@ def _prefetched(fn, items, depth: int = PREFETCH):
 
 def _results(model, model_path, chunks, workers: int, units=None, adapt=None,
              input_bytes: int = 0):
-    """Scored chunks in input order (``parallel.ordered_map``: a worker that fails or dies
+    """Scored chunks in input order (``pool.ordered_map``: a worker that fails or dies
     ends the run at once; at most ``workers`` chunks in flight). With ``adapt`` (an
     ``AdaptConfig``) the ``units`` are read whole and scored in one pass, in reading order.
     ``input_bytes``: the input's size, to forecast the work from the first chunk and build
@@ -541,12 +541,10 @@ def score_file(model_path, output, *, progress: bool = True, **options) -> dict:
     t0 = time.time()
 
     def write(f):
-        from tqdm import tqdm
         results = _results(model, model_path, chunks, workers, units,
                            ad if ad.adapt else None, _input_bytes(input))
         try:
-            with tqdm(desc="score", unit="doc", file=sys.stderr,
-                      disable=None if progress else True, leave=False) as bar:
+            with terminal_bar(desc="score", unit="doc", show=progress) as bar:
                 for text, n, t, x in results:
                     f.write(text)
                     totals["units"] += n

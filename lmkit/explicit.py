@@ -246,7 +246,7 @@ def choose_lambdas(params: SparseParams, rows: list, targets: np.ndarray,
     pieces of its positions (the same sums, added in another order: equal up to rounding),
     and only the pieces that fit are kept, the others built again at every evaluation
     (``MemoryLimitError`` if one position cannot be built). ``workers`` > 1: the pieces are
-    built, kept and evaluated by that many processes (``parallel.WorkerGroup``), their terms
+    built, kept and evaluated by that many processes (``pool.WorkerGroup``), their terms
     added here in piece order: the very numbers of one process (when there are fewer chunks
     than workers, the chunks are cut into pieces so that every worker has some: equal up to
     rounding).

@@ -13,7 +13,7 @@ positions i, i + n_chunks, ...), the Hessian sampled on every ``hessian_every``-
 memory bound (``max_bytes``) a chunk too large for it is cut into pieces of positions (the
 same sums, added in another order), the pieces that fit a cache are built once and kept, the
 others built again at every evaluation. ``workers`` > 1 computes the pieces' terms in that
-many processes (``parallel.WorkerGroup``: each builds and keeps its own pieces), the parent
+many processes (``pool.WorkerGroup``: each builds and keeps its own pieces), the parent
 adds them in piece order: the same numbers as one process.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from .errors import MemoryLimitError
 from .io.npyfile import release_pages
 from .memory import format_bytes
-from .parallel import WorkerGroup
+from .pool import WorkerGroup
 from .params import SparseParams
 
 # Bytes per touched entry (one stored value of a held-out row), measured with tracemalloc on
@@ -299,7 +299,7 @@ _WORKER: dict = {}
 
 
 def _worker_terms(item):
-    """One worker's answer (``parallel.WorkerGroup``): its pieces' terms at ``lam``; the
+    """One worker's answer (``pool.WorkerGroup``): its pieces' terms at ``lam``; the
     first call builds its ``PieceTerms`` from the plan inherited by fork."""
     k, lam, derivatives, exact = item
     if "terms" not in _WORKER:
@@ -317,7 +317,7 @@ def _set_plan(plan, owners, cache_bytes) -> None:  # a worker's initializer
 def piece_terms(plan: HeldoutPlan, workers: int = 1, cache_bytes: int | None = None):
     """The terms of every piece of ``plan``, as a callable ``(lam, derivatives, exact) ->
     [(k, out, h)]`` (``HeldoutNLL``'s ``terms``): a ``PieceTerms`` in this process, or with
-    ``workers`` > 1 that many processes (``parallel.WorkerGroup``, stopped when the block
+    ``workers`` > 1 that many processes (``pool.WorkerGroup``, stopped when the block
     ends, also on any error), each building and keeping its share of the pieces
     (``share_pieces``). ``cache_bytes``: what each process may keep (None: everything)."""
     if workers <= 1:

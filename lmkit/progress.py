@@ -53,6 +53,16 @@ def bar(total=None, desc: str = "", unit: str = "tok", show: bool = True):
                 disable=None if show and _state["verbose"] else True, leave=False)
 
 
+def terminal_bar(desc: str = "", unit: str = "doc", show: bool = True):
+    """A tqdm bar on stderr whenever ``show`` and stderr is a terminal, verbose or not (tqdm's
+    ``disable=None``: ``lmkit score``'s bar, which its ``progress`` option alone decides); else
+    a ``_Hidden`` stand-in, so a run whose bar is hidden never imports tqdm."""
+    if not (show and _is_terminal(sys.stderr)):
+        return _Hidden()
+    from tqdm import tqdm
+    return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+
 def _is_terminal(stream) -> bool:
     """tqdm's own test for ``disable=None``: hidden only on a stream whose ``isatty()`` is false
     (a stream without ``isatty`` gets a bar)."""
@@ -72,6 +82,9 @@ class _Hidden:
         pass
 
     def set_postfix(self, *args, **kwargs):
+        pass
+
+    def set_postfix_str(self, *args, **kwargs):
         pass
 
     def close(self):

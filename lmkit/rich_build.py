@@ -29,7 +29,7 @@ Scale (same model, value for value, tested): each pass is one chain task (the su
 counted and solved by MKN, giving ``q``) and one task per other group (``_group_task``: count,
 closed form, entry buckets; the group travels as ``kinds.group_spec`` and is rebuilt through
 the kinds registry, so every kind works there). ``workers`` > 1 runs the group tasks in that
-many processes, and the chain's buckets too (``parallel.ordered_map``: fork, so the token
+many processes, and the chain's buckets too (``pool.ordered_map``: fork, so the token
 buffer is shared, results in order, every worker stopped on an error, a death, Ctrl-C or
 SIGTERM); ``engine="dask"`` runs
 the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; the
@@ -76,7 +76,7 @@ from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
 from .io.scratch import make_temp_dir
 from .kinds import closed_form, group_marginal, group_spec, groups_from_spec
 from .memory import check_memory, format_bytes, parse_size
-from .parallel import ordered_map
+from .pool import ordered_map
 from .ngram.build import edges_from_histogram, n_buckets_for, solve_bucket_files
 from .ngram.disk import chunk_for, partition_positions, previous_token_histogram
 from .ngram.mkn import solve_ngram
@@ -155,7 +155,7 @@ class _Text:
     def count(self, groups: list, workers: int = 1) -> Counts:
         """Counts of the suffix chain or of one other group, sorted a part of the positions at a
         time (``counts.count_in_parts``: the same arrays as one pass); ``workers`` > 1: at
-        least that many parts, counted by as many processes (``parallel.ordered_map``)."""
+        least that many parts, counted by as many processes (``pool.ordered_map``)."""
         if not self.n_seq:
             return empty_counts(self.V, groups)
         mapper = None
@@ -626,7 +626,7 @@ def _run_in_worker(item):
 
 class _Runner:
     """Runs the chain task and the group tasks of one pass: in this process (``workers`` 1,
-    one group at a time), in ``workers`` processes (``parallel.ordered_map``: results in order,
+    one group at a time), in ``workers`` processes (``pool.ordered_map``: results in order,
     every worker stopped on any error, Ctrl-C or SIGTERM), or on a Dask ``client``. The tasks
     are the same functions; so the model is the same."""
 

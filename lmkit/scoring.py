@@ -20,17 +20,22 @@ dense scatter of the touched entries (their output is (n, V) anyway). All of the
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 
 from .params import DenseParams, SparseParams, stored_arrays
 from .sparse import log_softmax, lookup_values, take_rows, union_log_z
 # the rows of each context are a features job; re-exported for the callers that score
 from .features import context_rows, next_rows  # noqa: F401
 
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
+
 
 def sparse_scores(params: SparseParams, rows: list, n: int) -> sp.csr_matrix:
     """``s = sum_g lambda_g S_g[row_g]`` as a CSR (n, V): the union pattern of the touched rows."""
+    import scipy.sparse as sp  # here, not at the top: scoring an n-gram folder needs no SciPy
     V = params.vocab_size
     parts = [take_rows(S, r, lam) for S, r, lam in zip(params.S, rows, params.lambdas)
              if lam != 0.0]

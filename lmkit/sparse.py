@@ -5,8 +5,12 @@ All matrices are canonical CSR (sorted indices, no duplicates). Row tables: ``ke
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
 
 
 def lookup_rows(keys: np.ndarray | None, row_keys: np.ndarray) -> np.ndarray:
@@ -23,6 +27,7 @@ def lookup_rows(keys: np.ndarray | None, row_keys: np.ndarray) -> np.ndarray:
 
 def take_rows(S: sp.csr_matrix, rows: np.ndarray, scale: float = 1.0) -> sp.csr_matrix:
     """``scale * S[rows[n]]`` for each position n as a CSR (N, V); an empty row where rows[n] < 0."""
+    import scipy.sparse as sp  # here, not at the top: scoring an n-gram folder needs no SciPy
     present = np.flatnonzero(rows >= 0)
     sub = S[rows[present]]
     lengths = np.zeros(len(rows), dtype=np.int64)
@@ -62,6 +67,7 @@ def csr_to_arrays(name: str, M: sp.csr_matrix) -> dict:
 
 def csr_from_arrays(name: str, arrays) -> sp.csr_matrix:
     """Inverse of ``csr_to_arrays`` (``arrays``: a dict or an open ``.npz``)."""
+    import scipy.sparse as sp  # here, not at the top: scoring an n-gram folder needs no SciPy
     shape = tuple(int(x) for x in arrays[f"{name}_shape"])
     return sp.csr_matrix((arrays[f"{name}_data"], arrays[f"{name}_indices"],
                           arrays[f"{name}_indptr"]), shape=shape)

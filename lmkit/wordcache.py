@@ -233,6 +233,25 @@ def _grown(a: np.ndarray, need: int, fill=0) -> np.ndarray:
     return b
 
 
+def _texts(arena: np.ndarray, aoff: np.ndarray, n0: int, n1: int) -> list:
+    """Units ``n0..n1-1`` as ``str``: unit u is ``arena[aoff[u]:aoff[u + 1]]`` (UTF-8, stored
+    one after another). One decode of them all, a "\\n" after each (no unit holds one: lines
+    are split at it), then one split: ~10x cheaper than a decode per unit.
+
+    >>> _texts(np.frombuffer(b"a bc", np.uint8), np.array([0, 1, 4]), 0, 2)
+    ['a', ' bc']
+    """
+    n = n1 - n0
+    ends = aoff[n0 + 1:n1 + 1] - aoff[n0]  # each unit's end, from the first's start
+    joined = np.empty(int(ends[-1]) + n if n else 0, dtype=np.uint8)
+    sep = ends + np.arange(n)  # where each unit's newline goes
+    keep = np.ones(len(joined), dtype=bool)
+    keep[sep] = False
+    joined[sep] = 10
+    joined[keep] = arena[aoff[n0]:aoff[n1]]
+    return joined.tobytes().decode("utf-8").split("\n")[:n]
+
+
 class UnitCache:
     """The units seen by one tokenizer and their ids; ``encode(lines)`` -> ``(ids, lengths)``.
     ``encode_batch(lines, num_threads)``: the tokenizer's exact encoder, called for unseen
@@ -292,8 +311,7 @@ class UnitCache:
                 raise RuntimeError("wordcache: a batch outgrew the bounds computed for it")
             if n1 > n0:
                 try:
-                    new = [bytes(self.arena[self.aoff[u]:self.aoff[u + 1]]).decode("utf-8")
-                           for u in range(n0, n1)]
+                    new = _texts(self.arena, self.aoff, n0, n1)
                     seqs = self._encode_batch(new, num_threads=num_threads)
                 except BaseException:
                     self._reset()  # the new units have no ids: forget them all

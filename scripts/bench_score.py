@@ -5,17 +5,23 @@ The KenLM side is what filtering pipelines (CCNet-style) run: one process, for e
 written by ``lmkit export-arpa --words pieces`` from the same lmkit model. Both sides read the
 same lines (one document per line), and both sides' per-document perplexities are checked to
 agree. lmkit's time includes loading the model, building its scoring tables and starting its
-workers; KenLM's excludes loading the ARPA. Both run in this process, the first round loading
-what loads once (the compiled kernels' object code, ~0.03 s, ``lmkit/native.py``; ``--cli`` adds
-a row for the whole ``lmkit score`` command in a fresh process). `--workers 1` reads and encodes the next chunks
-in a second thread while it scores (SentencePiece and the compiled walk release the GIL), so it
-can use up to two cores: the CPU columns show it. Besides wall-clock rates the table gives CPU
+workers; the in-process KenLM row's excludes loading the ARPA (and importing kenlm and
+SentencePiece). Both run in this process, the first round loading what loads once (the compiled
+kernels' object code, ~0.03 s, ``lmkit/native.py``). ``--cli`` adds two rows of whole fresh
+processes: the ``lmkit score`` command, and the same KenLM loop as a script (``KENLM_SCRIPT``:
+Python's start, ``import kenlm, sentencepiece``, the model's load, reading the file, the loop),
+timed as the whole child (CPU s = its user + sys); the script loads the ``build_binary`` file of
+the ARPA with ``--kenlm-bin DIR`` (KenLM's fast load: a mapped file), else the ARPA itself (a
+parse: seconds). Its perplexities must equal the in-process loop's, bit for bit, and the two
+fresh rows are compared on their own line under the table. `--workers 1` reads and encodes
+the next chunks in a second thread while it scores (SentencePiece and the compiled walk
+release the GIL), so it can use up to two cores: the CPU columns show it. Besides wall-clock rates the table gives CPU
 seconds (user + sys of the process and its workers): on a shared machine the wall clock
 measures the other tenants too, so the load average is printed before and after.
 
     python scripts/bench_score.py --model DIR [--split train | --input FILE] [--repeat 1 2]
                                   [--workers 1 2] [--rounds 3] [--out /tmp/bench] [--cli]
-                                  [--query]
+                                  [--kenlm-bin DIR] [--baseline TREE] [--query]
 
 One table per ``--repeat`` value (the documents repeated that many times: ``--repeat 1 2`` is
 the default corpus's train split, 124k documents, then 248k).
@@ -36,8 +42,10 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +54,21 @@ from lmkit.corpus import load_corpus  # noqa: E402
 from lmkit.docscore import score_file  # noqa: E402
 from lmkit.model import LanguageModel  # noqa: E402
 from lmkit.ngram.arpa import write_arpa  # noqa: E402
+
+
+# the KenLM loop as a whole process (--cli): argv = model, SentencePiece model, documents, output
+KENLM_SCRIPT = '''import sys
+from array import array
+import kenlm
+import sentencepiece as spm
+km = kenlm.Model(sys.argv[1])
+sp = spm.SentencePieceProcessor(model_file=sys.argv[2])
+with open(sys.argv[3], encoding="utf-8") as f:
+    lines = f.read().split("\\n")[:-1]
+ppl = [km.perplexity(" ".join(sp.encode(line, out_type=str))) for line in lines]
+with open(sys.argv[4], "wb") as f:
+    array("d", ppl).tofile(f)
+'''
 
 
 def cpu_seconds() -> float:
@@ -65,8 +88,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, nargs="+", default=[1, 2],
                     help="copies of the documents, one table each (default: 1 2)")
     ap.add_argument("--cli", action="store_true",
-                    help="add a row: the lmkit score command in a fresh process, --workers 1 "
-                         "(interpreter start, imports and the compiled code's load included)")
+                    help="add two rows: the lmkit score command in a fresh process, --workers 1 "
+                         "(interpreter start, imports and the compiled code's load included), "
+                         "and the KenLM loop as a script in a fresh process (its imports and "
+                         "model load included)")
+    ap.add_argument("--kenlm-bin", default=None, metavar="DIR",
+                    help="a folder with KenLM's build_binary: the fresh KenLM process loads the "
+                         "binary form of the ARPA (else the ARPA)")
     ap.add_argument("--baseline", default=None, metavar="TREE",
                     help="add a row: the same command run from another lmkit checkout (e.g. "
                          "the main branch), for a before/after side by side")
@@ -81,6 +109,8 @@ def main() -> None:
                          "KenLM's perplexity per document vs lmkit's log_proba_ids (compiled "
                          "trie walk, its table build included, and the numpy route)")
     a = ap.parse_args()
+    if a.kenlm_bin and not a.cli:
+        ap.error("--kenlm-bin is for the fresh KenLM process's row: add --cli")
     import kenlm
     import sentencepiece as spm
 
@@ -95,6 +125,15 @@ def main() -> None:
     write_arpa(model, out / "m.arpa", words="pieces")
     km = kenlm.Model(str(out / "m.arpa"))
     sp = spm.SentencePieceProcessor(model_proto=model.tokenizer.model_proto)
+    if a.cli:  # the fresh KenLM process's script, tokenizer and model file
+        (out / "kenlm_loop.py").write_text(KENLM_SCRIPT, encoding="utf-8")
+        (out / "tokenizer.model").write_bytes(model.tokenizer.model_proto)
+        a.kenlm_file = out / "m.arpa"
+        if a.kenlm_bin:
+            a.kenlm_file = out / "m.binary"
+            subprocess.run([str(Path(a.kenlm_bin) / "build_binary"), str(out / "m.arpa"),
+                            str(a.kenlm_file)], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
     for repeat in a.repeat:
         bench(a, base * repeat, f"lines of {source} x{repeat}", out, km, sp)
         print()
@@ -104,7 +143,6 @@ def main() -> None:
 
 def bench(a, lines, what, out, km, sp) -> None:
     """One side-by-side table on ``lines`` (one document each)."""
-    import subprocess
     (out / "docs.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     n_tok = sum(len(x) + 1 for x in sp.encode(lines))
     load0 = open("/proc/loadavg").read().split()[0]
@@ -128,15 +166,25 @@ def bench(a, lines, what, out, km, sp) -> None:
                        env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
 
+    def kenlm_fresh():
+        subprocess.run([sys.executable, str(out / "kenlm_loop.py"), str(a.kenlm_file),
+                        str(out / "tokenizer.model"), str(out / "docs.txt"),
+                        str(out / "kenlm-fresh.f64")], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
     runs: dict = {}  # name -> [(seconds, CPU seconds)]
     names = ["kenlm loop (1 process)"] + [f"lmkit score --workers {w}" for w in a.workers]
-    names += ["lmkit score CLI, fresh process"] if a.cli else []
+    fresh_ken = ("kenlm loop, fresh process (binary)" if a.kenlm_bin
+                 else "kenlm loop, fresh process (ARPA)")
+    names += [fresh_ken, "lmkit score CLI, fresh process"] if a.cli else []
     names += ["baseline tree CLI, fresh process"] if a.baseline else []
     ken = None
     for _ in range(a.rounds):  # interleaved, so a busy spell on the machine hits every scorer
         for name in names:
             t0, c0 = time.perf_counter(), cpu_seconds()
-            if name.startswith("kenlm"):
+            if name == fresh_ken:
+                kenlm_fresh()
+            elif name.startswith("kenlm"):
                 ken = kenlm_loop()
             elif name.startswith("baseline"):
                 lmkit_cli(Path(a.baseline).resolve(), "baseline")
@@ -154,6 +202,9 @@ def bench(a, lines, what, out, km, sp) -> None:
         mine = [json.loads(x)["perplexity"] for x in (out / f"scores{w}.jsonl").open()]
         worst = max(abs(math.log10(x) - math.log10(y)) for x, y in zip(mine, ken))
         assert worst < 1e-4, f"per-document log10 perplexity differs by {worst}"
+    if a.cli:  # the fresh KenLM process computed what the in-process loop did, to the bit
+        fresh = array("d", (out / "kenlm-fresh.f64").read_bytes())
+        assert fresh.tolist() == ken, "the fresh KenLM process's perplexities differ"
 
     med = {k: (statistics.median(t for t, _ in v), statistics.median(c for _, c in v))
            for k, v in runs.items()}
@@ -161,13 +212,20 @@ def bench(a, lines, what, out, km, sp) -> None:
     print(f"{len(lines)} documents ({what}), {n_tok} tokens, model {a.model}; median of "
           f"{a.rounds} interleaved rounds; {os.cpu_count()} cores, load average {load0} before, "
           f"{open('/proc/loadavg').read().split()[0]} after")
-    print(f"| {'scorer':<32} | {'docs/s':>9} | {'tokens/s':>10} | {'vs kenlm':>8} | "
+    print(f"| {'scorer':<34} | {'docs/s':>9} | {'tokens/s':>10} | {'vs kenlm':>8} | "
           f"{'CPU s':>6} | {'docs/CPU-s':>10} | {'vs kenlm':>8} |")
-    print(f"|{'-' * 34}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
     for name in names:
         t, c = med[name]
-        print(f"| {name:<32} | {len(lines) / t:>9,.0f} | {n_tok / t:>10,.0f} | "
+        print(f"| {name:<34} | {len(lines) / t:>9,.0f} | {n_tok / t:>10,.0f} | "
               f"{t_ken / t:>7.2f}x | {c:>6.2f} | {len(lines) / c:>10,.0f} | {c_ken / c:>7.2f}x |")
+    if a.cli:  # both whole processes: start-up, imports and model load on each side
+        t_kf, c_kf = med[fresh_ken]
+        for name in names:
+            if name.endswith("CLI, fresh process"):
+                t, c = med[name]
+                print(f"{name} vs {fresh_ken}: {t_kf / t:.2f}x docs/s (wall), "
+                      f"{c_kf / c:.2f}x docs per CPU second")
     if 1 in a.workers:
         t1, c1 = med["lmkit score --workers 1"]
         for w in a.workers:

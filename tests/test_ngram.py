@@ -506,7 +506,7 @@ def test_row_find_matches_a_dictionary(seed):
              zip(range(M.indptr[r], M.indptr[r + 1]), M.indices[M.indptr[r]:M.indptr[r + 1]])}
     rows, cols = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
     want = [where.get((r, c), -1) for r, c in zip(rows, cols)]
-    assert _row_find(M, rows, cols).tolist() == want
+    assert _row_find(M.indices, M.indptr, rows, cols).tolist() == want
 
 
 def test_row_find_with_a_few_long_rows_among_many_short_ones():
@@ -521,7 +521,7 @@ def test_row_find_with_a_few_long_rows_among_many_short_ones():
                     indices[np.minimum(indptr[rows], len(indices) - 1)])
     where = {(r, c): i for r in range(400) for i in range(indptr[r], indptr[r + 1])
              for c in [indices[i]]}
-    assert _row_find(M, rows, cols).tolist() == [where.get((r, c), -1) for r, c in zip(rows, cols)]
+    assert _row_find(M.indices, M.indptr, rows, cols).tolist() == [where.get((r, c), -1) for r, c in zip(rows, cols)]
 
 
 def test_mkn_scores_do_not_depend_on_the_position_order(tiny_tok, tiny_lines):

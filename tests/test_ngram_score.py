@@ -65,6 +65,57 @@ def test_walk_equals_mkn_log_proba(order, prune):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("float32", [True, False], ids=["float32", "float64"])
+def test_walk_reads_a_loaded_folders_groups_as_stored(float32):
+    """A loaded folder's groups (``params.LazyCSRs``: here uint16 columns, float32 or float64
+    values, as a compact folder stores them) go into the walk's tables and the numpy route's
+    searches as they are, never widened to SciPy CSRs (so ``lmkit score`` of an MKN folder
+    imports no SciPy), and give the numbers of the walk over the widened CSRs, to the bit."""
+    from lmkit.params import LazyCSRs, SparseParams, StoredCSR
+    params, groups = fit(5)
+    lg = loggamma_tables(params)
+
+    def as_folder():
+        stored = LazyCSRs([StoredCSR(S.data.astype(np.float32) if float32 else S.data,
+                                     S.indices.astype(np.uint16), S.indptr, S.shape)
+                           for S in params.S])
+        return SparseParams(params.groups, params.q, stored, params.keys, params.lambdas,
+                            {"loggamma": lg})
+    folder, other = as_folder(), as_folder()
+    widened = SparseParams(params.groups, params.q, list(other.S), params.keys, params.lambdas)
+    seqs = sample_sequences()
+    got = MknWalker(folder, loggamma_tables(folder)).log_proba(seqs, BOS, EOS)
+    numpy_route = reference(folder, groups, seqs, lg)
+    assert all(isinstance(x, StoredCSR) for x in folder.S._items)  # nothing was widened
+    want = MknWalker(widened, lg).log_proba(seqs, BOS, EOS)
+    assert np.array_equal(got, want)
+    assert np.array_equal(numpy_route, reference(widened, groups, seqs, lg))
+    np.testing.assert_allclose(got, numpy_route, rtol=1e-12, atol=0)
+    if not float32:
+        np.testing.assert_allclose(got, reference(params, groups, seqs, lg), rtol=1e-12, atol=0)
+
+
+def test_huge_pages_or_not_the_same_tables(monkeypatch):
+    """The tables on numpy's allocation (huge pages where Linux gives them) or on an anonymous
+    mapping of their own (small pages) are the same arrays and give the same numbers; ``walker``
+    asks for huge pages only for a job forecast at ``HUGE_PAGES_AFTER`` positions or more."""
+    import mmap
+    params, _ = fit(5)
+    lg = loggamma_tables(params)
+    small, huge = MknWalker(params, lg), MknWalker(params, lg, huge_pages=True)
+    assert isinstance(small.ent.base.obj, mmap.mmap) and huge.ent.flags.owndata
+    for name in ("map1", "keys", "koff", "cptr", "cbase", "rowi", "rbase", "h0", "ent",
+                 "closed", "logq"):
+        assert np.array_equal(getattr(small, name), getattr(huge, name)), name
+    seqs = sample_sequences()
+    assert np.array_equal(small.log_proba(seqs, BOS, EOS), huge.log_proba(seqs, BOS, EOS))
+    monkeypatch.setattr(ngram_score, "BUILD_AFTER", 0.0)
+    monkeypatch.setattr(ngram_score, "HUGE_PAGES_AFTER", 1000)
+    for expected, want in [(999, False), (1000, True)]:
+        p, _ = fit(3)
+        assert walker(p, loggamma_tables(p), expected=expected).huge_pages is want
+
+
 @pytest.mark.parametrize("order", [3, 5])
 def test_patterns_not_nested(order):
     """Entries dropped at random from every order (an imported ARPA need not list the suffixes

@@ -89,3 +89,44 @@ def test_eval_verb_without_a_terminal_imports_no_tqdm(tiny_model_dir, tiny_corpu
         "assert rc == 0 and 'perplexity' in out.getvalue(), (rc, out.getvalue())\n"
         "assert 'lmkit.adapt' not in sys.modules  # only with --adapt")
     assert not loaded & {"tqdm", "torch", "dask", "datasets", "sklearn"}
+
+
+@pytest.mark.parametrize("route", ["walk", "numpy"])
+def test_score_verb_of_an_mkn_folder_imports_no_scipy(mkn_dir, tiny_corpus_file, route):
+    """``lmkit score`` of a pure MKN folder reads the stored arrays as they are, on the compiled
+    trie walk (its tables built from the first line, the unit cache and the compiled rows on)
+    and on the numpy route (a short job's: ``mkn_log_proba``, SentencePiece, f-string rows):
+    no SciPy, no numba (the walk's kernels come from the object cache once run 1 filled it),
+    and none of the counting code (``parallel``, ``counts``: the worker pool is ``pool.py``)."""
+    walk = route == "walk"
+    code = ("import io, contextlib, sys, lmkit.cli\nfrom lmkit import docscore, native, scoring\n"
+            "from lmkit.ngram import score as ngram_score\n"
+            f"ngram_score.BUILD_AFTER = 0.0\nscoring.USE_COMPILED = {walk}\n"
+            f"docscore.COMPILED_ENCODE_BYTES = {0 if walk else 1 << 62}\nout = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n"
+            f"    rc = lmkit.cli.main(['score', {str(mkn_dir)!r}, '--input', "
+            f"{str(tiny_corpus_file)!r}, '--output', {str(mkn_dir.parent / 'o.jsonl')!r}, "
+            "'--workers', '1'])\nassert rc == 0, rc\n"
+            f"assert native.ready() == {walk}  # the walk ran (from the object cache), or nothing\n"
+            "assert 'lmkit.counts' not in sys.modules and 'lmkit.parallel' not in sys.modules")
+    _imported_after(code)  # run 1 may compile the kernels into the cache (numba, scipy.linalg)
+    assert _imported_after(code) == set()
+
+
+@pytest.mark.parametrize("preset", [None, "3"])
+def test_score_verb_starts_openblas_with_one_thread(mkn_dir, tiny_corpus_file, preset):
+    """``lmkit score`` runs no BLAS: numpy's OpenBLAS is loaded with one thread (its helper
+    threads would spin for a while after the load), unless the user chose a number."""
+    code = ("import io, contextlib, os, sys, lmkit.cli\nassert 'numpy' not in sys.modules\n"
+            + (f"os.environ['OPENBLAS_NUM_THREADS'] = {preset!r}\n" if preset else
+               "os.environ.pop('OPENBLAS_NUM_THREADS', None)\n")
+            + "out = io.StringIO()\nwith contextlib.redirect_stdout(out):\n"
+            f"    rc = lmkit.cli.main(['score', {str(mkn_dir)!r}, '--input', "
+            f"{str(tiny_corpus_file)!r}, '--output', {str(mkn_dir.parent / 'b.jsonl')!r}])\n"
+            "assert rc == 0, rc\n"
+            f"assert os.environ['OPENBLAS_NUM_THREADS'] == {preset or '1'!r}, os.environ\n")
+    if preset is None:  # numpy's OpenBLAS took it (where threadpoolctl can tell)
+        code += ("try:\n    from threadpoolctl import threadpool_info\nexcept ImportError:\n"
+                 "    pass\nelse:\n    n = [i['num_threads'] for i in threadpool_info() "
+                 "if i.get('internal_api') == 'openblas']\n    assert set(n) <= {1}, n\n")
+    _imported_after(code)

@@ -116,3 +116,18 @@ def test_native_passes_give_the_same_ids(bpe, cached, monkeypatch, tmp_path):
         assert all(native.kernel("wordcache", n).from_file
                    for n in ("lookup", "rehash", "gather"))
         assert flat(bpe, lines, True) == want and flat(bpe, lines[::-1], True) == want[::-1]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_new_units_are_decoded_as_one_by_one(seed):
+    """``_texts`` (one decode of the new units joined by newlines) gives each unit's own decode:
+    multi-byte characters, empty units, a range that starts part way through the arena."""
+    rng = np.random.default_rng(seed)
+    units = ["", " a", "éé", "  \U0001F600x", "\u2581b", "\t", "z" * 300, ""]
+    units += ["".join(chr(int(c)) for c in rng.integers(32, 0x2FFF, rng.integers(0, 9)))
+              .replace("\n", " ") for _ in range(200)]
+    data = [u.encode("utf-8") for u in units]
+    arena = np.frombuffer(b"".join(data), dtype=np.uint8)
+    aoff = np.concatenate([[0], np.cumsum([len(d) for d in data])]).astype(np.int64)
+    for n0, n1 in [(0, len(units)), (3, 7), (5, 5), (len(units) - 1, len(units))]:
+        assert wordcache._texts(arena, aoff, n0, n1) == units[n0:n1]

@@ -70,7 +70,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import scipy
 import sentencepiece
 
 from . import files
@@ -117,7 +116,7 @@ def sha256_bytes(b: bytes) -> str:
 
 
 def library_versions() -> dict:
-
+    import scipy  # here, not at the top: loading a model needs no SciPy (only saving names it)
     return {"lmkit": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__, "sentencepiece": sentencepiece.__version__}
 

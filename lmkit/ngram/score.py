@@ -30,12 +30,14 @@ Without numba (``pip install lmkit[fast]``), or with ``scoring.USE_COMPILED`` Fa
 from __future__ import annotations
 
 import importlib.util
+import mmap
 import threading
 from itertools import chain
 
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
+from ..params import stored_arrays
 from ..sortedsearch import lower_bound  # compiled here with the walk (native_kernel)
 
 # numba is optional: without it the numpy route (ngram.tables.mkn_log_proba) scores. It is
@@ -215,11 +217,14 @@ def _hash_level0(V, rowi, R0, ent, h0):  # pragma: no cover (jit)
             h0[8 * slot + 4] = s
 
 
-def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, cbase, rowi,
-           rowf, ent, entf, nxt, closed):  # pragma: no cover (jit)
-    """Fill ``_score``'s tables (its docstring) from the concatenated per-level arrays: ``rptr``
-    (sum(R + 1),) the CSR pointers of every level (level l's at ``rbase[l]``, absolute),
-    ``indices``/``data`` (nnz,), ``lg`` (sum R,) the log gammas; ``nxt`` (nnz,) int32 scratch.
+def _build(V, tok0, map1, keys, koff, R, rbase, indices, cptr, cbase, rowi, rowf, ent, entf,
+           nxt, closed):  # pragma: no cover (jit)
+    """Fill ``_score``'s tables (its docstring) from the concatenated per-level arrays: the
+    row records come with their first words set (``rowi[2g]``: the CSR pointers of every level,
+    absolute, level l's from record ``rbase[l]``, one past its last row included;
+    ``rowf[2g + 1]`` the row's log gamma, 0 past the last) and each entry's S value in
+    ``entf[4e + 2]`` (``MknWalker`` writes them with numpy, from the stored arrays);
+    ``indices`` (nnz,) the columns; ``nxt`` (nnz,) int32 scratch.
 
     The ``next`` row of an entry (h, w) of level l: ``h w`` minus its oldest token is the entry
     (parent(h), w) one level down, whose ``next`` is already known (level 0: the row of w);
@@ -235,13 +240,6 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
             while p < stop and keys[p] < r * V:
                 p += 1
             cptr[cbase[l] + r] = p
-    gl = 0
-    for l in range(M):
-        for r in range(R[l] + 1):
-            g = rbase[l] + r
-            rowi[2 * g] = rptr[g]
-            rowf[2 * g + 1] = lg[gl + r] if r < R[l] else 0.0
-        gl += R[l]
     for l in range(M):
         found = 0
         for r in range(R[l]):
@@ -253,9 +251,9 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
                 parent = key // V
                 tok = key % V
                 pc = rbase[l - 1] + parent
-                plo = rptr[pc]  # the row's columns rise: each search starts where the last ended
-                pend = rptr[pc + 1]
-            for e in range(rptr[rbase[l] + r], rptr[rbase[l] + r + 1]):
+                plo = rowi[2 * pc]  # the row's columns rise: each search starts where the last ended
+                pend = rowi[2 * pc + 2]
+            for e in range(rowi[2 * (rbase[l] + r)], rowi[2 * (rbase[l] + r + 1)]):
                 w = indices[e]
                 nx = -2
                 if l + 1 < M:
@@ -278,13 +276,12 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
         # closed level: every row above is some entry's next (one-to-one), so what is unknown
         # (-2) is no row (-1), and a target not stored means no row above
         closed[l] = 1 if l + 1 < M and found == R[l + 1] else 0
-        for e in range(rptr[rbase[l]], rptr[rbase[l] + R[l]]):
+        for e in range(rowi[2 * rbase[l]], rowi[2 * (rbase[l] + R[l])]):
             nx = nxt[e]
             if nx == -2 and closed[l]:
                 nx = -1
                 nxt[e] = -1
             ent[4 * e] = np.int64(indices[e]) << 32
-            entf[4 * e + 2] = data[e]
             if nx >= 0:  # the next row's record: one cache line holds all three
                 g = rbase[l + 1] + nx
                 ent[4 * e] |= rowi[2 * g + 2] - rowi[2 * g]
@@ -297,8 +294,8 @@ def _build(V, tok0, map1, keys, koff, R, rptr, rbase, indices, data, lg, cptr, c
 
 # the kernels' arguments in order (``native.Kernel``: dtype:ndim, or an int)
 ARGSPECS = {
-    "build": ["int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i4:1", "f8:1",
-              "f8:1", "i8:1", "i8:1", "i8:1", "f8:1", "i8:1", "f8:1", "i4:1", "u1:1"],
+    "build": ["int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1", "i4:1", "i8:1", "i8:1",
+              "i8:1", "f8:1", "i8:1", "f8:1", "i4:1", "u1:1"],
     "hash_level0": ["int", "i8:1", "int", "i8:1", "i8:1"],
     "score": ["i4:1", "i8:1", "int", "int", "int", "i8:1", "i8:1", "i8:1", "i8:1", "i8:1",
               "i8:1", "f8:1", "i8:1", "i8:1", "f8:1", "i8:1", "f8:1", "u1:1", "f8:1", "f8:1",
@@ -327,10 +324,9 @@ def native_kernel(name: str):
 
         def entry(blk):  # pragma: no cover (jit)
             build(argi(blk, 0), arg1(blk, 1, i8), arg1(blk, 2, i8), arg1(blk, 3, i8),
-                  arg1(blk, 4, i8), arg1(blk, 5, i8), arg1(blk, 6, i8), arg1(blk, 7, i8),
-                  arg1(blk, 8, i4), arg1(blk, 9, f8), arg1(blk, 10, f8), arg1(blk, 11, i8),
-                  arg1(blk, 12, i8), arg1(blk, 13, i8), arg1(blk, 14, f8), arg1(blk, 15, i8),
-                  arg1(blk, 16, f8), arg1(blk, 17, i4), arg1(blk, 18, u1))
+                  arg1(blk, 4, i8), arg1(blk, 5, i8), arg1(blk, 6, i8), arg1(blk, 7, i4),
+                  arg1(blk, 8, i8), arg1(blk, 9, i8), arg1(blk, 10, i8), arg1(blk, 11, f8),
+                  arg1(blk, 12, i8), arg1(blk, 13, f8), arg1(blk, 14, i4), arg1(blk, 15, u1))
     elif name == "hash_level0":
         hash_level0 = njit(error_model="numpy")(_hash_level0)
 
@@ -359,48 +355,94 @@ def _kernels() -> dict | None:
     return native.kernels("ngram.score", ARGSPECS)
 
 
+# transparent huge pages for the tables (and the build's scratch) only for a job this long
+# (positions forecast): the walk's random reads miss the TLB less on 2 MiB pages (30-60 ns a
+# position less: 0.34-0.46 vs 0.40-0.55 CPU s per 1.5M positions), but the kernel's work to
+# hand out 2 MiB pages (zeroed, found free or compacted) cost the build more than that on a
+# shared VM: 0.41-0.45 vs 0.10-0.15 s of system time for the order-5 model's 250 MB
+# (docs/speed.md, "A fresh `lmkit score` against a fresh KenLM process"): a long job repays it
+HUGE_PAGES_AFTER = 10_000_000
+
+
+def _zeros(n: int, dtype, huge: bool) -> np.ndarray:
+    """A zeroed, writable (n,) array. ``huge``: numpy's own (on Linux numpy asks for transparent
+    huge pages for arrays of 4 MiB and more); else an anonymous mapping of its own, which
+    keeps the system's default (small pages, where huge pages are only given on request)."""
+    nbytes = int(n) * np.dtype(dtype).itemsize
+    if huge or nbytes == 0:
+        return np.zeros(n, dtype=dtype)
+    if hasattr(mmap, "MAP_ANONYMOUS"):  # private: a fault costs ~30 % less than shared memory's
+        return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS),
+                             dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype)
+
+
+def _concat(parts, dtype, huge: bool, add=None) -> np.ndarray:
+    """``np.concatenate(parts).astype(dtype)`` into a ``_zeros`` array, ``add[i]`` added to
+    part i's values (the row pointers of every level, made absolute)."""
+    out = _zeros(sum(len(p) for p in parts), dtype, huge)
+    at = 0
+    for i, p in enumerate(parts):
+        out[at:at + len(p)] = p
+        if add is not None:
+            out[at:at + len(p)] += add[i]
+        at += len(p)
+    return out
+
+
 class MknWalker:
     """Derived tables of one pure MKN ``SparseParams`` for ``_score`` (built once: ``walker``).
 
     ``log_proba(seqs, bos_id, eos_id)`` -> float64 (N,) natural logs, targets in sequence order.
     Memory: 32 bytes per stored entry, 32 per row (record, key, child pointer), 64 per slot
     of level 0's hash (160 MiB for the default corpus's order-5 model: 50 MiB of arrays).
+    ``huge_pages``: allocate the tables as numpy does (huge pages where Linux gives them on
+    request), else on the system's default pages (``HUGE_PAGES_AFTER``); the same numbers.
     """
 
-    def __init__(self, params, loggammas):
+    def __init__(self, params, loggammas, huge_pages: bool = False):
         self._k = _kernels()
         if self._k is None:
             raise MissingDependencyError("the compiled MKN walk needs numba to compile it once; "
                                          "install it with `pip install 'lmkit[fast]'`")
         V = params.vocab_size
         keys = [np.asarray(k, dtype=np.int64) for k in params.keys]
-        S = [x.tocsr() for x in params.S]
+        # the groups as stored (a loaded folder's are never widened to SciPy CSRs here: the
+        # walk reads them once, into its own tables): (data, indices, indptr) per group
+        S = [stored_arrays(params.S, g) for g in range(len(params.S))]
         M = len(S)
         self.V = V
         self.map1 = np.full(V, -1, dtype=np.int64)
         self.map1[keys[0]] = np.arange(len(keys[0]))  # keys[0]: sorted token ids (validated)
         R = np.array([len(k) for k in keys], dtype=np.int64)
         self.koff = np.concatenate([[0, 0], np.cumsum(R[1:])])[:M].astype(np.int64)
-        self.keys = np.concatenate([np.zeros(0, np.int64)] + keys[1:])
-        nnz = np.array([x.nnz for x in S], dtype=np.int64)
+        huge = self.huge_pages = bool(huge_pages)
+        self.keys = _concat(keys[1:], np.int64, huge)
+        nnz = np.array([len(data) for data, _, _ in S], dtype=np.int64)
         eoff = np.concatenate([[0], np.cumsum(nnz)[:-1]])
         self.rbase = np.concatenate([[0], np.cumsum(R + 1)[:-1]]).astype(np.int64)
-        rptr = np.concatenate([x.indptr.astype(np.int64) + o for x, o in zip(S, eoff)])
         self.cbase = np.concatenate([[0], np.cumsum(R[:-1] + 1)])[:max(M - 1, 1)].astype(np.int64)
-        self.cptr = np.zeros(max(int((R[:-1] + 1).sum()), 1), dtype=np.int64)
-        self.rowi = np.empty(2 * len(rptr), dtype=np.int64)
+        self.cptr = _zeros(max(int((R[:-1] + 1).sum()), 1), np.int64, huge)
+        self.rowi = _zeros(2 * int((R + 1).sum()), np.int64, huge)
         self.rowf = self.rowi.view(np.float64)
-        self.ent = np.zeros(4 * int(nnz.sum()), dtype=np.int64)
+        self.ent = _zeros(4 * int(nnz.sum()), np.int64, huge)
         self.entf = self.ent.view(np.float64)
+        # the first words of the records straight from the stored arrays (no concatenated
+        # copies): row g's first entry and log gamma, entry e's S value (float32 values widen
+        # exactly); the build kernel fills the rest
+        for l, ((data, _, ptr), g0, e0) in enumerate(zip(S, self.rbase, eoff)):
+            rec = self.rowi[2 * g0: 2 * (g0 + R[l] + 1): 2]
+            rec[:] = ptr
+            rec += e0
+            self.rowf[2 * g0 + 1: 2 * (g0 + R[l]): 2] = loggammas[l]
+            self.entf[4 * e0 + 2: 4 * (e0 + nnz[l]): 4] = data
         self.closed = np.zeros(M, dtype=np.uint8)
-        indices = np.concatenate([x.indices for x in S]).astype(np.int32, copy=False)
+        indices = _concat([ind for _, ind, _ in S], np.int32, huge)
         self._k["build"](V, np.ascontiguousarray(keys[0]), self.map1, self.keys, self.koff, R,
-                         rptr, self.rbase, indices,
-                         np.concatenate([x.data for x in S]).astype(np.float64, copy=False),
-                         np.concatenate([np.asarray(g, dtype=np.float64) for g in loggammas]),
-                         self.cptr, self.cbase, self.rowi, self.rowf, self.ent, self.entf,
-                         np.empty(len(indices), dtype=np.int32), self.closed)
-        self.h0 = np.full(8 << max(4, int(2 * nnz[0]).bit_length()), -1, dtype=np.int64)
+                         self.rbase, indices, self.cptr, self.cbase, self.rowi, self.rowf,
+                         self.ent, self.entf, _zeros(len(indices), np.int32, huge), self.closed)
+        self.h0 = _zeros(8 << max(4, int(2 * nnz[0]).bit_length()), np.int64, huge)
+        self.h0.fill(-1)
         self.h0f = self.h0.view(np.float64)
         self._k["hash_level0"](V, self.rowi, R[0], self.ent, self.h0)
         self.logq = np.log(params.q)
@@ -460,10 +502,12 @@ def walker(params, loggammas, seqs=(), expected: int = 0, n_positions: int | Non
             n_positions = sum(map(len, seqs)) + len(seqs)
         seen = params.__dict__.get("_mkn_positions", 0) + n_positions
         object.__setattr__(params, "_mkn_positions", seen)
-        if seen + max(int(expected), 0) < BUILD_AFTER * sum(S.nnz for S in params.S):
+        n_entries = sum(len(stored_arrays(params.S, g)[0]) for g in range(len(params.S)))
+        if seen + max(int(expected), 0) < BUILD_AFTER * n_entries:
             return None
         if _kernels() is None:
             return None
-        w = MknWalker(params, loggammas)
+        w = MknWalker(params, loggammas,
+                      huge_pages=seen + max(int(expected), 0) >= HUGE_PAGES_AFTER)
         object.__setattr__(params, "_mkn_walker", w)
     return w

@@ -14,12 +14,16 @@ This is what a loaded model needs to score and sample an n-gram model; it import
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 
 from ..errors import InputError, ModelFormatError
 from ..features import Suffix, check_suffix_chain, find_sorted
-from ..params import SparseParams
+from ..params import SparseParams, stored_arrays
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # annotations only: SciPy is imported where a CSR is built
 
 
 def linear_keys(M: sp.csr_matrix) -> np.ndarray:
@@ -66,6 +70,7 @@ def backoff_tables(params: SparseParams):
     Natural logs. Only for pure suffix models with all lambdas 1 (an exact MKN model).
     Returns ``(logp, loggamma)``: lists of (nnz_m,) and (R_m,) float64 arrays.
     """
+    import scipy.sparse as sp  # here, not at the top: a folder with its G tables needs no SciPy
     M = _suffix_order(params.groups)
     V = params.vocab_size
     logps, loggammas, prev, lin = [], [], None, None
@@ -94,7 +99,9 @@ def loggamma_tables(params: SparseParams) -> list:
     if stored is None:
         return backoff_tables(params)[1]
     out = [np.asarray(x, dtype=np.float64) for x in stored]
-    if len(out) != len(params.S) or any(x.shape != (S.shape[0],) for x, S in zip(out, params.S)):
+    # rows counted from the stored row pointers: a loaded folder's groups stay unwidened
+    rows = [len(stored_arrays(params.S, g)[2]) - 1 for g in range(len(params.S))]
+    if len(out) != len(rows) or any(x.shape != (r,) for x, r in zip(out, rows)):
         raise ModelFormatError("stored n-gram back-off weights (G arrays) do not match the model's "
                                "rows; re-train the model")
     return out
@@ -109,29 +116,34 @@ def mkn_log_proba(params: SparseParams, rows: list, targets: np.ndarray, loggamm
     order. Cost: at most M binary searches per token, independent of how many columns a row has.
     ``order``: optional permutation of the positions under which every group's rows ascend
     (``features.history_order``): the searches then walk the arrays in memory order.
+    The groups are read as stored (``params.stored_arrays``: a loaded folder's float32 values
+    add to the float64 sums exactly as their widened copies would), so scoring a folder
+    builds no SciPy CSR.
     """
     out = np.log(params.q[targets])
     # positions whose target may still be stored at this order
     cand = np.arange(len(targets)) if order is None else order
-    for S, r, lg in zip(params.S, rows, loggammas):
+    for g, (r, lg) in enumerate(zip(rows, loggammas)):
+        data, indices, indptr = stored_arrays(params.S, g)
         present = r >= 0
         out[present] += lg[r[present]]
         cand = cand[r[cand] >= 0]
-        idx = _row_find(S, r[cand], targets[cand])
+        idx = _row_find(indices, indptr, r[cand], targets[cand])
         hit = idx >= 0
         cand = cand[hit]
-        out[cand] += S.data[idx[hit]]
+        out[cand] += data[idx[hit]]
     return out
 
 
-def _row_find(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Index into ``S.data`` of (rows[n], cols[n]), -1 if not stored (canonical CSR; every row
-    >= 0). A branch-free binary search inside each row, all queries in step: each step halves
-    every query's range with one gather and one ``where``; once most ranges are down to one
-    entry, the search goes on with the rest only (rows are mostly short, a few very long)."""
-    ind = S.indices
-    base = S.indptr[rows].astype(np.int64)
-    n = S.indptr[rows + 1].astype(np.int64) - base
+def _row_find(ind: np.ndarray, indptr: np.ndarray, rows: np.ndarray,
+              cols: np.ndarray) -> np.ndarray:
+    """Index into the values of (rows[n], cols[n]), -1 if not stored (a canonical CSR's
+    ``indices`` and ``indptr``; every row >= 0). A branch-free binary search inside each row,
+    all queries in step: each step halves every query's range with one gather and one
+    ``where``; once most ranges are down to one entry, the search goes on with the rest only
+    (rows are mostly short, a few very long)."""
+    base = indptr[rows].astype(np.int64)
+    n = indptr[rows + 1].astype(np.int64) - base
     c = np.asarray(cols).astype(ind.dtype, copy=False)
     empty = n == 0
     base[empty], n[empty] = 0, 1  # probe entry 0 harmlessly; masked out below

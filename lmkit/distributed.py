@@ -27,6 +27,7 @@ Requires the optional extra: ``pip install 'lmkit[distributed]'``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import signal
 import threading
@@ -36,6 +37,7 @@ from .config import ScaleConfig
 from .counts import Counts, empty_counts
 from .errors import InputError, LmkitError, OptionError, WorkerError
 from .kinds import group_spec, groups_from_spec
+from .memory import proc_kib_field
 from .tokenizer import Tokenizer
 from .parallel import check_workers, count_lines, line_chunks
 
@@ -135,6 +137,28 @@ def dask_client(scheduler: str | None, n_workers: int, processes: bool = True, l
             getattr(type(cluster), "_instances", set()).discard(cluster)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def own_rss() -> int:
+    """Resident bytes of this process (``VmRSS`` of ``/proc/self/status``; 0 where there is
+    none)."""
+    return proc_kib_field("/proc/self/status", "VmRSS") or 0
+
+
+def rss_with(module: str) -> int:
+    """``own_rss()`` once ``module`` is imported (run on a Dask worker: what it holds with the
+    code its tasks run)."""
+    importlib.import_module(module)
+    return own_rss()
+
+
+def cluster_bytes(client, before: int, module: str = "lmkit.rich_build") -> int:
+    """Resident bytes a new LocalCluster of worker processes holds before any task: its
+    workers' (each a separate interpreter with its own imports; measured once ``module``, the
+    code of the tasks, is imported there) plus what starting it added to this process (the
+    scheduler and the nannies run here); ``before``: ``own_rss()`` before the cluster
+    started."""
+    return int(sum(client.run(rss_with, module).values())) + max(0, own_rss() - before)
 
 
 def result(future, what: str):

@@ -69,7 +69,7 @@ import scipy.sparse as sp
 from .counts import (INDEX32, PART_BYTES, PART_POSITIONS, Counts, RowParts, add_keyed,
                      count_in_parts, empty_counts, sum_counts,
                      flat_buffer, flat_buffer_files)
-from .distributed import dask_client, result
+from .distributed import cluster_bytes, dask_client, own_rss, result
 from .explicit import choose_lambdas, count_buckets, discount_from_counts
 from .features import Suffix, Window
 from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
@@ -796,13 +796,33 @@ def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, by_size, pad, folder
         return _build(_Runner(workers), texts, groups, M, tables, spill, folder, mapped,
                       refit_chunks, pad, discount, edges, heldout, hessian_every,
                       hessian_tokens, tol, max_memory, log)
+    # a LocalCluster's worker processes are part of the process tree max_memory bounds
+    before = own_rss() if max_memory is not None and scheduler is None and dask_processes \
+        else None
     with dask_client(scheduler, workers, dask_processes, log) as client:
+        if before is not None:
+            max_memory = dask_budget(max_memory, cluster_bytes(client, before), workers, log)
         # no spill on Dask (its workers may see no shared disk): the second pass counts the
         # training text again on the workers, the same counts
         return _build(_Runner(client=client, local=scheduler is None), texts, groups, M,
                       tables, None, folder, None,
                       refit_chunks, pad, discount, edges, heldout, hessian_every,
                       hessian_tokens, tol, max_memory, log)
+
+
+def dask_budget(max_memory, taken: int, workers: int, log=None) -> int:
+    """Bytes of ``max_memory`` left to the build once a LocalCluster's processes hold
+    ``taken`` (``distributed.cluster_bytes``: its ``workers`` interpreters and the scheduler,
+    before any task); refused with one line when nothing is left."""
+    limit = parse_size(max_memory)
+    left = limit - int(taken)
+    if log:
+        log(f"      dask: the cluster's processes hold {format_bytes(taken)} before any task; "
+            f"the build gets the rest of the limit, {format_bytes(max(left, 0))}")
+    check_memory(int(taken) + 1, limit, f"the Dask LocalCluster's {workers} worker processes "
+                 "and scheduler (before any task)", "raise max_memory, use fewer workers, or "
+                 "use engine local")
+    return left
 
 
 class _Store:
@@ -845,13 +865,14 @@ def _start_memory(text: _Text, workers: int, max_memory) -> None:
                  "model (bounded in buckets)")
 
 
-def _search_bytes(text: _Text, rows: list, max_memory, log=None):
+def _search_bytes(text: _Text, rows: list, max_memory, log=None, elsewhere: int = 0):
     """Bytes the weight search may hold under ``max_memory`` (None: no bound): the limit less
-    the token buffer and the held-out rows; ``MemoryLimitError`` if nothing is left."""
+    the token buffer, the held-out rows and ``elsewhere`` (what other processes of the tree
+    hold meanwhile: a LocalCluster's idle workers); ``MemoryLimitError`` if nothing is left."""
     if max_memory is None:
         return None
     limit = parse_size(max_memory)
-    fixed = text.resident_nbytes() + sum(r.nbytes for r in rows)
+    fixed = text.resident_nbytes() + sum(r.nbytes for r in rows) + int(elsewhere)
     check_memory(fixed + 1, limit, "the weight search (with the text's buffer of ids)",
                  "raise max_memory")
     if log:
@@ -897,7 +918,10 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     # every held-out position, whatever max_memory and whatever memory is free (thinning them,
     # solve.fit_heldout, would change the model): under max_memory the search is bounded by
     # summing its terms over pieces instead
-    search_bytes = _search_bytes(first, rows, max_memory, log)
+    # on a LocalCluster the search runs here while the workers keep what they hold
+    idle = (sum(runner.client.run(own_rss).values())
+            if runner.client is not None and runner.local and max_memory is not None else 0)
+    search_bytes = _search_bytes(first, rows, max_memory, log, idle)
     init = np.repeat(params.info["lambda_init"], B)
     # engine local: the search's pieces in the worker processes too (on Dask: here)
     lam, trace = choose_lambdas(params, rows, targets, init=init, entry_buckets=eb,

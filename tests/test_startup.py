@@ -99,6 +99,8 @@ def test_score_verb_of_an_mkn_folder_imports_no_scipy(mkn_dir, tiny_corpus_file,
     no SciPy, no numba (the walk's kernels come from the object cache once run 1 filled it),
     and none of the counting code (``parallel``, ``counts``: the worker pool is ``pool.py``)."""
     walk = route == "walk"
+    if walk:  # the walk's kernels are compiled by numba once (then loaded without it)
+        pytest.importorskip("numba")
     code = ("import io, contextlib, sys, lmkit.cli\nfrom lmkit import docscore, native, scoring\n"
             "from lmkit.ngram import score as ngram_score\n"
             f"ngram_score.BUILD_AFTER = 0.0\nscoring.USE_COMPILED = {walk}\n"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -150,6 +151,17 @@ def rss_with(module: str) -> int:
     code its tasks run)."""
     importlib.import_module(module)
     return own_rss()
+
+
+def _rss_unless(pid: int) -> int:
+    """``own_rss()``, or 0 in process ``pid`` (a worker thread of that process)."""
+    return 0 if os.getpid() == pid else own_rss()
+
+
+def workers_rss(client) -> int:
+    """Resident bytes of a cluster's worker processes now (0 for workers that are threads of
+    this process: their memory is this process's)."""
+    return int(sum(client.run(_rss_unless, os.getpid()).values()))
 
 
 def cluster_bytes(client, before: int, module: str = "lmkit.rich_build") -> int:

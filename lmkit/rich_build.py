@@ -69,7 +69,7 @@ import scipy.sparse as sp
 from .counts import (INDEX32, PART_BYTES, PART_POSITIONS, Counts, RowParts, add_keyed,
                      count_in_parts, empty_counts, sum_counts,
                      flat_buffer, flat_buffer_files)
-from .distributed import cluster_bytes, dask_client, own_rss, result
+from .distributed import cluster_bytes, dask_client, own_rss, result, workers_rss
 from .explicit import choose_lambdas, count_buckets, discount_from_counts
 from .features import Suffix, Window
 from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
@@ -919,7 +919,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     # solve.fit_heldout, would change the model): under max_memory the search is bounded by
     # summing its terms over pieces instead
     # on a LocalCluster the search runs here while the workers keep what they hold
-    idle = (sum(runner.client.run(own_rss).values())
+    idle = (workers_rss(runner.client)
             if runner.client is not None and runner.local and max_memory is not None else 0)
     search_bytes = _search_bytes(first, rows, max_memory, log, idle)
     init = np.repeat(params.info["lambda_init"], B)

@@ -725,6 +725,10 @@ def test_a_local_dask_clusters_processes_come_out_of_max_memory():
 
     import sys
     assert rss_with("lmkit.rich_build") > 0 and "lmkit.rich_build" in sys.modules
+    pytest.importorskip("dask.distributed")
+    from lmkit.distributed import dask_client, workers_rss
+    with dask_client(None, 2, processes=False) as client:  # threads: their memory is ours
+        assert workers_rss(client) == 0
 
     grew = cluster_bytes(Client(), own_rss() - (50 << 20)) - (600 << 20)
     assert 40 << 20 <= grew <= 60 << 20  # this process grew by ~50 MiB (the scheduler)

@@ -146,31 +146,20 @@ def own_rss() -> int:
     return proc_kib_field("/proc/self/status", "VmRSS") or 0
 
 
-def rss_with(module: str) -> int:
-    """``own_rss()`` once ``module`` is imported (run on a Dask worker: what it holds with the
-    code its tasks run)."""
-    importlib.import_module(module)
-    return own_rss()
-
-
-def _rss_unless(pid: int) -> int:
-    """``own_rss()``, or 0 in process ``pid`` (a worker thread of that process)."""
+def _rss_unless(pid: int, module: str | None = None) -> int:
+    """``own_rss()`` (once ``module`` is imported, if given), or 0 in process ``pid``: run on a
+    Dask worker, what a worker process holds; a worker thread of that process holds nothing
+    of its own."""
+    if module is not None:
+        importlib.import_module(module)
     return 0 if os.getpid() == pid else own_rss()
 
 
-def workers_rss(client) -> int:
-    """Resident bytes of a cluster's worker processes now (0 for workers that are threads of
-    this process: their memory is this process's)."""
-    return int(sum(client.run(_rss_unless, os.getpid()).values()))
-
-
-def cluster_bytes(client, before: int, module: str = "lmkit.rich_build") -> int:
-    """Resident bytes a new LocalCluster of worker processes holds before any task: its
-    workers' (each a separate interpreter with its own imports; measured once ``module``, the
-    code of the tasks, is imported there) plus what starting it added to this process (the
-    scheduler and the nannies run here); ``before``: ``own_rss()`` before the cluster
-    started."""
-    return int(sum(client.run(rss_with, module).values())) + max(0, own_rss() - before)
+def workers_rss(client, module: str | None = None) -> int:
+    """Resident bytes of a cluster's worker processes now, measured once ``module`` (the code
+    their tasks run) is imported there if given; 0 for workers that are threads of this
+    process (their memory is this process's)."""
+    return int(sum(client.run(_rss_unless, os.getpid(), module).values()))
 
 
 def result(future, what: str):

@@ -46,21 +46,23 @@ def reporting(verbose: bool = True):
 def bar(total=None, desc: str = "", unit: str = "tok", show: bool = True):
     """A tqdm bar on stderr (hidden when not ``show``, not verbose or not a terminal). A hidden
     bar is a ``_Hidden`` stand-in, so a run with no bar never imports tqdm (issue 21, start-up)."""
-    if not (show and _state["verbose"] and _is_terminal(sys.stderr)):
-        return _Hidden()
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-                disable=None if show and _state["verbose"] else True, leave=False)
+    return _stderr_bar(show and _state["verbose"], total=total, desc=desc, unit=unit,
+                       unit_scale=True)
 
 
 def terminal_bar(desc: str = "", unit: str = "doc", show: bool = True):
-    """A tqdm bar on stderr whenever ``show`` and stderr is a terminal, verbose or not (tqdm's
-    ``disable=None``: ``lmkit score``'s bar, which its ``progress`` option alone decides); else
-    a ``_Hidden`` stand-in, so a run whose bar is hidden never imports tqdm."""
+    """A tqdm bar on stderr whenever ``show`` and stderr is a terminal, verbose or not
+    (``lmkit score``'s bar, which its ``progress`` option alone decides); else ``_Hidden``."""
+    return _stderr_bar(show, desc=desc, unit=unit)
+
+
+def _stderr_bar(show: bool, **options):
+    """tqdm on stderr with ``options`` when ``show`` and stderr is a terminal, else a
+    ``_Hidden`` stand-in (tqdm not imported)."""
     if not (show and _is_terminal(sys.stderr)):
         return _Hidden()
     from tqdm import tqdm
-    return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
+    return tqdm(file=sys.stderr, leave=False, **options)
 
 
 def _is_terminal(stream) -> bool:

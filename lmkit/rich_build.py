@@ -69,7 +69,7 @@ import scipy.sparse as sp
 from .counts import (INDEX32, PART_BYTES, PART_POSITIONS, Counts, RowParts, add_keyed,
                      count_in_parts, empty_counts, sum_counts,
                      flat_buffer, flat_buffer_files)
-from .distributed import cluster_bytes, dask_client, own_rss, result, workers_rss
+from .distributed import dask_client, own_rss, result, workers_rss
 from .explicit import choose_lambdas, count_buckets, discount_from_counts
 from .features import Suffix, Window
 from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
@@ -630,10 +630,11 @@ class _Runner:
     every worker stopped on any error, Ctrl-C or SIGTERM), or on a Dask ``client``. The tasks
     are the same functions; so the model is the same."""
 
-    def __init__(self, workers: int = 1, client=None, local: bool = False):
+    def __init__(self, workers: int = 1, client=None, local: bool = False, held: int = 0):
         # local: the cluster runs on this machine (a LocalCluster): its tasks may write their
-        # arrays to the build's folder and send back paths
-        self.workers, self.client, self.local = workers, client, local
+        # arrays to the build's folder and send back paths; held: what its worker processes
+        # held before any task (already taken off max_memory, ``dask_budget``)
+        self.workers, self.client, self.local, self.held = workers, client, local, held
 
     def chain(self, job, spec, discount):
         if self.client is None:
@@ -800,11 +801,16 @@ def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, by_size, pad, folder
     before = own_rss() if max_memory is not None and scheduler is None and dask_processes \
         else None
     with dask_client(scheduler, workers, dask_processes, log) as client:
-        if before is not None:
-            max_memory = dask_budget(max_memory, cluster_bytes(client, before), workers, log)
+        held = 0
+        if before is not None:  # its workers once they hold the build's code, and what
+            # starting the cluster added to this process (the scheduler runs here)
+            held = workers_rss(client, "lmkit.rich_build")
+            max_memory = dask_budget(max_memory, held + max(0, own_rss() - before), workers,
+                                     log)
         # no spill on Dask (its workers may see no shared disk): the second pass counts the
         # training text again on the workers, the same counts
-        return _build(_Runner(client=client, local=scheduler is None), texts, groups, M,
+        return _build(_Runner(client=client, local=scheduler is None, held=held), texts,
+                      groups, M,
                       tables, None, folder, None,
                       refit_chunks, pad, discount, edges, heldout, hessian_every,
                       hessian_tokens, tol, max_memory, log)
@@ -812,16 +818,16 @@ def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, by_size, pad, folder
 
 def dask_budget(max_memory, taken: int, workers: int, log=None) -> int:
     """Bytes of ``max_memory`` left to the build once a LocalCluster's processes hold
-    ``taken`` (``distributed.cluster_bytes``: its ``workers`` interpreters and the scheduler,
-    before any task); refused with one line when nothing is left."""
+    ``taken`` (its ``workers`` interpreters and the scheduler, before any task); refused with
+    one line when nothing is left."""
     limit = parse_size(max_memory)
     left = limit - int(taken)
     if log:
         log(f"      dask: the cluster's processes hold {format_bytes(taken)} before any task; "
             f"the build gets the rest of the limit, {format_bytes(max(left, 0))}")
-    check_memory(int(taken) + 1, limit, f"the Dask LocalCluster's {workers} worker processes "
-                 "and scheduler (before any task)", "raise max_memory, use fewer workers, or "
-                 "use engine local")
+    check_memory(int(taken) + 1, limit, f"the Dask LocalCluster of {workers} worker processes "
+                 "(before any task)", "raise max_memory, use fewer workers, or use engine "
+                 "local")
     return left
 
 
@@ -918,8 +924,9 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     # every held-out position, whatever max_memory and whatever memory is free (thinning them,
     # solve.fit_heldout, would change the model): under max_memory the search is bounded by
     # summing its terms over pieces instead
-    # on a LocalCluster the search runs here while the workers keep what they hold
-    idle = (workers_rss(runner.client)
+    # on a LocalCluster the search runs here while the workers keep what they hold (beyond
+    # what they held at the start, which max_memory no longer counts)
+    idle = (max(0, workers_rss(runner.client) - runner.held)
             if runner.client is not None and runner.local and max_memory is not None else 0)
     search_bytes = _search_bytes(first, rows, max_memory, log, idle)
     init = np.repeat(params.info["lambda_init"], B)

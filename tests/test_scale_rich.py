@@ -712,31 +712,33 @@ def test_train_records_the_order_the_size_rule_chose(tiny_corpus_file, tiny_tok_
 
 def test_a_local_dask_clusters_processes_come_out_of_max_memory():
     """On a LocalCluster of worker processes, max_memory bounds the whole tree: what its
-    workers and the scheduler hold before any task is taken off the build's budget
-    (``distributed.cluster_bytes``), and a limit they already fill is one line."""
-    from lmkit.distributed import cluster_bytes, own_rss, rss_with
+    workers hold (``distributed.workers_rss``, once they import the build's code) is taken off
+    the build's budget, and a limit they already fill is one line; workers that are threads
+    of this process hold nothing of their own."""
+    import os
+    import sys
+
+    from lmkit.distributed import _rss_unless, own_rss, workers_rss
     from lmkit.errors import MemoryLimitError
     from lmkit.rich_build import dask_budget
 
     class Client:  # two worker processes of 300 MiB once they hold the build's code
         def run(self, fn, *args):
-            assert fn is rss_with and args == ("lmkit.rich_build",)
+            assert fn is _rss_unless and args == (os.getpid(), "lmkit.rich_build")
             return {"tcp://a": 300 << 20, "tcp://b": 300 << 20}
 
-    import sys
-    assert rss_with("lmkit.rich_build") > 0 and "lmkit.rich_build" in sys.modules
-    pytest.importorskip("dask.distributed")
-    from lmkit.distributed import dask_client, workers_rss
-    with dask_client(None, 2, processes=False) as client:  # threads: their memory is ours
-        assert workers_rss(client) == 0
-
-    grew = cluster_bytes(Client(), own_rss() - (50 << 20)) - (600 << 20)
-    assert 40 << 20 <= grew <= 60 << 20  # this process grew by ~50 MiB (the scheduler)
+    assert workers_rss(Client(), "lmkit.rich_build") == 600 << 20
+    assert _rss_unless(os.getpid() + 1, "lmkit.rich_build") == own_rss() > 0
+    assert _rss_unless(os.getpid()) == 0 and "lmkit.rich_build" in sys.modules
     lines = []
     assert dask_budget("1G", 600 << 20, 2, lines.append) == (1 << 30) - (600 << 20)
     assert "hold 600.0 MiB before any task" in lines[0] and "424.0 MiB" in lines[0]
-    with pytest.raises(MemoryLimitError, match=r"the Dask LocalCluster's 2 worker processes and "
-                                               r"scheduler \(before any task\) needs 600\.0 MiB"
+    with pytest.raises(MemoryLimitError, match=r"the Dask LocalCluster of 2 worker processes "
+                                               r"\(before any task\) needs 600\.0 MiB"
                                                r".*raise max_memory, use fewer workers, or use "
                                                r"engine local"):
         dask_budget("512M", 600 << 20, 2)
+    pytest.importorskip("dask.distributed")
+    from lmkit.distributed import dask_client
+    with dask_client(None, 2, processes=False) as client:  # threads: their memory is ours
+        assert workers_rss(client) == 0 and workers_rss(client, "lmkit.rich_build") == 0

@@ -149,7 +149,7 @@ def count_buffer(buf, pos, starts, vocab_size: int, groups: list, n_sequences: i
                                                     with_order=True)
             keys.append(k)
         elif not isinstance(g, Window):  # other keyed families (skip-grams, cluster histories, line positions)
-            m, k, _ = suffix_counts(g.row_keys(buf, pos, starts, vocab_size), targets, vocab_size)
+            m, k = pair_counts(g.row_keys(buf, pos, starts, vocab_size), targets, vocab_size)
             keys.append(k)
         else:
             rk = g.row_keys(buf, pos, starts, vocab_size)
@@ -327,6 +327,36 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int, ne
         rows[ok] = r
         perm = np.flatnonzero(ok)[perm]
     return (F, keys, rows, perm) if with_order else (F, keys, rows)
+
+
+def pair_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
+    """``(F, keys)`` of ``suffix_counts`` when the rows per position are not needed: one value
+    sort of ``key * V + target`` (2-4x less CPU than ranking the keys first), or
+    ``suffix_counts`` when that does not fit in 63 bits. Same arrays, bit for bit.
+    Example: keys [5, -1, 5, 3], targets [1, 0, 1, 2], V = 4 -> keys [3, 5],
+    F = [[0, 0, 1, 0], [0, 2, 0, 0]]."""
+    V = vocab_size
+    ok = row_keys >= 0
+    k = row_keys if ok.all() else row_keys[ok]
+    if len(k) and int(k.max()) >= ((1 << 63) - V) // V:
+        return suffix_counts(row_keys, targets, V)[:2]
+    pair = k * V
+    pair += targets if len(k) == len(row_keys) else targets[ok]
+    pair.sort()
+    n = len(pair)
+    new = np.ones(n, dtype=bool)
+    np.not_equal(pair[1:], pair[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    uniq = pair[starts]
+    cnt = np.diff(np.append(starts, n))
+    rk = uniq // V
+    first = np.ones(len(rk), dtype=bool)
+    np.not_equal(rk[1:], rk[:-1], out=first[1:])
+    indptr = np.append(np.flatnonzero(first), len(rk)).astype(np.int64)
+    F = sp.csr_matrix((cnt.astype(np.int64), (uniq - rk * V).astype(np.int32), indptr),
+                      shape=(len(indptr) - 1, V))
+    F.has_sorted_indices = True
+    return F, rk[first]
 
 
 def _sort_with_positions(k: np.ndarray, near=None):
@@ -527,8 +557,7 @@ class RowParts:
                               shape=(V, V)).tocsr()  # as count_buffer counts a window
             F.sum_duplicates()
             return [(F[int(self.bounds[p]):int(self.bounds[p + 1])], None)]
-        F, k, _ = suffix_counts(keys, tg, V)
-        return [(F, k)]
+        return [pair_counts(keys, tg, V)]
 
     def target(self) -> np.ndarray:
         """(V,) int64: how often each token is a target (every position, with or without a

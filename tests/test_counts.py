@@ -3,7 +3,7 @@ import pytest
 
 from lmkit.sparse import lookup_rows
 from lmkit.counts import (count_chunk, count_cooccurrences, count_ngrams, empty_counts,
-                          flat_buffer, suffix_counts, sum_counts)
+                          flat_buffer, pair_counts, suffix_counts, sum_counts)
 from lmkit.errors import InputError
 from lmkit.features import Suffix, Window, pad_sequences
 
@@ -86,6 +86,26 @@ def test_suffix_counts_from_a_near_order_equal_the_plain_sort(big):
             ks = keys[order]
             assert (np.diff(ks) >= 0).all() and (np.diff(order)[np.diff(ks) == 0] > 0).all()
         parent, near = want[2], got[3]
+
+
+@pytest.mark.parametrize("shift", [0, 40, 60], ids=["small", "wide", "too-wide"])
+def test_pair_counts_equal_suffix_counts(shift):
+    """One sort of key * V + target gives ``suffix_counts``'s counts and keys bit for bit
+    (dtypes included), with unseen keys (-1), duplicates, an empty input, and keys too wide
+    for the one sort (``shift`` 60: the fallback)."""
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 3000):
+        keys = rng.integers(0, 50, n).astype(np.int64) + (np.int64(1) << shift)
+        keys[rng.random(n) < 0.1] = -1
+        targets = rng.integers(0, V, n).astype(np.int64)
+        F, k = pair_counts(keys, targets, V)
+        G, kw, _ = suffix_counts(keys, targets, V)
+        assert F.shape == G.shape and np.array_equal(k, kw) and k.dtype == kw.dtype
+        for a in ("data", "indices", "indptr"):
+            x, y = getattr(F, a), getattr(G, a)
+            assert np.array_equal(x, y) and x.dtype == y.dtype, a
+    F, k = pair_counts(np.array([5, -1, 5, 3]), np.array([1, 0, 1, 2]), 4)
+    assert k.tolist() == [3, 5] and dense(F) == [[0, 0, 1, 0], [0, 2, 0, 0]]
 
 
 def test_lookup_rows():

@@ -141,8 +141,13 @@ def count_buffer(buf, pos, starts, vocab_size: int, groups: list, n_sequences: i
     targets = buf[pos].astype(np.int64)
     F, keys = [], []
     suffix_rows = near = None
+    last = max([g.m for g in groups if isinstance(g, Suffix)], default=0)
     for g in groups:
-        if isinstance(g, Suffix):
+        if isinstance(g, Suffix) and g.m == last:  # no longer order needs its rows
+            m, k = pair_counts(g.row_keys(buf, pos, starts, vocab_size, suffix_rows), targets,
+                               vocab_size)
+            keys.append(k)
+        elif isinstance(g, Suffix):
             rk = g.row_keys(buf, pos, starts, vocab_size, suffix_rows)
             # the previous order's sort groups this order's keys (parent row * V + token)
             m, k, suffix_rows, near = suffix_counts(rk, targets, vocab_size, near,

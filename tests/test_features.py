@@ -103,6 +103,10 @@ def test_find_sorted_and_lookup_keys_match_searchsorted():
     table = np.unique(rng.integers(0, 10**9, 70_000))  # big enough for the sorted-query path
     q = np.concatenate([rng.choice(table, 3000), rng.integers(-1, 10**9, 3000)])
     assert np.array_equal(find_sorted(table, q), np.searchsorted(table, q))
+    # every route of the sorted search: packed (non-negative ints), too wide to pack, negative,
+    # unsigned and float queries
+    for x in (np.abs(q), np.abs(q) << 30, q, np.abs(q).astype(np.uint64), q.astype(float)):
+        assert np.array_equal(find_sorted(table, x), np.searchsorted(table, x))
     want = np.where(np.isin(q, table) & (q >= 0), np.searchsorted(table, q), -1)
     assert np.array_equal(lookup_keys(table, q), want)
     assert lookup_keys(None, q[:3]).tolist() == q[:3].tolist()

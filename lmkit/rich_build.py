@@ -32,9 +32,10 @@ the kinds registry, so every kind works there). ``workers`` > 1 runs the group t
 many processes, and the chain's buckets too (``pool.ordered_map``: fork, so the token
 buffer is shared, results in order, every worker stopped on an error, a death, Ctrl-C or
 SIGTERM); ``engine="dask"`` runs
-the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; the
-second pass counts the training text again there instead of reading spilled counts, since
-Dask workers need not share a disk). ``max_memory`` writes the token buffers to ``.npy`` and
+the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; on a
+LocalCluster the first pass's counts are spilled to the build's folder as on engine local; on
+a cluster at a scheduler address the second pass counts the training text again there
+instead, since its workers need not share a disk). ``max_memory`` writes the token buffers to ``.npy`` and
 memory-maps them (``counts.flat_buffer_files``; engine local), checks one part's counting per
 process against the limit before counting, writes each group's solved arrays to ``.npy`` and
 memory-maps them as it goes (``_Store``), and gives the weight search what is left of the
@@ -809,11 +810,14 @@ def _build_rich(chunks, V, bos_id, eos_id, heldout, groups, by_size, pad, folder
             held = workers_rss(client, "lmkit.rich_build")
             max_memory = dask_budget(max_memory, held + max(0, own_rss() - before), workers,
                                      log)
-        # no spill on Dask (its workers may see no shared disk): the second pass counts the
-        # training text again on the workers, the same counts
+        # a LocalCluster shares this machine's disk: its tasks keep the first pass's counts
+        # in the spill folder, as engine local; the workers of a cluster at an address may
+        # see no shared disk: the second pass counts the training text again there (the
+        # same counts)
+        spill = (_Spill(folder) if refit_chunks is not None and scheduler is None else None)
         return _build(_Runner(client=client, local=scheduler is None, held=held), texts,
                       groups, M,
-                      tables, None, folder, None,
+                      tables, spill, folder, None,
                       refit_chunks, pad, discount, edges, heldout, hessian_every,
                       hessian_tokens, tol, max_memory, log)
 

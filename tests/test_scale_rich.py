@@ -414,11 +414,22 @@ def test_bounded_weight_search_in_tiny_pieces_gives_the_same_model(monkeypatch, 
 
 
 @pytest.mark.parametrize("refit", [False, True], ids=["own-valid", "carved-refit"])
-def test_dask_builds_the_same_model(refit):
-    """engine dask (a LocalCluster of threads, as the other Dask tests): the same model."""
+def test_dask_builds_the_same_model(refit, monkeypatch):
+    """engine dask (a LocalCluster of threads, as the other Dask tests): the same model; with
+    the refit pass, the first pass's training counts are kept in the spill folder (this
+    machine's disk), so the training text is cut into parts once per group, not twice."""
     pytest.importorskip("dask.distributed")
+    from lmkit import rich_build
     extra = corpus(40, 3) if refit else None
-    _same_build(_build(extra), _build(extra, engine="dask", workers=2, dask_processes=False))
+    one = _build(extra)
+    calls = []
+    parts = rich_build._Text.parts
+    monkeypatch.setattr(rich_build._Text, "parts",
+                        lambda self, group, cuts=None: calls.append(cuts is None)
+                        or parts(self, group, cuts))
+    _same_build(one, _build(extra, engine="dask", workers=2, dask_processes=False))
+    if refit:  # the training text's parts (no cuts given) once, the held-out lines' once
+        assert calls and calls.count(True) == calls.count(False)
 
 
 # ---- lmkit train on the default route: the same model whatever the scale options -----------

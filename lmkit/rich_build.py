@@ -904,9 +904,10 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     # the chain task runs here (engine local): its parts may go to the worker processes
     local = runner.workers if runner.client is None else 1
     limit = parse_size(max_memory) if max_memory is not None else None
-    # the chain's windows in the build's folder (Dask: the worker's TMPDIR); its solved arrays
-    # there too under max_memory (engine local), memory-mapped
-    scratch = folder if runner.client is None else None
+    # the chain's windows in the build's folder (engine local or a LocalCluster; a cluster
+    # at an address: its worker's TMPDIR); its solved arrays there too under max_memory
+    # (engine local), memory-mapped
+    scratch = folder if runner.client is None or runner.local else None
     # the solved arrays are written to the build's folder (engine local, or a LocalCluster,
     # whose tasks then send back paths) and memory-mapped
     out = folder if store is not None and (runner.client is None or runner.local) else None

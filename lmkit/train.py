@@ -263,8 +263,9 @@ ROUTE_TEXT = {"rich": "default (feature-rich)", "ngram": "in-memory n-gram",
               "neural": "neural"}
 # what to do instead, per (route, option); parameter names become flags in the CLI (to_flags)
 _INSTEAD = {
-    ("rich", "spill_dir"): "drop it (on Dask the suffix chain's windows are spilled on the "
-                           "cluster, in its own TMPDIR), or add max_memory SIZE",
+    ("rich", "spill_dir"): "drop it (on a Dask cluster at a scheduler address the suffix "
+                           "chain's windows are spilled on the cluster, in its own TMPDIR), or "
+                           "add max_memory SIZE",
     ("rich", "workers"): "drop it (the cluster at scheduler brings its own worker processes)",
     ("ngram-dask", "workers"): "drop it (the cluster at scheduler brings its own worker "
                                "processes)",
@@ -293,16 +294,18 @@ def _trains_base(cfg: TrainConfig) -> bool:
 
 def honoured(cfg: TrainConfig) -> set:
     """The scale options the route of ``cfg`` honours (``HONOURS``, less those this
-    configuration would not use: on the default route ``spill_dir`` on Dask without max_memory;
+    configuration would not use: on the default route ``spill_dir`` on a Dask cluster at a
+    scheduler address without max_memory;
     on every Dask route ``workers`` when a scheduler's cluster brings its own)."""
     if _trains_base(cfg):
         return honoured(_base_config(cfg))  # they go to the base model's build
     r, s = route(cfg), cfg.scale
     ok = HONOURS[r]
     if r == "rich":
-        # spilled here: the suffix chain's windows (always, engine local), the training counts
-        # when held-out lines are carved (engine local), the model's arrays under max_memory
-        if s.max_memory is None and s.engine == "dask":
+        # spilled here: the suffix chain's windows (always, engine local or a LocalCluster,
+        # which shares this disk), the training counts when held-out lines are carved (the
+        # same), the model's arrays under max_memory
+        if s.max_memory is None and s.engine == "dask" and s.scheduler is not None:
             ok = ok - {"spill_dir"}
     if s.scheduler is not None and "scheduler" in ok:
         ok = ok - {"workers"}  # every Dask route: that cluster brings its own workers

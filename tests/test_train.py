@@ -108,13 +108,14 @@ CASES = [
     (RICH, {**SCHED, "workers": 2}, "rich",
      "workers 2 " + RICH_NO + r" \(the cluster at scheduler brings its own worker processes\)"),
     (RICH, {**ENGINE, "workers": 2}, "rich", None),
-    # spill_dir: used by the suffix chain's windows (engine local), by the counts waiting for
+    # spill_dir: used by the suffix chain's windows (engine local, LocalCluster), by the counts waiting for
     # the refit (carved lines) and by the mapped model (max_memory)
     (RICH, SPILLDIR, "rich", None),
     (RICH_FILES, SPILLDIR, "rich", None), (RICH_MEM, SPILLDIR, "rich", None),
-    ({**RICH_FILES, **ENGINE}, SPILLDIR, "rich",
-     "spill_dir /nonexistent " + RICH_NO + r" \(on Dask the suffix chain's windows are "
-     "spilled on the cluster"),
+    ({**RICH_FILES, **ENGINE}, SPILLDIR, "rich", None),
+    (RICH_FILES, {**SCHED, **SPILLDIR}, "rich",
+     "spill_dir /nonexistent " + RICH_NO + r" \(on a Dask cluster at a scheduler address the "
+     "suffix chain's windows are spilled on the cluster"),
     ({**RICH_MEM, **ENGINE}, SPILLDIR, "rich", None),
     (RICH, MEM, "rich", None), (RICH, READ, "rich", "workers_read " + RICH_NO + r" \(this process"),
     (RICH, CHUNK, "rich", None), (RICH, {"workers": 1}, "rich", None),
@@ -174,8 +175,8 @@ def test_refused_scale_option_is_one_line_exit_2_before_any_work(tmp_path, capsy
     assert err.strip().splitlines() == ["lmkit: error: --workers 64 is not supported on the default "
                                         "(feature-rich) route; drop it (the cluster at --scheduler "
                                         "brings its own worker processes)"]
-    assert main(["train", "--engine", "dask", "--spill-dir", str(tmp_path), "--output",
-                 str(out)]) == 2
+    assert main(["train", "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1",
+                 "--spill-dir", str(tmp_path), "--output", str(out)]) == 2
     assert "--spill-dir " + str(tmp_path) + " is not supported" in capsys.readouterr().err
     assert not out.exists()
 

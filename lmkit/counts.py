@@ -322,8 +322,9 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int, ne
     uniq = pair[starts]
     cnt = np.diff(np.append(starts, n))
     indptr = np.zeros(len(keys) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(uniq // V, minlength=len(keys)), out=indptr[1:])
-    F = sp.csr_matrix((cnt.astype(np.int64), (uniq % V).astype(np.int32), indptr),
+    row, col = _divmod(uniq, V)
+    np.cumsum(np.bincount(row, minlength=len(keys)), out=indptr[1:])
+    F = sp.csr_matrix((cnt.astype(np.int64), col.astype(np.int32), indptr),
                       shape=(len(keys), V))
     if every:
         rows = r
@@ -354,14 +355,23 @@ def pair_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
     starts = np.flatnonzero(new)
     uniq = pair[starts]
     cnt = np.diff(np.append(starts, n))
-    rk = uniq // V
+    rk, col = _divmod(uniq, V)
     first = np.ones(len(rk), dtype=bool)
     np.not_equal(rk[1:], rk[:-1], out=first[1:])
     indptr = np.append(np.flatnonzero(first), len(rk)).astype(np.int64)
-    F = sp.csr_matrix((cnt.astype(np.int64), (uniq - rk * V).astype(np.int32), indptr),
+    F = sp.csr_matrix((cnt.astype(np.int64), col.astype(np.int32), indptr),
                       shape=(len(indptr) - 1, V))
     F.has_sorted_indices = True
     return F, rk[first]
+
+
+def _divmod(u: np.ndarray, V: int):
+    """``(u // V, u % V)`` of non-negative int64 ``u``: a shift and a mask when V is a power
+    of two (a third of the CPU of integer division)."""
+    if V & (V - 1) == 0:
+        s = int(V).bit_length() - 1
+        return u >> s, u & (V - 1)
+    return u // V, u % V
 
 
 def _sort_with_positions(k: np.ndarray, near=None):

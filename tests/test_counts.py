@@ -88,18 +88,30 @@ def test_suffix_counts_from_a_near_order_equal_the_plain_sort(big):
         parent, near = want[2], got[3]
 
 
+def _plain_counts(keys, targets, V):
+    """Counts per distinct kept key (rows in key order) by a dictionary: the reference."""
+    rows = sorted({int(k) for k in keys if k >= 0})
+    out = np.zeros((len(rows), V), dtype=np.int64)
+    at = {k: i for i, k in enumerate(rows)}
+    for k, t in zip(keys, targets):
+        if k >= 0:
+            out[at[int(k)], t] += 1
+    return out
+
+
 @pytest.mark.parametrize("shift", [0, 40, 60], ids=["small", "wide", "too-wide"])
 def test_pair_counts_equal_suffix_counts(shift):
     """One sort of key * V + target gives ``suffix_counts``'s counts and keys bit for bit
     (dtypes included), with unseen keys (-1), duplicates, an empty input, and keys too wide
     for the one sort (``shift`` 60: the fallback)."""
     rng = np.random.default_rng(3)
-    for n in (0, 1, 3000):
+    for n, Vt in ((0, V), (1, V), (3000, V), (3000, 16)):  # 16: rows and columns by shifts
         keys = rng.integers(0, 50, n).astype(np.int64) + (np.int64(1) << shift)
         keys[rng.random(n) < 0.1] = -1
-        targets = rng.integers(0, V, n).astype(np.int64)
-        F, k = pair_counts(keys, targets, V)
-        G, kw, _ = suffix_counts(keys, targets, V)
+        targets = rng.integers(0, Vt, n).astype(np.int64)
+        F, k = pair_counts(keys, targets, Vt)
+        G, kw, _ = suffix_counts(keys, targets, Vt)
+        assert np.array_equal(F.toarray(), _plain_counts(keys, targets, Vt))
         assert F.shape == G.shape and np.array_equal(k, kw) and k.dtype == kw.dtype
         for a in ("data", "indices", "indptr"):
             x, y = getattr(F, a), getattr(G, a)

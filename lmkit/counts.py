@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from .features import Suffix, Window, check_suffix_chain, pad_sequences
 from .io.npyfile import NpyAppender, open_npy, release_pages
-from .sparse import lookup_rows
+from .sparse import csr_from_arrays, csr_to_arrays, lookup_rows
 
 
 @dataclass
@@ -86,6 +86,30 @@ class Counts:
             if a.shape != b.shape or (a != b).nnz:
                 return False
         return (self.n_sequences, self.n_tokens) == (other.n_sequences, other.n_tokens)
+
+
+def save_counts(c: Counts, path) -> None:
+    """Write ``c`` as one ``.npz`` of plain arrays (no pickles): partial sums spilled by
+    ``parallel.SpillingSum``, the suffix chain's counts of a bucket kept between two solves
+    (``ngram.build.solve_bucket_files``)."""
+    arrays = {"meta": np.array([c.vocab_size, c.n_sequences, c.n_tokens], dtype=np.int64),
+              "target": c.target}
+    for g, (F, k) in enumerate(zip(c.F, c.keys)):
+        arrays.update(csr_to_arrays(f"F{g}", F))
+        if k is not None:
+            arrays[f"keys{g}"] = k
+    np.savez(path, **arrays)
+
+
+def load_counts(path, groups: list) -> Counts:
+    """Inverse of ``save_counts``."""
+    with np.load(path, allow_pickle=False) as z:
+        V, n_seq, n_tok = (int(x) for x in z["meta"])
+        F, keys = [], []
+        for g in range(len(groups)):
+            F.append(csr_from_arrays(f"F{g}", z))
+            keys.append(z[f"keys{g}"] if f"keys{g}" in z.files else None)
+        return Counts(V, list(groups), F, keys, z["target"], n_seq, n_tok)
 
 
 def _union_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from itertools import chain, islice
 import numpy as np
 
 from .config import ScaleConfig
-from .counts import Counts, count_chunk, empty_counts
+from .counts import Counts, count_chunk, empty_counts, load_counts, save_counts  # noqa: F401
 from .errors import OptionError, OutputError, WorkerDiedError
 from .io.scratch import make_temp_dir
 from .kinds import group_spec, groups_from_spec
@@ -195,28 +195,6 @@ def _count_with_workers(chunks, tokenizer, groups: list, workers: int, budget, s
 
 
 # ---- reduction with spilling -------------------------------------------------------------------
-def save_counts(c: Counts, path) -> None:
-    """Write ``c`` as one ``.npz`` of plain arrays (no pickles)."""
-    arrays = {"meta": np.array([c.vocab_size, c.n_sequences, c.n_tokens], dtype=np.int64),
-              "target": c.target}
-    for g, (F, k) in enumerate(zip(c.F, c.keys)):
-        arrays.update(csr_to_arrays(f"F{g}", F))
-        if k is not None:
-            arrays[f"keys{g}"] = k
-    np.savez(path, **arrays)
-
-
-def load_counts(path, groups: list) -> Counts:
-    """Inverse of ``save_counts``."""
-    with np.load(path, allow_pickle=False) as z:
-        V, n_seq, n_tok = (int(x) for x in z["meta"])
-        F, keys = [], []
-        for g in range(len(groups)):
-            F.append(csr_from_arrays(f"F{g}", z))
-            keys.append(z[f"keys{g}"] if f"keys{g}" in z.files else None)
-        return Counts(V, list(groups), F, keys, z["target"], n_seq, n_tok)
-
-
 class SpillingSum:
     """Streaming tree sum of ``Counts`` that spills partial sums to disk above a byte budget.
 

@@ -481,8 +481,9 @@ def _chain_task(job: _Job, spec, discount):
     window goes to the file of its previous token's range (``ngram.disk.partition_positions``),
     and each range is counted and solved on its own (``solve_bucket_files``), the entry
     buckets and weights folded in a range at a time (``_Job.fold``). With a spill folder the
-    first pass keeps the training text's windows there (``_ChainWindows``), and the second pass
-    appends the held-out lines' to them instead of reading the training text again."""
+    first pass keeps each bucket's counts of the training text there (``_ChainWindows``), and
+    the second pass adds the held-out lines' counts to them instead of counting the training
+    text again."""
     groups = groups_from_spec(spec)
     order, texts = len(groups) + 1, [t for t in (job.train, job.held) if t is not None]
     V, bos = texts[0].V, int(texts[0].bos_id)
@@ -501,7 +502,8 @@ def _chain_task(job: _Job, spec, discount):
                 return ordered_map(fn, list(buckets), job.workers, what="a counting worker")
         out = tmp if job.out is None else Path(tempfile.mkdtemp(prefix="chain-", dir=job.out))
         sol = solve_bucket_files(win.sources, order, V, bos, tmp, out, discount=discount,
-                                 fold=job.fold, keep=win.keep, mapper=mapper)
+                                 fold=job.fold, mapper=mapper, counts_in=win.counts_in,
+                                 counts_out=win.counts_out)
         if job.out is None:
             sol = sol.in_memory()
     finally:
@@ -523,23 +525,28 @@ def chain_buckets(n_positions: int, workers: int = 1, max_memory=None) -> int:
 
 
 class _ChainWindows:
-    """The window files of a chain task, per bucket (``sources``), made ready in ``tmp``; or,
-    with a spill folder, in its ``chain-windows`` folder: the first pass writes the training
-    text's there and keeps them (``keep``), the second appends the held-out lines' to them.
+    """The window files of a chain task, per bucket (``sources``), made ready in ``tmp``.
+    With a spill folder, the first pass keeps each bucket's raw counts in its
+    ``chain-counts`` folder (``counts_out``, with the buckets' edges and the totals), and the
+    second pass partitions the held-out lines alone into the same buckets and adds their counts
+    to the kept ones (``counts_in``) instead of counting the training text again.
     ``n_sequences``, ``n_positions``: the totals of every text in the windows."""
 
     def __init__(self, job: _Job, order: int, tmp: Path):
         texts = [t for t in (job.train, job.held) if t is not None]
         V, chunk = texts[0].V, chunk_for(job.max_memory)  # positions per read
-        spilled = job.spill is not None
-        folder = job.spill.folder / "chain-windows" if spilled else tmp
-        self.keep = spilled and job.held is None
-        if spilled and job.held is not None:  # second pass: the training windows are there
+        kept = job.spill.folder / "chain-counts" if job.spill is not None else None
+        self.counts_out = kept if kept is not None and job.held is None else None
+        self.counts_in = kept if kept is not None and job.held is not None else None
+        if self.counts_in is not None:  # second pass: the training text's counts are there
             texts = [job.held]
-            edges = np.load(folder / "edges.npy", allow_pickle=False)
-            n_seq, n_pos = (int(x) for x in np.load(folder / "totals.npy", allow_pickle=False))
+            edges = np.load(kept / "edges.npy", allow_pickle=False)
+            n_seq, n_pos = (int(x) for x in np.load(kept / "totals.npy", allow_pickle=False))
+            if n_pos == 0:  # the first pass solved nothing and kept no counts
+                self.counts_in = None
         else:
-            folder.mkdir(exist_ok=True)
+            if kept is not None:
+                kept.mkdir(exist_ok=True)
             n_pos = sum(len(t.pos) for t in texts)
             hist = 0
             for t in texts:
@@ -547,14 +554,14 @@ class _ChainWindows:
                 t.release()
             edges = edges_from_histogram(hist, chain_buckets(n_pos, job.workers, job.max_memory))
             n_seq, n_pos = 0, 0
-        paths = [folder / f"windows{b:05d}.bin" for b in range(len(edges) - 1)]
+        paths = [tmp / f"windows{b:05d}.bin" for b in range(len(edges) - 1)]
         for t in texts:
             partition_positions(t.buf, t.pos, t.starts, order, edges, paths, V, chunk)
             t.release()
             n_seq, n_pos = n_seq + t.n_seq, n_pos + len(t.pos)
-        if self.keep:
-            np.save(folder / "edges.npy", edges, allow_pickle=False)
-            np.save(folder / "totals.npy", np.array([n_seq, n_pos], dtype=np.int64),
+        if self.counts_out is not None:
+            np.save(kept / "edges.npy", edges, allow_pickle=False)
+            np.save(kept / "totals.npy", np.array([n_seq, n_pos], dtype=np.int64),
                     allow_pickle=False)
         self.sources = [[p] for p in paths]
         self.n_sequences, self.n_positions = n_seq, n_pos

@@ -87,10 +87,11 @@ def tiny_buckets(monkeypatch):
 @pytest.mark.parametrize("discount", [None, 0.7])
 def test_chain_in_buckets_equals_the_whole_chain(tmp_path, tiny_buckets, workers, mapped,
                                                 discount):
-    """First pass, then the second pass (carved held-out lines appended to the training
-    windows kept in the spill folder; or, without a spill folder as on Dask, both texts
-    partitioned again): bit for bit the in-memory chain, in many buckets, counted by one or
-    two processes, the arrays in memory or memory-mapped from the build's folder."""
+    """First pass, then the second pass (the carved held-out lines' counts added to each
+    bucket's training counts kept in the spill folder; or, without a spill folder as on a
+    cluster at a scheduler address, both texts partitioned again): bit for bit the in-memory
+    chain, in many buckets, counted by one or two processes, the arrays in memory or
+    memory-mapped from the build's folder."""
     from lmkit.io.npyfile import mapped_base
     from lmkit.kinds import group_spec
     from lmkit.rich_build import _Job, _Spill, _Text, _chain_task
@@ -111,13 +112,14 @@ def test_chain_in_buckets_equals_the_whole_chain(tmp_path, tiny_buckets, workers
         _assert_same_chain(got1, want1)
         assert tiny_buckets[-1] > 10
         assert all((mapped_base(S.data) is not None) == mapped for S, _, _ in got1[1])
-        if spill is not None:  # the training windows wait for the second pass
-            assert (folder / "chain-windows" / "windows00000.bin").exists()
+        if spill is not None:  # each bucket's training counts wait for the second pass
+            kept = sorted(p.name for p in (folder / "chain-counts").glob("counts*.npz"))
+            assert len(kept) == tiny_buckets[-1] and kept[0] == "counts00000.npz"
         got2 = _chain_task(_Job(None if spill else T, H, spill, EDGES, lam, **scale), spec,
                            discount)
         _assert_same_chain(got2, want2)
         assert not list(folder.glob("lmkit-chain-*"))  # the chain's scratch went
-        assert not list(folder.glob("chain-windows/*.bin"))  # counted windows are removed
+        assert not list(folder.glob("**/*.bin"))  # counted windows are removed
 
 
 def test_partition_positions_counts_like_the_buffers(tmp_path, monkeypatch):

@@ -208,8 +208,8 @@ def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path,
     monkeypatch.setattr(rich_build._Spill, "blocks", spy)
     rich_build.build_rich([corpus(200, 0)], 14, BOS, EOS, corpus(40, 1),
                           refit_chunks=[corpus(30, 3)], **kw)
-    # it did spill: the groups' counts, and the suffix chain's windows (tests/test_scale_chain.py)
-    assert seen and "chain-windows" in seen[0] and any(n.startswith("g") for n in seen[0])
+    # it did spill: the groups' counts, and the suffix chain's counts (tests/test_scale_chain.py)
+    assert seen and "chain-counts" in seen[0] and any(n.startswith("g") for n in seen[0])
     assert list(tmp_path.iterdir()) == []
 
     def boom(*a, **k):

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..counts import count_buffer
+from ..counts import count_buffer, load_counts, save_counts
 from ..errors import InputError
 from ..features import make_groups
 from ..memory import parse_size
@@ -139,7 +139,7 @@ class BucketSolution:
 
 def solve_bucket_files(sources, order: int, V: int, bos_id: int, tmp, folder, *,
                        discount=None, fold=None, keep: bool = False, mapper=None,
-                       log=None) -> BucketSolution:
+                       log=None, counts_in=None, counts_out=None) -> BucketSolution:
     """Stages 3-5 on window files (``disk.partition_windows`` / ``partition_positions``):
     ``sources[b]`` lists the files of bucket b (token ranges in increasing order), whose
     windows are counted together (as their concatenation). Equal to ``solve_ngram`` of the
@@ -151,14 +151,22 @@ def solve_bucket_files(sources, order: int, V: int, bos_id: int, tmp, folder, *,
     kept and an int8 array per value, or None (then ``entry`` is None); ``keep``: leave the
     window files (else each is removed once counted); ``mapper(fn, buckets)``: how the buckets
     are counted (default ``map``; e.g. worker processes), yielding ``fn(b)`` in order.
+
+    ``counts_out``: a folder where each bucket's raw counts are kept (``counts.save_counts``,
+    ``counts{b:05d}.npz``) for a later solve with more text; ``counts_in``: such a folder, whose
+    bucket counts are added to the counts of the windows of ``sources`` (``Counts.__add__``:
+    the same counts as the windows of both counted together, so that text is not counted
+    again; the buckets must be the same token ranges).
     """
     M = order - 1
     tmp = Path(tmp)
     given = _check_discount(discount)
 
     def count(b):
+        kept = [None if f is None else Path(f) / f"counts{b:05d}.npz"
+                for f in (counts_in, counts_out)]
         return _count_bucket(sources[b], order, V, bos_id, tmp / f"bucket{b:05d}.npz",
-                             fold is not None, keep)
+                             fold is not None, keep, *kept)
     a1 = np.zeros(V, dtype=np.int64)
     nk = np.zeros((M + 1, 4), dtype=np.int64)  # count-of-counts n1..n4 per order
     n_pos = 0
@@ -178,18 +186,25 @@ def solve_bucket_files(sources, order: int, V: int, bos_id: int, tmp, folder, *,
     return BucketSolution(q, S, keys, entry, info, n_pos)
 
 
-def _count_bucket(files, order, V, bos_id, spill, raw, keep):
+def _count_bucket(files, order, V, bos_id, spill, raw, keep, base=None, save=None):
     """Stage 3 for one bucket: its window files -> adjusted counts (and with ``raw`` the raw
     counts of the lower orders, the top order's are its adjusted counts) spilled to
-    ``spill``. Returns the unigram adjusted counts (V,), count-of-counts (N, 4) and positions."""
+    ``spill``; ``base``: a file of kept counts (``counts.save_counts``) added to the windows';
+    ``save``: where to keep the bucket's raw counts. Returns the unigram adjusted counts (V,),
+    count-of-counts (N, 4) and positions."""
     M = order - 1
     buf, pos, starts = load_windows(files, order, V)
     if not keep:
         for path in files:
             Path(path).unlink()
-    n_pos = len(pos)
-    c = count_buffer(buf, pos, starts, V, make_groups(0, order), 0)
+    groups = make_groups(0, order)
+    c = count_buffer(buf, pos, starts, V, groups, 0)
     del buf, pos, starts
+    if base is not None:
+        c = load_counts(base, groups) + c
+    if save is not None:
+        save_counts(c, save)
+    n_pos = c.n_tokens
     A, links = zip(*[_adjusted_counts(c, m, M, bos_id) for m in range(M + 1)])
     nk = np.zeros((M + 1, 4), dtype=np.int64)
     arrays = {}

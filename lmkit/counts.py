@@ -62,7 +62,8 @@ class Counts:
                 continue
             # re-key both sides into the merged numbering of the parent level (monotone maps,
             # so the re-keyed tables stay sorted), then take the union
-            ka, kb = map_a[ka // V] * V + ka % V, map_b[kb // V] * V + kb % V
+            (pa, ta), (pb, tb) = _divmod(ka, V), _divmod(kb, V)
+            ka, kb = map_a[pa] * V + ta, map_b[pb] * V + tb
             union = _union_sorted(ka, kb)
             map_a, map_b = np.searchsorted(union, ka), np.searchsorted(union, kb)
             F.append((_remap_rows(a, map_a, len(union)) + _remap_rows(b, map_b, len(union))).tocsr())
@@ -493,11 +494,13 @@ class RowParts:
     part p covers the same rows as the training text's part p, so the two add up part by part.
 
     Memory: the keys are computed ``KEY_CHUNK`` positions at a time, never for every position
-    at once; each position keeps only its part number (one byte while there are < 255 parts).
+    at once; each position keeps only its part number (one byte while there are < 255 parts),
+    and with ``keep_keys`` its key too (8 bytes; the keys are then computed once, not twice).
     """
 
     def __init__(self, buf, pos, starts, vocab_size: int, groups: list,
-                 part_positions: int | None = None, min_parts: int = 1, cuts=None):
+                 part_positions: int | None = None, min_parts: int = 1, cuts=None,
+                 keep_keys: bool = False):
         V, N = vocab_size, len(pos)
         self.buf, self.pos, self.starts, self.V, self.groups = buf, pos, starts, V, list(groups)
         self.chain = all(isinstance(g, Suffix) for g in groups)
@@ -520,6 +523,10 @@ class RowParts:
         self.cuts = np.asarray(cuts, dtype=np.int64)
         self.n_parts = len(self.cuts) + 1
         self.which = None  # one part: every position
+        # keep_keys: one group's part keys (int64, 8 bytes a position) kept from cutting the
+        # parts to counting them, instead of computed twice
+        self._keys = (np.empty(N, dtype=np.int64) if keep_keys and not self.chain
+                      and self._k_tok is None and self.n_parts > 1 and N else None)
         if self.n_parts > 1 and N:
             self.which = self._part_numbers()
         self.bounds = (np.concatenate([[0], self.cuts, [V]]) if isinstance(g0, Window)
@@ -558,6 +565,8 @@ class RowParts:
         none = np.iinfo(which.dtype).max  # no feature: counted in no part (as count_buffer)
         for lo, hi in _chunks(len(self.pos)):
             k = self._part_keys(slice(lo, hi))
+            if self._keys is not None:
+                self._keys[lo:hi] = k
             w = np.searchsorted(self.cuts, k, side="right")
             w[k < 0] = none
             which[lo:hi] = w
@@ -588,7 +597,8 @@ class RowParts:
                 if self.chain:  # counted by count_buffer, from the part's positions
                     got.append((np.asarray(pos[piece]), np.asarray(starts[piece])))
                 else:
-                    got.append((self._part_keys(piece), buf[pos[piece]].astype(np.int64)))
+                    k = self._keys[piece] if self._keys is not None else self._part_keys(piece)
+                    got.append((k, buf[pos[piece]].astype(np.int64)))
                 held += len(piece)
                 if held >= self.at_once:
                     sums.append(self._count_run(got))

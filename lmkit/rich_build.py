@@ -148,10 +148,14 @@ class _Text:
         """Drop the mapped buffer's pages from this process's resident set (no-op in memory)."""
         release_pages(self.buf, self.pos, self.starts)
 
-    def parts(self, group, cuts=None) -> RowParts:
+    def parts(self, group, cuts=None, max_memory=None, workers: int = 1) -> RowParts:
         """This text's positions in parts owning whole rows of ``group`` (``counts.RowParts``;
-        ``cuts``: another text's, for the same rows part by part)."""
-        return RowParts(self.buf, self.pos, self.starts, self.V, [group], cuts=cuts)
+        ``cuts``: another text's, for the same rows part by part). The part keys are kept
+        between cutting and counting (8 bytes a position) when ``workers`` processes doing
+        so take at most an eighth of ``max_memory`` (bytes; None: no limit)."""
+        keep = max_memory is None or 8 * len(self.pos) * workers <= max_memory // 8
+        return RowParts(self.buf, self.pos, self.starts, self.V, [group], cuts=cuts,
+                        keep_keys=keep)
 
     def count(self, groups: list, workers: int = 1) -> Counts:
         """Counts of the suffix chain or of one other group, sorted a part of the positions at a
@@ -402,9 +406,9 @@ class _Job:
     solved arrays are written to and memory-mapped from (None: read back into memory)."""
 
     def __init__(self, train, held, spill, edges, lam=None, workers: int = 1,
-                 max_memory=None, scratch=None, out=None):
+                 max_memory=None, scratch=None, out=None, tasks: int = 1):
         self.train, self.held, self.spill, self.edges, self.lam = train, held, spill, edges, lam
-        self.workers = workers
+        self.workers, self.tasks = workers, tasks  # tasks: group tasks that run at once
         self.max_memory, self.scratch, self.out = max_memory, scratch, out
 
     def blocks(self, group, g: int) -> _Blocks:
@@ -421,8 +425,9 @@ class _Job:
             out = _Blocks(make_temp_dir(f"lmkit-group-{g}-", dir=self.scratch))
         else:
             out = _Blocks()
+        scale = dict(max_memory=self.max_memory, workers=self.tasks)
         if self.held is None:
-            parts = self.train.parts(group)
+            parts = self.train.parts(group, **scale)
             for p in range(parts.n_parts):
                 out.put(*parts.count(p)[0])
             if keep is not None:
@@ -433,9 +438,9 @@ class _Job:
             cuts = np.load(keep.folder / "cuts.npy", allow_pickle=False)
             base = keep
         else:  # counted again (Dask): the same cuts, from the same text
-            parts = self.train.parts(group)
+            parts = self.train.parts(group, **scale)
             cuts, base = parts.cuts, None
-        held = self.held.parts(group, cuts)
+        held = self.held.parts(group, cuts, **scale)
         for p in range(held.n_parts):
             F, k = base.get(p) if base is not None else parts.count(p)[0]
             H, kh = held.count(p)[0]
@@ -671,6 +676,12 @@ class _Runner:
                                min(self.workers, len(items)), init=_set_state, init_args=(job,),
                                what="a counting worker"):
             yield _opened(res)  # written by the worker: its files, mapped here
+
+    def slots(self) -> int:
+        """How many group tasks run at once: the worker processes, or the cluster's workers."""
+        if self.client is None:
+            return max(1, self.workers)
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
 
     def _job(self, job):
         """The job on the cluster, scattered once per pass (its text buffers are the bulk)."""
@@ -918,7 +929,7 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     # the solved arrays are written to the build's folder (engine local, or a LocalCluster,
     # whose tasks then send back paths) and memory-mapped
     out = folder if store is not None and (runner.client is None or runner.local) else None
-    scale = dict(max_memory=limit, scratch=scratch, out=out)
+    scale = dict(max_memory=limit, scratch=scratch, out=out, tasks=runner.slots())
     job = _Job(first, None, spill, edges, workers=local, **scale)
     q, S, keys, eb, info, n_seq, n_tok = _solve_pass(runner, job, groups, M, discount,
                                                      store, log)

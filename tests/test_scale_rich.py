@@ -167,6 +167,35 @@ def test_a_part_bigger_than_it_may_be_is_counted_in_runs(monkeypatch):
     assert len(pos) > 10 * at_once and counts.PART_POSITIONS > at_once
 
 
+@pytest.mark.parametrize("key_chunk", [None, 37])
+def test_part_keys_kept_between_cutting_and_counting_give_the_same_counts(key_chunk,
+                                                                         monkeypatch):
+    """``RowParts(keep_keys=True)`` keeps every position's part key from cutting the parts
+    (computed once) and counts each part from them: the same arrays as computing them again,
+    for every keyed kind (the chain and windows find their rows by token: nothing kept)."""
+    from lmkit import counts
+    if key_chunk:
+        monkeypatch.setattr(counts, "KEY_CHUNK", key_chunk)
+    from lmkit.clusters import ClusterHistory
+    from lmkit.counts import RowParts, flat_buffer
+    from lmkit.features import Skip, Suffix, Window
+    from lmkit.linepos import LinePosition
+    V = 14
+    buf, pos, starts, _ = flat_buffer([corpus(300, 4, V)], BOS, EOS, 3)
+    table = tuple(int(x) for x in np.arange(V) % 4)
+    pb = tuple(int(x) for x in np.arange(V) % 3 + 1)
+    for g in (Skip(1, 1, 1), ClusterHistory(3, 1, table), LinePosition(0, 3, 2, pb, table),
+              Window(2), Suffix(1)):
+        plain = RowParts(buf, pos, starts, V, [g], part_positions=97)
+        kept = RowParts(buf, pos, starts, V, [g], part_positions=97, keep_keys=True)
+        assert (kept._keys is not None) == (not isinstance(g, (Window, Suffix)))
+        assert plain.n_parts == kept.n_parts > 3
+        for p in range(plain.n_parts):
+            for (F, k), (G, kg) in zip(plain.count(p), kept.count(p)):
+                assert (F != G).nnz == 0 and F.shape == G.shape
+                assert (k is None and kg is None) or np.array_equal(k, kg)
+
+
 def test_flat_buffer_files_equal_flat_buffer(tmp_path, monkeypatch):
     """The token buffer written a chunk at a time and memory-mapped: the values of
     ``flat_buffer``, indices in int32 (as rich_build keeps them in memory), or in int64 when
@@ -425,8 +454,8 @@ def test_dask_builds_the_same_model(refit, monkeypatch):
     calls = []
     parts = rich_build._Text.parts
     monkeypatch.setattr(rich_build._Text, "parts",
-                        lambda self, group, cuts=None: calls.append(cuts is None)
-                        or parts(self, group, cuts))
+                        lambda self, group, cuts=None, **kw: calls.append(cuts is None)
+                        or parts(self, group, cuts, **kw))
     _same_build(one, _build(extra, engine="dask", workers=2, dask_processes=False))
     if refit:  # the training text's parts (no cuts given) once, the held-out lines' once
         assert calls and calls.count(True) == calls.count(False)

@@ -36,7 +36,6 @@ import queue
 import shutil
 from itertools import chain, islice
 
-import numpy as np
 
 from .config import ScaleConfig
 from .counts import Counts, count_chunk, empty_counts, load_counts, save_counts  # noqa: F401
@@ -48,7 +47,6 @@ from .memory import check_memory, format_bytes, parse_size
 # the counting workers here, and ordered_map, WorkerGroup, pool_context stay importable from here
 from .pool import (WorkerGroup, _die_with_parent, _picklable, _stop, ordered_map,  # noqa: F401
                    pool_context)
-from .sparse import csr_from_arrays, csr_to_arrays
 from .tokenizer import Tokenizer
 
 # A CSR entry costs 8 bytes of int64 data + 4 or 8 bytes of index, and adding two CSRs briefly

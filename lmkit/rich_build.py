@@ -420,7 +420,10 @@ class _Job:
         to disk under ``max_memory`` (``scratch``), else stay in memory."""
         keep = self.spill.blocks(g) if self.spill is not None else None
         if self.held is None and keep is not None:
-            out = keep
+            # a task run again (Dask retries it when its worker is lost) starts over: the
+            # blocks a lost run left would otherwise come before this run's
+            keep.drop(force=True)
+            out = keep = self.spill.blocks(g)
         elif self.max_memory is not None:
             out = _Blocks(make_temp_dir(f"lmkit-group-{g}-", dir=self.scratch))
         else:
@@ -453,8 +456,8 @@ class _Job:
         self.held.release()
         if self.train is not None:
             self.train.release()
-        if keep is not None:
-            keep.drop(force=True)
+        # the kept blocks stay until the build's folder goes: a run of this task again (its
+        # worker lost) reads them too; the disk peaks at the end of the first pass anyway
         return out
 
     def fold(self, g: int, data: np.ndarray, counts: np.ndarray):

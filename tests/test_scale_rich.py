@@ -196,6 +196,22 @@ def test_part_keys_kept_between_cutting_and_counting_give_the_same_counts(key_ch
                 assert (k is None and kg is None) or np.array_equal(k, kg)
 
 
+def test_a_group_task_run_again_keeps_only_its_own_blocks(tmp_path):
+    """Dask runs a task again when its worker is lost: the first pass's blocks kept in the
+    spill folder are those of the last run, not the lost run's followed by its (which gave
+    unsorted row keys: a model refused when it was read back)."""
+    from lmkit.features import Skip
+    from lmkit.rich_build import _Job, _Spill, _Text
+    text = _Text([corpus(300, 0)], 14, BOS, EOS, 3)
+    job = _Job(text, None, _Spill(tmp_path), (2, 3))
+    job.blocks(Skip(1, 1, 1), 4)
+    first = sorted(p.name for p in (tmp_path / "g4").iterdir())
+    kept = job.blocks(Skip(1, 1, 1), 4)
+    assert sorted(p.name for p in (tmp_path / "g4").iterdir()) == first
+    keys = np.concatenate([k for _, k in kept])
+    assert len(kept) >= 1 and (np.diff(keys) > 0).all()
+
+
 def test_flat_buffer_files_equal_flat_buffer(tmp_path, monkeypatch):
     """The token buffer written a chunk at a time and memory-mapped: the values of
     ``flat_buffer``, indices in int32 (as rich_build keeps them in memory), or in int64 when

@@ -36,7 +36,6 @@ import queue
 import shutil
 from itertools import chain, islice
 
-
 from .config import ScaleConfig
 from .counts import Counts, count_chunk, empty_counts, load_counts, save_counts  # noqa: F401
 from .errors import OptionError, OutputError, WorkerDiedError

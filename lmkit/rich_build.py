@@ -35,7 +35,8 @@ SIGTERM); ``engine="dask"`` runs
 the chain and the group tasks on a Dask cluster (the buffer scattered to the workers; on a
 LocalCluster the first pass's counts are spilled to the build's folder as on engine local; on
 a cluster at a scheduler address the second pass counts the training text again there
-instead, since its workers need not share a disk). ``max_memory`` writes the token buffers to ``.npy`` and
+instead, since its workers need not share a disk). ``max_memory`` writes the token buffers
+to ``.npy`` and
 memory-maps them (``counts.flat_buffer_files``; engine local), checks one part's counting per
 process against the limit before counting, writes each group's solved arrays to ``.npy`` and
 memory-maps them as it goes (``_Store``), and gives the weight search what is left of the
@@ -397,7 +398,8 @@ class _Job:
     """What counting and solving one group needs, in this process, a worker process (inherited
     by fork) or a Dask task (sent as it is): the training text, the held-out lines' text (the
     second pass; None in the first), the spill folder of the training counts (None: count the
-    training text again, as Dask workers do: they see no shared disk), the entry-count edges and
+    training text again, as the workers of a Dask cluster at an address do: they may see no
+    shared disk), the entry-count edges and
     the chosen weights ((G, B), the second pass; None in the first).
 
     For the chain task (``_chain_task``): ``workers`` processes count its buckets (this

@@ -182,10 +182,7 @@ def count_buffer(buf, pos, starts, vocab_size: int, groups: list, n_sequences: i
             m, k = pair_counts(g.row_keys(buf, pos, starts, vocab_size), targets, vocab_size)
             keys.append(k)
         else:
-            rk = g.row_keys(buf, pos, starts, vocab_size)
-            m = sp.coo_matrix((np.ones(len(rk), dtype=np.int64), (rk, targets)),
-                              shape=(vocab_size, vocab_size)).tocsr()
-            m.sum_duplicates()
+            m = _window_counts(g.row_keys(buf, pos, starts, vocab_size), targets, vocab_size)
             keys.append(None)
         F.append(m)
     target = np.bincount(targets, minlength=vocab_size).astype(np.int64)
@@ -341,11 +338,7 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int, ne
     pair = (targets if every else targets[ok])[perm]
     pair += ranked * V
     pair.sort(kind="stable")
-    new = np.ones(n, dtype=bool)
-    np.not_equal(pair[1:], pair[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    uniq = pair[starts]
-    cnt = np.diff(np.append(starts, n))
+    uniq, cnt = _runs(pair)
     indptr = np.zeros(len(keys) + 1, dtype=np.int64)
     row, col = _divmod(uniq, V)
     np.cumsum(np.bincount(row, minlength=len(keys)), out=indptr[1:])
@@ -374,12 +367,7 @@ def pair_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
     pair = k * V
     pair += targets if len(k) == len(row_keys) else targets[ok]
     pair.sort()
-    n = len(pair)
-    new = np.ones(n, dtype=bool)
-    np.not_equal(pair[1:], pair[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    uniq = pair[starts]
-    cnt = np.diff(np.append(starts, n))
+    uniq, cnt = _runs(pair)
     rk, col = _divmod(uniq, V)
     first = np.ones(len(rk), dtype=bool)
     np.not_equal(rk[1:], rk[:-1], out=first[1:])
@@ -388,6 +376,21 @@ def pair_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
                       shape=(len(indptr) - 1, V))
     F.has_sorted_indices = True
     return F, rk[first]
+
+
+def _runs(a: np.ndarray):
+    """``(values, lengths)`` of the runs of equal values of sorted ``a``."""
+    new = np.ones(len(a), dtype=bool)
+    np.not_equal(a[1:], a[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    return a[starts], np.diff(np.append(starts, len(a)))
+
+
+def _window_counts(rk: np.ndarray, targets: np.ndarray, V: int) -> sp.csr_matrix:
+    """(V, V) int64 CSR counts of (token k back ``rk``, target) pairs: a window group's."""
+    m = sp.coo_matrix((np.ones(len(rk), dtype=np.int64), (rk, targets)), shape=(V, V)).tocsr()
+    m.sum_duplicates()
+    return m
 
 
 def _divmod(u: np.ndarray, V: int):
@@ -628,13 +631,8 @@ class RowParts:
         b = np.concatenate([y for _, y in got]) if got else np.zeros(0, np.int64)
         if self.chain:
             return count_buffer(self.buf, a, b, V, self.groups, 0)
-        if isinstance(self.groups[0], Window):
-            if len(a) and a.min() < 0:  # no feature (one part: not left out by ``which``)
-                a, b = a[a >= 0], b[a >= 0]
-            F = sp.coo_matrix((np.ones(len(a), dtype=np.int64), (a, b)),
-                              shape=(V, V)).tocsr()  # as count_buffer counts a window
-            F.sum_duplicates()
-            return F, None
+        if isinstance(self.groups[0], Window):  # as count_buffer counts a window
+            return _window_counts(a, b, V), None
         return pair_counts(a, b, V)
 
     def target(self) -> np.ndarray:

@@ -251,7 +251,12 @@ class _Spill:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def blocks(self, g: int) -> "_Blocks":
+    def blocks(self, g: int, fresh: bool = False) -> "_Blocks":
+        """Group g's kept blocks; ``fresh``: none yet (the first pass starts them over, also
+        when Dask runs its task again after a worker was lost: the lost run's blocks would
+        otherwise come before this run's)."""
+        if fresh:
+            shutil.rmtree(self.folder / f"g{g}", ignore_errors=True)
         return _Blocks(self.folder / f"g{g}", kept=True)
 
 
@@ -420,18 +425,16 @@ class _Job:
         pass, those plus the held-out lines' (= ``Counts.__add__``, as
         ``rich.fit_rich(refit)``), the held-out lines cut into the same rows. The blocks go
         to disk under ``max_memory`` (``scratch``), else stay in memory."""
-        keep = self.spill.blocks(g) if self.spill is not None else None
-        if self.held is None and keep is not None:
-            # a task run again (Dask retries it when its worker is lost) starts over: the
-            # blocks a lost run left would otherwise come before this run's
-            keep.drop(force=True)
-            out = keep = self.spill.blocks(g)
+        first = self.held is None
+        keep = self.spill.blocks(g, fresh=first) if self.spill is not None else None
+        if first and keep is not None:
+            out = keep
         elif self.max_memory is not None:
             out = _Blocks(make_temp_dir(f"lmkit-group-{g}-", dir=self.scratch))
         else:
             out = _Blocks()
         scale = dict(max_memory=self.max_memory, workers=self.tasks)
-        if self.held is None:
+        if first:
             parts = self.train.parts(group, **scale)
             for p in range(parts.n_parts):
                 out.put(*parts.count(p)[0])

@@ -245,8 +245,8 @@ def test_spilled_training_counts_are_removed_on_success_and_on_failure(tmp_path,
     seen = []
     real_blocks = rich_build._Spill.blocks
 
-    def spy(self, g):
-        kept = real_blocks(self, g)
+    def spy(self, g, **kw):
+        kept = real_blocks(self, g, **kw)
         if len(kept):  # the second pass, reading what the first kept
             seen.append(sorted(p.name for p in self.folder.iterdir()))
         return kept

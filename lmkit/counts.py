@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from .features import Suffix, Window, check_suffix_chain, pad_sequences
+from .features import Suffix, Window, check_suffix_chain, pad_sequences, sort_values
 from .io.npyfile import NpyAppender, open_npy, release_pages
 from .sparse import csr_from_arrays, csr_to_arrays, lookup_rows
 
@@ -326,7 +326,7 @@ def suffix_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int, ne
     if near is not None and not every:  # as indices into k (the positions whose key is kept)
         near = np.asarray(near)[ok[near]]
         near = (np.cumsum(ok) - 1)[near]
-    perm, sk = _sort_with_positions(k, near if near is None or len(near) == n else None)
+    perm, sk = sort_with_positions(k, near if near is None or len(near) == n else None)
     first = np.ones(n, dtype=bool)
     np.not_equal(sk[1:], sk[:-1], out=first[1:])
     keys = sk[first]
@@ -366,7 +366,7 @@ def pair_counts(row_keys: np.ndarray, targets: np.ndarray, vocab_size: int):
         return suffix_counts(row_keys, targets, V)[:2]
     pair = k * V
     pair += targets if len(k) == len(row_keys) else targets[ok]
-    pair.sort()
+    sort_values(pair)
     uniq, cnt = _runs(pair)
     rk, col = _divmod(uniq, V)
     first = np.ones(len(rk), dtype=bool)
@@ -402,7 +402,7 @@ def _divmod(u: np.ndarray, V: int):
     return u // V, u % V
 
 
-def _sort_with_positions(k: np.ndarray, near=None):
+def sort_with_positions(k: np.ndarray, near=None):
     """``(order, k[order])`` for a stable sort of non-negative int64 ``k``: one value sort of
     ``k << b | position`` when that fits in 63 bits, else ``argsort``. ``near``: a
     permutation under which ``k`` is nearly sorted: the packed values are sorted from that
@@ -412,7 +412,7 @@ def _sort_with_positions(k: np.ndarray, near=None):
     if n == 0 or int(k.max()).bit_length() + b <= 63:
         if near is None:
             packed = (k << b) | np.arange(n, dtype=np.int64)
-            packed.sort()
+            sort_values(packed)
         else:
             near = np.asarray(near, dtype=np.int64)
             packed = (k[near] << b) | near

@@ -26,11 +26,11 @@ from .sortedsearch import lower_bound
 _lower_bound = njit(inline="always")(lower_bound)  # the one binary search
 
 @njit(inline="always")
-def _radix_order(k, p, tk, tp, cnt):  # pragma: no cover (jit)
+def _radix_order(k, p, tk, tp, cnt, carry=True):  # pragma: no cover (jit)
     """``(k, p)`` sorted by key (stable LSD radix sort), in place in the buffers ``k``, ``p``,
     ``tk``, ``tp`` (m,) and ``cnt`` (2 ** digit + 1,): ``digit`` radix bits per pass (the
     caller's choice, ``features.RADIX_BITS``). Returns the pair of buffers that holds the
-    result."""
+    result. ``carry`` False: the keys alone (``p`` and ``tp`` are not touched)."""
     n = k.shape[0]
     if n == 0:
         return k, p
@@ -63,9 +63,11 @@ def _radix_order(k, p, tk, tp, cnt):  # pragma: no cover (jit)
                 j = cnt[d]
                 cnt[d] = j + 1
                 tk[j] = k[i]
-                tp[j] = p[i]
+                if carry:
+                    tp[j] = p[i]
             k, tk = tk, k
-            p, tp = tp, p
+            if carry:
+                p, tp = tp, p
         shift += digit
     for i in range(n):
         k[i] += lo
@@ -108,30 +110,64 @@ def find_ordered(table, queries, order, out, buf):  # pragma: no cover (jit)
     _merge(table, buf[0, :m], buf[1, :m], out)
 
 
+@njit
+def search_sorted(queries, table, out, buf, cnt):  # pragma: no cover (jit)
+    """``out`` = ``np.searchsorted(table, queries)`` (side left: the first index whose key is
+    >= the query) for non-negative ``queries``, by the same radix sort and walk. Scratch:
+    ``buf`` int64 (4, N), ``cnt`` as ``find_keys``'."""
+    n = queries.shape[0]
+    for i in range(n):
+        buf[0, i] = queries[i]
+        buf[1, i] = i
+    keys, pos = _radix_order(buf[0], buf[1], buf[2], buf[3], cnt)
+    j = 0
+    for i in range(n):
+        j = _next_bound(table, j, keys[i])
+        out[pos[i]] = j
+
+
+@njit
+def sort_values(a, tmp, cnt):  # pragma: no cover (jit)
+    """``a`` (non-negative int64) sorted ascending in place by the LSD radix sort; scratch
+    ``tmp`` (N,) int64 and ``cnt`` as ``find_keys``'."""
+    k, _ = _radix_order(a, tmp, tmp, tmp, cnt, False)
+    for i in range(a.shape[0]):  # the result is in a or in tmp (a copy onto itself: no-op)
+        a[i] = k[i]
+
+
+@njit(inline="always")
+def _next_bound(table, j, x):  # pragma: no cover (jit)
+    """The first index >= j whose key is >= x (table ascending; x at least the previous
+    query's): galloping from j, then a binary search."""
+    R = table.shape[0]
+    if j < R and table[j] < x:  # gallop: the next key is usually close by
+        step = 1
+        while j + step < R and table[j + step] < x:
+            j += step
+            step *= 2
+        j = _lower_bound(table, j + 1, min(j + step, R), x)  # table[j] < x: in (j, j + step]
+    return j
+
+
 @njit(inline="always")
 def _merge(table, keys, pos, out):  # pragma: no cover (jit)
     """``out[pos[i]]`` = index of ``keys[i]`` in ``table`` where present, for ascending keys."""
-    R = table.shape[0]
     j = 0  # first table index whose key is >= the current query (queries ascending)
     for i in range(keys.shape[0]):
-        x = keys[i]
-        if j < R and table[j] < x:  # gallop: the next key is usually close by
-            step = 1
-            while j + step < R and table[j + step] < x:
-                j += step
-                step *= 2
-            j = _lower_bound(table, j + 1, min(j + step, R), x)  # table[j] < x: in (j, j + step]
-        if j < R and table[j] == x:
+        j = _next_bound(table, j, keys[i])
+        if j < table.shape[0] and table[j] == keys[i]:
             out[pos[i]] = j
 
 
 ARGSPECS = {"find_keys": ["i8:1", "i8:1", "i8:1", "i8:2", "i8:1"],
+            "search_sorted": ["i8:1", "i8:1", "i8:1", "i8:2", "i8:1"],
+            "sort_values": ["i8:1", "i8:1", "i8:1"],
             "find_ordered": ["i8:1", "i8:1", "i8:1", "i8:1", "i8:2"]}
 
 
 def native_kernel(name: str):
-    """``(cfunc, argspec)`` for ``native.kernel`` (``find_keys`` or ``find_ordered``, their
-    arguments in order)."""
+    """``(cfunc, argspec)`` for ``native.kernel`` (``find_keys``, ``find_ordered``,
+    ``search_sorted`` or ``sort_values``, their arguments in order)."""
     if name == "find_keys":
         def entry(blk):  # pragma: no cover (jit)
             find_keys(arg1(blk, 0, np.int64), arg1(blk, 1, np.int64), arg1(blk, 2, np.int64),
@@ -140,6 +176,13 @@ def native_kernel(name: str):
         def entry(blk):  # pragma: no cover (jit)
             find_ordered(arg1(blk, 0, np.int64), arg1(blk, 1, np.int64), arg1(blk, 2, np.int64),
                          arg1(blk, 3, np.int64), arg2(blk, 4, np.int64))
+    elif name == "search_sorted":
+        def entry(blk):  # pragma: no cover (jit)
+            search_sorted(arg1(blk, 0, np.int64), arg1(blk, 1, np.int64),
+                          arg1(blk, 2, np.int64), arg2(blk, 3, np.int64), arg1(blk, 4, np.int64))
+    elif name == "sort_values":
+        def entry(blk):  # pragma: no cover (jit)
+            sort_values(arg1(blk, 0, np.int64), arg1(blk, 1, np.int64), arg1(blk, 2, np.int64))
     else:
         raise ValueError(f"no kernel {name!r} in fastkeys")
     return block_cfunc(entry), ARGSPECS[name]

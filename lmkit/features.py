@@ -105,21 +105,32 @@ def check_suffix_chain(groups) -> int:
     return len(ms)
 
 
-def find_sorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
+def find_sorted(table: np.ndarray, queries: np.ndarray, compiled: bool = False) -> np.ndarray:
     """``np.searchsorted(table, queries)``, faster for big tables: queries are searched in sorted
     order (each search starts where the previous one ended, and memory is read in order), then
-    put back. Measured on a 6M-row table, 500k random queries: 0.19 s -> 0.04 s. Non-negative
-    integer queries are sorted by value with their positions in the low bits when that fits in
-    63 bits (0.6x the CPU of ``argsort`` on 1M queries; the order of equal queries does not
-    change their answers)."""
+    put back. Measured on a 6M-row table, 500k random queries: 0.19 s -> 0.04 s. ``compiled``
+    (the training's searches; the query side keeps numpy, so scoring never loads a kernel for
+    it), numba installed, at least ``COMPILED_MIN_QUERIES`` non-negative integer queries and an
+    int64 table: ``fastkeys.search_sorted`` (LSD radix sort, one galloping walk; 0.4x the CPU
+    of the packed sort on 700k queries). Else
+    non-negative integer queries are sorted by value with their positions in the low bits when
+    that fits in 63 bits (0.6x the CPU of ``argsort`` on 1M queries; the order of equal queries
+    does not change their answers). Every route gives numpy's answers."""
     queries = np.asarray(queries)
     n = len(queries)
     if len(table) < 1 << 16 or n < 1 << 12:
         return np.searchsorted(table, queries)
     out = np.empty(n, dtype=np.int64)
+    small = queries.dtype.kind in "iu" and int(queries.min()) >= 0
+    fast = _compiled("search_sorted") if compiled and small and n >= COMPILED_MIN_QUERIES \
+        else None
+    if fast is not None and table.dtype == np.int64 and int(queries.max()) < 1 << 62:
+        fast(np.ascontiguousarray(queries, dtype=np.int64),
+                           np.ascontiguousarray(table), out, np.empty((4, n), dtype=np.int64),
+                           np.empty((1 << RADIX_BITS) + 1, dtype=np.int64))
+        return out
     b = int(n - 1).bit_length()
-    if queries.dtype.kind in "iu" and int(queries.min()) >= 0 \
-            and int(queries.max()).bit_length() + b <= 63:
+    if small and int(queries.max()).bit_length() + b <= 63:
         packed = (queries.astype(np.int64) << b) | np.arange(n, dtype=np.int64)
         packed.sort()
         out[packed & ((1 << b) - 1)] = np.searchsorted(table, packed >> b)
@@ -127,6 +138,19 @@ def find_sorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
     order = np.argsort(queries, kind="stable")
     out[order] = np.searchsorted(table, queries[order])
     return out
+
+
+def sort_values(a: np.ndarray) -> None:
+    """``a.sort()`` (int64, in place), by the compiled LSD radix sort (``fastkeys.sort_values``)
+    for at least ``COMPILED_MIN_QUERIES`` non-negative values when numba is installed: the
+    same array, at ~1/3 of the CPU of numpy's sort of int64 here."""
+    fast = _compiled("sort_values") if len(a) >= COMPILED_MIN_QUERIES else None
+    if (fast is None or a.dtype != np.int64 or not a.flags.c_contiguous
+            or int(a.min()) < 0):
+        a.sort()
+        return
+    fast(a, np.empty(len(a), dtype=np.int64),
+                     np.empty((1 << RADIX_BITS) + 1, dtype=np.int64))
 
 
 def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None,
@@ -197,6 +221,15 @@ def _compiled_keys():
         fk, fo = native.kernel("fastkeys", "find_keys"), native.kernel("fastkeys", "find_ordered")
         _FAST = _CompiledKeys(fk, fo) if fk is not None and fo is not None else None
     return _FAST
+
+
+def _compiled(name: str):
+    """The ``fastkeys`` kernel ``name`` (loaded on first use: the query side never asks for
+    the training's), or None without numba or with ``USE_COMPILED`` False."""
+    if not USE_COMPILED:
+        return None
+    from . import native
+    return native.kernel("fastkeys", name)
 
 
 def history_order(buf, pos, reach: int, vocab_size: int):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from . import native
 from .errors import MemoryLimitError
 from .io.npyfile import release_pages
 from .memory import format_bytes
@@ -58,12 +59,13 @@ def _row_entries(S: sp.csr_matrix, r: np.ndarray):
 class HessianPart:
     """The rows of a ``HeldoutChunk`` the Hessian is estimated on: its first ``h`` positions,
     whose cells are the rows ``[0, cut)`` of X; ``XT`` CSR (P, cut) their transpose, ``pos``
-    CSR (h, cut) their position indicator."""
+    CSR (h, cut) their position indicator (both None where the compiled kernel computes the
+    Hessian: ``fastnll``, which needs no copies)."""
 
     h: int
     cut: int
-    XT: sp.csr_matrix
-    pos: sp.csr_matrix
+    XT: sp.csr_matrix | None
+    pos: sp.csr_matrix | None
 
 
 @dataclass
@@ -73,7 +75,7 @@ class HeldoutChunk:
     The union U holds each (position, column) cell touched by any group once, positions in
     order. ``X`` CSR (U, P): for each cell the values of the groups there, in the column of
     their parameter, so the scores are ``X @ lambda``; ``row`` (nnz,) the cell of each stored
-    value of X; ``pos`` CSR (n, U) the position indicator (``pos.indptr`` = the start of each
+    value of X (None when the compiled kernel computes the Hessian: ``fastnll``); ``pos`` CSR (n, U) the position indicator (``pos.indptr`` = the start of each
     position's run); ``upos`` (U,) the position and ``qc`` (U,) ``q`` of the column of each
     cell; ``tsum`` (P,) the summed values at the targets; ``hess``: the Hessian's sample of the
     chunk, or None (the chunk gives the NLL and gradient only).
@@ -123,18 +125,34 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
     upos = union // V
     pos = sp.csr_matrix((np.ones(U), np.arange(U), np.searchsorted(upos, np.arange(n + 1))),
                         shape=(n, U))
-    row = np.repeat(np.arange(U, dtype=np.int32), np.diff(X.indptr))
+    # the cell of each stored value: the scipy route's Hessian only
+    row = None if _native() is not None and _compiled(X) else \
+        np.repeat(np.arange(U, dtype=np.int32), np.diff(X.indptr))
     hess = _hessian_part(X, pos, hessian_positions) if hessian_positions else None
     return HeldoutChunk(X, row, pos, upos, params.q[union % V], tsum, hess)
 
 
+def _native():
+    """The compiled ``fastnll.hessian_terms`` kernel, or None (no numba: the scipy products)."""
+    return native.kernel("fastnll", "hessian_terms")
+
+
 def _hessian_part(X: sp.csr_matrix, pos: sp.csr_matrix, h: int) -> HessianPart:
     """The ``HessianPart`` of the first h positions of a chunk: their cells are the rows
-    ``[0, cut)`` of X."""
-    if h >= pos.shape[0]:  # every position: no copies of X
-        return HessianPart(pos.shape[0], X.shape[0], X.T.tocsr(), pos)
+    ``[0, cut)`` of X. The compiled route needs no copies (``XT``, ``pos`` None)."""
+    h = min(h, pos.shape[0])
     cut = int(pos.indptr[h])
+    if _native() is not None and _compiled(X):
+        return HessianPart(h, cut, None, None)
+    if h == pos.shape[0]:  # every position: no copies of X
+        return HessianPart(h, X.shape[0], X.T.tocsr(), pos)
     return HessianPart(h, cut, X[:cut].T.tocsr(), pos[:h, :cut])
+
+
+def _compiled(X: sp.csr_matrix) -> bool:
+    """Whether the kernel takes X's index arrays as they are (int32: every chunk, whose cells
+    are at most ``MAX_CELLS`` x the groups)."""
+    return X.indptr.dtype == np.int32 and X.indices.dtype == np.int32
 
 
 def _seg_sum(x: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -167,6 +185,13 @@ def _chunk_terms(chunk: HeldoutChunk, lam: np.ndarray, derivatives: bool, hessia
     if not hessian:
         return nll, grad, None
     hp = chunk.hess
+    if hp.XT is None:  # compiled (``_hessian_part``): one pass over the sample's cells
+        kernel, P = _native(), X.shape[1]
+        hess = np.zeros((P, P))
+        seg = np.ascontiguousarray(chunk.pos.indptr[:hp.h + 1], dtype=np.int64)
+        kernel(X.indptr, X.indices, X.data, wz, seg, hess, np.zeros(P),
+               np.full(P, -1, dtype=np.int64), np.empty(P, dtype=np.int64))
+        return nll, grad, hess
     cut = hp.cut
     nnz = int(X.indptr[cut])
     Xw = sp.csr_matrix((X.data[:nnz] * wz[chunk.row[:nnz]], X.indices[:nnz], X.indptr[:cut + 1]),

@@ -2,7 +2,7 @@
 
 Input: a kernel named by its module and name (``kernel("fastscore", "union_products_u2_i4")``);
 the module (numba source: ``fastscore.py``, ``fastkeys.py``, ``ngram/score.py``,
-``wordcache.py``, ``io/jsonrows.py``; ``SOURCES``) has ``native_kernel(name) ->
+``wordcache.py``, ``io/jsonrows.py``, ``fastnll.py``; ``SOURCES``) has ``native_kernel(name) ->
 (cfunc, argspec)``: a numba ``cfunc`` of C signature ``void(int64 *blk)`` reading its arguments
 from ``blk`` (``jitargs.py``) and, per argument, ``"f8:1"`` (dtype, ndim) or ``"int"``.
 Output: a ``Kernel`` to call with those arguments (arrays checked for dtype, ndim and
@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 # the source files whose text a kernel's object code depends on, per kernel module
 SOURCES = {"fastscore": ["fastscore.py"], "fastkeys": ["fastkeys.py", "sortedsearch.py"],
            "ngram.score": ["ngram/score.py", "sortedsearch.py"], "wordcache": ["wordcache.py"],
-           "io.jsonrows": ["io/jsonrows.py"]}
+           "io.jsonrows": ["io/jsonrows.py"], "fastnll": ["fastnll.py"]}
 # numba helpers that only a raised exception reaches (the cfunc wrapper's error path, the
 # release of memory that kernels which allocate nothing never hold)
 ERROR_HELPERS = ("numba_gil_ensure", "numba_gil_release", "numba_do_raise", "numba_unpickle",

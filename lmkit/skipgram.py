@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import add_keyed
+from .counts import sort_with_positions, add_keyed
 from .features import find_sorted
 
 
@@ -49,8 +49,7 @@ def _marginal(F, keys, a, V):
     """``adjacent_marginal`` and the (A,) sorted adjacent keys of M's rows."""
     R = len(keys)
     adj = keys % (V ** a)
-    order = np.argsort(adj, kind="stable")
-    sorted_adj = adj[order]
+    order, sorted_adj = sort_with_positions(adj)  # a stable order (argsort's)
     del adj
     first = np.ones(R, dtype=bool)  # each distinct adjacent part's first context, in order
     np.not_equal(sorted_adj[1:], sorted_adj[:-1], out=first[1:])
@@ -108,7 +107,7 @@ class Marginal:
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
         """(R,) the row of ``M`` of each context key (every one must be there)."""
         adj = np.asarray(keys, dtype=np.int64) % (self.V ** self.a)
-        parent = np.searchsorted(self.keys, adj)
+        parent = find_sorted(self.keys, adj, compiled=True)
         if len(adj) and (parent.max() >= len(self.keys)
                          or not np.array_equal(self.keys[parent], adj)):
             raise ValueError("the marginal does not cover these rows' adjacent parts")
@@ -153,7 +152,10 @@ def solve_skip(F: sp.csr_matrix, keys: np.ndarray, a: int, q: np.ndarray, d: flo
         e0, e1 = F.indptr[lo], F.indptr[hi]
         row = np.repeat(np.arange(lo, hi), n1[lo:hi])
         cols = F.indices[e0:e1]
-        base = q[cols] if a == 0 else PM.data[find_sorted(lin, parent[row] * V + cols)]
+        if a == 0:
+            base = q[cols]
+        else:
+            base = PM.data[find_sorted(lin, parent[row] * V + cols, compiled=True)]
         data[e0:e1] = np.log1p(np.maximum(F.data[e0:e1] - d, 0.0) / (d * n1[row] * base))
     S = sp.csr_matrix((data, F.indices.copy(), F.indptr.copy()), shape=F.shape)
     S.has_sorted_indices = True

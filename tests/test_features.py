@@ -4,7 +4,7 @@ from lmkit.errors import InputError
 import numpy as np
 
 from lmkit.features import (Suffix, Window, decode_histories, decode_suffix_key, encode_histories,
-                            find_sorted, group_rows, lookup_keys, make_groups,
+                            find_sorted, group_rows, lookup_keys, make_groups, sort_values,
                             pad_sequences)
 
 from lmkit.kinds import from_name
@@ -182,6 +182,26 @@ def test_lookup_keys_compiled_equals_numpy(key_path, span):
     assert np.array_equal(lookup_keys(table, q, order), want)
     assert np.array_equal(lookup_keys(table[:0], q), np.full(len(q), -1))
     assert np.array_equal(lookup_keys(table, q[:0]), q[:0])
+
+
+@pytest.mark.parametrize("span", [10**6, 10**12, 2**62 - 1])  # 2 to 6 radix passes
+def test_find_sorted_and_sort_values_compiled_equal_numpy(key_path, span):
+    """The training's search (``find_sorted(compiled=True)``: fastkeys.search_sorted) gives
+    numpy's insertion points for present and absent queries, repeats, and queries below and
+    above the whole table; ``sort_values`` sorts as numpy does, negative values included
+    (those take numpy's sort)."""
+    rng = np.random.default_rng(span % 997)
+    table = np.unique(rng.integers(0, span, 80_000))
+    assert len(table) >= 1 << 16  # big enough for the sorted-query paths
+    q = np.concatenate([rng.choice(table, 9000), rng.integers(0, span, 9000),
+                        [0, span - 1, table[0], table[-1], table[-1] + 1, max(table[0] - 1, 0)]])
+    q = q[rng.permutation(len(q))]
+    assert np.array_equal(find_sorted(table, q, compiled=True), np.searchsorted(table, q))
+    for a in (q.copy(), np.repeat(q[:50], 400), np.zeros(20_000, np.int64),
+              np.concatenate([q, -q[:10]])):
+        got = a.copy()
+        sort_values(got)
+        assert np.array_equal(got, np.sort(a))
 
 
 def test_suffix_searches_never_load_the_compiled_search(monkeypatch):

@@ -113,3 +113,35 @@ def test_a_budget_below_one_position_is_refused():
     with pytest.raises(MemoryLimitError, match=r"one held-out position in each of 2 processes "
                        r".* raise max_memory or use fewer workers"):
         search_bounds(100, 100 * heldout_nll.BUILD_BYTES, 2)
+
+
+def test_compiled_hessian_equals_the_sparse_products(search, monkeypatch):
+    """The Hessian by the compiled kernel (fastnll, no transposed copy of X) equals scipy's two
+    sparse products on the same piece, for a sampled part and for every position, and the
+    weight search through either gives the same weights."""
+    pytest.importorskip("numba")
+    from lmkit.explicit import _position_buckets
+    params, rows, targets, kw = search
+    eb, B = kw["entry_buckets"], kw["n_buckets"]
+    bk = _position_buckets(rows, None, eb, B, len(targets))
+    plan = HeldoutPlan(params, rows, targets, bk, eb, B, 32, 8, 20)
+    lam = np.random.default_rng(0).uniform(0, 1.2, plan.P)
+    assert heldout_nll._native() is not None
+    fast = plan.build(0)
+    assert fast.hess.XT is None and 0 < fast.hess.h < fast.n
+    full = heldout_nll.dataclasses.replace(fast, hess=heldout_nll._hessian_part(fast.X, fast.pos,
+                                                                                fast.n))
+    compiled = [heldout_nll._chunk_terms(c, lam, True) for c in (fast, full)]
+    want, wtrace = choose_lambdas(params, rows, targets, **kw)
+    monkeypatch.setattr(heldout_nll, "_native", lambda: None)
+    slow = plan.build(0)
+    assert slow.hess.XT is not None
+    slow_full = heldout_nll.dataclasses.replace(
+        slow, hess=heldout_nll._hessian_part(slow.X, slow.pos, slow.n))
+    for got, c in zip(compiled, (slow, slow_full)):
+        ref = heldout_nll._chunk_terms(c, lam, True)
+        assert got[0] == ref[0] and np.array_equal(got[1], ref[1])
+        assert np.abs(got[2] - ref[2]).max() <= 1e-12 * np.abs(ref[2]).max()
+        assert np.abs(ref[2]).max() > 0
+    got, trace = choose_lambdas(params, rows, targets, **kw)
+    assert np.abs(got - want).max() <= 1e-9

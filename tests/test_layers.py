@@ -26,7 +26,7 @@ LMKIT = Path(__file__).resolve().parent.parent / "lmkit"
 LAYERS = [
     ("base: shared types and helpers", [
         "lmkit.version", "lmkit.errors", "lmkit.progress", "lmkit.memory", "lmkit.config",
-        "lmkit.fastkeys", "lmkit.native", "lmkit.jitargs", "lmkit.pool", "lmkit.sparse", "lmkit.params", "lmkit.fastscore", "lmkit.io.files", "lmkit.io.scratch", "lmkit.io.readfile",
+        "lmkit.fastkeys", "lmkit.native", "lmkit.jitargs", "lmkit.pool", "lmkit.sparse", "lmkit.params", "lmkit.fastscore", "lmkit.fastnll", "lmkit.io.files", "lmkit.io.scratch", "lmkit.io.readfile",
         "lmkit.io.npyfile", "lmkit.io.jsonrows", "lmkit.sortedsearch", "lmkit.io", "lmkit.ngram", "lmkit.experiments"]),
     ("data: text -> token ids", ["lmkit.corpus", "lmkit.wordcache", "lmkit.tokenizer"]),
     ("features/counts: ids -> feature rows -> Counts", [

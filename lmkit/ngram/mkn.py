@@ -120,7 +120,7 @@ def _adjusted_counts(counts: Counts, m: int, top: int, bos_id: int):
     F.sort_indices()
     entry_row = np.repeat(np.arange(up.shape[0]), np.diff(up.indptr))
     parent = up_keys[entry_row] // V  # chained keys: the row of h w's history minus its oldest
-    idx = entry_index(F, parent, up.indices)
+    idx = entry_index(F, parent, up.indices, compiled=True)
     a = np.bincount(idx, minlength=F.nnz).astype(np.int64)
     bos_rows = (counts.keys[m - 1] % V) == bos_id  # oldest token BOS: nothing extends it
     bos_entries = np.repeat(bos_rows, np.diff(F.indptr))

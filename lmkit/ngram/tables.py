@@ -32,15 +32,17 @@ def linear_keys(M: sp.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(M.shape[0], dtype=np.int64) * V, np.diff(M.indptr)) + M.indices
 
 
-def entry_index(M: sp.csr_matrix, rows, cols, lin=None, missing_ok: bool = False) -> np.ndarray:
+def entry_index(M: sp.csr_matrix, rows, cols, lin=None, missing_ok: bool = False,
+                compiled: bool = False) -> np.ndarray:
     """Index into ``M.data`` of each entry (rows[n], cols[n]) of a canonical CSR (-1 if absent).
 
-    One ``searchsorted`` on the linear keys (``lin``: ``linear_keys(M)``, if already known).
-    Without ``missing_ok`` every entry must be stored.
+    One ``searchsorted`` on the linear keys (``lin``: ``linear_keys(M)``, if already known;
+    ``compiled``: ``features.find_sorted``'s, for the training's joins). Without ``missing_ok``
+    every entry must be stored.
     """
     lin = linear_keys(M) if lin is None else lin
     q = np.asarray(rows, dtype=np.int64) * M.shape[1] + np.asarray(cols, dtype=np.int64)
-    idx = np.minimum(find_sorted(lin, q), max(len(lin) - 1, 0))
+    idx = np.minimum(find_sorted(lin, q, compiled), max(len(lin) - 1, 0))
     found = (lin[idx] == q) & (np.asarray(rows) >= 0) if len(lin) else np.zeros(len(q), bool)
     if not missing_ok:
         assert found.all(), "a needed n-gram is missing: patterns must be nested"

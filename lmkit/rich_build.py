@@ -73,7 +73,7 @@ from .counts import (INDEX32, PART_BYTES, PART_POSITIONS, Counts, RowParts, add_
                      flat_buffer, flat_buffer_files)
 from .distributed import dask_client, own_rss, result, workers_rss
 from .explicit import choose_lambdas, count_buckets, discount_from_counts
-from .features import Suffix, Window
+from .features import Suffix, Window, pad_sequences
 from .io.npyfile import NpyAppender, mapped_base, open_npy, release_pages
 from .io.scratch import make_temp_dir
 from .kinds import closed_form, group_marginal, group_spec, groups_from_spec
@@ -251,6 +251,10 @@ class _Spill:
     def __init__(self, folder: Path):
         self.folder = folder
 
+    def values(self, g: int) -> int:
+        """How many counts (stored values) group g's kept blocks hold."""
+        return sum(F.nnz for F, _ in self.blocks(g))
+
     def blocks(self, g: int, fresh: bool = False) -> "_Blocks":
         """Group g's kept blocks; ``fresh``: none yet (the first pass starts them over, also
         when Dask runs its task again after a worker was lost: the lost run's blocks would
@@ -405,7 +409,8 @@ class _Job:
     second pass; None in the first), the spill folder of the training counts (None: count the
     training text again, as the workers of a Dask cluster at an address do: they may see no
     shared disk), the entry-count edges and
-    the chosen weights ((G, B), the second pass; None in the first).
+    the chosen weights ((G, B), the second pass; None in the first), and ``wanted``: per
+    group the sorted row keys the first pass solves (``heldout_keys``; None: every row).
 
     For the chain task (``_chain_task``): ``workers`` processes count its buckets (this
     process's job), ``max_memory`` (bytes or None) sizes its buckets, ``scratch`` is the folder
@@ -413,8 +418,9 @@ class _Job:
     solved arrays are written to and memory-mapped from (None: read back into memory)."""
 
     def __init__(self, train, held, spill, edges, lam=None, workers: int = 1,
-                 max_memory=None, scratch=None, out=None, tasks: int = 1):
+                 max_memory=None, scratch=None, out=None, tasks: int = 1, wanted=None):
         self.train, self.held, self.spill, self.edges, self.lam = train, held, spill, edges, lam
+        self.wanted = wanted  # per group the row keys to solve (None: every row; heldout_keys)
         self.workers, self.tasks = workers, tasks  # tasks: group tasks that run at once
         self.max_memory, self.scratch, self.out = max_memory, scratch, out
 
@@ -623,15 +629,49 @@ def _solve_blocks(job: _Job, q, g: int, group, blocks: _Blocks):
     d, nnz = discount_from_counts(n["1"], n["2"]), n["nnz"]
     out = _Solved(None if job.out is None else
                   Path(tempfile.mkdtemp(prefix=f"group{g}-", dir=job.out)) / "solved", V, nnz)
-    keyed = False
+    keyed, wanted, first_row = False, None if job.wanted is None else job.wanted[g], 0
     for F, k in blocks:
+        keyed = k is not None
+        if wanted is not None:  # the rows the weight search reads (the marginal: every row)
+            F, k, first_row = _rows_in(F, k, wanted, first_row)
         S = closed_form(group, F, k, q, d, marginal=marginal)
         data, b = job.fold(g, S.data, _entry_counts(F, S))
         out.add(data, S.indices, S.indptr, k, b)
-        keyed = k is not None
         release_pages(F.data, F.indices, F.indptr, k)
         del S, F, k, data, b
     return out.result(keyed or group.n_rows(V) is None)
+
+
+def heldout_keys(groups, M: int, heldout, V: int, bos_id: int, eos_id: int) -> list:
+    """Per group, the sorted unique row keys (int64) at the targets of the ``heldout`` lines
+    (token ids of rows keyed by token), the rows the weight search reads; None for the M
+    suffix groups (the chain is solved whole: MKN's lower orders and discounts)."""
+    pad = max([g.reach for g in groups] + [1])
+    buf, pos, starts = pad_sequences(list(heldout), pad, bos_id, eos_id)
+    out = [None] * M
+    for group in groups[M:]:
+        k = np.asarray(group.row_keys(buf, pos, starts, V), dtype=np.int64)
+        out.append(np.unique(k[k >= 0]))
+    return out
+
+
+def _rows_in(F: sp.csr_matrix, keys, wanted: np.ndarray, first_row: int):
+    """``(F, keys, next first row)`` of a block of rows restricted to the ``wanted`` keys: a
+    keyed block (``keys`` (R,)) keeps those rows; rows keyed by token (``keys`` None: the
+    block's rows are ``first_row ..``) stay, emptied. Each row's closed form depends on its
+    counts and the whole group's statistics only, so a kept row is solved as in the whole."""
+    F = F.tocsr()
+    rows = np.arange(first_row, first_row + F.shape[0]) if keys is None else np.asarray(keys)
+    at = np.minimum(np.searchsorted(wanted, rows), max(len(wanted) - 1, 0))
+    keep = wanted[at] == rows if len(wanted) else np.zeros(len(rows), dtype=bool)
+    if keys is not None:
+        return F[keep], np.asarray(keys)[keep], first_row + F.shape[0]
+    lengths = np.diff(F.indptr)
+    entries = np.repeat(keep, lengths)
+    indptr = np.concatenate([[0], np.cumsum(np.where(keep, lengths, 0))])
+    out = sp.csr_matrix((F.data[entries], F.indices[entries], indptr), shape=F.shape)
+    out.has_sorted_indices = True
+    return out, None, first_row + F.shape[0]
 
 
 # ---- where the tasks run: this process, worker processes, Dask --------------------------------
@@ -718,10 +758,11 @@ def _solve_pass(runner: _Runner, job: _Job, groups: list, M: int, discount, stor
         keep(g, Sg, kg, b)
     del chain
     items = [(g, group_spec([groups[g]])) for g in range(M, len(groups))]
+    where = "" if job.wanted is None else " in the held-out lines' rows (first pass)"
     for (g, _), (Sg, kg, b) in zip(items, runner.groups(job, q, items)):
         keep(g, Sg, kg, b)
         if log:
-            log(f"      {groups[g].name}: {S[-1].nnz} values")
+            log(f"      {groups[g].name}: {S[-1].nnz} values{where}")
     if len(groups) > M:  # as solve.solve: not pure MKN; every weight tuned, from MKN
         info = {k: v for k, v in info.items() if k != "loggamma"}
         info.update(lambda_init=[1.0] * M + [0.0] * (len(groups) - M))
@@ -938,10 +979,16 @@ def _build(runner, texts, groups, M, tables, spill, folder, mapped, refit_chunks
     # whose tasks then send back paths) and memory-mapped
     out = folder if store is not None and (runner.client is None or runner.local) else None
     scale = dict(max_memory=limit, scratch=scratch, out=out, tasks=runner.slots())
-    job = _Job(first, None, spill, edges, workers=local, **scale)
+    # with a second pass to come (and the counts kept for it), the first solves only the rows
+    # the weight search reads: the same weights, ~1/5 of the values on the default corpus
+    wanted = heldout_keys(groups, M, heldout, V, bos_id, eos_id) \
+        if refit_chunks is not None and spill is not None else None
+    job = _Job(first, None, spill, edges, workers=local, wanted=wanted, **scale)
     q, S, keys, eb, info, n_seq, n_tok = _solve_pass(runner, job, groups, M, discount,
                                                      store, log)
     nnz = sum(x.nnz for x in S)
+    if wanted is not None:  # the whole model's: every closed form keeps its counts' pattern
+        nnz = sum(x.nnz for x in S[:M]) + sum(spill.values(g) for g in range(M, len(groups)))
     if store is None:  # the model is in memory (under max_memory it is mapped from disk)
         check_memory(nnz * BYTES_PER_VALUE * 2, max_memory, "the feature-rich model",
                      "use a smaller vocab_size, or pass order N for a plain model")

@@ -379,6 +379,57 @@ def test_groups_solved_a_block_of_rows_at_a_time_give_the_same_model(refit, tmp_
     _same_build(one, _build(extra, max_memory="1G", workers=2), tol=1e-9)
 
 
+def test_first_pass_solves_only_the_held_out_rows_and_gives_the_same_model(monkeypatch,
+                                                                           tmp_path):
+    """With a second pass to come, the first pass solves only the rows the weight search reads
+    (``heldout_keys``): value for value the model of a first pass that solves every row, also
+    a block of rows at a time and under max_memory; fewer values solved; the memory check and
+    the log still count the whole model."""
+    from lmkit import counts, rich_build
+    extra = corpus(40, 3)
+    solved = []
+    real = rich_build._solve_blocks
+
+    def spy(job, q, g, group, blocks):
+        out = real(job, q, g, group, blocks)
+        solved.append((job.held is None, _opened(out)[0].nnz))
+        return out
+    _opened = rich_build._opened
+    monkeypatch.setattr(rich_build, "_solve_blocks", spy)
+    lines = []
+    got = rich_build.build_rich(_seqs_chunks(corpus(300, 0)), 14, BOS, EOS, corpus(60, 1),
+                                refit_chunks=[extra], log=lines.append, **RICH_KW)
+    first_few = sum(n for first, n in solved if first)
+    monkeypatch.setattr(rich_build, "heldout_keys", lambda *a: None)  # every row, both passes
+    solved.clear()
+    lines_all = []
+    want = rich_build.build_rich(_seqs_chunks(corpus(300, 0)), 14, BOS, EOS, corpus(60, 1),
+                                 refit_chunks=[extra], log=lines_all.append, **RICH_KW)
+    _same_build(got, want)
+    assert first_few < sum(n for first, n in solved if first)
+    stored = [x for x in lines if "stored values" in x]
+    assert stored and stored == [x for x in lines_all if "stored values" in x]
+    monkeypatch.undo()
+    monkeypatch.setattr(counts, "PART_POSITIONS", 40)  # many blocks: rows keyed and by token
+    _same_build(want, _build(extra))
+    _same_build(want, _build(extra, max_memory="1G", spill_dir=str(tmp_path)))
+
+
+def test_rows_in_keeps_the_wanted_rows():
+    """A keyed block keeps the rows of the wanted keys; a block of rows keyed by token keeps
+    its shape, the other rows emptied."""
+    import scipy.sparse as sp
+    from lmkit.rich_build import _rows_in
+    F = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0], [4, 0, 0], [0, 0, 5]]))
+    G, k, nxt = _rows_in(F, np.array([2, 5, 9, 11]), np.array([5, 11, 12]), 0)
+    assert k.tolist() == [5, 11] and G.toarray().tolist() == [[0, 3, 0], [0, 0, 5]]
+    G, k, nxt = _rows_in(F, None, np.array([5, 7, 12]), 4)  # rows 4..7 of the group
+    assert k is None and nxt == 8 and G.shape == F.shape
+    assert G.toarray().tolist() == [[0, 0, 0], [0, 3, 0], [0, 0, 0], [0, 0, 5]]
+    G, k, _ = _rows_in(F, np.array([2, 5, 9, 11]), np.array([], dtype=np.int64), 0)
+    assert G.shape == (0, 3) and len(k) == 0
+
+
 def test_a_marginal_summed_over_blocks_solves_each_block_as_the_whole_group():
     """``skipgram.Marginal``: the sum of the blocks' marginals is the whole group's, and a
     block solved with it equals that block of the whole group's solution, bit for bit; a

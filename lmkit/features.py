@@ -125,9 +125,15 @@ def find_sorted(table: np.ndarray, queries: np.ndarray, compiled: bool = False) 
     fast = _compiled("search_sorted") if compiled and small and n >= COMPILED_MIN_QUERIES \
         else None
     if fast is not None and table.dtype == np.int64 and int(queries.max()) < 1 << 62:
-        fast(np.ascontiguousarray(queries, dtype=np.int64),
-                           np.ascontiguousarray(table), out, np.empty((4, n), dtype=np.int64),
-                           np.empty((1 << RADIX_BITS) + 1, dtype=np.int64))
+        # a slice of queries at a time: the sort's scratch stays 32 bytes x SEARCH_SLICE
+        table, queries = np.ascontiguousarray(table), np.ascontiguousarray(queries, np.int64)
+        step = min(n, SEARCH_SLICE)
+        buf, cnt = np.empty((4, step), dtype=np.int64), np.empty((1 << RADIX_BITS) + 1, np.int64)
+        for lo in range(0, n, step):
+            m = min(step, n - lo)
+            if m < step:  # the last slice: scratch of its own size (C-contiguous)
+                buf = np.empty((4, m), dtype=np.int64)
+            fast(queries[lo:lo + m], table, out[lo:lo + m], buf, cnt)
         return out
     b = int(n - 1).bit_length()
     if small and int(queries.max()).bit_length() + b <= 63:
@@ -198,6 +204,7 @@ def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None,
 
 USE_COMPILED = True  # False: always the numpy searches (tests compare the two)
 COMPILED_MIN_QUERIES = 1 << 14  # fewer queries use numpy (and never import numba)
+SEARCH_SLICE = 1 << 20  # queries per compiled search (find_sorted): its scratch, 32 MiB
 RADIX_BITS = 11  # bits per radix pass of the compiled sort: 2,048 buckets, whose fronts stay cached
 _UNSET = object()
 _FAST = _UNSET

@@ -185,17 +185,20 @@ def test_lookup_keys_compiled_equals_numpy(key_path, span):
 
 
 @pytest.mark.parametrize("span", [10**6, 10**12, 2**62 - 1])  # 2 to 6 radix passes
-def test_find_sorted_and_sort_values_compiled_equal_numpy(key_path, span):
+def test_find_sorted_and_sort_values_compiled_equal_numpy(key_path, span, monkeypatch):
     """The training's search (``find_sorted(compiled=True)``: fastkeys.search_sorted) gives
     numpy's insertion points for present and absent queries, repeats, and queries below and
     above the whole table; ``sort_values`` sorts as numpy does, negative values included
-    (those take numpy's sort)."""
+    (those take numpy's sort). The search goes a slice of queries at a time (its scratch)."""
     rng = np.random.default_rng(span % 997)
     table = np.unique(rng.integers(0, span, 80_000))
     assert len(table) >= 1 << 16  # big enough for the sorted-query paths
     q = np.concatenate([rng.choice(table, 9000), rng.integers(0, span, 9000),
                         [0, span - 1, table[0], table[-1], table[-1] + 1, max(table[0] - 1, 0)]])
     q = q[rng.permutation(len(q))]
+    assert np.array_equal(find_sorted(table, q, compiled=True), np.searchsorted(table, q))
+    import lmkit.features as F
+    monkeypatch.setattr(F, "SEARCH_SLICE", 1000)  # slices of queries, the last one short
     assert np.array_equal(find_sorted(table, q, compiled=True), np.searchsorted(table, q))
     for a in (q.copy(), np.repeat(q[:50], 400), np.zeros(20_000, np.int64),
               np.concatenate([q, -q[:10]])):

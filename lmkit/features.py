@@ -112,10 +112,10 @@ def find_sorted(table: np.ndarray, queries: np.ndarray, compiled: bool = False) 
     (the training's searches; the query side keeps numpy, so scoring never loads a kernel for
     it), numba installed, at least ``COMPILED_MIN_QUERIES`` non-negative integer queries and an
     int64 table: ``fastkeys.search_sorted`` (LSD radix sort, one galloping walk; 0.4x the CPU
-    of the packed sort on 700k queries). Else
-    non-negative integer queries are sorted by value with their positions in the low bits when
-    that fits in 63 bits (0.6x the CPU of ``argsort`` on 1M queries; the order of equal queries
-    does not change their answers). Every route gives numpy's answers."""
+    of the packed sort on 700k queries). Else non-negative integer queries are sorted by value
+    with their positions in the low bits when that fits in 63 bits (0.6x the CPU of
+    ``argsort`` on 1M queries; the order of equal queries does not change their answers).
+    Every route gives numpy's answers."""
     queries = np.asarray(queries)
     n = len(queries)
     if len(table) < 1 << 16 or n < 1 << 12:
@@ -155,8 +155,7 @@ def sort_values(a: np.ndarray) -> None:
             or int(a.min()) < 0):
         a.sort()
         return
-    fast(a, np.empty(len(a), dtype=np.int64),
-                     np.empty((1 << RADIX_BITS) + 1, dtype=np.int64))
+    fast(a, np.empty(len(a), dtype=np.int64), np.empty((1 << RADIX_BITS) + 1, dtype=np.int64))
 
 
 def lookup_keys(keys: np.ndarray | None, row_keys: np.ndarray, order=None,

@@ -75,10 +75,11 @@ class HeldoutChunk:
     The union U holds each (position, column) cell touched by any group once, positions in
     order. ``X`` CSR (U, P): for each cell the values of the groups there, in the column of
     their parameter, so the scores are ``X @ lambda``; ``row`` (nnz,) the cell of each stored
-    value of X (None when the compiled kernel computes the Hessian: ``fastnll``); ``pos`` CSR (n, U) the position indicator (``pos.indptr`` = the start of each
-    position's run); ``upos`` (U,) the position and ``qc`` (U,) ``q`` of the column of each
-    cell; ``tsum`` (P,) the summed values at the targets; ``hess``: the Hessian's sample of the
-    chunk, or None (the chunk gives the NLL and gradient only).
+    value of X (None when the compiled kernel computes the Hessian: ``fastnll``); ``pos`` CSR
+    (n, U) the position indicator (``pos.indptr`` = the start of each position's run);
+    ``upos`` (U,) the position and ``qc`` (U,) ``q`` of the column of each cell; ``tsum`` (P,)
+    the summed values at the targets; ``hess``: the Hessian's sample of the chunk, or None (the
+    chunk gives the NLL and gradient only).
     """
 
     X: sp.csr_matrix
@@ -170,7 +171,8 @@ def _chunk_terms(chunk: HeldoutChunk, lam: np.ndarray, derivatives: bool, hessia
     With ``x_nj`` the row of X at position n, column j and ``p_nj`` the model's probability
     there, ``grad = sum_nj p_nj x_nj - tsum`` and ``H = sum_nj p_nj x_nj x_nj^T - sum_n m_n m_n^T``
     (``m_n = sum_j p_nj x_nj``): sparse products whose cost is the touched entries times the
-    number of groups sharing a cell, not G^2 per position.
+    number of groups sharing a cell, not G^2 per position; the Hessian by the compiled kernel
+    (``fastnll.hessian_terms``) where numba is, else scipy's products.
     """
     X, qc = chunk.X, chunk.qc
     with np.errstate(over="ignore"):  # a too-long trial step gives nll = inf: the line search backs off

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .counts import sort_with_positions, add_keyed
+from .counts import add_keyed, sort_with_positions
 from .features import find_sorted
 
 

@@ -127,7 +127,7 @@ def _union_chunk(params: SparseParams, rows: list, targets: np.ndarray, param_of
     pos = sp.csr_matrix((np.ones(U), np.arange(U), np.searchsorted(upos, np.arange(n + 1))),
                         shape=(n, U))
     # the cell of each stored value: the scipy route's Hessian only
-    row = None if _native() is not None and _compiled(X) else \
+    row = None if _native() is not None and _int32_indices(X) else \
         np.repeat(np.arange(U, dtype=np.int32), np.diff(X.indptr))
     hess = _hessian_part(X, pos, hessian_positions) if hessian_positions else None
     return HeldoutChunk(X, row, pos, upos, params.q[union % V], tsum, hess)
@@ -143,14 +143,14 @@ def _hessian_part(X: sp.csr_matrix, pos: sp.csr_matrix, h: int) -> HessianPart:
     ``[0, cut)`` of X. The compiled route needs no copies (``XT``, ``pos`` None)."""
     h = min(h, pos.shape[0])
     cut = int(pos.indptr[h])
-    if _native() is not None and _compiled(X):
+    if _native() is not None and _int32_indices(X):
         return HessianPart(h, cut, None, None)
     if h == pos.shape[0]:  # every position: no copies of X
         return HessianPart(h, X.shape[0], X.T.tocsr(), pos)
     return HessianPart(h, cut, X[:cut].T.tocsr(), pos[:h, :cut])
 
 
-def _compiled(X: sp.csr_matrix) -> bool:
+def _int32_indices(X: sp.csr_matrix) -> bool:
     """Whether the kernel takes X's index arrays as they are (int32: every chunk, whose cells
     are at most ``MAX_CELLS`` x the groups)."""
     return X.indptr.dtype == np.int32 and X.indices.dtype == np.int32

@@ -37,7 +37,7 @@ import shutil
 from itertools import chain, islice
 
 from .config import ScaleConfig
-from .counts import Counts, count_chunk, empty_counts, load_counts, save_counts  # noqa: F401
+from .counts import Counts, count_chunk, empty_counts, load_counts, save_counts
 from .errors import OptionError, OutputError, WorkerDiedError
 from .io.scratch import make_temp_dir
 from .kinds import group_spec, groups_from_spec

@@ -8,8 +8,9 @@ from lmkit.counts import count_chunk, sum_counts
 from lmkit.errors import InputError, MemoryLimitError
 from lmkit.explicit import choose_lambdas, solve_explicit
 from lmkit.features import Window, make_groups
+from lmkit.counts import load_counts, save_counts
 from lmkit.parallel import (SpillingSum, check_workers, count_corpus_parallel, counts_nbytes,
-                            line_chunks, load_counts, save_counts)
+                            line_chunks)
 from lmkit.solve import model_nbytes
 from lmkit.scoring import context_rows, next_logp, next_rows, sparse_log_proba
 
